@@ -1,0 +1,343 @@
+//! `herald bench`: throughput and latency of the queue on a scratch database, with real worker processes.
+//!
+//! Phases, each measured on its own:
+//! 1. **enqueue**: N no-op jobs through the batch enqueue statement;
+//! 2. **execute**: W worker processes (this binary, `herald worker`) with concurrency C drain them; the rate is
+//!    N / (last ack - first claim), read from the jobs' history rows. Commits and WAL bytes are read from
+//!    `pg_stat_database` and `pg_current_wal_lsn()` around this phase; dead tuples from `pg_stat_user_tables`.
+//! 3. **pickup**: one idle worker; jobs enqueued one at a time; latency = claim time - start of the enqueue call.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+use tokio::process::{Child, Command};
+
+use crate::config::Settings;
+use crate::db;
+use crate::queue::worker::builtin::Noop;
+use crate::queue::{self, JobDefaults, NewJob, QueueName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error(transparent)]
+    Queue(#[from] queue::QueueError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Jobs in the enqueue and execute phases.
+    #[arg(long, default_value_t = 100_000)]
+    pub jobs: usize,
+    /// Worker processes in the execute phase.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Concurrency of each worker process.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Jobs per enqueue statement.
+    #[arg(long, default_value_t = 5_000)]
+    pub enqueue_batch: usize,
+    /// Jobs per claim statement in the workers.
+    #[arg(long, default_value_t = 1_000)]
+    pub claim_batch: usize,
+    /// Jobs in the pickup-latency phase.
+    #[arg(long, default_value_t = 200)]
+    pub pickup_samples: usize,
+    /// Name of the scratch database (dropped and re-created).
+    #[arg(long, default_value = "herald_bench")]
+    pub database: String,
+    /// Print one JSON object instead of a report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The figures `herald bench --json` prints (the key names are a contract with scripts).
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub jobs: usize,
+    pub workers: usize,
+    pub concurrency: usize,
+    pub enqueue_jobs_per_s: f64,
+    pub exec_jobs_per_s: f64,
+    pub pickup_p50_ms: f64,
+    pub pickup_p95_ms: f64,
+    pub pickup_p99_ms: f64,
+    pub commits_per_1k_jobs: f64,
+    pub wal_bytes_per_job: f64,
+    pub dead_tuples_after: i64,
+    pub worker_rss_mb: f64,
+}
+
+pub async fn run(settings: &Settings, args: BenchArgs) -> Result<(), BenchError> {
+    let server_url = db::database_url(&settings.embedded_postgres.dir)?;
+    let bench_url = with_database(&server_url, &args.database);
+    recreate_database(&server_url, &settings.database, &args.database).await?;
+    let pool = db::connect(&bench_url, &settings.database).await?;
+    db::migrate(&pool).await?;
+    let defaults = settings.job_defaults();
+
+    let enqueue_jobs_per_s = enqueue_phase(&pool, &defaults, &args).await?;
+    let execution = execute_phase(&pool, &bench_url, &args).await?;
+    let pickup = pickup_phase(&pool, &bench_url, &defaults, &args).await?;
+
+    let report = BenchReport {
+        jobs: args.jobs,
+        workers: args.workers,
+        concurrency: args.concurrency,
+        enqueue_jobs_per_s,
+        exec_jobs_per_s: execution.jobs_per_s,
+        pickup_p50_ms: pickup.value_at_quantile(0.50) as f64 / 1000.0,
+        pickup_p95_ms: pickup.value_at_quantile(0.95) as f64 / 1000.0,
+        pickup_p99_ms: pickup.value_at_quantile(0.99) as f64 / 1000.0,
+        commits_per_1k_jobs: execution.commits as f64 * 1000.0 / args.jobs as f64,
+        wal_bytes_per_job: execution.wal_bytes as f64 / args.jobs as f64,
+        dead_tuples_after: execution.dead_tuples,
+        worker_rss_mb: execution.worker_rss_kb as f64 / 1024.0,
+    };
+    pool.close().await;
+    print_report(&report, args.json);
+    Ok(())
+}
+
+fn print_report(report: &BenchReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(report).unwrap_or_default());
+        return;
+    }
+    println!("herald bench: {} jobs, {} worker process(es) x concurrency {}", report.jobs, report.workers, report.concurrency);
+    println!("  enqueue (batch)        {:>12.0} jobs/s", report.enqueue_jobs_per_s);
+    println!("  execute (first claim -> last ack) {:>8.0} jobs/s", report.exec_jobs_per_s);
+    println!(
+        "  pickup latency         p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms",
+        report.pickup_p50_ms, report.pickup_p95_ms, report.pickup_p99_ms
+    );
+    println!("  commits per 1k jobs    {:>12.1}", report.commits_per_1k_jobs);
+    println!("  WAL bytes per job      {:>12.0}", report.wal_bytes_per_job);
+    println!("  dead tuples after      {:>12}", report.dead_tuples_after);
+    println!("  worker peak RSS        {:>12.1} MB", report.worker_rss_mb);
+}
+
+async fn enqueue_phase(pool: &PgPool, defaults: &JobDefaults, args: &BenchArgs) -> Result<f64, BenchError> {
+    let queue = queue_name("bench")?;
+    let job = NewJob::typed(queue, &Noop {}).map_err(|e| BenchError::Failed(e.to_string()))?;
+    let batch: Vec<NewJob> = vec![job; args.enqueue_batch.max(1)];
+    let mut conn = pool.acquire().await?;
+    let started = Instant::now();
+    let mut remaining = args.jobs;
+    while remaining > 0 {
+        let n = remaining.min(batch.len());
+        queue::enqueue_many(&mut conn, defaults, &batch[..n]).await?;
+        remaining -= n;
+    }
+    Ok(args.jobs as f64 / started.elapsed().as_secs_f64())
+}
+
+struct Execution {
+    jobs_per_s: f64,
+    commits: i64,
+    wal_bytes: i64,
+    dead_tuples: i64,
+    worker_rss_kb: u64,
+}
+
+async fn execute_phase(pool: &PgPool, url: &str, args: &BenchArgs) -> Result<Execution, BenchError> {
+    let before = database_counters(pool).await?;
+    let mut workers = Vec::new();
+    for _ in 0..args.workers.max(1) {
+        workers.push(spawn_worker(url, &format!("bench:{}", args.concurrency), args.claim_batch)?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while count_live_jobs(pool).await? > 0 {
+        if Instant::now() > deadline {
+            return Err(BenchError::Failed("jobs still waiting after 10 minutes".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let worker_rss_kb = workers.iter().filter_map(|w| w.id()).filter_map(peak_rss_kb).max().unwrap_or(0);
+    stop_workers(workers).await;
+    let after = database_counters(pool).await?;
+
+    let row = sqlx::query(
+        "SELECT count(*) AS n, extract(epoch FROM max(finished_at) - min(claimed_at))::float8 AS secs \
+         FROM herald_job_history WHERE queue = 'bench' AND outcome = 'completed'",
+    )
+    .fetch_one(pool)
+    .await?;
+    let (completed, secs): (i64, Option<f64>) = (row.try_get("n")?, row.try_get("secs")?);
+    if completed != args.jobs as i64 {
+        return Err(BenchError::Failed(format!("{completed} of {} jobs completed", args.jobs)));
+    }
+    Ok(Execution {
+        jobs_per_s: args.jobs as f64 / secs.unwrap_or(f64::INFINITY).max(1e-6),
+        commits: after.commits - before.commits,
+        wal_bytes: after.wal_lsn - before.wal_lsn,
+        dead_tuples: after.dead_tuples,
+        worker_rss_kb,
+    })
+}
+
+async fn pickup_phase(
+    pool: &PgPool,
+    url: &str,
+    defaults: &JobDefaults,
+    args: &BenchArgs,
+) -> Result<Histogram<u64>, BenchError> {
+    let worker = spawn_worker(url, "pickup:4", 10)?;
+    wait_for_registered_workers(pool, 1).await?;
+    // Let the worker settle into its idle wait.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = NewJob::typed(queue_name("pickup")?, &Noop {}).map_err(|e| BenchError::Failed(e.to_string()))?;
+    let mut conn = pool.acquire().await?;
+    let mut started_at: Vec<(i64, DateTime<Utc>)> = Vec::with_capacity(args.pickup_samples);
+    for _ in 0..args.pickup_samples {
+        let t0 = Utc::now();
+        let id = queue::enqueue(&mut conn, defaults, job.clone()).await?.id();
+        started_at.push((id, t0));
+        // Near-idle queue: give each job time to be picked up before the next.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_live_jobs(pool).await? > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_workers(vec![worker]).await;
+    let claimed: std::collections::HashMap<i64, DateTime<Utc>> =
+        sqlx::query("SELECT job_id, claimed_at FROM herald_job_history WHERE queue = 'pickup'")
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get("job_id")?, row.try_get("claimed_at")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| BenchError::Failed(e.to_string()))?;
+    for (id, t0) in started_at {
+        let at = claimed.get(&id).ok_or_else(|| BenchError::Failed(format!("pickup job {id} never ran")))?;
+        let micros = (*at - t0).num_microseconds().unwrap_or(0).max(1) as u64;
+        histogram.saturating_record(micros);
+    }
+    Ok(histogram)
+}
+
+fn spawn_worker(url: &str, queues: &str, claim_batch: usize) -> Result<Child, BenchError> {
+    let exe = std::env::current_exe().map_err(|e| BenchError::Failed(format!("cannot find own binary: {e}")))?;
+    Command::new(exe)
+        .args(["worker", "--queues", queues])
+        .env("DATABASE_URL", url)
+        .env("HERALD_WORKER__BATCH_SIZE", claim_batch.to_string())
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| BenchError::Failed(format!("cannot start a worker process: {e}")))
+}
+
+async fn stop_workers(workers: Vec<Child>) {
+    for mut worker in workers {
+        if let Some(pid) = worker.id() {
+            // SAFETY: sending a signal to a child we own.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await;
+    }
+}
+
+async fn wait_for_registered_workers(pool: &PgPool, n: i64) -> Result<(), BenchError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let registered: i64 = sqlx::query_scalar("SELECT count(*) FROM herald_workers").fetch_one(pool).await?;
+        if registered >= n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Failed("worker did not register within 30 s".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn count_live_jobs(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM herald_jobs").fetch_one(pool).await
+}
+
+struct Counters {
+    commits: i64,
+    wal_lsn: i64,
+    dead_tuples: i64,
+}
+
+async fn database_counters(pool: &PgPool) -> Result<Counters, sqlx::Error> {
+    // Statistics are a snapshot per transaction; clear it so we read what the workers reported as they exited.
+    sqlx::query("SELECT pg_stat_clear_snapshot()").execute(pool).await?;
+    let row = sqlx::query(
+        "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) AS commits, \
+                pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8 AS wal_lsn, \
+                coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'herald_jobs'), 0) AS dead",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Counters { commits: row.try_get("commits")?, wal_lsn: row.try_get("wal_lsn")?, dead_tuples: row.try_get("dead")? })
+}
+
+fn peak_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn recreate_database(
+    server_url: &str,
+    settings: &crate::config::DatabaseSettings,
+    name: &str,
+) -> Result<(), BenchError> {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(BenchError::Failed("--database may contain only letters, digits and '_'".into()));
+    }
+    let admin = db::connect(server_url, settings).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(&admin).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await?;
+    admin.close().await;
+    Ok(())
+}
+
+/// The same server URL with another database name.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+fn queue_name(name: &str) -> Result<QueueName, BenchError> {
+    QueueName::parse(name).map_err(|e| BenchError::Failed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_in_a_url() {
+        assert_eq!(with_database("postgres://u@h:5432/postgres", "b"), "postgres://u@h:5432/b");
+        assert_eq!(with_database("postgres://u@h:5432", "b"), "postgres://u@h:5432/b");
+        assert_eq!(with_database("postgres://u@h/db?sslmode=disable", "b"), "postgres://u@h/b?sslmode=disable");
+    }
+}

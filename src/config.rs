@@ -1,0 +1,209 @@
+//! Typed, layered settings.
+//!
+//! Layers, later ones winning: the built-in `config/default.toml` (compiled in, so the binary runs anywhere),
+//! `config/default.toml` and `config/<HERALD_ENV>.toml` from the working directory if present, then `HERALD_*`
+//! environment variables with `__` between nested keys (`HERALD_WORKER__CONCURRENCY=32`).
+//! `DATABASE_URL` is read on its own, as every Postgres tool does.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use crate::queue::{QueueName, QueueSpec};
+
+const BUILT_IN_DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// figment's message names the offending key and the layer it came from.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {key}: {reason}")]
+    Value { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub worker: WorkerSettings,
+    pub jobs: JobSettings,
+    pub embedded_postgres: EmbeddedPostgresSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub queues: Vec<String>,
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub lease_secs: u64,
+    pub poll_interval_ms: u64,
+    pub heartbeat_secs: u64,
+    pub rescue_interval_secs: u64,
+    pub shutdown_grace_secs: u64,
+    pub ack_flush_ms: u64,
+    pub ack_batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSettings {
+    pub max_attempts: i32,
+    pub timeout_secs: u64,
+    pub priority_aging_secs: f64,
+    pub retry_base_ms: u64,
+    pub retry_max_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedPostgresSettings {
+    pub dir: PathBuf,
+}
+
+impl Settings {
+    /// Loads the layers described in the module docs, using `config/` under the working directory.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(Path::new("config"), std::env::var("HERALD_ENV").ok().as_deref())
+    }
+
+    pub fn load_from(dir: &Path, environment: Option<&str>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new()
+            .merge(Toml::string(BUILT_IN_DEFAULTS))
+            .merge(Toml::file(dir.join("default.toml")));
+        if let Some(env) = environment {
+            figment = figment.merge(Toml::file(dir.join(format!("{env}.toml"))));
+        }
+        let figment = figment.merge(Env::prefixed("HERALD_").ignore(&["ENV"]).split("__"));
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |key: &'static str, value: u64| {
+            if value == 0 {
+                Err(ConfigError::Value { key, reason: "must be greater than zero".into() })
+            } else {
+                Ok(())
+            }
+        };
+        positive("worker.concurrency", self.worker.concurrency as u64)?;
+        positive("worker.batch_size", self.worker.batch_size as u64)?;
+        positive("worker.lease_secs", self.worker.lease_secs)?;
+        positive("worker.poll_interval_ms", self.worker.poll_interval_ms)?;
+        positive("worker.heartbeat_secs", self.worker.heartbeat_secs)?;
+        positive("worker.ack_batch", self.worker.ack_batch as u64)?;
+        positive("database.max_connections", u64::from(self.database.max_connections))?;
+        positive("jobs.timeout_secs", self.jobs.timeout_secs)?;
+        if self.worker.heartbeat_secs >= self.worker.lease_secs {
+            return Err(ConfigError::Value {
+                key: "worker.heartbeat_secs",
+                reason: "must be shorter than worker.lease_secs, or leases expire between heartbeats".into(),
+            });
+        }
+        if self.jobs.max_attempts < 1 {
+            return Err(ConfigError::Value { key: "jobs.max_attempts", reason: "must be at least 1".into() });
+        }
+        if !(self.jobs.priority_aging_secs >= 0.0) {
+            return Err(ConfigError::Value { key: "jobs.priority_aging_secs", reason: "must be zero or more".into() });
+        }
+        self.queue_specs()?;
+        Ok(())
+    }
+
+    /// The queues this process serves, with each one's concurrency.
+    pub fn queue_specs(&self) -> Result<Vec<QueueSpec>, ConfigError> {
+        parse_queue_specs(&self.worker.queues, self.worker.concurrency)
+    }
+
+    pub fn job_defaults(&self) -> crate::queue::JobDefaults {
+        crate::queue::JobDefaults {
+            max_attempts: self.jobs.max_attempts,
+            timeout: Duration::from_secs(self.jobs.timeout_secs),
+            priority_aging: Duration::from_secs_f64(self.jobs.priority_aging_secs),
+        }
+    }
+
+    pub fn retry_policy(&self) -> crate::queue::RetryPolicy {
+        crate::queue::RetryPolicy {
+            base: Duration::from_millis(self.jobs.retry_base_ms),
+            max: Duration::from_secs(self.jobs.retry_max_secs),
+        }
+    }
+}
+
+/// Parses `name` or `name:concurrency` entries (as in `--queues emails:8,default`).
+pub fn parse_queue_specs(entries: &[String], default_concurrency: usize) -> Result<Vec<QueueSpec>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Value { key: "worker.queues", reason };
+    if entries.is_empty() {
+        return Err(invalid("name at least one queue".into()));
+    }
+    entries
+        .iter()
+        .map(|entry| {
+            let (name, concurrency) = match entry.split_once(':') {
+                Some((name, n)) => {
+                    let n: usize = n.parse().map_err(|_| invalid(format!("`{entry}`: concurrency must be a number")))?;
+                    (name, n)
+                }
+                None => (entry.as_str(), default_concurrency),
+            };
+            if concurrency == 0 {
+                return Err(invalid(format!("`{entry}`: concurrency must be greater than zero")));
+            }
+            let name = QueueName::parse(name).map_err(|e| invalid(e.to_string()))?;
+            Ok(QueueSpec { name, concurrency })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_defaults_are_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::load_from(dir.path(), None).unwrap();
+        assert_eq!(settings.worker.queues, vec!["default".to_string()]);
+    }
+
+    #[test]
+    fn environment_file_overrides_defaults_and_unknown_keys_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("staging.toml"), "[worker]\nconcurrency = 3\n").unwrap();
+        let settings = Settings::load_from(dir.path(), Some("staging")).unwrap();
+        assert_eq!(settings.worker.concurrency, 3);
+
+        std::fs::write(dir.path().join("bad.toml"), "[worker]\nconcurrency = \"many\"\n").unwrap();
+        let err = Settings::load_from(dir.path(), Some("bad")).unwrap_err().to_string();
+        assert!(err.contains("concurrency"), "{err}");
+
+        std::fs::write(dir.path().join("typo.toml"), "[worker]\nconcurency = 3\n").unwrap();
+        let err = Settings::load_from(dir.path(), Some("typo")).unwrap_err().to_string();
+        assert!(err.contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn queue_specs_parse_names_and_concurrency() {
+        let specs = parse_queue_specs(&["emails:8".into(), "default".into()], 4).unwrap();
+        assert_eq!(specs[0].name.as_str(), "emails");
+        assert_eq!(specs[0].concurrency, 8);
+        assert_eq!(specs[1].concurrency, 4);
+        assert!(parse_queue_specs(&["emails:x".into()], 4).is_err());
+        assert!(parse_queue_specs(&["bad name".into()], 4).is_err());
+        assert!(parse_queue_specs(&[], 4).is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! Connecting to PostgreSQL and migrating it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::config::DatabaseSettings;
+use crate::embedded_postgres;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("could not connect to PostgreSQL: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(
+        "no database: set DATABASE_URL (postgres://user@host:port/db), or start `herald up` in this directory, \
+         which runs a private PostgreSQL under {0}"
+    )]
+    NoDatabase(String),
+}
+
+/// The migrations in `migrations/`, compiled into the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// `DATABASE_URL` if set; otherwise the private cluster `herald up` runs from `embedded_dir`, if it is running.
+pub fn database_url(embedded_dir: &Path) -> Result<String, DbError> {
+    if let Ok(url) = std::env::var("DATABASE_URL")
+        && !url.trim().is_empty()
+    {
+        return Ok(url);
+    }
+    embedded_postgres::running_url(embedded_dir).ok_or_else(|| DbError::NoDatabase(embedded_dir.display().to_string()))
+}
+
+pub async fn connect(url: &str, settings: &DatabaseSettings) -> Result<PgPool, DbError> {
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .connect(url)
+        .await
+        .map_err(DbError::Connect)
+}
+
+/// Applies pending migrations (sqlx holds an advisory lock, so many processes may call this at once).
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! herald: a durable job-queue worker fleet on PostgreSQL that runs notification workflows.
+//!
+//! Modules, one concept each:
+//! * [`queue`]: the engine (enqueue, claim, ack, retry, dead letters, leases, wakeups, workers registry).
+//! * [`config`]: typed, layered settings.
+//! * [`db`] and [`embedded_postgres`]: connecting, migrating, and the private cluster of `herald up`.
+//! * [`app`]: the roles a process runs (`worker`, `up`), shared by the binary and the tests.
+//! * [`bench`]: `herald bench`.
+
+pub mod app;
+pub mod bench;
+pub mod config;
+pub mod db;
+pub mod embedded_postgres;
+pub mod queue;
+pub mod telemetry;

@@ -1,0 +1,349 @@
+//! The `herald` command line: parsing and dispatch only; the work happens in the library.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use sqlx::PgPool;
+
+use herald::config::Settings;
+use herald::embedded_postgres::EmbeddedPostgres;
+use herald::queue::dead_letters::{self, DeadLetterFilter};
+use herald::queue::{self, IdempotencyKey, JobKind, NewJob, Priority, QueueName, admin};
+use herald::{app, bench, db, telemetry};
+
+/// herald: a durable PostgreSQL job queue worker fleet.
+///
+/// The database comes from DATABASE_URL; without it, commands use the private cluster that `herald up` started in
+/// this directory. Settings: config/default.toml, config/$HERALD_ENV.toml, HERALD_* variables.
+#[derive(Parser)]
+#[command(name = "herald", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Run a worker process: claim and execute jobs until SIGTERM/SIGINT, then shut down gracefully.
+    Worker(WorkerArgs),
+    /// Run every role in one process (today: migrate + worker). Without DATABASE_URL, first start a private
+    /// PostgreSQL under .herald/pg (stopped again on Ctrl-C).
+    Up(WorkerArgs),
+    /// Enqueue one job.
+    Enqueue(EnqueueArgs),
+    /// Look up or cancel a job.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// Dead letters: jobs that failed for good.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Queue depth, pause and resume (fleet-wide).
+    Queues {
+        #[command(subcommand)]
+        command: QueuesCommand,
+    },
+    /// The live worker fleet (from heartbeats).
+    Workers,
+    /// Measure enqueue and execution throughput and pickup latency on a scratch database.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct WorkerArgs {
+    /// Queues to serve, comma-separated, each optionally `name:concurrency` (default: worker.queues).
+    #[arg(long, value_delimiter = ',')]
+    queues: Option<Vec<String>>,
+    /// Handlers running at once per queue (default: worker.concurrency).
+    #[arg(long)]
+    concurrency: Option<usize>,
+}
+
+#[derive(Args)]
+struct EnqueueArgs {
+    #[arg(long, default_value = "default")]
+    queue: String,
+    /// The job kind (which handler runs it).
+    #[arg(long, default_value = "herald.log")]
+    kind: String,
+    /// JSON payload.
+    #[arg(long, default_value = "{}")]
+    payload: String,
+    /// 0-9, higher runs first.
+    #[arg(long, default_value_t = 0)]
+    priority: i64,
+    /// Run at this time (RFC 3339), instead of now.
+    #[arg(long, conflicts_with = "delay")]
+    run_at: Option<DateTime<Utc>>,
+    /// Run after this long (e.g. 30s, 5m, 2h).
+    #[arg(long, value_parser = parse_duration)]
+    delay: Option<Duration>,
+    #[arg(long)]
+    max_attempts: Option<i32>,
+    /// Handler timeout (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Show a job (waiting, running or finished) as JSON.
+    Show { id: i64 },
+    /// Cancel a job that has not started.
+    Cancel { id: i64 },
+}
+
+#[derive(Args, Default)]
+struct DlqFilterArgs {
+    #[arg(long)]
+    queue: Option<String>,
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only dead letters that failed within this long (e.g. 1h).
+    #[arg(long, value_parser = parse_duration)]
+    since: Option<Duration>,
+    /// Only dead letters older than this (e.g. 30d).
+    #[arg(long, value_parser = parse_duration)]
+    older_than: Option<Duration>,
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, newest first.
+    List {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Page cursor: the last id of the previous page.
+        #[arg(long)]
+        before_id: Option<i64>,
+    },
+    /// Show one dead letter with every attempt's error.
+    Show { id: i64 },
+    /// Re-enqueue one dead letter (by id) or all matching ones (--all with filters), attempts reset.
+    Replay {
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+    },
+    /// Delete one dead letter (by id) or all matching ones (--all with filters).
+    Purge {
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueuesCommand {
+    /// Depth, running, scheduled and paused state of every queue.
+    List,
+    /// Stop the whole fleet from claiming this queue's jobs (running ones finish).
+    Pause { name: String },
+    /// Let the fleet claim this queue's jobs again.
+    Resume { name: String },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    telemetry::init();
+    let cli = Cli::parse();
+    let settings = Settings::load()?;
+    match cli.command {
+        Command::Up(args) => up(&settings, args).await,
+        Command::Bench(args) => bench::run(&settings, args).await.map_err(Into::into),
+        command => {
+            let pool = connect(&settings).await?;
+            run_command(&settings, &pool, command).await
+        }
+    }
+}
+
+async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    let url = db::database_url(&settings.embedded_postgres.dir)?;
+    Ok(db::connect(&url, &settings.database).await?)
+}
+
+async fn run_command(settings: &Settings, pool: &PgPool, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate => {
+            db::migrate(pool).await?;
+            println!("migrations applied");
+        }
+        Command::Worker(args) => {
+            db::migrate(pool).await?;
+            let options = app::worker_options(settings, args.queues, args.concurrency)?;
+            app::run_worker(pool.clone(), options, app::shutdown_on_signals()).await;
+        }
+        Command::Enqueue(args) => enqueue(settings, pool, args).await?,
+        Command::Jobs { command } => jobs(pool, command).await?,
+        Command::Dlq { command } => dlq(settings, pool, command).await?,
+        Command::Queues { command } => queues(pool, command).await?,
+        Command::Workers => print_json(&admin::list_workers(pool).await?)?,
+        Command::Up(_) | Command::Bench(_) => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}
+
+/// Every role in one process, on the configured database or a private one.
+async fn up(settings: &Settings, args: WorkerArgs) -> anyhow::Result<()> {
+    let embedded = match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => None,
+        _ => {
+            let dir = &settings.embedded_postgres.dir;
+            let cluster = EmbeddedPostgres::start(dir).context("starting the private PostgreSQL")?;
+            tracing::info!(url = %cluster.url(), dir = %dir.display(), "private PostgreSQL is running");
+            Some(cluster)
+        }
+    };
+    let url = match &embedded {
+        Some(cluster) => cluster.url(),
+        None => db::database_url(&settings.embedded_postgres.dir)?,
+    };
+    let result = async {
+        let pool = db::connect(&url, &settings.database).await?;
+        db::migrate(&pool).await?;
+        let options = app::worker_options(settings, args.queues, args.concurrency)?;
+        tracing::info!("herald is up; enqueue from another shell with `herald enqueue --payload '{{\"hello\":1}}'`");
+        app::run_worker(pool, options, app::shutdown_on_signals()).await;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Some(cluster) = embedded.filter(|c| c.started_here) {
+        cluster.stop().context("stopping the private PostgreSQL")?;
+        tracing::info!("private PostgreSQL stopped");
+    }
+    result
+}
+
+async fn enqueue(settings: &Settings, pool: &PgPool, args: EnqueueArgs) -> anyhow::Result<()> {
+    let payload: serde_json::Value = serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+    let mut job = NewJob::new(QueueName::parse(&args.queue)?, JobKind::parse(&args.kind)?, payload)
+        .priority(Priority::new(args.priority)?);
+    if let Some(at) = args.run_at.or_else(|| args.delay.map(|d| Utc::now() + d)) {
+        job = job.run_at(at);
+    }
+    if let Some(attempts) = args.max_attempts {
+        if attempts < 1 {
+            bail!("--max-attempts must be at least 1");
+        }
+        job = job.max_attempts(attempts);
+    }
+    if let Some(timeout) = args.timeout {
+        job = job.timeout(timeout);
+    }
+    if let Some(key) = args.idempotency_key {
+        job = job.idempotency_key(IdempotencyKey::parse(&key)?);
+    }
+    let mut conn = pool.acquire().await?;
+    let result = queue::enqueue(&mut conn, &settings.job_defaults(), job).await?;
+    print_json(&result)
+}
+
+async fn jobs(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
+    match command {
+        JobsCommand::Show { id } => match admin::find_job(pool, id).await? {
+            Some(job) => print_json(&job),
+            None => bail!("job {id} not found"),
+        },
+        JobsCommand::Cancel { id } => {
+            admin::cancel_job(pool, id).await?;
+            println!("job {id} cancelled");
+            Ok(())
+        }
+    }
+}
+
+async fn dlq(settings: &Settings, pool: &PgPool, command: DlqCommand) -> anyhow::Result<()> {
+    let aging = settings.job_defaults().priority_aging;
+    match command {
+        DlqCommand::List { filter, limit, before_id } => {
+            print_json(&dead_letters::list(pool, &filter.into_filter(None), before_id, limit).await?)
+        }
+        DlqCommand::Show { id } => match dead_letters::get(pool, id).await? {
+            Some(letter) => print_json(&letter),
+            None => bail!("dead letter {id} not found"),
+        },
+        DlqCommand::Replay { id, all, filter } => {
+            let filter = selection(id, all, filter)?;
+            let replayed = dead_letters::replay(pool, &filter, aging).await?;
+            print_json(&serde_json::json!({ "replayed": replayed.len(), "jobs": replayed }))
+        }
+        DlqCommand::Purge { id, all, filter } => {
+            let purged = dead_letters::purge(pool, &selection(id, all, filter)?).await?;
+            print_json(&serde_json::json!({ "purged": purged }))
+        }
+    }
+}
+
+/// Replay and purge act on one id, or on everything matching with an explicit `--all`.
+fn selection(id: Option<i64>, all: bool, filter: DlqFilterArgs) -> anyhow::Result<DeadLetterFilter> {
+    match (id, all) {
+        (Some(id), _) => Ok(DeadLetterFilter::by_id(id)),
+        (None, true) => Ok(filter.into_filter(None)),
+        (None, false) => bail!("name a dead letter id, or pass --all (with --queue/--kind/--since/--older-than)"),
+    }
+}
+
+impl DlqFilterArgs {
+    fn into_filter(self, id: Option<i64>) -> DeadLetterFilter {
+        DeadLetterFilter {
+            id,
+            queue: self.queue,
+            kind: self.kind,
+            failed_since: self.since.map(|d| Utc::now() - d),
+            failed_before: self.older_than.map(|d| Utc::now() - d),
+        }
+    }
+}
+
+async fn queues(pool: &PgPool, command: QueuesCommand) -> anyhow::Result<()> {
+    match command {
+        QueuesCommand::List => print_json(&admin::queue_stats(pool).await?),
+        QueuesCommand::Pause { name } => {
+            admin::set_paused(pool, &QueueName::parse(&name)?, true).await?;
+            println!("queue {name} paused");
+            Ok(())
+        }
+        QueuesCommand::Resume { name } => {
+            admin::set_paused(pool, &QueueName::parse(&name)?, false).await?;
+            println!("queue {name} resumed");
+            Ok(())
+        }
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `250ms`, `30s`, `5m`, `2h`, `7d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("`{text}`: expected a number followed by ms, s, m, h or d"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("`{text}`: unknown unit `{other}` (use ms, s, m, h or d)")),
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}

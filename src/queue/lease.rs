@@ -1,0 +1,225 @@
+//! The life of a lease: claim, settle, release, promote, rescue, heartbeat.
+//!
+//! Every function is one statement from `sql.rs`. The worker runtime calls them; so do the tests, which is how a
+//! test can play a worker that was presumed dead and try a late ack.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::QueueError;
+use super::sql;
+use super::types::{JobId, QueueName};
+
+/// A job this worker holds a lease on.
+#[derive(Debug, Clone)]
+pub struct ClaimedJob {
+    pub id: JobId,
+    pub queue: QueueName,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub priority: i16,
+    /// 1 on the first attempt.
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub timeout: Duration,
+    pub lease_token: i64,
+    /// When this attempt was due; it never starts earlier.
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// How an attempt ended, as the completer reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settlement {
+    Completed,
+    /// Try again after `delay`, unless the attempts are spent (then the job is dead-lettered).
+    Retry { delay: Duration, error: AttemptError },
+    /// Straight to the dead letters.
+    Dead { error: AttemptError },
+}
+
+/// One attempt's failure, appended to the job's error list.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct AttemptError {
+    pub attempt: i32,
+    /// `error`, `permanent`, `panic`, `timeout`, `no_handler`, `bad_payload`, `shutdown`.
+    pub kind: &'static str,
+    pub message: String,
+    pub at: DateTime<Utc>,
+}
+
+/// What the database did with one settlement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Completed,
+    Retrying,
+    Dead,
+}
+
+/// Claims up to `limit` jobs of `queue` for `worker`.
+pub async fn claim(
+    pool: &PgPool,
+    queue: &QueueName,
+    limit: usize,
+    lease: Duration,
+    worker: Uuid,
+) -> Result<Vec<ClaimedJob>, QueueError> {
+    let rows = sqlx::query(sql::CLAIM)
+        .bind(queue.as_str())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .bind(lease.as_millis() as i64)
+        .bind(worker)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(ClaimedJob {
+                id: row.try_get("id")?,
+                queue: queue.clone(),
+                kind: row.try_get("kind")?,
+                payload: row.try_get("payload")?,
+                priority: row.try_get("priority")?,
+                attempt: row.try_get("attempt")?,
+                max_attempts: row.try_get("max_attempts")?,
+                timeout: Duration::from_millis(row.try_get::<i32, _>("timeout_ms")?.max(1) as u64),
+                lease_token: row.try_get("lease_token")?,
+                run_at: row.try_get("run_at")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(QueueError::from)
+}
+
+/// Settles a batch of attempts in one statement. Returns what happened to each job whose lease was still valid;
+/// a job missing from the answer had a stale lease token, and its settlement was rejected.
+pub async fn settle(
+    pool: &PgPool,
+    batch: &[(JobId, i64, Settlement)],
+    priority_aging: Duration,
+) -> Result<Vec<(JobId, Settled)>, QueueError> {
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut tokens = Vec::with_capacity(batch.len());
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut delays = Vec::with_capacity(batch.len());
+    let mut errors = Vec::with_capacity(batch.len());
+    for (id, token, settlement) in batch {
+        ids.push(*id);
+        tokens.push(*token);
+        let (outcome, delay, error) = match settlement {
+            Settlement::Completed => ("completed", 0, None),
+            Settlement::Retry { delay, error } => ("retry", delay.as_millis() as i64, Some(error)),
+            Settlement::Dead { error } => ("dead", 0, Some(error)),
+        };
+        outcomes.push(outcome);
+        delays.push(delay);
+        errors.push(error.map(|e| serde_json::to_value(e).unwrap_or(serde_json::Value::Null)));
+    }
+    let rows = sqlx::query(sql::SETTLE)
+        .bind(ids)
+        .bind(tokens)
+        .bind(outcomes)
+        .bind(delays)
+        .bind(errors)
+        .bind(priority_aging.as_secs_f64())
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let settled = match row.try_get::<&str, _>("settled")? {
+                "completed" => Settled::Completed,
+                "retry" => Settled::Retrying,
+                _ => Settled::Dead,
+            };
+            Ok((row.try_get("id")?, settled))
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(QueueError::from)
+}
+
+/// Gives back claimed jobs that never started, refunding their attempt. Returns how many were released.
+pub async fn release(pool: &PgPool, jobs: &[(JobId, i64)]) -> Result<i64, QueueError> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let (ids, tokens): (Vec<i64>, Vec<i64>) = jobs.iter().copied().unzip();
+    let row = sqlx::query(sql::RELEASE).bind(ids).bind(tokens).fetch_one(pool).await?;
+    Ok(row.try_get("released")?)
+}
+
+/// What one promoter pass did.
+#[derive(Debug, Clone, Copy)]
+pub struct Promotion {
+    pub promoted: i64,
+    pub next_run_at: Option<DateTime<Utc>>,
+}
+
+/// Makes due scheduled jobs available (at most `limit`) and says when the next one falls due.
+pub async fn promote(pool: &PgPool, limit: i64) -> Result<Promotion, QueueError> {
+    let row = sqlx::query(sql::PROMOTE).bind(limit).fetch_one(pool).await?;
+    Ok(Promotion { promoted: row.try_get("promoted")?, next_run_at: row.try_get("next_run_at")? })
+}
+
+/// What one rescuer pass did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rescue {
+    pub returned: i64,
+    pub dead: i64,
+}
+
+/// Returns jobs with expired leases to their queues (or to the dead letters on their last attempt).
+pub async fn rescue(pool: &PgPool) -> Result<Rescue, QueueError> {
+    let row = sqlx::query(sql::RESCUE).fetch_one(pool).await?;
+    Ok(Rescue { returned: row.try_get("returned")?, dead: row.try_get("dead")? })
+}
+
+/// Who a worker process is, as the registry shows it.
+#[derive(Debug, Clone)]
+pub struct WorkerIdentity {
+    pub id: Uuid,
+    pub hostname: String,
+    pub pid: i32,
+    pub queues: Vec<String>,
+    pub concurrency: i32,
+}
+
+impl WorkerIdentity {
+    pub fn of_this_process(queues: Vec<String>, concurrency: i32) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            pid: std::process::id() as i32,
+            queues,
+            concurrency,
+        }
+    }
+}
+
+/// Registers or refreshes the worker and extends its leases. Returns how many leases were extended.
+pub async fn heartbeat(pool: &PgPool, worker: &WorkerIdentity, lease: Duration) -> Result<i64, QueueError> {
+    let row = sqlx::query(sql::HEARTBEAT)
+        .bind(worker.id)
+        .bind(&worker.hostname)
+        .bind(worker.pid)
+        .bind(&worker.queues)
+        .bind(worker.concurrency)
+        .bind(lease.as_millis() as i64)
+        .fetch_one(pool)
+        .await?;
+    Ok(row.try_get("extended")?)
+}
+
+/// Forgets workers silent for longer than `silence`.
+pub async fn reap_workers(pool: &PgPool, silence: Duration) -> Result<u64, QueueError> {
+    let done = sqlx::query(sql::REAP_WORKERS).bind(silence.as_millis() as i64).execute(pool).await?;
+    Ok(done.rows_affected())
+}
+
+/// Removes a worker's registry row as it exits.
+pub async fn deregister(pool: &PgPool, worker: Uuid) -> Result<(), QueueError> {
+    sqlx::query(sql::DEREGISTER_WORKER).bind(worker).execute(pool).await?;
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! herald's durable job queue on PostgreSQL.
+//!
+//! * [`enqueue`]: insert one job or a batch in one statement, inside the caller's transaction if it wants.
+//! * [`lease`]: claim, settle (ack/retry/dead-letter), release, promote scheduled jobs, rescue expired leases,
+//!   heartbeat. The worker runtime drives these; tests call them directly.
+//! * [`admin`]: queue pause/resume and stats, job lookup and cancel, the worker fleet.
+//! * [`dead_letters`]: list, replay, purge.
+//! * [`worker`]: the process that runs handlers: wakeups, claiming, the apalis executor, batched acks, shutdown.
+//!
+//! Guarantees (README "Guarantees"): a job's handler runs at least once; its completion is recorded exactly once
+//! (a stale ack is rejected by its lease token); a crash loses no job (an expired lease returns it to the queue).
+
+pub mod admin;
+pub mod dead_letters;
+pub mod enqueue;
+pub mod lease;
+mod sql;
+mod types;
+pub mod worker;
+
+pub use enqueue::{enqueue, enqueue_many};
+pub use types::*;
+pub use worker::{HandlerRegistry, JobContext, JobError, RetryPolicy};
+
+/// Errors from the queue's operations.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Invalid(#[from] ParseError),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+}

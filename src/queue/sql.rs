@@ -1,0 +1,346 @@
+//! Every SQL statement the queue runs, in one place. The Rust around them lives in `enqueue.rs`, `lease.rs`,
+//! `admin.rs` and `dead_letters.rs`; each statement is exercised by the tests in `tests/queue_*.rs`.
+//!
+//! Conventions: batches travel as parallel arrays through `unnest`, so a batch of any size is one statement and
+//! one round trip. Wakeups are `pg_notify` calls made by the statement that made work available: one per queue
+//! per statement (Postgres also folds identical notifications within a transaction), and they are delivered only
+//! when the transaction commits, so a rolled-back enqueue wakes nobody.
+
+/// The LISTEN/NOTIFY channel. The payload is a queue name, or [`SCHEDULED_WAKEUP`].
+pub const CHANNEL: &str = "herald_jobs";
+/// Payload telling promoters that a job was scheduled for later (queue names cannot contain '!').
+pub const SCHEDULED_WAKEUP: &str = "!scheduled";
+
+/// Batch enqueue. Idempotency keys are taken first (`ON CONFLICT DO NOTHING`, which waits for a concurrent
+/// transaction holding the same key, so two racing enqueues produce one job); only rows that won their key (or
+/// have none) are inserted. Returns one row per input, in input order.
+/// $1 queue, $2 kind, $3 payload, $4 priority, $5 run_at (NULL = now), $6 max_attempts, $7 timeout_ms,
+/// $8 idempotency_key, $9 replay_of, $10 priority aging in seconds.
+pub const ENQUEUE: &str = r#"
+WITH input AS MATERIALIZED (
+    SELECT nextval('herald_jobs_id_seq') AS id, t.queue, t.kind, t.payload, t.priority,
+           coalesce(t.run_at, now()) AS run_at, t.max_attempts, t.timeout_ms, t.idempotency_key, t.replay_of, t.ord
+    FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int2[], $5::timestamptz[], $6::int4[], $7::int4[],
+                $8::text[], $9::int8[])
+         WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, max_attempts, timeout_ms, idempotency_key,
+                              replay_of, ord)
+),
+won_keys AS (
+    INSERT INTO herald_idempotency_keys (key, job_id)
+    SELECT idempotency_key, id FROM input WHERE idempotency_key IS NOT NULL
+    ON CONFLICT (key) DO NOTHING
+    RETURNING job_id
+),
+inserted AS (
+    INSERT INTO herald_jobs (id, queue, kind, payload, priority, run_at, scheduled, sort_key, max_attempts,
+                             timeout_ms, idempotency_key, replay_of)
+    SELECT i.id, i.queue, i.kind, i.payload, i.priority, i.run_at, i.run_at > now(),
+           i.run_at - make_interval(secs => i.priority * $10::float8), i.max_attempts, i.timeout_ms,
+           i.idempotency_key, i.replay_of
+    FROM input i
+    WHERE i.idempotency_key IS NULL OR i.id IN (SELECT job_id FROM won_keys)
+    RETURNING id, queue, scheduled
+),
+wakeups AS (
+    SELECT count(pg_notify('herald_jobs', w.payload)) AS sent
+    FROM (SELECT DISTINCT CASE WHEN scheduled THEN '!scheduled' ELSE queue END AS payload FROM inserted) w
+)
+SELECT i.id, (ins.id IS NOT NULL) AS inserted, i.idempotency_key, (SELECT sent FROM wakeups) AS wakeups
+FROM input i LEFT JOIN inserted ins ON ins.id = i.id
+ORDER BY i.ord
+"#;
+
+/// The jobs holding the given idempotency keys (for reporting duplicates).
+pub const JOBS_BY_IDEMPOTENCY_KEY: &str =
+    "SELECT key, job_id FROM herald_idempotency_keys WHERE key = ANY($1::text[])";
+
+/// Claim up to $2 available jobs of queue $1 for worker $4, with a lease of $3 milliseconds. One lease token,
+/// fresh from a sequence, marks the whole batch. A paused queue yields nothing.
+pub const CLAIM: &str = r#"
+WITH lease AS (SELECT nextval('herald_lease_token_seq') AS token),
+next AS (
+    SELECT id FROM herald_jobs
+    WHERE queue = $1 AND lease_token IS NULL AND NOT scheduled
+      AND NOT EXISTS (SELECT 1 FROM herald_queues q WHERE q.name = $1 AND q.paused)
+    ORDER BY sort_key
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE herald_jobs j
+SET lease_token = lease.token,
+    lease_expires_at = now() + $3 * interval '1 millisecond',
+    leased_by = $4,
+    attempt = j.attempt + 1,
+    claimed_at = now()
+FROM next, lease
+WHERE j.id = next.id
+RETURNING j.id, j.kind, j.payload, j.priority, j.attempt, j.max_attempts, j.timeout_ms, j.lease_token, j.run_at,
+          j.created_at
+"#;
+
+/// Settle a batch of finished attempts in one statement. Each input row names (job id, lease token) and an
+/// outcome: `completed` (delete, append history), `retry` (back to scheduled at now + delay, error appended), or
+/// `dead` (delete, append to dead letters and history). A retry whose attempts are spent becomes dead. Rows whose
+/// token no longer matches (the lease was rescued and maybe re-claimed) are left alone and simply not returned:
+/// that is how a stale ack is rejected.
+/// $1 id, $2 token, $3 outcome, $4 retry delay ms, $5 error (jsonb, NULL on success), $6 priority aging seconds.
+pub const SETTLE: &str = r#"
+WITH input AS (
+    SELECT * FROM unnest($1::int8[], $2::int8[], $3::text[], $4::int8[], $5::jsonb[])
+           AS t(id, token, outcome, delay_ms, error)
+),
+finished AS (
+    DELETE FROM herald_jobs j
+    USING input i
+    WHERE j.id = i.id AND j.lease_token = i.token
+      AND (i.outcome <> 'retry' OR j.attempt >= j.max_attempts)
+    RETURNING j.*, CASE WHEN i.outcome = 'completed' THEN 'completed' ELSE 'dead' END AS result,
+              CASE WHEN i.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(i.error) END AS all_errors,
+              i.error ->> 'message' AS last_error
+),
+history AS (
+    INSERT INTO herald_job_history (job_id, queue, kind, payload, priority, outcome, attempt, max_attempts, errors,
+                                    idempotency_key, replay_of, created_at, claimed_at)
+    SELECT id, queue, kind, payload, priority, result, attempt, max_attempts, all_errors, idempotency_key,
+           replay_of, created_at, claimed_at
+    FROM finished
+),
+dead AS (
+    INSERT INTO herald_dead_letters (job_id, queue, kind, payload, priority, attempt, max_attempts, timeout_ms,
+                                     errors, reason, created_at)
+    SELECT id, queue, kind, payload, priority, attempt, max_attempts, timeout_ms, all_errors,
+           coalesce(last_error, 'failed'), created_at
+    FROM finished WHERE result = 'dead'
+),
+retried AS (
+    UPDATE herald_jobs j
+    SET lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, claimed_at = NULL,
+        scheduled = true,
+        run_at = now() + i.delay_ms * interval '1 millisecond',
+        sort_key = now() + i.delay_ms * interval '1 millisecond' - make_interval(secs => j.priority * $6::float8),
+        errors = j.errors || jsonb_build_array(i.error)
+    FROM input i
+    WHERE j.id = i.id AND j.lease_token = i.token AND i.outcome = 'retry' AND j.attempt < j.max_attempts
+    RETURNING j.id
+),
+wakeups AS (
+    SELECT count(pg_notify('herald_jobs', '!scheduled')) AS sent FROM (SELECT 1 FROM retried LIMIT 1) r
+)
+SELECT id, result AS settled FROM finished
+UNION ALL
+SELECT id, 'retry' FROM retried WHERE (SELECT sent FROM wakeups) >= 0
+"#;
+
+/// Give claimed-but-unstarted jobs back at once (graceful shutdown): the attempt they were charged is refunded.
+/// $1 id, $2 token.
+pub const RELEASE: &str = r#"
+WITH released AS (
+    UPDATE herald_jobs j
+    SET lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, claimed_at = NULL, attempt = j.attempt - 1
+    FROM unnest($1::int8[], $2::int8[]) AS t(id, token)
+    WHERE j.id = t.id AND j.lease_token = t.token
+    RETURNING j.queue
+)
+SELECT (SELECT count(*) FROM released) AS released,
+       (SELECT count(pg_notify('herald_jobs', queue)) FROM (SELECT DISTINCT queue FROM released) q) AS wakeups
+"#;
+
+/// Flip due scheduled jobs to available (at most $1), wake their queues, and report when the next one is due.
+pub const PROMOTE: &str = r#"
+WITH due AS (
+    SELECT id FROM herald_jobs WHERE scheduled AND run_at <= now()
+    ORDER BY run_at LIMIT $1
+    FOR UPDATE SKIP LOCKED
+),
+promoted AS (
+    UPDATE herald_jobs j SET scheduled = false FROM due WHERE j.id = due.id RETURNING j.queue
+),
+wakeups AS (
+    SELECT count(pg_notify('herald_jobs', queue)) AS sent FROM (SELECT DISTINCT queue FROM promoted) q
+)
+SELECT (SELECT count(*) FROM promoted) AS promoted,
+       (SELECT sent FROM wakeups) AS wakeups,
+       (SELECT min(run_at) FROM herald_jobs WHERE scheduled AND run_at > now()) AS next_run_at
+"#;
+
+/// Return jobs whose lease expired (their worker is presumed dead) to the queue, or to the dead letters when that
+/// was their last attempt. The attempt was counted when it was claimed; the error says what happened.
+pub const RESCUE: &str = r#"
+WITH expired AS (
+    SELECT id FROM herald_jobs
+    WHERE lease_token IS NOT NULL AND lease_expires_at < now()
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+),
+failed AS (
+    SELECT j.id, j.errors || jsonb_build_array(jsonb_build_object(
+               'attempt', j.attempt, 'at', now(), 'kind', 'lease_expired',
+               'message', 'lease expired: the worker holding the job stopped heartbeating')) AS all_errors
+    FROM herald_jobs j JOIN expired e ON e.id = j.id
+),
+finished AS (
+    DELETE FROM herald_jobs j USING failed f
+    WHERE j.id = f.id AND j.attempt >= j.max_attempts
+    RETURNING j.*, f.all_errors
+),
+history AS (
+    INSERT INTO herald_job_history (job_id, queue, kind, payload, priority, outcome, attempt, max_attempts, errors,
+                                    idempotency_key, replay_of, created_at, claimed_at)
+    SELECT id, queue, kind, payload, priority, 'dead', attempt, max_attempts, all_errors, idempotency_key,
+           replay_of, created_at, claimed_at
+    FROM finished
+),
+dead AS (
+    INSERT INTO herald_dead_letters (job_id, queue, kind, payload, priority, attempt, max_attempts, timeout_ms,
+                                     errors, reason, created_at)
+    SELECT id, queue, kind, payload, priority, attempt, max_attempts, timeout_ms, all_errors,
+           'lease expired on the last attempt', created_at
+    FROM finished
+),
+returned AS (
+    UPDATE herald_jobs j
+    SET lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, claimed_at = NULL, errors = f.all_errors
+    FROM failed f
+    WHERE j.id = f.id AND j.attempt < j.max_attempts
+    RETURNING j.queue
+),
+wakeups AS (
+    SELECT count(pg_notify('herald_jobs', queue)) AS sent FROM (SELECT DISTINCT queue FROM returned) q
+)
+SELECT (SELECT count(*) FROM returned) AS returned, (SELECT count(*) FROM finished) AS dead,
+       (SELECT sent FROM wakeups) AS wakeups
+"#;
+
+/// Register or refresh this worker process, and extend the leases of every job it holds.
+/// $1 worker id, $2 hostname, $3 pid, $4 queues, $5 concurrency, $6 lease ms.
+pub const HEARTBEAT: &str = r#"
+WITH beat AS (
+    INSERT INTO herald_workers (id, hostname, pid, queues, concurrency)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+    RETURNING id
+),
+extended AS (
+    UPDATE herald_jobs SET lease_expires_at = now() + $6 * interval '1 millisecond'
+    WHERE lease_token IS NOT NULL AND leased_by = $1
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM extended) AS extended, (SELECT count(*) FROM beat) AS registered
+"#;
+
+/// Forget workers that stopped heartbeating long ago ($1 milliseconds).
+pub const REAP_WORKERS: &str =
+    "DELETE FROM herald_workers WHERE heartbeat_at < now() - $1 * interval '1 millisecond'";
+
+/// A worker leaving cleanly removes its row.
+pub const DEREGISTER_WORKER: &str = "DELETE FROM herald_workers WHERE id = $1";
+
+/// The live fleet.
+pub const LIST_WORKERS: &str = r#"
+SELECT id, hostname, pid, queues, concurrency, started_at, heartbeat_at
+FROM herald_workers ORDER BY started_at
+"#;
+
+/// Pause or resume a queue fleet-wide; resuming wakes its workers.
+pub const SET_PAUSED: &str = r#"
+WITH upsert AS (
+    INSERT INTO herald_queues (name, paused) VALUES ($1, $2)
+    ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()
+    RETURNING name, paused
+)
+SELECT name, paused, CASE WHEN NOT paused THEN pg_notify('herald_jobs', name) END IS NULL AS quiet FROM upsert
+"#;
+
+/// Depth and state of every queue that has jobs or settings.
+pub const QUEUE_STATS: &str = r#"
+WITH stats AS (
+    SELECT queue,
+           count(*) FILTER (WHERE lease_token IS NULL AND NOT scheduled) AS available,
+           count(*) FILTER (WHERE lease_token IS NOT NULL) AS running,
+           count(*) FILTER (WHERE scheduled) AS scheduled,
+           min(run_at) FILTER (WHERE lease_token IS NULL AND NOT scheduled) AS oldest_available_at
+    FROM herald_jobs GROUP BY queue
+)
+SELECT coalesce(s.queue, q.name) AS name, coalesce(q.paused, false) AS paused,
+       coalesce(s.available, 0) AS available, coalesce(s.running, 0) AS running,
+       coalesce(s.scheduled, 0) AS scheduled,
+       extract(epoch FROM now() - s.oldest_available_at)::float8 AS oldest_age_secs
+FROM stats s FULL JOIN herald_queues q ON q.name = s.queue
+ORDER BY 1
+"#;
+
+/// A job still in the hot table.
+pub const LIVE_JOB: &str = r#"
+SELECT id, queue, kind, payload, priority, run_at, scheduled, attempt, max_attempts, errors,
+       lease_token IS NOT NULL AS running, claimed_at, created_at, idempotency_key
+FROM herald_jobs WHERE id = $1
+"#;
+
+/// A finished job's latest history row.
+pub const FINISHED_JOB: &str = r#"
+SELECT job_id, queue, kind, payload, priority, outcome, attempt, max_attempts, errors, created_at, claimed_at,
+       finished_at, idempotency_key
+FROM herald_job_history WHERE job_id = $1 ORDER BY finished_at DESC LIMIT 1
+"#;
+
+/// Cancel a job that is not running: it leaves the hot table and its history says `cancelled`.
+pub const CANCEL: &str = r#"
+WITH gone AS (
+    DELETE FROM herald_jobs WHERE id = $1 AND lease_token IS NULL RETURNING *
+)
+INSERT INTO herald_job_history (job_id, queue, kind, payload, priority, outcome, attempt, max_attempts, errors,
+                                idempotency_key, replay_of, created_at, claimed_at)
+SELECT id, queue, kind, payload, priority, 'cancelled', attempt, max_attempts, errors, idempotency_key, replay_of,
+       created_at, claimed_at
+FROM gone
+RETURNING job_id
+"#;
+
+/// Whether a job is in the hot table and leased (to explain why it could not be cancelled).
+pub const JOB_RUNNING: &str = "SELECT lease_token IS NOT NULL FROM herald_jobs WHERE id = $1";
+
+/// The filter shared by listing, replaying and purging dead letters. Placeholders $1..$5:
+/// id, queue, kind, failed at or after, failed before.
+macro_rules! dead_letter_filter {
+    () => {
+        "($1::int8 IS NULL OR d.id = $1) AND ($2::text IS NULL OR d.queue = $2) AND \
+         ($3::text IS NULL OR d.kind = $3) AND ($4::timestamptz IS NULL OR d.failed_at >= $4) AND \
+         ($5::timestamptz IS NULL OR d.failed_at < $5)"
+    };
+}
+
+/// Dead letters matching the filter, newest first, after cursor $6 (an id; NULL for the first page), at most $7.
+pub const LIST_DEAD_LETTERS: &str = concat!(
+    "SELECT d.id, d.job_id, d.queue, d.kind, d.payload, d.priority, d.attempt, d.max_attempts, d.errors, d.reason, \
+     d.created_at, d.failed_at, d.replayed_at, d.replayed_as \
+     FROM herald_dead_letters d WHERE ",
+    dead_letter_filter!(),
+    " AND ($6::int8 IS NULL OR d.id < $6) ORDER BY d.id DESC LIMIT $7"
+);
+
+/// Re-enqueue every matching dead letter not replayed yet, as a new job with its attempts reset, and link the two.
+/// $6 priority aging seconds. Returns (dead letter id, new job id, queue).
+pub const REPLAY_DEAD_LETTERS: &str = concat!(
+    "WITH picked AS (SELECT d.* FROM herald_dead_letters d WHERE ",
+    dead_letter_filter!(),
+    " AND d.replayed_as IS NULL FOR UPDATE SKIP LOCKED), \
+     replayed AS ( \
+        INSERT INTO herald_jobs (queue, kind, payload, priority, run_at, sort_key, max_attempts, timeout_ms, replay_of) \
+        SELECT queue, kind, payload, priority, now(), now() - make_interval(secs => priority * $6::float8), \
+               max_attempts, timeout_ms, id \
+        FROM picked RETURNING id, replay_of, queue), \
+     linked AS ( \
+        UPDATE herald_dead_letters d SET replayed_at = now(), replayed_as = r.id \
+        FROM replayed r WHERE d.id = r.replay_of RETURNING d.id), \
+     wakeups AS (SELECT count(pg_notify('herald_jobs', queue)) AS sent FROM (SELECT DISTINCT queue FROM replayed) q) \
+     SELECT r.replay_of AS dead_letter_id, r.id AS job_id, (SELECT sent FROM wakeups) AS wakeups, \
+            (SELECT count(*) FROM linked) AS linked \
+     FROM replayed r ORDER BY r.replay_of"
+);
+
+/// Delete every matching dead letter. Returns how many.
+pub const PURGE_DEAD_LETTERS: &str = concat!(
+    "WITH purged AS (DELETE FROM herald_dead_letters d WHERE ",
+    dead_letter_filter!(),
+    " RETURNING 1) SELECT count(*) FROM purged"
+);

@@ -1,0 +1,78 @@
+//! The completer: acks are batched so that one statement settles up to `ack_batch` attempts, and claims keep
+//! running while a flush is in flight.
+//!
+//! An ack is never dropped: if a flush fails (connection lost, database restarting), the batch is kept and
+//! retried with backoff. If the outage outlasts the lease, the rescuer hands the job to another worker and the
+//! late flush is rejected by the lease token, which is exactly-once completion at work.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use crate::queue::JobId;
+use crate::queue::lease::{self, Settled, Settlement};
+
+/// One finished attempt on its way to the database.
+#[derive(Debug)]
+pub struct Ack {
+    pub id: JobId,
+    pub lease_token: i64,
+    pub settlement: Settlement,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompleterOptions {
+    pub flush_every: Duration,
+    pub max_batch: usize,
+    pub priority_aging: Duration,
+}
+
+/// Runs until every sender is dropped and everything received has been flushed.
+pub async fn run(pool: PgPool, mut acks: mpsc::Receiver<Ack>, options: CompleterOptions) {
+    let mut batch: Vec<(JobId, i64, Settlement)> = Vec::with_capacity(options.max_batch);
+    loop {
+        // Block for the first ack, then gather more until the batch is full or the flush interval passes.
+        let Some(first) = acks.recv().await else { break };
+        batch.push((first.id, first.lease_token, first.settlement));
+        let deadline = tokio::time::Instant::now() + options.flush_every;
+        while batch.len() < options.max_batch {
+            match tokio::time::timeout_at(deadline, acks.recv()).await {
+                Ok(Some(ack)) => batch.push((ack.id, ack.lease_token, ack.settlement)),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        flush(&pool, &mut batch, &options).await;
+    }
+}
+
+async fn flush(pool: &PgPool, batch: &mut Vec<(JobId, i64, Settlement)>, options: &CompleterOptions) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match lease::settle(pool, batch, options.priority_aging).await {
+            Ok(settled) => {
+                report(batch, &settled);
+                batch.clear();
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, acks = batch.len(), retry_in = ?backoff, "flushing acks failed; will retry");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn report(batch: &[(JobId, i64, Settlement)], settled: &[(JobId, Settled)]) {
+    let dead = settled.iter().filter(|(_, s)| *s == Settled::Dead).count();
+    if dead > 0 {
+        tracing::warn!(dead, "jobs moved to the dead letters");
+    }
+    if settled.len() < batch.len() {
+        // Their leases were rescued while we ran them: another attempt owns the job now.
+        let stale: Vec<JobId> =
+            batch.iter().map(|(id, _, _)| *id).filter(|id| !settled.iter().any(|(s, _)| s == id)).collect();
+        tracing::warn!(?stale, "rejected stale acks: leases had expired and were rescued");
+    }
+}
