@@ -1,0 +1,156 @@
+//! Shared test helpers: a fresh database per test on the server named by DATABASE_URL, an in-process worker, a
+//! worker process, and polling with a deadline (never fixed sleeps).
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use herald::config::Settings;
+use herald::queue::worker::{self, WorkerOptions};
+use herald::queue::{HandlerRegistry, JobDefaults, NewJob, QueueName, QueueSpec, RetryPolicy};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_URL.to_string())
+}
+
+/// A database of its own for one test, migrated, dropped when the value is dropped.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    name: String,
+}
+
+impl TestDb {
+    pub async fn new() -> Self {
+        Self::on_server(&server_url()).await
+    }
+
+    pub async fn on_server(server: &str) -> Self {
+        let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgPoolOptions::new().max_connections(1).connect(server).await.expect("connect to DATABASE_URL");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create db");
+        admin.close().await;
+        let url = herald::bench::with_database(server, &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(20)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect(&url)
+            .await
+            .expect("connect to test db");
+        herald::db::migrate(&pool).await.expect("migrate");
+        Self { pool, url, name }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (server, name) = (server_url(), self.name.clone());
+        // Drop runs outside async; do the cleanup on a thread with its own runtime.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async move {
+                if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&server).await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Settings as the tests run them (config/default.toml + config/test.toml).
+pub fn settings() -> Settings {
+    Settings::load_from(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config")), Some("test")).expect("settings")
+}
+
+pub fn defaults() -> JobDefaults {
+    JobDefaults { max_attempts: 5, timeout: Duration::from_secs(30), priority_aging: Duration::from_secs(60) }
+}
+
+/// Worker options with fast timers, serving `queues` (name, concurrency).
+pub fn options(queues: &[(&str, usize)]) -> WorkerOptions {
+    WorkerOptions {
+        queues: queues
+            .iter()
+            .map(|(name, concurrency)| QueueSpec { name: queue(name), concurrency: *concurrency })
+            .collect(),
+        batch_size: 50,
+        lease: Duration::from_secs(5),
+        poll_interval: Duration::from_millis(200),
+        heartbeat_interval: Duration::from_secs(1),
+        rescue_interval: Duration::from_secs(1),
+        shutdown_grace: Duration::from_secs(5),
+        ack_flush: Duration::from_millis(5),
+        ack_batch: 100,
+        defaults: defaults(),
+        retry: RetryPolicy { base: Duration::from_millis(50), max: Duration::from_secs(1) },
+    }
+}
+
+pub fn queue(name: &str) -> QueueName {
+    QueueName::parse(name).expect("queue name")
+}
+
+pub fn job(queue_name: &str, kind: &str, payload: serde_json::Value) -> NewJob {
+    NewJob::new(queue(queue_name), herald::queue::JobKind::parse(kind).expect("kind"), payload)
+}
+
+/// An in-process worker; `stop` shuts it down gracefully and waits.
+pub struct RunningWorker {
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl RunningWorker {
+    pub fn start(pool: &PgPool, options: WorkerOptions, registry: HandlerRegistry) -> Self {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(worker::run(pool.clone(), options, registry, shutdown.clone()));
+        Self { shutdown, task }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.task)
+            .await
+            .expect("worker stops within 30 s")
+            .expect("worker task");
+    }
+}
+
+/// Polls `check` every 10 ms until it returns true; panics with `what` after `limit`.
+pub async fn wait_until<F, Fut>(limit: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn scalar_i64(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(pool).await.expect(sql)
+}
+
+/// Jobs still in the hot table.
+pub async fn live_jobs(pool: &PgPool) -> i64 {
+    scalar_i64(pool, "SELECT count(*) FROM herald_jobs").await
+}
+
+/// Completions recorded per job: (jobs completed, total completion rows). Equal means none completed twice.
+pub async fn completions(pool: &PgPool) -> (i64, i64) {
+    let distinct =
+        scalar_i64(pool, "SELECT count(DISTINCT job_id) FROM herald_job_history WHERE outcome = 'completed'").await;
+    let total = scalar_i64(pool, "SELECT count(*) FROM herald_job_history WHERE outcome = 'completed'").await;
+    (distinct, total)
+}
