@@ -24,6 +24,7 @@ pub fn server_url() -> String {
 pub struct TestDb {
     pub pool: PgPool,
     pub url: String,
+    server: String,
     name: String,
 }
 
@@ -45,13 +46,13 @@ impl TestDb {
             .await
             .expect("connect to test db");
         herald::db::migrate(&pool).await.expect("migrate");
-        Self { pool, url, name }
+        Self { pool, url, server: server.to_string(), name }
     }
 }
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (server, name) = (server_url(), self.name.clone());
+        let (server, name) = (self.server.clone(), self.name.clone());
         // Drop runs outside async; do the cleanup on a thread with its own runtime.
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
@@ -111,6 +112,7 @@ pub struct RunningWorker {
 
 impl RunningWorker {
     pub fn start(pool: &PgPool, options: WorkerOptions, registry: HandlerRegistry) -> Self {
+        init_test_logging();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(worker::run(pool.clone(), options, registry, shutdown.clone()));
         Self { shutdown, task }
@@ -153,4 +155,24 @@ pub async fn completions(pool: &PgPool) -> (i64, i64) {
         scalar_i64(pool, "SELECT count(DISTINCT job_id) FROM herald_job_history WHERE outcome = 'completed'").await;
     let total = scalar_i64(pool, "SELECT count(*) FROM herald_job_history WHERE outcome = 'completed'").await;
     (distinct, total)
+}
+
+/// Worker logs in the test's captured output (shown when a test fails). RUST_LOG filters, default `warn`.
+pub fn init_test_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// Starts `herald <args>` as a separate process on `url`, with the test settings and logs at `warn`.
+pub fn spawn_herald(url: &str, args: &[&str]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DATABASE_URL", url)
+        .env("HERALD_ENV", "test")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start herald")
 }
