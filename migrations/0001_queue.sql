@@ -5,7 +5,8 @@
 --   to `herald_job_history`, so the table the claim query scans stays small and no row is ever updated to
 --   "completed".
 -- * A job is available when `lease_token IS NULL`; claiming sets a lease token (shared by one claim batch, taken
---   from a sequence so it never repeats) and an expiry. Every ack names the token it was given: an ack from a
+--   from a sequence so it never repeats) and a lease term. The lease stays valid while the worker in `leased_by`
+--   heartbeats; after the term, a silent worker's jobs are rescued. Every ack names the token it was given: an ack from a
 --   worker whose lease was taken away matches no row and is rejected.
 -- * A job enqueued for later (or waiting out a retry backoff) is `scheduled`; a promoter in every worker process
 --   flips due jobs to available and wakes the workers, on a timer set to the next due time.
@@ -42,8 +43,13 @@ CREATE TABLE herald_jobs (
 CREATE INDEX herald_jobs_available ON herald_jobs (queue, sort_key) WHERE lease_token IS NULL AND NOT scheduled;
 -- The promoter's index: scheduled jobs by due time.
 CREATE INDEX herald_jobs_scheduled ON herald_jobs (run_at) WHERE scheduled;
--- Leased jobs are few (in flight only), so this small index serves the rescuer and lease extension.
+-- Leased jobs are few (in flight only); the rescuer scans this small index.
 CREATE INDEX herald_jobs_leased ON herald_jobs (lease_expires_at) WHERE lease_token IS NOT NULL;
+
+-- Every job is inserted, updated once per claim and deleted: let autovacuum keep up with the churn (the default
+-- scale factor of 20% lets dead tuples pile up on a busy queue).
+ALTER TABLE herald_jobs SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
+                             autovacuum_vacuum_cost_delay = 0);
 
 -- Idempotency keys outlive the hot row (a finished job's key still answers with its id).
 CREATE TABLE herald_idempotency_keys (

@@ -67,7 +67,7 @@ async fn a_stale_ack_is_rejected_after_the_lease_was_rescued_and_reclaimed() {
     enqueue(&db, vec![job("q", "k", json!({}))]).await;
     let presumed_dead = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4()).await.unwrap().remove(0);
     expire_leases(&db).await;
-    let rescue = lease::rescue(&db.pool).await.unwrap();
+    let rescue = lease::rescue(&db.pool, LEASE).await.unwrap();
     assert_eq!((rescue.returned, rescue.dead), (1, 0));
     let second = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4()).await.unwrap().remove(0);
     assert_eq!(second.attempt, 2, "the rescued attempt counted");
@@ -149,7 +149,7 @@ async fn rescue_of_a_last_attempt_dead_letters_it() {
     enqueue(&db, vec![job("q", "k", json!({})).max_attempts(1)]).await;
     lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4()).await.unwrap();
     expire_leases(&db).await;
-    let rescue = lease::rescue(&db.pool).await.unwrap();
+    let rescue = lease::rescue(&db.pool, LEASE).await.unwrap();
     assert_eq!((rescue.returned, rescue.dead), (0, 1));
     let letters = dead_letters::list(&db.pool, &DeadLetterFilter::default(), None, 10).await.unwrap();
     assert_eq!(letters[0].reason, "lease expired on the last attempt");
@@ -184,24 +184,36 @@ async fn promote_makes_due_jobs_available_and_reports_the_next_due_time() {
 }
 
 #[tokio::test]
-async fn heartbeat_registers_the_worker_and_extends_its_leases() {
+async fn a_heartbeating_worker_keeps_its_leases_and_a_silent_one_loses_them() {
     let db = TestDb::new().await;
-    enqueue(&db, vec![job("q", "k", json!({}))]).await;
-    let me = WorkerIdentity::of_this_process(vec!["q".into()], 4);
-    lease::claim(&db.pool, &queue("q"), 1, Duration::from_secs(1), me.id).await.unwrap();
-    let extended = lease::heartbeat(&db.pool, &me, Duration::from_secs(600)).await.unwrap();
-    assert_eq!(extended, 1);
-    let left = scalar_i64(&db.pool, "SELECT extract(epoch FROM lease_expires_at - now())::int8 FROM herald_jobs").await;
-    assert!(left > 500, "lease extended to ~600 s, got {left}");
-    let fleet = admin::list_workers(&db.pool).await.unwrap();
-    assert_eq!(fleet.len(), 1);
-    assert_eq!((fleet[0].id, fleet[0].concurrency), (me.id, 4));
+    enqueue(&db, vec![job("q", "k", json!({})), job("q", "k", json!({}))]).await;
+    let alive = WorkerIdentity::of_this_process(vec!["q".into()], 4);
+    let silent = WorkerIdentity::of_this_process(vec!["q".into()], 4);
+    lease::heartbeat(&db.pool, &alive).await.unwrap();
+    lease::heartbeat(&db.pool, &silent).await.unwrap();
+    lease::claim(&db.pool, &queue("q"), 1, LEASE, alive.id).await.unwrap();
+    lease::claim(&db.pool, &queue("q"), 1, LEASE, silent.id).await.unwrap();
+    expire_leases(&db).await; // both lease terms have passed
+    sqlx::query("UPDATE herald_workers SET heartbeat_at = now() - interval '1 hour' WHERE id = $1")
+        .bind(silent.id)
+        .execute(&db.pool)
+        .await
+        .unwrap();
 
-    sqlx::query("UPDATE herald_workers SET heartbeat_at = now() - interval '1 hour'").execute(&db.pool).await.unwrap();
-    assert_eq!(lease::reap_workers(&db.pool, Duration::from_secs(60)).await.unwrap(), 1);
-    lease::heartbeat(&db.pool, &me, LEASE).await.unwrap();
-    lease::deregister(&db.pool, me.id).await.unwrap();
+    let pass = lease::rescue(&db.pool, LEASE).await.unwrap();
+    assert_eq!(pass.returned, 1, "only the silent worker's job is rescued");
+    let still_held: Option<Uuid> = sqlx::query_scalar("SELECT leased_by FROM herald_jobs WHERE lease_token IS NOT NULL")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(still_held, Some(alive.id));
+
+    let fleet = admin::list_workers(&db.pool).await.unwrap();
+    assert_eq!(fleet.len(), 2);
+    assert_eq!(lease::reap_workers(&db.pool, Duration::from_secs(60)).await.unwrap(), 1, "the silent one");
+    lease::deregister(&db.pool, alive.id).await.unwrap();
     assert!(admin::list_workers(&db.pool).await.unwrap().is_empty());
+    assert_eq!(lease::rescue(&db.pool, LEASE).await.unwrap().returned, 1, "a worker that left holds nothing");
 }
 
 #[tokio::test]

@@ -170,9 +170,10 @@ pub struct Rescue {
     pub dead: i64,
 }
 
-/// Returns jobs with expired leases to their queues (or to the dead letters on their last attempt).
-pub async fn rescue(pool: &PgPool) -> Result<Rescue, QueueError> {
-    let row = sqlx::query(sql::RESCUE).fetch_one(pool).await?;
+/// Returns jobs with expired leases to their queues (or to the dead letters on their last attempt). A lease is
+/// expired when its term has passed and its worker has not heartbeated for `lease`.
+pub async fn rescue(pool: &PgPool, lease: Duration) -> Result<Rescue, QueueError> {
+    let row = sqlx::query(sql::RESCUE).bind(lease.as_millis() as i64).fetch_one(pool).await?;
     Ok(Rescue { returned: row.try_get("returned")?, dead: row.try_get("dead")? })
 }
 
@@ -198,18 +199,17 @@ impl WorkerIdentity {
     }
 }
 
-/// Registers or refreshes the worker and extends its leases. Returns how many leases were extended.
-pub async fn heartbeat(pool: &PgPool, worker: &WorkerIdentity, lease: Duration) -> Result<i64, QueueError> {
-    let row = sqlx::query(sql::HEARTBEAT)
+/// Registers or refreshes the worker; while it keeps doing so, its leases stay valid.
+pub async fn heartbeat(pool: &PgPool, worker: &WorkerIdentity) -> Result<(), QueueError> {
+    sqlx::query(sql::HEARTBEAT)
         .bind(worker.id)
         .bind(&worker.hostname)
         .bind(worker.pid)
         .bind(&worker.queues)
         .bind(worker.concurrency)
-        .bind(lease.as_millis() as i64)
-        .fetch_one(pool)
+        .execute(pool)
         .await?;
-    Ok(row.try_get("extended")?)
+    Ok(())
 }
 
 /// Forgets workers silent for longer than `silence`.

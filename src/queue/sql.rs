@@ -163,14 +163,19 @@ SELECT (SELECT count(*) FROM promoted) AS promoted,
        (SELECT min(run_at) FROM herald_jobs WHERE scheduled AND run_at > now()) AS next_run_at
 "#;
 
-/// Return jobs whose lease expired (their worker is presumed dead) to the queue, or to the dead letters when that
-/// was their last attempt. The attempt was counted when it was claimed; the error says what happened.
+/// Return jobs whose lease expired to the queue, or to the dead letters when that was their last attempt. A lease
+/// has expired when its initial term (set at claim) has passed and the worker holding it has not heartbeated
+/// within $1 milliseconds (or has left the registry): a live worker always settles its jobs, because every
+/// handler runs under a timeout. The attempt was counted when it was claimed; the error says what happened.
 pub const RESCUE: &str = r#"
 WITH expired AS (
-    SELECT id FROM herald_jobs
-    WHERE lease_token IS NOT NULL AND lease_expires_at < now()
+    SELECT j.id FROM herald_jobs j
+    WHERE j.lease_token IS NOT NULL AND j.lease_expires_at < now()
+      AND NOT EXISTS (
+          SELECT 1 FROM herald_workers w
+          WHERE w.id = j.leased_by AND w.heartbeat_at > now() - $1 * interval '1 millisecond')
     LIMIT 1000
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF j SKIP LOCKED
 ),
 failed AS (
     SELECT j.id, j.errors || jsonb_build_array(jsonb_build_object(
@@ -211,21 +216,13 @@ SELECT (SELECT count(*) FROM returned) AS returned, (SELECT count(*) FROM finish
        (SELECT sent FROM wakeups) AS wakeups
 "#;
 
-/// Register or refresh this worker process, and extend the leases of every job it holds.
-/// $1 worker id, $2 hostname, $3 pid, $4 queues, $5 concurrency, $6 lease ms.
+/// Register or refresh this worker process. Its heartbeat is what keeps its leases alive (see [`RESCUE`]): no
+/// job row is touched, so a heartbeat never contends with claims and acks for row locks.
+/// $1 worker id, $2 hostname, $3 pid, $4 queues, $5 concurrency.
 pub const HEARTBEAT: &str = r#"
-WITH beat AS (
-    INSERT INTO herald_workers (id, hostname, pid, queues, concurrency)
-    VALUES ($1, $2, $3, $4, $5)
-    ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
-    RETURNING id
-),
-extended AS (
-    UPDATE herald_jobs SET lease_expires_at = now() + $6 * interval '1 millisecond'
-    WHERE lease_token IS NOT NULL AND leased_by = $1
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM extended) AS extended, (SELECT count(*) FROM beat) AS registered
+INSERT INTO herald_workers (id, hostname, pid, queues, concurrency)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
 "#;
 
 /// Forget workers that stopped heartbeating long ago ($1 milliseconds).

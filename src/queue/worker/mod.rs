@@ -3,7 +3,8 @@
 //! Tasks inside one process:
 //! * **wakeups**: one LISTEN connection; NOTIFYs wake the queue they name.
 //! * **promoter**: makes due scheduled jobs available, sleeping until the next one is due (or the poll interval).
-//! * **maintenance**: heartbeat (registry row + lease extension), rescue of expired leases, reaping dead workers.
+//! * **maintenance**: heartbeat (the registry row that keeps this worker's leases valid), rescue of expired
+//!   leases, reaping dead workers.
 //! * **one runner per queue**: claim batches, run handlers (see `runner.rs`).
 //! * **completer**: batched acks (see `completer.rs`).
 //!
@@ -147,7 +148,7 @@ async fn promote_loop(pool: PgPool, poll: Duration, wakeup: Arc<tokio::sync::Not
     }
 }
 
-/// Heartbeat (keeps this worker's leases alive) and, less often, rescue of other workers' expired leases.
+/// Heartbeat (keeps this worker's leases valid) and, less often, rescue of other workers' expired leases.
 async fn maintain_loop(pool: PgPool, identity: WorkerIdentity, options: WorkerOptions, stop: CancellationToken) {
     let mut heartbeat = tokio::time::interval(options.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -157,12 +158,12 @@ async fn maintain_loop(pool: PgPool, identity: WorkerIdentity, options: WorkerOp
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = heartbeat.tick() => {
-                if let Err(error) = lease::heartbeat(&pool, &identity, options.lease).await {
+                if let Err(error) = lease::heartbeat(&pool, &identity).await {
                     tracing::warn!(%error, "heartbeat failed");
                 }
             }
             _ = rescue.tick() => {
-                match lease::rescue(&pool).await {
+                match lease::rescue(&pool, options.lease).await {
                     Ok(pass) if pass.returned + pass.dead > 0 => {
                         tracing::warn!(returned = pass.returned, dead = pass.dead, "rescued jobs with expired leases");
                     }
