@@ -36,7 +36,7 @@ impl TestDb {
     pub async fn on_server(server: &str) -> Self {
         let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
         let admin = PgPoolOptions::new().max_connections(1).connect(server).await.expect("connect to DATABASE_URL");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&admin).await.expect("create db");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create db");
         admin.close().await;
         let url = herald::bench::with_database(server, &name);
         let pool = PgPoolOptions::new()
@@ -59,7 +59,7 @@ impl Drop for TestDb {
             runtime.block_on(async move {
                 if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&server).await {
                     let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&admin).await;
+                    let _ = sqlx::query(&sql).execute(&admin).await;
                 }
             });
         });
@@ -141,7 +141,7 @@ where
 }
 
 pub async fn scalar_i64(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(pool).await.expect(sql)
+    sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.expect(sql)
 }
 
 /// Jobs still in the hot table.

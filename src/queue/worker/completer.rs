@@ -49,8 +49,10 @@ pub async fn run(pool: PgPool, mut acks: mpsc::Receiver<Ack>, options: Completer
 async fn flush(pool: &PgPool, batch: &mut Vec<(JobId, i64, Settlement)>, options: &CompleterOptions) {
     let mut backoff = Duration::from_millis(50);
     loop {
+        let started = std::time::Instant::now();
         match lease::settle(pool, batch, options.priority_aging).await {
             Ok(settled) => {
+                tracing::debug!(acks = batch.len(), elapsed = ?started.elapsed(), "flushed acks");
                 report(batch, &settled);
                 batch.clear();
                 return;

@@ -83,8 +83,10 @@ impl QueueRunner {
             }
             let Some(room) = self.wait_for_room(&shared, low_water, &shutdown).await else { return };
             let wanted = room.num_permits();
+            let started = std::time::Instant::now();
             match lease::claim(&self.pool, &self.spec.name, wanted, self.lease, self.worker_id).await {
                 Ok(jobs) => {
+                    tracing::debug!(wanted, claimed = jobs.len(), elapsed = ?started.elapsed(), "claimed");
                     backoff = Duration::from_millis(100);
                     drained = jobs.len() < wanted;
                     self.hand_over(&shared, &out, jobs, room).await;
