@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// Jobs per enqueue statement.
     #[arg(long, default_value_t = 5_000)]
     pub enqueue_batch: usize,
+    /// Connections enqueueing at once in the enqueue phase.
+    #[arg(long, default_value_t = 2)]
+    pub enqueue_connections: usize,
     /// Jobs per claim statement in the workers.
     #[arg(long, default_value_t = 1_000)]
     pub claim_batch: usize,
@@ -130,16 +133,32 @@ fn print_report(report: &BenchReport, json: bool) {
 async fn enqueue_phase(pool: &PgPool, defaults: &JobDefaults, args: &BenchArgs) -> Result<f64, BenchError> {
     let queue = queue_name("bench")?;
     let job = NewJob::typed(queue, &Noop {}).map_err(|e| BenchError::Failed(e.to_string()))?;
-    let batch: Vec<NewJob> = vec![job; args.enqueue_batch.max(1)];
-    let mut conn = pool.acquire().await?;
+    let batch: std::sync::Arc<Vec<NewJob>> = std::sync::Arc::new(vec![job; args.enqueue_batch.max(1)]);
+    let connections = args.enqueue_connections.max(1);
     let started = Instant::now();
-    let mut remaining = args.jobs;
-    while remaining > 0 {
-        let n = remaining.min(batch.len());
-        queue::enqueue_many(&mut conn, defaults, &batch[..n]).await?;
-        remaining -= n;
+    let mut tasks = tokio::task::JoinSet::new();
+    for share in split_evenly(args.jobs, connections) {
+        let (pool, defaults, batch) = (pool.clone(), defaults.clone(), std::sync::Arc::clone(&batch));
+        tasks.spawn(async move {
+            let mut conn = pool.acquire().await?;
+            let mut remaining = share;
+            while remaining > 0 {
+                let n = remaining.min(batch.len());
+                queue::enqueue_many(&mut conn, &defaults, &batch[..n]).await?;
+                remaining -= n;
+            }
+            Ok::<(), BenchError>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.map_err(|e| BenchError::Failed(e.to_string()))??;
     }
     Ok(args.jobs as f64 / started.elapsed().as_secs_f64())
+}
+
+/// `total` split into `parts` shares that differ by at most one.
+fn split_evenly(total: usize, parts: usize) -> Vec<usize> {
+    (0..parts).map(|i| total / parts + usize::from(i < total % parts)).collect()
 }
 
 struct Execution {
@@ -334,6 +353,12 @@ fn queue_name(name: &str) -> Result<QueueName, BenchError> {
 #[cfg(test)]
 mod tests {
     use super::with_database;
+
+    #[test]
+    fn splits_work_evenly() {
+        assert_eq!(super::split_evenly(10, 3), vec![4, 3, 3]);
+        assert_eq!(super::split_evenly(2, 4), vec![1, 1, 0, 0]);
+    }
 
     #[test]
     fn replaces_the_database_in_a_url() {

@@ -55,8 +55,9 @@ pub const JOBS_BY_IDEMPOTENCY_KEY: &str =
     "SELECT key, job_id FROM herald_idempotency_keys WHERE key = ANY($1::text[])";
 
 /// Claim up to $2 available jobs of queue $1 for worker $4, with a lease term of $3 milliseconds. One lease token,
-/// fresh from a sequence, marks the whole batch. A paused queue yields nothing. (`id = ANY(ARRAY(...))` keeps the
-/// planner on the primary key; a join against the CTE made it hash the whole table.)
+/// fresh from a sequence, marks the whole batch. A paused queue yields nothing. Rows come back in claim order, so
+/// a worker starts them in that order. (`id = ANY(ARRAY(...))` keeps the planner on the primary key; a join
+/// against the CTE made it hash the whole table.)
 pub const CLAIM: &str = r#"
 WITH next AS (
     SELECT id FROM herald_jobs
@@ -65,16 +66,19 @@ WITH next AS (
     ORDER BY sort_key
     LIMIT $2
     FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE herald_jobs j
+    SET lease_token = (SELECT nextval('herald_lease_token_seq')),
+        lease_expires_at = now() + $3 * interval '1 millisecond',
+        leased_by = $4,
+        attempt = j.attempt + 1,
+        claimed_at = now()
+    WHERE j.id = ANY(ARRAY(SELECT id FROM next))
+    RETURNING j.id, j.kind, j.payload, j.priority, j.attempt, j.max_attempts, j.timeout_ms, j.lease_token, j.run_at,
+              j.created_at, j.sort_key
 )
-UPDATE herald_jobs j
-SET lease_token = (SELECT nextval('herald_lease_token_seq')),
-    lease_expires_at = now() + $3 * interval '1 millisecond',
-    leased_by = $4,
-    attempt = j.attempt + 1,
-    claimed_at = now()
-WHERE j.id = ANY(ARRAY(SELECT id FROM next))
-RETURNING j.id, j.kind, j.payload, j.priority, j.attempt, j.max_attempts, j.timeout_ms, j.lease_token, j.run_at,
-          j.created_at
+SELECT * FROM claimed ORDER BY sort_key
 "#;
 
 /// Settle a batch of finished attempts in one statement. Each input row names (job id, lease token) and an
