@@ -5,13 +5,14 @@
 //! * **promoter**: makes due scheduled jobs available, sleeping until the next one is due (or the poll interval).
 //! * **maintenance**: heartbeat (the registry row that keeps this worker's leases valid), rescue of expired
 //!   leases, reaping dead workers.
-//! * **one runner per queue**: claim batches, run handlers (see `runner.rs`).
+//! * **one runner per queue**: claim batches (`runner.rs`), run handlers on an apalis worker (`executor.rs`).
 //! * **completer**: batched acks (see `completer.rs`).
 //!
 //! Database trouble never ends the process: every loop logs, backs off and tries again.
 
 mod completer;
 mod execute;
+mod executor;
 mod handlers;
 mod retry;
 mod runner;

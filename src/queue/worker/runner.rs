@@ -1,31 +1,29 @@
-//! One queue inside one worker process: a fetcher that claims batches, and a dispatcher that runs up to
-//! `concurrency` handlers at once.
+//! One queue inside one worker process: a fetcher that claims batches, and the apalis executor (`executor.rs`)
+//! that runs up to `concurrency` handlers at once.
 //!
 //! The fetcher holds at most `concurrency + batch_size` jobs (claimed, not yet finished) and claims again when
 //! half a batch of room is free, or at once when the dispatcher has nothing left to start, so claims overlap with
 //! execution and never shrink to one row each. When a claim comes back short the queue is drained and the fetcher
 //! sleeps until a wakeup (or a slow safety poll).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::completer::Ack;
-use super::execute::execute;
+use super::executor::{AttemptDeps, ClaimedJobs, HeldJob, execute_until};
 use super::handlers::HandlerRegistry;
 use super::retry::RetryPolicy;
-use crate::queue::lease::{self, AttemptError, ClaimedJob, Settlement};
+use crate::queue::lease::{self, ClaimedJob};
 use crate::queue::types::{JobId, QueueSpec};
 
 /// A claimed job with its share of the fetcher's capacity; dropping the permit frees the room.
-type Held = (ClaimedJob, OwnedSemaphorePermit);
+type Held = HeldJob;
 
 pub struct QueueRunner {
     pub pool: PgPool,
@@ -41,14 +39,14 @@ pub struct QueueRunner {
     pub acks: mpsc::Sender<Ack>,
 }
 
-/// State the fetcher and the dispatcher share.
-struct Shared {
+/// State the fetcher and the executor share.
+pub struct Shared {
     /// Room for claimed-but-unfinished jobs.
     capacity: Arc<Semaphore>,
     /// Signalled whenever a job finishes (room was freed).
-    room_freed: Notify,
-    /// Jobs handed to the dispatcher but not started.
-    waiting: AtomicUsize,
+    pub room_freed: Notify,
+    /// Jobs handed to the executor but not started.
+    pub waiting: AtomicUsize,
 }
 
 impl QueueRunner {
@@ -140,120 +138,37 @@ impl QueueRunner {
         for job in jobs {
             let Some(slot) = room.split(1) else { break };
             shared.waiting.fetch_add(1, Ordering::AcqRel);
-            if let Err(mpsc::error::SendError((job, _slot))) = out.send((job, slot)) {
+            if let Err(mpsc::error::SendError(held)) = out.send(HeldJob { job, slot }) {
                 shared.waiting.fetch_sub(1, Ordering::AcqRel);
-                unsent.push((job.id, job.lease_token));
+                unsent.push((held.job.id, held.job.lease_token));
             }
         }
         // The dispatcher stopped (shutdown) while we were claiming: give these back at once.
         release_with_retry(&self.pool, &unsent).await;
     }
 
-    async fn dispatch(
-        &self,
-        shared: Arc<Shared>,
-        mut incoming: mpsc::UnboundedReceiver<Held>,
-        shutdown: CancellationToken,
-    ) {
-        let running = Arc::new(Semaphore::new(self.spec.concurrency));
-        let mut in_flight = JoinSet::new();
-        let mut started: HashMap<tokio::task::Id, (JobId, i64, i32)> = HashMap::new();
-        loop {
-            while let Some(done) = in_flight.try_join_next_with_id() {
-                started.remove(&task_id(&done));
+    /// Runs claimed jobs through the apalis executor until shutdown, then gives back what never started.
+    async fn dispatch(&self, shared: Arc<Shared>, incoming: mpsc::UnboundedReceiver<Held>, shutdown: CancellationToken) {
+        let incoming = Arc::new(Mutex::new(incoming));
+        let deps = AttemptDeps {
+            registry: Arc::clone(&self.registry),
+            retry: self.retry,
+            acks: self.acks.clone(),
+            shared: Arc::clone(&shared),
+        };
+        let backend = ClaimedJobs::new(Arc::clone(&incoming), Arc::clone(&shared));
+        let name = format!("herald-{}", self.spec.name);
+        let stop = shutdown.cancelled_owned();
+        execute_until(name, backend, deps, self.spec.concurrency, stop, self.shutdown_grace).await;
+
+        let unstarted: Vec<(JobId, i64)> = match incoming.lock() {
+            Ok(mut incoming) => {
+                incoming.close();
+                std::iter::from_fn(|| incoming.try_recv().ok()).map(|held| (held.job.id, held.job.lease_token)).collect()
             }
-            let run_permit = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                permit = Arc::clone(&running).acquire_owned() => match permit {
-                    Ok(permit) => permit,
-                    Err(_) => break,
-                },
-            };
-            let (job, slot) = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                next = incoming.recv() => match next {
-                    Some(held) => held,
-                    None => break,
-                },
-            };
-            shared.waiting.fetch_sub(1, Ordering::AcqRel);
-            let identity = (job.id, job.lease_token, job.attempt);
-            let task = self.spawn_attempt(&mut in_flight, &shared, job, slot, run_permit);
-            started.insert(task, identity);
-        }
-        self.drain(incoming, in_flight, started).await;
-    }
-
-    fn spawn_attempt(
-        &self,
-        in_flight: &mut JoinSet<()>,
-        shared: &Arc<Shared>,
-        job: ClaimedJob,
-        slot: OwnedSemaphorePermit,
-        run_permit: OwnedSemaphorePermit,
-    ) -> tokio::task::Id {
-        let registry = Arc::clone(&self.registry);
-        let retry = self.retry;
-        let acks = self.acks.clone();
-        let shared = Arc::clone(shared);
-        let handle = in_flight.spawn(async move {
-            let (id, lease_token) = (job.id, job.lease_token);
-            let settlement = execute(job, &registry, &retry).await;
-            drop(run_permit);
-            // The completer outlives every runner, so this only fails if it crashed; the lease then expires
-            // and the job is rescued.
-            let _ = acks.send(Ack { id, lease_token, settlement }).await;
-            drop(slot);
-            shared.room_freed.notify_one();
-        });
-        handle.id()
-    }
-
-    /// Shutdown: release what never started, let running handlers finish within the grace period, then cancel
-    /// the rest and record them as interrupted (retried at once, by this or another worker).
-    async fn drain(
-        &self,
-        mut incoming: mpsc::UnboundedReceiver<Held>,
-        mut in_flight: JoinSet<()>,
-        mut started: HashMap<tokio::task::Id, (JobId, i64, i32)>,
-    ) {
-        incoming.close();
-        let mut unstarted = VecDeque::new();
-        while let Ok((job, _slot)) = incoming.try_recv() {
-            unstarted.push_back((job.id, job.lease_token));
-        }
-        release_with_retry(&self.pool, unstarted.make_contiguous()).await;
-
-        let deadline = tokio::time::Instant::now() + self.shutdown_grace;
-        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, in_flight.join_next_with_id()).await {
-            started.remove(&task_id(&done));
-        }
-        if started.is_empty() {
-            return;
-        }
-        tracing::warn!(queue = %self.spec.name, jobs = started.len(), "shutdown grace elapsed; cancelling handlers");
-        in_flight.abort_all();
-        while let Some(done) = in_flight.join_next_with_id().await {
-            if let Some((id, lease_token, attempt)) = started.remove(&task_id(&done)) {
-                let error = AttemptError {
-                    attempt,
-                    kind: "shutdown",
-                    message: "interrupted: the worker shut down before the handler finished".into(),
-                    at: chrono::Utc::now(),
-                };
-                let settlement = Settlement::Retry { delay: Duration::ZERO, error };
-                let _ = self.acks.send(Ack { id, lease_token, settlement }).await;
-            }
-        }
-    }
-}
-
-fn task_id(done: &Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
-    match done {
-        Ok((id, ())) => *id,
-        Err(error) => error.id(),
+            Err(_) => Vec::new(),
+        };
+        release_with_retry(&self.pool, &unstarted).await;
     }
 }
 
