@@ -77,7 +77,9 @@ CREATE TABLE herald_job_history (
     finished_at     timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX herald_job_history_job_id ON herald_job_history (job_id);
-CREATE INDEX herald_job_history_finished_at ON herald_job_history (finished_at);
+-- Rows arrive in finished_at order, so a BRIN index serves retention's range scans at a fraction of a btree's
+-- cost on the ack path.
+CREATE INDEX herald_job_history_finished_at ON herald_job_history USING brin (finished_at);
 
 CREATE TABLE herald_dead_letters (
     id              bigserial   PRIMARY KEY,

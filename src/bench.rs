@@ -5,7 +5,8 @@
 //! 2. **execute**: W worker processes (this binary, `herald worker`) with concurrency C drain them; the rate is
 //!    N / (last ack - first claim), read from the jobs' history rows. Commits and WAL bytes are read from
 //!    `pg_stat_database` and `pg_current_wal_lsn()` around this phase; dead tuples from `pg_stat_user_tables`.
-//! 3. **pickup**: one idle worker; jobs enqueued one at a time; latency = claim time - start of the enqueue call.
+//! 3. **idle**: one idle worker for 10 s; its cost is the database's transaction count over that time.
+//! 4. **pickup**: the same worker; jobs enqueued one at a time; latency = claim time - start of the enqueue call.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -79,6 +80,8 @@ pub struct BenchReport {
     pub wal_bytes_per_job: f64,
     pub dead_tuples_after: i64,
     pub worker_rss_mb: f64,
+    /// Transactions per second an idle worker process costs the database (measured over 10 s).
+    pub idle_queries_per_s: f64,
 }
 
 pub async fn run(settings: &Settings, args: BenchArgs) -> Result<(), BenchError> {
@@ -91,7 +94,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> Result<(), BenchError>
 
     let enqueue_jobs_per_s = enqueue_phase(&pool, &defaults, &args).await?;
     let execution = execute_phase(&pool, &bench_url, &args).await?;
-    let pickup = pickup_phase(&pool, &bench_url, &defaults, &args).await?;
+    let (pickup, idle_queries_per_s) = pickup_phase(&pool, &bench_url, &defaults, &args).await?;
 
     let report = BenchReport {
         jobs: args.jobs,
@@ -106,6 +109,7 @@ pub async fn run(settings: &Settings, args: BenchArgs) -> Result<(), BenchError>
         wal_bytes_per_job: execution.wal_bytes as f64 / args.jobs as f64,
         dead_tuples_after: execution.dead_tuples,
         worker_rss_mb: execution.worker_rss_kb as f64 / 1024.0,
+        idle_queries_per_s,
     };
     pool.close().await;
     print_report(&report, args.json);
@@ -128,6 +132,7 @@ fn print_report(report: &BenchReport, json: bool) {
     println!("  WAL bytes per job      {:>12.0}", report.wal_bytes_per_job);
     println!("  dead tuples after      {:>12}", report.dead_tuples_after);
     println!("  worker peak RSS        {:>12.1} MB", report.worker_rss_mb);
+    println!("  idle worker cost       {:>12.2} queries/s", report.idle_queries_per_s);
 }
 
 async fn enqueue_phase(pool: &PgPool, defaults: &JobDefaults, args: &BenchArgs) -> Result<f64, BenchError> {
@@ -211,11 +216,17 @@ async fn pickup_phase(
     url: &str,
     defaults: &JobDefaults,
     args: &BenchArgs,
-) -> Result<Histogram<u64>, BenchError> {
+) -> Result<(Histogram<u64>, f64), BenchError> {
     let worker = spawn_worker(url, "pickup:4", 10)?;
     wait_for_registered_workers(pool, 1).await?;
-    // Let the worker settle into its idle wait.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the worker settle into its idle wait (and report its start-up queries), then count what idling costs.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle_window = Duration::from_secs(10);
+    let before = database_counters(pool).await?;
+    tokio::time::sleep(idle_window).await;
+    let after = database_counters(pool).await?;
+    // Our own two counter reads are transactions too.
+    let idle_queries_per_s = (after.transactions - before.transactions - 2).max(0) as f64 / idle_window.as_secs_f64();
     let job = NewJob::typed(queue_name("pickup")?, &Noop {}).map_err(|e| BenchError::Failed(e.to_string()))?;
     let mut conn = pool.acquire().await?;
     let mut started_at: Vec<(i64, DateTime<Utc>)> = Vec::with_capacity(args.pickup_samples);
@@ -245,7 +256,7 @@ async fn pickup_phase(
         let micros = (*at - t0).num_microseconds().unwrap_or(0).max(1) as u64;
         histogram.saturating_record(micros);
     }
-    Ok(histogram)
+    Ok((histogram, idle_queries_per_s))
 }
 
 fn spawn_worker(url: &str, queues: &str, claim_batch: usize) -> Result<Child, BenchError> {
@@ -291,6 +302,7 @@ async fn count_live_jobs(pool: &PgPool) -> Result<i64, sqlx::Error> {
 
 struct Counters {
     commits: i64,
+    transactions: i64,
     wal_lsn: i64,
     dead_tuples: i64,
 }
@@ -300,12 +312,16 @@ async fn database_counters(pool: &PgPool) -> Result<Counters, sqlx::Error> {
     sqlx::query("SELECT pg_stat_clear_snapshot()").execute(pool).await?;
     let row = sqlx::query(
         "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) AS commits, \
+                (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()) AS xacts, \
                 pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::int8 AS wal_lsn, \
                 coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = 'herald_jobs'), 0) AS dead",
     )
     .fetch_one(pool)
     .await?;
-    Ok(Counters { commits: row.try_get("commits")?, wal_lsn: row.try_get("wal_lsn")?, dead_tuples: row.try_get("dead")? })
+    Ok(Counters {
+        commits: row.try_get("commits")?,
+        transactions: row.try_get("xacts")?,
+        wal_lsn: row.try_get("wal_lsn")?, dead_tuples: row.try_get("dead")? })
 }
 
 fn peak_rss_kb(pid: u32) -> Option<u64> {
