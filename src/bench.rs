@@ -121,29 +121,56 @@ fn print_report(report: &BenchReport, json: bool) {
         println!("{}", serde_json::to_string(report).unwrap_or_default());
         return;
     }
-    println!("herald bench: {} jobs, {} worker process(es) x concurrency {}", report.jobs, report.workers, report.concurrency);
-    println!("  enqueue (batch)        {:>12.0} jobs/s", report.enqueue_jobs_per_s);
-    println!("  execute (first claim -> last ack) {:>8.0} jobs/s", report.exec_jobs_per_s);
+    println!(
+        "herald bench: {} jobs, {} worker process(es) x concurrency {}",
+        report.jobs, report.workers, report.concurrency
+    );
+    println!(
+        "  enqueue (batch)        {:>12.0} jobs/s",
+        report.enqueue_jobs_per_s
+    );
+    println!(
+        "  execute (first claim -> last ack) {:>8.0} jobs/s",
+        report.exec_jobs_per_s
+    );
     println!(
         "  pickup latency         p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms",
         report.pickup_p50_ms, report.pickup_p95_ms, report.pickup_p99_ms
     );
-    println!("  commits per 1k jobs    {:>12.1}", report.commits_per_1k_jobs);
-    println!("  WAL bytes per job      {:>12.0}", report.wal_bytes_per_job);
+    println!(
+        "  commits per 1k jobs    {:>12.1}",
+        report.commits_per_1k_jobs
+    );
+    println!(
+        "  WAL bytes per job      {:>12.0}",
+        report.wal_bytes_per_job
+    );
     println!("  dead tuples after      {:>12}", report.dead_tuples_after);
     println!("  worker peak RSS        {:>12.1} MB", report.worker_rss_mb);
-    println!("  idle worker cost       {:>12.2} queries/s", report.idle_queries_per_s);
+    println!(
+        "  idle worker cost       {:>12.2} queries/s",
+        report.idle_queries_per_s
+    );
 }
 
-async fn enqueue_phase(pool: &PgPool, defaults: &JobDefaults, args: &BenchArgs) -> Result<f64, BenchError> {
+async fn enqueue_phase(
+    pool: &PgPool,
+    defaults: &JobDefaults,
+    args: &BenchArgs,
+) -> Result<f64, BenchError> {
     let queue = queue_name("bench")?;
     let job = NewJob::typed(queue, &Noop {}).map_err(|e| BenchError::Failed(e.to_string()))?;
-    let batch: std::sync::Arc<Vec<NewJob>> = std::sync::Arc::new(vec![job; args.enqueue_batch.max(1)]);
+    let batch: std::sync::Arc<Vec<NewJob>> =
+        std::sync::Arc::new(vec![job; args.enqueue_batch.max(1)]);
     let connections = args.enqueue_connections.max(1);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for share in split_evenly(args.jobs, connections) {
-        let (pool, defaults, batch) = (pool.clone(), defaults.clone(), std::sync::Arc::clone(&batch));
+        let (pool, defaults, batch) = (
+            pool.clone(),
+            defaults.clone(),
+            std::sync::Arc::clone(&batch),
+        );
         tasks.spawn(async move {
             let mut conn = pool.acquire().await?;
             let mut remaining = share;
@@ -163,7 +190,9 @@ async fn enqueue_phase(pool: &PgPool, defaults: &JobDefaults, args: &BenchArgs) 
 
 /// `total` split into `parts` shares that differ by at most one.
 fn split_evenly(total: usize, parts: usize) -> Vec<usize> {
-    (0..parts).map(|i| total / parts + usize::from(i < total % parts)).collect()
+    (0..parts)
+        .map(|i| total / parts + usize::from(i < total % parts))
+        .collect()
 }
 
 struct Execution {
@@ -174,21 +203,36 @@ struct Execution {
     worker_rss_kb: u64,
 }
 
-async fn execute_phase(pool: &PgPool, url: &str, args: &BenchArgs) -> Result<Execution, BenchError> {
+async fn execute_phase(
+    pool: &PgPool,
+    url: &str,
+    args: &BenchArgs,
+) -> Result<Execution, BenchError> {
     let before = database_counters(pool).await?;
     let mut workers = Vec::new();
     for _ in 0..args.workers.max(1) {
-        workers.push(spawn_worker(url, &format!("bench:{}", args.concurrency), args.claim_batch)?);
+        workers.push(spawn_worker(
+            url,
+            &format!("bench:{}", args.concurrency),
+            args.claim_batch,
+        )?);
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     while count_live_jobs(pool).await? > 0 {
         if Instant::now() > deadline {
-            return Err(BenchError::Failed("jobs still waiting after 10 minutes".into()));
+            return Err(BenchError::Failed(
+                "jobs still waiting after 10 minutes".into(),
+            ));
         }
         // The rate comes from the jobs' own timestamps, so polling slowly costs no precision and no CPU.
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let worker_rss_kb = workers.iter().filter_map(|w| w.id()).filter_map(peak_rss_kb).max().unwrap_or(0);
+    let worker_rss_kb = workers
+        .iter()
+        .filter_map(|w| w.id())
+        .filter_map(peak_rss_kb)
+        .max()
+        .unwrap_or(0);
     stop_workers(workers).await;
     let after = database_counters(pool).await?;
 
@@ -200,7 +244,10 @@ async fn execute_phase(pool: &PgPool, url: &str, args: &BenchArgs) -> Result<Exe
     .await?;
     let (completed, secs): (i64, Option<f64>) = (row.try_get("n")?, row.try_get("secs")?);
     if completed != args.jobs as i64 {
-        return Err(BenchError::Failed(format!("{completed} of {} jobs completed", args.jobs)));
+        return Err(BenchError::Failed(format!(
+            "{completed} of {} jobs completed",
+            args.jobs
+        )));
     }
     Ok(Execution {
         jobs_per_s: args.jobs as f64 / secs.unwrap_or(f64::INFINITY).max(1e-6),
@@ -226,8 +273,10 @@ async fn pickup_phase(
     tokio::time::sleep(idle_window).await;
     let after = database_counters(pool).await?;
     // Our own two counter reads are transactions too.
-    let idle_queries_per_s = (after.transactions - before.transactions - 2).max(0) as f64 / idle_window.as_secs_f64();
-    let job = NewJob::typed(queue_name("pickup")?, &Noop {}).map_err(|e| BenchError::Failed(e.to_string()))?;
+    let idle_queries_per_s =
+        (after.transactions - before.transactions - 2).max(0) as f64 / idle_window.as_secs_f64();
+    let job = NewJob::typed(queue_name("pickup")?, &Noop {})
+        .map_err(|e| BenchError::Failed(e.to_string()))?;
     let mut conn = pool.acquire().await?;
     let mut started_at: Vec<(i64, DateTime<Utc>)> = Vec::with_capacity(args.pickup_samples);
     for _ in 0..args.pickup_samples {
@@ -249,10 +298,12 @@ async fn pickup_phase(
             .iter()
             .map(|row| Ok((row.try_get("job_id")?, row.try_get("claimed_at")?)))
             .collect::<Result<_, sqlx::Error>>()?;
-    let mut histogram =
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| BenchError::Failed(e.to_string()))?;
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| BenchError::Failed(e.to_string()))?;
     for (id, t0) in started_at {
-        let at = claimed.get(&id).ok_or_else(|| BenchError::Failed(format!("pickup job {id} never ran")))?;
+        let at = claimed
+            .get(&id)
+            .ok_or_else(|| BenchError::Failed(format!("pickup job {id} never ran")))?;
         let micros = (*at - t0).num_microseconds().unwrap_or(0).max(1) as u64;
         histogram.saturating_record(micros);
     }
@@ -260,12 +311,16 @@ async fn pickup_phase(
 }
 
 fn spawn_worker(url: &str, queues: &str, claim_batch: usize) -> Result<Child, BenchError> {
-    let exe = std::env::current_exe().map_err(|e| BenchError::Failed(format!("cannot find own binary: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| BenchError::Failed(format!("cannot find own binary: {e}")))?;
     Command::new(exe)
         .args(["worker", "--queues", queues])
         .env("DATABASE_URL", url)
         .env("HERALD_WORKER__BATCH_SIZE", claim_batch.to_string())
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -285,19 +340,25 @@ async fn stop_workers(workers: Vec<Child>) {
 async fn wait_for_registered_workers(pool: &PgPool, n: i64) -> Result<(), BenchError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let registered: i64 = sqlx::query_scalar("SELECT count(*) FROM herald_workers").fetch_one(pool).await?;
+        let registered: i64 = sqlx::query_scalar("SELECT count(*) FROM herald_workers")
+            .fetch_one(pool)
+            .await?;
         if registered >= n {
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(BenchError::Failed("worker did not register within 30 s".into()));
+            return Err(BenchError::Failed(
+                "worker did not register within 30 s".into(),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 async fn count_live_jobs(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM herald_jobs").fetch_one(pool).await
+    sqlx::query_scalar("SELECT count(*) FROM herald_jobs")
+        .fetch_one(pool)
+        .await
 }
 
 struct Counters {
@@ -309,7 +370,9 @@ struct Counters {
 
 async fn database_counters(pool: &PgPool) -> Result<Counters, sqlx::Error> {
     // Statistics are a snapshot per transaction; clear it so we read what the workers reported as they exited.
-    sqlx::query("SELECT pg_stat_clear_snapshot()").execute(pool).await?;
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(pool)
+        .await?;
     let row = sqlx::query(
         "SELECT (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()) AS commits, \
                 (SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()) AS xacts, \
@@ -321,7 +384,9 @@ async fn database_counters(pool: &PgPool) -> Result<Counters, sqlx::Error> {
     Ok(Counters {
         commits: row.try_get("commits")?,
         transactions: row.try_get("xacts")?,
-        wal_lsn: row.try_get("wal_lsn")?, dead_tuples: row.try_get("dead")? })
+        wal_lsn: row.try_get("wal_lsn")?,
+        dead_tuples: row.try_get("dead")?,
+    })
 }
 
 fn peak_rss_kb(pid: u32) -> Option<u64> {
@@ -336,11 +401,17 @@ async fn recreate_database(
     name: &str,
 ) -> Result<(), BenchError> {
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(BenchError::Failed("--database may contain only letters, digits and '_'".into()));
+        return Err(BenchError::Failed(
+            "--database may contain only letters, digits and '_'".into(),
+        ));
     }
     let admin = db::connect(server_url, settings).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&admin)
+        .await?;
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&admin)
+        .await?;
     admin.close().await;
     Ok(())
 }
@@ -378,8 +449,17 @@ mod tests {
 
     #[test]
     fn replaces_the_database_in_a_url() {
-        assert_eq!(with_database("postgres://u@h:5432/postgres", "b"), "postgres://u@h:5432/b");
-        assert_eq!(with_database("postgres://u@h:5432", "b"), "postgres://u@h:5432/b");
-        assert_eq!(with_database("postgres://u@h/db?sslmode=disable", "b"), "postgres://u@h/b?sslmode=disable");
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "b"),
+            "postgres://u@h:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5432", "b"),
+            "postgres://u@h:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "b"),
+            "postgres://u@h/b?sslmode=disable"
+        );
     }
 }

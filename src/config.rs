@@ -75,7 +75,10 @@ pub struct EmbeddedPostgresSettings {
 impl Settings {
     /// Loads the layers described in the module docs, using `config/` under the working directory.
     pub fn load() -> Result<Self, ConfigError> {
-        Self::load_from(Path::new("config"), std::env::var("HERALD_ENV").ok().as_deref())
+        Self::load_from(
+            Path::new("config"),
+            std::env::var("HERALD_ENV").ok().as_deref(),
+        )
     }
 
     pub fn load_from(dir: &Path, environment: Option<&str>) -> Result<Self, ConfigError> {
@@ -94,7 +97,10 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let positive = |key: &'static str, value: u64| {
             if value == 0 {
-                Err(ConfigError::Value { key, reason: "must be greater than zero".into() })
+                Err(ConfigError::Value {
+                    key,
+                    reason: "must be greater than zero".into(),
+                })
             } else {
                 Ok(())
             }
@@ -105,19 +111,30 @@ impl Settings {
         positive("worker.poll_interval_ms", self.worker.poll_interval_ms)?;
         positive("worker.heartbeat_secs", self.worker.heartbeat_secs)?;
         positive("worker.ack_batch", self.worker.ack_batch as u64)?;
-        positive("database.max_connections", u64::from(self.database.max_connections))?;
+        positive(
+            "database.max_connections",
+            u64::from(self.database.max_connections),
+        )?;
         positive("jobs.timeout_secs", self.jobs.timeout_secs)?;
         if self.worker.heartbeat_secs >= self.worker.lease_secs {
             return Err(ConfigError::Value {
                 key: "worker.heartbeat_secs",
-                reason: "must be shorter than worker.lease_secs, or leases expire between heartbeats".into(),
+                reason:
+                    "must be shorter than worker.lease_secs, or leases expire between heartbeats"
+                        .into(),
             });
         }
         if self.jobs.max_attempts < 1 {
-            return Err(ConfigError::Value { key: "jobs.max_attempts", reason: "must be at least 1".into() });
+            return Err(ConfigError::Value {
+                key: "jobs.max_attempts",
+                reason: "must be at least 1".into(),
+            });
         }
-        if !(self.jobs.priority_aging_secs >= 0.0) {
-            return Err(ConfigError::Value { key: "jobs.priority_aging_secs", reason: "must be zero or more".into() });
+        if !self.jobs.priority_aging_secs.is_finite() || self.jobs.priority_aging_secs < 0.0 {
+            return Err(ConfigError::Value {
+                key: "jobs.priority_aging_secs",
+                reason: "must be a number, zero or more".into(),
+            });
         }
         self.queue_specs()?;
         Ok(())
@@ -145,8 +162,14 @@ impl Settings {
 }
 
 /// Parses `name` or `name:concurrency` entries (as in `--queues emails:8,default`).
-pub fn parse_queue_specs(entries: &[String], default_concurrency: usize) -> Result<Vec<QueueSpec>, ConfigError> {
-    let invalid = |reason: String| ConfigError::Value { key: "worker.queues", reason };
+pub fn parse_queue_specs(
+    entries: &[String],
+    default_concurrency: usize,
+) -> Result<Vec<QueueSpec>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Value {
+        key: "worker.queues",
+        reason,
+    };
     if entries.is_empty() {
         return Err(invalid("name at least one queue".into()));
     }
@@ -155,13 +178,17 @@ pub fn parse_queue_specs(entries: &[String], default_concurrency: usize) -> Resu
         .map(|entry| {
             let (name, concurrency) = match entry.split_once(':') {
                 Some((name, n)) => {
-                    let n: usize = n.parse().map_err(|_| invalid(format!("`{entry}`: concurrency must be a number")))?;
+                    let n: usize = n
+                        .parse()
+                        .map_err(|_| invalid(format!("`{entry}`: concurrency must be a number")))?;
                     (name, n)
                 }
                 None => (entry.as_str(), default_concurrency),
             };
             if concurrency == 0 {
-                return Err(invalid(format!("`{entry}`: concurrency must be greater than zero")));
+                return Err(invalid(format!(
+                    "`{entry}`: concurrency must be greater than zero"
+                )));
             }
             let name = QueueName::parse(name).map_err(|e| invalid(e.to_string()))?;
             Ok(QueueSpec { name, concurrency })
@@ -183,16 +210,28 @@ mod tests {
     #[test]
     fn environment_file_overrides_defaults_and_unknown_keys_are_named() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("staging.toml"), "[worker]\nconcurrency = 3\n").unwrap();
+        std::fs::write(
+            dir.path().join("staging.toml"),
+            "[worker]\nconcurrency = 3\n",
+        )
+        .unwrap();
         let settings = Settings::load_from(dir.path(), Some("staging")).unwrap();
         assert_eq!(settings.worker.concurrency, 3);
 
-        std::fs::write(dir.path().join("bad.toml"), "[worker]\nconcurrency = \"many\"\n").unwrap();
-        let err = Settings::load_from(dir.path(), Some("bad")).unwrap_err().to_string();
+        std::fs::write(
+            dir.path().join("bad.toml"),
+            "[worker]\nconcurrency = \"many\"\n",
+        )
+        .unwrap();
+        let err = Settings::load_from(dir.path(), Some("bad"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("concurrency"), "{err}");
 
         std::fs::write(dir.path().join("typo.toml"), "[worker]\nconcurency = 3\n").unwrap();
-        let err = Settings::load_from(dir.path(), Some("typo")).unwrap_err().to_string();
+        let err = Settings::load_from(dir.path(), Some("typo"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("concurency"), "{err}");
     }
 

@@ -32,7 +32,8 @@ pub fn database_url(embedded_dir: &Path) -> Result<String, DbError> {
     {
         return Ok(url);
     }
-    embedded_postgres::running_url(embedded_dir).ok_or_else(|| DbError::NoDatabase(embedded_dir.display().to_string()))
+    embedded_postgres::running_url(embedded_dir)
+        .ok_or_else(|| DbError::NoDatabase(embedded_dir.display().to_string()))
 }
 
 pub async fn connect(url: &str, settings: &DatabaseSettings) -> Result<PgPool, DbError> {

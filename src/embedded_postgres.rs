@@ -19,7 +19,10 @@ pub enum EmbeddedError {
     #[error("{step} failed: {detail}")]
     Command { step: &'static str, detail: String },
     #[error("io error under {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A running private cluster. Call [`EmbeddedPostgres::stop`] to shut it down.
@@ -37,12 +40,21 @@ impl EmbeddedPostgres {
     /// Starts the cluster under `dir` (creating it on first use), or attaches to it if it is already running.
     pub fn start(dir: &Path) -> Result<Self, EmbeddedError> {
         let bin_dir = find_bin_dir().ok_or(EmbeddedError::BinariesMissing)?;
-        let io = |source| EmbeddedError::Io { path: dir.to_path_buf(), source };
+        let io = |source| EmbeddedError::Io {
+            path: dir.to_path_buf(),
+            source,
+        };
         std::fs::create_dir_all(dir).map_err(io)?;
         let dir = dir.canonicalize().map_err(io)?;
         let data_dir = dir.join("data");
         let run_as = unprivileged_user_if_root();
-        let mut cluster = Self { data_dir, bin_dir, run_as, port: 0, started_here: false };
+        let mut cluster = Self {
+            data_dir,
+            bin_dir,
+            run_as,
+            port: 0,
+            started_here: false,
+        };
         if let Some(port) = read_port(&dir)
             && cluster.is_running()
         {
@@ -65,36 +77,94 @@ impl EmbeddedPostgres {
 
     /// Fast shutdown (running transactions are rolled back; committed data is safe).
     pub fn stop(&self) -> Result<(), EmbeddedError> {
-        self.run("pg_ctl stop", "pg_ctl", &["stop", "-m", "fast", "-w", "-D", &self.data_dir.to_string_lossy()])
+        self.run(
+            "pg_ctl stop",
+            "pg_ctl",
+            &[
+                "stop",
+                "-m",
+                "fast",
+                "-w",
+                "-D",
+                &self.data_dir.to_string_lossy(),
+            ],
+        )
     }
 
     /// Immediate restart, like a crash and recovery: used by the tests that prove jobs survive it.
     pub fn restart(&self) -> Result<(), EmbeddedError> {
-        self.run("pg_ctl stop", "pg_ctl", &["stop", "-m", "immediate", "-w", "-D", &self.data_dir.to_string_lossy()])?;
+        self.run(
+            "pg_ctl stop",
+            "pg_ctl",
+            &[
+                "stop",
+                "-m",
+                "immediate",
+                "-w",
+                "-D",
+                &self.data_dir.to_string_lossy(),
+            ],
+        )?;
         self.pg_ctl_start()
     }
 
     fn is_running(&self) -> bool {
         self.data_dir.join("postmaster.pid").exists()
-            && self.run("pg_ctl status", "pg_ctl", &["status", "-D", &self.data_dir.to_string_lossy()]).is_ok()
+            && self
+                .run(
+                    "pg_ctl status",
+                    "pg_ctl",
+                    &["status", "-D", &self.data_dir.to_string_lossy()],
+                )
+                .is_ok()
     }
 
     fn init(&self, dir: &Path) -> Result<(), EmbeddedError> {
         if let Some((uid, gid)) = self.run_as {
             // initdb refuses to run as root; the cluster belongs to the unprivileged user.
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid))
-                .map_err(|source| EmbeddedError::Io { path: dir.to_path_buf(), source })?;
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|source| {
+                EmbeddedError::Io {
+                    path: dir.to_path_buf(),
+                    source,
+                }
+            })?;
         }
         let data = self.data_dir.to_string_lossy().into_owned();
-        self.run("initdb", "initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        self.run(
+            "initdb",
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        )
     }
 
     fn pg_ctl_start(&self) -> Result<(), EmbeddedError> {
         let data = self.data_dir.to_string_lossy().into_owned();
-        let log = self.data_dir.join("server.log").to_string_lossy().into_owned();
+        let log = self
+            .data_dir
+            .join("server.log")
+            .to_string_lossy()
+            .into_owned();
         // TCP on loopback only, no Unix socket (its default directory may not be writable for us).
-        let options = format!("-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''", self.port);
-        self.run("pg_ctl start", "pg_ctl", &["start", "-w", "-t", "60", "-D", &data, "-l", &log, "-o", &options])
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''",
+            self.port
+        );
+        self.run(
+            "pg_ctl start",
+            "pg_ctl",
+            &[
+                "start", "-w", "-t", "60", "-D", &data, "-l", &log, "-o", &options,
+            ],
+        )
     }
 
     fn run(&self, step: &'static str, program: &str, args: &[&str]) -> Result<(), EmbeddedError> {
@@ -104,12 +174,22 @@ impl EmbeddedPostgres {
             use std::os::unix::process::CommandExt;
             command.uid(uid).gid(gid);
         }
-        let output = command.output().map_err(|e| EmbeddedError::Command { step, detail: e.to_string() })?;
+        let output = command.output().map_err(|e| EmbeddedError::Command {
+            step,
+            detail: e.to_string(),
+        })?;
         if output.status.success() {
             Ok(())
         } else {
-            let detail = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-            Err(EmbeddedError::Command { step, detail: detail.trim().to_string() })
+            let detail = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            Err(EmbeddedError::Command {
+                step,
+                detail: detail.trim().to_string(),
+            })
         }
     }
 }
@@ -120,7 +200,11 @@ pub fn running_url(dir: &Path) -> Option<String> {
 }
 
 fn read_port(dir: &Path) -> Option<u16> {
-    std::fs::read_to_string(dir.join("port")).ok()?.trim().parse().ok()
+    std::fs::read_to_string(dir.join("port"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn free_port() -> std::io::Result<u16> {

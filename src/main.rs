@@ -165,11 +165,24 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
     match cli.command {
         Command::Up(args) => up(&settings, args).await,
-        Command::Bench(args) => bench::run(&settings, args).await.map_err(Into::into),
-        command => {
-            let pool = connect(&settings).await?;
-            run_command(&settings, &pool, command).await
+        Command::Bench(args) => Ok(bench::run(&settings, args).await?),
+        Command::Migrate => {
+            db::migrate(&connect(&settings).await?).await?;
+            println!("migrations applied");
+            Ok(())
         }
+        Command::Worker(args) => {
+            let pool = connect(&settings).await?;
+            db::migrate(&pool).await?;
+            let options = app::worker_options(&settings, args.queues, args.concurrency)?;
+            app::run_worker(pool, options, app::shutdown_on_signals()).await;
+            Ok(())
+        }
+        Command::Enqueue(args) => enqueue(&settings, &connect(&settings).await?, args).await,
+        Command::Jobs { command } => jobs(&connect(&settings).await?, command).await,
+        Command::Dlq { command } => dlq(&settings, &connect(&settings).await?, command).await,
+        Command::Queues { command } => queues(&connect(&settings).await?, command).await,
+        Command::Workers => print_json(&admin::list_workers(&connect(&settings).await?).await?),
     }
 }
 
@@ -178,34 +191,14 @@ async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
     Ok(db::connect(&url, &settings.database).await?)
 }
 
-async fn run_command(settings: &Settings, pool: &PgPool, command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Migrate => {
-            db::migrate(pool).await?;
-            println!("migrations applied");
-        }
-        Command::Worker(args) => {
-            db::migrate(pool).await?;
-            let options = app::worker_options(settings, args.queues, args.concurrency)?;
-            app::run_worker(pool.clone(), options, app::shutdown_on_signals()).await;
-        }
-        Command::Enqueue(args) => enqueue(settings, pool, args).await?,
-        Command::Jobs { command } => jobs(pool, command).await?,
-        Command::Dlq { command } => dlq(settings, pool, command).await?,
-        Command::Queues { command } => queues(pool, command).await?,
-        Command::Workers => print_json(&admin::list_workers(pool).await?)?,
-        Command::Up(_) | Command::Bench(_) => unreachable!("handled before connecting"),
-    }
-    Ok(())
-}
-
 /// Every role in one process, on the configured database or a private one.
 async fn up(settings: &Settings, args: WorkerArgs) -> anyhow::Result<()> {
     let embedded = match std::env::var("DATABASE_URL") {
         Ok(url) if !url.trim().is_empty() => None,
         _ => {
             let dir = &settings.embedded_postgres.dir;
-            let cluster = EmbeddedPostgres::start(dir).context("starting the private PostgreSQL")?;
+            let cluster =
+                EmbeddedPostgres::start(dir).context("starting the private PostgreSQL")?;
             tracing::info!(url = %cluster.url(), dir = %dir.display(), "private PostgreSQL is running");
             Some(cluster)
         }
@@ -231,9 +224,14 @@ async fn up(settings: &Settings, args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 async fn enqueue(settings: &Settings, pool: &PgPool, args: EnqueueArgs) -> anyhow::Result<()> {
-    let payload: serde_json::Value = serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
-    let mut job = NewJob::new(QueueName::parse(&args.queue)?, JobKind::parse(&args.kind)?, payload)
-        .priority(Priority::new(args.priority)?);
+    let payload: serde_json::Value =
+        serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+    let mut job = NewJob::new(
+        QueueName::parse(&args.queue)?,
+        JobKind::parse(&args.kind)?,
+        payload,
+    )
+    .priority(Priority::new(args.priority)?);
     if let Some(at) = args.run_at.or_else(|| args.delay.map(|d| Utc::now() + d)) {
         job = job.run_at(at);
     }
@@ -271,9 +269,13 @@ async fn jobs(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
 async fn dlq(settings: &Settings, pool: &PgPool, command: DlqCommand) -> anyhow::Result<()> {
     let aging = settings.job_defaults().priority_aging;
     match command {
-        DlqCommand::List { filter, limit, before_id } => {
-            print_json(&dead_letters::list(pool, &filter.into_filter(None), before_id, limit).await?)
-        }
+        DlqCommand::List {
+            filter,
+            limit,
+            before_id,
+        } => print_json(
+            &dead_letters::list(pool, &filter.into_filter(None), before_id, limit).await?,
+        ),
         DlqCommand::Show { id } => match dead_letters::get(pool, id).await? {
             Some(letter) => print_json(&letter),
             None => bail!("dead letter {id} not found"),
@@ -291,11 +293,17 @@ async fn dlq(settings: &Settings, pool: &PgPool, command: DlqCommand) -> anyhow:
 }
 
 /// Replay and purge act on one id, or on everything matching with an explicit `--all`.
-fn selection(id: Option<i64>, all: bool, filter: DlqFilterArgs) -> anyhow::Result<DeadLetterFilter> {
+fn selection(
+    id: Option<i64>,
+    all: bool,
+    filter: DlqFilterArgs,
+) -> anyhow::Result<DeadLetterFilter> {
     match (id, all) {
         (Some(id), _) => Ok(DeadLetterFilter::by_id(id)),
         (None, true) => Ok(filter.into_filter(None)),
-        (None, false) => bail!("name a dead letter id, or pass --all (with --queue/--kind/--since/--older-than)"),
+        (None, false) => {
+            bail!("name a dead letter id, or pass --all (with --queue/--kind/--since/--older-than)")
+        }
     }
 }
 
@@ -334,16 +342,24 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
 
 /// `250ms`, `30s`, `5m`, `2h`, `7d`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("`{text}`: expected a number followed by ms, s, m, h or d"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number followed by ms, s, m, h or d"))?;
     let seconds = match unit {
         "ms" => return Ok(Duration::from_millis(number)),
         "s" | "" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        other => return Err(format!("`{text}`: unknown unit `{other}` (use ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (use ms, s, m, h or d)"
+            ));
+        }
     };
     Ok(Duration::from_secs(number.saturating_mul(seconds)))
 }

@@ -13,33 +13,63 @@ use serde_json::json;
 #[tokio::test]
 async fn kill_9_of_a_worker_process_holding_jobs_loses_and_duplicates_nothing() {
     let db = TestDb::new().await;
-    let jobs: Vec<_> = (0..300).map(|_| job("crash", "herald.sleep", json!({"ms": 20}))).collect();
+    let jobs: Vec<_> = (0..300)
+        .map(|_| job("crash", "herald.sleep", json!({"ms": 20})))
+        .collect();
     let mut conn = db.pool.acquire().await.unwrap();
-    queue::enqueue_many(&mut conn, &defaults(), &jobs).await.unwrap();
+    queue::enqueue_many(&mut conn, &defaults(), &jobs)
+        .await
+        .unwrap();
 
     let mut victim = spawn_herald(&db.url, &["worker", "--queues", "crash:10"]);
-    wait_until(Duration::from_secs(30), "the victim to complete some jobs and hold others", || async {
-        completions(&db.pool).await.0 >= 30
-            && scalar_i64(&db.pool, "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL").await > 0
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the victim to complete some jobs and hold others",
+        || async {
+            completions(&db.pool).await.0 >= 30
+                && scalar_i64(
+                    &db.pool,
+                    "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL",
+                )
+                .await
+                    > 0
+        },
+    )
     .await;
     victim.kill().await.unwrap(); // SIGKILL: no graceful anything
-    let orphaned = scalar_i64(&db.pool, "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL").await;
+    let orphaned = scalar_i64(
+        &db.pool,
+        "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL",
+    )
+    .await;
     assert!(orphaned > 0, "the killed worker held leases");
 
     let mut survivor = spawn_herald(&db.url, &["worker", "--queues", "crash:10"]);
-    wait_until(Duration::from_secs(60), "every job to finish", || async { live_jobs(&db.pool).await == 0 }).await;
+    wait_until(Duration::from_secs(60), "every job to finish", || async {
+        live_jobs(&db.pool).await == 0
+    })
+    .await;
     survivor.kill().await.unwrap();
 
-    assert_eq!(completions(&db.pool).await, (300, 300), "each job completed exactly once");
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_dead_letters").await, 0);
+    assert_eq!(
+        completions(&db.pool).await,
+        (300, 300),
+        "each job completed exactly once"
+    );
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_dead_letters").await,
+        0
+    );
     let rescued = scalar_i64(
         &db.pool,
         "SELECT count(*) FROM herald_job_history WHERE errors @> '[{\"kind\": \"lease_expired\"}]'",
     )
     .await;
     // An ack flush already sent when the victim died may still commit, so some held jobs finish without rescue.
-    assert!(rescued > 0 && rescued <= orphaned, "{rescued} of {orphaned} held jobs were rescued by the survivor");
+    assert!(
+        rescued > 0 && rescued <= orphaned,
+        "{rescued} of {orphaned} held jobs were rescued by the survivor"
+    );
 }
 
 /// Stops the private cluster even when the test fails.
@@ -78,11 +108,18 @@ async fn a_postgres_restart_under_a_running_worker_loses_and_duplicates_nothing(
     let jobs: Vec<_> = (0..2000).map(|_| job("q", "test", json!({}))).collect();
     let ids: Vec<i64> = {
         let mut conn = db.pool.acquire().await.unwrap();
-        queue::enqueue_many(&mut conn, &defaults(), &jobs).await.unwrap().iter().map(|r| r.id()).collect()
+        queue::enqueue_many(&mut conn, &defaults(), &jobs)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.id())
+            .collect()
     };
-    wait_until(Duration::from_secs(30), "some progress before the restart", || async {
-        completions(&db.pool).await.0 >= 200
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "some progress before the restart",
+        || async { completions(&db.pool).await.0 >= 200 },
+    )
     .await;
 
     let restart = tokio::task::spawn_blocking(move || {
@@ -91,11 +128,16 @@ async fn a_postgres_restart_under_a_running_worker_loses_and_duplicates_nothing(
     });
     let (cluster, restarted) = restart.await.unwrap();
     restarted.expect("restart PostgreSQL");
-    assert!(completions(&db.pool).await.0 < 2000, "the restart happened mid-run");
+    assert!(
+        completions(&db.pool).await.0 < 2000,
+        "the restart happened mid-run"
+    );
 
-    wait_until(Duration::from_secs(90), "every job to finish after the restart", || async {
-        live_jobs(&db.pool).await == 0
-    })
+    wait_until(
+        Duration::from_secs(90),
+        "every job to finish after the restart",
+        || async { live_jobs(&db.pool).await == 0 },
+    )
     .await;
     worker.stop().await;
     assert_eq!(completions(&db.pool).await, (2000, 2000));

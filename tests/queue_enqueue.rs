@@ -11,18 +11,25 @@ async fn a_batch_is_inserted_in_order_and_becomes_claimable() {
     let db = TestDb::new().await;
     let jobs: Vec<_> = (0..100).map(|i| job("q", "k", json!({ "n": i }))).collect();
     let mut conn = db.pool.acquire().await.unwrap();
-    let results = queue::enqueue_many(&mut conn, &defaults(), &jobs).await.unwrap();
+    let results = queue::enqueue_many(&mut conn, &defaults(), &jobs)
+        .await
+        .unwrap();
 
     assert_eq!(results.len(), 100);
     assert!(results.iter().all(|r| matches!(r, Enqueued::Inserted(_))));
     let ids: Vec<i64> = results.iter().map(|r| r.id()).collect();
-    let payload_n: Vec<i64> =
-        sqlx::query_scalar("SELECT (payload->>'n')::int8 FROM herald_jobs WHERE id = ANY($1) ORDER BY id")
-            .bind(&ids)
-            .fetch_all(&db.pool)
-            .await
-            .unwrap();
-    assert_eq!(payload_n, (0..100).collect::<Vec<i64>>(), "results come back in input order");
+    let payload_n: Vec<i64> = sqlx::query_scalar(
+        "SELECT (payload->>'n')::int8 FROM herald_jobs WHERE id = ANY($1) ORDER BY id",
+    )
+    .bind(&ids)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        payload_n,
+        (0..100).collect::<Vec<i64>>(),
+        "results come back in input order"
+    );
     assert_eq!(live_jobs(&db.pool).await, 100);
 }
 
@@ -36,20 +43,24 @@ async fn job_options_are_stored_and_defaults_fill_the_rest() {
         .max_attempts(3)
         .timeout(std::time::Duration::from_millis(1500));
     let mut conn = db.pool.acquire().await.unwrap();
-    let results = queue::enqueue_many(&mut conn, &defaults(), &[custom, job("q", "k", json!({}))]).await.unwrap();
-    let row: (i16, bool, i32, i32) =
-        sqlx::query_as("SELECT priority, scheduled, max_attempts, timeout_ms FROM herald_jobs WHERE id = $1")
-            .bind(results[0].id())
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let results = queue::enqueue_many(&mut conn, &defaults(), &[custom, job("q", "k", json!({}))])
+        .await
+        .unwrap();
+    let row: (i16, bool, i32, i32) = sqlx::query_as(
+        "SELECT priority, scheduled, max_attempts, timeout_ms FROM herald_jobs WHERE id = $1",
+    )
+    .bind(results[0].id())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(row, (7, true, 3, 1500));
-    let row: (i16, bool, i32, i32) =
-        sqlx::query_as("SELECT priority, scheduled, max_attempts, timeout_ms FROM herald_jobs WHERE id = $1")
-            .bind(results[1].id())
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    let row: (i16, bool, i32, i32) = sqlx::query_as(
+        "SELECT priority, scheduled, max_attempts, timeout_ms FROM herald_jobs WHERE id = $1",
+    )
+    .bind(results[1].id())
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
     assert_eq!(row, (0, false, defaults().max_attempts, 30_000));
 }
 
@@ -58,11 +69,20 @@ async fn a_duplicate_idempotency_key_returns_the_existing_job() {
     let db = TestDb::new().await;
     let key = IdempotencyKey::parse("order-42").unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
-    let first = queue::enqueue(&mut conn, &defaults(), job("q", "k", json!({})).idempotency_key(key.clone()))
-        .await
-        .unwrap();
-    let second =
-        queue::enqueue(&mut conn, &defaults(), job("q", "k", json!({})).idempotency_key(key)).await.unwrap();
+    let first = queue::enqueue(
+        &mut conn,
+        &defaults(),
+        job("q", "k", json!({})).idempotency_key(key.clone()),
+    )
+    .await
+    .unwrap();
+    let second = queue::enqueue(
+        &mut conn,
+        &defaults(),
+        job("q", "k", json!({})).idempotency_key(key),
+    )
+    .await
+    .unwrap();
     assert!(matches!(first, Enqueued::Inserted(_)));
     assert_eq!(second, Enqueued::Duplicate(first.id()));
     assert_eq!(live_jobs(&db.pool).await, 1);
@@ -73,15 +93,22 @@ async fn duplicates_in_a_batch_are_reported_per_item_and_the_rest_inserted() {
     let db = TestDb::new().await;
     let key = |k: &str| IdempotencyKey::parse(k).unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
-    let existing =
-        queue::enqueue(&mut conn, &defaults(), job("q", "k", json!({})).idempotency_key(key("a"))).await.unwrap();
+    let existing = queue::enqueue(
+        &mut conn,
+        &defaults(),
+        job("q", "k", json!({})).idempotency_key(key("a")),
+    )
+    .await
+    .unwrap();
     let batch = vec![
         job("q", "k", json!({})).idempotency_key(key("a")), // taken before the batch
         job("q", "k", json!({})).idempotency_key(key("b")),
         job("q", "k", json!({})).idempotency_key(key("b")), // repeated inside the batch
         job("q", "k", json!({})),
     ];
-    let results = queue::enqueue_many(&mut conn, &defaults(), &batch).await.unwrap();
+    let results = queue::enqueue_many(&mut conn, &defaults(), &batch)
+        .await
+        .unwrap();
     assert_eq!(results[0], Enqueued::Duplicate(existing.id()));
     assert!(matches!(results[1], Enqueued::Inserted(_)));
     assert_eq!(results[2], Enqueued::Duplicate(results[1].id()));
@@ -98,16 +125,28 @@ async fn concurrent_enqueues_with_one_key_create_one_job() {
         tasks.push(tokio::spawn(async move {
             let mut conn = pool.acquire().await.unwrap();
             let key = IdempotencyKey::parse("same-key").unwrap();
-            queue::enqueue(&mut conn, &defaults(), job("q", "k", json!({})).idempotency_key(key)).await.unwrap()
+            queue::enqueue(
+                &mut conn,
+                &defaults(),
+                job("q", "k", json!({})).idempotency_key(key),
+            )
+            .await
+            .unwrap()
         }));
     }
     let mut results = Vec::new();
     for task in tasks {
         results.push(task.await.unwrap());
     }
-    let inserted: Vec<_> = results.iter().filter(|r| matches!(r, Enqueued::Inserted(_))).collect();
+    let inserted: Vec<_> = results
+        .iter()
+        .filter(|r| matches!(r, Enqueued::Inserted(_)))
+        .collect();
     assert_eq!(inserted.len(), 1, "exactly one enqueue wins: {results:?}");
-    assert!(results.iter().all(|r| r.id() == inserted[0].id()), "every caller learns the same id");
+    assert!(
+        results.iter().all(|r| r.id() == inserted[0].id()),
+        "every caller learns the same id"
+    );
     assert_eq!(live_jobs(&db.pool).await, 1);
 }
 
@@ -116,11 +155,23 @@ async fn a_finished_jobs_key_still_answers_with_its_id() {
     let db = TestDb::new().await;
     let key = IdempotencyKey::parse("done-key").unwrap();
     let mut conn = db.pool.acquire().await.unwrap();
-    let first = queue::enqueue(&mut conn, &defaults(), job("q", "k", json!({})).idempotency_key(key.clone()))
+    let first = queue::enqueue(
+        &mut conn,
+        &defaults(),
+        job("q", "k", json!({})).idempotency_key(key.clone()),
+    )
+    .await
+    .unwrap();
+    herald::queue::admin::cancel_job(&db.pool, first.id())
         .await
         .unwrap();
-    herald::queue::admin::cancel_job(&db.pool, first.id()).await.unwrap();
-    let again = queue::enqueue(&mut conn, &defaults(), job("q", "k", json!({})).idempotency_key(key)).await.unwrap();
+    let again = queue::enqueue(
+        &mut conn,
+        &defaults(),
+        job("q", "k", json!({})).idempotency_key(key),
+    )
+    .await
+    .unwrap();
     assert_eq!(again, Enqueued::Duplicate(first.id()));
 }
 
@@ -128,13 +179,21 @@ async fn a_finished_jobs_key_still_answers_with_its_id() {
 async fn enqueue_in_a_rolled_back_transaction_leaves_no_job_and_a_committed_one_does() {
     let db = TestDb::new().await;
     let mut tx = db.pool.begin().await.unwrap();
-    queue::enqueue(&mut tx, &defaults(), job("q", "k", json!({}))).await.unwrap();
+    queue::enqueue(&mut tx, &defaults(), job("q", "k", json!({})))
+        .await
+        .unwrap();
     tx.rollback().await.unwrap();
     assert_eq!(live_jobs(&db.pool).await, 0);
 
     let mut tx = db.pool.begin().await.unwrap();
-    queue::enqueue(&mut tx, &defaults(), job("q", "k", json!({}))).await.unwrap();
-    assert_eq!(live_jobs(&db.pool).await, 0, "invisible to others before commit");
+    queue::enqueue(&mut tx, &defaults(), job("q", "k", json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        live_jobs(&db.pool).await,
+        0,
+        "invisible to others before commit"
+    );
     tx.commit().await.unwrap();
     assert_eq!(live_jobs(&db.pool).await, 1);
 }
@@ -143,5 +202,10 @@ async fn enqueue_in_a_rolled_back_transaction_leaves_no_job_and_a_committed_one_
 async fn an_empty_batch_is_a_no_op() {
     let db = TestDb::new().await;
     let mut conn = db.pool.acquire().await.unwrap();
-    assert!(queue::enqueue_many(&mut conn, &defaults(), &[]).await.unwrap().is_empty());
+    assert!(
+        queue::enqueue_many(&mut conn, &defaults(), &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -27,7 +27,13 @@ struct Recorder(Arc<Mutex<Vec<Call>>>);
 
 impl Recorder {
     fn record(&self, ctx: &JobContext, started: DateTime<Utc>) {
-        let call = Call { id: ctx.id, attempt: ctx.attempt, started, finished: Utc::now(), run_at: ctx.run_at };
+        let call = Call {
+            id: ctx.id,
+            attempt: ctx.attempt,
+            started,
+            finished: Utc::now(),
+            run_at: ctx.run_at,
+        };
         self.0.lock().unwrap().push(call);
     }
     fn calls(&self) -> Vec<Call> {
@@ -39,7 +45,10 @@ impl Recorder {
 }
 
 /// A registry whose kind `test` fails with `fail(ctx)` or succeeds, recording every call.
-fn registry_with(recorder: &Recorder, behave: impl Fn(&JobContext) -> Result<(), JobError> + Send + Sync + 'static) -> HandlerRegistry {
+fn registry_with(
+    recorder: &Recorder,
+    behave: impl Fn(&JobContext) -> Result<(), JobError> + Send + Sync + 'static,
+) -> HandlerRegistry {
     let mut registry = HandlerRegistry::new();
     let recorder = recorder.clone();
     let behave = Arc::new(behave);
@@ -58,35 +67,65 @@ fn registry_with(recorder: &Recorder, behave: impl Fn(&JobContext) -> Result<(),
 
 async fn enqueue(db: &TestDb, jobs: Vec<herald::queue::NewJob>) -> Vec<i64> {
     let mut conn = db.pool.acquire().await.unwrap();
-    queue::enqueue_many(&mut conn, &defaults(), &jobs).await.unwrap().iter().map(|r| r.id()).collect()
+    queue::enqueue_many(&mut conn, &defaults(), &jobs)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id())
+        .collect()
 }
 
 async fn wait_for_drain(db: &TestDb, limit: Duration) {
-    wait_until(limit, "all jobs to leave the hot table", || async { live_jobs(&db.pool).await == 0 }).await;
+    wait_until(limit, "all jobs to leave the hot table", || async {
+        live_jobs(&db.pool).await == 0
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn every_job_runs_and_completes_exactly_once() {
     let db = TestDb::new().await;
     let recorder = Recorder::default();
-    let worker = RunningWorker::start(&db.pool, options(&[("q", 8)]), registry_with(&recorder, |_| Ok(())));
-    let ids = enqueue(&db, (0..500).map(|i| job("q", "test", json!({ "i": i }))).collect()).await;
+    let worker = RunningWorker::start(
+        &db.pool,
+        options(&[("q", 8)]),
+        registry_with(&recorder, |_| Ok(())),
+    );
+    let ids = enqueue(
+        &db,
+        (0..500)
+            .map(|i| job("q", "test", json!({ "i": i })))
+            .collect(),
+    )
+    .await;
     wait_for_drain(&db, Duration::from_secs(30)).await;
     worker.stop().await;
 
     let mut runs: HashMap<i64, usize> = HashMap::new();
-    recorder.calls().iter().for_each(|c| *runs.entry(c.id).or_default() += 1);
+    recorder
+        .calls()
+        .iter()
+        .for_each(|c| *runs.entry(c.id).or_default() += 1);
     assert_eq!(runs.len(), ids.len());
     assert!(runs.values().all(|&n| n == 1), "no job ran twice");
     assert_eq!(completions(&db.pool).await, (500, 500));
-    assert!(admin::list_workers(&db.pool).await.unwrap().is_empty(), "worker left the registry");
+    assert!(
+        admin::list_workers(&db.pool).await.unwrap().is_empty(),
+        "worker left the registry"
+    );
 }
 
 #[tokio::test]
 async fn retry_storm_completes_each_job_once_and_never_runs_an_attempt_early() {
     let db = TestDb::new().await;
     let recorder = Recorder::default();
-    let registry = registry_with(&recorder, |ctx| if ctx.attempt < 3 { Err(JobError::retry("flaky")) } else { Ok(()) });
+    let registry = registry_with(&recorder, |ctx| {
+        if ctx.attempt < 3 {
+            Err(JobError::retry("flaky"))
+        } else {
+            Ok(())
+        }
+    });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 16)]), registry);
     enqueue(&db, (0..200).map(|_| job("q", "test", json!({}))).collect()).await;
     wait_for_drain(&db, Duration::from_secs(60)).await;
@@ -96,21 +135,38 @@ async fn retry_storm_completes_each_job_once_and_never_runs_an_attempt_early() {
     let calls = recorder.calls();
     assert_eq!(calls.len(), 600, "three attempts each");
     for call in &calls {
-        assert!(call.started >= call.run_at, "attempt started before its run_at: {call:?}");
+        assert!(
+            call.started >= call.run_at,
+            "attempt started before its run_at: {call:?}"
+        );
     }
     // Backoff: base 50 ms with jitter 0.75..1.25, doubling per attempt.
-    for id in calls.iter().map(|c| c.id).collect::<std::collections::HashSet<_>>() {
+    for id in calls
+        .iter()
+        .map(|c| c.id)
+        .collect::<std::collections::HashSet<_>>()
+    {
         let mut attempts = recorder.for_job(id);
         attempts.sort_by_key(|c| c.attempt);
         for pair in attempts.windows(2) {
             let waited = (pair[1].started - pair[0].finished).num_milliseconds();
             let minimum = (50.0 * 2f64.powi(pair[0].attempt - 1) * 0.75) as i64;
-            assert!(waited >= minimum, "job {id} retried after {waited} ms, backoff minimum {minimum} ms");
+            assert!(
+                waited >= minimum,
+                "job {id} retried after {waited} ms, backoff minimum {minimum} ms"
+            );
         }
     }
     let errors: serde_json::Value =
-        sqlx::query_scalar("SELECT errors FROM herald_job_history LIMIT 1").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(errors.as_array().unwrap().len(), 2, "the two failures are kept");
+        sqlx::query_scalar("SELECT errors FROM herald_job_history LIMIT 1")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        errors.as_array().unwrap().len(),
+        2,
+        "the two failures are kept"
+    );
 }
 
 #[tokio::test]
@@ -118,7 +174,14 @@ async fn retry_after_is_honoured_exactly() {
     let db = TestDb::new().await;
     let recorder = Recorder::default();
     let registry = registry_with(&recorder, |ctx| {
-        if ctx.attempt == 1 { Err(JobError::RetryAfter(Duration::from_millis(700), "slow down".into())) } else { Ok(()) }
+        if ctx.attempt == 1 {
+            Err(JobError::RetryAfter(
+                Duration::from_millis(700),
+                "slow down".into(),
+            ))
+        } else {
+            Ok(())
+        }
     });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 2)]), registry);
     let id = enqueue(&db, vec![job("q", "test", json!({}))]).await[0];
@@ -128,7 +191,10 @@ async fn retry_after_is_honoured_exactly() {
     let calls = recorder.for_job(id);
     assert_eq!(calls.len(), 2);
     let scheduled_after = (calls[1].run_at - calls[0].finished).num_milliseconds();
-    assert!((700..760).contains(&scheduled_after), "second attempt due {scheduled_after} ms after the failure");
+    assert!(
+        (700..760).contains(&scheduled_after),
+        "second attempt due {scheduled_after} ms after the failure"
+    );
     assert!(calls[1].started >= calls[1].run_at);
 }
 
@@ -136,15 +202,22 @@ async fn retry_after_is_honoured_exactly() {
 async fn a_permanent_error_dead_letters_without_retrying() {
     let db = TestDb::new().await;
     let recorder = Recorder::default();
-    let registry = registry_with(&recorder, |_| Err(JobError::permanent("recipient does not exist")));
+    let registry = registry_with(&recorder, |_| {
+        Err(JobError::permanent("recipient does not exist"))
+    });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 2)]), registry);
     let id = enqueue(&db, vec![job("q", "test", json!({"to": "nobody"}))]).await[0];
     wait_for_drain(&db, Duration::from_secs(10)).await;
     worker.stop().await;
 
     assert_eq!(recorder.for_job(id).len(), 1);
-    let letter = &queue::dead_letters::list(&db.pool, &Default::default(), None, 1).await.unwrap()[0];
-    assert_eq!((letter.job_id, letter.reason.as_str()), (id, "recipient does not exist"));
+    let letter = &queue::dead_letters::list(&db.pool, &Default::default(), None, 1)
+        .await
+        .unwrap()[0];
+    assert_eq!(
+        (letter.job_id, letter.reason.as_str()),
+        (id, "recipient does not exist")
+    );
     assert_eq!(letter.payload, json!({"to": "nobody"}));
 }
 
@@ -152,14 +225,24 @@ async fn a_permanent_error_dead_letters_without_retrying() {
 async fn exhausted_attempts_dead_letter_with_the_error_of_every_attempt() {
     let db = TestDb::new().await;
     let recorder = Recorder::default();
-    let registry = registry_with(&recorder, |ctx| Err(JobError::retry(format!("failure {}", ctx.attempt))));
+    let registry = registry_with(&recorder, |ctx| {
+        Err(JobError::retry(format!("failure {}", ctx.attempt)))
+    });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 2)]), registry);
     enqueue(&db, vec![job("q", "test", json!({})).max_attempts(3)]).await;
     wait_for_drain(&db, Duration::from_secs(10)).await;
     worker.stop().await;
 
-    let letter = &queue::dead_letters::list(&db.pool, &Default::default(), None, 1).await.unwrap()[0];
-    let messages: Vec<&str> = letter.errors.as_array().unwrap().iter().map(|e| e["message"].as_str().unwrap()).collect();
+    let letter = &queue::dead_letters::list(&db.pool, &Default::default(), None, 1)
+        .await
+        .unwrap()[0];
+    let messages: Vec<&str> = letter
+        .errors
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap())
+        .collect();
     assert_eq!(messages, vec!["failure 1", "failure 2", "failure 3"]);
     assert_eq!(letter.attempt, 3);
 }
@@ -183,7 +266,10 @@ async fn a_panic_and_a_timeout_count_as_retryable_failures() {
     let worker = RunningWorker::start(&db.pool, options(&[("q", 4)]), registry);
     let ids = enqueue(
         &db,
-        vec![job("q", "panics", json!({})), job("q", "hangs", json!({})).timeout(Duration::from_millis(300))],
+        vec![
+            job("q", "panics", json!({})),
+            job("q", "hangs", json!({})).timeout(Duration::from_millis(300)),
+        ],
     )
     .await;
     wait_for_drain(&db, Duration::from_secs(15)).await;
@@ -219,13 +305,26 @@ async fn typed_jobs_decode_and_an_undecodable_payload_is_dead_lettered() {
     });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 2)]), registry);
     let good = herald::queue::NewJob::typed(queue("q"), &Greeting { name: "ada".into() }).unwrap();
-    enqueue(&db, vec![good, job("q", "greeting", json!({"nom": 1})), job("q", "unknown-kind", json!({}))]).await;
+    enqueue(
+        &db,
+        vec![
+            good,
+            job("q", "greeting", json!({"nom": 1})),
+            job("q", "unknown-kind", json!({})),
+        ],
+    )
+    .await;
     wait_for_drain(&db, Duration::from_secs(10)).await;
     worker.stop().await;
 
     assert_eq!(*seen.lock().unwrap(), vec!["ada".to_string()]);
-    let letters = queue::dead_letters::list(&db.pool, &Default::default(), None, 10).await.unwrap();
-    let mut kinds: Vec<&str> = letters.iter().map(|l| l.errors[0]["kind"].as_str().unwrap()).collect();
+    let letters = queue::dead_letters::list(&db.pool, &Default::default(), None, 10)
+        .await
+        .unwrap();
+    let mut kinds: Vec<&str> = letters
+        .iter()
+        .map(|l| l.errors[0]["kind"].as_str().unwrap())
+        .collect();
     kinds.sort();
     assert_eq!(kinds, vec!["no_handler", "permanent"]);
 }
@@ -244,7 +343,10 @@ async fn an_idle_worker_is_woken_by_notify_not_by_polling() {
     for _ in 0..5 {
         let before = Utc::now();
         let id = enqueue(&db, vec![job("q", "test", json!({}))]).await[0];
-        wait_until(Duration::from_secs(5), "job picked up", || async { !recorder.for_job(id).is_empty() }).await;
+        wait_until(Duration::from_secs(5), "job picked up", || async {
+            !recorder.for_job(id).is_empty()
+        })
+        .await;
         let latency = (recorder.for_job(id)[0].started - before).num_milliseconds();
         // Far below the 30 s poll and the 150 s safety poll: the wakeup did it. (Speed itself is in `herald bench`.)
         assert!(latency < 1_000, "pickup took {latency} ms");
@@ -260,28 +362,47 @@ async fn a_scheduled_job_starts_within_a_second_of_its_run_at() {
     opts.poll_interval = Duration::from_secs(30); // the promoter's timer must do it
     let worker = RunningWorker::start(&db.pool, opts, registry_with(&recorder, |_| Ok(())));
     // A far-off job first, so the promoter sleeps on a long timer; the later enqueue must reset it.
-    enqueue(&db, vec![job("q", "test", json!({})).run_at(Utc::now() + chrono::Duration::hours(1))]).await;
+    enqueue(
+        &db,
+        vec![job("q", "test", json!({})).run_at(Utc::now() + chrono::Duration::hours(1))],
+    )
+    .await;
     let run_at = Utc::now() + chrono::Duration::milliseconds(1500);
     let id = enqueue(&db, vec![job("q", "test", json!({})).run_at(run_at)]).await[0];
-    wait_until(Duration::from_secs(10), "scheduled job ran", || async { !recorder.for_job(id).is_empty() }).await;
+    wait_until(Duration::from_secs(10), "scheduled job ran", || async {
+        !recorder.for_job(id).is_empty()
+    })
+    .await;
     worker.stop().await;
 
     let started = recorder.for_job(id)[0].started;
     assert!(started >= run_at, "started early");
-    assert!(started - run_at < chrono::Duration::seconds(1), "started {:?} late", started - run_at);
+    assert!(
+        started - run_at < chrono::Duration::seconds(1),
+        "started {:?} late",
+        started - run_at
+    );
 }
 
 #[tokio::test]
 async fn a_high_priority_job_jumps_the_line() {
     let db = TestDb::new().await;
     let recorder = Recorder::default();
-    admin::set_paused(&db.pool, &queue("q"), true).await.unwrap();
+    admin::set_paused(&db.pool, &queue("q"), true)
+        .await
+        .unwrap();
     let low = enqueue(&db, (0..20).map(|_| job("q", "test", json!({}))).collect()).await;
-    let high = enqueue(&db, vec![job("q", "test", json!({})).priority(Priority::new(5).unwrap())]).await[0];
+    let high = enqueue(
+        &db,
+        vec![job("q", "test", json!({})).priority(Priority::new(5).unwrap())],
+    )
+    .await[0];
     let mut opts = options(&[("q", 1)]);
     opts.batch_size = 1;
     let worker = RunningWorker::start(&db.pool, opts, registry_with(&recorder, |_| Ok(())));
-    admin::set_paused(&db.pool, &queue("q"), false).await.unwrap();
+    admin::set_paused(&db.pool, &queue("q"), false)
+        .await
+        .unwrap();
     wait_for_drain(&db, Duration::from_secs(10)).await;
     worker.stop().await;
 
@@ -307,26 +428,43 @@ async fn continuous_high_priority_work_does_not_starve_a_low_priority_job() {
         }
     });
     // Aging 100 ms per level: a priority-0 job outranks priority-9 work enqueued 0.9 s after it.
-    let aging = herald::queue::JobDefaults { priority_aging: Duration::from_millis(100), ..defaults() };
+    let aging = herald::queue::JobDefaults {
+        priority_aging: Duration::from_millis(100),
+        ..defaults()
+    };
     let mut opts = options(&[("q", 1)]);
     opts.batch_size = 1;
     opts.defaults = aging.clone();
     let worker = RunningWorker::start(&db.pool, opts, registry);
     let mut conn = db.pool.acquire().await.unwrap();
     let urgent = || job("q", "test", json!({})).priority(Priority::new(9).unwrap());
-    queue::enqueue_many(&mut conn, &aging, &(0..20).map(|_| urgent()).collect::<Vec<_>>()).await.unwrap();
-    let low = queue::enqueue(&mut conn, &aging, job("q", "test", json!({}))).await.unwrap().id();
+    queue::enqueue_many(
+        &mut conn,
+        &aging,
+        &(0..20).map(|_| urgent()).collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    let low = queue::enqueue(&mut conn, &aging, job("q", "test", json!({})))
+        .await
+        .unwrap()
+        .id();
 
     // Keep more urgent work arriving than the worker can drain until the low job has run.
     let deadline = Instant::now() + Duration::from_secs(20);
     while recorder.for_job(low).is_empty() {
         assert!(Instant::now() < deadline, "the low-priority job starved");
-        queue::enqueue_many(&mut conn, &aging, &[urgent(), urgent()]).await.unwrap();
+        queue::enqueue_many(&mut conn, &aging, &[urgent(), urgent()])
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let urgent_waiting = live_jobs(&db.pool).await;
     worker.stop().await;
-    assert!(urgent_waiting > 0, "urgent work was still queued when the low job ran: it aged past it");
+    assert!(
+        urgent_waiting > 0,
+        "urgent work was still queued when the low job ran: it aged past it"
+    );
 }
 
 #[tokio::test]
@@ -357,16 +495,31 @@ async fn per_queue_concurrency_is_respected() {
 async fn a_paused_queue_is_not_worked_until_resumed() {
     let db = TestDb::new().await;
     let recorder = Recorder::default();
-    let worker = RunningWorker::start(&db.pool, options(&[("paused", 2), ("open", 2)]), registry_with(&recorder, |_| Ok(())));
-    admin::set_paused(&db.pool, &queue("paused"), true).await.unwrap();
+    let worker = RunningWorker::start(
+        &db.pool,
+        options(&[("paused", 2), ("open", 2)]),
+        registry_with(&recorder, |_| Ok(())),
+    );
+    admin::set_paused(&db.pool, &queue("paused"), true)
+        .await
+        .unwrap();
     let held = enqueue(&db, vec![job("paused", "test", json!({}))]).await[0];
     // Jobs enqueued after it in another queue run: the worker is live and has looked at both queues.
     let probe = enqueue(&db, vec![job("open", "test", json!({}))]).await[0];
-    wait_until(Duration::from_secs(10), "probe ran", || async { !recorder.for_job(probe).is_empty() }).await;
+    wait_until(Duration::from_secs(10), "probe ran", || async {
+        !recorder.for_job(probe).is_empty()
+    })
+    .await;
     assert!(recorder.for_job(held).is_empty(), "paused queue was worked");
-    admin::set_paused(&db.pool, &queue("paused"), false).await.unwrap();
-    wait_until(Duration::from_secs(10), "held job ran after resume", || async { !recorder.for_job(held).is_empty() })
-        .await;
+    admin::set_paused(&db.pool, &queue("paused"), false)
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "held job ran after resume",
+        || async { !recorder.for_job(held).is_empty() },
+    )
+    .await;
     worker.stop().await;
 }
 
@@ -376,20 +529,38 @@ async fn graceful_shutdown_finishes_running_jobs_and_releases_unstarted_ones() {
     let mut opts = options(&[("q", 2)]);
     opts.batch_size = 10;
     let worker = RunningWorker::start(&db.pool, opts, herald::app::handler_registry());
-    enqueue(&db, (0..10).map(|_| job("q", "herald.sleep", json!({"ms": 400}))).collect()).await;
+    enqueue(
+        &db,
+        (0..10)
+            .map(|_| job("q", "herald.sleep", json!({"ms": 400})))
+            .collect(),
+    )
+    .await;
     wait_until(Duration::from_secs(10), "all ten claimed", || async {
-        scalar_i64(&db.pool, "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL").await == 10
+        scalar_i64(
+            &db.pool,
+            "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL",
+        )
+        .await
+            == 10
     })
     .await;
     worker.stop().await;
 
-    assert_eq!(completions(&db.pool).await, (2, 2), "the two running jobs finished");
+    assert_eq!(
+        completions(&db.pool).await,
+        (2, 2),
+        "the two running jobs finished"
+    );
     let released = scalar_i64(
         &db.pool,
         "SELECT count(*) FROM herald_jobs WHERE lease_token IS NULL AND NOT scheduled AND attempt = 0",
     )
     .await;
-    assert_eq!(released, 8, "unstarted jobs were given back at once, attempt refunded");
+    assert_eq!(
+        released, 8,
+        "unstarted jobs were given back at once, attempt refunded"
+    );
     assert!(admin::list_workers(&db.pool).await.unwrap().is_empty());
 }
 
@@ -401,7 +572,12 @@ async fn a_handler_outliving_the_grace_period_is_cancelled_and_requeued() {
     let worker = RunningWorker::start(&db.pool, opts, herald::app::handler_registry());
     let id = enqueue(&db, vec![job("q", "herald.sleep", json!({"ms": 60_000}))]).await[0];
     wait_until(Duration::from_secs(10), "job claimed", || async {
-        scalar_i64(&db.pool, "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL").await == 1
+        scalar_i64(
+            &db.pool,
+            "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL",
+        )
+        .await
+            == 1
     })
     .await;
     let stopping = Instant::now();
@@ -410,7 +586,11 @@ async fn a_handler_outliving_the_grace_period_is_cancelled_and_requeued() {
 
     let view = admin::find_job(&db.pool, id).await.unwrap().unwrap();
     // Retried at once: scheduled for now, and maybe already promoted to available.
-    assert!(["scheduled", "available"].contains(&view.state.as_str()), "back in the queue, not {}", view.state);
+    assert!(
+        ["scheduled", "available"].contains(&view.state.as_str()),
+        "back in the queue, not {}",
+        view.state
+    );
     assert_eq!(view.errors[0]["kind"], "shutdown");
 }
 
@@ -418,11 +598,23 @@ async fn a_handler_outliving_the_grace_period_is_cancelled_and_requeued() {
 async fn terminating_the_workers_database_sessions_loses_and_duplicates_nothing() {
     let db = TestDb::new().await;
     let recorder = Recorder::default();
-    let worker = RunningWorker::start(&db.pool, options(&[("q", 8)]), registry_with(&recorder, |_| Ok(())));
-    let ids = enqueue(&db, (0..3000).map(|_| job("q", "test", json!({}))).collect()).await;
+    let worker = RunningWorker::start(
+        &db.pool,
+        options(&[("q", 8)]),
+        registry_with(&recorder, |_| Ok(())),
+    );
+    let ids = enqueue(
+        &db,
+        (0..3000).map(|_| job("q", "test", json!({}))).collect(),
+    )
+    .await;
 
     // Kill every other session on this database, repeatedly, while the worker runs.
-    let killer = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&db.url).await.unwrap();
+    let killer = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
     let mut kills = 0;
     while live_jobs(&db.pool).await > 0 && kills < 20 {
         let killed: i64 = sqlx::query_scalar(
@@ -440,13 +632,21 @@ async fn terminating_the_workers_database_sessions_loses_and_duplicates_nothing(
 
     // The worker is still alive and working.
     let after = enqueue(&db, vec![job("q", "test", json!({}))]).await[0];
-    wait_until(Duration::from_secs(20), "a job enqueued after the storm ran", || async {
-        !recorder.for_job(after).is_empty()
-    })
+    wait_until(
+        Duration::from_secs(20),
+        "a job enqueued after the storm ran",
+        || async { !recorder.for_job(after).is_empty() },
+    )
     .await;
     worker.stop().await;
 
-    assert_eq!(completions(&db.pool).await, (ids.len() as i64 + 1, ids.len() as i64 + 1));
+    assert_eq!(
+        completions(&db.pool).await,
+        (ids.len() as i64 + 1, ids.len() as i64 + 1)
+    );
     let ran: std::collections::HashSet<i64> = recorder.calls().iter().map(|c| c.id).collect();
-    assert!(ids.iter().all(|id| ran.contains(id)), "every job ran at least once");
+    assert!(
+        ids.iter().all(|id| ran.contains(id)),
+        "every job ran at least once"
+    );
 }

@@ -41,7 +41,11 @@ pub async fn queue_stats(pool: &PgPool) -> Result<Vec<QueueStats>, QueueError> {
 
 /// Pauses (`true`) or resumes a queue for the whole fleet. Running jobs finish; no new ones are claimed.
 pub async fn set_paused(pool: &PgPool, queue: &QueueName, paused: bool) -> Result<(), QueueError> {
-    sqlx::query(sql::SET_PAUSED).bind(queue.as_str()).bind(paused).fetch_one(pool).await?;
+    sqlx::query(sql::SET_PAUSED)
+        .bind(queue.as_str())
+        .bind(paused)
+        .fetch_one(pool)
+        .await?;
     Ok(())
 }
 
@@ -67,7 +71,11 @@ pub struct JobView {
 
 /// Looks a job up in the hot table, then in its history.
 pub async fn find_job(pool: &PgPool, id: JobId) -> Result<Option<JobView>, QueueError> {
-    if let Some(row) = sqlx::query(sql::LIVE_JOB).bind(id).fetch_optional(pool).await? {
+    if let Some(row) = sqlx::query(sql::LIVE_JOB)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+    {
         let state = if row.try_get("running")? {
             "running"
         } else if row.try_get("scheduled")? {
@@ -92,7 +100,11 @@ pub async fn find_job(pool: &PgPool, id: JobId) -> Result<Option<JobView>, Queue
             finished_at: None,
         }));
     }
-    let Some(row) = sqlx::query(sql::FINISHED_JOB).bind(id).fetch_optional(pool).await? else {
+    let Some(row) = sqlx::query(sql::FINISHED_JOB)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+    else {
         return Ok(None);
     };
     Ok(Some(JobView {
@@ -116,10 +128,19 @@ pub async fn find_job(pool: &PgPool, id: JobId) -> Result<Option<JobView>, Queue
 /// Cancels a job that is waiting (available or scheduled). A running job cannot be cancelled: it is a
 /// [`QueueError::Conflict`]; an unknown or finished job is [`QueueError::NotFound`].
 pub async fn cancel_job(pool: &PgPool, id: JobId) -> Result<(), QueueError> {
-    if sqlx::query(sql::CANCEL).bind(id).fetch_optional(pool).await?.is_some() {
+    if sqlx::query(sql::CANCEL)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
-    match sqlx::query_scalar::<_, bool>(sql::JOB_RUNNING).bind(id).fetch_optional(pool).await? {
+    match sqlx::query_scalar::<_, bool>(sql::JOB_RUNNING)
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+    {
         Some(true) => Err(QueueError::Conflict(format!("job {id} is running"))),
         _ => Err(QueueError::NotFound(format!("waiting job {id}"))),
     }

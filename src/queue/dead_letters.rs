@@ -24,14 +24,22 @@ pub struct DeadLetterFilter {
 
 impl DeadLetterFilter {
     pub fn by_id(id: i64) -> Self {
-        Self { id: Some(id), ..Self::default() }
+        Self {
+            id: Some(id),
+            ..Self::default()
+        }
     }
 
     fn bind<'q>(
         &'q self,
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        query.bind(self.id).bind(&self.queue).bind(&self.kind).bind(self.failed_since).bind(self.failed_before)
+        query
+            .bind(self.id)
+            .bind(&self.queue)
+            .bind(&self.kind)
+            .bind(self.failed_since)
+            .bind(self.failed_before)
     }
 }
 
@@ -68,11 +76,16 @@ pub async fn list(
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    rows.iter().map(dead_letter_from_row).collect::<Result<_, sqlx::Error>>().map_err(QueueError::from)
+    rows.iter()
+        .map(dead_letter_from_row)
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(QueueError::from)
 }
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<DeadLetter>, QueueError> {
-    Ok(list(pool, &DeadLetterFilter::by_id(id), None, 1).await?.pop())
+    Ok(list(pool, &DeadLetterFilter::by_id(id), None, 1)
+        .await?
+        .pop())
 }
 
 /// A replayed dead letter and the new job it became.
@@ -94,14 +107,23 @@ pub async fn replay(
         .fetch_all(pool)
         .await?;
     rows.iter()
-        .map(|row| Ok(Replayed { dead_letter_id: row.try_get("dead_letter_id")?, job_id: row.try_get("job_id")? }))
+        .map(|row| {
+            Ok(Replayed {
+                dead_letter_id: row.try_get("dead_letter_id")?,
+                job_id: row.try_get("job_id")?,
+            })
+        })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(QueueError::from)
 }
 
 /// Deletes every matching dead letter; returns how many.
 pub async fn purge(pool: &PgPool, filter: &DeadLetterFilter) -> Result<i64, QueueError> {
-    Ok(filter.bind(sqlx::query(sql::PURGE_DEAD_LETTERS)).fetch_one(pool).await?.try_get(0)?)
+    Ok(filter
+        .bind(sqlx::query(sql::PURGE_DEAD_LETTERS))
+        .fetch_one(pool)
+        .await?
+        .try_get(0)?)
 }
 
 fn dead_letter_from_row(row: &sqlx::postgres::PgRow) -> Result<DeadLetter, sqlx::Error> {

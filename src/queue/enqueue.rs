@@ -1,24 +1,43 @@
 //! Enqueueing: one statement per batch, usable inside the caller's own transaction.
 //!
-//! ```ignore
+//! ```no_run
+//! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use herald::queue::{self, JobDefaults, JobKind, NewJob, QueueName};
+//!
+//! let defaults = JobDefaults {
+//!     max_attempts: 10,
+//!     timeout: Duration::from_secs(60),
+//!     priority_aging: Duration::from_secs(60),
+//! };
 //! let mut tx = pool.begin().await?;
-//! sqlx::query("INSERT INTO orders ...").execute(&mut *tx).await?;
-//! queue::enqueue(&mut tx, &defaults, NewJob::new(queue, kind, payload)).await?;
-//! tx.commit().await?; // the job exists, and its worker is woken, only if this commits
+//! sqlx::query("INSERT INTO orders (id) VALUES (42)").execute(&mut *tx).await?;
+//! let payload = serde_json::json!({ "order": 42 });
+//! let job = NewJob::new(QueueName::parse("emails")?, JobKind::parse("order.confirmation")?, payload);
+//! queue::enqueue(&mut tx, &defaults, job).await?;
+//! tx.commit().await?; // the job exists, and a worker is woken, only if this commits
+//! # Ok(())
+//! # }
 //! ```
 
 use std::collections::HashMap;
 
 use sqlx::{PgConnection, Row};
 
+use super::QueueError;
 use super::sql;
 use super::types::{Enqueued, JobDefaults, NewJob};
-use super::QueueError;
 
 /// Enqueues one job. See [`enqueue_many`].
-pub async fn enqueue(conn: &mut PgConnection, defaults: &JobDefaults, job: NewJob) -> Result<Enqueued, QueueError> {
+pub async fn enqueue(
+    conn: &mut PgConnection,
+    defaults: &JobDefaults,
+    job: NewJob,
+) -> Result<Enqueued, QueueError> {
     let mut results = enqueue_many(conn, defaults, std::slice::from_ref(&job)).await?;
-    results.pop().ok_or_else(|| QueueError::NotFound("enqueue result".into()))
+    results
+        .pop()
+        .ok_or_else(|| QueueError::NotFound("enqueue result".into()))
 }
 
 /// Enqueues a batch in one statement and returns one result per job, in order. A job whose idempotency key is
@@ -59,7 +78,13 @@ pub async fn enqueue_many(
         }
     }
     if !duplicate_keys.is_empty() {
-        resolve_duplicates(conn, &columns.idempotency_key, &duplicate_keys, &mut results).await?;
+        resolve_duplicates(
+            conn,
+            &columns.idempotency_key,
+            &duplicate_keys,
+            &mut results,
+        )
+        .await?;
     }
     Ok(results)
 }
@@ -84,7 +109,9 @@ async fn resolve_duplicates(
         if let (Enqueued::Duplicate(id), Some(key)) = (result, key) {
             // Only possible if the key was deleted between the two statements (retention racing a replay).
             *id = *holders.get(key).ok_or_else(|| {
-                QueueError::Conflict(format!("idempotency key `{key}` changed hands during enqueue; try again"))
+                QueueError::Conflict(format!(
+                    "idempotency key `{key}` changed hands during enqueue; try again"
+                ))
             })?;
         }
     }
@@ -115,9 +142,15 @@ impl Columns {
             payload: jobs.iter().map(|j| j.payload.clone()).collect(),
             priority: jobs.iter().map(|j| j.priority.get()).collect(),
             run_at: jobs.iter().map(|j| j.run_at).collect(),
-            max_attempts: jobs.iter().map(|j| j.max_attempts.unwrap_or(defaults.max_attempts).max(1)).collect(),
+            max_attempts: jobs
+                .iter()
+                .map(|j| j.max_attempts.unwrap_or(defaults.max_attempts).max(1))
+                .collect(),
             timeout_ms: jobs.iter().map(timeout_ms).collect(),
-            idempotency_key: jobs.iter().map(|j| j.idempotency_key.as_ref().map(|k| k.as_str().to_string())).collect(),
+            idempotency_key: jobs
+                .iter()
+                .map(|j| j.idempotency_key.as_ref().map(|k| k.as_str().to_string()))
+                .collect(),
         }
     }
 }

@@ -36,9 +36,14 @@ pub struct ClaimedJob {
 pub enum Settlement {
     Completed,
     /// Try again after `delay`, unless the attempts are spent (then the job is dead-lettered).
-    Retry { delay: Duration, error: AttemptError },
+    Retry {
+        delay: Duration,
+        error: AttemptError,
+    },
     /// Straight to the dead letters.
-    Dead { error: AttemptError },
+    Dead {
+        error: AttemptError,
+    },
 }
 
 /// One attempt's failure, appended to the job's error list.
@@ -146,7 +151,11 @@ pub async fn release(pool: &PgPool, jobs: &[(JobId, i64)]) -> Result<i64, QueueE
         return Ok(0);
     }
     let (ids, tokens): (Vec<i64>, Vec<i64>) = jobs.iter().copied().unzip();
-    let row = sqlx::query(sql::RELEASE).bind(ids).bind(tokens).fetch_one(pool).await?;
+    let row = sqlx::query(sql::RELEASE)
+        .bind(ids)
+        .bind(tokens)
+        .fetch_one(pool)
+        .await?;
     Ok(row.try_get("released")?)
 }
 
@@ -159,8 +168,14 @@ pub struct Promotion {
 
 /// Makes due scheduled jobs available (at most `limit`) and says when the next one falls due.
 pub async fn promote(pool: &PgPool, limit: i64) -> Result<Promotion, QueueError> {
-    let row = sqlx::query(sql::PROMOTE).bind(limit).fetch_one(pool).await?;
-    Ok(Promotion { promoted: row.try_get("promoted")?, next_run_at: row.try_get("next_run_at")? })
+    let row = sqlx::query(sql::PROMOTE)
+        .bind(limit)
+        .fetch_one(pool)
+        .await?;
+    Ok(Promotion {
+        promoted: row.try_get("promoted")?,
+        next_run_at: row.try_get("next_run_at")?,
+    })
 }
 
 /// What one rescuer pass did.
@@ -173,8 +188,14 @@ pub struct Rescue {
 /// Returns jobs with expired leases to their queues (or to the dead letters on their last attempt). A lease is
 /// expired when its term has passed and its worker has not heartbeated for `lease`.
 pub async fn rescue(pool: &PgPool, lease: Duration) -> Result<Rescue, QueueError> {
-    let row = sqlx::query(sql::RESCUE).bind(lease.as_millis() as i64).fetch_one(pool).await?;
-    Ok(Rescue { returned: row.try_get("returned")?, dead: row.try_get("dead")? })
+    let row = sqlx::query(sql::RESCUE)
+        .bind(lease.as_millis() as i64)
+        .fetch_one(pool)
+        .await?;
+    Ok(Rescue {
+        returned: row.try_get("returned")?,
+        dead: row.try_get("dead")?,
+    })
 }
 
 /// Who a worker process is, as the registry shows it.
@@ -214,12 +235,18 @@ pub async fn heartbeat(pool: &PgPool, worker: &WorkerIdentity) -> Result<(), Que
 
 /// Forgets workers silent for longer than `silence`.
 pub async fn reap_workers(pool: &PgPool, silence: Duration) -> Result<u64, QueueError> {
-    let done = sqlx::query(sql::REAP_WORKERS).bind(silence.as_millis() as i64).execute(pool).await?;
+    let done = sqlx::query(sql::REAP_WORKERS)
+        .bind(silence.as_millis() as i64)
+        .execute(pool)
+        .await?;
     Ok(done.rows_affected())
 }
 
 /// Removes a worker's registry row as it exits.
 pub async fn deregister(pool: &PgPool, worker: Uuid) -> Result<(), QueueError> {
-    sqlx::query(sql::DEREGISTER_WORKER).bind(worker).execute(pool).await?;
+    sqlx::query(sql::DEREGISTER_WORKER)
+        .bind(worker)
+        .execute(pool)
+        .await?;
     Ok(())
 }

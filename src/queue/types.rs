@@ -16,14 +16,22 @@ pub struct ParseError {
 }
 
 fn check_identifier(what: &'static str, value: &str, max_len: usize) -> Result<(), ParseError> {
-    let fail = |reason: &str| Err(ParseError { what, reason: reason.to_string() });
+    let fail = |reason: &str| {
+        Err(ParseError {
+            what,
+            reason: reason.to_string(),
+        })
+    };
     if value.is_empty() {
         return fail("must not be empty");
     }
     if value.len() > max_len {
         return fail(&format!("must be at most {max_len} bytes"));
     }
-    if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')) {
+    if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
         return fail("may contain only ASCII letters, digits, '_', '-' and '.'");
     }
     Ok(())
@@ -78,7 +86,12 @@ pub struct IdempotencyKey(String);
 
 impl IdempotencyKey {
     pub fn parse(value: &str) -> Result<Self, ParseError> {
-        let fail = |reason: &str| Err(ParseError { what: "idempotency key", reason: reason.to_string() });
+        let fail = |reason: &str| {
+            Err(ParseError {
+                what: "idempotency key",
+                reason: reason.to_string(),
+            })
+        };
         if value.is_empty() {
             return fail("must not be empty");
         }
@@ -107,7 +120,10 @@ impl Priority {
         if (0..=i64::from(Self::MAX)).contains(&value) {
             Ok(Self(value as i16))
         } else {
-            Err(ParseError { what: "priority", reason: format!("must be between 0 and {}", Self::MAX) })
+            Err(ParseError {
+                what: "priority",
+                reason: format!("must be between 0 and {}", Self::MAX),
+            })
         }
     }
     pub fn get(self) -> i16 {

@@ -35,8 +35,15 @@ impl TestDb {
 
     pub async fn on_server(server: &str) -> Self {
         let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = PgPoolOptions::new().max_connections(1).connect(server).await.expect("connect to DATABASE_URL");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create db");
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(server)
+            .await
+            .expect("connect to DATABASE_URL");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .expect("create db");
         admin.close().await;
         let url = herald::bench::with_database(server, &name);
         let pool = PgPoolOptions::new()
@@ -46,7 +53,12 @@ impl TestDb {
             .await
             .expect("connect to test db");
         herald::db::migrate(&pool).await.expect("migrate");
-        Self { pool, url, server: server.to_string(), name }
+        Self {
+            pool,
+            url,
+            server: server.to_string(),
+            name,
+        }
     }
 }
 
@@ -55,9 +67,18 @@ impl Drop for TestDb {
         let (server, name) = (self.server.clone(), self.name.clone());
         // Drop runs outside async; do the cleanup on a thread with its own runtime.
         let cleanup = std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
             runtime.block_on(async move {
-                if let Ok(admin) = PgPoolOptions::new().max_connections(1).connect(&server).await {
+                if let Ok(admin) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&server)
+                    .await
+                {
                     let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
                     let _ = sqlx::query(&sql).execute(&admin).await;
                 }
@@ -69,11 +90,19 @@ impl Drop for TestDb {
 
 /// Settings as the tests run them (config/default.toml + config/test.toml).
 pub fn settings() -> Settings {
-    Settings::load_from(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config")), Some("test")).expect("settings")
+    Settings::load_from(
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config")),
+        Some("test"),
+    )
+    .expect("settings")
 }
 
 pub fn defaults() -> JobDefaults {
-    JobDefaults { max_attempts: 5, timeout: Duration::from_secs(30), priority_aging: Duration::from_secs(60) }
+    JobDefaults {
+        max_attempts: 5,
+        timeout: Duration::from_secs(30),
+        priority_aging: Duration::from_secs(60),
+    }
 }
 
 /// Worker options with fast timers, serving `queues` (name, concurrency).
@@ -81,7 +110,10 @@ pub fn options(queues: &[(&str, usize)]) -> WorkerOptions {
     WorkerOptions {
         queues: queues
             .iter()
-            .map(|(name, concurrency)| QueueSpec { name: queue(name), concurrency: *concurrency })
+            .map(|(name, concurrency)| QueueSpec {
+                name: queue(name),
+                concurrency: *concurrency,
+            })
             .collect(),
         batch_size: 50,
         lease: Duration::from_secs(5),
@@ -92,7 +124,10 @@ pub fn options(queues: &[(&str, usize)]) -> WorkerOptions {
         ack_flush: Duration::from_millis(5),
         ack_batch: 100,
         defaults: defaults(),
-        retry: RetryPolicy { base: Duration::from_millis(50), max: Duration::from_secs(1) },
+        retry: RetryPolicy {
+            base: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+        },
     }
 }
 
@@ -101,7 +136,11 @@ pub fn queue(name: &str) -> QueueName {
 }
 
 pub fn job(queue_name: &str, kind: &str, payload: serde_json::Value) -> NewJob {
-    NewJob::new(queue(queue_name), herald::queue::JobKind::parse(kind).expect("kind"), payload)
+    NewJob::new(
+        queue(queue_name),
+        herald::queue::JobKind::parse(kind).expect("kind"),
+        payload,
+    )
 }
 
 /// An in-process worker; `stop` shuts it down gracefully and waits.
@@ -114,7 +153,12 @@ impl RunningWorker {
     pub fn start(pool: &PgPool, options: WorkerOptions, registry: HandlerRegistry) -> Self {
         init_test_logging();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(worker::run(pool.clone(), options, registry, shutdown.clone()));
+        let task = tokio::spawn(worker::run(
+            pool.clone(),
+            options,
+            registry,
+            shutdown.clone(),
+        ));
         Self { shutdown, task }
     }
 
@@ -135,13 +179,19 @@ where
 {
     let deadline = Instant::now() + limit;
     while !check().await {
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 pub async fn scalar_i64(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await.expect(sql)
+    sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .expect(sql)
 }
 
 /// Jobs still in the hot table.
@@ -151,9 +201,16 @@ pub async fn live_jobs(pool: &PgPool) -> i64 {
 
 /// Completions recorded per job: (jobs completed, total completion rows). Equal means none completed twice.
 pub async fn completions(pool: &PgPool) -> (i64, i64) {
-    let distinct =
-        scalar_i64(pool, "SELECT count(DISTINCT job_id) FROM herald_job_history WHERE outcome = 'completed'").await;
-    let total = scalar_i64(pool, "SELECT count(*) FROM herald_job_history WHERE outcome = 'completed'").await;
+    let distinct = scalar_i64(
+        pool,
+        "SELECT count(DISTINCT job_id) FROM herald_job_history WHERE outcome = 'completed'",
+    )
+    .await;
+    let total = scalar_i64(
+        pool,
+        "SELECT count(*) FROM herald_job_history WHERE outcome = 'completed'",
+    )
+    .await;
     (distinct, total)
 }
 
@@ -161,7 +218,10 @@ pub async fn completions(pool: &PgPool) -> (i64, i64) {
 pub fn init_test_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Starts `herald <args>` as a separate process on `url`, with the test settings and logs at `warn`.

@@ -33,7 +33,9 @@ pub async fn run(pool: PgPool, mut acks: mpsc::Receiver<Ack>, options: Completer
     let mut batch: Vec<(JobId, i64, Settlement)> = Vec::with_capacity(options.max_batch);
     loop {
         // Block for the first ack, then gather more until the batch is full or the flush interval passes.
-        let Some(first) = acks.recv().await else { break };
+        let Some(first) = acks.recv().await else {
+            break;
+        };
         batch.push((first.id, first.lease_token, first.settlement));
         let deadline = tokio::time::Instant::now() + options.flush_every;
         while batch.len() < options.max_batch {
@@ -46,7 +48,11 @@ pub async fn run(pool: PgPool, mut acks: mpsc::Receiver<Ack>, options: Completer
     }
 }
 
-async fn flush(pool: &PgPool, batch: &mut Vec<(JobId, i64, Settlement)>, options: &CompleterOptions) {
+async fn flush(
+    pool: &PgPool,
+    batch: &mut Vec<(JobId, i64, Settlement)>,
+    options: &CompleterOptions,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let started = std::time::Instant::now();
@@ -73,8 +79,14 @@ fn report(batch: &[(JobId, i64, Settlement)], settled: &[(JobId, Settled)]) {
     }
     if settled.len() < batch.len() {
         // Their leases were rescued while we ran them: another attempt owns the job now.
-        let stale: Vec<JobId> =
-            batch.iter().map(|(id, _, _)| *id).filter(|id| !settled.iter().any(|(s, _)| s == id)).collect();
-        tracing::warn!(?stale, "rejected stale acks: leases had expired and were rescued");
+        let stale: Vec<JobId> = batch
+            .iter()
+            .map(|(id, _, _)| *id)
+            .filter(|id| !settled.iter().any(|(s, _)| s == id))
+            .collect();
+        tracing::warn!(
+            ?stale,
+            "rejected stale acks: leases had expired and were rescued"
+        );
     }
 }

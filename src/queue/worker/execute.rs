@@ -10,14 +10,28 @@ use super::handlers::{HandlerRegistry, JobContext, JobError};
 use super::retry::RetryPolicy;
 use crate::queue::lease::{AttemptError, ClaimedJob, Settlement};
 
-pub async fn execute(job: ClaimedJob, registry: &HandlerRegistry, retry: &RetryPolicy) -> Settlement {
+pub async fn execute(
+    job: ClaimedJob,
+    registry: &HandlerRegistry,
+    retry: &RetryPolicy,
+) -> Settlement {
     let attempt = job.attempt;
-    let error = |kind: &'static str, message: String| AttemptError { attempt, kind, message, at: Utc::now() };
-    let retry_later = |kind, message| Settlement::Retry { delay: retry.delay(attempt), error: error(kind, message) };
+    let error = |kind: &'static str, message: String| AttemptError {
+        attempt,
+        kind,
+        message,
+        at: Utc::now(),
+    };
+    let retry_later = |kind, message| Settlement::Retry {
+        delay: retry.delay(attempt),
+        error: error(kind, message),
+    };
 
     let Some(handler) = registry.get(&job.kind) else {
         let message = format!("no handler is registered for kind `{}`", job.kind);
-        return Settlement::Dead { error: error("no_handler", message) };
+        return Settlement::Dead {
+            error: error("no_handler", message),
+        };
     };
     let context = JobContext {
         id: job.id,
@@ -29,7 +43,8 @@ pub async fn execute(job: ClaimedJob, registry: &HandlerRegistry, retry: &RetryP
         created_at: job.created_at,
     };
     // A handler may panic while building its future as well as while it runs; both count as a failed attempt.
-    let started = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(job.payload, context))) {
+    let started = match std::panic::catch_unwind(AssertUnwindSafe(|| handler(job.payload, context)))
+    {
         Ok(future) => future,
         Err(panic) => return retry_later("panic", panic_message(panic.as_ref())),
     };
@@ -38,10 +53,13 @@ pub async fn execute(job: ClaimedJob, registry: &HandlerRegistry, retry: &RetryP
         Ok(Err(panic)) => retry_later("panic", panic_message(panic.as_ref())),
         Ok(Ok(Ok(()))) => Settlement::Completed,
         Ok(Ok(Err(JobError::Retry(message)))) => retry_later("error", message),
-        Ok(Ok(Err(JobError::RetryAfter(delay, message)))) => {
-            Settlement::Retry { delay, error: error("error", message) }
-        }
-        Ok(Ok(Err(JobError::Permanent(message)))) => Settlement::Dead { error: error("permanent", message) },
+        Ok(Ok(Err(JobError::RetryAfter(delay, message)))) => Settlement::Retry {
+            delay,
+            error: error("error", message),
+        },
+        Ok(Ok(Err(JobError::Permanent(message)))) => Settlement::Dead {
+            error: error("permanent", message),
+        },
     }
 }
 

@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use apalis::prelude::{Backend, Data, Task, TaskBuilder, TaskId, WorkerBuilder, WorkerBuilderExt, WorkerContext};
+use apalis::prelude::{
+    Backend, Data, Task, TaskBuilder, TaskId, WorkerBuilder, WorkerBuilderExt, WorkerContext,
+};
 use apalis_core::backend::BackendConfig;
 use apalis_core::backend::finalize::Ephemeral;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -43,7 +45,10 @@ pub struct ClaimedJobs {
 }
 
 impl ClaimedJobs {
-    pub fn new(incoming: Arc<Mutex<mpsc::UnboundedReceiver<HeldJob>>>, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        incoming: Arc<Mutex<mpsc::UnboundedReceiver<HeldJob>>>,
+        shared: Arc<Shared>,
+    ) -> Self {
         Self { incoming, shared }
     }
 }
@@ -52,13 +57,23 @@ impl Backend for ClaimedJobs {
     type Task = Task<HeldJob>;
     type Error = Infallible;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), Infallible>> {
+    fn poll_ready(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>, _: &WorkerContext) -> Poll<Option<Result<Task<HeldJob>, Infallible>>> {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Option<Result<Task<HeldJob>, Infallible>>> {
         // The lock is never contended: only this backend receives; it exists so the runner can drain leftovers.
-        let Ok(mut incoming) = self.incoming.lock() else { return Poll::Ready(None) };
+        let Ok(mut incoming) = self.incoming.lock() else {
+            return Poll::Ready(None);
+        };
         match incoming.poll_recv(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(None) => Poll::Ready(None),
@@ -70,7 +85,11 @@ impl Backend for ClaimedJobs {
         }
     }
 
-    fn poll_close(&mut self, _: &mut Context<'_>, _: &WorkerContext) -> Poll<Result<(), Infallible>> {
+    fn poll_close(
+        &mut self,
+        _: &mut Context<'_>,
+        _: &WorkerContext,
+    ) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 }
@@ -109,7 +128,14 @@ pub async fn run_attempt(held: HeldJob, deps: Data<AttemptDeps>) -> Result<(), I
     guard.disarm();
     // The completer outlives every executor, so this only fails if it crashed; the lease then expires and the
     // job is rescued.
-    let _ = deps.acks.send(Ack { id, lease_token, settlement }).await;
+    let _ = deps
+        .acks
+        .send(Ack {
+            id,
+            lease_token,
+            settlement,
+        })
+        .await;
     drop(slot);
     deps.shared.room_freed.notify_one();
     Ok(())
@@ -130,8 +156,18 @@ impl Interrupted {
             message: "interrupted: the worker shut down before the handler finished".into(),
             at: chrono::Utc::now(),
         };
-        let settlement = Settlement::Retry { delay: Duration::ZERO, error };
-        Self { ack: Some(Ack { id: job.id, lease_token: job.lease_token, settlement }), acks }
+        let settlement = Settlement::Retry {
+            delay: Duration::ZERO,
+            error,
+        };
+        Self {
+            ack: Some(Ack {
+                id: job.id,
+                lease_token: job.lease_token,
+                settlement,
+            }),
+            acks,
+        }
     }
 
     fn disarm(&mut self) {
@@ -146,7 +182,9 @@ impl Drop for Interrupted {
                 error.at = chrono::Utc::now();
             }
             if self.acks.try_send(ack).is_err() {
-                tracing::warn!("could not record an interrupted attempt; its lease will expire and it will be rescued");
+                tracing::warn!(
+                    "could not record an interrupted attempt; its lease will expire and it will be rescued"
+                );
             }
         }
     }
@@ -163,7 +201,11 @@ pub async fn execute_until(
     grace: Duration,
 ) {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let worker = WorkerBuilder::new(name).backend(backend).data(deps).concurrency(concurrency).build(run_attempt);
+    let worker = WorkerBuilder::new(name)
+        .backend(backend)
+        .data(deps)
+        .concurrency(concurrency)
+        .build(run_attempt);
     let run = worker.run_until(async move {
         let _ = stop_rx.await;
         Ok::<(), std::io::Error>(())

@@ -79,8 +79,9 @@ impl HandlerRegistry {
         self.register_raw(J::KIND, move |payload, ctx| {
             let handler = Arc::clone(&handler);
             async move {
-                let job: J = serde_json::from_value(payload)
-                    .map_err(|e| JobError::Permanent(format!("payload does not decode as {}: {e}", J::KIND)))?;
+                let job: J = serde_json::from_value(payload).map_err(|e| {
+                    JobError::Permanent(format!("payload does not decode as {}: {e}", J::KIND))
+                })?;
                 handler(job, ctx).await
             }
         })

@@ -72,7 +72,12 @@ impl WorkerOptions {
 
 /// Runs a worker until `shutdown` fires, then shuts down gracefully: stop claiming, release unstarted jobs,
 /// let running handlers finish (up to the grace period), flush acks, leave the registry.
-pub async fn run(pool: PgPool, options: WorkerOptions, registry: HandlerRegistry, shutdown: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    options: WorkerOptions,
+    registry: HandlerRegistry,
+    shutdown: CancellationToken,
+) {
     let identity = WorkerIdentity::of_this_process(
         options.queues.iter().map(|q| q.name.to_string()).collect(),
         options.queues.iter().map(|q| q.concurrency as i32).sum(),
@@ -82,8 +87,18 @@ pub async fn run(pool: PgPool, options: WorkerOptions, registry: HandlerRegistry
     let wakeups = Arc::new(Wakeups::new(options.queues.iter().map(|q| q.name.as_str())));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(Arc::clone(&wakeups).listen(pool.clone(), background.clone()));
-    tasks.spawn(promote_loop(pool.clone(), options.poll_interval, wakeups.promoter(), background.clone()));
-    tasks.spawn(maintain_loop(pool.clone(), identity.clone(), options.clone(), background.clone()));
+    tasks.spawn(promote_loop(
+        pool.clone(),
+        options.poll_interval,
+        wakeups.promoter(),
+        background.clone(),
+    ));
+    tasks.spawn(maintain_loop(
+        pool.clone(),
+        identity.clone(),
+        options.clone(),
+        background.clone(),
+    ));
 
     let (acks, ack_rx) = mpsc::channel(options.ack_batch * 4);
     let completer_options = CompleterOptions {
@@ -127,7 +142,12 @@ pub async fn run(pool: PgPool, options: WorkerOptions, registry: HandlerRegistry
 
 /// Flips due scheduled jobs to available. Sleeps until the next job is due, the poll interval passes, or a
 /// wakeup says something was scheduled.
-async fn promote_loop(pool: PgPool, poll: Duration, wakeup: Arc<tokio::sync::Notify>, stop: CancellationToken) {
+async fn promote_loop(
+    pool: PgPool,
+    poll: Duration,
+    wakeup: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
     const BATCH: i64 = 5_000;
     loop {
         let mut pause = poll;
@@ -135,7 +155,9 @@ async fn promote_loop(pool: PgPool, poll: Duration, wakeup: Arc<tokio::sync::Not
             Ok(pass) if pass.promoted == BATCH => continue, // more are due right now
             Ok(pass) => {
                 if let Some(next) = pass.next_run_at {
-                    let until_next = (next - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                    let until_next = (next - chrono::Utc::now())
+                        .to_std()
+                        .unwrap_or(Duration::ZERO);
                     pause = pause.min(until_next);
                 }
             }
@@ -150,7 +172,12 @@ async fn promote_loop(pool: PgPool, poll: Duration, wakeup: Arc<tokio::sync::Not
 }
 
 /// Heartbeat (keeps this worker's leases valid) and, less often, rescue of other workers' expired leases.
-async fn maintain_loop(pool: PgPool, identity: WorkerIdentity, options: WorkerOptions, stop: CancellationToken) {
+async fn maintain_loop(
+    pool: PgPool,
+    identity: WorkerIdentity,
+    options: WorkerOptions,
+    stop: CancellationToken,
+) {
     let mut heartbeat = tokio::time::interval(options.heartbeat_interval);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rescue = tokio::time::interval(options.rescue_interval);

@@ -28,11 +28,17 @@ mod tests {
 
     #[test]
     fn delay_grows_exponentially_within_jitter_and_is_capped() {
-        let policy = RetryPolicy { base: Duration::from_millis(100), max: Duration::from_secs(10) };
+        let policy = RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(10),
+        };
         for attempt in 1..=20 {
             let nominal = (100f64 * 2f64.powi(attempt - 1)).min(10_000.0);
             let ms = policy.delay(attempt).as_secs_f64() * 1000.0;
-            assert!(ms >= nominal * 0.75 - 1e-6 && ms < nominal * 1.25, "attempt {attempt}: {ms} vs {nominal}");
+            assert!(
+                ms >= nominal * 0.75 - 1e-6 && ms < nominal * 1.25,
+                "attempt {attempt}: {ms} vs {nominal}"
+            );
         }
     }
 }

@@ -6,8 +6,8 @@
 //! execution and never shrink to one row each. When a claim comes back short the queue is drained and the fetcher
 //! sleeps until a wakeup (or a slow safety poll).
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -59,14 +59,23 @@ impl QueueRunner {
             waiting: AtomicUsize::new(0),
         });
         let (to_dispatch, dispatch_rx) = mpsc::unbounded_channel();
-        let fetcher = tokio::spawn(Arc::clone(&this).fetch(Arc::clone(&shared), to_dispatch, shutdown.clone()));
+        let fetcher = tokio::spawn(Arc::clone(&this).fetch(
+            Arc::clone(&shared),
+            to_dispatch,
+            shutdown.clone(),
+        ));
         this.dispatch(shared, dispatch_rx, shutdown).await;
         if let Err(error) = fetcher.await {
             tracing::error!(%error, queue = %this.spec.name, "fetcher task failed");
         }
     }
 
-    async fn fetch(self: Arc<Self>, shared: Arc<Shared>, out: mpsc::UnboundedSender<Held>, shutdown: CancellationToken) {
+    async fn fetch(
+        self: Arc<Self>,
+        shared: Arc<Shared>,
+        out: mpsc::UnboundedSender<Held>,
+        shutdown: CancellationToken,
+    ) {
         let low_water = (self.batch_size / 2).max(1);
         let mut drained = false;
         let mut backoff = Duration::from_millis(100);
@@ -79,10 +88,20 @@ impl QueueRunner {
                     _ = tokio::time::sleep(self.safety_poll) => {}
                 }
             }
-            let Some(room) = self.wait_for_room(&shared, low_water, &shutdown).await else { return };
+            let Some(room) = self.wait_for_room(&shared, low_water, &shutdown).await else {
+                return;
+            };
             let wanted = room.num_permits();
             let started = std::time::Instant::now();
-            match lease::claim(&self.pool, &self.spec.name, wanted, self.lease, self.worker_id).await {
+            match lease::claim(
+                &self.pool,
+                &self.spec.name,
+                wanted,
+                self.lease,
+                self.worker_id,
+            )
+            .await
+            {
                 Ok(jobs) => {
                     tracing::debug!(wanted, claimed = jobs.len(), elapsed = ?started.elapsed(), "claimed");
                     backoff = Duration::from_millis(100);
@@ -148,7 +167,12 @@ impl QueueRunner {
     }
 
     /// Runs claimed jobs through the apalis executor until shutdown, then gives back what never started.
-    async fn dispatch(&self, shared: Arc<Shared>, incoming: mpsc::UnboundedReceiver<Held>, shutdown: CancellationToken) {
+    async fn dispatch(
+        &self,
+        shared: Arc<Shared>,
+        incoming: mpsc::UnboundedReceiver<Held>,
+        shutdown: CancellationToken,
+    ) {
         let incoming = Arc::new(Mutex::new(incoming));
         let deps = AttemptDeps {
             registry: Arc::clone(&self.registry),
@@ -159,12 +183,22 @@ impl QueueRunner {
         let backend = ClaimedJobs::new(Arc::clone(&incoming), Arc::clone(&shared));
         let name = format!("herald-{}", self.spec.name);
         let stop = shutdown.cancelled_owned();
-        execute_until(name, backend, deps, self.spec.concurrency, stop, self.shutdown_grace).await;
+        execute_until(
+            name,
+            backend,
+            deps,
+            self.spec.concurrency,
+            stop,
+            self.shutdown_grace,
+        )
+        .await;
 
         let unstarted: Vec<(JobId, i64)> = match incoming.lock() {
             Ok(mut incoming) => {
                 incoming.close();
-                std::iter::from_fn(|| incoming.try_recv().ok()).map(|held| (held.job.id, held.job.lease_token)).collect()
+                std::iter::from_fn(|| incoming.try_recv().ok())
+                    .map(|held| (held.job.id, held.job.lease_token))
+                    .collect()
             }
             Err(_) => Vec::new(),
         };

@@ -25,7 +25,10 @@ pub struct Wakeups {
 impl Wakeups {
     pub fn new<'a>(queues: impl IntoIterator<Item = &'a str>) -> Self {
         Self {
-            queues: queues.into_iter().map(|q| (q.to_string(), Arc::new(Notify::new()))).collect(),
+            queues: queues
+                .into_iter()
+                .map(|q| (q.to_string(), Arc::new(Notify::new())))
+                .collect(),
             promoter: Arc::new(Notify::new()),
         }
     }
@@ -69,7 +72,11 @@ impl Wakeups {
         }
     }
 
-    async fn listen_once(&self, pool: &PgPool, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
+    async fn listen_once(
+        &self,
+        pool: &PgPool,
+        shutdown: &CancellationToken,
+    ) -> Result<(), sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
         listener.listen(CHANNEL).await?;
         // Anything sent while we were not listening is lost: look once.
