@@ -650,3 +650,56 @@ async fn terminating_the_workers_database_sessions_loses_and_duplicates_nothing(
         "every job ran at least once"
     );
 }
+
+#[tokio::test]
+async fn an_exhausted_connection_pool_slows_the_worker_but_loses_nothing() {
+    let db = TestDb::new().await;
+    // One connection for LISTEN, two for claims, acks, the promoter and heartbeats; waits time out fast.
+    let starved = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(3)
+        .acquire_timeout(Duration::from_millis(50))
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let recorder = Recorder::default();
+    let worker = RunningWorker::start(
+        &starved,
+        options(&[("a", 8), ("b", 8)]),
+        registry_with(&recorder, |_| Ok(())),
+    );
+    let mut jobs: Vec<_> = (0..300).map(|_| job("a", "test", json!({}))).collect();
+    jobs.extend((0..300).map(|_| job("b", "test", json!({}))));
+    enqueue(&db, jobs).await;
+    wait_for_drain(&db, Duration::from_secs(60)).await;
+    worker.stop().await;
+    assert_eq!(completions(&db.pool).await, (600, 600));
+}
+
+#[tokio::test]
+async fn one_enqueue_statement_sends_one_notification_per_queue() {
+    let db = TestDb::new().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("herald_jobs").await.unwrap();
+    let mut jobs: Vec<_> = (0..50).map(|_| job("a", "test", json!({}))).collect();
+    jobs.extend((0..50).map(|_| job("b", "test", json!({}))));
+    jobs.push(job("a", "test", json!({})).run_at(Utc::now() + chrono::Duration::hours(1)));
+    enqueue(&db, jobs).await;
+    // A marker sent after the batch committed: everything the batch sent arrives before it.
+    sqlx::query("SELECT pg_notify('herald_jobs', 'marker')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut payloads = Vec::new();
+    loop {
+        let notification = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if notification.payload() == "marker" {
+            break;
+        }
+        payloads.push(notification.payload().to_string());
+    }
+    payloads.sort();
+    assert_eq!(payloads, vec!["!scheduled", "a", "b"]);
+}
