@@ -106,15 +106,7 @@ async fn a_postgres_restart_under_a_running_worker_loses_and_duplicates_nothing(
     });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 8)]), registry);
     let jobs: Vec<_> = (0..2000).map(|_| job("q", "test", json!({}))).collect();
-    let ids: Vec<i64> = {
-        let mut conn = db.pool.acquire().await.unwrap();
-        queue::enqueue_many(&mut conn, &defaults(), &jobs)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.id())
-            .collect()
-    };
+    let ids = db.enqueue(jobs).await;
     wait_until(
         Duration::from_secs(30),
         "some progress before the restart",

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::*;
 use herald::queue::dead_letters::{self, DeadLetterFilter};
 use herald::queue::lease::{self, AttemptError, Settled, Settlement, WorkerIdentity};
-use herald::queue::{self, Priority, QueueError, admin};
+use herald::queue::{Priority, QueueError, admin};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -23,14 +23,13 @@ fn error(attempt: i32, message: &str) -> AttemptError {
     }
 }
 
-async fn enqueue(db: &TestDb, jobs: Vec<herald::queue::NewJob>) -> Vec<i64> {
-    let mut conn = db.pool.acquire().await.unwrap();
-    queue::enqueue_many(&mut conn, &defaults(), &jobs)
+/// Claims the next job of queue `q` for a fresh (unregistered) worker.
+async fn claim_one(db: &TestDb, q: &str) -> lease::ClaimedJob {
+    let mut claimed = lease::claim(&db.pool, &queue(q), 1, LEASE, Uuid::new_v4())
         .await
-        .unwrap()
-        .iter()
-        .map(|r| r.id())
-        .collect()
+        .unwrap();
+    assert_eq!(claimed.len(), 1, "one job to claim in {q}");
+    claimed.remove(0)
 }
 
 async fn expire_leases(db: &TestDb) {
@@ -43,12 +42,14 @@ async fn expire_leases(db: &TestDb) {
 #[tokio::test]
 async fn claim_takes_higher_priority_first_then_oldest() {
     let db = TestDb::new().await;
-    let low = enqueue(&db, (0..5).map(|_| job("q", "k", json!({}))).collect()).await;
-    let high = enqueue(
-        &db,
-        vec![job("q", "k", json!({})).priority(Priority::new(5).unwrap())],
-    )
-    .await;
+    let low = db
+        .enqueue((0..5).map(|_| job("q", "k", json!({}))).collect())
+        .await;
+    let high = db
+        .enqueue(vec![
+            job("q", "k", json!({})).priority(Priority::new(5).unwrap()),
+        ])
+        .await;
     let claimed = lease::claim(&db.pool, &queue("q"), 3, LEASE, Uuid::new_v4())
         .await
         .unwrap();
@@ -67,15 +68,14 @@ async fn claim_takes_higher_priority_first_then_oldest() {
 async fn a_job_that_waited_longer_than_the_aging_rule_beats_newer_urgent_work() {
     let db = TestDb::new().await;
     // Aging 60 s per level: a priority-0 job due 10 minutes ago outranks a priority-9 job due now.
-    let old = enqueue(
-        &db,
-        vec![job("q", "k", json!({})).run_at(chrono::Utc::now() - chrono::Duration::minutes(10))],
-    )
-    .await;
-    enqueue(
-        &db,
-        vec![job("q", "k", json!({})).priority(Priority::new(9).unwrap())],
-    )
+    let old = db
+        .enqueue(vec![
+            job("q", "k", json!({})).run_at(chrono::Utc::now() - chrono::Duration::minutes(10)),
+        ])
+        .await;
+    db.enqueue(vec![
+        job("q", "k", json!({})).priority(Priority::new(9).unwrap()),
+    ])
     .await;
     let claimed = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
         .await
@@ -86,11 +86,8 @@ async fn a_job_that_waited_longer_than_the_aging_rule_beats_newer_urgent_work() 
 #[tokio::test]
 async fn a_claimed_job_is_not_claimed_again_and_other_queues_are_untouched() {
     let db = TestDb::new().await;
-    enqueue(
-        &db,
-        vec![job("q", "k", json!({})), job("other", "k", json!({}))],
-    )
-    .await;
+    db.enqueue(vec![job("q", "k", json!({})), job("other", "k", json!({}))])
+        .await;
     assert_eq!(
         lease::claim(&db.pool, &queue("q"), 10, LEASE, Uuid::new_v4())
             .await
@@ -109,18 +106,12 @@ async fn a_claimed_job_is_not_claimed_again_and_other_queues_are_untouched() {
 #[tokio::test]
 async fn a_stale_ack_is_rejected_after_the_lease_was_rescued_and_reclaimed() {
     let db = TestDb::new().await;
-    enqueue(&db, vec![job("q", "k", json!({}))]).await;
-    let presumed_dead = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
-        .await
-        .unwrap()
-        .remove(0);
+    db.enqueue(vec![job("q", "k", json!({}))]).await;
+    let presumed_dead = claim_one(&db, "q").await;
     expire_leases(&db).await;
     let rescue = lease::rescue(&db.pool, LEASE).await.unwrap();
     assert_eq!((rescue.returned, rescue.dead), (1, 0));
-    let second = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
-        .await
-        .unwrap()
-        .remove(0);
+    let second = claim_one(&db, "q").await;
     assert_eq!(second.attempt, 2, "the rescued attempt counted");
 
     // The worker that was presumed dead finally acks: nothing happens.
@@ -160,11 +151,8 @@ async fn a_stale_ack_is_rejected_after_the_lease_was_rescued_and_reclaimed() {
 #[tokio::test]
 async fn completion_moves_the_job_from_the_hot_table_to_history() {
     let db = TestDb::new().await;
-    enqueue(&db, vec![job("q", "k", json!({"x": 1}))]).await;
-    let claimed = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
-        .await
-        .unwrap()
-        .remove(0);
+    db.enqueue(vec![job("q", "k", json!({"x": 1}))]).await;
+    let claimed = claim_one(&db, "q").await;
     lease::settle(
         &db.pool,
         &[(claimed.id, claimed.lease_token, Settlement::Completed)],
@@ -185,11 +173,9 @@ async fn completion_moves_the_job_from_the_hot_table_to_history() {
 #[tokio::test]
 async fn retry_schedules_the_next_attempt_and_the_last_failure_dead_letters_with_every_error() {
     let db = TestDb::new().await;
-    enqueue(&db, vec![job("q", "k", json!({})).max_attempts(2)]).await;
-    let first = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
-        .await
-        .unwrap()
-        .remove(0);
+    db.enqueue(vec![job("q", "k", json!({})).max_attempts(2)])
+        .await;
+    let first = claim_one(&db, "q").await;
     let retry = Settlement::Retry {
         delay: Duration::from_secs(3600),
         error: error(1, "boom 1"),
@@ -217,10 +203,7 @@ async fn retry_schedules_the_next_attempt_and_the_last_failure_dead_letters_with
         .await
         .unwrap();
     assert_eq!(lease::promote(&db.pool, 100).await.unwrap().promoted, 1);
-    let second = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
-        .await
-        .unwrap()
-        .remove(0);
+    let second = claim_one(&db, "q").await;
     let retry = Settlement::Retry {
         delay: Duration::from_millis(10),
         error: error(2, "boom 2"),
@@ -253,11 +236,8 @@ async fn retry_schedules_the_next_attempt_and_the_last_failure_dead_letters_with
 #[tokio::test]
 async fn a_permanent_failure_goes_straight_to_the_dead_letters() {
     let db = TestDb::new().await;
-    enqueue(&db, vec![job("q", "k", json!({}))]).await;
-    let claimed = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
-        .await
-        .unwrap()
-        .remove(0);
+    db.enqueue(vec![job("q", "k", json!({}))]).await;
+    let claimed = claim_one(&db, "q").await;
     let dead = Settlement::Dead {
         error: error(1, "bad address"),
     };
@@ -282,7 +262,8 @@ async fn a_permanent_failure_goes_straight_to_the_dead_letters() {
 #[tokio::test]
 async fn rescue_of_a_last_attempt_dead_letters_it() {
     let db = TestDb::new().await;
-    enqueue(&db, vec![job("q", "k", json!({})).max_attempts(1)]).await;
+    db.enqueue(vec![job("q", "k", json!({})).max_attempts(1)])
+        .await;
     lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
         .await
         .unwrap();
@@ -298,21 +279,15 @@ async fn rescue_of_a_last_attempt_dead_letters_it() {
 #[tokio::test]
 async fn release_refunds_the_attempt_and_makes_the_job_claimable_at_once() {
     let db = TestDb::new().await;
-    enqueue(&db, vec![job("q", "k", json!({}))]).await;
-    let claimed = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
-        .await
-        .unwrap()
-        .remove(0);
+    db.enqueue(vec![job("q", "k", json!({}))]).await;
+    let claimed = claim_one(&db, "q").await;
     assert_eq!(
         lease::release(&db.pool, &[(claimed.id, claimed.lease_token)])
             .await
             .unwrap(),
         1
     );
-    let again = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
-        .await
-        .unwrap()
-        .remove(0);
+    let again = claim_one(&db, "q").await;
     assert_eq!((again.id, again.attempt), (claimed.id, 1));
     assert_eq!(
         lease::release(&db.pool, &[(claimed.id, claimed.lease_token)])
@@ -327,13 +302,10 @@ async fn release_refunds_the_attempt_and_makes_the_job_claimable_at_once() {
 async fn promote_makes_due_jobs_available_and_reports_the_next_due_time() {
     let db = TestDb::new().await;
     let soon = chrono::Utc::now() + chrono::Duration::seconds(30);
-    enqueue(
-        &db,
-        vec![
-            job("q", "k", json!({})).run_at(soon),
-            job("q", "k", json!({})),
-        ],
-    )
+    db.enqueue(vec![
+        job("q", "k", json!({})).run_at(soon),
+        job("q", "k", json!({})),
+    ])
     .await;
     sqlx::query("INSERT INTO herald_jobs (queue, kind, payload, run_at, scheduled, sort_key, max_attempts, timeout_ms) \
                  VALUES ('q', 'k', '{}', now() - interval '1 second', true, now(), 3, 1000)")
@@ -356,11 +328,8 @@ async fn promote_makes_due_jobs_available_and_reports_the_next_due_time() {
 #[tokio::test]
 async fn a_heartbeating_worker_keeps_its_leases_and_a_silent_one_loses_them() {
     let db = TestDb::new().await;
-    enqueue(
-        &db,
-        vec![job("q", "k", json!({})), job("q", "k", json!({}))],
-    )
-    .await;
+    db.enqueue(vec![job("q", "k", json!({})), job("q", "k", json!({}))])
+        .await;
     let alive = WorkerIdentity::of_this_process(vec!["q".into()], 4);
     let silent = WorkerIdentity::of_this_process(vec!["q".into()], 4);
     lease::heartbeat(&db.pool, &alive).await.unwrap();
@@ -408,13 +377,10 @@ async fn a_heartbeating_worker_keeps_its_leases_and_a_silent_one_loses_them() {
 #[tokio::test]
 async fn a_paused_queue_yields_nothing_until_resumed_and_stats_show_it() {
     let db = TestDb::new().await;
-    enqueue(
-        &db,
-        vec![
-            job("q", "k", json!({})),
-            job("q", "k", json!({})).run_at(chrono::Utc::now() + chrono::Duration::hours(1)),
-        ],
-    )
+    db.enqueue(vec![
+        job("q", "k", json!({})),
+        job("q", "k", json!({})).run_at(chrono::Utc::now() + chrono::Duration::hours(1)),
+    ])
     .await;
     admin::set_paused(&db.pool, &queue("q"), true)
         .await
@@ -451,15 +417,10 @@ async fn a_paused_queue_yields_nothing_until_resumed_and_stats_show_it() {
 #[tokio::test]
 async fn cancel_removes_a_waiting_job_but_not_a_running_one() {
     let db = TestDb::new().await;
-    let ids = enqueue(
-        &db,
-        vec![job("q", "k", json!({})), job("q", "k", json!({}))],
-    )
-    .await;
-    let running = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
-        .await
-        .unwrap()
-        .remove(0);
+    let ids = db
+        .enqueue(vec![job("q", "k", json!({})), job("q", "k", json!({}))])
+        .await;
+    let running = claim_one(&db, "q").await;
     let waiting = if running.id == ids[0] { ids[1] } else { ids[0] };
     admin::cancel_job(&db.pool, waiting).await.unwrap();
     assert_eq!(
@@ -483,8 +444,7 @@ async fn cancel_removes_a_waiting_job_but_not_a_running_one() {
 
 /// Fails `n` jobs of `kind` in `queue` straight into the dead letters.
 async fn dead_letter(db: &TestDb, queue_name: &str, kind: &str, n: usize) {
-    enqueue(
-        db,
+    db.enqueue(
         (0..n)
             .map(|i| job(queue_name, kind, json!({ "i": i })))
             .collect(),

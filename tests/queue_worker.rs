@@ -65,16 +65,6 @@ fn registry_with(
     registry
 }
 
-async fn enqueue(db: &TestDb, jobs: Vec<herald::queue::NewJob>) -> Vec<i64> {
-    let mut conn = db.pool.acquire().await.unwrap();
-    queue::enqueue_many(&mut conn, &defaults(), &jobs)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.id())
-        .collect()
-}
-
 async fn wait_for_drain(db: &TestDb, limit: Duration) {
     wait_until(limit, "all jobs to leave the hot table", || async {
         live_jobs(&db.pool).await == 0
@@ -91,13 +81,13 @@ async fn every_job_runs_and_completes_exactly_once() {
         options(&[("q", 8)]),
         registry_with(&recorder, |_| Ok(())),
     );
-    let ids = enqueue(
-        &db,
-        (0..500)
-            .map(|i| job("q", "test", json!({ "i": i })))
-            .collect(),
-    )
-    .await;
+    let ids = db
+        .enqueue(
+            (0..500)
+                .map(|i| job("q", "test", json!({ "i": i })))
+                .collect(),
+        )
+        .await;
     wait_for_drain(&db, Duration::from_secs(30)).await;
     worker.stop().await;
 
@@ -127,7 +117,8 @@ async fn retry_storm_completes_each_job_once_and_never_runs_an_attempt_early() {
         }
     });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 16)]), registry);
-    enqueue(&db, (0..200).map(|_| job("q", "test", json!({}))).collect()).await;
+    db.enqueue((0..200).map(|_| job("q", "test", json!({}))).collect())
+        .await;
     wait_for_drain(&db, Duration::from_secs(60)).await;
     worker.stop().await;
 
@@ -184,7 +175,7 @@ async fn retry_after_is_honoured_exactly() {
         }
     });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 2)]), registry);
-    let id = enqueue(&db, vec![job("q", "test", json!({}))]).await[0];
+    let id = db.enqueue(vec![job("q", "test", json!({}))]).await[0];
     wait_for_drain(&db, Duration::from_secs(10)).await;
     worker.stop().await;
 
@@ -206,7 +197,9 @@ async fn a_permanent_error_dead_letters_without_retrying() {
         Err(JobError::permanent("recipient does not exist"))
     });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 2)]), registry);
-    let id = enqueue(&db, vec![job("q", "test", json!({"to": "nobody"}))]).await[0];
+    let id = db
+        .enqueue(vec![job("q", "test", json!({"to": "nobody"}))])
+        .await[0];
     wait_for_drain(&db, Duration::from_secs(10)).await;
     worker.stop().await;
 
@@ -229,7 +222,8 @@ async fn exhausted_attempts_dead_letter_with_the_error_of_every_attempt() {
         Err(JobError::retry(format!("failure {}", ctx.attempt)))
     });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 2)]), registry);
-    enqueue(&db, vec![job("q", "test", json!({})).max_attempts(3)]).await;
+    db.enqueue(vec![job("q", "test", json!({})).max_attempts(3)])
+        .await;
     wait_for_drain(&db, Duration::from_secs(10)).await;
     worker.stop().await;
 
@@ -264,14 +258,12 @@ async fn a_panic_and_a_timeout_count_as_retryable_failures() {
         Ok(())
     });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 4)]), registry);
-    let ids = enqueue(
-        &db,
-        vec![
+    let ids = db
+        .enqueue(vec![
             job("q", "panics", json!({})),
             job("q", "hangs", json!({})).timeout(Duration::from_millis(300)),
-        ],
-    )
-    .await;
+        ])
+        .await;
     wait_for_drain(&db, Duration::from_secs(15)).await;
     worker.stop().await;
 
@@ -305,14 +297,11 @@ async fn typed_jobs_decode_and_an_undecodable_payload_is_dead_lettered() {
     });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 2)]), registry);
     let good = herald::queue::NewJob::typed(queue("q"), &Greeting { name: "ada".into() }).unwrap();
-    enqueue(
-        &db,
-        vec![
-            good,
-            job("q", "greeting", json!({"nom": 1})),
-            job("q", "unknown-kind", json!({})),
-        ],
-    )
+    db.enqueue(vec![
+        good,
+        job("q", "greeting", json!({"nom": 1})),
+        job("q", "unknown-kind", json!({})),
+    ])
     .await;
     wait_for_drain(&db, Duration::from_secs(10)).await;
     worker.stop().await;
@@ -342,7 +331,7 @@ async fn an_idle_worker_is_woken_by_notify_not_by_polling() {
     .await;
     for _ in 0..5 {
         let before = Utc::now();
-        let id = enqueue(&db, vec![job("q", "test", json!({}))]).await[0];
+        let id = db.enqueue(vec![job("q", "test", json!({}))]).await[0];
         wait_until(Duration::from_secs(5), "job picked up", || async {
             !recorder.for_job(id).is_empty()
         })
@@ -362,13 +351,14 @@ async fn a_scheduled_job_starts_within_a_second_of_its_run_at() {
     opts.poll_interval = Duration::from_secs(30); // the promoter's timer must do it
     let worker = RunningWorker::start(&db.pool, opts, registry_with(&recorder, |_| Ok(())));
     // A far-off job first, so the promoter sleeps on a long timer; the later enqueue must reset it.
-    enqueue(
-        &db,
-        vec![job("q", "test", json!({})).run_at(Utc::now() + chrono::Duration::hours(1))],
-    )
+    db.enqueue(vec![
+        job("q", "test", json!({})).run_at(Utc::now() + chrono::Duration::hours(1)),
+    ])
     .await;
     let run_at = Utc::now() + chrono::Duration::milliseconds(1500);
-    let id = enqueue(&db, vec![job("q", "test", json!({})).run_at(run_at)]).await[0];
+    let id = db
+        .enqueue(vec![job("q", "test", json!({})).run_at(run_at)])
+        .await[0];
     wait_until(Duration::from_secs(10), "scheduled job ran", || async {
         !recorder.for_job(id).is_empty()
     })
@@ -391,12 +381,14 @@ async fn a_high_priority_job_jumps_the_line() {
     admin::set_paused(&db.pool, &queue("q"), true)
         .await
         .unwrap();
-    let low = enqueue(&db, (0..20).map(|_| job("q", "test", json!({}))).collect()).await;
-    let high = enqueue(
-        &db,
-        vec![job("q", "test", json!({})).priority(Priority::new(5).unwrap())],
-    )
-    .await[0];
+    let low = db
+        .enqueue((0..20).map(|_| job("q", "test", json!({}))).collect())
+        .await;
+    let high = db
+        .enqueue(vec![
+            job("q", "test", json!({})).priority(Priority::new(5).unwrap()),
+        ])
+        .await[0];
     let mut opts = options(&[("q", 1)]);
     opts.batch_size = 1;
     let worker = RunningWorker::start(&db.pool, opts, registry_with(&recorder, |_| Ok(())));
@@ -485,7 +477,8 @@ async fn per_queue_concurrency_is_respected() {
         }
     });
     let worker = RunningWorker::start(&db.pool, options(&[("q", 3)]), registry);
-    enqueue(&db, (0..30).map(|_| job("q", "test", json!({}))).collect()).await;
+    db.enqueue((0..30).map(|_| job("q", "test", json!({}))).collect())
+        .await;
     wait_for_drain(&db, Duration::from_secs(20)).await;
     worker.stop().await;
     assert_eq!(peak.load(std::sync::atomic::Ordering::SeqCst), 3);
@@ -503,9 +496,9 @@ async fn a_paused_queue_is_not_worked_until_resumed() {
     admin::set_paused(&db.pool, &queue("paused"), true)
         .await
         .unwrap();
-    let held = enqueue(&db, vec![job("paused", "test", json!({}))]).await[0];
+    let held = db.enqueue(vec![job("paused", "test", json!({}))]).await[0];
     // Jobs enqueued after it in another queue run: the worker is live and has looked at both queues.
-    let probe = enqueue(&db, vec![job("open", "test", json!({}))]).await[0];
+    let probe = db.enqueue(vec![job("open", "test", json!({}))]).await[0];
     wait_until(Duration::from_secs(10), "probe ran", || async {
         !recorder.for_job(probe).is_empty()
     })
@@ -529,8 +522,7 @@ async fn graceful_shutdown_finishes_running_jobs_and_releases_unstarted_ones() {
     let mut opts = options(&[("q", 2)]);
     opts.batch_size = 10;
     let worker = RunningWorker::start(&db.pool, opts, herald::app::handler_registry());
-    enqueue(
-        &db,
+    db.enqueue(
         (0..10)
             .map(|_| job("q", "herald.sleep", json!({"ms": 400})))
             .collect(),
@@ -570,7 +562,9 @@ async fn a_handler_outliving_the_grace_period_is_cancelled_and_requeued() {
     let mut opts = options(&[("q", 1)]);
     opts.shutdown_grace = Duration::from_millis(200);
     let worker = RunningWorker::start(&db.pool, opts, herald::app::handler_registry());
-    let id = enqueue(&db, vec![job("q", "herald.sleep", json!({"ms": 60_000}))]).await[0];
+    let id = db
+        .enqueue(vec![job("q", "herald.sleep", json!({"ms": 60_000}))])
+        .await[0];
     wait_until(Duration::from_secs(10), "job claimed", || async {
         scalar_i64(
             &db.pool,
@@ -603,11 +597,9 @@ async fn terminating_the_workers_database_sessions_loses_and_duplicates_nothing(
         options(&[("q", 8)]),
         registry_with(&recorder, |_| Ok(())),
     );
-    let ids = enqueue(
-        &db,
-        (0..3000).map(|_| job("q", "test", json!({}))).collect(),
-    )
-    .await;
+    let ids = db
+        .enqueue((0..3000).map(|_| job("q", "test", json!({}))).collect())
+        .await;
 
     // Kill every other session on this database, repeatedly, while the worker runs.
     let killer = sqlx::postgres::PgPoolOptions::new()
@@ -631,7 +623,7 @@ async fn terminating_the_workers_database_sessions_loses_and_duplicates_nothing(
     wait_for_drain(&db, Duration::from_secs(60)).await;
 
     // The worker is still alive and working.
-    let after = enqueue(&db, vec![job("q", "test", json!({}))]).await[0];
+    let after = db.enqueue(vec![job("q", "test", json!({}))]).await[0];
     wait_until(
         Duration::from_secs(20),
         "a job enqueued after the storm ran",
@@ -669,7 +661,7 @@ async fn an_exhausted_connection_pool_slows_the_worker_but_loses_nothing() {
     );
     let mut jobs: Vec<_> = (0..300).map(|_| job("a", "test", json!({}))).collect();
     jobs.extend((0..300).map(|_| job("b", "test", json!({}))));
-    enqueue(&db, jobs).await;
+    db.enqueue(jobs).await;
     wait_for_drain(&db, Duration::from_secs(60)).await;
     worker.stop().await;
     assert_eq!(completions(&db.pool).await, (600, 600));
@@ -683,7 +675,7 @@ async fn one_enqueue_statement_sends_one_notification_per_queue() {
     let mut jobs: Vec<_> = (0..50).map(|_| job("a", "test", json!({}))).collect();
     jobs.extend((0..50).map(|_| job("b", "test", json!({}))));
     jobs.push(job("a", "test", json!({})).run_at(Utc::now() + chrono::Duration::hours(1)));
-    enqueue(&db, jobs).await;
+    db.enqueue(jobs).await;
     // A marker sent after the batch committed: everything the batch sent arrives before it.
     sqlx::query("SELECT pg_notify('herald_jobs', 'marker')")
         .execute(&db.pool)

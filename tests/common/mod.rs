@@ -62,6 +62,19 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Enqueues `jobs` in one batch with the test defaults and returns their ids.
+    pub async fn enqueue(&self, jobs: Vec<NewJob>) -> Vec<i64> {
+        let mut conn = self.pool.acquire().await.expect("connection");
+        herald::queue::enqueue_many(&mut conn, &defaults(), &jobs)
+            .await
+            .expect("enqueue")
+            .iter()
+            .map(|r| r.id())
+            .collect()
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let (server, name) = (self.server.clone(), self.name.clone());
