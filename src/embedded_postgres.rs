@@ -28,6 +28,7 @@ pub enum EmbeddedError {
 /// A running private cluster. Call [`EmbeddedPostgres::stop`] to shut it down.
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
+    dir: PathBuf,
     data_dir: PathBuf,
     bin_dir: PathBuf,
     run_as: Option<(u32, u32)>,
@@ -49,6 +50,7 @@ impl EmbeddedPostgres {
         let data_dir = dir.join("data");
         let run_as = unprivileged_user_if_root();
         let mut cluster = Self {
+            dir: dir.clone(),
             data_dir,
             bin_dir,
             run_as,
@@ -75,20 +77,17 @@ impl EmbeddedPostgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
-    /// Fast shutdown (running transactions are rolled back; committed data is safe).
+    /// Fast shutdown (running transactions are rolled back; committed data is safe). The port file goes too, so
+    /// other commands say there is no database instead of failing to connect.
     pub fn stop(&self) -> Result<(), EmbeddedError> {
+        let data = self.data_dir.to_string_lossy().into_owned();
         self.run(
             "pg_ctl stop",
             "pg_ctl",
-            &[
-                "stop",
-                "-m",
-                "fast",
-                "-w",
-                "-D",
-                &self.data_dir.to_string_lossy(),
-            ],
-        )
+            &["stop", "-m", "fast", "-w", "-D", &data],
+        )?;
+        let _ = std::fs::remove_file(self.dir.join("port"));
+        Ok(())
     }
 
     /// Immediate restart, like a crash and recovery: used by the tests that prove jobs survive it.
