@@ -62,58 +62,55 @@ pub async fn enqueue_many(
         .bind(&columns.idempotency_key)
         .bind(vec![None::<i64>; jobs.len()])
         .bind(defaults.priority_aging.as_secs_f64())
+        .bind(&columns.request_id)
         .fetch_all(&mut *conn)
         .await?;
 
     let mut results = Vec::with_capacity(rows.len());
-    let mut duplicate_keys = Vec::new();
-    for row in &rows {
+    let mut duplicates = Vec::new();
+    for (position, row) in rows.iter().enumerate() {
         let id: i64 = row.try_get("id")?;
         if row.try_get::<bool, _>("inserted")? {
             results.push(Enqueued::Inserted(id));
         } else {
             let key: Option<String> = row.try_get("idempotency_key")?;
-            duplicate_keys.extend(key.clone());
-            results.push(Enqueued::Duplicate(id)); // placeholder id, replaced below
+            let fingerprint: Option<String> = row.try_get("fingerprint")?;
+            duplicates.push((position, key.unwrap_or_default(), fingerprint));
+            results.push(Enqueued::Duplicate(id)); // placeholder, resolved below
         }
     }
-    if !duplicate_keys.is_empty() {
-        resolve_duplicates(
-            conn,
-            &columns.idempotency_key,
-            &duplicate_keys,
-            &mut results,
-        )
-        .await?;
+    if !duplicates.is_empty() {
+        resolve_duplicates(conn, &duplicates, &mut results).await?;
     }
     Ok(results)
 }
 
-/// Replaces the placeholder ids of duplicates with the ids of the jobs that hold their keys. This is a second
-/// statement on purpose: under READ COMMITTED it sees a racing transaction that committed the key after the
-/// insert statement's snapshot was taken.
+/// Replaces the placeholders of jobs whose key was taken with the job holding the key: a duplicate if it was
+/// enqueued with the same content, a conflict otherwise. This is a second statement on purpose: under READ
+/// COMMITTED it sees a racing transaction that committed the key after the insert statement's snapshot.
 async fn resolve_duplicates(
     conn: &mut PgConnection,
-    keys_by_position: &[Option<String>],
-    duplicate_keys: &[String],
+    duplicates: &[(usize, String, Option<String>)],
     results: &mut [Enqueued],
 ) -> Result<(), QueueError> {
-    let holders: HashMap<String, i64> = sqlx::query(sql::JOBS_BY_IDEMPOTENCY_KEY)
-        .bind(duplicate_keys)
+    let keys: Vec<&str> = duplicates.iter().map(|(_, key, _)| key.as_str()).collect();
+    let holders: HashMap<String, (i64, Option<String>)> = sqlx::query(sql::JOBS_BY_IDEMPOTENCY_KEY)
+        .bind(&keys)
         .fetch_all(&mut *conn)
         .await?
         .iter()
-        .map(|row| Ok((row.try_get("key")?, row.try_get("job_id")?)))
+        .map(|row| Ok((row.try_get("key")?, (row.try_get("job_id")?, row.try_get("fingerprint")?))))
         .collect::<Result<_, sqlx::Error>>()?;
-    for (result, key) in results.iter_mut().zip(keys_by_position) {
-        if let (Enqueued::Duplicate(id), Some(key)) = (result, key) {
-            // Only possible if the key was deleted between the two statements (retention racing a replay).
-            *id = *holders.get(key).ok_or_else(|| {
-                QueueError::Conflict(format!(
-                    "idempotency key `{key}` changed hands during enqueue; try again"
-                ))
-            })?;
-        }
+    for (position, key, fingerprint) in duplicates {
+        // Only possible if the key was deleted between the two statements (retention racing a replay).
+        let (holder, held_fingerprint) = holders.get(key).ok_or_else(|| {
+            QueueError::Conflict(format!("idempotency key `{key}` changed hands during enqueue; try again"))
+        })?;
+        results[*position] = if held_fingerprint == fingerprint {
+            Enqueued::Duplicate(*holder)
+        } else {
+            Enqueued::Conflict(*holder)
+        };
     }
     Ok(())
 }
@@ -128,6 +125,7 @@ struct Columns {
     max_attempts: Vec<i32>,
     timeout_ms: Vec<i32>,
     idempotency_key: Vec<Option<String>>,
+    request_id: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -151,6 +149,7 @@ impl Columns {
                 .iter()
                 .map(|j| j.idempotency_key.as_ref().map(|k| k.as_str().to_string()))
                 .collect(),
+            request_id: jobs.iter().map(|j| j.request_id.clone()).collect(),
         }
     }
 }

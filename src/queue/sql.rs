@@ -13,30 +13,35 @@ pub const SCHEDULED_WAKEUP: &str = "!scheduled";
 
 /// Batch enqueue. Idempotency keys are taken first (`ON CONFLICT DO NOTHING`, which waits for a concurrent
 /// transaction holding the same key, so two racing enqueues produce one job); only rows that won their key (or
-/// have none) are inserted. Returns one row per input, in input order.
+/// have none) are inserted. Each key records a fingerprint of what it was enqueued with, so a repeat with another
+/// body can be told apart from a true retry. Returns one row per input, in input order.
 /// $1 queue, $2 kind, $3 payload, $4 priority, $5 run_at (NULL = now), $6 max_attempts, $7 timeout_ms,
-/// $8 idempotency_key, $9 replay_of, $10 priority aging in seconds.
+/// $8 idempotency_key, $9 replay_of, $10 priority aging in seconds, $11 request_id.
 pub const ENQUEUE: &str = r#"
 WITH input AS MATERIALIZED (
     SELECT nextval('herald_jobs_id_seq') AS id, t.queue, t.kind, t.payload, t.priority,
-           coalesce(t.run_at, now()) AS run_at, t.max_attempts, t.timeout_ms, t.idempotency_key, t.replay_of, t.ord
+           coalesce(t.run_at, now()) AS run_at, t.max_attempts, t.timeout_ms, t.idempotency_key, t.replay_of,
+           t.request_id, t.ord,
+           CASE WHEN t.idempotency_key IS NOT NULL
+                THEN md5(t.queue || E'\x1f' || t.kind || E'\x1f' || t.priority || E'\x1f' || t.payload::text)
+           END AS fingerprint
     FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int2[], $5::timestamptz[], $6::int4[], $7::int4[],
-                $8::text[], $9::int8[])
+                $8::text[], $9::int8[], $11::text[])
          WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, max_attempts, timeout_ms, idempotency_key,
-                              replay_of, ord)
+                              replay_of, request_id, ord)
 ),
 won_keys AS (
-    INSERT INTO herald_idempotency_keys (key, job_id)
-    SELECT idempotency_key, id FROM input WHERE idempotency_key IS NOT NULL
+    INSERT INTO herald_idempotency_keys (key, job_id, fingerprint)
+    SELECT idempotency_key, id, fingerprint FROM input WHERE idempotency_key IS NOT NULL
     ON CONFLICT (key) DO NOTHING
     RETURNING job_id
 ),
 inserted AS (
     INSERT INTO herald_jobs (id, queue, kind, payload, priority, run_at, scheduled, sort_key, max_attempts,
-                             timeout_ms, idempotency_key, replay_of)
+                             timeout_ms, idempotency_key, replay_of, request_id)
     SELECT i.id, i.queue, i.kind, i.payload, i.priority, i.run_at, i.run_at > now(),
            i.run_at - make_interval(secs => i.priority * $10::float8), i.max_attempts, i.timeout_ms,
-           i.idempotency_key, i.replay_of
+           i.idempotency_key, i.replay_of, i.request_id
     FROM input i
     WHERE i.idempotency_key IS NULL OR i.id IN (SELECT job_id FROM won_keys)
     RETURNING id, queue, scheduled
@@ -45,14 +50,15 @@ wakeups AS (
     SELECT count(pg_notify('herald_jobs', w.payload)) AS sent
     FROM (SELECT DISTINCT CASE WHEN scheduled THEN '!scheduled' ELSE queue END AS payload FROM inserted) w
 )
-SELECT i.id, (ins.id IS NOT NULL) AS inserted, i.idempotency_key, (SELECT sent FROM wakeups) AS wakeups
+SELECT i.id, (ins.id IS NOT NULL) AS inserted, i.idempotency_key, i.fingerprint,
+       (SELECT sent FROM wakeups) AS wakeups
 FROM input i LEFT JOIN inserted ins ON ins.id = i.id
 ORDER BY i.ord
 "#;
 
 /// The jobs holding the given idempotency keys (for reporting duplicates).
 pub const JOBS_BY_IDEMPOTENCY_KEY: &str =
-    "SELECT key, job_id FROM herald_idempotency_keys WHERE key = ANY($1::text[])";
+    "SELECT key, job_id, fingerprint FROM herald_idempotency_keys WHERE key = ANY($1::text[])";
 
 /// Claim up to $2 available jobs of queue $1 for worker $4, with a lease term of $3 milliseconds. One lease token,
 /// fresh from a sequence, marks the whole batch. A paused queue yields nothing. Rows come back in claim order, so
@@ -105,9 +111,9 @@ finished AS (
 ),
 history AS (
     INSERT INTO herald_job_history (job_id, queue, kind, payload, priority, outcome, attempt, max_attempts, errors,
-                                    idempotency_key, replay_of, created_at, claimed_at)
+                                    idempotency_key, replay_of, created_at, claimed_at, request_id)
     SELECT id, queue, kind, payload, priority, result, attempt, max_attempts, all_errors, idempotency_key,
-           replay_of, created_at, claimed_at
+           replay_of, created_at, claimed_at, request_id
     FROM finished
 ),
 dead AS (
@@ -196,9 +202,9 @@ finished AS (
 ),
 history AS (
     INSERT INTO herald_job_history (job_id, queue, kind, payload, priority, outcome, attempt, max_attempts, errors,
-                                    idempotency_key, replay_of, created_at, claimed_at)
+                                    idempotency_key, replay_of, created_at, claimed_at, request_id)
     SELECT id, queue, kind, payload, priority, 'dead', attempt, max_attempts, all_errors, idempotency_key,
-           replay_of, created_at, claimed_at
+           replay_of, created_at, claimed_at, request_id
     FROM finished
 ),
 dead AS (
@@ -275,14 +281,14 @@ ORDER BY 1
 /// A job still in the hot table.
 pub const LIVE_JOB: &str = r#"
 SELECT id, queue, kind, payload, priority, run_at, scheduled, attempt, max_attempts, errors,
-       lease_token IS NOT NULL AS running, claimed_at, created_at, idempotency_key
+       lease_token IS NOT NULL AS running, claimed_at, created_at, idempotency_key, request_id
 FROM herald_jobs WHERE id = $1
 "#;
 
 /// A finished job's latest history row.
 pub const FINISHED_JOB: &str = r#"
 SELECT job_id, queue, kind, payload, priority, outcome, attempt, max_attempts, errors, created_at, claimed_at,
-       finished_at, idempotency_key
+       finished_at, idempotency_key, request_id
 FROM herald_job_history WHERE job_id = $1 ORDER BY finished_at DESC LIMIT 1
 "#;
 
@@ -292,9 +298,9 @@ WITH gone AS (
     DELETE FROM herald_jobs WHERE id = $1 AND lease_token IS NULL RETURNING *
 )
 INSERT INTO herald_job_history (job_id, queue, kind, payload, priority, outcome, attempt, max_attempts, errors,
-                                idempotency_key, replay_of, created_at, claimed_at)
+                                idempotency_key, replay_of, created_at, claimed_at, request_id)
 SELECT id, queue, kind, payload, priority, 'cancelled', attempt, max_attempts, errors, idempotency_key, replay_of,
-       created_at, claimed_at
+       created_at, claimed_at, request_id
 FROM gone
 RETURNING job_id
 "#;

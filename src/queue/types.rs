@@ -166,6 +166,8 @@ pub struct NewJob {
     pub max_attempts: Option<i32>,
     pub timeout: Option<Duration>,
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The id of the request that created the job (the API sets it), stored so logs can be joined.
+    pub request_id: Option<String>,
 }
 
 impl NewJob {
@@ -179,6 +181,7 @@ impl NewJob {
             max_attempts: None,
             timeout: None,
             idempotency_key: None,
+            request_id: None,
         }
     }
 
@@ -208,6 +211,10 @@ impl NewJob {
         self.idempotency_key = Some(key);
         self
     }
+    pub fn request_id(mut self, request_id: impl Into<String>) -> Self {
+        self.request_id = Some(request_id.into());
+        self
+    }
 }
 
 /// What enqueueing one job did.
@@ -216,14 +223,17 @@ impl NewJob {
 pub enum Enqueued {
     /// A new job was inserted.
     Inserted(JobId),
-    /// The idempotency key was already taken: this is the job that holds it.
+    /// The idempotency key was already taken by a job enqueued with the same queue, kind, priority and payload:
+    /// this is that job.
     Duplicate(JobId),
+    /// The idempotency key is held by a job enqueued with something else (a reused key): this is that job.
+    Conflict(JobId),
 }
 
 impl Enqueued {
     pub fn id(self) -> JobId {
         match self {
-            Enqueued::Inserted(id) | Enqueued::Duplicate(id) => id,
+            Enqueued::Inserted(id) | Enqueued::Duplicate(id) | Enqueued::Conflict(id) => id,
         }
     }
 }
