@@ -14,6 +14,23 @@ pub fn handler_registry() -> HandlerRegistry {
     registry
 }
 
+/// Runs the API role until `shutdown`, on `listener`.
+pub async fn run_api(
+    pool: PgPool,
+    settings: Settings,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let metrics =
+        crate::metrics::Metrics::new().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let state =
+        crate::api::ApiState::new(pool, settings.job_defaults(), settings.api.clone(), metrics);
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "API listening");
+    }
+    crate::api::serve(listener, state, shutdown).await
+}
+
 /// Runs the worker role until `shutdown`.
 pub async fn run_worker(pool: PgPool, options: WorkerOptions, shutdown: CancellationToken) {
     worker::run(pool, options, handler_registry(), shutdown).await;

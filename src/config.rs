@@ -32,6 +32,30 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub jobs: JobSettings,
     pub embedded_postgres: EmbeddedPostgresSettings,
+    pub api: ApiSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub listen: String,
+    pub max_body_bytes: usize,
+    pub max_batch: usize,
+    pub request_timeout_secs: u64,
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub key_cache_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl ApiSettings {
+    /// The address to bind: `PORT` (set by Procfile platforms) wins over `api.listen`.
+    pub fn listen_address(&self) -> String {
+        match std::env::var("PORT") {
+            Ok(port) if !port.trim().is_empty() => format!("0.0.0.0:{}", port.trim()),
+            _ => self.listen.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +140,14 @@ impl Settings {
             u64::from(self.database.max_connections),
         )?;
         positive("jobs.timeout_secs", self.jobs.timeout_secs)?;
+        positive("api.max_body_bytes", self.api.max_body_bytes as u64)?;
+        positive("api.max_batch", self.api.max_batch as u64)?;
+        positive("api.request_timeout_secs", self.api.request_timeout_secs)?;
+        positive(
+            "api.rate_limit_per_second",
+            u64::from(self.api.rate_limit_per_second),
+        )?;
+        positive("api.rate_limit_burst", u64::from(self.api.rate_limit_burst))?;
         if self.worker.heartbeat_secs >= self.worker.lease_secs {
             return Err(ConfigError::Value {
                 key: "worker.heartbeat_secs",

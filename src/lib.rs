@@ -4,13 +4,16 @@
 //! * [`queue`]: the engine (enqueue, claim, ack, retry, dead letters, leases, wakeups, workers registry).
 //! * [`config`]: typed, layered settings.
 //! * [`db`] and [`embedded_postgres`]: connecting, migrating, and the private cluster of `herald up`.
+//! * [`api`]: the HTTP API (axum), its keys and errors; [`metrics`]: Prometheus.
 //! * [`app`]: the roles a process runs (`worker`, `up`), shared by the binary and the tests.
 //! * [`bench`]: `herald bench`.
 
+pub mod api;
 pub mod app;
 pub mod bench;
 pub mod config;
 pub mod db;
 pub mod embedded_postgres;
+pub mod metrics;
 pub mod queue;
 pub mod telemetry;

@@ -30,9 +30,16 @@ enum Command {
     Migrate,
     /// Run a worker process: claim and execute jobs until SIGTERM/SIGINT, then shut down gracefully.
     Worker(WorkerArgs),
-    /// Run every role in one process (today: migrate + worker). Without DATABASE_URL, first start a private
-    /// PostgreSQL under .herald/pg (stopped again on Ctrl-C).
+    /// Serve the HTTP API (api.listen, or 0.0.0.0:$PORT) until SIGTERM/SIGINT.
+    Api,
+    /// Run every role in one process (today: migrate, API, worker) and print a development API key. Without
+    /// DATABASE_URL, first start a private PostgreSQL under .herald/pg (stopped again on Ctrl-C).
     Up(WorkerArgs),
+    /// API keys: create (printed once), list, revoke.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Enqueue one job.
     Enqueue(EnqueueArgs),
     /// Look up or cancel a job.
@@ -149,6 +156,22 @@ enum DlqCommand {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key; it is printed once and stored only as a digest.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: enqueue, read, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// List keys (names, prefixes, scopes; never the keys).
+    List,
+    /// Revoke a key by id (API servers stop accepting it within api.key_cache_secs).
+    Revoke { id: i64 },
+}
+
+#[derive(Subcommand)]
 enum QueuesCommand {
     /// Depth, running, scheduled and paused state of every queue.
     List,
@@ -178,11 +201,56 @@ async fn main() -> anyhow::Result<()> {
             app::run_worker(pool, options, app::shutdown_on_signals()).await;
             Ok(())
         }
+        Command::Api => {
+            let pool = connect(&settings).await?;
+            db::migrate(&pool).await?;
+            let listener = bind(&settings).await?;
+            app::run_api(pool, settings.clone(), listener, app::shutdown_on_signals()).await?;
+            Ok(())
+        }
+        Command::Keys { command } => keys(&connect(&settings).await?, command).await,
         Command::Enqueue(args) => enqueue(&settings, &connect(&settings).await?, args).await,
         Command::Jobs { command } => jobs(&connect(&settings).await?, command).await,
         Command::Dlq { command } => dlq(&settings, &connect(&settings).await?, command).await,
         Command::Queues { command } => queues(&connect(&settings).await?, command).await,
         Command::Workers => print_json(&admin::list_workers(&connect(&settings).await?).await?),
+    }
+}
+
+async fn bind(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
+    let address = settings.api.listen_address();
+    tokio::net::TcpListener::bind(&address)
+        .await
+        .with_context(|| format!("cannot listen on {address} (api.listen)"))
+}
+
+async fn keys(pool: &PgPool, command: KeysCommand) -> anyhow::Result<()> {
+    use herald::api::keys::{self, Scope};
+    match command {
+        KeysCommand::Create { name, scopes } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| {
+                    Scope::parse(s)
+                        .with_context(|| format!("unknown scope `{s}` (use enqueue, read, admin)"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (key, record) = keys::create(pool, &name, &scopes).await?;
+            println!("{key}");
+            eprintln!(
+                "created key {} ({}) with scopes {:?}; it is shown only now",
+                record.id, record.prefix, record.scopes
+            );
+            Ok(())
+        }
+        KeysCommand::List => print_json(&keys::list(pool).await?),
+        KeysCommand::Revoke { id } => {
+            if !keys::revoke(pool, id).await? {
+                bail!("no live key with id {id}");
+            }
+            println!("key {id} revoked");
+            Ok(())
+        }
     }
 }
 
@@ -211,8 +279,18 @@ async fn up(settings: &Settings, args: WorkerArgs) -> anyhow::Result<()> {
         let pool = db::connect(&url, &settings.database).await?;
         db::migrate(&pool).await?;
         let options = app::worker_options(settings, args.queues, args.concurrency)?;
-        tracing::info!("herald is up; enqueue from another shell with `herald enqueue --payload '{{\"hello\":1}}'`");
-        app::run_worker(pool, options, app::shutdown_on_signals()).await;
+        let listener = bind(settings).await?;
+        let address = listener.local_addr()?;
+        let scopes = herald::api::keys::Scope::ALL;
+        let (key, _) = herald::api::keys::create(&pool, "herald-up-dev", &scopes).await?;
+        println!("herald is up: API on http://{address} (docs at /docs), worker running.");
+        println!("development API key (all scopes, created for this run): {key}");
+        println!("  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
+        println!("       -d '{{\"queue\":\"default\",\"kind\":\"herald.log\",\"payload\":{{\"hello\":1}}}}' http://{address}/v1/jobs");
+        let shutdown = app::shutdown_on_signals();
+        let api = tokio::spawn(app::run_api(pool.clone(), settings.clone(), listener, shutdown.clone()));
+        app::run_worker(pool, options, shutdown).await;
+        api.await??;
         anyhow::Ok(())
     }
     .await;

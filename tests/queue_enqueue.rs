@@ -214,12 +214,17 @@ async fn an_empty_batch_is_a_no_op() {
 async fn a_reused_key_with_another_body_is_a_conflict_and_the_request_id_is_kept() {
     let db = TestDb::new().await;
     let key = IdempotencyKey::parse("reused").unwrap();
-    let first = job("q", "k", json!({"n": 1})).idempotency_key(key.clone()).request_id("req-1");
+    let first = job("q", "k", json!({"n": 1}))
+        .idempotency_key(key.clone())
+        .request_id("req-1");
     let ids = db.enqueue(vec![first]).await;
     let mut conn = db.pool.acquire().await.unwrap();
     let other = job("q", "k", json!({"n": 2})).idempotency_key(key);
     let result = queue::enqueue(&mut conn, &defaults(), other).await.unwrap();
     assert_eq!(result, Enqueued::Conflict(ids[0]));
-    let view = herald::queue::admin::find_job(&db.pool, ids[0]).await.unwrap().unwrap();
+    let view = herald::queue::admin::find_job(&db.pool, ids[0])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(view.request_id.as_deref(), Some("req-1"));
 }

@@ -9,7 +9,7 @@ use super::QueueError;
 use super::sql;
 use super::types::{JobId, QueueName};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct QueueStats {
     pub name: String,
     pub paused: bool,
@@ -50,7 +50,7 @@ pub async fn set_paused(pool: &PgPool, queue: &QueueName, paused: bool) -> Resul
 }
 
 /// A job as `herald jobs show` and the API present it, from wherever it is now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobView {
     pub id: JobId,
     pub queue: String,
@@ -150,7 +150,7 @@ pub async fn cancel_job(pool: &PgPool, id: JobId) -> Result<(), QueueError> {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WorkerView {
     pub id: Uuid,
     pub hostname: String,

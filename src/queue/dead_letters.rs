@@ -43,7 +43,7 @@ impl DeadLetterFilter {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadLetter {
     pub id: i64,
     pub job_id: JobId,
@@ -89,7 +89,7 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<DeadLetter>, QueueErro
 }
 
 /// A replayed dead letter and the new job it became.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Replayed {
     pub dead_letter_id: i64,
     pub job_id: JobId,

@@ -99,12 +99,19 @@ async fn resolve_duplicates(
         .fetch_all(&mut *conn)
         .await?
         .iter()
-        .map(|row| Ok((row.try_get("key")?, (row.try_get("job_id")?, row.try_get("fingerprint")?))))
+        .map(|row| {
+            Ok((
+                row.try_get("key")?,
+                (row.try_get("job_id")?, row.try_get("fingerprint")?),
+            ))
+        })
         .collect::<Result<_, sqlx::Error>>()?;
     for (position, key, fingerprint) in duplicates {
         // Only possible if the key was deleted between the two statements (retention racing a replay).
         let (holder, held_fingerprint) = holders.get(key).ok_or_else(|| {
-            QueueError::Conflict(format!("idempotency key `{key}` changed hands during enqueue; try again"))
+            QueueError::Conflict(format!(
+                "idempotency key `{key}` changed hands during enqueue; try again"
+            ))
         })?;
         results[*position] = if held_fingerprint == fingerprint {
             Enqueued::Duplicate(*holder)

@@ -249,3 +249,73 @@ pub fn spawn_herald(url: &str, args: &[&str]) -> tokio::process::Child {
         .spawn()
         .expect("start herald")
 }
+
+/// A running API server on a random port, with a fresh database and one key per scope set.
+pub struct TestApp {
+    pub db: TestDb,
+    pub address: String,
+    pub client: reqwest::Client,
+    /// enqueue + read
+    pub service_key: String,
+    pub read_key: String,
+    pub admin_key: String,
+    pub shutdown: CancellationToken,
+    pub server: JoinHandle<std::io::Result<()>>,
+}
+
+/// Starts the real router (the one `herald api` serves) on a random port.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    init_test_logging();
+    let db = TestDb::new().await;
+    let mut settings = settings();
+    adjust(&mut settings);
+    use herald::api::keys::{self, Scope};
+    let (service_key, _) = keys::create(&db.pool, "service", &[Scope::Enqueue, Scope::Read])
+        .await
+        .unwrap();
+    let (read_key, _) = keys::create(&db.pool, "reader", &[Scope::Read])
+        .await
+        .unwrap();
+    let (admin_key, _) = keys::create(&db.pool, "admin", &Scope::ALL).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(herald::app::run_api(
+        db.pool.clone(),
+        settings,
+        listener,
+        shutdown.clone(),
+    ));
+    TestApp {
+        db,
+        address,
+        client: reqwest::Client::new(),
+        service_key,
+        read_key,
+        admin_key,
+        shutdown,
+        server,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn post(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path)).bearer_auth(key)
+    }
+
+    pub fn get(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path)).bearer_auth(key)
+    }
+
+    pub fn delete(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.client.delete(self.url(path)).bearer_auth(key)
+    }
+}

@@ -1,0 +1,366 @@
+//! `/v1/jobs`: enqueue one job or a batch, look a job up, cancel it.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::{ApiError, FieldError, Problem};
+use super::extract::{ApiJson, ApiPath};
+use super::keys::Scope;
+use crate::queue::admin::{self, JobView};
+use crate::queue::{self, Enqueued, IdempotencyKey, JobKind, NewJob, Priority, QueueName};
+
+/// A job to enqueue.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    /// Queue name: 1-64 characters of `[A-Za-z0-9_.-]`.
+    #[schema(example = "emails")]
+    pub queue: String,
+    /// Job kind (which handler runs it): 1-128 characters of `[A-Za-z0-9_.-]`.
+    #[schema(example = "herald.log")]
+    pub kind: String,
+    /// Any JSON value; `{}` if absent.
+    #[serde(default = "empty_object")]
+    pub payload: serde_json::Value,
+    /// 0-9, higher runs first (default 0).
+    #[schema(minimum = 0, maximum = 9)]
+    pub priority: Option<i64>,
+    /// Run at this time instead of now (RFC 3339). Not together with `delay_ms`.
+    pub run_at: Option<DateTime<Utc>>,
+    /// Run after this many milliseconds.
+    #[schema(minimum = 0)]
+    pub delay_ms: Option<u64>,
+    /// Attempts before the job is dead-lettered (default: jobs.max_attempts).
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_attempts: Option<i32>,
+    /// Handler timeout in milliseconds (default: jobs.timeout_secs).
+    #[schema(minimum = 1, maximum = 86400000)]
+    pub timeout_ms: Option<u64>,
+    /// Makes the enqueue idempotent (the `Idempotency-Key` header does the same for `POST /v1/jobs`).
+    pub idempotency_key: Option<String>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+/// The outcome of enqueueing one job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnqueueResponse {
+    pub id: i64,
+    /// `inserted`, or `duplicate` when the idempotency key was already used for the same job (a replay).
+    #[schema(example = "inserted")]
+    pub status: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to `api.max_batch` jobs, inserted in one statement.
+    pub jobs: Vec<JobRequest>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchItem {
+    /// Position in the request.
+    pub index: usize,
+    pub id: i64,
+    /// `inserted`, `duplicate` (key already used for the same job) or `conflict` (key used for another job).
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResponse {
+    pub results: Vec<BatchItem>,
+}
+
+impl JobRequest {
+    /// Validates every field, naming each bad one under `prefix` (`jobs[3].`).
+    fn into_new_job(
+        self,
+        prefix: &str,
+        request_id: Option<&str>,
+    ) -> Result<NewJob, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let mut check = |field: &str, result: Result<(), String>| {
+            if let Err(message) = result {
+                errors.push(FieldError {
+                    field: format!("{prefix}{field}"),
+                    message,
+                });
+            }
+        };
+        let queue = QueueName::parse(&self.queue);
+        check(
+            "queue",
+            queue.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        );
+        let kind = JobKind::parse(&self.kind);
+        check("kind", kind.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        let priority = Priority::new(self.priority.unwrap_or(0));
+        check(
+            "priority",
+            priority.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        );
+        let key = self
+            .idempotency_key
+            .as_deref()
+            .map(IdempotencyKey::parse)
+            .transpose();
+        check(
+            "idempotency_key",
+            key.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+        );
+        if self.run_at.is_some() && self.delay_ms.is_some() {
+            check("delay_ms", Err("give run_at or delay_ms, not both".into()));
+        }
+        if let Some(attempts) = self.max_attempts.filter(|a| !(1..=1000).contains(a)) {
+            check(
+                "max_attempts",
+                Err(format!("{attempts} is not between 1 and 1000")),
+            );
+        }
+        if let Some(ms) = self.timeout_ms.filter(|ms| !(1..=86_400_000).contains(ms)) {
+            check(
+                "timeout_ms",
+                Err(format!("{ms} is not between 1 and 86400000")),
+            );
+        }
+        if let Some(ms) = self.delay_ms.filter(|ms| *ms > 10 * 365 * 86_400_000) {
+            check("delay_ms", Err(format!("{ms} is more than ten years")));
+        }
+        let (Ok(queue), Ok(kind), Ok(priority), Ok(key), true) =
+            (queue, kind, priority, key, errors.is_empty())
+        else {
+            return Err(errors);
+        };
+        let mut job = NewJob::new(queue, kind, self.payload).priority(priority);
+        let run_at = self.run_at.or_else(|| {
+            self.delay_ms
+                .map(|ms| Utc::now() + chrono::Duration::milliseconds(ms as i64))
+        });
+        job.run_at = run_at;
+        job.max_attempts = self.max_attempts;
+        job.timeout = self.timeout_ms.map(Duration::from_millis);
+        job.idempotency_key = key;
+        job.request_id = request_id.map(str::to_string);
+        Ok(job)
+    }
+}
+
+fn request_id(headers: &HeaderMap) -> Option<&str> {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok())
+}
+
+/// Enqueue one job.
+#[utoipa::path(
+    post, path = "/v1/jobs", tag = "jobs",
+    request_body = JobRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request idempotent: a repeat returns the original job")),
+    responses(
+        (status = 201, description = "Inserted", body = EnqueueResponse),
+        (status = 200, description = "A repeat of an earlier request with the same Idempotency-Key (header `Idempotent-Replayed: true`)", body = EnqueueResponse),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The Idempotency-Key was used for a different job", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn enqueue_one(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<JobRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Enqueue)?;
+    let header_key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_string));
+    let mut request = request;
+    match header_key {
+        Some(Err(_)) => return Err(ApiError::field("Idempotency-Key", "must be visible ASCII")),
+        Some(Ok(key)) => match &request.idempotency_key {
+            Some(body_key) if *body_key != key => {
+                return Err(ApiError::field(
+                    "idempotency_key",
+                    "differs from the Idempotency-Key header",
+                ));
+            }
+            _ => request.idempotency_key = Some(key),
+        },
+        None => {}
+    }
+    let job = request
+        .into_new_job("", request_id(&headers))
+        .map_err(ApiError::validation)?;
+    let queue_name = job.queue.to_string();
+    let mut conn = state.pool.acquire().await?;
+    match queue::enqueue(&mut conn, &state.defaults, job).await? {
+        Enqueued::Inserted(id) => {
+            state
+                .metrics
+                .jobs_enqueued
+                .with_label_values(&[&queue_name])
+                .inc();
+            Ok((
+                StatusCode::CREATED,
+                Json(EnqueueResponse {
+                    id,
+                    status: "inserted".into(),
+                }),
+            )
+                .into_response())
+        }
+        Enqueued::Duplicate(id) => {
+            let mut response = Json(EnqueueResponse {
+                id,
+                status: "duplicate".into(),
+            })
+            .into_response();
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            Ok(response)
+        }
+        Enqueued::Conflict(id) => Err(ApiError::conflict(format!(
+            "this idempotency key was already used for job {id}, enqueued with a different queue, kind, priority or payload"
+        ))),
+    }
+}
+
+/// Enqueue up to `api.max_batch` jobs in one statement.
+#[utoipa::path(
+    post, path = "/v1/jobs/batch", tag = "jobs",
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One result per job, in order", body = BatchResponse),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid fields, or too many jobs", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn enqueue_batch(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<BatchRequest>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    caller.require(Scope::Enqueue)?;
+    let max = state.settings.max_batch;
+    if request.jobs.is_empty() || request.jobs.len() > max {
+        return Err(ApiError::field(
+            "jobs",
+            format!(
+                "send 1 to {max} jobs (api.max_batch), not {}",
+                request.jobs.len()
+            ),
+        ));
+    }
+    let request_id = request_id(&headers);
+    let mut jobs = Vec::with_capacity(request.jobs.len());
+    let mut errors = Vec::new();
+    for (index, job) in request.jobs.into_iter().enumerate() {
+        match job.into_new_job(&format!("jobs[{index}]."), request_id) {
+            Ok(job) => jobs.push(job),
+            Err(mut bad) => errors.append(&mut bad),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let mut conn = state.pool.acquire().await?;
+    let results = queue::enqueue_many(&mut conn, &state.defaults, &jobs).await?;
+    let items = results
+        .iter()
+        .zip(&jobs)
+        .enumerate()
+        .map(|(index, (result, job))| {
+            let status = match result {
+                Enqueued::Inserted(_) => {
+                    state
+                        .metrics
+                        .jobs_enqueued
+                        .with_label_values(&[job.queue.as_str()])
+                        .inc();
+                    "inserted"
+                }
+                Enqueued::Duplicate(_) => "duplicate",
+                Enqueued::Conflict(_) => "conflict",
+            };
+            BatchItem {
+                index,
+                id: result.id(),
+                status: status.into(),
+            }
+        })
+        .collect();
+    Ok(Json(BatchResponse { results: items }))
+}
+
+/// A job: waiting, running, or finished (from history).
+#[utoipa::path(
+    get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn get_job(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<JobView>, ApiError> {
+    caller.require(Scope::Read)?;
+    admin::find_job(&state.pool, id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))
+}
+
+/// Cancel a job that has not started.
+#[utoipa::path(
+    delete, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = i64, Path, description = "Job id")),
+    responses(
+        (status = 204, description = "Cancelled"),
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No waiting job with this id", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The job is running", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn cancel_job(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Enqueue)?;
+    admin::cancel_job(&state.pool, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

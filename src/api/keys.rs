@@ -1,0 +1,134 @@
+//! API keys: created by `herald keys create`, stored as SHA-256 digests (computed by PostgreSQL's `sha256`), each
+//! with scopes. The key itself is printed once and never stored.
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+use utoipa::ToSchema;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Enqueue and cancel jobs.
+    Enqueue,
+    /// Read jobs, queues, dead letters, workers, metrics.
+    Read,
+    /// Pause/resume queues, replay and delete dead letters.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Enqueue, Scope::Read, Scope::Admin];
+
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim() {
+            "enqueue" => Some(Scope::Enqueue),
+            "read" => Some(Scope::Read),
+            "admin" => Some(Scope::Admin),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Enqueue => "enqueue",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+const CREATE: &str = "INSERT INTO herald_api_keys (name, prefix, key_hash, scopes) \
+     VALUES ($1, $2, sha256(convert_to($3, 'UTF8')), $4) RETURNING id, created_at";
+const LOOKUP: &str = "SELECT id, scopes FROM herald_api_keys \
+     WHERE key_hash = sha256(convert_to($1, 'UTF8')) AND revoked_at IS NULL";
+const LIST: &str =
+    "SELECT id, name, prefix, scopes, created_at, revoked_at FROM herald_api_keys ORDER BY id";
+const REVOKE: &str =
+    "UPDATE herald_api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL";
+
+/// A key as `herald keys list` shows it (never the key itself).
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyRecord {
+    pub id: i64,
+    pub name: String,
+    /// The key's first characters, to tell keys apart.
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// Creates a key and returns it (the only time it is visible) with its record.
+pub async fn create(
+    pool: &PgPool,
+    name: &str,
+    scopes: &[Scope],
+) -> Result<(String, KeyRecord), sqlx::Error> {
+    let secret: [u8; 24] = rand::rng().random();
+    let key = format!(
+        "hk_{}",
+        secret
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let prefix = key[..11].to_string();
+    let scope_names: Vec<String> = scopes.iter().map(|s| s.as_str().to_string()).collect();
+    let row = sqlx::query(CREATE)
+        .bind(name)
+        .bind(&prefix)
+        .bind(&key)
+        .bind(&scope_names)
+        .fetch_one(pool)
+        .await?;
+    let record = KeyRecord {
+        id: row.try_get("id")?,
+        name: name.to_string(),
+        prefix,
+        scopes: scope_names,
+        created_at: row.try_get("created_at")?,
+        revoked_at: None,
+    };
+    Ok((key, record))
+}
+
+/// The live key matching `key`: its id and scopes.
+pub async fn lookup(pool: &PgPool, key: &str) -> Result<Option<(i64, Vec<Scope>)>, sqlx::Error> {
+    let Some(row) = sqlx::query(LOOKUP).bind(key).fetch_optional(pool).await? else {
+        return Ok(None);
+    };
+    let scopes: Vec<String> = row.try_get("scopes")?;
+    Ok(Some((
+        row.try_get("id")?,
+        scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+    )))
+}
+
+pub async fn list(pool: &PgPool) -> Result<Vec<KeyRecord>, sqlx::Error> {
+    let rows = sqlx::query(LIST).fetch_all(pool).await?;
+    rows.iter()
+        .map(|row| {
+            Ok(KeyRecord {
+                id: row.try_get("id")?,
+                name: row.try_get("name")?,
+                prefix: row.try_get("prefix")?,
+                scopes: row.try_get("scopes")?,
+                created_at: row.try_get("created_at")?,
+                revoked_at: row.try_get("revoked_at")?,
+            })
+        })
+        .collect()
+}
+
+/// Revokes a key; false if there is no live key with that id.
+pub async fn revoke(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(REVOKE)
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected()
+        == 1)
+}

@@ -1,0 +1,306 @@
+//! herald's HTTP API (axum): enqueue and inspect jobs, operate queues and dead letters.
+//!
+//! * `jobs.rs`, `operations.rs`: the `/v1` handlers, each documented for the OpenAPI spec (utoipa), so the spec
+//!   served at `/openapi.json` is generated from the handlers themselves.
+//! * `auth.rs`, `keys.rs`: API keys with scopes and a per-key rate limit.
+//! * `error.rs`, `extract.rs`: every failure is an RFC 9457 problem document.
+//!
+//! [`router`] builds the whole application; `herald api`, `herald up` and the tests all serve that same router.
+
+mod auth;
+mod error;
+mod extract;
+mod jobs;
+pub mod keys;
+mod operations;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+pub use error::{ApiError, Problem};
+
+use crate::config::ApiSettings;
+use crate::metrics::Metrics;
+use crate::queue::JobDefaults;
+use auth::KeyCache;
+use extract::BodyLimit;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct ApiState(Arc<StateInner>);
+
+pub struct StateInner {
+    pub pool: PgPool,
+    pub defaults: JobDefaults,
+    pub settings: ApiSettings,
+    pub metrics: Metrics,
+    keys: KeyCache,
+    limiter: DefaultKeyedRateLimiter<i64>,
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = StateInner;
+    fn deref(&self) -> &StateInner {
+        &self.0
+    }
+}
+
+impl ApiState {
+    pub fn new(
+        pool: PgPool,
+        defaults: JobDefaults,
+        settings: ApiSettings,
+        metrics: Metrics,
+    ) -> Self {
+        let per_second = NonZeroU32::new(settings.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(settings.rate_limit_burst).unwrap_or(per_second);
+        let limiter = RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst));
+        Self(Arc::new(StateInner {
+            pool,
+            defaults,
+            settings,
+            metrics,
+            keys: KeyCache::default(),
+            limiter,
+        }))
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "herald", description = "Durable PostgreSQL job queue: enqueue and operate jobs over HTTP. Errors are RFC 9457 problem documents; see docs/api.md."),
+    paths(
+        jobs::enqueue_one, jobs::enqueue_batch, jobs::get_job, jobs::cancel_job,
+        operations::list_queues, operations::pause_queue, operations::resume_queue,
+        operations::list_dead_letters, operations::get_dead_letter, operations::replay_dead_letter,
+        operations::replay_dead_letters, operations::delete_dead_letter,
+        operations::list_workers,
+        healthz, readyz, metrics,
+    ),
+    components(schemas(Problem, error::FieldError)),
+    modifiers(&ApiKeyScheme)
+)]
+pub struct ApiDoc;
+
+struct ApiKeyScheme;
+
+impl utoipa::Modify for ApiKeyScheme {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("An API key from `herald keys create`"))
+            .build();
+        components.add_security_scheme("api_key", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The application: routes, limits, request ids, metrics and tracing.
+pub fn router(state: ApiState) -> Router {
+    let settings = state.settings.clone();
+    let v1 = Router::new()
+        .route("/jobs", post(jobs::enqueue_one))
+        .route("/jobs/batch", post(jobs::enqueue_batch))
+        .route("/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
+        .route("/queues", get(operations::list_queues))
+        .route("/queues/{name}/pause", post(operations::pause_queue))
+        .route("/queues/{name}/resume", post(operations::resume_queue))
+        .route("/dead-letters", get(operations::list_dead_letters))
+        .route(
+            "/dead-letters/replay",
+            post(operations::replay_dead_letters),
+        )
+        .route(
+            "/dead-letters/{id}",
+            get(operations::get_dead_letter).delete(operations::delete_dead_letter),
+        )
+        .route(
+            "/dead-letters/{id}/replay",
+            post(operations::replay_dead_letter),
+        )
+        .route("/workers", get(operations::list_workers));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/docs", get(docs_page))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(settings.request_timeout_secs),
+        ))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
+        .layer(Extension(BodyLimit(settings.max_body_bytes)))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Serves until `shutdown`, then stops accepting and gives in-flight requests `api.shutdown_grace_secs`.
+pub async fn serve(
+    listener: TcpListener,
+    state: ApiState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let grace = Duration::from_secs(state.settings.shutdown_grace_secs);
+    let app = router(state);
+    let stopping = shutdown.clone();
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stopping.cancelled().await });
+    let server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = server => result,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("API shutdown grace elapsed; dropping the connections still open");
+            Ok(())
+        }
+    }
+}
+
+/// One span per request (method, route, request id) and the request metrics.
+async fn observe(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let route = route.unwrap_or_else(|| "unmatched".into());
+    let method = request.method().clone();
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let span = tracing::info_span!("request", %method, route = %route, request_id = %request_id);
+    let started = Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let status = response.status();
+    state
+        .metrics
+        .http_requests
+        .with_label_values(&[&route, method.as_str(), status.as_str()])
+        .inc();
+    state
+        .metrics
+        .http_duration
+        .with_label_values(&[&route])
+        .observe(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        if status.is_server_error() {
+            tracing::warn!(
+                status = status.as_u16(),
+                latency_ms = elapsed.as_secs_f64() * 1e3,
+                "request failed"
+            );
+        } else {
+            tracing::debug!(
+                status = status.as_u16(),
+                latency_ms = elapsed.as_secs_f64() * 1e3,
+                "request"
+            );
+        }
+    });
+    response
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// The database answers and its migrations are current.
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, body = Health),
+        (status = 503, description = "Database unreachable or not migrated", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn readyz(State(state): State<ApiState>) -> Result<Json<Health>, ApiError> {
+    let expected = crate::db::MIGRATOR
+        .iter()
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&state.pool)
+            .await?;
+    if applied.unwrap_or(0) < expected {
+        return Err(ApiError::unavailable(format!(
+            "migrations pending: database at {applied:?}, binary at {expected}"
+        )));
+    }
+    Ok(Json(Health {
+        status: "ready".into(),
+    }))
+}
+
+/// Prometheus metrics (text exposition format). Needs the `read` scope.
+#[utoipa::path(
+    get, path = "/metrics", tag = "health",
+    responses(
+        (status = 200, description = "Metrics", body = String, content_type = "text/plain"),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+async fn metrics(
+    State(state): State<ApiState>,
+    caller: auth::Caller,
+) -> Result<Response, ApiError> {
+    caller.require(keys::Scope::Read)?;
+    let mut response = state.metrics.render().into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(response)
+}
+
+async fn openapi_json() -> Response {
+    match ApiDoc::openapi().to_json() {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(error) => ApiError::internal(error.to_string()).into_response(),
+    }
+}
+
+/// A human-readable rendering of `/openapi.json` (Redoc, loaded from its CDN by the browser).
+async fn docs_page() -> Html<&'static str> {
+    Html(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>herald API</title></head>
+<body><redoc spec-url="/openapi.json"></redoc>
+<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script></body></html>"#,
+    )
+}
