@@ -228,3 +228,33 @@ async fn a_reused_key_with_another_body_is_a_conflict_and_the_request_id_is_kept
         .unwrap();
     assert_eq!(view.request_id.as_deref(), Some("req-1"));
 }
+
+#[tokio::test]
+async fn batches_sharing_keys_in_opposite_orders_do_not_deadlock() {
+    let db = TestDb::new().await;
+    let key = |k: String| IdempotencyKey::parse(&k).unwrap();
+    let mut tasks = Vec::new();
+    for round in 0..20 {
+        for reversed in [false, true] {
+            let pool = db.pool.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut keys = vec![format!("a-{round}"), format!("b-{round}")];
+                if reversed {
+                    keys.reverse();
+                }
+                let jobs: Vec<_> = keys
+                    .into_iter()
+                    .map(|k| job("q", "k", json!({})).idempotency_key(key(k)))
+                    .collect();
+                let mut tx = pool.begin().await.unwrap();
+                let result = queue::enqueue_many(&mut tx, &defaults(), &jobs).await;
+                tx.commit().await.unwrap();
+                result
+            }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap().expect("no deadlock between batches");
+    }
+    assert_eq!(live_jobs(&db.pool).await, 40);
+}

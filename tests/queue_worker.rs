@@ -517,14 +517,14 @@ async fn a_paused_queue_is_not_worked_until_resumed() {
 }
 
 #[tokio::test]
-async fn graceful_shutdown_finishes_running_jobs_and_releases_unstarted_ones() {
+async fn graceful_shutdown_finishes_running_jobs_and_releases_unstarted_ones_at_once() {
     let db = TestDb::new().await;
     let mut opts = options(&[("q", 2)]);
     opts.batch_size = 10;
     let worker = RunningWorker::start(&db.pool, opts, herald::app::handler_registry());
     db.enqueue(
         (0..10)
-            .map(|_| job("q", "herald.sleep", json!({"ms": 400})))
+            .map(|_| job("q", "herald.sleep", json!({"ms": 4000})))
             .collect(),
     )
     .await;
@@ -537,22 +537,30 @@ async fn graceful_shutdown_finishes_running_jobs_and_releases_unstarted_ones() {
             == 10
     })
     .await;
-    worker.stop().await;
+    worker.shutdown.cancel();
+    let released = "SELECT count(*) FROM herald_jobs WHERE lease_token IS NULL AND NOT scheduled AND attempt = 0";
+    wait_until(
+        Duration::from_secs(3),
+        "unstarted jobs released while the running ones still run",
+        || async { scalar_i64(&db.pool, released).await == 8 },
+    )
+    .await;
+    assert_eq!(
+        completions(&db.pool).await.0,
+        0,
+        "the running jobs had not finished yet"
+    );
+    tokio::time::timeout(Duration::from_secs(30), worker.task)
+        .await
+        .unwrap()
+        .unwrap();
 
     assert_eq!(
         completions(&db.pool).await,
         (2, 2),
         "the two running jobs finished"
     );
-    let released = scalar_i64(
-        &db.pool,
-        "SELECT count(*) FROM herald_jobs WHERE lease_token IS NULL AND NOT scheduled AND attempt = 0",
-    )
-    .await;
-    assert_eq!(
-        released, 8,
-        "unstarted jobs were given back at once, attempt refunded"
-    );
+    assert_eq!(scalar_i64(&db.pool, released).await, 8, "attempts refunded");
     assert!(admin::list_workers(&db.pool).await.unwrap().is_empty());
 }
 
@@ -579,6 +587,10 @@ async fn a_handler_outliving_the_grace_period_is_cancelled_and_requeued() {
     assert!(stopping.elapsed() < Duration::from_secs(10));
 
     let view = admin::find_job(&db.pool, id).await.unwrap().unwrap();
+    assert_eq!(
+        view.attempt, 0,
+        "an interrupted attempt is refunded: a job on its last attempt is not dead-lettered"
+    );
     // Retried at once: scheduled for now, and maybe already promoted to available.
     assert!(
         ["scheduled", "available"].contains(&view.state.as_str()),
@@ -694,4 +706,34 @@ async fn one_enqueue_statement_sends_one_notification_per_queue() {
     }
     payloads.sort();
     assert_eq!(payloads, vec!["!scheduled", "a", "b"]);
+}
+
+#[tokio::test]
+async fn an_unstorable_error_message_does_not_hold_up_other_acks() {
+    let db = TestDb::new().await;
+    let mut registry = HandlerRegistry::new();
+    registry.register_raw("odd", |_, ctx: JobContext| async move {
+        if ctx.attempt == 1 {
+            Err(JobError::retry("binary body: a\u{0}b"))
+        } else {
+            Ok(())
+        }
+    });
+    registry.register_raw("fine", |_, _| async { Ok(()) });
+    let worker = RunningWorker::start(&db.pool, options(&[("q", 4)]), registry);
+    let ids = db
+        .enqueue(vec![
+            job("q", "odd", json!({})),
+            job("q", "fine", json!({})),
+            job("q", "fine", json!({})),
+        ])
+        .await;
+    wait_for_drain(&db, Duration::from_secs(20)).await;
+    worker.stop().await;
+    assert_eq!(completions(&db.pool).await, (3, 3));
+    let odd = admin::find_job(&db.pool, ids[0]).await.unwrap().unwrap();
+    assert_eq!(
+        odd.errors[0]["message"], "binary body: a\u{FFFD}b",
+        "the NUL was replaced, the error kept"
+    );
 }

@@ -113,7 +113,8 @@ async fn resolve_duplicates(
                 "idempotency key `{key}` changed hands during enqueue; try again"
             ))
         })?;
-        results[*position] = if held_fingerprint == fingerprint {
+        // Keys taken before fingerprints existed have none: give them the benefit of the doubt.
+        results[*position] = if held_fingerprint.is_none() || held_fingerprint == fingerprint {
             Enqueued::Duplicate(*holder)
         } else {
             Enqueued::Conflict(*holder)

@@ -44,7 +44,17 @@ pub enum Settlement {
     Dead {
         error: AttemptError,
     },
+    /// The worker stopped the handler (shutdown past its grace period): available again at once, attempt
+    /// refunded, never dead-lettered for it.
+    Interrupted {
+        error: AttemptError,
+    },
 }
+
+/// The longest error message stored per attempt; longer ones are cut.
+const MAX_ERROR_MESSAGE_BYTES: usize = 8 * 1024;
+/// The longest retry delay honoured; a handler asking for more gets this.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(365 * 86_400);
 
 /// One attempt's failure, appended to the job's error list.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -54,6 +64,28 @@ pub struct AttemptError {
     pub kind: &'static str,
     pub message: String,
     pub at: DateTime<Utc>,
+}
+
+impl AttemptError {
+    /// An attempt error with a message PostgreSQL can store: NUL characters (which `jsonb` rejects) are replaced
+    /// and overly long messages are cut, so one odd message can never block an ack batch.
+    pub fn new(attempt: i32, kind: &'static str, message: &str) -> Self {
+        let mut message = message.replace('\0', "\u{FFFD}");
+        if message.len() > MAX_ERROR_MESSAGE_BYTES {
+            let mut end = MAX_ERROR_MESSAGE_BYTES;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str(" [cut]");
+        }
+        Self {
+            attempt,
+            kind,
+            message,
+            at: Utc::now(),
+        }
+    }
 }
 
 /// What the database did with one settlement.
@@ -116,8 +148,13 @@ pub async fn settle(
         tokens.push(*token);
         let (outcome, delay, error) = match settlement {
             Settlement::Completed => ("completed", 0, None),
-            Settlement::Retry { delay, error } => ("retry", delay.as_millis() as i64, Some(error)),
+            Settlement::Retry { delay, error } => (
+                "retry",
+                delay.min(&MAX_RETRY_DELAY).as_millis() as i64,
+                Some(error),
+            ),
             Settlement::Dead { error } => ("dead", 0, Some(error)),
+            Settlement::Interrupted { error } => ("interrupted", 0, Some(error)),
         };
         outcomes.push(outcome);
         delays.push(delay);
@@ -164,6 +201,8 @@ pub async fn release(pool: &PgPool, jobs: &[(JobId, i64)]) -> Result<i64, QueueE
 pub struct Promotion {
     pub promoted: i64,
     pub next_run_at: Option<DateTime<Utc>>,
+    /// How long until `next_run_at`, by the database's clock.
+    pub next_due_in: Option<Duration>,
 }
 
 /// Makes due scheduled jobs available (at most `limit`) and says when the next one falls due.
@@ -172,9 +211,11 @@ pub async fn promote(pool: &PgPool, limit: i64) -> Result<Promotion, QueueError>
         .bind(limit)
         .fetch_one(pool)
         .await?;
+    let next_due_in: Option<f64> = row.try_get("next_due_in_secs")?;
     Ok(Promotion {
         promoted: row.try_get("promoted")?,
         next_run_at: row.try_get("next_run_at")?,
+        next_due_in: next_due_in.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
     })
 }
 

@@ -33,6 +33,7 @@ WITH input AS MATERIALIZED (
 won_keys AS (
     INSERT INTO herald_idempotency_keys (key, job_id, fingerprint)
     SELECT idempotency_key, id, fingerprint FROM input WHERE idempotency_key IS NOT NULL
+    ORDER BY idempotency_key -- a fixed lock order: two batches sharing keys cannot deadlock each other
     ON CONFLICT (key) DO NOTHING
     RETURNING job_id
 ),
@@ -88,8 +89,9 @@ SELECT * FROM claimed ORDER BY sort_key
 "#;
 
 /// Settle a batch of finished attempts in one statement. Each input row names (job id, lease token) and an
-/// outcome: `completed` (delete, append history), `retry` (back to scheduled at now + delay, error appended), or
-/// `dead` (delete, append to dead letters and history). A retry whose attempts are spent becomes dead. Rows whose
+/// outcome: `completed` (delete, append history), `retry` (back to scheduled at now + delay, error appended),
+/// `interrupted` (like a retry due now, with the attempt refunded), or `dead` (delete, append to dead letters and
+/// history). A retry whose attempts are spent becomes dead. Rows whose
 /// token no longer matches (the lease was rescued and maybe re-claimed) are left alone and simply not returned:
 /// that is how a stale ack is rejected.
 /// $1 id, $2 token, $3 outcome, $4 retry delay ms, $5 error (jsonb, NULL on success), $6 priority aging seconds.
@@ -104,7 +106,7 @@ finished AS (
     DELETE FROM herald_jobs j
     USING input i
     WHERE j.id = ANY($1::int8[]) AND j.id = i.id AND j.lease_token = i.token
-      AND (i.outcome <> 'retry' OR j.attempt >= j.max_attempts)
+      AND (i.outcome IN ('completed', 'dead') OR (i.outcome = 'retry' AND j.attempt >= j.max_attempts))
     RETURNING j.*, CASE WHEN i.outcome = 'completed' THEN 'completed' ELSE 'dead' END AS result,
               CASE WHEN i.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(i.error) END AS all_errors,
               i.error ->> 'message' AS last_error
@@ -127,12 +129,13 @@ retried AS (
     UPDATE herald_jobs j
     SET lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, claimed_at = NULL,
         scheduled = true,
+        attempt = CASE WHEN i.outcome = 'interrupted' THEN j.attempt - 1 ELSE j.attempt END,
         run_at = now() + i.delay_ms * interval '1 millisecond',
         sort_key = now() + i.delay_ms * interval '1 millisecond' - make_interval(secs => j.priority * $6::float8),
         errors = j.errors || jsonb_build_array(i.error)
     FROM input i
-    WHERE j.id = ANY($1::int8[]) AND j.id = i.id AND j.lease_token = i.token AND i.outcome = 'retry'
-      AND j.attempt < j.max_attempts
+    WHERE j.id = ANY($1::int8[]) AND j.id = i.id AND j.lease_token = i.token
+      AND ((i.outcome = 'retry' AND j.attempt < j.max_attempts) OR i.outcome = 'interrupted')
     RETURNING j.id
 ),
 wakeups AS (
@@ -172,7 +175,10 @@ wakeups AS (
 )
 SELECT (SELECT count(*) FROM promoted) AS promoted,
        (SELECT sent FROM wakeups) AS wakeups,
-       (SELECT min(run_at) FROM herald_jobs WHERE scheduled AND run_at > now()) AS next_run_at
+       (SELECT min(run_at) FROM herald_jobs WHERE scheduled AND run_at > now()) AS next_run_at,
+       -- Computed here, on the database's clock, so a worker whose clock runs ahead does not spin.
+       (SELECT extract(epoch FROM min(run_at) - now())::float8 FROM herald_jobs WHERE scheduled AND run_at > now())
+           AS next_due_in_secs
 "#;
 
 /// Return jobs whose lease expired to the queue, or to the dead letters when that was their last attempt. A lease

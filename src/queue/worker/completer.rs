@@ -13,7 +13,8 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::queue::JobId;
-use crate::queue::lease::{self, Settled, Settlement};
+use crate::queue::QueueError;
+use crate::queue::lease::{self, AttemptError, Settled, Settlement};
 
 /// One finished attempt on its way to the database.
 #[derive(Debug)]
@@ -80,12 +81,91 @@ async fn flush(
                 batch.clear();
                 return;
             }
+            Err(error) if is_about_the_data(&error) => {
+                // Retrying the same statement would fail forever and hold every job in the batch; settle the
+                // rows one by one so only the offending one needs special treatment.
+                tracing::error!(%error, acks = batch.len(), "an ack batch was refused; settling its rows one by one");
+                for ack in batch.drain(..) {
+                    settle_alone(pool, ack, options).await;
+                }
+                return;
+            }
             Err(error) => {
                 tracing::warn!(%error, acks = batch.len(), retry_in = ?backoff, "flushing acks failed; will retry");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Settles one ack after its batch was refused. If the database refuses this row too, the attempt is recorded
+/// as dead with an error that can be stored; if even that is refused, the job is released so that it runs again
+/// rather than staying leased to a live worker forever.
+async fn settle_alone(pool: &PgPool, ack: (JobId, i64, Settlement), options: &CompleterOptions) {
+    let (id, token, settlement) = ack;
+    let mut one = vec![(id, token, settlement)];
+    flush_unless_refused(pool, &mut one, options).await;
+    let Some((id, token, settlement)) = one.pop() else {
+        return;
+    };
+    let attempt = match &settlement {
+        Settlement::Retry { error, .. }
+        | Settlement::Dead { error }
+        | Settlement::Interrupted { error } => error.attempt,
+        Settlement::Completed => 0,
+    };
+    let message = "the attempt's outcome could not be stored; see the worker log";
+    let mut dead = vec![(
+        id,
+        token,
+        Settlement::Dead {
+            error: AttemptError::new(attempt, "unstorable", message),
+        },
+    )];
+    flush_unless_refused(pool, &mut dead, options).await;
+    if !dead.is_empty() {
+        tracing::error!(job = id, "could not settle the job at all; releasing it");
+        let _ = lease::release(pool, &[(id, token)]).await;
+    }
+}
+
+/// Like `flush`, but gives up (leaving the batch in place) when the database refuses the data.
+async fn flush_unless_refused(
+    pool: &PgPool,
+    batch: &mut Vec<(JobId, i64, Settlement)>,
+    options: &CompleterOptions,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match lease::settle(pool, batch, options.priority_aging).await {
+            Ok(settled) => {
+                report(batch, &settled);
+                batch.clear();
+                return;
+            }
+            Err(error) if is_about_the_data(&error) => {
+                tracing::error!(%error, "the database refused an ack");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "settling an ack failed; will retry");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Errors about the values sent (SQLSTATE classes 22 "data exception" and 23 "integrity constraint"): retrying the
+/// same statement cannot succeed.
+fn is_about_the_data(error: &QueueError) -> bool {
+    match error {
+        QueueError::Database(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        QueueError::Database(sqlx::Error::Encode(_)) => true,
+        _ => false,
     }
 }
 

@@ -3,7 +3,6 @@
 
 use std::panic::AssertUnwindSafe;
 
-use chrono::Utc;
 use futures::FutureExt;
 
 use super::handlers::{HandlerRegistry, JobContext, JobError};
@@ -16,12 +15,7 @@ pub async fn execute(
     retry: &RetryPolicy,
 ) -> Settlement {
     let attempt = job.attempt;
-    let error = |kind: &'static str, message: String| AttemptError {
-        attempt,
-        kind,
-        message,
-        at: Utc::now(),
-    };
+    let error = |kind: &'static str, message: String| AttemptError::new(attempt, kind, &message);
     let retry_later = |kind, message| Settlement::Retry {
         delay: retry.delay(attempt),
         error: error(kind, message),

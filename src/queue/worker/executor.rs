@@ -122,43 +122,30 @@ pub struct AttemptDeps {
 /// The apalis task function: run one attempt and hand its outcome to the completer.
 pub async fn run_attempt(held: HeldJob, deps: Data<AttemptDeps>) -> Result<(), Infallible> {
     let HeldJob { job, slot } = held;
-    let mut guard = Interrupted::new(&job, deps.acks.clone());
-    let (id, lease_token) = (job.id, job.lease_token);
+    let mut pending = PendingAck::interrupted(&job, deps.acks.clone());
     let settlement = execute(job, &deps.registry, &deps.retry).await;
-    guard.disarm();
+    pending.settle(settlement);
     // The completer outlives every executor, so this only fails if it crashed; the lease then expires and the
     // job is rescued.
-    let _ = deps
-        .acks
-        .send(Ack {
-            id,
-            lease_token,
-            settlement,
-        })
-        .await;
+    pending.send().await;
     drop(slot);
     deps.shared.room_freed.notify_one();
     Ok(())
 }
 
-/// Records an attempt as interrupted if its handler is dropped before it finishes (shutdown past the grace
-/// period), so the job is retried at once instead of waiting for its lease to expire.
-struct Interrupted {
+/// The ack an attempt owes the completer, delivered even if the attempt is dropped (shutdown past the grace
+/// period): until the handler finishes it says "interrupted" (available again at once, attempt refunded); after,
+/// it carries the real outcome, so a drop while waiting for room in the ack channel loses nothing.
+struct PendingAck {
     ack: Option<Ack>,
     acks: mpsc::Sender<Ack>,
 }
 
-impl Interrupted {
-    fn new(job: &ClaimedJob, acks: mpsc::Sender<Ack>) -> Self {
-        let error = AttemptError {
-            attempt: job.attempt,
-            kind: "shutdown",
-            message: "interrupted: the worker shut down before the handler finished".into(),
-            at: chrono::Utc::now(),
-        };
-        let settlement = Settlement::Retry {
-            delay: Duration::ZERO,
-            error,
+impl PendingAck {
+    fn interrupted(job: &ClaimedJob, acks: mpsc::Sender<Ack>) -> Self {
+        let message = "interrupted: the worker shut down before the handler finished";
+        let settlement = Settlement::Interrupted {
+            error: AttemptError::new(job.attempt, "shutdown", message),
         };
         Self {
             ack: Some(Ack {
@@ -170,22 +157,28 @@ impl Interrupted {
         }
     }
 
-    fn disarm(&mut self) {
-        self.ack = None;
+    fn settle(&mut self, settlement: Settlement) {
+        if let Some(ack) = &mut self.ack {
+            ack.settlement = settlement;
+        }
+    }
+
+    async fn send(mut self) {
+        let Some(ack) = self.ack.take() else { return };
+        if let Err(mpsc::error::SendError(ack)) = self.acks.send(ack).await {
+            self.ack = Some(ack); // Drop reports it
+        }
     }
 }
 
-impl Drop for Interrupted {
+impl Drop for PendingAck {
     fn drop(&mut self) {
-        if let Some(mut ack) = self.ack.take() {
-            if let Settlement::Retry { error, .. } = &mut ack.settlement {
-                error.at = chrono::Utc::now();
-            }
-            if self.acks.try_send(ack).is_err() {
-                tracing::warn!(
-                    "could not record an interrupted attempt; its lease will expire and it will be rescued"
-                );
-            }
+        if let Some(ack) = self.ack.take()
+            && self.acks.try_send(ack).is_err()
+        {
+            tracing::warn!(
+                "could not hand an attempt's outcome to the completer; the job will run again after its lease"
+            );
         }
     }
 }

@@ -128,9 +128,14 @@ pub async fn run(
     }
     drop(acks);
     runners.join_all().await;
-    // Every runner dropped its sender: the completer flushes what is left and returns.
-    if let Err(error) = completer.await {
-        tracing::error!(%error, "completer task failed");
+    // Every runner dropped its sender: the completer flushes what is left and returns. If the database is down,
+    // do not wait forever: unflushed jobs run again after their lease (at-least-once still holds).
+    match tokio::time::timeout(options.shutdown_grace + Duration::from_secs(30), completer).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::error!(%error, "completer task failed"),
+        Err(_) => tracing::error!(
+            "could not write the last acks in time; those jobs will run again after their lease"
+        ),
     }
     background.cancel();
     tasks.join_all().await;

@@ -182,27 +182,37 @@ impl QueueRunner {
         };
         let backend = ClaimedJobs::new(Arc::clone(&incoming), Arc::clone(&shared));
         let name = format!("herald-{}", self.spec.name);
-        let stop = shutdown.cancelled_owned();
-        execute_until(
+        let stop = shutdown.clone().cancelled_owned();
+        let run = execute_until(
             name,
             backend,
             deps,
             self.spec.concurrency,
             stop,
             self.shutdown_grace,
-        )
-        .await;
-
-        let unstarted: Vec<(JobId, i64)> = match incoming.lock() {
-            Ok(mut incoming) => {
-                incoming.close();
-                std::iter::from_fn(|| incoming.try_recv().ok())
-                    .map(|held| (held.job.id, held.job.lease_token))
-                    .collect()
-            }
-            Err(_) => Vec::new(),
+        );
+        // Give back what never started as soon as shutdown begins, not after the grace period: another worker
+        // can take it at once. A job is either taken by the executor or drained here, never both.
+        let release_at_stop = async {
+            shutdown.cancelled().await;
+            release_with_retry(&self.pool, &drain(&incoming)).await;
         };
-        release_with_retry(&self.pool, &unstarted).await;
+        tokio::join!(run, release_at_stop);
+        // Anything that arrived after the first drain (a claim that was in flight).
+        release_with_retry(&self.pool, &drain(&incoming)).await;
+    }
+}
+
+/// Closes the channel and takes every job still in it.
+fn drain(incoming: &Mutex<mpsc::UnboundedReceiver<Held>>) -> Vec<(JobId, i64)> {
+    match incoming.lock() {
+        Ok(mut incoming) => {
+            incoming.close();
+            std::iter::from_fn(|| incoming.try_recv().ok())
+                .map(|held| (held.job.id, held.job.lease_token))
+                .collect()
+        }
+        Err(_) => Vec::new(),
     }
 }
 
