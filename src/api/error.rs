@@ -220,6 +220,16 @@ fn database_error(error: sqlx::Error) -> ApiError {
         {
             ApiError::unavailable(error.to_string())
         }
+        // Data exceptions: a value PostgreSQL cannot store, such as "\u0000" inside a JSON string.
+        sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {
+            ApiError::field(
+                "body",
+                format!(
+                    "PostgreSQL cannot store a value in this request: {}",
+                    db.message()
+                ),
+            )
+        }
         _ => {
             tracing::error!(%error, "database error");
             ApiError::internal("a database error occurred; it has been logged")

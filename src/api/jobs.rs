@@ -23,30 +23,56 @@ use crate::queue::{self, Enqueued, IdempotencyKey, JobKind, NewJob, Priority, Qu
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
     /// Queue name: 1-64 characters of `[A-Za-z0-9_.-]`.
-    #[schema(example = "emails")]
+    #[schema(example = "emails", pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub queue: String,
     /// Job kind (which handler runs it): 1-128 characters of `[A-Za-z0-9_.-]`.
-    #[schema(example = "herald.log")]
+    #[schema(example = "herald.log", pattern = "^[A-Za-z0-9_.-]{1,128}$")]
     pub kind: String,
-    /// Any JSON value; `{}` if absent.
+    /// Any JSON value; `{}` if absent. Strings in it cannot contain U+0000 (PostgreSQL's `jsonb` cannot store it;
+    /// such a request is answered 422).
     #[serde(default = "empty_object")]
     pub payload: serde_json::Value,
     /// 0-9, higher runs first (default 0).
     #[schema(minimum = 0, maximum = 9)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub priority: Option<i64>,
-    /// Run at this time instead of now (RFC 3339). Not together with `delay_ms`.
+    /// Run at this time instead of now (RFC 3339).
     pub run_at: Option<DateTime<Utc>>,
-    /// Run after this many milliseconds.
-    #[schema(minimum = 0)]
-    pub delay_ms: Option<u64>,
+    /// Run this many milliseconds after `run_at` (or after now), at most ten years.
+    #[schema(minimum = 0, maximum = 315360000000_i64)]
+    #[serde(default, deserialize_with = "whole_number")]
+    pub delay_ms: Option<i64>,
     /// Attempts before the job is dead-lettered (default: jobs.max_attempts).
     #[schema(minimum = 1, maximum = 1000)]
-    pub max_attempts: Option<i32>,
+    #[serde(default, deserialize_with = "whole_number")]
+    pub max_attempts: Option<i64>,
     /// Handler timeout in milliseconds (default: jobs.timeout_secs).
     #[schema(minimum = 1, maximum = 86400000)]
-    pub timeout_ms: Option<u64>,
-    /// Makes the enqueue idempotent (the `Idempotency-Key` header does the same for `POST /v1/jobs`).
+    #[serde(default, deserialize_with = "whole_number")]
+    pub timeout_ms: Option<i64>,
+    /// Makes the enqueue idempotent: 1-255 characters, no control characters. For `POST /v1/jobs` the
+    /// `Idempotency-Key` header does the same, and wins if both are given.
+    #[schema(pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]{1,255}$")]
     pub idempotency_key: Option<String>,
+}
+
+/// JSON Schema's `integer` includes numbers like `3.0`; accept them, refuse `3.5`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
+    let number: Option<serde_json::Number> = Option::deserialize(deserializer)?;
+    match number {
+        None => Ok(None),
+        Some(n) => n
+            .as_i64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(|f| f as i64)
+            })
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("expected a whole number, got {n}"))),
+    }
 }
 
 fn empty_object() -> serde_json::Value {
@@ -65,7 +91,8 @@ pub struct EnqueueResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// 1 to `api.max_batch` jobs, inserted in one statement.
+    /// 1 to `api.max_batch` (default 1,000) jobs, inserted in one statement.
+    #[schema(min_items = 1, max_items = 1000)]
     pub jobs: Vec<JobRequest>,
 }
 
@@ -120,9 +147,6 @@ impl JobRequest {
             "idempotency_key",
             key.as_ref().map(|_| ()).map_err(|e| e.to_string()),
         );
-        if self.run_at.is_some() && self.delay_ms.is_some() {
-            check("delay_ms", Err("give run_at or delay_ms, not both".into()));
-        }
         if let Some(attempts) = self.max_attempts.filter(|a| !(1..=1000).contains(a)) {
             check(
                 "max_attempts",
@@ -135,8 +159,14 @@ impl JobRequest {
                 Err(format!("{ms} is not between 1 and 86400000")),
             );
         }
-        if let Some(ms) = self.delay_ms.filter(|ms| *ms > 10 * 365 * 86_400_000) {
-            check("delay_ms", Err(format!("{ms} is more than ten years")));
+        if let Some(ms) = self
+            .delay_ms
+            .filter(|ms| !(0..=315_360_000_000).contains(ms))
+        {
+            check(
+                "delay_ms",
+                Err(format!("{ms} is not between 0 and ten years")),
+            );
         }
         let (Ok(queue), Ok(kind), Ok(priority), Ok(key), true) =
             (queue, kind, priority, key, errors.is_empty())
@@ -144,13 +174,22 @@ impl JobRequest {
             return Err(errors);
         };
         let mut job = NewJob::new(queue, kind, self.payload).priority(priority);
-        let run_at = self.run_at.or_else(|| {
-            self.delay_ms
-                .map(|ms| Utc::now() + chrono::Duration::milliseconds(ms as i64))
-        });
-        job.run_at = run_at;
-        job.max_attempts = self.max_attempts;
-        job.timeout = self.timeout_ms.map(Duration::from_millis);
+        // delay_ms counts from run_at if both are given.
+        job.run_at = match (self.run_at, self.delay_ms) {
+            (at, Some(ms)) => {
+                let from = at.unwrap_or_else(Utc::now);
+                let due = from.checked_add_signed(chrono::Duration::milliseconds(ms));
+                Some(due.ok_or_else(|| {
+                    vec![FieldError {
+                        field: format!("{prefix}delay_ms"),
+                        message: "run_at + delay_ms is out of range".into(),
+                    }]
+                })?)
+            }
+            (at, None) => at,
+        };
+        job.max_attempts = self.max_attempts.map(|a| a as i32); // range-checked above
+        job.timeout = self.timeout_ms.map(|ms| Duration::from_millis(ms as u64));
         job.idempotency_key = key;
         job.request_id = request_id.map(str::to_string);
         Ok(job)
@@ -165,7 +204,7 @@ fn request_id(headers: &HeaderMap) -> Option<&str> {
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs",
     request_body = JobRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes the request idempotent: a repeat returns the original job")),
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~][ -~]{0,254}$", description = "Makes the request idempotent: a repeat returns the original job")),
     responses(
         (status = 201, description = "Inserted", body = EnqueueResponse),
         (status = 200, description = "A repeat of an earlier request with the same Idempotency-Key (header `Idempotent-Replayed: true`)", body = EnqueueResponse),
@@ -187,22 +226,17 @@ pub async fn enqueue_one(
     ApiJson(request): ApiJson<JobRequest>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Enqueue)?;
-    let header_key = headers
-        .get("idempotency-key")
-        .map(|v| v.to_str().map(str::to_string));
+    // The header wins over the body field: it is what HTTP clients and proxies know to retry with.
     let mut request = request;
-    match header_key {
-        Some(Err(_)) => return Err(ApiError::field("Idempotency-Key", "must be visible ASCII")),
-        Some(Ok(key)) => match &request.idempotency_key {
-            Some(body_key) if *body_key != key => {
-                return Err(ApiError::field(
-                    "idempotency_key",
-                    "differs from the Idempotency-Key header",
-                ));
-            }
-            _ => request.idempotency_key = Some(key),
-        },
-        None => {}
+    if let Some(body_key) = &request.idempotency_key {
+        IdempotencyKey::parse(body_key)
+            .map_err(|e| ApiError::field("idempotency_key", e.to_string()))?;
+    }
+    if let Some(key) = headers.get("idempotency-key") {
+        let key = key
+            .to_str()
+            .map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?;
+        request.idempotency_key = Some(key.to_string());
     }
     let job = request
         .into_new_job("", request_id(&headers))

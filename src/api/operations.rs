@@ -59,7 +59,7 @@ async fn set_paused(
 /// Stop the whole fleet from claiming this queue's jobs (running jobs finish).
 #[utoipa::path(
     post, path = "/v1/queues/{name}/pause", tag = "queues",
-    params(("name" = String, Path, description = "Queue name")),
+    params(("name" = String, Path, description = "Queue name", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     responses(
         (status = 200, description = "Paused", body = QueueState),
         (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
@@ -79,7 +79,7 @@ pub async fn pause_queue(
 /// Let the fleet claim this queue's jobs again.
 #[utoipa::path(
     post, path = "/v1/queues/{name}/resume", tag = "queues",
-    params(("name" = String, Path, description = "Queue name")),
+    params(("name" = String, Path, description = "Queue name", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     responses(
         (status = 200, description = "Resumed", body = QueueState),
         (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
@@ -101,7 +101,9 @@ pub async fn resume_queue(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
+    #[param(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub queue: Option<String>,
+    #[param(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
     pub kind: Option<String>,
     /// Only dead letters that failed at or after this time (RFC 3339).
     pub failed_since: Option<DateTime<Utc>>,
@@ -111,6 +113,7 @@ pub struct DeadLetterQuery {
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` from the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -236,7 +239,9 @@ pub async fn replay_dead_letter(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReplayFilter {
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub queue: Option<String>,
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
     pub kind: Option<String>,
     pub failed_since: Option<DateTime<Utc>>,
     pub failed_before: Option<DateTime<Utc>>,

@@ -95,8 +95,8 @@ impl IdempotencyKey {
         if value.is_empty() {
             return fail("must not be empty");
         }
-        if value.len() > 255 {
-            return fail("must be at most 255 bytes");
+        if value.chars().count() > 255 {
+            return fail("must be at most 255 characters");
         }
         if value.chars().any(|c| c.is_control()) {
             return fail("must not contain control characters");
