@@ -15,7 +15,7 @@ use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::keys::Scope;
 use crate::queue::admin::{self, QueueStats, WorkerView};
 use crate::queue::dead_letters::{self, DeadLetter, DeadLetterFilter, Replayed};
-use crate::queue::{QueueError, QueueName};
+use crate::queue::{JobKind, QueueError, QueueName};
 
 /// Every queue that has jobs or settings.
 #[utoipa::path(
@@ -158,8 +158,8 @@ pub async fn list_dead_letters(
     };
     let filter = DeadLetterFilter {
         id: None,
-        queue: query.queue,
-        kind: query.kind,
+        queue: checked_queue(query.queue)?,
+        kind: checked_kind(query.kind)?,
         failed_since: query.failed_since,
         failed_before: query.failed_before,
     };
@@ -276,8 +276,8 @@ pub async fn replay_dead_letters(
     caller.require(Scope::Admin)?;
     let filter = DeadLetterFilter {
         id: None,
-        queue: filter.queue,
-        kind: filter.kind,
+        queue: checked_queue(filter.queue)?,
+        kind: checked_kind(filter.kind)?,
         failed_since: filter.failed_since,
         failed_before: filter.failed_before,
     };
@@ -329,4 +329,24 @@ pub async fn list_workers(
 ) -> Result<Json<Vec<WorkerView>>, ApiError> {
     caller.require(Scope::Read)?;
     Ok(Json(admin::list_workers(&state.pool).await?))
+}
+
+/// A queue name filter, parsed like every queue name (a malformed one cannot match anything: say so).
+fn checked_queue(queue: Option<String>) -> Result<Option<String>, ApiError> {
+    queue
+        .map(|q| {
+            QueueName::parse(&q)
+                .map(|q| q.to_string())
+                .map_err(|e| ApiError::field("queue", e.to_string()))
+        })
+        .transpose()
+}
+
+fn checked_kind(kind: Option<String>) -> Result<Option<String>, ApiError> {
+    kind.map(|k| {
+        JobKind::parse(&k)
+            .map(|k| k.to_string())
+            .map_err(|e| ApiError::field("kind", e.to_string()))
+    })
+    .transpose()
 }
