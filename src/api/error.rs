@@ -191,24 +191,38 @@ impl ApiError {
 
 impl From<QueueError> for ApiError {
     fn from(error: QueueError) -> Self {
+        ApiError::from(&error)
+    }
+}
+
+impl From<&QueueError> for ApiError {
+    fn from(error: &QueueError) -> Self {
         match error {
             QueueError::Database(error) => database_error(error),
-            QueueError::Invalid(ParseError { what, reason }) => ApiError::field(what, reason),
+            QueueError::Invalid(ParseError { what, reason }) => {
+                ApiError::field(*what, reason.clone())
+            }
             QueueError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
-            QueueError::Conflict(detail) => ApiError::conflict(detail),
+            QueueError::Conflict(detail) => ApiError::conflict(detail.clone()),
         }
+    }
+}
+
+impl From<std::sync::Arc<QueueError>> for ApiError {
+    fn from(error: std::sync::Arc<QueueError>) -> Self {
+        ApiError::from(&*error)
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        database_error(error)
+        database_error(&error)
     }
 }
 
 /// Connection trouble is the database being unavailable (503, retry); anything else is a bug (500).
-fn database_error(error: sqlx::Error) -> ApiError {
-    match &error {
+fn database_error(error: &sqlx::Error) -> ApiError {
+    match error {
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)

@@ -242,8 +242,7 @@ pub async fn enqueue_one(
         .into_new_job("", request_id(&headers))
         .map_err(ApiError::validation)?;
     let queue_name = job.queue.to_string();
-    let mut conn = state.pool.acquire().await?;
-    match queue::enqueue(&mut conn, &state.defaults, job).await? {
+    match state.enqueuer.enqueue(job).await? {
         Enqueued::Inserted(id) => {
             state
                 .metrics

@@ -8,6 +8,7 @@
 //! [`router`] builds the whole application; `herald api`, `herald up` and the tests all serve that same router.
 
 mod auth;
+mod batcher;
 mod error;
 mod extract;
 mod jobs;
@@ -51,6 +52,7 @@ pub struct StateInner {
     pub defaults: JobDefaults,
     pub settings: ApiSettings,
     pub metrics: Metrics,
+    enqueuer: batcher::EnqueueBatcher,
     keys: KeyCache,
     limiter: DefaultKeyedRateLimiter<i64>,
 }
@@ -72,11 +74,13 @@ impl ApiState {
         let per_second = NonZeroU32::new(settings.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.rate_limit_burst).unwrap_or(per_second);
         let limiter = RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst));
+        let enqueuer = batcher::EnqueueBatcher::start(pool.clone(), defaults.clone());
         Self(Arc::new(StateInner {
             pool,
             defaults,
             settings,
             metrics,
+            enqueuer,
             keys: KeyCache::default(),
             limiter,
         }))
