@@ -106,7 +106,7 @@ finished AS (
     DELETE FROM herald_jobs j
     USING input i
     WHERE j.id = ANY($1::int8[]) AND j.id = i.id AND j.lease_token = i.token
-      AND (i.outcome IN ('completed', 'dead') OR (i.outcome = 'retry' AND j.attempt >= j.max_attempts))
+      AND i.outcome <> 'interrupted' AND (i.outcome <> 'retry' OR j.attempt >= j.max_attempts)
     RETURNING j.*, CASE WHEN i.outcome = 'completed' THEN 'completed' ELSE 'dead' END AS result,
               CASE WHEN i.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(i.error) END AS all_errors,
               i.error ->> 'message' AS last_error
@@ -135,7 +135,9 @@ retried AS (
         errors = j.errors || jsonb_build_array(i.error)
     FROM input i
     WHERE j.id = ANY($1::int8[]) AND j.id = i.id AND j.lease_token = i.token
-      AND ((i.outcome = 'retry' AND j.attempt < j.max_attempts) OR i.outcome = 'interrupted')
+      -- The first test involves the input alone, so the planner filters the input before joining (an OR mixing
+      -- both tables made every flush probe the table for all its rows: 3x slower acks).
+      AND i.outcome IN ('retry', 'interrupted') AND (i.outcome = 'interrupted' OR j.attempt < j.max_attempts)
     RETURNING j.id
 ),
 wakeups AS (
