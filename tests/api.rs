@@ -670,3 +670,23 @@ async fn shutdown_lets_an_in_flight_request_finish_and_then_stops_serving() {
         "no longer serving"
     );
 }
+
+#[tokio::test]
+async fn a_payload_postgres_cannot_store_fails_alone_among_coalesced_requests() {
+    let app = spawn_app().await;
+    let bad = json!({"queue": "q", "kind": "k", "payload": {"text": "a\u{0}b"}});
+    let mut requests = vec![app.post("/v1/jobs", &app.service_key).json(&bad).send()];
+    requests.extend((0..10).map(|_| app.post("/v1/jobs", &app.service_key).json(&a_job()).send()));
+    let mut responses = futures::future::join_all(requests)
+        .await
+        .into_iter()
+        .map(Result::unwrap);
+    let refused = responses.next().unwrap();
+    let body = problem(refused, StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert!(body["detail"].as_str().unwrap().contains("cannot store"));
+    assert!(
+        responses.all(|r| r.status() == StatusCode::CREATED),
+        "its neighbours were written"
+    );
+    assert_eq!(live_jobs(&app.db.pool).await, 10);
+}

@@ -77,8 +77,9 @@ async fn write(pool: &PgPool, defaults: &JobDefaults, batch: Vec<(NewJob, Reply)
                 let _ = reply.send(Ok(result));
             }
         }
-        // One job the database cannot store must not fail its neighbours: write them one by one.
-        Err(_) if jobs.len() > 1 => {
+        // One job the database cannot store must not fail its neighbours: write them one by one. (Any other
+        // error, such as a lost connection, would fail them all alike, so it is answered as it is.)
+        Err(error) if error.is_refused_data() && jobs.len() > 1 => {
             for (job, reply) in jobs.into_iter().zip(replies) {
                 let result = enqueue_all(pool, defaults, std::slice::from_ref(&job)).await;
                 let _ = reply.send(result.map(|mut r| r.remove(0)).map_err(Arc::new));

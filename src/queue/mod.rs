@@ -34,3 +34,17 @@ pub enum QueueError {
     #[error("conflict: {0}")]
     Conflict(String),
 }
+
+impl QueueError {
+    /// The database refused the values sent (SQLSTATE classes 22 "data exception" and 23 "integrity
+    /// constraint"): sending the same statement again cannot succeed, unlike a lost connection.
+    pub fn is_refused_data(&self) -> bool {
+        match self {
+            QueueError::Database(sqlx::Error::Database(db)) => db
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            QueueError::Database(sqlx::Error::Encode(_)) => true,
+            _ => false,
+        }
+    }
+}

@@ -13,7 +13,6 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::queue::JobId;
-use crate::queue::QueueError;
 use crate::queue::lease::{self, AttemptError, Settled, Settlement};
 
 /// One finished attempt on its way to the database.
@@ -81,7 +80,7 @@ async fn flush(
                 batch.clear();
                 return;
             }
-            Err(error) if is_about_the_data(&error) => {
+            Err(error) if error.is_refused_data() => {
                 // Retrying the same statement would fail forever and hold every job in the batch; settle the
                 // rows one by one so only the offending one needs special treatment.
                 tracing::error!(%error, acks = batch.len(), "an ack batch was refused; settling its rows one by one");
@@ -144,7 +143,7 @@ async fn flush_unless_refused(
                 batch.clear();
                 return;
             }
-            Err(error) if is_about_the_data(&error) => {
+            Err(error) if error.is_refused_data() => {
                 tracing::error!(%error, "the database refused an ack");
                 return;
             }
@@ -154,18 +153,6 @@ async fn flush_unless_refused(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-    }
-}
-
-/// Errors about the values sent (SQLSTATE classes 22 "data exception" and 23 "integrity constraint"): retrying the
-/// same statement cannot succeed.
-fn is_about_the_data(error: &QueueError) -> bool {
-    match error {
-        QueueError::Database(sqlx::Error::Database(db)) => db
-            .code()
-            .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
-        QueueError::Database(sqlx::Error::Encode(_)) => true,
-        _ => false,
     }
 }
 
