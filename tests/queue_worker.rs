@@ -737,3 +737,38 @@ async fn an_unstorable_error_message_does_not_hold_up_other_acks() {
         "the NUL was replaced, the error kept"
     );
 }
+
+#[tokio::test]
+async fn shutdown_with_a_backlog_stops_claiming_at_once() {
+    let db = TestDb::new().await;
+    let mut opts = options(&[("q", 2)]);
+    opts.batch_size = 1; // room frees one slot at a time: the fetcher always has room and work
+    let worker = RunningWorker::start(&db.pool, opts, herald::app::handler_registry());
+    db.enqueue(
+        (0..2000)
+            .map(|_| job("q", "herald.sleep", json!({"ms": 20})))
+            .collect(),
+    )
+    .await;
+    wait_until(Duration::from_secs(10), "some progress", || async {
+        completions(&db.pool).await.0 >= 5
+    })
+    .await;
+    let stopping = Instant::now();
+    worker.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), worker.task)
+        .await
+        .expect("a worker with a backlog stops within its grace period")
+        .unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(6));
+    let leased = scalar_i64(
+        &db.pool,
+        "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL",
+    )
+    .await;
+    assert_eq!(leased, 0, "nothing left leased to the stopped worker");
+    assert!(
+        completions(&db.pool).await.0 < 2000,
+        "it stopped instead of draining the backlog"
+    );
+}

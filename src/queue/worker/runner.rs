@@ -80,6 +80,11 @@ impl QueueRunner {
         let mut drained = false;
         let mut backoff = Duration::from_millis(100);
         loop {
+            // Checked first: with a backlog there is always room and work, so the waits below would never see
+            // the shutdown, and every claim would go straight back (claim one, release one, forever).
+            if shutdown.is_cancelled() {
+                return;
+            }
             if drained {
                 // Sleep until a wakeup; the safety poll covers a wakeup lost while the listener reconnected.
                 tokio::select! {
