@@ -636,29 +636,32 @@ async fn an_unreachable_database_is_a_503_with_retry_after() {
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_request_finish_and_then_stops_serving() {
     let app = spawn_app().await;
-    let slow = {
-        let app_url = app.url("/v1/jobs/batch");
-        let key = app.service_key.clone();
-        let jobs: Vec<Value> = (0..100)
-            .map(|i| json!({"queue": "q", "kind": "k", "payload": {"i": i}}))
-            .collect();
-        let client = app.client.clone();
-        tokio::spawn(async move {
-            client
-                .post(app_url)
-                .bearer_auth(key)
-                .json(&json!({"jobs": jobs}))
-                .send()
-                .await
-        })
+    // An uncommitted transaction holding an idempotency key makes a request with that key wait inside the
+    // handler (the enqueue waits for the key's row lock): a request that is certainly in flight.
+    let mut blocker = app.db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO herald_idempotency_keys (key, job_id) VALUES ('held', -1)")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let in_flight = {
+        let request = app
+            .post("/v1/jobs", &app.service_key)
+            .header("idempotency-key", "held")
+            .json(&a_job());
+        tokio::spawn(request.send())
     };
+    wait_until(Duration::from_secs(10), "the request to wait on the key's lock", || async {
+        scalar_i64(&app.db.pool, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()").await == 1
+    })
+    .await;
     app.shutdown.cancel();
-    let response = slow.await.unwrap();
-    // Either the request was in flight and finished, or it arrived after the listener closed; never a reset mid-way.
-    if let Ok(response) = response {
-        assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(live_jobs(&app.db.pool).await, 100);
-    }
+    blocker.rollback().await.unwrap();
+
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request was answered, not cut off");
+    assert_eq!(response.status(), StatusCode::CREATED);
     let health = app.url("/healthz");
     tokio::time::timeout(Duration::from_secs(15), app.server)
         .await
