@@ -33,6 +33,8 @@ pub struct Settings {
     pub jobs: JobSettings,
     pub embedded_postgres: EmbeddedPostgresSettings,
     pub api: ApiSettings,
+    pub workflows: WorkflowSettings,
+    pub channels: ChannelSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +90,33 @@ pub struct JobSettings {
     pub priority_aging_secs: f64,
     pub retry_base_ms: u64,
     pub retry_max_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSettings {
+    /// Where workflow definitions live; synced at start of `up`, `api` and `worker` if it exists.
+    pub dir: PathBuf,
+    /// The queue that carries node jobs.
+    pub queue: String,
+    /// Attempts per node job before the node fails.
+    pub node_max_attempts: i32,
+    /// Events received this long before a run started still count for its wait-for-events nodes.
+    pub event_lookback_secs: u64,
+}
+
+impl WorkflowSettings {
+    pub fn event_lookback(&self) -> Duration {
+        Duration::from_secs(self.event_lookback_secs)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSettings {
+    /// `log` (log each message) or `file` (append each message as a JSON line to `outbox_file`).
+    pub sink: String,
+    pub outbox_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]

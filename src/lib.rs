@@ -6,14 +6,17 @@
 //! * [`db`] and [`embedded_postgres`]: connecting, migrating, and the private cluster of `herald up`.
 //! * [`api`]: the HTTP API (axum), its keys and errors; [`metrics`]: Prometheus.
 //! * [`app`]: the roles a process runs (`worker`, `up`), shared by the binary and the tests.
+//! * [`workflow`]: notification workflows whose nodes run as queue jobs; [`channels`]: how messages leave.
 //! * [`bench`]: `herald bench`.
 
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod channels;
 pub mod config;
 pub mod db;
 pub mod embedded_postgres;
 pub mod metrics;
 pub mod queue;
 pub mod telemetry;
+pub mod workflow;

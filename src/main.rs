@@ -59,6 +59,11 @@ enum Command {
     },
     /// The live worker fleet (from heartbeats).
     Workers,
+    /// Workflow definitions and runs.
+    Workflows {
+        #[command(subcommand)]
+        command: WorkflowsCommand,
+    },
     /// Measure enqueue and execution throughput and pickup latency on a scratch database.
     Bench(bench::BenchArgs),
 }
@@ -172,6 +177,34 @@ enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+enum WorkflowsCommand {
+    /// Validate every definition in a folder (default: workflows.dir) and store them; nothing is stored unless
+    /// all are valid. Prints each problem with its file and node.
+    Sync {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Validate the definitions in a folder without storing anything (no database needed).
+    Check {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// List stored workflows (latest version of each).
+    List,
+    /// Start a run of a workflow's latest version.
+    Trigger {
+        name: String,
+        /// Trigger data (JSON object).
+        #[arg(long, default_value = "{}")]
+        data: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show a run and its timeline as JSON.
+    Run { id: i64 },
+}
+
+#[derive(Subcommand)]
 enum QueuesCommand {
     /// Depth, running, scheduled and paused state of every queue.
     List,
@@ -198,14 +231,19 @@ async fn main() -> anyhow::Result<()> {
             let pool = connect(&settings).await?;
             db::migrate(&pool).await?;
             let options = app::worker_options(&settings, args.queues, args.concurrency)?;
-            app::run_worker(pool, options, app::shutdown_on_signals()).await;
+            let engine = app::engine(pool.clone(), &settings)?;
+            app::sync_workflows(&engine, &settings).await?;
+            app::run_worker(pool, engine, options, app::shutdown_on_signals()).await;
             Ok(())
         }
         Command::Api => {
             let pool = connect(&settings).await?;
             db::migrate(&pool).await?;
+            let engine = app::engine(pool.clone(), &settings)?;
+            app::sync_workflows(&engine, &settings).await?;
             let listener = bind(&settings).await?;
-            app::run_api(pool, settings.clone(), listener, app::shutdown_on_signals()).await?;
+            let shutdown = app::shutdown_on_signals();
+            app::run_api(pool, settings.clone(), engine, listener, shutdown).await?;
             Ok(())
         }
         Command::Keys { command } => keys(&connect(&settings).await?, command).await,
@@ -214,7 +252,53 @@ async fn main() -> anyhow::Result<()> {
         Command::Dlq { command } => dlq(&settings, &connect(&settings).await?, command).await,
         Command::Queues { command } => queues(&connect(&settings).await?, command).await,
         Command::Workers => print_json(&admin::list_workers(&connect(&settings).await?).await?),
+        Command::Workflows { command } => workflows(&settings, command).await,
     }
+}
+
+async fn workflows(settings: &Settings, command: WorkflowsCommand) -> anyhow::Result<()> {
+    use herald::workflow::catalog;
+    if let WorkflowsCommand::Check { dir } = &command {
+        let dir = dir.clone().unwrap_or_else(|| settings.workflows.dir.clone());
+        let checked = catalog::check_dir(&dir).map_err(report_invalid)?;
+        for (file, name, version) in checked {
+            println!("{file}: {name} v{version} is valid");
+        }
+        return Ok(());
+    }
+    let pool = connect(settings).await?;
+    db::migrate(&pool).await?;
+    let engine = app::engine(pool, settings)?;
+    match command {
+        WorkflowsCommand::Check { .. } => Ok(()),
+        WorkflowsCommand::Sync { dir } => {
+            let dir = dir.unwrap_or_else(|| settings.workflows.dir.clone());
+            let outcomes = engine.catalog.sync_dir(&dir).await.map_err(report_invalid)?;
+            for (file, name, version, saved) in outcomes {
+                println!("{file}: {name} v{version} {saved:?}");
+            }
+            Ok(())
+        }
+        WorkflowsCommand::List => print_json(&engine.catalog.list().await?),
+        WorkflowsCommand::Trigger { name, data, idempotency_key } => {
+            let data: serde_json::Value = serde_json::from_str(&data).context("--data is not valid JSON")?;
+            let started = engine.start_run(&name, data, idempotency_key, None).await?;
+            println!("{started:?}");
+            Ok(())
+        }
+        WorkflowsCommand::Run { id } => print_json(&engine.get_run(id).await?),
+    }
+}
+
+/// Prints each definition problem on its own line before failing.
+fn report_invalid(error: herald::workflow::WorkflowError) -> anyhow::Error {
+    if let herald::workflow::WorkflowError::Invalid(problems) = &error {
+        for problem in problems {
+            eprintln!("{problem}");
+        }
+        return anyhow::anyhow!("{} problem(s) in workflow definitions", problems.len());
+    }
+    error.into()
 }
 
 async fn bind(settings: &Settings) -> anyhow::Result<tokio::net::TcpListener> {
@@ -279,6 +363,8 @@ async fn up(settings: &Settings, args: WorkerArgs) -> anyhow::Result<()> {
         let pool = db::connect(&url, &settings.database).await?;
         db::migrate(&pool).await?;
         let options = app::worker_options(settings, args.queues, args.concurrency)?;
+        let engine = app::engine(pool.clone(), settings)?;
+        app::sync_workflows(&engine, settings).await?;
         let listener = bind(settings).await?;
         let address = listener.local_addr()?;
         let scopes = herald::api::keys::Scope::ALL;
@@ -288,8 +374,9 @@ async fn up(settings: &Settings, args: WorkerArgs) -> anyhow::Result<()> {
         println!("  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
         println!("       -d '{{\"queue\":\"default\",\"kind\":\"herald.log\",\"payload\":{{\"hello\":1}}}}' http://{address}/v1/jobs");
         let shutdown = app::shutdown_on_signals();
-        let api = tokio::spawn(app::run_api(pool.clone(), settings.clone(), listener, shutdown.clone()));
-        app::run_worker(pool, options, shutdown).await;
+        let api = app::run_api(pool.clone(), settings.clone(), engine.clone(), listener, shutdown.clone());
+        let api = tokio::spawn(api);
+        app::run_worker(pool, engine, options, shutdown).await;
         api.await??;
         anyhow::Ok(())
     }

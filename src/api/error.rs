@@ -8,6 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::queue::{ParseError, QueueError};
+use crate::workflow::WorkflowError;
 
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -211,6 +212,35 @@ impl From<&QueueError> for ApiError {
 impl From<std::sync::Arc<QueueError>> for ApiError {
     fn from(error: std::sync::Arc<QueueError>) -> Self {
         ApiError::from(&*error)
+    }
+}
+
+impl From<WorkflowError> for ApiError {
+    fn from(error: WorkflowError) -> Self {
+        match error {
+            WorkflowError::Database(error) => database_error(&error),
+            WorkflowError::Queue(error) => ApiError::from(&error),
+            WorkflowError::Invalid(problems) => ApiError::validation(
+                problems
+                    .into_iter()
+                    .map(|p| FieldError {
+                        field: p.node.map_or_else(|| "definition".into(), |n| format!("nodes.{n}")),
+                        message: p.message,
+                    })
+                    .collect(),
+            ),
+            WorkflowError::InvalidInput(problems) => ApiError::validation(
+                problems
+                    .into_iter()
+                    .map(|(field, message)| FieldError { field, message })
+                    .collect(),
+            ),
+            WorkflowError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            error @ (WorkflowError::VersionConflict { .. } | WorkflowError::Conflict(_)) => {
+                ApiError::conflict(error.to_string())
+            }
+            WorkflowError::Io(detail) => ApiError::internal(detail),
+        }
     }
 }
 

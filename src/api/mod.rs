@@ -14,6 +14,7 @@ mod extract;
 mod jobs;
 pub mod keys;
 mod operations;
+mod workflows;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub use error::{ApiError, Problem};
 use crate::config::ApiSettings;
 use crate::metrics::Metrics;
 use crate::queue::JobDefaults;
+use crate::workflow::Engine;
 use auth::KeyCache;
 use extract::BodyLimit;
 
@@ -52,6 +54,7 @@ pub struct StateInner {
     pub defaults: JobDefaults,
     pub settings: ApiSettings,
     pub metrics: Metrics,
+    pub engine: Arc<Engine>,
     enqueuer: batcher::EnqueueBatcher,
     keys: KeyCache,
     limiter: DefaultKeyedRateLimiter<i64>,
@@ -70,6 +73,7 @@ impl ApiState {
         defaults: JobDefaults,
         settings: ApiSettings,
         metrics: Metrics,
+        engine: Arc<Engine>,
     ) -> Self {
         let per_second = NonZeroU32::new(settings.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.rate_limit_burst).unwrap_or(per_second);
@@ -80,6 +84,7 @@ impl ApiState {
             defaults,
             settings,
             metrics,
+            engine,
             enqueuer,
             keys: KeyCache::default(),
             limiter,
@@ -89,13 +94,16 @@ impl ApiState {
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "herald", description = "Durable PostgreSQL job queue: enqueue and operate jobs over HTTP. Errors are RFC 9457 problem documents; see docs/api.md."),
+    info(title = "herald", description = "Durable PostgreSQL job queue and notification workflows: enqueue jobs, trigger workflow runs, send events, and operate it all over HTTP. Errors are RFC 9457 problem documents; see docs/api.md."),
     paths(
         jobs::enqueue_one, jobs::enqueue_batch, jobs::get_job, jobs::cancel_job,
         operations::list_queues, operations::pause_queue, operations::resume_queue,
         operations::list_dead_letters, operations::get_dead_letter, operations::replay_dead_letter,
         operations::replay_dead_letters, operations::delete_dead_letter,
         operations::list_workers,
+        workflows::save_workflow, workflows::list_workflows, workflows::get_workflow, workflows::start_run,
+        workflows::get_run, workflows::list_runs, workflows::cancel_run, workflows::retry_run,
+        workflows::post_event,
         healthz, readyz, metrics,
     ),
     components(schemas(Problem, error::FieldError)),
@@ -139,7 +147,18 @@ pub fn router(state: ApiState) -> Router {
             "/dead-letters/{id}/replay",
             post(operations::replay_dead_letter),
         )
-        .route("/workers", get(operations::list_workers));
+        .route("/workers", get(operations::list_workers))
+        .route(
+            "/workflows",
+            get(workflows::list_workflows).post(workflows::save_workflow),
+        )
+        .route("/workflows/{name}", get(workflows::get_workflow))
+        .route("/workflows/{name}/runs", post(workflows::start_run))
+        .route("/runs", get(workflows::list_runs))
+        .route("/runs/{id}", get(workflows::get_run))
+        .route("/runs/{id}/cancel", post(workflows::cancel_run))
+        .route("/runs/{id}/retry", post(workflows::retry_run))
+        .route("/events", post(workflows::post_event));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))

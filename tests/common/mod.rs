@@ -14,6 +14,8 @@ use sqlx::postgres::PgPoolOptions;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub mod flows;
+
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 pub fn server_url() -> String {
@@ -284,9 +286,11 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
+    let engine = herald::app::engine(db.pool.clone(), &settings).expect("engine");
     let server = tokio::spawn(herald::app::run_api(
         db.pool.clone(),
         settings,
+        engine,
         listener,
         shutdown.clone(),
     ));

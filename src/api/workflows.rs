@@ -1,0 +1,351 @@
+//! `/v1/workflows`, `/v1/runs`, `/v1/events`: store definitions, trigger and inspect runs, send events.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::keys::Scope;
+use crate::queue::IdempotencyKey;
+use crate::workflow::{EventReceipt, NewEvent, RunFilter, RunView, Saved, Started, WorkflowSummary};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SavedWorkflow {
+    pub name: String,
+    pub version: i32,
+    /// `created`, or `unchanged` when this exact version was already stored.
+    pub status: Saved,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowSummary>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkflowDefinition {
+    pub name: String,
+    pub version: i32,
+    /// The definition as stored (see docs/workflows.md).
+    pub definition: serde_json::Value,
+}
+
+/// Store a workflow definition version (JSON; see docs/workflows.md for the format).
+#[utoipa::path(
+    post, path = "/v1/workflows", tag = "workflows",
+    request_body(content = serde_json::Value, description = "A workflow definition"),
+    responses(
+        (status = 201, description = "Stored", body = SavedWorkflow),
+        (status = 200, description = "This exact version was already stored", body = SavedWorkflow),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the admin scope", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "This version is stored with other content", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid definition: one error per problem, naming the node", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn save_workflow(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(definition): ApiJson<serde_json::Value>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Admin)?;
+    let (workflow, saved) = state.engine.catalog.save("request", &definition).await?;
+    let status = match saved {
+        Saved::Created => StatusCode::CREATED,
+        Saved::Unchanged => StatusCode::OK,
+    };
+    let body = SavedWorkflow { name: workflow.name.clone(), version: workflow.version, status: saved };
+    Ok((status, Json(body)).into_response())
+}
+
+/// List workflows (latest version of each).
+#[utoipa::path(
+    get, path = "/v1/workflows", tag = "workflows",
+    responses(
+        (status = 200, description = "Workflows", body = WorkflowList),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn list_workflows(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<WorkflowList>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(WorkflowList { workflows: state.engine.catalog.list().await? }))
+}
+
+/// The latest version of one workflow.
+#[utoipa::path(
+    get, path = "/v1/workflows/{name}", tag = "workflows",
+    params(("name" = String, Path, description = "Workflow name")),
+    responses(
+        (status = 200, description = "The latest version", body = WorkflowDefinition),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn get_workflow(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<WorkflowDefinition>, ApiError> {
+    caller.require(Scope::Read)?;
+    let workflow = state.engine.catalog.latest(&name).await?;
+    Ok(Json(WorkflowDefinition {
+        name: workflow.name.clone(),
+        version: workflow.version,
+        definition: workflow.definition.clone(),
+    }))
+}
+
+/// Trigger data for a new run.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Checked against the trigger node's fields; `{}` if absent.
+    #[serde(default = "empty_object")]
+    pub data: serde_json::Value,
+    /// Makes the trigger idempotent per workflow (the `Idempotency-Key` header does the same and wins).
+    pub idempotency_key: Option<String>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunStarted {
+    pub id: i64,
+    pub workflow: String,
+    pub version: i32,
+    /// `created`, or `existing` when the idempotency key had already started this run.
+    pub status: String,
+}
+
+/// Start a run of a workflow's latest version.
+#[utoipa::path(
+    post, path = "/v1/workflows/{name}/runs", tag = "runs",
+    params(
+        ("name" = String, Path, description = "Workflow name"),
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[!-~][ -~]{0,254}$", description = "A repeat returns the run the key started"),
+    ),
+    request_body = RunRequest,
+    responses(
+        (status = 201, description = "Started", body = RunStarted),
+        (status = 200, description = "The idempotency key had already started this run", body = RunStarted),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Trigger data does not match the trigger's fields", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn start_run(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(request): ApiJson<RunRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Enqueue)?;
+    let key = match headers.get("idempotency-key") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?
+                .to_string(),
+        ),
+        None => request.idempotency_key,
+    };
+    if let Some(key) = &key {
+        IdempotencyKey::parse(key).map_err(|e| ApiError::field("idempotency_key", e.to_string()))?;
+    }
+    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(String::from);
+    let started = state.engine.start_run(&name, request.data, key, request_id).await?;
+    let (status, id, version, label) = match started {
+        Started::Created { id, version } => (StatusCode::CREATED, id, version, "created"),
+        Started::Existing { id, version } => (StatusCode::OK, id, version, "existing"),
+    };
+    let body = RunStarted { id, workflow: name, version, status: label.into() };
+    Ok((status, Json(body)).into_response())
+}
+
+/// A run: status, context and the timeline of its steps.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}", tag = "runs",
+    params(("id" = i64, Path, description = "Run id")),
+    responses(
+        (status = 200, description = "The run", body = RunView),
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn get_run(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<RunView>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(state.engine.get_run(id).await?))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RunQuery {
+    /// Only runs of this workflow.
+    pub workflow: Option<String>,
+    /// Only runs in this status: running, completed, failed, cancelled.
+    pub status: Option<String>,
+    /// 1-500 (default 50).
+    pub limit: Option<i64>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunPage {
+    /// Newest first, without their steps.
+    pub runs: Vec<RunView>,
+    pub next_cursor: Option<String>,
+}
+
+/// List runs, newest first.
+#[utoipa::path(
+    get, path = "/v1/runs", tag = "runs",
+    params(RunQuery),
+    responses(
+        (status = 200, description = "A page of runs", body = RunPage),
+        (status = 400, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad status, limit or cursor", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn list_runs(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiQuery(query): ApiQuery<RunQuery>,
+) -> Result<Json<RunPage>, ApiError> {
+    caller.require(Scope::Read)?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::field("limit", "must be between 1 and 500"));
+    }
+    let before = match &query.cursor {
+        None => None,
+        Some(cursor) => Some(
+            cursor
+                .parse::<i64>()
+                .map_err(|_| ApiError::field("cursor", "not a cursor from this API"))?,
+        ),
+    };
+    let filter = RunFilter { workflow: query.workflow, status: query.status, before, limit: limit + 1 };
+    let mut runs = state.engine.list_runs(&filter).await?;
+    let next_cursor = if runs.len() as i64 > limit {
+        runs.truncate(limit as usize);
+        runs.last().map(|run| run.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(RunPage { runs, next_cursor }))
+}
+
+/// Cancel a running run: its pending nodes will not run.
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/cancel", tag = "runs",
+    params(("id" = i64, Path, description = "Run id")),
+    responses(
+        (status = 200, description = "Cancelled", body = RunView),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run is not running", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn cancel_run(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<RunView>, ApiError> {
+    caller.require(Scope::Enqueue)?;
+    Ok(Json(state.engine.cancel_run(id).await?))
+}
+
+/// Retry a failed run from the node that failed.
+#[utoipa::path(
+    post, path = "/v1/runs/{id}/retry", tag = "runs",
+    params(("id" = i64, Path, description = "Run id")),
+    responses(
+        (status = 200, description = "Running again from the failed node", body = RunView),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the admin scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The run has not failed", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn retry_run(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<RunView>, ApiError> {
+    caller.require(Scope::Admin)?;
+    Ok(Json(state.engine.retry_run(id).await?))
+}
+
+/// An event for wait-for-events nodes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventRequest {
+    /// Your id for the event (1-255 characters): a redelivery with the same id counts once. Generated if absent.
+    pub id: Option<String>,
+    /// The event name wait nodes list, e.g. `kyc.passed` (1-128 characters).
+    pub name: String,
+    /// The correlation key wait nodes match, e.g. an order id (1-255 characters).
+    pub key: String,
+    /// Any JSON; wait nodes expose it as their output. `{}` if absent.
+    #[serde(default = "empty_object")]
+    pub payload: serde_json::Value,
+}
+
+/// Send an event: stored durably, it completes the waits on its key (now or when a run reaches its wait node).
+#[utoipa::path(
+    post, path = "/v1/events", tag = "events",
+    request_body = EventRequest,
+    responses(
+        (status = 202, description = "Stored; resumed_runs lists the runs whose wait it completed", body = EventReceipt),
+        (status = 200, description = "Duplicate event id: nothing changed", body = EventReceipt),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Bad name, key or id", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn post_event(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(request): ApiJson<EventRequest>,
+) -> Result<Response, ApiError> {
+    caller.require(Scope::Enqueue)?;
+    let event = NewEvent { id: request.id, name: request.name, key: request.key, payload: request.payload };
+    let receipt = state.engine.ingest_event(event).await?;
+    let status = if receipt.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(receipt)).into_response())
+}

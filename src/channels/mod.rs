@@ -1,0 +1,194 @@
+//! Channels: how an action node's message leaves herald.
+//!
+//! The workflow engine calls one trait, [`Channel`]; which implementation sits behind it is configuration. The
+//! provider adapters (SMTP, SendGrid, Twilio, ...) with fallback and rate limits are the channels issue; what
+//! ships now:
+//! * [`LogChannel`]: logs each message (the default: a local fleet runs the examples without credentials);
+//! * [`OutboxFileChannel`]: appends each message as a JSON line to a file (`channels.sink = "file"`), for
+//!   local development and for tests that must see what another process sent;
+//! * any in-process implementation a test or an embedding program registers.
+//!
+//! Every message carries an idempotency key (`run:<id>:<epoch>:<node>`): an action whose worker died after the
+//! send but before recording it is sent again with the same key, which providers that support idempotency use
+//! to drop the repeat.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// The four kinds of channel an action can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelKind {
+    Email,
+    Sms,
+    Push,
+    Chat,
+}
+
+impl ChannelKind {
+    pub const ALL: [ChannelKind; 4] = [Self::Email, Self::Sms, Self::Push, Self::Chat];
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == value)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Email => "email",
+            Self::Sms => "sms",
+            Self::Push => "push",
+            Self::Chat => "chat",
+        }
+    }
+
+    /// The providers a definition may name for this channel.
+    pub fn providers(self) -> &'static [&'static str] {
+        match self {
+            Self::Email => &["smtp", "sendgrid", "mailgun", "ses"],
+            Self::Sms => &["twilio", "sns", "vonage"],
+            Self::Push => &["fcm", "apns", "webpush"],
+            Self::Chat => &["slack", "discord", "teams"],
+        }
+    }
+}
+
+/// A rendered message, ready to send.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    pub channel: ChannelKind,
+    /// Providers in fallback order; empty means the channel's configured default order.
+    pub providers: Vec<String>,
+    pub to: String,
+    /// Rendered content fields (`subject`, `body`, `title`, ...).
+    pub content: BTreeMap<String, String>,
+    pub idempotency_key: String,
+}
+
+/// A message the channel accepted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sent {
+    pub provider: String,
+    pub provider_message_id: Option<String>,
+}
+
+/// Why a send failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// Worth retrying, after `retry_after` if the provider said so.
+    #[error("{message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot help (bad address, rejected content, missing configuration).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Sent, SendError>> + Send + 'a>>;
+
+/// Something that delivers messages of one or more channel kinds.
+pub trait Channel: Send + Sync {
+    fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a>;
+}
+
+/// The channel used for each kind.
+#[derive(Clone)]
+pub struct Channels {
+    by_kind: BTreeMap<&'static str, Arc<dyn Channel>>,
+}
+
+impl Channels {
+    /// The same channel for every kind.
+    pub fn uniform(channel: Arc<dyn Channel>) -> Self {
+        let by_kind = ChannelKind::ALL
+            .into_iter()
+            .map(|kind| (kind.as_str(), Arc::clone(&channel)))
+            .collect();
+        Self { by_kind }
+    }
+
+    /// The channels configured in settings.
+    pub fn from_settings(settings: &crate::config::ChannelSettings) -> Self {
+        match settings.sink.as_str() {
+            "file" => Self::uniform(Arc::new(OutboxFileChannel::new(settings.outbox_file.clone()))),
+            _ => Self::uniform(Arc::new(LogChannel)),
+        }
+    }
+
+    pub fn get(&self, kind: ChannelKind) -> Option<&Arc<dyn Channel>> {
+        self.by_kind.get(kind.as_str())
+    }
+}
+
+/// Logs the message at INFO and reports it sent.
+pub struct LogChannel;
+
+impl Channel for LogChannel {
+    fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
+        Box::pin(async move {
+            tracing::info!(
+                channel = message.channel.as_str(),
+                to = %message.to,
+                content = ?message.content,
+                idempotency_key = %message.idempotency_key,
+                "message (log channel: nothing sent)"
+            );
+            Ok(Sent {
+                provider: "log".into(),
+                provider_message_id: None,
+            })
+        })
+    }
+}
+
+/// Appends each message as one JSON line. Writes are serialised within the process and each line is written
+/// with one `write` call on an `O_APPEND` file, so lines from several processes do not interleave.
+pub struct OutboxFileChannel {
+    path: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl OutboxFileChannel {
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn append(&self, message: &Message) -> Result<(), String> {
+        let mut line = serde_json::to_vec(message).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        let _guard = self.lock.lock().map_err(|_| "outbox lock poisoned".to_string())?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| format!("cannot open outbox {}: {e}", self.path.display()))?;
+        file.write_all(&line)
+            .map_err(|e| format!("cannot write outbox {}: {e}", self.path.display()))
+    }
+}
+
+impl Channel for OutboxFileChannel {
+    fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
+        Box::pin(async move {
+            self.append(message).map_err(|message| SendError::Transient {
+                message,
+                retry_after: None,
+            })?;
+            Ok(Sent {
+                provider: "outbox".into(),
+                provider_message_id: Some(message.idempotency_key.clone()),
+            })
+        })
+    }
+}

@@ -1,0 +1,214 @@
+//! The catalog of workflow versions: stored in `herald_workflows`, compiled once per process and cached.
+//!
+//! Versions are immutable. Syncing a definition whose (name, version) is stored with other content is refused:
+//! runs in flight keep executing the version they started on, so that version must never change under them.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use super::WorkflowError;
+use super::definition::{self, DefinitionError, Workflow};
+use super::sql;
+
+/// What saving one definition did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Saved {
+    Created,
+    /// The same content was already stored under this version.
+    Unchanged,
+}
+
+/// One stored workflow: its latest version.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct WorkflowSummary {
+    pub name: String,
+    pub latest_version: i32,
+    pub versions: i64,
+    pub description: Option<String>,
+    pub source: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Compiled versions, shared by every node job of this process.
+#[derive(Clone)]
+pub struct Catalog {
+    pool: PgPool,
+    compiled: Arc<RwLock<HashMap<(String, i32), Arc<Workflow>>>>,
+}
+
+impl Catalog {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            compiled: Arc::default(),
+        }
+    }
+
+    /// The version a run started on.
+    pub async fn version(&self, name: &str, version: i32) -> Result<Arc<Workflow>, WorkflowError> {
+        if let Some(found) = self.cached(name, version) {
+            return Ok(found);
+        }
+        let row = sqlx::query(sql::LOAD_WORKFLOW)
+            .bind(name)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(format!("workflow {name} version {version}")))?;
+        self.remember(name, version, row.try_get("definition")?)
+    }
+
+    /// The newest version, which new runs start on.
+    pub async fn latest(&self, name: &str) -> Result<Arc<Workflow>, WorkflowError> {
+        let row = sqlx::query(sql::LATEST_WORKFLOW)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(format!("workflow {name}")))?;
+        let version: i32 = row.try_get("version")?;
+        if let Some(found) = self.cached(name, version) {
+            return Ok(found);
+        }
+        self.remember(name, version, row.try_get("definition")?)
+    }
+
+    fn cached(&self, name: &str, version: i32) -> Option<Arc<Workflow>> {
+        let compiled = self.compiled.read().unwrap_or_else(|e| e.into_inner());
+        compiled.get(&(name.to_string(), version)).cloned()
+    }
+
+    fn remember(
+        &self,
+        name: &str,
+        version: i32,
+        definition: serde_json::Value,
+    ) -> Result<Arc<Workflow>, WorkflowError> {
+        let source = format!("stored workflow {name} v{version}");
+        let workflow = Arc::new(definition::compile(&source, &definition).map_err(WorkflowError::Invalid)?);
+        let mut compiled = self.compiled.write().unwrap_or_else(|e| e.into_inner());
+        compiled.insert((name.to_string(), version), Arc::clone(&workflow));
+        Ok(workflow)
+    }
+
+    /// Validates and stores one definition. `source` names it in errors (a file path, or `request`).
+    pub async fn save(&self, source: &str, definition: &serde_json::Value) -> Result<(Arc<Workflow>, Saved), WorkflowError> {
+        let workflow = definition::compile(source, definition).map_err(WorkflowError::Invalid)?;
+        let mut row = self.save_statement(&workflow, definition, source).await?;
+        if !row.try_get::<bool, _>("inserted")? && !row.try_get::<bool, _>("same_content")? {
+            // Another process may have inserted this version after our statement's snapshot was taken (two
+            // processes syncing at start-up): look again with a fresh snapshot before calling it a conflict.
+            row = self.save_statement(&workflow, definition, source).await?;
+        }
+        let saved = match (row.try_get::<bool, _>("inserted")?, row.try_get::<bool, _>("same_content")?) {
+            (true, _) => Saved::Created,
+            (false, true) => Saved::Unchanged,
+            (false, false) => {
+                return Err(WorkflowError::VersionConflict {
+                    name: workflow.name.clone(),
+                    version: workflow.version,
+                });
+            }
+        };
+        let workflow = Arc::new(workflow);
+        Ok((workflow, saved))
+    }
+
+    async fn save_statement(
+        &self,
+        workflow: &Workflow,
+        definition: &serde_json::Value,
+        source: &str,
+    ) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
+        sqlx::query(sql::SAVE_WORKFLOW)
+            .bind(&workflow.name)
+            .bind(workflow.version)
+            .bind(definition)
+            .bind(source)
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    pub async fn list(&self) -> Result<Vec<WorkflowSummary>, WorkflowError> {
+        let rows = sqlx::query(sql::LIST_WORKFLOWS).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(WorkflowSummary {
+                    name: row.try_get("name")?,
+                    latest_version: row.try_get("version")?,
+                    versions: row.try_get("versions")?,
+                    description: row.try_get("description")?,
+                    source: row.try_get("source")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Loads every `*.yaml`, `*.yml` and `*.json` file in `dir`, validates them all, and stores them only if
+    /// every one is valid (a half-synced folder would be worse than none). Returns each file's outcome.
+    pub async fn sync_dir(&self, dir: &Path) -> Result<Vec<(String, String, i32, Saved)>, WorkflowError> {
+        check_dir(dir)?;
+        let files = read_definitions(dir)?;
+        let mut outcomes = Vec::new();
+        for (source, definition) in &files {
+            let (workflow, saved) = self.save(source, definition).await?;
+            outcomes.push((source.clone(), workflow.name.clone(), workflow.version, saved));
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Validates every definition in `dir` without storing anything; returns (file, name, version) of each.
+pub fn check_dir(dir: &Path) -> Result<Vec<(String, String, i32)>, WorkflowError> {
+    let files = read_definitions(dir)?;
+    let mut errors = Vec::new();
+    let mut checked = Vec::new();
+    let mut seen = HashMap::new();
+    for (source, definition) in &files {
+        match definition::compile(source, definition) {
+            Ok(workflow) => {
+                let key = (workflow.name.clone(), workflow.version);
+                if let Some(other) = seen.insert(key, source.clone()) {
+                    errors.push(DefinitionError {
+                        source: source.clone(),
+                        node: None,
+                        message: format!("{} v{} is also defined in {other}", workflow.name, workflow.version),
+                    });
+                }
+                checked.push((source.clone(), workflow.name, workflow.version));
+            }
+            Err(mut problems) => errors.append(&mut problems),
+        }
+    }
+    if errors.is_empty() { Ok(checked) } else { Err(WorkflowError::Invalid(errors)) }
+}
+
+/// Reads and parses the definition files of a folder, sorted by name.
+fn read_definitions(dir: &Path) -> Result<Vec<(String, serde_json::Value)>, WorkflowError> {
+    let read_error = |e: std::io::Error| WorkflowError::Io(format!("{}: {e}", dir.display()));
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read_error)? {
+        let path = entry.map_err(read_error)?.path();
+        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
+        if path.is_file() && matches!(extension, "yaml" | "yml" | "json") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    let mut files = Vec::new();
+    let mut errors: Vec<DefinitionError> = Vec::new();
+    for path in paths {
+        let source = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| WorkflowError::Io(format!("{source}: {e}")))?;
+        match definition::parse_text(&source, &text) {
+            Ok(value) => files.push((source, value)),
+            Err(error) => errors.push(error),
+        }
+    }
+    if errors.is_empty() { Ok(files) } else { Err(WorkflowError::Invalid(errors)) }
+}

@@ -1,0 +1,757 @@
+//! Workflow definitions: parsed from YAML or JSON, validated as a whole, compiled into a [`Workflow`].
+//!
+//! A definition is data (see `docs/workflows.md`): a name, a version, and nodes. Each node has an `id`, a
+//! `kind` and the edges it may follow (`next`, `then`/`else`, `cases`, `on_timeout`, `on_error`). Validation
+//! reports every problem at once, each naming the file and node, so a person can fix them in one pass.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::expr::{Expr, Template};
+use crate::channels::ChannelKind;
+
+/// Context keys the engine owns; a transform may not overwrite them.
+pub const RESERVED_KEYS: [&str; 3] = ["trigger", "nodes", "run"];
+
+/// One problem in a definition.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct DefinitionError {
+    /// Where the definition came from: a file path, or `request`.
+    pub source: String,
+    /// The node at fault, if the problem is in one node.
+    pub node: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for DefinitionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.node {
+            Some(node) => write!(f, "{}: node `{node}`: {}", self.source, self.message),
+            None => write!(f, "{}: {}", self.source, self.message),
+        }
+    }
+}
+
+/// A validated, compiled workflow version.
+#[derive(Debug)]
+pub struct Workflow {
+    pub name: String,
+    pub version: i32,
+    pub description: Option<String>,
+    /// The id of the trigger node, where every run starts.
+    pub trigger: String,
+    pub nodes: HashMap<String, Node>,
+    /// The definition as stored (JSON), for `GET /v1/workflows`.
+    pub definition: Value,
+}
+
+impl Workflow {
+    pub fn node(&self, id: &str) -> Option<&Node> {
+        self.nodes.get(id)
+    }
+
+    pub fn trigger_fields(&self) -> &BTreeMap<String, Field> {
+        match self.nodes.get(&self.trigger).map(|n| &n.kind) {
+            Some(NodeKind::Trigger { fields }) => fields,
+            _ => unreachable!("compile() guarantees the trigger node"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Node {
+    pub id: String,
+    pub kind: NodeKind,
+    /// Followed when the node completes (trigger, action, transform, delay, wait_for_events).
+    pub next: Vec<String>,
+    /// Followed instead of failing the run when the node exhausts its attempts.
+    pub on_error: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum NodeKind {
+    Trigger {
+        fields: BTreeMap<String, Field>,
+    },
+    Action {
+        channel: ChannelKind,
+        providers: Vec<String>,
+        to: Template,
+        content: BTreeMap<String, Template>,
+    },
+    Condition {
+        test: Expr,
+        then: Vec<String>,
+        otherwise: Vec<String>,
+    },
+    Branch {
+        cases: Vec<(Expr, Vec<String>)>,
+        default: Vec<String>,
+    },
+    Transform {
+        set: Vec<(String, Expr)>,
+    },
+    Delay(DelaySpec),
+    WaitForEvents(WaitSpec),
+}
+
+impl NodeKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            NodeKind::Trigger { .. } => "trigger",
+            NodeKind::Action { .. } => "action",
+            NodeKind::Condition { .. } => "condition",
+            NodeKind::Branch { .. } => "branch",
+            NodeKind::Transform { .. } => "transform",
+            NodeKind::Delay(_) => "delay",
+            NodeKind::WaitForEvents(_) => "wait_for_events",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum DelaySpec {
+    For(Duration),
+    /// An expression giving an RFC 3339 timestamp or Unix seconds.
+    Until(Expr),
+}
+
+#[derive(Debug)]
+pub struct WaitSpec {
+    pub events: Vec<String>,
+    /// The correlation key: events whose `key` equals its value count.
+    pub key: Expr,
+    pub mode: WaitMode,
+    pub timeout: Option<Duration>,
+    pub on_timeout: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitMode {
+    /// Every listed event name at least once.
+    All,
+    /// Any one listed event.
+    Any,
+    /// At least N distinct events (by event id) among the listed names.
+    AtLeast(u32),
+}
+
+impl WaitMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WaitMode::All => "all",
+            WaitMode::Any => "any",
+            WaitMode::AtLeast(_) => "at_least",
+        }
+    }
+
+    /// How many matches satisfy the wait: distinct names for `all`, distinct events otherwise.
+    pub fn needed(self, event_names: usize) -> i32 {
+        match self {
+            WaitMode::All => event_names as i32,
+            WaitMode::Any => 1,
+            WaitMode::AtLeast(n) => n as i32,
+        }
+    }
+}
+
+/// A typed trigger field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Field {
+    #[serde(rename = "type")]
+    pub kind: FieldType,
+    #[serde(default = "yes")]
+    pub required: bool,
+    pub default: Option<Value>,
+    pub description: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    Object,
+    Array,
+    /// An RFC 3339 string.
+    Timestamp,
+}
+
+impl FieldType {
+    pub fn accepts(self, value: &Value) -> bool {
+        match self {
+            FieldType::String => value.is_string(),
+            FieldType::Integer => value.is_i64() || value.is_u64(),
+            FieldType::Number => value.is_number(),
+            FieldType::Boolean => value.is_boolean(),
+            FieldType::Object => value.is_object(),
+            FieldType::Array => value.is_array(),
+            FieldType::Timestamp => value
+                .as_str()
+                .is_some_and(|s| chrono::DateTime::parse_from_rfc3339(s).is_ok()),
+        }
+    }
+}
+
+/// Parses a definition file's text: YAML (a superset of JSON) unless the name ends in `.json`.
+pub fn parse_text(source: &str, text: &str) -> Result<Value, DefinitionError> {
+    let parsed = if source.ends_with(".json") {
+        serde_json::from_str::<Value>(text).map_err(|e| e.to_string())
+    } else {
+        serde_yaml_ng::from_str::<Value>(text).map_err(|e| e.to_string())
+    };
+    parsed.map_err(|message| DefinitionError {
+        source: source.to_string(),
+        node: None,
+        message: format!("not valid YAML/JSON: {message}"),
+    })
+}
+
+/// Validates a definition and compiles it, or returns every problem found.
+pub fn compile(source: &str, definition: &Value) -> Result<Workflow, Vec<DefinitionError>> {
+    let mut errors = Errors {
+        source,
+        list: Vec::new(),
+    };
+    let header = match Header::deserialize(definition) {
+        Ok(header) => header,
+        Err(e) => {
+            errors.workflow(format!("{e}"));
+            return Err(errors.list);
+        }
+    };
+    if !valid_name(&header.name) {
+        errors.workflow("`name` must be 1-64 characters of [A-Za-z0-9_.-]");
+    }
+    let mut nodes = HashMap::new();
+    for raw in &header.nodes {
+        if let Some(node) = compile_node(raw, &mut errors)
+            && let Some(previous) = nodes.insert(node.id.clone(), node)
+        {
+            errors.node(&previous.id, "two nodes have this id");
+        }
+    }
+    let trigger = check_graph(&nodes, &mut errors);
+    match trigger {
+        Some(trigger) if errors.list.is_empty() => Ok(Workflow {
+            name: header.name,
+            version: header.version,
+            description: header.description,
+            trigger,
+            nodes,
+            definition: definition.clone(),
+        }),
+        _ => Err(errors.list),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Header {
+    name: String,
+    #[serde(deserialize_with = "positive_version")]
+    version: i32,
+    description: Option<String>,
+    nodes: Vec<Value>,
+}
+
+fn positive_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    let version = i64::deserialize(d)?;
+    i32::try_from(version)
+        .ok()
+        .filter(|v| *v > 0)
+        .ok_or_else(|| serde::de::Error::custom("`version` must be a positive integer"))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+struct Errors<'a> {
+    source: &'a str,
+    list: Vec<DefinitionError>,
+}
+
+impl Errors<'_> {
+    fn workflow(&mut self, message: impl Into<String>) {
+        self.list.push(DefinitionError {
+            source: self.source.to_string(),
+            node: None,
+            message: message.into(),
+        });
+    }
+    fn node(&mut self, node: &str, message: impl Into<String>) {
+        self.list.push(DefinitionError {
+            source: self.source.to_string(),
+            node: Some(node.to_string()),
+            message: message.into(),
+        });
+    }
+}
+
+/// One edge list: a single id or a list of ids.
+#[derive(Deserialize, Default)]
+#[serde(untagged)]
+enum Targets {
+    #[default]
+    None,
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Targets {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Targets::None => Vec::new(),
+            Targets::One(id) => vec![id],
+            Targets::Many(ids) => ids,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerSpec {
+    #[serde(default)]
+    fields: BTreeMap<String, Field>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionSpec {
+    channel: String,
+    #[serde(default)]
+    providers: Vec<String>,
+    to: String,
+    #[serde(default)]
+    content: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConditionSpec {
+    #[serde(rename = "if")]
+    test: String,
+    #[serde(default)]
+    then: Targets,
+    #[serde(default, rename = "else")]
+    otherwise: Targets,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BranchSpec {
+    cases: Vec<CaseSpec>,
+    #[serde(default)]
+    default: Targets,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaseSpec {
+    when: String,
+    next: Targets,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransformSpec {
+    set: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DelaySpecRaw {
+    duration: Option<String>,
+    until: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitSpecRaw {
+    events: Vec<String>,
+    key: String,
+    #[serde(default = "mode_all")]
+    mode: String,
+    count: Option<u32>,
+    timeout: Option<String>,
+    #[serde(default)]
+    on_timeout: Targets,
+}
+
+fn mode_all() -> String {
+    "all".into()
+}
+
+const KINDS: &str = "trigger, action, condition, branch, transform, delay, wait_for_events";
+
+/// Compiles one node; problems go to `errors` and the node is dropped.
+fn compile_node(raw: &Value, errors: &mut Errors) -> Option<Node> {
+    let Some(map) = raw.as_object() else {
+        errors.workflow("every entry of `nodes` must be a mapping with `id` and `kind`");
+        return None;
+    };
+    let mut map = map.clone();
+    let id = match map.remove("id") {
+        Some(Value::String(id)) if valid_name(&id) => id,
+        _ => {
+            errors.workflow("a node has no valid `id` (1-64 characters of [A-Za-z0-9_.-])");
+            return None;
+        }
+    };
+    let kind = match map.remove("kind") {
+        Some(Value::String(kind)) => kind,
+        _ => {
+            errors.node(&id, format!("`kind` is missing (one of: {KINDS})"));
+            return None;
+        }
+    };
+    let next = take_targets(&mut map, "next", &id, errors);
+    let on_error = match map.remove("on_error") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(target)) => Some(target),
+        Some(_) => {
+            errors.node(&id, "`on_error` must be one node id");
+            None
+        }
+    };
+    let rest = Value::Object(map);
+    let mut problems = Vec::new();
+    let compiled = match kind.as_str() {
+        "trigger" => spec::<TriggerSpec>(rest).map(|s| NodeKind::Trigger { fields: s.fields }),
+        "action" => spec::<ActionSpec>(rest).and_then(|s| compile_action(s, &mut problems)),
+        "condition" => spec::<ConditionSpec>(rest).and_then(|s| {
+            Ok(NodeKind::Condition {
+                test: Expr::compile(&s.test).map_err(|e| format!("`if`: {e}"))?,
+                then: s.then.into_vec(),
+                otherwise: s.otherwise.into_vec(),
+            })
+        }),
+        "branch" => spec::<BranchSpec>(rest).and_then(compile_branch),
+        "transform" => spec::<TransformSpec>(rest).and_then(|s| compile_transform(s, &mut problems)),
+        "delay" => spec::<DelaySpecRaw>(rest).and_then(compile_delay),
+        "wait_for_events" => spec::<WaitSpecRaw>(rest).and_then(compile_wait),
+        other => Err(format!("unknown kind `{other}` (one of: {KINDS})")),
+    };
+    for problem in problems {
+        errors.node(&id, problem);
+    }
+    let kind = match compiled {
+        Ok(kind) => kind,
+        Err(message) => {
+            errors.node(&id, message);
+            return None;
+        }
+    };
+    let takes_next = !matches!(kind, NodeKind::Condition { .. } | NodeKind::Branch { .. });
+    if !takes_next && !next.is_empty() {
+        errors.node(&id, format!("a {} node has no `next`; use its own edges", kind.name()));
+    }
+    if matches!(kind, NodeKind::Trigger { .. }) && on_error.is_some() {
+        errors.node(&id, "a trigger node cannot have `on_error`");
+    }
+    Some(Node {
+        id,
+        kind,
+        next,
+        on_error,
+    })
+}
+
+fn take_targets(map: &mut Map<String, Value>, key: &str, id: &str, errors: &mut Errors) -> Vec<String> {
+    match map.remove(key).map(serde_json::from_value::<Targets>) {
+        None => Vec::new(),
+        Some(Ok(targets)) => targets.into_vec(),
+        Some(Err(_)) => {
+            errors.node(id, format!("`{key}` must be a node id or a list of node ids"));
+            Vec::new()
+        }
+    }
+}
+
+fn spec<T: serde::de::DeserializeOwned>(rest: Value) -> Result<T, String> {
+    serde_json::from_value(rest).map_err(|e| e.to_string())
+}
+
+fn compile_action(spec: ActionSpec, problems: &mut Vec<String>) -> Result<NodeKind, String> {
+    let channel = ChannelKind::parse(&spec.channel).ok_or_else(|| {
+        format!(
+            "unknown channel `{}` (one of: {})",
+            spec.channel,
+            ChannelKind::ALL.map(|c| c.as_str()).join(", ")
+        )
+    })?;
+    for provider in &spec.providers {
+        if !channel.providers().contains(&provider.as_str()) {
+            problems.push(format!(
+                "unknown provider `{provider}` for channel {} (one of: {})",
+                channel.as_str(),
+                channel.providers().join(", ")
+            ));
+        }
+    }
+    let to = Template::compile(&spec.to).map_err(|e| format!("`to`: {e}"))?;
+    let mut content = BTreeMap::new();
+    for (field, source) in spec.content {
+        match Template::compile(&source) {
+            Ok(template) => {
+                content.insert(field, template);
+            }
+            Err(e) => problems.push(format!("`content.{field}`: {e}")),
+        }
+    }
+    Ok(NodeKind::Action {
+        channel,
+        providers: spec.providers,
+        to,
+        content,
+    })
+}
+
+fn compile_branch(spec: BranchSpec) -> Result<NodeKind, String> {
+    if spec.cases.is_empty() {
+        return Err("`cases` must list at least one case".into());
+    }
+    let mut cases = Vec::new();
+    for (index, case) in spec.cases.into_iter().enumerate() {
+        let test = Expr::compile(&case.when).map_err(|e| format!("`cases[{index}].when`: {e}"))?;
+        cases.push((test, case.next.into_vec()));
+    }
+    Ok(NodeKind::Branch {
+        cases,
+        default: spec.default.into_vec(),
+    })
+}
+
+fn compile_transform(spec: TransformSpec, problems: &mut Vec<String>) -> Result<NodeKind, String> {
+    let mut set = Vec::new();
+    for (key, source) in spec.set {
+        if RESERVED_KEYS.contains(&key.as_str()) {
+            problems.push(format!("`set.{key}`: `{key}` is reserved by the engine"));
+            continue;
+        }
+        match Expr::compile(&source) {
+            Ok(expr) => set.push((key, expr)),
+            Err(e) => problems.push(format!("`set.{key}`: {e}")),
+        }
+    }
+    Ok(NodeKind::Transform { set })
+}
+
+fn compile_delay(spec: DelaySpecRaw) -> Result<NodeKind, String> {
+    match (spec.duration, spec.until) {
+        (Some(duration), None) => Ok(NodeKind::Delay(DelaySpec::For(parse_duration(&duration)?))),
+        (None, Some(until)) => Ok(NodeKind::Delay(DelaySpec::Until(
+            Expr::compile(&until).map_err(|e| format!("`until`: {e}"))?,
+        ))),
+        _ => Err("a delay needs exactly one of `duration` (\"10m\") or `until` (an expression)".into()),
+    }
+}
+
+fn compile_wait(spec: WaitSpecRaw) -> Result<NodeKind, String> {
+    if spec.events.is_empty() {
+        return Err("`events` must list at least one event name".into());
+    }
+    let unique: HashSet<&String> = spec.events.iter().collect();
+    if unique.len() != spec.events.len() {
+        return Err("`events` lists a name twice".into());
+    }
+    let mode = match (spec.mode.as_str(), spec.count) {
+        ("all", None) => WaitMode::All,
+        ("any", None) => WaitMode::Any,
+        ("at_least", Some(n)) if n >= 1 => WaitMode::AtLeast(n),
+        ("at_least", _) => return Err("mode `at_least` needs `count` >= 1".into()),
+        ("all" | "any", Some(_)) => return Err("`count` only goes with mode `at_least`".into()),
+        (other, _) => return Err(format!("unknown mode `{other}` (all, any, at_least)")),
+    };
+    let timeout = spec.timeout.as_deref().map(parse_duration).transpose()?;
+    let on_timeout = spec.on_timeout.into_vec();
+    if timeout.is_none() && !on_timeout.is_empty() {
+        return Err("`on_timeout` needs a `timeout`".into());
+    }
+    Ok(NodeKind::WaitForEvents(WaitSpec {
+        events: spec.events,
+        key: Expr::compile(&spec.key).map_err(|e| format!("`key`: {e}"))?,
+        mode,
+        timeout,
+        on_timeout,
+    }))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 30s, 10m, 2h: {e}"))
+}
+
+/// Every edge of a node, with the name of the field that holds it.
+pub fn edges(node: &Node) -> Vec<(&'static str, &str)> {
+    let mut edges: Vec<(&'static str, &str)> = node.next.iter().map(|t| ("next", t.as_str())).collect();
+    match &node.kind {
+        NodeKind::Condition { then, otherwise, .. } => {
+            edges.extend(then.iter().map(|t| ("then", t.as_str())));
+            edges.extend(otherwise.iter().map(|t| ("else", t.as_str())));
+        }
+        NodeKind::Branch { cases, default } => {
+            for (_, targets) in cases {
+                edges.extend(targets.iter().map(|t| ("cases", t.as_str())));
+            }
+            edges.extend(default.iter().map(|t| ("default", t.as_str())));
+        }
+        NodeKind::WaitForEvents(wait) => {
+            edges.extend(wait.on_timeout.iter().map(|t| ("on_timeout", t.as_str())));
+        }
+        _ => {}
+    }
+    if let Some(target) = &node.on_error {
+        edges.push(("on_error", target));
+    }
+    edges
+}
+
+/// Checks edges, the single trigger, reachability and cycles. Returns the trigger's id.
+fn check_graph(nodes: &HashMap<String, Node>, errors: &mut Errors) -> Option<String> {
+    let mut ids: Vec<&String> = nodes.keys().collect();
+    ids.sort();
+    for id in &ids {
+        for (field, target) in edges(&nodes[*id]) {
+            if !nodes.contains_key(target) {
+                errors.node(id, format!("`{field}` points at `{target}`, which is not a node"));
+            } else if matches!(nodes[target].kind, NodeKind::Trigger { .. }) {
+                errors.node(id, format!("`{field}` points at the trigger `{target}`"));
+            }
+        }
+    }
+    let triggers: Vec<&&String> =
+        ids.iter().filter(|id| matches!(nodes[**id].kind, NodeKind::Trigger { .. })).collect();
+    let trigger = match triggers.as_slice() {
+        [one] => (**one).clone(),
+        [] => {
+            errors.workflow("there is no trigger node (exactly one is needed)");
+            return None;
+        }
+        _ => {
+            errors.workflow("there is more than one trigger node (exactly one is needed)");
+            return None;
+        }
+    };
+    let reachable = reachable_from(nodes, &trigger);
+    for id in &ids {
+        if !reachable.contains(id.as_str()) {
+            errors.node(id, format!("is unreachable from the trigger `{trigger}`"));
+        }
+    }
+    if let Some(cycle) = find_cycle(nodes, &ids) {
+        errors.node(
+            &cycle[0],
+            format!("is on a cycle ({}); workflows are acyclic", cycle.join(" -> ")),
+        );
+    }
+    Some(trigger)
+}
+
+fn reachable_from<'a>(nodes: &'a HashMap<String, Node>, start: &'a str) -> HashSet<&'a str> {
+    let mut seen = HashSet::from([start]);
+    let mut stack = vec![start];
+    while let Some(id) = stack.pop() {
+        for (_, target) in nodes.get(id).map(edges).unwrap_or_default() {
+            if nodes.contains_key(target) && seen.insert(target) {
+                stack.push(target);
+            }
+        }
+    }
+    seen
+}
+
+/// Depth-first search with colours; returns one cycle's path if there is one.
+fn find_cycle(nodes: &HashMap<String, Node>, ids: &[&String]) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Colour {
+        White,
+        Grey,
+        Black,
+    }
+    fn visit(
+        id: &str,
+        nodes: &HashMap<String, Node>,
+        colour: &mut HashMap<String, Colour>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        colour.insert(id.to_string(), Colour::Grey);
+        path.push(id.to_string());
+        for (_, target) in edges(&nodes[id]) {
+            match colour.get(target).copied().unwrap_or(Colour::White) {
+                Colour::Grey => {
+                    let start = path.iter().position(|p| p == target).unwrap_or(0);
+                    let mut cycle = path[start..].to_vec();
+                    cycle.push(target.to_string());
+                    return Some(cycle);
+                }
+                Colour::White if nodes.contains_key(target) => {
+                    if let Some(cycle) = visit(target, nodes, colour, path) {
+                        return Some(cycle);
+                    }
+                }
+                _ => {}
+            }
+        }
+        path.pop();
+        colour.insert(id.to_string(), Colour::Black);
+        None
+    }
+    let mut colour = HashMap::new();
+    for id in ids {
+        if colour.get(id.as_str()).copied().unwrap_or(Colour::White) == Colour::White {
+            let mut path = Vec::new();
+            if let Some(cycle) = visit(id, nodes, &mut colour, &mut path) {
+                return Some(cycle);
+            }
+        }
+    }
+    None
+}
+
+/// Checks trigger data against the trigger's fields: returns the extracted data (declared fields only, defaults
+/// applied) or one message per bad field.
+pub fn extract_trigger(
+    fields: &BTreeMap<String, Field>,
+    data: &Value,
+) -> Result<Value, Vec<(String, String)>> {
+    let Some(input) = data.as_object() else {
+        return Err(vec![("data".into(), "must be a JSON object".into())]);
+    };
+    let mut extracted = Map::new();
+    let mut problems = Vec::new();
+    for (name, field) in fields {
+        match input.get(name).filter(|v| !v.is_null()) {
+            Some(value) if field.kind.accepts(value) => {
+                extracted.insert(name.clone(), value.clone());
+            }
+            Some(_) => problems.push((name.clone(), format!("must be of type {:?}", field.kind).to_lowercase())),
+            None => match (&field.default, field.required) {
+                (Some(default), _) => {
+                    extracted.insert(name.clone(), default.clone());
+                }
+                (None, true) => problems.push((name.clone(), "is required".into())),
+                (None, false) => {}
+            },
+        }
+    }
+    if fields.is_empty() {
+        // A trigger without declared fields passes its data through untouched.
+        return Ok(data.clone());
+    }
+    if problems.is_empty() { Ok(Value::Object(extracted)) } else { Err(problems) }
+}

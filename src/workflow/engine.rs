@@ -1,0 +1,355 @@
+//! The node job handler: execute one node, then record its step and enqueue the next nodes in one transaction.
+//!
+//! A node job runs in three stages:
+//! 1. `BEGIN_STEP` claims the step (and reads the run). No row means the step already moved on (this job ran
+//!    before and its worker died after committing) or the run ended: the job succeeds without doing anything.
+//! 2. The node executes: pure nodes compute, actions send through the channel layer, delay and wait nodes park.
+//! 3. One transaction finishes the step, merges the node's output into the run and enqueues the next node jobs.
+//!
+//! A failure is retried by the queue with backoff; on the last attempt (or a permanent error) the node fails:
+//! its `on_error` edge is followed if it has one, otherwise the run fails. Either way the job is dead-lettered.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value, json};
+use sqlx::Row;
+
+use super::definition::{self, DelaySpec, Node, NodeKind, Workflow};
+use super::expr;
+use super::{Engine, NodeJob, Phase, WorkflowError, sql};
+use crate::channels::{Message, SendError};
+use crate::queue::{JobContext, JobError};
+
+/// The run as a node job sees it.
+pub(super) struct RunState {
+    pub workflow: String,
+    pub version: i32,
+    pub context: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What executing a node decided.
+pub(super) enum Step {
+    /// The node is finished: record it and follow `next`.
+    Done {
+        outcome: String,
+        output: Value,
+        patch: Map<String, Value>,
+        next: Vec<String>,
+    },
+    /// Park the step until a `resume` job runs at this time (delay nodes).
+    SuspendUntil(DateTime<Utc>),
+    /// The node recorded its own outcome in its own transaction (wait-for-events).
+    Recorded,
+}
+
+impl Step {
+    fn done(outcome: &str, output: Value, next: &[String]) -> Self {
+        Step::Done {
+            outcome: outcome.to_string(),
+            output,
+            patch: Map::new(),
+            next: next.to_vec(),
+        }
+    }
+}
+
+/// A database problem is worth retrying; anything else about a node job is not.
+pub(super) fn retryable(error: WorkflowError) -> JobError {
+    match error {
+        WorkflowError::Database(_) | WorkflowError::Queue(_) => JobError::retry(error.to_string()),
+        other => JobError::permanent(other.to_string()),
+    }
+}
+
+impl Engine {
+    pub(super) async fn run_node(&self, job: NodeJob, ctx: JobContext) -> Result<(), JobError> {
+        let Some(run) = self.begin_step(&job, ctx.attempt).await.map_err(retryable)? else {
+            tracing::debug!(run = job.run, node = %job.node, "node job has nothing left to do");
+            return Ok(());
+        };
+        let workflow = self.catalog.version(&run.workflow, run.version).await.map_err(retryable)?;
+        let Some(node) = workflow.node(&job.node) else {
+            return Err(JobError::permanent(format!(
+                "workflow {} v{} has no node `{}`",
+                run.workflow, run.version, job.node
+            )));
+        };
+        let executed = self.execute(&job, &run, &workflow, node).await;
+        let step = match executed {
+            Ok(step) => step,
+            Err(error) => return self.node_failed(&job, node, &ctx, error).await,
+        };
+        let from = if job.phase == Phase::Run { "running" } else { "waiting" };
+        match step {
+            Step::Done { outcome, output, patch, next } => {
+                let done = Finish { from, outcome: &outcome, output: &output, patch: &patch, next: &next };
+                self.finish(&job, done).await.map_err(retryable)
+            }
+            Step::SuspendUntil(at) => self.suspend(&job, at).await.map_err(retryable),
+            Step::Recorded => Ok(()),
+        }
+    }
+
+    async fn begin_step(&self, job: &NodeJob, attempt: i32) -> Result<Option<RunState>, WorkflowError> {
+        let row = sqlx::query(sql::BEGIN_STEP)
+            .bind(job.run)
+            .bind(job.epoch)
+            .bind(&job.node)
+            .bind(job.phase.as_str())
+            .bind(attempt)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(RunState {
+            workflow: row.try_get("workflow")?,
+            version: row.try_get("version")?,
+            context: row.try_get("context")?,
+            created_at: row.try_get("created_at")?,
+        }))
+    }
+
+    /// Runs the node's own logic. Errors are the node's failures (retried by the queue).
+    async fn execute(
+        &self,
+        job: &NodeJob,
+        run: &RunState,
+        workflow: &Workflow,
+        node: &Node,
+    ) -> Result<Step, JobError> {
+        let run_vars = json!({ "id": job.run, "workflow": workflow.name, "version": workflow.version });
+        let scope = expr::scope(&run.context, &run_vars);
+        match &node.kind {
+            NodeKind::Trigger { fields } => {
+                let data = run.context.get("trigger").cloned().unwrap_or(Value::Null);
+                let extracted = definition::extract_trigger(fields, &data).map_err(|problems| {
+                    let text: Vec<String> = problems.iter().map(|(f, m)| format!("{f} {m}")).collect();
+                    JobError::permanent(format!("trigger data: {}", text.join("; ")))
+                })?;
+                let mut step = Step::done("accepted", extracted.clone(), &node.next);
+                if let Step::Done { patch, .. } = &mut step {
+                    patch.insert("trigger".into(), extracted);
+                }
+                Ok(step)
+            }
+            NodeKind::Action { .. } => self.send(job, node, &scope).await,
+            NodeKind::Condition { test, then, otherwise } => {
+                let result = test.test(&scope).map_err(JobError::permanent)?;
+                let (outcome, next) = if result { ("then", then) } else { ("else", otherwise) };
+                Ok(Step::done(outcome, json!({ "result": result }), next))
+            }
+            NodeKind::Branch { cases, default } => {
+                for (index, (test, next)) in cases.iter().enumerate() {
+                    if test.test(&scope).map_err(JobError::permanent)? {
+                        return Ok(Step::done(&format!("case_{index}"), json!({ "case": index }), next));
+                    }
+                }
+                Ok(Step::done("default", json!({ "case": null }), default))
+            }
+            NodeKind::Transform { set } => {
+                let mut patch = Map::new();
+                for (key, value) in set {
+                    patch.insert(key.clone(), value.eval_json(&scope).map_err(JobError::permanent)?);
+                }
+                Ok(Step::Done {
+                    outcome: "set".into(),
+                    output: Value::Object(patch.clone()),
+                    patch,
+                    next: node.next.clone(),
+                })
+            }
+            NodeKind::Delay(spec) => delay(job.phase, spec, &scope, &node.next),
+            NodeKind::WaitForEvents(spec) => match job.phase {
+                Phase::Run => self.start_wait(job, run, spec, &node.next, &scope).await,
+                Phase::Resume => self.wait_satisfied(job, &node.next).await,
+                Phase::Timeout => self.wait_timed_out(job, node, spec).await,
+            },
+        }
+    }
+
+    async fn send(&self, job: &NodeJob, node: &Node, scope: &minijinja::Value) -> Result<Step, JobError> {
+        let NodeKind::Action { channel, providers, to, content } = &node.kind else {
+            return Err(JobError::permanent("not an action node"));
+        };
+        let mut rendered = std::collections::BTreeMap::new();
+        for (field, template) in content {
+            rendered.insert(field.clone(), template.render(scope).map_err(JobError::permanent)?);
+        }
+        let message = Message {
+            channel: *channel,
+            providers: providers.clone(),
+            to: to.render(scope).map_err(JobError::permanent)?,
+            content: rendered,
+            idempotency_key: format!("run:{}:{}:{}", job.run, job.epoch, job.node),
+        };
+        let sender = self.channels.get(*channel).ok_or_else(|| {
+            JobError::permanent(format!("no channel is configured for {}", channel.as_str()))
+        })?;
+        match sender.send(&message).await {
+            Ok(sent) => {
+                let output = json!({
+                    "channel": channel.as_str(), "to": message.to, "provider": sent.provider,
+                    "provider_message_id": sent.provider_message_id,
+                });
+                Ok(Step::done("sent", output, &node.next))
+            }
+            Err(SendError::Transient { message, retry_after: Some(after) }) => Err(JobError::RetryAfter(after, message)),
+            Err(SendError::Transient { message, retry_after: None }) => Err(JobError::Retry(message)),
+            Err(SendError::Permanent(message)) => Err(JobError::Permanent(message)),
+        }
+    }
+
+    /// Records a finished step and enqueues the next nodes, in one transaction.
+    pub(super) async fn finish(&self, job: &NodeJob, done: Finish<'_>) -> Result<(), WorkflowError> {
+        let mut tx = self.pool.begin().await?;
+        self.finish_in(&mut tx, job, done).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// [`finish`](Self::finish) inside the caller's transaction.
+    pub(super) async fn finish_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        job: &NodeJob,
+        done: Finish<'_>,
+    ) -> Result<(), WorkflowError> {
+        let row = sqlx::query(sql::FINISH_STEP)
+            .bind(job.run)
+            .bind(job.epoch)
+            .bind(&job.node)
+            .bind(done.from)
+            .bind(done.outcome)
+            .bind(done.output)
+            .bind(Value::Object(done.patch.clone()))
+            .bind(done.next)
+            .fetch_one(&mut *conn)
+            .await?;
+        let enqueue: Vec<String> = row.try_get("enqueue")?;
+        if !row.try_get::<bool, _>("finished")? {
+            tracing::debug!(run = job.run, node = %job.node, "step already finished by an earlier attempt");
+        }
+        self.enqueue_nodes(conn, job.run, job.epoch, &enqueue).await
+    }
+
+    async fn suspend(&self, job: &NodeJob, until: DateTime<Utc>) -> Result<(), WorkflowError> {
+        let mut tx = self.pool.begin().await?;
+        let parked = sqlx::query(sql::SUSPEND_STEP)
+            .bind(job.run)
+            .bind(job.epoch)
+            .bind(&job.node)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if parked.is_some() {
+            let resume = NodeJob { phase: Phase::Resume, ..job.clone() };
+            let new = self.node_job(resume, Some(until));
+            crate::queue::enqueue(&mut tx, &self.defaults, new).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A node attempt failed. Before the last attempt the error is only recorded; on the last one (or a
+    /// permanent error) the node fails for good.
+    async fn node_failed(
+        &self,
+        job: &NodeJob,
+        node: &Node,
+        ctx: &JobContext,
+        error: JobError,
+    ) -> Result<(), JobError> {
+        let last = matches!(error, JobError::Permanent(_)) || ctx.attempt >= ctx.max_attempts;
+        if !last {
+            let recorded = sqlx::query(sql::RECORD_STEP_ERROR)
+                .bind(job.run)
+                .bind(job.epoch)
+                .bind(&job.node)
+                .bind(error.to_string())
+                .execute(&self.pool)
+                .await;
+            if let Err(db) = recorded {
+                tracing::warn!(run = job.run, node = %job.node, error = %db, "could not record the step's error");
+            }
+            return Err(error);
+        }
+        let mut tx = self.pool.begin().await.map_err(|e| retryable(e.into()))?;
+        self.fail_node_in(&mut tx, job, node, &error.to_string()).await.map_err(retryable)?;
+        tx.commit().await.map_err(|e| retryable(e.into()))?;
+        Err(JobError::permanent(error.to_string()))
+    }
+
+    /// Fails a node: follows its `on_error` edge, or fails the run.
+    pub(super) async fn fail_node_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        job: &NodeJob,
+        node: &Node,
+        message: &str,
+    ) -> Result<(), WorkflowError> {
+        let Some(target) = &node.on_error else {
+            sqlx::query(sql::FAIL_RUN)
+                .bind(job.run)
+                .bind(job.epoch)
+                .bind(&job.node)
+                .bind(message)
+                .fetch_optional(&mut *conn)
+                .await?;
+            return Ok(());
+        };
+        let failed = sqlx::query(sql::FAIL_STEP)
+            .bind(job.run)
+            .bind(job.epoch)
+            .bind(&job.node)
+            .bind(message)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if failed.is_none() {
+            return Ok(());
+        }
+        let row = sqlx::query(sql::CONTINUE_AFTER_FAILURE)
+            .bind(job.run)
+            .bind(job.epoch)
+            .bind(target)
+            .fetch_one(&mut *conn)
+            .await?;
+        let enqueue: Vec<String> = row.try_get("enqueue")?;
+        self.enqueue_nodes(conn, job.run, job.epoch, &enqueue).await
+    }
+}
+
+/// A finished step, as `FINISH_STEP` records it.
+pub(super) struct Finish<'a> {
+    /// The status the step must be in: `running`, or `waiting` for a resumed node.
+    pub from: &'a str,
+    pub outcome: &'a str,
+    pub output: &'a Value,
+    pub patch: &'a Map<String, Value>,
+    pub next: &'a [String],
+}
+
+fn delay(phase: Phase, spec: &DelaySpec, scope: &minijinja::Value, next: &[String]) -> Result<Step, JobError> {
+    let due = match spec {
+        DelaySpec::For(duration) => {
+            let duration = chrono::Duration::from_std(*duration).map_err(|e| JobError::permanent(e.to_string()))?;
+            // A resumed delay has already waited; its due time only matters for the output.
+            if phase == Phase::Resume {
+                return Ok(Step::done("elapsed", json!({ "waited_ms": duration.num_milliseconds() }), next));
+            }
+            Utc::now() + duration
+        }
+        DelaySpec::Until(expr) => timestamp(&expr.eval_json(scope).map_err(JobError::permanent)?)
+            .ok_or_else(|| JobError::permanent(format!("`until` ({}) is not an RFC 3339 time or Unix seconds", expr.source())))?,
+    };
+    if phase == Phase::Resume || due <= Utc::now() {
+        Ok(Step::done("elapsed", json!({ "due": due }), next))
+    } else {
+        Ok(Step::SuspendUntil(due))
+    }
+}
+
+fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
+    match value {
+        Value::String(text) => DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc)),
+        Value::Number(n) => n.as_f64().and_then(|secs| DateTime::from_timestamp_millis((secs * 1000.0) as i64)),
+        _ => None,
+    }
+}

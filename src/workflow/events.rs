@@ -1,0 +1,224 @@
+//! Events and wait-for-events nodes: aggregate events that arrive in any order, correlated by a key.
+//!
+//! * An event is stored once per event id (`herald_events`); a redelivered event counts once.
+//! * A wait node registers what it waits for (`herald_waits`) and checks the events already stored (received
+//!   since the run started, minus `workflows.event_lookback_secs`), in one statement.
+//! * An arriving event marks satisfied every wait on its key it completes, and enqueues their `resume` jobs.
+//! * Both sides lock the correlation key first (a transaction-scoped advisory lock), so a wait and an event
+//!   racing each other cannot both miss the other, and two events arriving together on two servers resume the
+//!   run once: the second transaction sees the first's event, and the wait is already satisfied.
+
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::Row;
+
+use super::definition::{Node, WaitSpec};
+use super::engine::{Finish, RunState, Step, retryable};
+use super::{Engine, NodeJob, Phase, WorkflowError, sql};
+use crate::queue::JobError;
+
+/// An event for wait-for-events nodes.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The sender's id for the event; a second event with the same id is a duplicate. Generated if absent.
+    pub id: Option<String>,
+    pub name: String,
+    /// The correlation key (an order id, a user id) that wait nodes match on.
+    pub key: String,
+    pub payload: Value,
+}
+
+/// What happened to an event.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventReceipt {
+    pub event_id: String,
+    /// The event id was seen before; this delivery changed nothing.
+    pub duplicate: bool,
+    /// Runs whose wait this event completed.
+    pub resumed_runs: Vec<i64>,
+}
+
+impl NewEvent {
+    fn validate(&self) -> Result<(), WorkflowError> {
+        let mut problems = Vec::new();
+        let bounded = |text: &str, max: usize| !text.is_empty() && text.len() <= max && !text.contains('\0');
+        if !bounded(&self.name, 128) {
+            problems.push(("name".to_string(), "must be 1-128 characters".to_string()));
+        }
+        if !bounded(&self.key, 255) {
+            problems.push(("key".to_string(), "must be 1-255 characters".to_string()));
+        }
+        if self.id.as_deref().is_some_and(|id| !bounded(id, 255)) {
+            problems.push(("id".to_string(), "must be 1-255 characters".to_string()));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(WorkflowError::InvalidInput(problems)) }
+    }
+}
+
+impl Engine {
+    /// Stores an event and resumes the waits it completes, in one transaction.
+    pub async fn ingest_event(&self, event: NewEvent) -> Result<EventReceipt, WorkflowError> {
+        event.validate()?;
+        let event_id = event.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sql::LOCK_KEY).bind(&event.key).execute(&mut *tx).await?;
+        let inserted = sqlx::query(sql::INSERT_EVENT)
+            .bind(&event_id)
+            .bind(&event.name)
+            .bind(&event.key)
+            .bind(&event.payload)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if inserted.is_none() {
+            tx.commit().await?;
+            return Ok(EventReceipt { event_id, duplicate: true, resumed_runs: Vec::new() });
+        }
+        let satisfied = sqlx::query(sql::SATISFY_WAITS)
+            .bind(&event.key)
+            .bind(&event.name)
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut jobs = Vec::with_capacity(satisfied.len());
+        let mut resumed_runs = Vec::with_capacity(satisfied.len());
+        for row in &satisfied {
+            let job = NodeJob {
+                run: row.try_get("run_id")?,
+                epoch: row.try_get("epoch")?,
+                node: row.try_get("node_id")?,
+                phase: Phase::Resume,
+            };
+            resumed_runs.push(job.run);
+            jobs.push(self.node_job(job, None));
+        }
+        crate::queue::enqueue_many(&mut tx, &self.defaults, &jobs).await?;
+        tx.commit().await?;
+        Ok(EventReceipt { event_id, duplicate: false, resumed_runs })
+    }
+
+    /// The `run` phase of a wait node: register the wait; finish at once if stored events already satisfy it,
+    /// otherwise park the step and schedule the timeout.
+    pub(super) async fn start_wait(
+        &self,
+        job: &NodeJob,
+        run: &RunState,
+        spec: &WaitSpec,
+        next: &[String],
+        scope: &minijinja::Value,
+    ) -> Result<Step, JobError> {
+        let key = match spec.key.eval_json(scope).map_err(JobError::permanent)? {
+            Value::String(key) if !key.is_empty() => key,
+            Value::Number(n) => n.to_string(),
+            other => {
+                return Err(JobError::permanent(format!(
+                    "correlation key `{}` evaluated to {other}, not a string or number",
+                    spec.key.source()
+                )));
+            }
+        };
+        let lookback = chrono::Duration::from_std(self.settings.event_lookback()).unwrap_or(chrono::Duration::zero());
+        let since = run.created_at - lookback;
+        let deadline = spec
+            .timeout
+            .and_then(|t| chrono::Duration::from_std(t).ok())
+            .map(|t| Utc::now() + t);
+        self.register_wait(job, spec, &key, since, deadline, next).await.map_err(retryable)?;
+        Ok(Step::Recorded)
+    }
+
+    async fn register_wait(
+        &self,
+        job: &NodeJob,
+        spec: &WaitSpec,
+        key: &str,
+        since: chrono::DateTime<Utc>,
+        deadline: Option<chrono::DateTime<Utc>>,
+        next: &[String],
+    ) -> Result<(), WorkflowError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sql::LOCK_KEY).bind(key).execute(&mut *tx).await?;
+        // Park the step first: if another attempt already did, there is nothing to do.
+        let parked = sqlx::query(sql::SUSPEND_STEP)
+            .bind(job.run)
+            .bind(job.epoch)
+            .bind(&job.node)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if parked.is_none() {
+            return Ok(());
+        }
+        let status: String = sqlx::query(sql::REGISTER_WAIT)
+            .bind(job.run)
+            .bind(job.epoch)
+            .bind(&job.node)
+            .bind(key)
+            .bind(&spec.events)
+            .bind(spec.mode.as_str())
+            .bind(spec.mode.needed(spec.events.len()))
+            .bind(since)
+            .bind(deadline)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("status")?;
+        if status == "satisfied" {
+            let output = self.matched_events(&mut tx, job).await?;
+            let done = Finish { from: "waiting", outcome: "satisfied", output: &output, patch: &Default::default(), next };
+            self.finish_in(&mut tx, job, done).await?;
+        } else if let Some(deadline) = deadline {
+            let timeout = NodeJob { phase: Phase::Timeout, ..job.clone() };
+            crate::queue::enqueue(&mut tx, &self.defaults, self.node_job(timeout, Some(deadline))).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The `resume` phase: an event satisfied the wait; finish with the matched events as output.
+    pub(super) async fn wait_satisfied(&self, job: &NodeJob, next: &[String]) -> Result<Step, JobError> {
+        let mut conn = self.pool.acquire().await.map_err(|e| retryable(e.into()))?;
+        let output = self.matched_events(&mut conn, job).await.map_err(retryable)?;
+        Ok(Step::Done { outcome: "satisfied".into(), output, patch: Default::default(), next: next.to_vec() })
+    }
+
+    /// The `timeout` phase: time the wait out unless an event satisfied it first, then follow `on_timeout`, or
+    /// fail the node if there is none.
+    pub(super) async fn wait_timed_out(&self, job: &NodeJob, node: &Node, spec: &WaitSpec) -> Result<Step, JobError> {
+        self.time_out(job, node, spec).await.map_err(retryable)?;
+        Ok(Step::Recorded)
+    }
+
+    async fn time_out(&self, job: &NodeJob, node: &Node, spec: &WaitSpec) -> Result<(), WorkflowError> {
+        let mut tx = self.pool.begin().await?;
+        let timed_out = sqlx::query(sql::TIME_OUT_WAIT)
+            .bind(job.run)
+            .bind(job.epoch)
+            .bind(&job.node)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if timed_out.is_none() {
+            return Ok(()); // satisfied (or cancelled) first
+        }
+        if spec.on_timeout.is_empty() {
+            let message = format!("timed out waiting for {} ({})", spec.events.join(", "), spec.mode.as_str());
+            self.fail_node_in(&mut tx, job, node, &message).await?;
+        } else {
+            let output = self.matched_events(&mut tx, job).await?;
+            let output = json!({ "timed_out": true, "events": output["events"] });
+            let done = Finish { from: "waiting", outcome: "timed_out", output: &output, patch: &Default::default(), next: &spec.on_timeout };
+            self.finish_in(&mut tx, job, done).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn matched_events(&self, conn: &mut sqlx::PgConnection, job: &NodeJob) -> Result<Value, WorkflowError> {
+        let row = sqlx::query(sql::MATCHED_EVENTS)
+            .bind(job.run)
+            .bind(job.epoch)
+            .bind(&job.node)
+            .fetch_one(&mut *conn)
+            .await?;
+        let events: Value = row.try_get("events")?;
+        let ids: Value = row.try_get("event_ids")?;
+        Ok(json!({ "events": events, "event_ids": ids }))
+    }
+}

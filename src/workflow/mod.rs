@@ -1,0 +1,167 @@
+//! Notification workflows: versioned definitions whose nodes run as queue jobs.
+//!
+//! * [`definition`]: the YAML/JSON format, validation and compilation (see `docs/workflows.md`);
+//! * [`expr`]: the expression and template language (minijinja);
+//! * [`catalog`]: stored versions, synced from `jobs/`, compiled once per process;
+//! * `runs.rs`: starting, reading, cancelling and retrying runs;
+//! * `engine.rs`: the node job handler: executes one node and, in one transaction, records its step and
+//!   enqueues the next node jobs;
+//! * `events.rs`: events and wait-for-events nodes.
+//!
+//! A run is a row in `herald_runs`; each node execution is a step row plus a queue job of kind
+//! [`NodeJob::KIND`](crate::queue::Job::KIND). Guarantees: a node's effect on its run (step status, output,
+//! context, next steps) is recorded exactly once even if its worker dies and the job runs again; messages are
+//! sent at least once with a stable idempotency key.
+
+pub mod catalog;
+pub mod definition;
+mod engine;
+mod events;
+pub mod expr;
+mod runs;
+mod sql;
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+pub use catalog::{Catalog, Saved, WorkflowSummary};
+pub use definition::{DefinitionError, Workflow};
+pub use events::{EventReceipt, NewEvent};
+pub use runs::{RunFilter, RunView, Started, StepView};
+
+use crate::channels::Channels;
+use crate::config::{Settings, WorkflowSettings};
+use crate::queue::{self, HandlerRegistry, Job, JobDefaults, JobKind, NewJob, QueueError, QueueName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkflowError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("invalid workflow definition: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<DefinitionError>),
+    #[error("version {version} of workflow `{name}` is already stored with different content; bump `version`")]
+    VersionConflict { name: String, version: i32 },
+    #[error("invalid input: {}", .0.iter().map(|(f, m)| format!("{f} {m}")).collect::<Vec<_>>().join("; "))]
+    InvalidInput(Vec<(String, String)>),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The job that executes one node of one run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeJob {
+    pub run: i64,
+    pub epoch: i32,
+    pub node: String,
+    #[serde(default)]
+    pub phase: Phase,
+}
+
+impl Job for NodeJob {
+    const KIND: &'static str = "herald.workflow.node";
+}
+
+/// Which part of a node a job runs. Delay and wait-for-events nodes run in two parts: `run` parks the step,
+/// then `resume` (the delay elapsed, the events arrived) or `timeout` finishes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    #[default]
+    Run,
+    Resume,
+    Timeout,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Run => "run",
+            Phase::Resume => "resume",
+            Phase::Timeout => "timeout",
+        }
+    }
+}
+
+/// Everything the workflow code needs: the database, the compiled definitions, the channels.
+pub struct Engine {
+    pool: PgPool,
+    pub catalog: Catalog,
+    channels: Channels,
+    defaults: JobDefaults,
+    settings: WorkflowSettings,
+    queue: QueueName,
+    node_kind: JobKind,
+}
+
+impl Engine {
+    pub fn new(pool: PgPool, settings: &Settings, channels: Channels) -> Result<Self, WorkflowError> {
+        let queue = QueueName::parse(&settings.workflows.queue).map_err(QueueError::from)?;
+        Ok(Self {
+            catalog: Catalog::new(pool.clone()),
+            pool,
+            channels,
+            defaults: settings.job_defaults(),
+            settings: settings.workflows.clone(),
+            queue,
+            node_kind: JobKind::parse(NodeJob::KIND).map_err(QueueError::from)?,
+        })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The queue job for one phase of one node, due at `run_at` (now if `None`).
+    fn node_job(&self, job: NodeJob, run_at: Option<DateTime<Utc>>) -> NewJob {
+        let payload = serde_json::json!({
+            "run": job.run, "epoch": job.epoch, "node": job.node, "phase": job.phase.as_str(),
+        });
+        let mut new = NewJob::new(self.queue.clone(), self.node_kind.clone(), payload)
+            .max_attempts(self.settings.node_max_attempts);
+        if let Some(at) = run_at {
+            new = new.run_at(at);
+        }
+        new
+    }
+
+    /// Enqueues the `run` phase of each node in `nodes`, inside the caller's transaction.
+    async fn enqueue_nodes(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        run: i64,
+        epoch: i32,
+        nodes: &[String],
+    ) -> Result<(), WorkflowError> {
+        let jobs: Vec<NewJob> = nodes
+            .iter()
+            .map(|node| {
+                let job = NodeJob {
+                    run,
+                    epoch,
+                    node: node.clone(),
+                    phase: Phase::Run,
+                };
+                self.node_job(job, None)
+            })
+            .collect();
+        queue::enqueue_many(conn, &self.defaults, &jobs).await?;
+        Ok(())
+    }
+}
+
+/// Registers the node job handler.
+pub fn register(registry: &mut HandlerRegistry, engine: Arc<Engine>) {
+    registry.register(move |job: NodeJob, ctx| {
+        let engine = Arc::clone(&engine);
+        async move { engine.run_node(job, ctx).await }
+    });
+}

@@ -1,0 +1,243 @@
+//! Every SQL statement of the workflow engine. Each is exercised by the tests in `tests/workflow_*.rs`.
+//!
+//! Concurrency rules the statements rely on (PostgreSQL, READ COMMITTED):
+//! * A step moves `pending -> running -> (waiting ->) completed | failed` only through `UPDATE ... WHERE status
+//!   = <expected>`: a second worker running the same node job (after a crash) finds the step already moved and
+//!   does nothing, so a node's effect on its run happens once.
+//! * The run's `pending` counter and `context` are changed with `SET pending = pending - 1 + n`: an UPDATE that
+//!   waited for a concurrent one re-reads the newest row, so parallel branches never lose each other's changes.
+//! * Wait registration and event intake both take an advisory lock on the correlation key before reading, so
+//!   whichever commits second sees the other's row: an event is never missed by a wait that starts concurrently.
+
+// ---- definitions ----
+
+/// Stores a definition version unless that (name, version) exists; reports whether it was inserted and, if not,
+/// whether the stored content is the same (by digest of the canonical jsonb text).
+pub const SAVE_WORKFLOW: &str = "
+WITH new AS (
+    SELECT encode(sha256(convert_to($3::jsonb::text, 'UTF8')), 'hex') AS digest
+), inserted AS (
+    INSERT INTO herald_workflows (name, version, definition, digest, source)
+    SELECT $1, $2, $3::jsonb, new.digest, $4 FROM new
+    ON CONFLICT (name, version) DO NOTHING
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM inserted) AS inserted,
+       (SELECT digest FROM herald_workflows WHERE name = $1 AND version = $2) IS NOT DISTINCT FROM new.digest
+           AS same_content
+FROM new";
+
+pub const LOAD_WORKFLOW: &str =
+    "SELECT definition FROM herald_workflows WHERE name = $1 AND version = $2";
+
+pub const LATEST_WORKFLOW: &str = "
+SELECT version, definition FROM herald_workflows WHERE name = $1 ORDER BY version DESC LIMIT 1";
+
+pub const LIST_WORKFLOWS: &str = "
+SELECT DISTINCT ON (name) name, version, definition->>'description' AS description, source, created_at,
+       count(*) OVER (PARTITION BY name) AS versions
+FROM herald_workflows ORDER BY name, version DESC";
+
+// ---- runs ----
+
+/// Starts runs of one workflow version: one row per context, plus each run's pending trigger step. A run whose
+/// idempotency key is taken is skipped (the caller looks the existing run up).
+pub const START_RUNS: &str = "
+WITH input AS (
+    SELECT * FROM unnest($3::jsonb[], $4::text[], $5::text[]) WITH ORDINALITY AS t(context, key, request_id, ord)
+), runs AS (
+    INSERT INTO herald_runs (workflow, version, status, context, idempotency_key, request_id)
+    SELECT $1, $2, 'running', context, key, request_id FROM input ORDER BY ord
+    ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, idempotency_key
+), steps AS (
+    INSERT INTO herald_run_steps (run_id, epoch, node_id, status)
+    SELECT id, 1, $6, 'pending' FROM runs
+)
+SELECT id, idempotency_key FROM runs ORDER BY id";
+
+pub const FIND_RUN_BY_KEY: &str =
+    "SELECT id, version FROM herald_runs WHERE workflow = $1 AND idempotency_key = $2";
+
+pub const GET_RUN: &str = "
+SELECT id, workflow, version, status, epoch, pending, context, idempotency_key, failed_node, error,
+       created_at, updated_at, finished_at
+FROM herald_runs WHERE id = $1";
+
+pub const GET_STEPS: &str = "
+SELECT epoch, node_id, status, outcome, output, error, attempts, enqueued_at, started_at, finished_at
+FROM herald_run_steps WHERE run_id = $1 ORDER BY epoch, enqueued_at, node_id";
+
+/// Newest first, keyset-paginated by id; either filter may be NULL.
+pub const LIST_RUNS: &str = "
+SELECT id, workflow, version, status, epoch, pending, context, idempotency_key, failed_node, error,
+       created_at, updated_at, finished_at
+FROM herald_runs
+WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
+  AND ($3::bigint IS NULL OR id < $3)
+ORDER BY id DESC LIMIT $4";
+
+pub const CANCEL_RUN: &str = "
+WITH run AS (
+    UPDATE herald_runs SET status = 'cancelled', finished_at = now(), updated_at = now()
+    WHERE id = $1 AND status = 'running'
+    RETURNING id, epoch
+), steps AS (
+    UPDATE herald_run_steps s SET status = 'cancelled', finished_at = now()
+    FROM run WHERE s.run_id = run.id AND s.epoch = run.epoch AND s.status IN ('pending', 'running', 'waiting')
+), waits AS (
+    UPDATE herald_waits w SET status = 'cancelled', resolved_at = now()
+    FROM run WHERE w.run_id = run.id AND w.status = 'waiting'
+)
+SELECT id FROM run";
+
+/// Reopens a failed run at the node that failed, in a new epoch.
+pub const RETRY_RUN: &str = "
+WITH run AS (
+    UPDATE herald_runs SET status = 'running', epoch = epoch + 1, pending = 1, error = NULL,
+                           finished_at = NULL, updated_at = now()
+    WHERE id = $1 AND status = 'failed' AND failed_node IS NOT NULL
+    RETURNING id, epoch, failed_node
+), step AS (
+    INSERT INTO herald_run_steps (run_id, epoch, node_id, status)
+    SELECT id, epoch, failed_node, 'pending' FROM run
+)
+SELECT id, epoch, failed_node FROM run";
+
+// ---- steps ----
+
+/// Marks a node job's step as started and returns its run, if the run is still running in this epoch and the
+/// step is in the state this phase expects (`run`: pending or running again after a crash; `resume`/`timeout`:
+/// waiting). No row means there is nothing to do: the step already moved on, or the run ended.
+pub const BEGIN_STEP: &str = "
+UPDATE herald_run_steps s
+SET status = CASE WHEN $4 = 'run' THEN 'running' ELSE s.status END,
+    started_at = coalesce(s.started_at, now()),
+    attempts = CASE WHEN $4 = 'run' THEN $5 ELSE s.attempts END
+FROM herald_runs r
+WHERE s.run_id = $1 AND s.epoch = $2 AND s.node_id = $3
+  AND r.id = s.run_id AND r.status = 'running' AND r.epoch = s.epoch
+  AND CASE WHEN $4 = 'run' THEN s.status IN ('pending', 'running') ELSE s.status = 'waiting' END
+RETURNING r.workflow, r.version, r.context, r.created_at";
+
+/// Finishes a step (from `$4`: running or waiting) and, in the same statement, inserts the next steps, merges
+/// the context patch and the node's output into the run, and completes the run when nothing is pending. Returns
+/// the next steps actually inserted (a node two edges reach is inserted once) and the run's status.
+pub const FINISH_STEP: &str = "
+WITH step AS (
+    UPDATE herald_run_steps
+    SET status = 'completed', outcome = $5, output = $6, error = NULL, finished_at = now()
+    WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status = $4
+    RETURNING run_id
+), next AS (
+    INSERT INTO herald_run_steps (run_id, epoch, node_id, status)
+    SELECT $1, $2, target, 'pending' FROM step, unnest($8::text[]) AS target
+    ON CONFLICT DO NOTHING
+    RETURNING node_id
+), run AS (
+    UPDATE herald_runs
+    SET pending = pending - 1 + (SELECT count(*) FROM next),
+        context = jsonb_set(context || $7::jsonb, ARRAY['nodes', $3], $6::jsonb),
+        status = CASE WHEN pending - 1 + (SELECT count(*) FROM next) = 0 THEN 'completed' ELSE status END,
+        finished_at = CASE WHEN pending - 1 + (SELECT count(*) FROM next) = 0 THEN now() END,
+        updated_at = now()
+    WHERE id = $1 AND epoch = $2 AND status = 'running' AND EXISTS (SELECT 1 FROM step)
+    RETURNING status
+)
+SELECT EXISTS (SELECT 1 FROM step) AS finished,
+       coalesce((SELECT array_agg(node_id) FROM next), '{}') AS enqueue,
+       (SELECT status FROM run) AS run_status";
+
+/// A delay or wait node parks its step until a resume (or timeout) job arrives.
+pub const SUSPEND_STEP: &str = "
+UPDATE herald_run_steps SET status = 'waiting'
+WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status = 'running'
+RETURNING run_id";
+
+/// Keeps the latest failed attempt's error visible on the step while it is retried.
+pub const RECORD_STEP_ERROR: &str = "
+UPDATE herald_run_steps SET error = $4
+WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status IN ('running', 'waiting')";
+
+/// A node failed for good and has no `on_error` edge: the step and the run fail, its waits are cancelled.
+pub const FAIL_RUN: &str = "
+WITH step AS (
+    UPDATE herald_run_steps SET status = 'failed', error = $4, finished_at = now()
+    WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status IN ('running', 'waiting')
+    RETURNING run_id
+), waits AS (
+    UPDATE herald_waits SET status = 'cancelled', resolved_at = now()
+    WHERE run_id = $1 AND status = 'waiting' AND EXISTS (SELECT 1 FROM step)
+)
+UPDATE herald_runs
+SET status = 'failed', failed_node = $3, error = $4, pending = pending - 1, finished_at = now(), updated_at = now()
+WHERE id = $1 AND epoch = $2 AND status = 'running' AND EXISTS (SELECT 1 FROM step)
+RETURNING id";
+
+/// A node failed for good but has an `on_error` edge: the step is failed, the run goes on.
+pub const FAIL_STEP: &str = "
+UPDATE herald_run_steps SET status = 'failed', error = $4, finished_at = now()
+WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status IN ('running', 'waiting')
+RETURNING run_id";
+
+/// Inserts the steps an `on_error` edge leads to, keeping the pending count (the failed step is replaced).
+pub const CONTINUE_AFTER_FAILURE: &str = "
+WITH next AS (
+    INSERT INTO herald_run_steps (run_id, epoch, node_id, status)
+    VALUES ($1, $2, $3, 'pending')
+    ON CONFLICT DO NOTHING
+    RETURNING node_id
+), run AS (
+    UPDATE herald_runs
+    SET pending = pending - 1 + (SELECT count(*) FROM next),
+        status = CASE WHEN pending - 1 + (SELECT count(*) FROM next) = 0 THEN 'completed' ELSE status END,
+        finished_at = CASE WHEN pending - 1 + (SELECT count(*) FROM next) = 0 THEN now() END,
+        updated_at = now()
+    WHERE id = $1 AND epoch = $2 AND status = 'running'
+)
+SELECT coalesce((SELECT array_agg(node_id) FROM next), '{}') AS enqueue";
+
+// ---- events and waits ----
+
+/// Serialises wait registration and event intake for one correlation key (class 1214 = herald waits).
+pub const LOCK_KEY: &str = "SELECT pg_advisory_xact_lock(1214, hashtext($1))";
+
+/// Registers a wait and, in the same statement, checks the events already stored (received since `$8`).
+/// Returns the wait's status: `satisfied` at once, or `waiting`.
+pub const REGISTER_WAIT: &str = "
+INSERT INTO herald_waits (run_id, epoch, node_id, key, events, mode, needed, since, deadline, status)
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
+       CASE WHEN (SELECT CASE WHEN $6 = 'all' THEN count(DISTINCT e.name) ELSE count(*) END
+                  FROM herald_events e
+                  WHERE e.key = $4 AND e.name = ANY($5) AND e.received_at >= $8) >= $7
+            THEN 'satisfied' ELSE 'waiting' END
+RETURNING status";
+
+/// Stores an event unless its id was seen before (a redelivery counts once).
+pub const INSERT_EVENT: &str = "
+INSERT INTO herald_events (event_id, name, key, payload) VALUES ($1, $2, $3, $4)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING id";
+
+/// Marks satisfied every waiting wait on this key that this event name can complete; returns them.
+pub const SATISFY_WAITS: &str = "
+UPDATE herald_waits w SET status = 'satisfied', resolved_at = now()
+WHERE w.key = $1 AND w.status = 'waiting' AND $2 = ANY(w.events)
+  AND (SELECT CASE WHEN w.mode = 'all' THEN count(DISTINCT e.name) ELSE count(*) END
+       FROM herald_events e
+       WHERE e.key = w.key AND e.name = ANY(w.events) AND e.received_at >= w.since) >= w.needed
+RETURNING w.run_id, w.epoch, w.node_id";
+
+/// A wait's timeout fired: it times out unless an event satisfied it first.
+pub const TIME_OUT_WAIT: &str = "
+UPDATE herald_waits SET status = 'timed_out', resolved_at = now()
+WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status = 'waiting'
+RETURNING run_id";
+
+/// The events a wait matched, latest payload per name, for the node's output.
+pub const MATCHED_EVENTS: &str = "
+SELECT coalesce(jsonb_object_agg(e.name, e.payload ORDER BY e.id), '{}') AS events,
+       coalesce(jsonb_agg(e.event_id ORDER BY e.id), '[]') AS event_ids
+FROM herald_waits w
+JOIN herald_events e ON e.key = w.key AND e.name = ANY(w.events) AND e.received_at >= w.since
+WHERE w.run_id = $1 AND w.epoch = $2 AND w.node_id = $3";
