@@ -288,8 +288,12 @@ async fn delay_nodes_start_the_next_node_on_time_without_holding_a_worker() {
     let id = flow.trigger("delayed", json!({ "at": at.to_rfc3339() })).await;
     flow.step_reaches(id, "pause", "waiting").await;
     // While parked, no node job is running: the delay is a scheduled job.
-    let running = common::scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL").await;
-    assert_eq!(running, 0);
+    let leased = "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL";
+    common::wait_until(Duration::from_secs(1), "no job leased", || async {
+        common::scalar_i64(&flow.db.pool, leased).await == 0
+    })
+    .await;
+    assert_eq!(step(&flow.run(id).await, "pause").status, "waiting");
     let run = flow.finished(id, "completed").await;
     let pause = step(&run, "pause");
     let after_pause = step(&run, "until").started_at.expect("until started");
