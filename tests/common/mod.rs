@@ -241,8 +241,14 @@ pub fn init_test_logging() {
 
 /// Starts `herald <args>` as a separate process on `url`, with the test settings and logs at `warn`.
 pub fn spawn_herald(url: &str, args: &[&str]) -> tokio::process::Child {
+    spawn_herald_with(url, args, &[])
+}
+
+/// [`spawn_herald`] with extra environment variables (settings overrides such as `HERALD_CHANNELS__SINK`).
+pub fn spawn_herald_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("DATABASE_URL", url)
         .env("HERALD_ENV", "test")
