@@ -361,7 +361,7 @@ fn spawn_worker(url: &str, queues: &str, claim_batch: usize) -> Result<Child, Be
         .map_err(|e| BenchError::Failed(format!("cannot start a worker process: {e}")))
 }
 
-async fn stop_workers(workers: Vec<Child>) {
+pub(crate) async fn stop_workers(workers: Vec<Child>) {
     for mut worker in workers {
         if let Some(pid) = worker.id() {
             // SAFETY: sending a signal to a child we own.
@@ -426,7 +426,7 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn recreate_database(
+pub(crate) async fn recreate_database(
     server_url: &str,
     settings: &crate::config::DatabaseSettings,
     name: &str,

@@ -148,6 +148,12 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.channels.sink.as_str(), "log" | "file") {
+            return Err(ConfigError::Value {
+                key: "channels.sink",
+                reason: format!("`{}` is not a sink (log, file)", self.channels.sink),
+            });
+        }
         let positive = |key: &'static str, value: u64| {
             if value == 0 {
                 Err(ConfigError::Value {
@@ -265,7 +271,7 @@ mod tests {
     fn built_in_defaults_are_valid() {
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings::load_from(dir.path(), None).unwrap();
-        assert_eq!(settings.worker.queues, vec!["default".to_string()]);
+        assert_eq!(settings.worker.queues, ["default", "workflows"]);
     }
 
     #[test]

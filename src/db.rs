@@ -48,6 +48,23 @@ pub async fn connect(url: &str, settings: &DatabaseSettings) -> Result<PgPool, D
         .map_err(DbError::Connect)
 }
 
+/// A second pool on the same database whose transactions commit without waiting for the WAL flush
+/// (`synchronous_commit = off`), for work whose loss in a PostgreSQL crash is harmless because it is redone.
+///
+/// Why this is safe for workflow steps: PostgreSQL writes WAL in order, and the queue's acknowledgement of the
+/// node job (on the ordinary pool) is a synchronous commit that comes later, so it flushes the step's commit
+/// too. If PostgreSQL crashes before that, the step and the ack are lost together and the node job runs again.
+pub fn relaxed_commit_pool(pool: &PgPool, settings: &DatabaseSettings) -> PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("synchronous_commit", "off")]);
+    PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .connect_lazy_with(options)
+}
+
 /// Applies pending migrations (sqlx holds an advisory lock, so many processes may call this at once).
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;

@@ -64,8 +64,20 @@ enum Command {
         #[command(subcommand)]
         command: WorkflowsCommand,
     },
-    /// Measure enqueue and execution throughput and pickup latency on a scratch database.
-    Bench(bench::BenchArgs),
+    /// Measure enqueue and execution throughput and pickup latency on a scratch database
+    /// (`herald bench workflows` measures workflow runs instead).
+    Bench {
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Runs of a trigger -> condition -> action workflow through the whole engine.
+    Workflows(herald::bench_workflows::WorkflowBenchArgs),
 }
 
 #[derive(Args)]
@@ -221,7 +233,11 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::load()?;
     match cli.command {
         Command::Up(args) => up(&settings, args).await,
-        Command::Bench(args) => Ok(bench::run(&settings, args).await?),
+        Command::Bench { what: None, args } => Ok(bench::run(&settings, args).await?),
+        Command::Bench {
+            what: Some(BenchWhat::Workflows(args)),
+            ..
+        } => Ok(herald::bench_workflows::run(&settings, args).await?),
         Command::Migrate => {
             db::migrate(&connect(&settings).await?).await?;
             println!("migrations applied");
@@ -259,7 +275,9 @@ async fn main() -> anyhow::Result<()> {
 async fn workflows(settings: &Settings, command: WorkflowsCommand) -> anyhow::Result<()> {
     use herald::workflow::catalog;
     if let WorkflowsCommand::Check { dir } = &command {
-        let dir = dir.clone().unwrap_or_else(|| settings.workflows.dir.clone());
+        let dir = dir
+            .clone()
+            .unwrap_or_else(|| settings.workflows.dir.clone());
         let checked = catalog::check_dir(&dir).map_err(report_invalid)?;
         for (file, name, version) in checked {
             println!("{file}: {name} v{version} is valid");
@@ -273,15 +291,24 @@ async fn workflows(settings: &Settings, command: WorkflowsCommand) -> anyhow::Re
         WorkflowsCommand::Check { .. } => Ok(()),
         WorkflowsCommand::Sync { dir } => {
             let dir = dir.unwrap_or_else(|| settings.workflows.dir.clone());
-            let outcomes = engine.catalog.sync_dir(&dir).await.map_err(report_invalid)?;
+            let outcomes = engine
+                .catalog
+                .sync_dir(&dir)
+                .await
+                .map_err(report_invalid)?;
             for (file, name, version, saved) in outcomes {
                 println!("{file}: {name} v{version} {saved:?}");
             }
             Ok(())
         }
         WorkflowsCommand::List => print_json(&engine.catalog.list().await?),
-        WorkflowsCommand::Trigger { name, data, idempotency_key } => {
-            let data: serde_json::Value = serde_json::from_str(&data).context("--data is not valid JSON")?;
+        WorkflowsCommand::Trigger {
+            name,
+            data,
+            idempotency_key,
+        } => {
+            let data: serde_json::Value =
+                serde_json::from_str(&data).context("--data is not valid JSON")?;
             let started = engine.start_run(&name, data, idempotency_key, None).await?;
             println!("{started:?}");
             Ok(())

@@ -27,7 +27,10 @@ async fn kill_9_of_a_worker_mid_run_loses_nothing_and_repeats_no_node_effect() {
     let ids = flow.engine.start_runs("order_shipped", data).await.unwrap();
     assert_eq!(ids.len() as i64, RUNS);
 
-    let env = [("HERALD_CHANNELS__SINK", "file"), ("HERALD_CHANNELS__OUTBOX_FILE", outbox_path.as_str())];
+    let env = [
+        ("HERALD_CHANNELS__SINK", "file"),
+        ("HERALD_CHANNELS__OUTBOX_FILE", outbox_path.as_str()),
+    ];
     let args = ["worker", "--queues", "workflows:8"];
     let mut victim = spawn_herald_with(&flow.db.url, &args, &env);
     let completed = "SELECT count(*) FROM herald_runs WHERE status = 'completed'";
@@ -37,7 +40,10 @@ async fn kill_9_of_a_worker_mid_run_loses_nothing_and_repeats_no_node_effect() {
     .await;
     victim.kill().await.unwrap(); // SIGKILL: mid-run, leases held
     let done_at_kill = scalar_i64(&flow.db.pool, completed).await;
-    assert!(done_at_kill < RUNS, "the kill must land mid-way ({done_at_kill} of {RUNS} done)");
+    assert!(
+        done_at_kill < RUNS,
+        "the kill must land mid-way ({done_at_kill} of {RUNS} done)"
+    );
 
     let mut survivor = spawn_herald_with(&flow.db.url, &args, &env);
     wait_until(Duration::from_secs(90), "every run completed", || async {
@@ -49,7 +55,10 @@ async fn kill_9_of_a_worker_mid_run_loses_nothing_and_repeats_no_node_effect() {
     // Each run: five steps, each completed exactly once in epoch 1, nothing pending, every output in the context.
     let steps = "SELECT count(*) FROM herald_run_steps WHERE status = 'completed' AND epoch = 1";
     assert_eq!(scalar_i64(&flow.db.pool, steps).await, RUNS * 5);
-    assert_eq!(scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_run_steps").await, RUNS * 5);
+    assert_eq!(
+        scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_run_steps").await,
+        RUNS * 5
+    );
     let incomplete = "SELECT count(*) FROM herald_runs WHERE pending <> 0 OR \
                       (SELECT count(*) FROM jsonb_object_keys(context->'nodes')) <> 5";
     assert_eq!(scalar_i64(&flow.db.pool, incomplete).await, 0);
@@ -59,7 +68,9 @@ async fn kill_9_of_a_worker_mid_run_loses_nothing_and_repeats_no_node_effect() {
     let mut sends: HashMap<String, usize> = HashMap::new();
     for line in text.lines() {
         let message: serde_json::Value = serde_json::from_str(line).expect("whole JSON lines");
-        *sends.entry(message["idempotency_key"].as_str().unwrap().to_string()).or_default() += 1;
+        *sends
+            .entry(message["idempotency_key"].as_str().unwrap().to_string())
+            .or_default() += 1;
     }
     assert_eq!(sends.len() as i64, RUNS * 2, "push and email for every run");
     let repeated: Vec<_> = sends.iter().filter(|(_, n)| **n > 1).collect();
@@ -75,5 +86,8 @@ async fn kill_9_of_a_worker_mid_run_loses_nothing_and_repeats_no_node_effect() {
         .unwrap();
         assert!(attempts >= 2, "{key} was sent twice but its node ran once");
     }
-    eprintln!("runs done at the kill: {done_at_kill}; sends repeated after the kill: {}", repeated.len());
+    eprintln!(
+        "runs done at the kill: {done_at_kill}; sends repeated after the kill: {}",
+        repeated.len()
+    );
 }

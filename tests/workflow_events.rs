@@ -9,7 +9,10 @@ use common::flows::{Flow, example};
 use serde_json::json;
 
 fn step<'a>(run: &'a herald::workflow::RunView, node: &str) -> &'a herald::workflow::StepView {
-    run.steps.iter().find(|s| s.node == node).unwrap_or_else(|| panic!("no step {node}: {run:#?}"))
+    run.steps
+        .iter()
+        .find(|s| s.node == node)
+        .unwrap_or_else(|| panic!("no step {node}: {run:#?}"))
 }
 
 const WAIT3: &str = r#"
@@ -37,7 +40,14 @@ nodes:
 #[tokio::test]
 async fn every_ordering_of_three_events_before_and_after_the_wait_completes_once() {
     let flow = Flow::start(&[WAIT3]).await;
-    let orders = [["a", "b", "c"], ["a", "c", "b"], ["b", "a", "c"], ["b", "c", "a"], ["c", "a", "b"], ["c", "b", "a"]];
+    let orders = [
+        ["a", "b", "c"],
+        ["a", "c", "b"],
+        ["b", "a", "c"],
+        ["b", "c", "a"],
+        ["c", "a", "b"],
+        ["c", "b", "a"],
+    ];
     let mut runs = Vec::new();
     for (index, order) in orders.iter().enumerate() {
         // `before` events arrive before the run exists; the rest after it is waiting.
@@ -53,18 +63,30 @@ async fn every_ordering_of_three_events_before_and_after_the_wait_completes_once
     for (id, key, order, before) in &runs {
         if *before < 3 {
             flow.step_reaches(*id, "gate", "waiting").await;
-            assert_eq!(flow.run(*id).await.status, "running", "{key}: no early resume");
+            assert_eq!(
+                flow.run(*id).await.status,
+                "running",
+                "{key}: no early resume"
+            );
         }
         for (position, name) in order[*before..].iter().enumerate() {
             let receipt = flow.event(name, key, &format!("{key}-{name}")).await;
             let last = *before + position == 2;
-            assert_eq!(receipt.resumed_runs, if last { vec![*id] } else { vec![] }, "{key} after {name}");
+            assert_eq!(
+                receipt.resumed_runs,
+                if last { vec![*id] } else { vec![] },
+                "{key} after {name}"
+            );
         }
     }
     for (id, key, ..) in &runs {
         let run = flow.finished(*id, "completed").await;
         assert_eq!(step(&run, "gate").outcome.as_deref(), Some("satisfied"));
-        assert_eq!(flow.recorder.to(key).len(), 1, "{key}: resumed exactly once");
+        assert_eq!(
+            flow.recorder.to(key).len(),
+            1,
+            "{key}: resumed exactly once"
+        );
     }
     flow.stop().await;
 }
@@ -84,7 +106,10 @@ async fn a_duplicate_event_counts_once() {
     assert_eq!(stored, 2);
     flow.event("c", "dup", "ev-3").await;
     let run = flow.finished(id, "completed").await;
-    assert_eq!(step(&run, "gate").output.as_ref().unwrap()["event_ids"], json!(["ev-1", "ev-2", "ev-3"]));
+    assert_eq!(
+        step(&run, "gate").output.as_ref().unwrap()["event_ids"],
+        json!(["ev-1", "ev-2", "ev-3"])
+    );
     flow.stop().await;
 }
 
@@ -93,7 +118,12 @@ async fn events_for_another_key_or_name_do_not_count() {
     let flow = Flow::start(&[WAIT3]).await;
     let id = flow.trigger("wait3", json!({ "order": "mine" })).await;
     flow.step_reaches(id, "gate", "waiting").await;
-    for (name, key) in [("a", "other"), ("b", "other"), ("c", "other"), ("z", "mine")] {
+    for (name, key) in [
+        ("a", "other"),
+        ("b", "other"),
+        ("c", "other"),
+        ("z", "mine"),
+    ] {
         flow.event(name, key, &format!("{name}-{key}")).await;
     }
     assert_eq!(step(&flow.run(id).await, "gate").status, "waiting");
@@ -117,7 +147,10 @@ async fn the_last_two_events_arriving_together_resume_the_run_exactly_once() {
         // Two futures on two pool connections: two concurrent transactions, as on two API servers.
         let (b, c) = tokio::join!(flow.event("b", key, &b_id), flow.event("c", key, &c_id));
         let resumed = b.resumed_runs.len() + c.resumed_runs.len();
-        assert_eq!(resumed, 1, "{key}: exactly one of the two events resumes the run");
+        assert_eq!(
+            resumed, 1,
+            "{key}: exactly one of the two events resumes the run"
+        );
     }
     for (id, key) in &ids {
         flow.finished(*id, "completed").await;
@@ -200,7 +233,10 @@ async fn any_and_at_least_modes() {
     assert_eq!(step(&flow.run(id).await, "two_gate").status, "waiting");
     flow.event("vote", "m", "v2").await;
     let run = flow.finished(id, "completed").await;
-    assert_eq!(step(&run, "two_gate").output.as_ref().unwrap()["event_ids"], json!(["v1", "v2"]));
+    assert_eq!(
+        step(&run, "two_gate").output.as_ref().unwrap()["event_ids"],
+        json!(["v1", "v2"])
+    );
     flow.stop().await;
 }
 
@@ -275,7 +311,12 @@ async fn a_timeout_without_on_timeout_fails_the_run() {
     let id = flow.trigger("timeout", json!({ "k": "f" })).await;
     let run = flow.finished(id, "failed").await;
     assert_eq!(run.failed_node.as_deref(), Some("gate"));
-    assert!(run.error.as_deref().unwrap_or("").contains("timed out waiting for a, b"));
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("timed out waiting for a, b")
+    );
     flow.stop().await;
 }
 
@@ -298,7 +339,10 @@ async fn payment_kyc_example_waits_for_both_events_in_either_order() {
     let run = flow.finished(id, "completed").await;
     let email = flow.recorder.to("u1@example.com");
     assert_eq!(email.len(), 1);
-    assert_eq!(email[0].content["body"], "Payment pi_123 received and identity verified.");
+    assert_eq!(
+        email[0].content["body"],
+        "Payment pi_123 received and identity verified."
+    );
     assert_eq!(flow.recorder.to("+1555").len(), 1);
     assert!(run.steps.iter().all(|s| s.node != "reminder_email"));
     flow.stop().await;

@@ -10,14 +10,19 @@ use common::flows::{Behaviour, Flow, example, timeline};
 use serde_json::json;
 
 fn step<'a>(run: &'a herald::workflow::RunView, node: &str) -> &'a herald::workflow::StepView {
-    run.steps.iter().find(|s| s.node == node).unwrap_or_else(|| panic!("no step {node}: {run:#?}"))
+    run.steps
+        .iter()
+        .find(|s| s.node == node)
+        .unwrap_or_else(|| panic!("no step {node}: {run:#?}"))
 }
 
 async fn dead_letters_reach(flow: &Flow, count: i64) {
     let sql = "SELECT count(*) FROM herald_dead_letters WHERE kind = 'herald.workflow.node'";
-    common::wait_until(Duration::from_secs(10), "node job dead-lettered", || async {
-        common::scalar_i64(&flow.db.pool, sql).await == count
-    })
+    common::wait_until(
+        Duration::from_secs(10),
+        "node job dead-lettered",
+        || async { common::scalar_i64(&flow.db.pool, sql).await == count },
+    )
     .await;
 }
 
@@ -72,11 +77,17 @@ async fn condition_follows_then_else_and_treats_a_missing_field_as_false() {
 
     let yes = flow.finished(yes, "completed").await;
     assert_eq!(step(&yes, "is_vip").outcome.as_deref(), Some("then"));
-    assert!(yes.steps.iter().all(|s| s.node != "tier"), "else edge not taken");
+    assert!(
+        yes.steps.iter().all(|s| s.node != "tier"),
+        "else edge not taken"
+    );
     for run in [no, missing] {
         let run = flow.finished(run, "completed").await;
         assert_eq!(step(&run, "is_vip").outcome.as_deref(), Some("else"));
-        assert_eq!(step(&run, "is_vip").output, Some(json!({ "result": false })));
+        assert_eq!(
+            step(&run, "is_vip").output,
+            Some(json!({ "result": false }))
+        );
         assert!(run.steps.iter().all(|s| s.node != "vip_mail"));
     }
     assert_eq!(flow.recorder.to("vip@example.com").len(), 1);
@@ -90,11 +101,20 @@ async fn branch_takes_the_first_matching_case_or_the_default() {
     let big = flow.trigger("branchy", json!({ "amount": 500 })).await;
     let medium = flow.trigger("branchy", json!({ "amount": 50 })).await;
     let small = flow.trigger("branchy", json!({ "amount": 5 })).await;
-    for (id, outcome, node) in [(big, "case_0", "big"), (medium, "case_1", "medium"), (small, "default", "small")] {
+    for (id, outcome, node) in [
+        (big, "case_0", "big"),
+        (medium, "case_1", "medium"),
+        (small, "default", "small"),
+    ] {
         let run = flow.finished(id, "completed").await;
         assert_eq!(step(&run, "tier").outcome.as_deref(), Some(outcome));
         assert_eq!(step(&run, node).status, "completed");
-        assert_eq!(run.steps.len(), 4, "exactly one branch ran: {:?}", timeline(&run));
+        assert_eq!(
+            run.steps.len(),
+            4,
+            "exactly one branch ran: {:?}",
+            timeline(&run)
+        );
     }
     flow.stop().await;
 }
@@ -103,16 +123,25 @@ async fn branch_takes_the_first_matching_case_or_the_default() {
 async fn trigger_extracts_declared_fields_applies_defaults_and_refuses_bad_data() {
     let flow = Flow::start(&[&example("welcome.yaml")]).await;
     let id = flow
-        .trigger("welcome", json!({ "user_id": "u1", "email": "a@example.com", "extra": "dropped" }))
+        .trigger(
+            "welcome",
+            json!({ "user_id": "u1", "email": "a@example.com", "extra": "dropped" }),
+        )
         .await;
     let run = flow.finished(id, "completed").await;
     assert_eq!(
         run.context["trigger"],
         json!({ "user_id": "u1", "email": "a@example.com", "name": "there", "sms_opt_in": false })
     );
-    let refused = flow.engine.start_run("welcome", json!({ "user_id": 7 }), None, None).await;
+    let refused = flow
+        .engine
+        .start_run("welcome", json!({ "user_id": 7 }), None, None)
+        .await;
     let message = refused.expect_err("bad trigger data").to_string();
-    assert!(message.contains("data.user_id must be of type string"), "{message}");
+    assert!(
+        message.contains("data.user_id must be of type string"),
+        "{message}"
+    );
     assert!(message.contains("data.email is required"), "{message}");
     flow.stop().await;
 }
@@ -126,10 +155,17 @@ async fn transform_sets_context_fields_that_later_templates_use() {
     let run = flow.finished(id, "completed").await;
     assert_eq!(run.context["carrier_name"], "DHL");
     assert_eq!(run.context["eta"], "1-2 days");
-    assert_eq!(step(&run, "describe").output, Some(json!({ "carrier_name": "DHL", "eta": "1-2 days" })));
+    assert_eq!(
+        step(&run, "describe").output,
+        Some(json!({ "carrier_name": "DHL", "eta": "1-2 days" }))
+    );
     let mails = flow.recorder.to("c@example.com");
     assert_eq!(mails.len(), 1);
-    assert!(mails[0].content["body"].contains("ships with DHL and should arrive in 1-2 days"), "{:?}", mails[0]);
+    assert!(
+        mails[0].content["body"].contains("ships with DHL and should arrive in 1-2 days"),
+        "{:?}",
+        mails[0]
+    );
     flow.stop().await;
 }
 
@@ -141,11 +177,24 @@ async fn order_shipped_pushes_then_emails_when_a_device_is_known() {
     let id = flow.trigger("order_shipped", data).await;
     let run = flow.finished(id, "completed").await;
     let nodes: Vec<_> = timeline(&run).into_iter().map(|(node, ..)| node).collect();
-    assert_eq!(nodes, ["shipped", "describe", "route", "push_shipped", "email_shipped"]);
+    assert_eq!(
+        nodes,
+        [
+            "shipped",
+            "describe",
+            "route",
+            "push_shipped",
+            "email_shipped"
+        ]
+    );
     let push = flow.recorder.to("device-1");
     assert_eq!(push.len(), 1);
     assert_eq!(push[0].content["title"], "Order o-2 shipped");
-    assert_eq!(flow.recorder.to("d@example.com").len(), 1, "the email is sent once");
+    assert_eq!(
+        flow.recorder.to("d@example.com").len(),
+        1,
+        "the email is sent once"
+    );
     flow.stop().await;
 }
 
@@ -161,7 +210,10 @@ async fn welcome_example_sends_email_and_sms_to_opted_in_users() {
     assert_eq!(email.len(), 1);
     assert_eq!(email[0].content["subject"], "Welcome to Acme, Ada!");
     assert_eq!(email[0].providers, ["sendgrid", "ses", "smtp"]);
-    assert_eq!(email[0].idempotency_key, format!("run:{id}:1:welcome_email"));
+    assert_eq!(
+        email[0].idempotency_key,
+        format!("run:{id}:1:welcome_email")
+    );
     assert_eq!(flow.recorder.to("+15550001").len(), 1);
     flow.stop().await;
 }
@@ -169,13 +221,17 @@ async fn welcome_example_sends_email_and_sms_to_opted_in_users() {
 #[tokio::test]
 async fn a_rejected_email_follows_on_error_to_the_sms_fallback_and_is_dead_lettered() {
     let flow = Flow::start(&[&example("welcome.yaml")]).await;
-    flow.recorder.behave("bounce@example.com", Behaviour::Reject);
+    flow.recorder
+        .behave("bounce@example.com", Behaviour::Reject);
     let data = json!({ "user_id": "u3", "email": "bounce@example.com", "phone": "+15550002" });
     let id = flow.trigger("welcome", data).await;
     let run = flow.finished(id, "completed").await;
     let email = step(&run, "welcome_email");
     assert_eq!(email.status, "failed");
-    assert!(email.error.as_deref().unwrap_or("").contains("rejected"), "{email:?}");
+    assert!(
+        email.error.as_deref().unwrap_or("").contains("rejected"),
+        "{email:?}"
+    );
     assert_eq!(step(&run, "fallback_sms").status, "completed");
     let sms = flow.recorder.to("+15550002");
     assert_eq!(sms.len(), 1);
@@ -227,7 +283,12 @@ async fn a_node_that_exhausts_its_attempts_fails_the_run_and_retry_resumes_from_
     let run = flow.finished(id, "failed").await;
     assert_eq!(run.failed_node.as_deref(), Some("send"));
     assert_eq!(step(&run, "send").attempts, 5);
-    assert!(run.error.as_deref().unwrap_or("").contains("provider unavailable"));
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("provider unavailable")
+    );
     assert!(run.steps.iter().all(|s| s.node != "after"));
     dead_letters_reach(&flow, 1).await;
 
@@ -235,13 +296,26 @@ async fn a_node_that_exhausts_its_attempts_fails_the_run_and_retry_resumes_from_
     let retried = flow.engine.retry_run(id).await.expect("retry");
     assert_eq!(retried.epoch, 2);
     let run = flow.finished(id, "completed").await;
-    let epochs: Vec<_> = run.steps.iter().map(|s| (s.epoch, s.node.as_str(), s.status.as_str())).collect();
+    let epochs: Vec<_> = run
+        .steps
+        .iter()
+        .map(|s| (s.epoch, s.node.as_str(), s.status.as_str()))
+        .collect();
     assert_eq!(
         epochs,
-        [(1, "start", "completed"), (1, "send", "failed"), (2, "send", "completed"), (2, "after", "completed")]
+        [
+            (1, "start", "completed"),
+            (1, "send", "failed"),
+            (2, "send", "completed"),
+            (2, "after", "completed")
+        ]
     );
     assert_eq!(flow.recorder.to("+2").len(), 1);
-    let again = flow.engine.retry_run(id).await.expect_err("only failed runs retry");
+    let again = flow
+        .engine
+        .retry_run(id)
+        .await
+        .expect_err("only failed runs retry");
     assert!(again.to_string().contains("not failed"), "{again}");
     flow.stop().await;
 }
@@ -253,7 +327,10 @@ async fn a_template_error_fails_the_node_at_once() {
     let run = flow.finished(id, "failed").await;
     let send = step(&run, "send");
     assert_eq!(send.attempts, 1, "a permanent error is not retried");
-    assert!(send.error.as_deref().unwrap_or("").contains("undefined"), "{send:?}");
+    assert!(
+        send.error.as_deref().unwrap_or("").contains("undefined"),
+        "{send:?}"
+    );
     assert!(flow.recorder.messages().is_empty());
     flow.stop().await;
 }
@@ -285,7 +362,9 @@ async fn delay_nodes_start_the_next_node_on_time_without_holding_a_worker() {
     let flow = Flow::start(&[DELAYED]).await;
     let started = Utc::now();
     let at = started + chrono::Duration::milliseconds(2500);
-    let id = flow.trigger("delayed", json!({ "at": at.to_rfc3339() })).await;
+    let id = flow
+        .trigger("delayed", json!({ "at": at.to_rfc3339() }))
+        .await;
     flow.step_reaches(id, "pause", "waiting").await;
     // While parked, no node job is running: the delay is a scheduled job.
     let leased = "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL";
@@ -298,11 +377,21 @@ async fn delay_nodes_start_the_next_node_on_time_without_holding_a_worker() {
     let pause = step(&run, "pause");
     let after_pause = step(&run, "until").started_at.expect("until started");
     let waited = after_pause - pause.started_at.expect("pause started");
-    assert!(waited >= chrono::Duration::milliseconds(1500), "next node started after {waited}");
-    assert!(waited < chrono::Duration::milliseconds(2500), "next node started late: {waited}");
+    assert!(
+        waited >= chrono::Duration::milliseconds(1500),
+        "next node started after {waited}"
+    );
+    assert!(
+        waited < chrono::Duration::milliseconds(2500),
+        "next node started late: {waited}"
+    );
     let done = step(&run, "done").started_at.expect("done started");
     assert!(done >= at, "until: started {done} before {at}");
-    assert!(done - at < chrono::Duration::milliseconds(1000), "until: started late: {}", done - at);
+    assert!(
+        done - at < chrono::Duration::milliseconds(1000),
+        "until: started late: {}",
+        done - at
+    );
     flow.stop().await;
 }
 
@@ -319,15 +408,24 @@ async fn a_delay_until_a_past_time_continues_at_once() {
 async fn cancelling_a_run_stops_its_pending_nodes() {
     let flow = Flow::start(&[DELAYED]).await;
     let at = Utc::now() + chrono::Duration::hours(1);
-    let id = flow.trigger("delayed", json!({ "at": at.to_rfc3339() })).await;
+    let id = flow
+        .trigger("delayed", json!({ "at": at.to_rfc3339() }))
+        .await;
     flow.step_reaches(id, "until", "waiting").await;
     let run = flow.engine.cancel_run(id).await.expect("cancel");
     assert_eq!(run.status, "cancelled");
     assert_eq!(step(&run, "until").status, "cancelled");
-    let again = flow.engine.cancel_run(id).await.expect_err("already cancelled");
+    let again = flow
+        .engine
+        .cancel_run(id)
+        .await
+        .expect_err("already cancelled");
     assert!(again.to_string().contains("not running"));
     // The parked resume job still exists; run it now: it must do nothing.
-    sqlx::query("UPDATE herald_jobs SET run_at = now(), scheduled = false").execute(&flow.db.pool).await.unwrap();
+    sqlx::query("UPDATE herald_jobs SET run_at = now(), scheduled = false")
+        .execute(&flow.db.pool)
+        .await
+        .unwrap();
     common::wait_until(Duration::from_secs(10), "resume job consumed", || async {
         common::live_jobs(&flow.db.pool).await == 0
     })
@@ -343,10 +441,23 @@ async fn cancelling_a_run_stops_its_pending_nodes() {
 async fn idempotent_trigger_returns_the_same_run() {
     let flow = Flow::without_worker(&[FRAGILE]).await;
     let key = Some("signup-42".to_string());
-    let first = flow.engine.start_run("fragile", json!({}), key.clone(), None).await.unwrap();
-    let second = flow.engine.start_run("fragile", json!({}), key, None).await.unwrap();
-    let herald::workflow::Started::Created { id, .. } = first else { panic!("{first:?}") };
-    assert_eq!(second, herald::workflow::Started::Existing { id, version: 1 });
+    let first = flow
+        .engine
+        .start_run("fragile", json!({}), key.clone(), None)
+        .await
+        .unwrap();
+    let second = flow
+        .engine
+        .start_run("fragile", json!({}), key, None)
+        .await
+        .unwrap();
+    let herald::workflow::Started::Created { id, .. } = first else {
+        panic!("{first:?}")
+    };
+    assert_eq!(
+        second,
+        herald::workflow::Started::Existing { id, version: 1 }
+    );
     let runs = common::scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_runs").await;
     assert_eq!(runs, 1);
     let jobs = common::live_jobs(&flow.db.pool).await;
@@ -357,13 +468,23 @@ async fn idempotent_trigger_returns_the_same_run() {
 async fn a_new_version_does_not_change_runs_in_flight() {
     let flow = Flow::without_worker(&[FRAGILE]).await;
     let old = flow.trigger("fragile", json!({ "to": "+9" })).await;
-    flow.save(&FRAGILE.replace("version: 1", "version: 2").replace("body: \"hi\"", "body: \"hi v2\"")).await;
+    flow.save(
+        &FRAGILE
+            .replace("version: 1", "version: 2")
+            .replace("body: \"hi\"", "body: \"hi v2\""),
+    )
+    .await;
     let new = flow.trigger("fragile", json!({ "to": "+9" })).await;
     let flow = flow.with_worker();
     let old = flow.finished(old, "completed").await;
     let new = flow.finished(new, "completed").await;
     assert_eq!((old.version, new.version), (1, 2));
-    let mut bodies: Vec<_> = flow.recorder.to("+9").iter().map(|m| m.content["body"].clone()).collect();
+    let mut bodies: Vec<_> = flow
+        .recorder
+        .to("+9")
+        .iter()
+        .map(|m| m.content["body"].clone())
+        .collect();
     bodies.sort();
     assert_eq!(bodies, ["hi", "hi v2"]);
     flow.stop().await;
@@ -401,7 +522,10 @@ nodes:
     };
     for id in ids {
         let run = flow.finished(id, "completed").await;
-        assert_eq!((run.context["l"].clone(), run.context["r"].clone()), (json!(1), json!(2)));
+        assert_eq!(
+            (run.context["l"].clone(), run.context["r"].clone()),
+            (json!(1), json!(2))
+        );
         assert_eq!(run.steps.iter().filter(|s| s.node == "join").count(), 1);
         assert_eq!(run.pending, 0);
     }

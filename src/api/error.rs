@@ -224,7 +224,9 @@ impl From<WorkflowError> for ApiError {
                 problems
                     .into_iter()
                     .map(|p| FieldError {
-                        field: p.node.map_or_else(|| "definition".into(), |n| format!("nodes.{n}")),
+                        field: p
+                            .node
+                            .map_or_else(|| "definition".into(), |n| format!("nodes.{n}")),
                         message: p.message,
                     })
                     .collect(),

@@ -13,7 +13,9 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::keys::Scope;
 use crate::queue::IdempotencyKey;
-use crate::workflow::{EventReceipt, NewEvent, RunFilter, RunView, Saved, Started, WorkflowSummary};
+use crate::workflow::{
+    EventReceipt, NewEvent, RunFilter, RunView, Saved, Started, WorkflowSummary,
+};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SavedWorkflow {
@@ -61,7 +63,11 @@ pub async fn save_workflow(
         Saved::Created => StatusCode::CREATED,
         Saved::Unchanged => StatusCode::OK,
     };
-    let body = SavedWorkflow { name: workflow.name.clone(), version: workflow.version, status: saved };
+    let body = SavedWorkflow {
+        name: workflow.name.clone(),
+        version: workflow.version,
+        status: saved,
+    };
     Ok((status, Json(body)).into_response())
 }
 
@@ -80,7 +86,9 @@ pub async fn list_workflows(
     caller: Caller,
 ) -> Result<Json<WorkflowList>, ApiError> {
     caller.require(Scope::Read)?;
-    Ok(Json(WorkflowList { workflows: state.engine.catalog.list().await? }))
+    Ok(Json(WorkflowList {
+        workflows: state.engine.catalog.list().await?,
+    }))
 }
 
 /// The latest version of one workflow.
@@ -169,15 +177,27 @@ pub async fn start_run(
         None => request.idempotency_key,
     };
     if let Some(key) = &key {
-        IdempotencyKey::parse(key).map_err(|e| ApiError::field("idempotency_key", e.to_string()))?;
+        IdempotencyKey::parse(key)
+            .map_err(|e| ApiError::field("idempotency_key", e.to_string()))?;
     }
-    let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(String::from);
-    let started = state.engine.start_run(&name, request.data, key, request_id).await?;
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    let started = state
+        .engine
+        .start_run(&name, request.data, key, request_id)
+        .await?;
     let (status, id, version, label) = match started {
         Started::Created { id, version } => (StatusCode::CREATED, id, version, "created"),
         Started::Existing { id, version } => (StatusCode::OK, id, version, "existing"),
     };
-    let body = RunStarted { id, workflow: name, version, status: label.into() };
+    let body = RunStarted {
+        id,
+        workflow: name,
+        version,
+        status: label.into(),
+    };
     Ok((status, Json(body)).into_response())
 }
 
@@ -255,7 +275,12 @@ pub async fn list_runs(
                 .map_err(|_| ApiError::field("cursor", "not a cursor from this API"))?,
         ),
     };
-    let filter = RunFilter { workflow: query.workflow, status: query.status, before, limit: limit + 1 };
+    let filter = RunFilter {
+        workflow: query.workflow,
+        status: query.status,
+        before,
+        limit: limit + 1,
+    };
     let mut runs = state.engine.list_runs(&filter).await?;
     let next_cursor = if runs.len() as i64 > limit {
         runs.truncate(limit as usize);
@@ -344,8 +369,17 @@ pub async fn post_event(
     ApiJson(request): ApiJson<EventRequest>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Enqueue)?;
-    let event = NewEvent { id: request.id, name: request.name, key: request.key, payload: request.payload };
+    let event = NewEvent {
+        id: request.id,
+        name: request.name,
+        key: request.key,
+        payload: request.payload,
+    };
     let receipt = state.engine.ingest_event(event).await?;
-    let status = if receipt.duplicate { StatusCode::OK } else { StatusCode::ACCEPTED };
+    let status = if receipt.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
     Ok((status, Json(receipt)).into_response())
 }

@@ -118,7 +118,9 @@ impl Channels {
     /// The channels configured in settings.
     pub fn from_settings(settings: &crate::config::ChannelSettings) -> Self {
         match settings.sink.as_str() {
-            "file" => Self::uniform(Arc::new(OutboxFileChannel::new(settings.outbox_file.clone()))),
+            "file" => Self::uniform(Arc::new(OutboxFileChannel::new(
+                settings.outbox_file.clone(),
+            ))),
             _ => Self::uniform(Arc::new(LogChannel)),
         }
     }
@@ -167,7 +169,10 @@ impl OutboxFileChannel {
     fn append(&self, message: &Message) -> Result<(), String> {
         let mut line = serde_json::to_vec(message).map_err(|e| e.to_string())?;
         line.push(b'\n');
-        let _guard = self.lock.lock().map_err(|_| "outbox lock poisoned".to_string())?;
+        let _guard = self
+            .lock
+            .lock()
+            .map_err(|_| "outbox lock poisoned".to_string())?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -181,10 +186,11 @@ impl OutboxFileChannel {
 impl Channel for OutboxFileChannel {
     fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
         Box::pin(async move {
-            self.append(message).map_err(|message| SendError::Transient {
-                message,
-                retry_after: None,
-            })?;
+            self.append(message)
+                .map_err(|message| SendError::Transient {
+                    message,
+                    retry_after: None,
+                })?;
             Ok(Sent {
                 provider: "outbox".into(),
                 provider_message_id: Some(message.idempotency_key.clone()),

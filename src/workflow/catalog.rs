@@ -34,11 +34,14 @@ pub struct WorkflowSummary {
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// (name, version) -> compiled workflow.
+type CompiledVersions = HashMap<(String, i32), Arc<Workflow>>;
+
 /// Compiled versions, shared by every node job of this process.
 #[derive(Clone)]
 pub struct Catalog {
     pool: PgPool,
-    compiled: Arc<RwLock<HashMap<(String, i32), Arc<Workflow>>>>,
+    compiled: Arc<RwLock<CompiledVersions>>,
 }
 
 impl Catalog {
@@ -89,14 +92,19 @@ impl Catalog {
         definition: serde_json::Value,
     ) -> Result<Arc<Workflow>, WorkflowError> {
         let source = format!("stored workflow {name} v{version}");
-        let workflow = Arc::new(definition::compile(&source, &definition).map_err(WorkflowError::Invalid)?);
+        let workflow =
+            Arc::new(definition::compile(&source, &definition).map_err(WorkflowError::Invalid)?);
         let mut compiled = self.compiled.write().unwrap_or_else(|e| e.into_inner());
         compiled.insert((name.to_string(), version), Arc::clone(&workflow));
         Ok(workflow)
     }
 
     /// Validates and stores one definition. `source` names it in errors (a file path, or `request`).
-    pub async fn save(&self, source: &str, definition: &serde_json::Value) -> Result<(Arc<Workflow>, Saved), WorkflowError> {
+    pub async fn save(
+        &self,
+        source: &str,
+        definition: &serde_json::Value,
+    ) -> Result<(Arc<Workflow>, Saved), WorkflowError> {
         let workflow = definition::compile(source, definition).map_err(WorkflowError::Invalid)?;
         let mut row = self.save_statement(&workflow, definition, source).await?;
         if !row.try_get::<bool, _>("inserted")? && !row.try_get::<bool, _>("same_content")? {
@@ -104,7 +112,10 @@ impl Catalog {
             // processes syncing at start-up): look again with a fresh snapshot before calling it a conflict.
             row = self.save_statement(&workflow, definition, source).await?;
         }
-        let saved = match (row.try_get::<bool, _>("inserted")?, row.try_get::<bool, _>("same_content")?) {
+        let saved = match (
+            row.try_get::<bool, _>("inserted")?,
+            row.try_get::<bool, _>("same_content")?,
+        ) {
             (true, _) => Saved::Created,
             (false, true) => Saved::Unchanged,
             (false, false) => {
@@ -134,7 +145,9 @@ impl Catalog {
     }
 
     pub async fn list(&self) -> Result<Vec<WorkflowSummary>, WorkflowError> {
-        let rows = sqlx::query(sql::LIST_WORKFLOWS).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(sql::LIST_WORKFLOWS)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok(WorkflowSummary {
@@ -151,13 +164,21 @@ impl Catalog {
 
     /// Loads every `*.yaml`, `*.yml` and `*.json` file in `dir`, validates them all, and stores them only if
     /// every one is valid (a half-synced folder would be worse than none). Returns each file's outcome.
-    pub async fn sync_dir(&self, dir: &Path) -> Result<Vec<(String, String, i32, Saved)>, WorkflowError> {
+    pub async fn sync_dir(
+        &self,
+        dir: &Path,
+    ) -> Result<Vec<(String, String, i32, Saved)>, WorkflowError> {
         check_dir(dir)?;
         let files = read_definitions(dir)?;
         let mut outcomes = Vec::new();
         for (source, definition) in &files {
             let (workflow, saved) = self.save(source, definition).await?;
-            outcomes.push((source.clone(), workflow.name.clone(), workflow.version, saved));
+            outcomes.push((
+                source.clone(),
+                workflow.name.clone(),
+                workflow.version,
+                saved,
+            ));
         }
         Ok(outcomes)
     }
@@ -177,7 +198,10 @@ pub fn check_dir(dir: &Path) -> Result<Vec<(String, String, i32)>, WorkflowError
                     errors.push(DefinitionError {
                         source: source.clone(),
                         node: None,
-                        message: format!("{} v{} is also defined in {other}", workflow.name, workflow.version),
+                        message: format!(
+                            "{} v{} is also defined in {other}",
+                            workflow.name, workflow.version
+                        ),
                     });
                 }
                 checked.push((source.clone(), workflow.name, workflow.version));
@@ -185,7 +209,11 @@ pub fn check_dir(dir: &Path) -> Result<Vec<(String, String, i32)>, WorkflowError
             Err(mut problems) => errors.append(&mut problems),
         }
     }
-    if errors.is_empty() { Ok(checked) } else { Err(WorkflowError::Invalid(errors)) }
+    if errors.is_empty() {
+        Ok(checked)
+    } else {
+        Err(WorkflowError::Invalid(errors))
+    }
 }
 
 /// Reads and parses the definition files of a folder, sorted by name.
@@ -204,11 +232,16 @@ fn read_definitions(dir: &Path) -> Result<Vec<(String, serde_json::Value)>, Work
     let mut errors: Vec<DefinitionError> = Vec::new();
     for path in paths {
         let source = path.display().to_string();
-        let text = std::fs::read_to_string(&path).map_err(|e| WorkflowError::Io(format!("{source}: {e}")))?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| WorkflowError::Io(format!("{source}: {e}")))?;
         match definition::parse_text(&source, &text) {
             Ok(value) => files.push((source, value)),
             Err(error) => errors.push(error),
         }
     }
-    if errors.is_empty() { Ok(files) } else { Err(WorkflowError::Invalid(errors)) }
+    if errors.is_empty() {
+        Ok(files)
+    } else {
+        Err(WorkflowError::Invalid(errors))
+    }
 }

@@ -442,7 +442,9 @@ fn compile_node(raw: &Value, errors: &mut Errors) -> Option<Node> {
             })
         }),
         "branch" => spec::<BranchSpec>(rest).and_then(compile_branch),
-        "transform" => spec::<TransformSpec>(rest).and_then(|s| compile_transform(s, &mut problems)),
+        "transform" => {
+            spec::<TransformSpec>(rest).and_then(|s| compile_transform(s, &mut problems))
+        }
         "delay" => spec::<DelaySpecRaw>(rest).and_then(compile_delay),
         "wait_for_events" => spec::<WaitSpecRaw>(rest).and_then(compile_wait),
         other => Err(format!("unknown kind `{other}` (one of: {KINDS})")),
@@ -459,7 +461,10 @@ fn compile_node(raw: &Value, errors: &mut Errors) -> Option<Node> {
     };
     let takes_next = !matches!(kind, NodeKind::Condition { .. } | NodeKind::Branch { .. });
     if !takes_next && !next.is_empty() {
-        errors.node(&id, format!("a {} node has no `next`; use its own edges", kind.name()));
+        errors.node(
+            &id,
+            format!("a {} node has no `next`; use its own edges", kind.name()),
+        );
     }
     if matches!(kind, NodeKind::Trigger { .. }) && on_error.is_some() {
         errors.node(&id, "a trigger node cannot have `on_error`");
@@ -472,12 +477,20 @@ fn compile_node(raw: &Value, errors: &mut Errors) -> Option<Node> {
     })
 }
 
-fn take_targets(map: &mut Map<String, Value>, key: &str, id: &str, errors: &mut Errors) -> Vec<String> {
+fn take_targets(
+    map: &mut Map<String, Value>,
+    key: &str,
+    id: &str,
+    errors: &mut Errors,
+) -> Vec<String> {
     match map.remove(key).map(serde_json::from_value::<Targets>) {
         None => Vec::new(),
         Some(Ok(targets)) => targets.into_vec(),
         Some(Err(_)) => {
-            errors.node(id, format!("`{key}` must be a node id or a list of node ids"));
+            errors.node(
+                id,
+                format!("`{key}` must be a node id or a list of node ids"),
+            );
             Vec::new()
         }
     }
@@ -558,7 +571,9 @@ fn compile_delay(spec: DelaySpecRaw) -> Result<NodeKind, String> {
         (None, Some(until)) => Ok(NodeKind::Delay(DelaySpec::Until(
             Expr::compile(&until).map_err(|e| format!("`until`: {e}"))?,
         ))),
-        _ => Err("a delay needs exactly one of `duration` (\"10m\") or `until` (an expression)".into()),
+        _ => Err(
+            "a delay needs exactly one of `duration` (\"10m\") or `until` (an expression)".into(),
+        ),
     }
 }
 
@@ -593,14 +608,18 @@ fn compile_wait(spec: WaitSpecRaw) -> Result<NodeKind, String> {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("`{text}` is not a duration like 30s, 10m, 2h: {e}"))
+    humantime::parse_duration(text)
+        .map_err(|e| format!("`{text}` is not a duration like 30s, 10m, 2h: {e}"))
 }
 
 /// Every edge of a node, with the name of the field that holds it.
 pub fn edges(node: &Node) -> Vec<(&'static str, &str)> {
-    let mut edges: Vec<(&'static str, &str)> = node.next.iter().map(|t| ("next", t.as_str())).collect();
+    let mut edges: Vec<(&'static str, &str)> =
+        node.next.iter().map(|t| ("next", t.as_str())).collect();
     match &node.kind {
-        NodeKind::Condition { then, otherwise, .. } => {
+        NodeKind::Condition {
+            then, otherwise, ..
+        } => {
             edges.extend(then.iter().map(|t| ("then", t.as_str())));
             edges.extend(otherwise.iter().map(|t| ("else", t.as_str())));
         }
@@ -628,14 +647,19 @@ fn check_graph(nodes: &HashMap<String, Node>, errors: &mut Errors) -> Option<Str
     for id in &ids {
         for (field, target) in edges(&nodes[*id]) {
             if !nodes.contains_key(target) {
-                errors.node(id, format!("`{field}` points at `{target}`, which is not a node"));
+                errors.node(
+                    id,
+                    format!("`{field}` points at `{target}`, which is not a node"),
+                );
             } else if matches!(nodes[target].kind, NodeKind::Trigger { .. }) {
                 errors.node(id, format!("`{field}` points at the trigger `{target}`"));
             }
         }
     }
-    let triggers: Vec<&&String> =
-        ids.iter().filter(|id| matches!(nodes[**id].kind, NodeKind::Trigger { .. })).collect();
+    let triggers: Vec<&&String> = ids
+        .iter()
+        .filter(|id| matches!(nodes[**id].kind, NodeKind::Trigger { .. }))
+        .collect();
     let trigger = match triggers.as_slice() {
         [one] => (**one).clone(),
         [] => {
@@ -656,7 +680,10 @@ fn check_graph(nodes: &HashMap<String, Node>, errors: &mut Errors) -> Option<Str
     if let Some(cycle) = find_cycle(nodes, &ids) {
         errors.node(
             &cycle[0],
-            format!("is on a cycle ({}); workflows are acyclic", cycle.join(" -> ")),
+            format!(
+                "is on a cycle ({}); workflows are acyclic",
+                cycle.join(" -> ")
+            ),
         );
     }
     Some(trigger)
@@ -739,7 +766,10 @@ pub fn extract_trigger(
             Some(value) if field.kind.accepts(value) => {
                 extracted.insert(name.clone(), value.clone());
             }
-            Some(_) => problems.push((name.clone(), format!("must be of type {:?}", field.kind).to_lowercase())),
+            Some(_) => problems.push((
+                name.clone(),
+                format!("must be of type {:?}", field.kind).to_lowercase(),
+            )),
             None => match (&field.default, field.required) {
                 (Some(default), _) => {
                     extracted.insert(name.clone(), default.clone());
@@ -753,5 +783,9 @@ pub fn extract_trigger(
         // A trigger without declared fields passes its data through untouched.
         return Ok(data.clone());
     }
-    if problems.is_empty() { Ok(Value::Object(extracted)) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(Value::Object(extracted))
+    } else {
+        Err(problems)
+    }
 }

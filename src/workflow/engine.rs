@@ -1,13 +1,16 @@
 //! The node job handler: execute one node, then record its step and enqueue the next nodes in one transaction.
 //!
 //! A node job runs in three stages:
-//! 1. `BEGIN_STEP` claims the step (and reads the run). No row means the step already moved on (this job ran
+//! 1. `BEGIN_STEP` checks the step (and reads the run). No row means the step already moved on (this job ran
 //!    before and its worker died after committing) or the run ended: the job succeeds without doing anything.
 //! 2. The node executes: pure nodes compute, actions send through the channel layer, delay and wait nodes park.
 //! 3. One transaction finishes the step, merges the node's output into the run and enqueues the next node jobs.
 //!
 //! A failure is retried by the queue with backoff; on the last attempt (or a permanent error) the node fails:
 //! its `on_error` edge is followed if it has one, otherwise the run fails. Either way the job is dead-lettered.
+//! (A wait that times out without an `on_timeout` edge also fails its node, but its job itself succeeded.)
+//! If the database is unreachable for all of a job's attempts, the job is dead-lettered with its step still
+//! pending: replaying the dead letter resumes the run where it stopped.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -62,27 +65,48 @@ pub(super) fn retryable(error: WorkflowError) -> JobError {
 }
 
 impl Engine {
-    pub(super) async fn run_node(&self, job: NodeJob, ctx: JobContext) -> Result<(), JobError> {
-        let Some(run) = self.begin_step(&job, ctx.attempt).await.map_err(retryable)? else {
+    pub(super) async fn run_node(&self, mut job: NodeJob, ctx: JobContext) -> Result<(), JobError> {
+        job.attempt = ctx.attempt;
+        job.started_at = Some(Utc::now());
+        let Some(run) = self.begin_step(&job).await.map_err(retryable)? else {
             tracing::debug!(run = job.run, node = %job.node, "node job has nothing left to do");
             return Ok(());
         };
-        let workflow = self.catalog.version(&run.workflow, run.version).await.map_err(retryable)?;
+        let workflow = match self.catalog.version(&run.workflow, run.version).await {
+            Ok(workflow) => workflow,
+            Err(error) => return self.unrunnable(&job, retryable(error)).await,
+        };
         let Some(node) = workflow.node(&job.node) else {
-            return Err(JobError::permanent(format!(
+            let message = format!(
                 "workflow {} v{} has no node `{}`",
                 run.workflow, run.version, job.node
-            )));
+            );
+            return self.unrunnable(&job, JobError::permanent(message)).await;
         };
         let executed = self.execute(&job, &run, &workflow, node).await;
         let step = match executed {
             Ok(step) => step,
             Err(error) => return self.node_failed(&job, node, &ctx, error).await,
         };
-        let from = if job.phase == Phase::Run { "running" } else { "waiting" };
+        let from = if job.phase == Phase::Run {
+            "pending"
+        } else {
+            "waiting"
+        };
         match step {
-            Step::Done { outcome, output, patch, next } => {
-                let done = Finish { from, outcome: &outcome, output: &output, patch: &patch, next: &next };
+            Step::Done {
+                outcome,
+                output,
+                patch,
+                next,
+            } => {
+                let done = Finish {
+                    from,
+                    outcome: &outcome,
+                    output: &output,
+                    patch: &patch,
+                    next: &next,
+                };
                 self.finish(&job, done).await.map_err(retryable)
             }
             Step::SuspendUntil(at) => self.suspend(&job, at).await.map_err(retryable),
@@ -90,14 +114,13 @@ impl Engine {
         }
     }
 
-    async fn begin_step(&self, job: &NodeJob, attempt: i32) -> Result<Option<RunState>, WorkflowError> {
+    async fn begin_step(&self, job: &NodeJob) -> Result<Option<RunState>, WorkflowError> {
         let row = sqlx::query(sql::BEGIN_STEP)
             .bind(job.run)
             .bind(job.epoch)
             .bind(&job.node)
             .bind(job.phase.as_str())
-            .bind(attempt)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.steps_pool)
             .await?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(RunState {
@@ -116,13 +139,15 @@ impl Engine {
         workflow: &Workflow,
         node: &Node,
     ) -> Result<Step, JobError> {
-        let run_vars = json!({ "id": job.run, "workflow": workflow.name, "version": workflow.version });
+        let run_vars =
+            json!({ "id": job.run, "workflow": workflow.name, "version": workflow.version });
         let scope = expr::scope(&run.context, &run_vars);
         match &node.kind {
             NodeKind::Trigger { fields } => {
                 let data = run.context.get("trigger").cloned().unwrap_or(Value::Null);
                 let extracted = definition::extract_trigger(fields, &data).map_err(|problems| {
-                    let text: Vec<String> = problems.iter().map(|(f, m)| format!("{f} {m}")).collect();
+                    let text: Vec<String> =
+                        problems.iter().map(|(f, m)| format!("{f} {m}")).collect();
                     JobError::permanent(format!("trigger data: {}", text.join("; ")))
                 })?;
                 let mut step = Step::done("accepted", extracted.clone(), &node.next);
@@ -132,15 +157,27 @@ impl Engine {
                 Ok(step)
             }
             NodeKind::Action { .. } => self.send(job, node, &scope).await,
-            NodeKind::Condition { test, then, otherwise } => {
+            NodeKind::Condition {
+                test,
+                then,
+                otherwise,
+            } => {
                 let result = test.test(&scope).map_err(JobError::permanent)?;
-                let (outcome, next) = if result { ("then", then) } else { ("else", otherwise) };
+                let (outcome, next) = if result {
+                    ("then", then)
+                } else {
+                    ("else", otherwise)
+                };
                 Ok(Step::done(outcome, json!({ "result": result }), next))
             }
             NodeKind::Branch { cases, default } => {
                 for (index, (test, next)) in cases.iter().enumerate() {
                     if test.test(&scope).map_err(JobError::permanent)? {
-                        return Ok(Step::done(&format!("case_{index}"), json!({ "case": index }), next));
+                        return Ok(Step::done(
+                            &format!("case_{index}"),
+                            json!({ "case": index }),
+                            next,
+                        ));
                     }
                 }
                 Ok(Step::done("default", json!({ "case": null }), default))
@@ -148,7 +185,10 @@ impl Engine {
             NodeKind::Transform { set } => {
                 let mut patch = Map::new();
                 for (key, value) in set {
-                    patch.insert(key.clone(), value.eval_json(&scope).map_err(JobError::permanent)?);
+                    patch.insert(
+                        key.clone(),
+                        value.eval_json(&scope).map_err(JobError::permanent)?,
+                    );
                 }
                 Ok(Step::Done {
                     outcome: "set".into(),
@@ -166,13 +206,27 @@ impl Engine {
         }
     }
 
-    async fn send(&self, job: &NodeJob, node: &Node, scope: &minijinja::Value) -> Result<Step, JobError> {
-        let NodeKind::Action { channel, providers, to, content } = &node.kind else {
+    async fn send(
+        &self,
+        job: &NodeJob,
+        node: &Node,
+        scope: &minijinja::Value,
+    ) -> Result<Step, JobError> {
+        let NodeKind::Action {
+            channel,
+            providers,
+            to,
+            content,
+        } = &node.kind
+        else {
             return Err(JobError::permanent("not an action node"));
         };
         let mut rendered = std::collections::BTreeMap::new();
         for (field, template) in content {
-            rendered.insert(field.clone(), template.render(scope).map_err(JobError::permanent)?);
+            rendered.insert(
+                field.clone(),
+                template.render(scope).map_err(JobError::permanent)?,
+            );
         }
         let message = Message {
             channel: *channel,
@@ -192,15 +246,30 @@ impl Engine {
                 });
                 Ok(Step::done("sent", output, &node.next))
             }
-            Err(SendError::Transient { message, retry_after: Some(after) }) => Err(JobError::RetryAfter(after, message)),
-            Err(SendError::Transient { message, retry_after: None }) => Err(JobError::Retry(message)),
+            Err(SendError::Transient {
+                message,
+                retry_after: Some(after),
+            }) => Err(JobError::RetryAfter(after, message)),
+            Err(SendError::Transient {
+                message,
+                retry_after: None,
+            }) => Err(JobError::Retry(message)),
             Err(SendError::Permanent(message)) => Err(JobError::Permanent(message)),
         }
     }
 
     /// Records a finished step and enqueues the next nodes, in one transaction.
-    pub(super) async fn finish(&self, job: &NodeJob, done: Finish<'_>) -> Result<(), WorkflowError> {
-        let mut tx = self.pool.begin().await?;
+    pub(super) async fn finish(
+        &self,
+        job: &NodeJob,
+        done: Finish<'_>,
+    ) -> Result<(), WorkflowError> {
+        if done.next.is_empty() {
+            // One statement, nothing to enqueue: no explicit transaction needed (saves two round trips).
+            let mut conn = self.steps_pool.acquire().await?;
+            return self.finish_in(&mut conn, job, done).await;
+        }
+        let mut tx = self.steps_pool.begin().await?;
         self.finish_in(&mut tx, job, done).await?;
         tx.commit().await?;
         Ok(())
@@ -222,6 +291,8 @@ impl Engine {
             .bind(done.output)
             .bind(Value::Object(done.patch.clone()))
             .bind(done.next)
+            .bind(job.attempt)
+            .bind(job.started_at)
             .fetch_one(&mut *conn)
             .await?;
         let enqueue: Vec<String> = row.try_get("enqueue")?;
@@ -232,15 +303,20 @@ impl Engine {
     }
 
     async fn suspend(&self, job: &NodeJob, until: DateTime<Utc>) -> Result<(), WorkflowError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.steps_pool.begin().await?;
         let parked = sqlx::query(sql::SUSPEND_STEP)
             .bind(job.run)
             .bind(job.epoch)
             .bind(&job.node)
+            .bind(job.attempt)
+            .bind(job.started_at)
             .fetch_optional(&mut *tx)
             .await?;
         if parked.is_some() {
-            let resume = NodeJob { phase: Phase::Resume, ..job.clone() };
+            let resume = NodeJob {
+                phase: Phase::Resume,
+                ..job.clone()
+            };
             let new = self.node_job(resume, Some(until));
             crate::queue::enqueue(&mut tx, &self.defaults, new).await?;
         }
@@ -264,17 +340,43 @@ impl Engine {
                 .bind(job.epoch)
                 .bind(&job.node)
                 .bind(error.to_string())
-                .execute(&self.pool)
+                .bind(job.attempt)
+                .bind(job.started_at)
+                .execute(&self.steps_pool)
                 .await;
             if let Err(db) = recorded {
                 tracing::warn!(run = job.run, node = %job.node, error = %db, "could not record the step's error");
             }
             return Err(error);
         }
-        let mut tx = self.pool.begin().await.map_err(|e| retryable(e.into()))?;
-        self.fail_node_in(&mut tx, job, node, &error.to_string()).await.map_err(retryable)?;
+        let mut tx = self
+            .steps_pool
+            .begin()
+            .await
+            .map_err(|e| retryable(e.into()))?;
+        self.fail_node_in(&mut tx, job, node, &error.to_string())
+            .await
+            .map_err(retryable)?;
         tx.commit().await.map_err(|e| retryable(e.into()))?;
         Err(JobError::permanent(error.to_string()))
+    }
+
+    /// The node cannot even be looked up (its stored definition no longer compiles, or lacks the node): a
+    /// permanent error fails the run; anything else is retried.
+    async fn unrunnable(&self, job: &NodeJob, error: JobError) -> Result<(), JobError> {
+        if let JobError::Permanent(message) = &error {
+            let failed = sqlx::query(sql::FAIL_RUN)
+                .bind(job.run)
+                .bind(job.epoch)
+                .bind(&job.node)
+                .bind(message)
+                .bind(job.attempt)
+                .bind(job.started_at)
+                .fetch_optional(&self.steps_pool)
+                .await;
+            failed.map_err(|e| retryable(e.into()))?;
+        }
+        Err(error)
     }
 
     /// Fails a node: follows its `on_error` edge, or fails the run.
@@ -291,6 +393,8 @@ impl Engine {
                 .bind(job.epoch)
                 .bind(&job.node)
                 .bind(message)
+                .bind(job.attempt)
+                .bind(job.started_at)
                 .fetch_optional(&mut *conn)
                 .await?;
             return Ok(());
@@ -300,6 +404,8 @@ impl Engine {
             .bind(job.epoch)
             .bind(&job.node)
             .bind(message)
+            .bind(job.attempt)
+            .bind(job.started_at)
             .fetch_optional(&mut *conn)
             .await?;
         if failed.is_none() {
@@ -318,7 +424,7 @@ impl Engine {
 
 /// A finished step, as `FINISH_STEP` records it.
 pub(super) struct Finish<'a> {
-    /// The status the step must be in: `running`, or `waiting` for a resumed node.
+    /// The status the step must be in: `pending`, or `waiting` for a resumed node.
     pub from: &'a str,
     pub outcome: &'a str,
     pub output: &'a Value,
@@ -326,18 +432,33 @@ pub(super) struct Finish<'a> {
     pub next: &'a [String],
 }
 
-fn delay(phase: Phase, spec: &DelaySpec, scope: &minijinja::Value, next: &[String]) -> Result<Step, JobError> {
+fn delay(
+    phase: Phase,
+    spec: &DelaySpec,
+    scope: &minijinja::Value,
+    next: &[String],
+) -> Result<Step, JobError> {
     let due = match spec {
         DelaySpec::For(duration) => {
-            let duration = chrono::Duration::from_std(*duration).map_err(|e| JobError::permanent(e.to_string()))?;
+            let duration = chrono::Duration::from_std(*duration)
+                .map_err(|e| JobError::permanent(e.to_string()))?;
             // A resumed delay has already waited; its due time only matters for the output.
             if phase == Phase::Resume {
-                return Ok(Step::done("elapsed", json!({ "waited_ms": duration.num_milliseconds() }), next));
+                return Ok(Step::done(
+                    "elapsed",
+                    json!({ "waited_ms": duration.num_milliseconds() }),
+                    next,
+                ));
             }
             Utc::now() + duration
         }
         DelaySpec::Until(expr) => timestamp(&expr.eval_json(scope).map_err(JobError::permanent)?)
-            .ok_or_else(|| JobError::permanent(format!("`until` ({}) is not an RFC 3339 time or Unix seconds", expr.source())))?,
+            .ok_or_else(|| {
+            JobError::permanent(format!(
+                "`until` ({}) is not an RFC 3339 time or Unix seconds",
+                expr.source()
+            ))
+        })?,
     };
     if phase == Phase::Resume || due <= Utc::now() {
         Ok(Step::done("elapsed", json!({ "due": due }), next))
@@ -348,8 +469,12 @@ fn delay(phase: Phase, spec: &DelaySpec, scope: &minijinja::Value, next: &[Strin
 
 fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
     match value {
-        Value::String(text) => DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc)),
-        Value::Number(n) => n.as_f64().and_then(|secs| DateTime::from_timestamp_millis((secs * 1000.0) as i64)),
+        Value::String(text) => DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|t| t.with_timezone(&Utc)),
+        Value::Number(n) => n
+            .as_f64()
+            .and_then(|secs| DateTime::from_timestamp_millis((secs * 1000.0) as i64)),
         _ => None,
     }
 }

@@ -42,7 +42,8 @@ pub struct EventReceipt {
 impl NewEvent {
     fn validate(&self) -> Result<(), WorkflowError> {
         let mut problems = Vec::new();
-        let bounded = |text: &str, max: usize| !text.is_empty() && text.len() <= max && !text.contains('\0');
+        let bounded =
+            |text: &str, max: usize| !text.is_empty() && text.len() <= max && !text.contains('\0');
         if !bounded(&self.name, 128) {
             problems.push(("name".to_string(), "must be 1-128 characters".to_string()));
         }
@@ -52,7 +53,11 @@ impl NewEvent {
         if self.id.as_deref().is_some_and(|id| !bounded(id, 255)) {
             problems.push(("id".to_string(), "must be 1-255 characters".to_string()));
         }
-        if problems.is_empty() { Ok(()) } else { Err(WorkflowError::InvalidInput(problems)) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(WorkflowError::InvalidInput(problems))
+        }
     }
 }
 
@@ -60,9 +65,15 @@ impl Engine {
     /// Stores an event and resumes the waits it completes, in one transaction.
     pub async fn ingest_event(&self, event: NewEvent) -> Result<EventReceipt, WorkflowError> {
         event.validate()?;
-        let event_id = event.id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let event_id = event
+            .id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let mut tx = self.pool.begin().await?;
-        sqlx::query(sql::LOCK_KEY).bind(&event.key).execute(&mut *tx).await?;
+        sqlx::query(sql::LOCK_KEY)
+            .bind(&event.key)
+            .execute(&mut *tx)
+            .await?;
         let inserted = sqlx::query(sql::INSERT_EVENT)
             .bind(&event_id)
             .bind(&event.name)
@@ -72,7 +83,11 @@ impl Engine {
             .await?;
         if inserted.is_none() {
             tx.commit().await?;
-            return Ok(EventReceipt { event_id, duplicate: true, resumed_runs: Vec::new() });
+            return Ok(EventReceipt {
+                event_id,
+                duplicate: true,
+                resumed_runs: Vec::new(),
+            });
         }
         let satisfied = sqlx::query(sql::SATISFY_WAITS)
             .bind(&event.key)
@@ -82,18 +97,22 @@ impl Engine {
         let mut jobs = Vec::with_capacity(satisfied.len());
         let mut resumed_runs = Vec::with_capacity(satisfied.len());
         for row in &satisfied {
-            let job = NodeJob {
-                run: row.try_get("run_id")?,
-                epoch: row.try_get("epoch")?,
-                node: row.try_get("node_id")?,
-                phase: Phase::Resume,
-            };
+            let job = NodeJob::new(
+                row.try_get("run_id")?,
+                row.try_get("epoch")?,
+                row.try_get("node_id")?,
+                Phase::Resume,
+            );
             resumed_runs.push(job.run);
             jobs.push(self.node_job(job, None));
         }
         crate::queue::enqueue_many(&mut tx, &self.defaults, &jobs).await?;
         tx.commit().await?;
-        Ok(EventReceipt { event_id, duplicate: false, resumed_runs })
+        Ok(EventReceipt {
+            event_id,
+            duplicate: false,
+            resumed_runs,
+        })
     }
 
     /// The `run` phase of a wait node: register the wait; finish at once if stored events already satisfy it,
@@ -116,13 +135,16 @@ impl Engine {
                 )));
             }
         };
-        let lookback = chrono::Duration::from_std(self.settings.event_lookback()).unwrap_or(chrono::Duration::zero());
+        let lookback = chrono::Duration::from_std(self.settings.event_lookback())
+            .unwrap_or(chrono::Duration::zero());
         let since = run.created_at - lookback;
         let deadline = spec
             .timeout
             .and_then(|t| chrono::Duration::from_std(t).ok())
             .map(|t| Utc::now() + t);
-        self.register_wait(job, spec, &key, since, deadline, next).await.map_err(retryable)?;
+        self.register_wait(job, spec, &key, since, deadline, next)
+            .await
+            .map_err(retryable)?;
         Ok(Step::Recorded)
     }
 
@@ -135,13 +157,18 @@ impl Engine {
         deadline: Option<chrono::DateTime<Utc>>,
         next: &[String],
     ) -> Result<(), WorkflowError> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(sql::LOCK_KEY).bind(key).execute(&mut *tx).await?;
+        let mut tx = self.steps_pool.begin().await?;
+        sqlx::query(sql::LOCK_KEY)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
         // Park the step first: if another attempt already did, there is nothing to do.
         let parked = sqlx::query(sql::SUSPEND_STEP)
             .bind(job.run)
             .bind(job.epoch)
             .bind(&job.node)
+            .bind(job.attempt)
+            .bind(job.started_at)
             .fetch_optional(&mut *tx)
             .await?;
         if parked.is_none() {
@@ -162,32 +189,72 @@ impl Engine {
             .try_get("status")?;
         if status == "satisfied" {
             let output = self.matched_events(&mut tx, job).await?;
-            let done = Finish { from: "waiting", outcome: "satisfied", output: &output, patch: &Default::default(), next };
+            let done = Finish {
+                from: "waiting",
+                outcome: "satisfied",
+                output: &output,
+                patch: &Default::default(),
+                next,
+            };
             self.finish_in(&mut tx, job, done).await?;
         } else if let Some(deadline) = deadline {
-            let timeout = NodeJob { phase: Phase::Timeout, ..job.clone() };
-            crate::queue::enqueue(&mut tx, &self.defaults, self.node_job(timeout, Some(deadline))).await?;
+            let timeout = NodeJob {
+                phase: Phase::Timeout,
+                ..job.clone()
+            };
+            crate::queue::enqueue(
+                &mut tx,
+                &self.defaults,
+                self.node_job(timeout, Some(deadline)),
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     /// The `resume` phase: an event satisfied the wait; finish with the matched events as output.
-    pub(super) async fn wait_satisfied(&self, job: &NodeJob, next: &[String]) -> Result<Step, JobError> {
-        let mut conn = self.pool.acquire().await.map_err(|e| retryable(e.into()))?;
-        let output = self.matched_events(&mut conn, job).await.map_err(retryable)?;
-        Ok(Step::Done { outcome: "satisfied".into(), output, patch: Default::default(), next: next.to_vec() })
+    pub(super) async fn wait_satisfied(
+        &self,
+        job: &NodeJob,
+        next: &[String],
+    ) -> Result<Step, JobError> {
+        let mut conn = self
+            .steps_pool
+            .acquire()
+            .await
+            .map_err(|e| retryable(e.into()))?;
+        let output = self
+            .matched_events(&mut conn, job)
+            .await
+            .map_err(retryable)?;
+        Ok(Step::Done {
+            outcome: "satisfied".into(),
+            output,
+            patch: Default::default(),
+            next: next.to_vec(),
+        })
     }
 
     /// The `timeout` phase: time the wait out unless an event satisfied it first, then follow `on_timeout`, or
     /// fail the node if there is none.
-    pub(super) async fn wait_timed_out(&self, job: &NodeJob, node: &Node, spec: &WaitSpec) -> Result<Step, JobError> {
+    pub(super) async fn wait_timed_out(
+        &self,
+        job: &NodeJob,
+        node: &Node,
+        spec: &WaitSpec,
+    ) -> Result<Step, JobError> {
         self.time_out(job, node, spec).await.map_err(retryable)?;
         Ok(Step::Recorded)
     }
 
-    async fn time_out(&self, job: &NodeJob, node: &Node, spec: &WaitSpec) -> Result<(), WorkflowError> {
-        let mut tx = self.pool.begin().await?;
+    async fn time_out(
+        &self,
+        job: &NodeJob,
+        node: &Node,
+        spec: &WaitSpec,
+    ) -> Result<(), WorkflowError> {
+        let mut tx = self.steps_pool.begin().await?;
         let timed_out = sqlx::query(sql::TIME_OUT_WAIT)
             .bind(job.run)
             .bind(job.epoch)
@@ -198,19 +265,33 @@ impl Engine {
             return Ok(()); // satisfied (or cancelled) first
         }
         if spec.on_timeout.is_empty() {
-            let message = format!("timed out waiting for {} ({})", spec.events.join(", "), spec.mode.as_str());
+            let message = format!(
+                "timed out waiting for {} ({})",
+                spec.events.join(", "),
+                spec.mode.as_str()
+            );
             self.fail_node_in(&mut tx, job, node, &message).await?;
         } else {
             let output = self.matched_events(&mut tx, job).await?;
             let output = json!({ "timed_out": true, "events": output["events"] });
-            let done = Finish { from: "waiting", outcome: "timed_out", output: &output, patch: &Default::default(), next: &spec.on_timeout };
+            let done = Finish {
+                from: "waiting",
+                outcome: "timed_out",
+                output: &output,
+                patch: &Default::default(),
+                next: &spec.on_timeout,
+            };
             self.finish_in(&mut tx, job, done).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    async fn matched_events(&self, conn: &mut sqlx::PgConnection, job: &NodeJob) -> Result<Value, WorkflowError> {
+    async fn matched_events(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        job: &NodeJob,
+    ) -> Result<Value, WorkflowError> {
         let row = sqlx::query(sql::MATCHED_EVENTS)
             .bind(job.run)
             .bind(job.epoch)

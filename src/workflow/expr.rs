@@ -69,8 +69,12 @@ impl Expr {
         if value.is_undefined() {
             return Ok(serde_json::Value::Null);
         }
-        serde_json::to_value(&value)
-            .map_err(|e| format!("expression `{}` gave a value that is not JSON: {e}", self.source))
+        serde_json::to_value(&value).map_err(|e| {
+            format!(
+                "expression `{}` gave a value that is not JSON: {e}",
+                self.source
+            )
+        })
     }
 }
 
@@ -121,15 +125,26 @@ mod tests {
 
     #[test]
     fn missing_fields_are_falsy_in_expressions() {
-        let scope = scope(&serde_json::json!({"trigger": {"a": 1}}), &serde_json::json!({}));
-        assert!(Expr::compile("trigger.a == 1").unwrap().test(&scope).unwrap());
+        let scope = scope(
+            &serde_json::json!({"trigger": {"a": 1}}),
+            &serde_json::json!({}),
+        );
+        assert!(
+            Expr::compile("trigger.a == 1")
+                .unwrap()
+                .test(&scope)
+                .unwrap()
+        );
         assert!(!Expr::compile("trigger.b").unwrap().test(&scope).unwrap());
         assert!(!Expr::compile("trigger.b.c").unwrap().test(&scope).unwrap());
     }
 
     #[test]
     fn templates_refuse_missing_fields() {
-        let scope = scope(&serde_json::json!({"trigger": {"a": 1}}), &serde_json::json!({}));
+        let scope = scope(
+            &serde_json::json!({"trigger": {"a": 1}}),
+            &serde_json::json!({}),
+        );
         let template = Template::compile("x={{ trigger.a }}").unwrap();
         assert_eq!(template.render(&scope).unwrap(), "x=1");
         let missing = Template::compile("{{ trigger.b }}").unwrap();

@@ -34,7 +34,9 @@ pub use runs::{RunFilter, RunView, Started, StepView};
 
 use crate::channels::Channels;
 use crate::config::{Settings, WorkflowSettings};
-use crate::queue::{self, HandlerRegistry, Job, JobDefaults, JobKind, NewJob, QueueError, QueueName};
+use crate::queue::{
+    self, HandlerRegistry, Job, JobDefaults, JobKind, NewJob, QueueError, QueueName,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
@@ -44,7 +46,9 @@ pub enum WorkflowError {
     Queue(#[from] QueueError),
     #[error("invalid workflow definition: {}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Invalid(Vec<DefinitionError>),
-    #[error("version {version} of workflow `{name}` is already stored with different content; bump `version`")]
+    #[error(
+        "version {version} of workflow `{name}` is already stored with different content; bump `version`"
+    )]
     VersionConflict { name: String, version: i32 },
     #[error("invalid input: {}", .0.iter().map(|(f, m)| format!("{f} {m}")).collect::<Vec<_>>().join("; "))]
     InvalidInput(Vec<(String, String)>),
@@ -64,6 +68,24 @@ pub struct NodeJob {
     pub node: String,
     #[serde(default)]
     pub phase: Phase,
+    /// This attempt's number and start, set by the handler (not part of the payload): recorded on the step.
+    #[serde(skip)]
+    pub attempt: i32,
+    #[serde(skip)]
+    pub started_at: Option<DateTime<Utc>>,
+}
+
+impl NodeJob {
+    pub fn new(run: i64, epoch: i32, node: String, phase: Phase) -> Self {
+        Self {
+            run,
+            epoch,
+            node,
+            phase,
+            attempt: 0,
+            started_at: None,
+        }
+    }
 }
 
 impl Job for NodeJob {
@@ -93,7 +115,10 @@ impl Phase {
 
 /// Everything the workflow code needs: the database, the compiled definitions, the channels.
 pub struct Engine {
+    /// Synchronous commits: starting runs, events, cancel, retry (a caller was told they happened).
     pool: PgPool,
+    /// Relaxed commits for node jobs' own steps (see [`crate::db::relaxed_commit_pool`]).
+    steps_pool: PgPool,
     pub catalog: Catalog,
     channels: Channels,
     defaults: JobDefaults,
@@ -103,10 +128,15 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(pool: PgPool, settings: &Settings, channels: Channels) -> Result<Self, WorkflowError> {
+    pub fn new(
+        pool: PgPool,
+        settings: &Settings,
+        channels: Channels,
+    ) -> Result<Self, WorkflowError> {
         let queue = QueueName::parse(&settings.workflows.queue).map_err(QueueError::from)?;
         Ok(Self {
             catalog: Catalog::new(pool.clone()),
+            steps_pool: crate::db::relaxed_commit_pool(&pool, &settings.database),
             pool,
             channels,
             defaults: settings.job_defaults(),
@@ -143,15 +173,7 @@ impl Engine {
     ) -> Result<(), WorkflowError> {
         let jobs: Vec<NewJob> = nodes
             .iter()
-            .map(|node| {
-                let job = NodeJob {
-                    run,
-                    epoch,
-                    node: node.clone(),
-                    phase: Phase::Run,
-                };
-                self.node_job(job, None)
-            })
+            .map(|node| self.node_job(NodeJob::new(run, epoch, node.clone(), Phase::Run), None))
             .collect();
         queue::enqueue_many(conn, &self.defaults, &jobs).await?;
         Ok(())

@@ -87,7 +87,12 @@ impl Engine {
     ) -> Result<Started, WorkflowError> {
         let definition = self.catalog.latest(workflow).await?;
         extract_trigger(definition.trigger_fields(), &data).map_err(|problems| {
-            WorkflowError::InvalidInput(problems.into_iter().map(|(f, m)| (format!("data.{f}"), m)).collect())
+            WorkflowError::InvalidInput(
+                problems
+                    .into_iter()
+                    .map(|(f, m)| (format!("data.{f}"), m))
+                    .collect(),
+            )
         })?;
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(sql::START_RUNS)
@@ -107,22 +112,35 @@ impl Engine {
                 .bind(&idempotency_key)
                 .fetch_one(&self.pool)
                 .await?;
-            return Ok(Started::Existing { id: row.try_get("id")?, version: row.try_get("version")? });
+            return Ok(Started::Existing {
+                id: row.try_get("id")?,
+                version: row.try_get("version")?,
+            });
         };
         let id: i64 = row.try_get("id")?;
-        self.enqueue_nodes(&mut tx, id, 1, std::slice::from_ref(&definition.trigger)).await?;
+        self.enqueue_nodes(&mut tx, id, 1, std::slice::from_ref(&definition.trigger))
+            .await?;
         tx.commit().await?;
-        Ok(Started::Created { id, version: definition.version })
+        Ok(Started::Created {
+            id,
+            version: definition.version,
+        })
     }
 
     /// Starts many runs of the latest version in one transaction (no idempotency keys): for bulk triggers and
     /// the benchmark. Returns the run ids.
-    pub async fn start_runs(&self, workflow: &str, data: Vec<Value>) -> Result<Vec<i64>, WorkflowError> {
+    pub async fn start_runs(
+        &self,
+        workflow: &str,
+        data: Vec<Value>,
+    ) -> Result<Vec<i64>, WorkflowError> {
         let definition = self.catalog.latest(workflow).await?;
         let mut contexts = Vec::with_capacity(data.len());
         for (index, item) in data.into_iter().enumerate() {
             extract_trigger(definition.trigger_fields(), &item).map_err(|problems| {
-                let fields = problems.into_iter().map(|(f, m)| (format!("[{index}].data.{f}"), m));
+                let fields = problems
+                    .into_iter()
+                    .map(|(f, m)| (format!("[{index}].data.{f}"), m));
                 WorkflowError::InvalidInput(fields.collect())
             })?;
             contexts.push(json!({ "trigger": item, "nodes": {} }));
@@ -138,11 +156,15 @@ impl Engine {
             .bind(&definition.trigger)
             .fetch_all(&mut *tx)
             .await?;
-        let ids: Vec<i64> = rows.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
+        let ids: Vec<i64> = rows
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
         let jobs: Vec<_> = ids
             .iter()
             .map(|id| {
-                let job = super::NodeJob { run: *id, epoch: 1, node: definition.trigger.clone(), phase: super::Phase::Run };
+                let job =
+                    super::NodeJob::new(*id, 1, definition.trigger.clone(), super::Phase::Run);
                 self.node_job(job, None)
             })
             .collect();
@@ -159,7 +181,10 @@ impl Engine {
             .await?
             .ok_or_else(|| WorkflowError::NotFound(format!("run {id}")))?;
         let mut run = run_from_row(&row)?;
-        let steps = sqlx::query(sql::GET_STEPS).bind(id).fetch_all(&self.pool).await?;
+        let steps = sqlx::query(sql::GET_STEPS)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
         run.steps = steps.iter().map(step_from_row).collect::<Result<_, _>>()?;
         Ok(run)
     }
@@ -169,7 +194,10 @@ impl Engine {
             && !RUN_STATUSES.contains(&status.as_str())
         {
             let message = format!("must be one of {}", RUN_STATUSES.join(", "));
-            return Err(WorkflowError::InvalidInput(vec![("status".into(), message)]));
+            return Err(WorkflowError::InvalidInput(vec![(
+                "status".into(),
+                message,
+            )]));
         }
         let rows = sqlx::query(sql::LIST_RUNS)
             .bind(&filter.workflow)
@@ -183,22 +211,34 @@ impl Engine {
 
     /// Cancels a running run: its pending steps are cancelled and their jobs will do nothing.
     pub async fn cancel_run(&self, id: i64) -> Result<RunView, WorkflowError> {
-        let cancelled = sqlx::query(sql::CANCEL_RUN).bind(id).fetch_optional(&self.pool).await?;
+        let cancelled = sqlx::query(sql::CANCEL_RUN)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         let run = self.get_run(id).await?;
         match cancelled {
             Some(_) => Ok(run),
-            None => Err(WorkflowError::Conflict(format!("run {id} is {}, not running", run.status))),
+            None => Err(WorkflowError::Conflict(format!(
+                "run {id} is {}, not running",
+                run.status
+            ))),
         }
     }
 
     /// Retries a failed run from the node that failed, in a new epoch (earlier steps stay in the timeline).
     pub async fn retry_run(&self, id: i64) -> Result<RunView, WorkflowError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(sql::RETRY_RUN).bind(id).fetch_optional(&mut *tx).await?;
+        let row = sqlx::query(sql::RETRY_RUN)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = row else {
             tx.rollback().await?;
             let run = self.get_run(id).await?;
-            return Err(WorkflowError::Conflict(format!("run {id} is {}, not failed", run.status)));
+            return Err(WorkflowError::Conflict(format!(
+                "run {id} is {}, not failed",
+                run.status
+            )));
         };
         let epoch: i32 = row.try_get("epoch")?;
         let node: String = row.try_get("failed_node")?;

@@ -1,7 +1,7 @@
 //! Every SQL statement of the workflow engine. Each is exercised by the tests in `tests/workflow_*.rs`.
 //!
 //! Concurrency rules the statements rely on (PostgreSQL, READ COMMITTED):
-//! * A step moves `pending -> running -> (waiting ->) completed | failed` only through `UPDATE ... WHERE status
+//! * A step moves `pending -> (waiting ->) completed | failed` only through `UPDATE ... WHERE status
 //!   = <expected>`: a second worker running the same node job (after a crash) finds the step already moved and
 //!   does nothing, so a node's effect on its run happens once.
 //! * The run's `pending` counter and `context` are changed with `SET pending = pending - 1 + n`: an UPDATE that
@@ -106,32 +106,31 @@ SELECT id, epoch, failed_node FROM run";
 
 // ---- steps ----
 
-/// Marks a node job's step as started and returns its run, if the run is still running in this epoch and the
-/// step is in the state this phase expects (`run`: pending or running again after a crash; `resume`/`timeout`:
-/// waiting). No row means there is nothing to do: the step already moved on, or the run ended.
+/// Reads a node job's run, if the run is still running in this epoch and the step is in the state this phase
+/// expects (`run`: pending; `resume`/`timeout`: waiting). No row means there is nothing to do: the step already
+/// moved on (an earlier attempt finished it before its worker died) or the run ended. A read, not a write: the
+/// attempt and start time are recorded with the step's outcome, which saves a write per node.
 pub const BEGIN_STEP: &str = "
-UPDATE herald_run_steps s
-SET status = CASE WHEN $4 = 'run' THEN 'running' ELSE s.status END,
-    started_at = coalesce(s.started_at, now()),
-    attempts = CASE WHEN $4 = 'run' THEN $5 ELSE s.attempts END
-FROM herald_runs r
+SELECT r.workflow, r.version, r.context, r.created_at
+FROM herald_run_steps s JOIN herald_runs r ON r.id = s.run_id
 WHERE s.run_id = $1 AND s.epoch = $2 AND s.node_id = $3
-  AND r.id = s.run_id AND r.status = 'running' AND r.epoch = s.epoch
-  AND CASE WHEN $4 = 'run' THEN s.status IN ('pending', 'running') ELSE s.status = 'waiting' END
-RETURNING r.workflow, r.version, r.context, r.created_at";
+  AND r.status = 'running' AND r.epoch = s.epoch
+  AND s.status = CASE WHEN $4 = 'run' THEN 'pending' ELSE 'waiting' END";
 
-/// Finishes a step (from `$4`: running or waiting) and, in the same statement, inserts the next steps, merges
+/// Finishes a step (from `$4`: pending or waiting; `$9` the attempt, `$10` when it started) and, in the same statement, inserts the next steps, merges
 /// the context patch and the node's output into the run, and completes the run when nothing is pending. Returns
 /// the next steps actually inserted (a node two edges reach is inserted once) and the run's status.
 pub const FINISH_STEP: &str = "
 WITH step AS (
     UPDATE herald_run_steps
-    SET status = 'completed', outcome = $5, output = $6, error = NULL, finished_at = now()
+    SET status = 'completed', outcome = $5, output = $6, error = NULL, finished_at = now(),
+        attempts = greatest(attempts, $9), started_at = coalesce(started_at, $10)
     WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status = $4
     RETURNING run_id
 ), next AS (
     INSERT INTO herald_run_steps (run_id, epoch, node_id, status)
     SELECT $1, $2, target, 'pending' FROM step, unnest($8::text[]) AS target
+    WHERE EXISTS (SELECT 1 FROM herald_runs WHERE id = $1 AND epoch = $2 AND status = 'running')
     ON CONFLICT DO NOTHING
     RETURNING node_id
 ), run AS (
@@ -150,20 +149,21 @@ SELECT EXISTS (SELECT 1 FROM step) AS finished,
 
 /// A delay or wait node parks its step until a resume (or timeout) job arrives.
 pub const SUSPEND_STEP: &str = "
-UPDATE herald_run_steps SET status = 'waiting'
-WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status = 'running'
+UPDATE herald_run_steps SET status = 'waiting', attempts = greatest(attempts, $4), started_at = coalesce(started_at, $5)
+WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status = 'pending'
 RETURNING run_id";
 
 /// Keeps the latest failed attempt's error visible on the step while it is retried.
 pub const RECORD_STEP_ERROR: &str = "
-UPDATE herald_run_steps SET error = $4
-WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status IN ('running', 'waiting')";
+UPDATE herald_run_steps SET error = $4, attempts = greatest(attempts, $5), started_at = coalesce(started_at, $6)
+WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status IN ('pending', 'waiting')";
 
 /// A node failed for good and has no `on_error` edge: the step and the run fail, its waits are cancelled.
 pub const FAIL_RUN: &str = "
 WITH step AS (
-    UPDATE herald_run_steps SET status = 'failed', error = $4, finished_at = now()
-    WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status IN ('running', 'waiting')
+    UPDATE herald_run_steps SET status = 'failed', error = $4, finished_at = now(),
+        attempts = greatest(attempts, $5), started_at = coalesce(started_at, $6)
+    WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status IN ('pending', 'waiting')
     RETURNING run_id
 ), waits AS (
     UPDATE herald_waits SET status = 'cancelled', resolved_at = now()
@@ -176,8 +176,9 @@ RETURNING id";
 
 /// A node failed for good but has an `on_error` edge: the step is failed, the run goes on.
 pub const FAIL_STEP: &str = "
-UPDATE herald_run_steps SET status = 'failed', error = $4, finished_at = now()
-WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status IN ('running', 'waiting')
+UPDATE herald_run_steps SET status = 'failed', error = $4, finished_at = now(),
+    attempts = greatest(attempts, $5), started_at = coalesce(started_at, $6)
+WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status IN ('pending', 'waiting')
 RETURNING run_id";
 
 /// Inserts the steps an `on_error` edge leads to, keeping the pending count (the failed step is replaced).

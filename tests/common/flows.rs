@@ -29,7 +29,10 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn behave(&self, to: &str, behaviour: Behaviour) {
-        self.behaviours.lock().unwrap().insert(to.to_string(), behaviour);
+        self.behaviours
+            .lock()
+            .unwrap()
+            .insert(to.to_string(), behaviour);
     }
 
     pub fn messages(&self) -> Vec<Message> {
@@ -47,15 +50,23 @@ impl Channel for Recorder {
         Box::pin(async move {
             let behaviour = self.behaviours.lock().unwrap().get(&message.to).cloned();
             match behaviour {
-                Some(Behaviour::Reject) => return Err(SendError::Permanent(format!("{} rejected", message.to))),
+                Some(Behaviour::Reject) => {
+                    return Err(SendError::Permanent(format!("{} rejected", message.to)));
+                }
                 Some(Behaviour::FailTimes(n)) if n > 0 => {
                     self.behave(&message.to, Behaviour::FailTimes(n - 1));
-                    return Err(SendError::Transient { message: "provider unavailable".into(), retry_after: None });
+                    return Err(SendError::Transient {
+                        message: "provider unavailable".into(),
+                        retry_after: None,
+                    });
                 }
                 _ => {}
             }
             self.sent.lock().unwrap().push(message.clone());
-            Ok(Sent { provider: "recorder".into(), provider_message_id: Some(message.idempotency_key.clone()) })
+            Ok(Sent {
+                provider: "recorder".into(),
+                provider_message_id: Some(message.idempotency_key.clone()),
+            })
         })
     }
 }
@@ -80,7 +91,12 @@ impl Flow {
         let recorder = Arc::new(Recorder::default());
         let channels = Channels::uniform(recorder.clone());
         let engine = Arc::new(Engine::new(db.pool.clone(), &settings(), channels).expect("engine"));
-        let flow = Self { db, engine, recorder, worker: None };
+        let flow = Self {
+            db,
+            engine,
+            recorder,
+            worker: None,
+        };
         for definition in definitions {
             flow.save(definition).await;
         }
@@ -89,17 +105,30 @@ impl Flow {
 
     pub fn with_worker(mut self) -> Self {
         let registry = herald::app::worker_registry(self.engine.clone());
-        self.worker = Some(RunningWorker::start(&self.db.pool, options(&[("workflows", 16)]), registry));
+        self.worker = Some(RunningWorker::start(
+            &self.db.pool,
+            options(&[("workflows", 16)]),
+            registry,
+        ));
         self
     }
 
     pub async fn save(&self, yaml: &str) {
         let value = herald::workflow::definition::parse_text("test.yaml", yaml).expect("yaml");
-        self.engine.catalog.save("test.yaml", &value).await.expect("valid definition");
+        self.engine
+            .catalog
+            .save("test.yaml", &value)
+            .await
+            .expect("valid definition");
     }
 
     pub async fn trigger(&self, workflow: &str, data: Value) -> i64 {
-        match self.engine.start_run(workflow, data, None, None).await.expect("start run") {
+        match self
+            .engine
+            .start_run(workflow, data, None, None)
+            .await
+            .expect("start run")
+        {
             Started::Created { id, .. } => id,
             Started::Existing { id, .. } => panic!("run {id} already existed"),
         }
@@ -121,24 +150,36 @@ impl Flow {
 
     /// Waits (polling, 20 s deadline) until the run reaches `status`, and returns it.
     pub async fn finished(&self, id: i64, status: &str) -> RunView {
-        wait_until(Duration::from_secs(20), &format!("run {id} {status}"), || async {
-            let run = self.run(id).await;
-            assert!(
-                run.status == "running" || run.status == status,
-                "run {id} ended {} instead of {status}: {run:#?}",
-                run.status
-            );
-            run.status == status
-        })
+        wait_until(
+            Duration::from_secs(20),
+            &format!("run {id} {status}"),
+            || async {
+                let run = self.run(id).await;
+                assert!(
+                    run.status == "running" || run.status == status,
+                    "run {id} ended {} instead of {status}: {run:#?}",
+                    run.status
+                );
+                run.status == status
+            },
+        )
         .await;
         self.run(id).await
     }
 
     /// Waits until the run's step for `node` has `status`.
     pub async fn step_reaches(&self, id: i64, node: &str, status: &str) {
-        wait_until(Duration::from_secs(20), &format!("run {id} node {node} {status}"), || async {
-            self.run(id).await.steps.iter().any(|s| s.node == node && s.status == status)
-        })
+        wait_until(
+            Duration::from_secs(20),
+            &format!("run {id} node {node} {status}"),
+            || async {
+                self.run(id)
+                    .await
+                    .steps
+                    .iter()
+                    .any(|s| s.node == node && s.status == status)
+            },
+        )
         .await;
     }
 
@@ -151,10 +192,14 @@ impl Flow {
 
 /// The outcome of each step of a run, by node: the timeline as (node, status, outcome).
 pub fn timeline(run: &RunView) -> Vec<(String, String, Option<String>)> {
-    run.steps.iter().map(|s| (s.node.clone(), s.status.clone(), s.outcome.clone())).collect()
+    run.steps
+        .iter()
+        .map(|s| (s.node.clone(), s.status.clone(), s.outcome.clone()))
+        .collect()
 }
 
 /// Reads an example definition from `jobs/`.
 pub fn example(file: &str) -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/").to_string() + file).expect("example")
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/").to_string() + file)
+        .expect("example")
 }
