@@ -43,6 +43,9 @@ pub struct WorkflowDefinition {
     post, path = "/v1/workflows", tag = "workflows",
     request_body(content = serde_json::Value, description = "A workflow definition"),
     responses(
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 201, description = "Stored", body = SavedWorkflow),
         (status = 200, description = "This exact version was already stored", body = SavedWorkflow),
         (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
@@ -150,6 +153,9 @@ pub struct RunStarted {
     ),
     request_body = RunRequest,
     responses(
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 201, description = "Started", body = RunStarted),
         (status = 200, description = "The idempotency key had already started this run", body = RunStarted),
         (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
@@ -296,6 +302,7 @@ pub async fn list_runs(
     post, path = "/v1/runs/{id}/cancel", tag = "runs",
     params(("id" = i64, Path, description = "Run id")),
     responses(
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "Cancelled", body = RunView),
         (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
@@ -318,6 +325,7 @@ pub async fn cancel_run(
     post, path = "/v1/runs/{id}/retry", tag = "runs",
     params(("id" = i64, Path, description = "Run id")),
     responses(
+        (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "Running again from the failed node", body = RunView),
         (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "Key lacks the admin scope", body = Problem, content_type = "application/problem+json"),
@@ -355,6 +363,9 @@ pub struct EventRequest {
     post, path = "/v1/events", tag = "events",
     request_body = EventRequest,
     responses(
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 202, description = "Stored; resumed_runs lists the runs whose wait it completed", body = EventReceipt),
         (status = 200, description = "Duplicate event id: nothing changed", body = EventReceipt),
         (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
