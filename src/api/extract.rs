@@ -107,3 +107,55 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
     }
 }
+
+/// The default body of optional JSON fields (`payload`, `data`): an empty object.
+pub fn empty_object() -> serde_json::Value {
+    serde_json::json!({})
+}
+
+/// The request id (`X-Request-Id`, set by the middleware if the client sent none), stored with what it creates.
+pub fn request_id(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok())
+}
+
+/// The `Idempotency-Key` header if present; it wins over a key in the body, since it is what HTTP clients and
+/// proxies know to retry with.
+pub fn idempotency_key_header(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|value| {
+            value
+                .to_str()
+                .map(str::to_string)
+                .map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))
+        })
+        .transpose()
+}
+
+/// A list endpoint's `limit` (1-500, default 50) and `cursor` (the previous page's last id).
+pub fn page_params(
+    limit: Option<i64>,
+    cursor: Option<&str>,
+) -> Result<(i64, Option<i64>), ApiError> {
+    let limit = limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::field("limit", "must be between 1 and 500"));
+    }
+    let before = cursor
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| ApiError::field("cursor", "not a cursor from this API"))
+        })
+        .transpose()?;
+    Ok((limit, before))
+}
+
+/// Cuts a page fetched with `limit + 1` rows back to `limit`; the extra row says there is a next page, whose
+/// cursor is the last kept item's id.
+pub fn finish_page<T>(items: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> Option<String> {
+    if items.len() as i64 <= limit {
+        return None;
+    }
+    items.truncate(limit as usize);
+    items.last().map(|item| id(item).to_string())
+}

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, FieldError, Problem};
-use super::extract::{ApiJson, ApiPath};
+use super::extract::{ApiJson, ApiPath, empty_object, idempotency_key_header, request_id};
 use super::keys::Scope;
 use crate::queue::admin::{self, JobView};
 use crate::queue::{self, Enqueued, IdempotencyKey, JobKind, NewJob, Priority, QueueName};
@@ -73,10 +73,6 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(
             .map(Some)
             .ok_or_else(|| serde::de::Error::custom(format!("expected a whole number, got {n}"))),
     }
-}
-
-fn empty_object() -> serde_json::Value {
-    serde_json::json!({})
 }
 
 /// The outcome of enqueueing one job.
@@ -196,10 +192,6 @@ impl JobRequest {
     }
 }
 
-fn request_id(headers: &HeaderMap) -> Option<&str> {
-    headers.get("x-request-id").and_then(|v| v.to_str().ok())
-}
-
 /// Enqueue one job.
 #[utoipa::path(
     post, path = "/v1/jobs", tag = "jobs",
@@ -226,17 +218,13 @@ pub async fn enqueue_one(
     ApiJson(request): ApiJson<JobRequest>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Enqueue)?;
-    // The header wins over the body field: it is what HTTP clients and proxies know to retry with.
     let mut request = request;
     if let Some(body_key) = &request.idempotency_key {
         IdempotencyKey::parse(body_key)
             .map_err(|e| ApiError::field("idempotency_key", e.to_string()))?;
     }
-    if let Some(key) = headers.get("idempotency-key") {
-        let key = key
-            .to_str()
-            .map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?;
-        request.idempotency_key = Some(key.to_string());
+    if let Some(key) = idempotency_key_header(&headers)? {
+        request.idempotency_key = Some(key);
     }
     let job = request
         .into_new_job("", request_id(&headers))

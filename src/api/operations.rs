@@ -11,7 +11,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery, finish_page, page_params};
 use super::keys::Scope;
 use crate::queue::admin::{self, QueueStats, WorkerView};
 use crate::queue::dead_letters::{self, DeadLetter, DeadLetterFilter, Replayed};
@@ -144,18 +144,7 @@ pub async fn list_dead_letters(
     ApiQuery(query): ApiQuery<DeadLetterQuery>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
     caller.require(Scope::Read)?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "must be between 1 and 500"));
-    }
-    let before_id = match &query.cursor {
-        None => None,
-        Some(cursor) => Some(
-            cursor
-                .parse::<i64>()
-                .map_err(|_| ApiError::field("cursor", "not a cursor from this API"))?,
-        ),
-    };
+    let (limit, before_id) = page_params(query.limit, query.cursor.as_deref())?;
     let filter = DeadLetterFilter {
         id: None,
         queue: checked_queue(query.queue)?,
@@ -165,12 +154,7 @@ pub async fn list_dead_letters(
     };
     // One extra row tells whether there is a next page.
     let mut items = dead_letters::list(&state.pool, &filter, before_id, limit + 1).await?;
-    let next_cursor = if items.len() as i64 > limit {
-        items.truncate(limit as usize);
-        items.last().map(|letter| letter.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = finish_page(&mut items, limit, |letter| letter.id);
     Ok(Json(DeadLetterPage { items, next_cursor }))
 }
 

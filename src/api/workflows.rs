@@ -10,7 +10,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, Problem};
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{
+    ApiJson, ApiPath, ApiQuery, empty_object, finish_page, idempotency_key_header, page_params,
+    request_id,
+};
 use super::keys::Scope;
 use crate::queue::IdempotencyKey;
 use crate::workflow::{
@@ -131,10 +134,6 @@ pub struct RunRequest {
     pub idempotency_key: Option<String>,
 }
 
-fn empty_object() -> serde_json::Value {
-    serde_json::json!({})
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RunStarted {
     pub id: i64,
@@ -173,23 +172,12 @@ pub async fn start_run(
     ApiJson(request): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
     caller.require(Scope::Enqueue)?;
-    let key = match headers.get("idempotency-key") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .map_err(|_| ApiError::field("Idempotency-Key", "must be visible ASCII"))?
-                .to_string(),
-        ),
-        None => request.idempotency_key,
-    };
+    let key = idempotency_key_header(&headers)?.or(request.idempotency_key);
     if let Some(key) = &key {
         IdempotencyKey::parse(key)
             .map_err(|e| ApiError::field("idempotency_key", e.to_string()))?;
     }
-    let request_id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
+    let request_id = request_id(&headers).map(String::from);
     let started = state
         .engine
         .start_run(&name, request.data, key, request_id)
@@ -269,18 +257,7 @@ pub async fn list_runs(
     ApiQuery(query): ApiQuery<RunQuery>,
 ) -> Result<Json<RunPage>, ApiError> {
     caller.require(Scope::Read)?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "must be between 1 and 500"));
-    }
-    let before = match &query.cursor {
-        None => None,
-        Some(cursor) => Some(
-            cursor
-                .parse::<i64>()
-                .map_err(|_| ApiError::field("cursor", "not a cursor from this API"))?,
-        ),
-    };
+    let (limit, before) = page_params(query.limit, query.cursor.as_deref())?;
     let filter = RunFilter {
         workflow: query.workflow,
         status: query.status,
@@ -288,12 +265,7 @@ pub async fn list_runs(
         limit: limit + 1,
     };
     let mut runs = state.engine.list_runs(&filter).await?;
-    let next_cursor = if runs.len() as i64 > limit {
-        runs.truncate(limit as usize);
-        runs.last().map(|run| run.id.to_string())
-    } else {
-        None
-    };
+    let next_cursor = finish_page(&mut runs, limit, |run| run.id);
     Ok(Json(RunPage { runs, next_cursor }))
 }
 
