@@ -344,7 +344,11 @@ async fn idle_phase(settings: &Settings, server_url: &str, name: &str) -> Result
     Ok(quietest.max(0) as f64 / window.as_secs_f64())
 }
 
-fn spawn_worker(url: &str, queues: &str, claim_batch: usize) -> Result<Child, BenchError> {
+pub(crate) fn spawn_worker(
+    url: &str,
+    queues: &str,
+    claim_batch: usize,
+) -> Result<Child, BenchError> {
     let exe = std::env::current_exe()
         .map_err(|e| BenchError::Failed(format!("cannot find own binary: {e}")))?;
     Command::new(exe)
@@ -395,13 +399,13 @@ async fn count_live_jobs(pool: &PgPool) -> Result<i64, sqlx::Error> {
         .await
 }
 
-struct Counters {
-    commits: i64,
+pub(crate) struct Counters {
+    pub commits: i64,
     wal_lsn: i64,
     dead_tuples: i64,
 }
 
-async fn database_counters(pool: &PgPool) -> Result<Counters, sqlx::Error> {
+pub(crate) async fn database_counters(pool: &PgPool) -> Result<Counters, sqlx::Error> {
     // Statistics are a snapshot per transaction; clear it so we read what the workers reported as they exited.
     sqlx::query("SELECT pg_stat_clear_snapshot()")
         .execute(pool)

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
-use crate::bench::{BenchError, recreate_database, with_database};
+use crate::bench::{
+    BenchError, database_counters, recreate_database, spawn_worker, stop_workers, with_database,
+};
 use crate::config::Settings;
 use crate::db;
 use crate::workflow::{Engine, definition};
@@ -96,10 +98,12 @@ pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), Ben
             .collect();
         engine.start_runs("bench", data).await.map_err(failed)?;
     }
-    let before = commits(&pool).await?;
-    let worker = spawn_worker(&url, args.concurrency)?;
+    let before = database_counters(&pool).await?.commits;
+    // The default channel sink is the log (no network); logs are at warn, so it costs nothing.
+    let queues = format!("workflows:{}", args.concurrency);
+    let worker = spawn_worker(&url, &queues, 1_000)?;
     wait_for_runs(&pool, args.runs as i64, Duration::from_secs(600)).await?;
-    let after = commits(&pool).await?;
+    let after = database_counters(&pool).await?.commits;
     let row = sqlx::query(
         "SELECT extract(epoch FROM (SELECT max(finished_at) FROM herald_runs) - \
                 (SELECT min(started_at) FROM herald_run_steps))::float8 AS secs",
@@ -112,7 +116,7 @@ pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), Ben
     let runs_per_s = args.runs as f64 / secs.max(1e-6);
 
     let latencies = latency_phase(&engine, &pool, &args).await?;
-    crate::bench::stop_workers(vec![worker]).await;
+    stop_workers(vec![worker]).await;
     pool.close().await;
 
     let report = WorkflowBenchReport {
@@ -216,32 +220,4 @@ async fn wait_for_runs(pool: &PgPool, total: i64, limit: Duration) -> Result<(),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-async fn commits(pool: &PgPool) -> Result<i64, sqlx::Error> {
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(pool)
-        .await?;
-    sqlx::query_scalar(
-        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-    )
-    .fetch_one(pool)
-    .await
-}
-
-fn spawn_worker(url: &str, concurrency: usize) -> Result<tokio::process::Child, BenchError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| BenchError::Failed(format!("cannot find own binary: {e}")))?;
-    tokio::process::Command::new(exe)
-        .args(["worker", "--queues", &format!("workflows:{concurrency}")])
-        .env("DATABASE_URL", url)
-        .env("HERALD_CHANNELS__SINK", "log")
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| BenchError::Failed(format!("cannot start a worker process: {e}")))
 }

@@ -16,6 +16,22 @@ const DEFINITION: &str = r#"{
   ]
 }"#;
 
+/// Starts an `api_flow` run for user `ada` under the idempotency key `signup-1`.
+async fn start_ada(app: &common::TestApp) -> reqwest::Response {
+    app.post("/v1/workflows/api_flow/runs", &app.service_key)
+        .header("Idempotency-Key", "signup-1")
+        .json(&json!({ "data": { "user": "ada" } }))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// GET `path` with the read key, as JSON.
+async fn get_json(app: &common::TestApp, path: &str) -> Value {
+    let response = app.get(path, &app.read_key).send().await.unwrap();
+    response.json().await.unwrap()
+}
+
 #[tokio::test]
 async fn store_trigger_event_and_read_a_run_over_http() {
     let app = spawn_app().await;
@@ -64,24 +80,12 @@ async fn store_trigger_event_and_read_a_run_over_http() {
     let problem: Value = bad.json().await.unwrap();
     assert_eq!(problem["errors"][0]["field"], "data.user");
 
-    let started = app
-        .post("/v1/workflows/api_flow/runs", &app.service_key)
-        .header("Idempotency-Key", "signup-1")
-        .json(&json!({ "data": { "user": "ada" } }))
-        .send()
-        .await
-        .unwrap();
+    let started = start_ada(&app).await;
     assert_eq!(started.status(), 201);
     let id = started.json::<Value>().await.unwrap()["id"]
         .as_i64()
         .unwrap();
-    let repeat = app
-        .post("/v1/workflows/api_flow/runs", &app.service_key)
-        .header("Idempotency-Key", "signup-1")
-        .json(&json!({ "data": { "user": "ada" } }))
-        .send()
-        .await
-        .unwrap();
+    let repeat = start_ada(&app).await;
     assert_eq!(repeat.status(), 200);
     assert_eq!(
         repeat.json::<Value>().await.unwrap()["id"].as_i64(),
@@ -93,14 +97,7 @@ async fn store_trigger_event_and_read_a_run_over_http() {
         Duration::from_secs(20),
         "run waits for the event",
         || async {
-            let run: Value = app
-                .get(&run_path, &app.read_key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let run = get_json(&app, &run_path).await;
             run["steps"].as_array().is_some_and(|s| {
                 s.iter()
                     .any(|s| s["node"] == "gate" && s["status"] == "waiting")
@@ -130,39 +127,18 @@ async fn store_trigger_event_and_read_a_run_over_http() {
     assert_eq!(duplicate.json::<Value>().await.unwrap()["duplicate"], true);
 
     common::wait_until(Duration::from_secs(20), "run completes", || async {
-        let run: Value = app
-            .get(&run_path, &app.read_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let run = get_json(&app, &run_path).await;
         run["status"] == "completed"
     })
     .await;
-    let run: Value = app
-        .get(&run_path, &app.read_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let run = get_json(&app, &run_path).await;
     assert_eq!(run["context"]["greeting"], "hi ada");
     assert_eq!(
         run["steps"][1]["output"]["events"]["paid"],
         json!({ "amount": 10 })
     );
 
-    let listed: Value = app
-        .get("/v1/runs?workflow=api_flow&status=completed", &app.read_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = get_json(&app, "/v1/runs?workflow=api_flow&status=completed").await;
     assert_eq!(listed["runs"].as_array().map(Vec::len), Some(1));
     let bad_status = app
         .get("/v1/runs?status=sleeping", &app.read_key)
@@ -197,14 +173,7 @@ async fn store_trigger_event_and_read_a_run_over_http() {
         .unwrap();
     assert_eq!(unknown.status(), 404);
 
-    let listed: Value = app
-        .get("/v1/workflows", &app.read_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = get_json(&app, "/v1/workflows").await;
     assert_eq!(listed["workflows"][0]["name"], "api_flow");
     worker.stop().await;
 }

@@ -3,17 +3,8 @@
 
 mod common;
 
-use std::time::Duration;
-
-use common::flows::{Flow, example};
+use common::flows::{Flow, example, step};
 use serde_json::json;
-
-fn step<'a>(run: &'a herald::workflow::RunView, node: &str) -> &'a herald::workflow::StepView {
-    run.steps
-        .iter()
-        .find(|s| s.node == node)
-        .unwrap_or_else(|| panic!("no step {node}: {run:#?}"))
-}
 
 const WAIT3: &str = r#"
 name: wait3
@@ -99,7 +90,7 @@ async fn a_duplicate_event_counts_once() {
     flow.event("a", "dup", "ev-1").await;
     let again = flow.event("a", "dup", "ev-1").await;
     assert!(again.duplicate);
-    // A redelivered `a` under the same id must not stand in for `b`: still waiting after b alone is missing c.
+    // Still waiting: `c` is missing. The redelivered `a` was not stored a second time.
     flow.event("b", "dup", "ev-2").await;
     assert_eq!(step(&flow.run(id).await, "gate").status, "waiting");
     let stored = common::scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_events").await;
@@ -290,10 +281,7 @@ async fn a_wait_satisfied_in_time_ignores_its_timeout() {
     let run = flow.finished(id, "completed").await;
     assert_eq!(step(&run, "gate").outcome.as_deref(), Some("satisfied"));
     // Let the timeout job fire (1 s) and check it changed nothing.
-    common::wait_until(Duration::from_secs(10), "timeout job consumed", || async {
-        common::live_jobs(&flow.db.pool).await == 0
-    })
-    .await;
+    flow.queue_drained().await;
     let run = flow.run(id).await;
     assert_eq!(step(&run, "gate").outcome.as_deref(), Some("satisfied"));
     assert!(run.steps.iter().all(|s| s.node != "nudge"));

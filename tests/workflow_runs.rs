@@ -6,15 +6,8 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::flows::{Behaviour, Flow, example, timeline};
+use common::flows::{Behaviour, Flow, example, step, timeline};
 use serde_json::json;
-
-fn step<'a>(run: &'a herald::workflow::RunView, node: &str) -> &'a herald::workflow::StepView {
-    run.steps
-        .iter()
-        .find(|s| s.node == node)
-        .unwrap_or_else(|| panic!("no step {node}: {run:#?}"))
-}
 
 async fn dead_letters_reach(flow: &Flow, count: i64) {
     let sql = "SELECT count(*) FROM herald_dead_letters WHERE kind = 'herald.workflow.node'";
@@ -426,10 +419,7 @@ async fn cancelling_a_run_stops_its_pending_nodes() {
         .execute(&flow.db.pool)
         .await
         .unwrap();
-    common::wait_until(Duration::from_secs(10), "resume job consumed", || async {
-        common::live_jobs(&flow.db.pool).await == 0
-    })
-    .await;
+    flow.queue_drained().await;
     let run = flow.run(id).await;
     assert_eq!(run.status, "cancelled");
     assert!(run.steps.iter().all(|s| s.node != "done"));

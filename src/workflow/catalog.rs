@@ -68,16 +68,13 @@ impl Catalog {
 
     /// The newest version, which new runs start on.
     pub async fn latest(&self, name: &str) -> Result<Arc<Workflow>, WorkflowError> {
-        let row = sqlx::query(sql::LATEST_WORKFLOW)
+        // Only the number travels on each call; the definition is fetched once per version and process.
+        let version: Option<i32> = sqlx::query_scalar(sql::LATEST_VERSION)
             .bind(name)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| WorkflowError::NotFound(format!("workflow {name}")))?;
-        let version: i32 = row.try_get("version")?;
-        if let Some(found) = self.cached(name, version) {
-            return Ok(found);
-        }
-        self.remember(name, version, row.try_get("definition")?)
+            .fetch_one(&self.pool)
+            .await?;
+        let version = version.ok_or_else(|| WorkflowError::NotFound(format!("workflow {name}")))?;
+        self.version(name, version).await
     }
 
     fn cached(&self, name: &str, version: i32) -> Option<Arc<Workflow>> {
@@ -106,39 +103,40 @@ impl Catalog {
         definition: &serde_json::Value,
     ) -> Result<(Arc<Workflow>, Saved), WorkflowError> {
         let workflow = definition::compile(source, definition).map_err(WorkflowError::Invalid)?;
-        let mut row = self.save_statement(&workflow, definition, source).await?;
+        let saved = self.store(&workflow, source).await?;
+        Ok((Arc::new(workflow), saved))
+    }
+
+    /// Stores a compiled version (its `definition` as it was given).
+    async fn store(&self, workflow: &Workflow, source: &str) -> Result<Saved, WorkflowError> {
+        let mut row = self.save_statement(workflow, source).await?;
         if !row.try_get::<bool, _>("inserted")? && !row.try_get::<bool, _>("same_content")? {
             // Another process may have inserted this version after our statement's snapshot was taken (two
             // processes syncing at start-up): look again with a fresh snapshot before calling it a conflict.
-            row = self.save_statement(&workflow, definition, source).await?;
+            row = self.save_statement(workflow, source).await?;
         }
-        let saved = match (
+        match (
             row.try_get::<bool, _>("inserted")?,
             row.try_get::<bool, _>("same_content")?,
         ) {
-            (true, _) => Saved::Created,
-            (false, true) => Saved::Unchanged,
-            (false, false) => {
-                return Err(WorkflowError::VersionConflict {
-                    name: workflow.name.clone(),
-                    version: workflow.version,
-                });
-            }
-        };
-        let workflow = Arc::new(workflow);
-        Ok((workflow, saved))
+            (true, _) => Ok(Saved::Created),
+            (false, true) => Ok(Saved::Unchanged),
+            (false, false) => Err(WorkflowError::VersionConflict {
+                name: workflow.name.clone(),
+                version: workflow.version,
+            }),
+        }
     }
 
     async fn save_statement(
         &self,
         workflow: &Workflow,
-        definition: &serde_json::Value,
         source: &str,
     ) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
         sqlx::query(sql::SAVE_WORKFLOW)
             .bind(&workflow.name)
             .bind(workflow.version)
-            .bind(definition)
+            .bind(&workflow.definition)
             .bind(source)
             .fetch_one(&self.pool)
             .await
@@ -168,17 +166,10 @@ impl Catalog {
         &self,
         dir: &Path,
     ) -> Result<Vec<(String, String, i32, Saved)>, WorkflowError> {
-        check_dir(dir)?;
-        let files = read_definitions(dir)?;
         let mut outcomes = Vec::new();
-        for (source, definition) in &files {
-            let (workflow, saved) = self.save(source, definition).await?;
-            outcomes.push((
-                source.clone(),
-                workflow.name.clone(),
-                workflow.version,
-                saved,
-            ));
+        for (source, workflow) in load_dir(dir)? {
+            let saved = self.store(&workflow, &source).await?;
+            outcomes.push((source, workflow.name, workflow.version, saved));
         }
         Ok(outcomes)
     }
@@ -186,15 +177,25 @@ impl Catalog {
 
 /// Validates every definition in `dir` without storing anything; returns (file, name, version) of each.
 pub fn check_dir(dir: &Path) -> Result<Vec<(String, String, i32)>, WorkflowError> {
-    let files = read_definitions(dir)?;
+    let loaded = load_dir(dir)?;
+    Ok(loaded
+        .into_iter()
+        .map(|(source, w)| (source, w.name, w.version))
+        .collect())
+}
+
+/// Reads, parses and compiles every definition in `dir`, or returns every problem in every file (including
+/// one (name, version) defined by two files).
+fn load_dir(dir: &Path) -> Result<Vec<(String, Workflow)>, WorkflowError> {
     let mut errors = Vec::new();
-    let mut checked = Vec::new();
-    let mut seen = HashMap::new();
-    for (source, definition) in &files {
-        match definition::compile(source, definition) {
+    let mut loaded: Vec<(String, Workflow)> = Vec::new();
+    for (source, definition) in read_definitions(dir)? {
+        match definition::compile(&source, &definition) {
             Ok(workflow) => {
-                let key = (workflow.name.clone(), workflow.version);
-                if let Some(other) = seen.insert(key, source.clone()) {
+                let twin = loaded
+                    .iter()
+                    .find(|(_, w)| w.name == workflow.name && w.version == workflow.version);
+                if let Some((other, _)) = twin {
                     errors.push(DefinitionError {
                         source: source.clone(),
                         node: None,
@@ -204,13 +205,13 @@ pub fn check_dir(dir: &Path) -> Result<Vec<(String, String, i32)>, WorkflowError
                         ),
                     });
                 }
-                checked.push((source.clone(), workflow.name, workflow.version));
+                loaded.push((source, workflow));
             }
             Err(mut problems) => errors.append(&mut problems),
         }
     }
     if errors.is_empty() {
-        Ok(checked)
+        Ok(loaded)
     } else {
         Err(WorkflowError::Invalid(errors))
     }

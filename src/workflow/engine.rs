@@ -115,10 +115,8 @@ impl Engine {
     }
 
     async fn begin_step(&self, job: &NodeJob) -> Result<Option<RunState>, WorkflowError> {
-        let row = sqlx::query(sql::BEGIN_STEP)
-            .bind(job.run)
-            .bind(job.epoch)
-            .bind(&job.node)
+        let row = job
+            .step_query(sql::BEGIN_STEP)
             .bind(job.phase.as_str())
             .fetch_optional(&self.steps_pool)
             .await?;
@@ -150,11 +148,12 @@ impl Engine {
                         problems.iter().map(|(f, m)| format!("{f} {m}")).collect();
                     JobError::permanent(format!("trigger data: {}", text.join("; ")))
                 })?;
-                let mut step = Step::done("accepted", extracted.clone(), &node.next);
-                if let Step::Done { patch, .. } = &mut step {
-                    patch.insert("trigger".into(), extracted);
-                }
-                Ok(step)
+                Ok(Step::Done {
+                    outcome: "accepted".into(),
+                    output: extracted.clone(),
+                    patch: Map::from_iter([("trigger".to_string(), extracted)]),
+                    next: node.next.clone(),
+                })
             }
             NodeKind::Action { .. } => self.send(job, node, &scope).await,
             NodeKind::Condition {
@@ -201,7 +200,10 @@ impl Engine {
             NodeKind::WaitForEvents(spec) => match job.phase {
                 Phase::Run => self.start_wait(job, run, spec, &node.next, &scope).await,
                 Phase::Resume => self.wait_satisfied(job, &node.next).await,
-                Phase::Timeout => self.wait_timed_out(job, node, spec).await,
+                Phase::Timeout => {
+                    let timed_out = self.time_out(job, node, spec).await;
+                    timed_out.map(|()| Step::Recorded).map_err(retryable)
+                }
             },
         }
     }
@@ -282,10 +284,8 @@ impl Engine {
         job: &NodeJob,
         done: Finish<'_>,
     ) -> Result<(), WorkflowError> {
-        let row = sqlx::query(sql::FINISH_STEP)
-            .bind(job.run)
-            .bind(job.epoch)
-            .bind(&job.node)
+        let row = job
+            .step_query(sql::FINISH_STEP)
             .bind(done.from)
             .bind(done.outcome)
             .bind(done.output)
@@ -304,10 +304,8 @@ impl Engine {
 
     async fn suspend(&self, job: &NodeJob, until: DateTime<Utc>) -> Result<(), WorkflowError> {
         let mut tx = self.steps_pool.begin().await?;
-        let parked = sqlx::query(sql::SUSPEND_STEP)
-            .bind(job.run)
-            .bind(job.epoch)
-            .bind(&job.node)
+        let parked = job
+            .step_query(sql::SUSPEND_STEP)
             .bind(job.attempt)
             .bind(job.started_at)
             .fetch_optional(&mut *tx)
@@ -335,13 +333,9 @@ impl Engine {
     ) -> Result<(), JobError> {
         let last = matches!(error, JobError::Permanent(_)) || ctx.attempt >= ctx.max_attempts;
         if !last {
-            let recorded = sqlx::query(sql::RECORD_STEP_ERROR)
-                .bind(job.run)
-                .bind(job.epoch)
-                .bind(&job.node)
-                .bind(error.to_string())
-                .bind(job.attempt)
-                .bind(job.started_at)
+            let message = error.to_string();
+            let recorded = job
+                .attempt_query(sql::RECORD_STEP_ERROR, &message)
                 .execute(&self.steps_pool)
                 .await;
             if let Err(db) = recorded {
@@ -365,13 +359,8 @@ impl Engine {
     /// permanent error fails the run; anything else is retried.
     async fn unrunnable(&self, job: &NodeJob, error: JobError) -> Result<(), JobError> {
         if let JobError::Permanent(message) = &error {
-            let failed = sqlx::query(sql::FAIL_RUN)
-                .bind(job.run)
-                .bind(job.epoch)
-                .bind(&job.node)
-                .bind(message)
-                .bind(job.attempt)
-                .bind(job.started_at)
+            let failed = job
+                .attempt_query(sql::FAIL_RUN, message)
                 .fetch_optional(&self.steps_pool)
                 .await;
             failed.map_err(|e| retryable(e.into()))?;
@@ -388,24 +377,13 @@ impl Engine {
         message: &str,
     ) -> Result<(), WorkflowError> {
         let Some(target) = &node.on_error else {
-            sqlx::query(sql::FAIL_RUN)
-                .bind(job.run)
-                .bind(job.epoch)
-                .bind(&job.node)
-                .bind(message)
-                .bind(job.attempt)
-                .bind(job.started_at)
+            job.attempt_query(sql::FAIL_RUN, message)
                 .fetch_optional(&mut *conn)
                 .await?;
             return Ok(());
         };
-        let failed = sqlx::query(sql::FAIL_STEP)
-            .bind(job.run)
-            .bind(job.epoch)
-            .bind(&job.node)
-            .bind(message)
-            .bind(job.attempt)
-            .bind(job.started_at)
+        let failed = job
+            .attempt_query(sql::FAIL_STEP, message)
             .fetch_optional(&mut *conn)
             .await?;
         if failed.is_none() {
@@ -419,6 +397,26 @@ impl Engine {
             .await?;
         let enqueue: Vec<String> = row.try_get("enqueue")?;
         self.enqueue_nodes(conn, job.run, job.epoch, &enqueue).await
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+impl NodeJob {
+    /// `sql` with this job's step key bound as `$1, $2, $3` (run, epoch, node).
+    pub(super) fn step_query<'q>(&'q self, sql: &'q str) -> PgQuery<'q> {
+        sqlx::query(sql)
+            .bind(self.run)
+            .bind(self.epoch)
+            .bind(&self.node)
+    }
+
+    /// `sql` with the step key, then `$4` the message and `$5, $6` this attempt (number, start).
+    fn attempt_query<'q>(&'q self, sql: &'q str, message: &'q str) -> PgQuery<'q> {
+        self.step_query(sql)
+            .bind(message)
+            .bind(self.attempt)
+            .bind(self.started_at)
     }
 }
 

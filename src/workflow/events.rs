@@ -163,10 +163,8 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         // Park the step first: if another attempt already did, there is nothing to do.
-        let parked = sqlx::query(sql::SUSPEND_STEP)
-            .bind(job.run)
-            .bind(job.epoch)
-            .bind(&job.node)
+        let parked = job
+            .step_query(sql::SUSPEND_STEP)
             .bind(job.attempt)
             .bind(job.started_at)
             .fetch_optional(&mut *tx)
@@ -174,10 +172,8 @@ impl Engine {
         if parked.is_none() {
             return Ok(());
         }
-        let status: String = sqlx::query(sql::REGISTER_WAIT)
-            .bind(job.run)
-            .bind(job.epoch)
-            .bind(&job.node)
+        let status: String = job
+            .step_query(sql::REGISTER_WAIT)
             .bind(key)
             .bind(&spec.events)
             .bind(spec.mode.as_str())
@@ -238,27 +234,15 @@ impl Engine {
 
     /// The `timeout` phase: time the wait out unless an event satisfied it first, then follow `on_timeout`, or
     /// fail the node if there is none.
-    pub(super) async fn wait_timed_out(
-        &self,
-        job: &NodeJob,
-        node: &Node,
-        spec: &WaitSpec,
-    ) -> Result<Step, JobError> {
-        self.time_out(job, node, spec).await.map_err(retryable)?;
-        Ok(Step::Recorded)
-    }
-
-    async fn time_out(
+    pub(super) async fn time_out(
         &self,
         job: &NodeJob,
         node: &Node,
         spec: &WaitSpec,
     ) -> Result<(), WorkflowError> {
         let mut tx = self.steps_pool.begin().await?;
-        let timed_out = sqlx::query(sql::TIME_OUT_WAIT)
-            .bind(job.run)
-            .bind(job.epoch)
-            .bind(&job.node)
+        let timed_out = job
+            .step_query(sql::TIME_OUT_WAIT)
             .fetch_optional(&mut *tx)
             .await?;
         if timed_out.is_none() {
@@ -292,10 +276,8 @@ impl Engine {
         conn: &mut sqlx::PgConnection,
         job: &NodeJob,
     ) -> Result<Value, WorkflowError> {
-        let row = sqlx::query(sql::MATCHED_EVENTS)
-            .bind(job.run)
-            .bind(job.epoch)
-            .bind(&job.node)
+        let row = job
+            .step_query(sql::MATCHED_EVENTS)
             .fetch_one(&mut *conn)
             .await?;
         let events: Value = row.try_get("events")?;

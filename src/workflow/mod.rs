@@ -146,10 +146,6 @@ impl Engine {
         })
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// The queue job for one phase of one node, due at `run_at` (now if `None`).
     fn node_job(&self, job: NodeJob, run_at: Option<DateTime<Utc>>) -> NewJob {
         let payload = serde_json::json!({

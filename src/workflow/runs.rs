@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
+use super::definition::Workflow;
 use super::definition::extract_trigger;
-use super::{Engine, WorkflowError, sql};
+use super::{Engine, NodeJob, Phase, WorkflowError, sql};
 
 /// The outcome of starting a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,25 +87,19 @@ impl Engine {
         request_id: Option<String>,
     ) -> Result<Started, WorkflowError> {
         let definition = self.catalog.latest(workflow).await?;
-        extract_trigger(definition.trigger_fields(), &data).map_err(|problems| {
-            WorkflowError::InvalidInput(
-                problems
-                    .into_iter()
-                    .map(|(f, m)| (format!("data.{f}"), m))
-                    .collect(),
-            )
-        })?;
+        let context = trigger_context(&definition, data, "data")?;
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(sql::START_RUNS)
-            .bind(&definition.name)
-            .bind(definition.version)
-            .bind(vec![json!({ "trigger": data, "nodes": {} })])
-            .bind(vec![idempotency_key.clone()])
-            .bind(vec![request_id])
-            .bind(&definition.trigger)
-            .fetch_all(&mut *tx)
+        let key = idempotency_key.clone();
+        let ids = self
+            .insert_runs(
+                &mut tx,
+                &definition,
+                vec![context],
+                vec![key],
+                vec![request_id],
+            )
             .await?;
-        let Some(row) = rows.first() else {
+        let Some(&id) = ids.first() else {
             // The key is taken: that run is the answer (its transaction has committed: ours waited for it).
             tx.rollback().await?;
             let row = sqlx::query(sql::FIND_RUN_BY_KEY)
@@ -117,9 +112,6 @@ impl Engine {
                 version: row.try_get("version")?,
             });
         };
-        let id: i64 = row.try_get("id")?;
-        self.enqueue_nodes(&mut tx, id, 1, std::slice::from_ref(&definition.trigger))
-            .await?;
         tx.commit().await?;
         Ok(Started::Created {
             id,
@@ -135,26 +127,44 @@ impl Engine {
         data: Vec<Value>,
     ) -> Result<Vec<i64>, WorkflowError> {
         let definition = self.catalog.latest(workflow).await?;
-        let mut contexts = Vec::with_capacity(data.len());
-        for (index, item) in data.into_iter().enumerate() {
-            extract_trigger(definition.trigger_fields(), &item).map_err(|problems| {
-                let fields = problems
-                    .into_iter()
-                    .map(|(f, m)| (format!("[{index}].data.{f}"), m));
-                WorkflowError::InvalidInput(fields.collect())
-            })?;
-            contexts.push(json!({ "trigger": item, "nodes": {} }));
-        }
+        let contexts = data
+            .into_iter()
+            .enumerate()
+            .map(|(index, item)| trigger_context(&definition, item, &format!("[{index}].data")))
+            .collect::<Result<Vec<_>, _>>()?;
         let count = contexts.len();
         let mut tx = self.pool.begin().await?;
+        let ids = self
+            .insert_runs(
+                &mut tx,
+                &definition,
+                contexts,
+                vec![None; count],
+                vec![None; count],
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Inserts runs with their pending trigger steps and enqueues the trigger jobs, in the caller's
+    /// transaction. A run whose idempotency key is taken is skipped; the ids of the runs inserted are returned.
+    async fn insert_runs(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        definition: &Workflow,
+        contexts: Vec<Value>,
+        keys: Vec<Option<String>>,
+        request_ids: Vec<Option<String>>,
+    ) -> Result<Vec<i64>, WorkflowError> {
         let rows = sqlx::query(sql::START_RUNS)
             .bind(&definition.name)
             .bind(definition.version)
             .bind(contexts)
-            .bind(vec![None::<String>; count])
-            .bind(vec![None::<String>; count])
+            .bind(keys)
+            .bind(request_ids)
             .bind(&definition.trigger)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut *conn)
             .await?;
         let ids: Vec<i64> = rows
             .iter()
@@ -162,14 +172,12 @@ impl Engine {
             .collect::<Result<_, _>>()?;
         let jobs: Vec<_> = ids
             .iter()
-            .map(|id| {
-                let job =
-                    super::NodeJob::new(*id, 1, definition.trigger.clone(), super::Phase::Run);
+            .map(|&id| {
+                let job = NodeJob::new(id, 1, definition.trigger.clone(), Phase::Run);
                 self.node_job(job, None)
             })
             .collect();
-        crate::queue::enqueue_many(&mut tx, &self.defaults, &jobs).await?;
-        tx.commit().await?;
+        crate::queue::enqueue_many(conn, &self.defaults, &jobs).await?;
         Ok(ids)
     }
 
@@ -246,6 +254,22 @@ impl Engine {
         tx.commit().await?;
         self.get_run(id).await
     }
+}
+
+/// Checks trigger data against the trigger's fields (problems named under `prefix`) and builds a new run's
+/// context. Bad input is refused before anything is stored.
+fn trigger_context(
+    definition: &Workflow,
+    data: Value,
+    prefix: &str,
+) -> Result<Value, WorkflowError> {
+    extract_trigger(definition.trigger_fields(), &data).map_err(|problems| {
+        let fields = problems
+            .into_iter()
+            .map(|(f, m)| (format!("{prefix}.{f}"), m));
+        WorkflowError::InvalidInput(fields.collect())
+    })?;
+    Ok(json!({ "trigger": data, "nodes": {} }))
 }
 
 fn run_from_row(row: &PgRow) -> Result<RunView, sqlx::Error> {

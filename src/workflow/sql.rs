@@ -30,8 +30,8 @@ FROM new";
 pub const LOAD_WORKFLOW: &str =
     "SELECT definition FROM herald_workflows WHERE name = $1 AND version = $2";
 
-pub const LATEST_WORKFLOW: &str = "
-SELECT version, definition FROM herald_workflows WHERE name = $1 ORDER BY version DESC LIMIT 1";
+/// The newest version number (NULL if the workflow is unknown).
+pub const LATEST_VERSION: &str = "SELECT max(version) FROM herald_workflows WHERE name = $1";
 
 pub const LIST_WORKFLOWS: &str = "
 SELECT DISTINCT ON (name) name, version, definition->>'description' AS description, source, created_at,

@@ -183,11 +183,27 @@ impl Flow {
         .await;
     }
 
+    /// Waits until no job is left in the queue (parked resume and timeout jobs included).
+    pub async fn queue_drained(&self) {
+        wait_until(Duration::from_secs(10), "every job consumed", || async {
+            super::live_jobs(&self.db.pool).await == 0
+        })
+        .await;
+    }
+
     pub async fn stop(self) {
         if let Some(worker) = self.worker {
             worker.stop().await;
         }
     }
+}
+
+/// The run's step for `node` (its first epoch's, if it ran in several).
+pub fn step<'a>(run: &'a RunView, node: &str) -> &'a herald::workflow::StepView {
+    run.steps
+        .iter()
+        .find(|s| s.node == node)
+        .unwrap_or_else(|| panic!("no step {node}: {run:#?}"))
 }
 
 /// The outcome of each step of a run, by node: the timeline as (node, status, outcome).
