@@ -304,13 +304,7 @@ impl Engine {
 
     async fn suspend(&self, job: &NodeJob, until: DateTime<Utc>) -> Result<(), WorkflowError> {
         let mut tx = self.steps_pool.begin().await?;
-        let parked = job
-            .step_query(sql::SUSPEND_STEP)
-            .bind(job.attempt)
-            .bind(job.started_at)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if parked.is_some() {
+        if job.park(&mut tx).await? {
             let resume = NodeJob {
                 phase: Phase::Resume,
                 ..job.clone()
@@ -409,6 +403,15 @@ impl NodeJob {
             .bind(self.run)
             .bind(self.epoch)
             .bind(&self.node)
+    }
+
+    /// Moves the step from pending to waiting (delay and wait nodes); false if an earlier attempt already did.
+    pub(super) async fn park(&self, conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+        let query = self
+            .step_query(sql::SUSPEND_STEP)
+            .bind(self.attempt)
+            .bind(self.started_at);
+        Ok(query.fetch_optional(conn).await?.is_some())
     }
 
     /// `sql` with the step key, then `$4` the message and `$5, $6` this attempt (number, start).

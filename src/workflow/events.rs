@@ -163,13 +163,7 @@ impl Engine {
             .execute(&mut *tx)
             .await?;
         // Park the step first: if another attempt already did, there is nothing to do.
-        let parked = job
-            .step_query(sql::SUSPEND_STEP)
-            .bind(job.attempt)
-            .bind(job.started_at)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if parked.is_none() {
+        if !job.park(&mut tx).await? {
             return Ok(());
         }
         let status: String = job
