@@ -4,7 +4,8 @@
 //! 1. `BEGIN_STEP` checks the step (and reads the run). No row means the step already moved on (this job ran
 //!    before and its worker died after committing) or the run ended: the job succeeds without doing anything.
 //! 2. The node executes: pure nodes compute, actions send through the channel layer, delay and wait nodes park.
-//! 3. One transaction finishes the step, merges the node's output into the run and enqueues the next node jobs.
+//! 3. One transaction finishes the step, merges the node's output into the run and enqueues the next node jobs
+//!    (shared with other nodes' steps that finished at the same moment: see `committer.rs`).
 //!
 //! A failure is retried by the queue with backoff; on the last attempt (or a permanent error) the node fails:
 //! its `on_error` edge is followed if it has one, otherwise the run fails. Either way the job is dead-lettered.
@@ -16,6 +17,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use sqlx::Row;
 
+use super::committer::FinishedStep;
 use super::definition::{self, DelaySpec, Node, NodeKind, Workflow};
 use super::expr;
 use super::{Engine, NodeJob, Phase, WorkflowError, sql};
@@ -100,14 +102,15 @@ impl Engine {
                 patch,
                 next,
             } => {
-                let done = Finish {
+                let step = FinishedStep {
+                    job,
                     from,
-                    outcome: &outcome,
-                    output: &output,
-                    patch: &patch,
-                    next: &next,
+                    outcome,
+                    output,
+                    patch,
+                    next,
                 };
-                self.finish(&job, done).await.map_err(retryable)
+                self.committer().finish(step).await.map_err(retryable)
             }
             Step::SuspendUntil(at) => self.suspend(&job, at).await.map_err(retryable),
             Step::Recorded => Ok(()),
@@ -260,48 +263,6 @@ impl Engine {
         }
     }
 
-    /// Records a finished step and enqueues the next nodes, in one transaction.
-    pub(super) async fn finish(
-        &self,
-        job: &NodeJob,
-        done: Finish<'_>,
-    ) -> Result<(), WorkflowError> {
-        if done.next.is_empty() {
-            // One statement, nothing to enqueue: no explicit transaction needed (saves two round trips).
-            let mut conn = self.steps_pool.acquire().await?;
-            return self.finish_in(&mut conn, job, done).await;
-        }
-        let mut tx = self.steps_pool.begin().await?;
-        self.finish_in(&mut tx, job, done).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// [`finish`](Self::finish) inside the caller's transaction.
-    pub(super) async fn finish_in(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        job: &NodeJob,
-        done: Finish<'_>,
-    ) -> Result<(), WorkflowError> {
-        let row = job
-            .step_query(sql::FINISH_STEP)
-            .bind(done.from)
-            .bind(done.outcome)
-            .bind(done.output)
-            .bind(Value::Object(done.patch.clone()))
-            .bind(done.next)
-            .bind(job.attempt)
-            .bind(job.started_at)
-            .fetch_one(&mut *conn)
-            .await?;
-        let enqueue: Vec<String> = row.try_get("enqueue")?;
-        if !row.try_get::<bool, _>("finished")? {
-            tracing::debug!(run = job.run, node = %job.node, "step already finished by an earlier attempt");
-        }
-        self.enqueue_nodes(conn, job.run, job.epoch, &enqueue).await
-    }
-
     async fn suspend(&self, job: &NodeJob, until: DateTime<Utc>) -> Result<(), WorkflowError> {
         let mut tx = self.steps_pool.begin().await?;
         if job.park(&mut tx).await? {
@@ -309,8 +270,8 @@ impl Engine {
                 phase: Phase::Resume,
                 ..job.clone()
             };
-            let new = self.node_job(resume, Some(until));
-            crate::queue::enqueue(&mut tx, &self.defaults, new).await?;
+            let new = self.jobs.new_job(resume, Some(until));
+            self.jobs.enqueue(&mut tx, &[new]).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -390,7 +351,8 @@ impl Engine {
             .fetch_one(&mut *conn)
             .await?;
         let enqueue: Vec<String> = row.try_get("enqueue")?;
-        self.enqueue_nodes(conn, job.run, job.epoch, &enqueue).await
+        let next = enqueue.into_iter().map(|node| (job.run, job.epoch, node));
+        self.jobs.enqueue_run_phase(conn, next).await
     }
 }
 
@@ -421,16 +383,6 @@ impl NodeJob {
             .bind(self.attempt)
             .bind(self.started_at)
     }
-}
-
-/// A finished step, as `FINISH_STEP` records it.
-pub(super) struct Finish<'a> {
-    /// The status the step must be in: `pending`, or `waiting` for a resumed node.
-    pub from: &'a str,
-    pub outcome: &'a str,
-    pub output: &'a Value,
-    pub patch: &'a Map<String, Value>,
-    pub next: &'a [String],
 }
 
 fn delay(

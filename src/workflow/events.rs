@@ -13,8 +13,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::Row;
 
+use super::committer::{FinishedStep, finish_steps};
 use super::definition::{Node, WaitSpec};
-use super::engine::{Finish, RunState, Step, retryable};
+use super::engine::{RunState, Step, retryable};
 use super::{Engine, NodeJob, Phase, WorkflowError, sql};
 use crate::queue::JobError;
 
@@ -104,9 +105,9 @@ impl Engine {
                 Phase::Resume,
             );
             resumed_runs.push(job.run);
-            jobs.push(self.node_job(job, None));
+            jobs.push(self.jobs.new_job(job, None));
         }
-        crate::queue::enqueue_many(&mut tx, &self.defaults, &jobs).await?;
+        self.jobs.enqueue(&mut tx, &jobs).await?;
         tx.commit().await?;
         Ok(EventReceipt {
             event_id,
@@ -179,25 +180,22 @@ impl Engine {
             .try_get("status")?;
         if status == "satisfied" {
             let output = self.matched_events(&mut tx, job).await?;
-            let done = Finish {
+            let done = FinishedStep {
+                job: job.clone(),
                 from: "waiting",
-                outcome: "satisfied",
-                output: &output,
-                patch: &Default::default(),
-                next,
+                outcome: "satisfied".into(),
+                output,
+                patch: Default::default(),
+                next: next.to_vec(),
             };
-            self.finish_in(&mut tx, job, done).await?;
+            finish_steps(&mut tx, &self.jobs, &[done]).await?;
         } else if let Some(deadline) = deadline {
             let timeout = NodeJob {
                 phase: Phase::Timeout,
                 ..job.clone()
             };
-            crate::queue::enqueue(
-                &mut tx,
-                &self.defaults,
-                self.node_job(timeout, Some(deadline)),
-            )
-            .await?;
+            let new = self.jobs.new_job(timeout, Some(deadline));
+            self.jobs.enqueue(&mut tx, &[new]).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -252,14 +250,15 @@ impl Engine {
         } else {
             let output = self.matched_events(&mut tx, job).await?;
             let output = json!({ "timed_out": true, "events": output["events"] });
-            let done = Finish {
+            let done = FinishedStep {
+                job: job.clone(),
                 from: "waiting",
-                outcome: "timed_out",
-                output: &output,
-                patch: &Default::default(),
-                next: &spec.on_timeout,
+                outcome: "timed_out".into(),
+                output,
+                patch: Default::default(),
+                next: spec.on_timeout.clone(),
             };
-            self.finish_in(&mut tx, job, done).await?;
+            finish_steps(&mut tx, &self.jobs, &[done]).await?;
         }
         tx.commit().await?;
         Ok(())

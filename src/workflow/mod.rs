@@ -14,6 +14,7 @@
 //! sent at least once with a stable idempotency key.
 
 pub mod catalog;
+mod committer;
 pub mod definition;
 mod engine;
 mod events;
@@ -121,10 +122,10 @@ pub struct Engine {
     steps_pool: PgPool,
     pub catalog: Catalog,
     channels: Channels,
-    defaults: JobDefaults,
     settings: WorkflowSettings,
-    queue: QueueName,
-    node_kind: JobKind,
+    jobs: NodeJobs,
+    /// Started on first use, inside the runtime (see `committer.rs`).
+    committer: std::sync::OnceLock<committer::StepCommitter>,
 }
 
 impl Engine {
@@ -133,46 +134,75 @@ impl Engine {
         settings: &Settings,
         channels: Channels,
     ) -> Result<Self, WorkflowError> {
-        let queue = QueueName::parse(&settings.workflows.queue).map_err(QueueError::from)?;
         Ok(Self {
             catalog: Catalog::new(pool.clone()),
             steps_pool: crate::db::relaxed_commit_pool(&pool, &settings.database),
             pool,
             channels,
-            defaults: settings.job_defaults(),
             settings: settings.workflows.clone(),
-            queue,
-            node_kind: JobKind::parse(NodeJob::KIND).map_err(QueueError::from)?,
+            jobs: NodeJobs {
+                queue: QueueName::parse(&settings.workflows.queue).map_err(QueueError::from)?,
+                kind: JobKind::parse(NodeJob::KIND).map_err(QueueError::from)?,
+                max_attempts: settings.workflows.node_max_attempts,
+                defaults: settings.job_defaults(),
+            },
+            committer: std::sync::OnceLock::new(),
         })
     }
 
+    fn committer(&self) -> &committer::StepCommitter {
+        self.committer.get_or_init(|| {
+            committer::StepCommitter::start(self.steps_pool.clone(), self.jobs.clone())
+        })
+    }
+}
+
+/// How node jobs are made and enqueued.
+#[derive(Clone)]
+struct NodeJobs {
+    queue: QueueName,
+    kind: JobKind,
+    max_attempts: i32,
+    defaults: JobDefaults,
+}
+
+impl NodeJobs {
     /// The queue job for one phase of one node, due at `run_at` (now if `None`).
-    fn node_job(&self, job: NodeJob, run_at: Option<DateTime<Utc>>) -> NewJob {
+    fn new_job(&self, job: NodeJob, run_at: Option<DateTime<Utc>>) -> NewJob {
         let payload = serde_json::json!({
             "run": job.run, "epoch": job.epoch, "node": job.node, "phase": job.phase.as_str(),
         });
-        let mut new = NewJob::new(self.queue.clone(), self.node_kind.clone(), payload)
-            .max_attempts(self.settings.node_max_attempts);
+        let mut new = NewJob::new(self.queue.clone(), self.kind.clone(), payload)
+            .max_attempts(self.max_attempts);
         if let Some(at) = run_at {
             new = new.run_at(at);
         }
         new
     }
 
-    /// Enqueues the `run` phase of each node in `nodes`, inside the caller's transaction.
-    async fn enqueue_nodes(
+    /// Enqueues `jobs` (made by [`new_job`](Self::new_job)) inside the caller's transaction.
+    async fn enqueue(
         &self,
         conn: &mut sqlx::PgConnection,
-        run: i64,
-        epoch: i32,
-        nodes: &[String],
+        jobs: &[NewJob],
     ) -> Result<(), WorkflowError> {
-        let jobs: Vec<NewJob> = nodes
-            .iter()
-            .map(|node| self.node_job(NodeJob::new(run, epoch, node.clone(), Phase::Run), None))
-            .collect();
-        queue::enqueue_many(conn, &self.defaults, &jobs).await?;
+        queue::enqueue_many(conn, &self.defaults, jobs).await?;
         Ok(())
+    }
+
+    /// Enqueues the `run` phase of each (run, epoch, node) inside the caller's transaction.
+    async fn enqueue_run_phase(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        steps: impl IntoIterator<Item = (i64, i32, String)>,
+    ) -> Result<(), WorkflowError> {
+        let jobs: Vec<NewJob> = steps
+            .into_iter()
+            .map(|(run, epoch, node)| {
+                self.new_job(NodeJob::new(run, epoch, node, Phase::Run), None)
+            })
+            .collect();
+        self.enqueue(conn, &jobs).await
     }
 }
 

@@ -9,7 +9,7 @@ use sqlx::postgres::PgRow;
 
 use super::definition::Workflow;
 use super::definition::extract_trigger;
-use super::{Engine, NodeJob, Phase, WorkflowError, sql};
+use super::{Engine, WorkflowError, sql};
 
 /// The outcome of starting a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,14 +170,8 @@ impl Engine {
             .iter()
             .map(|r| r.try_get("id"))
             .collect::<Result<_, _>>()?;
-        let jobs: Vec<_> = ids
-            .iter()
-            .map(|&id| {
-                let job = NodeJob::new(id, 1, definition.trigger.clone(), Phase::Run);
-                self.node_job(job, None)
-            })
-            .collect();
-        crate::queue::enqueue_many(conn, &self.defaults, &jobs).await?;
+        let triggers = ids.iter().map(|&id| (id, 1, definition.trigger.clone()));
+        self.jobs.enqueue_run_phase(conn, triggers).await?;
         Ok(ids)
     }
 
@@ -250,7 +244,9 @@ impl Engine {
         };
         let epoch: i32 = row.try_get("epoch")?;
         let node: String = row.try_get("failed_node")?;
-        self.enqueue_nodes(&mut tx, id, epoch, &[node]).await?;
+        self.jobs
+            .enqueue_run_phase(&mut tx, [(id, epoch, node)])
+            .await?;
         tx.commit().await?;
         self.get_run(id).await
     }

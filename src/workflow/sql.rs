@@ -117,35 +117,49 @@ WHERE s.run_id = $1 AND s.epoch = $2 AND s.node_id = $3
   AND r.status = 'running' AND r.epoch = s.epoch
   AND s.status = CASE WHEN $4 = 'run' THEN 'pending' ELSE 'waiting' END";
 
-/// Finishes a step (from `$4`: pending or waiting; `$9` the attempt, `$10` when it started) and, in the same statement, inserts the next steps, merges
-/// the context patch and the node's output into the run, and completes the run when nothing is pending. Returns
-/// the next steps actually inserted (a node two edges reach is inserted once) and the run's status.
-pub const FINISH_STEP: &str = "
-WITH step AS (
-    UPDATE herald_run_steps
-    SET status = 'completed', outcome = $5, output = $6, error = NULL, finished_at = now(),
-        attempts = greatest(attempts, $9), started_at = coalesce(started_at, $10)
-    WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status = $4
-    RETURNING run_id
+/// Finishes a batch of steps (each from `from`: pending, or waiting for a resumed node) in one statement: marks
+/// them completed with their outcome and output, inserts their next steps (once each: a node two edges reach is
+/// inserted once), and per run merges the context patches and outputs (`nodes.<id>`), adjusts the pending count
+/// and completes the run when it reaches 0. A step no longer in its `from` state (an earlier attempt finished it)
+/// changes nothing. Returns the next steps inserted, to enqueue.
+pub const FINISH_STEPS: &str = "
+WITH input AS (
+    SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[],
+                         $8::jsonb[], $9::int4[], $10::timestamptz[])
+        AS t(run_id, epoch, node_id, from_status, outcome, output, patch, next, attempt, started_at)
+), step AS (
+    UPDATE herald_run_steps s
+    SET status = 'completed', outcome = i.outcome, output = i.output, error = NULL, finished_at = now(),
+        attempts = greatest(s.attempts, i.attempt), started_at = coalesce(s.started_at, i.started_at)
+    FROM input i
+    WHERE s.run_id = i.run_id AND s.epoch = i.epoch AND s.node_id = i.node_id AND s.status = i.from_status
+    RETURNING s.run_id, s.epoch, s.node_id
+), finished AS (
+    SELECT i.* FROM input i JOIN step USING (run_id, epoch, node_id)
 ), next AS (
     INSERT INTO herald_run_steps (run_id, epoch, node_id, status)
-    SELECT $1, $2, target, 'pending' FROM step, unnest($8::text[]) AS target
-    WHERE EXISTS (SELECT 1 FROM herald_runs WHERE id = $1 AND epoch = $2 AND status = 'running')
+    SELECT f.run_id, f.epoch, target, 'pending'
+    FROM finished f CROSS JOIN LATERAL jsonb_array_elements_text(f.next) AS target
+    WHERE EXISTS (SELECT 1 FROM herald_runs r WHERE r.id = f.run_id AND r.epoch = f.epoch AND r.status = 'running')
     ON CONFLICT DO NOTHING
-    RETURNING node_id
+    RETURNING run_id, epoch, node_id
+), changes AS (
+    SELECT f.run_id, f.epoch, count(*) AS done, jsonb_object_agg(f.node_id, f.output) AS outputs,
+           coalesce((SELECT jsonb_object_agg(p.key, p.value)
+                     FROM finished f2, jsonb_each(f2.patch) AS p WHERE f2.run_id = f.run_id), '{}') AS patch,
+           (SELECT count(*) FROM next n WHERE n.run_id = f.run_id) AS added
+    FROM finished f GROUP BY f.run_id, f.epoch
 ), run AS (
-    UPDATE herald_runs
-    SET pending = pending - 1 + (SELECT count(*) FROM next),
-        context = jsonb_set(context || $7::jsonb, ARRAY['nodes', $3], $6::jsonb),
-        status = CASE WHEN pending - 1 + (SELECT count(*) FROM next) = 0 THEN 'completed' ELSE status END,
-        finished_at = CASE WHEN pending - 1 + (SELECT count(*) FROM next) = 0 THEN now() END,
+    UPDATE herald_runs r
+    SET pending = r.pending - c.done + c.added,
+        context = jsonb_set(r.context || c.patch, '{nodes}', coalesce(r.context->'nodes', '{}') || c.outputs),
+        status = CASE WHEN r.pending - c.done + c.added = 0 THEN 'completed' ELSE r.status END,
+        finished_at = CASE WHEN r.pending - c.done + c.added = 0 THEN now() END,
         updated_at = now()
-    WHERE id = $1 AND epoch = $2 AND status = 'running' AND EXISTS (SELECT 1 FROM step)
-    RETURNING status
+    FROM changes c
+    WHERE r.id = c.run_id AND r.epoch = c.epoch AND r.status = 'running'
 )
-SELECT EXISTS (SELECT 1 FROM step) AS finished,
-       coalesce((SELECT array_agg(node_id) FROM next), '{}') AS enqueue,
-       (SELECT status FROM run) AS run_status";
+SELECT run_id, epoch, node_id FROM next";
 
 /// A delay or wait node parks its step until a resume (or timeout) job arrives.
 pub const SUSPEND_STEP: &str = "
