@@ -14,6 +14,7 @@ pub mod app;
 pub mod bench;
 pub mod bench_workflows;
 pub mod channels;
+pub mod coalesce;
 pub mod config;
 pub mod db;
 pub mod embedded_postgres;

@@ -1,7 +1,7 @@
 //! The node job handler: execute one node, then record its step and enqueue the next nodes in one transaction.
 //!
 //! A node job runs in three stages:
-//! 1. `BEGIN_STEP` checks the step (and reads the run). No row means the step already moved on (this job ran
+//! 1. `BEGIN_STEPS` checks the step (and reads the run), batched with other node jobs' reads (`steps.rs`). No row means the step already moved on (this job ran
 //!    before and its worker died after committing) or the run ended: the job succeeds without doing anything.
 //! 2. The node executes: pure nodes compute, actions send through the channel layer, delay and wait nodes park.
 //! 3. One transaction finishes the step, merges the node's output into the run and enqueues the next node jobs
@@ -17,20 +17,12 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 use sqlx::Row;
 
-use super::committer::FinishedStep;
 use super::definition::{self, DelaySpec, Node, NodeKind, Workflow};
 use super::expr;
+use super::steps::{FinishedStep, RunState};
 use super::{Engine, NodeJob, Phase, WorkflowError, sql};
 use crate::channels::{Message, SendError};
 use crate::queue::{JobContext, JobError};
-
-/// The run as a node job sees it.
-pub(super) struct RunState {
-    pub workflow: String,
-    pub version: i32,
-    pub context: Value,
-    pub created_at: DateTime<Utc>,
-}
 
 /// What executing a node decided.
 pub(super) enum Step {
@@ -58,6 +50,11 @@ impl Step {
     }
 }
 
+/// A batched read or write failed: whatever the cause, the job is worth trying again.
+fn batch_error(error: std::sync::Arc<WorkflowError>) -> JobError {
+    JobError::retry(error.to_string())
+}
+
 /// A database problem is worth retrying; anything else about a node job is not.
 pub(super) fn retryable(error: WorkflowError) -> JobError {
     match error {
@@ -70,7 +67,7 @@ impl Engine {
     pub(super) async fn run_node(&self, mut job: NodeJob, ctx: JobContext) -> Result<(), JobError> {
         job.attempt = ctx.attempt;
         job.started_at = Some(Utc::now());
-        let Some(run) = self.begin_step(&job).await.map_err(retryable)? else {
+        let Some(run) = self.step_batches().begin(&job).await.map_err(batch_error)? else {
             tracing::debug!(run = job.run, node = %job.node, "node job has nothing left to do");
             return Ok(());
         };
@@ -110,26 +107,11 @@ impl Engine {
                     patch,
                     next,
                 };
-                self.committer().finish(step).await.map_err(retryable)
+                self.step_batches().finish(step).await.map_err(batch_error)
             }
             Step::SuspendUntil(at) => self.suspend(&job, at).await.map_err(retryable),
             Step::Recorded => Ok(()),
         }
-    }
-
-    async fn begin_step(&self, job: &NodeJob) -> Result<Option<RunState>, WorkflowError> {
-        let row = job
-            .step_query(sql::BEGIN_STEP)
-            .bind(job.phase.as_str())
-            .fetch_optional(&self.steps_pool)
-            .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(RunState {
-            workflow: row.try_get("workflow")?,
-            version: row.try_get("version")?,
-            context: row.try_get("context")?,
-            created_at: row.try_get("created_at")?,
-        }))
     }
 
     /// Runs the node's own logic. Errors are the node's failures (retried by the queue).

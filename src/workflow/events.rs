@@ -13,9 +13,9 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::Row;
 
-use super::committer::{FinishedStep, finish_steps};
 use super::definition::{Node, WaitSpec};
-use super::engine::{RunState, Step, retryable};
+use super::engine::{Step, retryable};
+use super::steps::{FinishedStep, RunState, finish_steps};
 use super::{Engine, NodeJob, Phase, WorkflowError, sql};
 use crate::queue::JobError;
 

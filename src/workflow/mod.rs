@@ -14,13 +14,13 @@
 //! sent at least once with a stable idempotency key.
 
 pub mod catalog;
-mod committer;
 pub mod definition;
 mod engine;
 mod events;
 pub mod expr;
 mod runs;
 mod sql;
+mod steps;
 
 use std::sync::Arc;
 
@@ -124,8 +124,8 @@ pub struct Engine {
     channels: Channels,
     settings: WorkflowSettings,
     jobs: NodeJobs,
-    /// Started on first use, inside the runtime (see `committer.rs`).
-    committer: std::sync::OnceLock<committer::StepCommitter>,
+    /// Started on first use, inside the runtime (see `steps.rs`).
+    step_batches: std::sync::OnceLock<steps::StepBatches>,
 }
 
 impl Engine {
@@ -146,14 +146,13 @@ impl Engine {
                 max_attempts: settings.workflows.node_max_attempts,
                 defaults: settings.job_defaults(),
             },
-            committer: std::sync::OnceLock::new(),
+            step_batches: std::sync::OnceLock::new(),
         })
     }
 
-    fn committer(&self) -> &committer::StepCommitter {
-        self.committer.get_or_init(|| {
-            committer::StepCommitter::start(self.steps_pool.clone(), self.jobs.clone())
-        })
+    fn step_batches(&self) -> &steps::StepBatches {
+        self.step_batches
+            .get_or_init(|| steps::StepBatches::start(self.steps_pool.clone(), self.jobs.clone()))
     }
 }
 

@@ -106,16 +106,19 @@ SELECT id, epoch, failed_node FROM run";
 
 // ---- steps ----
 
-/// Reads a node job's run, if the run is still running in this epoch and the step is in the state this phase
-/// expects (`run`: pending; `resume`/`timeout`: waiting). No row means there is nothing to do: the step already
-/// moved on (an earlier attempt finished it before its worker died) or the run ended. A read, not a write: the
-/// attempt and start time are recorded with the step's outcome, which saves a write per node.
-pub const BEGIN_STEP: &str = "
-SELECT r.workflow, r.version, r.context, r.created_at
-FROM herald_run_steps s JOIN herald_runs r ON r.id = s.run_id
-WHERE s.run_id = $1 AND s.epoch = $2 AND s.node_id = $3
-  AND r.status = 'running' AND r.epoch = s.epoch
-  AND s.status = CASE WHEN $4 = 'run' THEN 'pending' ELSE 'waiting' END";
+/// Reads node jobs' runs, for a batch of (run, epoch, node, phase), numbered by `position` (1-based). A job
+/// gets a row only if its run is still running in this epoch and its step is in the state its phase expects
+/// (`run`: pending; `resume`/`timeout`: waiting). No row means there is nothing to do: the step already moved on
+/// (an earlier attempt finished it before its worker died) or the run ended. A read, not a write: the attempt
+/// and start time are recorded with the step's outcome.
+pub const BEGIN_STEPS: &str = "
+SELECT i.position, r.workflow, r.version, r.context, r.created_at
+FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[]) WITH ORDINALITY
+         AS i(run_id, epoch, node_id, phase, position)
+JOIN herald_run_steps s ON s.run_id = i.run_id AND s.epoch = i.epoch AND s.node_id = i.node_id
+JOIN herald_runs r ON r.id = s.run_id
+WHERE r.status = 'running' AND r.epoch = s.epoch
+  AND s.status = CASE WHEN i.phase = 'run' THEN 'pending' ELSE 'waiting' END";
 
 /// Finishes a batch of steps (each from `from`: pending, or waiting for a resumed node) in one statement: marks
 /// them completed with their outcome and output, inserts their next steps (once each: a node two edges reach is

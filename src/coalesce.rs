@@ -1,0 +1,117 @@
+//! Coalescing: requests from many concurrent callers go to the database together, in one batch.
+//!
+//! A caller hands its item to [`Coalescer::call`] and waits for its own answer. A background task takes the
+//! first waiting item plus everything that queued up behind it (up to `max_batch`) and runs the batch function
+//! on them, with at most `in_flight` batches at once. Under load most batches carry many items; an idle system
+//! adds no delay, since a lone item goes out at once. Used for single enqueues over HTTP (`api::batcher`), and for
+//! the reads and writes of workflow node jobs (`workflow::committer`).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+/// The handle callers use; cheap to clone. The background task ends when every clone is dropped.
+pub struct Coalescer<T, R> {
+    requests: mpsc::Sender<(T, oneshot::Sender<R>)>,
+}
+
+impl<T, R> Clone for Coalescer<T, R> {
+    fn clone(&self) -> Self {
+        Self {
+            requests: self.requests.clone(),
+        }
+    }
+}
+
+/// The background task stopped (the process is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the batching task has stopped")]
+pub struct Stopped;
+
+impl<T: Send + 'static, R: Send + 'static> Coalescer<T, R> {
+    /// Starts the background task. `run` gets a batch and must answer with one result per item, in order.
+    pub fn start<F, Fut>(max_batch: usize, in_flight: usize, run: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<R>> + Send + 'static,
+    {
+        let (requests, incoming) = mpsc::channel(max_batch * in_flight * 2);
+        tokio::spawn(coalesce(incoming, max_batch, in_flight, run));
+        Self { requests }
+    }
+
+    /// Hands `item` to the next batch and waits for its result.
+    pub async fn call(&self, item: T) -> Result<R, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send((item, reply))
+            .await
+            .map_err(|_| Stopped)?;
+        answer.await.map_err(|_| Stopped)
+    }
+}
+
+async fn coalesce<T, R, F, Fut>(
+    mut incoming: mpsc::Receiver<(T, oneshot::Sender<R>)>,
+    max_batch: usize,
+    in_flight: usize,
+    run: F,
+) where
+    T: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Vec<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<R>> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(in_flight));
+    while let Some(first) = incoming.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        // Everything that queued up while we waited for a free slot goes in this batch.
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match incoming.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let (items, replies): (Vec<T>, Vec<oneshot::Sender<R>>) = batch.into_iter().unzip();
+        let results = run(items);
+        tokio::spawn(async move {
+            for (reply, result) in replies.into_iter().zip(results.await) {
+                let _ = reply.send(result);
+            }
+            drop(slot);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_calls_share_batches_and_each_gets_its_own_answer() {
+        let sizes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&sizes);
+        let doubler = Coalescer::start(8, 1, move |items: Vec<u32>| {
+            seen.lock().unwrap().push(items.len());
+            async move {
+                tokio::task::yield_now().await;
+                items.into_iter().map(|n| n * 2).collect::<Vec<_>>()
+            }
+        });
+        let calls = (0..40).map(|n| {
+            let doubler = doubler.clone();
+            tokio::spawn(async move { (n, doubler.call(n).await) })
+        });
+        for call in futures::future::join_all(calls).await {
+            let (n, answer) = call.unwrap();
+            assert_eq!(answer, Ok(n * 2));
+        }
+        let sizes = sizes.lock().unwrap();
+        assert_eq!(sizes.iter().sum::<usize>(), 40);
+        assert!(sizes.iter().all(|&s| s <= 8), "{sizes:?}");
+    }
+}

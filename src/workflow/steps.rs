@@ -1,0 +1,199 @@
+//! Node jobs read and write their steps in batches.
+//!
+//! Done one node at a time, a node job costs a read of its step and run, then a transaction of four round trips
+//! to finish it, and the benchmark showed the database's CPU, not the disk, was the limit. So node handlers hand
+//! both to per-process [`Coalescer`]s: every step read that arrives while a batch is out goes in the next
+//! `BEGIN_STEPS` statement, and every finished step in the next `FINISH_STEPS` statement, one enqueue and one
+//! commit: the group commit the queue's completer does for acks. Each handler waits for its own answer, so "the
+//! node finished" still means "its effect is committed".
+//!
+//! A write batch the database refuses (a deadlock with another process's batch, say) is retried one step at a
+//! time, so one step's problem never fails another's.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use sqlx::{PgPool, Row};
+
+use super::{NodeJob, NodeJobs, WorkflowError, sql};
+use crate::coalesce::Coalescer;
+
+/// Most steps one statement reads or finishes.
+const MAX_BATCH: usize = 512;
+
+/// The run as a node job sees it.
+pub(super) struct RunState {
+    pub workflow: String,
+    pub version: i32,
+    pub context: Value,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A node's outcome, ready to record.
+pub(super) struct FinishedStep {
+    pub job: NodeJob,
+    /// The status the step must be in: `pending`, or `waiting` for a resumed node.
+    pub from: &'static str,
+    pub outcome: String,
+    pub output: Value,
+    /// Top-level context keys to set (transforms; the trigger's extracted data).
+    pub patch: Map<String, Value>,
+    pub next: Vec<String>,
+}
+
+type Loaded = Result<Option<RunState>, Arc<WorkflowError>>;
+type Finished = Result<(), Arc<WorkflowError>>;
+
+/// The batching handles of one process.
+pub(super) struct StepBatches {
+    loads: Coalescer<NodeJob, Loaded>,
+    finishes: Coalescer<FinishedStep, Finished>,
+}
+
+impl StepBatches {
+    /// Starts the background tasks (inside the runtime); they stop when this is dropped.
+    pub(super) fn start(pool: PgPool, jobs: NodeJobs) -> Self {
+        let reader = pool.clone();
+        let loads = Coalescer::start(MAX_BATCH, 2, move |keys: Vec<NodeJob>| {
+            let pool = reader.clone();
+            async move { load(&pool, &keys).await }
+        });
+        let finishes = Coalescer::start(MAX_BATCH, 1, move |steps: Vec<FinishedStep>| {
+            let (pool, jobs) = (pool.clone(), jobs.clone());
+            async move { finish(&pool, &jobs, steps).await }
+        });
+        Self { loads, finishes }
+    }
+
+    /// The job's run, if the step is in the state its phase expects and the run is still running in its epoch.
+    /// `None` means there is nothing to do: an earlier attempt finished the step, or the run ended.
+    pub(super) async fn begin(&self, job: &NodeJob) -> Loaded {
+        self.loads.call(job.clone()).await.map_err(stopped)?
+    }
+
+    /// Records a finished step (and enqueues its next nodes); returns once that is committed.
+    pub(super) async fn finish(&self, step: FinishedStep) -> Finished {
+        self.finishes.call(step).await.map_err(stopped)?
+    }
+}
+
+fn stopped(error: crate::coalesce::Stopped) -> Arc<WorkflowError> {
+    Arc::new(WorkflowError::Io(error.to_string()))
+}
+
+async fn load(pool: &PgPool, keys: &[NodeJob]) -> Vec<Loaded> {
+    let rows = sqlx::query(sql::BEGIN_STEPS)
+        .bind(keys.iter().map(|k| k.run).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.epoch).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.node.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.phase.as_str()).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await;
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(error) => {
+            let error = Arc::new(WorkflowError::from(error));
+            return keys.iter().map(|_| Err(Arc::clone(&error))).collect();
+        }
+    };
+    let mut found: Vec<Loaded> = keys.iter().map(|_| Ok(None)).collect();
+    for row in rows {
+        let state = run_state(&row);
+        let position = row
+            .try_get::<i64, _>("position")
+            .ok()
+            .and_then(|p| usize::try_from(p - 1).ok());
+        if let Some(slot) = position.and_then(|p| found.get_mut(p)) {
+            *slot = state.map(Some).map_err(|e| Arc::new(e.into()));
+        }
+    }
+    found
+}
+
+fn run_state(row: &sqlx::postgres::PgRow) -> Result<RunState, sqlx::Error> {
+    Ok(RunState {
+        workflow: row.try_get("workflow")?,
+        version: row.try_get("version")?,
+        context: row.try_get("context")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+async fn finish(pool: &PgPool, jobs: &NodeJobs, steps: Vec<FinishedStep>) -> Vec<Finished> {
+    match commit(pool, jobs, &steps).await {
+        Ok(()) => steps.iter().map(|_| Ok(())).collect(),
+        Err(error) if steps.len() == 1 => vec![Err(Arc::new(error))],
+        Err(error) => {
+            tracing::warn!(%error, steps = steps.len(), "a batch of steps failed; finishing them one by one");
+            let mut results = Vec::with_capacity(steps.len());
+            for step in &steps {
+                results.push(
+                    commit(pool, jobs, std::slice::from_ref(step))
+                        .await
+                        .map_err(Arc::new),
+                );
+            }
+            results
+        }
+    }
+}
+
+async fn commit(
+    pool: &PgPool,
+    jobs: &NodeJobs,
+    steps: &[FinishedStep],
+) -> Result<(), WorkflowError> {
+    let mut tx = pool.begin().await?;
+    finish_steps(&mut tx, jobs, steps).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Finishes `steps` inside the caller's transaction: one statement for all of them, then one enqueue for the
+/// next nodes that statement inserted (a node two edges reach is inserted, and enqueued, once).
+pub(super) async fn finish_steps(
+    conn: &mut sqlx::PgConnection,
+    jobs: &NodeJobs,
+    steps: &[FinishedStep],
+) -> Result<(), WorkflowError> {
+    let rows = sqlx::query(sql::FINISH_STEPS)
+        .bind(steps.iter().map(|s| s.job.run).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.job.epoch).collect::<Vec<_>>())
+        .bind(
+            steps
+                .iter()
+                .map(|s| s.job.node.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(steps.iter().map(|s| s.from).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.outcome.as_str()).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| &s.output).collect::<Vec<_>>())
+        .bind(
+            steps
+                .iter()
+                .map(|s| Value::Object(s.patch.clone()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            steps
+                .iter()
+                .map(|s| serde_json::json!(s.next))
+                .collect::<Vec<_>>(),
+        )
+        .bind(steps.iter().map(|s| s.job.attempt).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.job.started_at).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?;
+    let next = rows
+        .iter()
+        .map(|row| {
+            Ok((
+                row.try_get("run_id")?,
+                row.try_get("epoch")?,
+                row.try_get("node_id")?,
+            ))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    jobs.enqueue_run_phase(conn, next).await
+}
