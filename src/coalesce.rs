@@ -4,7 +4,7 @@
 //! first waiting item plus everything that queued up behind it (up to `max_batch`) and runs the batch function
 //! on them, with at most `in_flight` batches at once. Under load most batches carry many items; an idle system
 //! adds no delay, since a lone item goes out at once. Used for single enqueues over HTTP (`api::batcher`), and for
-//! the reads and writes of workflow node jobs (`workflow::committer`).
+//! the reads and writes of workflow node jobs (`workflow::steps`).
 
 use std::future::Future;
 use std::sync::Arc;

@@ -27,6 +27,13 @@ nodes:
     content: { text: "{{ nodes.gate.event_ids | join(',') }}" }
 "#;
 
+/// Starts a `wait3` run for `order` and waits until it is parked at its `gate`.
+async fn waiting_at_gate(flow: &Flow, order: &str) -> i64 {
+    let id = flow.trigger("wait3", json!({ "order": order })).await;
+    flow.step_reaches(id, "gate", "waiting").await;
+    id
+}
+
 /// Every ordering of three events relative to each other and to the run reaching its wait node.
 #[tokio::test]
 async fn every_ordering_of_three_events_before_and_after_the_wait_completes_once() {
@@ -85,8 +92,7 @@ async fn every_ordering_of_three_events_before_and_after_the_wait_completes_once
 #[tokio::test]
 async fn a_duplicate_event_counts_once() {
     let flow = Flow::start(&[WAIT3]).await;
-    let id = flow.trigger("wait3", json!({ "order": "dup" })).await;
-    flow.step_reaches(id, "gate", "waiting").await;
+    let id = waiting_at_gate(&flow, "dup").await;
     flow.event("a", "dup", "ev-1").await;
     let again = flow.event("a", "dup", "ev-1").await;
     assert!(again.duplicate);
@@ -107,8 +113,7 @@ async fn a_duplicate_event_counts_once() {
 #[tokio::test]
 async fn events_for_another_key_or_name_do_not_count() {
     let flow = Flow::start(&[WAIT3]).await;
-    let id = flow.trigger("wait3", json!({ "order": "mine" })).await;
-    flow.step_reaches(id, "gate", "waiting").await;
+    let id = waiting_at_gate(&flow, "mine").await;
     for (name, key) in [
         ("a", "other"),
         ("b", "other"),

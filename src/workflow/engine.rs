@@ -5,7 +5,7 @@
 //!    before and its worker died after committing) or the run ended: the job succeeds without doing anything.
 //! 2. The node executes: pure nodes compute, actions send through the channel layer, delay and wait nodes park.
 //! 3. One transaction finishes the step, merges the node's output into the run and enqueues the next node jobs
-//!    (shared with other nodes' steps that finished at the same moment: see `committer.rs`).
+//!    (shared with other nodes' steps that finished at the same moment: see `steps.rs`).
 //!
 //! A failure is retried by the queue with backoff; on the last attempt (or a permanent error) the node fails:
 //! its `on_error` edge is followed if it has one, otherwise the run fails. Either way the job is dead-lettered.
