@@ -22,6 +22,17 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod breaker;
+pub mod limits;
+pub mod outcome;
+pub mod provider;
+pub mod providers;
+pub mod status;
+
+pub use outcome::{Outcome, RateScope};
+pub use provider::{Provider, ProviderConfigError, Secret};
+pub use status::DeliveryStatus;
+
 /// The four kinds of channel an action can use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -90,9 +101,42 @@ pub enum SendError {
     /// Retrying cannot help (bad address, rejected content, missing configuration).
     #[error("{0}")]
     Permanent(String),
+    /// The provider said the recipient is gone (bounced, unsubscribed, unregistered): no retry, and the
+    /// recipient joins the suppression list.
+    #[error("{0}")]
+    Suppress(String),
 }
 
-pub type SendFuture<'a> = Pin<Box<dyn Future<Output = Result<Sent, SendError>> + Send + 'a>>;
+/// One provider call made for a send, as the run's timeline shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attempt {
+    pub provider: String,
+    /// `sent`, `transient`, `rate_limited`, `permanent`, `suppressed`, `config`, or `skipped` (circuit open or
+    /// no permit in time: no call was made).
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub latency_ms: u64,
+}
+
+/// What a send did: its result, and every provider call on the way.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    pub result: Result<Sent, SendError>,
+    pub attempts: Vec<Attempt>,
+}
+
+impl From<Result<Sent, SendError>> for SendReport {
+    /// A channel without providers (log, file, a test's recorder): one result, no provider calls.
+    fn from(result: Result<Sent, SendError>) -> Self {
+        Self {
+            result,
+            attempts: Vec::new(),
+        }
+    }
+}
+
+pub type SendFuture<'a> = Pin<Box<dyn Future<Output = SendReport> + Send + 'a>>;
 
 /// Something that delivers messages of one or more channel kinds.
 pub trait Channel: Send + Sync {
@@ -147,6 +191,7 @@ impl Channel for LogChannel {
                 provider: "log".into(),
                 provider_message_id: None,
             })
+            .into()
         })
     }
 }
@@ -186,15 +231,17 @@ impl OutboxFileChannel {
 impl Channel for OutboxFileChannel {
     fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
         Box::pin(async move {
-            self.append(message)
+            let result = self
+                .append(message)
+                .map(|()| Sent {
+                    provider: "outbox".into(),
+                    provider_message_id: Some(message.idempotency_key.clone()),
+                })
                 .map_err(|message| SendError::Transient {
                     message,
                     retry_after: None,
-                })?;
-            Ok(Sent {
-                provider: "outbox".into(),
-                provider_message_id: Some(message.idempotency_key.clone()),
-            })
+                });
+            result.into()
         })
     }
 }

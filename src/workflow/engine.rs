@@ -225,7 +225,7 @@ impl Engine {
         let sender = self.channels.get(*channel).ok_or_else(|| {
             JobError::permanent(format!("no channel is configured for {}", channel.as_str()))
         })?;
-        match sender.send(&message).await {
+        match sender.send(&message).await.result {
             Ok(sent) => {
                 let output = json!({
                     "channel": channel.as_str(), "to": message.to, "provider": sent.provider,
@@ -241,7 +241,9 @@ impl Engine {
                 message,
                 retry_after: None,
             }) => Err(JobError::Retry(message)),
-            Err(SendError::Permanent(message)) => Err(JobError::Permanent(message)),
+            Err(SendError::Permanent(message) | SendError::Suppress(message)) => {
+                Err(JobError::Permanent(message))
+            }
         }
     }
 

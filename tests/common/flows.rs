@@ -47,26 +47,30 @@ impl Recorder {
 
 impl Channel for Recorder {
     fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
-        Box::pin(async move {
-            let behaviour = self.behaviours.lock().unwrap().get(&message.to).cloned();
-            match behaviour {
-                Some(Behaviour::Reject) => {
-                    return Err(SendError::Permanent(format!("{} rejected", message.to)));
-                }
-                Some(Behaviour::FailTimes(n)) if n > 0 => {
-                    self.behave(&message.to, Behaviour::FailTimes(n - 1));
-                    return Err(SendError::Transient {
-                        message: "provider unavailable".into(),
-                        retry_after: None,
-                    });
-                }
-                _ => {}
+        Box::pin(async move { self.record(message).into() })
+    }
+}
+
+impl Recorder {
+    fn record(&self, message: &Message) -> Result<Sent, SendError> {
+        let behaviour = self.behaviours.lock().unwrap().get(&message.to).cloned();
+        match behaviour {
+            Some(Behaviour::Reject) => {
+                return Err(SendError::Permanent(format!("{} rejected", message.to)));
             }
-            self.sent.lock().unwrap().push(message.clone());
-            Ok(Sent {
-                provider: "recorder".into(),
-                provider_message_id: Some(message.idempotency_key.clone()),
-            })
+            Some(Behaviour::FailTimes(n)) if n > 0 => {
+                self.behave(&message.to, Behaviour::FailTimes(n - 1));
+                return Err(SendError::Transient {
+                    message: "provider unavailable".into(),
+                    retry_after: None,
+                });
+            }
+            _ => {}
+        }
+        self.sent.lock().unwrap().push(message.clone());
+        Ok(Sent {
+            provider: "recorder".into(),
+            provider_message_id: Some(message.idempotency_key.clone()),
         })
     }
 }
