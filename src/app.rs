@@ -25,9 +25,10 @@ pub fn worker_registry(engine: Arc<Engine>) -> HandlerRegistry {
     registry
 }
 
-/// The workflow engine with the channels from settings.
+/// The workflow engine with the channels from settings (provider adapters are built here: a missing
+/// credential fails the start).
 pub fn engine(pool: PgPool, settings: &Settings) -> Result<Arc<Engine>, WorkflowError> {
-    let channels = Channels::from_settings(&settings.channels);
+    let channels = Channels::from_settings(settings, &pool)?;
     Ok(Arc::new(Engine::new(pool, settings, channels)?))
 }
 

@@ -35,6 +35,25 @@ pub struct Settings {
     pub api: ApiSettings,
     pub workflows: WorkflowSettings,
     pub channels: ChannelSettings,
+    /// `[providers.<name>]`: one table per configured provider (credentials, base URL, rates), read by that
+    /// provider's adapter. A provider without a table is not configured.
+    #[serde(default)]
+    pub providers: SecretTables,
+    /// `[callbacks]`: the keys that authenticate delivery callbacks (see `channels::callbacks`).
+    #[serde(default)]
+    pub callbacks: SecretTables,
+}
+
+/// Settings tables that hold credentials. Their `Debug` shows only the table names, so printing the settings
+/// never prints a secret.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct SecretTables(pub std::collections::BTreeMap<String, serde_json::Value>);
+
+impl std::fmt::Debug for SecretTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -114,9 +133,46 @@ impl WorkflowSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSettings {
-    /// `log` (log each message) or `file` (append each message as a JSON line to `outbox_file`).
+    /// `providers` (send through the provider chains), `log` (log each message) or `file` (append each message
+    /// as a JSON line to `outbox_file`).
     pub sink: String,
     pub outbox_file: PathBuf,
+    /// Each channel's providers in fallback order.
+    pub chains: ChainSettings,
+    /// On a provider's 429, try the next provider instead of re-scheduling the send for its retry-after.
+    pub fallback_on_rate_limit: bool,
+    /// Calls to one provider within one send while it answers transient errors, before falling back.
+    pub attempts_per_provider: u32,
+    /// Pause before the second call to the same provider (doubled for each further call).
+    pub retry_pause_ms: u64,
+    /// Longest a send waits in-process (for a rate permit or a short retry-after); beyond it the node job is
+    /// re-scheduled instead, so no claimed job waits long.
+    pub max_wait_ms: u64,
+    /// Consecutive transient failures that open a provider's circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before one probe is let through.
+    pub breaker_cooldown_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSettings {
+    pub email: Vec<String>,
+    pub sms: Vec<String>,
+    pub push: Vec<String>,
+    pub chat: Vec<String>,
+}
+
+impl ChainSettings {
+    pub fn get(&self, kind: crate::channels::ChannelKind) -> &[String] {
+        use crate::channels::ChannelKind;
+        match kind {
+            ChannelKind::Email => &self.email,
+            ChannelKind::Sms => &self.sms,
+            ChannelKind::Push => &self.push,
+            ChannelKind::Chat => &self.chat,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,12 +204,16 @@ impl Settings {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        if !matches!(self.channels.sink.as_str(), "log" | "file") {
+        if !matches!(self.channels.sink.as_str(), "log" | "file" | "providers") {
             return Err(ConfigError::Value {
                 key: "channels.sink",
-                reason: format!("`{}` is not a sink (log, file)", self.channels.sink),
+                reason: format!(
+                    "`{}` is not a sink (providers, log, file)",
+                    self.channels.sink
+                ),
             });
         }
+        self.validate_chains()?;
         let positive = |key: &'static str, value: u64| {
             if value == 0 {
                 Err(ConfigError::Value {
@@ -204,6 +264,31 @@ impl Settings {
             });
         }
         self.queue_specs()?;
+        Ok(())
+    }
+
+    /// Every provider in a chain must exist, belong to that channel, and have a `[providers.<name>]` table.
+    /// (Credentials are checked when the adapters are built, at the start of a worker.)
+    fn validate_chains(&self) -> Result<(), ConfigError> {
+        for kind in crate::channels::ChannelKind::ALL {
+            for name in self.channels.chains.get(kind) {
+                let reason = if !kind.providers().contains(&name.as_str()) {
+                    format!(
+                        "`{name}` is not a {} provider ({})",
+                        kind.as_str(),
+                        kind.providers().join(", ")
+                    )
+                } else if !self.providers.0.contains_key(name) {
+                    format!("`{name}` has no [providers.{name}] settings")
+                } else {
+                    continue;
+                };
+                return Err(ConfigError::Value {
+                    key: "channels.chains",
+                    reason,
+                });
+            }
+        }
         Ok(())
     }
 

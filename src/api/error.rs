@@ -242,6 +242,7 @@ impl From<WorkflowError> for ApiError {
                 ApiError::conflict(error.to_string())
             }
             WorkflowError::Io(detail) => ApiError::internal(detail),
+            WorkflowError::Provider(error) => ApiError::internal(error.to_string()),
         }
     }
 }

@@ -23,10 +23,15 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub mod breaker;
+pub mod chain;
+pub mod circuits;
+pub mod deliveries;
+pub mod fleet;
 pub mod limits;
 pub mod outcome;
 pub mod provider;
 pub mod providers;
+mod sql;
 pub mod status;
 
 pub use outcome::{Outcome, RateScope};
@@ -83,7 +88,7 @@ pub struct Message {
 }
 
 /// A message the channel accepted.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Sent {
     pub provider: String,
     pub provider_message_id: Option<String>,
@@ -159,14 +164,49 @@ impl Channels {
         Self { by_kind }
     }
 
-    /// The channels configured in settings.
-    pub fn from_settings(settings: &crate::config::ChannelSettings) -> Self {
-        match settings.sink.as_str() {
-            "file" => Self::uniform(Arc::new(OutboxFileChannel::new(
-                settings.outbox_file.clone(),
-            ))),
-            _ => Self::uniform(Arc::new(LogChannel)),
+    /// The channels configured in settings. With `sink = "providers"` this builds every configured provider's
+    /// adapter (a missing credential fails here, at start) and starts the two background tasks of a sending
+    /// process: the circuit recorder and the fleet-size refresh. Must run inside the Tokio runtime.
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        pool: &sqlx::PgPool,
+    ) -> Result<Self, ProviderConfigError> {
+        match settings.channels.sink.as_str() {
+            "file" => Ok(Self::uniform(Arc::new(OutboxFileChannel::new(
+                settings.channels.outbox_file.clone(),
+            )))),
+            "providers" => Self::providers(settings, pool),
+            _ => Ok(Self::uniform(Arc::new(LogChannel))),
         }
+    }
+
+    fn providers(
+        settings: &crate::config::Settings,
+        pool: &sqlx::PgPool,
+    ) -> Result<Self, ProviderConfigError> {
+        let fleet = fleet::build(settings)?
+            .with_transitions(circuits::spawn_recorder(pool.clone(), uuid::Uuid::new_v4()));
+        let fleet = Arc::new(fleet);
+        circuits::spawn_fleet_refresh(
+            pool.clone(),
+            Arc::clone(&fleet),
+            settings.workflows.queue.clone(),
+            Duration::from_secs(settings.worker.heartbeat_secs),
+        );
+        Ok(Self::chains(settings, &fleet))
+    }
+
+    /// One chain per channel over `fleet`, in the configured orders.
+    pub fn chains(settings: &crate::config::Settings, fleet: &Arc<chain::ProviderFleet>) -> Self {
+        let by_kind = ChannelKind::ALL
+            .into_iter()
+            .map(|kind| {
+                let order = fleet::static_names(settings.channels.chains.get(kind));
+                let chain = chain::ProviderChain::new(kind, order, Arc::clone(fleet));
+                (kind.as_str(), Arc::new(chain) as Arc<dyn Channel>)
+            })
+            .collect();
+        Self { by_kind }
     }
 
     pub fn get(&self, kind: ChannelKind) -> Option<&Arc<dyn Channel>> {

@@ -11,7 +11,7 @@ pub enum DeliveryStatus {
     /// A send is in progress: the provider may or may not have accepted it if the worker dies now.
     Sending,
     /// A worker died while the delivery was `sending`: the provider may have accepted it. Never re-sent
-    /// automatically; an operator replay sends it again.
+    /// automatically (at-most-once: see `deliveries.rs`).
     Unknown,
     /// The provider accepted the message.
     Sent,

@@ -21,6 +21,7 @@ use super::definition::{self, DelaySpec, Node, NodeKind, Workflow};
 use super::expr;
 use super::steps::{FinishedStep, RunState};
 use super::{Engine, NodeJob, Phase, WorkflowError, sql};
+use crate::channels::deliveries::{self, Begin, DeliveryKey};
 use crate::channels::{Message, SendError};
 use crate::queue::{JobContext, JobError};
 
@@ -225,11 +226,28 @@ impl Engine {
         let sender = self.channels.get(*channel).ok_or_else(|| {
             JobError::permanent(format!("no channel is configured for {}", channel.as_str()))
         })?;
-        match sender.send(&message).await.result {
+        let key = DeliveryKey {
+            run_id: job.run,
+            node: &job.node,
+            recipient: &message.to,
+            channel: *channel,
+        };
+        let delivery = match deliveries::begin(&self.pool, key).await {
+            Ok(Begin::Send { id }) => id,
+            Ok(decided) => return skip_send(decided, &message, &node.next),
+            Err(error) => return Err(JobError::retry(error.to_string())),
+        };
+        let report = sender.send(&message).await;
+        if let Err(error) = deliveries::finish(&self.pool, delivery, key, &report).await {
+            // The delivery stays `sending`: the retry finds it so and does not send again.
+            return Err(JobError::retry(error.to_string()));
+        }
+        match report.result {
             Ok(sent) => {
                 let output = json!({
                     "channel": channel.as_str(), "to": message.to, "provider": sent.provider,
-                    "provider_message_id": sent.provider_message_id,
+                    "provider_message_id": sent.provider_message_id, "delivery_id": delivery,
+                    "attempts": report.attempts,
                 });
                 Ok(Step::done("sent", output, &node.next))
             }
@@ -413,5 +431,38 @@ fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
             .as_f64()
             .and_then(|secs| DateTime::from_timestamp_millis((secs * 1000.0) as i64)),
         _ => None,
+    }
+}
+
+/// An action whose delivery says not to send (see `channels::deliveries`): already sent, suppressed, or left
+/// mid-send by a worker that died. The node completes either way (outcome `sent`, `suppressed` or `unknown`),
+/// so the run goes on.
+fn skip_send(decided: Begin, message: &Message, next: &[String]) -> Result<Step, JobError> {
+    let channel = message.channel.as_str();
+    match decided {
+        Begin::AlreadySent { id, sent } => {
+            let output = json!({
+                "channel": channel, "to": message.to, "provider": sent.provider,
+                "provider_message_id": sent.provider_message_id, "delivery_id": id,
+                "note": "already sent by an earlier attempt: not sent again",
+            });
+            Ok(Step::done("sent", output, next))
+        }
+        Begin::Suppressed { id, reason } => {
+            let output = json!({
+                "channel": channel, "to": message.to, "delivery_id": id, "suppressed": reason,
+            });
+            Ok(Step::done("suppressed", output, next))
+        }
+        Begin::OutcomeUnknown { id } => {
+            tracing::warn!(delivery = id, to = %message.to, channel, "send outcome unknown: not re-sent");
+            let output = json!({
+                "channel": channel, "to": message.to, "delivery_id": id,
+                "note": "a worker stopped during the provider call, so the provider may have accepted the \
+                         message; it is not re-sent automatically",
+            });
+            Ok(Step::done("unknown", output, next))
+        }
+        Begin::Send { .. } => Err(JobError::permanent("internal: a send was skipped")),
     }
 }

@@ -59,6 +59,8 @@ pub enum WorkflowError {
     Conflict(String),
     #[error("{0}")]
     Io(String),
+    #[error(transparent)]
+    Provider(#[from] crate::channels::ProviderConfigError),
 }
 
 /// The job that executes one node of one run.

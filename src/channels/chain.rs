@@ -1,0 +1,329 @@
+//! Provider chains: how one send picks a provider, retries it, and falls back.
+//!
+//! For each provider in the channel's order (or the action's own order):
+//! 1. its circuit must be closed (or this send is the half-open probe), else it is skipped;
+//! 2. it must get a rate permit within `max_wait`, else it is skipped (or the send is re-scheduled);
+//! 3. the call's [`Outcome`] decides:
+//!    * `Sent`: done;
+//!    * `Transient`: call the same provider again after a short pause, up to `attempts_per_provider` calls, then
+//!      fall back;
+//!    * `RateLimited`: pause the provider (or destination) for its retry-after; fall back, or re-schedule the send
+//!      for the retry-after (`fallback_on_rate_limit`);
+//!    * `Permanent`: stop. Never fall back: another provider would reject the same message, or reach a
+//!      recipient who asked not to be reached;
+//!    * `Config`: open the provider's circuit and fall back.
+//!
+//! When every provider has been skipped or failed, the send fails as transient with the soonest time worth
+//! trying again, and the node job's own retries (with backoff) take over; its last failure dead-letters the
+//! node with every attempt's reason. Every call is reported as an [`Attempt`] for the run's timeline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::breaker::{Admission, Breaker, Transition};
+use super::limits::{FleetLimits, WaitTooLong};
+use super::{
+    Attempt, Channel, ChannelKind, Message, Outcome, Provider, SendError, SendFuture, SendReport,
+    Sent,
+};
+
+/// How chains retry, wait and fall back (from `[channels]`).
+#[derive(Debug, Clone)]
+pub struct ChainPolicy {
+    pub attempts_per_provider: u32,
+    pub retry_pause: Duration,
+    pub max_wait: Duration,
+    pub fallback_on_rate_limit: bool,
+}
+
+/// Everything the chains of one process share: the adapters, their breakers and rate limits.
+pub struct ProviderFleet {
+    providers: HashMap<&'static str, Arc<dyn Provider>>,
+    breakers: HashMap<&'static str, Breaker>,
+    pub limits: FleetLimits,
+    policy: ChainPolicy,
+    transitions: Option<mpsc::UnboundedSender<Transition>>,
+    observer: Option<Arc<dyn Fn(&str, &Outcome, Duration) + Send + Sync>>,
+}
+
+impl ProviderFleet {
+    pub fn new(
+        providers: Vec<Arc<dyn Provider>>,
+        limits: FleetLimits,
+        policy: ChainPolicy,
+        breaker_failures: u32,
+        breaker_cooldown: Duration,
+    ) -> Self {
+        let breakers = providers
+            .iter()
+            .map(|p| {
+                (
+                    p.name(),
+                    Breaker::new(p.name(), breaker_failures, breaker_cooldown),
+                )
+            })
+            .collect();
+        let providers = providers.into_iter().map(|p| (p.name(), p)).collect();
+        Self {
+            providers,
+            breakers,
+            limits,
+            policy,
+            transitions: None,
+            observer: None,
+        }
+    }
+
+    /// Circuit transitions go to this channel (the recorder writes them to the database and metrics).
+    pub fn with_transitions(mut self, sender: mpsc::UnboundedSender<Transition>) -> Self {
+        self.transitions = Some(sender);
+        self
+    }
+
+    /// Called after every provider call with its outcome and latency (metrics).
+    pub fn with_observer(
+        mut self,
+        observer: Arc<dyn Fn(&str, &Outcome, Duration) + Send + Sync>,
+    ) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    pub fn provider_names(&self) -> Vec<&'static str> {
+        let mut names: Vec<_> = self.providers.keys().copied().collect();
+        names.sort_unstable();
+        names
+    }
+
+    pub fn breaker(&self, provider: &str) -> Option<&Breaker> {
+        self.breakers.get(provider)
+    }
+
+    fn report(&self, transition: Option<Transition>) {
+        if let (Some(transition), Some(sender)) = (transition, &self.transitions) {
+            let _ = sender.send(transition);
+        }
+    }
+}
+
+/// One channel's chain: sends through the fleet's providers in the configured order.
+pub struct ProviderChain {
+    kind: ChannelKind,
+    order: Vec<&'static str>,
+    fleet: Arc<ProviderFleet>,
+}
+
+impl ProviderChain {
+    pub fn new(kind: ChannelKind, order: Vec<&'static str>, fleet: Arc<ProviderFleet>) -> Self {
+        Self { kind, order, fleet }
+    }
+
+    /// The action's own provider order if it named one, else the channel's.
+    fn order_for(&self, message: &Message) -> Vec<&'static str> {
+        if message.providers.is_empty() {
+            return self.order.clone();
+        }
+        message
+            .providers
+            .iter()
+            .filter_map(|name| self.kind.providers().iter().find(|p| **p == name.as_str()))
+            .copied()
+            .collect()
+    }
+
+    async fn send_through_chain(&self, message: &Message) -> SendReport {
+        let mut send = ChainSend {
+            fleet: &self.fleet,
+            message,
+            deadline: Instant::now() + self.fleet.policy.max_wait,
+            attempts: Vec::new(),
+            retry_hint: None,
+        };
+        for name in self.order_for(message) {
+            match send.try_provider(name).await {
+                Step::Done(result) => return send.finish(result),
+                Step::FallBack => continue,
+            }
+        }
+        let reasons: Vec<String> = send
+            .attempts
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}: {}",
+                    a.provider,
+                    a.reason.as_deref().unwrap_or(&a.outcome)
+                )
+            })
+            .collect();
+        let message = if reasons.is_empty() {
+            format!("no {} provider is configured", self.kind.as_str())
+        } else {
+            format!("every provider failed ({})", reasons.join("; "))
+        };
+        let retry_after = send.retry_hint;
+        send.finish(Err(SendError::Transient {
+            message,
+            retry_after,
+        }))
+    }
+}
+
+impl Channel for ProviderChain {
+    fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
+        Box::pin(self.send_through_chain(message))
+    }
+}
+
+enum Step {
+    Done(Result<Sent, SendError>),
+    FallBack,
+}
+
+/// The state of one send through a chain.
+struct ChainSend<'a> {
+    fleet: &'a ProviderFleet,
+    message: &'a Message,
+    deadline: Instant,
+    attempts: Vec<Attempt>,
+    /// The soonest moment a skipped or rate-limited provider is worth trying again.
+    retry_hint: Option<Duration>,
+}
+
+impl ChainSend<'_> {
+    async fn try_provider(&mut self, name: &'static str) -> Step {
+        let Some(provider) = self.fleet.providers.get(name).cloned() else {
+            self.skip(name, "not configured in this process", None);
+            return Step::FallBack;
+        };
+        let Some(breaker) = self.fleet.breakers.get(name) else {
+            return Step::FallBack;
+        };
+        let destination = provider.destination_key(self.message);
+        for call in 0..self.fleet.policy.attempts_per_provider.max(1) {
+            let (admission, transition) = breaker.admit();
+            self.fleet.report(transition);
+            if let Admission::Rejected(wait) = admission {
+                self.skip(name, "circuit open", Some(wait));
+                return Step::FallBack;
+            }
+            let limits = &self.fleet.limits;
+            if let Err(WaitTooLong(wait)) = limits
+                .acquire(name, destination.as_deref(), self.deadline)
+                .await
+            {
+                self.skip(name, "no rate permit in time", Some(wait));
+                return self.rate_limited_step(wait);
+            }
+            let started = Instant::now();
+            let outcome = provider.send(self.message).await;
+            self.record(name, &outcome, started.elapsed());
+            match outcome {
+                Outcome::Sent {
+                    provider_message_id,
+                } => {
+                    self.fleet.report(breaker.record_success());
+                    return Step::Done(Ok(Sent {
+                        provider: name.to_string(),
+                        provider_message_id,
+                    }));
+                }
+                Outcome::Permanent { reason, suppress } => {
+                    // The provider is healthy: it judged the message, not itself.
+                    self.fleet.report(breaker.record_success());
+                    let error = if suppress {
+                        SendError::Suppress(format!("{name}: {reason}"))
+                    } else {
+                        SendError::Permanent(format!("{name}: {reason}"))
+                    };
+                    return Step::Done(Err(error));
+                }
+                Outcome::Config { reason } => {
+                    tracing::error!(provider = name, %reason, "provider configuration error: circuit opened");
+                    self.fleet.report(breaker.trip(&reason));
+                    return Step::FallBack;
+                }
+                Outcome::RateLimited {
+                    retry_after, scope, ..
+                } => {
+                    let destination = match scope {
+                        super::RateScope::Provider => None,
+                        super::RateScope::Destination => destination.as_deref(),
+                    };
+                    limits.penalize(name, destination, retry_after);
+                    let wait = retry_after.unwrap_or(Duration::from_secs(1));
+                    self.hint(wait);
+                    return self.rate_limited_step(wait);
+                }
+                Outcome::Transient {
+                    reason,
+                    retry_after,
+                } => {
+                    self.fleet.report(breaker.record_failure(&reason));
+                    let pause = retry_after
+                        .unwrap_or(self.fleet.policy.retry_pause * 2u32.saturating_pow(call));
+                    let last_call = call + 1 >= self.fleet.policy.attempts_per_provider;
+                    if last_call || Instant::now() + pause > self.deadline {
+                        if let Some(after) = retry_after {
+                            self.hint(after);
+                        }
+                        return Step::FallBack;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+        Step::FallBack
+    }
+
+    /// A provider that cannot take the message for `wait`: fall back, or give up the send until then.
+    fn rate_limited_step(&mut self, wait: Duration) -> Step {
+        self.hint(wait);
+        if self.fleet.policy.fallback_on_rate_limit {
+            Step::FallBack
+        } else {
+            Step::Done(Err(SendError::Transient {
+                message: "rate limited: re-scheduled for the provider's retry-after".into(),
+                retry_after: Some(wait),
+            }))
+        }
+    }
+
+    fn hint(&mut self, wait: Duration) {
+        self.retry_hint = Some(self.retry_hint.map_or(wait, |hint| hint.min(wait)));
+    }
+
+    fn skip(&mut self, provider: &str, reason: &str, wait: Option<Duration>) {
+        if let Some(wait) = wait {
+            self.hint(wait);
+        }
+        self.attempts.push(Attempt {
+            provider: provider.to_string(),
+            outcome: "skipped".into(),
+            reason: Some(reason.to_string()),
+            latency_ms: 0,
+        });
+    }
+
+    fn record(&mut self, provider: &str, outcome: &Outcome, latency: Duration) {
+        if let Some(observer) = &self.fleet.observer {
+            observer(provider, outcome, latency);
+        }
+        self.attempts.push(Attempt {
+            provider: provider.to_string(),
+            outcome: outcome.label().to_string(),
+            reason: outcome.reason().map(str::to_string),
+            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
+        });
+    }
+
+    fn finish(self, result: Result<Sent, SendError>) -> SendReport {
+        SendReport {
+            result,
+            attempts: self.attempts,
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Deliveries: one row per (run, node, recipient, channel) recording what happened to one message.
+//!
+//! **No double send.** Before calling any provider, the sender marks the delivery `sending` in a committed
+//! transaction; after the call it records the result. A retry of the node therefore finds one of:
+//! * `sent` / `delivered` / `bounced`: the message went out; the node completes without sending again;
+//! * `sending`: a worker died (or lost its lease) in the middle of a provider call, and the provider may or may
+//!   not have accepted the message. herald chooses at-most-once here: the delivery becomes `unknown` (visible
+//!   in the run's deliveries, with a warning in the log), the node completes with outcome `unknown`, and the
+//!   run goes on. The message is never re-sent automatically, so a kill never doubles a notification; the
+//!   price is that a message the provider never received stays unsent unless an operator acts on `unknown`;
+//! * `queued` / `failed` / `unknown`: nothing is known to have gone out, or an operator re-ran the node (a run
+//!   retry): send.
+//!
+//! A provider timeout counts as transient (the provider's own guidance is to retry), so a provider that
+//! accepted a message but answered too late can receive it twice; that window is the provider timeout, and it is
+//! the one place where herald prefers a duplicate over a loss.
+//!
+//! **Suppression.** An address on the suppression list (a bounce, an unsubscribe, an unregistered device, from a
+//! send's answer or a provider callback) is never sent to: the delivery becomes `suppressed` and the node
+//! completes with that outcome.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use super::sql;
+use super::{ChannelKind, DeliveryStatus, SendError, SendReport, Sent};
+
+/// Which delivery: one message of one node of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct DeliveryKey<'a> {
+    pub run_id: i64,
+    pub node: &'a str,
+    pub recipient: &'a str,
+    pub channel: ChannelKind,
+}
+
+/// What the sender must do, decided while the delivery row is locked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// Marked `sending` (committed): call the providers.
+    Send { id: i64 },
+    /// It went out before: do not send again.
+    AlreadySent { id: i64, sent: Sent },
+    /// The recipient is suppressed: do not send.
+    Suppressed { id: i64, reason: String },
+    /// A previous attempt died mid-send: do not send again (the node completes as `unknown`).
+    OutcomeUnknown { id: i64 },
+}
+
+/// Decides and records what a send attempt does with the delivery (see the module docs).
+pub async fn begin(pool: &PgPool, key: DeliveryKey<'_>) -> Result<Begin, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row = sqlx::query(sql::CLAIM_DELIVERY)
+        .bind(key.run_id)
+        .bind(key.node)
+        .bind(key.recipient)
+        .bind(key.channel.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+    let id: i64 = row.try_get("id")?;
+    let status: String = row.try_get("status")?;
+    let suppressed: Option<String> = row.try_get("suppressed_reason")?;
+    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Queued);
+    let (begin, new_status, reason) = decide(id, status, suppressed, &row)?;
+    if let Some(new_status) = new_status {
+        sqlx::query(sql::SET_DELIVERY_STATUS)
+            .bind(id)
+            .bind(new_status.as_str())
+            .bind("send")
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(begin)
+}
+
+type Decision = (Begin, Option<DeliveryStatus>, Option<String>);
+
+fn decide(
+    id: i64,
+    status: DeliveryStatus,
+    suppressed: Option<String>,
+    row: &sqlx::postgres::PgRow,
+) -> Result<Decision, sqlx::Error> {
+    use DeliveryStatus as S;
+    Ok(match (status, suppressed) {
+        (S::Sent | S::Delivered | S::Bounced, _) => {
+            let sent = Sent {
+                provider: row
+                    .try_get::<Option<String>, _>("provider")?
+                    .unwrap_or_default(),
+                provider_message_id: row.try_get("provider_message_id")?,
+            };
+            (Begin::AlreadySent { id, sent }, None, None)
+        }
+        (_, Some(reason)) => {
+            let new = (status != S::Suppressed).then_some(S::Suppressed);
+            let note = Some(format!("suppressed: {reason}"));
+            (Begin::Suppressed { id, reason }, new, note)
+        }
+        (S::Sending, None) => {
+            let note =
+                "a worker stopped during the provider call; the outcome is unknown".to_string();
+            (Begin::OutcomeUnknown { id }, Some(S::Unknown), Some(note))
+        }
+        (_, None) => (Begin::Send { id }, Some(S::Sending), None),
+    })
+}
+
+/// Records a send's result on its delivery (and the recipient on the suppression list if the provider said so).
+pub async fn finish(
+    pool: &PgPool,
+    id: i64,
+    key: DeliveryKey<'_>,
+    report: &SendReport,
+) -> Result<(), sqlx::Error> {
+    let (status, provider, message_id, error) = match &report.result {
+        Ok(sent) => (
+            DeliveryStatus::Sent,
+            Some(sent.provider.clone()),
+            sent.provider_message_id.clone(),
+            None,
+        ),
+        Err(err @ SendError::Transient { .. }) => {
+            (DeliveryStatus::Queued, None, None, Some(err.to_string()))
+        }
+        Err(err @ SendError::Permanent(_)) => {
+            (DeliveryStatus::Failed, None, None, Some(err.to_string()))
+        }
+        Err(err @ SendError::Suppress(_)) => (
+            DeliveryStatus::Suppressed,
+            None,
+            None,
+            Some(err.to_string()),
+        ),
+    };
+    let provider = provider.or_else(|| report.attempts.last().map(|a| a.provider.clone()));
+    let attempts = serde_json::to_value(&report.attempts).unwrap_or_default();
+    let mut tx = pool.begin().await?;
+    sqlx::query(sql::FINISH_DELIVERY)
+        .bind(id)
+        .bind(status.as_str())
+        .bind(&provider)
+        .bind(&message_id)
+        .bind(attempts)
+        .bind(&error)
+        .execute(&mut *tx)
+        .await?;
+    if status == DeliveryStatus::Suppressed {
+        suppress(
+            &mut *tx,
+            key.channel,
+            key.recipient,
+            error.as_deref().unwrap_or(""),
+            provider.as_deref(),
+        )
+        .await?;
+    }
+    tx.commit().await
+}
+
+/// Adds an address to the suppression list.
+pub async fn suppress<'e, E: sqlx::PgExecutor<'e>>(
+    executor: E,
+    channel: ChannelKind,
+    address: &str,
+    reason: &str,
+    provider: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sql::SUPPRESS)
+        .bind(channel.as_str())
+        .bind(address)
+        .bind(reason)
+        .bind(provider)
+        .execute(executor)
+        .await
+        .map(|_| ())
+}
+
+/// Removes an address from the suppression list; whether it was there.
+pub async fn unsuppress(
+    pool: &PgPool,
+    channel: ChannelKind,
+    address: &str,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(sql::UNSUPPRESS)
+        .bind(channel.as_str())
+        .bind(address)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// One suppressed address.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Suppression {
+    pub channel: String,
+    pub address: String,
+    pub reason: String,
+    pub provider: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+pub async fn list_suppressions(pool: &PgPool, limit: i64) -> Result<Vec<Suppression>, sqlx::Error> {
+    let rows = sqlx::query(sql::LIST_SUPPRESSIONS)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Suppression {
+                channel: row.try_get("channel")?,
+                address: row.try_get("address")?,
+                reason: row.try_get("reason")?,
+                provider: row.try_get("provider")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+/// A delivery as the API shows it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Delivery {
+    pub id: i64,
+    pub run_id: i64,
+    pub node_id: String,
+    pub recipient: String,
+    pub channel: String,
+    pub status: String,
+    pub provider: Option<String>,
+    pub provider_message_id: Option<String>,
+    /// Every provider call: `{provider, outcome, reason, latency_ms}`.
+    #[schema(value_type = Vec<Object>)]
+    pub attempts: serde_json::Value,
+    /// Every status change: `{status, at, source, reason}`.
+    #[schema(value_type = Vec<Object>)]
+    pub history: serde_json::Value,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn for_run(pool: &PgPool, run_id: i64) -> Result<Vec<Delivery>, sqlx::Error> {
+    let rows = sqlx::query(sql::RUN_DELIVERIES)
+        .bind(run_id)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(Delivery {
+                id: row.try_get("id")?,
+                run_id: row.try_get("run_id")?,
+                node_id: row.try_get("node_id")?,
+                recipient: row.try_get("recipient")?,
+                channel: row.try_get("channel")?,
+                status: row.try_get("status")?,
+                provider: row.try_get("provider")?,
+                provider_message_id: row.try_get("provider_message_id")?,
+                attempts: row.try_get("attempts")?,
+                history: row.try_get("history")?,
+                error: row.try_get("error")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        })
+        .collect()
+}

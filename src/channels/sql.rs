@@ -1,0 +1,111 @@
+//! Every SQL statement of the channel layer (deliveries, suppressions, callbacks, circuits, fleet size).
+
+/// Find or create the delivery row for (run, node, recipient, channel) and lock it for this transaction; also say
+/// whether the recipient is suppressed. $1 run, $2 node, $3 recipient, $4 channel.
+pub const CLAIM_DELIVERY: &str = r#"
+INSERT INTO herald_deliveries (run_id, node_id, recipient, channel, status)
+VALUES ($1, $2, $3, $4, 'queued')
+ON CONFLICT (run_id, node_id, recipient, channel) DO UPDATE SET updated_at = now()
+RETURNING id, status, provider, provider_message_id,
+          (SELECT reason FROM herald_suppressions s WHERE s.channel = $4 AND s.address = $3) AS suppressed_reason
+"#;
+
+/// Move a delivery to a status chosen by the sender, with a history entry. $1 id, $2 status, $3 source,
+/// $4 reason.
+pub const SET_DELIVERY_STATUS: &str = r#"
+UPDATE herald_deliveries
+SET status = $2, updated_at = now(),
+    history = history || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+        'status', $2::text, 'at', now(), 'source', $3::text, 'reason', $4::text)))
+WHERE id = $1
+"#;
+
+/// Record a send's result: its status, the accepting provider and its id, every provider call, and the error.
+/// A status never moves back: a callback that got here first (delivered) keeps its status.
+/// $1 id, $2 status, $3 provider, $4 provider message id, $5 attempts (jsonb array), $6 error.
+pub const FINISH_DELIVERY: &str = r#"
+UPDATE herald_deliveries
+SET status = CASE WHEN status IN ('queued', 'sending', 'unknown')
+                       OR herald_delivery_rank(status) < herald_delivery_rank($2)
+                  THEN $2 ELSE status END,
+    provider = coalesce($3, provider),
+    provider_message_id = coalesce($4, provider_message_id),
+    attempts = attempts || $5,
+    error = $6,
+    updated_at = now(),
+    history = history || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+        'status', $2::text, 'at', now(), 'source', 'send', 'reason', $6::text)))
+WHERE id = $1
+"#;
+
+/// Add an address to the suppression list (the first reason wins). $1 channel, $2 address, $3 reason,
+/// $4 provider.
+pub const SUPPRESS: &str = r#"
+INSERT INTO herald_suppressions (channel, address, reason, provider)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (channel, address) DO NOTHING
+"#;
+
+/// Remove an address from the suppression list. $1 channel, $2 address.
+pub const UNSUPPRESS: &str = "DELETE FROM herald_suppressions WHERE channel = $1 AND address = $2";
+
+/// The suppression list, newest first. $1 limit.
+pub const LIST_SUPPRESSIONS: &str = r#"
+SELECT channel, address, reason, provider, created_at
+FROM herald_suppressions ORDER BY created_at DESC, address LIMIT $1
+"#;
+
+/// A run's deliveries. $1 run id.
+pub const RUN_DELIVERIES: &str = r#"
+SELECT id, run_id, node_id, recipient, channel, status, provider, provider_message_id, attempts, history, error,
+       created_at, updated_at
+FROM herald_deliveries WHERE run_id = $1 ORDER BY id
+"#;
+
+/// Remember a callback event; no row returned means it was applied before. $1 provider, $2 event key.
+pub const RECORD_CALLBACK_EVENT: &str = r#"
+INSERT INTO herald_callback_events (provider, event_key) VALUES ($1, $2)
+ON CONFLICT DO NOTHING
+RETURNING event_key
+"#;
+
+/// Apply a callback's status to the delivery the provider's message id names, only forward.
+/// $1 provider, $2 provider message id, $3 status, $4 reason. Returns the delivery's channel and recipient.
+pub const APPLY_CALLBACK_STATUS: &str = r#"
+UPDATE herald_deliveries
+SET status = $3, updated_at = now(),
+    history = history || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+        'status', $3::text, 'at', now(), 'source', 'callback', 'reason', $4::text)))
+WHERE provider = $1 AND provider_message_id = $2
+  AND herald_delivery_rank(status) < herald_delivery_rank($3)
+RETURNING id
+"#;
+
+/// The delivery a provider's message id names (for suppressing its recipient). $1 provider, $2 message id.
+pub const DELIVERY_BY_PROVIDER_ID: &str = r#"
+SELECT channel, recipient FROM herald_deliveries WHERE provider = $1 AND provider_message_id = $2 LIMIT 1
+"#;
+
+/// Record this process's circuit state for a provider. $1 provider, $2 process id, $3 state,
+/// $4 consecutive failures, $5 open for (milliseconds, or null), $6 last error.
+pub const RECORD_CIRCUIT: &str = r#"
+INSERT INTO herald_provider_circuits (provider, worker_id, state, consecutive_failures, open_until, last_error)
+VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond', $6)
+ON CONFLICT (provider, worker_id) DO UPDATE
+SET state = EXCLUDED.state, consecutive_failures = EXCLUDED.consecutive_failures,
+    open_until = EXCLUDED.open_until, last_error = coalesce(EXCLUDED.last_error, herald_provider_circuits.last_error),
+    updated_at = now()
+"#;
+
+/// Every process's circuits, for `GET /v1/providers`.
+pub const LIST_CIRCUITS: &str = r#"
+SELECT provider, worker_id, state, consecutive_failures, open_until, last_error, updated_at
+FROM herald_provider_circuits ORDER BY provider, updated_at DESC
+"#;
+
+/// Live worker processes serving the workflow queue ($1), whose heartbeat is newer than $2 milliseconds: the
+/// fleet that shares each provider's rate.
+pub const LIVE_SENDERS: &str = r#"
+SELECT count(*) FROM herald_workers
+WHERE $1 = ANY (queues) AND heartbeat_at > now() - $2 * interval '1 millisecond'
+"#;
