@@ -56,13 +56,7 @@ pub async fn run_api(
 ) -> std::io::Result<()> {
     let metrics =
         crate::metrics::Metrics::new().map_err(|e| std::io::Error::other(e.to_string()))?;
-    let state = crate::api::ApiState::new(
-        pool,
-        settings.job_defaults(),
-        settings.api.clone(),
-        metrics,
-        engine,
-    );
+    let state = crate::api::ApiState::new(pool, &settings, metrics, engine);
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "API listening");
     }

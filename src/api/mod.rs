@@ -14,6 +14,7 @@ mod extract;
 mod jobs;
 pub mod keys;
 mod operations;
+mod providers;
 mod workflows;
 
 use std::num::NonZeroU32;
@@ -38,7 +39,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 pub use error::{ApiError, Problem};
 
-use crate::config::ApiSettings;
+use crate::config::{ApiSettings, Settings};
 use crate::metrics::Metrics;
 use crate::queue::JobDefaults;
 use crate::workflow::Engine;
@@ -55,6 +56,8 @@ pub struct StateInner {
     pub settings: ApiSettings,
     pub metrics: Metrics,
     pub engine: Arc<Engine>,
+    /// The providers settings configure (for `GET /v1/providers`).
+    pub providers: Vec<providers::ConfiguredProvider>,
     enqueuer: batcher::EnqueueBatcher,
     keys: KeyCache,
     limiter: DefaultKeyedRateLimiter<i64>,
@@ -68,13 +71,9 @@ impl std::ops::Deref for ApiState {
 }
 
 impl ApiState {
-    pub fn new(
-        pool: PgPool,
-        defaults: JobDefaults,
-        settings: ApiSettings,
-        metrics: Metrics,
-        engine: Arc<Engine>,
-    ) -> Self {
+    pub fn new(pool: PgPool, all: &Settings, metrics: Metrics, engine: Arc<Engine>) -> Self {
+        let defaults = all.job_defaults();
+        let settings = all.api.clone();
         let per_second = NonZeroU32::new(settings.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(settings.rate_limit_burst).unwrap_or(per_second);
         let limiter = RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst));
@@ -85,6 +84,7 @@ impl ApiState {
             settings,
             metrics,
             engine,
+            providers: providers::configured_providers(all),
             enqueuer,
             keys: KeyCache::default(),
             limiter,
@@ -104,6 +104,8 @@ impl ApiState {
         workflows::save_workflow, workflows::list_workflows, workflows::get_workflow, workflows::start_run,
         workflows::get_run, workflows::list_runs, workflows::cancel_run, workflows::retry_run,
         workflows::post_event,
+        providers::list_providers, providers::run_deliveries, providers::list_suppressions,
+        providers::add_suppression, providers::remove_suppression,
         healthz, readyz, metrics,
     ),
     components(schemas(Problem, error::FieldError)),
@@ -158,7 +160,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/runs/{id}", get(workflows::get_run))
         .route("/runs/{id}/cancel", post(workflows::cancel_run))
         .route("/runs/{id}/retry", post(workflows::retry_run))
-        .route("/events", post(workflows::post_event));
+        .route("/events", post(workflows::post_event))
+        .route("/runs/{id}/deliveries", get(providers::run_deliveries))
+        .route("/providers", get(providers::list_providers))
+        .route(
+            "/suppressions",
+            get(providers::list_suppressions).post(providers::add_suppression),
+        )
+        .route(
+            "/suppressions/{channel}/{address}",
+            axum::routing::delete(providers::remove_suppression),
+        );
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))

@@ -327,3 +327,172 @@ impl ChainSend<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, VecDeque};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::channels::limits::ProviderRates;
+
+    /// A provider that answers from a script and counts its calls (the chain's logic, without HTTP: each
+    /// adapter's wire format has its own tests against fake servers).
+    struct Scripted {
+        name: &'static str,
+        answers: Mutex<VecDeque<Outcome>>,
+        calls: Mutex<u32>,
+    }
+
+    impl Scripted {
+        fn new(name: &'static str, answers: Vec<Outcome>) -> Arc<Self> {
+            Arc::new(Self {
+                name,
+                answers: Mutex::new(answers.into()),
+                calls: Mutex::new(0),
+            })
+        }
+
+        fn calls(&self) -> u32 {
+            *self.calls.lock().unwrap()
+        }
+    }
+
+    impl Provider for Scripted {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+
+        fn send<'a>(
+            &'a self,
+            _message: &'a Message,
+        ) -> crate::channels::provider::ProviderFuture<'a> {
+            *self.calls.lock().unwrap() += 1;
+            let answer = self.answers.lock().unwrap().pop_front();
+            Box::pin(async move {
+                answer.unwrap_or(Outcome::Sent {
+                    provider_message_id: Some(format!("{}-id", self.name)),
+                })
+            })
+        }
+    }
+
+    fn chain(providers: &[Arc<Scripted>], fallback_on_rate_limit: bool) -> ProviderChain {
+        let policy = ChainPolicy {
+            attempts_per_provider: 2,
+            retry_pause: Duration::from_millis(1),
+            max_wait: Duration::from_millis(200),
+            fallback_on_rate_limit,
+        };
+        let adapters: Vec<Arc<dyn Provider>> = providers
+            .iter()
+            .map(|p| Arc::clone(p) as Arc<dyn Provider>)
+            .collect();
+        let rates = providers
+            .iter()
+            .map(|p| {
+                (
+                    p.name,
+                    ProviderRates {
+                        per_sec: None,
+                        per_destination_per_sec: None,
+                    },
+                )
+            })
+            .collect();
+        let fleet = ProviderFleet::new(
+            adapters,
+            FleetLimits::new(rates),
+            policy,
+            3,
+            Duration::from_secs(60),
+        );
+        let order = providers.iter().map(|p| p.name).collect();
+        ProviderChain::new(ChannelKind::Email, order, Arc::new(fleet))
+    }
+
+    fn message() -> Message {
+        Message {
+            channel: ChannelKind::Email,
+            providers: Vec::new(),
+            to: "ada@example.com".into(),
+            content: BTreeMap::new(),
+            idempotency_key: "run:1:1:email".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_transient_provider_is_retried_then_the_next_one_sends() {
+        let first = Scripted::new(
+            "sendgrid",
+            vec![Outcome::transient("503"), Outcome::transient("503")],
+        );
+        let second = Scripted::new("ses", vec![]);
+        let report = chain(&[first.clone(), second.clone()], true)
+            .send(&message())
+            .await;
+        assert_eq!(report.result.unwrap().provider, "ses");
+        assert_eq!((first.calls(), second.calls()), (2, 1));
+        let outcomes: Vec<_> = report.attempts.iter().map(|a| a.outcome.as_str()).collect();
+        assert_eq!(outcomes, ["transient", "transient", "sent"]);
+    }
+
+    #[tokio::test]
+    async fn a_permanent_answer_never_falls_back() {
+        let first = Scripted::new("sendgrid", vec![Outcome::suppress("bounced")]);
+        let second = Scripted::new("ses", vec![]);
+        let report = chain(&[first.clone(), second.clone()], true)
+            .send(&message())
+            .await;
+        assert_eq!(
+            report.result,
+            Err(SendError::Suppress("sendgrid: bounced".into()))
+        );
+        assert_eq!(second.calls(), 0, "the next provider is never tried");
+    }
+
+    #[tokio::test]
+    async fn a_config_answer_opens_the_circuit_and_later_sends_skip_the_provider() {
+        let first = Scripted::new("sendgrid", vec![Outcome::config("401 bad key")]);
+        let second = Scripted::new("ses", vec![]);
+        let chain = chain(&[first.clone(), second.clone()], true);
+        assert_eq!(chain.send(&message()).await.result.unwrap().provider, "ses");
+        let report = chain.send(&message()).await;
+        assert_eq!(report.result.unwrap().provider, "ses");
+        assert_eq!(
+            first.calls(),
+            1,
+            "the open circuit kept the second send away"
+        );
+        assert_eq!(report.attempts[0].outcome, "skipped");
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_reschedules_when_the_chain_does_not_fall_back_on_it() {
+        let retry = Duration::from_secs(30);
+        let first = Scripted::new("sendgrid", vec![Outcome::rate_limited(Some(retry), "429")]);
+        let second = Scripted::new("ses", vec![]);
+        let report = chain(&[first.clone(), second.clone()], false)
+            .send(&message())
+            .await;
+        let Err(SendError::Transient { retry_after, .. }) = report.result else {
+            panic!("re-scheduled, not sent: {:?}", report.result);
+        };
+        assert_eq!(retry_after, Some(retry));
+        assert_eq!(second.calls(), 0);
+    }
+
+    #[tokio::test]
+    async fn when_every_provider_fails_the_send_is_transient_with_every_reason() {
+        let first = Scripted::new("sendgrid", vec![Outcome::transient("503"); 2]);
+        let second = Scripted::new("ses", vec![Outcome::config("AccountSuspended")]);
+        let report = chain(&[first, second], true).send(&message()).await;
+        let Err(SendError::Transient { message, .. }) = report.result else {
+            panic!("{:?}", report.result);
+        };
+        assert!(
+            message.contains("sendgrid: 503") && message.contains("ses: AccountSuspended"),
+            "{message}"
+        );
+    }
+}

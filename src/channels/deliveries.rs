@@ -268,3 +268,89 @@ pub async fn for_run(pool: &PgPool, run_id: i64) -> Result<Vec<Delivery>, sqlx::
         })
         .collect()
 }
+
+/// A provider's report about a message it accepted (a delivery callback), normalized.
+#[derive(Debug, Clone)]
+pub struct CallbackUpdate<'a> {
+    pub provider: &'a str,
+    /// The provider's own id for this event: a second callback with the same key changes nothing.
+    pub event_key: &'a str,
+    pub provider_message_id: &'a str,
+    /// The status the event implies, if any (opens and clicks imply none).
+    pub status: Option<DeliveryStatus>,
+    pub recipient: Option<&'a str>,
+    /// The recipient must not be sent to again (hard bounce, unsubscribe, complaint).
+    pub suppress: bool,
+    pub reason: Option<&'a str>,
+}
+
+/// What applying a callback did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// This event was applied before.
+    Duplicate,
+    /// Applied; `moved` says whether a delivery's status changed (an older status never replaces a newer one).
+    Applied { moved: bool },
+}
+
+/// Applies one callback event in one transaction: dedupe by event key, move the delivery forward only, and
+/// suppress the recipient if the event says so.
+pub async fn apply_callback(
+    pool: &PgPool,
+    update: &CallbackUpdate<'_>,
+) -> Result<Applied, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let fresh = sqlx::query(sql::RECORD_CALLBACK_EVENT)
+        .bind(update.provider)
+        .bind(update.event_key)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if fresh.is_none() {
+        return Ok(Applied::Duplicate);
+    }
+    let mut moved = false;
+    if let Some(status) = update.status {
+        let changed = sqlx::query(sql::APPLY_CALLBACK_STATUS)
+            .bind(update.provider)
+            .bind(update.provider_message_id)
+            .bind(status.as_str())
+            .bind(update.reason)
+            .execute(&mut *tx)
+            .await?;
+        moved = changed.rows_affected() > 0;
+    }
+    if update.suppress {
+        suppress_callback_recipient(&mut tx, update).await?;
+    }
+    tx.commit().await?;
+    Ok(Applied::Applied { moved })
+}
+
+/// The address to suppress is the delivery's recipient (what actions render), else the one the event names.
+async fn suppress_callback_recipient(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    update: &CallbackUpdate<'_>,
+) -> Result<(), sqlx::Error> {
+    let delivery = sqlx::query(sql::DELIVERY_BY_PROVIDER_ID)
+        .bind(update.provider)
+        .bind(update.provider_message_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    let (channel, address) = match &delivery {
+        Some(row) => (
+            ChannelKind::parse(&row.try_get::<String, _>("channel")?),
+            Some(row.try_get::<String, _>("recipient")?),
+        ),
+        None => (
+            ChannelKind::ALL
+                .into_iter()
+                .find(|k| k.providers().contains(&update.provider)),
+            update.recipient.map(str::to_string),
+        ),
+    };
+    if let (Some(channel), Some(address)) = (channel, address) {
+        let reason = update.reason.unwrap_or("reported by the provider");
+        suppress(&mut **tx, channel, &address, reason, Some(update.provider)).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! `/v1/providers`, `/v1/runs/{id}/deliveries`, `/v1/suppressions`: the channel layer as operators see it.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiJson, ApiPath};
+use super::keys::Scope;
+use crate::channels::ChannelKind;
+use crate::channels::circuits::{self, CircuitRecord};
+use crate::channels::deliveries::{self, Delivery, Suppression};
+use crate::channels::provider::{CommonSettings, parse_settings};
+use crate::config::Settings;
+
+/// A configured provider, as settings describe it (every API process reads the same settings as the workers).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ConfiguredProvider {
+    pub name: String,
+    pub channel: String,
+    /// Position in the channel's fallback chain (0 = tried first), if it is in the chain.
+    pub chain_position: Option<usize>,
+    /// The whole fleet's sends per second through this provider (absent: unlimited).
+    pub rate_per_sec: Option<f64>,
+    pub destination_rate_per_sec: Option<f64>,
+}
+
+/// The provider overview built once from settings.
+pub fn configured_providers(settings: &Settings) -> Vec<ConfiguredProvider> {
+    let mut providers = Vec::new();
+    for (name, table) in &settings.providers.0 {
+        let Some(kind) = ChannelKind::ALL
+            .into_iter()
+            .find(|k| k.providers().contains(&name.as_str()))
+        else {
+            continue;
+        };
+        let common: CommonSettings = parse_settings(name, table).unwrap_or_default();
+        providers.push(ConfiguredProvider {
+            name: name.clone(),
+            channel: kind.as_str().to_string(),
+            chain_position: settings
+                .channels
+                .chains
+                .get(kind)
+                .iter()
+                .position(|n| n == name),
+            rate_per_sec: common.rate_per_sec,
+            destination_rate_per_sec: common.destination_rate_per_sec,
+        });
+    }
+    providers
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProviderView {
+    #[serde(flatten)]
+    pub provider: ConfiguredProvider,
+    /// The fleet's view: `open` if any worker's circuit is open now, else `half_open` if any is probing, else
+    /// `closed`.
+    pub state: String,
+    /// Each worker process's circuit, as it last recorded it.
+    pub circuits: Vec<CircuitRecord>,
+}
+
+/// Configured providers with their circuit breaker states.
+#[utoipa::path(
+    get, path = "/v1/providers", tag = "channels",
+    responses(
+        (status = 200, description = "Providers", body = Vec<ProviderView>),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn list_providers(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<ProviderView>>, ApiError> {
+    caller.require(Scope::Read)?;
+    let records = circuits::list(&state.pool).await?;
+    let views = state
+        .providers
+        .iter()
+        .map(|provider| {
+            let circuits: Vec<CircuitRecord> = records
+                .iter()
+                .filter(|r| r.provider == provider.name)
+                .cloned()
+                .collect();
+            ProviderView {
+                state: fleet_state(&circuits).to_string(),
+                provider: provider.clone(),
+                circuits,
+            }
+        })
+        .collect();
+    Ok(Json(views))
+}
+
+/// An open circuit whose cooldown has passed is about to half-open: it no longer counts as open.
+fn fleet_state(circuits: &[CircuitRecord]) -> &'static str {
+    let now = Utc::now();
+    let open =
+        |c: &&CircuitRecord| c.state == "open" && c.open_until.is_some_and(|until| until > now);
+    if circuits.iter().any(|c| open(&c)) {
+        "open"
+    } else if circuits.iter().any(|c| c.state == "half_open") {
+        "half_open"
+    } else {
+        "closed"
+    }
+}
+
+/// A run's deliveries: one per action node and recipient, with every provider attempt and status change.
+#[utoipa::path(
+    get, path = "/v1/runs/{id}/deliveries", tag = "channels",
+    params(("id" = i64, Path, description = "Run id")),
+    responses(
+        (status = 200, description = "Deliveries, oldest first", body = Vec<Delivery>),
+        (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn run_deliveries(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<Vec<Delivery>>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(deliveries::for_run(&state.pool, id).await?))
+}
+
+/// The suppression list, newest first (at most 1,000).
+#[utoipa::path(
+    get, path = "/v1/suppressions", tag = "channels",
+    responses(
+        (status = 200, description = "Suppressed addresses", body = Vec<Suppression>),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn list_suppressions(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<Suppression>>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(
+        deliveries::list_suppressions(&state.pool, 1000).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSuppression {
+    /// `email`, `sms`, `push` or `chat`.
+    pub channel: String,
+    /// The address exactly as actions render it (email address, phone number, device token).
+    pub address: String,
+    pub reason: Option<String>,
+}
+
+/// Add an address to the suppression list: actions skip it from now on.
+#[utoipa::path(
+    post, path = "/v1/suppressions", tag = "channels",
+    request_body = NewSuppression,
+    responses(
+        (status = 204, description = "Suppressed (or already was)"),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the admin scope", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown channel or empty address", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn add_suppression(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewSuppression>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Admin)?;
+    let channel = parse_channel(&body.channel)?;
+    if body.address.trim().is_empty() {
+        return Err(ApiError::field("address", "must not be empty"));
+    }
+    let reason = body.reason.as_deref().unwrap_or("added by an operator");
+    deliveries::suppress(&state.pool, channel, &body.address, reason, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Remove an address from the suppression list.
+#[utoipa::path(
+    delete, path = "/v1/suppressions/{channel}/{address}", tag = "channels",
+    params(("channel" = String, Path), ("address" = String, Path)),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Malformed path", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Key lacks the admin scope", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not on the list", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown channel", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn remove_suppression(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath((channel, address)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Admin)?;
+    let channel = parse_channel(&channel)?;
+    if deliveries::unsuppress(&state.pool, channel, &address).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("{address} is not suppressed")))
+    }
+}
+
+fn parse_channel(value: &str) -> Result<ChannelKind, ApiError> {
+    ChannelKind::parse(value)
+        .ok_or_else(|| ApiError::field("channel", "must be one of email, sms, push, chat"))
+}
