@@ -8,8 +8,9 @@
 //!   in the run's deliveries, with a warning in the log), the node completes with outcome `unknown`, and the
 //!   run goes on. The message is never re-sent automatically, so a kill never doubles a notification; the
 //!   price is that a message the provider never received stays unsent unless an operator acts on `unknown`;
-//! * `queued` / `failed` / `unknown`: nothing is known to have gone out, or an operator re-ran the node (a run
-//!   retry): send.
+//! * `unknown`: as above, and it stays so: no later attempt sends it either;
+//! * `queued` / `failed`: nothing went out (a definite failure), or an operator re-ran the node (a run retry):
+//!   send.
 //!
 //! A provider timeout counts as transient (the provider's own guidance is to retry), so a provider that
 //! accepted a message but answered too late can receive it twice; that window is the provider timeout, and it is
@@ -100,6 +101,7 @@ fn decide(
             let note = Some(format!("suppressed: {reason}"));
             (Begin::Suppressed { id, reason }, new, note)
         }
+        (S::Unknown, None) => (Begin::OutcomeUnknown { id }, None, None),
         (S::Sending, None) => {
             let note =
                 "a worker stopped during the provider call; the outcome is unknown".to_string();
