@@ -12,6 +12,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod bench_channels;
 pub mod bench_workflows;
 pub mod channels;
 pub mod coalesce;

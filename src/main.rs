@@ -78,6 +78,8 @@ enum Command {
 enum BenchWhat {
     /// Runs of a trigger -> condition -> action workflow through the whole engine.
     Workflows(herald::bench_workflows::WorkflowBenchArgs),
+    /// Provider chaos: chat actions through a slack -> discord chain against a fake answering 5xx and 429.
+    Channels(herald::bench_channels::ChannelBenchArgs),
 }
 
 #[derive(Args)]
@@ -238,6 +240,10 @@ async fn main() -> anyhow::Result<()> {
             what: Some(BenchWhat::Workflows(args)),
             ..
         } => Ok(herald::bench_workflows::run(&settings, args).await?),
+        Command::Bench {
+            what: Some(BenchWhat::Channels(args)),
+            ..
+        } => Ok(herald::bench_channels::run(&settings, args).await?),
         Command::Migrate => {
             db::migrate(&connect(&settings).await?).await?;
             println!("migrations applied");
