@@ -20,6 +20,8 @@ pub struct Recorded {
     pub query: Option<String>,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 impl Recorded {
@@ -173,6 +175,7 @@ async fn record_and_answer(
         query: uri.query().map(str::to_string),
         headers,
         body,
+        at: std::time::Instant::now(),
     });
     let reply = {
         let next = state.script.lock().unwrap().pop_front();

@@ -90,11 +90,34 @@ impl Flow {
     }
 
     pub async fn without_worker(definitions: &[&str]) -> Self {
-        super::init_test_logging();
-        let db = TestDb::new().await;
         let recorder = Arc::new(Recorder::default());
         let channels = Channels::uniform(recorder.clone());
-        let engine = Arc::new(Engine::new(db.pool.clone(), &settings(), channels).expect("engine"));
+        Self::with_channels(definitions, &settings(), |_| channels, recorder).await
+    }
+
+    /// A flow whose engine sends through the channels `build` makes from the settings and the database (the
+    /// real provider chains, for `channels.sink = "providers"`). No worker yet.
+    pub async fn with_providers(definitions: &[&str], settings: &herald::config::Settings) -> Self {
+        let recorder = Arc::new(Recorder::default());
+        Self::with_channels(
+            definitions,
+            settings,
+            |pool| Channels::from_settings(settings, pool).expect("providers build"),
+            recorder,
+        )
+        .await
+    }
+
+    async fn with_channels(
+        definitions: &[&str],
+        settings: &herald::config::Settings,
+        build: impl FnOnce(&sqlx::PgPool) -> Channels,
+        recorder: Arc<Recorder>,
+    ) -> Self {
+        super::init_test_logging();
+        let db = TestDb::new().await;
+        let channels = build(&db.pool);
+        let engine = Arc::new(Engine::new(db.pool.clone(), settings, channels).expect("engine"));
         let flow = Self {
             db,
             engine,
