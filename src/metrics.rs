@@ -1,7 +1,9 @@
 //! Prometheus metrics: one registry per process, rendered by `GET /metrics`. Later modules add their metrics here.
 
+use std::sync::LazyLock;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -10,7 +12,30 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
     pub jobs_enqueued: IntCounterVec,
+    /// Worker processes whose circuit for a provider is open now (read from the database at each scrape).
+    pub provider_circuits_open: IntGaugeVec,
 }
+
+/// Provider calls made by this process, by provider and outcome (sent, transient, rate_limited, permanent,
+/// suppressed, config). Process-wide because the chains that count them are built before (and apart from) the
+/// API that serves them; `herald up` serves its own worker's counts.
+pub static PROVIDER_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new("provider_calls_total", "Provider calls by provider and outcome"),
+        &["provider", "outcome"],
+    )
+    .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
+});
+
+/// Provider call latency by provider.
+pub static PROVIDER_CALL_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        HistogramOpts::new("provider_call_seconds", "Provider call latency")
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        &["provider"],
+    )
+    .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
+});
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
@@ -41,12 +66,23 @@ impl Metrics {
         )?;
         registry.register(Box::new(http_requests.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
+        let provider_circuits_open = IntGaugeVec::new(
+            Opts::new(
+                "provider_circuits_open",
+                "Worker processes whose circuit for the provider is open",
+            ),
+            &["provider"],
+        )?;
         registry.register(Box::new(jobs_enqueued.clone()))?;
+        registry.register(Box::new(provider_circuits_open.clone()))?;
+        registry.register(Box::new(PROVIDER_CALLS.clone()))?;
+        registry.register(Box::new(PROVIDER_CALL_SECONDS.clone()))?;
         Ok(Self {
             registry,
             http_requests,
             http_duration,
             jobs_enqueued,
+            provider_circuits_open,
         })
     }
 

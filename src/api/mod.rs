@@ -316,6 +316,7 @@ async fn metrics(
     caller: auth::Caller,
 ) -> Result<Response, ApiError> {
     caller.require(keys::Scope::Read)?;
+    providers::refresh_circuit_gauges(&state).await?;
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

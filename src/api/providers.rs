@@ -103,6 +103,25 @@ pub async fn list_providers(
     Ok(Json(views))
 }
 
+/// Sets `herald_provider_circuits_open` from the recorded circuits, for the scrape in progress.
+pub async fn refresh_circuit_gauges(state: &ApiState) -> Result<(), ApiError> {
+    let records = circuits::list(&state.pool).await?;
+    let now = Utc::now();
+    for provider in &state.providers {
+        let open = records
+            .iter()
+            .filter(|c| c.provider == provider.name && c.state == "open")
+            .filter(|c| c.open_until.is_some_and(|until| until > now))
+            .count();
+        state
+            .metrics
+            .provider_circuits_open
+            .with_label_values(&[provider.name.as_str()])
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+    Ok(())
+}
+
 /// An open circuit whose cooldown has passed is about to half-open: it no longer counts as open.
 fn fleet_state(circuits: &[CircuitRecord]) -> &'static str {
     let now = Utc::now();

@@ -185,7 +185,12 @@ impl Channels {
         pool: &sqlx::PgPool,
     ) -> Result<Self, ProviderConfigError> {
         let fleet = fleet::build(settings)?
-            .with_transitions(circuits::spawn_recorder(pool.clone(), uuid::Uuid::new_v4()));
+            .with_transitions(circuits::spawn_recorder(pool.clone(), uuid::Uuid::new_v4()))
+            .with_observer(Arc::new(|provider, outcome, latency| {
+                use crate::metrics::{PROVIDER_CALL_SECONDS, PROVIDER_CALLS};
+                PROVIDER_CALLS.with_label_values(&[provider, outcome.label()]).inc();
+                PROVIDER_CALL_SECONDS.with_label_values(&[provider]).observe(latency.as_secs_f64());
+            }));
         let fleet = Arc::new(fleet);
         circuits::spawn_fleet_refresh(
             pool.clone(),
