@@ -21,7 +21,10 @@ pub struct Metrics {
 /// API that serves them; `herald up` serves its own worker's counts.
 pub static PROVIDER_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     IntCounterVec::new(
-        Opts::new("provider_calls_total", "Provider calls by provider and outcome"),
+        Opts::new(
+            "provider_calls_total",
+            "Provider calls by provider and outcome",
+        ),
         &["provider", "outcome"],
     )
     .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))

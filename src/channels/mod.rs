@@ -188,8 +188,12 @@ impl Channels {
             .with_transitions(circuits::spawn_recorder(pool.clone(), uuid::Uuid::new_v4()))
             .with_observer(Arc::new(|provider, outcome, latency| {
                 use crate::metrics::{PROVIDER_CALL_SECONDS, PROVIDER_CALLS};
-                PROVIDER_CALLS.with_label_values(&[provider, outcome.label()]).inc();
-                PROVIDER_CALL_SECONDS.with_label_values(&[provider]).observe(latency.as_secs_f64());
+                PROVIDER_CALLS
+                    .with_label_values(&[provider, outcome.label()])
+                    .inc();
+                PROVIDER_CALL_SECONDS
+                    .with_label_values(&[provider])
+                    .observe(latency.as_secs_f64());
             }));
         let fleet = Arc::new(fleet);
         circuits::spawn_fleet_refresh(

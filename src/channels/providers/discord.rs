@@ -1,12 +1,198 @@
-//! The discord adapter (not built yet).
+//! Discord webhooks: `POST <webhook url>?wait=true` with `{"content": …}`.
+//!
+//! With `wait=true` Discord answers 200 with the created message (its `id` is the provider message id); without
+//! it, 204. A 429 carries `Retry-After` and a JSON body whose `retry_after` is a float in seconds (older API
+//! versions sent milliseconds, so an implausibly large value is read as milliseconds), and `global` says whether
+//! the whole application or only this webhook is limited.
+//!
+//! Discord bans clients that make too many invalid requests (401/403/429) in ten minutes, so a dead webhook
+//! (401, 403, 404 unknown webhook) is a `Config` outcome: it opens the circuit and stops the hammering.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::channels::provider::{Provider, ProviderConfigError};
+use serde::Deserialize;
 
-pub fn build(_settings: &serde_json::Value) -> Result<Arc<dyn Provider>, ProviderConfigError> {
-    Err(ProviderConfigError::new(
-        "discord",
-        "this adapter is not built yet",
-    ))
+use super::webhooks::{WebhookSettings, Webhooks};
+use crate::channels::provider::{
+    CommonSettings, Provider, ProviderConfigError, ProviderFuture, body_text, http_client,
+    parse_settings, retry_after, seconds_to_duration, transport_failure,
+};
+use crate::channels::{Message, Outcome, RateScope};
+
+const NAME: &str = "discord";
+/// Discord rejects longer message content.
+const MAX_CONTENT: usize = 2000;
+
+pub struct Discord {
+    client: reqwest::Client,
+    webhooks: Webhooks,
+}
+
+#[derive(Deserialize)]
+struct DiscordSettings {
+    #[serde(flatten)]
+    webhooks: WebhookSettings,
+}
+
+pub fn build(settings: &serde_json::Value) -> Result<Arc<dyn Provider>, ProviderConfigError> {
+    let parsed: DiscordSettings = parse_settings(NAME, settings)?;
+    let common: CommonSettings = parse_settings(NAME, settings)?;
+    Ok(Arc::new(Discord {
+        client: http_client(common.timeout())?,
+        webhooks: Webhooks::new(NAME, parsed.webhooks)?,
+    }))
+}
+
+impl Provider for Discord {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn destination_key(&self, message: &Message) -> Option<String> {
+        self.webhooks.name_for(message)
+    }
+
+    fn send<'a>(&'a self, message: &'a Message) -> ProviderFuture<'a> {
+        Box::pin(async move {
+            let url = match self.webhooks.url_for(message) {
+                Ok(url) => url,
+                Err(outcome) => return outcome,
+            };
+            let content = content(message);
+            // Too long is the message's fault: truncating would silently change what the user receives.
+            if content.chars().count() > MAX_CONTENT {
+                return Outcome::permanent(format!(
+                    "content is longer than {MAX_CONTENT} characters"
+                ));
+            }
+            let request = self
+                .client
+                .post(url)
+                .query(&[("wait", "true")])
+                .json(&serde_json::json!({ "content": content }));
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let header_wait = retry_after(response.headers());
+                    classify(status, &body_text(response).await, header_wait)
+                }
+                Err(err) => transport_failure(&err),
+            }
+        })
+    }
+}
+
+fn content(message: &Message) -> String {
+    let body = message.content.get("body").map_or("", String::as_str);
+    match message.content.get("title") {
+        Some(title) if !title.is_empty() => format!("**{title}**\n{body}"),
+        _ => body.to_string(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct DiscordAnswer {
+    id: Option<String>,
+    code: Option<i64>,
+    message: Option<String>,
+    retry_after: Option<f64>,
+    global: Option<bool>,
+}
+
+fn classify(status: u16, body: &str, header_wait: Option<Duration>) -> Outcome {
+    let answer: DiscordAnswer = serde_json::from_str(body).unwrap_or_default();
+    let detail = match (&answer.code, &answer.message) {
+        (Some(code), Some(message)) => format!("{status} code {code}: {message}"),
+        (_, Some(message)) => format!("{status}: {message}"),
+        _ => format!("{status}"),
+    };
+    match status {
+        200 | 204 => Outcome::Sent {
+            provider_message_id: answer.id,
+        },
+        429 => Outcome::RateLimited {
+            reason: detail,
+            retry_after: answer
+                .retry_after
+                .and_then(plausible_seconds)
+                .or(header_wait),
+            scope: if answer.global == Some(true) {
+                RateScope::Provider
+            } else {
+                RateScope::Destination
+            },
+        },
+        401 | 403 | 404 => Outcome::config(detail),
+        500..=599 => Outcome::transient(detail),
+        _ => Outcome::permanent(detail),
+    }
+}
+
+/// Discord's `retry_after` is in seconds; a value above 1,000 can only be milliseconds (an old API version).
+fn plausible_seconds(value: f64) -> Option<Duration> {
+    if value > 1000.0 {
+        seconds_to_duration(value / 1000.0)
+    } else {
+        seconds_to_duration(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_retry_after_is_a_float_in_seconds_and_global_widens_the_scope() {
+        let limited = classify(
+            429,
+            r#"{"retry_after": 0.25, "global": false}"#,
+            Some(Duration::from_secs(1)),
+        );
+        let Outcome::RateLimited {
+            retry_after, scope, ..
+        } = limited
+        else {
+            panic!("{limited:?}")
+        };
+        assert_eq!(retry_after, Some(Duration::from_millis(250)));
+        assert_eq!(scope, RateScope::Destination);
+        let global = classify(429, r#"{"retry_after": 1500, "global": true}"#, None);
+        let Outcome::RateLimited {
+            retry_after, scope, ..
+        } = global
+        else {
+            panic!("{global:?}")
+        };
+        assert_eq!(
+            retry_after,
+            Some(Duration::from_millis(1500)),
+            "milliseconds from an old API version"
+        );
+        assert_eq!(scope, RateScope::Provider);
+    }
+
+    #[test]
+    fn a_dead_webhook_is_a_config_error_and_garbage_never_panics() {
+        assert_eq!(
+            classify(
+                404,
+                r#"{"code": 10015, "message": "Unknown Webhook"}"#,
+                None
+            )
+            .label(),
+            "config"
+        );
+        assert_eq!(classify(400, "<html>", None).label(), "permanent");
+        assert_eq!(
+            classify(502, "<html>bad gateway</html>", None).label(),
+            "transient"
+        );
+        assert_eq!(
+            classify(200, r#"{"id": "123"}"#, None),
+            Outcome::Sent {
+                provider_message_id: Some("123".into())
+            }
+        );
+    }
 }

@@ -17,6 +17,7 @@ pub mod sns;
 pub mod teams;
 pub mod twilio;
 pub mod vonage;
+mod webhooks;
 pub mod webpush;
 
 /// Every provider name herald has an adapter for.

@@ -1,12 +1,118 @@
-//! The slack adapter (not built yet).
+//! Slack incoming webhooks: `POST <webhook url>` with `{"text": …}`.
+//!
+//! Slack answers `200 ok` on success and **plain-text** error bodies otherwise (`invalid_payload`,
+//! `channel_not_found`, `no_service`, ...), so the body, not only the status, decides the outcome. Slack allows
+//! about one message per second per channel: each webhook is a destination with its own limit
+//! (`destination_rate_per_sec`), and a 429 pauses only that webhook.
+//!
+//! An action's `to` names a configured webhook, never a URL: a template must not be able to make herald post to
+//! an arbitrary address, and the URL itself is the credential.
 
 use std::sync::Arc;
 
-use crate::channels::provider::{Provider, ProviderConfigError};
+use serde::Deserialize;
 
-pub fn build(_settings: &serde_json::Value) -> Result<Arc<dyn Provider>, ProviderConfigError> {
-    Err(ProviderConfigError::new(
-        "slack",
-        "this adapter is not built yet",
-    ))
+use super::webhooks::{WebhookSettings, Webhooks};
+use crate::channels::provider::{
+    CommonSettings, Provider, ProviderConfigError, ProviderFuture, body_text, http_client,
+    parse_settings, retry_after, transport_failure,
+};
+use crate::channels::{Message, Outcome, RateScope};
+
+const NAME: &str = "slack";
+
+pub struct Slack {
+    client: reqwest::Client,
+    webhooks: Webhooks,
+}
+
+#[derive(Deserialize)]
+struct SlackSettings {
+    #[serde(flatten)]
+    webhooks: WebhookSettings,
+}
+
+pub fn build(settings: &serde_json::Value) -> Result<Arc<dyn Provider>, ProviderConfigError> {
+    let parsed: SlackSettings = parse_settings(NAME, settings)?;
+    let common: CommonSettings = parse_settings(NAME, settings)?;
+    Ok(Arc::new(Slack {
+        client: http_client(common.timeout())?,
+        webhooks: Webhooks::new(NAME, parsed.webhooks)?,
+    }))
+}
+
+impl Provider for Slack {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn destination_key(&self, message: &Message) -> Option<String> {
+        self.webhooks.name_for(message)
+    }
+
+    fn send<'a>(&'a self, message: &'a Message) -> ProviderFuture<'a> {
+        Box::pin(async move {
+            let url = match self.webhooks.url_for(message) {
+                Ok(url) => url,
+                Err(outcome) => return outcome,
+            };
+            let body = serde_json::json!({ "text": text(message) });
+            match self.client.post(url).json(&body).send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let wait = retry_after(response.headers());
+                    classify(status, body_text(response).await.trim(), wait)
+                }
+                Err(err) => transport_failure(&err),
+            }
+        })
+    }
+}
+
+/// The message text: a bold title line (Slack's mrkdwn) when the action has a title, then the body.
+fn text(message: &Message) -> String {
+    let body = message.content.get("body").map_or("", String::as_str);
+    match message.content.get("title") {
+        Some(title) if !title.is_empty() => format!("*{title}*\n{body}"),
+        _ => body.to_string(),
+    }
+}
+
+fn classify(status: u16, body: &str, wait: Option<std::time::Duration>) -> Outcome {
+    match (status, body) {
+        (200, _) => Outcome::Sent {
+            provider_message_id: None,
+        },
+        (429, _) => Outcome::RateLimited {
+            reason: format!("429 {body}"),
+            retry_after: wait,
+            scope: RateScope::Destination,
+        },
+        (403, _) | (404, "no_service") | (404, "invalid_token") | (410, "team_disabled") => {
+            Outcome::config(format!("{status} {body}"))
+        }
+        (500..=599, _) => Outcome::transient(format!("{status} {body}")),
+        _ => Outcome::permanent(format!("{status} {body}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_errors_decide_the_outcome() {
+        assert_eq!(
+            classify(404, "channel_not_found", None).label(),
+            "permanent"
+        );
+        assert_eq!(
+            classify(410, "channel_is_archived", None).label(),
+            "permanent"
+        );
+        assert_eq!(classify(400, "invalid_payload", None).label(), "permanent");
+        assert_eq!(classify(404, "no_service", None).label(), "config");
+        assert_eq!(classify(403, "action_prohibited", None).label(), "config");
+        assert_eq!(classify(503, "", None).label(), "transient");
+    }
 }
