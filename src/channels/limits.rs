@@ -184,8 +184,9 @@ fn penalty_keys(provider: &str, destination: Option<&str>) -> Vec<(String, Optio
     keys
 }
 
-/// A quota of `rate` per second with a burst of one: permits are spread evenly, so a fleet's total stays at the
-/// rate over any window, not just on average.
+/// A quota of `rate` per second with a burst of two: permits are spread evenly, so a fleet's total stays at the
+/// rate over any window of a few seconds. (A burst of one loses every millisecond a waiting sender wakes late;
+/// two absorbs that without letting a process run ahead.)
 fn quota(rate: f64) -> Quota {
     let rate = if rate.is_finite() && rate > 0.0 {
         rate
@@ -195,7 +196,7 @@ fn quota(rate: f64) -> Quota {
     let period = Duration::from_secs_f64(1.0 / rate).max(Duration::from_nanos(1));
     Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::MIN)
+        .allow_burst(NonZeroU32::MIN.saturating_add(1))
 }
 
 // The locks guard plain maps whose updates are single assignments, so a poisoned lock is still consistent.
@@ -226,12 +227,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_second_permit_inside_the_period_is_refused_when_the_deadline_is_near() {
+    async fn a_permit_beyond_the_burst_is_refused_when_the_deadline_is_near() {
         let limits = limits(Some(2.0), None);
         let soon = Instant::now() + Duration::from_millis(10);
         assert_eq!(limits.acquire("slack", None, soon).await, Ok(()));
+        assert_eq!(
+            limits.acquire("slack", None, soon).await,
+            Ok(()),
+            "a burst of two"
+        );
         let Err(WaitTooLong(wait)) = limits.acquire("slack", None, soon).await else {
-            panic!("the second permit at 2/s needs ~500 ms");
+            panic!("the third permit at 2/s needs ~500 ms");
         };
         assert!(wait > Duration::from_millis(400), "{wait:?}");
     }
@@ -243,6 +249,7 @@ mod tests {
         assert!(!limits.set_workers(2), "same fleet: nothing to rebuild");
         let soon = Instant::now() + Duration::from_millis(10);
         limits.acquire("slack", None, soon).await.unwrap();
+        limits.acquire("slack", None, soon).await.unwrap();
         let Err(WaitTooLong(wait)) = limits.acquire("slack", None, soon).await else {
             panic!("a 10/s rate over 2 workers is 5/s here");
         };
@@ -253,7 +260,9 @@ mod tests {
     async fn destinations_are_limited_separately() {
         let limits = limits(None, Some(1.0));
         let soon = Instant::now() + Duration::from_millis(10);
-        limits.acquire("slack", Some("alerts"), soon).await.unwrap();
+        for _ in 0..2 {
+            limits.acquire("slack", Some("alerts"), soon).await.unwrap();
+        }
         limits.acquire("slack", Some("ops"), soon).await.unwrap();
         assert!(limits.acquire("slack", Some("alerts"), soon).await.is_err());
     }
