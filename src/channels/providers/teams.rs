@@ -1,12 +1,166 @@
-//! The teams adapter (not built yet).
+//! Microsoft Teams through a Workflows (Power Automate) webhook: `POST <webhook url>` with a message whose one
+//! attachment is an Adaptive Card.
+//!
+//! Workflows webhooks answer 202 with no id. Legacy Office 365 connectors answer 200 with body `1`, and report
+//! their own failures **inside a 200**: a body such as `Microsoft Teams endpoint returned HTTP error 429` is read
+//! for that code and classified as if it were the status.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::channels::provider::{Provider, ProviderConfigError};
+use serde::Deserialize;
+use serde_json::{Value, json};
 
-pub fn build(_settings: &serde_json::Value) -> Result<Arc<dyn Provider>, ProviderConfigError> {
-    Err(ProviderConfigError::new(
-        "teams",
-        "this adapter is not built yet",
-    ))
+use super::webhooks::{WebhookSettings, Webhooks};
+use crate::channels::provider::{
+    CommonSettings, Provider, ProviderConfigError, ProviderFuture, body_text, http_client,
+    parse_settings, retry_after, transport_failure,
+};
+use crate::channels::{Message, Outcome, RateScope};
+
+const NAME: &str = "teams";
+
+pub struct Teams {
+    client: reqwest::Client,
+    webhooks: Webhooks,
+}
+
+#[derive(Deserialize)]
+struct TeamsSettings {
+    #[serde(flatten)]
+    webhooks: WebhookSettings,
+}
+
+pub fn build(settings: &serde_json::Value) -> Result<Arc<dyn Provider>, ProviderConfigError> {
+    let parsed: TeamsSettings = parse_settings(NAME, settings)?;
+    let common: CommonSettings = parse_settings(NAME, settings)?;
+    Ok(Arc::new(Teams {
+        client: http_client(common.timeout())?,
+        webhooks: Webhooks::new(NAME, parsed.webhooks)?,
+    }))
+}
+
+impl Provider for Teams {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn destination_key(&self, message: &Message) -> Option<String> {
+        self.webhooks.name_for(message)
+    }
+
+    fn send<'a>(&'a self, message: &'a Message) -> ProviderFuture<'a> {
+        Box::pin(async move {
+            let url = match self.webhooks.url_for(message) {
+                Ok(url) => url,
+                Err(outcome) => return outcome,
+            };
+            match self
+                .client
+                .post(url)
+                .json(&card_message(message))
+                .send()
+                .await
+            {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let wait = retry_after(response.headers());
+                    classify(status, body_text(response).await.trim(), wait)
+                }
+                Err(err) => transport_failure(&err),
+            }
+        })
+    }
+}
+
+/// The message: one Adaptive Card with the title (bold, larger) and the body (wrapped).
+pub fn card_message(message: &Message) -> Value {
+    let mut blocks = Vec::new();
+    if let Some(title) = message.content.get("title").filter(|t| !t.is_empty()) {
+        blocks.push(json!({ "type": "TextBlock", "text": title, "weight": "Bolder", "size": "Medium", "wrap": true }));
+    }
+    let body = message.content.get("body").map_or("", String::as_str);
+    blocks.push(json!({ "type": "TextBlock", "text": body, "wrap": true }));
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": "1.4",
+                "body": blocks,
+            }
+        }]
+    })
+}
+
+fn classify(status: u16, body: &str, wait: Option<Duration>) -> Outcome {
+    if status == 200 {
+        return match embedded_error(body) {
+            Some(code) => classify_code(code, format!("200 with \"{body}\""), wait),
+            None => Outcome::Sent {
+                provider_message_id: None,
+            },
+        };
+    }
+    if (200..300).contains(&status) {
+        return Outcome::Sent {
+            provider_message_id: None,
+        };
+    }
+    classify_code(status, format!("{status} {body}"), wait)
+}
+
+fn classify_code(code: u16, reason: String, wait: Option<Duration>) -> Outcome {
+    match code {
+        429 => Outcome::RateLimited {
+            reason,
+            retry_after: wait,
+            scope: RateScope::Destination,
+        },
+        401 | 403 | 404 => Outcome::config(reason),
+        412 | 500..=599 => Outcome::transient(reason),
+        _ => Outcome::permanent(reason),
+    }
+}
+
+/// A legacy connector's failure reported in a 200 body: "… HTTP error 429 …". Body `1` (or empty) is success.
+fn embedded_error(body: &str) -> Option<u16> {
+    if body.is_empty() || body == "1" {
+        return None;
+    }
+    let rest = &body[body.find("HTTP error")? + "HTTP error".len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .find(|part| !part.is_empty())
+        .and_then(|digits| digits.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_legacy_connector_error_inside_a_200_is_read_from_the_body() {
+        let limited = classify(
+            200,
+            "Microsoft Teams endpoint returned HTTP error 429 with ContextId x",
+            None,
+        );
+        assert_eq!(limited.label(), "rate_limited");
+        assert_eq!(
+            classify(
+                200,
+                "Webhook message delivery failed with error: HTTP error 400",
+                None
+            )
+            .label(),
+            "permanent"
+        );
+        assert_eq!(classify(200, "1", None).label(), "sent");
+        assert_eq!(classify(202, "", None).label(), "sent");
+        assert_eq!(classify(412, "", None).label(), "transient");
+        assert_eq!(classify(401, "", None).label(), "config");
+    }
 }
