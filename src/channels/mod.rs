@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod aws;
 pub mod breaker;
 pub mod chain;
 pub mod circuits;
