@@ -22,6 +22,7 @@ pub struct Recorded {
     pub body: Bytes,
     /// When the request arrived.
     pub at: std::time::Instant,
+    pub version: axum::http::Version,
 }
 
 impl Recorded {
@@ -165,6 +166,7 @@ impl Drop for FakeProvider {
 async fn record_and_answer(
     axum::extract::State(state): axum::extract::State<Arc<State>>,
     method: Method,
+    version: axum::http::Version,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -176,6 +178,7 @@ async fn record_and_answer(
         headers,
         body,
         at: std::time::Instant::now(),
+        version,
     });
     let reply = {
         let next = state.script.lock().unwrap().pop_front();

@@ -7,6 +7,7 @@ use super::provider::{Provider, ProviderConfigError};
 
 pub mod apns;
 pub mod discord;
+mod es256;
 pub mod fcm;
 pub mod mailgun;
 pub mod sendgrid;
