@@ -214,6 +214,15 @@ impl Settings {
             });
         }
         self.validate_chains()?;
+        let callbacks = serde_json::Value::Object(self.callbacks.0.clone().into_iter().collect());
+        if let Err(error) =
+            serde_json::from_value::<crate::channels::callbacks::CallbackSettings>(callbacks)
+        {
+            return Err(ConfigError::Value {
+                key: "callbacks",
+                reason: error.to_string(),
+            });
+        }
         let positive = |key: &'static str, value: u64| {
             if value == 0 {
                 Err(ConfigError::Value {
@@ -265,6 +274,12 @@ impl Settings {
         }
         self.queue_specs()?;
         Ok(())
+    }
+
+    /// The `[callbacks]` table, typed. (Checked when settings load, so this cannot fail afterwards.)
+    pub fn callback_settings(&self) -> crate::channels::callbacks::CallbackSettings {
+        let table = serde_json::Value::Object(self.callbacks.0.clone().into_iter().collect());
+        serde_json::from_value(table).unwrap_or_default()
     }
 
     /// Every provider in a chain must exist, belong to that channel, and have a `[providers.<name>]` table.

@@ -58,6 +58,8 @@ pub struct StateInner {
     pub engine: Arc<Engine>,
     /// The providers settings configure (for `GET /v1/providers`).
     pub providers: Vec<providers::ConfiguredProvider>,
+    /// Checks delivery callbacks' signatures (`[callbacks]` settings).
+    pub callbacks: crate::channels::callbacks::CallbackVerifier,
     enqueuer: batcher::EnqueueBatcher,
     keys: KeyCache,
     limiter: DefaultKeyedRateLimiter<i64>,
@@ -85,6 +87,7 @@ impl ApiState {
             metrics,
             engine,
             providers: providers::configured_providers(all),
+            callbacks: crate::channels::callbacks::CallbackVerifier::new(all.callback_settings()),
             enqueuer,
             keys: KeyCache::default(),
             limiter,
@@ -105,7 +108,7 @@ impl ApiState {
         workflows::get_run, workflows::list_runs, workflows::cancel_run, workflows::retry_run,
         workflows::post_event,
         providers::list_providers, providers::run_deliveries, providers::list_suppressions,
-        providers::add_suppression, providers::remove_suppression,
+        providers::add_suppression, providers::remove_suppression, providers::receive_callback,
         healthz, readyz, metrics,
     ),
     components(schemas(Problem, error::FieldError)),
@@ -167,6 +170,7 @@ pub fn router(state: ApiState) -> Router {
             "/suppressions",
             get(providers::list_suppressions).post(providers::add_suppression),
         )
+        .route("/callbacks/{provider}", post(providers::receive_callback))
         .route(
             "/suppressions/{channel}/{address}",
             axum::routing::delete(providers::remove_suppression),

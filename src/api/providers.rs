@@ -13,8 +13,9 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath};
 use super::keys::Scope;
 use crate::channels::ChannelKind;
+use crate::channels::callbacks::{CallbackError, CallbackRequest};
 use crate::channels::circuits::{self, CircuitRecord};
-use crate::channels::deliveries::{self, Delivery, Suppression};
+use crate::channels::deliveries::{self, Applied, CallbackUpdate, Delivery, Suppression};
 use crate::channels::provider::{CommonSettings, parse_settings};
 use crate::config::Settings;
 
@@ -248,4 +249,124 @@ pub async fn remove_suppression(
 fn parse_channel(value: &str) -> Result<ChannelKind, ApiError> {
     ChannelKind::parse(value)
         .ok_or_else(|| ApiError::field("channel", "must be one of email, sms, push, chat"))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CallbackReceipt {
+    /// Events in the callback.
+    pub events: usize,
+    /// Events that changed a delivery's status.
+    pub moved: usize,
+    /// Events applied before (the provider called twice).
+    pub duplicates: usize,
+    /// An SNS subscription was confirmed.
+    pub subscription_confirmed: bool,
+}
+
+/// A delivery callback from a provider (SendGrid, Mailgun, Twilio, SES through SNS). No API key: each provider's
+/// own signature authenticates the request. Events are applied once each, and only move a delivery forward.
+#[utoipa::path(
+    post, path = "/v1/callbacks/{provider}", tag = "channels",
+    params(("provider" = String, Path, description = "sendgrid, mailgun, twilio or ses")),
+    request_body(content = String, description = "The provider's own callback body (JSON or form)"),
+    responses(
+        (status = 200, description = "Applied", body = CallbackReceipt),
+        (status = 400, description = "Malformed callback", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Bad signature, or a timestamp outside the replay window", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No callbacks are configured for this provider", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The SNS signing certificate could not be fetched", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn receive_callback(
+    State(state): State<ApiState>,
+    ApiPath(provider): ApiPath<String>,
+    headers: axum::http::HeaderMap,
+    axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
+    body: axum::body::Bytes,
+) -> Result<Json<CallbackReceipt>, ApiError> {
+    let url = called_url(&state, &headers, &uri);
+    let request = CallbackRequest {
+        headers: &headers,
+        body: &body,
+        url: &url,
+    };
+    let outcome = state
+        .callbacks
+        .verify(&provider, &request)
+        .await
+        .map_err(callback_error)?;
+    let subscription_confirmed = match &outcome.subscribe_url {
+        Some(url) => {
+            confirm_subscription(url).await?;
+            true
+        }
+        None => false,
+    };
+    let mut receipt = CallbackReceipt {
+        events: outcome.events.len(),
+        moved: 0,
+        duplicates: 0,
+        subscription_confirmed,
+    };
+    for event in &outcome.events {
+        let update = CallbackUpdate {
+            provider: &provider,
+            event_key: &event.event_key,
+            provider_message_id: &event.provider_message_id,
+            status: event.status,
+            recipient: event.recipient.as_deref(),
+            suppress: event.suppress,
+            reason: event.reason.as_deref(),
+        };
+        match deliveries::apply_callback(&state.pool, &update).await? {
+            Applied::Duplicate => receipt.duplicates += 1,
+            Applied::Applied { moved: true } => receipt.moved += 1,
+            Applied::Applied { moved: false } => {}
+        }
+    }
+    Ok(Json(receipt))
+}
+
+/// The URL the provider called, as it saw it: `callbacks.public_url` (behind a proxy) or this request's Host.
+fn called_url(state: &ApiState, headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> String {
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    match &state.callbacks.settings().public_url {
+        Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+        None => {
+            let host = headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("http://{host}{path}")
+        }
+    }
+}
+
+async fn confirm_subscription(url: &str) -> Result<(), ApiError> {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    match client.get(url).send().await {
+        Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) => Err(ApiError::unavailable(format!(
+            "SNS answered {} to the subscription confirmation",
+            response.status()
+        ))),
+        Err(error) => Err(ApiError::unavailable(format!(
+            "cannot confirm the SNS subscription: {error}"
+        ))),
+    }
+}
+
+fn callback_error(error: CallbackError) -> ApiError {
+    match error {
+        CallbackError::BadSignature | CallbackError::Stale => {
+            ApiError::unauthorized(error.to_string())
+        }
+        CallbackError::Malformed(_) => ApiError::bad_request(error.to_string()),
+        CallbackError::NotConfigured(_) => ApiError::not_found(error.to_string()),
+        CallbackError::Certificate(_) => ApiError::unavailable(error.to_string()),
+    }
 }

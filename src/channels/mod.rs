@@ -24,6 +24,7 @@ use serde::Serialize;
 
 pub mod aws;
 pub mod breaker;
+pub mod callbacks;
 pub mod chain;
 pub mod circuits;
 pub mod deliveries;

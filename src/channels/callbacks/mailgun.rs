@@ -1,0 +1,108 @@
+//! Mailgun webhooks: JSON `{"signature": {"timestamp", "token", "signature"}, "event-data": {…}}`, where the
+//! signature is hex HMAC-SHA256 of timestamp + token with the webhook signing key.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+use super::{CallbackError, CallbackEvent, CallbackRequest, check_fresh};
+use crate::channels::DeliveryStatus;
+
+pub fn verify(
+    request: &CallbackRequest<'_>,
+    signing_key: &str,
+    max_age: Duration,
+) -> Result<Vec<CallbackEvent>, CallbackError> {
+    let body: MailgunBody = serde_json::from_slice(request.body)
+        .map_err(|e| CallbackError::Malformed(e.to_string()))?;
+    let signature = &body.signature;
+    let expected = hex_decode(&signature.signature).ok_or(CallbackError::BadSignature)?;
+    let mut mac = Hmac::<Sha256>::new_from_slice(signing_key.as_bytes())
+        .map_err(|_| CallbackError::NotConfigured("mailgun".into()))?;
+    mac.update(signature.timestamp.as_bytes());
+    mac.update(signature.token.as_bytes());
+    // verify_slice compares in constant time.
+    mac.verify_slice(&expected)
+        .map_err(|_| CallbackError::BadSignature)?;
+    check_fresh(&signature.timestamp, max_age)?;
+    Ok(body.event_data.normalize().into_iter().collect())
+}
+
+fn hex_decode(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct MailgunBody {
+    signature: MailgunSignature,
+    #[serde(rename = "event-data")]
+    event_data: MailgunEvent,
+}
+
+#[derive(Deserialize)]
+struct MailgunSignature {
+    timestamp: String,
+    token: String,
+    signature: String,
+}
+
+#[derive(Deserialize)]
+struct MailgunEvent {
+    id: Option<String>,
+    event: String,
+    severity: Option<String>,
+    recipient: Option<String>,
+    reason: Option<String>,
+    message: Option<MailgunMessage>,
+}
+
+#[derive(Deserialize)]
+struct MailgunMessage {
+    headers: MailgunHeaders,
+}
+
+#[derive(Deserialize)]
+struct MailgunHeaders {
+    #[serde(rename = "message-id")]
+    message_id: Option<String>,
+}
+
+impl MailgunEvent {
+    fn normalize(self) -> Option<CallbackEvent> {
+        use DeliveryStatus as S;
+        let (status, suppress) = match (self.event.as_str(), self.severity.as_deref()) {
+            ("delivered", _) => (Some(S::Delivered), false),
+            ("failed", Some("permanent")) => (Some(S::Bounced), true),
+            // A temporary failure: Mailgun keeps retrying on its own.
+            ("failed", _) => (None, false),
+            ("complained" | "unsubscribed", _) => (Some(S::Suppressed), true),
+            _ => (None, false),
+        };
+        let message_id = self
+            .message?
+            .headers
+            .message_id?
+            .trim_matches(['<', '>'])
+            .to_string();
+        Some(CallbackEvent {
+            event_key: self.id?,
+            provider_message_id: message_id,
+            status,
+            recipient: self.recipient,
+            suppress,
+            reason: Some(format!(
+                "{}{}",
+                self.event,
+                self.reason.map(|r| format!(": {r}")).unwrap_or_default()
+            )),
+        })
+    }
+}
