@@ -39,6 +39,9 @@ pub struct ChainPolicy {
     pub fallback_on_rate_limit: bool,
 }
 
+/// Called after every provider call with the provider, its outcome and the call's latency (metrics).
+pub type CallObserver = Arc<dyn Fn(&str, &Outcome, Duration) + Send + Sync>;
+
 /// Everything the chains of one process share: the adapters, their breakers and rate limits.
 pub struct ProviderFleet {
     providers: HashMap<&'static str, Arc<dyn Provider>>,
@@ -46,7 +49,7 @@ pub struct ProviderFleet {
     pub limits: FleetLimits,
     policy: ChainPolicy,
     transitions: Option<mpsc::UnboundedSender<Transition>>,
-    observer: Option<Arc<dyn Fn(&str, &Outcome, Duration) + Send + Sync>>,
+    observer: Option<CallObserver>,
 }
 
 impl ProviderFleet {
@@ -84,10 +87,7 @@ impl ProviderFleet {
     }
 
     /// Called after every provider call with its outcome and latency (metrics).
-    pub fn with_observer(
-        mut self,
-        observer: Arc<dyn Fn(&str, &Outcome, Duration) + Send + Sync>,
-    ) -> Self {
+    pub fn with_observer(mut self, observer: CallObserver) -> Self {
         self.observer = Some(observer);
         self
     }

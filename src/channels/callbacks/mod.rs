@@ -178,12 +178,7 @@ impl CallbackVerifier {
             return false;
         };
         let origin = parsed.origin().ascii_serialization();
-        if self
-            .settings
-            .sns_hosts
-            .iter()
-            .any(|allowed| *allowed == origin)
-        {
+        if self.settings.sns_hosts.contains(&origin) {
             return true;
         }
         let host = parsed.host_str().unwrap_or("");
