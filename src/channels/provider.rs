@@ -163,6 +163,54 @@ impl WithoutUrl for reqwest::Error {
     }
 }
 
+/// A provider's answer, read whole: what the adapters classify.
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    /// An answer with no headers (adapters' unit tests).
+    pub fn new(status: u16, body: &str) -> Self {
+        Self {
+            status,
+            headers: reqwest::header::HeaderMap::new(),
+            body: body.to_string(),
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `Retry-After` header, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        retry_after(&self.headers)
+    }
+}
+
+/// Sends `request` and classifies the answer with `classify`; a transport failure (timeout, refused
+/// connection) is transient, whatever the provider.
+pub async fn exchange(
+    request: reqwest::RequestBuilder,
+    classify: impl FnOnce(Answer) -> Outcome,
+) -> Outcome {
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let body = body_text(response).await;
+            classify(Answer {
+                status,
+                headers,
+                body,
+            })
+        }
+        Err(err) => transport_failure(&err),
+    }
+}
+
 /// `Retry-After` as seconds or as an HTTP date.
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers

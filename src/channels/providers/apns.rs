@@ -18,8 +18,8 @@ use tokio::sync::Mutex;
 
 use super::es256::{Es256Key, unix_now};
 use crate::channels::provider::{
-    CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, body_text,
-    parse_settings, required, retry_after, transport_failure,
+    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, exchange,
+    parse_settings, required,
 };
 use crate::channels::{Message, Outcome, RateScope};
 
@@ -144,26 +144,14 @@ impl Provider for Apns {
             if let Some(collapse) = message.content.get("collapse_id") {
                 request = request.header("apns-collapse-id", collapse);
             }
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let wait = retry_after(response.headers());
-                    let id = response
-                        .headers()
-                        .get("apns-id")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    let outcome = classify(status, id, &body_text(response).await, wait);
-                    if outcome
-                        .reason()
-                        .is_some_and(|r| r.contains("ExpiredProviderToken"))
-                    {
-                        *self.token.lock().await = None;
-                    }
-                    outcome
-                }
-                Err(err) => transport_failure(&err),
+            let outcome = exchange(request, |answer| classify(&answer)).await;
+            if outcome
+                .reason()
+                .is_some_and(|r| r.contains("ExpiredProviderToken"))
+            {
+                *self.token.lock().await = None;
             }
+            outcome
         })
     }
 }
@@ -223,7 +211,9 @@ struct ApnsAnswer {
     reason: Option<String>,
 }
 
-fn classify(status: u16, id: Option<String>, body: &str, wait: Option<Duration>) -> Outcome {
+fn classify(answer: &Answer) -> Outcome {
+    let (status, body, wait) = (answer.status, answer.body.as_str(), answer.retry_after());
+    let id = answer.header("apns-id").map(str::to_string);
     if status == 200 {
         return Outcome::Sent {
             provider_message_id: id,

@@ -15,8 +15,8 @@ use serde::Deserialize;
 
 use super::webhooks::{WebhookSettings, Webhooks};
 use crate::channels::provider::{
-    CommonSettings, Provider, ProviderConfigError, ProviderFuture, body_text, http_client,
-    parse_settings, retry_after, seconds_to_duration, transport_failure,
+    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, exchange, http_client,
+    parse_settings, seconds_to_duration,
 };
 use crate::channels::{Message, Outcome, RateScope};
 
@@ -71,14 +71,7 @@ impl Provider for Discord {
                 .post(url)
                 .query(&[("wait", "true")])
                 .json(&serde_json::json!({ "content": content }));
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let header_wait = retry_after(response.headers());
-                    classify(status, &body_text(response).await, header_wait)
-                }
-                Err(err) => transport_failure(&err),
-            }
+            exchange(request, |answer| classify(&answer)).await
         })
     }
 }
@@ -100,7 +93,8 @@ struct DiscordAnswer {
     global: Option<bool>,
 }
 
-fn classify(status: u16, body: &str, header_wait: Option<Duration>) -> Outcome {
+fn classify(answer: &Answer) -> Outcome {
+    let (status, body, header_wait) = (answer.status, answer.body.as_str(), answer.retry_after());
     let answer: DiscordAnswer = serde_json::from_str(body).unwrap_or_default();
     let detail = match (&answer.code, &answer.message) {
         (Some(code), Some(message)) => format!("{status} code {code}: {message}"),
@@ -144,11 +138,10 @@ mod tests {
 
     #[test]
     fn the_body_retry_after_is_a_float_in_seconds_and_global_widens_the_scope() {
-        let limited = classify(
+        let limited = classify(&Answer::new(
             429,
             r#"{"retry_after": 0.25, "global": false}"#,
-            Some(Duration::from_secs(1)),
-        );
+        ));
         let Outcome::RateLimited {
             retry_after, scope, ..
         } = limited
@@ -157,7 +150,10 @@ mod tests {
         };
         assert_eq!(retry_after, Some(Duration::from_millis(250)));
         assert_eq!(scope, RateScope::Destination);
-        let global = classify(429, r#"{"retry_after": 1500, "global": true}"#, None);
+        let global = classify(&Answer::new(
+            429,
+            r#"{"retry_after": 1500, "global": true}"#,
+        ));
         let Outcome::RateLimited {
             retry_after, scope, ..
         } = global
@@ -175,21 +171,20 @@ mod tests {
     #[test]
     fn a_dead_webhook_is_a_config_error_and_garbage_never_panics() {
         assert_eq!(
-            classify(
+            classify(&Answer::new(
                 404,
-                r#"{"code": 10015, "message": "Unknown Webhook"}"#,
-                None
-            )
+                r#"{"code": 10015, "message": "Unknown Webhook"}"#
+            ))
             .label(),
             "config"
         );
-        assert_eq!(classify(400, "<html>", None).label(), "permanent");
+        assert_eq!(classify(&Answer::new(400, "<html>")).label(), "permanent");
         assert_eq!(
-            classify(502, "<html>bad gateway</html>", None).label(),
+            classify(&Answer::new(502, "<html>bad gateway</html>")).label(),
             "transient"
         );
         assert_eq!(
-            classify(200, r#"{"id": "123"}"#, None),
+            classify(&Answer::new(200, r#"{"id": "123"}"#)),
             Outcome::Sent {
                 provider_message_id: Some("123".into())
             }

@@ -17,8 +17,8 @@ use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
 use crate::channels::provider::{
-    CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, body_text, http_client,
-    parse_settings, retry_after, transport_failure,
+    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, body_text,
+    exchange, http_client, parse_settings, transport_failure,
 };
 use crate::channels::{Message, Outcome};
 
@@ -149,19 +149,12 @@ impl Provider for Fcm {
                 .post(&self.send_url)
                 .bearer_auth(&token)
                 .json(&payload(message));
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let wait = retry_after(response.headers());
-                    let outcome = classify(status, &body_text(response).await, wait);
-                    if status == 401 {
-                        // The token may have been revoked: mint a new one next time.
-                        *self.token.lock().await = None;
-                    }
-                    outcome
-                }
-                Err(err) => transport_failure(&err),
+            let outcome = exchange(request, |answer| classify(&answer)).await;
+            if outcome.reason().is_some_and(|r| r.starts_with("401")) {
+                // The token may have been revoked: mint a new one next time.
+                *self.token.lock().await = None;
             }
+            outcome
         })
     }
 }
@@ -253,7 +246,8 @@ struct FcmError {
     details: Vec<Value>,
 }
 
-fn classify(status: u16, body: &str, wait: Option<Duration>) -> Outcome {
+fn classify(answer: &Answer) -> Outcome {
+    let (status, body, wait) = (answer.status, answer.body.as_str(), answer.retry_after());
     let answer: FcmAnswer = serde_json::from_str(body).unwrap_or_default();
     if (200..300).contains(&status) {
         return Outcome::Sent {

@@ -11,8 +11,8 @@ use reqwest::multipart::Form;
 use serde::Deserialize;
 
 use crate::channels::provider::{
-    CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, body_text, http_client,
-    parse_settings, required, retry_after, transport_failure,
+    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, exchange,
+    http_client, parse_settings, required,
 };
 use crate::channels::{Message, Outcome};
 
@@ -79,14 +79,7 @@ impl Provider for Mailgun {
                 .post(&self.url)
                 .basic_auth("api", Some(self.api_key.expose()))
                 .multipart(form);
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let wait = retry_after(response.headers());
-                    classify(status, &body_text(response).await, wait)
-                }
-                Err(err) => transport_failure(&err),
-            }
+            exchange(request, |answer| classify(&answer)).await
         })
     }
 }
@@ -97,7 +90,8 @@ struct MailgunAnswer {
     message: Option<String>,
 }
 
-fn classify(status: u16, body: &str, wait: Option<std::time::Duration>) -> Outcome {
+fn classify(answer: &Answer) -> Outcome {
+    let (status, body, wait) = (answer.status, answer.body.as_str(), answer.retry_after());
     let answer: MailgunAnswer = serde_json::from_str(body).unwrap_or_default();
     let reason = format!(
         "{status} {}",

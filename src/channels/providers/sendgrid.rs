@@ -12,8 +12,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::channels::provider::{
-    CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, body_text, http_client,
-    parse_settings, required, transport_failure,
+    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, exchange,
+    http_client, parse_settings, required,
 };
 use crate::channels::{Message, Outcome};
 
@@ -64,27 +64,7 @@ impl Provider for SendGrid {
                 .post(&self.url)
                 .bearer_auth(self.api_key.expose())
                 .json(&mail_body(&self.from, message));
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let header = |name: &str| {
-                        response
-                            .headers()
-                            .get(name)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_string)
-                    };
-                    let message_id = header("x-message-id");
-                    let reset = header("x-ratelimit-reset");
-                    classify(
-                        status,
-                        message_id,
-                        reset.as_deref(),
-                        &body_text(response).await,
-                    )
-                }
-                Err(err) => transport_failure(&err),
-            }
+            exchange(request, |answer| classify(&answer)).await
         })
     }
 }
@@ -117,7 +97,13 @@ struct SendGridError {
     field: Option<String>,
 }
 
-fn classify(status: u16, message_id: Option<String>, reset: Option<&str>, body: &str) -> Outcome {
+fn classify(answer: &Answer) -> Outcome {
+    let (status, body, reset) = (
+        answer.status,
+        answer.body.as_str(),
+        answer.header("x-ratelimit-reset"),
+    );
+    let message_id = answer.header("x-message-id").map(str::to_string);
     if (200..300).contains(&status) {
         return Outcome::Sent {
             provider_message_id: message_id,

@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::channels::aws::{AwsSettings, AwsSigner, error_type};
 use crate::channels::provider::{
-    CommonSettings, Provider, ProviderConfigError, ProviderFuture, body_text, http_client,
-    parse_settings, required, transport_failure,
+    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, exchange, http_client,
+    parse_settings, required,
 };
 use crate::channels::{Message, Outcome};
 
@@ -85,18 +85,7 @@ impl Provider for Ses {
             for (name, value) in signed {
                 request = request.header(name, value);
             }
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let kind = response
-                        .headers()
-                        .get("x-amzn-errortype")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    classify(status, kind.as_deref(), &body_text(response).await)
-                }
-                Err(err) => transport_failure(&err),
-            }
+            exchange(request, |answer| classify(&answer)).await
         })
     }
 }
@@ -142,7 +131,12 @@ struct SesAnswer {
     message: Option<String>,
 }
 
-fn classify(status: u16, error_header: Option<&str>, body: &str) -> Outcome {
+fn classify(answer: &Answer) -> Outcome {
+    let (status, body, error_header) = (
+        answer.status,
+        answer.body.as_str(),
+        answer.header("x-amzn-errortype"),
+    );
     let answer: SesAnswer = serde_json::from_str(body).unwrap_or_default();
     if (200..300).contains(&status) {
         return Outcome::Sent {

@@ -14,8 +14,8 @@ use serde::Deserialize;
 
 use super::webhooks::{WebhookSettings, Webhooks};
 use crate::channels::provider::{
-    CommonSettings, Provider, ProviderConfigError, ProviderFuture, body_text, http_client,
-    parse_settings, retry_after, transport_failure,
+    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, exchange, http_client,
+    parse_settings,
 };
 use crate::channels::{Message, Outcome, RateScope};
 
@@ -57,14 +57,10 @@ impl Provider for Slack {
                 Err(outcome) => return outcome,
             };
             let body = serde_json::json!({ "text": text(message) });
-            match self.client.post(url).json(&body).send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let wait = retry_after(response.headers());
-                    classify(status, body_text(response).await.trim(), wait)
-                }
-                Err(err) => transport_failure(&err),
-            }
+            exchange(self.client.post(url).json(&body), |answer| {
+                classify(&answer)
+            })
+            .await
         })
     }
 }
@@ -78,7 +74,8 @@ fn text(message: &Message) -> String {
     }
 }
 
-fn classify(status: u16, body: &str, wait: Option<std::time::Duration>) -> Outcome {
+fn classify(answer: &Answer) -> Outcome {
+    let (status, body, wait) = (answer.status, answer.body.trim(), answer.retry_after());
     match (status, body) {
         (200, _) => Outcome::Sent {
             provider_message_id: None,
@@ -103,16 +100,22 @@ mod tests {
     #[test]
     fn plain_text_errors_decide_the_outcome() {
         assert_eq!(
-            classify(404, "channel_not_found", None).label(),
+            classify(&Answer::new(404, "channel_not_found")).label(),
             "permanent"
         );
         assert_eq!(
-            classify(410, "channel_is_archived", None).label(),
+            classify(&Answer::new(410, "channel_is_archived")).label(),
             "permanent"
         );
-        assert_eq!(classify(400, "invalid_payload", None).label(), "permanent");
-        assert_eq!(classify(404, "no_service", None).label(), "config");
-        assert_eq!(classify(403, "action_prohibited", None).label(), "config");
-        assert_eq!(classify(503, "", None).label(), "transient");
+        assert_eq!(
+            classify(&Answer::new(400, "invalid_payload")).label(),
+            "permanent"
+        );
+        assert_eq!(classify(&Answer::new(404, "no_service")).label(), "config");
+        assert_eq!(
+            classify(&Answer::new(403, "action_prohibited")).label(),
+            "config"
+        );
+        assert_eq!(classify(&Answer::new(503, "")).label(), "transient");
     }
 }

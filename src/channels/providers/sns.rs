@@ -11,8 +11,8 @@ use serde::Deserialize;
 
 use crate::channels::aws::{AwsSettings, AwsSigner, error_type, xml_text};
 use crate::channels::provider::{
-    CommonSettings, Provider, ProviderConfigError, ProviderFuture, body_text, http_client,
-    parse_settings, transport_failure,
+    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, exchange, http_client,
+    parse_settings,
 };
 use crate::channels::{Message, Outcome};
 
@@ -88,13 +88,7 @@ impl Provider for Sns {
             for (name, value) in signed {
                 request = request.header(name, value);
             }
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    classify(status, &body_text(response).await)
-                }
-                Err(err) => transport_failure(&err),
-            }
+            exchange(request, |answer| classify(&answer)).await
         })
     }
 }
@@ -117,7 +111,8 @@ impl Sns {
     }
 }
 
-fn classify(status: u16, body: &str) -> Outcome {
+fn classify(answer: &Answer) -> Outcome {
+    let (status, body) = (answer.status, answer.body.as_str());
     if (200..300).contains(&status) {
         return match xml_text(body, "MessageId") {
             Some(id) => Outcome::Sent {

@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 
 use super::webhooks::{WebhookSettings, Webhooks};
 use crate::channels::provider::{
-    CommonSettings, Provider, ProviderConfigError, ProviderFuture, body_text, http_client,
-    parse_settings, retry_after, transport_failure,
+    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, exchange, http_client,
+    parse_settings,
 };
 use crate::channels::{Message, Outcome, RateScope};
 
@@ -55,20 +55,11 @@ impl Provider for Teams {
                 Ok(url) => url,
                 Err(outcome) => return outcome,
             };
-            match self
-                .client
-                .post(url)
-                .json(&card_message(message))
-                .send()
-                .await
-            {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let wait = retry_after(response.headers());
-                    classify(status, body_text(response).await.trim(), wait)
-                }
-                Err(err) => transport_failure(&err),
-            }
+            exchange(
+                self.client.post(url).json(&card_message(message)),
+                |answer| classify(&answer),
+            )
+            .await
         })
     }
 }
@@ -96,7 +87,8 @@ pub fn card_message(message: &Message) -> Value {
     })
 }
 
-fn classify(status: u16, body: &str, wait: Option<Duration>) -> Outcome {
+fn classify(answer: &Answer) -> Outcome {
+    let (status, body, wait) = (answer.status, answer.body.trim(), answer.retry_after());
     if status == 200 {
         return match embedded_error(body) {
             Some(code) => classify_code(code, format!("200 with \"{body}\""), wait),
@@ -143,24 +135,22 @@ mod tests {
 
     #[test]
     fn a_legacy_connector_error_inside_a_200_is_read_from_the_body() {
-        let limited = classify(
+        let limited = classify(&Answer::new(
             200,
             "Microsoft Teams endpoint returned HTTP error 429 with ContextId x",
-            None,
-        );
+        ));
         assert_eq!(limited.label(), "rate_limited");
         assert_eq!(
-            classify(
+            classify(&Answer::new(
                 200,
-                "Webhook message delivery failed with error: HTTP error 400",
-                None
-            )
+                "Webhook message delivery failed with error: HTTP error 400"
+            ))
             .label(),
             "permanent"
         );
-        assert_eq!(classify(200, "1", None).label(), "sent");
-        assert_eq!(classify(202, "", None).label(), "sent");
-        assert_eq!(classify(412, "", None).label(), "transient");
-        assert_eq!(classify(401, "", None).label(), "config");
+        assert_eq!(classify(&Answer::new(200, "1")).label(), "sent");
+        assert_eq!(classify(&Answer::new(202, "")).label(), "sent");
+        assert_eq!(classify(&Answer::new(412, "")).label(), "transient");
+        assert_eq!(classify(&Answer::new(401, "")).label(), "config");
     }
 }

@@ -6,13 +6,12 @@
 //! 21610 (the recipient replied STOP) suppresses the number, 20429 is a rate limit, 20003 is bad credentials.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::channels::provider::{
-    CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, body_text, http_client,
-    parse_settings, retry_after, transport_failure,
+    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, exchange,
+    http_client, parse_settings,
 };
 use crate::channels::{Message, Outcome};
 
@@ -105,14 +104,7 @@ impl Provider for Twilio {
                 .post(&self.url)
                 .basic_auth(&self.account_sid, Some(self.auth_token.expose()))
                 .form(&form);
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let wait = retry_after(response.headers());
-                    classify(status, &body_text(response).await, wait)
-                }
-                Err(err) => transport_failure(&err),
-            }
+            exchange(request, |answer| classify(&answer)).await
         })
     }
 }
@@ -124,7 +116,8 @@ struct TwilioAnswer {
     message: Option<String>,
 }
 
-fn classify(status: u16, body: &str, wait: Option<Duration>) -> Outcome {
+fn classify(answer: &Answer) -> Outcome {
+    let (status, body, wait) = (answer.status, answer.body.as_str(), answer.retry_after());
     let answer: TwilioAnswer = serde_json::from_str(body).unwrap_or_default();
     if (200..300).contains(&status) {
         return match answer.sid {

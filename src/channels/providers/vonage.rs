@@ -9,8 +9,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use crate::channels::provider::{
-    CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, body_text, http_client,
-    parse_settings, required, transport_failure,
+    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, exchange,
+    http_client, parse_settings, required,
 };
 use crate::channels::{Message, Outcome};
 
@@ -68,13 +68,10 @@ impl Provider for Vonage {
                 ("to", message.to.as_str()),
                 ("text", text),
             ];
-            match self.client.post(&self.url).form(&form).send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    classify(status, &body_text(response).await)
-                }
-                Err(err) => transport_failure(&err),
-            }
+            exchange(self.client.post(&self.url).form(&form), |answer| {
+                classify(&answer)
+            })
+            .await
         })
     }
 }
@@ -93,7 +90,8 @@ struct VonageMessage {
     error_text: Option<String>,
 }
 
-fn classify(status: u16, body: &str) -> Outcome {
+fn classify(answer: &Answer) -> Outcome {
+    let (status, body) = (answer.status, answer.body.as_str());
     if status != 200 {
         return if status >= 500 || status == 429 {
             Outcome::transient(format!("HTTP {status}"))

@@ -8,7 +8,6 @@
 //! 201 means accepted (`Location` names the message). 404/410 mean the subscription is gone: it is suppressed.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -17,8 +16,8 @@ use serde_json::{Map, Value, json};
 
 use super::es256::{Es256Key, unix_now};
 use crate::channels::provider::{
-    CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, body_text, http_client,
-    parse_settings, required, retry_after, transport_failure,
+    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, exchange,
+    http_client, parse_settings, required,
 };
 use crate::channels::{Message, Outcome};
 
@@ -123,19 +122,7 @@ impl Provider for WebPush {
             if let Some(topic) = message.content.get("topic") {
                 request = request.header("topic", topic);
             }
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let wait = retry_after(response.headers());
-                    let location = response
-                        .headers()
-                        .get("location")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string);
-                    classify(status, location, &body_text(response).await, wait)
-                }
-                Err(err) => transport_failure(&err),
-            }
+            exchange(request, |answer| classify(&answer)).await
         })
     }
 }
@@ -192,7 +179,9 @@ fn payload(message: &Message) -> Value {
     Value::Object(fields)
 }
 
-fn classify(status: u16, location: Option<String>, body: &str, wait: Option<Duration>) -> Outcome {
+fn classify(answer: &Answer) -> Outcome {
+    let (status, body, wait) = (answer.status, answer.body.as_str(), answer.retry_after());
+    let location = answer.header("location").map(str::to_string);
     let reason = format!(
         "{status} {}",
         body.chars().take(200).collect::<String>().trim()
