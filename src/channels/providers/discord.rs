@@ -13,67 +13,34 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::webhooks::{WebhookSettings, Webhooks};
-use crate::channels::provider::{
-    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, exchange, http_client,
-    parse_settings, seconds_to_duration,
-};
+use super::webhooks::{self, WebhookShape};
+use crate::channels::provider::{Answer, Provider, ProviderConfigError, seconds_to_duration};
 use crate::channels::{Message, Outcome, RateScope};
 
 const NAME: &str = "discord";
 /// Discord rejects longer message content.
 const MAX_CONTENT: usize = 2000;
 
-pub struct Discord {
-    client: reqwest::Client,
-    webhooks: Webhooks,
-}
-
-#[derive(Deserialize)]
-struct DiscordSettings {
-    #[serde(flatten)]
-    webhooks: WebhookSettings,
-}
-
 pub fn build(settings: &serde_json::Value) -> Result<Arc<dyn Provider>, ProviderConfigError> {
-    let parsed: DiscordSettings = parse_settings(NAME, settings)?;
-    let common: CommonSettings = parse_settings(NAME, settings)?;
-    Ok(Arc::new(Discord {
-        client: http_client(common.timeout())?,
-        webhooks: Webhooks::new(NAME, parsed.webhooks)?,
-    }))
+    let shape = WebhookShape {
+        name: NAME,
+        body: body,
+        query: &[("wait", "true")],
+        classify,
+    };
+    webhooks::build(shape, settings)
 }
 
-impl Provider for Discord {
-    fn name(&self) -> &'static str {
-        NAME
+/// `{"content"}`, refused before sending when Discord would reject its length: truncating would silently change
+/// what the user receives.
+fn body(message: &Message) -> Result<serde_json::Value, Outcome> {
+    let content = content(message);
+    if content.chars().count() > MAX_CONTENT {
+        return Err(Outcome::permanent(format!(
+            "content is longer than {MAX_CONTENT} characters"
+        )));
     }
-
-    fn destination_key(&self, message: &Message) -> Option<String> {
-        self.webhooks.name_for(message)
-    }
-
-    fn send<'a>(&'a self, message: &'a Message) -> ProviderFuture<'a> {
-        Box::pin(async move {
-            let url = match self.webhooks.url_for(message) {
-                Ok(url) => url,
-                Err(outcome) => return outcome,
-            };
-            let content = content(message);
-            // Too long is the message's fault: truncating would silently change what the user receives.
-            if content.chars().count() > MAX_CONTENT {
-                return Outcome::permanent(format!(
-                    "content is longer than {MAX_CONTENT} characters"
-                ));
-            }
-            let request = self
-                .client
-                .post(url)
-                .query(&[("wait", "true")])
-                .json(&serde_json::json!({ "content": content }));
-            exchange(request, |answer| classify(&answer)).await
-        })
-    }
+    Ok(serde_json::json!({ "content": content }))
 }
 
 fn content(message: &Message) -> String {

@@ -10,59 +10,20 @@
 
 use std::sync::Arc;
 
-use serde::Deserialize;
-
-use super::webhooks::{WebhookSettings, Webhooks};
-use crate::channels::provider::{
-    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, exchange, http_client,
-    parse_settings,
-};
+use super::webhooks::{self, WebhookShape};
+use crate::channels::provider::{Answer, Provider, ProviderConfigError};
 use crate::channels::{Message, Outcome, RateScope};
 
 const NAME: &str = "slack";
 
-pub struct Slack {
-    client: reqwest::Client,
-    webhooks: Webhooks,
-}
-
-#[derive(Deserialize)]
-struct SlackSettings {
-    #[serde(flatten)]
-    webhooks: WebhookSettings,
-}
-
 pub fn build(settings: &serde_json::Value) -> Result<Arc<dyn Provider>, ProviderConfigError> {
-    let parsed: SlackSettings = parse_settings(NAME, settings)?;
-    let common: CommonSettings = parse_settings(NAME, settings)?;
-    Ok(Arc::new(Slack {
-        client: http_client(common.timeout())?,
-        webhooks: Webhooks::new(NAME, parsed.webhooks)?,
-    }))
-}
-
-impl Provider for Slack {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn destination_key(&self, message: &Message) -> Option<String> {
-        self.webhooks.name_for(message)
-    }
-
-    fn send<'a>(&'a self, message: &'a Message) -> ProviderFuture<'a> {
-        Box::pin(async move {
-            let url = match self.webhooks.url_for(message) {
-                Ok(url) => url,
-                Err(outcome) => return outcome,
-            };
-            let body = serde_json::json!({ "text": text(message) });
-            exchange(self.client.post(url).json(&body), |answer| {
-                classify(&answer)
-            })
-            .await
-        })
-    }
+    let shape = WebhookShape {
+        name: NAME,
+        body: |message| Ok(serde_json::json!({ "text": text(message) })),
+        query: &[],
+        classify,
+    };
+    webhooks::build(shape, settings)
 }
 
 /// The message text: a bold title line (Slack's mrkdwn) when the action has a title, then the body.

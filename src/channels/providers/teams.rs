@@ -8,60 +8,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::webhooks::{WebhookSettings, Webhooks};
-use crate::channels::provider::{
-    Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, exchange, http_client,
-    parse_settings,
-};
+use super::webhooks::{self, WebhookShape};
+use crate::channels::provider::{Answer, Provider, ProviderConfigError};
 use crate::channels::{Message, Outcome, RateScope};
 
 const NAME: &str = "teams";
 
-pub struct Teams {
-    client: reqwest::Client,
-    webhooks: Webhooks,
-}
-
-#[derive(Deserialize)]
-struct TeamsSettings {
-    #[serde(flatten)]
-    webhooks: WebhookSettings,
-}
-
 pub fn build(settings: &serde_json::Value) -> Result<Arc<dyn Provider>, ProviderConfigError> {
-    let parsed: TeamsSettings = parse_settings(NAME, settings)?;
-    let common: CommonSettings = parse_settings(NAME, settings)?;
-    Ok(Arc::new(Teams {
-        client: http_client(common.timeout())?,
-        webhooks: Webhooks::new(NAME, parsed.webhooks)?,
-    }))
-}
-
-impl Provider for Teams {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn destination_key(&self, message: &Message) -> Option<String> {
-        self.webhooks.name_for(message)
-    }
-
-    fn send<'a>(&'a self, message: &'a Message) -> ProviderFuture<'a> {
-        Box::pin(async move {
-            let url = match self.webhooks.url_for(message) {
-                Ok(url) => url,
-                Err(outcome) => return outcome,
-            };
-            exchange(
-                self.client.post(url).json(&card_message(message)),
-                |answer| classify(&answer),
-            )
-            .await
-        })
-    }
+    let shape = WebhookShape {
+        name: NAME,
+        body: |message| Ok(card_message(message)),
+        query: &[],
+        classify,
+    };
+    webhooks::build(shape, settings)
 }
 
 /// The message: one Adaptive Card with the title (bold, larger) and the body (wrapped).
