@@ -100,6 +100,30 @@ impl AwsSigner {
     }
 }
 
+impl AwsSigner {
+    /// A POST of `body` to `url`, signed now; a signing failure is a configuration problem.
+    pub fn signed_post(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::RequestBuilder, super::Outcome> {
+        let headers = [("content-type", content_type)];
+        let signed = self
+            .sign("POST", url, &headers, &body, SystemTime::now())
+            .map_err(super::Outcome::config)?;
+        let mut request = client
+            .post(url)
+            .header("content-type", content_type)
+            .body(body);
+        for (name, value) in signed {
+            request = request.header(name, value);
+        }
+        Ok(request)
+    }
+}
+
 /// An AWS error's type name: from the `x-amzn-ErrorType` header, else the JSON body's `__type`, `code` or `Code`,
 /// else the XML body's `<Code>`. The name is what AWS documents (`MessageRejected`, `Throttling`), stripped of
 /// any namespace (`…#Name`) and suffix (`Name:http://…`).

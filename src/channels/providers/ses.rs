@@ -6,7 +6,7 @@
 //! waiting hours, and `AccountSuspendedException` is a configuration problem no retry will fix.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::json;
@@ -68,23 +68,14 @@ impl Provider for Ses {
                 Ok(body) => body,
                 Err(err) => return Outcome::permanent(format!("cannot encode the email: {err}")),
             };
-            let content_type = ("content-type", "application/json");
-            let signed =
+            let request =
                 match self
                     .signer
-                    .sign("POST", &self.url, &[content_type], &body, SystemTime::now())
+                    .signed_post(&self.client, &self.url, "application/json", body)
                 {
-                    Ok(headers) => headers,
-                    Err(reason) => return Outcome::config(reason),
+                    Ok(request) => request,
+                    Err(outcome) => return outcome,
                 };
-            let mut request = self
-                .client
-                .post(&self.url)
-                .header(content_type.0, content_type.1)
-                .body(body);
-            for (name, value) in signed {
-                request = request.header(name, value);
-            }
             exchange(request, |answer| classify(&answer)).await
         })
     }

@@ -5,7 +5,6 @@
 //! `sms_type` (`Transactional` or `Promotional`) become message attributes.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use serde::Deserialize;
 
@@ -69,25 +68,15 @@ impl Provider for Sns {
     fn send<'a>(&'a self, message: &'a Message) -> ProviderFuture<'a> {
         Box::pin(async move {
             let body = self.form(message);
-            let content_type = ("content-type", "application/x-www-form-urlencoded");
-            let signed = match self.signer.sign(
-                "POST",
-                &self.url,
-                &[content_type],
-                body.as_bytes(),
-                SystemTime::now(),
-            ) {
-                Ok(headers) => headers,
-                Err(reason) => return Outcome::config(reason),
-            };
-            let mut request = self
-                .client
-                .post(&self.url)
-                .header(content_type.0, content_type.1)
-                .body(body);
-            for (name, value) in signed {
-                request = request.header(name, value);
-            }
+            let form = "application/x-www-form-urlencoded";
+            let request =
+                match self
+                    .signer
+                    .signed_post(&self.client, &self.url, form, body.into_bytes())
+                {
+                    Ok(request) => request,
+                    Err(outcome) => return outcome,
+                };
             exchange(request, |answer| classify(&answer)).await
         })
     }
