@@ -123,3 +123,28 @@ async fn a_worker_killed_mid_send_never_causes_a_second_send() {
     let status = "SELECT count(*) FROM herald_deliveries WHERE status = 'unknown'";
     assert_eq!(scalar_i64(&flow.db.pool, status).await, 1);
 }
+
+#[tokio::test]
+async fn a_worker_with_a_missing_credential_stops_at_start_naming_it() {
+    let db = common::TestDb::new().await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["worker"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DATABASE_URL", &db.url)
+        .env("HERALD_ENV", "test")
+        .env("HERALD_CHANNELS__SINK", "providers")
+        .env("HERALD_CHANNELS__CHAINS__EMAIL", "[\"sendgrid\"]")
+        .env("HERALD_PROVIDERS__SENDGRID__FROM", "noreply@acme.test")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("the worker stops instead of running")
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("sendgrid") && stderr.contains("api_key"),
+        "{stderr}"
+    );
+}
