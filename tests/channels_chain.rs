@@ -200,3 +200,35 @@ async fn a_run_retry_after_a_permanent_failure_sends_once_more_and_a_sent_node_i
     assert_eq!(deliveries[0].status, "sent");
     flow.stop().await;
 }
+
+#[tokio::test]
+async fn a_suppressed_recipient_is_skipped_and_the_run_goes_on() {
+    let (slack, discord) = fakes().await;
+    let flow = Flow::with_providers(&[ALERT], &chat_settings(&slack, &discord))
+        .await
+        .with_worker();
+    herald::channels::deliveries::suppress(
+        &flow.db.pool,
+        herald::channels::ChannelKind::Chat,
+        "ops",
+        "channel archived",
+        None,
+    )
+    .await
+    .unwrap();
+    let id = flow
+        .trigger("alert", json!({ "room": "ops", "text": "quiet" }))
+        .await;
+    let run = flow.finished(id, "completed").await;
+    assert_eq!(step(&run, "notify").outcome.as_deref(), Some("suppressed"));
+    assert_eq!(
+        slack.request_count() + discord.request_count(),
+        0,
+        "nothing was sent"
+    );
+    let deliveries = herald::channels::deliveries::for_run(&flow.db.pool, id)
+        .await
+        .unwrap();
+    assert_eq!(deliveries[0].status, "suppressed");
+    flow.stop().await;
+}
