@@ -24,7 +24,7 @@ const MAX_CONTENT: usize = 2000;
 pub fn build(settings: &serde_json::Value) -> Result<Arc<dyn Provider>, ProviderConfigError> {
     let shape = WebhookShape {
         name: NAME,
-        body: body,
+        body,
         query: &[("wait", "true")],
         classify,
     };
