@@ -30,11 +30,12 @@ nodes:
     kind: trigger
     fields:
       n: { type: string }
+      room: { type: string }
     next: notify
   - id: notify
     kind: action
     channel: chat
-    to: ops
+    to: "{{ trigger.room }}"
     content:
       body: "chaos-{{ trigger.n }}"
 "#;
@@ -50,6 +51,9 @@ pub struct ChannelBenchArgs {
     /// Concurrency of each worker process.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
+    /// Chat webhooks the messages are spread over (a 429 pauses only its own webhook).
+    #[arg(long, default_value_t = 10)]
+    pub destinations: usize,
     /// Share of answers that are 5xx, and that are 429.
     #[arg(long, default_value_t = 0.30)]
     pub error_rate: f64,
@@ -64,6 +68,7 @@ pub struct ChannelBenchArgs {
 #[derive(Debug, Serialize)]
 pub struct ChannelBenchReport {
     pub messages: usize,
+    pub destinations: usize,
     pub wall_secs: f64,
     pub sent_per_s: f64,
     pub provider_calls: u64,
@@ -106,7 +111,7 @@ pub async fn run(settings: &Settings, args: ChannelBenchArgs) -> Result<(), Benc
         rate_limit_rate: args.rate_limit_rate,
     });
     let fake_url = serve_fake(Arc::clone(&fake)).await?;
-    let config_dir = tempdir_with_config(&fake_url)?;
+    let config_dir = tempdir_with_config(&fake_url, args.destinations.max(1))?;
 
     let engine = crate::app::engine(pool.clone(), settings).map_err(failed)?;
     let definition = definition::parse_text("chaos.yaml", CHAOS_WORKFLOW)
@@ -116,10 +121,13 @@ pub async fn run(settings: &Settings, args: ChannelBenchArgs) -> Result<(), Benc
         .save("chaos.yaml", &definition)
         .await
         .map_err(failed)?;
+    let rooms = args.destinations.max(1);
     for chunk in (0..args.messages).collect::<Vec<_>>().chunks(1_000) {
         let data = chunk
             .iter()
-            .map(|i| serde_json::json!({ "n": i.to_string() }))
+            .map(
+                |i| serde_json::json!({ "n": i.to_string(), "room": format!("room{}", i % rooms) }),
+            )
             .collect();
         engine.start_runs("chaos", data).await.map_err(failed)?;
     }
@@ -150,9 +158,19 @@ fn failed(error: crate::workflow::WorkflowError) -> BenchError {
 
 /// A config folder for the worker processes: the chain and both providers pointed at the fake. The worker
 /// reads `config/default.toml` from its working directory on top of the built-in defaults.
-fn tempdir_with_config(fake_url: &str) -> Result<TempConfig, BenchError> {
+fn tempdir_with_config(fake_url: &str, destinations: usize) -> Result<TempConfig, BenchError> {
     let dir = std::env::temp_dir().join(format!("herald-bench-channels-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("config")).map_err(io_failed)?;
+    let webhooks = |provider: &str, path: &str| {
+        (0..destinations)
+            .map(|i| format!("room{i} = \"{fake_url}/{provider}/{path}/{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (slack, discord) = (
+        webhooks("slack", "services/T0/B0"),
+        webhooks("discord", "api/webhooks/1"),
+    );
     let config = format!(
         r#"
 [channels]
@@ -164,11 +182,11 @@ retry_pause_ms = 50
 chat = ["slack", "discord"]
 
 [providers.slack]
-webhooks = {{ ops = "{fake_url}/slack/services/T0/B0/secret" }}
+webhooks = {{ {slack} }}
 timeout_ms = 2000
 
 [providers.discord]
-webhooks = {{ ops = "{fake_url}/discord/api/webhooks/1/secret" }}
+webhooks = {{ {discord} }}
 timeout_ms = 2000
 "#
     );
@@ -325,6 +343,7 @@ async fn report(
     let lost = (args.messages as i64 - accepted - dead_lettered).max(0);
     Ok(ChannelBenchReport {
         messages: args.messages,
+        destinations: args.destinations.max(1),
         wall_secs,
         sent_per_s: sent as f64 / wall_secs.max(1e-6),
         provider_calls: state.calls,
@@ -344,8 +363,8 @@ fn print_report(report: &ChannelBenchReport, json: bool) {
         return;
     }
     println!(
-        "herald bench channels: {} chat actions, chain slack -> discord, fake answering 5xx/429/ok",
-        report.messages
+        "herald bench channels: {} chat actions over {} webhooks, chain slack -> discord, fake answering 5xx/429/ok",
+        report.messages, report.destinations
     );
     println!("  wall time              {:>10.1} s", report.wall_secs);
     println!(
