@@ -573,3 +573,39 @@ async fn dead_letters_list_with_cursor_replay_one_or_many_and_purge() {
         2
     );
 }
+
+#[tokio::test]
+async fn a_snoozed_attempt_is_refunded_and_scheduled_after_its_delay_even_on_the_last_attempt() {
+    let db = TestDb::new().await;
+    db.enqueue(vec![job("q", "k", json!({})).max_attempts(1)])
+        .await;
+    let claimed = claim_one(&db, "q").await;
+    assert_eq!(claimed.attempt, 1);
+    let snooze = Settlement::Snoozed {
+        delay: Duration::from_secs(600),
+        error: error(1, "every provider's circuit is open"),
+    };
+    let settled = lease::settle(
+        &db.pool,
+        &[(claimed.id, claimed.lease_token, snooze)],
+        LEASE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        settled,
+        vec![(claimed.id, Settled::Retrying)],
+        "not dead-lettered"
+    );
+    let view = admin::find_job(&db.pool, claimed.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.state, "scheduled");
+    assert_eq!(view.attempt, 0, "the attempt is refunded");
+    let wait = view.run_at.unwrap() - chrono::Utc::now();
+    assert!(
+        wait > chrono::Duration::minutes(9),
+        "run_at = now + delay: {wait:?}"
+    );
+}

@@ -13,9 +13,12 @@
 //!      recipient who asked not to be reached;
 //!    * `Config`: open the provider's circuit and fall back.
 //!
-//! When every provider has been skipped or failed, the send fails as transient with the soonest time worth
-//! trying again, and the node job's own retries (with backoff) take over; its last failure dead-letters the
-//! node with every attempt's reason. Every call is reported as an [`Attempt`] for the run's timeline.
+//! When every provider has been skipped or failed, the send fails with the soonest time worth trying again.
+//! If some provider failed, that is a transient failure: the node job's retries (with backoff) take over, and
+//! its last failure dead-letters the node with every attempt's reason. If none failed (circuits open, no
+//! permit, 429s), the send is `Unavailable`: the job is snoozed until then without spending an attempt, so an
+//! outage or a rate limit delays messages but never dead-letters them. Every call is reported as an
+//! [`Attempt`] for the run's timeline.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -165,10 +168,23 @@ impl ProviderChain {
             format!("every provider failed ({})", reasons.join("; "))
         };
         let retry_after = send.retry_hint;
-        send.finish(Err(SendError::Transient {
-            message,
-            retry_after,
-        }))
+        // Only skips and rate limits: no provider failed, they just cannot take the message now.
+        let waiting = send
+            .attempts
+            .iter()
+            .all(|a| a.outcome == "skipped" || a.outcome == "rate_limited");
+        let error = if waiting && !send.attempts.is_empty() {
+            SendError::Unavailable {
+                message,
+                retry_after,
+            }
+        } else {
+            SendError::Transient {
+                message,
+                retry_after,
+            }
+        };
+        send.finish(Err(error))
     }
 }
 
@@ -285,7 +301,7 @@ impl ChainSend<'_> {
         if self.fleet.policy.fallback_on_rate_limit {
             Step::FallBack
         } else {
-            Step::Done(Err(SendError::Transient {
+            Step::Done(Err(SendError::Unavailable {
                 message: "rate limited: re-scheduled for the provider's retry-after".into(),
                 retry_after: Some(wait),
             }))
@@ -475,7 +491,7 @@ mod tests {
         let report = chain(&[first.clone(), second.clone()], false)
             .send(&message())
             .await;
-        let Err(SendError::Transient { retry_after, .. }) = report.result else {
+        let Err(SendError::Unavailable { retry_after, .. }) = report.result else {
             panic!("re-scheduled, not sent: {:?}", report.result);
         };
         assert_eq!(retry_after, Some(retry));
@@ -493,6 +509,27 @@ mod tests {
         assert!(
             message.contains("sendgrid: 503") && message.contains("ses: AccountSuspended"),
             "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn when_every_circuit_is_open_the_send_waits_instead_of_failing() {
+        let first = Scripted::new("sendgrid", vec![Outcome::config("401")]);
+        let second = Scripted::new("ses", vec![Outcome::config("AccountSuspended")]);
+        let chain = chain(&[first, second], true);
+        let failed = chain.send(&message()).await;
+        assert!(
+            matches!(failed.result, Err(SendError::Transient { .. })),
+            "{:?}",
+            failed.result
+        );
+        let waiting = chain.send(&message()).await;
+        let Err(SendError::Unavailable { retry_after, .. }) = waiting.result else {
+            panic!("no provider was called: {:?}", waiting.result);
+        };
+        assert!(
+            retry_after.is_some_and(|d| d > Duration::from_secs(50)),
+            "until a circuit half-opens"
         );
     }
 }

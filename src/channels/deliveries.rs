@@ -125,7 +125,7 @@ pub async fn finish(
             sent.provider_message_id.clone(),
             None,
         ),
-        Err(err @ SendError::Transient { .. }) => {
+        Err(err @ (SendError::Transient { .. } | SendError::Unavailable { .. })) => {
             (DeliveryStatus::Queued, None, None, Some(err.to_string()))
         }
         Err(err @ SendError::Permanent(_)) => {

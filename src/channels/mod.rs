@@ -105,6 +105,13 @@ pub enum SendError {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// No provider could take the message now (every circuit open, no rate permit in time, or the provider said
+    /// to slow down): nothing failed, so waiting it out should not spend the node's attempts.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
     /// Retrying cannot help (bad address, rejected content, missing configuration).
     #[error("{0}")]
     Permanent(String),

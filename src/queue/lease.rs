@@ -49,6 +49,12 @@ pub enum Settlement {
     Interrupted {
         error: AttemptError,
     },
+    /// The work could not start (every provider's circuit open, no rate permit): try again after `delay` with the
+    /// attempt refunded, so waiting out an outage never spends the job's attempts.
+    Snoozed {
+        delay: Duration,
+        error: AttemptError,
+    },
 }
 
 /// The longest error message stored per attempt; longer ones are cut.
@@ -155,6 +161,12 @@ pub async fn settle(
             ),
             Settlement::Dead { error } => ("dead", 0, Some(error)),
             Settlement::Interrupted { error } => ("interrupted", 0, Some(error)),
+            // The settle statement refunds an interrupted attempt and schedules it after its delay.
+            Settlement::Snoozed { delay, error } => (
+                "interrupted",
+                delay.min(&MAX_RETRY_DELAY).as_millis() as i64,
+                Some(error),
+            ),
         };
         outcomes.push(outcome);
         delays.push(delay);

@@ -259,6 +259,13 @@ impl Engine {
                 message,
                 retry_after: None,
             }) => Err(JobError::Retry(message)),
+            Err(SendError::Unavailable {
+                message,
+                retry_after,
+            }) => Err(JobError::Snooze(
+                retry_after.unwrap_or(std::time::Duration::from_secs(1)),
+                message,
+            )),
             Err(SendError::Permanent(message) | SendError::Suppress(message)) => {
                 Err(JobError::Permanent(message))
             }

@@ -111,7 +111,8 @@ async fn settle_alone(pool: &PgPool, ack: (JobId, i64, Settlement), options: &Co
     let attempt = match &settlement {
         Settlement::Retry { error, .. }
         | Settlement::Dead { error }
-        | Settlement::Interrupted { error } => error.attempt,
+        | Settlement::Interrupted { error }
+        | Settlement::Snoozed { error, .. } => error.attempt,
         Settlement::Completed => 0,
     };
     let message = "the attempt's outcome could not be stored; see the worker log";

@@ -51,6 +51,10 @@ pub async fn execute(
             delay,
             error: error("error", message),
         },
+        Ok(Ok(Err(JobError::Snooze(delay, message)))) => Settlement::Snoozed {
+            delay,
+            error: error("snoozed", message),
+        },
         Ok(Ok(Err(JobError::Permanent(message)))) => Settlement::Dead {
             error: error("permanent", message),
         },

@@ -19,6 +19,10 @@ pub enum JobError {
     /// Try again after exactly this long (a provider's Retry-After, say).
     #[error("{1} (retry after {0:?})")]
     RetryAfter(Duration, String),
+    /// The work could not start for a reason outside the job (every provider's circuit is open, no rate permit):
+    /// try again after this long without spending an attempt.
+    #[error("{1} (snoozed for {0:?})")]
+    Snooze(Duration, String),
     /// Retrying cannot help: dead-letter the job now.
     #[error("{0}")]
     Permanent(String),
