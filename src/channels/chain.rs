@@ -95,16 +95,6 @@ impl ProviderFleet {
         self
     }
 
-    pub fn provider_names(&self) -> Vec<&'static str> {
-        let mut names: Vec<_> = self.providers.keys().copied().collect();
-        names.sort_unstable();
-        names
-    }
-
-    pub fn breaker(&self, provider: &str) -> Option<&Breaker> {
-        self.breakers.get(provider)
-    }
-
     fn report(&self, transition: Option<Transition>) {
         if let (Some(transition), Some(sender)) = (transition, &self.transitions) {
             let _ = sender.send(transition);

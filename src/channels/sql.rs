@@ -97,10 +97,12 @@ SET state = EXCLUDED.state, consecutive_failures = EXCLUDED.consecutive_failures
     updated_at = now()
 "#;
 
-/// Every process's circuits, for `GET /v1/providers`.
+/// The circuits processes recorded in the last day, for `GET /v1/providers` (each process start records under a
+/// new id, so older rows are history).
 pub const LIST_CIRCUITS: &str = r#"
 SELECT provider, worker_id, state, consecutive_failures, open_until, last_error, updated_at
-FROM herald_provider_circuits ORDER BY provider, updated_at DESC
+FROM herald_provider_circuits WHERE updated_at > now() - interval '1 day'
+ORDER BY provider, updated_at DESC
 "#;
 
 /// Live worker processes serving the workflow queue ($1), whose heartbeat is newer than $2 milliseconds: the
