@@ -64,10 +64,20 @@ async fn a_rate_of_20_per_second_is_shared_by_two_worker_processes() {
         spawn_worker(&flow.db.url, &env),
         spawn_worker(&flow.db.url, &env),
     ];
-    // Measure once both workers have seen each other (heartbeats every second in tests) and run at their share.
-    wait_until(Duration::from_secs(30), "both workers sending", || async {
-        slack.request_count() >= 100
-    })
+    // Measure once both workers are registered and have had time to see each other (heartbeats and share
+    // refreshes every second in tests): 60 more sends at 20/s is 3 s of settling.
+    wait_until(
+        Duration::from_secs(30),
+        "both workers registered",
+        || async { scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_workers").await == 2 },
+    )
+    .await;
+    let registered = slack.request_count();
+    wait_until(
+        Duration::from_secs(30),
+        "both workers at their share",
+        || async { slack.request_count() >= registered + 60 },
+    )
     .await;
     let window = Duration::from_secs(10);
     let start = Instant::now();
