@@ -57,9 +57,11 @@ enum State {
         until: Instant,
         failures: u32,
     },
-    /// The probe is in flight; everyone else keeps falling back until it answers.
+    /// The probe is in flight; everyone else keeps falling back until it answers. A probe that never reports
+    /// (rate-limited, or its job was cut short) is replaced after another cooldown, so the circuit cannot stick.
     HalfOpen {
         failures: u32,
+        probe_started: Instant,
     },
 }
 
@@ -99,15 +101,31 @@ impl Breaker {
     /// Asks to send. After the cooldown, the first caller becomes the half-open probe.
     pub fn admit(&self) -> (Admission, Option<Transition>) {
         let mut state = self.lock();
+        let now = Instant::now();
         match *state {
             State::Closed { .. } => (Admission::Allowed, None),
-            State::HalfOpen { .. } => (Admission::Rejected(self.cooldown), None),
+            State::HalfOpen {
+                failures,
+                probe_started,
+            } => {
+                let probe_due = probe_started + self.cooldown;
+                if now < probe_due {
+                    return (Admission::Rejected(probe_due - now), None);
+                }
+                *state = State::HalfOpen {
+                    failures,
+                    probe_started: now,
+                };
+                (Admission::Allowed, None)
+            }
             State::Open { until, failures } => {
-                let now = Instant::now();
                 if now < until {
                     return (Admission::Rejected(until - now), None);
                 }
-                *state = State::HalfOpen { failures };
+                *state = State::HalfOpen {
+                    failures,
+                    probe_started: now,
+                };
                 let transition = self.transition(CircuitState::HalfOpen, failures, None);
                 (Admission::Allowed, Some(transition))
             }
@@ -127,7 +145,7 @@ impl Breaker {
         let mut state = self.lock();
         let failures = match *state {
             State::Closed { failures }
-            | State::HalfOpen { failures }
+            | State::HalfOpen { failures, .. }
             | State::Open { failures, .. } => failures.saturating_add(1),
         };
         let reopen = matches!(*state, State::HalfOpen { .. }) || failures >= self.threshold;
@@ -149,7 +167,7 @@ impl Breaker {
         let mut state = self.lock();
         let failures = match *state {
             State::Closed { failures }
-            | State::HalfOpen { failures }
+            | State::HalfOpen { failures, .. }
             | State::Open { failures, .. } => failures.saturating_add(1),
         };
         *state = State::Open {
@@ -228,6 +246,25 @@ mod tests {
             Some(CircuitState::Open)
         );
         assert_eq!(breaker.state(), CircuitState::Open);
+    }
+
+    #[test]
+    fn a_probe_that_never_reports_is_replaced_after_a_cooldown() {
+        let breaker = Breaker::new("apns", 1, Duration::from_millis(20));
+        breaker.trip("403");
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            breaker.admit().0,
+            Admission::Allowed,
+            "the probe (then rate-limited: no verdict)"
+        );
+        assert!(matches!(breaker.admit().0, Admission::Rejected(_)));
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(
+            breaker.admit().0,
+            Admission::Allowed,
+            "a new probe, not a stuck circuit"
+        );
     }
 
     #[test]
