@@ -17,14 +17,7 @@ async fn providers_show_their_chain_position_rates_and_the_fleets_circuit_state(
         s.providers.0.insert("discord".into(), json!({ "webhooks": { "ops": "https://discord.example/secret" } }));
     })
     .await;
-    let providers: Value = app
-        .get("/v1/providers", &app.read_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let providers: Value = app.get_json("/v1/providers", &app.read_key).await;
     let slack = providers
         .as_array()
         .unwrap()
@@ -53,14 +46,7 @@ async fn providers_show_their_chain_position_rates_and_the_fleets_circuit_state(
     .execute(&app.db.pool)
     .await
     .unwrap();
-    let providers: Value = app
-        .get("/v1/providers", &app.read_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let providers: Value = app.get_json("/v1/providers", &app.read_key).await;
     let slack = providers
         .as_array()
         .unwrap()
@@ -69,14 +55,7 @@ async fn providers_show_their_chain_position_rates_and_the_fleets_circuit_state(
         .unwrap();
     assert_eq!(slack["state"], "open");
     assert_eq!(slack["circuits"][0]["last_error"], "503");
-    let metrics = app
-        .get("/metrics", &app.read_key)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.get_text("/metrics", &app.read_key).await;
     assert!(
         metrics.contains("herald_provider_circuits_open{provider=\"slack\"} 1"),
         "{metrics}"
@@ -97,14 +76,7 @@ async fn operators_manage_the_suppression_list() {
     .await
     .unwrap();
     assert_eq!(added.status(), 204);
-    let list: Value = app
-        .get("/v1/suppressions", &app.read_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/v1/suppressions", &app.read_key).await;
     assert_eq!(list[0]["address"], "gone@example.com");
     assert_eq!(list[0]["reason"], "asked by legal");
 
@@ -142,14 +114,7 @@ async fn operators_manage_the_suppression_list() {
 #[tokio::test]
 async fn a_runs_deliveries_are_listed() {
     let app = spawn_app_with(|_| {}).await;
-    let empty: Value = app
-        .get("/v1/runs/42/deliveries", &app.read_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let empty: Value = app.get_json("/v1/runs/42/deliveries", &app.read_key).await;
     assert_eq!(empty, json!([]));
     let bad = app
         .get("/v1/runs/abc/deliveries", &app.read_key)

@@ -329,4 +329,21 @@ impl TestApp {
     pub fn delete(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
         self.client.delete(self.url(path)).bearer_auth(key)
     }
+
+    /// `GET path` with `key`, as JSON (panics on a transport error or a non-JSON body).
+    pub async fn get_json(&self, path: &str, key: &str) -> serde_json::Value {
+        let response = self.get(path, key).send().await.unwrap();
+        response.json().await.unwrap()
+    }
+
+    /// `GET path` with `key`, as text.
+    pub async fn get_text(&self, path: &str, key: &str) -> String {
+        self.get(path, key)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
 }
