@@ -102,6 +102,23 @@ pub enum Settled {
     Dead,
 }
 
+/// The longest a claim or settle may wait on the database. Both take milliseconds; one that does not answer
+/// (a connection left half-dead by a PostgreSQL restart) must fail and be retried on a fresh connection, not
+/// stall the worker without a word: a silent stall of that kind was seen once in CI after a restart.
+const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, QueueError> {
+    match tokio::time::timeout(CALL_DEADLINE, call).await {
+        Ok(result) => result.map_err(QueueError::from),
+        Err(_) => Err(QueueError::Database(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the database did not answer within 30 s",
+        )))),
+    }
+}
+
 /// Claims up to `limit` jobs of `queue` for `worker`.
 pub async fn claim(
     pool: &PgPool,
@@ -110,13 +127,12 @@ pub async fn claim(
     lease: Duration,
     worker: Uuid,
 ) -> Result<Vec<ClaimedJob>, QueueError> {
-    let rows = sqlx::query(sql::CLAIM)
+    let query = sqlx::query(sql::CLAIM)
         .bind(queue.as_str())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(lease.as_millis() as i64)
-        .bind(worker)
-        .fetch_all(pool)
-        .await?;
+        .bind(worker);
+    let rows = bounded(query.fetch_all(pool)).await?;
     rows.iter()
         .map(|row| {
             Ok(ClaimedJob {
@@ -172,15 +188,14 @@ pub async fn settle(
         delays.push(delay);
         errors.push(error.map(|e| serde_json::to_value(e).unwrap_or(serde_json::Value::Null)));
     }
-    let rows = sqlx::query(sql::SETTLE)
+    let query = sqlx::query(sql::SETTLE)
         .bind(ids)
         .bind(tokens)
         .bind(outcomes)
         .bind(delays)
         .bind(errors)
-        .bind(priority_aging.as_secs_f64())
-        .fetch_all(pool)
-        .await?;
+        .bind(priority_aging.as_secs_f64());
+    let rows = bounded(query.fetch_all(pool)).await?;
     rows.iter()
         .map(|row| {
             let settled = match row.try_get::<&str, _>("settled")? {
