@@ -73,6 +73,25 @@ pub async fn run_worker(
     worker::run(pool, options, worker_registry(engine), shutdown).await;
 }
 
+/// Runs the Kafka bridge until `shutdown`, serving `/metrics` on `bridge.metrics_listen` if set.
+pub async fn run_bridge(
+    pool: PgPool,
+    settings: &Settings,
+    engine: Arc<Engine>,
+    shutdown: CancellationToken,
+) -> Result<(), crate::bridge::BridgeError> {
+    let listen = settings.bridge.metrics_listen.trim();
+    if !listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+            crate::bridge::BridgeError::Config(format!("bridge.metrics_listen {listen}: {e}"))
+        })?;
+        let metrics = crate::metrics::Metrics::new()
+            .map_err(|e| crate::bridge::BridgeError::Config(e.to_string()))?;
+        tokio::spawn(crate::metrics::serve(listener, metrics, shutdown.clone()));
+    }
+    crate::bridge::run(settings, pool, engine, shutdown).await
+}
+
 /// Worker options from settings, with command-line overrides applied.
 pub fn worker_options(
     settings: &Settings,

@@ -35,6 +35,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub workflows: WorkflowSettings,
     pub channels: ChannelSettings,
+    pub bridge: BridgeSettings,
     /// `[providers.<name>]`: one table per configured provider (credentials, base URL, rates), read by that
     /// provider's adapter. A provider without a table is not configured.
     #[serde(default)]
@@ -51,6 +52,68 @@ pub struct Settings {
 pub struct SecretTables(pub std::collections::BTreeMap<String, serde_json::Value>);
 
 impl std::fmt::Debug for SecretTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// `[bridge]`: the Kafka bridge (see `docs/bridge.md`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeSettings {
+    /// Bootstrap servers, comma-separated. Empty: no bridge (`herald up` skips it, `herald bridge` refuses).
+    pub brokers: String,
+    pub group_id: String,
+    /// Most messages per Postgres transaction, and how long a partial batch may wait for more.
+    pub batch_size: usize,
+    pub linger_ms: u64,
+    /// Where a partition with no offset stored in Postgres starts: `earliest` or `latest`.
+    pub start_from: String,
+    /// Also commit offsets to the broker after each Postgres commit (for lag tooling; Postgres stays the truth).
+    pub commit_to_broker: bool,
+    /// Pause the partitions feeding a queue once it holds this many jobs; resume below `resume_depth`. 0: never.
+    pub max_queue_depth: i64,
+    pub resume_depth: i64,
+    /// How often queue depths and lag are checked.
+    pub check_interval_ms: u64,
+    /// Serve `/metrics` here (`herald bridge` only; empty: not served).
+    pub metrics_listen: String,
+    #[serde(default)]
+    pub routes: Vec<crate::bridge::RouteSettings>,
+    /// Passed to librdkafka as they are (security.protocol, sasl.*, ssl.*, session.timeout.ms, ...). From the
+    /// environment, `_` in a key stands for `.`: HERALD_BRIDGE__LIBRDKAFKA__SASL_PASSWORD.
+    #[serde(default)]
+    pub librdkafka: LibrdkafkaSettings,
+}
+
+/// librdkafka properties; their values may be passwords, so `Debug` shows only the keys. Numbers and booleans
+/// are accepted as written (the environment's `3000` arrives as a number) and passed on as text.
+#[derive(Clone, Default, Deserialize)]
+#[serde(from = "std::collections::BTreeMap<String, ScalarText>")]
+pub struct LibrdkafkaSettings(pub std::collections::BTreeMap<String, String>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ScalarText {
+    Text(String),
+    Integer(i64),
+    Float(f64),
+    Flag(bool),
+}
+
+impl From<std::collections::BTreeMap<String, ScalarText>> for LibrdkafkaSettings {
+    fn from(values: std::collections::BTreeMap<String, ScalarText>) -> Self {
+        let text = |value: ScalarText| match value {
+            ScalarText::Text(text) => text,
+            ScalarText::Integer(number) => number.to_string(),
+            ScalarText::Float(number) => number.to_string(),
+            ScalarText::Flag(flag) => flag.to_string(),
+        };
+        Self(values.into_iter().map(|(k, v)| (k, text(v))).collect())
+    }
+}
+
+impl std::fmt::Debug for LibrdkafkaSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_set().entries(self.0.keys()).finish()
     }
@@ -214,6 +277,7 @@ impl Settings {
             });
         }
         self.validate_chains()?;
+        self.validate_bridge()?;
         let callbacks = serde_json::Value::Object(self.callbacks.0.clone().into_iter().collect());
         if let Err(error) =
             serde_json::from_value::<crate::channels::callbacks::CallbackSettings>(callbacks)
@@ -273,6 +337,30 @@ impl Settings {
             });
         }
         self.queue_specs()?;
+        Ok(())
+    }
+
+    fn validate_bridge(&self) -> Result<(), ConfigError> {
+        let bridge = &self.bridge;
+        let invalid = |key: &'static str, reason: String| Err(ConfigError::Value { key, reason });
+        if let Err(error) = crate::bridge::Router::new(&bridge.routes) {
+            return invalid("bridge.routes", error.to_string());
+        }
+        if !matches!(bridge.start_from.as_str(), "earliest" | "latest") {
+            return invalid("bridge.start_from", "must be `earliest` or `latest`".into());
+        }
+        if bridge.batch_size == 0 || bridge.check_interval_ms == 0 {
+            return invalid(
+                "bridge.batch_size",
+                "batch_size and check_interval_ms must be greater than zero".into(),
+            );
+        }
+        if bridge.max_queue_depth > 0 && bridge.resume_depth >= bridge.max_queue_depth {
+            return invalid(
+                "bridge.resume_depth",
+                "must be below bridge.max_queue_depth".into(),
+            );
+        }
         Ok(())
     }
 

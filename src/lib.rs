@@ -12,8 +12,10 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod bench_bridge;
 pub mod bench_channels;
 pub mod bench_workflows;
+pub mod bridge;
 pub mod channels;
 pub mod coalesce;
 pub mod config;

@@ -32,7 +32,7 @@ enum Command {
     Worker(WorkerArgs),
     /// Serve the HTTP API (api.listen, or 0.0.0.0:$PORT) until SIGTERM/SIGINT.
     Api,
-    /// Run every role in one process (today: migrate, API, worker) and print a development API key. Without
+    /// Run every role in one process (migrate, API, worker, and the Kafka bridge if bridge.brokers is set) and print a development API key. Without
     /// DATABASE_URL, first start a private PostgreSQL under .herald/pg (stopped again on Ctrl-C).
     Up(WorkerArgs),
     /// API keys: create (printed once), list, revoke.
@@ -59,6 +59,12 @@ enum Command {
     },
     /// The live worker fleet (from heartbeats).
     Workers,
+    /// The Kafka bridge: consume the routed topics (bridge.routes) into jobs, runs and events until SIGTERM,
+    /// with offsets stored in Postgres. `herald bridge dlq` lists and replays messages it could not route.
+    Bridge {
+        #[command(subcommand)]
+        command: Option<BridgeCommand>,
+    },
     /// Workflow definitions and runs.
     Workflows {
         #[command(subcommand)]
@@ -80,6 +86,8 @@ enum BenchWhat {
     Workflows(herald::bench_workflows::WorkflowBenchArgs),
     /// Provider chaos: chat actions through a slack -> discord chain against a fake answering 5xx and 429.
     Channels(herald::bench_channels::ChannelBenchArgs),
+    /// Kafka into jobs: bridge throughput with one and two processes, and produce -> job started latency.
+    Bridge(herald::bench_bridge::BridgeBenchArgs),
 }
 
 #[derive(Args)]
@@ -140,6 +148,36 @@ struct DlqFilterArgs {
     /// Only dead letters older than this (e.g. 30d).
     #[arg(long, value_parser = parse_duration)]
     older_than: Option<Duration>,
+}
+
+#[derive(Subcommand)]
+enum BridgeCommand {
+    /// Messages the bridge could not decode or route.
+    Dlq {
+        #[command(subcommand)]
+        command: BridgeDlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BridgeDlqCommand {
+    /// List dead-lettered messages, oldest first (not yet replayed, unless --all).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Route one dead-lettered message again (by id), or every one not yet replayed (--all), through the
+    /// current routes.
+    Replay {
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// With --all: at most this many.
+        #[arg(long, default_value_t = 10_000)]
+        limit: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -244,6 +282,10 @@ async fn main() -> anyhow::Result<()> {
             what: Some(BenchWhat::Channels(args)),
             ..
         } => Ok(herald::bench_channels::run(&settings, args).await?),
+        Command::Bench {
+            what: Some(BenchWhat::Bridge(args)),
+            ..
+        } => Ok(herald::bench_bridge::run(&settings, args).await?),
         Command::Migrate => {
             db::migrate(&connect(&settings).await?).await?;
             println!("migrations applied");
@@ -275,6 +317,47 @@ async fn main() -> anyhow::Result<()> {
         Command::Queues { command } => queues(&connect(&settings).await?, command).await,
         Command::Workers => print_json(&admin::list_workers(&connect(&settings).await?).await?),
         Command::Workflows { command } => workflows(&settings, command).await,
+        Command::Bridge { command: None } => {
+            let pool = connect(&settings).await?;
+            db::migrate(&pool).await?;
+            let engine = app::engine(pool.clone(), &settings)?;
+            app::sync_workflows(&engine, &settings).await?;
+            app::run_bridge(pool, &settings, engine, app::shutdown_on_signals()).await?;
+            Ok(())
+        }
+        Command::Bridge {
+            command: Some(BridgeCommand::Dlq { command }),
+        } => bridge_dlq(&settings, command).await,
+    }
+}
+
+async fn bridge_dlq(settings: &Settings, command: BridgeDlqCommand) -> anyhow::Result<()> {
+    use herald::bridge::dead_letters::{self as bridge_dlq, DeadLetterQuery};
+    let pool = connect(settings).await?;
+    match command {
+        BridgeDlqCommand::List { all, limit } => {
+            let query = DeadLetterQuery {
+                include_replayed: all,
+                id: None,
+                limit,
+            };
+            print_json(&bridge_dlq::list(&pool, &query).await?)
+        }
+        BridgeDlqCommand::Replay { id, all, limit } => {
+            if id.is_none() && !all {
+                bail!("give a dead letter id, or --all to replay every one not yet replayed");
+            }
+            let engine = app::engine(pool.clone(), settings)?;
+            let writer = herald::bridge::writer(settings, pool, engine)?;
+            let query = DeadLetterQuery {
+                include_replayed: false,
+                id,
+                limit: if id.is_some() { 1 } else { limit },
+            };
+            let results = bridge_dlq::replay(&writer, &query).await?;
+            let replayed = results.iter().filter(|r| r.replayed).count();
+            print_json(&serde_json::json!({ "replayed": replayed, "results": results }))
+        }
     }
 }
 
@@ -409,8 +492,21 @@ async fn up(settings: &Settings, args: WorkerArgs) -> anyhow::Result<()> {
         let shutdown = app::shutdown_on_signals();
         let api = app::run_api(pool.clone(), settings.clone(), engine.clone(), listener, shutdown.clone());
         let api = tokio::spawn(api);
+        let bridge = if settings.bridge.brokers.trim().is_empty() {
+            None
+        } else {
+            println!("Kafka bridge consuming from {}", settings.bridge.brokers);
+            let (pool, settings, engine, shutdown) =
+                (pool.clone(), settings.clone(), engine.clone(), shutdown.clone());
+            Some(tokio::spawn(async move {
+                herald::bridge::run(&settings, pool, engine, shutdown).await
+            }))
+        };
         app::run_worker(pool, engine, options, shutdown).await;
         api.await??;
+        if let Some(bridge) = bridge {
+            bridge.await??;
+        }
         anyhow::Ok(())
     }
     .await;

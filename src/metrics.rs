@@ -80,6 +80,9 @@ impl Metrics {
         registry.register(Box::new(provider_circuits_open.clone()))?;
         registry.register(Box::new(PROVIDER_CALLS.clone()))?;
         registry.register(Box::new(PROVIDER_CALL_SECONDS.clone()))?;
+        for collector in crate::bridge::metrics::all() {
+            registry.register(collector)?;
+        }
         Ok(Self {
             registry,
             http_requests,
@@ -94,5 +97,29 @@ impl Metrics {
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// Serves `GET /metrics` alone, for processes without the API (`herald bridge`).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move { metrics.render() }
+        }),
+    );
+    if let Ok(address) = listener.local_addr() {
+        tracing::info!(%address, "metrics listening");
+    }
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = result {
+        tracing::warn!(%error, "metrics server stopped");
     }
 }

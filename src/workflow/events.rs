@@ -65,12 +65,24 @@ impl NewEvent {
 impl Engine {
     /// Stores an event and resumes the waits it completes, in one transaction.
     pub async fn ingest_event(&self, event: NewEvent) -> Result<EventReceipt, WorkflowError> {
+        let mut tx = self.pool.begin().await?;
+        let receipt = self.ingest_event_in(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(receipt)
+    }
+
+    /// [`Engine::ingest_event`] inside the caller's transaction (the Kafka bridge stores a batch's events with
+    /// its offsets). Events are locked by correlation key until the transaction ends.
+    pub async fn ingest_event_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        event: NewEvent,
+    ) -> Result<EventReceipt, WorkflowError> {
         event.validate()?;
         let event_id = event
             .id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let mut tx = self.pool.begin().await?;
         sqlx::query(sql::LOCK_KEY)
             .bind(&event.key)
             .execute(&mut *tx)
@@ -83,7 +95,6 @@ impl Engine {
             .fetch_optional(&mut *tx)
             .await?;
         if inserted.is_none() {
-            tx.commit().await?;
             return Ok(EventReceipt {
                 event_id,
                 duplicate: true,
@@ -107,8 +118,7 @@ impl Engine {
             resumed_runs.push(job.run);
             jobs.push(self.jobs.new_job(job, None));
         }
-        self.jobs.enqueue(&mut tx, &jobs).await?;
-        tx.commit().await?;
+        self.jobs.enqueue(&mut *tx, &jobs).await?;
         Ok(EventReceipt {
             event_id,
             duplicate: false,

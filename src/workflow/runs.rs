@@ -147,6 +147,59 @@ impl Engine {
         Ok(ids)
     }
 
+    /// Starts runs of the workflow's latest version inside the caller's transaction, one per `(data, key)`, for
+    /// the Kafka bridge. Each item gets its own answer: `Ok(true)` started, `Ok(false)` its key was taken (a
+    /// duplicate), `Err` its data does not fit the trigger. The outer error (an unknown workflow, the database)
+    /// concerns every item.
+    pub async fn start_runs_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        workflow: &str,
+        items: Vec<(Value, String)>,
+    ) -> Result<Vec<Result<bool, WorkflowError>>, WorkflowError> {
+        let definition = self.catalog.latest(workflow).await?;
+        let mut answers = Vec::with_capacity(items.len());
+        let (mut contexts, mut keys, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        for (position, (data, key)) in items.into_iter().enumerate() {
+            match trigger_context(&definition, data, "data") {
+                Ok(context) => {
+                    contexts.push(context);
+                    keys.push(Some(key));
+                    positions.push(position);
+                    answers.push(Ok(false));
+                }
+                Err(error) => answers.push(Err(error)),
+            }
+        }
+        if contexts.is_empty() {
+            return Ok(answers);
+        }
+        let count = contexts.len();
+        let inserted = self
+            .insert_runs(conn, &definition, contexts, keys.clone(), vec![None; count])
+            .await?;
+        let started = self.keys_of_runs(conn, &inserted).await?;
+        for (position, key) in positions.into_iter().zip(keys) {
+            answers[position] = Ok(key.is_some_and(|k| started.contains(&k)));
+        }
+        Ok(answers)
+    }
+
+    async fn keys_of_runs(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        ids: &[i64],
+    ) -> Result<std::collections::HashSet<String>, WorkflowError> {
+        let rows = sqlx::query(sql::RUN_KEYS)
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get::<String, _>("idempotency_key"))
+            .collect::<Result<_, _>>()
+            .map_err(WorkflowError::from)
+    }
+
     /// Inserts runs with their pending trigger steps and enqueues the trigger jobs, in the caller's
     /// transaction. A run whose idempotency key is taken is skipped; the ids of the runs inserted are returned.
     async fn insert_runs(

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 pub mod fake_provider;
 pub mod flows;
+pub mod kafka;
 
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 

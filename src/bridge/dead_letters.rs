@@ -1,0 +1,118 @@
+//! Messages the bridge could not decode or route: listed for operators (`herald bridge dlq list`) and replayed
+//! once the cause is fixed (`herald bridge dlq replay`).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use super::message::RawMessage;
+use super::store::BatchWriter;
+use super::{BridgeError, sql};
+
+/// One dead-lettered message. Bytes are shown as text when they are UTF-8, and base64 otherwise.
+#[derive(Debug, Clone, Serialize)]
+pub struct BridgeDeadLetter {
+    pub id: i64,
+    pub group_id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub error: String,
+    pub created_at: DateTime<Utc>,
+    pub replayed_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub message: RawMessage,
+    pub key: Option<String>,
+    pub payload: Option<String>,
+    pub headers: serde_json::Value,
+}
+
+/// Which rows to read.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterQuery {
+    /// Include rows already replayed.
+    pub include_replayed: bool,
+    pub id: Option<i64>,
+    pub limit: i64,
+}
+
+pub async fn list(
+    pool: &PgPool,
+    query: &DeadLetterQuery,
+) -> Result<Vec<BridgeDeadLetter>, BridgeError> {
+    let rows = sqlx::query(sql::LIST_DEAD_LETTERS)
+        .bind(query.include_replayed)
+        .bind(query.id)
+        .bind(query.limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let headers: serde_json::Value = row.try_get("headers")?;
+            let message = RawMessage {
+                topic: row.try_get("topic")?,
+                partition: row.try_get("partition")?,
+                offset: row.try_get("offset")?,
+                key: row.try_get("key")?,
+                headers: RawMessage::headers_from_json(&headers),
+                payload: row.try_get("payload")?,
+            };
+            Ok(BridgeDeadLetter {
+                id: row.try_get("id")?,
+                group_id: row.try_get("group_id")?,
+                topic: message.topic.clone(),
+                partition: message.partition,
+                offset: message.offset,
+                error: row.try_get("error")?,
+                created_at: row.try_get("created_at")?,
+                replayed_at: row.try_get("replayed_at")?,
+                key: message.key.as_deref().map(readable),
+                payload: message.payload.as_deref().map(readable),
+                headers,
+                message,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(BridgeError::from)
+}
+
+/// What a replay did, per row.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ReplayResult {
+    pub id: i64,
+    pub replayed: bool,
+    /// Why it still cannot be routed.
+    pub error: Option<String>,
+}
+
+/// Replays the rows `query` selects (not yet replayed) through the current routes.
+pub async fn replay(
+    writer: &BatchWriter,
+    query: &DeadLetterQuery,
+) -> Result<Vec<ReplayResult>, BridgeError> {
+    let query = DeadLetterQuery {
+        include_replayed: false,
+        ..query.clone()
+    };
+    let mut results = Vec::new();
+    for letter in list(writer.pool(), &query).await? {
+        let result = writer.replay(letter.id, &letter.message).await?;
+        results.push(ReplayResult {
+            id: letter.id,
+            replayed: result.is_ok(),
+            error: result.err(),
+        });
+    }
+    Ok(results)
+}
+
+fn readable(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_string(),
+        Err(_) => format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
+    }
+}

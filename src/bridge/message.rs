@@ -1,0 +1,87 @@
+//! A consumed message, copied out of librdkafka's buffers so it can wait in a batch.
+
+use rdkafka::Message;
+use rdkafka::message::Headers;
+
+/// One Kafka message, owned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawMessage {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl RawMessage {
+    pub fn from_kafka<M: Message>(message: &M) -> Self {
+        let headers = message
+            .headers()
+            .map(|headers| {
+                headers
+                    .iter()
+                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message.key().map(<[u8]>::to_vec),
+            headers,
+            payload: message.payload().map(<[u8]>::to_vec),
+        }
+    }
+
+    /// The first header of this name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| value.as_deref())
+    }
+
+    /// `kafka:<topic>:<partition>:<offset>`: unique per message within a cluster, the default idempotency key
+    /// of the runs and events a message starts.
+    pub fn position_key(&self) -> String {
+        format!("kafka:{}:{}:{}", self.topic, self.partition, self.offset)
+    }
+
+    /// The headers as JSON for the dead-letter row: `[{"name", "value" (base64, or null)}]`.
+    pub fn headers_json(&self) -> serde_json::Value {
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::STANDARD;
+        self.headers
+            .iter()
+            .map(|(name, value)| {
+                serde_json::json!({
+                    "name": name,
+                    "value": value.as_ref().map(|v| engine.encode(v)),
+                })
+            })
+            .collect()
+    }
+
+    /// Rebuilds the headers from a dead-letter row (for replay).
+    pub fn headers_from_json(json: &serde_json::Value) -> Vec<(String, Option<Vec<u8>>)> {
+        use base64::Engine as _;
+        let engine = base64::engine::general_purpose::STANDARD;
+        json.as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|item| {
+                        let name = item.get("name")?.as_str()?.to_string();
+                        let value = item
+                            .get("value")
+                            .and_then(|v| v.as_str())
+                            .and_then(|v| engine.decode(v).ok());
+                        Some((name, value))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,354 @@
+//! Writing a batch: the jobs, runs, events and dead letters its messages produce, and the partitions' next
+//! offsets, in one transaction. This is what makes the bridge exactly-once into Postgres: either all of it
+//! commits, and the offsets say so, or none of it does and the messages are read again.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::BridgeError;
+use super::message::RawMessage;
+use super::routes::{Routed, Router};
+use super::sql;
+use crate::queue::{self, Enqueued, JobDefaults, NewJob};
+use crate::workflow::{Engine, NewEvent, WorkflowError};
+
+/// What a batch produced.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct BatchOutcome {
+    pub jobs: usize,
+    pub runs: usize,
+    pub events: usize,
+    /// Jobs, runs or events whose idempotency key or event id was already taken (the message was seen before).
+    pub duplicates: usize,
+    pub dead_lettered: usize,
+    /// Messages below the offset Postgres already holds for their partition: another bridge stored them first.
+    pub stale: usize,
+    /// The next offset now stored for each partition the batch advanced.
+    pub next_offsets: Vec<(String, i32, i64)>,
+}
+
+/// Writes batches for one consumer group.
+pub struct BatchWriter {
+    pool: PgPool,
+    group: String,
+    router: Router,
+    engine: Arc<Engine>,
+    defaults: JobDefaults,
+}
+
+type Partition = (String, i32);
+
+impl BatchWriter {
+    pub fn new(
+        pool: PgPool,
+        group: String,
+        router: Router,
+        engine: Arc<Engine>,
+        defaults: JobDefaults,
+    ) -> Self {
+        Self {
+            pool,
+            group,
+            router,
+            engine,
+            defaults,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// Writes one batch in one transaction. On error nothing was stored; the caller retries the same batch.
+    pub async fn write(&self, batch: &[RawMessage]) -> Result<BatchOutcome, BridgeError> {
+        let mut tx = self.pool.begin().await?;
+        let stored = self.lock_partitions(&mut tx, batch).await?;
+        let fresh: Vec<&RawMessage> = batch
+            .iter()
+            .filter(|m| match stored.get(&(m.topic.clone(), m.partition)) {
+                Some(Some(next)) => m.offset >= *next,
+                _ => true,
+            })
+            .collect();
+        let mut outcome = BatchOutcome {
+            stale: batch.len() - fresh.len(),
+            ..BatchOutcome::default()
+        };
+        let mut dead = self.apply(&mut tx, &fresh, &mut outcome).await?;
+        outcome.dead_lettered = dead.len();
+        self.insert_dead_letters(&mut tx, &mut dead).await?;
+        outcome.next_offsets = next_offsets(&fresh);
+        self.store_offsets(&mut tx, &outcome.next_offsets).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Routes one dead-lettered message again (after a route or a workflow was fixed) and stores what it becomes,
+    /// marking the row replayed, in one transaction. `Ok(Err(reason))`: it still cannot be routed (the row keeps
+    /// the new reason).
+    pub async fn replay(
+        &self,
+        id: i64,
+        message: &RawMessage,
+    ) -> Result<Result<BatchOutcome, String>, BridgeError> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcome = BatchOutcome::default();
+        let dead = self.apply(&mut tx, &[message], &mut outcome).await?;
+        if let Some((_, reason)) = dead.into_iter().next() {
+            tx.rollback().await?;
+            sqlx::query(sql::UPDATE_DEAD_LETTER_ERROR)
+                .bind(id)
+                .bind(&reason)
+                .execute(&self.pool)
+                .await?;
+            return Ok(Err(reason));
+        }
+        sqlx::query(sql::MARK_REPLAYED)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Ok(outcome))
+    }
+
+    /// Routes the messages and stores what they become; returns the ones to dead-letter, with the reason.
+    async fn apply<'m>(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[&'m RawMessage],
+        outcome: &mut BatchOutcome,
+    ) -> Result<Vec<(&'m RawMessage, String)>, BridgeError> {
+        let mut dead = Vec::new();
+        let mut jobs: Vec<NewJob> = Vec::new();
+        let mut runs: BTreeMap<String, Vec<(&RawMessage, Value, String)>> = BTreeMap::new();
+        let mut events: Vec<(&RawMessage, NewEvent)> = Vec::new();
+        for &message in messages {
+            match self.router.route(message) {
+                Ok(Routed::Job(job)) => jobs.push(job),
+                Ok(Routed::Run {
+                    workflow,
+                    data,
+                    idempotency_key,
+                }) => runs
+                    .entry(workflow)
+                    .or_default()
+                    .push((message, data, idempotency_key)),
+                Ok(Routed::Event(event)) => events.push((message, event)),
+                Err(reason) => dead.push((message, reason)),
+            }
+        }
+        self.insert_jobs(tx, &jobs, outcome).await?;
+        for (workflow, items) in runs {
+            self.start_runs(tx, &workflow, items, outcome, &mut dead)
+                .await?;
+        }
+        // One key at a time in a fixed order: two bridges storing events on the same keys cannot deadlock.
+        events.sort_by(|a, b| a.1.key.cmp(&b.1.key));
+        for (message, event) in events {
+            match self.engine.ingest_event_in(tx, event).await {
+                Ok(receipt) if receipt.duplicate => outcome.duplicates += 1,
+                Ok(_) => outcome.events += 1,
+                Err(WorkflowError::InvalidInput(problems)) => {
+                    dead.push((message, WorkflowError::InvalidInput(problems).to_string()))
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(dead)
+    }
+
+    async fn insert_jobs(
+        &self,
+        tx: &mut PgConnection,
+        jobs: &[NewJob],
+        outcome: &mut BatchOutcome,
+    ) -> Result<(), BridgeError> {
+        for result in queue::enqueue_many(tx, &self.defaults, jobs).await? {
+            match result {
+                Enqueued::Inserted(_) => outcome.jobs += 1,
+                _ => outcome.duplicates += 1,
+            }
+        }
+        Ok(())
+    }
+
+    async fn start_runs<'m>(
+        &self,
+        tx: &mut PgConnection,
+        workflow: &str,
+        items: Vec<(&'m RawMessage, Value, String)>,
+        outcome: &mut BatchOutcome,
+        dead: &mut Vec<(&'m RawMessage, String)>,
+    ) -> Result<(), BridgeError> {
+        let messages: Vec<&RawMessage> = items.iter().map(|(m, _, _)| *m).collect();
+        let inputs = items
+            .into_iter()
+            .map(|(_, data, key)| (data, key))
+            .collect();
+        match self.engine.start_runs_in(tx, workflow, inputs).await {
+            Ok(answers) => {
+                for (message, answer) in messages.into_iter().zip(answers) {
+                    match answer {
+                        Ok(true) => outcome.runs += 1,
+                        Ok(false) => outcome.duplicates += 1,
+                        Err(error) => dead.push((message, error.to_string())),
+                    }
+                }
+                Ok(())
+            }
+            // An unknown workflow is the messages' problem (or the route's), not a reason to stop the partition.
+            Err(WorkflowError::NotFound(what)) => {
+                let reason = format!("{what} not found");
+                dead.extend(messages.into_iter().map(|m| (m, reason.clone())));
+                Ok(())
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Creates missing offset rows, then locks them all; returns each partition's stored next offset.
+    async fn lock_partitions(
+        &self,
+        tx: &mut PgConnection,
+        batch: &[RawMessage],
+    ) -> Result<HashMap<Partition, Option<i64>>, BridgeError> {
+        let mut partitions: Vec<Partition> = batch
+            .iter()
+            .map(|m| (m.topic.clone(), m.partition))
+            .collect();
+        partitions.sort();
+        partitions.dedup();
+        let (topics, numbers): (Vec<String>, Vec<i32>) = partitions.into_iter().unzip();
+        sqlx::query(sql::CREATE_OFFSETS)
+            .bind(&self.group)
+            .bind(&topics)
+            .bind(&numbers)
+            .execute(&mut *tx)
+            .await?;
+        let rows = sqlx::query(sql::LOCK_OFFSETS)
+            .bind(&self.group)
+            .bind(&topics)
+            .bind(&numbers)
+            .fetch_all(&mut *tx)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    (row.try_get("topic")?, row.try_get("partition")?),
+                    row.try_get("next_offset")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(BridgeError::from)
+    }
+
+    async fn insert_dead_letters(
+        &self,
+        tx: &mut PgConnection,
+        dead: &mut [(&RawMessage, String)],
+    ) -> Result<(), BridgeError> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let mut columns = DeadLetterColumns::default();
+        for (message, error) in dead.iter() {
+            columns.push(message, error);
+        }
+        sqlx::query(sql::INSERT_DEAD_LETTERS)
+            .bind(&self.group)
+            .bind(&columns.topics)
+            .bind(&columns.partitions)
+            .bind(&columns.offsets)
+            .bind(&columns.keys)
+            .bind(&columns.headers)
+            .bind(&columns.payloads)
+            .bind(&columns.errors)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn store_offsets(
+        &self,
+        tx: &mut PgConnection,
+        next_offsets: &[(String, i32, i64)],
+    ) -> Result<(), BridgeError> {
+        let topics: Vec<&str> = next_offsets.iter().map(|(t, _, _)| t.as_str()).collect();
+        let partitions: Vec<i32> = next_offsets.iter().map(|(_, p, _)| *p).collect();
+        let offsets: Vec<i64> = next_offsets.iter().map(|(_, _, o)| *o).collect();
+        sqlx::query(sql::STORE_OFFSETS)
+            .bind(&self.group)
+            .bind(&topics)
+            .bind(&partitions)
+            .bind(&offsets)
+            .execute(&mut *tx)
+            .await?;
+        Ok(())
+    }
+
+    /// The next offset stored for every partition of this group that has one.
+    pub async fn stored_offsets(&self) -> Result<HashMap<Partition, i64>, BridgeError> {
+        let rows = sqlx::query(sql::READ_OFFSETS)
+            .bind(&self.group)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    (row.try_get("topic")?, row.try_get("partition")?),
+                    row.try_get("next_offset")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(BridgeError::from)
+    }
+}
+
+/// Per partition: one past the highest offset among `messages`.
+fn next_offsets(messages: &[&RawMessage]) -> Vec<(String, i32, i64)> {
+    let mut highest: BTreeMap<Partition, i64> = BTreeMap::new();
+    for message in messages {
+        let entry = highest
+            .entry((message.topic.clone(), message.partition))
+            .or_insert(message.offset);
+        *entry = (*entry).max(message.offset);
+    }
+    highest
+        .into_iter()
+        .map(|((topic, partition), offset)| (topic, partition, offset + 1))
+        .collect()
+}
+
+#[derive(Default)]
+struct DeadLetterColumns {
+    topics: Vec<String>,
+    partitions: Vec<i32>,
+    offsets: Vec<i64>,
+    keys: Vec<Option<Vec<u8>>>,
+    headers: Vec<Value>,
+    payloads: Vec<Option<Vec<u8>>>,
+    errors: Vec<String>,
+}
+
+impl DeadLetterColumns {
+    fn push(&mut self, message: &RawMessage, error: &str) {
+        self.topics.push(message.topic.clone());
+        self.partitions.push(message.partition);
+        self.offsets.push(message.offset);
+        self.keys.push(message.key.clone());
+        self.headers.push(message.headers_json());
+        self.payloads.push(message.payload.clone());
+        self.errors.push(error.to_string());
+    }
+}
