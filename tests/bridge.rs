@@ -563,3 +563,51 @@ impl Api {
         assert!(response.status().is_success(), "{}", response.status());
     }
 }
+
+/// A batch's jobs and its offsets are one transaction: when storing the offsets fails, the jobs are gone too,
+/// and the retried batch stores each message once.
+#[tokio::test]
+async fn a_batch_whose_offsets_cannot_be_stored_leaves_no_jobs_behind() {
+    let db = TestDb::new().await;
+    let settings = bridge_settings("unused:9092", vec![job_route("orders", "kafka", "k")]);
+    let engine = herald::app::engine(db.pool.clone(), &settings).unwrap();
+    let writer = herald::bridge::writer(&settings, db.pool.clone(), engine).unwrap();
+    let batch: Vec<herald::bridge::RawMessage> = (0..5)
+        .map(|offset| herald::bridge::RawMessage {
+            topic: "orders".into(),
+            partition: 0,
+            offset,
+            key: None,
+            headers: Vec::new(),
+            payload: Some(json!({ "seq": offset }).to_string().into_bytes()),
+        })
+        .collect();
+    // The offset update is the last statement of the batch: make it fail, as a crash right there would.
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'offset store refused'; END $$;
+         CREATE TRIGGER refuse BEFORE UPDATE ON herald_bridge_offsets FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let error = writer.write(&batch).await.unwrap_err();
+    assert!(
+        error.to_string().contains("offset store refused"),
+        "{error}"
+    );
+    assert_eq!(live_jobs(&db.pool).await, 0, "no job without its offset");
+    assert_eq!(stored_offset(&db.pool, "orders", 0).await, None);
+
+    sqlx::query("DROP TRIGGER refuse ON herald_bridge_offsets")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let outcome = writer.write(&batch).await.unwrap();
+    assert_eq!((outcome.jobs, outcome.stale), (5, 0));
+    // The same batch again (a redelivery after a crash before the broker commit): every message is stale.
+    let again = writer.write(&batch).await.unwrap();
+    assert_eq!((again.jobs, again.stale), (0, 5));
+    assert_eq!(jobs_and_distinct_seqs(&db.pool).await, (5, 5));
+    assert_eq!(stored_offset(&db.pool, "orders", 0).await, Some(5));
+}
