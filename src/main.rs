@@ -339,6 +339,7 @@ async fn bridge_dlq(settings: &Settings, command: BridgeDlqCommand) -> anyhow::R
             let query = DeadLetterQuery {
                 include_replayed: all,
                 id: None,
+                group_id: None,
                 limit,
             };
             print_json(&bridge_dlq::list(&pool, &query).await?)
@@ -352,6 +353,7 @@ async fn bridge_dlq(settings: &Settings, command: BridgeDlqCommand) -> anyhow::R
             let query = DeadLetterQuery {
                 include_replayed: false,
                 id,
+                group_id: None,
                 limit: if id.is_some() { 1 } else { limit },
             };
             let results = bridge_dlq::replay(&writer, &query).await?;

@@ -580,6 +580,7 @@ async fn a_batch_whose_offsets_cannot_be_stored_leaves_no_jobs_behind() {
             key: None,
             headers: Vec::new(),
             payload: Some(json!({ "seq": offset }).to_string().into_bytes()),
+            problem: None,
         })
         .collect();
     // The offset update is the last statement of the batch: make it fail, as a crash right there would.
@@ -610,4 +611,89 @@ async fn a_batch_whose_offsets_cannot_be_stored_leaves_no_jobs_behind() {
     assert_eq!((again.jobs, again.stale), (0, 5));
     assert_eq!(jobs_and_distinct_seqs(&db.pool).await, (5, 5));
     assert_eq!(stored_offset(&db.pool, "orders", 0).await, Some(5));
+}
+
+fn raw(topic: &str, offset: i64, payload: serde_json::Value) -> herald::bridge::RawMessage {
+    herald::bridge::RawMessage {
+        topic: topic.into(),
+        partition: 0,
+        offset,
+        key: None,
+        headers: Vec::new(),
+        payload: Some(payload.to_string().into_bytes()),
+        problem: None,
+    }
+}
+
+/// A value the database refuses that routing did not catch must not stall the partition: the batch is stored
+/// message by message and the refused one dead-lettered.
+#[tokio::test]
+async fn a_message_the_database_refuses_is_dead_lettered_alone() {
+    let db = TestDb::new().await;
+    let settings = bridge_settings("unused:9092", vec![job_route("orders", "kafka", "k")]);
+    let engine = herald::app::engine(db.pool.clone(), &settings).unwrap();
+    let writer = herald::bridge::writer(&settings, db.pool.clone(), engine).unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_three() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.payload->>'seq' = '3' THEN
+           RAISE EXCEPTION 'bad value' USING ERRCODE = '22023'; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER refuse_three BEFORE INSERT ON herald_jobs FOR EACH ROW EXECUTE FUNCTION refuse_three();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let batch: Vec<_> = (0..6)
+        .map(|seq| raw("orders", seq, json!({ "seq": seq })))
+        .collect();
+    let error = writer.write(&batch).await.unwrap_err();
+    assert!(herald::bridge::store::is_refused_data(&error), "{error}");
+    let outcome = writer.write_isolating(&batch).await.unwrap();
+    assert_eq!((outcome.jobs, outcome.dead_lettered), (5, 1));
+    assert_eq!(stored_offset(&db.pool, "orders", 0).await, Some(6));
+    let query = DeadLetterQuery {
+        limit: 10,
+        ..Default::default()
+    };
+    let letters = dead_letters::list(&db.pool, &query).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].offset, 3);
+    assert!(
+        letters[0].error.contains("bad value"),
+        "{}",
+        letters[0].error
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_from_latest_is_pinned_in_postgres_and_skips_only_older_messages() {
+    let cluster = mock_cluster(&[("news", 1)]);
+    let brokers = cluster.bootstrap_servers();
+    let db = TestDb::new().await;
+    let producer = producer(&brokers);
+    for seq in 0..10 {
+        producer.send_json("news", Some(0), &json!({ "seq": seq }));
+    }
+    producer.flush();
+    let mut settings = bridge_settings(&brokers, vec![job_route("news", "kafka", "k")]);
+    settings.bridge.start_from = "latest".into();
+    let engine = herald::app::engine(db.pool.clone(), &settings).unwrap();
+    let bridge = RunningBridge::start(settings, db.pool.clone(), engine);
+    wait_until(
+        Duration::from_secs(30),
+        "the start pinned at the end",
+        || async { stored_offset(&db.pool, "news", 0).await == Some(10) },
+    )
+    .await;
+    for seq in 10..15 {
+        producer.send_json("news", Some(0), &json!({ "seq": seq }));
+    }
+    producer.flush();
+    wait_until(
+        Duration::from_secs(30),
+        "the new messages stored",
+        || async { stored_offset(&db.pool, "news", 0).await == Some(15) },
+    )
+    .await;
+    bridge.stop().await;
+    assert_eq!(jobs_and_distinct_seqs(&db.pool).await, (5, 5));
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::message::RawMessage;
 use super::metrics;
-use super::store::{BatchOutcome, BatchWriter};
+use super::store::{BatchOutcome, BatchWriter, is_refused_data};
 use super::{BridgeError, sql};
 use crate::config::BridgeSettings;
 
@@ -65,14 +65,11 @@ impl ConsumerOptions {
             // Offsets live in Postgres; the broker gets a copy only after Postgres has committed.
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set(
-                "auto.offset.reset",
-                if self.start_from_earliest {
-                    "earliest"
-                } else {
-                    "latest"
-                },
-            );
+            // Only used when a stored offset is out of range (retention deleted it): start at the oldest message
+            // still there rather than skip to the end. `start_from` is applied by the bridge itself.
+            .set("auto.offset.reset", "earliest")
+            // Per-partition high watermarks for the lag metric arrive with the statistics, without a request.
+            .set("statistics.interval.ms", "5000");
         for (key, value) in &self.librdkafka {
             // From the environment keys arrive lowercased with `_` for `.` (librdkafka's keys have no `_`).
             config.set(key.replace('_', "."), value);
@@ -99,6 +96,8 @@ pub(super) struct BridgeContext {
     /// The deepest queue at the last depth check plus what this bridge stored since: when it reaches the limit,
     /// depths are checked at once rather than at the next interval, so a fast stream overshoots by one batch.
     depth_estimate: Mutex<i64>,
+    /// Per partition: the broker's high watermark from the last statistics.
+    high_watermarks: Mutex<HashMap<Partition, i64>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -125,6 +124,26 @@ impl ClientContext for BridgeContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(%error, reason, "kafka client error");
+    }
+
+    /// librdkafka's statistics (every 5 s): only each partition's high watermark is kept, for lag.
+    fn stats_raw(&self, statistics: &[u8]) {
+        let Ok(stats) = serde_json::from_slice::<serde_json::Value>(statistics) else {
+            return;
+        };
+        let Some(topics) = stats.get("topics").and_then(|t| t.as_object()) else {
+            return;
+        };
+        let mut highs = lock(&self.high_watermarks);
+        for (topic, detail) in topics {
+            let partitions = detail.get("partitions").and_then(|p| p.as_object());
+            for (partition, detail) in partitions.into_iter().flatten() {
+                let high = detail.get("hi_offset").and_then(|h| h.as_i64());
+                if let (Ok(partition @ 0..), Some(high @ 0..)) = (partition.parse::<i32>(), high) {
+                    highs.insert((topic.clone(), partition), high);
+                }
+            }
+        }
     }
 }
 
@@ -170,27 +189,29 @@ impl BridgeContext {
             seen: Mutex::default(),
             stored: Mutex::default(),
             depth_estimate: Mutex::default(),
+            high_watermarks: Mutex::default(),
         }
     }
 
     /// New partitions start where Postgres says, never where the broker says.
     fn on_assign(&self, consumer: &BaseConsumer<Self>, partitions: &mut TopicPartitionList) {
         metrics::REBALANCES.with_label_values(&["assign"]).inc();
-        let stored = self.stored_offsets_or_shutdown();
         let assigned: Vec<Partition> = partitions
             .elements()
             .iter()
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
-        let fallback = if self.options.start_from_earliest {
-            Offset::Beginning
-        } else {
-            Offset::End
-        };
+        let mut stored = self.stored_offsets_or_shutdown();
+        if !self.options.start_from_earliest && assigned.iter().any(|p| !stored.contains_key(p)) {
+            // "latest" is pinned in Postgres before anything is read, so a crash before the first batch cannot
+            // move the start to a later end and skip what arrived in between.
+            self.pin_latest(consumer, &assigned, &stored);
+            stored = self.stored_offsets_or_shutdown();
+        }
         for (topic, partition) in &assigned {
             let offset = stored
                 .get(&(topic.clone(), *partition))
-                .map_or(fallback, |next| Offset::Offset(*next));
+                .map_or(Offset::Beginning, |next| Offset::Offset(*next));
             if let Err(error) = partitions.set_partition_offset(topic, *partition, offset) {
                 tracing::error!(%error, topic, partition, "cannot set the start offset");
             }
@@ -219,10 +240,13 @@ impl BridgeContext {
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
         if !self.flush_with_retries(consumer, 3) {
-            // Not lost: their offsets were not stored, so the next owner reads these messages again.
-            let dropped = std::mem::take(&mut *lock(&self.pending)).len();
+            // Not lost: their offsets were not stored, so the next owner reads these messages again. Messages of
+            // partitions this bridge keeps (cooperative rebalancing) stay pending: nothing would read them again.
+            let mut pending = lock(&self.pending);
+            let before = pending.len();
+            pending.retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
             tracing::warn!(
-                dropped,
+                dropped = before - pending.len(),
                 "could not store the batch before giving up partitions; the next owner rereads it"
             );
         }
@@ -239,6 +263,31 @@ impl BridgeContext {
             tracing::error!(%error, "unassign failed");
         }
         tracing::info!(partitions = ?revoked, "partitions revoked");
+    }
+
+    /// Stores the current end of each assigned partition that has no offset yet as its starting point.
+    fn pin_latest(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        assigned: &[Partition],
+        stored: &HashMap<Partition, i64>,
+    ) {
+        for (topic, partition) in assigned.iter().filter(|p| !stored.contains_key(*p)) {
+            match consumer.fetch_watermarks(topic, *partition, Duration::from_secs(10)) {
+                Ok((_, high)) => {
+                    let pinned = self
+                        .runtime
+                        .block_on(self.writer.pin_offset(topic, *partition, high));
+                    if let Err(error) = pinned {
+                        tracing::warn!(%error, topic, partition, "cannot store the starting offset");
+                    }
+                }
+                Err(error) => {
+                    // Starting from the beginning reads more than asked for, but never skips anything.
+                    tracing::warn!(%error, topic, partition, "no high watermark; starting at the beginning");
+                }
+            }
+        }
     }
 
     fn stored_offsets_or_shutdown(&self) -> HashMap<Partition, i64> {
@@ -283,7 +332,14 @@ impl BridgeContext {
             return Ok(());
         }
         let started = Instant::now();
-        match self.runtime.block_on(self.writer.write(&batch)) {
+        let written = match self.runtime.block_on(self.writer.write(&batch)) {
+            Err(error) if is_refused_data(&error) => {
+                tracing::warn!(%error, "the database refused a batch; storing it message by message");
+                self.runtime.block_on(self.writer.write_isolating(&batch))
+            }
+            other => other,
+        };
+        match written {
             Ok(outcome) => {
                 metrics::BATCH_SECONDS
                     .with_label_values(&[] as &[&str])
@@ -474,11 +530,8 @@ impl BridgeContext {
             .collect();
         drop(assignment);
         for (topic, partition) in partitions {
-            let high = consumer
-                .fetch_watermarks(&topic, partition, Duration::from_millis(200))
-                .map(|(_, high)| high)
-                .unwrap_or(0);
             let key = (topic.clone(), partition);
+            let high = lock(&self.high_watermarks).get(&key).copied().unwrap_or(0);
             let seen_end = lock(&self.seen).get(&key).map_or(0, |seen| seen + 1);
             let stored = lock(&self.stored).get(&key).copied().unwrap_or(0);
             let lag = high.max(seen_end).saturating_sub(stored).max(0);

@@ -33,6 +33,8 @@ pub struct DeadLetterQuery {
     /// Include rows already replayed.
     pub include_replayed: bool,
     pub id: Option<i64>,
+    /// Only this consumer group's rows (replay always uses the writer's group).
+    pub group_id: Option<String>,
     pub limit: i64,
 }
 
@@ -44,6 +46,7 @@ pub async fn list(
         .bind(query.include_replayed)
         .bind(query.id)
         .bind(query.limit)
+        .bind(&query.group_id)
         .fetch_all(pool)
         .await?;
     rows.iter()
@@ -56,6 +59,7 @@ pub async fn list(
                 key: row.try_get("key")?,
                 headers: RawMessage::headers_from_json(&headers),
                 payload: row.try_get("payload")?,
+                problem: None,
             };
             Ok(BridgeDeadLetter {
                 id: row.try_get("id")?,
@@ -92,6 +96,7 @@ pub async fn replay(
 ) -> Result<Vec<ReplayResult>, BridgeError> {
     let query = DeadLetterQuery {
         include_replayed: false,
+        group_id: Some(writer.group().to_string()),
         ..query.clone()
     };
     let mut results = Vec::new();

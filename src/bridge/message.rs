@@ -12,19 +12,32 @@ pub struct RawMessage {
     pub key: Option<Vec<u8>>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
     pub payload: Option<Vec<u8>>,
+    /// Why the message could not even be read (it is dead-lettered with this reason).
+    pub problem: Option<String>,
 }
 
 impl RawMessage {
     pub fn from_kafka<M: Message>(message: &M) -> Self {
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        // rdkafka panics on a header name that is not UTF-8 (producers may send any bytes). Such a message is
+        // dead-lettered, not allowed to stop the consumer.
+        let headers = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            message
+                .headers()
+                .map(|headers| {
+                    headers
+                        .iter()
+                        .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        }));
+        let (headers, problem) = match headers {
+            Ok(headers) => (headers, None),
+            Err(_) => (
+                Vec::new(),
+                Some("a header name is not UTF-8 (headers not kept)".to_string()),
+            ),
+        };
         Self {
             topic: message.topic().to_string(),
             partition: message.partition(),
@@ -32,6 +45,7 @@ impl RawMessage {
             key: message.key().map(<[u8]>::to_vec),
             headers,
             payload: message.payload().map(<[u8]>::to_vec),
+            problem,
         }
     }
 

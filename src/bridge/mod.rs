@@ -117,7 +117,12 @@ pub async fn run(
         .map_err(|e| BridgeError::Config(format!("cannot start the consumer thread: {e}")))?;
     let mut finished = finished;
     tokio::select! {
-        _ = &mut finished => {}
+        ended = &mut finished => {
+            if ended.is_err() {
+                // The thread ended without saying so: it panicked. Exit with an error so a supervisor restarts us.
+                return Err(BridgeError::Config("the consumer thread stopped unexpectedly".into()));
+            }
+        }
         _ = shutdown.cancelled() => {
             if tokio::time::timeout(CLOSE_TIMEOUT, finished).await.is_err() {
                 tracing::warn!("the Kafka consumer did not close in time; exiting anyway (offsets are in Postgres)");

@@ -154,7 +154,16 @@ impl Router {
 
     /// Decodes a message and routes it. The error says why, for the dead-letter row.
     pub fn route(&self, message: &RawMessage) -> Result<Routed, String> {
+        if let Some(problem) = &message.problem {
+            return Err(problem.clone());
+        }
         let body = decode(message)?;
+        if contains_nul(&body) {
+            // serde_json accepts \u0000; Postgres's jsonb and text refuse it.
+            return Err(
+                "the payload contains a NUL character (\\u0000), which cannot be stored".into(),
+            );
+        }
         let route = self
             .routes
             .iter()
@@ -247,13 +256,30 @@ fn select(body: &Value, pointer: &Option<String>) -> Result<Value, String> {
     }
 }
 
+/// Keys, ids and names taken from a message: non-empty, at most 255 characters (they are indexed), printable.
 fn required_text(body: &Value, pointer: &str) -> Result<String, String> {
     let value = body
         .pointer(pointer)
         .ok_or_else(|| format!("the message has no field `{pointer}`"))?;
     scalar_text(value)
-        .filter(|text| !text.is_empty())
-        .ok_or_else(|| format!("the field `{pointer}` must be a non-empty string or a number"))
+        .filter(|text| !text.is_empty() && text.chars().count() <= 255)
+        .filter(|text| !text.chars().any(char::is_control))
+        .ok_or_else(|| {
+            format!(
+                "the field `{pointer}` must be a string or number of 1-255 printable characters"
+            )
+        })
+}
+
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(fields) => fields
+            .iter()
+            .any(|(name, value)| name.contains('\0') || contains_nul(value)),
+        _ => false,
+    }
 }
 
 /// Strings as they are, numbers and booleans as written; anything else has no text.
@@ -358,6 +384,7 @@ mod tests {
             key: None,
             headers: vec![("type".into(), Some(b"signup".to_vec()))],
             payload: Some(payload.as_bytes().to_vec()),
+            problem: None,
         }
     }
 
@@ -435,6 +462,15 @@ mod tests {
                 .route(&message("elsewhere", "{}"))
                 .unwrap_err()
                 .contains("no route")
+        );
+        let nul = router.route(&message("t", r#"{"order": "a", "note": "x\u0000y"}"#));
+        assert!(nul.unwrap_err().contains("NUL"));
+        let long_key = format!(r#"{{"order": "{}"}}"#, "k".repeat(256));
+        assert!(
+            router
+                .route(&message("t", &long_key))
+                .unwrap_err()
+                .contains("1-255")
         );
     }
 }

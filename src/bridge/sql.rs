@@ -35,6 +35,13 @@ FROM herald_bridge_offsets
 WHERE group_id = $1 AND next_offset IS NOT NULL
 "#;
 
+/// A partition's starting offset for `start_from = "latest"`, unless one is stored already.
+pub const PIN_OFFSET: &str = r#"
+INSERT INTO herald_bridge_offsets (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
+ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()
+    WHERE herald_bridge_offsets.next_offset IS NULL
+"#;
+
 pub const INSERT_DEAD_LETTERS: &str = r#"
 INSERT INTO herald_bridge_dead_letters (group_id, topic, partition, "offset", key, headers, payload, error)
 SELECT $1, t.topic, t.partition, t.message_offset, t.key, t.headers, t.payload, t.error
@@ -46,10 +53,14 @@ ON CONFLICT (group_id, topic, partition, "offset") DO NOTHING
 pub const LIST_DEAD_LETTERS: &str = r#"
 SELECT id, group_id, topic, partition, "offset", key, headers, payload, error, created_at, replayed_at
 FROM herald_bridge_dead_letters
-WHERE ($1 OR replayed_at IS NULL) AND ($2::bigint IS NULL OR id = $2)
+WHERE ($1 OR replayed_at IS NULL) AND ($2::bigint IS NULL OR id = $2) AND ($4::text IS NULL OR group_id = $4)
 ORDER BY id
 LIMIT $3
 "#;
+
+/// Locks a row for its replay; none if another replay got there first.
+pub const LOCK_FOR_REPLAY: &str =
+    "SELECT id FROM herald_bridge_dead_letters WHERE id = $1 AND replayed_at IS NULL FOR UPDATE";
 
 pub const MARK_REPLAYED: &str = "UPDATE herald_bridge_dead_letters SET replayed_at = now() WHERE id = $1 AND replayed_at IS NULL";
 

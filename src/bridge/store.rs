@@ -74,13 +74,7 @@ impl BatchWriter {
     pub async fn write(&self, batch: &[RawMessage]) -> Result<BatchOutcome, BridgeError> {
         let mut tx = self.pool.begin().await?;
         let stored = self.lock_partitions(&mut tx, batch).await?;
-        let fresh: Vec<&RawMessage> = batch
-            .iter()
-            .filter(|m| match stored.get(&(m.topic.clone(), m.partition)) {
-                Some(Some(next)) => m.offset >= *next,
-                _ => true,
-            })
-            .collect();
+        let fresh = fresh_messages(batch, &stored);
         let mut outcome = BatchOutcome {
             stale: batch.len() - fresh.len(),
             ..BatchOutcome::default()
@@ -89,6 +83,48 @@ impl BatchWriter {
         outcome.dead_lettered = dead.len();
         self.insert_dead_letters(&mut tx, &mut dead).await?;
         outcome.next_offsets = next_offsets(&fresh);
+        self.store_offsets(&mut tx, &outcome.next_offsets).await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Writes a batch the database refused (a value Postgres cannot store that routing did not catch) one
+    /// message at a time, dead-lettering each message the database refuses on its own. Order is kept, so every
+    /// partition's offset still only moves forward.
+    pub async fn write_isolating(&self, batch: &[RawMessage]) -> Result<BatchOutcome, BridgeError> {
+        let mut total = BatchOutcome::default();
+        for message in batch {
+            let single = std::slice::from_ref(message);
+            let outcome = match self.write(single).await {
+                Err(error) if is_refused_data(&error) => {
+                    let reason = format!("the database refused it: {error}");
+                    self.write_dead(single, &reason).await?
+                }
+                other => other?,
+            };
+            total.absorb(outcome);
+        }
+        Ok(total)
+    }
+
+    /// Stores `batch` as dead letters with `reason`, with its offsets.
+    async fn write_dead(
+        &self,
+        batch: &[RawMessage],
+        reason: &str,
+    ) -> Result<BatchOutcome, BridgeError> {
+        let mut tx = self.pool.begin().await?;
+        let stored = self.lock_partitions(&mut tx, batch).await?;
+        let fresh = fresh_messages(batch, &stored);
+        let mut dead: Vec<(&RawMessage, String)> =
+            fresh.iter().map(|m| (*m, reason.to_string())).collect();
+        let outcome = BatchOutcome {
+            stale: batch.len() - fresh.len(),
+            dead_lettered: dead.len(),
+            next_offsets: next_offsets(&fresh),
+            ..BatchOutcome::default()
+        };
+        self.insert_dead_letters(&mut tx, &mut dead).await?;
         self.store_offsets(&mut tx, &outcome.next_offsets).await?;
         tx.commit().await?;
         Ok(outcome)
@@ -103,6 +139,15 @@ impl BatchWriter {
         message: &RawMessage,
     ) -> Result<Result<BatchOutcome, String>, BridgeError> {
         let mut tx = self.pool.begin().await?;
+        // Two replays of one row at once: the second waits here, then finds it replayed.
+        let unreplayed = sqlx::query(sql::LOCK_FOR_REPLAY)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if unreplayed.is_none() {
+            tx.rollback().await?;
+            return Ok(Err("already replayed".into()));
+        }
         let mut outcome = BatchOutcome::default();
         let dead = self.apply(&mut tx, &[message], &mut outcome).await?;
         if let Some((_, reason)) = dead.into_iter().next() {
@@ -130,12 +175,12 @@ impl BatchWriter {
         outcome: &mut BatchOutcome,
     ) -> Result<Vec<(&'m RawMessage, String)>, BridgeError> {
         let mut dead = Vec::new();
-        let mut jobs: Vec<NewJob> = Vec::new();
+        let mut jobs: Vec<(&RawMessage, NewJob)> = Vec::new();
         let mut runs: BTreeMap<String, Vec<(&RawMessage, Value, String)>> = BTreeMap::new();
         let mut events: Vec<(&RawMessage, NewEvent)> = Vec::new();
         for &message in messages {
             match self.router.route(message) {
-                Ok(Routed::Job(job)) => jobs.push(job),
+                Ok(Routed::Job(job)) => jobs.push((message, job)),
                 Ok(Routed::Run {
                     workflow,
                     data,
@@ -148,7 +193,7 @@ impl BatchWriter {
                 Err(reason) => dead.push((message, reason)),
             }
         }
-        self.insert_jobs(tx, &jobs, outcome).await?;
+        self.insert_jobs(tx, jobs, outcome, &mut dead).await?;
         for (workflow, items) in runs {
             self.start_runs(tx, &workflow, items, outcome, &mut dead)
                 .await?;
@@ -168,16 +213,23 @@ impl BatchWriter {
         Ok(dead)
     }
 
-    async fn insert_jobs(
+    async fn insert_jobs<'m>(
         &self,
         tx: &mut PgConnection,
-        jobs: &[NewJob],
+        jobs: Vec<(&'m RawMessage, NewJob)>,
         outcome: &mut BatchOutcome,
+        dead: &mut Vec<(&'m RawMessage, String)>,
     ) -> Result<(), BridgeError> {
-        for result in queue::enqueue_many(tx, &self.defaults, jobs).await? {
+        let (messages, jobs): (Vec<&RawMessage>, Vec<NewJob>) = jobs.into_iter().unzip();
+        let results = queue::enqueue_many(tx, &self.defaults, &jobs).await?;
+        for (message, result) in messages.into_iter().zip(results) {
             match result {
                 Enqueued::Inserted(_) => outcome.jobs += 1,
-                _ => outcome.duplicates += 1,
+                Enqueued::Duplicate(_) => outcome.duplicates += 1,
+                Enqueued::Conflict(holder) => dead.push((
+                    message,
+                    format!("idempotency key taken by job {holder} with different content"),
+                )),
             }
         }
         Ok(())
@@ -297,6 +349,23 @@ impl BatchWriter {
         Ok(())
     }
 
+    /// Stores `next` as a partition's offset if it has none yet (`start_from = "latest"`).
+    pub async fn pin_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        next: i64,
+    ) -> Result<(), BridgeError> {
+        sqlx::query(sql::PIN_OFFSET)
+            .bind(&self.group)
+            .bind(topic)
+            .bind(partition)
+            .bind(next)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// The next offset stored for every partition of this group that has one.
     pub async fn stored_offsets(&self) -> Result<HashMap<Partition, i64>, BridgeError> {
         let rows = sqlx::query(sql::READ_OFFSETS)
@@ -312,6 +381,61 @@ impl BatchWriter {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(BridgeError::from)
+    }
+}
+
+/// The messages at or above their partition's stored offset.
+fn fresh_messages<'m>(
+    batch: &'m [RawMessage],
+    stored: &HashMap<Partition, Option<i64>>,
+) -> Vec<&'m RawMessage> {
+    batch
+        .iter()
+        .filter(|m| match stored.get(&(m.topic.clone(), m.partition)) {
+            Some(Some(next)) => m.offset >= *next,
+            _ => true,
+        })
+        .collect()
+}
+
+/// The database refused the values (SQLSTATE 22 data exception, 23 integrity, 54 program limit such as an index
+/// row too large): the same batch can never succeed, unlike after a lost connection.
+pub fn is_refused_data(error: &BridgeError) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(sqlx::Error::Database(db)) = current.downcast_ref::<sqlx::Error>() {
+            return db.code().is_some_and(|code| {
+                ["22", "23", "54"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
+            });
+        }
+        if let Some(sqlx::Error::Encode(_)) = current.downcast_ref::<sqlx::Error>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+impl BatchOutcome {
+    fn absorb(&mut self, other: BatchOutcome) {
+        self.jobs += other.jobs;
+        self.runs += other.runs;
+        self.events += other.events;
+        self.duplicates += other.duplicates;
+        self.dead_lettered += other.dead_lettered;
+        self.stale += other.stale;
+        for (topic, partition, next) in other.next_offsets {
+            match self
+                .next_offsets
+                .iter_mut()
+                .find(|(t, p, _)| *t == topic && *p == partition)
+            {
+                Some(entry) => entry.2 = entry.2.max(next),
+                None => self.next_offsets.push((topic, partition, next)),
+            }
+        }
     }
 }
 
