@@ -294,15 +294,7 @@ impl BatchWriter {
             .bind(&numbers)
             .fetch_all(&mut *tx)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    (row.try_get("topic")?, row.try_get("partition")?),
-                    row.try_get("next_offset")?,
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(BridgeError::from)
+        offsets_by_partition(&rows)
     }
 
     async fn insert_dead_letters(
@@ -372,16 +364,26 @@ impl BatchWriter {
             .bind(&self.group)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    (row.try_get("topic")?, row.try_get("partition")?),
-                    row.try_get("next_offset")?,
-                ))
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(BridgeError::from)
+        offsets_by_partition(&rows)
     }
+}
+
+/// `(topic, partition) -> next_offset` from offset rows (`Option<i64>` where the row may be new).
+fn offsets_by_partition<T>(
+    rows: &[sqlx::postgres::PgRow],
+) -> Result<HashMap<Partition, T>, BridgeError>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+{
+    rows.iter()
+        .map(|row| {
+            Ok((
+                (row.try_get("topic")?, row.try_get("partition")?),
+                row.try_get("next_offset")?,
+            ))
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(BridgeError::from)
 }
 
 /// The messages at or above their partition's stored offset.
