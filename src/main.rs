@@ -318,6 +318,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Workers => print_json(&admin::list_workers(&connect(&settings).await?).await?),
         Command::Workflows { command } => workflows(&settings, command).await,
         Command::Bridge { command: None } => {
+            herald::bridge::check_configured(&settings)?;
             let pool = connect(&settings).await?;
             db::migrate(&pool).await?;
             let engine = app::engine(pool.clone(), &settings)?;

@@ -70,6 +70,21 @@ pub fn writer(
     ))
 }
 
+/// Refuses to start without brokers or routes (checked before anything connects).
+pub fn check_configured(settings: &Settings) -> Result<(), BridgeError> {
+    if settings.bridge.brokers.trim().is_empty() {
+        return Err(BridgeError::Config(
+            "no brokers: set bridge.brokers (HERALD_BRIDGE__BROKERS)".into(),
+        ));
+    }
+    if Router::new(&settings.bridge.routes)?.topics().is_empty() {
+        return Err(BridgeError::Config(
+            "no routes: add [[bridge.routes]] (see docs/bridge.md)".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the bridge until `shutdown`: joins the consumer group, stores batches, and on shutdown stores the batch
 /// in hand, leaves the group and closes the consumer.
 pub async fn run(
@@ -78,18 +93,9 @@ pub async fn run(
     engine: Arc<Engine>,
     shutdown: CancellationToken,
 ) -> Result<(), BridgeError> {
-    if settings.bridge.brokers.trim().is_empty() {
-        return Err(BridgeError::Config(
-            "no brokers: set bridge.brokers (HERALD_BRIDGE__BROKERS)".into(),
-        ));
-    }
+    check_configured(settings)?;
     let writer = Arc::new(writer(settings, pool, engine)?);
     let topics = writer.router().topics();
-    if topics.is_empty() {
-        return Err(BridgeError::Config(
-            "no routes: add [[bridge.routes]] (see docs/bridge.md)".into(),
-        ));
-    }
     let options = ConsumerOptions::from_settings(&settings.bridge, &settings.workflows.queue);
     let context = BridgeContext::new(
         writer.clone(),
