@@ -349,20 +349,51 @@ pub(crate) fn spawn_worker(
     queues: &str,
     claim_batch: usize,
 ) -> Result<Child, BenchError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| BenchError::Failed(format!("cannot find own binary: {e}")))?;
-    Command::new(exe)
+    herald_process(url, "warn")?
         .args(["worker", "--queues", queues])
-        .env("DATABASE_URL", url)
         .env("HERALD_WORKER__BATCH_SIZE", claim_batch.to_string())
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| BenchError::Failed(format!("cannot start a worker process: {e}")))
+}
+
+/// This very binary as a child process on `url`, logging at `RUST_LOG` (or `log_level`), killed if dropped.
+/// Callers add the subcommand and settings.
+pub(crate) fn herald_process(url: &str, log_level: &str) -> Result<Command, BenchError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| BenchError::Failed(format!("cannot find own binary: {e}")))?;
+    let mut command = Command::new(exe);
+    command
+        .env("DATABASE_URL", url)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| log_level.into()),
+        )
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    Ok(command)
+}
+
+/// Polls `count_sql` (one bigint) every 50 ms until it reaches `target`; fails after `limit`, naming `what`.
+pub(crate) async fn wait_for_count(
+    pool: &PgPool,
+    count_sql: &str,
+    target: i64,
+    limit: Duration,
+    what: &str,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let count: i64 = sqlx::query_scalar(count_sql).fetch_one(pool).await?;
+        if count >= target {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Failed(format!(
+                "only {count} of {target} {what} in {limit:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub(crate) async fn stop_workers(workers: Vec<Child>) {

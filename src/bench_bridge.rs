@@ -15,9 +15,12 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use serde::Serialize;
 use sqlx::PgPool;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::bench::{BenchError, recreate_database, spawn_worker, stop_workers, with_database};
+use crate::bench::{
+    BenchError, herald_process, recreate_database, spawn_worker, stop_workers, wait_for_count,
+    with_database,
+};
 use crate::config::Settings;
 use crate::db;
 
@@ -299,24 +302,10 @@ async fn latency(
     })
 }
 
+/// Waits until `completed` jobs have completed.
 async fn wait_for(pool: &PgPool, completed: i64, limit: Duration) -> Result<(), BenchError> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM herald_job_history WHERE outcome = 'completed'",
-        )
-        .fetch_one(pool)
-        .await?;
-        if done >= completed {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(BenchError::Failed(format!(
-                "only {done} of {completed} jobs completed in time"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let sql = "SELECT count(*) FROM herald_job_history WHERE outcome = 'completed'";
+    wait_for_count(pool, sql, completed, limit, "jobs completed").await
 }
 
 async fn live_jobs(pool: &PgPool) -> Result<i64, BenchError> {
@@ -332,11 +321,8 @@ fn spawn_bridge(
     queue: &str,
     kind: &str,
 ) -> Result<Child, BenchError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| BenchError::Failed(format!("cannot find own binary: {e}")))?;
-    Command::new(exe)
+    herald_process(url, "warn")?
         .arg("bridge")
-        .env("DATABASE_URL", url)
         .env("HERALD_BRIDGE__BROKERS", brokers)
         .env("HERALD_BRIDGE__GROUP_ID", format!("bench-{topic}"))
         .env(
@@ -346,12 +332,6 @@ fn spawn_bridge(
         // Group joins in about a second rather than ~10 (the default session timeout is 45 s).
         .env("HERALD_BRIDGE__LIBRDKAFKA__SESSION_TIMEOUT_MS", "6000")
         .env("HERALD_BRIDGE__LIBRDKAFKA__HEARTBEAT_INTERVAL_MS", "500")
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| BenchError::Failed(format!("cannot start a bridge process: {e}")))
 }

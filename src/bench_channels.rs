@@ -15,9 +15,11 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use sqlx::PgPool;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::bench::{BenchError, recreate_database, stop_workers, with_database};
+use crate::bench::{
+    BenchError, herald_process, recreate_database, stop_workers, wait_for_count, with_database,
+};
 use crate::config::Settings;
 use crate::db;
 use crate::workflow::definition;
@@ -213,19 +215,10 @@ fn io_failed(error: std::io::Error) -> BenchError {
 }
 
 fn spawn_chaos_worker(url: &str, dir: &Path, concurrency: usize) -> Result<Child, BenchError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| BenchError::Failed(format!("cannot find own binary: {e}")))?;
-    Command::new(exe)
+    herald_process(url, "error")?
         .args(["worker", "--queues", &format!("workflows:{concurrency}")])
         .current_dir(dir)
-        .env("DATABASE_URL", url)
         .env("HERALD_WORKFLOWS__NODE_MAX_ATTEMPTS", "8")
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
-        )
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|e| BenchError::Failed(format!("cannot start a worker process: {e}")))
 }
@@ -297,23 +290,8 @@ fn message_text(body: &[u8], discord: bool) -> String {
 
 /// Waits until every run has completed or failed.
 async fn wait_until_settled(pool: &PgPool, total: i64, limit: Duration) -> Result<(), BenchError> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let settled: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM herald_runs WHERE status IN ('completed', 'failed')",
-        )
-        .fetch_one(pool)
-        .await?;
-        if settled >= total {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(BenchError::Failed(format!(
-                "only {settled} of {total} runs settled"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let sql = "SELECT count(*) FROM herald_runs WHERE status IN ('completed', 'failed')";
+    wait_for_count(pool, sql, total, limit, "runs settled").await
 }
 
 async fn report(

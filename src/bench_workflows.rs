@@ -8,13 +8,14 @@
 //! 2. **latency**: with the worker idle and ready, runs are started one at a time at a steady rate; latency is
 //!    the action step's start minus the run's creation (both stamped by PostgreSQL).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::{PgPool, Row};
 
 use crate::bench::{
-    BenchError, database_counters, recreate_database, spawn_worker, stop_workers, with_database,
+    BenchError, database_counters, recreate_database, spawn_worker, stop_workers, wait_for_count,
+    with_database,
 };
 use crate::config::Settings;
 use crate::db;
@@ -195,29 +196,16 @@ async fn latency_phase(
 }
 
 async fn wait_for_runs(pool: &PgPool, total: i64, limit: Duration) -> Result<(), BenchError> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let done: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM herald_runs WHERE status <> 'running'")
-                .fetch_one(pool)
-                .await?;
-        if done >= total {
-            let failed: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM herald_runs WHERE status <> 'completed'")
-                    .fetch_one(pool)
-                    .await?;
-            if failed > 0 {
-                return Err(BenchError::Failed(format!(
-                    "{failed} runs did not complete"
-                )));
-            }
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(BenchError::Failed(format!(
-                "only {done} of {total} runs finished in {limit:?}"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let finished = "SELECT count(*) FROM herald_runs WHERE status <> 'running'";
+    wait_for_count(pool, finished, total, limit, "runs finished").await?;
+    let failed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM herald_runs WHERE status <> 'completed'")
+            .fetch_one(pool)
+            .await?;
+    if failed > 0 {
+        return Err(BenchError::Failed(format!(
+            "{failed} runs did not complete"
+        )));
     }
+    Ok(())
 }

@@ -648,7 +648,8 @@ async fn a_message_the_database_refuses_is_dead_lettered_alone() {
     let error = writer.write(&batch).await.unwrap_err();
     assert!(herald::bridge::store::is_refused_data(&error), "{error}");
     let outcome = writer.write_isolating(&batch).await.unwrap();
-    assert_eq!((outcome.jobs, outcome.dead_lettered), (5, 1));
+    assert_eq!(outcome.jobs, 5);
+    assert_eq!(outcome.dead_lettered, [("orders".to_string(), 1)].into());
     assert_eq!(stored_offset(&db.pool, "orders", 0).await, Some(6));
     let query = DeadLetterQuery {
         limit: 10,

@@ -91,6 +91,8 @@ pub(super) struct BridgeContext {
     shutdown: CancellationToken,
     /// Messages read but not yet stored: at most one batch.
     pending: Mutex<Vec<RawMessage>>,
+    /// Each subscribed topic with the queues its routes feed (fixed by the routes).
+    fed: Vec<(String, Vec<String>)>,
     /// Topics paused because a queue they feed is too deep.
     paused: Mutex<HashSet<String>>,
     /// Per partition: the highest offset read, and the next offset stored in Postgres (for lag).
@@ -182,7 +184,17 @@ impl BridgeContext {
         options: ConsumerOptions,
         shutdown: CancellationToken,
     ) -> Self {
+        let router = writer.router();
+        let fed = router
+            .topics()
+            .into_iter()
+            .map(|topic| {
+                let queues = router.queues_fed_by(&topic, &options.workflow_queue);
+                (topic, queues)
+            })
+            .collect();
         Self {
+            fed,
             writer,
             runtime,
             options,
@@ -347,7 +359,7 @@ impl BridgeContext {
                 metrics::BATCH_SECONDS
                     .with_label_values(&[] as &[&str])
                     .observe(started.elapsed().as_secs_f64());
-                self.record(&batch, &outcome);
+                self.record(&outcome);
                 if self.options.commit_to_broker {
                     self.commit_to_broker(consumer, &outcome);
                 }
@@ -394,7 +406,7 @@ impl BridgeContext {
         }
     }
 
-    fn record(&self, batch: &[RawMessage], outcome: &BatchOutcome) {
+    fn record(&self, outcome: &BatchOutcome) {
         for (target, count) in [
             ("job", outcome.jobs),
             ("run", outcome.runs),
@@ -405,11 +417,10 @@ impl BridgeContext {
                 .with_label_values(&[target])
                 .inc_by(count as u64);
         }
-        if outcome.dead_lettered > 0 {
-            let topic = batch.first().map_or("", |m| m.topic.as_str());
+        for (topic, count) in &outcome.dead_lettered {
             metrics::DEAD_LETTERED
-                .with_label_values(&[topic])
-                .inc_by(outcome.dead_lettered as u64);
+                .with_label_values(&[topic.as_str()])
+                .inc_by(*count as u64);
         }
         if outcome.stale > 0 {
             tracing::warn!(
@@ -447,16 +458,7 @@ impl BridgeContext {
         if self.options.max_queue_depth <= 0 {
             return;
         }
-        let router = self.writer.router();
-        let fed: Vec<(String, Vec<String>)> = router
-            .topics()
-            .into_iter()
-            .map(|topic| {
-                let queues = router.queues_fed_by(&topic, &self.options.workflow_queue);
-                (topic, queues)
-            })
-            .collect();
-        let all_queues: Vec<String> = fed.iter().flat_map(|(_, q)| q.clone()).collect();
+        let all_queues: Vec<String> = self.fed.iter().flat_map(|(_, q)| q.clone()).collect();
         let depths = match self
             .runtime
             .block_on(queue_depths(&self.writer, &all_queues))
@@ -468,22 +470,22 @@ impl BridgeContext {
             }
         };
         *lock(&self.depth_estimate) = depths.values().copied().max().unwrap_or(0);
-        for (topic, queues) in fed {
+        for (topic, queues) in &self.fed {
             let deepest = queues
                 .iter()
                 .filter_map(|q| depths.get(q))
                 .copied()
                 .max()
                 .unwrap_or(0);
-            let paused = lock(&self.paused).contains(&topic);
+            let paused = lock(&self.paused).contains(topic);
             if !paused && deepest >= self.options.max_queue_depth {
                 tracing::info!(topic, deepest, "queue too deep: pausing the topic");
                 lock(&self.paused).insert(topic.clone());
-                self.set_paused(consumer, &topic, true);
+                self.set_paused(consumer, topic, true);
             } else if paused && deepest < self.options.resume_depth {
                 tracing::info!(topic, deepest, "queue drained: resuming the topic");
-                lock(&self.paused).remove(&topic);
-                self.set_paused(consumer, &topic, false);
+                lock(&self.paused).remove(topic);
+                self.set_paused(consumer, topic, false);
             }
         }
     }

@@ -23,7 +23,8 @@ pub struct BatchOutcome {
     pub events: usize,
     /// Jobs, runs or events whose idempotency key or event id was already taken (the message was seen before).
     pub duplicates: usize,
-    pub dead_lettered: usize,
+    /// Messages dead-lettered, per topic.
+    pub dead_lettered: BTreeMap<String, usize>,
     /// Messages below the offset Postgres already holds for their partition: another bridge stored them first.
     pub stale: usize,
     /// The next offset now stored for each partition the batch advanced.
@@ -72,6 +73,15 @@ impl BatchWriter {
 
     /// Writes one batch in one transaction. On error nothing was stored; the caller retries the same batch.
     pub async fn write(&self, batch: &[RawMessage]) -> Result<BatchOutcome, BridgeError> {
+        self.store(batch, None).await
+    }
+
+    /// Stores a batch with its offsets: routed, or with `dead_letter_reason` all dead-lettered.
+    async fn store(
+        &self,
+        batch: &[RawMessage],
+        dead_letter_reason: Option<&str>,
+    ) -> Result<BatchOutcome, BridgeError> {
         let mut tx = self.pool.begin().await?;
         let stored = self.lock_partitions(&mut tx, batch).await?;
         let fresh = fresh_messages(batch, &stored);
@@ -79,8 +89,16 @@ impl BatchWriter {
             stale: batch.len() - fresh.len(),
             ..BatchOutcome::default()
         };
-        let mut dead = self.apply(&mut tx, &fresh, &mut outcome).await?;
-        outcome.dead_lettered = dead.len();
+        let mut dead = match dead_letter_reason {
+            None => self.apply(&mut tx, &fresh, &mut outcome).await?,
+            Some(reason) => fresh.iter().map(|m| (*m, reason.to_string())).collect(),
+        };
+        for (message, _) in &dead {
+            *outcome
+                .dead_lettered
+                .entry(message.topic.clone())
+                .or_default() += 1;
+        }
         self.insert_dead_letters(&mut tx, &mut dead).await?;
         outcome.next_offsets = next_offsets(&fresh);
         self.store_offsets(&mut tx, &outcome.next_offsets).await?;
@@ -98,36 +116,13 @@ impl BatchWriter {
             let outcome = match self.write(single).await {
                 Err(error) if is_refused_data(&error) => {
                     let reason = format!("the database refused it: {error}");
-                    self.write_dead(single, &reason).await?
+                    self.store(single, Some(&reason)).await?
                 }
                 other => other?,
             };
             total.absorb(outcome);
         }
         Ok(total)
-    }
-
-    /// Stores `batch` as dead letters with `reason`, with its offsets.
-    async fn write_dead(
-        &self,
-        batch: &[RawMessage],
-        reason: &str,
-    ) -> Result<BatchOutcome, BridgeError> {
-        let mut tx = self.pool.begin().await?;
-        let stored = self.lock_partitions(&mut tx, batch).await?;
-        let fresh = fresh_messages(batch, &stored);
-        let mut dead: Vec<(&RawMessage, String)> =
-            fresh.iter().map(|m| (*m, reason.to_string())).collect();
-        let outcome = BatchOutcome {
-            stale: batch.len() - fresh.len(),
-            dead_lettered: dead.len(),
-            next_offsets: next_offsets(&fresh),
-            ..BatchOutcome::default()
-        };
-        self.insert_dead_letters(&mut tx, &mut dead).await?;
-        self.store_offsets(&mut tx, &outcome.next_offsets).await?;
-        tx.commit().await?;
-        Ok(outcome)
     }
 
     /// Routes one dead-lettered message again (after a route or a workflow was fixed) and stores what it becomes,
@@ -426,7 +421,9 @@ impl BatchOutcome {
         self.runs += other.runs;
         self.events += other.events;
         self.duplicates += other.duplicates;
-        self.dead_lettered += other.dead_lettered;
+        for (topic, count) in other.dead_lettered {
+            *self.dead_lettered.entry(topic).or_default() += count;
+        }
         self.stale += other.stale;
         for (topic, partition, next) in other.next_offsets {
             match self

@@ -99,7 +99,7 @@ impl Engine {
                 vec![request_id],
             )
             .await?;
-        let Some(&id) = ids.first() else {
+        let Some(&(id, _)) = ids.first() else {
             // The key is taken: that run is the answer (its transaction has committed: ours waited for it).
             tx.rollback().await?;
             let row = sqlx::query(sql::FIND_RUN_BY_KEY)
@@ -134,7 +134,7 @@ impl Engine {
             .collect::<Result<Vec<_>, _>>()?;
         let count = contexts.len();
         let mut tx = self.pool.begin().await?;
-        let ids = self
+        let runs = self
             .insert_runs(
                 &mut tx,
                 &definition,
@@ -144,7 +144,7 @@ impl Engine {
             )
             .await?;
         tx.commit().await?;
-        Ok(ids)
+        Ok(runs.into_iter().map(|(id, _)| id).collect())
     }
 
     /// Starts runs of the workflow's latest version inside the caller's transaction, one per `(data, key)`, for
@@ -178,30 +178,17 @@ impl Engine {
         let inserted = self
             .insert_runs(conn, &definition, contexts, keys.clone(), vec![None; count])
             .await?;
-        let started = self.keys_of_runs(conn, &inserted).await?;
+        let started: std::collections::HashSet<String> =
+            inserted.into_iter().filter_map(|(_, key)| key).collect();
         for (position, key) in positions.into_iter().zip(keys) {
             answers[position] = Ok(key.is_some_and(|k| started.contains(&k)));
         }
         Ok(answers)
     }
 
-    async fn keys_of_runs(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        ids: &[i64],
-    ) -> Result<std::collections::HashSet<String>, WorkflowError> {
-        let rows = sqlx::query(sql::RUN_KEYS)
-            .bind(ids)
-            .fetch_all(&mut *conn)
-            .await?;
-        rows.iter()
-            .map(|row| row.try_get::<String, _>("idempotency_key"))
-            .collect::<Result<_, _>>()
-            .map_err(WorkflowError::from)
-    }
-
     /// Inserts runs with their pending trigger steps and enqueues the trigger jobs, in the caller's
-    /// transaction. A run whose idempotency key is taken is skipped; the ids of the runs inserted are returned.
+    /// transaction. A run whose idempotency key is taken is skipped; the runs inserted are returned as
+    /// `(id, idempotency key)`.
     async fn insert_runs(
         &self,
         conn: &mut sqlx::PgConnection,
@@ -209,7 +196,7 @@ impl Engine {
         contexts: Vec<Value>,
         keys: Vec<Option<String>>,
         request_ids: Vec<Option<String>>,
-    ) -> Result<Vec<i64>, WorkflowError> {
+    ) -> Result<Vec<(i64, Option<String>)>, WorkflowError> {
         let rows = sqlx::query(sql::START_RUNS)
             .bind(&definition.name)
             .bind(definition.version)
@@ -219,13 +206,15 @@ impl Engine {
             .bind(&definition.trigger)
             .fetch_all(&mut *conn)
             .await?;
-        let ids: Vec<i64> = rows
+        let runs: Vec<(i64, Option<String>)> = rows
             .iter()
-            .map(|r| r.try_get("id"))
-            .collect::<Result<_, _>>()?;
-        let triggers = ids.iter().map(|&id| (id, 1, definition.trigger.clone()));
+            .map(|r| Ok((r.try_get("id")?, r.try_get("idempotency_key")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let triggers = runs
+            .iter()
+            .map(|&(id, _)| (id, 1, definition.trigger.clone()));
         self.jobs.enqueue_run_phase(conn, triggers).await?;
-        Ok(ids)
+        Ok(runs)
     }
 
     /// A run with its timeline.

@@ -59,10 +59,6 @@ SELECT id, idempotency_key FROM runs ORDER BY id";
 pub const FIND_RUN_BY_KEY: &str =
     "SELECT id, version FROM herald_runs WHERE workflow = $1 AND idempotency_key = $2";
 
-/// The idempotency keys of runs just inserted (which items of a keyed batch started a run).
-pub const RUN_KEYS: &str =
-    "SELECT idempotency_key FROM herald_runs WHERE id = ANY($1) AND idempotency_key IS NOT NULL";
-
 pub const GET_RUN: &str = "
 SELECT id, workflow, version, status, epoch, pending, context, idempotency_key, failed_node, error,
        created_at, updated_at, finished_at
