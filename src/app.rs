@@ -107,31 +107,3 @@ pub fn worker_options(
     }
     WorkerOptions::from_settings(&settings)
 }
-
-/// A token cancelled on SIGINT (Ctrl-C) or SIGTERM (what process managers send).
-pub fn shutdown_on_signals() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown signal received; finishing in-flight jobs");
-        cancel.cancel();
-    });
-    token
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C will stop this process");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}

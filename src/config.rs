@@ -162,6 +162,8 @@ pub struct WorkerSettings {
     pub shutdown_grace_secs: u64,
     pub ack_flush_ms: u64,
     pub ack_batch: usize,
+    /// Registers the fault-drill kinds `herald.spin` and `herald.block` (handlers that never yield).
+    pub drills: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

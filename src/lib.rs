@@ -5,7 +5,8 @@
 //! * [`config`]: typed, layered settings.
 //! * [`db`] and [`embedded_postgres`]: connecting, migrating, and the private cluster of `herald up`.
 //! * [`api`]: the HTTP API (axum), its keys and errors; [`metrics`]: Prometheus.
-//! * [`app`]: the roles a process runs (`worker`, `up`), shared by the binary and the tests.
+//! * [`app`]: the roles a process runs (`worker`, `up`), shared by the binary and the tests; [`shutdown`]: how
+//!   a process stops on SIGTERM, even with a wedged handler.
 //! * [`workflow`]: notification workflows whose nodes run as queue jobs; [`channels`]: how messages leave.
 //! * [`bench`]: `herald bench`.
 
@@ -23,5 +24,6 @@ pub mod db;
 pub mod embedded_postgres;
 pub mod metrics;
 pub mod queue;
+pub mod shutdown;
 pub mod telemetry;
 pub mod workflow;

@@ -266,10 +266,26 @@ enum QueuesCommand {
     Resume { name: String },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // First, before the runtime starts its threads: signals go to a thread of their own (see shutdown.rs).
+    herald::shutdown::watch();
     telemetry::init();
     let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run(cli));
+    // A handler stuck without yielding can never be joined; do not wait for it (its job is rescued elsewhere).
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Grace period of a role's graceful shutdown, after which the process is ended (see shutdown.rs).
+fn on_signal(settings: &Settings) -> tokio_util::sync::CancellationToken {
+    herald::shutdown::on_signal(Duration::from_secs(settings.worker.shutdown_grace_secs))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::load()?;
     match cli.command {
         Command::Up(args) => up(&settings, args).await,
@@ -297,7 +313,7 @@ async fn main() -> anyhow::Result<()> {
             let options = app::worker_options(&settings, args.queues, args.concurrency)?;
             let engine = app::engine(pool.clone(), &settings)?;
             app::sync_workflows(&engine, &settings).await?;
-            app::run_worker(pool, engine, options, app::shutdown_on_signals()).await;
+            app::run_worker(pool, engine, options, on_signal(&settings)).await;
             Ok(())
         }
         Command::Api => {
@@ -306,7 +322,7 @@ async fn main() -> anyhow::Result<()> {
             let engine = app::engine(pool.clone(), &settings)?;
             app::sync_workflows(&engine, &settings).await?;
             let listener = bind(&settings).await?;
-            let shutdown = app::shutdown_on_signals();
+            let shutdown = on_signal(&settings);
             app::run_api(pool, settings.clone(), engine, listener, shutdown).await?;
             Ok(())
         }
@@ -323,7 +339,7 @@ async fn main() -> anyhow::Result<()> {
             db::migrate(&pool).await?;
             let engine = app::engine(pool.clone(), &settings)?;
             app::sync_workflows(&engine, &settings).await?;
-            app::run_bridge(pool, &settings, engine, app::shutdown_on_signals()).await?;
+            app::run_bridge(pool, &settings, engine, on_signal(&settings)).await?;
             Ok(())
         }
         Command::Bridge {
@@ -492,7 +508,7 @@ async fn up(settings: &Settings, args: WorkerArgs) -> anyhow::Result<()> {
         println!("development API key (all scopes, created for this run): {key}");
         println!("  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
         println!("       -d '{{\"queue\":\"default\",\"kind\":\"herald.log\",\"payload\":{{\"hello\":1}}}}' http://{address}/v1/jobs");
-        let shutdown = app::shutdown_on_signals();
+        let shutdown = on_signal(settings);
         let api = app::run_api(pool.clone(), settings.clone(), engine.clone(), listener, shutdown.clone());
         let api = tokio::spawn(api);
         let bridge = if settings.bridge.brokers.trim().is_empty() {

@@ -536,7 +536,7 @@ async fn dead_letters_paginate_replay_and_delete() {
 async fn workers_metrics_and_the_openapi_document() {
     let app = spawn_app().await;
     let me = herald::queue::lease::WorkerIdentity::of_this_process(vec!["q".into()], 2);
-    herald::queue::lease::heartbeat(&app.db.pool, &me)
+    herald::queue::lease::heartbeat(&app.db.pool, &me, std::time::Duration::from_secs(5))
         .await
         .unwrap();
     let workers: Value = app

@@ -332,8 +332,8 @@ async fn a_heartbeating_worker_keeps_its_leases_and_a_silent_one_loses_them() {
         .await;
     let alive = WorkerIdentity::of_this_process(vec!["q".into()], 4);
     let silent = WorkerIdentity::of_this_process(vec!["q".into()], 4);
-    lease::heartbeat(&db.pool, &alive).await.unwrap();
-    lease::heartbeat(&db.pool, &silent).await.unwrap();
+    lease::heartbeat(&db.pool, &alive, LEASE).await.unwrap();
+    lease::heartbeat(&db.pool, &silent, LEASE).await.unwrap();
     lease::claim(&db.pool, &queue("q"), 1, LEASE, alive.id)
         .await
         .unwrap();
@@ -608,4 +608,151 @@ async fn a_snoozed_attempt_is_refunded_and_scheduled_after_its_delay_even_on_the
         wait > chrono::Duration::minutes(9),
         "run_at = now + delay: {wait:?}"
     );
+}
+
+/// The aging bound as documented (docs/architecture.md): a job is claimed before every more urgent job that
+/// became available more than `priority gap × aging` after it; urgent work that became available within that
+/// gap goes first. So under a saturated urgent stream a job waits at most the gap × aging, plus the time the
+/// fleet needs to drain the urgent work already ahead of it then.
+#[tokio::test]
+async fn aging_bound_a_low_job_precedes_urgent_work_newer_than_the_gap_and_follows_older() {
+    let db = TestDb::new().await;
+    let t0 = chrono::Utc::now() - chrono::Duration::hours(1);
+    let gap = chrono::Duration::seconds(9 * 60); // priority 9 vs 0, aging 60 s
+    let urgent = |offset: chrono::Duration| {
+        job("q", "k", json!({}))
+            .priority(Priority::new(9).unwrap())
+            .run_at(t0 + offset)
+    };
+    let ahead = db
+        .enqueue(vec![urgent(gap - chrono::Duration::seconds(1))])
+        .await;
+    let low = db.enqueue(vec![job("q", "k", json!({})).run_at(t0)]).await;
+    let behind = db
+        .enqueue(vec![urgent(gap + chrono::Duration::seconds(1))])
+        .await;
+    let claimed = lease::claim(&db.pool, &queue("q"), 3, LEASE, Uuid::new_v4())
+        .await
+        .unwrap();
+    let order: Vec<i64> = claimed.iter().map(|j| j.id).collect();
+    assert_eq!(order, vec![ahead[0], low[0], behind[0]]);
+}
+
+/// History's `claimed_at` never precedes the job's `run_at`, even when the claiming transaction began before the
+/// job was enqueued (the claim used to stamp `now()`, the transaction's start).
+#[tokio::test]
+async fn claimed_at_is_never_before_run_at() {
+    let db = TestDb::new().await;
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT now()").execute(&mut *tx).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    db.enqueue(vec![job("q", "k", json!({}))]).await;
+    let claimed = lease::claim_with_token(
+        &mut *tx,
+        &queue("q"),
+        1,
+        LEASE,
+        Uuid::new_v4(),
+        lease::new_lease_token(),
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let before_run_at: bool = sqlx::query_scalar("SELECT claimed_at < run_at FROM herald_jobs")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(!before_run_at, "claimed_at precedes run_at");
+}
+
+/// Reconciliation's two statements: a worker's leases as the database sees them, and a release by token that
+/// gives back only leases still holding that token (an orphan) and leaves a re-claimed job alone.
+#[tokio::test]
+async fn leases_of_lists_a_workers_leases_and_release_by_token_touches_only_that_lease() {
+    let db = TestDb::new().await;
+    db.enqueue(vec![job("q", "k", json!({})), job("q", "k", json!({}))])
+        .await;
+    let me = Uuid::new_v4();
+    let orphan = lease::claim(&db.pool, &queue("q"), 1, LEASE, me)
+        .await
+        .unwrap()
+        .remove(0);
+    let other = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        lease::leases_of(&db.pool, me).await.unwrap(),
+        vec![(orphan.id, orphan.lease_token)]
+    );
+    // A stale token releases nothing.
+    assert_eq!(
+        lease::release(&db.pool, &[(orphan.id, orphan.lease_token + 1)])
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        lease::release(&db.pool, &[(orphan.id, orphan.lease_token)])
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(lease::leases_of(&db.pool, me).await.unwrap().is_empty());
+    let attempt: i32 = sqlx::query_scalar("SELECT attempt FROM herald_jobs WHERE id = $1")
+        .bind(orphan.id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(attempt, 0, "the orphan's attempt is refunded: it never ran");
+    let still_leased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM herald_jobs WHERE id = $1 AND lease_token IS NOT NULL",
+    )
+    .bind(other.id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(still_leased, 1);
+}
+
+/// A job given back unstarted (its lease term passed while it waited in a frozen worker) keeps its attempt and
+/// its place in line, and a settle that mixes it with finished attempts settles both.
+#[tokio::test]
+async fn a_not_started_settlement_releases_the_job_and_keeps_its_place() {
+    let db = TestDb::new().await;
+    let now = chrono::Utc::now();
+    let ids = db
+        .enqueue(
+            (0..3)
+                .map(|i| job("q", "k", json!({})).run_at(now - chrono::Duration::seconds(3 - i)))
+                .collect(),
+        )
+        .await;
+    let claimed = lease::claim(&db.pool, &queue("q"), 2, LEASE, Uuid::new_v4())
+        .await
+        .unwrap();
+    let settled = lease::settle(
+        &db.pool,
+        &[
+            (
+                claimed[0].id,
+                claimed[0].lease_token,
+                Settlement::NotStarted,
+            ),
+            (claimed[1].id, claimed[1].lease_token, Settlement::Completed),
+        ],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        settled,
+        vec![(ids[0], Settled::Released), (ids[1], Settled::Completed)]
+    );
+    let next = lease::claim(&db.pool, &queue("q"), 1, LEASE, Uuid::new_v4())
+        .await
+        .unwrap();
+    assert_eq!(next[0].id, ids[0], "first in line again");
+    assert_eq!(next[0].attempt, 1, "the unstarted attempt was refunded");
 }

@@ -1,12 +1,16 @@
-//! The life of a lease: claim, settle, release, promote, rescue, heartbeat.
+//! The life of a lease: claim, settle, release, promote, rescue, heartbeat, and the list of a worker's leases.
 //!
 //! Every function is one statement from `sql.rs`. The worker runtime calls them; so do the tests, which is how a
 //! test can play a worker that was presumed dead and try a late ack.
+//!
+//! Every call has a deadline on both sides (see [`SERVER_DEADLINE`]): the database gives up on a statement no
+//! later than the worker does, so a statement the worker abandoned cannot commit behind its back.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Row};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
 use super::QueueError;
@@ -29,6 +33,10 @@ pub struct ClaimedJob {
     /// When this attempt was due; it never starts earlier.
     pub run_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+    /// The worker must not start the job after this instant: its lease term has passed, so the job may have
+    /// been rescued and run elsewhere (the worker was frozen, or far behind). Measured on this process's clock
+    /// from when the claim was sent, so it falls before the term the database recorded.
+    pub start_by: Instant,
 }
 
 /// How an attempt ended, as the completer reports it.
@@ -55,6 +63,9 @@ pub enum Settlement {
         delay: Duration,
         error: AttemptError,
     },
+    /// The job was never started because its lease term passed while it waited in the worker: give it back
+    /// unchanged (attempt refunded, place in line kept).
+    NotStarted,
 }
 
 /// The longest error message stored per attempt; longer ones are cut.
@@ -100,26 +111,57 @@ pub enum Settled {
     Completed,
     Retrying,
     Dead,
+    /// Given back unstarted ([`Settlement::NotStarted`]).
+    Released,
 }
 
-/// The longest a claim or settle may wait on the database. Both take milliseconds; one that does not answer
-/// (a connection left half-dead by a PostgreSQL restart) must fail and be retried on a fresh connection, not
-/// stall the worker without a word: a silent stall of that kind was seen once in CI after a restart.
-const CALL_DEADLINE: Duration = Duration::from_secs(30);
+/// How long PostgreSQL may spend on one queue statement before it cancels it (`statement_timeout` on the
+/// queue's connections, see [`with_server_deadline`]). Every statement takes milliseconds; one that waits this
+/// long is stuck behind a lock (a migration, `LOCK TABLE`, a long transaction).
+pub const SERVER_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long the worker waits for an answer. Longer than [`SERVER_DEADLINE`], so that the server has always
+/// cancelled a statement before the worker gives up on it: a claim the worker abandoned cannot commit later
+/// and lease jobs to a worker that never received them. (An answer lost after the commit, as in a crash, is the
+/// other way to that state; the worker's reconciliation closes it, see `worker/ledger.rs`.) The deadline also
+/// catches a connection left half-dead by a PostgreSQL restart, which otherwise stalls a worker silently.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(15);
+
+/// Connection options whose statements the server cancels after `deadline`.
+pub fn with_server_deadline(options: &PgConnectOptions, deadline: Duration) -> PgConnectOptions {
+    options
+        .clone()
+        .options([("statement_timeout", deadline.as_millis().to_string())])
+}
 
 async fn bounded<T>(
     call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, QueueError> {
-    match tokio::time::timeout(CALL_DEADLINE, call).await {
+    within(CALL_DEADLINE, call).await
+}
+
+/// `call`, failing with a timeout error if it has not answered within `deadline`.
+pub async fn within<T>(
+    deadline: Duration,
+    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, QueueError> {
+    match tokio::time::timeout(deadline, call).await {
         Ok(result) => result.map_err(QueueError::from),
         Err(_) => Err(QueueError::Database(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            "the database did not answer within 30 s",
+            format!("the database did not answer within {deadline:?}"),
         )))),
     }
 }
 
-/// Claims up to `limit` jobs of `queue` for `worker`.
+/// A fresh lease token. The worker makes it (rather than the database) so that it knows the token of a claim
+/// before the claim is sent: a claim whose answer never arrives is then recognisable by its token.
+/// Positive and random: a token only has to differ from the job's previous ones.
+pub fn new_lease_token() -> i64 {
+    (rand::random::<u64>() >> 1).max(1) as i64
+}
+
+/// Claims up to `limit` jobs of `queue` for `worker`, under a fresh lease token.
 pub async fn claim(
     pool: &PgPool,
     queue: &QueueName,
@@ -127,12 +169,26 @@ pub async fn claim(
     lease: Duration,
     worker: Uuid,
 ) -> Result<Vec<ClaimedJob>, QueueError> {
+    claim_with_token(pool, queue, limit, lease, worker, new_lease_token()).await
+}
+
+/// Claims up to `limit` jobs of `queue` for `worker` under `token` (from [`new_lease_token`]).
+pub async fn claim_with_token<'c>(
+    conn: impl PgExecutor<'c>,
+    queue: &QueueName,
+    limit: usize,
+    lease: Duration,
+    worker: Uuid,
+    token: i64,
+) -> Result<Vec<ClaimedJob>, QueueError> {
+    let start_by = Instant::now() + lease;
     let query = sqlx::query(sql::CLAIM)
         .bind(queue.as_str())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(lease.as_millis() as i64)
-        .bind(worker);
-    let rows = bounded(query.fetch_all(pool)).await?;
+        .bind(worker)
+        .bind(token);
+    let rows = bounded(query.fetch_all(conn)).await?;
     rows.iter()
         .map(|row| {
             Ok(ClaimedJob {
@@ -147,15 +203,39 @@ pub async fn claim(
                 lease_token: row.try_get("lease_token")?,
                 run_at: row.try_get("run_at")?,
                 created_at: row.try_get("created_at")?,
+                start_by,
             })
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(QueueError::from)
 }
 
-/// Settles a batch of attempts in one statement. Returns what happened to each job whose lease was still valid;
-/// a job missing from the answer had a stale lease token, and its settlement was rejected.
+/// Settles a batch of attempts: one statement, plus one more when some jobs are given back unstarted. Returns
+/// what happened to each job whose lease was still valid; a job missing from the answer had a stale lease
+/// token, and its settlement was rejected.
 pub async fn settle(
+    pool: &PgPool,
+    batch: &[(JobId, i64, Settlement)],
+    priority_aging: Duration,
+) -> Result<Vec<(JobId, Settled)>, QueueError> {
+    let unstarted: Vec<(JobId, i64)> = batch
+        .iter()
+        .filter(|(_, _, s)| *s == Settlement::NotStarted)
+        .map(|(id, token, _)| (*id, *token))
+        .collect();
+    let mut settled = Vec::with_capacity(batch.len());
+    if !unstarted.is_empty() {
+        let released = release_returning(pool, &unstarted).await?;
+        settled.extend(released.into_iter().map(|id| (id, Settled::Released)));
+    }
+    if unstarted.len() < batch.len() {
+        settled.extend(settle_attempts(pool, batch, priority_aging).await?);
+    }
+    Ok(settled)
+}
+
+/// The SETTLE statement over every attempt of `batch` that started.
+async fn settle_attempts(
     pool: &PgPool,
     batch: &[(JobId, i64, Settlement)],
     priority_aging: Duration,
@@ -166,6 +246,9 @@ pub async fn settle(
     let mut delays = Vec::with_capacity(batch.len());
     let mut errors = Vec::with_capacity(batch.len());
     for (id, token, settlement) in batch {
+        if *settlement == Settlement::NotStarted {
+            continue;
+        }
         ids.push(*id);
         tokens.push(*token);
         let (outcome, delay, error) = match settlement {
@@ -183,6 +266,7 @@ pub async fn settle(
                 delay.min(&MAX_RETRY_DELAY).as_millis() as i64,
                 Some(error),
             ),
+            Settlement::NotStarted => continue,
         };
         outcomes.push(outcome);
         delays.push(delay);
@@ -211,16 +295,30 @@ pub async fn settle(
 
 /// Gives back claimed jobs that never started, refunding their attempt. Returns how many were released.
 pub async fn release(pool: &PgPool, jobs: &[(JobId, i64)]) -> Result<i64, QueueError> {
+    Ok(release_returning(pool, jobs).await?.len() as i64)
+}
+
+/// [`release`], returning the ids of the jobs released (those whose token still matched).
+async fn release_returning(pool: &PgPool, jobs: &[(JobId, i64)]) -> Result<Vec<JobId>, QueueError> {
     if jobs.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let (ids, tokens): (Vec<i64>, Vec<i64>) = jobs.iter().copied().unzip();
-    let row = sqlx::query(sql::RELEASE)
-        .bind(ids)
-        .bind(tokens)
-        .fetch_one(pool)
-        .await?;
-    Ok(row.try_get("released")?)
+    let query = sqlx::query_scalar(sql::RELEASE).bind(ids).bind(tokens);
+    bounded(query.fetch_all(pool)).await
+}
+
+/// Which of `ids` are still in the hot table (to explain a rejected ack).
+pub async fn still_queued(pool: &PgPool, ids: &[JobId]) -> Result<Vec<JobId>, QueueError> {
+    let query = sqlx::query_scalar(sql::STILL_QUEUED).bind(ids);
+    bounded(query.fetch_all(pool)).await
+}
+
+/// Every lease the database says `worker` holds, as (job, token): what reconciliation compares with what the
+/// worker knows it holds.
+pub async fn leases_of(pool: &PgPool, worker: Uuid) -> Result<Vec<(JobId, i64)>, QueueError> {
+    let query = sqlx::query_as(sql::LEASES_OF).bind(worker);
+    bounded(query.fetch_all(pool)).await
 }
 
 /// What one promoter pass did.
@@ -234,10 +332,7 @@ pub struct Promotion {
 
 /// Makes due scheduled jobs available (at most `limit`) and says when the next one falls due.
 pub async fn promote(pool: &PgPool, limit: i64) -> Result<Promotion, QueueError> {
-    let row = sqlx::query(sql::PROMOTE)
-        .bind(limit)
-        .fetch_one(pool)
-        .await?;
+    let row = bounded(sqlx::query(sql::PROMOTE).bind(limit).fetch_one(pool)).await?;
     let next_due_in: Option<f64> = row.try_get("next_due_in_secs")?;
     Ok(Promotion {
         promoted: row.try_get("promoted")?,
@@ -256,10 +351,8 @@ pub struct Rescue {
 /// Returns jobs with expired leases to their queues (or to the dead letters on their last attempt). A lease is
 /// expired when its term has passed and its worker has not heartbeated for `lease`.
 pub async fn rescue(pool: &PgPool, lease: Duration) -> Result<Rescue, QueueError> {
-    let row = sqlx::query(sql::RESCUE)
-        .bind(lease.as_millis() as i64)
-        .fetch_one(pool)
-        .await?;
+    let query = sqlx::query(sql::RESCUE).bind(lease.as_millis() as i64);
+    let row = bounded(query.fetch_one(pool)).await?;
     Ok(Rescue {
         returned: row.try_get("returned")?,
         dead: row.try_get("dead")?,
@@ -288,33 +381,38 @@ impl WorkerIdentity {
     }
 }
 
-/// Registers or refreshes the worker; while it keeps doing so, its leases stay valid.
-pub async fn heartbeat(pool: &PgPool, worker: &WorkerIdentity) -> Result<(), QueueError> {
-    sqlx::query(sql::HEARTBEAT)
+/// Registers or refreshes the worker; while it keeps doing so, its leases stay valid. The worker sends it on a
+/// connection of its own (see `worker/mod.rs`); the caller sets the deadline, which must be short: a heartbeat
+/// that waits is worse than one that fails and is sent again.
+pub async fn heartbeat<'c>(
+    conn: impl PgExecutor<'c>,
+    worker: &WorkerIdentity,
+    deadline: Duration,
+) -> Result<(), QueueError> {
+    let query = sqlx::query(sql::HEARTBEAT)
         .bind(worker.id)
         .bind(&worker.hostname)
         .bind(worker.pid)
         .bind(&worker.queues)
-        .bind(worker.concurrency)
-        .execute(pool)
-        .await?;
+        .bind(worker.concurrency);
+    within(deadline, query.execute(conn)).await?;
     Ok(())
 }
 
 /// Forgets workers silent for longer than `silence`.
 pub async fn reap_workers(pool: &PgPool, silence: Duration) -> Result<u64, QueueError> {
-    let done = sqlx::query(sql::REAP_WORKERS)
-        .bind(silence.as_millis() as i64)
-        .execute(pool)
-        .await?;
+    let query = sqlx::query(sql::REAP_WORKERS).bind(silence.as_millis() as i64);
+    let done = bounded(query.execute(pool)).await?;
     Ok(done.rows_affected())
 }
 
 /// Removes a worker's registry row as it exits.
 pub async fn deregister(pool: &PgPool, worker: Uuid) -> Result<(), QueueError> {
-    sqlx::query(sql::DEREGISTER_WORKER)
-        .bind(worker)
-        .execute(pool)
-        .await?;
+    bounded(
+        sqlx::query(sql::DEREGISTER_WORKER)
+            .bind(worker)
+            .execute(pool),
+    )
+    .await?;
     Ok(())
 }

@@ -61,10 +61,12 @@ ORDER BY i.ord
 pub const JOBS_BY_IDEMPOTENCY_KEY: &str =
     "SELECT key, job_id, fingerprint FROM herald_idempotency_keys WHERE key = ANY($1::text[])";
 
-/// Claim up to $2 available jobs of queue $1 for worker $4, with a lease term of $3 milliseconds. One lease token,
-/// fresh from a sequence, marks the whole batch. A paused queue yields nothing. Rows come back in claim order, so
-/// a worker starts them in that order. (`id = ANY(ARRAY(...))` keeps the planner on the primary key; a join
-/// against the CTE made it hash the whole table.)
+/// Claim up to $2 available jobs of queue $1 for worker $4, with a lease term of $3 milliseconds, under lease
+/// token $5 (made by the worker, so it knows a claim's token before the answer arrives). A paused queue yields
+/// nothing. Rows come back in claim order, so a worker starts them in that order. (`id = ANY(ARRAY(...))` keeps
+/// the planner on the primary key; a join against the CTE made it hash the whole table.) `claimed_at` is
+/// `clock_timestamp()`, not `now()`: `now()` is when the transaction began, which can precede the promotion that
+/// made the job available, so history showed claims before `run_at`.
 pub const CLAIM: &str = r#"
 WITH next AS (
     SELECT id FROM herald_jobs
@@ -76,11 +78,11 @@ WITH next AS (
 ),
 claimed AS (
     UPDATE herald_jobs j
-    SET lease_token = (SELECT nextval('herald_lease_token_seq')),
+    SET lease_token = $5,
         lease_expires_at = now() + $3 * interval '1 millisecond',
         leased_by = $4,
         attempt = j.attempt + 1,
-        claimed_at = now()
+        claimed_at = clock_timestamp()
     WHERE j.id = ANY(ARRAY(SELECT id FROM next))
     RETURNING j.id, j.kind, j.payload, j.priority, j.attempt, j.max_attempts, j.timeout_ms, j.lease_token, j.run_at,
               j.created_at, j.sort_key
@@ -148,19 +150,31 @@ UNION ALL
 SELECT id, 'retry' FROM retried WHERE (SELECT sent FROM wakeups) >= 0
 "#;
 
-/// Give claimed-but-unstarted jobs back at once (graceful shutdown): the attempt they were charged is refunded.
-/// $1 id, $2 token.
+/// Give claimed-but-unstarted jobs back at once (graceful shutdown, a lease term that passed before the job could
+/// start, a lease reconciliation found the worker does not hold): the attempt they were charged is refunded and
+/// their place in line (`sort_key`) is kept. Only rows still holding the given token change, so releasing a job
+/// that was meanwhile settled or rescued does nothing. Returns the ids released. $1 id, $2 token.
 pub const RELEASE: &str = r#"
 WITH released AS (
     UPDATE herald_jobs j
     SET lease_token = NULL, lease_expires_at = NULL, leased_by = NULL, claimed_at = NULL, attempt = j.attempt - 1
     FROM unnest($1::int8[], $2::int8[]) AS t(id, token)
     WHERE j.id = ANY($1::int8[]) AND j.id = t.id AND j.lease_token = t.token
-    RETURNING j.queue
+    RETURNING j.id, j.queue
+),
+wakeups AS (
+    SELECT count(pg_notify('herald_jobs', queue)) AS sent FROM (SELECT DISTINCT queue FROM released) q
 )
-SELECT (SELECT count(*) FROM released) AS released,
-       (SELECT count(pg_notify('herald_jobs', queue)) FROM (SELECT DISTINCT queue FROM released) q) AS wakeups
+SELECT id FROM released WHERE (SELECT sent FROM wakeups) >= 0
 "#;
+
+/// Which of the jobs $1 are still in the hot table.
+pub const STILL_QUEUED: &str = "SELECT id FROM herald_jobs WHERE id = ANY($1::int8[])";
+
+/// Every lease held in the name of worker $1, as (id, token). Reads the partial index of leased rows, which is as
+/// small as the fleet's capacity.
+pub const LEASES_OF: &str =
+    "SELECT id, lease_token FROM herald_jobs WHERE lease_token IS NOT NULL AND leased_by = $1";
 
 /// Flip due scheduled jobs to available (at most $1), wake their queues, and report when the next one is due.
 pub const PROMOTE: &str = r#"

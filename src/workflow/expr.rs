@@ -6,6 +6,13 @@
 //! Expressions treat a missing field as undefined (falsy; `trigger.a.b` on a missing `a` is undefined too), so a
 //! condition on an absent field takes the `else` edge. Templates are strict: rendering a missing field is an
 //! error, because sending "Hello ," to a customer is worse than not sending.
+//!
+//! CPU: a template or expression can do unbounded work (nested loops over `range`, string repetition). Those that
+//! can (anything beyond plain variable lookups, comparisons and boolean logic: a statement, a call, a filter, a
+//! multiplication) are evaluated with `tokio::task::block_in_place`, so a runaway one holds a blocking thread and
+//! not one of the few threads every other job, the heartbeat and the watchdog run on. Plain ones, the common case
+//! (`Hello {{ trigger.name }}`), stay inline: moving off the executor costs a thread hand-off per call. Bounding
+//! the work itself (template fuel) belongs to the edge-safety work.
 
 use std::sync::LazyLock;
 
@@ -29,6 +36,7 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
 pub struct Expr {
     source: String,
     compiled: Expression<'static, 'static>,
+    heavy: bool,
 }
 
 impl std::fmt::Debug for Expr {
@@ -45,6 +53,7 @@ impl Expr {
         Ok(Self {
             source: source.to_string(),
             compiled,
+            heavy: may_be_heavy(source),
         })
     }
 
@@ -53,8 +62,7 @@ impl Expr {
     }
 
     pub fn eval(&self, context: &Value) -> Result<Value, String> {
-        self.compiled
-            .eval(context)
+        off_the_executor_if(self.heavy, || self.compiled.eval(context))
             .map_err(|e| format!("expression `{}`: {}", self.source, describe(&e)))
     }
 
@@ -82,6 +90,7 @@ impl Expr {
 #[derive(Debug, Clone)]
 pub struct Template {
     source: String,
+    heavy: bool,
 }
 
 impl Template {
@@ -91,12 +100,12 @@ impl Template {
             .map_err(|e| describe(&e))?;
         Ok(Self {
             source: source.to_string(),
+            heavy: may_be_heavy(source),
         })
     }
 
     pub fn render(&self, context: &Value) -> Result<String, String> {
-        TEMPLATES
-            .render_str(&self.source, context)
+        off_the_executor_if(self.heavy, || TEMPLATES.render_str(&self.source, context))
             .map_err(|e| format!("template `{}`: {}", self.source, describe(&e)))
     }
 }
@@ -109,6 +118,25 @@ pub fn scope(context: &serde_json::Value, run: &serde_json::Value) -> Value {
     };
     scope.insert("run".into(), run.clone());
     Value::from(minijinja::value::Serde(&scope))
+}
+
+/// Whether evaluating `source` can take more than a moment: true for any statement (`{% for %}`), call
+/// (`range(…)`), filter (`|`) or multiplication (`"x" * n`), the constructs through which Jinja does unbounded
+/// work. Deliberately coarse: a false "heavy" costs a thread hand-off, a false "light" could stall a thread.
+fn may_be_heavy(source: &str) -> bool {
+    source.contains("{%") || source.contains(['(', '|', '*'])
+}
+
+/// Runs `work` where it cannot hold one of the async runtime's threads when `heavy` (see the module docs).
+/// `block_in_place` needs the multi-threaded runtime; elsewhere (a single-threaded test runtime) it runs inline.
+fn off_the_executor_if<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
+    let multi_threaded = tokio::runtime::Handle::try_current()
+        .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if heavy && multi_threaded {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
 }
 
 /// minijinja's error text plus its detail (which names the offending token) when there is one.
@@ -149,6 +177,24 @@ mod tests {
         assert_eq!(template.render(&scope).unwrap(), "x=1");
         let missing = Template::compile("{{ trigger.b }}").unwrap();
         assert!(missing.render(&scope).is_err());
+    }
+
+    #[test]
+    fn only_plain_lookups_and_comparisons_count_as_light() {
+        for light in [
+            "Hello {{ trigger.name }}",
+            "trigger.amount > 100 and trigger.country == \"DE\"",
+        ] {
+            assert!(!may_be_heavy(light), "{light}");
+        }
+        for heavy in [
+            "{% for i in range(10) %}x{% endfor %}",
+            "{{ range(10) | list }}",
+            "{{ 'x' * 1000 }}",
+            "trigger.items | length > 2",
+        ] {
+            assert!(may_be_heavy(heavy), "{heavy}");
+        }
     }
 
     #[test]

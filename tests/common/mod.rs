@@ -145,6 +145,7 @@ pub fn options(queues: &[(&str, usize)]) -> WorkerOptions {
             base: Duration::from_millis(50),
             max: Duration::from_secs(1),
         },
+        drills: false,
     }
 }
 
@@ -206,6 +207,13 @@ where
 
 pub async fn scalar_i64(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar::<_, i64>(sql)
+        .fetch_one(pool)
+        .await
+        .expect(sql)
+}
+
+pub async fn scalar_f64(pool: &PgPool, sql: &str) -> f64 {
+    sqlx::query_scalar::<_, f64>(sql)
         .fetch_one(pool)
         .await
         .expect(sql)

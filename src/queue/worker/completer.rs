@@ -4,7 +4,9 @@
 //!
 //! An ack is never dropped: if a flush fails (connection lost, database restarting), the batch is kept and
 //! retried with backoff. If the outage outlasts the lease, the rescuer hands the job to another worker and the
-//! late flush is rejected by the lease token, which is exactly-once completion at work.
+//! late flush is rejected by the lease token, which is exactly-once completion at work. Once a batch's statement
+//! has answered, its jobs leave the ledger (`ledger.rs`): not before, so reconciliation never gives back a job
+//! whose ack is still on its way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc};
 
+use super::ledger::Ledger;
 use crate::queue::JobId;
 use crate::queue::lease::{self, AttemptError, Settled, Settlement};
 
@@ -35,7 +38,12 @@ pub struct CompleterOptions {
 pub const FLUSHES_IN_FLIGHT: u32 = 2;
 
 /// Runs until every sender is dropped and everything received has been flushed.
-pub async fn run(pool: PgPool, mut acks: mpsc::Receiver<Ack>, options: CompleterOptions) {
+pub async fn run(
+    pool: PgPool,
+    mut acks: mpsc::Receiver<Ack>,
+    options: CompleterOptions,
+    ledger: Arc<Ledger>,
+) {
     let flushing = Arc::new(Semaphore::new(FLUSHES_IN_FLIGHT as usize));
     let options = Arc::new(options);
     loop {
@@ -55,9 +63,12 @@ pub async fn run(pool: PgPool, mut acks: mpsc::Receiver<Ack>, options: Completer
         let Ok(slot) = Arc::clone(&flushing).acquire_owned().await else {
             break;
         };
-        let (pool, options) = (pool.clone(), Arc::clone(&options));
+        let (pool, options, ledger) = (pool.clone(), Arc::clone(&options), Arc::clone(&ledger));
         tokio::spawn(async move {
+            let leases: Vec<(JobId, i64)> =
+                batch.iter().map(|(id, token, _)| (*id, *token)).collect();
             flush(&pool, &mut batch, &options).await;
+            ledger.forget(leases);
             drop(slot);
         });
     }
@@ -71,12 +82,14 @@ async fn flush(
     options: &CompleterOptions,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut tries = 0u32;
     loop {
         let started = std::time::Instant::now();
+        tries += 1;
         match lease::settle(pool, batch, options.priority_aging).await {
             Ok(settled) => {
                 tracing::debug!(acks = batch.len(), elapsed = ?started.elapsed(), "flushed acks");
-                report(batch, &settled);
+                report(pool, batch, &settled, tries).await;
                 batch.clear();
                 return;
             }
@@ -113,7 +126,7 @@ async fn settle_alone(pool: &PgPool, ack: (JobId, i64, Settlement), options: &Co
         | Settlement::Dead { error }
         | Settlement::Interrupted { error }
         | Settlement::Snoozed { error, .. } => error.attempt,
-        Settlement::Completed => 0,
+        Settlement::Completed | Settlement::NotStarted => 0,
     };
     let message = "the attempt's outcome could not be stored; see the worker log";
     let mut dead = vec![(
@@ -140,7 +153,7 @@ async fn flush_unless_refused(
     loop {
         match lease::settle(pool, batch, options.priority_aging).await {
             Ok(settled) => {
-                report(batch, &settled);
+                report(pool, batch, &settled, 1).await;
                 batch.clear();
                 return;
             }
@@ -157,21 +170,63 @@ async fn flush_unless_refused(
     }
 }
 
-fn report(batch: &[(JobId, i64, Settlement)], settled: &[(JobId, Settled)]) {
+/// Logs what a flush did that an operator should know: dead letters, jobs given back unstarted, and acks that
+/// were rejected, saying why (the job is gone: its ack already committed; or another lease holds it now).
+async fn report(
+    pool: &PgPool,
+    batch: &[(JobId, i64, Settlement)],
+    settled: &[(JobId, Settled)],
+    tries: u32,
+) {
     let dead = settled.iter().filter(|(_, s)| *s == Settled::Dead).count();
     if dead > 0 {
         tracing::warn!(dead, "jobs moved to the dead letters");
     }
-    if settled.len() < batch.len() {
-        // Their leases were rescued while we ran them: another attempt owns the job now.
-        let stale: Vec<JobId> = batch
+    let unstarted = batch
+        .iter()
+        .filter(|(_, _, s)| *s == Settlement::NotStarted)
+        .count();
+    if unstarted > 0 {
+        let released = settled
             .iter()
-            .map(|(id, _, _)| *id)
-            .filter(|id| !settled.iter().any(|(s, _)| s == id))
-            .collect();
+            .filter(|(_, s)| *s == Settled::Released)
+            .count();
         tracing::warn!(
-            ?stale,
-            "rejected stale acks: leases had expired and were rescued"
+            skipped = unstarted,
+            released,
+            "did not start buffered jobs whose lease term had passed (this worker was frozen or far behind); \
+             those not rescued meanwhile were given back"
+        );
+    }
+    let answered: std::collections::HashSet<JobId> = settled.iter().map(|(id, _)| *id).collect();
+    let stale: Vec<JobId> = batch
+        .iter()
+        .filter(|(id, _, s)| *s != Settlement::NotStarted && !answered.contains(id))
+        .map(|(id, _, _)| *id)
+        .collect();
+    if stale.is_empty() {
+        return;
+    }
+    // Rare, so one more query to say what happened instead of guessing.
+    let still_queued: Vec<JobId> = lease::still_queued(pool, &stale).await.unwrap_or_default();
+    let (rescued, finished): (Vec<JobId>, Vec<JobId>) =
+        stale.iter().partition(|id| still_queued.contains(id));
+    if !rescued.is_empty() {
+        tracing::warn!(
+            stale = ?rescued,
+            "rejected stale acks: these jobs' leases were rescued (this worker had stopped heartbeating past its lease) \
+             and another attempt holds or will hold them"
+        );
+    }
+    if !finished.is_empty() && tries > 1 {
+        tracing::info!(
+            already_settled = ?finished,
+            "acks already settled, most likely by the earlier try of this batch, which committed before its answer was lost"
+        );
+    } else if !finished.is_empty() {
+        tracing::warn!(
+            stale = ?finished,
+            "rejected stale acks: these jobs' leases were rescued and another attempt has already finished them"
         );
     }
 }

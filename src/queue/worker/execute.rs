@@ -1,7 +1,9 @@
-//! Running one attempt: find the handler, enforce the job's timeout, catch panics, and turn whatever happened
-//! into a [`Settlement`] for the completer.
+//! Running one attempt: find the handler, catch panics, and turn whatever happened into a [`Settlement`] for the
+//! completer. The job's timeout is enforced from outside, by the executor (`executor.rs`), which awaits this on
+//! another task: that works for a handler that never yields too.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use futures::FutureExt;
 
@@ -11,8 +13,8 @@ use crate::queue::lease::{AttemptError, ClaimedJob, Settlement};
 
 pub async fn execute(
     job: ClaimedJob,
-    registry: &HandlerRegistry,
-    retry: &RetryPolicy,
+    registry: Arc<HandlerRegistry>,
+    retry: RetryPolicy,
 ) -> Settlement {
     let attempt = job.attempt;
     let error = |kind: &'static str, message: String| AttemptError::new(attempt, kind, &message);
@@ -42,20 +44,19 @@ pub async fn execute(
         Ok(future) => future,
         Err(panic) => return retry_later("panic", panic_message(panic.as_ref())),
     };
-    match tokio::time::timeout(job.timeout, AssertUnwindSafe(started).catch_unwind()).await {
-        Err(_) => retry_later("timeout", format!("timed out after {:?}", job.timeout)),
-        Ok(Err(panic)) => retry_later("panic", panic_message(panic.as_ref())),
-        Ok(Ok(Ok(()))) => Settlement::Completed,
-        Ok(Ok(Err(JobError::Retry(message)))) => retry_later("error", message),
-        Ok(Ok(Err(JobError::RetryAfter(delay, message)))) => Settlement::Retry {
+    match AssertUnwindSafe(started).catch_unwind().await {
+        Err(panic) => retry_later("panic", panic_message(panic.as_ref())),
+        Ok(Ok(())) => Settlement::Completed,
+        Ok(Err(JobError::Retry(message))) => retry_later("error", message),
+        Ok(Err(JobError::RetryAfter(delay, message))) => Settlement::Retry {
             delay,
             error: error("error", message),
         },
-        Ok(Ok(Err(JobError::Snooze(delay, message)))) => Settlement::Snoozed {
+        Ok(Err(JobError::Snooze(delay, message))) => Settlement::Snoozed {
             delay,
             error: error("snoozed", message),
         },
-        Ok(Ok(Err(JobError::Permanent(message)))) => Settlement::Dead {
+        Ok(Err(JobError::Permanent(message))) => Settlement::Dead {
             error: error("permanent", message),
         },
     }

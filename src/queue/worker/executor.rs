@@ -7,15 +7,26 @@
 //! the completer. Database work never happens inside the backend: apalis ends a worker for good on a backend
 //! error, so claim failures stay in the fetcher, which backs off and retries.
 //!
+//! Each attempt's handler runs on a task of its own, watched from the executor's task:
+//! * a handler that never yields (a CPU loop, a blocking call) holds only its own thread, not the whole queue
+//!   (apalis polls its handlers together, so one stuck inline would stall every handler of the queue);
+//! * the job's timeout is enforced from here, outside the handler's task, so it fires for a handler that never
+//!   yields too: the attempt is settled as a timeout (a failed attempt), which gives its lease up so the job
+//!   retries (on any worker) or dead-letters, and the handler's task is aborted. A handler that cannot be stopped
+//!   keeps its concurrency slot until it really ends: it still occupies a thread.
+//! * a job whose lease term passed while it waited for a slot (the worker was frozen, or far behind) is not
+//!   started: it may already have been rescued and run elsewhere. It is given back unstarted.
+//!
 //! Shutdown: apalis stops polling the backend and waits for running handlers; after the grace period the worker
-//! future is dropped, which drops the handlers, and each one's [`Interrupted`] guard records the attempt as
-//! interrupted so the job is retried at once.
+//! future is dropped, which aborts the handler tasks, and each attempt's [`PendingAck`] records the attempt as
+//! interrupted so the job is retried at once. A handler stuck without yielding cannot be aborted; it no longer
+//! holds anything up (see `app.rs` for how the process exits around it).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use apalis::prelude::{
     Backend, Data, Task, TaskBuilder, TaskId, WorkerBuilder, WorkerBuilderExt, WorkerContext,
@@ -119,61 +130,152 @@ pub struct AttemptDeps {
     pub shared: Arc<Shared>,
 }
 
+/// How long a handler that was told to stop at its timeout may take to do so before it is reported as stuck.
+const STOP_WITHIN: Duration = Duration::from_secs(1);
+
 /// The apalis task function: run one attempt and hand its outcome to the completer.
 pub async fn run_attempt(held: HeldJob, deps: Data<AttemptDeps>) -> Result<(), Infallible> {
     let HeldJob { job, slot } = held;
-    let mut pending = PendingAck::interrupted(&job, deps.acks.clone());
-    let settlement = execute(job, &deps.registry, &deps.retry).await;
-    pending.settle(settlement);
-    // The completer outlives every executor, so this only fails if it crashed; the lease then expires and the
-    // job is rescued.
-    pending.send().await;
+    if Instant::now() >= job.start_by {
+        let skipped = Ack {
+            id: job.id,
+            lease_token: job.lease_token,
+            settlement: Settlement::NotStarted,
+        };
+        if deps.acks.send(skipped).await.is_err() {
+            tracing::warn!("could not give back an unstarted job; reconciliation will");
+        }
+    } else {
+        run_watched(job, &deps).await;
+    }
     drop(slot);
     deps.shared.room_freed.notify_one();
     Ok(())
+}
+
+/// Runs the handler on its own task under the job's timeout and sends its outcome to the completer. The
+/// completer outlives every executor, so sending only fails if it crashed; the job is then reconciled or rescued.
+async fn run_watched(job: ClaimedJob, deps: &AttemptDeps) {
+    let mut pending = PendingAck::interrupted(&job, deps.acks.clone());
+    let (attempt, timeout) = (job.attempt, job.timeout);
+    let mut handler = AbortOnDrop(tokio::spawn(execute(
+        job,
+        Arc::clone(&deps.registry),
+        deps.retry,
+    )));
+    match tokio::time::timeout(timeout, &mut handler.0).await {
+        Ok(Ok(settlement)) => pending.settle(settlement),
+        // `execute` catches the handler's panics; this is a panic in herald's own code around it.
+        Ok(Err(error)) => pending.settle(Settlement::Retry {
+            delay: deps.retry.delay(attempt),
+            error: AttemptError::new(
+                attempt,
+                "panic",
+                &format!("the attempt's task failed: {error}"),
+            ),
+        }),
+        Err(_) => {
+            // The attempt ends now, whatever the handler does: its lease is given up so the job retries
+            // (anywhere) or dead-letters. A handler that yields stops at its next await; one that does not
+            // cannot be stopped and keeps its thread, and its slot, until it returns.
+            handler.0.abort();
+            pending.settle(Settlement::Retry {
+                delay: deps.retry.delay(attempt),
+                error: AttemptError::new(
+                    attempt,
+                    "timeout",
+                    &format!("timed out after {timeout:?}"),
+                ),
+            });
+            let job = pending.id;
+            pending.send().await;
+            if tokio::time::timeout(STOP_WITHIN, &mut handler.0)
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    job,
+                    "a handler ran past its timeout without yielding (a CPU loop or a blocking call): its lease was \
+                     given up, and it keeps a thread and a concurrency slot until it returns"
+                );
+                let _ = (&mut handler.0).await;
+            }
+            return;
+        }
+    }
+    pending.send().await;
+}
+
+/// Aborts the handler's task when the attempt is dropped (shutdown past the grace period), as dropping an inline
+/// future used to. A handler that never yields cannot be aborted; it runs on until the process exits.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The ack an attempt owes the completer, delivered even if the attempt is dropped (shutdown past the grace
 /// period): until the handler finishes it says "interrupted" (available again at once, attempt refunded); after,
 /// it carries the real outcome, so a drop while waiting for room in the ack channel loses nothing.
 struct PendingAck {
-    ack: Option<Ack>,
+    id: crate::queue::JobId,
+    lease_token: i64,
+    attempt: i32,
+    /// `None` until the attempt has an outcome; dropped without one, it reports "interrupted". (Built lazily: the
+    /// interrupted error costs an allocation and a clock read that nearly every attempt would throw away.)
+    settlement: Option<Settlement>,
+    sent: bool,
     acks: mpsc::Sender<Ack>,
 }
 
 impl PendingAck {
     fn interrupted(job: &ClaimedJob, acks: mpsc::Sender<Ack>) -> Self {
-        let message = "interrupted: the worker shut down before the handler finished";
-        let settlement = Settlement::Interrupted {
-            error: AttemptError::new(job.attempt, "shutdown", message),
-        };
         Self {
-            ack: Some(Ack {
-                id: job.id,
-                lease_token: job.lease_token,
-                settlement,
-            }),
+            id: job.id,
+            lease_token: job.lease_token,
+            attempt: job.attempt,
+            settlement: None,
+            sent: false,
             acks,
         }
     }
 
     fn settle(&mut self, settlement: Settlement) {
-        if let Some(ack) = &mut self.ack {
-            ack.settlement = settlement;
+        self.settlement = Some(settlement);
+    }
+
+    fn take_ack(&mut self) -> Option<Ack> {
+        if std::mem::replace(&mut self.sent, true) {
+            return None;
         }
+        let settlement = self.settlement.take().unwrap_or_else(|| {
+            let message = "interrupted: the worker shut down before the handler finished";
+            Settlement::Interrupted {
+                error: AttemptError::new(self.attempt, "shutdown", message),
+            }
+        });
+        Some(Ack {
+            id: self.id,
+            lease_token: self.lease_token,
+            settlement,
+        })
     }
 
     async fn send(mut self) {
-        let Some(ack) = self.ack.take() else { return };
+        let Some(ack) = self.take_ack() else { return };
         if let Err(mpsc::error::SendError(ack)) = self.acks.send(ack).await {
-            self.ack = Some(ack); // Drop reports it
+            // Drop reports it.
+            self.sent = false;
+            self.settlement = Some(ack.settlement);
         }
     }
 }
 
 impl Drop for PendingAck {
     fn drop(&mut self) {
-        if let Some(ack) = self.ack.take()
+        if let Some(ack) = self.take_ack()
             && self.acks.try_send(ack).is_err()
         {
             tracing::warn!(
@@ -184,7 +286,7 @@ impl Drop for PendingAck {
 }
 
 /// Runs claimed jobs from `incoming`, at most `concurrency` at once, until `stop` resolves; then lets running
-/// handlers finish for up to `grace` and drops the rest (see [`Interrupted`]).
+/// handlers finish for up to `grace` and drops the rest (see [`PendingAck`]).
 pub async fn execute_until(
     name: String,
     backend: ClaimedJobs,

@@ -139,6 +139,43 @@ pub mod builtin {
         const KIND: &'static str = "herald.log";
     }
 
+    /// Burns CPU for `ms` milliseconds without ever yielding: a drill for a handler stuck in a CPU loop (a
+    /// runaway template, say). Registered only with `worker.drills = true`.
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    pub struct Spin {
+        pub ms: u64,
+    }
+    impl Job for Spin {
+        const KIND: &'static str = "herald.spin";
+    }
+
+    /// Blocks its thread for `ms` milliseconds (`std::thread::sleep`): a drill for a handler stuck in a blocking
+    /// call. Registered only with `worker.drills = true`.
+    #[derive(Debug, serde::Serialize, serde::Deserialize)]
+    pub struct Block {
+        pub ms: u64,
+    }
+    impl Job for Block {
+        const KIND: &'static str = "herald.block";
+    }
+
+    /// The fault-drill kinds: handlers that misbehave on purpose, so operators and the tests can see what the
+    /// engine does with a handler that never yields. Off by default: one such job holds a worker thread.
+    pub fn register_drills(registry: &mut HandlerRegistry) {
+        registry.register(|job: Spin, _| async move {
+            let until = std::time::Instant::now() + Duration::from_millis(job.ms);
+            let mut spins = 0u64;
+            while std::time::Instant::now() < until {
+                spins = std::hint::black_box(spins.wrapping_add(1));
+            }
+            Ok(())
+        });
+        registry.register(|job: Block, _| async move {
+            std::thread::sleep(Duration::from_millis(job.ms));
+            Ok(())
+        });
+    }
+
     pub fn register(registry: &mut HandlerRegistry) {
         registry.register(|_: Noop, _| async { Ok(()) });
         registry.register(|job: Sleep, _| async move {

@@ -3,10 +3,16 @@
 //! Tasks inside one process:
 //! * **wakeups**: one LISTEN connection; NOTIFYs wake the queue they name.
 //! * **promoter**: makes due scheduled jobs available, sleeping until the next one is due (or the poll interval).
-//! * **maintenance**: heartbeat (the registry row that keeps this worker's leases valid), rescue of expired
-//!   leases, reaping dead workers.
+//! * **heartbeat**: the registry row that keeps this worker's leases valid, on a connection of its own so that
+//!   it never waits behind other work (a blocked rescue, an exhausted pool).
+//! * **maintenance**: reconciliation of this worker's leases (`ledger.rs`), rescue of expired leases, reaping
+//!   dead workers.
 //! * **one runner per queue**: claim batches (`runner.rs`), run handlers on an apalis worker (`executor.rs`).
 //! * **completer**: batched acks (see `completer.rs`).
+//!
+//! The queue's own statements (claims, acks, maintenance) run on a small pool of their own whose connections
+//! carry a server-side `statement_timeout` ([`lease::SERVER_DEADLINE`]): a statement stuck behind a lock is
+//! cancelled by PostgreSQL before the worker gives up on it. Handlers use the pool they were given.
 //!
 //! Database trouble never ends the process: every loop logs, backs off and tries again.
 
@@ -14,6 +20,7 @@ mod completer;
 mod execute;
 mod executor;
 mod handlers;
+mod ledger;
 mod retry;
 mod runner;
 mod wakeups;
@@ -21,7 +28,8 @@ mod wakeups;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +40,7 @@ use crate::config::{ConfigError, Settings};
 use crate::queue::lease::{self, WorkerIdentity};
 use crate::queue::types::{JobDefaults, QueueSpec};
 use completer::CompleterOptions;
+use ledger::Ledger;
 use runner::QueueRunner;
 use wakeups::Wakeups;
 
@@ -49,6 +58,8 @@ pub struct WorkerOptions {
     pub ack_batch: usize,
     pub defaults: JobDefaults,
     pub retry: RetryPolicy,
+    /// Register the fault-drill kinds (`worker.drills`).
+    pub drills: bool,
 }
 
 impl WorkerOptions {
@@ -66,6 +77,7 @@ impl WorkerOptions {
             ack_batch: worker.ack_batch,
             defaults: settings.job_defaults(),
             retry: settings.retry_policy(),
+            drills: worker.drills,
         })
     }
 }
@@ -75,27 +87,40 @@ impl WorkerOptions {
 pub async fn run(
     pool: PgPool,
     options: WorkerOptions,
-    registry: HandlerRegistry,
+    mut registry: HandlerRegistry,
     shutdown: CancellationToken,
 ) {
+    if options.drills {
+        builtin::register_drills(&mut registry);
+    }
     let identity = WorkerIdentity::of_this_process(
         options.queues.iter().map(|q| q.name.to_string()).collect(),
         options.queues.iter().map(|q| q.concurrency as i32).sum(),
     );
     tracing::info!(worker = %identity.id, queues = ?identity.queues, "worker starting");
+    let handler_pool = pool;
+    let pool = queue_pool(&handler_pool, options.queues.len());
+    let ledger = Arc::new(Ledger::default());
     let background = CancellationToken::new();
     let wakeups = Arc::new(Wakeups::new(options.queues.iter().map(|q| q.name.as_str())));
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(Arc::clone(&wakeups).listen(pool.clone(), background.clone()));
+    tasks.spawn(Arc::clone(&wakeups).listen(handler_pool.clone(), background.clone()));
     tasks.spawn(promote_loop(
         pool.clone(),
         options.poll_interval,
         wakeups.promoter(),
         background.clone(),
     ));
+    tasks.spawn(heartbeat_loop(
+        (*handler_pool.connect_options()).clone(),
+        identity.clone(),
+        options.heartbeat_interval,
+        background.clone(),
+    ));
     tasks.spawn(maintain_loop(
         pool.clone(),
-        identity.clone(),
+        identity.id,
+        Arc::clone(&ledger),
         options.clone(),
         background.clone(),
     ));
@@ -106,7 +131,12 @@ pub async fn run(
         max_batch: options.ack_batch,
         priority_aging: options.defaults.priority_aging,
     };
-    let completer = tokio::spawn(completer::run(pool.clone(), ack_rx, completer_options));
+    let completer = tokio::spawn(completer::run(
+        pool.clone(),
+        ack_rx,
+        completer_options,
+        Arc::clone(&ledger),
+    ));
 
     let registry = Arc::new(registry);
     let mut runners = tokio::task::JoinSet::new();
@@ -123,14 +153,15 @@ pub async fn run(
             retry: options.retry,
             wakeup: wakeups.queue(spec.name.as_str()),
             acks: acks.clone(),
+            ledger: Arc::clone(&ledger),
         };
         runners.spawn(runner.run(shutdown.clone()));
     }
     drop(acks);
     runners.join_all().await;
     // Every runner dropped its sender: the completer flushes what is left and returns. If the database is down,
-    // do not wait forever: unflushed jobs run again after their lease (at-least-once still holds).
-    match tokio::time::timeout(options.shutdown_grace + Duration::from_secs(30), completer).await {
+    // do not wait long: unflushed jobs run again after their lease (at-least-once still holds).
+    match tokio::time::timeout(lease::CALL_DEADLINE, completer).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => tracing::error!(%error, "completer task failed"),
         Err(_) => tracing::error!(
@@ -176,38 +207,117 @@ async fn promote_loop(
     }
 }
 
-/// Heartbeat (keeps this worker's leases valid) and, less often, rescue of other workers' expired leases.
-async fn maintain_loop(
-    pool: PgPool,
+/// The pool the queue's own statements run on: the handlers' pool's settings, plus a server-side deadline on
+/// every statement. Connections: one claim per queue, the completer's flushes, the promoter and maintenance.
+fn queue_pool(handlers: &PgPool, queues: usize) -> PgPool {
+    let options = lease::with_server_deadline(&handlers.connect_options(), lease::SERVER_DEADLINE);
+    PgPoolOptions::new()
+        .max_connections((queues + completer::FLUSHES_IN_FLIGHT as usize + 3) as u32)
+        // No ping before every checkout: it doubled the round trips of each claim and ack (see `db.rs`).
+        .test_before_acquire(false)
+        .acquire_timeout(handlers.options().get_acquire_timeout())
+        .connect_lazy_with(options)
+}
+
+/// Heartbeats on a connection of its own, so that nothing else this process does (a rescue blocked by a table
+/// lock, every pooled connection busy) can delay them: a worker that stops heartbeating loses its leases. The
+/// statement's deadline is one interval: a heartbeat that cannot get through is dropped and the next one sent
+/// on a fresh connection, rather than queued.
+///
+/// It deliberately runs on the same runtime as the handlers: if a stuck handler wedges every thread, the
+/// heartbeat stops too and the rest of the fleet rescues this worker's jobs, which is what should happen.
+async fn heartbeat_loop(
+    options: PgConnectOptions,
     identity: WorkerIdentity,
-    options: WorkerOptions,
+    every: Duration,
     stop: CancellationToken,
 ) {
-    let mut heartbeat = tokio::time::interval(options.heartbeat_interval);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut rescue = tokio::time::interval(options.rescue_interval);
-    rescue.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let options = lease::with_server_deadline(&options, every);
+    let mut connection: Option<PgConnection> = None;
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = heartbeat.tick() => {
-                if let Err(error) = lease::heartbeat(&pool, &identity).await {
-                    tracing::warn!(%error, "heartbeat failed");
-                }
-            }
-            _ = rescue.tick() => {
-                match lease::rescue(&pool, options.lease).await {
-                    Ok(pass) if pass.returned + pass.dead > 0 => {
-                        tracing::warn!(returned = pass.returned, dead = pass.dead, "rescued jobs with expired leases");
-                    }
-                    Ok(_) => {}
-                    Err(error) => tracing::warn!(%error, "rescuing expired leases failed"),
-                }
-                // A worker silent for several leases is gone; forget it so the fleet view stays true.
-                if let Err(error) = lease::reap_workers(&pool, options.lease * 3).await {
-                    tracing::warn!(%error, "reaping dead workers failed");
+            _ = stop.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        if connection.is_none() {
+            match lease::within(every, PgConnection::connect_with(&options)).await {
+                Ok(fresh) => connection = Some(fresh),
+                Err(error) => {
+                    tracing::warn!(%error, "heartbeat: cannot connect");
+                    continue;
                 }
             }
         }
+        let Some(conn) = connection.as_mut() else {
+            continue;
+        };
+        let deadline = every + Duration::from_secs(1);
+        if let Err(error) = lease::heartbeat(&mut *conn, &identity, deadline).await {
+            tracing::warn!(%error, "heartbeat failed");
+            connection = None; // its state is unknown after a timeout: start afresh
+        }
+    }
+    if let Some(conn) = connection {
+        let _ = conn.close().await;
+    }
+}
+
+/// Reconciliation of this worker's leases, rescue of other workers' expired leases, and reaping of workers
+/// long gone. Each statement has a deadline, so a pass ends even when a lock blocks it.
+async fn maintain_loop(
+    pool: PgPool,
+    worker: uuid::Uuid,
+    ledger: Arc<Ledger>,
+    options: WorkerOptions,
+    stop: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(options.rescue_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        reconcile(&pool, worker, &ledger).await;
+        match lease::rescue(&pool, options.lease).await {
+            Ok(pass) if pass.returned + pass.dead > 0 => {
+                tracing::warn!(
+                    returned = pass.returned,
+                    dead = pass.dead,
+                    "rescued jobs with expired leases"
+                );
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "rescuing expired leases failed"),
+        }
+        // A worker silent for several leases is gone; forget it so the fleet view stays true.
+        if let Err(error) = lease::reap_workers(&pool, options.lease * 3).await {
+            tracing::warn!(%error, "reaping dead workers failed");
+        }
+    }
+}
+
+/// Gives back the leases the database says this worker holds but the worker does not know of (see
+/// `ledger.rs`): the jobs were never handed to a handler, so their attempt is refunded.
+async fn reconcile(pool: &PgPool, worker: uuid::Uuid, ledger: &Ledger) {
+    let leased = match lease::leases_of(pool, worker).await {
+        Ok(leased) => leased,
+        Err(error) => {
+            tracing::warn!(%error, "listing this worker's leases failed");
+            return;
+        }
+    };
+    let orphans = ledger.orphans(leased);
+    if orphans.is_empty() {
+        return;
+    }
+    match lease::release(pool, &orphans).await {
+        Ok(released) => tracing::warn!(
+            released,
+            "gave back jobs leased to this worker by a claim whose answer never reached it"
+        ),
+        Err(error) => tracing::warn!(%error, "giving back orphaned leases failed; will retry"),
     }
 }

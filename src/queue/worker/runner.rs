@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::completer::Ack;
 use super::executor::{AttemptDeps, ClaimedJobs, HeldJob, execute_until};
 use super::handlers::HandlerRegistry;
+use super::ledger::Ledger;
 use super::retry::RetryPolicy;
 use crate::queue::lease::{self, ClaimedJob};
 use crate::queue::types::{JobId, QueueSpec};
@@ -37,6 +38,8 @@ pub struct QueueRunner {
     pub retry: RetryPolicy,
     pub wakeup: Arc<Notify>,
     pub acks: mpsc::Sender<Ack>,
+    /// What this process holds, for reconciliation (`ledger.rs`).
+    pub ledger: Arc<Ledger>,
 }
 
 /// State the fetcher and the executor share.
@@ -98,15 +101,22 @@ impl QueueRunner {
             };
             let wanted = room.num_permits();
             let started = std::time::Instant::now();
-            match lease::claim(
+            let token = lease::new_lease_token();
+            self.ledger.claim_sent(token);
+            let claimed = lease::claim_with_token(
                 &self.pool,
                 &self.spec.name,
                 wanted,
                 self.lease,
                 self.worker_id,
+                token,
             )
-            .await
-            {
+            .await;
+            match &claimed {
+                Ok(jobs) => self.ledger.claim_answered(token, jobs),
+                Err(_) => self.ledger.claim_abandoned(token),
+            }
+            match claimed {
                 Ok(jobs) => {
                     tracing::debug!(wanted, claimed = jobs.len(), elapsed = ?started.elapsed(), "claimed");
                     backoff = Duration::from_millis(100);
@@ -168,7 +178,7 @@ impl QueueRunner {
             }
         }
         // The dispatcher stopped (shutdown) while we were claiming: give these back at once.
-        release_with_retry(&self.pool, &unsent).await;
+        release_with_retry(&self.pool, &self.ledger, &unsent).await;
     }
 
     /// Runs claimed jobs through the apalis executor until shutdown, then gives back what never started.
@@ -200,11 +210,11 @@ impl QueueRunner {
         // can take it at once. A job is either taken by the executor or drained here, never both.
         let release_at_stop = async {
             shutdown.cancelled().await;
-            release_with_retry(&self.pool, &drain(&incoming)).await;
+            release_with_retry(&self.pool, &self.ledger, &drain(&incoming)).await;
         };
         tokio::join!(run, release_at_stop);
         // Anything that arrived after the first drain (a claim that was in flight).
-        release_with_retry(&self.pool, &drain(&incoming)).await;
+        release_with_retry(&self.pool, &self.ledger, &drain(&incoming)).await;
     }
 }
 
@@ -221,9 +231,10 @@ fn drain(incoming: &Mutex<mpsc::UnboundedReceiver<Held>>) -> Vec<(JobId, i64)> {
     }
 }
 
-/// Releases unstarted jobs, retrying through a short outage; if it keeps failing, their leases expire and the
-/// rescuer returns them instead.
-async fn release_with_retry(pool: &PgPool, jobs: &[(JobId, i64)]) {
+/// Releases unstarted jobs, retrying through a short outage. If it keeps failing, the jobs leave the ledger
+/// anyway: reconciliation then gives back whatever the database still says this worker holds (or, once the
+/// process is gone, the rescuer returns them).
+async fn release_with_retry(pool: &PgPool, ledger: &Ledger, jobs: &[(JobId, i64)]) {
     if jobs.is_empty() {
         return;
     }
@@ -231,7 +242,7 @@ async fn release_with_retry(pool: &PgPool, jobs: &[(JobId, i64)]) {
         match lease::release(pool, jobs).await {
             Ok(released) => {
                 tracing::info!(released, "released unstarted jobs");
-                return;
+                break;
             }
             Err(error) => {
                 tracing::warn!(%error, attempt, "releasing unstarted jobs failed");
@@ -239,4 +250,5 @@ async fn release_with_retry(pool: &PgPool, jobs: &[(JobId, i64)]) {
             }
         }
     }
+    ledger.forget(jobs.iter().copied());
 }
