@@ -267,9 +267,9 @@ enum QueuesCommand {
 }
 
 fn main() -> anyhow::Result<()> {
-    // First, before the runtime starts its threads: signals go to a thread of their own (see shutdown.rs).
-    herald::shutdown::watch();
     telemetry::init();
+    // Before the runtime starts its threads: signals go to a thread of their own (see shutdown.rs).
+    herald::shutdown::watch();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -18,8 +18,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-/// How long past its grace period a process that has not exited is given before it is ended.
-pub const HARD_MARGIN: Duration = Duration::from_secs(10);
+/// How long past its grace period a process that has not exited is given before it is ended: enough for a worker
+/// to write its last acks and leave the registry against a slow database (each statement is bounded by
+/// `queue::lease::CALL_DEADLINE`, 15 s), so that only a wedged runtime ever reaches it.
+pub const HARD_MARGIN: Duration = Duration::from_secs(40);
 
 /// The token to cancel and the grace period of the role that asked for it.
 static GRACEFUL: Mutex<Option<(CancellationToken, Duration)>> = Mutex::new(None);

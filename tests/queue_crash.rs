@@ -553,3 +553,39 @@ async fn a_thawed_worker_does_not_start_buffered_jobs_whose_lease_term_passed() 
     );
     drop(rescuer);
 }
+
+/// The other side of issue 12.4: a worker that is merely busy (heartbeating all along) starts the jobs that waited
+/// in its buffer past their lease term, rather than giving them back: no rescuer can have taken them, and giving
+/// them back would make a slow queue churn through claims.
+#[tokio::test]
+async fn a_busy_worker_starts_jobs_that_waited_past_their_lease_term() {
+    let db = TestDb::new().await;
+    // One at a time, 500 ms each: the last of the 20 claimed together starts ~10 s after its claim (lease 5 s).
+    enqueue_jobs(
+        &db,
+        (0..20)
+            .map(|_| job("busy", "herald.sleep", json!({"ms": 500})))
+            .collect(),
+    )
+    .await;
+    let worker = LoggedWorker::spawn(&db.url, "busy:1", &[("HERALD_WORKER__BATCH_SIZE", "20")]);
+    wait_until(Duration::from_secs(60), "every job to finish", || async {
+        live_jobs(&db.pool).await == 0
+    })
+    .await;
+    assert_eq!(completions(&db.pool).await, (20, 20));
+    assert_eq!(
+        worker.counted("skipped"),
+        0,
+        "no job was given back unstarted"
+    );
+    let slowest: f64 = scalar_f64(
+        &db.pool,
+        "SELECT max(extract(epoch FROM finished_at - created_at))::float8 FROM herald_job_history",
+    )
+    .await;
+    assert!(
+        slowest > 5.0,
+        "the last job waited past the lease term ({slowest:.1} s)"
+    );
+}

@@ -647,7 +647,7 @@ async fn claimed_at_is_never_before_run_at() {
     sqlx::query("SELECT now()").execute(&mut *tx).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     db.enqueue(vec![job("q", "k", json!({}))]).await;
-    let claimed = lease::claim_with_token(
+    let claimed = lease::claim_on(
         &mut *tx,
         &queue("q"),
         1,

@@ -569,19 +569,24 @@ async fn a_handler_outliving_the_grace_period_is_cancelled_and_requeued() {
     let db = TestDb::new().await;
     let mut opts = options(&[("q", 1)]);
     opts.shutdown_grace = Duration::from_millis(200);
-    let worker = RunningWorker::start(&db.pool, opts, herald::app::handler_registry());
-    let id = db
-        .enqueue(vec![job("q", "herald.sleep", json!({"ms": 60_000}))])
-        .await[0];
-    wait_until(Duration::from_secs(10), "job claimed", || async {
-        scalar_i64(
-            &db.pool,
-            "SELECT count(*) FROM herald_jobs WHERE lease_token IS NOT NULL",
-        )
+    // A handler that says when it has started, then outlives the grace period. (Waiting for the lease alone is not
+    // enough: a job claimed but not yet started at shutdown is released, not interrupted.)
+    let started = Arc::new(tokio::sync::Notify::new());
+    let mut registry = HandlerRegistry::new();
+    let signal = Arc::clone(&started);
+    registry.register_raw("slow", move |_, _| {
+        let signal = Arc::clone(&signal);
+        async move {
+            signal.notify_one();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        }
+    });
+    let worker = RunningWorker::start(&db.pool, opts, registry);
+    let id = db.enqueue(vec![job("q", "slow", json!({}))]).await[0];
+    tokio::time::timeout(Duration::from_secs(10), started.notified())
         .await
-            == 1
-    })
-    .await;
+        .expect("the handler started");
     let stopping = Instant::now();
     worker.stop().await;
     assert!(stopping.elapsed() < Duration::from_secs(10));

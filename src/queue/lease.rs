@@ -134,6 +134,8 @@ pub fn with_server_deadline(options: &PgConnectOptions, deadline: Duration) -> P
         .options([("statement_timeout", deadline.as_millis().to_string())])
 }
 
+/// A statement under [`CALL_DEADLINE`]. Callers take their connection from the pool first (bounded by the pool's
+/// acquire timeout), so the deadline counts the statement alone and stays longer than the server's.
 async fn bounded<T>(
     call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, QueueError> {
@@ -173,7 +175,20 @@ pub async fn claim(
 }
 
 /// Claims up to `limit` jobs of `queue` for `worker` under `token` (from [`new_lease_token`]).
-pub async fn claim_with_token<'c>(
+pub async fn claim_with_token(
+    pool: &PgPool,
+    queue: &QueueName,
+    limit: usize,
+    lease: Duration,
+    worker: Uuid,
+    token: i64,
+) -> Result<Vec<ClaimedJob>, QueueError> {
+    let mut conn = pool.acquire().await?;
+    claim_on(&mut *conn, queue, limit, lease, worker, token).await
+}
+
+/// [`claim_with_token`] on a connection of the caller's (a test's open transaction, say).
+pub async fn claim_on<'c>(
     conn: impl PgExecutor<'c>,
     queue: &QueueName,
     limit: usize,
@@ -279,7 +294,8 @@ async fn settle_attempts(
         .bind(delays)
         .bind(errors)
         .bind(priority_aging.as_secs_f64());
-    let rows = bounded(query.fetch_all(pool)).await?;
+    let mut conn = pool.acquire().await?;
+    let rows = bounded(query.fetch_all(&mut *conn)).await?;
     rows.iter()
         .map(|row| {
             let settled = match row.try_get::<&str, _>("settled")? {
@@ -305,20 +321,23 @@ async fn release_returning(pool: &PgPool, jobs: &[(JobId, i64)]) -> Result<Vec<J
     }
     let (ids, tokens): (Vec<i64>, Vec<i64>) = jobs.iter().copied().unzip();
     let query = sqlx::query_scalar(sql::RELEASE).bind(ids).bind(tokens);
-    bounded(query.fetch_all(pool)).await
+    let mut conn = pool.acquire().await?;
+    bounded(query.fetch_all(&mut *conn)).await
 }
 
 /// Which of `ids` are still in the hot table (to explain a rejected ack).
 pub async fn still_queued(pool: &PgPool, ids: &[JobId]) -> Result<Vec<JobId>, QueueError> {
     let query = sqlx::query_scalar(sql::STILL_QUEUED).bind(ids);
-    bounded(query.fetch_all(pool)).await
+    let mut conn = pool.acquire().await?;
+    bounded(query.fetch_all(&mut *conn)).await
 }
 
 /// Every lease the database says `worker` holds, as (job, token): what reconciliation compares with what the
 /// worker knows it holds.
 pub async fn leases_of(pool: &PgPool, worker: Uuid) -> Result<Vec<(JobId, i64)>, QueueError> {
     let query = sqlx::query_as(sql::LEASES_OF).bind(worker);
-    bounded(query.fetch_all(pool)).await
+    let mut conn = pool.acquire().await?;
+    bounded(query.fetch_all(&mut *conn)).await
 }
 
 /// What one promoter pass did.
@@ -332,7 +351,9 @@ pub struct Promotion {
 
 /// Makes due scheduled jobs available (at most `limit`) and says when the next one falls due.
 pub async fn promote(pool: &PgPool, limit: i64) -> Result<Promotion, QueueError> {
-    let row = bounded(sqlx::query(sql::PROMOTE).bind(limit).fetch_one(pool)).await?;
+    let query = sqlx::query(sql::PROMOTE).bind(limit);
+    let mut conn = pool.acquire().await?;
+    let row = bounded(query.fetch_one(&mut *conn)).await?;
     let next_due_in: Option<f64> = row.try_get("next_due_in_secs")?;
     Ok(Promotion {
         promoted: row.try_get("promoted")?,
@@ -352,7 +373,8 @@ pub struct Rescue {
 /// expired when its term has passed and its worker has not heartbeated for `lease`.
 pub async fn rescue(pool: &PgPool, lease: Duration) -> Result<Rescue, QueueError> {
     let query = sqlx::query(sql::RESCUE).bind(lease.as_millis() as i64);
-    let row = bounded(query.fetch_one(pool)).await?;
+    let mut conn = pool.acquire().await?;
+    let row = bounded(query.fetch_one(&mut *conn)).await?;
     Ok(Rescue {
         returned: row.try_get("returned")?,
         dead: row.try_get("dead")?,
@@ -402,16 +424,18 @@ pub async fn heartbeat<'c>(
 /// Forgets workers silent for longer than `silence`.
 pub async fn reap_workers(pool: &PgPool, silence: Duration) -> Result<u64, QueueError> {
     let query = sqlx::query(sql::REAP_WORKERS).bind(silence.as_millis() as i64);
-    let done = bounded(query.execute(pool)).await?;
+    let mut conn = pool.acquire().await?;
+    let done = bounded(query.execute(&mut *conn)).await?;
     Ok(done.rows_affected())
 }
 
 /// Removes a worker's registry row as it exits.
 pub async fn deregister(pool: &PgPool, worker: Uuid) -> Result<(), QueueError> {
+    let mut conn = pool.acquire().await?;
     bounded(
         sqlx::query(sql::DEREGISTER_WORKER)
             .bind(worker)
-            .execute(pool),
+            .execute(&mut *conn),
     )
     .await?;
     Ok(())

@@ -10,7 +10,7 @@
 //! CPU: a template or expression can do unbounded work (nested loops over `range`, string repetition). Those that
 //! can (anything beyond plain variable lookups, comparisons and boolean logic: a statement, a call, a filter, a
 //! multiplication) are evaluated with `tokio::task::block_in_place`, so a runaway one holds a blocking thread and
-//! not one of the few threads every other job, the heartbeat and the watchdog run on. Plain ones, the common case
+//! not one of the few threads every other job and the heartbeat run on. Plain ones, the common case
 //! (`Hello {{ trigger.name }}`), stay inline: moving off the executor costs a thread hand-off per call. Bounding
 //! the work itself (template fuel) belongs to the edge-safety work.
 

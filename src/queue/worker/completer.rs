@@ -89,7 +89,7 @@ async fn flush(
         match lease::settle(pool, batch, options.priority_aging).await {
             Ok(settled) => {
                 tracing::debug!(acks = batch.len(), elapsed = ?started.elapsed(), "flushed acks");
-                report(pool, batch, &settled, tries).await;
+                report(pool, batch, &settled, tries);
                 batch.clear();
                 return;
             }
@@ -153,7 +153,7 @@ async fn flush_unless_refused(
     loop {
         match lease::settle(pool, batch, options.priority_aging).await {
             Ok(settled) => {
-                report(pool, batch, &settled, 1).await;
+                report(pool, batch, &settled, 1);
                 batch.clear();
                 return;
             }
@@ -172,7 +172,7 @@ async fn flush_unless_refused(
 
 /// Logs what a flush did that an operator should know: dead letters, jobs given back unstarted, and acks that
 /// were rejected, saying why (the job is gone: its ack already committed; or another lease holds it now).
-async fn report(
+fn report(
     pool: &PgPool,
     batch: &[(JobId, i64, Settlement)],
     settled: &[(JobId, Settled)],
@@ -207,8 +207,21 @@ async fn report(
     if stale.is_empty() {
         return;
     }
-    // Rare, so one more query to say what happened instead of guessing.
-    let still_queued: Vec<JobId> = lease::still_queued(pool, &stale).await.unwrap_or_default();
+    // Rare, so one more query says what happened; in a task of its own, so the flush slot is free meanwhile.
+    let pool = pool.clone();
+    tokio::spawn(async move { explain_stale(&pool, stale, tries).await });
+}
+
+/// Logs rejected acks, split by what became of their jobs: still queued (rescued; another attempt holds or will
+/// hold them) or gone (finished, by another attempt or by an earlier try of the same batch).
+async fn explain_stale(pool: &PgPool, stale: Vec<JobId>, tries: u32) {
+    let still_queued = match lease::still_queued(pool, &stale).await {
+        Ok(ids) => ids,
+        Err(error) => {
+            tracing::warn!(?stale, %error, "rejected stale acks: their leases were rescued or already settled");
+            return;
+        }
+    };
     let (rescued, finished): (Vec<JobId>, Vec<JobId>) =
         stale.iter().partition(|id| still_queued.contains(id));
     if !rescued.is_empty() {

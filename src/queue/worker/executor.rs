@@ -11,22 +11,24 @@
 //! * a handler that never yields (a CPU loop, a blocking call) holds only its own thread, not the whole queue
 //!   (apalis polls its handlers together, so one stuck inline would stall every handler of the queue);
 //! * the job's timeout is enforced from here, outside the handler's task, so it fires for a handler that never
-//!   yields too: the attempt is settled as a timeout (a failed attempt), which gives its lease up so the job
-//!   retries (on any worker) or dead-letters, and the handler's task is aborted. A handler that cannot be stopped
-//!   keeps its concurrency slot until it really ends: it still occupies a thread.
-//! * a job whose lease term passed while it waited for a slot (the worker was frozen, or far behind) is not
-//!   started: it may already have been rescued and run elsewhere. It is given back unstarted.
+//!   yields too: the handler's task is aborted and the attempt settled as a timeout (a failed attempt), which
+//!   gives its lease up so the job retries on any worker. A handler that cannot be stopped (it never yields)
+//!   keeps its thread and its concurrency slot until it really ends, and its job is dead-lettered rather than
+//!   retried, so one runaway job cannot pin a slot on every worker of the fleet in turn.
+//! * a job whose lease term passed while it waited for a slot is started only if the worker's heartbeats since
+//!   prove no rescuer can have taken it (`liveness.rs`); otherwise (the worker was frozen) it may already have
+//!   run elsewhere, and it is given back unstarted.
 //!
 //! Shutdown: apalis stops polling the backend and waits for running handlers; after the grace period the worker
 //! future is dropped, which aborts the handler tasks, and each attempt's [`PendingAck`] records the attempt as
 //! interrupted so the job is retried at once. A handler stuck without yielding cannot be aborted; it no longer
-//! holds anything up (see `app.rs` for how the process exits around it).
+//! holds anything up (see `src/shutdown.rs` and `main.rs` for how the process exits around it).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apalis::prelude::{
     Backend, Data, Task, TaskBuilder, TaskId, WorkerBuilder, WorkerBuilderExt, WorkerContext,
@@ -39,6 +41,8 @@ use tower_layer::Identity;
 use super::completer::Ack;
 use super::execute::execute;
 use super::handlers::HandlerRegistry;
+use super::ledger::Ledger;
+use super::liveness::Liveness;
 use super::retry::RetryPolicy;
 use super::runner::Shared;
 use crate::queue::lease::{AttemptError, ClaimedJob, Settlement};
@@ -128,6 +132,8 @@ pub struct AttemptDeps {
     pub retry: RetryPolicy,
     pub acks: mpsc::Sender<Ack>,
     pub shared: Arc<Shared>,
+    pub ledger: Arc<Ledger>,
+    pub liveness: Arc<Liveness>,
 }
 
 /// How long a handler that was told to stop at its timeout may take to do so before it is reported as stuck.
@@ -136,14 +142,15 @@ const STOP_WITHIN: Duration = Duration::from_secs(1);
 /// The apalis task function: run one attempt and hand its outcome to the completer.
 pub async fn run_attempt(held: HeldJob, deps: Data<AttemptDeps>) -> Result<(), Infallible> {
     let HeldJob { job, slot } = held;
-    if Instant::now() >= job.start_by {
+    if !deps.liveness.may_start(job.start_by) {
         let skipped = Ack {
             id: job.id,
             lease_token: job.lease_token,
             settlement: Settlement::NotStarted,
         };
         if deps.acks.send(skipped).await.is_err() {
-            tracing::warn!("could not give back an unstarted job; reconciliation will");
+            // Out of the ledger, so reconciliation gives it back.
+            deps.ledger.forget([(job.id, job.lease_token)]);
         }
     } else {
         run_watched(job, &deps).await;
@@ -156,7 +163,7 @@ pub async fn run_attempt(held: HeldJob, deps: Data<AttemptDeps>) -> Result<(), I
 /// Runs the handler on its own task under the job's timeout and sends its outcome to the completer. The
 /// completer outlives every executor, so sending only fails if it crashed; the job is then reconciled or rescued.
 async fn run_watched(job: ClaimedJob, deps: &AttemptDeps) {
-    let mut pending = PendingAck::interrupted(&job, deps.acks.clone());
+    let mut pending = PendingAck::interrupted(&job, deps.acks.clone(), Arc::clone(&deps.ledger));
     let (attempt, timeout) = (job.attempt, job.timeout);
     let mut handler = AbortOnDrop(tokio::spawn(execute(
         job,
@@ -175,28 +182,36 @@ async fn run_watched(job: ClaimedJob, deps: &AttemptDeps) {
             ),
         }),
         Err(_) => {
-            // The attempt ends now, whatever the handler does: its lease is given up so the job retries
-            // (anywhere) or dead-letters. A handler that yields stops at its next await; one that does not
-            // cannot be stopped and keeps its thread, and its slot, until it returns.
+            // The attempt ends now, whatever the handler does: a handler that yields stops at its next await and
+            // the job retries (anywhere). One that never yields cannot be stopped: it keeps its thread and its
+            // slot until it returns, so its job is dead-lettered instead of retried, or each retry would pin a
+            // slot (and a thread) on another worker too. Either way its lease is given up.
             handler.0.abort();
-            pending.settle(Settlement::Retry {
-                delay: deps.retry.delay(attempt),
-                error: AttemptError::new(
-                    attempt,
-                    "timeout",
-                    &format!("timed out after {timeout:?}"),
-                ),
+            let stopped = tokio::time::timeout(STOP_WITHIN, &mut handler.0)
+                .await
+                .is_ok();
+            let timed_out = format!("timed out after {timeout:?}");
+            pending.settle(if stopped {
+                Settlement::Retry {
+                    delay: deps.retry.delay(attempt),
+                    error: AttemptError::new(attempt, "timeout", &timed_out),
+                }
+            } else {
+                let message = format!(
+                    "{timed_out} and could not be stopped (a CPU loop or a blocking call, never yielding): \
+                     dead-lettered rather than retried, so it cannot hold a thread on every worker"
+                );
+                Settlement::Dead {
+                    error: AttemptError::new(attempt, "timeout", &message),
+                }
             });
             let job = pending.id;
             pending.send().await;
-            if tokio::time::timeout(STOP_WITHIN, &mut handler.0)
-                .await
-                .is_err()
-            {
+            if !stopped {
                 tracing::error!(
                     job,
-                    "a handler ran past its timeout without yielding (a CPU loop or a blocking call): its lease was \
-                     given up, and it keeps a thread and a concurrency slot until it returns"
+                    "a handler ran past its timeout without yielding (a CPU loop or a blocking call): its job was \
+                     dead-lettered, and it keeps a thread and a concurrency slot until it returns"
                 );
                 let _ = (&mut handler.0).await;
             }
@@ -220,6 +235,7 @@ impl<T> Drop for AbortOnDrop<T> {
 /// period): until the handler finishes it says "interrupted" (available again at once, attempt refunded); after,
 /// it carries the real outcome, so a drop while waiting for room in the ack channel loses nothing.
 struct PendingAck {
+    ledger: Arc<Ledger>,
     id: crate::queue::JobId,
     lease_token: i64,
     attempt: i32,
@@ -231,8 +247,9 @@ struct PendingAck {
 }
 
 impl PendingAck {
-    fn interrupted(job: &ClaimedJob, acks: mpsc::Sender<Ack>) -> Self {
+    fn interrupted(job: &ClaimedJob, acks: mpsc::Sender<Ack>, ledger: Arc<Ledger>) -> Self {
         Self {
+            ledger,
             id: job.id,
             lease_token: job.lease_token,
             attempt: job.attempt,
@@ -278,8 +295,10 @@ impl Drop for PendingAck {
         if let Some(ack) = self.take_ack()
             && self.acks.try_send(ack).is_err()
         {
+            // Out of the ledger, so reconciliation gives the job back (it runs again).
+            self.ledger.forget([(self.id, self.lease_token)]);
             tracing::warn!(
-                "could not hand an attempt's outcome to the completer; the job will run again after its lease"
+                "could not hand an attempt's outcome to the completer; the job will run again"
             );
         }
     }

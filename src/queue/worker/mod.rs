@@ -21,6 +21,7 @@ mod execute;
 mod executor;
 mod handlers;
 mod ledger;
+mod liveness;
 mod retry;
 mod runner;
 mod wakeups;
@@ -28,7 +29,7 @@ mod wakeups;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +42,7 @@ use crate::queue::lease::{self, WorkerIdentity};
 use crate::queue::types::{JobDefaults, QueueSpec};
 use completer::CompleterOptions;
 use ledger::Ledger;
+use liveness::Liveness;
 use runner::QueueRunner;
 use wakeups::Wakeups;
 
@@ -101,6 +103,7 @@ pub async fn run(
     let handler_pool = pool;
     let pool = queue_pool(&handler_pool, options.queues.len());
     let ledger = Arc::new(Ledger::default());
+    let liveness = Arc::new(Liveness::new(options.lease));
     let background = CancellationToken::new();
     let wakeups = Arc::new(Wakeups::new(options.queues.iter().map(|q| q.name.as_str())));
     let mut tasks = tokio::task::JoinSet::new();
@@ -112,9 +115,10 @@ pub async fn run(
         background.clone(),
     ));
     tasks.spawn(heartbeat_loop(
-        (*handler_pool.connect_options()).clone(),
+        pool.clone(),
         identity.clone(),
         options.heartbeat_interval,
+        Arc::clone(&liveness),
         background.clone(),
     ));
     tasks.spawn(maintain_loop(
@@ -154,6 +158,7 @@ pub async fn run(
             wakeup: wakeups.queue(spec.name.as_str()),
             acks: acks.clone(),
             ledger: Arc::clone(&ledger),
+            liveness: Arc::clone(&liveness),
         };
         runners.spawn(runner.run(shutdown.clone()));
     }
@@ -222,17 +227,22 @@ fn queue_pool(handlers: &PgPool, queues: usize) -> PgPool {
 /// Heartbeats on a connection of its own, so that nothing else this process does (a rescue blocked by a table
 /// lock, every pooled connection busy) can delay them: a worker that stops heartbeating loses its leases. The
 /// statement's deadline is one interval: a heartbeat that cannot get through is dropped and the next one sent
-/// on a fresh connection, rather than queued.
+/// on a fresh connection, rather than queued. When no connection of its own can be opened (the server is at
+/// `max_connections`), it borrows one from the queue's pool rather than fall silent. Each answered heartbeat
+/// extends what `liveness.rs` can prove.
 ///
 /// It deliberately runs on the same runtime as the handlers: if a stuck handler wedges every thread, the
 /// heartbeat stops too and the rest of the fleet rescues this worker's jobs, which is what should happen.
 async fn heartbeat_loop(
-    options: PgConnectOptions,
+    pool: PgPool,
     identity: WorkerIdentity,
     every: Duration,
+    liveness: Arc<Liveness>,
     stop: CancellationToken,
 ) {
-    let options = lease::with_server_deadline(&options, every);
+    // The queue pool's options, whose `statement_timeout` is replaced by one interval.
+    let options = lease::with_server_deadline(&pool.connect_options(), every);
+    let deadline = every + Duration::from_secs(1);
     let mut connection: Option<PgConnection> = None;
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -244,19 +254,20 @@ async fn heartbeat_loop(
         if connection.is_none() {
             match lease::within(every, PgConnection::connect_with(&options)).await {
                 Ok(fresh) => connection = Some(fresh),
-                Err(error) => {
-                    tracing::warn!(%error, "heartbeat: cannot connect");
-                    continue;
-                }
+                Err(error) => tracing::warn!(%error, "heartbeat: cannot open its own connection"),
             }
         }
-        let Some(conn) = connection.as_mut() else {
-            continue;
+        let sent = std::time::Instant::now();
+        let beat = match connection.as_mut() {
+            Some(conn) => lease::heartbeat(&mut *conn, &identity, deadline).await,
+            None => lease::heartbeat(&pool, &identity, deadline).await,
         };
-        let deadline = every + Duration::from_secs(1);
-        if let Err(error) = lease::heartbeat(&mut *conn, &identity, deadline).await {
-            tracing::warn!(%error, "heartbeat failed");
-            connection = None; // its state is unknown after a timeout: start afresh
+        match beat {
+            Ok(()) => liveness.heartbeat_answered(sent),
+            Err(error) => {
+                tracing::warn!(%error, "heartbeat failed");
+                connection = None; // its state is unknown after a timeout: start afresh
+            }
         }
     }
     if let Some(conn) = connection {
@@ -280,22 +291,31 @@ async fn maintain_loop(
             _ = stop.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        reconcile(&pool, worker, &ledger).await;
-        match lease::rescue(&pool, options.lease).await {
-            Ok(pass) if pass.returned + pass.dead > 0 => {
-                tracing::warn!(
-                    returned = pass.returned,
-                    dead = pass.dead,
-                    "rescued jobs with expired leases"
-                );
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "rescuing expired leases failed"),
+        // Shutdown does not wait for a pass stuck behind a lock: each statement's server deadline ends it.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = maintain(&pool, worker, &ledger, &options) => {}
         }
-        // A worker silent for several leases is gone; forget it so the fleet view stays true.
-        if let Err(error) = lease::reap_workers(&pool, options.lease * 3).await {
-            tracing::warn!(%error, "reaping dead workers failed");
+    }
+}
+
+/// One maintenance pass.
+async fn maintain(pool: &PgPool, worker: uuid::Uuid, ledger: &Ledger, options: &WorkerOptions) {
+    reconcile(pool, worker, ledger).await;
+    match lease::rescue(pool, options.lease).await {
+        Ok(pass) if pass.returned + pass.dead > 0 => {
+            tracing::warn!(
+                returned = pass.returned,
+                dead = pass.dead,
+                "rescued jobs with expired leases"
+            );
         }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "rescuing expired leases failed"),
+    }
+    // A worker silent for several leases is gone; forget it so the fleet view stays true.
+    if let Err(error) = lease::reap_workers(pool, options.lease * 3).await {
+        tracing::warn!(%error, "reaping dead workers failed");
     }
 }
 
@@ -313,7 +333,9 @@ async fn reconcile(pool: &PgPool, worker: uuid::Uuid, ledger: &Ledger) {
     if orphans.is_empty() {
         return;
     }
+    // A job settled between the two reads looks orphaned too; its token is gone, so releasing it does nothing.
     match lease::release(pool, &orphans).await {
+        Ok(0) => {}
         Ok(released) => tracing::warn!(
             released,
             "gave back jobs leased to this worker by a claim whose answer never reached it"

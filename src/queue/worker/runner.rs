@@ -19,6 +19,7 @@ use super::completer::Ack;
 use super::executor::{AttemptDeps, ClaimedJobs, HeldJob, execute_until};
 use super::handlers::HandlerRegistry;
 use super::ledger::Ledger;
+use super::liveness::Liveness;
 use super::retry::RetryPolicy;
 use crate::queue::lease::{self, ClaimedJob};
 use crate::queue::types::{JobId, QueueSpec};
@@ -40,6 +41,8 @@ pub struct QueueRunner {
     pub acks: mpsc::Sender<Ack>,
     /// What this process holds, for reconciliation (`ledger.rs`).
     pub ledger: Arc<Ledger>,
+    /// Whether a job past its lease term may still start (`liveness.rs`).
+    pub liveness: Arc<Liveness>,
 }
 
 /// State the fetcher and the executor share.
@@ -194,6 +197,8 @@ impl QueueRunner {
             retry: self.retry,
             acks: self.acks.clone(),
             shared: Arc::clone(&shared),
+            ledger: Arc::clone(&self.ledger),
+            liveness: Arc::clone(&self.liveness),
         };
         let backend = ClaimedJobs::new(Arc::clone(&incoming), Arc::clone(&shared));
         let name = format!("herald-{}", self.spec.name);
