@@ -487,9 +487,16 @@ async fn up(settings: &Settings, args: WorkerArgs) -> anyhow::Result<()> {
             let cluster =
                 EmbeddedPostgres::start(dir).context("starting the private PostgreSQL")?;
             tracing::info!(url = %cluster.url(), dir = %dir.display(), "private PostgreSQL is running");
-            Some(cluster)
+            Some(std::sync::Arc::new(cluster))
         }
     };
+    // A second Ctrl-C (or a wedged runtime) ends the process without unwinding: stop the private cluster first.
+    if let Some(cluster) = embedded.as_ref().filter(|c| c.started_here) {
+        let cluster = std::sync::Arc::clone(cluster);
+        herald::shutdown::before_forced_exit(move || {
+            let _ = cluster.stop();
+        });
+    }
     let url = match &embedded {
         Some(cluster) => cluster.url(),
         None => db::database_url(&settings.embedded_postgres.dir)?,

@@ -9,7 +9,8 @@
 //! 2. A role that shuts down gracefully asks for a token with [`on_signal`], naming its grace period.
 //! 3. On the first signal the token is cancelled and the role begins its graceful shutdown. If the process is
 //!    still running [`HARD_MARGIN`] after the grace period (its runtime is wedged), or a second signal arrives,
-//!    the process exits at once with status 1. Jobs it still held are rescued by the rest of the fleet.
+//!    the process exits at once with status 1, after whatever was registered with [`before_forced_exit`]. Jobs
+//!    it still held are rescued by the rest of the fleet.
 //! 4. A signal before any role asked for a token (a migration, a CLI command) ends the process at once, as the
 //!    default action would have.
 
@@ -25,6 +26,19 @@ pub const HARD_MARGIN: Duration = Duration::from_secs(40);
 
 /// The token to cancel and the grace period of the role that asked for it.
 static GRACEFUL: Mutex<Option<(CancellationToken, Duration)>> = Mutex::new(None);
+
+/// What must happen even when the process is ended without a graceful shutdown.
+type LastRites = Box<dyn Fn() + Send>;
+static BEFORE_FORCED_EXIT: Mutex<Vec<LastRites>> = Mutex::new(Vec::new());
+
+/// Runs `rites` before the process is ended at a second signal or past its hard deadline (`herald up` stops its
+/// private PostgreSQL this way, which would otherwise outlive it).
+pub fn before_forced_exit(rites: impl Fn() + Send + 'static) {
+    BEFORE_FORCED_EXIT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Box::new(rites));
+}
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in every thread started after it) and starts the thread that
 /// waits for them. Call it before anything else in `main`, before the async runtime starts its threads.
@@ -91,6 +105,13 @@ fn wait_for_signals(set: libc::sigset_t) {
             signal = second,
             "second shutdown signal; exiting without waiting for running jobs"
         ),
+    }
+    for rites in BEFORE_FORCED_EXIT
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        rites();
     }
     std::process::exit(1);
 }
