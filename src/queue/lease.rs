@@ -171,23 +171,13 @@ pub async fn claim(
     lease: Duration,
     worker: Uuid,
 ) -> Result<Vec<ClaimedJob>, QueueError> {
-    claim_with_token(pool, queue, limit, lease, worker, new_lease_token()).await
-}
-
-/// Claims up to `limit` jobs of `queue` for `worker` under `token` (from [`new_lease_token`]).
-pub async fn claim_with_token(
-    pool: &PgPool,
-    queue: &QueueName,
-    limit: usize,
-    lease: Duration,
-    worker: Uuid,
-    token: i64,
-) -> Result<Vec<ClaimedJob>, QueueError> {
     let mut conn = pool.acquire().await?;
-    claim_on(&mut *conn, queue, limit, lease, worker, token).await
+    claim_on(&mut *conn, queue, limit, lease, worker, new_lease_token()).await
 }
 
-/// [`claim_with_token`] on a connection of the caller's (a test's open transaction, say).
+/// Claims up to `limit` jobs of `queue` for `worker` under `token` (from [`new_lease_token`]), on a connection
+/// the caller took from the pool (so that the statement's deadline counts the statement alone) or an open
+/// transaction of a test's.
 pub async fn claim_on<'c>(
     conn: impl PgExecutor<'c>,
     queue: &QueueName,

@@ -106,15 +106,13 @@ impl QueueRunner {
             let started = std::time::Instant::now();
             let token = lease::new_lease_token();
             self.ledger.claim_sent(token);
-            let claimed = lease::claim_with_token(
-                &self.pool,
-                &self.spec.name,
-                wanted,
-                self.lease,
-                self.worker_id,
-                token,
-            )
-            .await;
+            let claimed = match self.pool.acquire().await {
+                Ok(mut conn) => {
+                    let (queue, worker) = (&self.spec.name, self.worker_id);
+                    lease::claim_on(&mut *conn, queue, wanted, self.lease, worker, token).await
+                }
+                Err(error) => Err(error.into()),
+            };
             match &claimed {
                 Ok(jobs) => self.ledger.claim_answered(token, jobs),
                 Err(_) => self.ledger.claim_abandoned(token),
