@@ -12,7 +12,7 @@
 //!    the process exits at once with status 1, after whatever was registered with [`before_forced_exit`]. Jobs
 //!    it still held are rescued by the rest of the fleet.
 //! 4. A signal before any role asked for a token (a migration, a CLI command) ends the process at once, as the
-//!    default action would have.
+//!    default action would have (after the [`before_forced_exit`] cleanup, if any).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long past its grace period a process that has not exited is given before it is ended: enough for a worker
 /// to write its last acks and leave the registry against a slow database (each statement is bounded by
-/// `queue::lease::CALL_DEADLINE`, 15 s), so that only a wedged runtime ever reaches it.
+/// `queue::lease::CALL_DEADLINE`, 15 s). Reached by a wedged runtime, or a database gone for that long (jobs not
+/// settled then run again after their lease, as after a crash).
 pub const HARD_MARGIN: Duration = Duration::from_secs(40);
 
 /// The token to cancel and the grace period of the role that asked for it.
@@ -87,6 +88,7 @@ fn wait_for_signals(set: libc::sigset_t) {
     let first = wait(&set, None);
     let graceful = GRACEFUL.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let Some((token, grace)) = graceful else {
+        last_rites();
         std::process::exit(128 + first);
     };
     tracing::info!(
@@ -106,15 +108,31 @@ fn wait_for_signals(set: libc::sigset_t) {
             "second shutdown signal; exiting without waiting for running jobs"
         ),
     }
-    for rites in BEFORE_FORCED_EXIT
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        rites();
-    }
+    last_rites();
     std::process::exit(1);
 }
+
+/// Runs what [`before_forced_exit`] registered, for at most [`LAST_RITES_LIMIT`]: a forced exit must not hang on
+/// them (signals are blocked in every thread, so nothing else would end the process).
+fn last_rites() {
+    let (done, finished) = std::sync::mpsc::channel();
+    let ran = std::thread::Builder::new().spawn(move || {
+        for rites in BEFORE_FORCED_EXIT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            rites();
+        }
+        let _ = done.send(());
+    });
+    if ran.is_ok() && finished.recv_timeout(LAST_RITES_LIMIT).is_err() {
+        tracing::error!(limit = ?LAST_RITES_LIMIT, "cleanup before exit did not finish in time; exiting anyway");
+    }
+}
+
+/// How long the cleanup before a forced exit may take.
+const LAST_RITES_LIMIT: Duration = Duration::from_secs(10);
 
 /// Waits for one of `set`, at most `limit`; returns the signal, or 0 when the time ran out.
 fn wait(set: &libc::sigset_t, limit: Option<Duration>) -> i32 {

@@ -253,10 +253,12 @@ SELECT (SELECT count(*) FROM returned) AS returned, (SELECT count(*) FROM finish
 /// Register or refresh this worker process. Its heartbeat is what keeps its leases alive (see [`RESCUE`]): no
 /// job row is touched, so a heartbeat never contends with claims and acks for row locks.
 /// $1 worker id, $2 hostname, $3 pid, $4 queues, $5 concurrency.
+/// `GREATEST`: a heartbeat the worker gave up on may still commit after a newer one (both queued behind one lock);
+/// it must not move the time back, because the worker's liveness proof (`worker/liveness.rs`) counts on it.
 pub const HEARTBEAT: &str = r#"
 INSERT INTO herald_workers (id, hostname, pid, queues, concurrency)
 VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+ON CONFLICT (id) DO UPDATE SET heartbeat_at = GREATEST(herald_workers.heartbeat_at, now())
 "#;
 
 /// Forget workers that stopped heartbeating long ago ($1 milliseconds).

@@ -139,6 +139,42 @@ pub struct AttemptDeps {
 /// How long a handler that was told to stop at its timeout may take to do so before it is reported as stuck.
 const STOP_WITHIN: Duration = Duration::from_secs(1);
 
+/// Whether a task is inside a poll of its future, and how many polls it has begun: what tells a handler that
+/// cannot be stopped (inside one poll all along) from one that was merely not scheduled in time to see its abort.
+#[derive(Default)]
+struct PollProbe {
+    inside: std::sync::atomic::AtomicBool,
+    polls: std::sync::atomic::AtomicU64,
+}
+
+impl PollProbe {
+    /// (inside a poll, polls begun), read together closely enough for the question asked of them.
+    fn read(&self) -> (bool, u64) {
+        (
+            self.inside.load(Ordering::Acquire),
+            self.polls.load(Ordering::Acquire),
+        )
+    }
+}
+
+/// A future whose polls are recorded in a [`PollProbe`].
+struct Probed<F> {
+    future: std::pin::Pin<Box<F>>,
+    probe: Arc<PollProbe>,
+}
+
+impl<F: std::future::Future> std::future::Future for Probed<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.probe.polls.fetch_add(1, Ordering::AcqRel);
+        self.probe.inside.store(true, Ordering::Release);
+        let result = self.future.as_mut().poll(cx);
+        self.probe.inside.store(false, Ordering::Release);
+        result
+    }
+}
+
 /// The apalis task function: run one attempt and hand its outcome to the completer.
 pub async fn run_attempt(held: HeldJob, deps: Data<AttemptDeps>) -> Result<(), Infallible> {
     let HeldJob { job, slot } = held;
@@ -165,11 +201,11 @@ pub async fn run_attempt(held: HeldJob, deps: Data<AttemptDeps>) -> Result<(), I
 async fn run_watched(job: ClaimedJob, deps: &AttemptDeps) {
     let mut pending = PendingAck::interrupted(&job, deps.acks.clone(), Arc::clone(&deps.ledger));
     let (attempt, timeout) = (job.attempt, job.timeout);
-    let mut handler = AbortOnDrop(tokio::spawn(execute(
-        job,
-        Arc::clone(&deps.registry),
-        deps.retry,
-    )));
+    let probe = Arc::new(PollProbe::default());
+    let mut handler = AbortOnDrop(tokio::spawn(Probed {
+        future: Box::pin(execute(job, Arc::clone(&deps.registry), deps.retry)),
+        probe: Arc::clone(&probe),
+    }));
     match tokio::time::timeout(timeout, &mut handler.0).await {
         Ok(Ok(settlement)) => pending.settle(settlement),
         // `execute` catches the handler's panics; this is a panic in herald's own code around it.
@@ -182,37 +218,57 @@ async fn run_watched(job: ClaimedJob, deps: &AttemptDeps) {
             ),
         }),
         Err(_) => {
-            // The attempt ends now, whatever the handler does: a handler that yields stops at its next await and
+            // The attempt ends now, whatever the handler does: a handler that yields stops at its next poll and
             // the job retries (anywhere). One that never yields cannot be stopped: it keeps its thread and its
             // slot until it returns, so its job is dead-lettered instead of retried, or each retry would pin a
             // slot (and a thread) on another worker too. Either way its lease is given up.
+            let (inside_at_timeout, polls_at_timeout) = probe.read();
             handler.0.abort();
-            let stopped = tokio::time::timeout(STOP_WITHIN, &mut handler.0)
-                .await
-                .is_ok();
             let timed_out = format!("timed out after {timeout:?}");
-            pending.settle(if stopped {
-                Settlement::Retry {
-                    delay: deps.retry.delay(attempt),
-                    error: AttemptError::new(attempt, "timeout", &timed_out),
+            let retry = |message: &str| Settlement::Retry {
+                delay: deps.retry.delay(attempt),
+                error: AttemptError::new(attempt, "timeout", message),
+            };
+            let (ended, runaway) = match tokio::time::timeout(STOP_WITHIN, &mut handler.0).await {
+                // It finished after all, just after its timeout: its own outcome stands.
+                Ok(Ok(settlement)) => {
+                    pending.settle(settlement);
+                    (true, false)
                 }
-            } else {
-                let message = format!(
-                    "{timed_out} and could not be stopped (a CPU loop or a blocking call, never yielding): \
-                     dead-lettered rather than retried, so it cannot hold a thread on every worker"
-                );
-                Settlement::Dead {
-                    error: AttemptError::new(attempt, "timeout", &message),
+                Ok(Err(_)) => {
+                    pending.settle(retry(&timed_out));
+                    (true, false)
                 }
-            });
+                // Still running: a runaway only if it has been inside the same poll since the timeout. A task
+                // that was not polled in time (its thread busy with another) is cancelled at its next poll.
+                Err(_) => {
+                    let (inside, polls) = probe.read();
+                    let runaway = inside_at_timeout && inside && polls == polls_at_timeout;
+                    pending.settle(if runaway {
+                        let message = format!(
+                            "{timed_out} and could not be stopped (a CPU loop or a blocking call, never \
+                             yielding): dead-lettered rather than retried, so it cannot hold a thread on every worker"
+                        );
+                        Settlement::Dead {
+                            error: AttemptError::new(attempt, "timeout", &message),
+                        }
+                    } else {
+                        retry(&timed_out)
+                    });
+                    (false, runaway)
+                }
+            };
             let job = pending.id;
             pending.send().await;
-            if !stopped {
+            if runaway {
                 tracing::error!(
                     job,
                     "a handler ran past its timeout without yielding (a CPU loop or a blocking call): its job was \
                      dead-lettered, and it keeps a thread and a concurrency slot until it returns"
                 );
+            }
+            // Keep the slot until the handler's task really ends.
+            if !ended {
                 let _ = (&mut handler.0).await;
             }
             return;

@@ -7,7 +7,8 @@
 //! still holds would make a slow queue churn (claim, give back, claim again) exactly when it is busiest.
 //!
 //! The proof, on this process's monotonic clock: a heartbeat sent at `s` and answered is committed with a time no
-//! earlier than `s`, so once its answer is in, no rescue can happen before `s + lease`. Consecutive heartbeats
+//! earlier than `s`, so once its answer is in, no rescue can happen before `s + lease` (this module counts a
+//! tenth of the lease less, for the database's clock running faster than this one). Consecutive heartbeats
 //! whose guarantees overlap form an unbroken chain; [`Liveness::may_start`] asks whether the chain covers
 //! everything from the job's term to now. (A pause the monotonic clock does not see, such as some hypervisors'
 //! VM pauses, escapes this check; the worker's late acks are then rejected by their token, so completion is still
@@ -43,7 +44,7 @@ impl Liveness {
     pub fn heartbeat_answered(&self, sent: Instant) {
         let answered = Instant::now();
         let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
-        let covered = sent + self.lease;
+        let covered = sent + self.lease - self.lease / 10;
         if chain.since.is_some() && answered <= chain.until {
             chain.until = chain.until.max(covered);
         } else {
