@@ -45,6 +45,7 @@ use super::ledger::Ledger;
 use super::liveness::Liveness;
 use super::retry::RetryPolicy;
 use super::runner::Shared;
+use super::watched::{AbortOnDrop, PollProbe, Probed};
 use crate::queue::lease::{AttemptError, ClaimedJob, Settlement};
 
 /// A claimed job and its slot in the fetcher's capacity (freed when the job is settled or dropped).
@@ -138,42 +139,6 @@ pub struct AttemptDeps {
 
 /// How long a handler that was told to stop at its timeout may take to do so before it is reported as stuck.
 const STOP_WITHIN: Duration = Duration::from_secs(1);
-
-/// Whether a task is inside a poll of its future, and how many polls it has begun: what tells a handler that
-/// cannot be stopped (inside one poll all along) from one that was merely not scheduled in time to see its abort.
-#[derive(Default)]
-struct PollProbe {
-    inside: std::sync::atomic::AtomicBool,
-    polls: std::sync::atomic::AtomicU64,
-}
-
-impl PollProbe {
-    /// (inside a poll, polls begun), read together closely enough for the question asked of them.
-    fn read(&self) -> (bool, u64) {
-        (
-            self.inside.load(Ordering::Acquire),
-            self.polls.load(Ordering::Acquire),
-        )
-    }
-}
-
-/// A future whose polls are recorded in a [`PollProbe`].
-struct Probed<F> {
-    future: std::pin::Pin<Box<F>>,
-    probe: Arc<PollProbe>,
-}
-
-impl<F: std::future::Future> std::future::Future for Probed<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.probe.polls.fetch_add(1, Ordering::AcqRel);
-        self.probe.inside.store(true, Ordering::Release);
-        let result = self.future.as_mut().poll(cx);
-        self.probe.inside.store(false, Ordering::Release);
-        result
-    }
-}
 
 /// The apalis task function: run one attempt and hand its outcome to the completer.
 pub async fn run_attempt(held: HeldJob, deps: Data<AttemptDeps>) -> Result<(), Infallible> {
@@ -275,16 +240,6 @@ async fn run_watched(job: ClaimedJob, deps: &AttemptDeps) {
         }
     }
     pending.send().await;
-}
-
-/// Aborts the handler's task when the attempt is dropped (shutdown past the grace period), as dropping an inline
-/// future used to. A handler that never yields cannot be aborted; it runs on until the process exits.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// The ack an attempt owes the completer, delivered even if the attempt is dropped (shutdown past the grace

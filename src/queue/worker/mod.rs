@@ -25,6 +25,7 @@ mod liveness;
 mod retry;
 mod runner;
 mod wakeups;
+mod watched;
 
 use std::sync::Arc;
 use std::time::Duration;
