@@ -275,14 +275,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = runtime.block_on(run(cli));
-    // A handler stuck without yielding can never be joined; do not wait for it (its job is rescued elsewhere).
+    // A handler stuck without yielding can never be joined; do not wait for its thread (its attempt was already
+    // recorded as interrupted, and the job runs again elsewhere).
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-/// Grace period of a role's graceful shutdown, after which the process is ended (see shutdown.rs).
-fn on_signal(settings: &Settings) -> tokio_util::sync::CancellationToken {
-    herald::shutdown::on_signal(Duration::from_secs(settings.worker.shutdown_grace_secs))
+/// The shutdown token of a role with the given grace period in seconds (see shutdown.rs for what follows it).
+fn on_signal(grace_secs: u64) -> tokio_util::sync::CancellationToken {
+    herald::shutdown::on_signal(Duration::from_secs(grace_secs))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -313,7 +314,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = app::worker_options(&settings, args.queues, args.concurrency)?;
             let engine = app::engine(pool.clone(), &settings)?;
             app::sync_workflows(&engine, &settings).await?;
-            app::run_worker(pool, engine, options, on_signal(&settings)).await;
+            let shutdown = on_signal(settings.worker.shutdown_grace_secs);
+            app::run_worker(pool, engine, options, shutdown).await;
             Ok(())
         }
         Command::Api => {
@@ -322,7 +324,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let engine = app::engine(pool.clone(), &settings)?;
             app::sync_workflows(&engine, &settings).await?;
             let listener = bind(&settings).await?;
-            let shutdown = on_signal(&settings);
+            let shutdown = on_signal(settings.api.shutdown_grace_secs);
             app::run_api(pool, settings.clone(), engine, listener, shutdown).await?;
             Ok(())
         }
@@ -339,7 +341,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db::migrate(&pool).await?;
             let engine = app::engine(pool.clone(), &settings)?;
             app::sync_workflows(&engine, &settings).await?;
-            app::run_bridge(pool, &settings, engine, on_signal(&settings)).await?;
+            let shutdown = on_signal(settings.worker.shutdown_grace_secs);
+            app::run_bridge(pool, &settings, engine, shutdown).await?;
             Ok(())
         }
         Command::Bridge {
@@ -515,7 +518,8 @@ async fn up(settings: &Settings, args: WorkerArgs) -> anyhow::Result<()> {
         println!("development API key (all scopes, created for this run): {key}");
         println!("  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
         println!("       -d '{{\"queue\":\"default\",\"kind\":\"herald.log\",\"payload\":{{\"hello\":1}}}}' http://{address}/v1/jobs");
-        let shutdown = on_signal(settings);
+        let grace = settings.worker.shutdown_grace_secs.max(settings.api.shutdown_grace_secs);
+        let shutdown = on_signal(grace);
         let api = app::run_api(pool.clone(), settings.clone(), engine.clone(), listener, shutdown.clone());
         let api = tokio::spawn(api);
         let bridge = if settings.bridge.brokers.trim().is_empty() {

@@ -228,6 +228,13 @@ async fn registered_workers(pool: &sqlx::PgPool) -> i64 {
     scalar_i64(pool, "SELECT count(*) FROM herald_workers").await
 }
 
+/// `n` jobs of `herald.sleep` for `ms` each on `queue_name`.
+fn sleeps(queue_name: &str, n: usize, ms: u64) -> Vec<herald::queue::NewJob> {
+    (0..n)
+        .map(|_| job(queue_name, "herald.sleep", json!({ "ms": ms })))
+        .collect()
+}
+
 async fn enqueue_jobs(db: &TestDb, jobs: Vec<herald::queue::NewJob>) {
     let mut conn = db.pool.acquire().await.unwrap();
     queue::enqueue_many(&mut conn, &defaults(), &jobs)
@@ -277,13 +284,7 @@ async fn a_claim_stuck_behind_ddl_strands_no_job_on_a_live_worker() {
             == 1
     })
     .await;
-    enqueue_jobs(
-        &db,
-        (0..3000)
-            .map(|_| job("ddl", "herald.sleep", json!({"ms": 20})))
-            .collect(),
-    )
-    .await;
+    enqueue_jobs(&db, sleeps("ddl", 3000, 20)).await;
     // The scenario itself: the lock is held for 40 s, longer than any client-side deadline of a claim.
     tokio::time::sleep(Duration::from_secs(40)).await;
     assert_eq!(
@@ -356,13 +357,7 @@ async fn heartbeats_keep_beating_while_a_table_lock_blocks_maintenance() {
         LoggedWorker::spawn(&db.url, "hb:4", &[]),
         LoggedWorker::spawn(&db.url, "hb:4", &[]),
     ];
-    enqueue_jobs(
-        &db,
-        (0..40)
-            .map(|_| job("hb", "herald.sleep", json!({"ms": 1000})))
-            .collect(),
-    )
-    .await;
+    enqueue_jobs(&db, sleeps("hb", 40, 1000)).await;
     wait_until(
         Duration::from_secs(30),
         "both workers running jobs",
@@ -501,13 +496,7 @@ async fn a_handler_stuck_in_a_blocking_call_is_contained() {
 #[tokio::test]
 async fn a_thawed_worker_does_not_start_buffered_jobs_whose_lease_term_passed() {
     let db = TestDb::new().await;
-    enqueue_jobs(
-        &db,
-        (0..200)
-            .map(|_| job("frozen", "herald.sleep", json!({"ms": 100})))
-            .collect(),
-    )
-    .await;
+    enqueue_jobs(&db, sleeps("frozen", 200, 100)).await;
     let frozen = LoggedWorker::spawn(&db.url, "frozen:2", &[("HERALD_WORKER__BATCH_SIZE", "50")]);
     let pid = frozen.pid();
     let held_by_frozen = format!(
@@ -562,13 +551,7 @@ async fn a_thawed_worker_does_not_start_buffered_jobs_whose_lease_term_passed() 
 async fn a_busy_worker_starts_jobs_that_waited_past_their_lease_term() {
     let db = TestDb::new().await;
     // One at a time, 500 ms each: the last of the 20 claimed together starts ~10 s after its claim (lease 5 s).
-    enqueue_jobs(
-        &db,
-        (0..20)
-            .map(|_| job("busy", "herald.sleep", json!({"ms": 500})))
-            .collect(),
-    )
-    .await;
+    enqueue_jobs(&db, sleeps("busy", 20, 500)).await;
     let worker = LoggedWorker::spawn(&db.url, "busy:1", &[("HERALD_WORKER__BATCH_SIZE", "20")]);
     wait_until(Duration::from_secs(60), "every job to finish", || async {
         live_jobs(&db.pool).await == 0

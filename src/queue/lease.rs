@@ -33,9 +33,9 @@ pub struct ClaimedJob {
     /// When this attempt was due; it never starts earlier.
     pub run_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
-    /// The worker must not start the job after this instant: its lease term has passed, so the job may have
-    /// been rescued and run elsewhere (the worker was frozen, or far behind). Measured on this process's clock
-    /// from when the claim was sent, so it falls before the term the database recorded.
+    /// When the lease term ends, on this process's clock, counted from when the claim was sent (so no later than
+    /// the term the database recorded). Past it the job may have been rescued; the worker starts it only if its
+    /// heartbeats since prove otherwise (`worker/liveness.rs`).
     pub start_by: Instant,
 }
 
@@ -63,8 +63,8 @@ pub enum Settlement {
         delay: Duration,
         error: AttemptError,
     },
-    /// The job was never started because its lease term passed while it waited in the worker: give it back
-    /// unchanged (attempt refunded, place in line kept).
+    /// The job was never started: its lease term passed while it waited in the worker, and the worker cannot
+    /// prove no rescuer took it (it was frozen). Give it back unchanged (attempt refunded, place in line kept).
     NotStarted,
 }
 
@@ -225,7 +225,7 @@ pub async fn settle(
 ) -> Result<Vec<(JobId, Settled)>, QueueError> {
     let unstarted: Vec<(JobId, i64)> = batch
         .iter()
-        .filter(|(_, _, s)| *s == Settlement::NotStarted)
+        .filter(|(_, _, s)| matches!(s, Settlement::NotStarted))
         .map(|(id, token, _)| (*id, *token))
         .collect();
     let mut settled = Vec::with_capacity(batch.len());
@@ -251,11 +251,6 @@ async fn settle_attempts(
     let mut delays = Vec::with_capacity(batch.len());
     let mut errors = Vec::with_capacity(batch.len());
     for (id, token, settlement) in batch {
-        if *settlement == Settlement::NotStarted {
-            continue;
-        }
-        ids.push(*id);
-        tokens.push(*token);
         let (outcome, delay, error) = match settlement {
             Settlement::Completed => ("completed", 0, None),
             Settlement::Retry { delay, error } => (
@@ -273,6 +268,8 @@ async fn settle_attempts(
             ),
             Settlement::NotStarted => continue,
         };
+        ids.push(*id);
+        tokens.push(*token);
         outcomes.push(outcome);
         delays.push(delay);
         errors.push(error.map(|e| serde_json::to_value(e).unwrap_or(serde_json::Value::Null)));

@@ -184,33 +184,50 @@ fn report(
     }
     let unstarted = batch
         .iter()
-        .filter(|(_, _, s)| *s == Settlement::NotStarted)
+        .filter(|(_, _, s)| matches!(s, Settlement::NotStarted))
+        .count();
+    let released = settled
+        .iter()
+        .filter(|(_, s)| *s == Settled::Released)
         .count();
     if unstarted > 0 {
-        let released = settled
-            .iter()
-            .filter(|(_, s)| *s == Settled::Released)
-            .count();
         tracing::warn!(
             skipped = unstarted,
             released,
-            "did not start buffered jobs whose lease term had passed (this worker was frozen or far behind); \
-             those not rescued meanwhile were given back"
+            "did not start buffered jobs whose lease term had passed while this worker's heartbeats had stopped \
+             (it was frozen); those not rescued meanwhile were given back"
         );
+    }
+    // The usual case, checked without building anything: every started attempt was answered.
+    if settled.len() - released == batch.len() - unstarted {
+        return;
     }
     let answered: std::collections::HashSet<JobId> = settled.iter().map(|(id, _)| *id).collect();
     let stale: Vec<JobId> = batch
         .iter()
-        .filter(|(id, _, s)| *s != Settlement::NotStarted && !answered.contains(id))
+        .filter(|(id, _, s)| !matches!(s, Settlement::NotStarted) && !answered.contains(id))
         .map(|(id, _, _)| *id)
         .collect();
-    if stale.is_empty() {
-        return;
+    // Rare, so one more query says what happened: in a task of its own, so the flush slot is free meanwhile, and
+    // one at a time, so that a storm of rejected acks (a thawed worker) cannot take the queue pool's connections
+    // from claims and acks. Beyond that one, the rejection is logged without the explanation.
+    match EXPLAINING.try_acquire() {
+        Ok(turn) => {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                explain_stale(&pool, stale, tries).await;
+                drop(turn);
+            });
+        }
+        Err(_) => tracing::warn!(
+            ?stale,
+            "rejected stale acks: their leases were rescued or already settled"
+        ),
     }
-    // Rare, so one more query says what happened; in a task of its own, so the flush slot is free meanwhile.
-    let pool = pool.clone();
-    tokio::spawn(async move { explain_stale(&pool, stale, tries).await });
 }
+
+/// One explanation of rejected acks at a time, per process (see [`report`]).
+static EXPLAINING: Semaphore = Semaphore::const_new(1);
 
 /// Logs rejected acks, split by what became of their jobs: still queued (rescued; another attempt holds or will
 /// hold them) or gone (finished, by another attempt or by an earlier try of the same batch).

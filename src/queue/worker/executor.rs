@@ -3,8 +3,8 @@
 //! herald keeps apalis at the edge it is good at (a tower service pipeline with a concurrency limit, driven by a
 //! `Backend`) and does the durable parts itself. The fetcher hands claimed jobs to [`ClaimedJobs`], a
 //! [`Backend`] over an in-process channel; the apalis worker polls it when it has a free slot and calls
-//! [`run_attempt`], which runs the handler (timeout and panic handling in `execute.rs`) and sends the outcome to
-//! the completer. Database work never happens inside the backend: apalis ends a worker for good on a backend
+//! [`run_attempt`], which runs the handler (panics caught in `execute.rs`, its timeout enforced here) and sends
+//! the outcome to the completer. Database work never happens inside the backend: apalis ends a worker for good on a backend
 //! error, so claim failures stay in the fetcher, which backs off and retries.
 //!
 //! Each attempt's handler runs on a task of its own, watched from the executor's task:
@@ -45,7 +45,7 @@ use super::ledger::Ledger;
 use super::liveness::Liveness;
 use super::retry::RetryPolicy;
 use super::runner::Shared;
-use super::watched::{AbortOnDrop, PollProbe, Probed};
+use super::watched::{AbortOnDrop, PollProbe, probed};
 use crate::queue::lease::{AttemptError, ClaimedJob, Settlement};
 
 /// A claimed job and its slot in the fetcher's capacity (freed when the job is settled or dropped).
@@ -167,79 +167,114 @@ async fn run_watched(job: ClaimedJob, deps: &AttemptDeps) {
     let mut pending = PendingAck::interrupted(&job, deps.acks.clone(), Arc::clone(&deps.ledger));
     let (attempt, timeout) = (job.attempt, job.timeout);
     let probe = Arc::new(PollProbe::default());
-    let mut handler = AbortOnDrop(tokio::spawn(Probed {
-        future: Box::pin(execute(job, Arc::clone(&deps.registry), deps.retry)),
-        probe: Arc::clone(&probe),
-    }));
+    let attempt_run = execute(job, Arc::clone(&deps.registry), deps.retry);
+    let mut handler = AbortOnDrop(tokio::spawn(probed(attempt_run, Arc::clone(&probe))));
     match tokio::time::timeout(timeout, &mut handler.0).await {
-        Ok(Ok(settlement)) => pending.settle(settlement),
-        // `execute` catches the handler's panics; this is a panic in herald's own code around it.
-        Ok(Err(error)) => pending.settle(Settlement::Retry {
-            delay: deps.retry.delay(attempt),
-            error: AttemptError::new(
-                attempt,
-                "panic",
-                &format!("the attempt's task failed: {error}"),
-            ),
-        }),
-        Err(_) => {
-            // The attempt ends now, whatever the handler does: a handler that yields stops at its next poll and
-            // the job retries (anywhere). One that never yields cannot be stopped: it keeps its thread and its
-            // slot until it returns, so its job is dead-lettered instead of retried, or each retry would pin a
-            // slot (and a thread) on another worker too. Either way its lease is given up.
-            let (inside_at_timeout, polls_at_timeout) = probe.read();
-            handler.0.abort();
-            let timed_out = format!("timed out after {timeout:?}");
-            let retry = |message: &str| Settlement::Retry {
-                delay: deps.retry.delay(attempt),
-                error: AttemptError::new(attempt, "timeout", message),
-            };
-            let (ended, runaway) = match tokio::time::timeout(STOP_WITHIN, &mut handler.0).await {
-                // It finished after all, just after its timeout: its own outcome stands.
-                Ok(Ok(settlement)) => {
-                    pending.settle(settlement);
-                    (true, false)
-                }
-                Ok(Err(_)) => {
-                    pending.settle(retry(&timed_out));
-                    (true, false)
-                }
-                // Still running: a runaway only if it has been inside the same poll since the timeout. A task
-                // that was not polled in time (its thread busy with another) is cancelled at its next poll.
-                Err(_) => {
-                    let (inside, polls) = probe.read();
-                    let runaway = inside_at_timeout && inside && polls == polls_at_timeout;
-                    pending.settle(if runaway {
-                        let message = format!(
-                            "{timed_out} and could not be stopped (a CPU loop or a blocking call, never \
-                             yielding): dead-lettered rather than retried, so it cannot hold a thread on every worker"
-                        );
-                        Settlement::Dead {
-                            error: AttemptError::new(attempt, "timeout", &message),
-                        }
-                    } else {
-                        retry(&timed_out)
-                    });
-                    (false, runaway)
-                }
-            };
-            let job = pending.id;
+        Ok(finished) => {
+            pending.settle(outcome(finished, attempt, &deps.retry));
             pending.send().await;
-            if runaway {
+        }
+        Err(_) => {
+            let overdue = stop_overdue(&mut handler, &probe, timeout, attempt, &deps.retry).await;
+            let job = pending.id;
+            pending.settle(overdue.settlement);
+            pending.send().await;
+            if overdue.runaway {
                 tracing::error!(
                     job,
                     "a handler ran past its timeout without yielding (a CPU loop or a blocking call): its job was \
                      dead-lettered, and it keeps a thread and a concurrency slot until it returns"
                 );
             }
-            // Keep the slot until the handler's task really ends.
-            if !ended {
+            // Keep the slot until the handler's task really ends: deliberately without a deadline, because the
+            // thread is busy exactly that long. Shutdown drops this wait after its grace period.
+            if !overdue.ended {
                 let _ = (&mut handler.0).await;
             }
-            return;
         }
     }
-    pending.send().await;
+}
+
+/// The settlement of an attempt whose task ended. `execute` catches the handler's panics, so a task error is a
+/// panic in herald's own code around it (or the abort after a timeout).
+fn outcome(
+    finished: Result<Settlement, tokio::task::JoinError>,
+    attempt: i32,
+    retry: &RetryPolicy,
+) -> Settlement {
+    finished.unwrap_or_else(|error| Settlement::Retry {
+        delay: retry.delay(attempt),
+        error: AttemptError::new(
+            attempt,
+            "panic",
+            &format!("the attempt's task failed: {error}"),
+        ),
+    })
+}
+
+/// What became of an attempt past its timeout.
+struct Overdue {
+    settlement: Settlement,
+    /// The handler's task has ended.
+    ended: bool,
+    /// The handler never yields and cannot be stopped.
+    runaway: bool,
+}
+
+/// Ends an attempt past its timeout, whatever its handler does: the task is aborted, and a handler that yields
+/// stops at its next poll; the attempt is a `timeout` failure and the job retries (anywhere). One still inside the
+/// same poll [`STOP_WITHIN`] later never yields and cannot be stopped: it keeps its thread and its slot until it
+/// returns, so its job is dead-lettered instead of retried, or each retry would pin a slot (and a thread) on
+/// another worker too. Either way the lease is given up.
+async fn stop_overdue(
+    handler: &mut AbortOnDrop<Settlement>,
+    probe: &PollProbe,
+    timeout: Duration,
+    attempt: i32,
+    retry: &RetryPolicy,
+) -> Overdue {
+    let (inside_at_timeout, polls_at_timeout) = probe.read();
+    handler.0.abort();
+    let timed_out = format!("timed out after {timeout:?}");
+    let failed = |message: &str| Settlement::Retry {
+        delay: retry.delay(attempt),
+        error: AttemptError::new(attempt, "timeout", message),
+    };
+    match tokio::time::timeout(STOP_WITHIN, &mut handler.0).await {
+        // It finished just after its timeout after all: its own outcome stands.
+        Ok(Ok(settlement)) => Overdue {
+            settlement,
+            ended: true,
+            runaway: false,
+        },
+        Ok(Err(_)) => Overdue {
+            settlement: failed(&timed_out),
+            ended: true,
+            runaway: false,
+        },
+        // Still running. A task that was not polled in time (its thread busy with another) is cancelled at its
+        // next poll; only one inside the same poll all along is a runaway.
+        Err(_) => {
+            let (inside, polls) = probe.read();
+            let runaway = inside_at_timeout && inside && polls == polls_at_timeout;
+            let settlement = if runaway {
+                let message = format!(
+                    "{timed_out} and could not be stopped (a CPU loop or a blocking call, never yielding): \
+                     dead-lettered rather than retried, so it cannot hold a thread on every worker"
+                );
+                Settlement::Dead {
+                    error: AttemptError::new(attempt, "timeout", &message),
+                }
+            } else {
+                failed(&timed_out)
+            };
+            Overdue {
+                settlement,
+                ended: false,
+                runaway,
+            }
+        }
+    }
 }
 
 /// The ack an attempt owes the completer, delivered even if the attempt is dropped (shutdown past the grace

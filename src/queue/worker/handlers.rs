@@ -159,11 +159,14 @@ pub mod builtin {
         const KIND: &'static str = "herald.block";
     }
 
+    /// The longest a drill holds its thread, whatever its payload asks.
+    const MAX_DRILL: Duration = Duration::from_secs(3600);
+
     /// The fault-drill kinds: handlers that misbehave on purpose, so operators and the tests can see what the
     /// engine does with a handler that never yields. Off by default: one such job holds a worker thread.
     pub fn register_drills(registry: &mut HandlerRegistry) {
         registry.register(|job: Spin, _| async move {
-            let until = std::time::Instant::now() + Duration::from_millis(job.ms);
+            let until = std::time::Instant::now() + Duration::from_millis(job.ms).min(MAX_DRILL);
             let mut spins = 0u64;
             while std::time::Instant::now() < until {
                 spins = std::hint::black_box(spins.wrapping_add(1));
@@ -171,7 +174,7 @@ pub mod builtin {
             Ok(())
         });
         registry.register(|job: Block, _| async move {
-            std::thread::sleep(Duration::from_millis(job.ms));
+            std::thread::sleep(Duration::from_millis(job.ms).min(MAX_DRILL));
             Ok(())
         });
     }

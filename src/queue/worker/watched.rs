@@ -2,11 +2,11 @@
 //! be stopped (inside one poll of its future since its timeout) from one that was merely not scheduled in time to
 //! see its abort. Used by `executor.rs`.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::future::{Future, poll_fn};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::Context;
 
 /// Whether a task is inside a poll of its future, and how many polls it has begun: what tells a handler that
 /// cannot be stopped (inside one poll all along) from one that was merely not scheduled in time to see its abort.
@@ -26,22 +26,18 @@ impl PollProbe {
     }
 }
 
-/// A future whose polls are recorded in a [`PollProbe`].
-pub struct Probed<F> {
-    pub future: Pin<Box<F>>,
-    pub probe: Arc<PollProbe>,
-}
-
-impl<F: Future> Future for Probed<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.probe.polls.fetch_add(1, Ordering::AcqRel);
-        self.probe.inside.store(true, Ordering::Release);
-        let result = self.future.as_mut().poll(cx);
-        self.probe.inside.store(false, Ordering::Release);
+/// Runs `future`, recording each of its polls in `probe`. The future is pinned inside this one (on the task's own
+/// allocation), so probing adds no allocation per attempt.
+pub async fn probed<F: Future>(future: F, probe: Arc<PollProbe>) -> F::Output {
+    let mut future = pin!(future);
+    poll_fn(move |cx: &mut Context<'_>| {
+        probe.polls.fetch_add(1, Ordering::AcqRel);
+        probe.inside.store(true, Ordering::Release);
+        let result = future.as_mut().poll(cx);
+        probe.inside.store(false, Ordering::Release);
         result
-    }
+    })
+    .await
 }
 
 /// Aborts the handler's task when the attempt is dropped (shutdown past the grace period), as dropping an inline
