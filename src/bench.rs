@@ -9,6 +9,7 @@
 //! 4. **idle**: one idle worker on a database of its own; its cost is that database's transaction count over the
 //!    quietest of three 5-second windows.
 
+use crate::db::with_database;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -482,50 +483,15 @@ pub(crate) async fn recreate_database(
     Ok(())
 }
 
-/// The same server URL with another database name.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let base = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
-}
-
 fn queue_name(name: &str) -> Result<QueueName, BenchError> {
     QueueName::parse(name).map_err(|e| BenchError::Failed(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
-
     #[test]
     fn splits_work_evenly() {
         assert_eq!(super::split_evenly(10, 3), vec![4, 3, 3]);
         assert_eq!(super::split_evenly(2, 4), vec![1, 1, 0, 0]);
-    }
-
-    #[test]
-    fn replaces_the_database_in_a_url() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/postgres", "b"),
-            "postgres://u@h:5432/b"
-        );
-        assert_eq!(
-            with_database("postgres://u@h:5432", "b"),
-            "postgres://u@h:5432/b"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/db?sslmode=disable", "b"),
-            "postgres://u@h/b?sslmode=disable"
-        );
     }
 }

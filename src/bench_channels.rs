@@ -5,6 +5,7 @@
 //! The fake counts successful sends per message; at the end every message must have been accepted exactly once
 //! (its delivery `sent`) or be dead-lettered with a reason, never accepted twice, never lost.
 
+use crate::db::with_database;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -17,9 +18,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio::process::Child;
 
-use crate::bench::{
-    BenchError, herald_process, recreate_database, stop_workers, wait_for_count, with_database,
-};
+use crate::bench::{BenchError, herald_process, recreate_database, stop_workers, wait_for_count};
 use crate::config::Settings;
 use crate::db;
 use crate::workflow::definition;

@@ -8,6 +8,7 @@
 //! 2. **latency**: with the worker idle and ready, runs are started one at a time at a steady rate; latency is
 //!    the action step's start minus the run's creation (both stamped by PostgreSQL).
 
+use crate::db::with_database;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -15,7 +16,6 @@ use sqlx::{PgPool, Row};
 
 use crate::bench::{
     BenchError, database_counters, recreate_database, spawn_worker, stop_workers, wait_for_count,
-    with_database,
 };
 use crate::config::Settings;
 use crate::db;

@@ -70,3 +70,41 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
+
+/// The same server URL with another database name.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let base = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_in_a_url() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "b"),
+            "postgres://u@h:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5432", "b"),
+            "postgres://u@h:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "b"),
+            "postgres://u@h/b?sslmode=disable"
+        );
+    }
+}

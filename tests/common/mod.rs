@@ -49,7 +49,7 @@ impl TestDb {
             .await
             .expect("create db");
         admin.close().await;
-        let url = herald::bench::with_database(server, &name);
+        let url = herald::db::with_database(server, &name);
         let pool = PgPoolOptions::new()
             .max_connections(20)
             .acquire_timeout(Duration::from_secs(5))
