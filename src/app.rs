@@ -1,15 +1,215 @@
-//! The roles a herald process runs, built the same way for `main` and for the tests.
+//! The one boot path: how a herald process goes from [`Settings`] to running roles, for `main`, the tests and
+//! any Rust service that embeds herald.
+//!
+//! [`App::boot`] connects, migrates, builds the channels and the workflow engine, and syncs `workflows.dir`; the
+//! roles then run on what it built ([`App::serve_api`], [`App::run_worker`], [`App::run_bridge`]). This is the
+//! only module (with `main`) that holds the whole [`Settings`]: it hands each part its own section.
+//!
+//! To run the standard worker with job kinds of your own, use [`Worker`] (see `examples/custom_worker.rs`).
 
 use std::sync::Arc;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::channels::Channels;
-use crate::config::Settings;
+use crate::bridge::BridgeError;
+use crate::channels::{Channels, FleetShare, ProviderConfigError};
+use crate::config::{ConfigError, Settings};
+use crate::db::{self, DbError};
+use crate::metrics::Metrics;
 use crate::queue::HandlerRegistry;
 use crate::queue::worker::{self, WorkerOptions, builtin};
+use crate::setting::InvalidSetting;
 use crate::workflow::{self, Engine, WorkflowError};
+
+/// Why a process could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Setting(#[from] InvalidSetting),
+    #[error(transparent)]
+    Database(#[from] DbError),
+    #[error(transparent)]
+    Workflow(#[from] WorkflowError),
+    #[error(transparent)]
+    Provider(#[from] ProviderConfigError),
+    #[error(transparent)]
+    Bridge(#[from] BridgeError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// What every role runs on: the settings, the database pool and the workflow engine with its channels.
+pub struct App {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub engine: Arc<Engine>,
+}
+
+impl App {
+    /// Connects to `DATABASE_URL` (or the private cluster `herald up` runs here), migrates, builds the engine and
+    /// syncs `workflows.dir`: everything a role needs before it starts.
+    pub async fn boot(settings: Settings) -> Result<Self, BootError> {
+        let url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
+        Self::boot_at(settings, &url).await
+    }
+
+    /// [`App::boot`] on the database at `url`.
+    pub async fn boot_at(settings: Settings, url: &str) -> Result<Self, BootError> {
+        let pool = db::connect(url, &settings.database).await?;
+        db::migrate(&pool).await?;
+        let app = Self::on_pool(settings, pool)?;
+        app.sync_workflows().await?;
+        Ok(app)
+    }
+
+    /// The engine and its channels on a pool that is already migrated, without syncing `workflows.dir` (tests and
+    /// commands that only read). Must run inside the Tokio runtime (the channels start background tasks).
+    pub fn on_pool(settings: Settings, pool: PgPool) -> Result<Self, BootError> {
+        let channels = channels(&settings, &pool)?;
+        Self::with_channels(settings, pool, channels)
+    }
+
+    /// [`App::on_pool`] with channels of your own instead of those settings configure (tests record messages
+    /// this way).
+    pub fn with_channels(
+        settings: Settings,
+        pool: PgPool,
+        channels: Channels,
+    ) -> Result<Self, BootError> {
+        let steps_pool = db::relaxed_commit_pool(&pool, &settings.database);
+        let engine = Arc::new(Engine::new(
+            pool.clone(),
+            steps_pool,
+            &settings.workflows,
+            settings.jobs.defaults(),
+            channels,
+        )?);
+        Ok(Self {
+            settings,
+            pool,
+            engine,
+        })
+    }
+
+    /// Syncs `workflows.dir` into the database if the folder exists (a process deployed without it still runs the
+    /// versions already stored). An invalid definition stops the process: better than running an old version.
+    pub async fn sync_workflows(&self) -> Result<(), WorkflowError> {
+        let dir = &self.settings.workflows.dir;
+        if !dir.is_dir() {
+            tracing::info!(dir = %dir.display(), "no workflow folder; using the versions already stored");
+            return Ok(());
+        }
+        for (file, name, version, saved) in self.engine.catalog.sync_dir(dir).await? {
+            tracing::info!(%file, workflow = %name, version, ?saved, "workflow synced");
+        }
+        Ok(())
+    }
+
+    /// Worker options from `[worker]` and `[jobs]`, with command-line overrides applied.
+    pub fn worker_options(
+        &self,
+        queues: Option<Vec<String>>,
+        concurrency: Option<std::num::NonZeroUsize>,
+    ) -> Result<WorkerOptions, InvalidSetting> {
+        let mut section = self.settings.worker.clone();
+        if let Some(concurrency) = concurrency {
+            section.concurrency = concurrency;
+        }
+        if let Some(queues) = queues {
+            section.queues = queues;
+        }
+        WorkerOptions::new(&section, &self.settings.jobs)
+    }
+
+    /// Serves the HTTP API on `listener` until `shutdown`.
+    pub async fn serve_api(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let settings = &self.settings;
+        let metrics = process_metrics().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let state = crate::api::ApiState::new(
+            self.pool.clone(),
+            &settings.api,
+            settings.jobs.defaults(),
+            metrics,
+            Arc::clone(&self.engine),
+            crate::api::configured_providers(&settings.channels.chains, &settings.providers),
+            settings.callbacks.clone(),
+        );
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "API listening");
+        }
+        crate::api::serve(listener, state, shutdown).await
+    }
+
+    /// Runs a worker until `shutdown`: `handlers` (your own kinds, or an empty registry) plus herald's built-in
+    /// kinds and the workflow nodes.
+    pub async fn run_worker(
+        &self,
+        options: WorkerOptions,
+        handlers: HandlerRegistry,
+        shutdown: CancellationToken,
+    ) {
+        let registry = worker_registry(handlers, Arc::clone(&self.engine));
+        worker::run(self.pool.clone(), options, registry, shutdown).await;
+    }
+
+    /// Runs the Kafka bridge until `shutdown`, serving `/metrics` on `bridge.metrics_listen` if set.
+    pub async fn run_bridge(&self, shutdown: CancellationToken) -> Result<(), BridgeError> {
+        let bridge = &self.settings.bridge;
+        let listen = bridge.metrics_listen.trim();
+        if !listen.is_empty() {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| BridgeError::Config(format!("bridge.metrics_listen {listen}: {e}")))?;
+            let metrics = process_metrics().map_err(|e| BridgeError::Config(e.to_string()))?;
+            tokio::spawn(crate::metrics::serve(listener, metrics, shutdown.clone()));
+        }
+        crate::bridge::run(
+            bridge,
+            self.settings.jobs.defaults(),
+            self.pool.clone(),
+            Arc::clone(&self.engine),
+            shutdown,
+        )
+        .await
+    }
+
+    /// The bridge's batch writer (for `herald bridge dlq replay`).
+    pub fn bridge_writer(&self) -> Result<crate::bridge::BatchWriter, BridgeError> {
+        crate::bridge::writer(
+            &self.settings.bridge,
+            self.settings.jobs.defaults(),
+            self.pool.clone(),
+            Arc::clone(&self.engine),
+        )
+    }
+}
+
+/// The channels settings configure (with `channels.sink = "providers"`, every provider's adapter is built here: a
+/// missing credential fails the start). Must run inside the Tokio runtime.
+pub fn channels(settings: &Settings, pool: &PgPool) -> Result<Channels, ProviderConfigError> {
+    let share = FleetShare {
+        queue: settings.workflows.queue.to_string(),
+        every: settings.worker.heartbeat,
+    };
+    Channels::from_settings(&settings.channels, &settings.providers, share, pool)
+}
+
+/// The process's metrics registry: HTTP, plus the channels' and the bridge's process-wide metrics.
+fn process_metrics() -> Result<Metrics, prometheus::Error> {
+    let collectors = crate::channels::metrics::all()
+        .into_iter()
+        .chain(crate::bridge::metrics::all());
+    Metrics::new(collectors)
+}
 
 /// The built-in handlers (no-op, sleep, log): what the queue's own tests run.
 pub fn handler_registry() -> HandlerRegistry {
@@ -18,92 +218,89 @@ pub fn handler_registry() -> HandlerRegistry {
     registry
 }
 
-/// Everything a herald worker runs: the built-in handlers plus workflow nodes.
-pub fn worker_registry(engine: Arc<Engine>) -> HandlerRegistry {
-    let mut registry = handler_registry();
-    workflow::register(&mut registry, engine);
-    registry
+/// What a herald worker runs: `handlers`, then the built-in kinds and the workflow nodes (the `herald.` kinds are
+/// herald's own: one of yours by such a name is replaced).
+pub fn worker_registry(mut handlers: HandlerRegistry, engine: Arc<Engine>) -> HandlerRegistry {
+    builtin::register(&mut handlers);
+    workflow::register(&mut handlers, engine);
+    handlers
 }
 
-/// The workflow engine with the channels from settings (provider adapters are built here: a missing
-/// credential fails the start).
-pub fn engine(pool: PgPool, settings: &Settings) -> Result<Arc<Engine>, WorkflowError> {
-    let channels = Channels::from_settings(settings, &pool)?;
-    Ok(Arc::new(Engine::new(pool, settings, channels)?))
-}
-
-/// Syncs `workflows.dir` into the database if the folder exists (a worker deployed without it still runs the
-/// versions already stored). An invalid definition stops the process: better than running an old version.
-pub async fn sync_workflows(engine: &Engine, settings: &Settings) -> Result<(), WorkflowError> {
-    let dir = &settings.workflows.dir;
-    if !dir.is_dir() {
-        tracing::info!(dir = %dir.display(), "no workflow folder; using the versions already stored");
-        return Ok(());
-    }
-    for (file, name, version, saved) in engine.catalog.sync_dir(dir).await? {
-        tracing::info!(%file, workflow = %name, version, ?saved, "workflow synced");
-    }
-    Ok(())
-}
-
-/// Runs the API role until `shutdown`, on `listener`.
-pub async fn run_api(
-    pool: PgPool,
+/// The standard herald worker with job kinds of your own: settings + your [`HandlerRegistry`] + herald's built-in
+/// kinds and workflow nodes, until SIGTERM or SIGINT, then a graceful shutdown (River's `Client` with its
+/// `Workers`, Oban's `start_link`).
+///
+/// ```no_run
+/// # use herald::queue::{HandlerRegistry, Job};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Invoice { id: i64 }
+/// # impl Job for Invoice { const KIND: &'static str = "billing.invoice"; }
+/// fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let mut kinds = HandlerRegistry::new();
+///     kinds.register(|invoice: Invoice, _ctx| async move {
+///         println!("invoice {}", invoice.id);
+///         Ok(())
+///     });
+///     herald::app::Worker::new(herald::config::Settings::load()?)
+///         .handlers(kinds)
+///         .run()?;
+///     Ok(())
+/// }
+/// ```
+pub struct Worker {
     settings: Settings,
-    engine: Arc<Engine>,
-    listener: tokio::net::TcpListener,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let metrics =
-        crate::metrics::Metrics::new().map_err(|e| std::io::Error::other(e.to_string()))?;
-    let state = crate::api::ApiState::new(pool, &settings, metrics, engine);
-    if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "API listening");
-    }
-    crate::api::serve(listener, state, shutdown).await
-}
-
-/// Runs the worker role until `shutdown`.
-pub async fn run_worker(
-    pool: PgPool,
-    engine: Arc<Engine>,
-    options: WorkerOptions,
-    shutdown: CancellationToken,
-) {
-    worker::run(pool, options, worker_registry(engine), shutdown).await;
-}
-
-/// Runs the Kafka bridge until `shutdown`, serving `/metrics` on `bridge.metrics_listen` if set.
-pub async fn run_bridge(
-    pool: PgPool,
-    settings: &Settings,
-    engine: Arc<Engine>,
-    shutdown: CancellationToken,
-) -> Result<(), crate::bridge::BridgeError> {
-    let listen = settings.bridge.metrics_listen.trim();
-    if !listen.is_empty() {
-        let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-            crate::bridge::BridgeError::Config(format!("bridge.metrics_listen {listen}: {e}"))
-        })?;
-        let metrics = crate::metrics::Metrics::new()
-            .map_err(|e| crate::bridge::BridgeError::Config(e.to_string()))?;
-        tokio::spawn(crate::metrics::serve(listener, metrics, shutdown.clone()));
-    }
-    crate::bridge::run(settings, pool, engine, shutdown).await
-}
-
-/// Worker options from settings, with command-line overrides applied.
-pub fn worker_options(
-    settings: &Settings,
+    handlers: HandlerRegistry,
     queues: Option<Vec<String>>,
-    concurrency: Option<usize>,
-) -> Result<WorkerOptions, crate::config::ConfigError> {
-    let mut settings = settings.clone();
-    if let Some(concurrency) = concurrency {
-        settings.worker.concurrency = concurrency;
+    concurrency: Option<std::num::NonZeroUsize>,
+}
+
+impl Worker {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            handlers: HandlerRegistry::new(),
+            queues: None,
+            concurrency: None,
+        }
     }
-    if let Some(queues) = queues {
-        settings.worker.queues = queues;
+
+    /// Your job kinds.
+    pub fn handlers(mut self, handlers: HandlerRegistry) -> Self {
+        self.handlers = handlers;
+        self
     }
-    WorkerOptions::from_settings(&settings)
+
+    /// Serve these queues (`name` or `name:concurrency`) instead of `worker.queues`.
+    pub fn queues(mut self, queues: Vec<String>) -> Self {
+        self.queues = Some(queues);
+        self
+    }
+
+    /// Handlers at once per queue, instead of `worker.concurrency`.
+    pub fn concurrency(mut self, concurrency: std::num::NonZeroUsize) -> Self {
+        self.concurrency = Some(concurrency);
+        self
+    }
+
+    /// Runs from a plain `fn main`: takes SIGTERM/SIGINT on a thread of its own (see `shutdown`), starts the
+    /// runtime, boots and works until a signal, then shuts down gracefully within `worker.shutdown_grace_secs`.
+    pub fn run(self) -> Result<(), BootError> {
+        crate::shutdown::watch();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(BootError::Runtime)?;
+        let grace = self.settings.worker.shutdown_grace;
+        let result = runtime.block_on(self.run_until(crate::shutdown::on_signal(grace)));
+        // A handler stuck without yielding can never be joined; do not wait for its thread.
+        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        result
+    }
+
+    /// Runs inside your own runtime until `shutdown` is cancelled.
+    pub async fn run_until(self, shutdown: CancellationToken) -> Result<(), BootError> {
+        let app = App::boot(self.settings).await?;
+        let options = app.worker_options(self.queues, self.concurrency)?;
+        app.run_worker(options, self.handlers, shutdown).await;
+        Ok(())
+    }
 }

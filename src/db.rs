@@ -1,13 +1,39 @@
 //! Connecting to PostgreSQL and migrating it.
 
+use std::num::NonZeroU32;
 use std::path::Path;
 use std::time::Duration;
 
+use serde::Deserialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use crate::config::DatabaseSettings;
 use crate::embedded_postgres;
+use crate::setting;
+
+/// `[database]`, plus `DATABASE_URL` (read from the environment by `config`, as every Postgres tool does).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Connections per pool (a worker has two: the handlers' and the queue's own).
+    pub max_connections: NonZeroU32,
+    #[serde(rename = "acquire_timeout_ms", deserialize_with = "setting::millis")]
+    pub acquire_timeout: Duration,
+    /// `DATABASE_URL`, if set and not blank.
+    #[serde(skip)]
+    pub url: Option<String>,
+}
+
+/// The URL may hold a password: `Debug` says only whether it is set.
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -26,11 +52,9 @@ pub enum DbError {
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// `DATABASE_URL` if set; otherwise the private cluster `herald up` runs from `embedded_dir`, if it is running.
-pub fn database_url(embedded_dir: &Path) -> Result<String, DbError> {
-    if let Ok(url) = std::env::var("DATABASE_URL")
-        && !url.trim().is_empty()
-    {
-        return Ok(url);
+pub fn database_url(settings: &DatabaseSettings, embedded_dir: &Path) -> Result<String, DbError> {
+    if let Some(url) = &settings.url {
+        return Ok(url.clone());
     }
     embedded_postgres::running_url(embedded_dir)
         .ok_or_else(|| DbError::NoDatabase(embedded_dir.display().to_string()))
@@ -38,11 +62,11 @@ pub fn database_url(embedded_dir: &Path) -> Result<String, DbError> {
 
 pub async fn connect(url: &str, settings: &DatabaseSettings) -> Result<PgPool, DbError> {
     PgPoolOptions::new()
-        .max_connections(settings.max_connections)
+        .max_connections(settings.max_connections.get())
         // No ping before every checkout: it doubled the round trips of each claim and ack, and the cost of an idle
         // worker. A connection that died is found on use; every caller retries with backoff.
         .test_before_acquire(false)
-        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .acquire_timeout(settings.acquire_timeout)
         .connect(url)
         .await
         .map_err(DbError::Connect)
@@ -59,9 +83,9 @@ pub fn relaxed_commit_pool(pool: &PgPool, settings: &DatabaseSettings) -> PgPool
         .clone()
         .options([("synchronous_commit", "off")]);
     PgPoolOptions::new()
-        .max_connections(settings.max_connections)
+        .max_connections(settings.max_connections.get())
         .test_before_acquire(false)
-        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+        .acquire_timeout(settings.acquire_timeout)
         .connect_lazy_with(options)
 }
 

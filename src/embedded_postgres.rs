@@ -4,6 +4,12 @@
 //! It uses the machine's own `initdb` and `pg_ctl` (from PATH or `/usr/lib/postgresql/<version>/bin`), keeps its
 //! data under the configured directory (`.herald/pg`, ignored by git), listens on a free port on 127.0.0.1 only,
 //! and writes that port to `<dir>/port` so other `herald` commands in the same directory find it.
+//!
+//! Ownership: the `herald up` that owns the cluster holds an exclusive lock on `<dir>/owner.lock` for as long as it
+//! runs, and stops the cluster when it ends. The kernel drops the lock when that process dies, even by `kill -9`,
+//! so a cluster found running with the lock free was left behind by a dead `herald up`: the next one says so and
+//! takes it over (it stops it on exit). A cluster whose lock is held belongs to a live `herald up`, which the new
+//! one joins without owning.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -25,6 +31,13 @@ pub enum EmbeddedError {
     },
 }
 
+/// `[embedded_postgres]`: where `herald up` keeps its private cluster.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddedPostgresSettings {
+    pub dir: PathBuf,
+}
+
 /// A running private cluster. Call [`EmbeddedPostgres::stop`] to shut it down.
 #[derive(Debug)]
 pub struct EmbeddedPostgres {
@@ -33,8 +46,10 @@ pub struct EmbeddedPostgres {
     bin_dir: PathBuf,
     run_as: Option<(u32, u32)>,
     pub port: u16,
-    /// Whether this process started it (and so should stop it).
+    /// Whether this process owns it (started it, or took over one a dead `herald up` left) and so stops it.
     pub started_here: bool,
+    /// The owner's lock, held while this value lives (see the module docs).
+    owner_lock: Option<std::fs::File>,
 }
 
 impl EmbeddedPostgres {
@@ -56,13 +71,41 @@ impl EmbeddedPostgres {
             run_as,
             port: 0,
             started_here: false,
+            owner_lock: None,
         };
+        let owner_lock = take_owner_lock(&dir).map_err(io)?;
         if let Some(port) = read_port(&dir)
             && cluster.is_running()
         {
             cluster.port = port;
+            match owner_lock {
+                Some(lock) => {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        postmaster = %cluster.postmaster_pid().unwrap_or_default(),
+                        "found the private PostgreSQL an earlier `herald up` left running (it ended without stopping \
+                         it); taking it over: it stops when this process does"
+                    );
+                    cluster.owner_lock = Some(lock);
+                    cluster.started_here = true;
+                }
+                None => tracing::info!(
+                    dir = %dir.display(),
+                    "another `herald up` in this directory runs the private PostgreSQL; joining it"
+                ),
+            }
             return Ok(cluster);
         }
+        let Some(owner_lock) = owner_lock else {
+            return Err(EmbeddedError::Command {
+                step: "pg_ctl status",
+                detail: format!(
+                    "another `herald up` owns {} but its PostgreSQL is not running; stop that process first",
+                    dir.display()
+                ),
+            });
+        };
+        cluster.owner_lock = Some(owner_lock);
         if !cluster.data_dir.join("PG_VERSION").exists() {
             cluster.init(&dir)?;
         }
@@ -105,6 +148,12 @@ impl EmbeddedPostgres {
             ],
         )?;
         self.pg_ctl_start()
+    }
+
+    /// The server's process id, from the first line of `postmaster.pid`.
+    fn postmaster_pid(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.data_dir.join("postmaster.pid")).ok()?;
+        text.lines().next().map(|line| line.trim().to_string())
     }
 
     fn is_running(&self) -> bool {
@@ -248,4 +297,26 @@ fn unprivileged_user_if_root() -> Option<(u32, u32)> {
         let entry = unsafe { &*entry };
         Some((entry.pw_uid, entry.pw_gid))
     })
+}
+
+/// Takes `<dir>/owner.lock` if no live process holds it: `Some(file)` (keep it open to keep the lock), or `None`
+/// when another live `herald up` owns the cluster.
+fn take_owner_lock(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("owner.lock"))?;
+    // SAFETY: flock on a descriptor we own; LOCK_NB makes it return at once.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked == 0 {
+        return Ok(Some(file));
+    }
+    let error = std::io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(error)
+    }
 }

@@ -1,29 +1,32 @@
 //! herald: a durable job-queue worker fleet on PostgreSQL that runs notification workflows.
 //!
-//! Modules, one concept each:
-//! * [`queue`]: the engine (enqueue, claim, ack, retry, dead letters, leases, wakeups, workers registry).
-//! * [`config`]: typed, layered settings.
-//! * [`db`] and [`embedded_postgres`]: connecting, migrating, and the private cluster of `herald up`.
-//! * [`api`]: the HTTP API (axum), its keys and errors; [`metrics`]: Prometheus.
-//! * [`app`]: the roles a process runs (`worker`, `up`), shared by the binary and the tests; [`shutdown`]: how
-//!   a process stops on SIGTERM, even with a wedged handler.
-//! * [`workflow`]: notification workflows whose nodes run as queue jobs; [`channels`]: how messages leave.
-//! * [`bench`]: `herald bench`.
+//! Modules, one concept each, from the bottom layer up (what may import what is checked by `layering.rs`):
+//! * helpers: [`setting`] (what settings sections are made of), [`db`] and [`embedded_postgres`] (connecting,
+//!   migrating, the private cluster of `herald up`), [`coalesce`], [`metrics`], [`shutdown`], [`telemetry`];
+//! * [`queue`]: the engine (enqueue, claim, ack, retry, dead letters, leases, wakeups, workers registry);
+//! * [`channels`]: how messages leave (provider adapters, fallback chains, limits, breakers, deliveries,
+//!   callbacks);
+//! * [`workflow`]: notification workflows whose nodes run as queue jobs;
+//! * [`bridge`]: Kafka topics into jobs, runs and events;
+//! * [`api`]: the HTTP API (axum), its keys and errors;
+//! * [`config`]: every module's settings section, layered and checked; [`app`]: the one boot path from settings
+//!   to running roles, for `main`, the tests and services that embed herald ([`app::Worker`]).
+//!
+//! `docs/architecture.md` has the module map: which module owns which tables and settings.
 
 pub mod api;
 pub mod app;
-pub mod bench;
-pub mod bench_bridge;
-pub mod bench_channels;
-pub mod bench_workflows;
 pub mod bridge;
 pub mod channels;
 pub mod coalesce;
 pub mod config;
 pub mod db;
 pub mod embedded_postgres;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub mod queue;
+pub mod setting;
 pub mod shutdown;
 pub mod telemetry;
 pub mod workflow;

@@ -1,7 +1,10 @@
-//! Prometheus metrics: one registry per process, rendered by `GET /metrics`. Later modules add their metrics here.
+//! Prometheus metrics: one registry per process, rendered by `GET /metrics`.
+//!
+//! The HTTP metrics are defined here; a module whose metrics are process-wide (the channels' provider calls, the
+//! bridge's consumer) defines them in its own `metrics.rs` with an `all()`, and `app` hands them to
+//! [`Metrics::new`], so this file imports no other module.
 
-use std::sync::LazyLock;
-
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -16,32 +19,11 @@ pub struct Metrics {
     pub provider_circuits_open: IntGaugeVec,
 }
 
-/// Provider calls made by this process, by provider and outcome (sent, transient, rate_limited, permanent,
-/// suppressed, config). Process-wide because the chains that count them are built before (and apart from) the
-/// API that serves them; `herald up` serves its own worker's counts.
-pub static PROVIDER_CALLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    IntCounterVec::new(
-        Opts::new(
-            "provider_calls_total",
-            "Provider calls by provider and outcome",
-        ),
-        &["provider", "outcome"],
-    )
-    .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
-});
-
-/// Provider call latency by provider.
-pub static PROVIDER_CALL_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    HistogramVec::new(
-        HistogramOpts::new("provider_call_seconds", "Provider call latency")
-            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
-        &["provider"],
-    )
-    .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
-});
-
 impl Metrics {
-    pub fn new() -> Result<Self, prometheus::Error> {
+    /// The registry with the HTTP metrics and `collectors` (other modules' process-wide metrics).
+    pub fn new(
+        collectors: impl IntoIterator<Item = Box<dyn Collector>>,
+    ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("herald".into()), None)?;
         let http_requests = IntCounterVec::new(
             Opts::new(
@@ -78,9 +60,7 @@ impl Metrics {
         )?;
         registry.register(Box::new(jobs_enqueued.clone()))?;
         registry.register(Box::new(provider_circuits_open.clone()))?;
-        registry.register(Box::new(PROVIDER_CALLS.clone()))?;
-        registry.register(Box::new(PROVIDER_CALL_SECONDS.clone()))?;
-        for collector in crate::bridge::metrics::all() {
+        for collector in collectors {
             registry.register(collector)?;
         }
         Ok(Self {

@@ -605,8 +605,8 @@ async fn workers_metrics_and_the_openapi_document() {
 #[tokio::test]
 async fn the_per_key_rate_limit_answers_429_with_retry_after() {
     let app = spawn_app_with(|s| {
-        s.api.rate_limit_per_second = 1;
-        s.api.rate_limit_burst = 2;
+        s.api.rate_limit_per_second = std::num::NonZeroU32::MIN;
+        s.api.rate_limit_burst = std::num::NonZeroU32::new(2).unwrap();
     })
     .await;
     let mut statuses = Vec::new();

@@ -156,7 +156,9 @@ async fn a_partition_starts_from_the_offset_in_postgres_not_the_brokers() {
     .unwrap();
 
     let settings = bridge_settings(&brokers, vec![job_route("orders", "kafka", "k")]);
-    let engine = herald::app::engine(db.pool.clone(), &settings).unwrap();
+    let engine = herald::app::App::on_pool(settings.clone(), db.pool.clone())
+        .unwrap()
+        .engine;
     let bridge = RunningBridge::start(settings, db.pool.clone(), engine);
     wait_until(Duration::from_secs(30), "offsets 60..99 stored", || async {
         stored_offset(&db.pool, "orders", 0).await == Some(100)
@@ -268,7 +270,13 @@ async fn bad_messages_are_dead_lettered_with_their_bytes_and_the_bridge_moves_on
 
     // Once the workflow exists, replaying starts the run; the message still missing its key stays dead.
     flow.save(SIGNUP).await;
-    let writer = herald::bridge::writer(&settings, pool.clone(), flow.engine.clone()).unwrap();
+    let writer = herald::bridge::writer(
+        &settings.bridge,
+        settings.jobs.defaults(),
+        pool.clone(),
+        flow.engine.clone(),
+    )
+    .unwrap();
     let results = dead_letters::replay(&writer, &query).await.unwrap();
     let replayed: Vec<(i64, bool)> = results.iter().map(|r| (r.id, r.replayed)).collect();
     assert_eq!(
@@ -302,7 +310,7 @@ async fn a_deep_queue_pauses_its_topic_until_it_drains() {
     let brokers = cluster.bootstrap_servers();
     let db = TestDb::new().await;
     let mut settings = bridge_settings(&brokers, vec![job_route("bulk", "bulk", "k")]);
-    settings.bridge.batch_size = 10;
+    settings.bridge.batch_size = std::num::NonZeroUsize::new(10).unwrap();
     settings.bridge.max_queue_depth = 50;
     settings.bridge.resume_depth = 20;
     let producer = producer(&brokers);
@@ -310,7 +318,9 @@ async fn a_deep_queue_pauses_its_topic_until_it_drains() {
         producer.send_json("bulk", Some(0), &json!({ "seq": seq }));
     }
     producer.flush();
-    let engine = herald::app::engine(db.pool.clone(), &settings).unwrap();
+    let engine = herald::app::App::on_pool(settings.clone(), db.pool.clone())
+        .unwrap()
+        .engine;
     let bridge = RunningBridge::start(settings, db.pool.clone(), engine);
 
     let paused = || {
@@ -361,7 +371,9 @@ async fn bridges_joining_and_leaving_a_group_split_partitions_and_lose_nothing()
     // Each bridge names its jobs, so the test can see who stored what.
     let start = |name: &str| {
         let settings = bridge_settings(&brokers, vec![job_route("events", "kafka", name)]);
-        let engine = herald::app::engine(db.pool.clone(), &settings).unwrap();
+        let engine = herald::app::App::on_pool(settings.clone(), db.pool.clone())
+            .unwrap()
+            .engine;
         RunningBridge::start(settings, db.pool.clone(), engine)
     };
     let producer = producer(&brokers);
@@ -538,13 +550,14 @@ impl Api {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(herald::app::run_api(
-            flow.db.pool.clone(),
-            settings.clone(),
-            flow.engine.clone(),
-            listener,
-            shutdown.clone(),
-        ));
+        // The API as `herald api` runs it, on the flow's engine (whose channels record what they send).
+        let app = herald::app::App {
+            settings: settings.clone(),
+            pool: flow.db.pool.clone(),
+            engine: flow.engine.clone(),
+        };
+        let stop = shutdown.clone();
+        tokio::spawn(async move { app.serve_api(listener, stop).await });
         Self {
             address,
             key,
@@ -570,8 +583,16 @@ impl Api {
 async fn a_batch_whose_offsets_cannot_be_stored_leaves_no_jobs_behind() {
     let db = TestDb::new().await;
     let settings = bridge_settings("unused:9092", vec![job_route("orders", "kafka", "k")]);
-    let engine = herald::app::engine(db.pool.clone(), &settings).unwrap();
-    let writer = herald::bridge::writer(&settings, db.pool.clone(), engine).unwrap();
+    let engine = herald::app::App::on_pool(settings.clone(), db.pool.clone())
+        .unwrap()
+        .engine;
+    let writer = herald::bridge::writer(
+        &settings.bridge,
+        settings.jobs.defaults(),
+        db.pool.clone(),
+        engine,
+    )
+    .unwrap();
     let batch: Vec<herald::bridge::RawMessage> = (0..5)
         .map(|offset| herald::bridge::RawMessage {
             topic: "orders".into(),
@@ -631,8 +652,16 @@ fn raw(topic: &str, offset: i64, payload: serde_json::Value) -> herald::bridge::
 async fn a_message_the_database_refuses_is_dead_lettered_alone() {
     let db = TestDb::new().await;
     let settings = bridge_settings("unused:9092", vec![job_route("orders", "kafka", "k")]);
-    let engine = herald::app::engine(db.pool.clone(), &settings).unwrap();
-    let writer = herald::bridge::writer(&settings, db.pool.clone(), engine).unwrap();
+    let engine = herald::app::App::on_pool(settings.clone(), db.pool.clone())
+        .unwrap()
+        .engine;
+    let writer = herald::bridge::writer(
+        &settings.bridge,
+        settings.jobs.defaults(),
+        db.pool.clone(),
+        engine,
+    )
+    .unwrap();
     sqlx::raw_sql(
         "CREATE FUNCTION refuse_three() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN IF NEW.payload->>'seq' = '3' THEN
@@ -676,8 +705,10 @@ async fn start_from_latest_is_pinned_in_postgres_and_skips_only_older_messages()
     }
     producer.flush();
     let mut settings = bridge_settings(&brokers, vec![job_route("news", "kafka", "k")]);
-    settings.bridge.start_from = "latest".into();
-    let engine = herald::app::engine(db.pool.clone(), &settings).unwrap();
+    settings.bridge.start_from = herald::bridge::StartFrom::Latest;
+    let engine = herald::app::App::on_pool(settings.clone(), db.pool.clone())
+        .unwrap()
+        .engine;
     let bridge = RunningBridge::start(settings, db.pool.clone(), engine);
     wait_until(
         Duration::from_secs(30),

@@ -93,9 +93,7 @@ async fn sendgrid_events_with_a_valid_signature_move_deliveries_once() {
     let key = ec_key();
     let public = STANDARD.encode(key.public_key_to_der().unwrap());
     let app = spawn_app_with(|s| {
-        s.callbacks
-            .0
-            .insert("sendgrid_public_key".into(), json!(public));
+        s.callbacks.sendgrid_public_key = Some(herald::channels::Secret::new(public));
     })
     .await;
     let delivered = sent_delivery(&app, "sendgrid", "msg-A", "email", "ada@example.com").await;
@@ -191,9 +189,7 @@ fn mailgun_body(key: &str, timestamp: u64, event: Value) -> Value {
 #[tokio::test]
 async fn mailgun_events_are_checked_with_the_signing_key() {
     let app = spawn_app_with(|s| {
-        s.callbacks
-            .0
-            .insert("mailgun_signing_key".into(), json!("mg-signing-key"));
+        s.callbacks.mailgun_signing_key = Some(herald::channels::Secret::new("mg-signing-key"));
     })
     .await;
     let id = sent_delivery(
@@ -253,12 +249,8 @@ fn twilio_signature(token: &str, url: &str, form: &[(&str, &str)]) -> String {
 #[tokio::test]
 async fn twilio_status_callbacks_are_signed_over_the_url_and_sorted_fields() {
     let app = spawn_app_with(|s| {
-        s.callbacks
-            .0
-            .insert("twilio_auth_token".into(), json!("twilio-token"));
-        s.callbacks
-            .0
-            .insert("public_url".into(), json!("https://herald.acme.test"));
+        s.callbacks.twilio_auth_token = Some(herald::channels::Secret::new("twilio-token"));
+        s.callbacks.public_url = Some("https://herald.acme.test".to_string());
     })
     .await;
     let id = sent_delivery(&app, "twilio", "SM42", "sms", "+15550001111").await;
@@ -371,7 +363,7 @@ async fn ses_events_through_sns_are_checked_with_the_signing_certificate() {
     let cert_server = FakeProvider::start(Reply::text(200, &cert_pem)).await;
     let allowed = cert_server.url();
     let app = spawn_app_with(|s| {
-        s.callbacks.0.insert("sns_hosts".into(), json!([allowed]));
+        s.callbacks.sns_hosts = vec![allowed.to_string()];
     })
     .await;
     let id = sent_delivery(&app, "ses", "0102-ses-1", "email", "dee@example.com").await;

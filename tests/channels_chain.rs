@@ -31,11 +31,11 @@ nodes:
 /// Settings sending chat through `slack -> discord`, both pointed at fakes.
 fn chat_settings(slack: &FakeProvider, discord: &FakeProvider) -> Settings {
     let mut settings = common::settings();
-    settings.channels.sink = "providers".into();
+    settings.channels.sink = herald::channels::Sink::Providers;
     settings.channels.chains.chat = vec!["slack".into(), "discord".into()];
-    settings.channels.retry_pause_ms = 5;
+    settings.channels.retry_pause = Duration::from_millis(5);
     settings.channels.breaker_failures = 3;
-    settings.channels.breaker_cooldown_secs = 600;
+    settings.channels.breaker_cooldown = Duration::from_secs(600);
     settings.providers.0.insert(
         "slack".into(),
         json!({ "webhooks": { "ops": format!("{}/services/T0/B0/xyz", slack.url()) }, "timeout_ms": 1000 }),

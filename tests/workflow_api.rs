@@ -35,11 +35,13 @@ async fn get_json(app: &common::TestApp, path: &str) -> Value {
 #[tokio::test]
 async fn store_trigger_event_and_read_a_run_over_http() {
     let app = spawn_app().await;
-    let engine = herald::app::engine(app.db.pool.clone(), &common::settings()).unwrap();
+    let engine = herald::app::App::on_pool(common::settings(), app.db.pool.clone())
+        .unwrap()
+        .engine;
     let worker = common::RunningWorker::start(
         &app.db.pool,
         common::options(&[("workflows", 4)]),
-        herald::app::worker_registry(engine),
+        herald::app::worker_registry(herald::queue::HandlerRegistry::new(), engine),
     );
     let definition: Value = serde_json::from_str(DEFINITION).unwrap();
 

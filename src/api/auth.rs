@@ -83,7 +83,7 @@ impl FromRequestParts<ApiState> for Caller {
             .ok_or_else(|| {
                 ApiError::unauthorized("send an API key as `Authorization: Bearer <key>`")
             })?;
-        let ttl = Duration::from_secs(state.settings.key_cache_secs);
+        let ttl = state.settings.key_cache;
         let caller = match state.keys.get(key, ttl) {
             Some(cached) => cached,
             None => {

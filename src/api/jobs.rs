@@ -286,7 +286,7 @@ pub async fn enqueue_batch(
     ApiJson(request): ApiJson<BatchRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {
     caller.require(Scope::Enqueue)?;
-    let max = state.settings.max_batch;
+    let max = state.settings.max_batch.get();
     if request.jobs.is_empty() || request.jobs.len() > max {
         return Err(ApiError::field(
             "jobs",

@@ -15,11 +15,11 @@ mod jobs;
 pub mod keys;
 mod operations;
 mod providers;
+mod settings;
 mod workflows;
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderValue, header};
@@ -39,7 +39,10 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 pub use error::{ApiError, Problem};
 
-use crate::config::{ApiSettings, Settings};
+pub use providers::configured_providers;
+pub use settings::ApiSettings;
+
+use crate::channels::callbacks::CallbackSettings;
 use crate::metrics::Metrics;
 use crate::queue::JobDefaults;
 use crate::workflow::Engine;
@@ -73,12 +76,20 @@ impl std::ops::Deref for ApiState {
 }
 
 impl ApiState {
-    pub fn new(pool: PgPool, all: &Settings, metrics: Metrics, engine: Arc<Engine>) -> Self {
-        let defaults = all.job_defaults();
-        let settings = all.api.clone();
-        let per_second = NonZeroU32::new(settings.rate_limit_per_second).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(settings.rate_limit_burst).unwrap_or(per_second);
-        let limiter = RateLimiter::keyed(Quota::per_second(per_second).allow_burst(burst));
+    /// `providers` is the overview `GET /v1/providers` serves; `callbacks` the `[callbacks]` settings.
+    pub fn new(
+        pool: PgPool,
+        settings: &ApiSettings,
+        defaults: JobDefaults,
+        metrics: Metrics,
+        engine: Arc<Engine>,
+        providers: Vec<providers::ConfiguredProvider>,
+        callbacks: CallbackSettings,
+    ) -> Self {
+        let settings = settings.clone();
+        let quota = Quota::per_second(settings.rate_limit_per_second)
+            .allow_burst(settings.rate_limit_burst);
+        let limiter = RateLimiter::keyed(quota);
         let enqueuer = batcher::EnqueueBatcher::start(pool.clone(), defaults.clone());
         Self(Arc::new(StateInner {
             pool,
@@ -86,8 +97,8 @@ impl ApiState {
             settings,
             metrics,
             engine,
-            providers: providers::configured_providers(all),
-            callbacks: crate::channels::callbacks::CallbackVerifier::new(all.callback_settings()),
+            providers,
+            callbacks: crate::channels::callbacks::CallbackVerifier::new(callbacks),
             enqueuer,
             keys: KeyCache::default(),
             limiter,
@@ -187,10 +198,10 @@ pub fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(settings.request_timeout_secs),
+            settings.request_timeout,
         ))
-        .layer(DefaultBodyLimit::max(settings.max_body_bytes))
-        .layer(Extension(BodyLimit(settings.max_body_bytes)))
+        .layer(DefaultBodyLimit::max(settings.max_body_bytes.get()))
+        .layer(Extension(BodyLimit(settings.max_body_bytes.get())))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
@@ -202,7 +213,7 @@ pub async fn serve(
     state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let grace = Duration::from_secs(state.settings.shutdown_grace_secs);
+    let grace = state.settings.shutdown_grace;
     let app = router(state);
     let stopping = shutdown.clone();
     let server = axum::serve(listener, app)

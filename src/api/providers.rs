@@ -12,12 +12,11 @@ use super::auth::Caller;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath};
 use super::keys::Scope;
-use crate::channels::ChannelKind;
 use crate::channels::callbacks::{CallbackError, CallbackRequest};
 use crate::channels::circuits::{self, CircuitRecord};
 use crate::channels::deliveries::{self, Applied, CallbackUpdate, Delivery, Suppression};
 use crate::channels::provider::{CommonSettings, parse_settings};
-use crate::config::Settings;
+use crate::channels::{ChainSettings, ChannelKind, ProviderTables};
 
 /// A configured provider, as settings describe it (every API process reads the same settings as the workers).
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -32,25 +31,20 @@ pub struct ConfiguredProvider {
 }
 
 /// The provider overview built once from settings.
-pub fn configured_providers(settings: &Settings) -> Vec<ConfiguredProvider> {
+pub fn configured_providers(
+    chains: &ChainSettings,
+    tables: &ProviderTables,
+) -> Vec<ConfiguredProvider> {
     let mut providers = Vec::new();
-    for (name, table) in &settings.providers.0 {
-        let Some(kind) = ChannelKind::ALL
-            .into_iter()
-            .find(|k| k.providers().contains(&name.as_str()))
-        else {
+    for (name, table) in &tables.0 {
+        let Some(kind) = crate::channels::providers::channel_of(name) else {
             continue;
         };
         let common: CommonSettings = parse_settings(name, table).unwrap_or_default();
         providers.push(ConfiguredProvider {
             name: name.clone(),
             channel: kind.as_str().to_string(),
-            chain_position: settings
-                .channels
-                .chains
-                .get(kind)
-                .iter()
-                .position(|n| n == name),
+            chain_position: chains.get(kind).iter().position(|n| n == name),
             rate_per_sec: common.rate_per_sec,
             destination_rate_per_sec: common.destination_rate_per_sec,
         });

@@ -15,15 +15,14 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use sqlx::Row;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
+use super::BridgeError;
 use super::message::RawMessage;
 use super::metrics;
+use super::settings::{BridgeSettings, StartFrom};
 use super::store::{BatchOutcome, BatchWriter, is_refused_data};
-use super::{BridgeError, sql};
-use crate::config::BridgeSettings;
 
 /// How the consumer runs, from `[bridge]`.
 #[derive(Debug, Clone)]
@@ -45,13 +44,13 @@ impl ConsumerOptions {
     pub fn from_settings(bridge: &BridgeSettings, workflow_queue: &str) -> Self {
         Self {
             brokers: bridge.brokers.clone(),
-            batch_size: bridge.batch_size,
-            linger: Duration::from_millis(bridge.linger_ms),
-            start_from_earliest: bridge.start_from == "earliest",
+            batch_size: bridge.batch_size.get(),
+            linger: bridge.linger,
+            start_from_earliest: bridge.start_from == StartFrom::Earliest,
             commit_to_broker: bridge.commit_to_broker,
             max_queue_depth: bridge.max_queue_depth,
             resume_depth: bridge.resume_depth,
-            check_interval: Duration::from_millis(bridge.check_interval_ms),
+            check_interval: bridge.check_interval,
             librdkafka: bridge.librdkafka.0.clone(),
             workflow_queue: workflow_queue.to_string(),
         }
@@ -551,13 +550,8 @@ async fn queue_depths(
     writer: &BatchWriter,
     queues: &[String],
 ) -> Result<HashMap<String, i64>, BridgeError> {
-    let rows = sqlx::query(sql::QUEUE_DEPTHS)
-        .bind(queues)
-        .fetch_all(writer.pool())
-        .await?;
-    rows.iter()
-        .map(|row| Ok((row.try_get("queue")?, row.try_get("depth")?)))
-        .collect::<Result<_, sqlx::Error>>()
+    crate::queue::admin::depths(writer.pool(), queues)
+        .await
         .map_err(BridgeError::from)
 }
 

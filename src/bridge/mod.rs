@@ -15,6 +15,7 @@ pub mod dead_letters;
 pub mod message;
 pub mod metrics;
 pub mod routes;
+mod settings;
 mod sql;
 pub mod store;
 
@@ -30,8 +31,9 @@ pub use message::RawMessage;
 pub use routes::{RouteConfigError, RouteSettings, Routed, Router};
 pub use store::{BatchOutcome, BatchWriter};
 
-use crate::config::Settings;
-use crate::queue::QueueError;
+pub use settings::{BridgeSettings, LibrdkafkaSettings, StartFrom};
+
+use crate::queue::{JobDefaults, QueueError};
 use crate::workflow::{Engine, WorkflowError};
 use consumer::BridgeContext;
 
@@ -56,29 +58,30 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The batch writer for `[bridge]`.
 pub fn writer(
-    settings: &Settings,
+    settings: &BridgeSettings,
+    defaults: JobDefaults,
     pool: PgPool,
     engine: Arc<Engine>,
 ) -> Result<BatchWriter, BridgeError> {
-    let router = Router::new(&settings.bridge.routes)?;
+    let router = Router::new(&settings.routes)?;
     Ok(BatchWriter::new(
         pool,
-        settings.bridge.group_id.clone(),
+        settings.group_id.clone(),
         router,
         engine,
-        settings.job_defaults(),
+        defaults,
     ))
 }
 
 /// Refuses to start without brokers or routes (checked before anything connects).
-pub fn check_configured(settings: &Settings) -> Result<(), BridgeError> {
-    if settings.bridge.brokers.trim().is_empty() {
+pub fn check_configured(settings: &BridgeSettings) -> Result<(), BridgeError> {
+    if !settings.enabled() {
         return Err(BridgeError::Config(
             "no brokers: set bridge.brokers (HERALD_BRIDGE__BROKERS)".into(),
         ));
     }
     // The routes themselves were checked when the settings loaded.
-    if settings.bridge.routes.is_empty() {
+    if settings.routes.is_empty() {
         return Err(BridgeError::Config(
             "no routes: add [[bridge.routes]] (see docs/bridge.md)".into(),
         ));
@@ -89,15 +92,17 @@ pub fn check_configured(settings: &Settings) -> Result<(), BridgeError> {
 /// Runs the bridge until `shutdown`: joins the consumer group, stores batches, and on shutdown stores the batch
 /// in hand, leaves the group and closes the consumer.
 pub async fn run(
-    settings: &Settings,
+    settings: &BridgeSettings,
+    defaults: JobDefaults,
     pool: PgPool,
     engine: Arc<Engine>,
     shutdown: CancellationToken,
 ) -> Result<(), BridgeError> {
     check_configured(settings)?;
-    let writer = Arc::new(writer(settings, pool, engine)?);
+    let workflow_queue = engine.node_queue().to_string();
+    let writer = Arc::new(writer(settings, defaults, pool, engine)?);
     let topics = writer.router().topics();
-    let options = ConsumerOptions::from_settings(&settings.bridge, &settings.workflows.queue);
+    let options = ConsumerOptions::from_settings(settings, &workflow_queue);
     let context = BridgeContext::new(
         writer.clone(),
         tokio::runtime::Handle::current(),

@@ -66,8 +66,3 @@ pub const MARK_REPLAYED: &str = "UPDATE herald_bridge_dead_letters SET replayed_
 
 pub const UPDATE_DEAD_LETTER_ERROR: &str =
     "UPDATE herald_bridge_dead_letters SET error = $2 WHERE id = $1";
-
-/// Jobs waiting or running per queue, for backpressure.
-pub const QUEUE_DEPTHS: &str = r#"
-SELECT queue, count(*) AS depth FROM herald_jobs WHERE queue = ANY($1) GROUP BY queue
-"#;

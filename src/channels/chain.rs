@@ -122,8 +122,7 @@ impl ProviderChain {
         message
             .providers
             .iter()
-            .filter_map(|name| self.kind.providers().iter().find(|p| **p == name.as_str()))
-            .copied()
+            .filter_map(|name| self.kind.provider(name))
             .collect()
     }
 

@@ -97,7 +97,7 @@ pub fn spawn_fleet_refresh(
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            match live_senders(&pool, &queue, every * 3).await {
+            match crate::queue::admin::live_workers_serving(&pool, &queue, every * 3).await {
                 Ok(count) => {
                     if fleet.limits.set_workers(count) {
                         tracing::info!(live_workers = count, "provider rate shares re-divided");
@@ -109,14 +109,4 @@ pub fn spawn_fleet_refresh(
             }
         }
     });
-}
-
-/// Live workers serving `queue`, by heartbeat newer than `fresh`.
-pub async fn live_senders(pool: &PgPool, queue: &str, fresh: Duration) -> Result<u32, sqlx::Error> {
-    let count: i64 = sqlx::query_scalar(sql::LIVE_SENDERS)
-        .bind(queue)
-        .bind(i64::try_from(fresh.as_millis()).unwrap_or(i64::MAX))
-        .fetch_one(pool)
-        .await?;
-    Ok(u32::try_from(count).unwrap_or(u32::MAX))
 }

@@ -344,9 +344,7 @@ async fn suppress_callback_recipient(
             Some(row.try_get::<String, _>("recipient")?),
         ),
         None => (
-            ChannelKind::ALL
-                .into_iter()
-                .find(|k| k.providers().contains(&update.provider)),
+            super::providers::channel_of(update.provider),
             update.recipient.map(str::to_string),
         ),
     };

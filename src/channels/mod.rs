@@ -30,14 +30,17 @@ pub mod circuits;
 pub mod deliveries;
 pub mod fleet;
 pub mod limits;
+pub mod metrics;
 pub mod outcome;
 pub mod provider;
 pub mod providers;
+pub mod settings;
 mod sql;
 pub mod status;
 
 pub use outcome::{Outcome, RateScope};
 pub use provider::{Provider, ProviderConfigError, Secret};
+pub use settings::{ChainSettings, ChannelSettings, ProviderTables, Sink};
 pub use status::DeliveryStatus;
 
 /// The four kinds of channel an action can use.
@@ -66,14 +69,19 @@ impl ChannelKind {
         }
     }
 
-    /// The providers a definition may name for this channel.
-    pub fn providers(self) -> &'static [&'static str] {
-        match self {
-            Self::Email => &["smtp", "sendgrid", "mailgun", "ses"],
-            Self::Sms => &["twilio", "sns", "vonage"],
-            Self::Push => &["fcm", "apns", "webpush"],
-            Self::Chat => &["slack", "discord", "teams"],
-        }
+    /// The providers a definition may name for this channel (from [`providers::CATALOGUE`]).
+    pub fn provider_names(self) -> impl Iterator<Item = &'static str> {
+        providers::CATALOGUE
+            .iter()
+            .filter(move |entry| entry.channel == self)
+            .map(|entry| entry.name)
+    }
+
+    /// `name` as the catalogue's `'static` name, if it is a provider of this channel.
+    pub fn provider(self, name: &str) -> Option<&'static str> {
+        providers::find(name)
+            .filter(|entry| entry.channel == self)
+            .map(|entry| entry.name)
     }
 }
 
@@ -157,6 +165,14 @@ pub trait Channel: Send + Sync {
     fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a>;
 }
 
+/// How the process finds the rest of the sending fleet, to divide each provider's rate among the live workers:
+/// the workers serving `queue` (the workflow queue), counted every `every` (the worker heartbeat).
+#[derive(Debug, Clone)]
+pub struct FleetShare {
+    pub queue: String,
+    pub every: Duration,
+}
+
 /// The channel used for each kind.
 #[derive(Clone)]
 pub struct Channels {
@@ -175,28 +191,33 @@ impl Channels {
 
     /// The channels configured in settings. With `sink = "providers"` this builds every configured provider's
     /// adapter (a missing credential fails here, at start) and starts the two background tasks of a sending
-    /// process: the circuit recorder and the fleet-size refresh. Must run inside the Tokio runtime.
+    /// process: the circuit recorder and the fleet-size refresh (see [`FleetShare`]). Must run inside the Tokio
+    /// runtime.
     pub fn from_settings(
-        settings: &crate::config::Settings,
+        settings: &ChannelSettings,
+        tables: &ProviderTables,
+        share: FleetShare,
         pool: &sqlx::PgPool,
     ) -> Result<Self, ProviderConfigError> {
-        match settings.channels.sink.as_str() {
-            "file" => Ok(Self::uniform(Arc::new(OutboxFileChannel::new(
-                settings.channels.outbox_file.clone(),
+        match settings.sink {
+            Sink::File => Ok(Self::uniform(Arc::new(OutboxFileChannel::new(
+                settings.outbox_file.clone(),
             )))),
-            "providers" => Self::providers(settings, pool),
-            _ => Ok(Self::uniform(Arc::new(LogChannel))),
+            Sink::Providers => Self::providers(settings, tables, share, pool),
+            Sink::Log => Ok(Self::uniform(Arc::new(LogChannel))),
         }
     }
 
     fn providers(
-        settings: &crate::config::Settings,
+        settings: &ChannelSettings,
+        tables: &ProviderTables,
+        share: FleetShare,
         pool: &sqlx::PgPool,
     ) -> Result<Self, ProviderConfigError> {
-        let fleet = fleet::build(settings)?
+        let fleet = fleet::build(settings, tables)?
             .with_transitions(circuits::spawn_recorder(pool.clone(), uuid::Uuid::new_v4()))
             .with_observer(Arc::new(|provider, outcome, latency| {
-                use crate::metrics::{PROVIDER_CALL_SECONDS, PROVIDER_CALLS};
+                use metrics::{PROVIDER_CALL_SECONDS, PROVIDER_CALLS};
                 PROVIDER_CALLS
                     .with_label_values(&[provider, outcome.label()])
                     .inc();
@@ -205,21 +226,16 @@ impl Channels {
                     .observe(latency.as_secs_f64());
             }));
         let fleet = Arc::new(fleet);
-        circuits::spawn_fleet_refresh(
-            pool.clone(),
-            Arc::clone(&fleet),
-            settings.workflows.queue.clone(),
-            Duration::from_secs(settings.worker.heartbeat_secs),
-        );
-        Ok(Self::chains(settings, &fleet))
+        circuits::spawn_fleet_refresh(pool.clone(), Arc::clone(&fleet), share.queue, share.every);
+        Ok(Self::chains(&settings.chains, &fleet))
     }
 
     /// One chain per channel over `fleet`, in the configured orders.
-    pub fn chains(settings: &crate::config::Settings, fleet: &Arc<chain::ProviderFleet>) -> Self {
+    pub fn chains(chains: &ChainSettings, fleet: &Arc<chain::ProviderFleet>) -> Self {
         let by_kind = ChannelKind::ALL
             .into_iter()
             .map(|kind| {
-                let order = fleet::static_names(settings.channels.chains.get(kind));
+                let order = fleet::static_names(chains.get(kind));
                 let chain = chain::ProviderChain::new(kind, order, Arc::clone(fleet));
                 (kind.as_str(), Arc::new(chain) as Arc<dyn Channel>)
             })

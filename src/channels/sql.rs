@@ -104,10 +104,3 @@ SELECT provider, worker_id, state, consecutive_failures, open_until, last_error,
 FROM herald_provider_circuits WHERE updated_at > now() - interval '1 day'
 ORDER BY provider, updated_at DESC
 "#;
-
-/// Live worker processes serving the workflow queue ($1), whose heartbeat is newer than $2 milliseconds: the
-/// fleet that shares each provider's rate.
-pub const LIVE_SENDERS: &str = r#"
-SELECT count(*) FROM herald_workers
-WHERE $1 = ANY (queues) AND heartbeat_at > now() - $2 * interval '1 millisecond'
-"#;

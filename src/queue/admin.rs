@@ -1,5 +1,7 @@
 //! Operating the queue: pause/resume and depth of queues, looking up and cancelling jobs, the worker fleet.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgPool, Row};
@@ -178,4 +180,30 @@ pub async fn list_workers(pool: &PgPool) -> Result<Vec<WorkerView>, QueueError> 
         })
         .collect::<Result<_, sqlx::Error>>()
         .map_err(QueueError::from)
+}
+
+/// Live worker processes serving `queue`, by a heartbeat newer than `fresh`.
+pub async fn live_workers_serving(
+    pool: &PgPool,
+    queue: &str,
+    fresh: Duration,
+) -> Result<u32, QueueError> {
+    let count: i64 = sqlx::query_scalar(sql::LIVE_WORKERS_SERVING)
+        .bind(queue)
+        .bind(i64::try_from(fresh.as_millis()).unwrap_or(i64::MAX))
+        .fetch_one(pool)
+        .await?;
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+/// Jobs waiting or running in each of `queues` (a queue with none is absent).
+pub async fn depths(
+    pool: &PgPool,
+    queues: &[String],
+) -> Result<std::collections::HashMap<String, i64>, QueueError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(sql::QUEUE_DEPTHS)
+        .bind(queues)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().collect())
 }

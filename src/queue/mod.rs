@@ -14,11 +14,13 @@ pub mod admin;
 pub mod dead_letters;
 pub mod enqueue;
 pub mod lease;
+mod settings;
 mod sql;
 mod types;
 pub mod worker;
 
 pub use enqueue::{enqueue, enqueue_many};
+pub use settings::{JobSettings, WorkerSettings, parse_queue_specs};
 pub use types::*;
 pub use worker::{HandlerRegistry, JobContext, JobError, RetryPolicy};
 

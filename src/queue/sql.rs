@@ -377,3 +377,15 @@ pub const PURGE_DEAD_LETTERS: &str = concat!(
     dead_letter_filter!(),
     " RETURNING 1) SELECT count(*) FROM purged"
 );
+
+/// Live worker processes serving queue $1, whose heartbeat is newer than $2 milliseconds (the channel layer divides
+/// each provider's rate among them).
+pub const LIVE_WORKERS_SERVING: &str = r#"
+SELECT count(*) FROM herald_workers
+WHERE $1 = ANY (queues) AND heartbeat_at > now() - $2 * interval '1 millisecond'
+"#;
+
+/// Jobs waiting or running per queue, for the queues in $1 (the bridge's backpressure).
+pub const QUEUE_DEPTHS: &str = r#"
+SELECT queue, count(*) AS depth FROM herald_jobs WHERE queue = ANY($1) GROUP BY queue
+"#;

@@ -4,8 +4,8 @@ use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Why a value from outside was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +41,14 @@ fn check_identifier(what: &'static str, value: &str, max_len: usize) -> Result<(
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
 pub struct QueueName(String);
+
+/// Read from settings (`workflows.queue`) as text and parsed, so a bad name fails at start naming the key.
+impl<'de> Deserialize<'de> for QueueName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
 
 impl QueueName {
     pub fn parse(value: &str) -> Result<Self, ParseError> {

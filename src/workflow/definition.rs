@@ -509,11 +509,11 @@ fn compile_action(spec: ActionSpec, problems: &mut Vec<String>) -> Result<NodeKi
         )
     })?;
     for provider in &spec.providers {
-        if !channel.providers().contains(&provider.as_str()) {
+        if channel.provider(provider).is_none() {
             problems.push(format!(
                 "unknown provider `{provider}` for channel {} (one of: {})",
                 channel.as_str(),
-                channel.providers().join(", ")
+                channel.provider_names().collect::<Vec<_>>().join(", ")
             ));
         }
     }

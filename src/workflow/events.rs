@@ -146,7 +146,7 @@ impl Engine {
                 )));
             }
         };
-        let lookback = chrono::Duration::from_std(self.settings.event_lookback())
+        let lookback = chrono::Duration::from_std(self.settings.event_lookback)
             .unwrap_or(chrono::Duration::zero());
         let since = run.created_at - lookback;
         let deadline = spec

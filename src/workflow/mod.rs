@@ -19,6 +19,7 @@ mod engine;
 mod events;
 pub mod expr;
 mod runs;
+mod settings;
 mod sql;
 mod steps;
 
@@ -34,10 +35,10 @@ pub use events::{EventReceipt, NewEvent};
 pub use runs::{RunFilter, RunView, Started, StepView};
 
 use crate::channels::Channels;
-use crate::config::{Settings, WorkflowSettings};
 use crate::queue::{
     self, HandlerRegistry, Job, JobDefaults, JobKind, NewJob, QueueError, QueueName,
 };
+pub use settings::WorkflowSettings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowError {
@@ -131,25 +132,34 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// `steps_pool` commits without waiting for the WAL flush (see [`crate::db::relaxed_commit_pool`]);
+    /// `defaults` are the queue's job defaults, for the node jobs.
     pub fn new(
         pool: PgPool,
-        settings: &Settings,
+        steps_pool: PgPool,
+        settings: &WorkflowSettings,
+        defaults: JobDefaults,
         channels: Channels,
     ) -> Result<Self, WorkflowError> {
         Ok(Self {
             catalog: Catalog::new(pool.clone()),
-            steps_pool: crate::db::relaxed_commit_pool(&pool, &settings.database),
+            steps_pool,
             pool,
             channels,
-            settings: settings.workflows.clone(),
+            settings: settings.clone(),
             jobs: NodeJobs {
-                queue: QueueName::parse(&settings.workflows.queue).map_err(QueueError::from)?,
+                queue: settings.queue.clone(),
                 kind: JobKind::parse(NodeJob::KIND).map_err(QueueError::from)?,
-                max_attempts: settings.workflows.node_max_attempts,
-                defaults: settings.job_defaults(),
+                max_attempts: settings.node_max_attempts,
+                defaults,
             },
             step_batches: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The queue that carries node jobs (`workflows.queue`): runs and events feed it.
+    pub fn node_queue(&self) -> &QueueName {
+        &self.jobs.queue
     }
 
     fn step_batches(&self) -> &steps::StepBatches {

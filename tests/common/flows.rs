@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use herald::channels::{Channel, Channels, Message, SendError, SendFuture, Sent};
+use herald::queue::HandlerRegistry;
 use herald::workflow::{Engine, EventReceipt, NewEvent, RunView, Started};
 use serde_json::Value;
 
@@ -102,7 +103,7 @@ impl Flow {
         Self::with_channels(
             definitions,
             settings,
-            |pool| Channels::from_settings(settings, pool).expect("providers build"),
+            |pool| herald::app::channels(settings, pool).expect("providers build"),
             recorder,
         )
         .await
@@ -117,7 +118,9 @@ impl Flow {
         super::init_test_logging();
         let db = TestDb::new().await;
         let channels = build(&db.pool);
-        let engine = Arc::new(Engine::new(db.pool.clone(), settings, channels).expect("engine"));
+        let engine = herald::app::App::with_channels(settings.clone(), db.pool.clone(), channels)
+            .expect("engine")
+            .engine;
         let flow = Self {
             db,
             engine,
@@ -131,7 +134,7 @@ impl Flow {
     }
 
     pub fn with_worker(mut self) -> Self {
-        let registry = herald::app::worker_registry(self.engine.clone());
+        let registry = herald::app::worker_registry(HandlerRegistry::new(), self.engine.clone());
         self.worker = Some(RunningWorker::start(
             &self.db.pool,
             options(&[("workflows", 16)]),

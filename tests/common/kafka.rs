@@ -40,9 +40,9 @@ pub fn bridge_settings(brokers: &str, routes: Vec<RouteSettings>) -> Settings {
     let mut settings = super::settings();
     settings.bridge.brokers = brokers.to_string();
     settings.bridge.routes = routes;
-    settings.bridge.batch_size = 100;
-    settings.bridge.linger_ms = 10;
-    settings.bridge.check_interval_ms = 100;
+    settings.bridge.batch_size = std::num::NonZeroUsize::new(100).expect("not zero");
+    settings.bridge.linger = Duration::from_millis(10);
+    settings.bridge.check_interval = Duration::from_millis(100);
     for (key, value) in fast_group_settings() {
         settings
             .bridge
@@ -148,8 +148,10 @@ impl RunningBridge {
     pub fn start(settings: Settings, pool: PgPool, engine: Arc<Engine>) -> Self {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
-        let task =
-            tokio::spawn(async move { herald::bridge::run(&settings, pool, engine, token).await });
+        let defaults = settings.jobs.defaults();
+        let task = tokio::spawn(async move {
+            herald::bridge::run(&settings.bridge, defaults, pool, engine, token).await
+        });
         Self { shutdown, task }
     }
 

@@ -302,14 +302,10 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();
-    let engine = herald::app::engine(db.pool.clone(), &settings).expect("engine");
-    let server = tokio::spawn(herald::app::run_api(
-        db.pool.clone(),
-        settings,
-        engine,
-        listener,
-        shutdown.clone(),
-    ));
+    // The API as `herald api` runs it, on this test's database.
+    let app = herald::app::App::on_pool(settings, db.pool.clone()).expect("app");
+    let stop = shutdown.clone();
+    let server = tokio::spawn(async move { app.serve_api(listener, stop).await });
     TestApp {
         db,
         address,

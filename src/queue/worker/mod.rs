@@ -7,7 +7,7 @@
 //!   it never waits behind other work (a blocked rescue, an exhausted pool).
 //! * **maintenance**: reconciliation of this worker's leases (`ledger.rs`), rescue of expired leases, reaping
 //!   dead workers.
-//! * **one runner per queue**: claim batches (`runner.rs`), run handlers on an apalis worker (`executor.rs`).
+//! * **one runner per queue**: claim batches (`runner.rs`), run handlers on an apalis worker (`backend.rs`; one attempt in `attempt.rs`).
 //! * **completer**: batched acks (see `completer.rs`).
 //!
 //! The queue's own statements (claims, acks, maintenance) run on a small pool of their own whose connections
@@ -16,14 +16,15 @@
 //!
 //! Database trouble never ends the process: every loop logs, backs off and tries again.
 
+mod attempt;
+mod backend;
 mod completer;
-mod execute;
-mod executor;
 mod handlers;
 mod ledger;
 mod liveness;
 mod retry;
 mod runner;
+mod slots;
 mod wakeups;
 mod watched;
 
@@ -38,16 +39,17 @@ use tokio_util::sync::CancellationToken;
 pub use handlers::{HandlerFuture, HandlerRegistry, JobContext, JobError, builtin};
 pub use retry::RetryPolicy;
 
-use crate::config::{ConfigError, Settings};
 use crate::queue::lease::{self, WorkerIdentity};
+use crate::queue::settings::{JobSettings, WorkerSettings};
 use crate::queue::types::{JobDefaults, QueueSpec};
+use crate::setting::InvalidSetting;
 use completer::CompleterOptions;
 use ledger::Ledger;
 use liveness::Liveness;
 use runner::QueueRunner;
 use wakeups::Wakeups;
 
-/// Everything a worker process needs to know, usually built from [`Settings`].
+/// Everything a worker process needs to know, usually built from `[worker]` and `[jobs]` ([`WorkerOptions::new`]).
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
     pub queues: Vec<QueueSpec>,
@@ -66,20 +68,21 @@ pub struct WorkerOptions {
 }
 
 impl WorkerOptions {
-    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigError> {
-        let worker = &settings.worker;
+    /// From `[worker]` and `[jobs]`.
+    pub fn new(worker: &WorkerSettings, jobs: &JobSettings) -> Result<Self, InvalidSetting> {
         Ok(Self {
-            queues: settings.queue_specs()?,
-            batch_size: worker.batch_size,
-            lease: Duration::from_secs(worker.lease_secs),
-            poll_interval: Duration::from_millis(worker.poll_interval_ms),
-            heartbeat_interval: Duration::from_secs(worker.heartbeat_secs),
-            rescue_interval: Duration::from_secs(worker.rescue_interval_secs.max(1)),
-            shutdown_grace: Duration::from_secs(worker.shutdown_grace_secs),
-            ack_flush: Duration::from_millis(worker.ack_flush_ms),
-            ack_batch: worker.ack_batch,
-            defaults: settings.job_defaults(),
-            retry: settings.retry_policy(),
+            queues: worker.queue_specs()?,
+            batch_size: worker.batch_size.get(),
+            lease: worker.lease,
+            poll_interval: worker.poll_interval,
+            heartbeat_interval: worker.heartbeat,
+            // A zero interval would spin the maintenance loop.
+            rescue_interval: worker.rescue_interval.max(Duration::from_secs(1)),
+            shutdown_grace: worker.shutdown_grace,
+            ack_flush: worker.ack_flush,
+            ack_batch: worker.ack_batch.get(),
+            defaults: jobs.defaults(),
+            retry: jobs.retry_policy(),
             drills: worker.drills,
         })
     }

@@ -1,4 +1,4 @@
-//! One queue inside one worker process: a fetcher that claims batches, and the apalis executor (`executor.rs`)
+//! One queue inside one worker process: a fetcher that claims batches, and the apalis executor (`backend.rs`)
 //! that runs up to `concurrency` handlers at once.
 //!
 //! The fetcher holds at most `concurrency + batch_size` jobs (claimed, not yet finished) and claims again when
@@ -15,12 +15,13 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::backend::{AttemptDeps, ClaimedJobs, HeldJob, execute_until};
 use super::completer::Ack;
-use super::executor::{AttemptDeps, ClaimedJobs, HeldJob, execute_until};
 use super::handlers::HandlerRegistry;
 use super::ledger::Ledger;
 use super::liveness::Liveness;
 use super::retry::RetryPolicy;
+use super::slots::Slots;
 use crate::queue::lease::{self, ClaimedJob};
 use crate::queue::types::{JobId, QueueSpec};
 
@@ -45,25 +46,11 @@ pub struct QueueRunner {
     pub liveness: Arc<Liveness>,
 }
 
-/// State the fetcher and the executor share.
-pub struct Shared {
-    /// Room for claimed-but-unfinished jobs.
-    capacity: Arc<Semaphore>,
-    /// Signalled whenever a job finishes (room was freed).
-    pub room_freed: Notify,
-    /// Jobs handed to the executor but not started.
-    pub waiting: AtomicUsize,
-}
-
 impl QueueRunner {
     /// Runs until `shutdown`, then drains: releases unstarted jobs, gives running ones `shutdown_grace`.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
-        let shared = Arc::new(Shared {
-            capacity: Arc::new(Semaphore::new(this.spec.concurrency + this.batch_size)),
-            room_freed: Notify::new(),
-            waiting: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Slots::new(this.spec.concurrency + this.batch_size));
         let (to_dispatch, dispatch_rx) = mpsc::unbounded_channel();
         let fetcher = tokio::spawn(Arc::clone(&this).fetch(
             Arc::clone(&shared),
@@ -78,7 +65,7 @@ impl QueueRunner {
 
     async fn fetch(
         self: Arc<Self>,
-        shared: Arc<Shared>,
+        shared: Arc<Slots>,
         out: mpsc::UnboundedSender<Held>,
         shutdown: CancellationToken,
     ) {
@@ -141,7 +128,7 @@ impl QueueRunner {
     /// up to one batch.
     async fn wait_for_room(
         &self,
-        shared: &Shared,
+        shared: &Slots,
         low_water: usize,
         shutdown: &CancellationToken,
     ) -> Option<OwnedSemaphorePermit> {
@@ -164,7 +151,7 @@ impl QueueRunner {
 
     async fn hand_over(
         &self,
-        shared: &Shared,
+        shared: &Slots,
         out: &mpsc::UnboundedSender<Held>,
         jobs: Vec<ClaimedJob>,
         mut room: OwnedSemaphorePermit,
@@ -185,7 +172,7 @@ impl QueueRunner {
     /// Runs claimed jobs through the apalis executor until shutdown, then gives back what never started.
     async fn dispatch(
         &self,
-        shared: Arc<Shared>,
+        shared: Arc<Slots>,
         incoming: mpsc::UnboundedReceiver<Held>,
         shutdown: CancellationToken,
     ) {

@@ -1,6 +1,6 @@
 //! Watching an attempt's task from outside: abort it when the attempt is dropped, and tell a handler that cannot
 //! be stopped (inside one poll of its future since its timeout) from one that was merely not scheduled in time to
-//! see its abort. Used by `executor.rs`.
+//! see its abort. Used by `backend.rs`.
 
 use std::future::{Future, poll_fn};
 use std::pin::pin;

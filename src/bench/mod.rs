@@ -1,5 +1,11 @@
-//! `herald bench`: throughput and latency of the queue on a scratch database, with real worker processes.
+//! `herald bench`: throughput and latency on a scratch database, with real worker processes. Part of the binary,
+//! not the library: nothing here is API.
 //!
+//! * this file: the queue (`herald bench`), and the helpers the others share (scratch databases, worker
+//!   processes, counters);
+//! * [`workflows`], [`channels`], [`bridge`]: `herald bench workflows|channels|bridge`.
+//!
+//! The queue bench's phases, each measured on its own:
 //! Phases, each measured on its own:
 //! 1. **enqueue**: N no-op jobs through the batch enqueue statement;
 //! 2. **execute**: W worker processes (this binary, `herald worker`) with concurrency C drain them; the rate is
@@ -9,7 +15,10 @@
 //! 4. **idle**: one idle worker on a database of its own; its cost is that database's transaction count over the
 //!    quietest of three 5-second windows.
 
-use crate::db::with_database;
+pub mod bridge;
+pub mod channels;
+pub mod workflows;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -19,10 +28,10 @@ use serde::Serialize;
 use sqlx::{PgPool, Row};
 use tokio::process::{Child, Command};
 
-use crate::config::Settings;
-use crate::db;
-use crate::queue::worker::builtin::Noop;
-use crate::queue::{self, JobDefaults, NewJob, QueueName};
+use herald::config::Settings;
+use herald::db::{self, with_database};
+use herald::queue::worker::builtin::Noop;
+use herald::queue::{self, JobDefaults, NewJob, QueueName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
@@ -87,12 +96,12 @@ pub struct BenchReport {
 }
 
 pub async fn run(settings: &Settings, args: BenchArgs) -> Result<(), BenchError> {
-    let server_url = db::database_url(&settings.embedded_postgres.dir)?;
+    let server_url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
     let bench_url = with_database(&server_url, &args.database);
     recreate_database(&server_url, &settings.database, &args.database).await?;
     let pool = db::connect(&bench_url, &settings.database).await?;
     db::migrate(&pool).await?;
-    let defaults = settings.job_defaults();
+    let defaults = settings.jobs.defaults();
 
     let enqueue_jobs_per_s = enqueue_phase(&pool, &defaults, &args).await?;
     let execution = execute_phase(&pool, &bench_url, &args).await?;
@@ -464,7 +473,7 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
 
 pub(crate) async fn recreate_database(
     server_url: &str,
-    settings: &crate::config::DatabaseSettings,
+    settings: &herald::db::DatabaseSettings,
     name: &str,
 ) -> Result<(), BenchError> {
     if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {

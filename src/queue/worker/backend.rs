@@ -1,9 +1,9 @@
-//! The executor: an apalis worker that runs claimed jobs with a concurrency limit.
+//! The apalis backend and executor: an apalis worker that runs claimed jobs with a concurrency limit.
 //!
 //! herald keeps apalis at the edge it is good at (a tower service pipeline with a concurrency limit, driven by a
 //! `Backend`) and does the durable parts itself. The fetcher hands claimed jobs to [`ClaimedJobs`], a
 //! [`Backend`] over an in-process channel; the apalis worker polls it when it has a free slot and calls
-//! [`run_attempt`], which runs the handler (panics caught in `execute.rs`, its timeout enforced here) and sends
+//! [`run_attempt`], which runs the handler (panics caught in `attempt.rs`, its timeout enforced here) and sends
 //! the outcome to the completer. Database work never happens inside the backend: apalis ends a worker for good on a backend
 //! error, so claim failures stay in the fetcher, which backs off and retries.
 //!
@@ -38,13 +38,13 @@ use apalis_core::backend::finalize::Ephemeral;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tower_layer::Identity;
 
+use super::attempt::execute;
 use super::completer::Ack;
-use super::execute::execute;
 use super::handlers::HandlerRegistry;
 use super::ledger::Ledger;
 use super::liveness::Liveness;
 use super::retry::RetryPolicy;
-use super::runner::Shared;
+use super::slots::Slots;
 use super::watched::{AbortOnDrop, PollProbe, probed};
 use crate::queue::lease::{AttemptError, ClaimedJob, Settlement};
 
@@ -57,14 +57,11 @@ pub struct HeldJob {
 /// The apalis backend: claimed jobs waiting for a free handler slot.
 pub struct ClaimedJobs {
     incoming: Arc<Mutex<mpsc::UnboundedReceiver<HeldJob>>>,
-    shared: Arc<Shared>,
+    shared: Arc<Slots>,
 }
 
 impl ClaimedJobs {
-    pub fn new(
-        incoming: Arc<Mutex<mpsc::UnboundedReceiver<HeldJob>>>,
-        shared: Arc<Shared>,
-    ) -> Self {
+    pub fn new(incoming: Arc<Mutex<mpsc::UnboundedReceiver<HeldJob>>>, shared: Arc<Slots>) -> Self {
         Self { incoming, shared }
     }
 }
@@ -132,7 +129,7 @@ pub struct AttemptDeps {
     pub registry: Arc<HandlerRegistry>,
     pub retry: RetryPolicy,
     pub acks: mpsc::Sender<Ack>,
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Slots>,
     pub ledger: Arc<Ledger>,
     pub liveness: Arc<Liveness>,
 }

@@ -1,5 +1,5 @@
 //! Running one attempt: find the handler, catch panics, and turn whatever happened into a [`Settlement`] for the
-//! completer. The job's timeout is enforced from outside, by the executor (`executor.rs`), which awaits this on
+//! completer. The job's timeout is enforced from outside, by the executor (`backend.rs`), which awaits this on
 //! another task: that works for a handler that never yields too.
 
 use std::panic::AssertUnwindSafe;

@@ -5,7 +5,7 @@
 //! The fake counts successful sends per message; at the end every message must have been accepted exactly once
 //! (its delivery `sent`) or be dead-lettered with a reason, never accepted twice, never lost.
 
-use crate::db::with_database;
+use herald::db::with_database;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -19,9 +19,9 @@ use sqlx::PgPool;
 use tokio::process::Child;
 
 use crate::bench::{BenchError, herald_process, recreate_database, stop_workers, wait_for_count};
-use crate::config::Settings;
-use crate::db;
-use crate::workflow::definition;
+use herald::config::Settings;
+use herald::db;
+use herald::workflow::definition;
 
 const CHAOS_WORKFLOW: &str = r#"
 name: chaos
@@ -100,7 +100,7 @@ struct Fake {
 }
 
 pub async fn run(settings: &Settings, args: ChannelBenchArgs) -> Result<(), BenchError> {
-    let server_url = db::database_url(&settings.embedded_postgres.dir)?;
+    let server_url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
     let url = with_database(&server_url, &args.database);
     recreate_database(&server_url, &settings.database, &args.database).await?;
     let pool = db::connect(&url, &settings.database).await?;
@@ -114,7 +114,9 @@ pub async fn run(settings: &Settings, args: ChannelBenchArgs) -> Result<(), Benc
     let fake_url = serve_fake(Arc::clone(&fake)).await?;
     let config_dir = tempdir_with_config(&fake_url, args.destinations.max(1))?;
 
-    let engine = crate::app::engine(pool.clone(), settings).map_err(failed)?;
+    let engine = herald::app::App::on_pool(settings.clone(), pool.clone())
+        .map_err(|e| BenchError::Failed(e.to_string()))?
+        .engine;
     let definition = definition::parse_text("chaos.yaml", CHAOS_WORKFLOW)
         .map_err(|e| BenchError::Failed(e.to_string()))?;
     engine
@@ -153,7 +155,7 @@ pub async fn run(settings: &Settings, args: ChannelBenchArgs) -> Result<(), Benc
     Ok(())
 }
 
-fn failed(error: crate::workflow::WorkflowError) -> BenchError {
+fn failed(error: herald::workflow::WorkflowError) -> BenchError {
     BenchError::Failed(error.to_string())
 }
 

