@@ -24,41 +24,12 @@ async fn up_without_database_url_runs_a_private_postgres_and_executes_enqueued_j
     let dir = tempfile::tempdir().unwrap();
     // PostgreSQL runs as an unprivileged user when we are root; it must be able to reach the directory.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let mut up = herald_in(dir.path())
-        .arg("up")
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
-    let port_file = dir.path().join(".herald/pg/port");
-    wait_until(
-        Duration::from_secs(120),
-        "the private cluster to start",
-        || async { port_file.exists() },
-    )
-    .await;
-    let port = std::fs::read_to_string(&port_file)
-        .unwrap()
-        .trim()
-        .to_string();
-    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let (mut up, url) = start_up(dir.path()).await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&url)
         .await
         .unwrap();
-    wait_until(
-        Duration::from_secs(60),
-        "the worker to register",
-        || async {
-            herald::queue::admin::list_workers(&pool)
-                .await
-                .map(|w| !w.is_empty())
-                .unwrap_or(false)
-        },
-    )
-    .await;
 
     let enqueued = herald_in(dir.path())
         .args(["enqueue", "--payload", r#"{"hello":"world"}"#])

@@ -7,7 +7,6 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::types::{JobDefaults, QueueName, QueueSpec};
-use super::worker::RetryPolicy;
 use crate::setting::{self, InvalidSetting};
 
 /// `[worker]`.
@@ -91,13 +90,6 @@ impl JobSettings {
             max_attempts: self.max_attempts,
             timeout: self.timeout,
             priority_aging: self.priority_aging,
-        }
-    }
-
-    pub fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy {
-            base: self.retry_base,
-            max: self.retry_max,
         }
     }
 }

@@ -82,7 +82,10 @@ impl WorkerOptions {
             ack_flush: worker.ack_flush,
             ack_batch: worker.ack_batch.get(),
             defaults: jobs.defaults(),
-            retry: jobs.retry_policy(),
+            retry: RetryPolicy {
+                base: jobs.retry_base,
+                max: jobs.retry_max,
+            },
             drills: worker.drills,
         })
     }
