@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::channels::callbacks::CallbackError;
 use crate::queue::{ParseError, QueueError};
 use crate::workflow::WorkflowError;
 
@@ -243,6 +244,22 @@ impl From<WorkflowError> for ApiError {
             }
             WorkflowError::Io(detail) => ApiError::internal(detail),
             WorkflowError::Provider(error) => ApiError::internal(error.to_string()),
+        }
+    }
+}
+
+impl From<CallbackError> for ApiError {
+    fn from(error: CallbackError) -> Self {
+        match error {
+            CallbackError::BadSignature | CallbackError::Stale => {
+                ApiError::unauthorized(error.to_string())
+            }
+            CallbackError::Malformed(_) => ApiError::bad_request(error.to_string()),
+            CallbackError::NotConfigured(_) => ApiError::not_found(error.to_string()),
+            CallbackError::Certificate(_) | CallbackError::Subscription(_) => {
+                ApiError::unavailable(error.to_string())
+            }
+            CallbackError::Database(error) => database_error(&error),
         }
     }
 }

@@ -15,6 +15,7 @@ use super::auth::Caller;
 use super::error::{ApiError, FieldError, Problem};
 use super::extract::{ApiJson, ApiPath, empty_object, idempotency_key_header, request_id};
 use super::keys::Scope;
+use super::responses::{EnqueueAuth, JsonBody, ReadAuth};
 use crate::queue::admin::{self, JobView};
 use crate::queue::{self, Enqueued, IdempotencyKey, JobKind, NewJob, Priority, QueueName};
 
@@ -200,14 +201,9 @@ impl JobRequest {
     responses(
         (status = 201, description = "Inserted", body = EnqueueResponse),
         (status = 200, description = "A repeat of an earlier request with the same Idempotency-Key (header `Idempotent-Replayed: true`)", body = EnqueueResponse),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key was used for a different job", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        JsonBody, EnqueueAuth,
     ),
     security(("api_key" = []))
 )]
@@ -269,13 +265,8 @@ pub async fn enqueue_one(
     request_body = BatchRequest,
     responses(
         (status = 200, description = "One result per job, in order", body = BatchResponse),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, or too many jobs", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        JsonBody, EnqueueAuth,
     ),
     security(("api_key" = []))
 )]
@@ -344,9 +335,8 @@ pub async fn enqueue_batch(
     responses(
         (status = 200, description = "The job", body = JobView),
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        ReadAuth,
     ),
     security(("api_key" = []))
 )]
@@ -369,10 +359,9 @@ pub async fn get_job(
     responses(
         (status = 204, description = "Cancelled"),
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No waiting job with this id", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job is running", body = Problem, content_type = "application/problem+json"),
+        EnqueueAuth,
     ),
     security(("api_key" = []))
 )]
