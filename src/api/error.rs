@@ -177,6 +177,19 @@ impl ApiError {
         error
     }
 
+    /// The process is stopping: the request was not carried out, and another try (likely reaching another
+    /// instance) will be.
+    pub fn shutting_down() -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down",
+            "The server is shutting down",
+            "this instance is stopping and did not carry out the request; retry it",
+        );
+        error.retry_after_secs = Some(1);
+        error
+    }
+
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -203,6 +203,7 @@ impl JobRequest {
         (status = 200, description = "A repeat of an earlier request with the same Idempotency-Key (header `Idempotent-Replayed: true`)", body = EnqueueResponse),
         (status = 409, description = "The Idempotency-Key was used for a different job", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The server is shutting down (see `Retry-After`), or the database is unavailable", body = Problem, content_type = "application/problem+json"),
         JsonBody, EnqueueAuth,
     ),
     security(("api_key" = []))
