@@ -69,6 +69,18 @@ impl ApiError {
         )
     }
 
+    /// A path or query parameter that does not parse: 400 like any malformed request line, with the parameter
+    /// named in `errors` as a validation problem would.
+    pub fn bad_parameter(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = FieldError {
+            field: field.into(),
+            message: message.into(),
+        };
+        let mut error = Self::bad_request(format!("{}: {}", field.field, field.message));
+        error.errors = vec![field];
+        error
+    }
+
     pub fn malformed_json(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_REQUEST,

@@ -13,7 +13,9 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, FieldError, Problem};
-use super::extract::{ApiJson, ApiPath, empty_object, idempotency_key_header, request_id};
+use super::extract::{
+    ApiJson, ApiPath, empty_object, idempotency_key_header, json_type, request_id,
+};
 use super::keys::Scope;
 use super::responses::{EnqueueAuth, JsonBody, ReadAuth};
 use crate::queue::admin::{self, JobView};
@@ -57,23 +59,32 @@ pub struct JobRequest {
     pub idempotency_key: Option<String>,
 }
 
-/// JSON Schema's `integer` includes numbers like `3.0`; accept them, refuse `3.5`.
+/// JSON Schema's `integer` includes numbers like `3.0`; accept them, refuse `3.5`. Anything else is refused in
+/// the same words, rather than serde's "expected i64".
 fn whole_number<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<i64>, D::Error> {
-    let number: Option<serde_json::Number> = Option::deserialize(deserializer)?;
-    match number {
-        None => Ok(None),
-        Some(n) => n
-            .as_i64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                    .map(|f| f as i64)
-            })
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom(format!("expected a whole number, got {n}"))),
-    }
+    let value: Option<serde_json::Value> = Option::deserialize(deserializer)?;
+    let number = match value {
+        None => return Ok(None),
+        Some(serde_json::Value::Number(number)) => number,
+        Some(other) => {
+            return Err(serde::de::Error::custom(format!(
+                "expected an integer, got {}",
+                json_type(&other)
+            )));
+        }
+    };
+    number
+        .as_i64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("expected an integer, got {number}")))
 }
 
 /// The outcome of enqueueing one job.

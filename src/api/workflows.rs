@@ -123,8 +123,10 @@ pub async fn get_workflow(
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// Checked against the trigger node's fields; `{}` if absent.
-    #[serde(default = "empty_object")]
-    pub data: serde_json::Value,
+    // An object by type, so that anything else is refused here, naming `data`, before the engine sees it.
+    #[serde(default)]
+    #[schema(value_type = serde_json::Value)]
+    pub data: serde_json::Map<String, serde_json::Value>,
     /// Makes the trigger idempotent per workflow (the `Idempotency-Key` header does the same and wins).
     pub idempotency_key: Option<String>,
 }
@@ -171,7 +173,12 @@ pub async fn start_run(
     let request_id = request_id(&headers).map(String::from);
     let started = state
         .engine
-        .start_run(&name, request.data, key, request_id)
+        .start_run(
+            &name,
+            serde_json::Value::Object(request.data),
+            key,
+            request_id,
+        )
         .await?;
     let (status, id, version, label) = match started {
         Started::Created { id, version } => (StatusCode::CREATED, id, version, "created"),
