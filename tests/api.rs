@@ -193,6 +193,95 @@ async fn bad_input_gets_a_problem_naming_what_is_wrong() {
     problem(wrong_method, StatusCode::METHOD_NOT_ALLOWED).await;
 }
 
+/// The one field error of a 422 (or 400) problem: its `field` and `message`.
+async fn field_error(response: reqwest::Response, status: StatusCode) -> (String, String) {
+    let body = problem(response, status).await;
+    let errors = body["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{body}");
+    let text = |key: &str| errors[0][key].as_str().unwrap().to_string();
+    (text("field"), text("message"))
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_json_path_in_json_terms() {
+    let app = spawn_app().await;
+    let send =
+        |path: &'static str, body: Value| app.post(path, &app.service_key).json(&body).send();
+
+    let wrong_type = send(
+        "/v1/jobs",
+        json!({"queue": "q", "kind": "k", "priority": "x"}),
+    );
+    let (field, message) =
+        field_error(wrong_type.await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(field, "priority");
+    assert!(message.starts_with("expected an integer"), "{message}");
+
+    let missing = send("/v1/jobs", json!({"kind": "k"}));
+    let (field, message) =
+        field_error(missing.await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!((field.as_str(), message.as_str()), ("queue", "is required"));
+
+    let nested = send(
+        "/v1/jobs/batch",
+        json!({"jobs": [{"queue": "q", "kind": "k"}, {"queue": "q"}]}),
+    );
+    let (field, message) =
+        field_error(nested.await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(
+        (field.as_str(), message.as_str()),
+        ("jobs[1].kind", "is required")
+    );
+
+    let unknown = send(
+        "/v1/jobs",
+        json!({"queue": "q", "kind": "k", "colour": "red"}),
+    );
+    let (field, message) =
+        field_error(unknown.await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
+    assert_eq!(field, "colour");
+    assert!(message.starts_with("is not a known field"), "{message}");
+
+    let not_an_array = send("/v1/jobs/batch", json!({"jobs": [5]}));
+    let (field, message) = field_error(
+        not_an_array.await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert_eq!(
+        (field.as_str(), message.as_str()),
+        ("jobs[0]", "expected an object, got integer `5`")
+    );
+
+    let bad_id = app.get("/v1/jobs/abc", &app.read_key).send().await.unwrap();
+    let (field, message) = field_error(bad_id, StatusCode::BAD_REQUEST).await;
+    assert_eq!(
+        (field.as_str(), message.as_str()),
+        ("id", "expected an integer, got `abc`")
+    );
+
+    for body in [
+        json!({"queue": "q", "kind": "k", "max_attempts": "3"}),
+        json!({"queue": 5, "kind": "k"}),
+        json!({"jobs": {"queue": "q"}}),
+        json!(5),
+    ] {
+        let path = if body.get("jobs").is_some() {
+            "/v1/jobs/batch"
+        } else {
+            "/v1/jobs"
+        };
+        let (_, message) = field_error(
+            send(path, body).await.unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        for rust_type in ["i64", "String", "struct", "sequence", "map"] {
+            assert!(!message.contains(rust_type), "{message}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn batch_enqueue_reports_each_item_and_enforces_the_maximum() {
     let app = spawn_app().await;

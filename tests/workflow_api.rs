@@ -245,3 +245,46 @@ async fn invalid_definitions_are_refused_with_one_error_per_problem() {
         .unwrap();
     assert_eq!(conflict.status(), 409);
 }
+
+#[tokio::test]
+async fn trigger_data_of_the_wrong_type_is_named_by_its_json_path() {
+    let app = spawn_app().await;
+    let definition: Value = serde_json::from_str(DEFINITION).unwrap();
+    let stored = app
+        .post("/v1/workflows", &app.admin_key)
+        .json(&definition)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    let app = &app;
+    let first_error = |body: Value| async move {
+        let response = app
+            .post("/v1/workflows/api_flow/runs", &app.service_key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 422);
+        let problem: Value = response.json().await.unwrap();
+        let error = &problem["errors"][0];
+        (
+            error["field"].as_str().unwrap().to_string(),
+            error["message"].as_str().unwrap().to_string(),
+        )
+    };
+
+    let (field, message) = first_error(json!({ "data": 5 })).await;
+    assert_eq!(field, "data", "not data.data");
+    assert_eq!(message, "expected an object, got integer `5`");
+
+    let (field, message) = first_error(json!({ "data": { "user": 5 } })).await;
+    assert_eq!(
+        (field.as_str(), message.as_str()),
+        ("data.user", "must be of type string")
+    );
+
+    let (field, message) = first_error(json!({ "data": {}, "idempotency_key": 7 })).await;
+    assert_eq!(field, "idempotency_key");
+    assert_eq!(message, "expected a string, got integer `7`");
+}

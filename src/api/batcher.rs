@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use sqlx::PgPool;
 
-use crate::coalesce::Coalescer;
+use super::error::ApiError;
+use crate::coalesce::{Coalescer, Stopped};
 use crate::queue::{self, Enqueued, JobDefaults, NewJob, QueueError};
 
 /// Most jobs written in one coalesced statement.
@@ -34,9 +35,14 @@ impl EnqueueBatcher {
         Self { batches }
     }
 
-    pub async fn enqueue(&self, job: NewJob) -> Outcome {
-        let stopped = |_| Arc::new(QueueError::Conflict("the server is shutting down".into()));
-        self.batches.call(job).await.map_err(stopped)?
+    /// Enqueues through the next batch. If the batching task has stopped, the process is shutting down: the
+    /// answer is 503 with `Retry-After`, so the client retries (likely reaching another instance), rather than a
+    /// 409 that says its request conflicts with something.
+    pub async fn enqueue(&self, job: NewJob) -> Result<Enqueued, ApiError> {
+        match self.batches.call(job).await {
+            Ok(outcome) => outcome.map_err(ApiError::from),
+            Err(Stopped) => Err(ApiError::shutting_down()),
+        }
     }
 }
 
@@ -67,4 +73,35 @@ async fn enqueue_all(
 ) -> Result<Vec<Enqueued>, QueueError> {
     let mut conn = pool.acquire().await?;
     queue::enqueue_many(&mut conn, defaults, jobs).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{JobKind, QueueName};
+    use axum::response::IntoResponse;
+
+    #[tokio::test]
+    async fn a_stopped_batcher_answers_503_with_retry_after() {
+        // A batch function that answers nothing drops every reply, as a batching task that has stopped would.
+        let batcher = EnqueueBatcher {
+            batches: Coalescer::start(1, 1, |_jobs: Vec<NewJob>| async { Vec::new() }),
+        };
+        let job = NewJob::new(
+            QueueName::parse("q").unwrap(),
+            JobKind::parse("k").unwrap(),
+            serde_json::json!({}),
+        );
+        let error = batcher.enqueue(job).await.unwrap_err();
+        let response = error.into_response();
+        assert_eq!(
+            response.status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert!(
+            response
+                .headers()
+                .contains_key(axum::http::header::RETRY_AFTER)
+        );
+    }
 }

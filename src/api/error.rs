@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::channels::callbacks::CallbackError;
 use crate::queue::{ParseError, QueueError};
 use crate::workflow::WorkflowError;
 
@@ -66,6 +67,18 @@ impl ApiError {
             "Bad request",
             detail,
         )
+    }
+
+    /// A path or query parameter that does not parse: 400 like any malformed request line, with the parameter
+    /// named in `errors` as a validation problem would.
+    pub fn bad_parameter(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let field = FieldError {
+            field: field.into(),
+            message: message.into(),
+        };
+        let mut error = Self::bad_request(format!("{}: {}", field.field, field.message));
+        error.errors = vec![field];
+        error
     }
 
     pub fn malformed_json(detail: impl Into<String>) -> Self {
@@ -176,6 +189,19 @@ impl ApiError {
         error
     }
 
+    /// The process is stopping: the request was not carried out, and another try (likely reaching another
+    /// instance) will be.
+    pub fn shutting_down() -> Self {
+        let mut error = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting-down",
+            "The server is shutting down",
+            "this instance is stopping and did not carry out the request; retry it",
+        );
+        error.retry_after_secs = Some(1);
+        error
+    }
+
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -243,6 +269,22 @@ impl From<WorkflowError> for ApiError {
             }
             WorkflowError::Io(detail) => ApiError::internal(detail),
             WorkflowError::Provider(error) => ApiError::internal(error.to_string()),
+        }
+    }
+}
+
+impl From<CallbackError> for ApiError {
+    fn from(error: CallbackError) -> Self {
+        match error {
+            CallbackError::BadSignature | CallbackError::Stale => {
+                ApiError::unauthorized(error.to_string())
+            }
+            CallbackError::Malformed(_) => ApiError::bad_request(error.to_string()),
+            CallbackError::NotConfigured(_) => ApiError::not_found(error.to_string()),
+            CallbackError::Certificate(_) | CallbackError::Subscription(_) => {
+                ApiError::unavailable(error.to_string())
+            }
+            CallbackError::Database(error) => database_error(&error),
         }
     }
 }

@@ -13,8 +13,11 @@ use utoipa::ToSchema;
 use super::ApiState;
 use super::auth::Caller;
 use super::error::{ApiError, FieldError, Problem};
-use super::extract::{ApiJson, ApiPath, empty_object, idempotency_key_header, request_id};
+use super::extract::{
+    ApiJson, ApiPath, empty_object, idempotency_key_header, json_type, request_id,
+};
 use super::keys::Scope;
+use super::responses::{EnqueueAuth, JsonBody, ReadAuth};
 use crate::queue::admin::{self, JobView};
 use crate::queue::{self, Enqueued, IdempotencyKey, JobKind, NewJob, Priority, QueueName};
 
@@ -56,23 +59,32 @@ pub struct JobRequest {
     pub idempotency_key: Option<String>,
 }
 
-/// JSON Schema's `integer` includes numbers like `3.0`; accept them, refuse `3.5`.
+/// JSON Schema's `integer` includes numbers like `3.0`; accept them, refuse `3.5`. Anything else is refused in
+/// the same words, rather than serde's "expected i64".
 fn whole_number<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<i64>, D::Error> {
-    let number: Option<serde_json::Number> = Option::deserialize(deserializer)?;
-    match number {
-        None => Ok(None),
-        Some(n) => n
-            .as_i64()
-            .or_else(|| {
-                n.as_f64()
-                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
-                    .map(|f| f as i64)
-            })
-            .map(Some)
-            .ok_or_else(|| serde::de::Error::custom(format!("expected a whole number, got {n}"))),
-    }
+    let value: Option<serde_json::Value> = Option::deserialize(deserializer)?;
+    let number = match value {
+        None => return Ok(None),
+        Some(serde_json::Value::Number(number)) => number,
+        Some(other) => {
+            return Err(serde::de::Error::custom(format!(
+                "expected an integer, got {}",
+                json_type(&other)
+            )));
+        }
+    };
+    number
+        .as_i64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .map(|f| f as i64)
+        })
+        .map(Some)
+        .ok_or_else(|| serde::de::Error::custom(format!("expected an integer, got {number}")))
 }
 
 /// The outcome of enqueueing one job.
@@ -200,14 +212,10 @@ impl JobRequest {
     responses(
         (status = 201, description = "Inserted", body = EnqueueResponse),
         (status = 200, description = "A repeat of an earlier request with the same Idempotency-Key (header `Idempotent-Replayed: true`)", body = EnqueueResponse),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The Idempotency-Key was used for a different job", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The server is shutting down (see `Retry-After`), or the database is unavailable", body = Problem, content_type = "application/problem+json"),
+        JsonBody, EnqueueAuth,
     ),
     security(("api_key" = []))
 )]
@@ -269,13 +277,8 @@ pub async fn enqueue_one(
     request_body = BatchRequest,
     responses(
         (status = 200, description = "One result per job, in order", body = BatchResponse),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields, or too many jobs", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limited", body = Problem, content_type = "application/problem+json"),
+        JsonBody, EnqueueAuth,
     ),
     security(("api_key" = []))
 )]
@@ -344,9 +347,8 @@ pub async fn enqueue_batch(
     responses(
         (status = 200, description = "The job", body = JobView),
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
+        ReadAuth,
     ),
     security(("api_key" = []))
 )]
@@ -369,10 +371,9 @@ pub async fn get_job(
     responses(
         (status = 204, description = "Cancelled"),
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No waiting job with this id", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job is running", body = Problem, content_type = "application/problem+json"),
+        EnqueueAuth,
     ),
     security(("api_key" = []))
 )]

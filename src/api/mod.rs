@@ -1,21 +1,40 @@
-//! herald's HTTP API (axum): enqueue and inspect jobs, operate queues and dead letters.
+//! herald's HTTP API (axum). Every `/v1` handler is documented for the OpenAPI spec (utoipa), so the spec served at
+//! `/openapi.json` is generated from the handlers themselves.
 //!
-//! * `jobs.rs`, `operations.rs`: the `/v1` handlers, each documented for the OpenAPI spec (utoipa), so the spec
-//!   served at `/openapi.json` is generated from the handlers themselves.
-//! * `auth.rs`, `keys.rs`: API keys with scopes and a per-key rate limit.
-//! * `error.rs`, `extract.rs`: every failure is an RFC 9457 problem document.
+//! Which file serves what:
+//! * `jobs.rs`: `/v1/jobs`, `/v1/jobs/batch`, `/v1/jobs/{id}` (enqueue, read, cancel); `batcher.rs` coalesces the
+//!   single enqueues into batch statements.
+//! * `operations.rs`: `/v1/queues` (pause, resume), `/v1/dead-letters` (replay, delete), `/v1/workers`.
+//! * `workflows.rs`: `/v1/workflows`, `/v1/runs`, `/v1/events`: definitions, runs and events.
+//! * `deliveries.rs`: `/v1/runs/{id}/deliveries`, what the channel layer did for a run.
+//! * `providers.rs`: `/v1/providers` and the circuit gauges `/metrics` refreshes.
+//! * `suppressions.rs`: `/v1/suppressions`.
+//! * `callbacks.rs`: `/v1/callbacks/{provider}`, a thin door to `channels::callbacks::Callbacks`.
+//! * this file: the router and its middleware, the state, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and
+//!   `/docs`.
+//!
+//! And what they share:
+//! * `auth.rs`, `keys.rs`: API keys with scopes and a per-key rate limit (the `Caller` extractor).
+//! * `error.rs`: [`ApiError`], the one table from every error to an RFC 9457 problem document.
+//! * `extract.rs`: extractors that turn bad input into problems naming the field (JSON path, parameter, header).
+//! * `responses.rs`: the problem answers many endpoints share, as OpenAPI response groups.
+//! * `settings.rs`: the `[api]` settings section.
 //!
 //! [`router`] builds the whole application; `herald api`, `herald up` and the tests all serve that same router.
 
 mod auth;
 mod batcher;
+mod callbacks;
+mod deliveries;
 mod error;
 mod extract;
 mod jobs;
 pub mod keys;
 mod operations;
 mod providers;
+mod responses;
 mod settings;
+mod suppressions;
 mod workflows;
 
 use std::sync::Arc;
@@ -42,12 +61,13 @@ pub use error::{ApiError, Problem};
 pub use providers::configured_providers;
 pub use settings::ApiSettings;
 
-use crate::channels::callbacks::CallbackSettings;
+use crate::channels::callbacks::{CallbackSettings, Callbacks};
 use crate::metrics::Metrics;
 use crate::queue::JobDefaults;
 use crate::workflow::Engine;
 use auth::KeyCache;
 use extract::BodyLimit;
+use responses::ReadAuth;
 
 /// What every handler can reach. Cheap to clone.
 #[derive(Clone)]
@@ -61,8 +81,8 @@ pub struct StateInner {
     pub engine: Arc<Engine>,
     /// The providers settings configure (for `GET /v1/providers`).
     pub providers: Vec<providers::ConfiguredProvider>,
-    /// Checks delivery callbacks' signatures (`[callbacks]` settings).
-    pub callbacks: crate::channels::callbacks::CallbackVerifier,
+    /// Receives delivery callbacks (`[callbacks]` settings).
+    pub callbacks: Callbacks,
     enqueuer: batcher::EnqueueBatcher,
     keys: KeyCache,
     limiter: DefaultKeyedRateLimiter<i64>,
@@ -91,6 +111,7 @@ impl ApiState {
             .allow_burst(settings.rate_limit_burst);
         let limiter = RateLimiter::keyed(quota);
         let enqueuer = batcher::EnqueueBatcher::start(pool.clone(), defaults.clone());
+        let callbacks = Callbacks::new(callbacks, pool.clone());
         Self(Arc::new(StateInner {
             pool,
             defaults,
@@ -98,7 +119,7 @@ impl ApiState {
             metrics,
             engine,
             providers,
-            callbacks: crate::channels::callbacks::CallbackVerifier::new(callbacks),
+            callbacks,
             enqueuer,
             keys: KeyCache::default(),
             limiter,
@@ -118,8 +139,8 @@ impl ApiState {
         workflows::save_workflow, workflows::list_workflows, workflows::get_workflow, workflows::start_run,
         workflows::get_run, workflows::list_runs, workflows::cancel_run, workflows::retry_run,
         workflows::post_event,
-        providers::list_providers, providers::run_deliveries, providers::list_suppressions,
-        providers::add_suppression, providers::remove_suppression, providers::receive_callback,
+        providers::list_providers, deliveries::run_deliveries, suppressions::list_suppressions,
+        suppressions::add_suppression, suppressions::remove_suppression, callbacks::receive_callback,
         healthz, readyz, metrics,
     ),
     components(schemas(Problem, error::FieldError)),
@@ -175,16 +196,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/runs/{id}/cancel", post(workflows::cancel_run))
         .route("/runs/{id}/retry", post(workflows::retry_run))
         .route("/events", post(workflows::post_event))
-        .route("/runs/{id}/deliveries", get(providers::run_deliveries))
+        .route("/runs/{id}/deliveries", get(deliveries::run_deliveries))
         .route("/providers", get(providers::list_providers))
         .route(
             "/suppressions",
-            get(providers::list_suppressions).post(providers::add_suppression),
+            get(suppressions::list_suppressions).post(suppressions::add_suppression),
         )
-        .route("/callbacks/{provider}", post(providers::receive_callback))
+        .route("/callbacks/{provider}", post(callbacks::receive_callback))
         .route(
             "/suppressions/{channel}/{address}",
-            axum::routing::delete(providers::remove_suppression),
+            axum::routing::delete(suppressions::remove_suppression),
         );
     Router::new()
         .nest("/v1", v1)
@@ -321,8 +342,7 @@ async fn readyz(State(state): State<ApiState>) -> Result<Json<Health>, ApiError>
     get, path = "/metrics", tag = "health",
     responses(
         (status = 200, description = "Metrics", body = String, content_type = "text/plain"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+        ReadAuth,
     ),
     security(("api_key" = []))
 )]

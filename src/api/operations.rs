@@ -13,6 +13,7 @@ use super::auth::Caller;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, finish_page, page_params};
 use super::keys::Scope;
+use super::responses::{AdminAuth, JsonBody, ReadAuth};
 use crate::queue::admin::{self, QueueStats, WorkerView};
 use crate::queue::dead_letters::{self, DeadLetter, DeadLetterFilter, Replayed};
 use crate::queue::{JobKind, QueueError, QueueName};
@@ -22,8 +23,7 @@ use crate::queue::{JobKind, QueueError, QueueName};
     get, path = "/v1/queues", tag = "queues",
     responses(
         (status = 200, description = "Queues", body = Vec<QueueStats>),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+        ReadAuth,
     ),
     security(("api_key" = []))
 )]
@@ -62,9 +62,8 @@ async fn set_paused(
     params(("name" = String, Path, description = "Queue name", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     responses(
         (status = 200, description = "Paused", body = QueueState),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the admin scope", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad queue name", body = Problem, content_type = "application/problem+json"),
+        AdminAuth,
     ),
     security(("api_key" = []))
 )]
@@ -82,9 +81,8 @@ pub async fn pause_queue(
     params(("name" = String, Path, description = "Queue name", pattern = "^[A-Za-z0-9_.-]{1,64}$")),
     responses(
         (status = 200, description = "Resumed", body = QueueState),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the admin scope", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad queue name", body = Problem, content_type = "application/problem+json"),
+        AdminAuth,
     ),
     security(("api_key" = []))
 )]
@@ -132,9 +130,8 @@ pub struct DeadLetterPage {
     responses(
         (status = 200, description = "A page of dead letters", body = DeadLetterPage),
         (status = 400, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+        ReadAuth,
     ),
     security(("api_key" = []))
 )]
@@ -165,9 +162,8 @@ pub async fn list_dead_letters(
     responses(
         (status = 200, description = "The dead letter", body = DeadLetter),
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        ReadAuth,
     ),
     security(("api_key" = []))
 )]
@@ -190,10 +186,9 @@ pub async fn get_dead_letter(
     responses(
         (status = 200, description = "The new job", body = Replayed),
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the admin scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Already replayed", body = Problem, content_type = "application/problem+json"),
+        AdminAuth,
     ),
     security(("api_key" = []))
 )]
@@ -244,11 +239,8 @@ pub struct ReplaySummary {
     request_body = ReplayFilter,
     responses(
         (status = 200, description = "What was replayed", body = ReplaySummary),
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the admin scope", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
+        JsonBody, AdminAuth,
     ),
     security(("api_key" = []))
 )]
@@ -279,9 +271,8 @@ pub async fn replay_dead_letters(
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the admin scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        AdminAuth,
     ),
     security(("api_key" = []))
 )]
@@ -302,8 +293,7 @@ pub async fn delete_dead_letter(
     get, path = "/v1/workers", tag = "workers",
     responses(
         (status = 200, description = "Worker processes", body = Vec<WorkerView>),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+        ReadAuth,
     ),
     security(("api_key" = []))
 )]

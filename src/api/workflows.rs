@@ -15,6 +15,7 @@ use super::extract::{
     request_id,
 };
 use super::keys::Scope;
+use super::responses::{AdminAuth, EnqueueAuth, JsonBody, ReadAuth};
 use crate::queue::IdempotencyKey;
 use crate::workflow::{
     EventReceipt, NewEvent, RunFilter, RunView, Saved, Started, WorkflowSummary,
@@ -46,15 +47,11 @@ pub struct WorkflowDefinition {
     post, path = "/v1/workflows", tag = "workflows",
     request_body(content = serde_json::Value, description = "A workflow definition"),
     responses(
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 201, description = "Stored", body = SavedWorkflow),
         (status = 200, description = "This exact version was already stored", body = SavedWorkflow),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the admin scope", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "This version is stored with other content", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid definition: one error per problem, naming the node", body = Problem, content_type = "application/problem+json"),
+        JsonBody, AdminAuth,
     ),
     security(("api_key" = []))
 )]
@@ -82,8 +79,7 @@ pub async fn save_workflow(
     get, path = "/v1/workflows", tag = "workflows",
     responses(
         (status = 200, description = "Workflows", body = WorkflowList),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
+        ReadAuth,
     ),
     security(("api_key" = []))
 )]
@@ -103,9 +99,8 @@ pub async fn list_workflows(
     params(("name" = String, Path, description = "Workflow name")),
     responses(
         (status = 200, description = "The latest version", body = WorkflowDefinition),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
+        ReadAuth,
     ),
     security(("api_key" = []))
 )]
@@ -128,8 +123,10 @@ pub async fn get_workflow(
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// Checked against the trigger node's fields; `{}` if absent.
-    #[serde(default = "empty_object")]
-    pub data: serde_json::Value,
+    // An object by type, so that anything else is refused here, naming `data`, before the engine sees it.
+    #[serde(default)]
+    #[schema(value_type = serde_json::Value)]
+    pub data: serde_json::Map<String, serde_json::Value>,
     /// Makes the trigger idempotent per workflow (the `Idempotency-Key` header does the same and wins).
     pub idempotency_key: Option<String>,
 }
@@ -152,15 +149,11 @@ pub struct RunStarted {
     ),
     request_body = RunRequest,
     responses(
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 201, description = "Started", body = RunStarted),
         (status = 200, description = "The idempotency key had already started this run", body = RunStarted),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Trigger data does not match the trigger's fields", body = Problem, content_type = "application/problem+json"),
+        JsonBody, EnqueueAuth,
     ),
     security(("api_key" = []))
 )]
@@ -180,7 +173,12 @@ pub async fn start_run(
     let request_id = request_id(&headers).map(String::from);
     let started = state
         .engine
-        .start_run(&name, request.data, key, request_id)
+        .start_run(
+            &name,
+            serde_json::Value::Object(request.data),
+            key,
+            request_id,
+        )
         .await?;
     let (status, id, version, label) = match started {
         Started::Created { id, version } => (StatusCode::CREATED, id, version, "created"),
@@ -202,9 +200,8 @@ pub async fn start_run(
     responses(
         (status = 200, description = "The run", body = RunView),
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
+        ReadAuth,
     ),
     security(("api_key" = []))
 )]
@@ -245,9 +242,8 @@ pub struct RunPage {
     responses(
         (status = 200, description = "A page of runs", body = RunPage),
         (status = 400, description = "Bad query parameter", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the read scope", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad status, limit or cursor", body = Problem, content_type = "application/problem+json"),
+        ReadAuth,
     ),
     security(("api_key" = []))
 )]
@@ -276,10 +272,9 @@ pub async fn list_runs(
     responses(
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "Cancelled", body = RunView),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The run is not running", body = Problem, content_type = "application/problem+json"),
+        EnqueueAuth,
     ),
     security(("api_key" = []))
 )]
@@ -299,10 +294,9 @@ pub async fn cancel_run(
     responses(
         (status = 400, description = "Bad id", body = Problem, content_type = "application/problem+json"),
         (status = 200, description = "Running again from the failed node", body = RunView),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the admin scope", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The run has not failed", body = Problem, content_type = "application/problem+json"),
+        AdminAuth,
     ),
     security(("api_key" = []))
 )]
@@ -335,14 +329,10 @@ pub struct EventRequest {
     post, path = "/v1/events", tag = "events",
     request_body = EventRequest,
     responses(
-        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
         (status = 202, description = "Stored; resumed_runs lists the runs whose wait it completed", body = EventReceipt),
         (status = 200, description = "Duplicate event id: nothing changed", body = EventReceipt),
-        (status = 401, description = "Missing or unknown key", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Key lacks the enqueue scope", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad name, key or id", body = Problem, content_type = "application/problem+json"),
+        JsonBody, EnqueueAuth,
     ),
     security(("api_key" = []))
 )]

@@ -2,7 +2,8 @@
 //!
 //! Each provider's request is authenticated first (its own signature scheme), then parsed into normalized
 //! [`CallbackEvent`]s. Applying them to deliveries (dedupe, forward-only status, suppression) is
-//! `deliveries::apply_callback`; the HTTP endpoint is `POST /v1/callbacks/{provider}`.
+//! `deliveries::apply_callback`. [`Callbacks::receive`] does all of it for one request (`receive.rs`, with the SNS
+//! subscription confirmation); the HTTP endpoint `POST /v1/callbacks/{provider}` only calls it.
 //!
 //! | provider | authenticity | file |
 //! |---|---|---|
@@ -12,6 +13,7 @@
 //! | SES through SNS | the SNS message signature, checked with the certificate from `SigningCertURL` | `ses.rs` |
 
 mod mailgun;
+mod receive;
 mod sendgrid;
 mod ses;
 mod twilio;
@@ -23,6 +25,8 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::{DeliveryStatus, Secret};
+
+pub use receive::{CallbackReceipt, Callbacks};
 
 /// One normalized event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +64,11 @@ pub enum CallbackError {
     NotConfigured(String),
     #[error("cannot fetch the signing certificate: {0}")]
     Certificate(String),
+    /// SNS asked for a subscription confirmation that could not be made (the message says why).
+    #[error("{0}")]
+    Subscription(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
 }
 
 /// `[callbacks]` settings: the keys that authenticate each provider's callbacks.

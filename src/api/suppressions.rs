@@ -1,0 +1,103 @@
+//! `/v1/suppressions`: the addresses actions skip (hard bounces, complaints, unsubscribes, operators' entries).
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::ApiState;
+use super::auth::Caller;
+use super::error::{ApiError, Problem};
+use super::extract::{ApiJson, ApiPath};
+use super::keys::Scope;
+use super::responses::{AdminAuth, JsonBody, ReadAuth};
+use crate::channels::ChannelKind;
+use crate::channels::deliveries::{self, Suppression};
+
+/// The suppression list, newest first (at most 1,000).
+#[utoipa::path(
+    get, path = "/v1/suppressions", tag = "channels",
+    responses(
+        (status = 200, description = "Suppressed addresses", body = Vec<Suppression>),
+        ReadAuth,
+    ),
+    security(("api_key" = []))
+)]
+pub async fn list_suppressions(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Result<Json<Vec<Suppression>>, ApiError> {
+    caller.require(Scope::Read)?;
+    Ok(Json(
+        deliveries::list_suppressions(&state.pool, 1000).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSuppression {
+    /// `email`, `sms`, `push` or `chat`.
+    pub channel: String,
+    /// The address exactly as actions render it (email address, phone number, device token).
+    pub address: String,
+    pub reason: Option<String>,
+}
+
+/// Add an address to the suppression list: actions skip it from now on.
+#[utoipa::path(
+    post, path = "/v1/suppressions", tag = "channels",
+    request_body = NewSuppression,
+    responses(
+        (status = 204, description = "Suppressed (or already was)"),
+        (status = 422, description = "Unknown channel or empty address", body = Problem, content_type = "application/problem+json"),
+        JsonBody, AdminAuth,
+    ),
+    security(("api_key" = []))
+)]
+pub async fn add_suppression(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<NewSuppression>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Admin)?;
+    let channel = parse_channel(&body.channel)?;
+    if body.address.trim().is_empty() {
+        return Err(ApiError::field("address", "must not be empty"));
+    }
+    let reason = body.reason.as_deref().unwrap_or("added by an operator");
+    deliveries::suppress(&state.pool, channel, &body.address, reason, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Remove an address from the suppression list.
+#[utoipa::path(
+    delete, path = "/v1/suppressions/{channel}/{address}", tag = "channels",
+    params(("channel" = String, Path), ("address" = String, Path)),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "Malformed path", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not on the list", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown channel", body = Problem, content_type = "application/problem+json"),
+        AdminAuth,
+    ),
+    security(("api_key" = []))
+)]
+pub async fn remove_suppression(
+    State(state): State<ApiState>,
+    caller: Caller,
+    ApiPath((channel, address)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Scope::Admin)?;
+    let channel = parse_channel(&channel)?;
+    if deliveries::unsuppress(&state.pool, channel, &address).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("{address} is not suppressed")))
+    }
+}
+
+fn parse_channel(value: &str) -> Result<ChannelKind, ApiError> {
+    ChannelKind::parse(value)
+        .ok_or_else(|| ApiError::field("channel", "must be one of email, sms, push, chat"))
+}
