@@ -88,7 +88,8 @@ pub struct CallbackSettings {
     /// by default (https only). An entry such as `http://127.0.0.1:8125` allows that exact plain-HTTP origin.
     pub sns_hosts: Vec<String>,
     /// Timestamps older (or newer) than this are refused as replays (SendGrid, Mailgun).
-    pub max_age_secs: u64,
+    #[serde(rename = "max_age_secs", deserialize_with = "crate::setting::secs")]
+    pub max_age: Duration,
 }
 
 impl Default for CallbackSettings {
@@ -99,7 +100,7 @@ impl Default for CallbackSettings {
             mailgun_signing_key: None,
             twilio_auth_token: None,
             sns_hosts: Vec::new(),
-            max_age_secs: 300,
+            max_age: Duration::from_secs(300),
         }
     }
 }
@@ -178,7 +179,7 @@ impl CallbackVerifier {
     }
 
     fn max_age(&self) -> Duration {
-        Duration::from_secs(self.settings.max_age_secs)
+        self.settings.max_age
     }
 
     /// Whether `url` is an SNS origin we trust (signing certificates, subscription confirmations).
