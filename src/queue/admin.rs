@@ -158,6 +158,8 @@ pub struct WorkerView {
     pub hostname: String,
     pub pid: i32,
     pub queues: Vec<String>,
+    /// Handlers this process may run at once over all its queues: the sum of each queue's concurrency, so
+    /// `worker.concurrency = 16` on the two default queues shows 32.
     pub concurrency: i32,
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
