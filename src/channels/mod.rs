@@ -1,12 +1,19 @@
 //! Channels: how an action node's message leaves herald.
 //!
-//! The workflow engine calls one trait, [`Channel`]; which implementation sits behind it is configuration. The
-//! provider adapters (SMTP, SendGrid, Twilio, ...) with fallback and rate limits are the channels issue; what
-//! ships now:
-//! * [`LogChannel`]: logs each message (the default: a local fleet runs the examples without credentials);
-//! * [`OutboxFileChannel`]: appends each message as a JSON line to a file (`channels.sink = "file"`), for
-//!   local development and for tests that must see what another process sent;
-//! * any in-process implementation a test or an embedding program registers.
+//! The workflow engine calls one trait, [`Channel`]; which implementation sits behind it is `channels.sink`:
+//! * `providers`: one [`chain::ProviderChain`] per channel kind over the process's provider fleet
+//!   ([`fleet`]): fallback in the configured order, retries of transient answers ([`chain`]), fleet-wide rate
+//!   limits ([`limits`]) and circuit breakers ([`breaker`], shared through [`circuits`]);
+//! * `log`: [`LogChannel`] logs each message (the default: a local fleet runs the examples without credentials);
+//! * `file`: [`OutboxFileChannel`] appends each message as a JSON line (local development, tests that must see
+//!   what another process sent); an embedding program or a test may also pass its own ([`Channels::uniform`]).
+//!
+//! The rest of the room:
+//! * [`providers`]: one file per adapter and [`providers::CATALOGUE`], the one table of them; [`provider`]: the
+//!   trait and what adapters share; [`aws`]: SigV4 for SES and SNS;
+//! * [`deliveries`]: the delivery record written before and after each provider call (no double sends), and the
+//!   suppression list; [`callbacks`]: providers' delivery callbacks (verify, then apply);
+//! * [`settings`]: `[channels]`, `[providers.*]`; [`metrics`]: provider call counts and latency.
 //!
 //! Every message carries an idempotency key (`run:<id>:<epoch>:<node>`): an action whose worker died after the
 //! send but before recording it is sent again with the same key, which providers that support idempotency use

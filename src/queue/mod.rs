@@ -1,10 +1,11 @@
 //! herald's durable job queue on PostgreSQL.
 //!
-//! * [`enqueue`]: insert one job or a batch in one statement, inside the caller's transaction if it wants.
+//! * [`enqueue`](mod@enqueue): insert one job or a batch in one statement, inside the caller's transaction if it wants.
 //! * [`lease`]: claim, settle (ack/retry/dead-letter), release, promote scheduled jobs, rescue expired leases,
 //!   heartbeat. The worker runtime drives these; tests call them directly.
 //! * [`admin`]: queue pause/resume and stats, job lookup and cancel, the worker fleet.
 //! * [`dead_letters`]: list, replay, purge.
+//! * [`settings`](WorkerSettings): `[worker]` and `[jobs]`.
 //! * [`worker`]: the process that runs handlers: wakeups, claiming, the apalis executor, batched acks, shutdown.
 //!
 //! Guarantees (README "Guarantees"): a job's handler runs at least once; its completion is recorded exactly once
