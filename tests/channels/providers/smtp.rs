@@ -60,7 +60,26 @@ fn self_signed(dir: &std::path::Path) -> (String, String) {
     )
 }
 
+/// Fails the test with the fix when python3 or aiosmtpd is missing, rather than with a server that never starts.
+fn require_aiosmtpd() {
+    let check = std::process::Command::new("python3")
+        .args(["-c", "import aiosmtpd"])
+        .output()
+        .unwrap_or_else(|error| {
+            panic!(
+                "python3 is not installed ({error}): run ./test.sh, which installs it and aiosmtpd"
+            )
+        });
+    if !check.status.success() {
+        panic!(
+            "aiosmtpd is not installed: run ./test.sh or python3 -m pip install aiosmtpd\n{}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+}
+
 async fn start_server(starttls: bool) -> SmtpServer {
+    require_aiosmtpd();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_server.py");
@@ -78,7 +97,7 @@ async fn start_server(starttls: bool) -> SmtpServer {
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .expect("python3 with aiosmtpd (python3 -m pip install aiosmtpd)");
+        .expect("python3 with aiosmtpd (run ./test.sh or python3 -m pip install aiosmtpd)");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line()).await;
     assert_eq!(
