@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need when it is missing, starts PostgreSQL if nothing answers at
-# DATABASE_URL, then runs `cargo test --no-fail-fast` with any arguments given (./test.sh queue::lease, ...).
+# DATABASE_URL, then runs `cargo test --no-fail-fast` with any arguments given (./test.sh --test queue lease::).
 #
 # What the tests need, and what is installed when it is missing (apt-get on Debian/Ubuntu, as root or with sudo;
 # pip for the Python packages):
