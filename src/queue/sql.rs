@@ -1,5 +1,5 @@
 //! Every SQL statement the queue runs, in one place. The Rust around them lives in `enqueue.rs`, `lease.rs`,
-//! `admin.rs` and `dead_letters.rs`; each statement is exercised by the tests in `tests/queue_*.rs`.
+//! `admin.rs` and `dead_letters.rs`; each statement is exercised by the tests in `tests/queue/`.
 //!
 //! Conventions: batches travel as parallel arrays through `unnest`, so a batch of any size is one statement and
 //! one round trip. Wakeups are `pg_notify` calls made by the statement that made work available: one per queue

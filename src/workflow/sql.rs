@@ -1,4 +1,4 @@
-//! Every SQL statement of the workflow engine. Each is exercised by the tests in `tests/workflow_*.rs`.
+//! Every SQL statement of the workflow engine. Each is exercised by the tests in `tests/workflow/`.
 //!
 //! Concurrency rules the statements rely on (PostgreSQL, READ COMMITTED):
 //! * A step moves `pending -> (waiting ->) completed | failed` only through `UPDATE ... WHERE status
