@@ -15,71 +15,36 @@ use utoipa::IntoResponses;
 
 use super::error::Problem;
 
-#[derive(IntoResponses)]
-pub enum ReadAuth {
-    #[response(
-        status = 401,
-        description = "Missing or unknown key",
-        content_type = "application/problem+json"
-    )]
-    Unauthorized(Problem),
-    #[response(
-        status = 403,
-        description = "Key lacks the read scope",
-        content_type = "application/problem+json"
-    )]
-    Forbidden(Problem),
-    #[response(
-        status = 429,
-        description = "Rate limited",
-        content_type = "application/problem+json"
-    )]
-    RateLimited(Problem),
+/// An auth group; only the 403's text differs between scopes.
+macro_rules! auth_group {
+    ($name:ident, $forbidden:tt) => {
+        #[derive(IntoResponses)]
+        pub enum $name {
+            #[response(
+                status = 401,
+                description = "Missing or unknown key",
+                content_type = "application/problem+json"
+            )]
+            Unauthorized(Problem),
+            #[response(
+                        status = 403,
+                        description = $forbidden,
+                        content_type = "application/problem+json"
+                    )]
+            Forbidden(Problem),
+            #[response(
+                status = 429,
+                description = "Rate limited",
+                content_type = "application/problem+json"
+            )]
+            RateLimited(Problem),
+        }
+    };
 }
 
-#[derive(IntoResponses)]
-pub enum EnqueueAuth {
-    #[response(
-        status = 401,
-        description = "Missing or unknown key",
-        content_type = "application/problem+json"
-    )]
-    Unauthorized(Problem),
-    #[response(
-        status = 403,
-        description = "Key lacks the enqueue scope",
-        content_type = "application/problem+json"
-    )]
-    Forbidden(Problem),
-    #[response(
-        status = 429,
-        description = "Rate limited",
-        content_type = "application/problem+json"
-    )]
-    RateLimited(Problem),
-}
-
-#[derive(IntoResponses)]
-pub enum AdminAuth {
-    #[response(
-        status = 401,
-        description = "Missing or unknown key",
-        content_type = "application/problem+json"
-    )]
-    Unauthorized(Problem),
-    #[response(
-        status = 403,
-        description = "Key lacks the admin scope",
-        content_type = "application/problem+json"
-    )]
-    Forbidden(Problem),
-    #[response(
-        status = 429,
-        description = "Rate limited",
-        content_type = "application/problem+json"
-    )]
-    RateLimited(Problem),
-}
+auth_group!(ReadAuth, "Key lacks the read scope");
+auth_group!(EnqueueAuth, "Key lacks the enqueue scope");
+auth_group!(AdminAuth, "Key lacks the admin scope");
 
 #[derive(IntoResponses)]
 pub enum JsonBody {
