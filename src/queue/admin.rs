@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::QueueError;
 use super::sql;
-use super::types::{JobId, QueueName};
+use super::types::{JobId, JobState, QueueName};
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct QueueStats {
     pub name: String,
     pub paused: bool,
@@ -25,20 +25,7 @@ pub struct QueueStats {
 }
 
 pub async fn queue_stats(pool: &PgPool) -> Result<Vec<QueueStats>, QueueError> {
-    let rows = sqlx::query(sql::QUEUE_STATS).fetch_all(pool).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(QueueStats {
-                name: row.try_get("name")?,
-                paused: row.try_get("paused")?,
-                available: row.try_get("available")?,
-                running: row.try_get("running")?,
-                scheduled: row.try_get("scheduled")?,
-                oldest_age_secs: row.try_get("oldest_age_secs")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(QueueError::from)
+    Ok(sqlx::query_as(sql::QUEUE_STATS).fetch_all(pool).await?)
 }
 
 /// Pauses (`true`) or resumes a queue for the whole fleet. Running jobs finish; no new ones are claimed.
@@ -58,7 +45,7 @@ pub struct JobView {
     pub queue: String,
     pub kind: String,
     /// `available`, `scheduled`, `running`, `completed`, `cancelled` or `dead`.
-    pub state: String,
+    pub state: JobState,
     pub payload: serde_json::Value,
     pub priority: i16,
     pub attempt: i32,
@@ -73,61 +60,92 @@ pub struct JobView {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
+/// The columns `LIVE_JOB` and `FINISHED_JOB` share.
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    queue: String,
+    kind: String,
+    payload: serde_json::Value,
+    priority: i16,
+    attempt: i32,
+    max_attempts: i32,
+    errors: serde_json::Value,
+    idempotency_key: Option<String>,
+    request_id: Option<String>,
+    created_at: DateTime<Utc>,
+    claimed_at: Option<DateTime<Utc>>,
+}
+
+/// A job still in the hot table: its state follows from its lease and schedule.
+#[derive(sqlx::FromRow)]
+struct LiveJobRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    run_at: DateTime<Utc>,
+    running: bool,
+    scheduled: bool,
+}
+
+/// A finished job's history row: its outcome is its state.
+#[derive(sqlx::FromRow)]
+struct FinishedJobRow {
+    #[sqlx(flatten)]
+    job: JobRow,
+    outcome: JobState,
+    finished_at: DateTime<Utc>,
+}
+
+impl JobRow {
+    fn into_view(
+        self,
+        id: JobId,
+        state: JobState,
+        run_at: Option<DateTime<Utc>>,
+        finished_at: Option<DateTime<Utc>>,
+    ) -> JobView {
+        JobView {
+            id,
+            queue: self.queue,
+            kind: self.kind,
+            state,
+            payload: self.payload,
+            priority: self.priority,
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            errors: self.errors,
+            idempotency_key: self.idempotency_key,
+            request_id: self.request_id,
+            created_at: self.created_at,
+            run_at,
+            claimed_at: self.claimed_at,
+            finished_at,
+        }
+    }
+}
+
 /// Looks a job up in the hot table, then in its history.
 pub async fn find_job(pool: &PgPool, id: JobId) -> Result<Option<JobView>, QueueError> {
-    if let Some(row) = sqlx::query(sql::LIVE_JOB)
+    let live: Option<LiveJobRow> = sqlx::query_as(sql::LIVE_JOB)
         .bind(id)
         .fetch_optional(pool)
-        .await?
-    {
-        let state = if row.try_get("running")? {
-            "running"
-        } else if row.try_get("scheduled")? {
-            "scheduled"
+        .await?;
+    if let Some(row) = live {
+        let state = if row.running {
+            JobState::Running
+        } else if row.scheduled {
+            JobState::Scheduled
         } else {
-            "available"
+            JobState::Available
         };
-        return Ok(Some(JobView {
-            id,
-            queue: row.try_get("queue")?,
-            kind: row.try_get("kind")?,
-            state: state.to_string(),
-            payload: row.try_get("payload")?,
-            priority: row.try_get("priority")?,
-            attempt: row.try_get("attempt")?,
-            max_attempts: row.try_get("max_attempts")?,
-            errors: row.try_get("errors")?,
-            idempotency_key: row.try_get("idempotency_key")?,
-            request_id: row.try_get("request_id")?,
-            created_at: row.try_get("created_at")?,
-            run_at: row.try_get("run_at")?,
-            claimed_at: row.try_get("claimed_at")?,
-            finished_at: None,
-        }));
+        return Ok(Some(row.job.into_view(id, state, Some(row.run_at), None)));
     }
-    let Some(row) = sqlx::query(sql::FINISHED_JOB)
+    let finished: Option<FinishedJobRow> = sqlx::query_as(sql::FINISHED_JOB)
         .bind(id)
         .fetch_optional(pool)
-        .await?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(JobView {
-        id,
-        queue: row.try_get("queue")?,
-        kind: row.try_get("kind")?,
-        state: row.try_get("outcome")?,
-        payload: row.try_get("payload")?,
-        priority: row.try_get("priority")?,
-        attempt: row.try_get("attempt")?,
-        max_attempts: row.try_get("max_attempts")?,
-        errors: row.try_get("errors")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        request_id: row.try_get("request_id")?,
-        created_at: row.try_get("created_at")?,
-        run_at: None,
-        claimed_at: row.try_get("claimed_at")?,
-        finished_at: row.try_get("finished_at")?,
+        .await?;
+    Ok(finished.map(|row| {
+        row.job
+            .into_view(id, row.outcome, None, Some(row.finished_at))
     }))
 }
 
@@ -152,7 +170,7 @@ pub async fn cancel_job(pool: &PgPool, id: JobId) -> Result<(), QueueError> {
     }
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct WorkerView {
     pub id: Uuid,
     pub hostname: String,
@@ -167,21 +185,7 @@ pub struct WorkerView {
 
 /// The worker processes that registered and have not left or been reaped.
 pub async fn list_workers(pool: &PgPool) -> Result<Vec<WorkerView>, QueueError> {
-    let rows = sqlx::query(sql::LIST_WORKERS).fetch_all(pool).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(WorkerView {
-                id: row.try_get("id")?,
-                hostname: row.try_get("hostname")?,
-                pid: row.try_get("pid")?,
-                queues: row.try_get("queues")?,
-                concurrency: row.try_get("concurrency")?,
-                started_at: row.try_get("started_at")?,
-                heartbeat_at: row.try_get("heartbeat_at")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(QueueError::from)
+    Ok(sqlx::query_as(sql::LIST_WORKERS).fetch_all(pool).await?)
 }
 
 /// Live worker processes serving `queue`, by a heartbeat newer than `fresh`.

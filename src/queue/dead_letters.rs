@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::{FromRow, PgPool, Row};
 
 use super::QueueError;
 use super::sql;
@@ -43,7 +43,7 @@ impl DeadLetterFilter {
     }
 }
 
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct DeadLetter {
     pub id: i64,
     pub job_id: JobId,
@@ -74,12 +74,10 @@ pub async fn list(
         .bind(sqlx::query(sql::LIST_DEAD_LETTERS))
         .bind(before_id)
         .bind(limit)
+        .try_map(|row| DeadLetter::from_row(&row))
         .fetch_all(pool)
         .await?;
-    rows.iter()
-        .map(dead_letter_from_row)
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(QueueError::from)
+    Ok(rows)
 }
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Option<DeadLetter>, QueueError> {
@@ -89,7 +87,7 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<DeadLetter>, QueueErro
 }
 
 /// A replayed dead letter and the new job it became.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Replayed {
     pub dead_letter_id: i64,
     pub job_id: JobId,
@@ -104,17 +102,10 @@ pub async fn replay(
     let rows = filter
         .bind(sqlx::query(sql::REPLAY_DEAD_LETTERS))
         .bind(priority_aging.as_secs_f64())
+        .try_map(|row| Replayed::from_row(&row))
         .fetch_all(pool)
         .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Replayed {
-                dead_letter_id: row.try_get("dead_letter_id")?,
-                job_id: row.try_get("job_id")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(QueueError::from)
+    Ok(rows)
 }
 
 /// Deletes every matching dead letter; returns how many.
@@ -124,23 +115,4 @@ pub async fn purge(pool: &PgPool, filter: &DeadLetterFilter) -> Result<i64, Queu
         .fetch_one(pool)
         .await?
         .try_get(0)?)
-}
-
-fn dead_letter_from_row(row: &sqlx::postgres::PgRow) -> Result<DeadLetter, sqlx::Error> {
-    Ok(DeadLetter {
-        id: row.try_get("id")?,
-        job_id: row.try_get("job_id")?,
-        queue: row.try_get("queue")?,
-        kind: row.try_get("kind")?,
-        payload: row.try_get("payload")?,
-        priority: row.try_get("priority")?,
-        attempt: row.try_get("attempt")?,
-        max_attempts: row.try_get("max_attempts")?,
-        errors: row.try_get("errors")?,
-        reason: row.try_get("reason")?,
-        created_at: row.try_get("created_at")?,
-        failed_at: row.try_get("failed_at")?,
-        replayed_at: row.try_get("replayed_at")?,
-        replayed_as: row.try_get("replayed_as")?,
-    })
 }

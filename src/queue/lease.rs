@@ -194,6 +194,8 @@ pub async fn claim_on<'c>(
         .bind(worker)
         .bind(token);
     let rows = bounded(query.fetch_all(conn)).await?;
+    // The claim path: mapped by hand on purpose. `ClaimedJob` carries what is not a column (the queue, already
+    // parsed, and `start_by`), so a derived row struct would mean a second struct and a move per job here.
     rows.iter()
         .map(|row| {
             Ok(ClaimedJob {
@@ -283,6 +285,7 @@ async fn settle_attempts(
         .bind(priority_aging.as_secs_f64());
     let mut conn = pool.acquire().await?;
     let rows = bounded(query.fetch_all(&mut *conn)).await?;
+    // The ack path: mapped by hand on purpose, matching the borrowed text of `settled` (no String per row).
     rows.iter()
         .map(|row| {
             let settled = match row.try_get::<&str, _>("settled")? {
@@ -336,21 +339,36 @@ pub struct Promotion {
     pub next_due_in: Option<Duration>,
 }
 
+/// `PROMOTE`'s answer, before the wait is made a [`Duration`].
+#[derive(sqlx::FromRow)]
+struct PromoteRow {
+    promoted: i64,
+    next_run_at: Option<DateTime<Utc>>,
+    next_due_in_secs: Option<f64>,
+}
+
+impl From<PromoteRow> for Promotion {
+    fn from(row: PromoteRow) -> Self {
+        Self {
+            promoted: row.promoted,
+            next_run_at: row.next_run_at,
+            next_due_in: row
+                .next_due_in_secs
+                .map(|secs| Duration::from_secs_f64(secs.max(0.0))),
+        }
+    }
+}
+
 /// Makes due scheduled jobs available (at most `limit`) and says when the next one falls due.
 pub async fn promote(pool: &PgPool, limit: i64) -> Result<Promotion, QueueError> {
-    let query = sqlx::query(sql::PROMOTE).bind(limit);
+    let query = sqlx::query_as::<_, PromoteRow>(sql::PROMOTE).bind(limit);
     let mut conn = pool.acquire().await?;
     let row = bounded(query.fetch_one(&mut *conn)).await?;
-    let next_due_in: Option<f64> = row.try_get("next_due_in_secs")?;
-    Ok(Promotion {
-        promoted: row.try_get("promoted")?,
-        next_run_at: row.try_get("next_run_at")?,
-        next_due_in: next_due_in.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
-    })
+    Ok(row.into())
 }
 
 /// What one rescuer pass did.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
 pub struct Rescue {
     pub returned: i64,
     pub dead: i64,
@@ -359,13 +377,9 @@ pub struct Rescue {
 /// Returns jobs with expired leases to their queues (or to the dead letters on their last attempt). A lease is
 /// expired when its term has passed and its worker has not heartbeated for `lease`.
 pub async fn rescue(pool: &PgPool, lease: Duration) -> Result<Rescue, QueueError> {
-    let query = sqlx::query(sql::RESCUE).bind(lease.as_millis() as i64);
+    let query = sqlx::query_as(sql::RESCUE).bind(lease.as_millis() as i64);
     let mut conn = pool.acquire().await?;
-    let row = bounded(query.fetch_one(&mut *conn)).await?;
-    Ok(Rescue {
-        returned: row.try_get("returned")?,
-        dead: row.try_get("dead")?,
-    })
+    bounded(query.fetch_one(&mut *conn)).await
 }
 
 /// Who a worker process is, as the registry shows it.

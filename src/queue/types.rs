@@ -141,6 +141,64 @@ impl Priority {
 
 pub type JobId = i64;
 
+/// Where a job is: `available`, `scheduled` or `running` while queued; `completed`, `cancelled` or `dead` once
+/// finished.
+// The hot table has no state column: a queued job's state follows from its lease and schedule. A finished job's
+// is `herald_job_history.outcome`, decoded straight into this type.
+// sqlx declares this type by name (`text`): bind `as_str()`, since binding the enum itself costs a type lookup
+// per connection.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum JobState {
+    /// Due and waiting for a worker.
+    Available,
+    /// Waiting for its `run_at` (enqueued for later, or a retry in backoff).
+    Scheduled,
+    /// Leased by a worker.
+    Running,
+    Completed,
+    Cancelled,
+    /// Failed for good: it is in the dead letters.
+    Dead,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 6] = [
+        Self::Available,
+        Self::Scheduled,
+        Self::Running,
+        Self::Completed,
+        Self::Cancelled,
+        Self::Dead,
+    ];
+    /// The states of a finished job: what `herald_job_history.outcome` allows.
+    pub const FINISHED: [JobState; 3] = [Self::Completed, Self::Cancelled, Self::Dead];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Available => "available",
+            Self::Scheduled => "scheduled",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Cancelled => "cancelled",
+            Self::Dead => "dead",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A queue served by a worker process, with how many of its jobs run at once there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueSpec {
@@ -262,5 +320,29 @@ mod tests {
         assert!(Priority::new(9).is_ok());
         assert!(Priority::new(10).is_err());
         assert!(Priority::new(-1).is_err());
+    }
+
+    #[test]
+    fn job_states_are_spelled_as_the_history_table_stores_them() {
+        for state in JobState::ALL {
+            let json = serde_json::to_value(state).unwrap();
+            assert_eq!(json, state.as_str());
+            assert_eq!(state.to_string(), state.as_str());
+            assert_eq!(serde_json::from_value::<JobState>(json).unwrap(), state);
+            assert_eq!(JobState::parse(state.as_str()), Some(state));
+            // sqlx writes (and reads) the same spelling.
+            let mut sent = sqlx::postgres::PgArgumentBuffer::default();
+            let _ = sqlx::Encode::<sqlx::Postgres>::encode_by_ref(&state, &mut sent);
+            assert_eq!(&sent[..], state.as_str().as_bytes());
+        }
+        // The CHECK constraint on `herald_job_history.outcome` lists exactly the finished states.
+        let quoted: Vec<String> = JobState::FINISHED
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect();
+        let check = format!("CHECK (outcome IN ({}))", quoted.join(", "));
+        let migration = include_str!("../../migrations/0001_queue.sql");
+        let migration = migration.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(migration.contains(&check), "{check} not in the migration");
     }
 }

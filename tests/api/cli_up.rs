@@ -51,7 +51,7 @@ async fn up_without_database_url_runs_a_private_postgres_and_executes_enqueued_j
             .await
             .ok()
             .flatten();
-        job.is_some_and(|j| j.state == "completed")
+        job.is_some_and(|j| j.state == herald::queue::JobState::Completed)
     })
     .await;
     pool.close().await;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::common::*;
 use herald::queue::dead_letters::{self, DeadLetterFilter};
 use herald::queue::lease::{self, AttemptError, Settled, Settlement, WorkerIdentity};
-use herald::queue::{Priority, QueueError, admin};
+use herald::queue::{JobState, Priority, QueueError, admin};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -163,7 +163,7 @@ async fn completion_moves_the_job_from_the_hot_table_to_history() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(view.state, "completed");
+    assert_eq!(view.state, JobState::Completed);
     assert_eq!(view.payload, json!({"x": 1}));
     assert!(view.claimed_at.is_some() && view.finished_at.is_some());
 }
@@ -183,7 +183,7 @@ async fn retry_schedules_the_next_attempt_and_the_last_failure_dead_letters_with
         .unwrap();
     assert_eq!(settled, vec![(first.id, Settled::Retrying)]);
     let view = admin::find_job(&db.pool, first.id).await.unwrap().unwrap();
-    assert_eq!(view.state, "scheduled");
+    assert_eq!(view.state, JobState::Scheduled);
     let wait = view.run_at.unwrap() - chrono::Utc::now();
     assert!(
         wait > chrono::Duration::minutes(59) && wait <= chrono::Duration::minutes(60),
@@ -253,7 +253,7 @@ async fn a_permanent_failure_goes_straight_to_the_dead_letters() {
             .unwrap()
             .unwrap()
             .state,
-        "dead"
+        JobState::Dead
     );
 }
 
@@ -427,7 +427,7 @@ async fn cancel_removes_a_waiting_job_but_not_a_running_one() {
             .unwrap()
             .unwrap()
             .state,
-        "cancelled"
+        JobState::Cancelled
     );
     assert!(matches!(
         admin::cancel_job(&db.pool, running.id).await,
@@ -599,7 +599,7 @@ async fn a_snoozed_attempt_is_refunded_and_scheduled_after_its_delay_even_on_the
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(view.state, "scheduled");
+    assert_eq!(view.state, JobState::Scheduled);
     assert_eq!(view.attempt, 0, "the attempt is refunded");
     let wait = view.run_at.unwrap() - chrono::Utc::now();
     assert!(
