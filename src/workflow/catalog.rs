@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use super::WorkflowError;
 use super::definition::{self, DefinitionError, Workflow};
@@ -24,14 +24,23 @@ pub enum Saved {
 }
 
 /// One stored workflow: its latest version.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct WorkflowSummary {
     pub name: String,
+    #[sqlx(rename = "version")]
     pub latest_version: i32,
     pub versions: i64,
     pub description: Option<String>,
     pub source: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// `SAVE_WORKFLOW`'s answer.
+#[derive(sqlx::FromRow)]
+struct SaveRow {
+    inserted: bool,
+    /// The stored version has the content just sent.
+    same_content: bool,
 }
 
 /// (name, version) -> compiled workflow.
@@ -57,13 +66,13 @@ impl Catalog {
         if let Some(found) = self.cached(name, version) {
             return Ok(found);
         }
-        let row = sqlx::query(sql::LOAD_WORKFLOW)
+        let definition = sqlx::query_scalar(sql::LOAD_WORKFLOW)
             .bind(name)
             .bind(version)
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| WorkflowError::NotFound(format!("workflow {name} version {version}")))?;
-        self.remember(name, version, row.try_get("definition")?)
+        self.remember(name, version, definition)
     }
 
     /// The newest version, which new runs start on.
@@ -110,15 +119,12 @@ impl Catalog {
     /// Stores a compiled version (its `definition` as it was given).
     async fn store(&self, workflow: &Workflow, source: &str) -> Result<Saved, WorkflowError> {
         let mut row = self.save_statement(workflow, source).await?;
-        if !row.try_get::<bool, _>("inserted")? && !row.try_get::<bool, _>("same_content")? {
+        if !row.inserted && !row.same_content {
             // Another process may have inserted this version after our statement's snapshot was taken (two
             // processes syncing at start-up): look again with a fresh snapshot before calling it a conflict.
             row = self.save_statement(workflow, source).await?;
         }
-        match (
-            row.try_get::<bool, _>("inserted")?,
-            row.try_get::<bool, _>("same_content")?,
-        ) {
+        match (row.inserted, row.same_content) {
             (true, _) => Ok(Saved::Created),
             (false, true) => Ok(Saved::Unchanged),
             (false, false) => Err(WorkflowError::VersionConflict {
@@ -132,8 +138,8 @@ impl Catalog {
         &self,
         workflow: &Workflow,
         source: &str,
-    ) -> Result<sqlx::postgres::PgRow, sqlx::Error> {
-        sqlx::query(sql::SAVE_WORKFLOW)
+    ) -> Result<SaveRow, sqlx::Error> {
+        sqlx::query_as(sql::SAVE_WORKFLOW)
             .bind(&workflow.name)
             .bind(workflow.version)
             .bind(&workflow.definition)
@@ -143,21 +149,9 @@ impl Catalog {
     }
 
     pub async fn list(&self) -> Result<Vec<WorkflowSummary>, WorkflowError> {
-        let rows = sqlx::query(sql::LIST_WORKFLOWS)
+        Ok(sqlx::query_as(sql::LIST_WORKFLOWS)
             .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| {
-                Ok(WorkflowSummary {
-                    name: row.try_get("name")?,
-                    latest_version: row.try_get("version")?,
-                    versions: row.try_get("versions")?,
-                    description: row.try_get("description")?,
-                    source: row.try_get("source")?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
-            .collect()
+            .await?)
     }
 
     /// Loads every `*.yaml`, `*.yml` and `*.json` file in `dir`, validates them all, and stores them only if

@@ -15,10 +15,10 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
-use sqlx::Row;
 
 use super::definition::{self, DelaySpec, Node, NodeKind, Workflow};
 use super::expr;
+use super::runs::StepStatus;
 use super::steps::{FinishedStep, RunState};
 use super::{Engine, NodeJob, Phase, WorkflowError, sql};
 use crate::channels::deliveries::{self, Begin, DeliveryKey};
@@ -89,9 +89,9 @@ impl Engine {
             Err(error) => return self.node_failed(&job, node, &ctx, error).await,
         };
         let from = if job.phase == Phase::Run {
-            "pending"
+            StepStatus::Pending
         } else {
-            "waiting"
+            StepStatus::Waiting
         };
         match step {
             Step::Done {
@@ -353,13 +353,12 @@ impl Engine {
         if failed.is_none() {
             return Ok(());
         }
-        let row = sqlx::query(sql::CONTINUE_AFTER_FAILURE)
+        let enqueue: Vec<String> = sqlx::query_scalar(sql::CONTINUE_AFTER_FAILURE)
             .bind(job.run)
             .bind(job.epoch)
             .bind(target)
             .fetch_one(&mut *conn)
             .await?;
-        let enqueue: Vec<String> = row.try_get("enqueue")?;
         let next = enqueue.into_iter().map(|node| (job.run, job.epoch, node));
         self.jobs.enqueue_run_phase(conn, next).await
     }

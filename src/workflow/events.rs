@@ -15,6 +15,7 @@ use sqlx::Row;
 
 use super::definition::{Node, WaitSpec};
 use super::engine::{Step, retryable};
+use super::runs::StepStatus;
 use super::steps::{FinishedStep, RunState, finish_steps};
 use super::{Engine, NodeJob, Phase, WorkflowError, sql};
 use crate::queue::JobError;
@@ -38,6 +39,37 @@ pub struct EventReceipt {
     pub duplicate: bool,
     /// Runs whose wait this event completed.
     pub resumed_runs: Vec<i64>,
+}
+
+/// A wait's status, as `herald_waits.status` stores it: `waiting` until an event satisfies it, its deadline times
+/// it out, or its run is cancelled. Only read here (the statements write the statuses themselves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::Type)]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub(super) enum WaitStatus {
+    Waiting,
+    Satisfied,
+    TimedOut,
+    Cancelled,
+}
+
+impl WaitStatus {
+    #[cfg(test)]
+    const ALL: [WaitStatus; 4] = [
+        Self::Waiting,
+        Self::Satisfied,
+        Self::TimedOut,
+        Self::Cancelled,
+    ];
+
+    #[cfg(test)]
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Satisfied => "satisfied",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
+        }
+    }
 }
 
 impl NewEvent {
@@ -101,20 +133,15 @@ impl Engine {
                 resumed_runs: Vec::new(),
             });
         }
-        let satisfied = sqlx::query(sql::SATISFY_WAITS)
+        let satisfied: Vec<(i64, i32, String)> = sqlx::query_as(sql::SATISFY_WAITS)
             .bind(&event.key)
             .bind(&event.name)
             .fetch_all(&mut *tx)
             .await?;
         let mut jobs = Vec::with_capacity(satisfied.len());
         let mut resumed_runs = Vec::with_capacity(satisfied.len());
-        for row in &satisfied {
-            let job = NodeJob::new(
-                row.try_get("run_id")?,
-                row.try_get("epoch")?,
-                row.try_get("node_id")?,
-                Phase::Resume,
-            );
+        for (run, epoch, node) in satisfied {
+            let job = NodeJob::new(run, epoch, node, Phase::Resume);
             resumed_runs.push(job.run);
             jobs.push(self.jobs.new_job(job, None));
         }
@@ -177,7 +204,7 @@ impl Engine {
         if !job.park(&mut tx).await? {
             return Ok(());
         }
-        let status: String = job
+        let status: WaitStatus = job
             .step_query(sql::REGISTER_WAIT)
             .bind(key)
             .bind(&spec.events)
@@ -188,11 +215,11 @@ impl Engine {
             .fetch_one(&mut *tx)
             .await?
             .try_get("status")?;
-        if status == "satisfied" {
+        if status == WaitStatus::Satisfied {
             let output = self.matched_events(&mut tx, job).await?;
             let done = FinishedStep {
                 job: job.clone(),
-                from: "waiting",
+                from: StepStatus::Waiting,
                 outcome: "satisfied".into(),
                 output,
                 patch: Default::default(),
@@ -262,7 +289,7 @@ impl Engine {
             let output = json!({ "timed_out": true, "events": output["events"] });
             let done = FinishedStep {
                 job: job.clone(),
-                from: "waiting",
+                from: StepStatus::Waiting,
                 outcome: "timed_out".into(),
                 output,
                 patch: Default::default(),
@@ -286,5 +313,28 @@ impl Engine {
         let events: Value = row.try_get("events")?;
         let ids: Value = row.try_get("event_ids")?;
         Ok(json!({ "events": events, "event_ids": ids }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_statuses_are_spelled_as_the_waits_table_stores_them() {
+        for status in WaitStatus::ALL {
+            // What sqlx writes is what it reads back: the same spelling.
+            let mut sent = sqlx::postgres::PgArgumentBuffer::default();
+            let _ = sqlx::Encode::<sqlx::Postgres>::encode_by_ref(&status, &mut sent);
+            assert_eq!(&sent[..], status.as_str().as_bytes());
+        }
+        let quoted: Vec<String> = WaitStatus::ALL
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let check = format!("CHECK (status IN ({}))", quoted.join(", "));
+        let migration = include_str!("../../migrations/0003_workflows.sql");
+        let migration = migration.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(migration.contains(&check), "{check} not in the migration");
     }
 }

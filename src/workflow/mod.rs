@@ -32,7 +32,7 @@ use sqlx::PgPool;
 pub use catalog::{Catalog, Saved, WorkflowSummary};
 pub use definition::{DefinitionError, Workflow};
 pub use events::{EventReceipt, NewEvent};
-pub use runs::{RunFilter, RunView, Started, StepView};
+pub use runs::{RunFilter, RunStatus, RunView, Started, StepStatus, StepView};
 
 use crate::channels::Channels;
 use crate::queue::{

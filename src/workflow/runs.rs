@@ -1,11 +1,11 @@
 //! Runs: start one (its row, its trigger step and the trigger's node job in one transaction), read it with its
 //! timeline, list, cancel, retry from the failed node.
 
+use std::fmt;
+
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use sqlx::Row;
-use sqlx::postgres::PgRow;
 
 use super::definition::Workflow;
 use super::definition::extract_trigger;
@@ -20,14 +20,109 @@ pub enum Started {
     Existing { id: i64, version: i32 },
 }
 
+/// A run's status.
+// Spelled as `herald_runs.status` stores it.
+// sqlx declares this type by name (`text`): bind `as_str()`, since binding the enum itself costs a type lookup
+// per connection.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 4] = [
+        Self::Running,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A step's status: `pending`, then `completed` or `failed` (by way of `waiting` for delay and wait nodes), or
+/// `cancelled` with its run.
+// Spelled as `herald_run_steps.status` stores it.
+// sqlx declares this type by name (`text`): bind `as_str()`, since binding the enum itself costs a type lookup
+// per connection.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum StepStatus {
+    Pending,
+    Running,
+    Waiting,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl StepStatus {
+    pub const ALL: [StepStatus; 6] = [
+        Self::Pending,
+        Self::Running,
+        Self::Waiting,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Waiting => "waiting",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(value: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == value)
+    }
+}
+
+impl fmt::Display for StepStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A run and its timeline.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct RunView {
     pub id: i64,
     pub workflow: String,
     pub version: i32,
     /// `running`, `completed`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: RunStatus,
     /// 1, plus one per retry.
     pub epoch: i32,
     /// Steps of the current epoch not finished yet.
@@ -42,16 +137,18 @@ pub struct RunView {
     pub finished_at: Option<DateTime<Utc>>,
     /// Every node execution, in order (empty in listings).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[sqlx(skip)]
     pub steps: Vec<StepView>,
 }
 
 /// One node execution.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct StepView {
+    #[sqlx(rename = "node_id")]
     pub node: String,
     pub epoch: i32,
     /// `pending`, `running`, `waiting`, `completed`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: StepStatus,
     /// What the node decided: `accepted`, `sent`, `then`, `else`, `case_N`, `default`, `set`, `elapsed`,
     /// `satisfied`, `timed_out`.
     pub outcome: Option<String>,
@@ -73,8 +170,6 @@ pub struct RunFilter {
     pub before: Option<i64>,
     pub limit: i64,
 }
-
-const RUN_STATUSES: [&str; 4] = ["running", "completed", "failed", "cancelled"];
 
 impl Engine {
     /// Starts a run of the workflow's latest version. The trigger data is checked against the trigger's fields
@@ -102,15 +197,12 @@ impl Engine {
         let Some(&(id, _)) = ids.first() else {
             // The key is taken: that run is the answer (its transaction has committed: ours waited for it).
             tx.rollback().await?;
-            let row = sqlx::query(sql::FIND_RUN_BY_KEY)
+            let (id, version) = sqlx::query_as(sql::FIND_RUN_BY_KEY)
                 .bind(&definition.name)
                 .bind(&idempotency_key)
                 .fetch_one(&self.pool)
                 .await?;
-            return Ok(Started::Existing {
-                id: row.try_get("id")?,
-                version: row.try_get("version")?,
-            });
+            return Ok(Started::Existing { id, version });
         };
         tx.commit().await?;
         Ok(Started::Created {
@@ -197,7 +289,7 @@ impl Engine {
         keys: Vec<Option<String>>,
         request_ids: Vec<Option<String>>,
     ) -> Result<Vec<(i64, Option<String>)>, WorkflowError> {
-        let rows = sqlx::query(sql::START_RUNS)
+        let runs: Vec<(i64, Option<String>)> = sqlx::query_as(sql::START_RUNS)
             .bind(&definition.name)
             .bind(definition.version)
             .bind(contexts)
@@ -206,10 +298,6 @@ impl Engine {
             .bind(&definition.trigger)
             .fetch_all(&mut *conn)
             .await?;
-        let runs: Vec<(i64, Option<String>)> = rows
-            .iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("idempotency_key")?)))
-            .collect::<Result<_, sqlx::Error>>()?;
         let triggers = runs
             .iter()
             .map(|&(id, _)| (id, 1, definition.trigger.clone()));
@@ -219,38 +307,38 @@ impl Engine {
 
     /// A run with its timeline.
     pub async fn get_run(&self, id: i64) -> Result<RunView, WorkflowError> {
-        let row = sqlx::query(sql::GET_RUN)
+        let mut run: RunView = sqlx::query_as(sql::GET_RUN)
             .bind(id)
             .fetch_optional(&self.pool)
             .await?
             .ok_or_else(|| WorkflowError::NotFound(format!("run {id}")))?;
-        let mut run = run_from_row(&row)?;
-        let steps = sqlx::query(sql::GET_STEPS)
+        run.steps = sqlx::query_as(sql::GET_STEPS)
             .bind(id)
             .fetch_all(&self.pool)
             .await?;
-        run.steps = steps.iter().map(step_from_row).collect::<Result<_, _>>()?;
         Ok(run)
     }
 
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunView>, WorkflowError> {
-        if let Some(status) = &filter.status
-            && !RUN_STATUSES.contains(&status.as_str())
-        {
-            let message = format!("must be one of {}", RUN_STATUSES.join(", "));
-            return Err(WorkflowError::InvalidInput(vec![(
-                "status".into(),
-                message,
-            )]));
-        }
-        let rows = sqlx::query(sql::LIST_RUNS)
+        let status = match filter.status.as_deref().map(RunStatus::parse) {
+            None => None,
+            Some(Some(status)) => Some(status),
+            Some(None) => {
+                let names: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+                let message = format!("must be one of {}", names.join(", "));
+                return Err(WorkflowError::InvalidInput(vec![(
+                    "status".into(),
+                    message,
+                )]));
+            }
+        };
+        Ok(sqlx::query_as(sql::LIST_RUNS)
             .bind(&filter.workflow)
-            .bind(&filter.status)
+            .bind(status.map(RunStatus::as_str))
             .bind(filter.before)
             .bind(filter.limit.clamp(1, 1000))
             .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(run_from_row).collect::<Result<_, _>>()?)
+            .await?)
     }
 
     /// Cancels a running run: its pending steps are cancelled and their jobs will do nothing.
@@ -272,11 +360,11 @@ impl Engine {
     /// Retries a failed run from the node that failed, in a new epoch (earlier steps stay in the timeline).
     pub async fn retry_run(&self, id: i64) -> Result<RunView, WorkflowError> {
         let mut tx = self.pool.begin().await?;
-        let row = sqlx::query(sql::RETRY_RUN)
+        let reopened: Option<(i64, i32, String)> = sqlx::query_as(sql::RETRY_RUN)
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
-        let Some(row) = row else {
+        let Some((_, epoch, node)) = reopened else {
             tx.rollback().await?;
             let run = self.get_run(id).await?;
             return Err(WorkflowError::Conflict(format!(
@@ -284,8 +372,6 @@ impl Engine {
                 run.status
             )));
         };
-        let epoch: i32 = row.try_get("epoch")?;
-        let node: String = row.try_get("failed_node")?;
         self.jobs
             .enqueue_run_phase(&mut tx, [(id, epoch, node)])
             .await?;
@@ -310,36 +396,53 @@ fn trigger_context(
     Ok(json!({ "trigger": data, "nodes": {} }))
 }
 
-fn run_from_row(row: &PgRow) -> Result<RunView, sqlx::Error> {
-    Ok(RunView {
-        id: row.try_get("id")?,
-        workflow: row.try_get("workflow")?,
-        version: row.try_get("version")?,
-        status: row.try_get("status")?,
-        epoch: row.try_get("epoch")?,
-        pending: row.try_get("pending")?,
-        context: row.try_get("context")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        failed_node: row.try_get("failed_node")?,
-        error: row.try_get("error")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        finished_at: row.try_get("finished_at")?,
-        steps: Vec::new(),
-    })
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn step_from_row(row: &PgRow) -> Result<StepView, sqlx::Error> {
-    Ok(StepView {
-        node: row.try_get("node_id")?,
-        epoch: row.try_get("epoch")?,
-        status: row.try_get("status")?,
-        outcome: row.try_get("outcome")?,
-        output: row.try_get("output")?,
-        error: row.try_get("error")?,
-        attempts: row.try_get("attempts")?,
-        enqueued_at: row.try_get("enqueued_at")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-    })
+    /// The migration's text with whitespace runs folded, to find a CHECK constraint that spans lines.
+    fn migration() -> String {
+        let text = include_str!("../../migrations/0003_workflows.sql");
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    fn check(column: &str, values: impl Iterator<Item = &'static str>) -> String {
+        let quoted: Vec<String> = values.map(|v| format!("'{v}'")).collect();
+        format!("CHECK ({column} IN ({}))", quoted.join(", "))
+    }
+
+    #[test]
+    fn run_statuses_are_spelled_as_the_runs_table_stores_them() {
+        for status in RunStatus::ALL {
+            let json = serde_json::to_value(status).unwrap();
+            assert_eq!(json, status.as_str());
+            assert_eq!(status.to_string(), status.as_str());
+            assert_eq!(serde_json::from_value::<RunStatus>(json).unwrap(), status);
+            assert_eq!(RunStatus::parse(status.as_str()), Some(status));
+            let mut sent = sqlx::postgres::PgArgumentBuffer::default();
+            let _ = sqlx::Encode::<sqlx::Postgres>::encode_by_ref(&status, &mut sent);
+            assert_eq!(&sent[..], status.as_str().as_bytes());
+        }
+        let check = check("status", RunStatus::ALL.into_iter().map(RunStatus::as_str));
+        assert!(migration().contains(&check), "{check} not in the migration");
+    }
+
+    #[test]
+    fn step_statuses_are_spelled_as_the_steps_table_stores_them() {
+        for status in StepStatus::ALL {
+            let json = serde_json::to_value(status).unwrap();
+            assert_eq!(json, status.as_str());
+            assert_eq!(status.to_string(), status.as_str());
+            assert_eq!(serde_json::from_value::<StepStatus>(json).unwrap(), status);
+            assert_eq!(StepStatus::parse(status.as_str()), Some(status));
+            let mut sent = sqlx::postgres::PgArgumentBuffer::default();
+            let _ = sqlx::Encode::<sqlx::Postgres>::encode_by_ref(&status, &mut sent);
+            assert_eq!(&sent[..], status.as_str().as_bytes());
+        }
+        let check = check(
+            "status",
+            StepStatus::ALL.into_iter().map(StepStatus::as_str),
+        );
+        assert!(migration().contains(&check), "{check} not in the migration");
+    }
 }

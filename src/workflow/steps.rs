@@ -14,8 +14,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
-use sqlx::{PgPool, Row};
+use sqlx::{FromRow, PgPool, Row};
 
+use super::runs::StepStatus;
 use super::{NodeJob, NodeJobs, WorkflowError, sql};
 use crate::coalesce::Coalescer;
 
@@ -23,6 +24,7 @@ use crate::coalesce::Coalescer;
 const MAX_BATCH: usize = 512;
 
 /// The run as a node job sees it.
+#[derive(sqlx::FromRow)]
 pub(super) struct RunState {
     pub workflow: String,
     pub version: i32,
@@ -34,7 +36,7 @@ pub(super) struct RunState {
 pub(super) struct FinishedStep {
     pub job: NodeJob,
     /// The status the step must be in: `pending`, or `waiting` for a resumed node.
-    pub from: &'static str,
+    pub from: StepStatus,
     pub outcome: String,
     pub output: Value,
     /// Top-level context keys to set (transforms; the trigger's extracted data).
@@ -99,7 +101,7 @@ async fn load(pool: &PgPool, keys: &[NodeJob]) -> Vec<Loaded> {
     };
     let mut found: Vec<Loaded> = keys.iter().map(|_| Ok(None)).collect();
     for row in rows {
-        let state = run_state(&row);
+        let state = RunState::from_row(&row);
         let position = row
             .try_get::<i64, _>("position")
             .ok()
@@ -109,15 +111,6 @@ async fn load(pool: &PgPool, keys: &[NodeJob]) -> Vec<Loaded> {
         }
     }
     found
-}
-
-fn run_state(row: &sqlx::postgres::PgRow) -> Result<RunState, sqlx::Error> {
-    Ok(RunState {
-        workflow: row.try_get("workflow")?,
-        version: row.try_get("version")?,
-        context: row.try_get("context")?,
-        created_at: row.try_get("created_at")?,
-    })
 }
 
 async fn finish(pool: &PgPool, jobs: &NodeJobs, steps: Vec<FinishedStep>) -> Vec<Finished> {
@@ -157,7 +150,7 @@ pub(super) async fn finish_steps(
     jobs: &NodeJobs,
     steps: &[FinishedStep],
 ) -> Result<(), WorkflowError> {
-    let rows = sqlx::query(sql::FINISH_STEPS)
+    let next: Vec<(i64, i32, String)> = sqlx::query_as(sql::FINISH_STEPS)
         .bind(steps.iter().map(|s| s.job.run).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.job.epoch).collect::<Vec<_>>())
         .bind(
@@ -166,7 +159,7 @@ pub(super) async fn finish_steps(
                 .map(|s| s.job.node.as_str())
                 .collect::<Vec<_>>(),
         )
-        .bind(steps.iter().map(|s| s.from).collect::<Vec<_>>())
+        .bind(steps.iter().map(|s| s.from.as_str()).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.outcome.as_str()).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| &s.output).collect::<Vec<_>>())
         .bind(
@@ -185,15 +178,5 @@ pub(super) async fn finish_steps(
         .bind(steps.iter().map(|s| s.job.started_at).collect::<Vec<_>>())
         .fetch_all(&mut *conn)
         .await?;
-    let next = rows
-        .iter()
-        .map(|row| {
-            Ok((
-                row.try_get("run_id")?,
-                row.try_get("epoch")?,
-                row.try_get("node_id")?,
-            ))
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     jobs.enqueue_run_phase(conn, next).await
 }

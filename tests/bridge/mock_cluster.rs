@@ -9,6 +9,7 @@ use crate::common::*;
 use crate::kafka::*;
 use herald::bridge::RouteSettings;
 use herald::bridge::dead_letters::{self, DeadLetterQuery};
+use herald::workflow::RunStatus;
 use serde_json::json;
 
 const SIGNUP: &str = r#"
@@ -521,13 +522,16 @@ async fn an_http_event_and_a_kafka_event_complete_one_wait_node_in_either_order(
     .await;
     assert_eq!(
         flow.run(run_b).await.status,
-        "running",
+        RunStatus::Running,
         "b still waits for its payment"
     );
     api.event("paid", "b").await;
 
     for run in [run_a, run_b] {
-        assert_eq!(flow.finished(run, "completed").await.status, "completed");
+        assert_eq!(
+            flow.finished(run, "completed").await.status,
+            RunStatus::Completed
+        );
     }
     assert_eq!(flow.recorder.messages().len(), 2, "one message per order");
     bridge.stop().await;

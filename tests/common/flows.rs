@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use herald::channels::{Channel, Channels, Message, SendError, SendFuture, Sent};
 use herald::queue::HandlerRegistry;
-use herald::workflow::{Engine, EventReceipt, NewEvent, RunView, Started};
+use herald::workflow::{Engine, EventReceipt, NewEvent, RunStatus, RunView, Started};
 use serde_json::Value;
 
 use super::{RunningWorker, TestDb, options, settings, wait_until};
@@ -190,11 +190,11 @@ impl Flow {
             || async {
                 let run = self.run(id).await;
                 assert!(
-                    run.status == "running" || run.status == status,
+                    run.status == RunStatus::Running || run.status.as_str() == status,
                     "run {id} ended {} instead of {status}: {run:#?}",
                     run.status
                 );
-                run.status == status
+                run.status.as_str() == status
             },
         )
         .await;
@@ -211,7 +211,7 @@ impl Flow {
                     .await
                     .steps
                     .iter()
-                    .any(|s| s.node == node && s.status == status)
+                    .any(|s| s.node == node && s.status.as_str() == status)
             },
         )
         .await;
@@ -246,7 +246,7 @@ pub fn step<'a>(run: &'a RunView, node: &str) -> &'a herald::workflow::StepView 
 pub fn timeline(run: &RunView) -> Vec<(String, String, Option<String>)> {
     run.steps
         .iter()
-        .map(|s| (s.node.clone(), s.status.clone(), s.outcome.clone()))
+        .map(|s| (s.node.clone(), s.status.to_string(), s.outcome.clone()))
         .collect()
 }
 

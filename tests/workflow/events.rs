@@ -4,6 +4,7 @@
 use crate::common;
 
 use crate::common::flows::{Flow, example, step};
+use herald::workflow::{RunStatus, StepStatus};
 use serde_json::json;
 
 const WAIT3: &str = r#"
@@ -63,7 +64,7 @@ async fn every_ordering_of_three_events_before_and_after_the_wait_completes_once
             flow.step_reaches(*id, "gate", "waiting").await;
             assert_eq!(
                 flow.run(*id).await.status,
-                "running",
+                RunStatus::Running,
                 "{key}: no early resume"
             );
         }
@@ -98,7 +99,10 @@ async fn a_duplicate_event_counts_once() {
     assert!(again.duplicate);
     // Still waiting: `c` is missing. The redelivered `a` was not stored a second time.
     flow.event("b", "dup", "ev-2").await;
-    assert_eq!(step(&flow.run(id).await, "gate").status, "waiting");
+    assert_eq!(
+        step(&flow.run(id).await, "gate").status,
+        StepStatus::Waiting
+    );
     let stored = common::scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_events").await;
     assert_eq!(stored, 2);
     flow.event("c", "dup", "ev-3").await;
@@ -122,7 +126,10 @@ async fn events_for_another_key_or_name_do_not_count() {
     ] {
         flow.event(name, key, &format!("{name}-{key}")).await;
     }
-    assert_eq!(step(&flow.run(id).await, "gate").status, "waiting");
+    assert_eq!(
+        step(&flow.run(id).await, "gate").status,
+        StepStatus::Waiting
+    );
     flow.stop().await;
 }
 
@@ -226,7 +233,10 @@ async fn any_and_at_least_modes() {
     flow.step_reaches(id, "any_gate", "completed").await;
     flow.event("vote", "m", "v1").await;
     flow.event("vote", "m", "v1").await; // the same vote again
-    assert_eq!(step(&flow.run(id).await, "two_gate").status, "waiting");
+    assert_eq!(
+        step(&flow.run(id).await, "two_gate").status,
+        StepStatus::Waiting
+    );
     flow.event("vote", "m", "v2").await;
     let run = flow.finished(id, "completed").await;
     assert_eq!(

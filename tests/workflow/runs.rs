@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::common::flows::{Behaviour, Flow, example, step, timeline};
 use chrono::Utc;
+use herald::workflow::{RunStatus, StepStatus};
 use serde_json::json;
 
 async fn dead_letters_reach(flow: &Flow, count: i64) {
@@ -101,7 +102,7 @@ async fn branch_takes_the_first_matching_case_or_the_default() {
     ] {
         let run = flow.finished(id, "completed").await;
         assert_eq!(step(&run, "tier").outcome.as_deref(), Some(outcome));
-        assert_eq!(step(&run, node).status, "completed");
+        assert_eq!(step(&run, node).status, StepStatus::Completed);
         assert_eq!(
             run.steps.len(),
             4,
@@ -220,12 +221,12 @@ async fn a_rejected_email_follows_on_error_to_the_sms_fallback_and_is_dead_lette
     let id = flow.trigger("welcome", data).await;
     let run = flow.finished(id, "completed").await;
     let email = step(&run, "welcome_email");
-    assert_eq!(email.status, "failed");
+    assert_eq!(email.status, StepStatus::Failed);
     assert!(
         email.error.as_deref().unwrap_or("").contains("rejected"),
         "{email:?}"
     );
-    assert_eq!(step(&run, "fallback_sms").status, "completed");
+    assert_eq!(step(&run, "fallback_sms").status, StepStatus::Completed);
     let sms = flow.recorder.to("+15550002");
     assert_eq!(sms.len(), 1);
     assert!(sms[0].content["body"].contains("could not reach bounce@example.com"));
@@ -260,7 +261,7 @@ async fn transient_failures_are_retried_and_the_attempts_are_recorded() {
     let run = flow.finished(id, "completed").await;
     let send = step(&run, "send");
     assert_eq!(send.attempts, 3);
-    assert_eq!(send.status, "completed");
+    assert_eq!(send.status, StepStatus::Completed);
     assert_eq!(send.error, None, "a later success clears the error");
     assert_eq!(flow.recorder.to("+1").len(), 1);
     assert_eq!(run.context["done"], true);
@@ -365,7 +366,10 @@ async fn delay_nodes_start_the_next_node_on_time_without_holding_a_worker() {
         common::scalar_i64(&flow.db.pool, leased).await == 0
     })
     .await;
-    assert_eq!(step(&flow.run(id).await, "pause").status, "waiting");
+    assert_eq!(
+        step(&flow.run(id).await, "pause").status,
+        StepStatus::Waiting
+    );
     let run = flow.finished(id, "completed").await;
     let pause = step(&run, "pause");
     let after_pause = step(&run, "until").started_at.expect("until started");
@@ -406,8 +410,8 @@ async fn cancelling_a_run_stops_its_pending_nodes() {
         .await;
     flow.step_reaches(id, "until", "waiting").await;
     let run = flow.engine.cancel_run(id).await.expect("cancel");
-    assert_eq!(run.status, "cancelled");
-    assert_eq!(step(&run, "until").status, "cancelled");
+    assert_eq!(run.status, RunStatus::Cancelled);
+    assert_eq!(step(&run, "until").status, StepStatus::Cancelled);
     let again = flow
         .engine
         .cancel_run(id)
@@ -421,7 +425,7 @@ async fn cancelling_a_run_stops_its_pending_nodes() {
         .unwrap();
     flow.queue_drained().await;
     let run = flow.run(id).await;
-    assert_eq!(run.status, "cancelled");
+    assert_eq!(run.status, RunStatus::Cancelled);
     assert!(run.steps.iter().all(|s| s.node != "done"));
     assert!(flow.recorder.messages().is_empty());
     flow.stop().await;
