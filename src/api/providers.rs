@@ -11,6 +11,7 @@ use super::auth::Caller;
 use super::error::ApiError;
 use super::keys::Scope;
 use super::responses::ReadAuth;
+use crate::channels::breaker::CircuitState;
 use crate::channels::circuits::{self, CircuitRecord};
 use crate::channels::provider::{CommonSettings, parse_settings};
 use crate::channels::{ChainSettings, ProviderTables};
@@ -101,7 +102,7 @@ pub async fn refresh_circuit_gauges(state: &ApiState) -> Result<(), ApiError> {
     for provider in &state.providers {
         let open = records
             .iter()
-            .filter(|c| c.provider == provider.name && c.state == "open")
+            .filter(|c| c.provider == provider.name && c.state == CircuitState::Open)
             .filter(|c| c.open_until.is_some_and(|until| until > now))
             .count();
         state
@@ -116,11 +117,12 @@ pub async fn refresh_circuit_gauges(state: &ApiState) -> Result<(), ApiError> {
 /// An open circuit whose cooldown has passed is about to half-open: it no longer counts as open.
 fn fleet_state(circuits: &[CircuitRecord]) -> &'static str {
     let now = Utc::now();
-    let open =
-        |c: &&CircuitRecord| c.state == "open" && c.open_until.is_some_and(|until| until > now);
+    let open = |c: &&CircuitRecord| {
+        c.state == CircuitState::Open && c.open_until.is_some_and(|until| until > now)
+    };
     if circuits.iter().any(|c| open(&c)) {
         "open"
-    } else if circuits.iter().any(|c| c.state == "half_open") {
+    } else if circuits.iter().any(|c| c.state == CircuitState::HalfOpen) {
         "half_open"
     } else {
         "closed"

@@ -8,10 +8,17 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// A provider's circuit in one worker process.
+// Spelled as `herald_provider_circuits.state` stores it.
+// sqlx declares this type by name (`text`): bind `as_str()`, since binding the enum itself costs a type lookup
+// per connection.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum CircuitState {
     Closed,
     Open,
@@ -19,6 +26,8 @@ pub enum CircuitState {
 }
 
 impl CircuitState {
+    pub const ALL: [CircuitState; 3] = [Self::Closed, Self::Open, Self::HalfOpen];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Closed => "closed",
@@ -204,6 +213,27 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn circuit_states_are_spelled_as_the_circuits_table_stores_them() {
+        for state in CircuitState::ALL {
+            let json = serde_json::to_value(state).unwrap();
+            assert_eq!(json, state.as_str());
+            assert_eq!(serde_json::from_value::<CircuitState>(json).unwrap(), state);
+            // sqlx writes (and reads) the same spelling.
+            let mut sent = sqlx::postgres::PgArgumentBuffer::default();
+            let _ = sqlx::Encode::<sqlx::Postgres>::encode_by_ref(&state, &mut sent);
+            assert_eq!(&sent[..], state.as_str().as_bytes());
+        }
+        let quoted: Vec<String> = CircuitState::ALL
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        let check = format!("CHECK (state IN ({}))", quoted.join(", "));
+        let migration = include_str!("../../migrations/0004_channels.sql");
+        let migration = migration.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(migration.contains(&check), "{check} not in the migration");
+    }
 
     #[test]
     fn opens_after_the_threshold_and_probes_after_the_cooldown() {

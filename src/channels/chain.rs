@@ -29,8 +29,8 @@ use tokio::sync::mpsc;
 use super::breaker::{Admission, Breaker, Transition};
 use super::limits::{FleetLimits, WaitTooLong};
 use super::{
-    Attempt, Channel, ChannelKind, Message, Outcome, Provider, SendError, SendFuture, SendReport,
-    Sent,
+    Attempt, AttemptOutcome, Channel, ChannelKind, Message, Outcome, Provider, SendError,
+    SendFuture, SendReport, Sent,
 };
 
 /// How chains retry, wait and fall back (from `[channels]`).
@@ -147,7 +147,7 @@ impl ProviderChain {
                 format!(
                     "{}: {}",
                     a.provider,
-                    a.reason.as_deref().unwrap_or(&a.outcome)
+                    a.reason.as_deref().unwrap_or(a.outcome.as_str())
                 )
             })
             .collect();
@@ -158,10 +158,12 @@ impl ProviderChain {
         };
         let retry_after = send.retry_hint;
         // Only skips and rate limits: no provider failed, they just cannot take the message now.
-        let waiting = send
-            .attempts
-            .iter()
-            .all(|a| a.outcome == "skipped" || a.outcome == "rate_limited");
+        let waiting = send.attempts.iter().all(|a| {
+            matches!(
+                a.outcome,
+                AttemptOutcome::Skipped | AttemptOutcome::RateLimited
+            )
+        });
         let error = if waiting && !send.attempts.is_empty() {
             SendError::Unavailable {
                 message,
@@ -307,7 +309,7 @@ impl ChainSend<'_> {
         }
         self.attempts.push(Attempt {
             provider: provider.to_string(),
-            outcome: "skipped".into(),
+            outcome: AttemptOutcome::Skipped,
             reason: Some(reason.to_string()),
             latency_ms: 0,
         });
@@ -319,7 +321,7 @@ impl ChainSend<'_> {
         }
         self.attempts.push(Attempt {
             provider: provider.to_string(),
-            outcome: outcome.label().to_string(),
+            outcome: outcome.attempt_outcome(),
             reason: outcome.reason().map(str::to_string),
             latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
         });
@@ -438,8 +440,9 @@ mod tests {
             .await;
         assert_eq!(report.result.unwrap().provider, "ses");
         assert_eq!((first.calls(), second.calls()), (2, 1));
-        let outcomes: Vec<_> = report.attempts.iter().map(|a| a.outcome.as_str()).collect();
-        assert_eq!(outcomes, ["transient", "transient", "sent"]);
+        let outcomes: Vec<_> = report.attempts.iter().map(|a| a.outcome).collect();
+        let (transient, sent) = (AttemptOutcome::Transient, AttemptOutcome::Sent);
+        assert_eq!(outcomes, [transient, transient, sent]);
     }
 
     #[tokio::test]
@@ -469,7 +472,7 @@ mod tests {
             1,
             "the open circuit kept the second send away"
         );
-        assert_eq!(report.attempts[0].outcome, "skipped");
+        assert_eq!(report.attempts[0].outcome, AttemptOutcome::Skipped);
     }
 
     #[tokio::test]

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::breaker::Transition;
+use super::breaker::{CircuitState, Transition};
 use super::chain::ProviderFleet;
 use super::sql;
 
@@ -57,12 +57,12 @@ pub async fn record(
 }
 
 /// One process's circuit for one provider, as recorded.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct CircuitRecord {
     pub provider: String,
     pub worker_id: Uuid,
     /// `closed`, `open` or `half_open`.
-    pub state: String,
+    pub state: CircuitState,
     pub consecutive_failures: i32,
     pub open_until: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
@@ -70,20 +70,7 @@ pub struct CircuitRecord {
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<CircuitRecord>, sqlx::Error> {
-    let rows = sqlx::query(sql::LIST_CIRCUITS).fetch_all(pool).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(CircuitRecord {
-                provider: row.try_get("provider")?,
-                worker_id: row.try_get("worker_id")?,
-                state: row.try_get("state")?,
-                consecutive_failures: row.try_get("consecutive_failures")?,
-                open_until: row.try_get("open_until")?,
-                last_error: row.try_get("last_error")?,
-                updated_at: row.try_get("updated_at")?,
-            })
-        })
-        .collect()
+    sqlx::query_as(sql::LIST_CIRCUITS).fetch_all(pool).await
 }
 
 /// Counts the live workers serving `queue` every `every` and re-divides the rate limits when the count changes.

@@ -22,7 +22,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use super::sql;
 use super::{ChannelKind, DeliveryStatus, SendError, SendReport, Sent};
@@ -49,21 +49,28 @@ pub enum Begin {
     OutcomeUnknown { id: i64 },
 }
 
+/// `CLAIM_DELIVERY`'s answer: the delivery as it stands, locked, and whether its recipient is suppressed.
+#[derive(sqlx::FromRow)]
+struct ClaimedDelivery {
+    id: i64,
+    status: DeliveryStatus,
+    provider: Option<String>,
+    provider_message_id: Option<String>,
+    suppressed_reason: Option<String>,
+}
+
 /// Decides and records what a send attempt does with the delivery (see the module docs).
 pub async fn begin(pool: &PgPool, key: DeliveryKey<'_>) -> Result<Begin, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let row = sqlx::query(sql::CLAIM_DELIVERY)
+    let claimed: ClaimedDelivery = sqlx::query_as(sql::CLAIM_DELIVERY)
         .bind(key.run_id)
         .bind(key.node)
         .bind(key.recipient)
         .bind(key.channel.as_str())
         .fetch_one(&mut *tx)
         .await?;
-    let id: i64 = row.try_get("id")?;
-    let status: String = row.try_get("status")?;
-    let suppressed: Option<String> = row.try_get("suppressed_reason")?;
-    let status = DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Queued);
-    let (begin, new_status, reason) = decide(id, status, suppressed, &row)?;
+    let id = claimed.id;
+    let (begin, new_status, reason) = decide(claimed);
     if let Some(new_status) = new_status {
         sqlx::query(sql::SET_DELIVERY_STATUS)
             .bind(id)
@@ -79,20 +86,20 @@ pub async fn begin(pool: &PgPool, key: DeliveryKey<'_>) -> Result<Begin, sqlx::E
 
 type Decision = (Begin, Option<DeliveryStatus>, Option<String>);
 
-fn decide(
-    id: i64,
-    status: DeliveryStatus,
-    suppressed: Option<String>,
-    row: &sqlx::postgres::PgRow,
-) -> Result<Decision, sqlx::Error> {
+fn decide(claimed: ClaimedDelivery) -> Decision {
     use DeliveryStatus as S;
-    Ok(match (status, suppressed) {
+    let ClaimedDelivery {
+        id,
+        status,
+        provider,
+        provider_message_id,
+        suppressed_reason,
+    } = claimed;
+    match (status, suppressed_reason) {
         (S::Sent | S::Delivered | S::Bounced, _) => {
             let sent = Sent {
-                provider: row
-                    .try_get::<Option<String>, _>("provider")?
-                    .unwrap_or_default(),
-                provider_message_id: row.try_get("provider_message_id")?,
+                provider: provider.unwrap_or_default(),
+                provider_message_id,
             };
             (Begin::AlreadySent { id, sent }, None, None)
         }
@@ -108,7 +115,7 @@ fn decide(
             (Begin::OutcomeUnknown { id }, Some(S::Unknown), Some(note))
         }
         (_, None) => (Begin::Send { id }, Some(S::Sending), None),
-    })
+    }
 }
 
 /// Records a send's result on its delivery (and the recipient on the suppression list if the provider said so).
@@ -196,7 +203,7 @@ pub async fn unsuppress(
 }
 
 /// One suppressed address.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Suppression {
     pub channel: String,
     pub address: String,
@@ -206,32 +213,21 @@ pub struct Suppression {
 }
 
 pub async fn list_suppressions(pool: &PgPool, limit: i64) -> Result<Vec<Suppression>, sqlx::Error> {
-    let rows = sqlx::query(sql::LIST_SUPPRESSIONS)
+    sqlx::query_as(sql::LIST_SUPPRESSIONS)
         .bind(limit)
         .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Suppression {
-                channel: row.try_get("channel")?,
-                address: row.try_get("address")?,
-                reason: row.try_get("reason")?,
-                provider: row.try_get("provider")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .collect()
+        .await
 }
 
 /// A delivery as the API shows it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Delivery {
     pub id: i64,
     pub run_id: i64,
     pub node_id: String,
     pub recipient: String,
     pub channel: String,
-    pub status: String,
+    pub status: DeliveryStatus,
     pub provider: Option<String>,
     pub provider_message_id: Option<String>,
     /// Every provider call: `{provider, outcome, reason, latency_ms}`.
@@ -246,29 +242,10 @@ pub struct Delivery {
 }
 
 pub async fn for_run(pool: &PgPool, run_id: i64) -> Result<Vec<Delivery>, sqlx::Error> {
-    let rows = sqlx::query(sql::RUN_DELIVERIES)
+    sqlx::query_as(sql::RUN_DELIVERIES)
         .bind(run_id)
         .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|row| {
-            Ok(Delivery {
-                id: row.try_get("id")?,
-                run_id: row.try_get("run_id")?,
-                node_id: row.try_get("node_id")?,
-                recipient: row.try_get("recipient")?,
-                channel: row.try_get("channel")?,
-                status: row.try_get("status")?,
-                provider: row.try_get("provider")?,
-                provider_message_id: row.try_get("provider_message_id")?,
-                attempts: row.try_get("attempts")?,
-                history: row.try_get("history")?,
-                error: row.try_get("error")?,
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
-            })
-        })
-        .collect()
+        .await
 }
 
 /// A provider's report about a message it accepted (a delivery callback), normalized.
@@ -333,16 +310,13 @@ async fn suppress_callback_recipient(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     update: &CallbackUpdate<'_>,
 ) -> Result<(), sqlx::Error> {
-    let delivery = sqlx::query(sql::DELIVERY_BY_PROVIDER_ID)
+    let delivery: Option<(String, String)> = sqlx::query_as(sql::DELIVERY_BY_PROVIDER_ID)
         .bind(update.provider)
         .bind(update.provider_message_id)
         .fetch_optional(&mut **tx)
         .await?;
-    let (channel, address) = match &delivery {
-        Some(row) => (
-            ChannelKind::parse(&row.try_get::<String, _>("channel")?),
-            Some(row.try_get::<String, _>("recipient")?),
-        ),
+    let (channel, address) = match delivery {
+        Some((channel, recipient)) => (ChannelKind::parse(&channel), Some(recipient)),
         None => (
             super::providers::channel_of(update.provider),
             update.recipient.map(str::to_string),

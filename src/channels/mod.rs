@@ -45,7 +45,7 @@ pub mod settings;
 mod sql;
 pub mod status;
 
-pub use outcome::{Outcome, RateScope};
+pub use outcome::{AttemptOutcome, Outcome, RateScope};
 pub use provider::{Provider, ProviderConfigError, Secret};
 pub use settings::{ChainSettings, ChannelSettings, ProviderTables, Sink};
 pub use status::DeliveryStatus;
@@ -142,7 +142,7 @@ pub struct Attempt {
     pub provider: String,
     /// `sent`, `transient`, `rate_limited`, `permanent`, `suppressed`, `config`, or `skipped` (circuit open or
     /// no permit in time: no call was made).
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub latency_ms: u64,

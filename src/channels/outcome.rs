@@ -2,9 +2,10 @@
 //! exactly one [`Outcome`]. The chain in `chain.rs` decides what to do with it (retry, fall back, re-schedule,
 //! dead-letter), so adapters never retry or sleep themselves.
 
+use std::fmt;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One provider call's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,51 @@ pub enum Outcome {
     Permanent { reason: String, suppress: bool },
     /// Our credentials or account are wrong: this provider cannot send anything until an operator fixes it.
     Config { reason: String },
+}
+
+/// How one provider call (or skipped call) of a send ended, as a delivery's `attempts` and the metrics name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Sent,
+    Transient,
+    RateLimited,
+    Permanent,
+    /// A permanent failure that put the recipient on the suppression list.
+    Suppressed,
+    Config,
+    /// No call was made: the circuit was open, or no rate permit came in time.
+    Skipped,
+}
+
+impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 7] = [
+        Self::Sent,
+        Self::Transient,
+        Self::RateLimited,
+        Self::Permanent,
+        Self::Suppressed,
+        Self::Config,
+        Self::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sent => "sent",
+            Self::Transient => "transient",
+            Self::RateLimited => "rate_limited",
+            Self::Permanent => "permanent",
+            Self::Suppressed => "suppressed",
+            Self::Config => "config",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What a rate limit applies to.
@@ -75,16 +121,21 @@ impl Outcome {
         }
     }
 
+    /// How the call ended, as a delivery's attempts record it.
+    pub fn attempt_outcome(&self) -> AttemptOutcome {
+        match self {
+            Self::Sent { .. } => AttemptOutcome::Sent,
+            Self::Transient { .. } => AttemptOutcome::Transient,
+            Self::RateLimited { .. } => AttemptOutcome::RateLimited,
+            Self::Permanent { suppress: true, .. } => AttemptOutcome::Suppressed,
+            Self::Permanent { .. } => AttemptOutcome::Permanent,
+            Self::Config { .. } => AttemptOutcome::Config,
+        }
+    }
+
     /// The short name used in metrics, timelines and delivery attempts.
     pub fn label(&self) -> &'static str {
-        match self {
-            Self::Sent { .. } => "sent",
-            Self::Transient { .. } => "transient",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::Permanent { suppress: true, .. } => "suppressed",
-            Self::Permanent { .. } => "permanent",
-            Self::Config { .. } => "config",
-        }
+        self.attempt_outcome().as_str()
     }
 
     /// The reason text, if the outcome is a failure.
@@ -96,5 +147,40 @@ impl Outcome {
             | Self::Permanent { reason, .. }
             | Self::Config { reason } => Some(reason),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attempt_outcomes_are_spelled_as_delivery_attempts_store_them() {
+        for outcome in AttemptOutcome::ALL {
+            let json = serde_json::to_value(outcome).unwrap();
+            assert_eq!(json, outcome.as_str());
+            assert_eq!(outcome.to_string(), outcome.as_str());
+            assert_eq!(
+                serde_json::from_value::<AttemptOutcome>(json).unwrap(),
+                outcome
+            );
+        }
+        // The metrics label of each provider answer is its attempt's outcome.
+        let answers = [
+            Outcome::Sent {
+                provider_message_id: None,
+            },
+            Outcome::transient("503"),
+            Outcome::rate_limited(None, "429"),
+            Outcome::permanent("bad address"),
+            Outcome::suppress("bounced"),
+            Outcome::config("401"),
+        ];
+        let labels: Vec<&str> = answers.iter().map(Outcome::label).collect();
+        let spelled: Vec<&str> = AttemptOutcome::ALL[..6]
+            .iter()
+            .map(|o| o.as_str())
+            .collect();
+        assert_eq!(labels, spelled);
     }
 }

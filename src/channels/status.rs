@@ -1,10 +1,20 @@
 //! A delivery's status. Statuses only move forward: a late or repeated callback never moves a delivery back
 //! (`delivered` followed by a late `sent` stays `delivered`).
 
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A delivery's status. A provider's callback only moves it forward, in the order `queued`, `sending`, `unknown`,
+/// `sent`, `delivered`, then `bounced`, `failed` or `suppressed`.
+// Spelled as `herald_deliveries.status` stores it.
+// sqlx declares this type by name (`text`): bind `as_str()`, since binding the enum itself costs a type lookup
+// per connection.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
 pub enum DeliveryStatus {
     /// Recorded, not sent yet (or a definite failure that will be retried).
     Queued,
@@ -64,6 +74,48 @@ impl DeliveryStatus {
             Self::Sent => 3,
             Self::Delivered => 4,
             Self::Bounced | Self::Failed | Self::Suppressed => 5,
+        }
+    }
+}
+
+impl fmt::Display for DeliveryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delivery_statuses_are_spelled_as_the_deliveries_table_stores_them() {
+        for status in DeliveryStatus::ALL {
+            let json = serde_json::to_value(status).unwrap();
+            assert_eq!(json, status.as_str());
+            assert_eq!(status.to_string(), status.as_str());
+            assert_eq!(
+                serde_json::from_value::<DeliveryStatus>(json).unwrap(),
+                status
+            );
+            assert_eq!(DeliveryStatus::parse(status.as_str()), Some(status));
+            // sqlx writes (and reads) the same spelling.
+            let mut sent = sqlx::postgres::PgArgumentBuffer::default();
+            let _ = sqlx::Encode::<sqlx::Postgres>::encode_by_ref(&status, &mut sent);
+            assert_eq!(&sent[..], status.as_str().as_bytes());
+        }
+        let migration = include_str!("../../migrations/0004_channels.sql");
+        let migration = migration.split_whitespace().collect::<Vec<_>>().join(" ");
+        let quoted: Vec<String> = DeliveryStatus::ALL
+            .iter()
+            .map(|s| format!("'{s}'"))
+            .collect();
+        let check = format!("CHECK (status IN ({}))", quoted.join(", "));
+        assert!(migration.contains(&check), "{check} not in the migration");
+        // The rank function in the migration orders the statuses as `rank` does.
+        for status in DeliveryStatus::ALL.into_iter().filter(|s| s.rank() < 5) {
+            let arm = format!("WHEN '{status}' THEN {}", status.rank());
+            assert!(migration.contains(&arm), "{arm} not in the migration");
         }
     }
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use crate::common::flows::{Flow, step};
 use crate::fake_provider::{FakeProvider, Reply};
+use herald::channels::DeliveryStatus;
+use herald::channels::breaker::CircuitState;
 use herald::config::Settings;
 use serde_json::json;
 
@@ -99,7 +101,7 @@ async fn a_failing_first_provider_is_retried_then_the_next_one_sends() {
         .await
         .unwrap();
     assert_eq!(deliveries.len(), 1);
-    assert_eq!(deliveries[0].status, "sent");
+    assert_eq!(deliveries[0].status, DeliveryStatus::Sent);
     assert_eq!(deliveries[0].provider.as_deref(), Some("discord"));
     flow.stop().await;
 }
@@ -131,7 +133,7 @@ async fn a_permanent_answer_fails_the_node_and_never_falls_back() {
     let deliveries = herald::channels::deliveries::for_run(&flow.db.pool, id)
         .await
         .unwrap();
-    assert_eq!(deliveries[0].status, "failed");
+    assert_eq!(deliveries[0].status, DeliveryStatus::Failed);
     flow.stop().await;
 }
 
@@ -164,7 +166,7 @@ async fn a_config_failure_opens_the_circuit_and_the_fleet_view_shows_it() {
                 .unwrap();
             circuits
                 .iter()
-                .any(|c| c.provider == "slack" && c.state == "open")
+                .any(|c| c.provider == "slack" && c.state == CircuitState::Open)
         },
     )
     .await;
@@ -197,7 +199,7 @@ async fn a_run_retry_after_a_permanent_failure_sends_once_more_and_a_sent_node_i
         1,
         "one delivery row per (run, node, recipient, channel)"
     );
-    assert_eq!(deliveries[0].status, "sent");
+    assert_eq!(deliveries[0].status, DeliveryStatus::Sent);
     flow.stop().await;
 }
 
@@ -229,6 +231,6 @@ async fn a_suppressed_recipient_is_skipped_and_the_run_goes_on() {
     let deliveries = herald::channels::deliveries::for_run(&flow.db.pool, id)
         .await
         .unwrap();
-    assert_eq!(deliveries[0].status, "suppressed");
+    assert_eq!(deliveries[0].status, DeliveryStatus::Suppressed);
     flow.stop().await;
 }

@@ -3,7 +3,9 @@
 
 use crate::common::TestDb;
 use herald::channels::deliveries::{self, Applied, Begin, CallbackUpdate, DeliveryKey};
-use herald::channels::{Attempt, ChannelKind, DeliveryStatus, SendError, SendReport, Sent};
+use herald::channels::{
+    Attempt, AttemptOutcome, ChannelKind, DeliveryStatus, SendError, SendReport, Sent,
+};
 
 /// A run row for deliveries to belong to (of a stored one-node workflow).
 async fn run_row(db: &TestDb) -> i64 {
@@ -39,7 +41,7 @@ fn sent_report(provider: &str, id: &str) -> SendReport {
         }),
         attempts: vec![Attempt {
             provider: provider.into(),
-            outcome: "sent".into(),
+            outcome: AttemptOutcome::Sent,
             reason: None,
             latency_ms: 12,
         }],
