@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use super::message::RawMessage;
 use super::store::BatchWriter;
@@ -42,42 +42,58 @@ pub async fn list(
     pool: &PgPool,
     query: &DeadLetterQuery,
 ) -> Result<Vec<BridgeDeadLetter>, BridgeError> {
-    let rows = sqlx::query(sql::LIST_DEAD_LETTERS)
+    let rows: Vec<DeadLetterRow> = sqlx::query_as(sql::LIST_DEAD_LETTERS)
         .bind(query.include_replayed)
         .bind(query.id)
         .bind(query.limit)
         .bind(&query.group_id)
         .fetch_all(pool)
         .await?;
-    rows.iter()
-        .map(|row| {
-            let headers: serde_json::Value = row.try_get("headers")?;
-            let message = RawMessage {
-                topic: row.try_get("topic")?,
-                partition: row.try_get("partition")?,
-                offset: row.try_get("offset")?,
-                key: row.try_get("key")?,
-                headers: RawMessage::headers_from_json(&headers),
-                payload: row.try_get("payload")?,
-                problem: None,
-            };
-            Ok(BridgeDeadLetter {
-                id: row.try_get("id")?,
-                group_id: row.try_get("group_id")?,
-                topic: message.topic.clone(),
-                partition: message.partition,
-                offset: message.offset,
-                error: row.try_get("error")?,
-                created_at: row.try_get("created_at")?,
-                replayed_at: row.try_get("replayed_at")?,
-                key: message.key.as_deref().map(readable),
-                payload: message.payload.as_deref().map(readable),
-                headers,
-                message,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(BridgeError::from)
+    Ok(rows.into_iter().map(BridgeDeadLetter::from).collect())
+}
+
+/// A `herald_bridge_dead_letters` row: the raw message, before it is shown.
+#[derive(sqlx::FromRow)]
+struct DeadLetterRow {
+    id: i64,
+    group_id: String,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<Vec<u8>>,
+    headers: serde_json::Value,
+    payload: Option<Vec<u8>>,
+    error: String,
+    created_at: DateTime<Utc>,
+    replayed_at: Option<DateTime<Utc>>,
+}
+
+impl From<DeadLetterRow> for BridgeDeadLetter {
+    fn from(row: DeadLetterRow) -> Self {
+        let message = RawMessage {
+            topic: row.topic,
+            partition: row.partition,
+            offset: row.offset,
+            key: row.key,
+            headers: RawMessage::headers_from_json(&row.headers),
+            payload: row.payload,
+            problem: None,
+        };
+        BridgeDeadLetter {
+            id: row.id,
+            group_id: row.group_id,
+            topic: message.topic.clone(),
+            partition: message.partition,
+            offset: message.offset,
+            error: row.error,
+            created_at: row.created_at,
+            replayed_at: row.replayed_at,
+            key: message.key.as_deref().map(readable),
+            payload: message.payload.as_deref().map(readable),
+            headers: row.headers,
+            message,
+        }
+    }
 }
 
 /// What a replay did, per row.

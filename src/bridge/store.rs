@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 
 use super::BridgeError;
 use super::message::RawMessage;
@@ -283,13 +283,13 @@ impl BatchWriter {
             .bind(&numbers)
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query(sql::LOCK_OFFSETS)
+        let rows = sqlx::query_as(sql::LOCK_OFFSETS)
             .bind(&self.group)
             .bind(&topics)
             .bind(&numbers)
             .fetch_all(&mut *tx)
             .await?;
-        offsets_by_partition(&rows)
+        Ok(offsets_by_partition(rows))
     }
 
     async fn insert_dead_letters(
@@ -355,30 +355,27 @@ impl BatchWriter {
 
     /// The next offset stored for every partition of this group that has one.
     pub async fn stored_offsets(&self) -> Result<HashMap<Partition, i64>, BridgeError> {
-        let rows = sqlx::query(sql::READ_OFFSETS)
+        let rows = sqlx::query_as(sql::READ_OFFSETS)
             .bind(&self.group)
             .fetch_all(&self.pool)
             .await?;
-        offsets_by_partition(&rows)
+        Ok(offsets_by_partition(rows))
     }
 }
 
-/// `(topic, partition) -> next_offset` from offset rows (`Option<i64>` where the row may be new).
-fn offsets_by_partition<T>(
-    rows: &[sqlx::postgres::PgRow],
-) -> Result<HashMap<Partition, T>, BridgeError>
-where
-    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
-{
-    rows.iter()
-        .map(|row| {
-            Ok((
-                (row.try_get("topic")?, row.try_get("partition")?),
-                row.try_get("next_offset")?,
-            ))
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(BridgeError::from)
+/// A partition's stored offset: `Option<i64>` where the row may be new (NULL until its first batch commits).
+#[derive(sqlx::FromRow)]
+struct OffsetRow<T> {
+    topic: String,
+    partition: i32,
+    next_offset: T,
+}
+
+/// `(topic, partition) -> next_offset` from offset rows.
+fn offsets_by_partition<T>(rows: Vec<OffsetRow<T>>) -> HashMap<Partition, T> {
+    rows.into_iter()
+        .map(|row| ((row.topic, row.partition), row.next_offset))
+        .collect()
 }
 
 /// The messages at or above their partition's stored offset.
