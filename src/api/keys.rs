@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::Serialize;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use utoipa::ToSchema;
 
 /// What a key may do.
@@ -50,7 +50,7 @@ const REVOKE: &str =
     "UPDATE herald_api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL";
 
 /// A key as `herald keys list` shows it (never the key itself).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct KeyRecord {
     pub id: i64,
     pub name: String,
@@ -77,7 +77,7 @@ pub async fn create(
     );
     let prefix = key[..11].to_string();
     let scope_names: Vec<String> = scopes.iter().map(|s| s.as_str().to_string()).collect();
-    let row = sqlx::query(CREATE)
+    let (id, created_at) = sqlx::query_as(CREATE)
         .bind(name)
         .bind(&prefix)
         .bind(&key)
@@ -85,11 +85,11 @@ pub async fn create(
         .fetch_one(pool)
         .await?;
     let record = KeyRecord {
-        id: row.try_get("id")?,
+        id,
         name: name.to_string(),
         prefix,
         scopes: scope_names,
-        created_at: row.try_get("created_at")?,
+        created_at,
         revoked_at: None,
     };
     Ok((key, record))
@@ -97,30 +97,15 @@ pub async fn create(
 
 /// The live key matching `key`: its id and scopes.
 pub async fn lookup(pool: &PgPool, key: &str) -> Result<Option<(i64, Vec<Scope>)>, sqlx::Error> {
-    let Some(row) = sqlx::query(LOOKUP).bind(key).fetch_optional(pool).await? else {
-        return Ok(None);
-    };
-    let scopes: Vec<String> = row.try_get("scopes")?;
-    Ok(Some((
-        row.try_get("id")?,
-        scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
-    )))
+    let found: Option<(i64, Vec<String>)> = sqlx::query_as(LOOKUP)
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
+    Ok(found.map(|(id, scopes)| (id, scopes.iter().filter_map(|s| Scope::parse(s)).collect())))
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<KeyRecord>, sqlx::Error> {
-    let rows = sqlx::query(LIST).fetch_all(pool).await?;
-    rows.iter()
-        .map(|row| {
-            Ok(KeyRecord {
-                id: row.try_get("id")?,
-                name: row.try_get("name")?,
-                prefix: row.try_get("prefix")?,
-                scopes: row.try_get("scopes")?,
-                created_at: row.try_get("created_at")?,
-                revoked_at: row.try_get("revoked_at")?,
-            })
-        })
-        .collect()
+    sqlx::query_as(LIST).fetch_all(pool).await
 }
 
 /// Revokes a key; false if there is no live key with that id.
