@@ -15,7 +15,9 @@ use utoipa::IntoResponses;
 
 use super::error::Problem;
 
-/// An auth group; only the 403's text differs between scopes.
+/// An auth group; only the 403's text differs between scopes. (Not formatted by rustfmt, which does not settle on
+/// an indentation for a macro variable inside an attribute.)
+#[rustfmt::skip]
 macro_rules! auth_group {
     ($name:ident, $forbidden:tt) => {
         #[derive(IntoResponses)]
@@ -27,10 +29,10 @@ macro_rules! auth_group {
             )]
             Unauthorized(Problem),
             #[response(
-                        status = 403,
-                        description = $forbidden,
-                        content_type = "application/problem+json"
-                    )]
+                status = 403,
+                description = $forbidden,
+                content_type = "application/problem+json"
+            )]
             Forbidden(Problem),
             #[response(
                 status = 429,
