@@ -110,22 +110,6 @@ impl App {
         Ok(())
     }
 
-    /// Worker options from `[worker]` and `[jobs]`, with command-line overrides applied.
-    pub fn worker_options(
-        &self,
-        queues: Option<Vec<String>>,
-        concurrency: Option<std::num::NonZeroUsize>,
-    ) -> Result<WorkerOptions, InvalidSetting> {
-        let mut section = self.settings.worker.clone();
-        if let Some(concurrency) = concurrency {
-            section.concurrency = concurrency;
-        }
-        if let Some(queues) = queues {
-            section.queues = queues;
-        }
-        WorkerOptions::new(&section, &self.settings.jobs)
-    }
-
     /// Serves the HTTP API on `listener` until `shutdown`.
     pub async fn serve_api(
         &self,
@@ -191,6 +175,23 @@ impl App {
             Arc::clone(&self.engine),
         )
     }
+}
+
+/// Worker options from `[worker]` and `[jobs]`, with command-line overrides applied. Checked before [`App::boot`],
+/// so a bad `--queues` fails before anything connects.
+pub fn worker_options(
+    settings: &Settings,
+    queues: Option<Vec<String>>,
+    concurrency: Option<std::num::NonZeroUsize>,
+) -> Result<WorkerOptions, InvalidSetting> {
+    let mut section = settings.worker.clone();
+    if let Some(concurrency) = concurrency {
+        section.concurrency = concurrency;
+    }
+    if let Some(queues) = queues {
+        section.queues = queues;
+    }
+    WorkerOptions::new(&section, &settings.jobs)
 }
 
 /// The channels settings configure (with `channels.sink = "providers"`, every provider's adapter is built here: a
@@ -298,8 +299,8 @@ impl Worker {
 
     /// Runs inside your own runtime until `shutdown` is cancelled.
     pub async fn run_until(self, shutdown: CancellationToken) -> Result<(), BootError> {
+        let options = worker_options(&self.settings, self.queues, self.concurrency)?;
         let app = App::boot(self.settings).await?;
-        let options = app.worker_options(self.queues, self.concurrency)?;
         app.run_worker(options, self.handlers, shutdown).await;
         Ok(())
     }

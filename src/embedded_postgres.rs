@@ -73,7 +73,17 @@ impl EmbeddedPostgres {
             started_here: false,
             owner_lock: None,
         };
-        let owner_lock = take_owner_lock(&dir).map_err(io)?;
+        // A lock held with no cluster running: its owner is starting it (or has just stopped it and is exiting).
+        // Wait for either to finish rather than fail at once.
+        let deadline = std::time::Instant::now() + OWNER_WAIT;
+        let mut owner_lock = take_owner_lock(&dir).map_err(io)?;
+        while owner_lock.is_none()
+            && !(read_port(&dir).is_some() && cluster.is_running())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            owner_lock = take_owner_lock(&dir).map_err(io)?;
+        }
         if let Some(port) = read_port(&dir)
             && cluster.is_running()
         {
@@ -100,8 +110,10 @@ impl EmbeddedPostgres {
             return Err(EmbeddedError::Command {
                 step: "pg_ctl status",
                 detail: format!(
-                    "another `herald up` owns {} but its PostgreSQL is not running; stop that process first",
-                    dir.display()
+                    "another `herald up` has owned {} for {}s without its PostgreSQL running; stop that process \
+                     first",
+                    dir.display(),
+                    OWNER_WAIT.as_secs()
                 ),
             });
         };
@@ -298,6 +310,9 @@ fn unprivileged_user_if_root() -> Option<(u32, u32)> {
         Some((entry.pw_uid, entry.pw_gid))
     })
 }
+
+/// How long a `herald up` waits for another that owns the directory to start (or finish stopping) its cluster.
+const OWNER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Takes `<dir>/owner.lock` if no live process holds it: `Some(file)` (keep it open to keep the lock), or `None`
 /// when another live `herald up` owns the cluster.

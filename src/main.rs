@@ -171,8 +171,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Worker(args) => {
             let grace = settings.worker.shutdown_grace;
+            let options = herald::app::worker_options(&settings, args.queues, args.concurrency)?;
             let app = App::boot(settings).await?;
-            let options = app.worker_options(args.queues, args.concurrency)?;
             let shutdown = herald::shutdown::on_signal(grace);
             app.run_worker(options, HandlerRegistry::new(), shutdown)
                 .await;

@@ -37,10 +37,12 @@ pub fn positive(key: &'static str, value: Duration) -> Result<(), InvalidSetting
     Ok(())
 }
 
-/// A duration written as a number in `unit`, or as a humantime string.
+/// A duration written as a number in `unit` (`from_count` makes a whole one a `Duration`), or as a humantime
+/// string.
 fn duration<'de, D: Deserializer<'de>>(
     deserializer: D,
     unit: Duration,
+    from_count: fn(u64) -> Duration,
 ) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -51,9 +53,7 @@ fn duration<'de, D: Deserializer<'de>>(
     }
     use serde::de::Error;
     match Written::deserialize(deserializer)? {
-        Written::Whole(count) => unit
-            .checked_mul(u32::try_from(count).map_err(|_| D::Error::custom("too large"))?)
-            .ok_or_else(|| D::Error::custom("too large")),
+        Written::Whole(count) => Ok(from_count(count)),
         Written::Fraction(count) if count.is_finite() && count >= 0.0 => {
             Duration::try_from_secs_f64(count * unit.as_secs_f64()).map_err(D::Error::custom)
         }
@@ -70,12 +70,16 @@ fn duration<'de, D: Deserializer<'de>>(
 
 /// For `*_secs` keys: `30` is 30 seconds; `"1m"` and `0.5` work too.
 pub fn secs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    duration(deserializer, Duration::from_secs(1))
+    duration(deserializer, Duration::from_secs(1), Duration::from_secs)
 }
 
 /// For `*_ms` keys: `250` is 250 milliseconds; `"2s"` works too.
 pub fn millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    duration(deserializer, Duration::from_millis(1))
+    duration(
+        deserializer,
+        Duration::from_millis(1),
+        Duration::from_millis,
+    )
 }
 
 #[cfg(test)]
@@ -102,6 +106,9 @@ mod tests {
         let both = parse(r#"{"a_secs": "1m", "b_ms": "2s"}"#).unwrap();
         assert_eq!(both.a_secs, Duration::from_secs(60));
         assert_eq!(both.b_ms, Duration::from_secs(2));
+        let both = parse(r#"{"a_secs": 5000000000, "b_ms": 5000000000}"#).unwrap();
+        assert_eq!(both.a_secs, Duration::from_secs(5_000_000_000));
+        assert_eq!(both.b_ms, Duration::from_millis(5_000_000_000));
         let both = parse(r#"{"a_secs": 0.5, "b_ms": 0}"#).unwrap();
         assert_eq!(both.a_secs, Duration::from_millis(500));
         assert_eq!(both.b_ms, Duration::ZERO);

@@ -42,8 +42,16 @@ pub fn before_forced_exit(rites: impl Fn() + Send + 'static) {
 }
 
 /// Blocks SIGINT and SIGTERM in this thread (and so in every thread started after it) and starts the thread that
-/// waits for them. Call it before anything else in `main`, before the async runtime starts its threads.
+/// waits for them. Call it before anything else in `main`, before the async runtime (or any other thread) starts:
+/// a thread started earlier does not block the signals, and one delivered to it ends the process at once. Calling
+/// it again does nothing.
 pub fn watch() {
+    // Once per process: a second watcher thread would take the second signal as a first one.
+    static WATCHING: std::sync::Once = std::sync::Once::new();
+    WATCHING.call_once(start_watching);
+}
+
+fn start_watching() {
     let set = termination_signals();
     // SAFETY: plain libc calls on a sigset we own; blocking signals has no memory-safety effect.
     let blocked = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };

@@ -45,8 +45,8 @@ pub async fn run(settings: Settings, args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 async fn run_roles(settings: Settings, url: &str, args: WorkerArgs) -> anyhow::Result<()> {
+    let options = herald::app::worker_options(&settings, args.queues, args.concurrency)?;
     let app = Arc::new(App::boot_at(settings, url).await?);
-    let options = app.worker_options(args.queues, args.concurrency)?;
     let listener = crate::bind(&app.settings).await?;
     let address = listener.local_addr()?;
     let scopes = herald::api::keys::Scope::ALL;

@@ -28,7 +28,7 @@ pub fn build(
         adapters.push(adapter);
     }
     let policy = ChainPolicy {
-        attempts_per_provider: channels.attempts_per_provider.get(),
+        attempts_per_provider: channels.attempts_per_provider.max(1),
         retry_pause: channels.retry_pause,
         max_wait: channels.max_wait,
         fallback_on_rate_limit: channels.fallback_on_rate_limit,

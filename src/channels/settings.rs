@@ -2,7 +2,6 @@
 //! (one table per configured provider, read by its adapter) and `[callbacks]` (see `callbacks`).
 
 use std::collections::BTreeMap;
-use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -34,8 +33,8 @@ pub struct ChannelSettings {
     pub chains: ChainSettings,
     /// On a provider's 429, try the next provider instead of re-scheduling the send for its retry-after.
     pub fallback_on_rate_limit: bool,
-    /// Calls to one provider within one send while it answers transient errors, before falling back.
-    pub attempts_per_provider: NonZeroU32,
+    /// Calls to one provider within one send while it answers transient errors, before falling back (0 counts as 1).
+    pub attempts_per_provider: u32,
     /// Pause before the second call to the same provider (doubled for each further call).
     #[serde(rename = "retry_pause_ms", deserialize_with = "setting::millis")]
     pub retry_pause: Duration,
