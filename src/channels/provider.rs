@@ -241,10 +241,27 @@ fn httpdate_parse(value: &str) -> Option<SystemTime> {
 /// to arrive reads as empty (the status line already says enough to classify).
 pub async fn body_text(response: reqwest::Response) -> String {
     const MAX: usize = 64 * 1024;
-    match response.bytes().await {
-        Ok(bytes) => String::from_utf8_lossy(&bytes[..bytes.len().min(MAX)]).into_owned(),
+    match read_capped(response, MAX).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(_) => String::new(),
     }
+}
+
+/// Reads at most `max` bytes of a response body, chunk by chunk, and drops the rest unread: a huge or endless body
+/// costs at most `max` bytes of memory (the client's timeout bounds the time).
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = max.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= max {
+            break;
+        }
+    }
+    Ok(body)
 }
 
 /// The adapter-wide settings every provider table may carry, beside its own fields.

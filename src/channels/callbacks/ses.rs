@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::{CallbackError, CallbackEvent, CallbackOutcome, CallbackRequest, CallbackVerifier};
 use crate::channels::DeliveryStatus;
+use crate::channels::provider::read_capped;
 
 #[derive(Deserialize)]
 struct SnsMessage {
@@ -72,6 +73,9 @@ pub async fn verify(
     }
 }
 
+const MAX_CERTIFICATE_BYTES: usize = 64 * 1024;
+const MAX_CACHED_CERTIFICATES: usize = 16;
+
 async fn certificate(verifier: &CallbackVerifier, url: &str) -> Result<X509, CallbackError> {
     if let Some(cached) = verifier.certificates.lock().await.get(url) {
         return Ok(cached.clone());
@@ -89,17 +93,19 @@ async fn certificate(verifier: &CallbackVerifier, url: &str) -> Result<X509, Cal
             response.status()
         )));
     }
-    let pem = response
-        .bytes()
+    // A signing certificate is a few KiB; a larger answer is not one, and is not read past the cap.
+    let pem = read_capped(response, MAX_CERTIFICATE_BYTES)
         .await
         .map_err(|e| CallbackError::Certificate(e.to_string()))?;
     let certificate = X509::from_pem(&pem)
         .map_err(|_| CallbackError::Certificate("not a PEM certificate".into()))?;
-    verifier
-        .certificates
-        .lock()
-        .await
-        .insert(url.to_string(), certificate.clone());
+    let mut cached = verifier.certificates.lock().await;
+    // SNS signs with one or two certificates at a time; many distinct URLs mean someone is probing, and the cache
+    // must not grow with them.
+    if cached.len() >= MAX_CACHED_CERTIFICATES {
+        cached.clear();
+    }
+    cached.insert(url.to_string(), certificate.clone());
     Ok(certificate)
 }
 
