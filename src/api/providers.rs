@@ -56,7 +56,7 @@ pub struct ProviderView {
     pub provider: ConfiguredProvider,
     /// The fleet's view: `open` if any worker's circuit is open now, else `half_open` if any is probing, else
     /// `closed`.
-    pub state: String,
+    pub state: CircuitState,
     /// Each worker process's circuit, as it last recorded it.
     pub circuits: Vec<CircuitRecord>,
 }
@@ -86,7 +86,7 @@ pub async fn list_providers(
                 .cloned()
                 .collect();
             ProviderView {
-                state: fleet_state(&circuits).to_string(),
+                state: fleet_state(&circuits),
                 provider: provider.clone(),
                 circuits,
             }
@@ -102,8 +102,7 @@ pub async fn refresh_circuit_gauges(state: &ApiState) -> Result<(), ApiError> {
     for provider in &state.providers {
         let open = records
             .iter()
-            .filter(|c| c.provider == provider.name && c.state == CircuitState::Open)
-            .filter(|c| c.open_until.is_some_and(|until| until > now))
+            .filter(|c| c.provider == provider.name && c.is_open_at(now))
             .count();
         state
             .metrics
@@ -114,17 +113,14 @@ pub async fn refresh_circuit_gauges(state: &ApiState) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// An open circuit whose cooldown has passed is about to half-open: it no longer counts as open.
-fn fleet_state(circuits: &[CircuitRecord]) -> &'static str {
+/// The fleet's view of one provider's circuits (see [`ProviderView::state`]).
+fn fleet_state(circuits: &[CircuitRecord]) -> CircuitState {
     let now = Utc::now();
-    let open = |c: &&CircuitRecord| {
-        c.state == CircuitState::Open && c.open_until.is_some_and(|until| until > now)
-    };
-    if circuits.iter().any(|c| open(&c)) {
-        "open"
+    if circuits.iter().any(|c| c.is_open_at(now)) {
+        CircuitState::Open
     } else if circuits.iter().any(|c| c.state == CircuitState::HalfOpen) {
-        "half_open"
+        CircuitState::HalfOpen
     } else {
-        "closed"
+        CircuitState::Closed
     }
 }

@@ -69,6 +69,14 @@ pub struct CircuitRecord {
     pub updated_at: DateTime<Utc>,
 }
 
+impl CircuitRecord {
+    /// Open and still cooling down at `now` (an open circuit whose cooldown has passed is about to half-open: it no
+    /// longer counts as open).
+    pub fn is_open_at(&self, now: DateTime<Utc>) -> bool {
+        self.state == CircuitState::Open && self.open_until.is_some_and(|until| until > now)
+    }
+}
+
 pub async fn list(pool: &PgPool) -> Result<Vec<CircuitRecord>, sqlx::Error> {
     sqlx::query_as(sql::LIST_CIRCUITS).fetch_all(pool).await
 }
