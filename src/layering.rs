@@ -105,6 +105,14 @@ fn library_files() -> Vec<(Vec<String>, String)> {
     files
 }
 
+/// Every module of the library: each file's module path and its ancestors.
+fn module_set(files: &[(Vec<String>, String)]) -> BTreeSet<Vec<String>> {
+    files
+        .iter()
+        .flat_map(|(m, _)| (1..=m.len()).map(|n| m[..n].to_vec()))
+        .collect()
+}
+
 fn module_path(relative: &Path) -> Vec<String> {
     let mut parts: Vec<String> = relative
         .iter()
@@ -230,10 +238,7 @@ fn resolve(file: &[String], path: &str, modules: &BTreeSet<Vec<String>>) -> Opti
 #[test]
 fn modules_import_only_what_their_layer_allows() {
     let files = library_files();
-    let modules: BTreeSet<Vec<String>> = files
-        .iter()
-        .flat_map(|(m, _)| (1..=m.len()).map(|n| m[..n].to_vec()))
-        .collect();
+    let modules = module_set(&files);
     let allowed: BTreeMap<&str, &[&str]> = ALLOWED.iter().copied().collect();
     let mut broken = Vec::new();
     for (module, code) in &files {
@@ -270,10 +275,7 @@ fn modules_import_only_what_their_layer_allows() {
 #[test]
 fn no_files_import_each_other_in_a_cycle() {
     let files = library_files();
-    let modules: BTreeSet<Vec<String>> = files
-        .iter()
-        .flat_map(|(m, _)| (1..=m.len()).map(|n| m[..n].to_vec()))
-        .collect();
+    let modules = module_set(&files);
     let mut edges: BTreeMap<Vec<String>, BTreeSet<Vec<String>>> = BTreeMap::new();
     for (module, code) in &files {
         for path in paths(code) {

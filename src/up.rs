@@ -70,6 +70,7 @@ async fn run_roles(settings: Settings, url: &str, args: WorkerArgs) -> anyhow::R
     let bridge = if settings.bridge.enabled() {
         println!("Kafka bridge consuming from {}", settings.bridge.brokers);
         let (app, shutdown) = (Arc::clone(&app), shutdown.clone());
+        // Not `App::run_bridge`: under `up` the API's /metrics serves the bridge's metrics, so no listener of its own.
         Some(tokio::spawn(async move {
             herald::bridge::run(
                 &app.settings.bridge,
