@@ -26,7 +26,7 @@ async fn up_without_database_url_runs_a_private_postgres_and_executes_enqueued_j
     let dir = tempfile::tempdir().unwrap();
     // PostgreSQL runs as an unprivileged user when we are root; it must be able to reach the directory.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (mut up, url) = start_up(dir.path()).await;
+    let (mut up, url, _log) = start_up(dir.path()).await;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(&url)
@@ -73,9 +73,15 @@ async fn up_without_database_url_runs_a_private_postgres_and_executes_enqueued_j
     );
 }
 
-/// Starts `herald up` in `dir` with stderr piped, and returns it with the URL of its private cluster once a worker
-/// has registered.
-async fn start_up(dir: &std::path::Path) -> (tokio::process::Child, String) {
+/// Starts `herald up` in `dir` and returns it, the URL of its private cluster once a worker has registered, and its
+/// stderr, read as it comes (so a chatty process never blocks on a full pipe) and complete once it exits.
+async fn start_up(
+    dir: &std::path::Path,
+) -> (
+    tokio::process::Child,
+    String,
+    tokio::task::JoinHandle<String>,
+) {
     let mut up = herald_in(dir)
         .arg("up")
         .stdin(Stdio::null())
@@ -84,6 +90,13 @@ async fn start_up(dir: &std::path::Path) -> (tokio::process::Child, String) {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let mut stderr = up.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
     let port_file = dir.join(".herald/pg/port");
     wait_until(
         Duration::from_secs(120),
@@ -112,14 +125,14 @@ async fn start_up(dir: &std::path::Path) -> (tokio::process::Child, String) {
     .await;
     pool.close().await;
     assert!(up.try_wait().unwrap().is_none(), "herald up is running");
-    (up, url)
+    (up, url, log)
 }
 
 #[tokio::test]
 async fn up_takes_over_the_private_postgres_a_killed_up_left_running() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (mut first, url) = start_up(dir.path()).await;
+    let (mut first, url, _first_log) = start_up(dir.path()).await;
     // SAFETY: signalling our own child process.
     unsafe { libc::kill(first.id().unwrap() as i32, libc::SIGKILL) };
     first.wait().await.unwrap();
@@ -129,7 +142,7 @@ async fn up_takes_over_the_private_postgres_a_killed_up_left_running() {
         .expect("the killed up's PostgreSQL is still running");
     orphan.close().await;
 
-    let (mut second, second_url) = start_up(dir.path()).await;
+    let (mut second, second_url, second_log) = start_up(dir.path()).await;
     assert_eq!(second_url, url, "the second up runs on the same cluster");
     // SAFETY: as above.
     unsafe { libc::kill(second.id().unwrap() as i32, libc::SIGINT) };
@@ -137,14 +150,9 @@ async fn up_takes_over_the_private_postgres_a_killed_up_left_running() {
         .await
         .unwrap()
         .unwrap();
-    let mut stderr = String::new();
-    use tokio::io::AsyncReadExt;
-    second
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
+    let stderr = tokio::time::timeout(Duration::from_secs(10), second_log)
         .await
+        .expect("stderr closes when herald up exits")
         .unwrap();
     assert!(status.success(), "herald up exited with {status}: {stderr}");
     assert!(

@@ -590,26 +590,12 @@ impl Api {
 async fn a_batch_whose_offsets_cannot_be_stored_leaves_no_jobs_behind() {
     let db = TestDb::new().await;
     let settings = bridge_settings("unused:9092", vec![job_route("orders", "kafka", "k")]);
-    let engine = herald::app::App::on_pool(settings.clone(), db.pool.clone())
+    let writer = herald::app::App::on_pool(settings, db.pool.clone())
         .unwrap()
-        .engine;
-    let writer = herald::bridge::writer(
-        &settings.bridge,
-        settings.jobs.defaults(),
-        db.pool.clone(),
-        engine,
-    )
-    .unwrap();
+        .bridge_writer()
+        .unwrap();
     let batch: Vec<herald::bridge::RawMessage> = (0..5)
-        .map(|offset| herald::bridge::RawMessage {
-            topic: "orders".into(),
-            partition: 0,
-            offset,
-            key: None,
-            headers: Vec::new(),
-            payload: Some(json!({ "seq": offset }).to_string().into_bytes()),
-            problem: None,
-        })
+        .map(|offset| raw("orders", offset, json!({ "seq": offset })))
         .collect();
     // The offset update is the last statement of the batch: make it fail, as a crash right there would.
     sqlx::raw_sql(
@@ -659,16 +645,10 @@ fn raw(topic: &str, offset: i64, payload: serde_json::Value) -> herald::bridge::
 async fn a_message_the_database_refuses_is_dead_lettered_alone() {
     let db = TestDb::new().await;
     let settings = bridge_settings("unused:9092", vec![job_route("orders", "kafka", "k")]);
-    let engine = herald::app::App::on_pool(settings.clone(), db.pool.clone())
+    let writer = herald::app::App::on_pool(settings, db.pool.clone())
         .unwrap()
-        .engine;
-    let writer = herald::bridge::writer(
-        &settings.bridge,
-        settings.jobs.defaults(),
-        db.pool.clone(),
-        engine,
-    )
-    .unwrap();
+        .bridge_writer()
+        .unwrap();
     sqlx::raw_sql(
         "CREATE FUNCTION refuse_three() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN IF NEW.payload->>'seq' = '3' THEN
