@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::BridgeError;
 use crate::channels::{Channels, FleetShare, ProviderConfigError};
+use crate::clock::ClockError;
+use crate::clock::schedules::{Schedule, Ticker};
 use crate::config::{ConfigError, Settings};
 use crate::db::{self, DbError};
 use crate::metrics::Metrics;
@@ -39,6 +41,8 @@ pub enum BootError {
     Bridge(#[from] BridgeError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Clock(#[from] ClockError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -126,6 +130,8 @@ impl App {
             Arc::clone(&self.engine),
             crate::api::configured_providers(&settings.channels.chains, &settings.providers),
             settings.callbacks.clone(),
+            self.schedules()
+                .map_err(|e| std::io::Error::other(e.to_string()))?,
         );
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "API listening");
@@ -164,6 +170,38 @@ impl App {
             shutdown,
         )
         .await
+    }
+
+    /// The clock's schedules: the built-in maintenance ones and `[[clock.schedules]]`.
+    pub fn schedules(&self) -> Result<Arc<[Schedule]>, ClockError> {
+        Ok(crate::clock::all_schedules(&self.settings.clock)?.into())
+    }
+
+    /// The schedules' ticker, for `run_clock` and for tests that drive time by hand.
+    pub fn ticker(&self) -> Result<Ticker, ClockError> {
+        Ok(Ticker::new(
+            self.pool.clone(),
+            self.schedules()?.to_vec(),
+            self.settings.jobs.defaults(),
+            Arc::clone(&self.engine),
+            self.settings.clock.missed_after,
+        ))
+    }
+
+    /// The clock role until `shutdown`: fires the schedules' ticks, and serves the maintenance queue they fill
+    /// with one handler (maintenance is heavy and one clock doing it at a time is enough; if that clock dies,
+    /// another rescues its job).
+    pub async fn run_clock(&self, shutdown: CancellationToken) -> Result<(), BootError> {
+        let clock = &self.settings.clock;
+        let ticker = self.ticker()?;
+        let queue = format!("{}:1", clock.queue);
+        let options = worker_options(&self.settings, Some(vec![queue]), None)?;
+        let handlers = crate::clock::maintenance_handlers(&self.pool, clock);
+        tokio::join!(
+            ticker.run(clock.poll, shutdown.clone()),
+            self.run_worker(options, handlers, shutdown)
+        );
+        Ok(())
     }
 
     /// The bridge's batch writer (for `herald bridge dlq replay`).

@@ -441,3 +441,36 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     };
     Ok(Duration::from_secs(number.saturating_mul(seconds)))
 }
+
+#[derive(Subcommand)]
+pub enum CronCommand {
+    /// Every schedule: cron, time zone, next tick, last tick and its outcome, paused or not (JSON).
+    List,
+    /// Pause a schedule fleet-wide: its ticks pass without firing, and do not fire on resume.
+    Pause { name: String },
+    /// Let a paused schedule fire again from its next tick.
+    Resume { name: String },
+}
+
+pub async fn cron(settings: &Settings, command: CronCommand) -> anyhow::Result<()> {
+    use herald::clock::schedules;
+    let pool = connect(settings).await?;
+    db::migrate(&pool).await?;
+    let app = App::on_pool(settings.clone(), pool)?;
+    let all = app.schedules()?;
+    match command {
+        CronCommand::List => {
+            print_json(&schedules::list(&app.pool, &app.engine, &all, chrono::Utc::now()).await?)
+        }
+        CronCommand::Pause { name } => {
+            schedules::set_paused(&app.pool, &all, &name, true).await?;
+            println!("schedule {name} paused");
+            Ok(())
+        }
+        CronCommand::Resume { name } => {
+            schedules::set_paused(&app.pool, &all, &name, false).await?;
+            println!("schedule {name} resumed");
+            Ok(())
+        }
+    }
+}

@@ -18,6 +18,7 @@ use crate::api::ApiSettings;
 use crate::bridge::BridgeSettings;
 use crate::channels::callbacks::CallbackSettings;
 use crate::channels::{ChannelSettings, ProviderTables};
+use crate::clock::ClockSettings;
 use crate::db::DatabaseSettings;
 use crate::embedded_postgres::EmbeddedPostgresSettings;
 use crate::queue::{JobSettings, WorkerSettings};
@@ -47,6 +48,7 @@ pub struct Settings {
     pub workflows: WorkflowSettings,
     pub channels: ChannelSettings,
     pub bridge: BridgeSettings,
+    pub clock: ClockSettings,
     /// `[providers.<name>]`: one table per configured provider, read by that provider's adapter.
     #[serde(default)]
     pub providers: ProviderTables,
@@ -90,6 +92,7 @@ impl Settings {
         self.workflows.validate()?;
         self.channels.validate(&self.providers)?;
         self.bridge.validate()?;
+        self.clock.validate()?;
         Ok(())
     }
 }

@@ -30,9 +30,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["workflow", "queue", "setting", "coalesce", "db"],
     ),
     (
+        "clock",
+        &[
+            "bridge", "workflow", "channels", "queue", "setting", "coalesce", "db",
+        ],
+    ),
+    (
         "api",
         &[
-            "workflow", "channels", "queue", "setting", "coalesce", "db", "metrics",
+            "clock", "workflow", "channels", "queue", "setting", "coalesce", "db", "metrics",
         ],
     ),
     (
@@ -41,6 +47,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "api",
             "bridge",
             "channels",
+            "clock",
             "db",
             "embedded_postgres",
             "queue",
@@ -51,8 +58,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "app",
         &[
-            "api", "bridge", "channels", "config", "db", "metrics", "queue", "setting", "shutdown",
-            "workflow",
+            "api", "bridge", "channels", "clock", "config", "db", "metrics", "queue", "setting",
+            "shutdown", "workflow",
         ],
     ),
 ];
@@ -77,6 +84,7 @@ const TABLES: &[(&str, &str)] = &[
     ("herald_bridge_offsets", "bridge"),
     ("herald_bridge_dead_letters", "bridge"),
     ("herald_api_keys", "api"),
+    ("herald_schedules", "clock"),
 ];
 
 /// The library's files: (module path such as `queue::worker::runner`, code without comments).

@@ -8,6 +8,7 @@
 //!   callbacks);
 //! * [`workflow`]: notification workflows whose nodes run as queue jobs;
 //! * [`bridge`]: Kafka topics into jobs, runs and events;
+//! * [`clock`]: the clock role: fleet-safe cron schedules, retention with verified archives, daily rollups;
 //! * [`api`]: the HTTP API (axum), its keys and errors;
 //! * [`config`]: every module's settings section, layered and checked; [`app`]: the one boot path from settings
 //!   to running roles, for `main`, the tests and services that embed herald ([`app::Worker`]).
@@ -18,6 +19,7 @@ pub mod api;
 pub mod app;
 pub mod bridge;
 pub mod channels;
+pub mod clock;
 pub mod coalesce;
 pub mod config;
 pub mod db;

@@ -14,8 +14,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use commands::{
-    BridgeDlqCommand, DlqCommand, EnqueueArgs, JobsCommand, KeysCommand, QueuesCommand,
-    WorkflowsCommand, connect, print_json,
+    BridgeDlqCommand, CronCommand, DlqCommand, EnqueueArgs, JobsCommand, KeysCommand,
+    QueuesCommand, WorkflowsCommand, connect, print_json,
 };
 use herald::app::App;
 use herald::config::Settings;
@@ -41,7 +41,7 @@ enum Command {
     Worker(WorkerArgs),
     /// Serve the HTTP API (api.listen, or 0.0.0.0:$PORT) until SIGTERM/SIGINT.
     Api,
-    /// Run every role in one process (migrate, API, worker, and the Kafka bridge if bridge.brokers is set) and print a development API key. Without
+    /// Run every role in one process (migrate, API, worker, clock, and the Kafka bridge if bridge.brokers is set) and print a development API key. Without
     /// DATABASE_URL, first start a private PostgreSQL under .herald/pg (stopped again on Ctrl-C).
     Up(WorkerArgs),
     /// API keys: create (printed once), list, revoke.
@@ -73,6 +73,14 @@ enum Command {
     Bridge {
         #[command(subcommand)]
         command: Option<BridgeCommand>,
+    },
+    /// The clock role: fire the cron schedules (built-in maintenance and `[[clock.schedules]]`) exactly once per
+    /// tick across the fleet, and run the maintenance jobs (retention, rollups) they enqueue. Run one or more.
+    Clock,
+    /// The clock's schedules: list, pause, resume.
+    Cron {
+        #[command(subcommand)]
+        command: CronCommand,
     },
     /// Workflow definitions and runs.
     Workflows {
@@ -193,6 +201,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             app.run_bridge(herald::shutdown::on_signal(grace)).await?;
             Ok(())
         }
+        Command::Clock => {
+            let grace = settings.worker.shutdown_grace;
+            let app = App::boot(settings).await?;
+            app.run_clock(herald::shutdown::on_signal(grace)).await?;
+            Ok(())
+        }
+        Command::Cron { command } => commands::cron(&settings, command).await,
         Command::Bridge {
             command: Some(BridgeCommand::Dlq { command }),
         } => commands::bridge_dlq(&settings, command).await,

@@ -1,4 +1,4 @@
-//! `herald up`: every role in one process (API, worker, and the Kafka bridge if `bridge.brokers` is set) on
+//! `herald up`: every role in one process (API, worker, clock, and the Kafka bridge if `bridge.brokers` is set) on
 //! `DATABASE_URL`, or on a private PostgreSQL it starts under `embedded_postgres.dir` and stops on exit.
 
 use std::sync::Arc;
@@ -51,7 +51,7 @@ async fn run_roles(settings: Settings, url: &str, args: WorkerArgs) -> anyhow::R
     let address = listener.local_addr()?;
     let scopes = herald::api::keys::Scope::ALL;
     let (key, _) = herald::api::keys::create(&app.pool, "herald-up-dev", &scopes).await?;
-    println!("herald is up: API on http://{address} (docs at /docs), worker running.");
+    println!("herald is up: API on http://{address} (docs at /docs), worker and clock running.");
     println!("development API key (all scopes, created for this run): {key}");
     println!("  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
     println!(
@@ -84,9 +84,14 @@ async fn run_roles(settings: Settings, url: &str, args: WorkerArgs) -> anyhow::R
     } else {
         None
     };
+    let clock = tokio::spawn({
+        let (app, shutdown) = (Arc::clone(&app), shutdown.clone());
+        async move { app.run_clock(shutdown).await }
+    });
     app.run_worker(options, HandlerRegistry::new(), shutdown)
         .await;
     api.await??;
+    clock.await??;
     if let Some(bridge) = bridge {
         bridge.await??;
     }

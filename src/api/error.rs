@@ -8,6 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::channels::callbacks::CallbackError;
+use crate::clock::ClockError;
 use crate::queue::{ParseError, QueueError};
 use crate::workflow::WorkflowError;
 
@@ -285,6 +286,18 @@ impl From<CallbackError> for ApiError {
                 ApiError::unavailable(error.to_string())
             }
             CallbackError::Database(error) => database_error(&error),
+        }
+    }
+}
+
+impl From<ClockError> for ApiError {
+    fn from(error: ClockError) -> Self {
+        match error {
+            ClockError::Database(error) => database_error(&error),
+            ClockError::Queue(error) => ApiError::from(&error),
+            ClockError::Workflow(error) => ApiError::from(error),
+            ClockError::UnknownSchedule(_) => ApiError::not_found(error.to_string()),
+            other => ApiError::internal(other.to_string()),
         }
     }
 }

@@ -33,6 +33,7 @@ pub mod keys;
 mod operations;
 mod providers;
 mod responses;
+mod schedules;
 mod settings;
 mod suppressions;
 mod workflows;
@@ -62,6 +63,7 @@ pub use providers::configured_providers;
 pub use settings::ApiSettings;
 
 use crate::channels::callbacks::{CallbackSettings, Callbacks};
+use crate::clock::schedules::Schedule;
 use crate::metrics::Metrics;
 use crate::queue::JobDefaults;
 use crate::workflow::Engine;
@@ -83,6 +85,8 @@ pub struct StateInner {
     pub providers: Vec<providers::ConfiguredProvider>,
     /// Receives delivery callbacks (`[callbacks]` settings).
     pub callbacks: Callbacks,
+    /// The clock's schedules (for `GET /v1/schedules`).
+    pub schedules: Arc<[Schedule]>,
     enqueuer: batcher::EnqueueBatcher,
     keys: KeyCache,
     limiter: DefaultKeyedRateLimiter<i64>,
@@ -105,6 +109,7 @@ impl ApiState {
         engine: Arc<Engine>,
         providers: Vec<providers::ConfiguredProvider>,
         callbacks: CallbackSettings,
+        schedules: Arc<[Schedule]>,
     ) -> Self {
         let settings = settings.clone();
         let quota = Quota::per_second(settings.rate_limit_per_second)
@@ -120,6 +125,7 @@ impl ApiState {
             engine,
             providers,
             callbacks,
+            schedules,
             enqueuer,
             keys: KeyCache::default(),
             limiter,
@@ -136,6 +142,7 @@ impl ApiState {
         operations::list_dead_letters, operations::get_dead_letter, operations::replay_dead_letter,
         operations::replay_dead_letters, operations::delete_dead_letter,
         operations::list_workers,
+        schedules::list_schedules, schedules::pause_schedule, schedules::resume_schedule,
         workflows::save_workflow, workflows::list_workflows, workflows::get_workflow, workflows::start_run,
         workflows::get_run, workflows::list_runs, workflows::cancel_run, workflows::retry_run,
         workflows::post_event,
@@ -185,6 +192,9 @@ pub fn router(state: ApiState) -> Router {
             post(operations::replay_dead_letter),
         )
         .route("/workers", get(operations::list_workers))
+        .route("/schedules", get(schedules::list_schedules))
+        .route("/schedules/{name}/pause", post(schedules::pause_schedule))
+        .route("/schedules/{name}/resume", post(schedules::resume_schedule))
         .route(
             "/workflows",
             get(workflows::list_workflows).post(workflows::save_workflow),

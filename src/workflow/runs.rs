@@ -211,6 +211,41 @@ impl Engine {
         })
     }
 
+    /// Starts a run of the workflow's latest version inside the caller's transaction, under an idempotency key:
+    /// for the clock, whose tick and run commit together. A taken key answers with the run that holds it.
+    pub async fn start_run_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        workflow: &str,
+        data: Value,
+        idempotency_key: String,
+    ) -> Result<Started, WorkflowError> {
+        let definition = self.catalog.latest(workflow).await?;
+        let context = trigger_context(&definition, data, "data")?;
+        let key = Some(idempotency_key);
+        let ids = self
+            .insert_runs(
+                conn,
+                &definition,
+                vec![context],
+                vec![key.clone()],
+                vec![None],
+            )
+            .await?;
+        if let Some(&(id, _)) = ids.first() {
+            return Ok(Started::Created {
+                id,
+                version: definition.version,
+            });
+        }
+        let (id, version) = sqlx::query_as(sql::FIND_RUN_BY_KEY)
+            .bind(&definition.name)
+            .bind(&key)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(Started::Existing { id, version })
+    }
+
     /// Starts many runs of the latest version in one transaction (no idempotency keys): for bulk triggers and
     /// the benchmark. Returns the run ids.
     pub async fn start_runs(

@@ -1,0 +1,46 @@
+//! `[clock]`: the clock's queue, how often it looks at the time, and its schedules.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::retention::RetentionSettings;
+use super::rollups::RollupSettings;
+use super::schedules::ScheduleSettings;
+use crate::queue::QueueName;
+use crate::setting::{self, InvalidSetting};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClockSettings {
+    /// The queue that carries the maintenance jobs (retention, rollups), served by a worker inside every clock.
+    pub queue: QueueName,
+    /// The longest a clock sleeps between two looks at its schedules (it wakes sooner for a due tick). A pause
+    /// or a new schedule takes effect within this.
+    #[serde(rename = "poll_secs", deserialize_with = "setting::secs")]
+    pub poll: Duration,
+    /// A tick more than this late (every clock was down at its time) is "missed": the schedule's `missed` policy
+    /// decides whether it still runs.
+    #[serde(rename = "missed_after_secs", deserialize_with = "setting::secs")]
+    pub missed_after: Duration,
+    /// `[[clock.schedules]]`: users' schedules (the built-in maintenance schedules are added by the clock).
+    #[serde(default)]
+    pub schedules: Vec<ScheduleSettings>,
+    #[serde(default)]
+    pub retention: RetentionSettings,
+    #[serde(default)]
+    pub rollups: RollupSettings,
+}
+
+impl ClockSettings {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        setting::positive("clock.poll_secs", self.poll)?;
+        setting::positive("clock.missed_after_secs", self.missed_after)?;
+        super::schedules::validate(&self.schedules)?;
+        self.retention.validate()?;
+        self.rollups.validate()?;
+        // The built-in schedules' cron expressions and time zones come from the sections above.
+        super::all_schedules(self).map_err(|e| InvalidSetting::new("clock", e.to_string()))?;
+        Ok(())
+    }
+}
