@@ -34,6 +34,10 @@ pub struct DeliveryKey<'a> {
     pub node: &'a str,
     pub recipient: &'a str,
     pub channel: ChannelKind,
+    /// The run's workflow and when it was triggered, recorded when the delivery is created (for the daily
+    /// rollups: counts per workflow, and trigger -> provider accept latency).
+    pub workflow: &'a str,
+    pub triggered_at: DateTime<Utc>,
 }
 
 /// What the sender must do, decided while the delivery row is locked.
@@ -67,6 +71,8 @@ pub async fn begin(pool: &PgPool, key: DeliveryKey<'_>) -> Result<Begin, sqlx::E
         .bind(key.node)
         .bind(key.recipient)
         .bind(key.channel.as_str())
+        .bind(key.workflow)
+        .bind(key.triggered_at)
         .fetch_one(&mut *tx)
         .await?;
     let id = claimed.id;

@@ -12,7 +12,8 @@
 //! * [`providers`]: one file per adapter and [`providers::CATALOGUE`], the one table of them; [`provider`]: the
 //!   trait and what adapters share; [`aws`]: SigV4 for SES and SNS;
 //! * [`deliveries`]: the delivery record written before and after each provider call (no double sends), and the
-//!   suppression list; [`callbacks`]: providers' delivery callbacks (verify, then apply);
+//!   suppression list; [`callbacks`]: providers' delivery callbacks (verify, then apply); [`daily`]: per-day
+//!   delivery aggregates for the clock's rollups;
 //! * [`settings`]: `[channels]`, `[providers.*]`; [`metrics`]: provider call counts and latency.
 //!
 //! Every message carries an idempotency key (`run:<id>:<epoch>:<node>`): an action whose worker died after the
@@ -34,6 +35,7 @@ pub mod breaker;
 pub mod callbacks;
 pub mod chain;
 pub mod circuits;
+pub mod daily;
 pub mod deliveries;
 pub mod fleet;
 pub mod limits;

@@ -1,10 +1,11 @@
 //! Every SQL statement of the channel layer (deliveries, suppressions, callbacks, circuits, fleet size).
 
 /// Find or create the delivery row for (run, node, recipient, channel) and lock it for this transaction; also say
-/// whether the recipient is suppressed. $1 run, $2 node, $3 recipient, $4 channel.
+/// whether the recipient is suppressed. $1 run, $2 node, $3 recipient, $4 channel, $5 the run's workflow, $6 when
+/// the run was triggered (both kept for the daily rollups).
 pub const CLAIM_DELIVERY: &str = r#"
-INSERT INTO herald_deliveries (run_id, node_id, recipient, channel, status)
-VALUES ($1, $2, $3, $4, 'queued')
+INSERT INTO herald_deliveries (run_id, node_id, recipient, channel, status, workflow, triggered_at)
+VALUES ($1, $2, $3, $4, 'queued', $5, $6)
 ON CONFLICT (run_id, node_id, recipient, channel) DO UPDATE SET updated_at = now()
 RETURNING id, status, provider, provider_message_id,
           (SELECT reason FROM herald_suppressions s WHERE s.channel = $4 AND s.address = $3) AS suppressed_reason
@@ -103,4 +104,38 @@ pub const LIST_CIRCUITS: &str = r#"
 SELECT provider, worker_id, state, consecutive_failures, open_until, last_error, updated_at
 FROM herald_provider_circuits WHERE updated_at > now() - interval '1 day'
 ORDER BY provider, updated_at DESC
+"#;
+
+/// Deliveries created in [$1, $2) per workflow, channel and provider ('' for none), for the clock's daily rollups:
+/// counts by current status, how many a provider accepted, and the trigger -> accept latency percentiles (ms): the
+/// first `sent` entry of the delivery's history minus the run's trigger time. At most $3 groups.
+pub const DELIVERY_DAYS: &str = r#"
+SELECT workflow, channel, provider, deliveries, accepted, queued, sending, sent, delivered, bounced, failed,
+       suppressed, unknown,
+       accept[1] AS accept_p50_ms, accept[2] AS accept_p95_ms, accept[3] AS accept_p99_ms
+FROM (
+    SELECT coalesce(d.workflow, '') AS workflow, d.channel, coalesce(d.provider, '') AS provider,
+           count(*) AS deliveries,
+           count(a.accepted_at) AS accepted,
+           count(*) FILTER (WHERE d.status = 'queued') AS queued,
+           count(*) FILTER (WHERE d.status = 'sending') AS sending,
+           count(*) FILTER (WHERE d.status = 'sent') AS sent,
+           count(*) FILTER (WHERE d.status = 'delivered') AS delivered,
+           count(*) FILTER (WHERE d.status = 'bounced') AS bounced,
+           count(*) FILTER (WHERE d.status = 'failed') AS failed,
+           count(*) FILTER (WHERE d.status = 'suppressed') AS suppressed,
+           count(*) FILTER (WHERE d.status = 'unknown') AS unknown,
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[])
+               WITHIN GROUP (ORDER BY (extract(epoch FROM a.accepted_at - d.triggered_at) * 1000)::float8)
+               FILTER (WHERE a.accepted_at IS NOT NULL AND d.triggered_at IS NOT NULL) AS accept
+    FROM herald_deliveries d
+    LEFT JOIN LATERAL (
+        SELECT min((h ->> 'at')::timestamptz) AS accepted_at
+        FROM jsonb_array_elements(d.history) h WHERE h ->> 'status' = 'sent'
+    ) a ON true
+    WHERE d.created_at >= $1 AND d.created_at < $2
+    GROUP BY 1, 2, 3
+) day
+ORDER BY workflow, channel, provider
+LIMIT $3
 "#;

@@ -5,6 +5,7 @@
 //!   heartbeat. The worker runtime drives these; tests call them directly.
 //! * [`admin`]: queue pause/resume and stats, job lookup and cancel, the worker fleet.
 //! * [`dead_letters`]: list, replay, purge.
+//! * [`daily`]: per-day aggregates of finished jobs, for the clock's rollups.
 //! * [`settings`](WorkerSettings): `[worker]` and `[jobs]`.
 //! * [`worker`]: the process that runs handlers: wakeups, claiming, the apalis executor, batched acks, shutdown.
 //!
@@ -12,6 +13,7 @@
 //! (a stale ack is rejected by its lease token); a crash loses no job (an expired lease returns it to the queue).
 
 pub mod admin;
+pub mod daily;
 pub mod dead_letters;
 pub mod enqueue;
 pub mod lease;

@@ -141,7 +141,7 @@ impl Engine {
                     next: node.next.clone(),
                 })
             }
-            NodeKind::Action { .. } => self.send(job, node, &scope).await,
+            NodeKind::Action { .. } => self.send(job, run, node, &scope).await,
             NodeKind::Condition {
                 test,
                 then,
@@ -197,6 +197,7 @@ impl Engine {
     async fn send(
         &self,
         job: &NodeJob,
+        run: &RunState,
         node: &Node,
         scope: &minijinja::Value,
     ) -> Result<Step, JobError> {
@@ -231,6 +232,8 @@ impl Engine {
             node: &job.node,
             recipient: &message.to,
             channel: *channel,
+            workflow: &run.workflow,
+            triggered_at: run.created_at,
         };
         let delivery = match deliveries::begin(&self.pool, key).await {
             Ok(Begin::Send { id }) => id,

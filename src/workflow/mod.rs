@@ -6,7 +6,8 @@
 //! * `runs.rs`: starting, reading, cancelling and retrying runs;
 //! * `engine.rs`: the node job handler: executes one node and, in one transaction, records its step and
 //!   enqueues the next node jobs;
-//! * `events.rs`: events and wait-for-events nodes.
+//! * `events.rs`: events and wait-for-events nodes;
+//! * [`daily`]: per-day aggregates of runs and steps, for the clock's rollups.
 //!
 //! A run is a row in `herald_runs`; each node execution is a step row plus a queue job of kind
 //! [`NodeJob::KIND`](crate::queue::Job::KIND). Guarantees: a node's effect on its run (step status, output,
@@ -14,6 +15,7 @@
 //! sent at least once with a stable idempotency key.
 
 pub mod catalog;
+pub mod daily;
 pub mod definition;
 mod engine;
 mod events;

@@ -259,3 +259,60 @@ SELECT coalesce(jsonb_object_agg(e.name, e.payload ORDER BY e.id), '{}') AS even
 FROM herald_waits w
 JOIN herald_events e ON e.key = w.key AND e.name = ANY(w.events) AND e.received_at >= w.since
 WHERE w.run_id = $1 AND w.epoch = $2 AND w.node_id = $3";
+
+// ---- daily rollups (the clock stores them; see `daily.rs`) ----
+
+/// Runs per workflow for the time range [$1, $2): started in it (created_at), and finished in it (finished_at) by
+/// final status, with the duration percentiles (ms) of the completed ones. At most $3 workflows.
+pub const RUN_DAYS: &str = "
+WITH started AS (
+    SELECT workflow, count(*) AS started
+    FROM herald_runs WHERE created_at >= $1 AND created_at < $2
+    GROUP BY workflow
+), finished AS (
+    SELECT workflow,
+           count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status = 'failed') AS failed,
+           count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[])
+               WITHIN GROUP (ORDER BY (extract(epoch FROM finished_at - created_at) * 1000)::float8)
+               FILTER (WHERE status = 'completed') AS duration
+    FROM herald_runs
+    WHERE finished_at >= $1 AND finished_at < $2 AND status <> 'running'
+    GROUP BY workflow
+)
+SELECT workflow, coalesce(s.started, 0) AS started, coalesce(f.completed, 0) AS completed,
+       coalesce(f.failed, 0) AS failed, coalesce(f.cancelled, 0) AS cancelled,
+       f.duration[1] AS duration_p50_ms, f.duration[2] AS duration_p95_ms, f.duration[3] AS duration_p99_ms
+FROM started s FULL JOIN finished f USING (workflow)
+ORDER BY workflow
+LIMIT $3";
+
+/// Steps that finished in [$1, $2) per workflow and node kind (looked up in the run's definition version;
+/// `unknown` if the node is not in it): counts by status, those that needed more than one attempt, and the
+/// duration percentiles (finished_at - started_at, ms). At most $3 groups.
+pub const STEP_DAYS: &str = "
+WITH kinds AS (
+    SELECT w.name AS workflow, w.version, n ->> 'id' AS node_id, n ->> 'kind' AS node_kind
+    FROM herald_workflows w, jsonb_array_elements(w.definition -> 'nodes') n
+    WHERE jsonb_typeof(w.definition -> 'nodes') = 'array'
+), day AS (
+    SELECT r.workflow, coalesce(k.node_kind, 'unknown') AS node_kind,
+           count(*) FILTER (WHERE s.status = 'completed') AS completed,
+           count(*) FILTER (WHERE s.status = 'failed') AS failed,
+           count(*) FILTER (WHERE s.status = 'cancelled') AS cancelled,
+           count(*) FILTER (WHERE s.attempts > 1) AS retried,
+           percentile_cont(ARRAY[0.5, 0.95, 0.99]::float8[])
+               WITHIN GROUP (ORDER BY (extract(epoch FROM s.finished_at - s.started_at) * 1000)::float8)
+               FILTER (WHERE s.started_at IS NOT NULL) AS duration
+    FROM herald_run_steps s
+    JOIN herald_runs r ON r.id = s.run_id
+    LEFT JOIN kinds k ON k.workflow = r.workflow AND k.version = r.version AND k.node_id = s.node_id
+    WHERE s.finished_at >= $1 AND s.finished_at < $2 AND s.status IN ('completed', 'failed', 'cancelled')
+    GROUP BY 1, 2
+)
+SELECT workflow, node_kind, completed, failed, cancelled, retried,
+       duration[1] AS duration_p50_ms, duration[2] AS duration_p95_ms, duration[3] AS duration_p99_ms
+FROM day
+ORDER BY workflow, node_kind
+LIMIT $3";

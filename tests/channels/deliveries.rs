@@ -30,6 +30,8 @@ fn key(run_id: i64, recipient: &str) -> DeliveryKey<'_> {
         node: "notify",
         recipient,
         channel: ChannelKind::Email,
+        workflow: "t",
+        triggered_at: chrono::Utc::now(),
     }
 }
 
