@@ -85,6 +85,11 @@ const TABLES: &[(&str, &str)] = &[
     ("herald_bridge_dead_letters", "bridge"),
     ("herald_api_keys", "api"),
     ("herald_schedules", "clock"),
+    ("herald_rollup_days", "clock"),
+    ("herald_rollup_jobs", "clock"),
+    ("herald_rollup_runs", "clock"),
+    ("herald_rollup_steps", "clock"),
+    ("herald_rollup_deliveries", "clock"),
 ];
 
 /// The library's files: (module path such as `queue::worker::runner`, code without comments).
