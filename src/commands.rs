@@ -474,3 +474,77 @@ pub async fn cron(settings: &Settings, command: CronCommand) -> anyhow::Result<(
         }
     }
 }
+
+#[derive(Args)]
+pub struct RollupDays {
+    /// Recompute this day (YYYY-MM-DD, a day in clock.rollups.timezone).
+    #[arg(long, conflicts_with_all = ["from", "to"])]
+    day: Option<chrono::NaiveDate>,
+    /// Recompute the days from this one...
+    #[arg(long, requires = "to")]
+    from: Option<chrono::NaiveDate>,
+    /// ...to this one, inclusive (at most 366 days).
+    #[arg(long, requires = "from")]
+    to: Option<chrono::NaiveDate>,
+}
+
+#[derive(Subcommand)]
+pub enum RollupCommand {
+    /// The stored rollups of a range of days, as JSON (what GET /v1/analytics/daily answers).
+    Show {
+        /// The first day (YYYY-MM-DD).
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Inclusive, at most 366 days after --from (default: --from).
+        #[arg(long)]
+        to: Option<chrono::NaiveDate>,
+        /// Only this workflow (runs, steps, deliveries; jobs are left out).
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only this channel (deliveries only).
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only this provider (deliveries only).
+        #[arg(long)]
+        provider: Option<String>,
+    },
+}
+
+/// `herald rollup --day D | --from D --to D` recomputes days from the raw rows; `herald rollup show` reads them.
+pub async fn rollup(
+    settings: &Settings,
+    days: RollupDays,
+    command: Option<RollupCommand>,
+) -> anyhow::Result<()> {
+    use herald::clock::rollups::{self, RollupFilter};
+    let pool = connect(settings).await?;
+    db::migrate(&pool).await?;
+    let rollup_settings = &settings.clock.rollups;
+    match (command, days) {
+        (
+            Some(RollupCommand::Show {
+                from,
+                to,
+                workflow,
+                channel,
+                provider,
+            }),
+            _,
+        ) => {
+            let filter = RollupFilter::new(from, to.unwrap_or(from), workflow, channel, provider)?;
+            print_json(&rollups::show(&pool, &filter).await?)
+        }
+        (None, RollupDays { day: Some(day), .. }) => {
+            print_json(&rollups::rebuild_range(&pool, rollup_settings, day, day).await?)
+        }
+        (
+            None,
+            RollupDays {
+                from: Some(from),
+                to: Some(to),
+                ..
+            },
+        ) => print_json(&rollups::rebuild_range(&pool, rollup_settings, from, to).await?),
+        (None, _) => bail!("say which days: --day D, or --from D --to D (or `herald rollup show`)"),
+    }
+}

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 use commands::{
     BridgeDlqCommand, CronCommand, DlqCommand, EnqueueArgs, JobsCommand, KeysCommand,
-    QueuesCommand, WorkflowsCommand, connect, print_json,
+    QueuesCommand, RollupCommand, RollupDays, WorkflowsCommand, connect, print_json,
 };
 use herald::app::App;
 use herald::config::Settings;
@@ -81,6 +81,14 @@ enum Command {
     Cron {
         #[command(subcommand)]
         command: CronCommand,
+    },
+    /// Daily rollups: recompute days from the raw rows (`--day D`, or `--from D --to D`), or `show` them.
+    #[command(args_conflicts_with_subcommands = true)]
+    Rollup {
+        #[command(subcommand)]
+        command: Option<RollupCommand>,
+        #[command(flatten)]
+        days: RollupDays,
     },
     /// Workflow definitions and runs.
     Workflows {
@@ -208,6 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cron { command } => commands::cron(&settings, command).await,
+        Command::Rollup { command, days } => commands::rollup(&settings, days, command).await,
         Command::Bridge {
             command: Some(BridgeCommand::Dlq { command }),
         } => commands::bridge_dlq(&settings, command).await,

@@ -9,6 +9,7 @@
 //! * `deliveries.rs`: `/v1/runs/{id}/deliveries`, what the channel layer did for a run.
 //! * `providers.rs`: `/v1/providers` and the circuit gauges `/metrics` refreshes.
 //! * `suppressions.rs`: `/v1/suppressions`.
+//! * `analytics.rs`: `/v1/analytics/daily`, the clock's daily rollups.
 //! * `callbacks.rs`: `/v1/callbacks/{provider}`, a thin door to `channels::callbacks::Callbacks`.
 //! * this file: the router and its middleware, the state, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` and
 //!   `/docs`.
@@ -22,6 +23,7 @@
 //!
 //! [`router`] builds the whole application; `herald api`, `herald up` and the tests all serve that same router.
 
+mod analytics;
 mod auth;
 mod batcher;
 mod callbacks;
@@ -143,6 +145,7 @@ impl ApiState {
         operations::replay_dead_letters, operations::delete_dead_letter,
         operations::list_workers,
         schedules::list_schedules, schedules::pause_schedule, schedules::resume_schedule,
+        analytics::daily,
         workflows::save_workflow, workflows::list_workflows, workflows::get_workflow, workflows::start_run,
         workflows::get_run, workflows::list_runs, workflows::cancel_run, workflows::retry_run,
         workflows::post_event,
@@ -193,6 +196,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/workers", get(operations::list_workers))
         .route("/schedules", get(schedules::list_schedules))
+        .route("/analytics/daily", get(analytics::daily))
         .route("/schedules/{name}/pause", post(schedules::pause_schedule))
         .route("/schedules/{name}/resume", post(schedules::resume_schedule))
         .route(
