@@ -230,7 +230,13 @@ pub async fn rebuild(
     insert(&mut tx, "herald_rollup_jobs", day, &aggregates.jobs).await?;
     insert(&mut tx, "herald_rollup_runs", day, &aggregates.runs).await?;
     insert(&mut tx, "herald_rollup_steps", day, &aggregates.steps).await?;
-    insert(&mut tx, "herald_rollup_deliveries", day, &aggregates.deliveries).await?;
+    insert(
+        &mut tx,
+        "herald_rollup_deliveries",
+        day,
+        &aggregates.deliveries,
+    )
+    .await?;
     sqlx::query(
         "INSERT INTO herald_rollup_days (day, timezone, starts_at, ends_at, computed_at) \
          VALUES ($1, $2, $3, $4, now()) \
@@ -320,8 +326,8 @@ async fn insert<T: Serialize>(
         return Ok(());
     }
     let dated: Vec<Dated<'_, T>> = rows.iter().map(|row| Dated { day, row }).collect();
-    let json = serde_json::to_value(&dated)
-        .map_err(|e| ClockError::Invalid(format!("{table}: {e}")))?;
+    let json =
+        serde_json::to_value(&dated).map_err(|e| ClockError::Invalid(format!("{table}: {e}")))?;
     sqlx::query(&format!(
         "INSERT INTO {table} SELECT * FROM jsonb_populate_recordset(NULL::{table}, $1)"
     ))
@@ -371,8 +377,14 @@ pub fn register(registry: &mut HandlerRegistry, pool: PgPool, settings: RollupSe
     });
 }
 
-async fn run_job(pool: &PgPool, settings: &RollupSettings, job: &RollupJob) -> Result<(), JobError> {
-    let zone = settings.zone().map_err(|e| JobError::permanent(e.to_string()))?;
+async fn run_job(
+    pool: &PgPool,
+    settings: &RollupSettings,
+    job: &RollupJob,
+) -> Result<(), JobError> {
+    let zone = settings
+        .zone()
+        .map_err(|e| JobError::permanent(e.to_string()))?;
     let day = job
         .day(zone)
         .ok_or_else(|| JobError::permanent(format!("tick {} has no day before it", job.tick)))?;
@@ -413,8 +425,15 @@ impl RollupFilter {
         provider: Option<String>,
     ) -> Result<Self, ClockError> {
         check_range(from, to)?;
-        for (name, value) in [("workflow", &workflow), ("channel", &channel), ("provider", &provider)] {
-            if value.as_ref().is_some_and(|v| v.chars().count() > MAX_FILTER_CHARS) {
+        for (name, value) in [
+            ("workflow", &workflow),
+            ("channel", &channel),
+            ("provider", &provider),
+        ] {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.chars().count() > MAX_FILTER_CHARS)
+            {
                 return Err(ClockError::Invalid(format!(
                     "{name} is longer than {MAX_FILTER_CHARS} characters"
                 )));
@@ -635,7 +654,9 @@ mod tests {
     }
 
     fn at(text: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]
@@ -688,7 +709,12 @@ mod tests {
             vec![date("2026-02-27"), date("2026-02-28"), date("2026-03-01")]
         );
         assert!(days_between(date("2026-03-01"), date("2026-02-27")).is_err());
-        assert_eq!(days_between(date("2025-01-01"), date("2025-12-31")).unwrap().len(), 365);
+        assert_eq!(
+            days_between(date("2025-01-01"), date("2025-12-31"))
+                .unwrap()
+                .len(),
+            365
+        );
         assert!(days_between(date("2024-01-01"), date("2024-12-31")).is_ok()); // 366 days
         assert!(days_between(date("2025-01-01"), date("2026-01-01")).is_ok()); // 365 + 1
         assert!(days_between(date("2025-01-01"), date("2026-01-02")).is_err()); // 367
