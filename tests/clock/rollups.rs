@@ -49,20 +49,27 @@ fn after_day() -> DateTime<Utc> {
 
 const HOUR: i64 = 3600 * 1000;
 
+type At = Option<DateTime<Utc>>;
+/// (queue, kind, outcome, attempts, due at, claimed at, finished at)
+type HistoryRow<'a> = (&'a str, &'a str, &'a str, i32, At, At, DateTime<Utc>);
+/// (run, node, status, attempts, started at, finished at)
+type StepRow<'a> = (i64, &'a str, &'a str, i32, At, At);
+/// (run, recipient, channel, provider, status, workflow, triggered at, created at, accepted at)
+type DeliveryRow<'a> = (
+    i64,
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    Option<&'a str>,
+    At,
+    DateTime<Utc>,
+    At,
+);
+
 /// A finished job in history: (queue, kind, outcome, attempts, due at, claimed at, finished at). Its id is far from
 /// those the queue gives real jobs.
-async fn history(
-    pool: &PgPool,
-    row: (
-        &str,
-        &str,
-        &str,
-        i32,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-        DateTime<Utc>,
-    ),
-) {
+async fn history(pool: &PgPool, row: HistoryRow<'_>) {
     let (queue, kind, outcome, attempt, run_at, claimed_at, finished_at) = row;
     sqlx::query(
         "INSERT INTO herald_job_history (job_id, queue, kind, payload, priority, outcome, attempt, max_attempts, \
@@ -102,17 +109,7 @@ async fn run(
 }
 
 /// A step: (run, node, status, attempts, started at, finished at).
-async fn step(
-    pool: &PgPool,
-    row: (
-        i64,
-        &str,
-        &str,
-        i32,
-        Option<DateTime<Utc>>,
-        Option<DateTime<Utc>>,
-    ),
-) {
+async fn step(pool: &PgPool, row: StepRow<'_>) {
     let (run, node, status, attempts, started_at, finished_at) = row;
     sqlx::query(
         "INSERT INTO herald_run_steps (run_id, epoch, node_id, status, attempts, started_at, finished_at) \
@@ -130,21 +127,7 @@ async fn step(
 }
 
 /// A delivery: (run, recipient, channel, provider, status, workflow, triggered at, created at, accepted at).
-#[allow(clippy::type_complexity)]
-async fn delivery(
-    pool: &PgPool,
-    row: (
-        i64,
-        &str,
-        &str,
-        Option<&str>,
-        &str,
-        Option<&str>,
-        Option<DateTime<Utc>>,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-    ),
-) {
+async fn delivery(pool: &PgPool, row: DeliveryRow<'_>) {
     let (
         run,
         recipient,
@@ -933,10 +916,7 @@ async fn the_api_answers_the_rollups_and_refuses_bad_ranges() {
     }
     // 366 days (a leap year) is allowed.
     let year = app
-        .get(
-            &format!("/v1/analytics/daily?from=2024-01-01&to=2024-12-31"),
-            key,
-        )
+        .get("/v1/analytics/daily?from=2024-01-01&to=2024-12-31", key)
         .send()
         .await
         .expect("request");
