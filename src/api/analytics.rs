@@ -47,8 +47,8 @@ fn date(name: &str, value: Option<&str>) -> Result<NaiveDate, ApiError> {
     params(DailyQuery),
     responses(
         (status = 200, description = "The rollups of the range", body = DailyRollups),
-        (status = 400, description = "Missing or bad date, reversed range, more than 366 days, or an unknown \
-            parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Missing or bad date, reversed range, more than 366 days, a filter longer \
+            than 200 characters, or an unknown parameter", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
     security(("api_key" = []))

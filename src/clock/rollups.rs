@@ -438,6 +438,12 @@ impl RollupFilter {
                     "{name} is longer than {MAX_FILTER_CHARS} characters"
                 )));
             }
+            // PostgreSQL text cannot hold NUL, and no name contains one.
+            if value.as_ref().is_some_and(|v| v.contains('\0')) {
+                return Err(ClockError::Invalid(format!(
+                    "{name} contains a NUL character"
+                )));
+            }
         }
         Ok(Self {
             from,
