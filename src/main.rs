@@ -113,6 +113,9 @@ enum BenchWhat {
     Channels(bench::channels::ChannelBenchArgs),
     /// Kafka into jobs: bridge throughput with one and two processes, and produce -> job started latency.
     Bridge(bench::bridge::BridgeBenchArgs),
+    /// A long steady load reported every minute (pickup, table sizes, dead tuples), optionally with an idle
+    /// transaction holding back vacuum and with history retention at minutes.
+    Soak(bench::soak::SoakArgs),
 }
 
 #[derive(Args)]
@@ -180,6 +183,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             what: Some(BenchWhat::Bridge(args)),
             ..
         } => Ok(bench::bridge::run(&settings, args).await?),
+        Command::Bench {
+            what: Some(BenchWhat::Soak(args)),
+            ..
+        } => Ok(bench::soak::run(&settings, args).await?),
         Command::Migrate => {
             herald::db::migrate(&connect(&settings).await?).await?;
             println!("migrations applied");

@@ -3,7 +3,7 @@
 //!
 //! * this file: the queue (`herald bench`), and the helpers the others share (scratch databases, worker
 //!   processes, counters);
-//! * [`workflows`], [`channels`], [`bridge`]: `herald bench workflows|channels|bridge`.
+//! * [`workflows`], [`channels`], [`bridge`], [`soak`]: `herald bench workflows|channels|bridge|soak`.
 //!
 //! The queue bench's phases, each measured on its own:
 //! Phases, each measured on its own:
@@ -17,6 +17,7 @@
 
 pub mod bridge;
 pub mod channels;
+pub mod soak;
 pub mod workflows;
 
 use std::process::Stdio;

@@ -1,0 +1,338 @@
+//! `herald bench soak`: a long steady load, reported minute by minute, to show that the queue stays small and fast
+//! for months: pickup p50/p99, jobs done, and each hot table's live rows, dead tuples and size.
+//!
+//! * `--rate R`: a producer enqueues R no-op jobs per second (in 10 ms slices); `--saturate` instead keeps a
+//!   backlog topped up, so the minute's throughput is the queue's capacity.
+//! * `--hold-xid-secs H` (after `--hold-after-secs S`): a session opens a transaction, takes a transaction id and
+//!   sits idle in it for H seconds, as a forgotten `psql` or a stuck report would. Vacuum can remove no row
+//!   deleted after it began, so this is the worst case for a Postgres queue; the report says how the queue held.
+//! * `--history-keep-secs K`: every minute, the job history older than K seconds is removed (retention at minutes
+//!   instead of months), so the history's size must stay flat too.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::{BenchError, recreate_database, spawn_worker, stop_workers};
+use herald::config::Settings;
+use herald::db::{self, with_database};
+use herald::queue::worker::builtin::Noop;
+use herald::queue::{self, NewJob, QueueName};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SoakArgs {
+    /// How long to run, in minutes.
+    #[arg(long, default_value_t = 30)]
+    pub minutes: u64,
+    /// Jobs per second the producer enqueues (ignored with --saturate).
+    #[arg(long, default_value_t = 20_000)]
+    pub rate: u64,
+    /// Keep a backlog of this many jobs instead of a fixed rate: the throughput is then the queue's capacity.
+    #[arg(long)]
+    pub saturate: Option<u64>,
+    /// Worker processes, and the concurrency of each.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Hold an idle transaction with a transaction id for this many seconds (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub hold_xid_secs: u64,
+    /// When the holder starts, in seconds from the start of the load.
+    #[arg(long, default_value_t = 120)]
+    pub hold_after_secs: u64,
+    /// Remove history older than this every minute (0: keep it all).
+    #[arg(long, default_value_t = 0)]
+    pub history_keep_secs: u64,
+    /// Seconds per report line.
+    #[arg(long, default_value_t = 60)]
+    pub every_secs: u64,
+    #[arg(long, default_value = "herald_soak")]
+    pub database: String,
+    /// One JSON object per report line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One report line: what the last interval looked like.
+#[derive(Debug, Serialize)]
+struct Interval {
+    minute: f64,
+    holder: bool,
+    jobs_per_s: f64,
+    pickup_p50_ms: f64,
+    pickup_p99_ms: f64,
+    claim_probe_ms: f64,
+    jobs_live: i64,
+    jobs_dead_tuples: i64,
+    jobs_mb: f64,
+    history_rows: i64,
+    history_dead_tuples: i64,
+    history_mb: f64,
+}
+
+pub async fn run(settings: &Settings, args: SoakArgs) -> Result<(), BenchError> {
+    let server_url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
+    let url = with_database(&server_url, &args.database);
+    recreate_database(&server_url, &settings.database, &args.database).await?;
+    let pool = db::connect(&url, &settings.database).await?;
+    db::migrate(&pool).await?;
+
+    let mut workers = Vec::new();
+    for _ in 0..args.workers.max(1) {
+        workers.push(spawn_worker(&url, &format!("soak:{}", args.concurrency), 1_000)?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let enqueued = Arc::new(AtomicU64::new(0));
+    let producer = tokio::spawn(produce(
+        pool.clone(),
+        settings.jobs.defaults(),
+        args.clone(),
+        Arc::clone(&stop),
+        Arc::clone(&enqueued),
+    ));
+    let holder = (args.hold_xid_secs > 0).then(|| {
+        tokio::spawn(hold_xid(
+            url.clone(),
+            Duration::from_secs(args.hold_after_secs),
+            Duration::from_secs(args.hold_xid_secs),
+        ))
+    });
+
+    let started = Instant::now();
+    let hold_from = Duration::from_secs(args.hold_after_secs);
+    let hold_to = hold_from + Duration::from_secs(args.hold_xid_secs);
+    let every = Duration::from_secs(args.every_secs.max(1));
+    let total = Duration::from_secs(args.minutes.max(1) * 60);
+    let mut window_start = Utc::now();
+    let mut lines = Vec::new();
+    if !args.json {
+        println!(
+            "minute  holder  jobs/s   pickup p50/p99 ms   probe ms   jobs: live  dead    MB   history: rows  dead    MB"
+        );
+    }
+    while started.elapsed() < total {
+        tokio::time::sleep(every).await;
+        let window_end = Utc::now();
+        if args.history_keep_secs > 0 {
+            trim_history(&pool, window_end, args.history_keep_secs).await?;
+        }
+        let elapsed = started.elapsed();
+        // An interval counts as held if the holder was open through all of it (a second's slack either side).
+        let slack = Duration::from_secs(1);
+        let holder_on = args.hold_xid_secs > 0
+            && elapsed.saturating_sub(every) + slack >= hold_from
+            && elapsed <= hold_to + slack;
+        let line = measure(&pool, window_start, window_end, elapsed, holder_on).await?;
+        print_line(&line, args.json);
+        lines.push(line);
+        window_start = window_end;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = producer.await;
+    if let Some(holder) = holder {
+        holder.abort();
+    }
+    stop_workers(workers).await;
+    summarize(&lines, &args);
+    Ok(())
+}
+
+/// The producer: a fixed rate in 10 ms slices, or a backlog topped up every 50 ms.
+async fn produce(
+    pool: PgPool,
+    defaults: queue::JobDefaults,
+    args: SoakArgs,
+    stop: Arc<AtomicBool>,
+    enqueued: Arc<AtomicU64>,
+) -> Result<(), BenchError> {
+    let queue = QueueName::parse("soak").map_err(|e| BenchError::Failed(e.to_string()))?;
+    let job = NewJob::typed(queue, &Noop {}).map_err(|e| BenchError::Failed(e.to_string()))?;
+    let batch = vec![job; 5_000];
+    let mut conn = pool.acquire().await?;
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(if args.saturate.is_some() {
+        50
+    } else {
+        10
+    }));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while !stop.load(Ordering::Relaxed) {
+        ticker.tick().await;
+        let due = match args.saturate {
+            Some(backlog) => {
+                let live: i64 = sqlx::query_scalar("SELECT count(*) FROM herald_jobs")
+                    .fetch_one(&mut *conn)
+                    .await?;
+                backlog.saturating_sub(u64::try_from(live).unwrap_or(0))
+            }
+            None => {
+                let target = (started.elapsed().as_secs_f64() * args.rate as f64) as u64;
+                target.saturating_sub(enqueued.load(Ordering::Relaxed))
+            }
+        };
+        let mut left = due as usize;
+        while left > 0 {
+            let n = left.min(batch.len());
+            queue::enqueue_many(&mut conn, &defaults, &batch[..n]).await?;
+            enqueued.fetch_add(n as u64, Ordering::Relaxed);
+            left -= n;
+        }
+    }
+    Ok(())
+}
+
+/// An idle session in a transaction that holds a transaction id: vacuum's horizon stops at it.
+async fn hold_xid(url: String, after: Duration, hold: Duration) -> Result<(), BenchError> {
+    tokio::time::sleep(after).await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await?;
+    let mut tx = pool.begin().await?;
+    let xid: i64 = sqlx::query_scalar("SELECT txid_current()")
+        .fetch_one(&mut *tx)
+        .await?;
+    eprintln!("holder: transaction {xid} open and idle for {hold:?}");
+    tokio::time::sleep(hold).await;
+    tx.rollback().await?;
+    eprintln!("holder: transaction {xid} ended");
+    Ok(())
+}
+
+/// Retention at minutes: history older than `keep_secs` goes, in bounded batches (the clock's way).
+async fn trim_history(pool: &PgPool, now: DateTime<Utc>, keep_secs: u64) -> Result<(), BenchError> {
+    let cutoff = now - chrono::Duration::seconds(i64::try_from(keep_secs).unwrap_or(i64::MAX));
+    loop {
+        let removed = sqlx::query(
+            "DELETE FROM herald_job_history WHERE ctid = ANY(ARRAY( \
+                 SELECT ctid FROM herald_job_history WHERE finished_at < $1 LIMIT 10000))",
+        )
+        .bind(cutoff)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if removed < 10_000 {
+            return Ok(());
+        }
+    }
+}
+
+async fn measure(
+    pool: &PgPool,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    elapsed: Duration,
+    holder: bool,
+) -> Result<Interval, BenchError> {
+    let (done, p50, p99): (i64, Option<f64>, Option<f64>) = sqlx::query_as(
+        "SELECT count(*), \
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM claimed_at - created_at)) * 1000, \
+                percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM claimed_at - created_at)) * 1000 \
+         FROM herald_job_history WHERE finished_at >= $1 AND finished_at < $2",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_one(pool)
+    .await?;
+    // The claim's search, as a worker runs it, without taking anything: how far it wades through dead entries.
+    let probe_started = Instant::now();
+    let mut tx = pool.begin().await?;
+    let _: Vec<i64> = sqlx::query_scalar(
+        "SELECT id FROM herald_jobs WHERE queue = 'soak' AND lease_token IS NULL AND NOT scheduled \
+         ORDER BY sort_key LIMIT 1 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.rollback().await?;
+    let claim_probe_ms = probe_started.elapsed().as_secs_f64() * 1000.0;
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(pool)
+        .await?;
+    let table = |name: &'static str| async move {
+        let row: (i64, i64, i64) = sqlx::query_as(
+            "SELECT coalesce(n_live_tup, 0), coalesce(n_dead_tup, 0), pg_total_relation_size(relid) \
+             FROM pg_stat_user_tables WHERE relname = $1",
+        )
+        .bind(name)
+        .fetch_one(pool)
+        .await?;
+        Ok::<_, sqlx::Error>(row)
+    };
+    let (jobs_live, jobs_dead, jobs_bytes) = table("herald_jobs").await?;
+    let (_, history_dead, history_bytes) = table("herald_job_history").await?;
+    let history_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM herald_job_history")
+        .fetch_one(pool)
+        .await?;
+    let secs = (to - from).num_milliseconds().max(1) as f64 / 1000.0;
+    Ok(Interval {
+        minute: elapsed.as_secs_f64() / 60.0,
+        holder,
+        jobs_per_s: done as f64 / secs,
+        pickup_p50_ms: p50.unwrap_or(0.0),
+        pickup_p99_ms: p99.unwrap_or(0.0),
+        claim_probe_ms,
+        jobs_live,
+        jobs_dead_tuples: jobs_dead,
+        jobs_mb: jobs_bytes as f64 / 1_048_576.0,
+        history_rows,
+        history_dead_tuples: history_dead,
+        history_mb: history_bytes as f64 / 1_048_576.0,
+    })
+}
+
+fn print_line(line: &Interval, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(line).unwrap_or_default());
+        return;
+    }
+    println!(
+        "{:>6.1}  {:>6}  {:>7.0}   {:>7.2} / {:>7.2}   {:>8.2}   {:>10} {:>6} {:>5.1}   {:>13} {:>5} {:>5.1}",
+        line.minute,
+        if line.holder { "held" } else { "-" },
+        line.jobs_per_s,
+        line.pickup_p50_ms,
+        line.pickup_p99_ms,
+        line.claim_probe_ms,
+        line.jobs_live,
+        line.jobs_dead_tuples,
+        line.jobs_mb,
+        line.history_rows,
+        line.history_dead_tuples,
+        line.history_mb,
+    );
+}
+
+/// With a holder: the throughput while it held, against the clean intervals before it (the first one, warm-up,
+/// left out).
+fn summarize(lines: &[Interval], args: &SoakArgs) {
+    if args.hold_xid_secs == 0 || lines.len() < 3 {
+        return;
+    }
+    let mean = |xs: Vec<f64>| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
+    let clean = mean(
+        lines
+            .iter()
+            .skip(1)
+            .take_while(|l| !l.holder)
+            .map(|l| l.jobs_per_s)
+            .collect(),
+    );
+    let held = mean(
+        lines
+            .iter()
+            .filter(|l| l.holder)
+            .map(|l| l.jobs_per_s)
+            .collect(),
+    );
+    let summary = serde_json::json!({
+        "clean_jobs_per_s": clean,
+        "held_jobs_per_s": held,
+        "held_over_clean": if clean > 0.0 { held / clean } else { 0.0 },
+    });
+    println!("{summary}");
+}
