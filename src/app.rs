@@ -122,17 +122,21 @@ impl App {
     ) -> std::io::Result<()> {
         let settings = &self.settings;
         let metrics = process_metrics().map_err(|e| std::io::Error::other(e.to_string()))?;
-        let state = crate::api::ApiState::new(
-            self.pool.clone(),
-            &settings.api,
-            settings.jobs.defaults(),
+        let parts = crate::api::ApiParts {
+            pool: self.pool.clone(),
+            defaults: settings.jobs.defaults(),
             metrics,
-            Arc::clone(&self.engine),
-            crate::api::configured_providers(&settings.channels.chains, &settings.providers),
-            settings.callbacks.clone(),
-            self.schedules()
+            engine: Arc::clone(&self.engine),
+            providers: crate::api::configured_providers(
+                &settings.channels.chains,
+                &settings.providers,
+            ),
+            callbacks: settings.callbacks.clone(),
+            schedules: self
+                .schedules()
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
-        );
+        };
+        let state = crate::api::ApiState::new(&settings.api, parts);
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "API listening");
         }

@@ -101,18 +101,31 @@ impl std::ops::Deref for ApiState {
     }
 }
 
+/// What the API serves besides its own section: the database, the engine, and the other modules' views.
+pub struct ApiParts {
+    pub pool: PgPool,
+    pub defaults: JobDefaults,
+    pub metrics: Metrics,
+    pub engine: Arc<Engine>,
+    /// The overview `GET /v1/providers` serves.
+    pub providers: Vec<providers::ConfiguredProvider>,
+    /// The `[callbacks]` settings.
+    pub callbacks: CallbackSettings,
+    /// The clock's schedules, for `GET /v1/schedules`.
+    pub schedules: Arc<[Schedule]>,
+}
+
 impl ApiState {
-    /// `providers` is the overview `GET /v1/providers` serves; `callbacks` the `[callbacks]` settings.
-    pub fn new(
-        pool: PgPool,
-        settings: &ApiSettings,
-        defaults: JobDefaults,
-        metrics: Metrics,
-        engine: Arc<Engine>,
-        providers: Vec<providers::ConfiguredProvider>,
-        callbacks: CallbackSettings,
-        schedules: Arc<[Schedule]>,
-    ) -> Self {
+    pub fn new(settings: &ApiSettings, parts: ApiParts) -> Self {
+        let ApiParts {
+            pool,
+            defaults,
+            metrics,
+            engine,
+            providers,
+            callbacks,
+            schedules,
+        } = parts;
         let settings = settings.clone();
         let quota = Quota::per_second(settings.rate_limit_per_second)
             .allow_burst(settings.rate_limit_burst);

@@ -537,11 +537,13 @@ fn plan(
                 break;
             }
         }
-        if schedule.missed == MissedPolicy::RunOnce && fire.is_empty() {
-            if let Some(tick) = schedule.latest_at_or_before(late_before) {
-                fire.push(tick);
-                passed_over = passed_over.saturating_sub(1);
-            }
+        let run_once = schedule.missed == MissedPolicy::RunOnce && fire.is_empty();
+        if let Some(tick) = schedule
+            .latest_at_or_before(late_before)
+            .filter(|_| run_once)
+        {
+            fire.push(tick);
+            passed_over = passed_over.saturating_sub(1);
         }
     }
     Plan {
