@@ -84,7 +84,11 @@ pub async fn run(settings: &Settings, args: SoakArgs) -> Result<(), BenchError> 
 
     let mut workers = Vec::new();
     for _ in 0..args.workers.max(1) {
-        workers.push(spawn_worker(&url, &format!("soak:{}", args.concurrency), 1_000)?);
+        workers.push(spawn_worker(
+            &url,
+            &format!("soak:{}", args.concurrency),
+            1_000,
+        )?);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let enqueued = Arc::new(AtomicU64::new(0));
