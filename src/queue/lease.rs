@@ -186,21 +186,65 @@ pub async fn claim_on<'c>(
     worker: Uuid,
     token: i64,
 ) -> Result<Vec<ClaimedJob>, QueueError> {
-    let start_by = Instant::now() + lease;
-    let query = sqlx::query(sql::CLAIM)
-        .bind(queue.as_str())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .bind(lease.as_millis() as i64)
-        .bind(worker)
-        .bind(token);
+    let claim = Claim {
+        queue,
+        limit,
+        lease,
+        worker,
+        token,
+    };
+    Ok(claim_from(conn, &claim, None).await?.jobs)
+}
+
+/// What a claim asks for.
+pub struct Claim<'a> {
+    pub queue: &'a QueueName,
+    pub limit: usize,
+    pub lease: Duration,
+    pub worker: Uuid,
+    pub token: i64,
+}
+
+/// What a claim got, and the `sort_key` of the last job it took (where the next claim may start).
+pub struct Claimed {
+    pub jobs: Vec<ClaimedJob>,
+    pub last_sort_key: Option<DateTime<Utc>>,
+}
+
+/// Claims as [`claim_on`] does, searching only jobs whose `sort_key` is at least `floor` (all of them if None).
+pub async fn claim_from<'c>(
+    conn: impl PgExecutor<'c>,
+    claim: &Claim<'_>,
+    floor: Option<DateTime<Utc>>,
+) -> Result<Claimed, QueueError> {
+    let start_by = Instant::now() + claim.lease;
+    let query = sqlx::query(if floor.is_some() {
+        sql::CLAIM_FROM
+    } else {
+        sql::CLAIM
+    })
+    .bind(claim.queue.as_str())
+    .bind(i64::try_from(claim.limit).unwrap_or(i64::MAX))
+    .bind(claim.lease.as_millis() as i64)
+    .bind(claim.worker)
+    .bind(claim.token);
+    let query = match floor {
+        Some(floor) => query.bind(floor),
+        None => query,
+    };
     let rows = bounded(query.fetch_all(conn)).await?;
+    let last_sort_key = match rows.last() {
+        Some(row) => Some(row.try_get("sort_key")?),
+        None => None,
+    };
     // The claim path: mapped by hand on purpose. `ClaimedJob` carries what is not a column (the queue, already
     // parsed, and `start_by`), so a derived row struct would mean a second struct and a move per job here.
-    rows.iter()
+    let jobs = rows
+        .iter()
         .map(|row| {
             Ok(ClaimedJob {
                 id: row.try_get("id")?,
-                queue: queue.clone(),
+                queue: claim.queue.clone(),
                 kind: row.try_get("kind")?,
                 payload: row.try_get("payload")?,
                 priority: row.try_get("priority")?,
@@ -214,7 +258,11 @@ pub async fn claim_on<'c>(
             })
         })
         .collect::<Result<_, sqlx::Error>>()
-        .map_err(QueueError::from)
+        .map_err(QueueError::from)?;
+    Ok(Claimed {
+        jobs,
+        last_sort_key,
+    })
 }
 
 /// Settles a batch of attempts: one statement, plus one more when some jobs are given back unstarted. Returns

@@ -6,7 +6,9 @@
 //! per statement (Postgres also folds identical notifications within a transaction), and they are delivered only
 //! when the transaction commits, so a rolled-back enqueue wakes nobody.
 
-/// The LISTEN/NOTIFY channel. The payload is a queue name, or [`SCHEDULED_WAKEUP`].
+/// The LISTEN/NOTIFY channel. The payload is [`SCHEDULED_WAKEUP`], or a queue name with the lowest `sort_key`
+/// (in microseconds since the epoch) of the jobs the statement made available, `emails@1767225600000000`, or a
+/// bare queue name when that is not known (a worker then searches the whole queue once; see `runner.rs`).
 pub const CHANNEL: &str = "herald_jobs";
 /// Payload telling promoters that a job was scheduled for later (queue names cannot contain '!').
 pub const SCHEDULED_WAKEUP: &str = "!scheduled";
@@ -45,11 +47,15 @@ inserted AS (
            i.idempotency_key, i.replay_of, i.request_id
     FROM input i
     WHERE i.idempotency_key IS NULL OR i.id IN (SELECT job_id FROM won_keys)
-    RETURNING id, queue, scheduled
+    RETURNING id, queue, scheduled, sort_key
 ),
 wakeups AS (
     SELECT count(pg_notify('herald_jobs', w.payload)) AS sent
-    FROM (SELECT DISTINCT CASE WHEN scheduled THEN '!scheduled' ELSE queue END AS payload FROM inserted) w
+    FROM (SELECT DISTINCT '!scheduled' AS payload FROM inserted WHERE scheduled
+          UNION ALL
+          -- A microsecond earlier than the lowest key: the hint must never sit above a job it announces.
+          SELECT queue || '@' || (floor(extract(epoch FROM min(sort_key)) * 1000000)::int8 - 1)
+          FROM inserted WHERE NOT scheduled GROUP BY queue) w
 )
 SELECT i.id, (ins.id IS NOT NULL) AS inserted, i.idempotency_key, i.fingerprint,
        (SELECT sent FROM wakeups) AS wakeups
@@ -71,6 +77,32 @@ pub const CLAIM: &str = r#"
 WITH next AS (
     SELECT id FROM herald_jobs
     WHERE queue = $1 AND lease_token IS NULL AND NOT scheduled
+      AND NOT EXISTS (SELECT 1 FROM herald_queues q WHERE q.name = $1 AND q.paused)
+    ORDER BY sort_key
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE herald_jobs j
+    SET lease_token = $5,
+        lease_expires_at = now() + $3 * interval '1 millisecond',
+        leased_by = $4,
+        attempt = j.attempt + 1,
+        claimed_at = clock_timestamp()
+    WHERE j.id = ANY(ARRAY(SELECT id FROM next))
+    RETURNING j.id, j.kind, j.payload, j.priority, j.attempt, j.max_attempts, j.timeout_ms, j.lease_token, j.run_at,
+              j.created_at, j.sort_key
+)
+SELECT * FROM claimed ORDER BY sort_key
+"#;
+
+/// [`CLAIM`] from `sort_key` $6 on: the index scan starts there instead of at the queue's oldest entry. The
+/// entries before it are jobs already claimed; while an old transaction holds vacuum back they stay in the index,
+/// dead, and a scan from the start would wade through every one of them (see `runner.rs`).
+pub const CLAIM_FROM: &str = r#"
+WITH next AS (
+    SELECT id FROM herald_jobs
+    WHERE queue = $1 AND lease_token IS NULL AND NOT scheduled AND sort_key >= $6
       AND NOT EXISTS (SELECT 1 FROM herald_queues q WHERE q.name = $1 AND q.paused)
     ORDER BY sort_key
     LIMIT $2
@@ -184,10 +216,12 @@ WITH due AS (
     FOR UPDATE SKIP LOCKED
 ),
 promoted AS (
-    UPDATE herald_jobs j SET scheduled = false FROM due WHERE j.id = due.id RETURNING j.queue
+    UPDATE herald_jobs j SET scheduled = false FROM due WHERE j.id = due.id RETURNING j.queue, j.sort_key
 ),
 wakeups AS (
-    SELECT count(pg_notify('herald_jobs', queue)) AS sent FROM (SELECT DISTINCT queue FROM promoted) q
+    SELECT count(pg_notify('herald_jobs', w.payload)) AS sent
+    FROM (SELECT queue || '@' || (floor(extract(epoch FROM min(sort_key)) * 1000000)::int8 - 1) AS payload
+          FROM promoted GROUP BY queue) w
 )
 SELECT (SELECT count(*) FROM promoted) AS promoted,
        (SELECT sent FROM wakeups) AS wakeups,

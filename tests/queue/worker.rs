@@ -402,6 +402,45 @@ async fn a_high_priority_job_jumps_the_line() {
     assert_eq!(calls.len(), low.len() + 1, "and the rest still ran");
 }
 
+/// A claim starts from where the last one ended (the floor, see `runner.rs`); a job enqueued behind that point
+/// (an urgent one, whose `sort_key` lies minutes in the past) must still be taken by the very next claims, because
+/// its wakeup lowers the floor. Without that, it would wait for the periodic full search.
+#[tokio::test]
+async fn an_urgent_job_enqueued_behind_the_claim_floor_runs_next() {
+    let db = TestDb::new().await;
+    let recorder = Recorder::default();
+    let registry = registry_with(&recorder, |_| {
+        std::thread::sleep(Duration::from_millis(20));
+        Ok(())
+    });
+    let mut opts = options(&[("q", 1)]);
+    opts.batch_size = 1;
+    let worker = RunningWorker::start(&db.pool, opts, registry);
+    let low = db
+        .enqueue((0..100).map(|_| job("q", "test", json!({}))).collect())
+        .await;
+    wait_until(Duration::from_secs(10), "three jobs started", || async {
+        recorder.calls().len() >= 3
+    })
+    .await;
+    let high = db
+        .enqueue(vec![
+            job("q", "test", json!({})).priority(Priority::new(9).unwrap()),
+        ])
+        .await[0];
+    wait_for_drain(&db, Duration::from_secs(30)).await;
+    worker.stop().await;
+
+    let mut calls = recorder.calls();
+    calls.sort_by_key(|c| c.started);
+    let position = calls.iter().position(|c| c.id == high).expect("ran");
+    assert!(
+        position <= 8,
+        "the urgent job ran {position}th of {}, not within a few claims",
+        low.len() + 1
+    );
+}
+
 #[tokio::test]
 async fn continuous_high_priority_work_does_not_starve_a_low_priority_job() {
     let db = TestDb::new().await;
@@ -708,7 +747,18 @@ async fn one_enqueue_statement_sends_one_notification_per_queue() {
         payloads.push(notification.payload().to_string());
     }
     payloads.sort();
-    assert_eq!(payloads, vec!["!scheduled", "a", "b"]);
+    // Each queue's wakeup carries (just below) the lowest sort_key it made available, for the claims' floor.
+    let lowest: i64 = sqlx::query_scalar(
+        "SELECT floor(extract(epoch FROM min(sort_key)) * 1000000)::int8 FROM herald_jobs WHERE NOT scheduled",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let expected = |queue: &str| format!("{queue}@{}", lowest - 1);
+    assert_eq!(
+        payloads,
+        vec!["!scheduled".to_string(), expected("a"), expected("b")]
+    );
 }
 
 #[tokio::test]

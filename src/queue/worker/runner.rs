@@ -5,13 +5,25 @@
 //! half a batch of room is free, or at once when the dispatcher has nothing left to start, so claims overlap with
 //! execution and never shrink to one row each. When a claim comes back short the queue is drained and the fetcher
 //! sleeps until a wakeup (or a slow safety poll).
+//!
+//! **Where a claim starts.** A claim searches the queue's jobs in `sort_key` order. The jobs before the front of
+//! the line were claimed already, and their old row versions stay in the index until vacuum removes them; while
+//! an old transaction holds vacuum back (an idle `BEGIN` in some session), they pile up by the million, and a
+//! claim that starts at the queue's oldest entry wades through all of them every time. So the fetcher remembers
+//! a *floor*: after a full claim, the `sort_key` of the last job it took (nothing available lies before it, but
+//! jobs made available later); after a short one, "nothing pending". Whatever makes a job available announces
+//! its lowest `sort_key` in its wakeup (enqueue, promotion), which lowers the floor before the next claim; a
+//! wakeup that names no key (a release, a rescue, a resume, a replay, a reconnected listener) clears the floor,
+//! and so does the safety poll's period, so a job no wakeup announced (a claim rolled back elsewhere, a row
+//! locked by another session during our claim) waits at most that long.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -22,7 +34,8 @@ use super::ledger::Ledger;
 use super::liveness::Liveness;
 use super::retry::RetryPolicy;
 use super::slots::Slots;
-use crate::queue::lease::{self, ClaimedJob};
+use super::wakeups::QueueSignal;
+use crate::queue::lease::{self, Claim, ClaimedJob};
 use crate::queue::types::{JobId, QueueSpec};
 
 /// A claimed job with its share of the fetcher's capacity; dropping the permit frees the room.
@@ -38,7 +51,7 @@ pub struct QueueRunner {
     pub shutdown_grace: Duration,
     pub registry: Arc<HandlerRegistry>,
     pub retry: RetryPolicy,
-    pub wakeup: Arc<Notify>,
+    pub wakeup: Arc<QueueSignal>,
     pub acks: mpsc::Sender<Ack>,
     /// What this process holds, for reconciliation (`ledger.rs`).
     pub ledger: Arc<Ledger>,
@@ -72,6 +85,8 @@ impl QueueRunner {
         let low_water = (self.batch_size / 2).max(1);
         let mut drained = false;
         let mut backoff = Duration::from_millis(100);
+        let mut floor = Floor::All;
+        let mut last_full_search = std::time::Instant::now();
         loop {
             // Checked first: with a backlog there is always room and work, so the waits below would never see
             // the shutdown, and every claim would go straight back (claim one, release one, forever).
@@ -82,36 +97,64 @@ impl QueueRunner {
                 // Sleep until a wakeup; the safety poll covers a wakeup lost while the listener reconnected.
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = self.wakeup.notified() => {}
+                    _ = self.wakeup.notify.notified() => {}
                     _ = tokio::time::sleep(self.safety_poll) => {}
                 }
             }
             let Some(room) = self.wait_for_room(&shared, low_water, &shutdown).await else {
                 return;
             };
+            floor = floor.lowered_to(self.wakeup.take_floor());
+            if last_full_search.elapsed() >= self.safety_poll {
+                floor = Floor::All;
+            }
+            let from = match floor {
+                // Nothing was made available since the last claim came back short: no need to ask.
+                Floor::Nothing => {
+                    drained = true;
+                    drop(room);
+                    continue;
+                }
+                Floor::All => None,
+                Floor::From(key) => Some(key),
+            };
             let wanted = room.num_permits();
             let started = std::time::Instant::now();
             let token = lease::new_lease_token();
             self.ledger.claim_sent(token);
+            let claim = Claim {
+                queue: &self.spec.name,
+                limit: wanted,
+                lease: self.lease,
+                worker: self.worker_id,
+                token,
+            };
             let claimed = match self.pool.acquire().await {
-                Ok(mut conn) => {
-                    let (queue, worker) = (&self.spec.name, self.worker_id);
-                    lease::claim_on(&mut *conn, queue, wanted, self.lease, worker, token).await
-                }
+                Ok(mut conn) => lease::claim_from(&mut *conn, &claim, from).await,
                 Err(error) => Err(error.into()),
             };
             match &claimed {
-                Ok(jobs) => self.ledger.claim_answered(token, jobs),
+                Ok(claimed) => self.ledger.claim_answered(token, &claimed.jobs),
                 Err(_) => self.ledger.claim_abandoned(token),
             }
             match claimed {
-                Ok(jobs) => {
-                    tracing::debug!(wanted, claimed = jobs.len(), elapsed = ?started.elapsed(), "claimed");
+                Ok(claimed) => {
+                    let jobs = claimed.jobs;
+                    tracing::debug!(wanted, claimed = jobs.len(), elapsed = ?started.elapsed(), ?from, "claimed");
                     backoff = Duration::from_millis(100);
                     drained = jobs.len() < wanted;
+                    if from.is_none() {
+                        last_full_search = std::time::Instant::now();
+                    }
+                    floor = match claimed.last_sort_key {
+                        Some(key) if !drained => Floor::From(key),
+                        _ => Floor::Nothing,
+                    };
                     self.hand_over(&shared, &out, jobs, room).await;
                 }
                 Err(error) => {
+                    // What the failed claim would have taken is still there: search from the same floor again.
+                    floor = from.map_or(Floor::All, Floor::From);
                     tracing::warn!(%error, queue = %self.spec.name, retry_in = ?backoff, "claim failed");
                     drop(room);
                     tokio::select! {
@@ -241,4 +284,50 @@ async fn release_with_retry(pool: &PgPool, ledger: &Ledger, jobs: &[(JobId, i64)
         }
     }
     ledger.forget(jobs.iter().copied());
+}
+
+/// Where the fetcher's next claim starts (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Floor {
+    /// Search the whole queue.
+    All,
+    /// Search from this `sort_key` on: nothing available lies before it.
+    From(DateTime<Utc>),
+    /// Nothing available since the last claim came back short.
+    Nothing,
+}
+
+impl Floor {
+    /// Lowered by a wakeup's hint (`QueueSignal::take_floor`: `i64::MAX` none, `i64::MIN` search all).
+    fn lowered_to(self, hint_micros: i64) -> Self {
+        if hint_micros == i64::MAX {
+            return self;
+        }
+        let Some(hint) =
+            DateTime::<Utc>::from_timestamp_micros(hint_micros).filter(|_| hint_micros != i64::MIN)
+        else {
+            return Floor::All;
+        };
+        match self {
+            Floor::All => Floor::All,
+            Floor::From(key) => Floor::From(key.min(hint)),
+            Floor::Nothing => Floor::From(hint),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wakeup_lowers_the_floor_and_one_without_a_key_clears_it() {
+        let at = |micros| DateTime::<Utc>::from_timestamp_micros(micros).unwrap();
+        assert_eq!(Floor::Nothing.lowered_to(i64::MAX), Floor::Nothing);
+        assert_eq!(Floor::Nothing.lowered_to(5), Floor::From(at(5)));
+        assert_eq!(Floor::From(at(9)).lowered_to(5), Floor::From(at(5)));
+        assert_eq!(Floor::From(at(3)).lowered_to(5), Floor::From(at(3)));
+        assert_eq!(Floor::From(at(3)).lowered_to(i64::MIN), Floor::All);
+        assert_eq!(Floor::All.lowered_to(5), Floor::All);
+    }
 }
