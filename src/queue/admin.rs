@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::QueueError;
@@ -152,22 +152,37 @@ pub async fn find_job(pool: &PgPool, id: JobId) -> Result<Option<JobView>, Queue
 /// Cancels a job that is waiting (available or scheduled). A running job cannot be cancelled: it is a
 /// [`QueueError::Conflict`]; an unknown or finished job is [`QueueError::NotFound`].
 pub async fn cancel_job(pool: &PgPool, id: JobId) -> Result<(), QueueError> {
-    if sqlx::query(sql::CANCEL)
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-        .is_some()
-    {
+    let mut conn = pool.acquire().await?;
+    if !cancel_waiting_jobs(&mut conn, &[id]).await?.is_empty() {
         return Ok(());
     }
     match sqlx::query_scalar::<_, bool>(sql::JOB_RUNNING)
         .bind(id)
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await?
     {
         Some(true) => Err(QueueError::Conflict(format!("job {id} is running"))),
         _ => Err(QueueError::NotFound(format!("waiting job {id}"))),
     }
+}
+
+/// Cancels the jobs among `ids` that are waiting (available or scheduled), inside the caller's transaction, so
+/// that they go with whatever made them pointless (a workflow removes a wait's timeout job in the transaction
+/// that satisfies the wait). Each leaves the hot table with a `cancelled` history row, as [`cancel_job`] does.
+/// A leased (running) job is left alone: its handler is already at work, and must cope with finding nothing to
+/// do. Ids no longer in the hot table are ignored. Returns the ids cancelled. The caller bounds `ids` (one
+/// statement carries them all).
+pub async fn cancel_waiting_jobs(
+    conn: &mut PgConnection,
+    ids: &[JobId],
+) -> Result<Vec<JobId>, QueueError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(sqlx::query_scalar(sql::CANCEL)
+        .bind(ids)
+        .fetch_all(conn)
+        .await?)
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]

@@ -350,10 +350,18 @@ SELECT job_id, queue, kind, payload, priority, outcome, attempt, max_attempts, e
 FROM herald_job_history WHERE job_id = $1 ORDER BY finished_at DESC LIMIT 1
 "#;
 
-/// Cancel a job that is not running: it leaves the hot table and its history says `cancelled`.
+/// Cancel the jobs among $1 that are not running: each leaves the hot table and its history says `cancelled`.
+/// A leased job is left alone: a claim that locked it first made it leased, and the re-check after the lock
+/// wait sees that. Rows are locked in id order, so two cancellations sharing jobs cannot deadlock each other
+/// (claims and promotions skip locked rows). Returns the ids cancelled.
 pub const CANCEL: &str = r#"
-WITH gone AS (
-    DELETE FROM herald_jobs WHERE id = $1 AND lease_token IS NULL RETURNING *
+WITH doomed AS (
+    SELECT id FROM herald_jobs WHERE id = ANY($1::int8[]) AND lease_token IS NULL
+    ORDER BY id
+    FOR UPDATE
+),
+gone AS (
+    DELETE FROM herald_jobs j WHERE j.id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING j.*
 )
 INSERT INTO herald_job_history (job_id, queue, kind, payload, priority, outcome, attempt, max_attempts, errors,
                                 idempotency_key, replay_of, created_at, claimed_at, request_id, run_at)

@@ -275,17 +275,22 @@ impl Engine {
         }
     }
 
+    /// Parks a delay node's step until its `resume` job, due `until`. The job is enqueued first so the step can
+    /// record it as its timer in the statement that parks it; if an earlier attempt already parked the step,
+    /// rolling back takes the new job away again.
     async fn suspend(&self, job: &NodeJob, until: DateTime<Utc>) -> Result<(), WorkflowError> {
         let mut tx = self.steps_pool.begin().await?;
-        if job.park(&mut tx).await? {
-            let resume = NodeJob {
-                phase: Phase::Resume,
-                ..job.clone()
-            };
-            let new = self.jobs.new_job(resume, Some(until));
-            self.jobs.enqueue(&mut tx, &[new]).await?;
+        let resume = NodeJob {
+            phase: Phase::Resume,
+            ..job.clone()
+        };
+        let new = self.jobs.new_job(resume, Some(until));
+        let timer = self.jobs.enqueue(&mut tx, &[new]).await?.first().map(|e| e.id());
+        if job.park(&mut tx, timer).await? {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -326,13 +331,32 @@ impl Engine {
     /// permanent error fails the run; anything else is retried.
     async fn unrunnable(&self, job: &NodeJob, error: JobError) -> Result<(), JobError> {
         if let JobError::Permanent(message) = &error {
-            let failed = job
-                .attempt_query(sql::FAIL_RUN, message)
-                .fetch_optional(&self.steps_pool)
-                .await;
-            failed.map_err(|e| retryable(e.into()))?;
+            let failed = async {
+                let mut tx = self.steps_pool.begin().await?;
+                self.fail_run_in(&mut tx, job, message).await?;
+                tx.commit().await?;
+                Ok::<(), WorkflowError>(())
+            };
+            failed.await.map_err(retryable)?;
         }
         Err(error)
+    }
+
+    /// Fails the node's step and its run (unless the step already moved on), and removes the run's timers.
+    async fn fail_run_in(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        job: &NodeJob,
+        message: &str,
+    ) -> Result<(), WorkflowError> {
+        let failed: Option<(i64, Vec<i64>)> = job
+            .attempt_query_as(sql::FAIL_RUN, message)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some((_, timers)) = failed {
+            self.jobs.cancel_timers(conn, &timers).await?;
+        }
+        Ok(())
     }
 
     /// Fails a node: follows its `on_error` edge, or fails the run.
@@ -344,17 +368,17 @@ impl Engine {
         message: &str,
     ) -> Result<(), WorkflowError> {
         let Some(target) = &node.on_error else {
-            job.attempt_query(sql::FAIL_RUN, message)
-                .fetch_optional(&mut *conn)
-                .await?;
-            return Ok(());
+            return self.fail_run_in(conn, job, message).await;
         };
-        let failed = job
-            .attempt_query(sql::FAIL_STEP, message)
+        let failed: Option<(i64, Option<i64>)> = job
+            .attempt_query_as(sql::FAIL_STEP, message)
             .fetch_optional(&mut *conn)
             .await?;
-        if failed.is_none() {
+        let Some((_, timer)) = failed else {
             return Ok(());
+        };
+        if let Some(timer) = timer {
+            self.jobs.cancel_timers(conn, &[timer]).await?;
         }
         let enqueue: Vec<String> = sqlx::query_scalar(sql::CONTINUE_AFTER_FAILURE)
             .bind(job.run)
@@ -368,6 +392,7 @@ impl Engine {
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+type PgQueryAs<'q, T> = sqlx::query::QueryAs<'q, sqlx::Postgres, T, sqlx::postgres::PgArguments>;
 
 impl NodeJob {
     /// `sql` with this job's step key bound as `$1, $2, $3` (run, epoch, node).
@@ -378,18 +403,38 @@ impl NodeJob {
             .bind(&self.node)
     }
 
-    /// Moves the step from pending to waiting (delay and wait nodes); false if an earlier attempt already did.
-    pub(super) async fn park(&self, conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+    /// Moves the step from pending to waiting (delay and wait nodes), with its timer job if it has one yet;
+    /// false if an earlier attempt already did.
+    pub(super) async fn park(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        timer: Option<i64>,
+    ) -> Result<bool, sqlx::Error> {
         let query = self
             .step_query(sql::SUSPEND_STEP)
             .bind(self.attempt)
-            .bind(self.started_at);
+            .bind(self.started_at)
+            .bind(timer);
         Ok(query.fetch_optional(conn).await?.is_some())
     }
 
     /// `sql` with the step key, then `$4` the message and `$5, $6` this attempt (number, start).
     fn attempt_query<'q>(&'q self, sql: &'q str, message: &'q str) -> PgQuery<'q> {
         self.step_query(sql)
+            .bind(message)
+            .bind(self.attempt)
+            .bind(self.started_at)
+    }
+
+    /// [`attempt_query`](Self::attempt_query), for statements whose rows are read as `T`.
+    fn attempt_query_as<'q, T>(&'q self, sql: &'q str, message: &'q str) -> PgQueryAs<'q, T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    {
+        sqlx::query_as(sql)
+            .bind(self.run)
+            .bind(self.epoch)
+            .bind(&self.node)
             .bind(message)
             .bind(self.attempt)
             .bind(self.started_at)

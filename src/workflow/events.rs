@@ -133,19 +133,23 @@ impl Engine {
                 resumed_runs: Vec::new(),
             });
         }
-        let satisfied: Vec<(i64, i32, String)> = sqlx::query_as(sql::SATISFY_WAITS)
+        let satisfied: Vec<(i64, i32, String, Option<i64>)> = sqlx::query_as(sql::SATISFY_WAITS)
             .bind(&event.key)
             .bind(&event.name)
             .fetch_all(&mut *tx)
             .await?;
         let mut jobs = Vec::with_capacity(satisfied.len());
         let mut resumed_runs = Vec::with_capacity(satisfied.len());
-        for (run, epoch, node) in satisfied {
+        let mut timers = Vec::new();
+        for (run, epoch, node, timer) in satisfied {
             let job = NodeJob::new(run, epoch, node, Phase::Resume);
             resumed_runs.push(job.run);
             jobs.push(self.jobs.new_job(job, None));
+            timers.extend(timer);
         }
         self.jobs.enqueue(&mut *tx, &jobs).await?;
+        // The satisfied waits' timeouts have nothing left to do: they leave the queue with this event.
+        self.jobs.cancel_timers(&mut *tx, &timers).await?;
         Ok(EventReceipt {
             event_id,
             duplicate: false,
@@ -200,8 +204,9 @@ impl Engine {
             .bind(key)
             .execute(&mut *tx)
             .await?;
-        // Park the step first: if another attempt already did, there is nothing to do.
-        if !job.park(&mut tx).await? {
+        // Park the step first: if another attempt already did, there is nothing to do. Its timer, if any, is
+        // recorded below, once the wait is known to be waiting.
+        if !job.park(&mut tx, None).await? {
             return Ok(());
         }
         let status: WaitStatus = job
@@ -232,7 +237,14 @@ impl Engine {
                 ..job.clone()
             };
             let new = self.jobs.new_job(timeout, Some(deadline));
-            self.jobs.enqueue(&mut tx, &[new]).await?;
+            let enqueued = self.jobs.enqueue(&mut tx, &[new]).await?;
+            // Kept on the step, so that whatever ends the wait first takes the timeout job out of the queue.
+            if let Some(timer) = enqueued.first() {
+                job.step_query(sql::SET_STEP_TIMER)
+                    .bind(timer.id())
+                    .execute(&mut *tx)
+                    .await?;
+            }
         }
         tx.commit().await?;
         Ok(())

@@ -193,13 +193,26 @@ impl NodeJobs {
         new
     }
 
-    /// Enqueues `jobs` (made by [`new_job`](Self::new_job)) inside the caller's transaction.
+    /// Enqueues `jobs` (made by [`new_job`](Self::new_job)) inside the caller's transaction; one answer per job,
+    /// in order (node jobs carry no idempotency key: each is inserted).
     async fn enqueue(
         &self,
         conn: &mut sqlx::PgConnection,
         jobs: &[NewJob],
+    ) -> Result<Vec<queue::Enqueued>, WorkflowError> {
+        Ok(queue::enqueue_many(conn, &self.defaults, jobs).await?)
+    }
+
+    /// Removes timer jobs (a parked step's `resume` or `timeout` job, see `migrations/0009_step_timers.sql`) that
+    /// the change being made in the caller's transaction leaves with nothing to do: a satisfied wait's timeout, a
+    /// cancelled or failed run's timers. They leave the queue as cancelled jobs; one already running is left to
+    /// find nothing to do, as it always could.
+    async fn cancel_timers(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        timers: &[i64],
     ) -> Result<(), WorkflowError> {
-        queue::enqueue_many(conn, &self.defaults, jobs).await?;
+        queue::admin::cancel_waiting_jobs(conn, timers).await?;
         Ok(())
     }
 
@@ -215,7 +228,8 @@ impl NodeJobs {
                 self.new_job(NodeJob::new(run, epoch, node, Phase::Run), None)
             })
             .collect();
-        self.enqueue(conn, &jobs).await
+        self.enqueue(conn, &jobs).await?;
+        Ok(())
     }
 }
 

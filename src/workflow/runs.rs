@@ -376,12 +376,18 @@ impl Engine {
             .await?)
     }
 
-    /// Cancels a running run: its pending steps are cancelled and their jobs will do nothing.
+    /// Cancels a running run: its unfinished steps are cancelled and their jobs will do nothing; the timers its
+    /// parked steps hold (delays' resume jobs, waits' timeouts) leave the queue in the same transaction.
     pub async fn cancel_run(&self, id: i64) -> Result<RunView, WorkflowError> {
-        let cancelled = sqlx::query(sql::CANCEL_RUN)
+        let mut tx = self.pool.begin().await?;
+        let cancelled: Option<(i64, Vec<i64>)> = sqlx::query_as(sql::CANCEL_RUN)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await?;
+        if let Some((_, timers)) = &cancelled {
+            self.jobs.cancel_timers(&mut tx, timers).await?;
+        }
+        tx.commit().await?;
         let run = self.get_run(id).await?;
         match cancelled {
             Some(_) => Ok(run),

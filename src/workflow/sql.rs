@@ -77,6 +77,9 @@ WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
   AND ($3::bigint IS NULL OR id < $3)
 ORDER BY id DESC LIMIT $4";
 
+/// Cancels a running run, its unfinished steps and its waits. Returns the run and the timer jobs of its parked
+/// steps, for the caller to remove in the same transaction. (A step parking concurrently holds its row lock
+/// until it commits; the update then re-reads the row, so its timer is returned too.)
 pub const CANCEL_RUN: &str = "
 WITH run AS (
     UPDATE herald_runs SET status = 'cancelled', finished_at = now(), updated_at = now()
@@ -85,11 +88,13 @@ WITH run AS (
 ), steps AS (
     UPDATE herald_run_steps s SET status = 'cancelled', finished_at = now()
     FROM run WHERE s.run_id = run.id AND s.epoch = run.epoch AND s.status IN ('pending', 'running', 'waiting')
+    RETURNING s.timer_job_id
 ), waits AS (
     UPDATE herald_waits w SET status = 'cancelled', resolved_at = now()
     FROM run WHERE w.run_id = run.id AND w.status = 'waiting'
 )
-SELECT id FROM run";
+SELECT id, coalesce((SELECT array_agg(timer_job_id) FROM steps WHERE timer_job_id IS NOT NULL), '{}') AS timers
+FROM run";
 
 /// Reopens a failed run at the node that failed, in a new epoch.
 pub const RETRY_RUN: &str = "
@@ -164,18 +169,27 @@ WITH input AS (
 )
 SELECT run_id, epoch, node_id FROM next";
 
-/// A delay or wait node parks its step until a resume (or timeout) job arrives.
+/// A delay or wait node parks its step until a resume (or timeout) job arrives; `$6` is that job's id, if it is
+/// known yet (the timer, see `migrations/0009_step_timers.sql`).
 pub const SUSPEND_STEP: &str = "
-UPDATE herald_run_steps SET status = 'waiting', attempts = greatest(attempts, $4), started_at = coalesce(started_at, $5)
+UPDATE herald_run_steps SET status = 'waiting', attempts = greatest(attempts, $4), started_at = coalesce(started_at, $5),
+    timer_job_id = $6
 WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status = 'pending'
 RETURNING run_id";
+
+/// Records the timer job of a parked step: a wait's timeout, enqueued once the wait is known to be waiting.
+pub const SET_STEP_TIMER: &str =
+    "UPDATE herald_run_steps SET timer_job_id = $4 WHERE run_id = $1 AND epoch = $2 AND node_id = $3";
 
 /// Keeps the latest failed attempt's error visible on the step while it is retried.
 pub const RECORD_STEP_ERROR: &str = "
 UPDATE herald_run_steps SET error = $4, attempts = greatest(attempts, $5), started_at = coalesce(started_at, $6)
 WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status IN ('pending', 'waiting')";
 
-/// A node failed for good and has no `on_error` edge: the step and the run fail, its waits are cancelled.
+/// A node failed for good and has no `on_error` edge: the step and the run fail, its waits are cancelled. Returns
+/// the run and the timer jobs of its parked steps (this one's included), for the caller to remove. A step of
+/// another branch that parks while this statement runs is not seen: its timer stays until due, then finds the
+/// run failed and does nothing.
 pub const FAIL_RUN: &str = "
 WITH step AS (
     UPDATE herald_run_steps SET status = 'failed', error = $4, finished_at = now(),
@@ -185,18 +199,22 @@ WITH step AS (
 ), waits AS (
     UPDATE herald_waits SET status = 'cancelled', resolved_at = now()
     WHERE run_id = $1 AND status = 'waiting' AND EXISTS (SELECT 1 FROM step)
+), timers AS (
+    SELECT timer_job_id FROM herald_run_steps
+    WHERE run_id = $1 AND epoch = $2 AND status = 'waiting' AND timer_job_id IS NOT NULL
 )
 UPDATE herald_runs
 SET status = 'failed', failed_node = $3, error = $4, pending = pending - 1, finished_at = now(), updated_at = now()
 WHERE id = $1 AND epoch = $2 AND status = 'running' AND EXISTS (SELECT 1 FROM step)
-RETURNING id";
+RETURNING id, coalesce((SELECT array_agg(timer_job_id) FROM timers), '{}') AS timers";
 
-/// A node failed for good but has an `on_error` edge: the step is failed, the run goes on.
+/// A node failed for good but has an `on_error` edge: the step is failed, the run goes on. Returns the step's
+/// timer job, if it was parked with one, for the caller to remove.
 pub const FAIL_STEP: &str = "
 UPDATE herald_run_steps SET status = 'failed', error = $4, finished_at = now(),
     attempts = greatest(attempts, $5), started_at = coalesce(started_at, $6)
 WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status IN ('pending', 'waiting')
-RETURNING run_id";
+RETURNING run_id, timer_job_id";
 
 /// Inserts the steps an `on_error` edge leads to, keeping the pending count (the failed step is replaced).
 pub const CONTINUE_AFTER_FAILURE: &str = "
@@ -237,14 +255,17 @@ INSERT INTO herald_events (event_id, name, key, payload) VALUES ($1, $2, $3, $4)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING id";
 
-/// Marks satisfied every waiting wait on this key that this event name can complete; returns them.
+/// Marks satisfied every waiting wait on this key that this event name can complete; returns them, each with its
+/// step's timer (the timeout job, now pointless, for the caller to remove).
 pub const SATISFY_WAITS: &str = "
 UPDATE herald_waits w SET status = 'satisfied', resolved_at = now()
 WHERE w.key = $1 AND w.status = 'waiting' AND $2 = ANY(w.events)
   AND (SELECT CASE WHEN w.mode = 'all' THEN count(DISTINCT e.name) ELSE count(*) END
        FROM herald_events e
        WHERE e.key = w.key AND e.name = ANY(w.events) AND e.received_at >= w.since) >= w.needed
-RETURNING w.run_id, w.epoch, w.node_id";
+RETURNING w.run_id, w.epoch, w.node_id,
+          (SELECT s.timer_job_id FROM herald_run_steps s
+           WHERE s.run_id = w.run_id AND s.epoch = w.epoch AND s.node_id = w.node_id) AS timer_job_id";
 
 /// A wait's timeout fired: it times out unless an event satisfied it first.
 pub const TIME_OUT_WAIT: &str = "

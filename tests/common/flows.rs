@@ -225,6 +225,13 @@ impl Flow {
         .await;
     }
 
+    /// Stops the worker (gracefully) and keeps the flow; [`with_worker`](Self::with_worker) starts another.
+    pub async fn stop_worker(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.stop().await;
+        }
+    }
+
     pub async fn stop(self) {
         if let Some(worker) = self.worker {
             worker.stop().await;

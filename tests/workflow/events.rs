@@ -295,8 +295,12 @@ async fn a_wait_satisfied_in_time_ignores_its_timeout() {
     flow.event("b", "s", "s-b").await;
     let run = flow.finished(id, "completed").await;
     assert_eq!(step(&run, "gate").outcome.as_deref(), Some("satisfied"));
-    // Let the timeout job fire (1 s) and check it changed nothing.
+    // The timeout job (if the wait parked before both events came) left the queue with the event that
+    // satisfied the wait, as a cancelled job: it never runs.
     flow.queue_drained().await;
+    let timeouts = "SELECT count(*) FROM herald_job_history WHERE payload->>'phase' = 'timeout' \
+                    AND outcome <> 'cancelled'";
+    assert_eq!(common::scalar_i64(&flow.db.pool, timeouts).await, 0);
     let run = flow.run(id).await;
     assert_eq!(step(&run, "gate").outcome.as_deref(), Some("satisfied"));
     assert!(run.steps.iter().all(|s| s.node != "nudge"));

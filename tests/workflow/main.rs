@@ -17,3 +17,4 @@ mod crash;
 mod definitions;
 mod events;
 mod runs;
+mod timers;
