@@ -440,6 +440,50 @@ async fn cancel_removes_a_waiting_job_but_not_a_running_one() {
     assert!(admin::find_job(&db.pool, 999_999).await.unwrap().is_none());
 }
 
+/// The batch form, inside the caller's transaction: a scheduled and an available job go (with a `cancelled`
+/// history row each) only if the transaction commits; a leased job and an unknown id are passed over.
+#[tokio::test]
+async fn cancel_waiting_jobs_takes_the_unleased_ones_with_the_callers_transaction() {
+    let db = TestDb::new().await;
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    let ids = db
+        .enqueue(vec![
+            job("q", "k", json!({ "n": 1 })),
+            job("q", "k", json!({ "n": 2 })),
+            job("q", "k", json!({ "n": 3 })).run_at(later),
+        ])
+        .await;
+    let running = claim_one(&db, "q").await;
+    let available = if running.id == ids[0] { ids[1] } else { ids[0] };
+    let scheduled = ids[2];
+    let all = [available, running.id, scheduled, 999_999];
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let mut cancelled = admin::cancel_waiting_jobs(&mut tx, &all).await.unwrap();
+    cancelled.sort_unstable();
+    assert_eq!(cancelled, [available, scheduled]);
+    tx.rollback().await.unwrap();
+    assert_eq!(live_jobs(&db.pool).await, 3, "rolled back with the caller");
+
+    let mut tx = db.pool.begin().await.unwrap();
+    let mut cancelled = admin::cancel_waiting_jobs(&mut tx, &all).await.unwrap();
+    cancelled.sort_unstable();
+    assert_eq!(cancelled, [available, scheduled]);
+    tx.commit().await.unwrap();
+    for id in [available, scheduled] {
+        let job = admin::find_job(&db.pool, id).await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Cancelled, "job {id}");
+    }
+    let job = admin::find_job(&db.pool, running.id).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Running);
+    let history = "SELECT count(*) FROM herald_job_history WHERE outcome = 'cancelled'";
+    assert_eq!(scalar_i64(&db.pool, history).await, 2);
+    assert!(admin::cancel_waiting_jobs(&mut *db.pool.acquire().await.unwrap(), &[])
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 /// Fails `n` jobs of `kind` in `queue` straight into the dead letters.
 async fn dead_letter(db: &TestDb, queue_name: &str, kind: &str, n: usize) {
     db.enqueue(
