@@ -285,7 +285,12 @@ impl Engine {
             ..job.clone()
         };
         let new = self.jobs.new_job(resume, Some(until));
-        let timer = self.jobs.enqueue(&mut tx, &[new]).await?.first().map(|e| e.id());
+        let timer = self
+            .jobs
+            .enqueue(&mut tx, &[new])
+            .await?
+            .first()
+            .map(|e| e.id());
         if job.park(&mut tx, timer).await? {
             tx.commit().await?;
         } else {

@@ -474,14 +474,19 @@ async fn cancel_waiting_jobs_takes_the_unleased_ones_with_the_callers_transactio
         let job = admin::find_job(&db.pool, id).await.unwrap().unwrap();
         assert_eq!(job.state, JobState::Cancelled, "job {id}");
     }
-    let job = admin::find_job(&db.pool, running.id).await.unwrap().unwrap();
+    let job = admin::find_job(&db.pool, running.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(job.state, JobState::Running);
     let history = "SELECT count(*) FROM herald_job_history WHERE outcome = 'cancelled'";
     assert_eq!(scalar_i64(&db.pool, history).await, 2);
-    assert!(admin::cancel_waiting_jobs(&mut *db.pool.acquire().await.unwrap(), &[])
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(
+        admin::cancel_waiting_jobs(&mut *db.pool.acquire().await.unwrap(), &[])
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Fails `n` jobs of `kind` in `queue` straight into the dead letters.

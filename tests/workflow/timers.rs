@@ -31,11 +31,13 @@ async fn timer_of(pool: &PgPool, run: i64, node: &str) -> Option<i64> {
 
 /// The history outcomes of one job, oldest first (empty while it is still in the hot table).
 async fn outcomes(pool: &PgPool, job: i64) -> Vec<String> {
-    sqlx::query_scalar("SELECT outcome FROM herald_job_history WHERE job_id = $1 ORDER BY finished_at")
-        .bind(job)
-        .fetch_all(pool)
-        .await
-        .expect("history")
+    sqlx::query_scalar(
+        "SELECT outcome FROM herald_job_history WHERE job_id = $1 ORDER BY finished_at",
+    )
+    .bind(job)
+    .fetch_all(pool)
+    .await
+    .expect("history")
 }
 
 async fn in_hot_table(pool: &PgPool, job: i64) -> bool {
@@ -85,8 +87,13 @@ async fn completed_payment_kyc_runs_leave_no_timeout_jobs_behind() {
             continue;
         }
         flow.step_reaches(*id, "checks", "waiting").await;
-        let timer = timer_of(pool, *id, "checks").await.expect("a waiting wait has a timer");
-        assert!(in_hot_table(pool, timer).await, "run {id}: timeout scheduled");
+        let timer = timer_of(pool, *id, "checks")
+            .await
+            .expect("a waiting wait has a timer");
+        assert!(
+            in_hot_table(pool, timer).await,
+            "run {id}: timeout scheduled"
+        );
         timers.push(timer);
         for name in ["payment.succeeded", "kyc.passed"] {
             if name == "kyc.passed" && *early == 1 {
@@ -95,7 +102,10 @@ async fn completed_payment_kyc_runs_leave_no_timeout_jobs_behind() {
             kyc_event(&flow, name, user).await;
         }
         // Gone with the event that satisfied the wait, not at the deadline.
-        assert!(!in_hot_table(pool, timer).await, "run {id}: timeout removed");
+        assert!(
+            !in_hot_table(pool, timer).await,
+            "run {id}: timeout removed"
+        );
     }
     assert_eq!(timers.len(), 33);
     assert_eq!(scheduled_jobs(pool).await, 0, "no timer left scheduled");
@@ -104,7 +114,11 @@ async fn completed_payment_kyc_runs_leave_no_timeout_jobs_behind() {
         assert_eq!(step(&run, "checks").outcome.as_deref(), Some("satisfied"));
         assert_eq!(flow.recorder.to(&format!("{user}@example.com")).len(), 1);
         if *early == 2 {
-            assert_eq!(timer_of(pool, *id, "checks").await, None, "run {id}: no timer");
+            assert_eq!(
+                timer_of(pool, *id, "checks").await,
+                None,
+                "run {id}: no timer"
+            );
         }
     }
     flow.queue_drained().await;
@@ -158,7 +172,11 @@ async fn parked_run(flow: &Flow, key: &str) -> (i64, [i64; 2]) {
     let pool = &flow.db.pool;
     let gate = timer_of(pool, id, "gate").await.expect("gate timer");
     let pause = timer_of(pool, id, "pause").await.expect("pause timer");
-    assert_eq!(timer_of(pool, id, "trip").await, None, "no timeout, no timer");
+    assert_eq!(
+        timer_of(pool, id, "trip").await,
+        None,
+        "no timeout, no timer"
+    );
     for timer in [gate, pause] {
         assert!(in_hot_table(pool, timer).await);
     }
@@ -244,11 +262,13 @@ async fn a_timer_already_claimed_is_left_to_its_worker_and_does_nothing() {
     let timer = timer_of(&pool, id, "gate").await.expect("gate timer");
     flow.stop_worker().await;
     // The deadline passes; a worker that will never heartbeat claims the timeout.
-    sqlx::query("UPDATE herald_jobs SET run_at = now(), sort_key = now(), scheduled = false WHERE id = $1")
-        .bind(timer)
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE herald_jobs SET run_at = now(), sort_key = now(), scheduled = false WHERE id = $1",
+    )
+    .bind(timer)
+    .execute(&pool)
+    .await
+    .unwrap();
     let claimed = herald::queue::lease::claim(
         &pool,
         flow.engine.node_queue(),
@@ -270,7 +290,11 @@ async fn a_timer_already_claimed_is_left_to_its_worker_and_does_nothing() {
             .fetch_optional(&pool)
             .await
             .unwrap();
-    assert_eq!(leased, Some(true), "the claimed timer is left to its worker");
+    assert_eq!(
+        leased,
+        Some(true),
+        "the claimed timer is left to its worker"
+    );
     assert!(outcomes(&pool, timer).await.is_empty());
 
     // A worker again: it rescues the abandoned timer and runs it, and runs the resume job.
@@ -280,14 +304,23 @@ async fn a_timer_already_claimed_is_left_to_its_worker_and_does_nothing() {
         !outcomes(&pool, timer).await.is_empty()
     })
     .await;
-    assert_eq!(outcomes(&pool, timer).await, ["completed"], "ran once, did nothing");
+    assert_eq!(
+        outcomes(&pool, timer).await,
+        ["completed"],
+        "ran once, did nothing"
+    );
     flow.queue_drained().await;
     let run_after = flow.run(id).await;
     assert_eq!(run_after.status, RunStatus::Completed);
     let gate = step(&run_after, "gate");
     assert_eq!(gate.status, StepStatus::Completed);
     assert_eq!(gate.outcome.as_deref(), Some("satisfied"));
-    assert!(run.steps.iter().chain(&run_after.steps).all(|s| s.node != "nudge"));
+    assert!(
+        run.steps
+            .iter()
+            .chain(&run_after.steps)
+            .all(|s| s.node != "nudge")
+    );
     assert_eq!(flow.recorder.to("happy").len(), 1);
     assert!(flow.recorder.to("nudge").is_empty());
     flow.stop().await;
