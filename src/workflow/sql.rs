@@ -178,7 +178,8 @@ WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status = 'pending'
 RETURNING run_id";
 
 /// Records the timer job of a parked step: a wait's timeout, enqueued once the wait is known to be waiting.
-pub const SET_STEP_TIMER: &str = "UPDATE herald_run_steps SET timer_job_id = $4 WHERE run_id = $1 AND epoch = $2 AND node_id = $3";
+pub const SET_STEP_TIMER: &str = "
+UPDATE herald_run_steps SET timer_job_id = $4 WHERE run_id = $1 AND epoch = $2 AND node_id = $3";
 
 /// Keeps the latest failed attempt's error visible on the step while it is retried.
 pub const RECORD_STEP_ERROR: &str = "
