@@ -481,12 +481,9 @@ async fn cancel_waiting_jobs_takes_the_unleased_ones_with_the_callers_transactio
     assert_eq!(job.state, JobState::Running);
     let history = "SELECT count(*) FROM herald_job_history WHERE outcome = 'cancelled'";
     assert_eq!(scalar_i64(&db.pool, history).await, 2);
-    assert!(
-        admin::cancel_waiting_jobs(&mut *db.pool.acquire().await.unwrap(), &[])
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let mut conn = db.pool.acquire().await.unwrap();
+    let none = admin::cancel_waiting_jobs(&mut conn, &[]).await.unwrap();
+    assert!(none.is_empty());
 }
 
 /// Fails `n` jobs of `kind` in `queue` straight into the dead letters.
