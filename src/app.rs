@@ -201,9 +201,23 @@ impl App {
         let queue = format!("{}:1", clock.queue);
         let options = worker_options(&self.settings, Some(vec![queue]), None)?;
         let handlers = crate::clock::maintenance_handlers(&self.pool, clock);
+        let housekeeping = async {
+            if !clock.vacuum_check.is_zero() {
+                let pool = self.pool.clone();
+                let every = clock.vacuum_check;
+                crate::clock::housekeeping::run(
+                    pool,
+                    every,
+                    clock.vacuum_min_dead,
+                    shutdown.clone(),
+                )
+                .await;
+            }
+        };
         tokio::join!(
             ticker.run(clock.poll, shutdown.clone()),
-            self.run_worker(options, handlers, shutdown)
+            housekeeping,
+            self.run_worker(options, handlers, shutdown.clone())
         );
         Ok(())
     }

@@ -132,3 +132,37 @@ mod tests {
         );
     }
 }
+
+/// Vacuums `table` if its dead rows pass `min_dead` and a fifth of its live ones; returns how many it had. For
+/// the clock's housekeeping: a busy queue makes two dead rows per job, and a server with autovacuum off (or
+/// falling behind) lets them pile up until every claim and ack pays for them. `SKIP_LOCKED`: if another vacuum
+/// (autovacuum, another clock) is at it, this one passes.
+pub async fn vacuum_if_bloated(
+    pool: &PgPool,
+    table: &str,
+    min_dead: i64,
+) -> Result<Option<i64>, sqlx::Error> {
+    if table.is_empty() || !table.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+        return Err(sqlx::Error::Protocol(format!(
+            "not a table name: {table:?}"
+        )));
+    }
+    let counts: Option<(i64, i64)> = sqlx::query_as(
+        "SELECT coalesce(n_dead_tup, 0), coalesce(n_live_tup, 0) FROM pg_stat_user_tables \
+         WHERE relname = $1 AND schemaname = current_schema()",
+    )
+    .bind(table)
+    .fetch_optional(pool)
+    .await?;
+    let Some((dead, live)) = counts else {
+        return Ok(None);
+    };
+    if dead < min_dead.max(live / 5) {
+        return Ok(None);
+    }
+    // Not a transaction: VACUUM refuses to run inside one. The name was checked above.
+    sqlx::raw_sql(&format!("VACUUM (SKIP_LOCKED) {table}"))
+        .execute(pool)
+        .await?;
+    Ok(Some(dead))
+}

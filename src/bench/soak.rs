@@ -48,6 +48,9 @@ pub struct SoakArgs {
     /// Remove history older than this every minute (0: keep it all).
     #[arg(long, default_value_t = 0)]
     pub history_keep_secs: u64,
+    /// Run without a `herald clock` process (no housekeeping vacuum: autovacuum alone).
+    #[arg(long)]
+    pub no_clock: bool,
     /// Seconds per report line.
     #[arg(long, default_value_t = 60)]
     pub every_secs: u64,
@@ -89,6 +92,15 @@ pub async fn run(settings: &Settings, args: SoakArgs) -> Result<(), BenchError> 
             &format!("soak:{}", args.concurrency),
             1_000,
         )?);
+    }
+    // A fleet is workers and a clock: the clock's housekeeping vacuums the churned tables when autovacuum does not.
+    if !args.no_clock {
+        workers.push(
+            super::herald_process(&url, "warn")?
+                .arg("clock")
+                .spawn()
+                .map_err(|e| BenchError::Failed(format!("cannot start a clock process: {e}")))?,
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     let enqueued = Arc::new(AtomicU64::new(0));

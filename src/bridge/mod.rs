@@ -144,3 +144,6 @@ pub async fn run(
     tracing::info!("bridge stopped");
     Ok(())
 }
+
+/// The bridge tables whose rows are updated all day, for the clock's housekeeping vacuum.
+pub const CHURNED_TABLES: &[&str] = &["herald_bridge_offsets"];

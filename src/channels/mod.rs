@@ -328,3 +328,6 @@ impl Channel for OutboxFileChannel {
         })
     }
 }
+
+/// The channel tables whose rows are updated or deleted all day, for the clock's housekeeping vacuum.
+pub const CHURNED_TABLES: &[&str] = &["herald_deliveries", "herald_provider_circuits"];

@@ -5,10 +5,12 @@
 //! * [`retention`]: old rows of each data set archived (compressed JSON Lines + manifest, to a directory or S3),
 //!   verified by reading back, then removed.
 //! * [`rollups`]: daily counts and latency percentiles, rebuilt from raw rows while they exist.
+//! * [`housekeeping`]: churned tables vacuumed when their dead rows pile up (autovacuum off or behind).
 //!
 //! The maintenance work runs as ordinary jobs on the clock's own queue (`clock.queue`), served by a worker inside
 //! each clock process: retries, leases, dead letters and the exactly-once tick all come from the queue.
 
+pub mod housekeeping;
 pub mod retention;
 pub mod rollups;
 pub mod schedules;

@@ -23,6 +23,11 @@ pub struct ClockSettings {
     /// decides whether it still runs.
     #[serde(rename = "missed_after_secs", deserialize_with = "setting::secs")]
     pub missed_after: Duration,
+    /// How often the clock looks for churned tables to vacuum (`housekeeping`); 0 turns it off.
+    #[serde(rename = "vacuum_check_secs", deserialize_with = "setting::secs")]
+    pub vacuum_check: Duration,
+    /// Dead rows a table needs (and a fifth of its live rows) before the clock vacuums it.
+    pub vacuum_min_dead: i64,
     /// `[[clock.schedules]]`: users' schedules (the built-in maintenance schedules are added by the clock).
     #[serde(default)]
     pub schedules: Vec<ScheduleSettings>,
@@ -36,6 +41,12 @@ impl ClockSettings {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         setting::positive("clock.poll_secs", self.poll)?;
         setting::positive("clock.missed_after_secs", self.missed_after)?;
+        if self.vacuum_min_dead < 1 {
+            return Err(InvalidSetting::new(
+                "clock.vacuum_min_dead",
+                "must be at least 1",
+            ));
+        }
         super::schedules::validate(&self.schedules)?;
         self.retention.validate()?;
         self.rollups.validate()?;

@@ -53,3 +53,11 @@ impl QueueError {
         }
     }
 }
+
+/// The queue's tables whose rows are updated or deleted all day, for the clock's housekeeping vacuum.
+pub const CHURNED_TABLES: &[&str] = &[
+    "herald_jobs",
+    "herald_job_history",
+    "herald_idempotency_keys",
+    "herald_workers",
+];

@@ -240,3 +240,11 @@ pub fn register(registry: &mut HandlerRegistry, engine: Arc<Engine>) {
         async move { engine.run_node(job, ctx).await }
     });
 }
+
+/// The workflow tables whose rows are updated or deleted all day, for the clock's housekeeping vacuum.
+pub const CHURNED_TABLES: &[&str] = &[
+    "herald_runs",
+    "herald_run_steps",
+    "herald_waits",
+    "herald_events",
+];

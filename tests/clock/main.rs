@@ -11,5 +11,6 @@ mod common {
     pub mod flows;
 }
 
+mod housekeeping;
 mod rollups;
 mod schedules;

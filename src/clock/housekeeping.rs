@@ -1,0 +1,47 @@
+//! Housekeeping: the clock vacuums the tables that churn (the hot job table above all) when their dead rows pile
+//! up. Autovacuum normally does this; but a server may run with `autovacuum = off`, or autovacuum may fall behind a
+//! queue that deletes tens of thousands of rows a second, and then every claim and ack pays for the dead rows
+//! (measured: 15 million dead rows in `herald_jobs` after 8 minutes at 15,000 jobs/s with autovacuum off). Each
+//! table's owner lists its churned tables; a table is vacuumed when its dead rows pass `clock.vacuum_min_dead`
+//! and a fifth of its live ones.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// Every churned table, from their owners.
+fn churned_tables() -> impl Iterator<Item = &'static str> {
+    crate::queue::CHURNED_TABLES
+        .iter()
+        .chain(crate::workflow::CHURNED_TABLES)
+        .chain(crate::channels::CHURNED_TABLES)
+        .chain(crate::bridge::CHURNED_TABLES)
+        .copied()
+}
+
+/// One look: vacuums each churned table that needs it; returns the tables vacuumed with their dead rows.
+pub async fn vacuum_bloated(pool: &PgPool, min_dead: i64) -> Vec<(&'static str, i64)> {
+    let mut vacuumed = Vec::new();
+    for table in churned_tables() {
+        match crate::db::vacuum_if_bloated(pool, table, min_dead).await {
+            Ok(Some(dead)) => vacuumed.push((table, dead)),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(table, %error, "housekeeping: vacuum failed"),
+        }
+    }
+    vacuumed
+}
+
+/// Looks every `every` until `shutdown`.
+pub async fn run(pool: PgPool, every: Duration, min_dead: i64, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        for (table, dead) in vacuum_bloated(&pool, min_dead).await {
+            tracing::info!(table, dead, "housekeeping: vacuumed");
+        }
+    }
+}
