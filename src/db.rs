@@ -112,27 +112,6 @@ pub fn with_database(url: &str, database: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn replaces_the_database_in_a_url() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/postgres", "b"),
-            "postgres://u@h:5432/b"
-        );
-        assert_eq!(
-            with_database("postgres://u@h:5432", "b"),
-            "postgres://u@h:5432/b"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/db?sslmode=disable", "b"),
-            "postgres://u@h/b?sslmode=disable"
-        );
-    }
-}
-
 /// Vacuums `table` if its dead rows pass `min_dead` and a fifth of its live ones; returns how many it had. For
 /// the clock's housekeeping: a busy queue makes two dead rows per job, and a server with autovacuum off (or
 /// falling behind) lets them pile up until every claim and ack pays for them. `SKIP_LOCKED`: if another vacuum
@@ -165,4 +144,25 @@ pub async fn vacuum_if_bloated(
         .execute(pool)
         .await?;
     Ok(Some(dead))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_in_a_url() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "b"),
+            "postgres://u@h:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://u@h:5432", "b"),
+            "postgres://u@h:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/db?sslmode=disable", "b"),
+            "postgres://u@h/b?sslmode=disable"
+        );
+    }
 }
