@@ -13,6 +13,7 @@
 pub mod consumer;
 pub mod dead_letters;
 pub mod message;
+pub mod retention;
 pub mod metrics;
 pub mod routes;
 mod settings;

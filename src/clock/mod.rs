@@ -74,8 +74,13 @@ pub fn all_schedules(settings: &ClockSettings) -> Result<Vec<schedules::Schedule
 
 /// The handlers of the maintenance jobs, for the worker inside each clock.
 pub fn maintenance_handlers(
-    _pool: &sqlx::PgPool,
-    _settings: &ClockSettings,
+    pool: &sqlx::PgPool,
+    settings: &ClockSettings,
 ) -> crate::queue::HandlerRegistry {
-    crate::queue::HandlerRegistry::new()
+    let mut registry = crate::queue::HandlerRegistry::new();
+    retention::register(
+        &mut registry,
+        std::sync::Arc::new(retention::Retention::new(pool.clone(), &settings.retention)),
+    );
+    registry
 }

@@ -15,6 +15,7 @@ pub mod admin;
 pub mod dead_letters;
 pub mod enqueue;
 pub mod lease;
+pub mod retention;
 mod settings;
 mod sql;
 mod types;

@@ -19,6 +19,7 @@ mod engine;
 mod events;
 pub mod expr;
 mod runs;
+pub mod retention;
 mod settings;
 mod sql;
 mod steps;
