@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use commands::{
-    BridgeDlqCommand, CronCommand, DlqCommand, EnqueueArgs, JobsCommand, KeysCommand,
+    ArchiveCommand, BridgeDlqCommand, CronCommand, DlqCommand, EnqueueArgs, JobsCommand, KeysCommand,
     QueuesCommand, WorkflowsCommand, connect, print_json,
 };
 use herald::app::App;
@@ -82,6 +82,16 @@ enum Command {
         #[command(subcommand)]
         command: CronCommand,
     },
+    /// Retention by hand: `herald retention run` does one pass (archive, verify, remove old rows).
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// What retention archived: list the manifests, restore a day for inspection.
+    Archive {
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
     /// Workflow definitions and runs.
     Workflows {
         #[command(subcommand)]
@@ -105,6 +115,14 @@ enum BenchWhat {
     Channels(bench::channels::ChannelBenchArgs),
     /// Kafka into jobs: bridge throughput with one and two processes, and produce -> job started latency.
     Bridge(bench::bridge::BridgeBenchArgs),
+    /// Retention: archive and remove 1,000,000 old history rows while the queue runs a steady load.
+    Retention(bench::retention::RetentionBenchArgs),
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// One retention pass now (or as of --now): print what it archived and removed (JSON).
+    Run(commands::RetentionRunArgs),
 }
 
 #[derive(Args)]
@@ -172,6 +190,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             what: Some(BenchWhat::Bridge(args)),
             ..
         } => Ok(bench::bridge::run(&settings, args).await?),
+        Command::Bench {
+            what: Some(BenchWhat::Retention(args)),
+            ..
+        } => Ok(bench::retention::run(&settings, args).await?),
         Command::Migrate => {
             herald::db::migrate(&connect(&settings).await?).await?;
             println!("migrations applied");
@@ -208,6 +230,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cron { command } => commands::cron(&settings, command).await,
+        Command::Retention {
+            command: RetentionCommand::Run(args),
+        } => commands::retention_run(&settings, args).await,
+        Command::Archive { command } => commands::archive(&settings, command).await,
         Command::Bridge {
             command: Some(BridgeCommand::Dlq { command }),
         } => commands::bridge_dlq(&settings, command).await,

@@ -11,4 +11,5 @@ mod common {
     pub mod flows;
 }
 
+mod retention;
 mod schedules;

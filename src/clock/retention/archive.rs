@@ -185,18 +185,16 @@ impl ArchiveTarget {
         let mut hasher = Sha256::new();
         let mut bytes = 0u64;
         let mut decoder = GzDecoder::new(LineCounter::default());
+        let unreadable = |e: std::io::Error| {
+            ClockError::Archive(format!("{object} does not read back as written: {e}"))
+        };
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| archive_error(object, e))?;
             hasher.update(&chunk);
             bytes += chunk.len() as u64;
-            decoder
-                .write_all(&chunk)
-                .map_err(|e| archive_error(object, e))?;
+            decoder.write_all(&chunk).map_err(unreadable)?;
         }
-        let lines = decoder
-            .finish()
-            .map_err(|e| archive_error(object, e))?
-            .lines;
+        let lines = decoder.finish().map_err(unreadable)?.lines;
         let sha256 = hex(&hasher.finalize());
         if bytes != expected.bytes || sha256 != expected.sha256 || lines != expected.rows {
             return Err(ClockError::Archive(format!(

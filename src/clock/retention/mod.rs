@@ -329,7 +329,11 @@ impl Retention {
         let mut times: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
         let written = async {
             while cursor < end && rows < self.settings.rows_per_object {
-                let slice = data_set.slice(&self.pool, cursor, end, cap, &mut width).await?;
+                // The last slice of a part is cut to what the part has room for.
+                let room = i64::try_from(self.settings.rows_per_object - rows).unwrap_or(i64::MAX);
+                let slice = data_set
+                    .slice(&self.pool, cursor, end, cap.min(room), &mut width)
+                    .await?;
                 if slice.rows > 0 {
                     let fetched = data_set.rows(&self.pool, &slice).await?;
                     if writer.is_none() && !fetched.is_empty() {
@@ -408,12 +412,12 @@ fn day_range(day: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
     (start, start + TimeDelta::days(1))
 }
 
-/// `HERALD_RETENTION_FAILPOINT=<name>` aborts the process at that point: how the crash tests kill a pass
+/// `HERALD_FAILPOINT=retention.<name>` aborts the process at that point: how the crash tests kill a pass
 /// between two steps (`after_upload`: the object is written, its manifest is not; `after_manifest`: the
 /// manifest is written, no row is removed yet).
 fn failpoint(name: &str) {
-    if std::env::var("HERALD_RETENTION_FAILPOINT").is_ok_and(|v| v == name) {
-        tracing::error!(failpoint = name, "HERALD_RETENTION_FAILPOINT: aborting");
+    if std::env::var("HERALD_FAILPOINT").is_ok_and(|v| v.strip_prefix("retention.") == Some(name)) {
+        tracing::error!(failpoint = name, "HERALD_FAILPOINT: aborting");
         std::process::abort();
     }
 }
