@@ -63,8 +63,9 @@ pub struct Attachment {
 
 /// The usual statements for a table whose rows age by one timestamptz column: the column needs an index that
 /// range scans can use (a BRIN index for an append-only table, a btree otherwise).
-/// `data_set_statements!("herald_job_history", "finished_at", "job_id")`: table, time column, and the column
+/// `data_set_statements!("herald_runs", "finished_at", "id")`: table, time column, and the column
 /// whose value is the row's key (`NULL` if the data set has no attachments).
+#[rustfmt::skip]
 macro_rules! data_set_statements {
     ($table:literal, $time:literal, $key:literal) => {
         $crate::dataset::Statements {
@@ -73,9 +74,7 @@ macro_rules! data_set_statements {
                 "SELECT count(*) FROM (SELECT 1 FROM ", $table, " WHERE ", $time, " >= $1 AND ", $time,
                 " < $2 LIMIT $3) s"
             ),
-            count: concat!(
-                "SELECT count(*) FROM ", $table, " WHERE ", $time, " >= $1 AND ", $time, " < $2"
-            ),
+            count: concat!("SELECT count(*) FROM ", $table, " WHERE ", $time, " >= $1 AND ", $time, " < $2"),
             rows: concat!(
                 "SELECT t.", $time, " AS at, ", $key, "::int8 AS key, to_jsonb(t)::text AS line FROM ", $table,
                 " t WHERE t.", $time, " >= $1 AND t.", $time, " < $2 ORDER BY t.", $time
@@ -171,7 +170,11 @@ impl DataSet {
     }
 
     /// Every row of a slice, with its attachments, oldest first.
-    pub async fn rows(&self, pool: &PgPool, slice: &Slice) -> Result<Vec<ArchivedRow>, sqlx::Error> {
+    pub async fn rows(
+        &self,
+        pool: &PgPool,
+        slice: &Slice,
+    ) -> Result<Vec<ArchivedRow>, sqlx::Error> {
         let fetched = sqlx::query(self.sql.rows)
             .bind(slice.from)
             .bind(slice.to)
@@ -204,8 +207,9 @@ impl DataSet {
                 .collect::<Result<_, sqlx::Error>>()?;
             for (object, key) in objects.iter_mut().zip(&keys) {
                 let value = match key.and_then(|k| found.get(&k)) {
-                    Some(text) => serde_json::from_str(text)
-                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    Some(text) => {
+                        serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))?
+                    }
                     None => serde_json::Value::Array(Vec::new()),
                 };
                 object.insert(attachment.field.to_string(), value);

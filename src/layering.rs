@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 const ALLOWED: &[(&str, &[&str])] = &[
     ("db", &["embedded_postgres", "setting"]),
     ("queue", &["setting", "coalesce", "db", "dataset"]),
-    ("channels", &["queue", "setting", "coalesce", "db", "dataset"]),
+    (
+        "channels",
+        &["queue", "setting", "coalesce", "db", "dataset"],
+    ),
     (
         "workflow",
         &["channels", "queue", "setting", "coalesce", "db", "dataset"],

@@ -14,8 +14,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use commands::{
-    ArchiveCommand, BridgeDlqCommand, CronCommand, DlqCommand, EnqueueArgs, JobsCommand, KeysCommand,
-    QueuesCommand, WorkflowsCommand, connect, print_json,
+    ArchiveCommand, BridgeDlqCommand, CronCommand, DlqCommand, EnqueueArgs, JobsCommand,
+    KeysCommand, QueuesCommand, WorkflowsCommand, connect, print_json,
 };
 use herald::app::App;
 use herald::config::Settings;

@@ -131,10 +131,22 @@ mod tests {
             age_days: Duration,
         }
         let age = |text: &str| serde_json::from_str::<Age>(text).map(|a| a.age_days);
-        assert_eq!(age(r#"{"age_days": 7}"#).unwrap(), Duration::from_secs(7 * 86_400));
-        assert_eq!(age(r#"{"age_days": "180 days"}"#).unwrap(), Duration::from_secs(180 * 86_400));
-        assert_eq!(age(r#"{"age_days": "10m"}"#).unwrap(), Duration::from_secs(600));
-        assert_eq!(age(r#"{"age_days": 0.5}"#).unwrap(), Duration::from_secs(43_200));
+        assert_eq!(
+            age(r#"{"age_days": 7}"#).unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            age(r#"{"age_days": "180 days"}"#).unwrap(),
+            Duration::from_secs(180 * 86_400)
+        );
+        assert_eq!(
+            age(r#"{"age_days": "10m"}"#).unwrap(),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            age(r#"{"age_days": 0.5}"#).unwrap(),
+            Duration::from_secs(43_200)
+        );
     }
 
     #[test]

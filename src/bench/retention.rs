@@ -83,7 +83,11 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
     insert_old_history(&pool, args.rows, now).await?;
 
     let stop_feeding = CancellationToken::new();
-    let feeder = tokio::spawn(feed(pool.clone(), settings.jobs.defaults(), stop_feeding.clone()));
+    let feeder = tokio::spawn(feed(
+        pool.clone(),
+        settings.jobs.defaults(),
+        stop_feeding.clone(),
+    ));
     let mut workers = Vec::new();
     for _ in 0..args.workers.max(1) {
         workers.push(spawn_worker(
@@ -99,7 +103,8 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
     tokio::time::sleep(Duration::from_secs(args.baseline_secs.max(1))).await;
     let baseline_to = Utc::now();
 
-    let archive_dir = std::env::temp_dir().join(format!("herald-bench-retention-{}", std::process::id()));
+    let archive_dir =
+        std::env::temp_dir().join(format!("herald-bench-retention-{}", std::process::id()));
     let mut retention_settings = RetentionSettings::default();
     retention_settings.archive.dir = archive_dir.clone();
     retention_settings.batch_size = args.batch_size;
@@ -122,14 +127,18 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
 
     let errors = report.errors();
     if !errors.is_empty() {
-        return Err(BenchError::Failed(format!("retention failed: {}", errors.join("; "))));
+        return Err(BenchError::Failed(format!(
+            "retention failed: {}",
+            errors.join("; ")
+        )));
     }
     let history = report
         .data_set("job_history")
         .ok_or_else(|| BenchError::Failed("no job_history in the report".into()))?;
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM herald_job_history WHERE queue = 'old'")
-        .fetch_one(&pool)
-        .await?;
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM herald_job_history WHERE queue = 'old'")
+            .fetch_one(&pool)
+            .await?;
     if history.archived_rows != args.rows as u64 || left != 0 {
         return Err(BenchError::Failed(format!(
             "archived {} of {} rows, {left} left",
@@ -174,7 +183,10 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
             report.archive_objects,
             report.archive_bytes as f64 / 1e6
         );
-        println!("  queue alone             {:>10.0} jobs/s", report.baseline_jobs_per_s);
+        println!(
+            "  queue alone             {:>10.0} jobs/s",
+            report.baseline_jobs_per_s
+        );
         println!(
             "  queue during retention  {:>10.0} jobs/s   ratio {:.2}",
             report.during_retention_jobs_per_s, report.ratio
@@ -185,7 +197,11 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
 
 /// `rows` completed jobs finished 200 to 190 days before `now`, in finish order (as the ack path appends them),
 /// then vacuumed (summarized BRIN ranges, hint bits set), as months-old rows would be.
-async fn insert_old_history(pool: &PgPool, rows: i64, now: DateTime<Utc>) -> Result<(), BenchError> {
+async fn insert_old_history(
+    pool: &PgPool,
+    rows: i64,
+    now: DateTime<Utc>,
+) -> Result<(), BenchError> {
     let from = now - chrono::TimeDelta::days(200);
     let span_secs = 10.0 * 86_400.0;
     sqlx::query(
@@ -208,7 +224,11 @@ async fn insert_old_history(pool: &PgPool, rows: i64, now: DateTime<Utc>) -> Res
 }
 
 /// Keeps at least [`MIN_DEPTH`] jobs waiting until `stop`.
-async fn feed(pool: PgPool, defaults: queue::JobDefaults, stop: CancellationToken) -> Result<(), BenchError> {
+async fn feed(
+    pool: PgPool,
+    defaults: queue::JobDefaults,
+    stop: CancellationToken,
+) -> Result<(), BenchError> {
     let queue = QueueName::parse(LOAD_QUEUE).map_err(|e| BenchError::Failed(e.to_string()))?;
     let job = NewJob::typed(queue, &Noop {}).map_err(|e| BenchError::Failed(e.to_string()))?;
     let batch = vec![job; FEED_BATCH];

@@ -13,8 +13,8 @@
 pub mod consumer;
 pub mod dead_letters;
 pub mod message;
-pub mod retention;
 pub mod metrics;
+pub mod retention;
 pub mod routes;
 mod settings;
 mod sql;

@@ -130,19 +130,37 @@ async fn retention_archives_exactly_the_old_rows_and_removes_them() {
         vec![day("2025-08-01"), day("2025-09-02")]
     );
     assert_eq!(
-        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history WHERE queue = 'old'").await,
+        scalar_i64(
+            &db.pool,
+            "SELECT count(*) FROM herald_job_history WHERE queue = 'old'"
+        )
+        .await,
         0
     );
     assert_eq!(
-        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history WHERE queue = 'young'").await,
+        scalar_i64(
+            &db.pool,
+            "SELECT count(*) FROM herald_job_history WHERE queue = 'young'"
+        )
+        .await,
         45
     );
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_dead_letters").await, 2);
     assert_eq!(
-        scalar_i64(&db.pool, "SELECT count(*) FROM herald_events WHERE event_id = 'e2'").await,
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_dead_letters").await,
+        2
+    );
+    assert_eq!(
+        scalar_i64(
+            &db.pool,
+            "SELECT count(*) FROM herald_events WHERE event_id = 'e2'"
+        )
+        .await,
         1
     );
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_events").await, 1);
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_events").await,
+        1
+    );
 
     // 100 rows at 40 per object: three parts; the cutoff's day: one part ending at the cutoff.
     let target = ArchiveTarget::from_settings(&settings_for(dir.path()).archive).unwrap();
@@ -178,7 +196,12 @@ async fn retention_archives_exactly_the_old_rows_and_removes_them() {
 
     // A second pass finds nothing old and writes nothing.
     let again = pass(&db.pool, &settings_for(dir.path())).await;
-    assert!(again.data_sets.iter().all(|d| d.objects_written == 0 && d.deleted_rows == 0));
+    assert!(
+        again
+            .data_sets
+            .iter()
+            .all(|d| d.objects_written == 0 && d.deleted_rows == 0)
+    );
     assert_eq!(target.manifests(None).await.unwrap().len(), 6);
 }
 
@@ -231,10 +254,22 @@ async fn archived_days_restore_to_the_original_rows() {
     .unwrap();
 
     pass(&db.pool, &settings_for(dir.path())).await;
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_runs").await, 1);
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_run_steps").await, 1);
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_waits").await, 0);
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_deliveries").await, 1);
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_runs").await,
+        1
+    );
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_run_steps").await,
+        1
+    );
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_waits").await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_deliveries").await,
+        1
+    );
 
     let target = ArchiveTarget::from_settings(&settings_for(dir.path()).archive).unwrap();
     // Into the scratch table: one jsonb per archived row.
@@ -243,14 +278,22 @@ async fn archived_days_restore_to_the_original_rows() {
         .unwrap();
     assert_eq!(restored.table, "herald_restored_job_history_20250801");
     assert_eq!((restored.rows, restored.parts), (90, 3));
-    let scratch = jsonb_rows(&db.pool, "SELECT row FROM herald_restored_job_history_20250801").await;
+    let scratch = jsonb_rows(
+        &db.pool,
+        "SELECT row FROM herald_restored_job_history_20250801",
+    )
+    .await;
     assert_eq!(scratch, original);
     // Restoring twice adds nothing.
     retention::restore(&db.pool, &target, "job_history", day("2025-08-01"), None)
         .await
         .unwrap();
     assert_eq!(
-        scalar_i64(&db.pool, "SELECT count(*) FROM herald_restored_job_history_20250801").await,
+        scalar_i64(
+            &db.pool,
+            "SELECT count(*) FROM herald_restored_job_history_20250801"
+        )
+        .await,
         90
     );
     // Into a table shaped like the original: the rows, column for column.
@@ -258,9 +301,15 @@ async fn archived_days_restore_to_the_original_rows() {
         .execute(&db.pool)
         .await
         .unwrap();
-    retention::restore(&db.pool, &target, "job_history", day("2025-08-01"), Some("history_copy"))
-        .await
-        .unwrap();
+    retention::restore(
+        &db.pool,
+        &target,
+        "job_history",
+        day("2025-08-01"),
+        Some("history_copy"),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         jsonb_rows(&db.pool, "SELECT to_jsonb(c) FROM history_copy c").await,
         original
@@ -287,10 +336,20 @@ async fn archived_days_restore_to_the_original_rows() {
             .await
             .is_err()
     );
-    std::fs::write(dir.path().join("job_history/2025/08/01/0001.jsonl.gz"), b"tampered").unwrap();
-    let error = retention::restore(&db.pool, &target, "job_history", day("2025-08-01"), Some("history_copy"))
-        .await
-        .unwrap_err();
+    std::fs::write(
+        dir.path().join("job_history/2025/08/01/0001.jsonl.gz"),
+        b"tampered",
+    )
+    .unwrap();
+    let error = retention::restore(
+        &db.pool,
+        &target,
+        "job_history",
+        day("2025-08-01"),
+        Some("history_copy"),
+    )
+    .await
+    .unwrap_err();
     assert!(error.to_string().contains("does not read back"), "{error}");
 }
 
@@ -308,36 +367,69 @@ async fn a_crash_between_archive_and_removal_loses_nothing_and_archives_nothing_
 
     // The state a crash after the manifests and before any removal leaves: every archived row still there.
     // (The rows are put back from the archive itself.)
-    retention::restore(&db.pool, &target, "job_history", day("2025-08-01"), Some("herald_job_history"))
-        .await
-        .unwrap();
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await, 60);
+    retention::restore(
+        &db.pool,
+        &target,
+        "job_history",
+        day("2025-08-01"),
+        Some("herald_job_history"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await,
+        60
+    );
     let report = pass(&db.pool, &settings).await;
     let entry = report.data_set("job_history").unwrap();
     assert_eq!(
-        (entry.objects_written, entry.resumed_parts, entry.deleted_rows),
+        (
+            entry.objects_written,
+            entry.resumed_parts,
+            entry.deleted_rows
+        ),
         (0, 2, 60)
     );
-    assert_eq!(target.manifests(None).await.unwrap(), manifests, "manifests untouched");
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await, 0);
+    assert_eq!(
+        target.manifests(None).await.unwrap(),
+        manifests,
+        "manifests untouched"
+    );
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await,
+        0
+    );
 
     // A crash in the middle of the removal: part of the rows gone.
-    retention::restore(&db.pool, &target, "job_history", day("2025-08-01"), Some("herald_job_history"))
-        .await
-        .unwrap();
+    retention::restore(
+        &db.pool,
+        &target,
+        "job_history",
+        day("2025-08-01"),
+        Some("herald_job_history"),
+    )
+    .await
+    .unwrap();
     sqlx::query("DELETE FROM herald_job_history WHERE job_id % 3 = 0")
         .execute(&db.pool)
         .await
         .unwrap();
     let report = pass(&db.pool, &settings).await;
     assert_eq!(report.data_set("job_history").unwrap().deleted_rows, 40);
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await, 0);
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await,
+        0
+    );
 
     // A crash in the middle of a write: an object without a manifest is written again, once.
     history(&db.pool, 10, "2025-08-03T10:00:00Z", "old").await;
     let third = target.manifests(None).await.unwrap().len();
     std::fs::create_dir_all(dir.path().join("job_history/2025/08/03")).unwrap();
-    std::fs::write(dir.path().join("job_history/2025/08/03/0000.jsonl.gz"), b"half an obj").unwrap();
+    std::fs::write(
+        dir.path().join("job_history/2025/08/03/0000.jsonl.gz"),
+        b"half an obj",
+    )
+    .unwrap();
     pass(&db.pool, &settings).await;
     let after = target.manifests(None).await.unwrap();
     assert_eq!(after.len(), third + 1);
@@ -348,17 +440,29 @@ async fn a_crash_between_archive_and_removal_loses_nothing_and_archives_nothing_
         .execute(&db.pool)
         .await
         .unwrap();
-    retention::restore(&db.pool, &target, "job_history", day("2025-08-01"), Some("everything"))
-        .await
-        .unwrap();
-    assert_eq!(jsonb_rows(&db.pool, "SELECT to_jsonb(e) FROM everything e").await, original);
+    retention::restore(
+        &db.pool,
+        &target,
+        "job_history",
+        day("2025-08-01"),
+        Some("everything"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        jsonb_rows(&db.pool, "SELECT to_jsonb(e) FROM everything e").await,
+        original
+    );
 }
 
 /// Runs `herald retention run --now NOW` on `db` with the archive in `dir`; the failpoint, if any, aborts it.
 async fn herald_pass(db: &TestDb, dir: &Path, failpoint: Option<&str>) -> std::process::ExitStatus {
     let archive_dir = dir.display().to_string();
     let mut env = vec![
-        ("HERALD_CLOCK__RETENTION__ARCHIVE__DIR", archive_dir.as_str()),
+        (
+            "HERALD_CLOCK__RETENTION__ARCHIVE__DIR",
+            archive_dir.as_str(),
+        ),
         ("HERALD_CLOCK__RETENTION__ROWS_PER_OBJECT", "40"),
     ];
     if let Some(name) = failpoint {
@@ -385,32 +489,53 @@ async fn a_killed_retention_process_loses_nothing_and_the_rerun_archives_nothing
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
     assert_eq!(files_named(dir.path(), ".jsonl.gz").len(), 1);
     assert!(target.manifests(None).await.unwrap().is_empty());
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await, 50);
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await,
+        50
+    );
 
     // Killed after the first manifest, before its rows are removed.
     let status = herald_pass(&db, dir.path(), Some("retention.after_manifest")).await;
     assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
     let manifests = target.manifests(None).await.unwrap();
     assert_eq!(manifests.len(), 1);
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await, 50);
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await,
+        50
+    );
 
     // The rerun removes the first part's rows without writing it again, then archives the rest.
     let status = herald_pass(&db, dir.path(), None).await;
     assert!(status.success(), "{status:?}");
     let after = target.manifests(None).await.unwrap();
     assert_eq!(after.len(), 2, "{after:#?}");
-    assert_eq!(after[0], manifests[0], "the first manifest is not written twice");
+    assert_eq!(
+        after[0], manifests[0],
+        "the first manifest is not written twice"
+    );
     assert_eq!((after[0].rows, after[1].rows), (40, 10));
     assert_eq!(files_named(dir.path(), ".jsonl.gz").len(), 2);
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await, 0);
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await,
+        0
+    );
     sqlx::query("CREATE TABLE everything (LIKE herald_job_history)")
         .execute(&db.pool)
         .await
         .unwrap();
-    retention::restore(&db.pool, &target, "job_history", day("2025-08-01"), Some("everything"))
-        .await
-        .unwrap();
-    assert_eq!(jsonb_rows(&db.pool, "SELECT to_jsonb(e) FROM everything e").await, original);
+    retention::restore(
+        &db.pool,
+        &target,
+        "job_history",
+        day("2025-08-01"),
+        Some("everything"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        jsonb_rows(&db.pool, "SELECT to_jsonb(e) FROM everything e").await,
+        original
+    );
 }
 
 #[tokio::test]
@@ -435,10 +560,11 @@ async fn idempotency_keys_and_circuits_are_deleted_after_their_ttl() {
     .unwrap();
     let report = pass(&db.pool, &settings_for(dir.path())).await;
     assert_eq!(report.data_set("idempotency_keys").unwrap().deleted_rows, 2);
-    let left: Vec<String> = sqlx::query_scalar("SELECT key FROM herald_idempotency_keys ORDER BY key")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap();
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM herald_idempotency_keys ORDER BY key")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(left, vec!["today", "young"]);
     assert_eq!(
         scalar_i64(&db.pool, "SELECT count(*) FROM herald_provider_circuits").await,
@@ -481,7 +607,11 @@ async fn the_retention_job_archives_as_of_its_tick() {
     .await;
     worker.stop().await;
     assert_eq!(
-        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history WHERE queue = 'old'").await,
+        scalar_i64(
+            &db.pool,
+            "SELECT count(*) FROM herald_job_history WHERE queue = 'old'"
+        )
+        .await,
         0
     );
     let target = ArchiveTarget::from_settings(&settings_for(dir.path()).archive).unwrap();
@@ -501,18 +631,35 @@ async fn start_s3() -> S3Server {
         .unwrap()
         .port();
     let child = tokio::process::Command::new("python3")
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("python3 with moto[server] (run ./test.sh, or python3 -m pip install 'moto[server]')");
+        .expect(
+            "python3 with moto[server] (run ./test.sh, or python3 -m pip install 'moto[server]')",
+        );
     let endpoint = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
     let bucket = format!("{endpoint}/herald-archive");
-    wait_until(Duration::from_secs(30), "moto's S3 server answers", || async {
-        client.put(&bucket).send().await.is_ok_and(|r| r.status().is_success())
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "moto's S3 server answers",
+        || async {
+            client
+                .put(&bucket)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
     .await;
     S3Server {
         endpoint,
@@ -545,7 +692,10 @@ async fn archives_go_to_an_s3_compatible_server_and_restore_from_it() {
 
     let report = pass(&db.pool, &settings).await;
     assert_eq!(report.data_set("job_history").unwrap().archived_rows, 70);
-    assert_eq!(scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await, 5);
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await,
+        5
+    );
     // Nothing went to the directory.
     assert!(files_named(dir.path(), ".gz").is_empty());
 
@@ -566,9 +716,15 @@ async fn archives_go_to_an_s3_compatible_server_and_restore_from_it() {
         .execute(&db.pool)
         .await
         .unwrap();
-    retention::restore(&db.pool, &target, "job_history", day("2025-08-01"), Some("history_copy"))
-        .await
-        .unwrap();
+    retention::restore(
+        &db.pool,
+        &target,
+        "job_history",
+        day("2025-08-01"),
+        Some("history_copy"),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         jsonb_rows(&db.pool, "SELECT to_jsonb(c) FROM history_copy c").await,
         original

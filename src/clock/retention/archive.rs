@@ -349,7 +349,10 @@ impl PartWriter {
 
     /// Completes the object (it appears whole, or not at all).
     pub async fn finish(mut self) -> Result<Written, ClockError> {
-        let encoder = std::mem::replace(&mut self.encoder, GzEncoder::new(Vec::new(), Compression::none()));
+        let encoder = std::mem::replace(
+            &mut self.encoder,
+            GzEncoder::new(Vec::new(), Compression::none()),
+        );
         let rest = encoder
             .finish()
             .map_err(|e| archive_error(&self.object, e))?;

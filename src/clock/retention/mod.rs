@@ -186,11 +186,12 @@ impl Retention {
         report: &mut DataSetReport,
     ) -> Result<(), ClockError> {
         let mut lock = sqlx::PgConnection::connect_with(&self.pool.connect_options()).await?;
-        let locked: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('herald.retention'), hashtext($1))")
-                .bind(data_set.name)
-                .fetch_one(&mut lock)
-                .await?;
+        let locked: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtext('herald.retention'), hashtext($1))",
+        )
+        .bind(data_set.name)
+        .fetch_one(&mut lock)
+        .await?;
         if !locked {
             report.skipped = Some("another clock is working on it".to_string());
             lock.close().await?;
@@ -234,10 +235,14 @@ impl Retention {
             let end = end.min(cutoff);
             match data_set.disposal {
                 Disposal::Delete => {
-                    report.deleted_rows += data_set.delete_range(&self.pool, start, end, cap).await?;
+                    report.deleted_rows +=
+                        data_set.delete_range(&self.pool, start, end, cap).await?;
                 }
                 Disposal::Archive => {
-                    if !self.archive_day(target, data_set, day, end, deadline, report).await? {
+                    if !self
+                        .archive_day(target, data_set, day, end, deadline, report)
+                        .await?
+                    {
                         report.more = true;
                         return Ok(());
                     }
@@ -266,7 +271,9 @@ impl Retention {
         let manifests = target.day_manifests(data_set.name, day).await?;
         // 2. What a crashed pass archived but did not remove.
         for manifest in &manifests {
-            let left = data_set.count(&self.pool, manifest.from, manifest.to).await?;
+            let left = data_set
+                .count(&self.pool, manifest.from, manifest.to)
+                .await?;
             if left == 0 {
                 continue;
             }
@@ -278,7 +285,9 @@ impl Retention {
                 )));
             }
             target.verify_manifest(manifest).await?;
-            report.deleted_rows += data_set.delete_range(&self.pool, manifest.from, manifest.to, cap).await?;
+            report.deleted_rows += data_set
+                .delete_range(&self.pool, manifest.from, manifest.to, cap)
+                .await?;
             report.resumed_parts += 1;
         }
         // 3. The rest of the day, part by part.
@@ -303,7 +312,9 @@ impl Retention {
             report.archived_rows += manifest.rows;
             report.objects_written += 1;
             failpoint("after_manifest");
-            report.deleted_rows += data_set.delete_range(&self.pool, manifest.from, manifest.to, cap).await?;
+            report.deleted_rows += data_set
+                .delete_range(&self.pool, manifest.from, manifest.to, cap)
+                .await?;
             start = manifest.to;
             part += 1;
         }
@@ -342,7 +353,8 @@ impl Retention {
                     if let Some(writer) = writer.as_mut() {
                         for row in &fetched {
                             writer.write_line(&row.line).await?;
-                            times = Some(times.map_or((row.at, row.at), |(first, _)| (first, row.at)));
+                            times =
+                                Some(times.map_or((row.at, row.at), |(first, _)| (first, row.at)));
                             rows += 1;
                         }
                     }

@@ -28,7 +28,10 @@ pub struct RetentionSettings {
     pub events: Duration,
     #[serde(rename = "callback_events_days", deserialize_with = "setting::days")]
     pub callback_events: Duration,
-    #[serde(rename = "bridge_dead_letters_days", deserialize_with = "setting::days")]
+    #[serde(
+        rename = "bridge_dead_letters_days",
+        deserialize_with = "setting::days"
+    )]
     pub bridge_dead_letters: Duration,
     /// How long an idempotency key deduplicates enqueues; older keys are deleted (not archived).
     #[serde(rename = "idempotency_keys_days", deserialize_with = "setting::days")]
@@ -79,9 +82,18 @@ impl RetentionSettings {
             ("clock.retention.runs_days", self.runs),
             ("clock.retention.events_days", self.events),
             ("clock.retention.callback_events_days", self.callback_events),
-            ("clock.retention.bridge_dead_letters_days", self.bridge_dead_letters),
-            ("clock.retention.idempotency_keys_days", self.idempotency_keys),
-            ("clock.retention.provider_circuits_days", self.provider_circuits),
+            (
+                "clock.retention.bridge_dead_letters_days",
+                self.bridge_dead_letters,
+            ),
+            (
+                "clock.retention.idempotency_keys_days",
+                self.idempotency_keys,
+            ),
+            (
+                "clock.retention.provider_circuits_days",
+                self.provider_circuits,
+            ),
         ];
         for (key, age) in ages {
             // A row is archived once older than its age; a transaction open longer than that could still
