@@ -124,6 +124,22 @@ impl DataSet {
             .await
     }
 
+    /// How many rows lie in `[from, to)`, counting at most `limit`.
+    pub async fn probe(
+        &self,
+        pool: &PgPool,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(self.sql.probe)
+            .bind(from)
+            .bind(to)
+            .bind(limit)
+            .fetch_one(pool)
+            .await
+    }
+
     /// The exact number of rows in `[from, to)`.
     pub async fn count(
         &self,
@@ -153,12 +169,7 @@ impl DataSet {
         let cap = cap.max(1);
         loop {
             let to = from.checked_add_signed(*width).map_or(end, |t| t.min(end));
-            let rows: i64 = sqlx::query_scalar(self.sql.probe)
-                .bind(from)
-                .bind(to)
-                .bind(cap + 1)
-                .fetch_one(pool)
-                .await?;
+            let rows = self.probe(pool, from, to, cap + 1).await?;
             if rows <= cap || *width <= NARROWEST {
                 if rows < cap / 4 && to < end {
                     *width = (*width * 2).min(WIDEST);

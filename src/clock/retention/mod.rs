@@ -213,7 +213,7 @@ impl Retention {
         report: &mut DataSetReport,
     ) -> Result<(), ClockError> {
         let cap = self.batch();
-        while let Some(oldest) = data_set.oldest(&self.pool, cutoff).await? {
+        while let Some(oldest) = self.next_day(data_set, report.days.last(), cutoff).await? {
             // Some progress in every pass, however short `max_run`.
             if report.days.len() >= self.settings.days_per_run
                 || (!report.days.is_empty() && Instant::now() >= deadline)
@@ -250,6 +250,32 @@ impl Retention {
             }
         }
         Ok(())
+    }
+
+    /// The oldest day with rows older than the cutoff, or a time in it. After `done` (the day just worked on),
+    /// the days that follow are probed one by one (each probe reads at most one row through the time index);
+    /// the first look, and a long run of empty days, ask for the oldest row instead, which reads every old row
+    /// the index cannot rule out.
+    async fn next_day(
+        &self,
+        data_set: &DataSet,
+        done: Option<&NaiveDate>,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, ClockError> {
+        if let Some(done) = done {
+            let mut day = *done;
+            for _ in 0..EMPTY_DAYS_PROBED {
+                day = day.succ_opt().unwrap_or(day);
+                let (start, end) = day_range(day);
+                if start >= cutoff {
+                    return Ok(None);
+                }
+                if data_set.probe(&self.pool, start, end.min(cutoff), 1).await? > 0 {
+                    return Ok(Some(start));
+                }
+            }
+        }
+        Ok(data_set.oldest(&self.pool, cutoff).await?)
     }
 
     fn batch(&self) -> i64 {
@@ -443,6 +469,9 @@ pub struct RetentionJob {
 impl Job for RetentionJob {
     const KIND: &'static str = super::RETENTION_KIND;
 }
+
+/// Days after the last one worked on that are probed one by one before asking for the oldest row.
+const EMPTY_DAYS_PROBED: usize = 31;
 
 /// How soon a pass that stopped at `max_run` comes back for the rest.
 const COME_BACK: Duration = Duration::from_secs(1);
