@@ -72,6 +72,9 @@ pub struct Manifest {
 pub struct ArchiveTarget {
     store: Arc<dyn ObjectStore>,
     root: Option<Path>,
+    /// The directory of a local target: its files are synced to disk before rows are removed (`object_store`
+    /// renames a finished file into place but does not sync it, so a power loss could lose it).
+    local: Option<std::path::PathBuf>,
     description: String,
 }
 
@@ -107,6 +110,7 @@ impl ArchiveTarget {
             return Ok(Self {
                 store: Arc::new(store),
                 root: (!prefix.is_empty()).then(|| Path::from(prefix)),
+                local: None,
                 description: format!("s3://{}/{prefix}", s3.bucket),
             });
         }
@@ -118,6 +122,7 @@ impl ArchiveTarget {
         Ok(Self {
             store: Arc::new(store),
             root: None,
+            local: Some(dir.clone()),
             description: dir.display().to_string(),
         })
     }
@@ -127,6 +132,7 @@ impl ArchiveTarget {
         Self {
             store,
             root: None,
+            local: None,
             description: description.to_string(),
         }
     }
@@ -206,6 +212,24 @@ impl ArchiveTarget {
         Ok(())
     }
 
+    /// Syncs a local target's file and its directory to disk (S3 acknowledges a write once it is durable).
+    pub async fn sync(&self, name: &str) -> Result<(), ClockError> {
+        let Some(dir) = &self.local else {
+            return Ok(());
+        };
+        let file = dir.join(name);
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            match file.parent() {
+                Some(parent) => std::fs::File::open(parent)?.sync_all(),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| archive_error(name, e))?
+        .map_err(|e| archive_error(name, e))
+    }
+
     /// Verifies the object a manifest describes.
     pub async fn verify_manifest(&self, manifest: &Manifest) -> Result<(), ClockError> {
         self.verify(&manifest.object, &manifest.written()).await
@@ -219,7 +243,7 @@ impl ArchiveTarget {
             .put(&self.path(&name), PutPayload::from(body))
             .await
             .map_err(|e| archive_error(&name, e))?;
-        Ok(())
+        self.sync(&name).await
     }
 
     /// The manifests of one data set's day, by part.

@@ -401,6 +401,7 @@ impl Retention {
         };
         let object = writer.object().to_string();
         let written = writer.finish().await?;
+        target.sync(&object).await?;
         failpoint("after_upload");
         target.verify(&object, &written).await?;
         // The rows are removed by range: the range must hold exactly what the object holds.
