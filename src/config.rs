@@ -73,7 +73,12 @@ impl Settings {
         if let Some(env) = environment {
             figment = figment.merge(Toml::file(dir.join(format!("{env}.toml"))));
         }
-        let figment = figment.merge(Env::prefixed("HERALD_").ignore(&["ENV"]).split("__"));
+        // HERALD_ENV picks the file above; HERALD_FAILPOINT is the crash drills' switch (clock::retention).
+        let figment = figment.merge(
+            Env::prefixed("HERALD_")
+                .ignore(&["ENV", "FAILPOINT"])
+                .split("__"),
+        );
         let mut settings: Settings = figment.extract().map_err(Box::new)?;
         settings.database.url = non_blank(std::env::var("DATABASE_URL").ok());
         // Procfile platforms (Heroku, Dokku, Scalingo) give the API its port in `PORT`.

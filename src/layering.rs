@@ -19,20 +19,23 @@ use std::path::{Path, PathBuf};
 /// Which top-level modules each one may import. A module not listed may import nothing of herald's.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("db", &["embedded_postgres", "setting"]),
-    ("queue", &["setting", "coalesce", "db"]),
-    ("channels", &["queue", "setting", "coalesce", "db"]),
+    ("queue", &["setting", "coalesce", "db", "dataset"]),
+    (
+        "channels",
+        &["queue", "setting", "coalesce", "db", "dataset"],
+    ),
     (
         "workflow",
-        &["channels", "queue", "setting", "coalesce", "db"],
+        &["channels", "queue", "setting", "coalesce", "db", "dataset"],
     ),
     (
         "bridge",
-        &["workflow", "queue", "setting", "coalesce", "db"],
+        &["workflow", "queue", "setting", "coalesce", "db", "dataset"],
     ),
     (
         "clock",
         &[
-            "bridge", "workflow", "channels", "queue", "setting", "coalesce", "db",
+            "bridge", "workflow", "channels", "queue", "setting", "coalesce", "db", "dataset",
         ],
     ),
     (

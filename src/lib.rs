@@ -2,7 +2,8 @@
 //!
 //! Modules, one concept each, from the bottom layer up (what may import what is checked by `layering.rs`):
 //! * helpers: [`setting`] (what settings sections are made of), [`db`] and [`embedded_postgres`] (connecting,
-//!   migrating, the private cluster of `herald up`), [`coalesce`], [`metrics`], [`shutdown`], [`telemetry`];
+//!   migrating, the private cluster of `herald up`), [`coalesce`], [`metrics`], [`shutdown`], [`telemetry`],
+//!   [`dataset`] (what retention needs to know of a data set, described by the module that owns it);
 //! * [`queue`]: the engine (enqueue, claim, ack, retry, dead letters, leases, wakeups, workers registry);
 //! * [`channels`]: how messages leave (provider adapters, fallback chains, limits, breakers, deliveries,
 //!   callbacks);
@@ -22,6 +23,7 @@ pub mod channels;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
+pub mod dataset;
 pub mod db;
 pub mod embedded_postgres;
 #[cfg(test)]

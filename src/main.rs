@@ -14,8 +14,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use commands::{
-    BridgeDlqCommand, CronCommand, DlqCommand, EnqueueArgs, JobsCommand, KeysCommand,
-    QueuesCommand, RollupCommand, RollupDays, WorkflowsCommand, connect, print_json,
+    ArchiveCommand, BridgeDlqCommand, CronCommand, DlqCommand, EnqueueArgs, JobsCommand,
+    KeysCommand, QueuesCommand, RollupCommand, RollupDays, WorkflowsCommand, connect, print_json,
 };
 use herald::app::App;
 use herald::config::Settings;
@@ -90,6 +90,16 @@ enum Command {
         #[command(flatten)]
         days: RollupDays,
     },
+    /// Retention by hand: `herald retention run` does one pass (archive, verify, remove old rows).
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// What retention archived: list the manifests, restore a day for inspection.
+    Archive {
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
     /// Workflow definitions and runs.
     Workflows {
         #[command(subcommand)]
@@ -116,6 +126,14 @@ enum BenchWhat {
     /// A long steady load reported every minute (pickup, table sizes, dead tuples), optionally with an idle
     /// transaction holding back vacuum and with history retention at minutes.
     Soak(bench::soak::SoakArgs),
+    /// Retention: archive and remove 1,000,000 old history rows while the queue runs a steady load.
+    Retention(bench::retention::RetentionBenchArgs),
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// One retention pass now (or as of --now): print what it archived and removed (JSON).
+    Run(commands::RetentionRunArgs),
 }
 
 #[derive(Args)]
@@ -187,6 +205,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             what: Some(BenchWhat::Soak(args)),
             ..
         } => Ok(bench::soak::run(&settings, args).await?),
+        Command::Bench {
+            what: Some(BenchWhat::Retention(args)),
+            ..
+        } => Ok(bench::retention::run(&settings, args).await?),
         Command::Migrate => {
             herald::db::migrate(&connect(&settings).await?).await?;
             println!("migrations applied");
@@ -224,6 +246,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cron { command } => commands::cron(&settings, command).await,
         Command::Rollup { command, days } => commands::rollup(&settings, days, command).await,
+        Command::Retention {
+            command: RetentionCommand::Run(args),
+        } => commands::retention_run(&settings, args).await,
+        Command::Archive { command } => commands::archive(&settings, command).await,
         Command::Bridge {
             command: Some(BridgeCommand::Dlq { command }),
         } => commands::bridge_dlq(&settings, command).await,

@@ -82,6 +82,15 @@ pub fn millis<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D:
     )
 }
 
+/// For `*_days` keys: `180` is 180 days; `"12h"` and `"180 days"` work too.
+pub fn days<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    const DAY: Duration = Duration::from_secs(86_400);
+    duration(deserializer, DAY, |count| {
+        DAY.checked_mul(u32::try_from(count).unwrap_or(u32::MAX))
+            .unwrap_or(Duration::MAX)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +121,32 @@ mod tests {
         let both = parse(r#"{"a_secs": 0.5, "b_ms": 0}"#).unwrap();
         assert_eq!(both.a_secs, Duration::from_millis(500));
         assert_eq!(both.b_ms, Duration::ZERO);
+    }
+
+    #[test]
+    fn days_are_days_unless_written_otherwise() {
+        #[derive(Debug, Deserialize)]
+        struct Age {
+            #[serde(deserialize_with = "days")]
+            age_days: Duration,
+        }
+        let age = |text: &str| serde_json::from_str::<Age>(text).map(|a| a.age_days);
+        assert_eq!(
+            age(r#"{"age_days": 7}"#).unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            age(r#"{"age_days": "180 days"}"#).unwrap(),
+            Duration::from_secs(180 * 86_400)
+        );
+        assert_eq!(
+            age(r#"{"age_days": "10m"}"#).unwrap(),
+            Duration::from_secs(600)
+        );
+        assert_eq!(
+            age(r#"{"age_days": 0.5}"#).unwrap(),
+            Duration::from_secs(43_200)
+        );
     }
 
     #[test]

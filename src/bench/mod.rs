@@ -17,6 +17,7 @@
 
 pub mod bridge;
 pub mod channels;
+pub mod retention;
 pub mod soak;
 pub mod workflows;
 

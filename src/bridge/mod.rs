@@ -14,6 +14,7 @@ pub mod consumer;
 pub mod dead_letters;
 pub mod message;
 pub mod metrics;
+pub mod retention;
 pub mod routes;
 mod settings;
 mod sql;

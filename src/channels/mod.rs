@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod provider;
 pub mod providers;
+pub mod retention;
 pub mod settings;
 mod sql;
 pub mod status;

@@ -81,5 +81,9 @@ pub fn maintenance_handlers(
 ) -> crate::queue::HandlerRegistry {
     let mut registry = crate::queue::HandlerRegistry::new();
     rollups::register(&mut registry, pool.clone(), settings.rollups.clone());
+    retention::register(
+        &mut registry,
+        std::sync::Arc::new(retention::Retention::new(pool.clone(), &settings.retention)),
+    );
     registry
 }

@@ -20,6 +20,7 @@ pub mod definition;
 mod engine;
 mod events;
 pub mod expr;
+pub mod retention;
 mod runs;
 mod settings;
 mod sql;

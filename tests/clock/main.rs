@@ -12,5 +12,6 @@ mod common {
 }
 
 mod housekeeping;
+mod retention;
 mod rollups;
 mod schedules;

@@ -1,0 +1,268 @@
+//! What a data set is, for retention: the rows of one table aged by one time column, with the few statements
+//! retention runs on them. Each owner module describes its own data sets (`queue::retention`,
+//! `workflow::retention`, `channels::retention`, `bridge::retention`), so only the owner's files name its tables
+//! (see `layering.rs`); the clock (`clock::retention`) runs the statements without knowing any table.
+//!
+//! This module imports nothing of herald's, so every owner can use it without an import cycle.
+//!
+//! The statements work on half-open time ranges `[from, to)` of the data set's time column, and every one is
+//! bounded: a range is read and deleted in *slices* that [`DataSet::slice`] sizes with a capped count (`probe`),
+//! so no statement touches more than about `batch_size` rows, holds its locks long, or keeps an old snapshot
+//! open while the queue runs.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+
+/// What retention does with a data set's rows once they are older than its maximum age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposal {
+    /// Archive them (verified), then delete them.
+    Archive,
+    /// Delete them: they are bookkeeping with no value once expired (idempotency keys, old circuit states).
+    Delete,
+}
+
+/// One data set. Build the statements with `data_set_statements!` (or write them by hand, keeping its
+/// parameter contract).
+#[derive(Debug, Clone, Copy)]
+pub struct DataSet {
+    /// The name in settings, archive paths and manifests (`job_history`).
+    pub name: &'static str,
+    /// Bumped when the archived row's shape changes (a column added or renamed); written in every manifest.
+    pub schema_version: u32,
+    pub disposal: Disposal,
+    pub sql: Statements,
+    /// Rows of other tables archived inside each row, under a field of their own (a run's deliveries).
+    pub attachments: &'static [Attachment],
+}
+
+/// The statements of a data set, each with a fixed parameter contract.
+#[derive(Debug, Clone, Copy)]
+pub struct Statements {
+    /// `$1` cutoff → the oldest time before it (`NULL` when no row is that old).
+    pub oldest: &'static str,
+    /// `$1` from, `$2` to, `$3` limit → how many rows lie in `[from, to)`, counting at most `$3`.
+    pub probe: &'static str,
+    /// `$1` from, `$2` to → the exact number of rows in `[from, to)`.
+    pub count: &'static str,
+    /// `$1` from, `$2` to → every row in `[from, to)` as `(at timestamptz, key int8, line text)`, ordered by
+    /// time: `line` is the row as one JSON object (`to_jsonb(row)::text`), `key` what attachments join on.
+    pub rows: &'static str,
+    /// `$1` from, `$2` to, `$3` limit → deletes at most `$3` rows of `[from, to)`.
+    pub delete: &'static str,
+}
+
+/// Rows of another table that belong to each row of a data set, archived with it (and removed with it by a
+/// cascading foreign key). `sql`: `$1` the rows' keys (`int8[]`) → `(key int8, rows text)`, `rows` being a JSON
+/// array.
+#[derive(Debug, Clone, Copy)]
+pub struct Attachment {
+    pub field: &'static str,
+    pub sql: &'static str,
+}
+
+/// The usual statements for a table whose rows age by one timestamptz column: the column needs an index that
+/// range scans can use (a BRIN index for an append-only table, a btree otherwise).
+/// `data_set_statements!("herald_runs", "finished_at", "id")`: table, time column, and the column
+/// whose value is the row's key (`NULL` if the data set has no attachments).
+#[rustfmt::skip]
+macro_rules! data_set_statements {
+    ($table:literal, $time:literal, $key:literal) => {
+        $crate::dataset::Statements {
+            oldest: concat!("SELECT min(", $time, ") FROM ", $table, " WHERE ", $time, " < $1"),
+            probe: concat!(
+                "SELECT count(*) FROM (SELECT 1 FROM ", $table, " WHERE ", $time, " >= $1 AND ", $time,
+                " < $2 LIMIT $3) s"
+            ),
+            count: concat!("SELECT count(*) FROM ", $table, " WHERE ", $time, " >= $1 AND ", $time, " < $2"),
+            rows: concat!(
+                "SELECT t.", $time, " AS at, ", $key, "::int8 AS key, to_jsonb(t)::text AS line FROM ", $table,
+                " t WHERE t.", $time, " >= $1 AND t.", $time, " < $2 ORDER BY t.", $time
+            ),
+            // ctid: the rows the inner select found, whatever their key (some tables have none).
+            delete: concat!(
+                "DELETE FROM ", $table, " WHERE ctid = ANY(ARRAY(SELECT ctid FROM ", $table, " WHERE ", $time,
+                " >= $1 AND ", $time, " < $2 LIMIT $3))"
+            ),
+        }
+    };
+}
+pub(crate) use data_set_statements;
+
+/// One row of a data set, as archived.
+#[derive(Debug, Clone)]
+pub struct ArchivedRow {
+    pub at: DateTime<Utc>,
+    /// One JSON object, attachments included.
+    pub line: String,
+}
+
+/// A slice of a time range that [`DataSet::slice`] found small enough to read or delete in one statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slice {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Rows in it when probed (more than the cap only for a slice of one microsecond).
+    pub rows: i64,
+}
+
+/// The widest slice tried: a day (the archive's unit).
+const WIDEST: chrono::TimeDelta = chrono::TimeDelta::days(1);
+/// The narrowest: timestamps have microsecond precision, so a narrower slice cannot split rows further.
+const NARROWEST: chrono::TimeDelta = chrono::TimeDelta::microseconds(1);
+
+impl DataSet {
+    /// The oldest row time before `cutoff`.
+    pub async fn oldest(
+        &self,
+        pool: &PgPool,
+        cutoff: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+        sqlx::query_scalar(self.sql.oldest)
+            .bind(cutoff)
+            .fetch_one(pool)
+            .await
+    }
+
+    /// How many rows lie in `[from, to)`, counting at most `limit`.
+    pub async fn probe(
+        &self,
+        pool: &PgPool,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(self.sql.probe)
+            .bind(from)
+            .bind(to)
+            .bind(limit)
+            .fetch_one(pool)
+            .await
+    }
+
+    /// The exact number of rows in `[from, to)`.
+    pub async fn count(
+        &self,
+        pool: &PgPool,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(self.sql.count)
+            .bind(from)
+            .bind(to)
+            .fetch_one(pool)
+            .await
+    }
+
+    /// The next slice of `[from, end)` holding at most `cap` rows (unless one microsecond holds more: rows that
+    /// one transaction wrote at the same `now()`, as many as its batch). `width` is the first width tried; it is
+    /// updated for the next call (narrowed when a slice was too full, widened when it was sparse), so walking a
+    /// range costs about one probe per slice.
+    pub async fn slice(
+        &self,
+        pool: &PgPool,
+        from: DateTime<Utc>,
+        end: DateTime<Utc>,
+        cap: i64,
+        width: &mut chrono::TimeDelta,
+    ) -> Result<Slice, sqlx::Error> {
+        let cap = cap.max(1);
+        loop {
+            let to = from.checked_add_signed(*width).map_or(end, |t| t.min(end));
+            let rows = self.probe(pool, from, to, cap + 1).await?;
+            if rows <= cap || *width <= NARROWEST {
+                if rows < cap / 4 && to < end {
+                    *width = (*width * 2).min(WIDEST);
+                }
+                return Ok(Slice { from, to, rows });
+            }
+            *width = (*width / 4).max(NARROWEST);
+        }
+    }
+
+    /// Every row of a slice, with its attachments, oldest first.
+    pub async fn rows(
+        &self,
+        pool: &PgPool,
+        slice: &Slice,
+    ) -> Result<Vec<ArchivedRow>, sqlx::Error> {
+        let fetched = sqlx::query(self.sql.rows)
+            .bind(slice.from)
+            .bind(slice.to)
+            .fetch_all(pool)
+            .await?;
+        let mut keys = Vec::with_capacity(fetched.len());
+        let mut rows = Vec::with_capacity(fetched.len());
+        for row in &fetched {
+            keys.push(row.try_get::<Option<i64>, _>("key")?);
+            rows.push(ArchivedRow {
+                at: row.try_get("at")?,
+                line: row.try_get("line")?,
+            });
+        }
+        if self.attachments.is_empty() || rows.is_empty() {
+            return Ok(rows);
+        }
+        let keyed: Vec<i64> = keys.iter().flatten().copied().collect();
+        let mut objects: Vec<serde_json::Map<String, serde_json::Value>> = rows
+            .iter()
+            .map(|r| serde_json::from_str(&r.line).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+            .collect::<Result<_, _>>()?;
+        for attachment in self.attachments {
+            let found: std::collections::HashMap<i64, String> = sqlx::query(attachment.sql)
+                .bind(&keyed)
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| Ok((row.try_get("key")?, row.try_get("rows")?)))
+                .collect::<Result<_, sqlx::Error>>()?;
+            for (object, key) in objects.iter_mut().zip(&keys) {
+                let value = match key.and_then(|k| found.get(&k)) {
+                    Some(text) => {
+                        serde_json::from_str(text).map_err(|e| sqlx::Error::Decode(Box::new(e)))?
+                    }
+                    None => serde_json::Value::Array(Vec::new()),
+                };
+                object.insert(attachment.field.to_string(), value);
+            }
+        }
+        for (row, object) in rows.iter_mut().zip(objects) {
+            row.line = serde_json::Value::Object(object).to_string();
+        }
+        Ok(rows)
+    }
+
+    /// Deletes every row of `[from, to)`, slice by slice, each slice in its own short transaction; returns how
+    /// many.
+    pub async fn delete_range(
+        &self,
+        pool: &PgPool,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        cap: i64,
+    ) -> Result<u64, sqlx::Error> {
+        let cap = cap.max(1);
+        let mut width = WIDEST;
+        let mut cursor = from;
+        let mut deleted = 0;
+        while cursor < to {
+            let slice = self.slice(pool, cursor, to, cap, &mut width).await?;
+            // A one-microsecond slice may hold more than the cap: delete it in several statements.
+            loop {
+                let done = sqlx::query(self.sql.delete)
+                    .bind(slice.from)
+                    .bind(slice.to)
+                    .bind(cap)
+                    .execute(pool)
+                    .await?
+                    .rows_affected();
+                deleted += done;
+                if done < cap as u64 {
+                    break;
+                }
+            }
+            cursor = slice.to;
+        }
+        Ok(deleted)
+    }
+}
