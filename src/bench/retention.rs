@@ -43,6 +43,9 @@ pub struct RetentionBenchArgs {
     /// Retention's rows per statement (`clock.retention.batch_size`).
     #[arg(long, default_value_t = 5_000)]
     pub batch_size: usize,
+    /// Retention's share of the time (`clock.retention.duty_cycle`; default: the setting's).
+    #[arg(long)]
+    pub duty_cycle: Option<f64>,
     /// Name of the scratch database (dropped and re-created).
     #[arg(long, default_value = "herald_bench_retention")]
     pub database: String,
@@ -57,6 +60,7 @@ pub struct RetentionBenchReport {
     pub workers: usize,
     pub concurrency: usize,
     pub batch_size: usize,
+    pub duty_cycle: f64,
     pub retention_secs: f64,
     pub archived_rows_per_s: f64,
     pub archive_objects: u32,
@@ -108,6 +112,9 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
     let mut retention_settings = RetentionSettings::default();
     retention_settings.archive.dir = archive_dir.clone();
     retention_settings.batch_size = args.batch_size;
+    if let Some(duty) = args.duty_cycle {
+        retention_settings.duty_cycle = duty;
+    }
     retention_settings.max_run = Duration::from_secs(3600);
     let target = ArchiveTarget::from_settings(&retention_settings.archive)
         .map_err(|e| BenchError::Failed(e.to_string()))?;
@@ -161,6 +168,7 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
         workers: args.workers,
         concurrency: args.concurrency,
         batch_size: args.batch_size,
+        duty_cycle: retention_settings.duty_cycle,
         retention_secs,
         archived_rows_per_s: args.rows as f64 / retention_secs.max(1e-6),
         archive_objects: history.objects_written,
@@ -173,8 +181,9 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
         println!(
-            "herald bench retention: {} old history rows, {} worker process(es) x concurrency {}, batch {}",
-            report.rows, report.workers, report.concurrency, report.batch_size
+            "herald bench retention: {} old history rows, {} worker process(es) x concurrency {}, batch {}, \
+             duty cycle {}",
+            report.rows, report.workers, report.concurrency, report.batch_size, report.duty_cycle
         );
         println!(
             "  retention pass          {:>10.1} s   {:>10.0} rows/s archived+removed ({} objects, {:.1} MB)",
