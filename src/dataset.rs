@@ -301,7 +301,7 @@ impl DataSet {
         let mut slices = 0u32;
         while cursor < to {
             let started = std::time::Instant::now();
-            if slices % PREPARE_EVERY == 0 {
+            if slices.is_multiple_of(PREPARE_EVERY) {
                 self.prepare(pool).await?;
             }
             slices += 1;

@@ -378,7 +378,7 @@ impl Retention {
         let written = async {
             while cursor < end && rows < self.settings.rows_per_object {
                 let started = Instant::now();
-                if slices % crate::dataset::PREPARE_EVERY == 0 {
+                if slices.is_multiple_of(crate::dataset::PREPARE_EVERY) {
                     data_set.prepare(&self.pool).await?;
                 }
                 slices += 1;
