@@ -34,6 +34,10 @@ pub struct DataSet {
     pub sql: Statements,
     /// Rows of other tables archived inside each row, under a field of their own (a run's deliveries).
     pub attachments: &'static [Attachment],
+    /// Run before working on a range: for a BRIN-indexed table, `brin_summarize_new_values` of its index. Pages
+    /// appended since the last vacuum are not summarized, and every range scan reads all of them; on a busy
+    /// table that is millions of rows per statement.
+    pub prepare: Option<&'static str>,
 }
 
 /// The statements of a data set, each with a fixed parameter contract.
@@ -106,12 +110,60 @@ pub struct Slice {
     pub rows: i64,
 }
 
+/// How much of the time a walk over a range may work: after a step that took `t` it rests
+/// `t * (1 - duty) / duty`, so it leaves the rest of the database's (and the machine's) time to the queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    duty: f64,
+}
+
+impl Pace {
+    /// `duty` in (0, 1]: 1 never rests, 0.25 works a quarter of the time.
+    pub fn new(duty: f64) -> Self {
+        Self {
+            duty: if duty.is_finite() {
+                duty.clamp(0.01, 1.0)
+            } else {
+                1.0
+            },
+        }
+    }
+
+    /// Rests after a step that started at `started`.
+    pub async fn rest_after(&self, started: std::time::Instant) {
+        if self.duty < 1.0 {
+            let rest = started.elapsed().mul_f64((1.0 - self.duty) / self.duty);
+            tokio::time::sleep(rest).await;
+        }
+    }
+}
+
+/// Slices between two runs of [`DataSet::prepare`] while walking a long range.
+pub const PREPARE_EVERY: u32 = 20;
 /// The widest slice tried: a day (the archive's unit).
 const WIDEST: chrono::TimeDelta = chrono::TimeDelta::days(1);
 /// The narrowest: timestamps have microsecond precision, so a narrower slice cannot split rows further.
 const NARROWEST: chrono::TimeDelta = chrono::TimeDelta::microseconds(1);
 
 impl DataSet {
+    /// Runs [`DataSet::prepare`], giving up at once if it would wait for a lock (autovacuum holds the same one
+    /// while it works on the table, and summarizes the ranges itself).
+    pub async fn prepare(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        let Some(sql) = self.prepare else {
+            return Ok(());
+        };
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '100ms'")
+            .execute(&mut *tx)
+            .await?;
+        match sqlx::query(sql).execute(&mut *tx).await {
+            Ok(_) => tx.commit().await,
+            // 55P03: lock_not_available.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => Ok(()),
+            Err(other) => Err(other),
+        }
+    }
+
     /// The oldest row time before `cutoff`.
     pub async fn oldest(
         &self,
@@ -232,20 +284,27 @@ impl DataSet {
         Ok(rows)
     }
 
-    /// Deletes every row of `[from, to)`, slice by slice, each slice in its own short transaction; returns how
-    /// many.
+    /// Deletes every row of `[from, to)`, slice by slice, each slice in its own short transaction, at `pace`;
+    /// returns how many.
     pub async fn delete_range(
         &self,
         pool: &PgPool,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         cap: i64,
+        pace: Pace,
     ) -> Result<u64, sqlx::Error> {
         let cap = cap.max(1);
         let mut width = WIDEST;
         let mut cursor = from;
         let mut deleted = 0;
+        let mut slices = 0u32;
         while cursor < to {
+            let started = std::time::Instant::now();
+            if slices.is_multiple_of(PREPARE_EVERY) {
+                self.prepare(pool).await?;
+            }
+            slices += 1;
             let slice = self.slice(pool, cursor, to, cap, &mut width).await?;
             // A one-microsecond slice may hold more than the cap: delete it in several statements.
             loop {
@@ -262,6 +321,7 @@ impl DataSet {
                 }
             }
             cursor = slice.to;
+            pace.rest_after(started).await;
         }
         Ok(deleted)
     }

@@ -6,7 +6,9 @@
 //!    always has work; the throughput is completions per second, read from the history rows' `finished_at`;
 //! 3. **baseline**: the load alone for `--baseline-secs`;
 //! 4. **with retention**: the same load while one retention pass (in this process, to a scratch directory)
-//!    archives and removes the old rows; measured over the pass's duration.
+//!    archives and removes the old rows; measured over the pass's duration;
+//! 5. **after**: the load alone again for `--baseline-secs`. The baseline is the mean of 3 and 5: a queue slows
+//!    down by itself as its history grows and autovacuum comes by.
 //!
 //! Reported: rows archived per second, the queue's throughput in both phases and their ratio (target >= 0.80).
 
@@ -43,6 +45,9 @@ pub struct RetentionBenchArgs {
     /// Retention's rows per statement (`clock.retention.batch_size`).
     #[arg(long, default_value_t = 5_000)]
     pub batch_size: usize,
+    /// Retention's share of the time (`clock.retention.duty_cycle`; default: the setting's).
+    #[arg(long)]
+    pub duty_cycle: Option<f64>,
     /// Name of the scratch database (dropped and re-created).
     #[arg(long, default_value = "herald_bench_retention")]
     pub database: String,
@@ -57,10 +62,14 @@ pub struct RetentionBenchReport {
     pub workers: usize,
     pub concurrency: usize,
     pub batch_size: usize,
+    pub duty_cycle: f64,
     pub retention_secs: f64,
     pub archived_rows_per_s: f64,
     pub archive_objects: u32,
     pub archive_bytes: u64,
+    pub before_jobs_per_s: f64,
+    pub after_jobs_per_s: f64,
+    /// The mean of before and after.
     pub baseline_jobs_per_s: f64,
     pub during_retention_jobs_per_s: f64,
     /// during / baseline.
@@ -108,6 +117,9 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
     let mut retention_settings = RetentionSettings::default();
     retention_settings.archive.dir = archive_dir.clone();
     retention_settings.batch_size = args.batch_size;
+    if let Some(duty) = args.duty_cycle {
+        retention_settings.duty_cycle = duty;
+    }
     retention_settings.max_run = Duration::from_secs(3600);
     let target = ArchiveTarget::from_settings(&retention_settings.archive)
         .map_err(|e| BenchError::Failed(e.to_string()))?;
@@ -120,6 +132,10 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
         .map_err(|e| BenchError::Failed(e.to_string()))?;
     let retention_secs = started.elapsed().as_secs_f64();
     let during_to = Utc::now();
+    // The load alone again: a queue slows down by itself as its history grows and autovacuum comes by, so the
+    // pass is compared with the load before and after it.
+    tokio::time::sleep(Duration::from_secs(args.baseline_secs.max(1))).await;
+    let after_to = Utc::now();
 
     stop_feeding.cancel();
     let _ = feeder.await;
@@ -151,7 +167,9 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
         .map_err(|e| BenchError::Failed(e.to_string()))?;
     let archive_bytes = manifests.iter().map(|m| m.bytes).sum();
 
-    let baseline = completions_per_s(&pool, baseline_from, baseline_to).await?;
+    let before = completions_per_s(&pool, baseline_from, baseline_to).await?;
+    let after = completions_per_s(&pool, during_to, after_to).await?;
+    let baseline = (before + after) / 2.0;
     let during = completions_per_s(&pool, during_from, during_to).await?;
     pool.close().await;
     let _ = std::fs::remove_dir_all(&archive_dir);
@@ -161,10 +179,13 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
         workers: args.workers,
         concurrency: args.concurrency,
         batch_size: args.batch_size,
+        duty_cycle: retention_settings.duty_cycle,
         retention_secs,
         archived_rows_per_s: args.rows as f64 / retention_secs.max(1e-6),
         archive_objects: history.objects_written,
         archive_bytes,
+        before_jobs_per_s: before,
+        after_jobs_per_s: after,
         baseline_jobs_per_s: baseline,
         during_retention_jobs_per_s: during,
         ratio: during / baseline.max(1e-6),
@@ -173,8 +194,9 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
         println!(
-            "herald bench retention: {} old history rows, {} worker process(es) x concurrency {}, batch {}",
-            report.rows, report.workers, report.concurrency, report.batch_size
+            "herald bench retention: {} old history rows, {} worker process(es) x concurrency {}, batch {}, \
+             duty cycle {}",
+            report.rows, report.workers, report.concurrency, report.batch_size, report.duty_cycle
         );
         println!(
             "  retention pass          {:>10.1} s   {:>10.0} rows/s archived+removed ({} objects, {:.1} MB)",

@@ -10,4 +10,5 @@ pub const BRIDGE_DEAD_LETTERS: DataSet = DataSet {
     disposal: Disposal::Archive,
     sql: data_set_statements!("herald_bridge_dead_letters", "created_at", "NULL"),
     attachments: &[],
+    prepare: None,
 };

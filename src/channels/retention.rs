@@ -11,6 +11,9 @@ pub const CALLBACK_EVENTS: DataSet = DataSet {
     disposal: Disposal::Archive,
     sql: data_set_statements!("herald_callback_events", "received_at", "NULL"),
     attachments: &[],
+    prepare: Some(
+        "SELECT brin_summarize_new_values('herald_callback_events_received_at'::regclass)",
+    ),
 };
 
 /// `herald_provider_circuits` by `updated_at`: deleted. Each process records under an id of its own, and the
@@ -22,6 +25,7 @@ pub const PROVIDER_CIRCUITS: DataSet = DataSet {
     disposal: Disposal::Delete,
     sql: data_set_statements!("herald_provider_circuits", "updated_at", "NULL"),
     attachments: &[],
+    prepare: None,
 };
 
 /// A run's deliveries, by run id (the unique key on deliveries starts with `run_id`).

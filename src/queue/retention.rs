@@ -11,6 +11,7 @@ pub const JOB_HISTORY: DataSet = DataSet {
     disposal: Disposal::Archive,
     sql: data_set_statements!("herald_job_history", "finished_at", "NULL"),
     attachments: &[],
+    prepare: Some("SELECT brin_summarize_new_values('herald_job_history_finished_at'::regclass)"),
 };
 
 /// `herald_dead_letters` by `failed_at`.
@@ -20,6 +21,7 @@ pub const DEAD_LETTERS: DataSet = DataSet {
     disposal: Disposal::Archive,
     sql: data_set_statements!("herald_dead_letters", "failed_at", "NULL"),
     attachments: &[],
+    prepare: None,
 };
 
 /// `herald_idempotency_keys` by `created_at`: deleted, not archived.
@@ -29,4 +31,5 @@ pub const IDEMPOTENCY_KEYS: DataSet = DataSet {
     disposal: Disposal::Delete,
     sql: data_set_statements!("herald_idempotency_keys", "created_at", "NULL"),
     attachments: &[],
+    prepare: None,
 };

@@ -26,6 +26,7 @@ ORDER BY r.finished_at, r.id
         ..data_set_statements!("herald_runs", "finished_at", "id")
     },
     attachments: &[DELIVERIES_OF_RUNS],
+    prepare: None,
 };
 
 /// `herald_events` by `received_at`.
@@ -35,4 +36,5 @@ pub const EVENTS: DataSet = DataSet {
     disposal: Disposal::Archive,
     sql: data_set_statements!("herald_events", "received_at", "NULL"),
     attachments: &[],
+    prepare: Some("SELECT brin_summarize_new_values('herald_events_received_at'::regclass)"),
 };

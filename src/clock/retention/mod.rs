@@ -42,7 +42,7 @@ pub use restore::{Restored, restore};
 pub use settings::{ArchiveSettings, RetentionSettings, S3Settings};
 
 use super::ClockError;
-use crate::dataset::{DataSet, Disposal};
+use crate::dataset::{DataSet, Disposal, Pace};
 use crate::queue::{HandlerRegistry, Job, JobContext, JobError};
 
 /// Every data set retention knows, in the order a pass handles them.
@@ -235,8 +235,9 @@ impl Retention {
             let end = end.min(cutoff);
             match data_set.disposal {
                 Disposal::Delete => {
-                    report.deleted_rows +=
-                        data_set.delete_range(&self.pool, start, end, cap).await?;
+                    report.deleted_rows += data_set
+                        .delete_range(&self.pool, start, end, cap, self.pace())
+                        .await?;
                 }
                 Disposal::Archive => {
                     if !self
@@ -262,6 +263,7 @@ impl Retention {
         done: Option<&NaiveDate>,
         cutoff: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, ClockError> {
+        data_set.prepare(&self.pool).await?;
         if let Some(done) = done {
             let mut day = *done;
             for _ in 0..EMPTY_DAYS_PROBED {
@@ -280,6 +282,10 @@ impl Retention {
             }
         }
         Ok(data_set.oldest(&self.pool, cutoff).await?)
+    }
+
+    fn pace(&self) -> Pace {
+        Pace::new(self.settings.duty_cycle)
     }
 
     fn batch(&self) -> i64 {
@@ -316,7 +322,7 @@ impl Retention {
             }
             target.verify_manifest(manifest).await?;
             report.deleted_rows += data_set
-                .delete_range(&self.pool, manifest.from, manifest.to, cap)
+                .delete_range(&self.pool, manifest.from, manifest.to, cap, self.pace())
                 .await?;
             report.resumed_parts += 1;
         }
@@ -343,7 +349,7 @@ impl Retention {
             report.objects_written += 1;
             failpoint("after_manifest");
             report.deleted_rows += data_set
-                .delete_range(&self.pool, manifest.from, manifest.to, cap)
+                .delete_range(&self.pool, manifest.from, manifest.to, cap, self.pace())
                 .await?;
             start = manifest.to;
             part += 1;
@@ -364,12 +370,18 @@ impl Retention {
     ) -> Result<Option<Manifest>, ClockError> {
         let cap = self.batch();
         let mut width = TimeDelta::hours(1);
+        let mut slices = 0u32;
         let mut cursor = start;
         let mut writer = None;
         let mut rows = 0u64;
         let mut times: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
         let written = async {
             while cursor < end && rows < self.settings.rows_per_object {
+                let started = Instant::now();
+                if slices.is_multiple_of(crate::dataset::PREPARE_EVERY) {
+                    data_set.prepare(&self.pool).await?;
+                }
+                slices += 1;
                 // The last slice of a part is cut to what the part has room for.
                 let room = i64::try_from(self.settings.rows_per_object - rows).unwrap_or(i64::MAX);
                 let slice = data_set
@@ -390,6 +402,7 @@ impl Retention {
                     }
                 }
                 cursor = slice.to;
+                self.pace().rest_after(started).await;
             }
             Ok::<_, ClockError>(())
         }
@@ -404,6 +417,7 @@ impl Retention {
             return Ok(None);
         };
         let object = writer.object().to_string();
+        let started = Instant::now();
         let written = writer.finish().await?;
         target.sync(&object).await?;
         failpoint("after_upload");
@@ -434,6 +448,8 @@ impl Retention {
             created_at: Utc::now(),
         };
         target.put_manifest(&manifest).await?;
+        // Reading the object back is work too.
+        self.pace().rest_after(started).await;
         tracing::info!(data_set = data_set.name, %day, part, rows = manifest.rows, object = %manifest.object,
             "archived");
         Ok(Some(manifest))

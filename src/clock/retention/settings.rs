@@ -45,6 +45,9 @@ pub struct RetentionSettings {
     pub rows_per_object: u64,
     /// The most days of one data set one pass works through (oldest first).
     pub days_per_run: usize,
+    /// The share of the time a pass works (0.01-1): after each slice it rests for the rest, so archiving and
+    /// removing leave the database and the CPU to the queue.
+    pub duty_cycle: f64,
     /// A pass starts no new part after this long; the job then comes back for the rest (snoozed, not retried),
     /// so it stays well within the job timeout (`jobs.timeout_secs`).
     #[serde(rename = "max_run_secs", deserialize_with = "setting::secs")]
@@ -68,6 +71,7 @@ impl Default for RetentionSettings {
             batch_size: 5_000,
             rows_per_object: 1_000_000,
             days_per_run: 31,
+            duty_cycle: 0.5,
             max_run: Duration::from_secs(240),
             archive: ArchiveSettings::default(),
         }
@@ -121,6 +125,12 @@ impl RetentionSettings {
             return Err(InvalidSetting::new(
                 "clock.retention.days_per_run",
                 "must be 1-3660",
+            ));
+        }
+        if !(0.01..=1.0).contains(&self.duty_cycle) {
+            return Err(InvalidSetting::new(
+                "clock.retention.duty_cycle",
+                "must be 0.01-1",
             ));
         }
         setting::positive("clock.retention.max_run_secs", self.max_run)?;
