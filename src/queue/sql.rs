@@ -67,60 +67,51 @@ ORDER BY i.ord
 pub const JOBS_BY_IDEMPOTENCY_KEY: &str =
     "SELECT key, job_id, fingerprint FROM herald_idempotency_keys WHERE key = ANY($1::text[])";
 
+/// The claim statement, with `$floor` added to the search's conditions (one text for [`CLAIM`] and
+/// [`CLAIM_FROM`]).
+macro_rules! claim_statement {
+    ($floor:literal) => {
+        concat!(
+            r#"
+WITH next AS (
+    SELECT id FROM herald_jobs
+    WHERE queue = $1 AND lease_token IS NULL AND NOT scheduled"#,
+            $floor,
+            r#"
+      AND NOT EXISTS (SELECT 1 FROM herald_queues q WHERE q.name = $1 AND q.paused)
+    ORDER BY sort_key
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE herald_jobs j
+    SET lease_token = $5,
+        lease_expires_at = now() + $3 * interval '1 millisecond',
+        leased_by = $4,
+        attempt = j.attempt + 1,
+        claimed_at = clock_timestamp()
+    WHERE j.id = ANY(ARRAY(SELECT id FROM next))
+    RETURNING j.id, j.kind, j.payload, j.priority, j.attempt, j.max_attempts, j.timeout_ms, j.lease_token, j.run_at,
+              j.created_at, j.sort_key
+)
+SELECT * FROM claimed ORDER BY sort_key
+"#
+        )
+    };
+}
+
 /// Claim up to $2 available jobs of queue $1 for worker $4, with a lease term of $3 milliseconds, under lease
 /// token $5 (made by the worker, so it knows a claim's token before the answer arrives). A paused queue yields
 /// nothing. Rows come back in claim order, so a worker starts them in that order. (`id = ANY(ARRAY(...))` keeps
 /// the planner on the primary key; a join against the CTE made it hash the whole table.) `claimed_at` is
 /// `clock_timestamp()`, not `now()`: `now()` is when the transaction began, which can precede the promotion that
 /// made the job available, so history showed claims before `run_at`.
-pub const CLAIM: &str = r#"
-WITH next AS (
-    SELECT id FROM herald_jobs
-    WHERE queue = $1 AND lease_token IS NULL AND NOT scheduled
-      AND NOT EXISTS (SELECT 1 FROM herald_queues q WHERE q.name = $1 AND q.paused)
-    ORDER BY sort_key
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-),
-claimed AS (
-    UPDATE herald_jobs j
-    SET lease_token = $5,
-        lease_expires_at = now() + $3 * interval '1 millisecond',
-        leased_by = $4,
-        attempt = j.attempt + 1,
-        claimed_at = clock_timestamp()
-    WHERE j.id = ANY(ARRAY(SELECT id FROM next))
-    RETURNING j.id, j.kind, j.payload, j.priority, j.attempt, j.max_attempts, j.timeout_ms, j.lease_token, j.run_at,
-              j.created_at, j.sort_key
-)
-SELECT * FROM claimed ORDER BY sort_key
-"#;
+pub const CLAIM: &str = claim_statement!("");
 
 /// [`CLAIM`] from `sort_key` $6 on: the index scan starts there instead of at the queue's oldest entry. The
 /// entries before it are jobs already claimed; while an old transaction holds vacuum back they stay in the index,
 /// dead, and a scan from the start would wade through every one of them (see `runner.rs`).
-pub const CLAIM_FROM: &str = r#"
-WITH next AS (
-    SELECT id FROM herald_jobs
-    WHERE queue = $1 AND lease_token IS NULL AND NOT scheduled AND sort_key >= $6
-      AND NOT EXISTS (SELECT 1 FROM herald_queues q WHERE q.name = $1 AND q.paused)
-    ORDER BY sort_key
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-),
-claimed AS (
-    UPDATE herald_jobs j
-    SET lease_token = $5,
-        lease_expires_at = now() + $3 * interval '1 millisecond',
-        leased_by = $4,
-        attempt = j.attempt + 1,
-        claimed_at = clock_timestamp()
-    WHERE j.id = ANY(ARRAY(SELECT id FROM next))
-    RETURNING j.id, j.kind, j.payload, j.priority, j.attempt, j.max_attempts, j.timeout_ms, j.lease_token, j.run_at,
-              j.created_at, j.sort_key
-)
-SELECT * FROM claimed ORDER BY sort_key
-"#;
+pub const CLAIM_FROM: &str = claim_statement!(" AND sort_key >= $6");
 
 /// Settle a batch of finished attempts in one statement. Each input row names (job id, lease token) and an
 /// outcome: `completed` (delete, append history), `retry` (back to scheduled at now + delay, error appended),
