@@ -558,10 +558,13 @@ async fn graceful_shutdown_finishes_running_jobs_and_releases_unstarted_ones_at_
     let db = TestDb::new().await;
     let mut opts = options(&[("q", 2)]);
     opts.batch_size = 10;
+    // Jobs long enough, and a grace long enough, that "released while the running ones still run" has seconds of
+    // slack on a loaded CI machine (a 4 s job and a 3 s deadline failed once there).
+    opts.shutdown_grace = Duration::from_secs(20);
     let worker = RunningWorker::start(&db.pool, opts, herald::app::handler_registry());
     db.enqueue(
         (0..10)
-            .map(|_| job("q", "herald.sleep", json!({"ms": 4000})))
+            .map(|_| job("q", "herald.sleep", json!({"ms": 8000})))
             .collect(),
     )
     .await;
@@ -577,7 +580,7 @@ async fn graceful_shutdown_finishes_running_jobs_and_releases_unstarted_ones_at_
     worker.shutdown.cancel();
     let released = "SELECT count(*) FROM herald_jobs WHERE lease_token IS NULL AND NOT scheduled AND attempt = 0";
     wait_until(
-        Duration::from_secs(3),
+        Duration::from_secs(6),
         "unstarted jobs released while the running ones still run",
         || async { scalar_i64(&db.pool, released).await == 8 },
     )
