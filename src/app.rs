@@ -214,9 +214,16 @@ impl App {
                 .await;
             }
         };
+        let partitions = crate::clock::housekeeping::run_partitions(
+            self.pool.clone(),
+            clock.partitions.clone(),
+            clock.poll,
+            shutdown.clone(),
+        );
         tokio::join!(
             ticker.run(clock.poll, shutdown.clone()),
             housekeeping,
+            partitions,
             self.run_worker(options, handlers, shutdown.clone())
         );
         Ok(())

@@ -3,7 +3,7 @@
 //! `workflow::retention`, `channels::retention`, `bridge::retention`), so only the owner's files name its tables
 //! (see `layering.rs`); the clock (`clock::retention`) runs the statements without knowing any table.
 //!
-//! This module imports nothing of herald's, so every owner can use it without an import cycle.
+//! This module imports only [`crate::partitions`] (a leaf), so every owner can use it without an import cycle.
 //!
 //! The statements work on half-open time ranges `[from, to)` of the data set's time column, and every one is
 //! bounded: a range is read and deleted in *slices* that [`DataSet::slice`] sizes with a capped count (`probe`),
@@ -12,6 +12,8 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
+
+use crate::partitions::Partitioning;
 
 /// What retention does with a data set's rows once they are older than its maximum age.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +40,10 @@ pub struct DataSet {
     /// appended since the last vacuum are not summarized, and every range scan reads all of them; on a busy
     /// table that is millions of rows per statement.
     pub prepare: Option<&'static str>,
+    /// The table is partitioned by the time column: a removed range's whole partitions are dropped instead of
+    /// deleted row by row, and the cutoff is rounded down to a partition's start so that only whole partitions
+    /// are archived (see [`crate::partitions`]).
+    pub partitioning: Option<Partitioning>,
 }
 
 /// The statements of a data set, each with a fixed parameter contract.
@@ -52,7 +58,8 @@ pub struct Statements {
     /// `$1` from, `$2` to → every row in `[from, to)` as `(at timestamptz, key int8, line text)`, ordered by
     /// time: `line` is the row as one JSON object (`to_jsonb(row)::text`), `key` what attachments join on.
     pub rows: &'static str,
-    /// `$1` from, `$2` to, `$3` limit → deletes at most `$3` rows of `[from, to)`.
+    /// `$1` from, `$2` to, `$3` limit → deletes about `$3` rows of `[from, to)` (never a row outside it; in a
+    /// partitioned table up to `$3` per partition the range spans).
     pub delete: &'static str,
 }
 
@@ -83,10 +90,12 @@ macro_rules! data_set_statements {
                 "SELECT t.", $time, " AS at, ", $key, "::int8 AS key, to_jsonb(t)::text AS line FROM ", $table,
                 " t WHERE t.", $time, " >= $1 AND t.", $time, " < $2 ORDER BY t.", $time
             ),
-            // ctid: the rows the inner select found, whatever their key (some tables have none).
+            // ctid: the rows the inner select found, whatever their key (some tables have none). The range is
+            // repeated outside: in a partitioned table a ctid names a row in each partition, and only rows of
+            // the range (all archived) may go.
             delete: concat!(
-                "DELETE FROM ", $table, " WHERE ctid = ANY(ARRAY(SELECT ctid FROM ", $table, " WHERE ", $time,
-                " >= $1 AND ", $time, " < $2 LIMIT $3))"
+                "DELETE FROM ", $table, " WHERE ", $time, " >= $1 AND ", $time, " < $2 AND ctid = ANY(ARRAY(",
+                "SELECT ctid FROM ", $table, " WHERE ", $time, " >= $1 AND ", $time, " < $2 LIMIT $3))"
             ),
         }
     };
@@ -108,6 +117,13 @@ pub struct Slice {
     pub to: DateTime<Utc>,
     /// Rows in it when probed (more than the cap only for a slice of one microsecond).
     pub rows: i64,
+}
+
+/// What [`DataSet::remove_range`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Removed {
+    pub partitions_dropped: usize,
+    pub rows_deleted: u64,
 }
 
 /// How much of the time a walk over a range may work: after a step that took `t` it rests
@@ -282,6 +298,40 @@ impl DataSet {
             row.line = serde_json::Value::Object(object).to_string();
         }
         Ok(rows)
+    }
+
+    /// Removes every row of `[from, to)`, every one of them archived: drops the partitions lying inside the range
+    /// (a partitioned data set), then deletes the rest slice by slice (see [`DataSet::delete_range`]).
+    pub async fn remove_range(
+        &self,
+        pool: &PgPool,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        cap: i64,
+        pace: Pace,
+    ) -> Result<Removed, sqlx::Error> {
+        let partitions_dropped = match &self.partitioning {
+            Some(partitioning) => partitioning.drop_within(pool, from, to).await?.len(),
+            None => 0,
+        };
+        let rows_deleted = self.delete_range(pool, from, to, cap, pace).await?;
+        Ok(Removed {
+            partitions_dropped,
+            rows_deleted,
+        })
+    }
+
+    /// The time before which rows are archived and removed for a cutoff: for a partitioned data set, the start of
+    /// the partition holding the cutoff, so that only whole partitions are archived and then dropped.
+    pub async fn effective_cutoff(
+        &self,
+        pool: &PgPool,
+        cutoff: DateTime<Utc>,
+    ) -> Result<DateTime<Utc>, sqlx::Error> {
+        match &self.partitioning {
+            Some(partitioning) => partitioning.boundary_at_or_before(pool, cutoff).await,
+            None => Ok(cutoff),
+        }
     }
 
     /// Deletes every row of `[from, to)`, slice by slice, each slice in its own short transaction, at `pace`;

@@ -19,7 +19,11 @@ use std::path::{Path, PathBuf};
 /// Which top-level modules each one may import. A module not listed may import nothing of herald's.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("db", &["embedded_postgres", "setting"]),
-    ("queue", &["setting", "coalesce", "db", "dataset"]),
+    ("dataset", &["partitions"]),
+    (
+        "queue",
+        &["setting", "coalesce", "db", "dataset", "partitions"],
+    ),
     (
         "channels",
         &["queue", "setting", "coalesce", "db", "dataset"],
@@ -35,7 +39,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "clock",
         &[
-            "bridge", "workflow", "channels", "queue", "setting", "coalesce", "db", "dataset",
+            "bridge",
+            "workflow",
+            "channels",
+            "queue",
+            "setting",
+            "coalesce",
+            "db",
+            "dataset",
+            "partitions",
         ],
     ),
     (
@@ -71,6 +83,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
 const TABLES: &[(&str, &str)] = &[
     ("herald_jobs", "queue"),
     ("herald_job_history", "queue"),
+    ("herald_job_history_default", "queue"),
     ("herald_dead_letters", "queue"),
     ("herald_queues", "queue"),
     ("herald_workers", "queue"),

@@ -29,6 +29,7 @@ pub mod embedded_postgres;
 #[cfg(test)]
 mod layering;
 pub mod metrics;
+pub mod partitions;
 pub mod queue;
 pub mod setting;
 pub mod shutdown;

@@ -1,7 +1,8 @@
 //! `herald bench retention`: what retention costs the queue. On a scratch database:
 //!
 //! 1. `--rows` old history rows (200 days back, spread over 10 days) are inserted in one statement and vacuumed,
-//!    as a table that has run for months would hold them;
+//!    as a table that has run for months would hold them: in daily partitions (what the clock makes), or with
+//!    `--unpartitioned` in the default partition (rows no partition covers, removed by bounded deletes);
 //! 2. a steady load: `--workers` worker processes drain no-op jobs that a feeder keeps topping up, so the queue
 //!    always has work; the throughput is completions per second, read from the history rows' `finished_at`;
 //! 3. **baseline**: the load alone for `--baseline-secs`;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use herald::clock::retention::{ArchiveTarget, Retention, RetentionSettings};
 use herald::config::Settings;
 use herald::db::{self, with_database};
+use herald::queue::retention::JOB_HISTORY_PARTITIONS;
 use herald::queue::worker::builtin::Noop;
 use herald::queue::{self, NewJob, QueueName};
 
@@ -48,6 +50,10 @@ pub struct RetentionBenchArgs {
     /// Retention's share of the time (`clock.retention.duty_cycle`; default: the setting's).
     #[arg(long)]
     pub duty_cycle: Option<f64>,
+    /// Put the old rows in the default partition instead of daily ones: what retention costs when it must
+    /// delete rows in batches.
+    #[arg(long)]
+    pub unpartitioned: bool,
     /// Name of the scratch database (dropped and re-created).
     #[arg(long, default_value = "herald_bench_retention")]
     pub database: String,
@@ -63,6 +69,9 @@ pub struct RetentionBenchReport {
     pub concurrency: usize,
     pub batch_size: usize,
     pub duty_cycle: f64,
+    pub partitioned: bool,
+    pub partitions_dropped: u32,
+    pub rows_deleted: u64,
     pub retention_secs: f64,
     pub archived_rows_per_s: f64,
     pub archive_objects: u32,
@@ -89,6 +98,19 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
     db::migrate(&pool).await?;
 
     let now = Utc::now();
+    if !args.unpartitioned {
+        // The partitions a clock would have made: the old days', and the present's for the load.
+        let day = chrono::TimeDelta::days(1);
+        let first = herald::partitions::align_down(now - day * 200, Duration::from_secs(86_400));
+        for n in 0..=10 {
+            JOB_HISTORY_PARTITIONS
+                .create(&pool, first + day * n, first + day * (n + 1))
+                .await?;
+        }
+        JOB_HISTORY_PARTITIONS
+            .ensure_ahead(&pool, now, Duration::from_secs(86_400), 2)
+            .await?;
+    }
     insert_old_history(&pool, args.rows, now).await?;
 
     let stop_feeding = CancellationToken::new();
@@ -180,6 +202,9 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
         concurrency: args.concurrency,
         batch_size: args.batch_size,
         duty_cycle: retention_settings.duty_cycle,
+        partitioned: !args.unpartitioned,
+        partitions_dropped: history.partitions_dropped,
+        rows_deleted: history.deleted_rows,
         retention_secs,
         archived_rows_per_s: args.rows as f64 / retention_secs.max(1e-6),
         archive_objects: history.objects_written,
@@ -194,9 +219,22 @@ pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), Be
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
     } else {
         println!(
-            "herald bench retention: {} old history rows, {} worker process(es) x concurrency {}, batch {}, \
+            "herald bench retention: {} old history rows ({}), {} worker process(es) x concurrency {}, batch {}, \
              duty cycle {}",
-            report.rows, report.workers, report.concurrency, report.batch_size, report.duty_cycle
+            report.rows,
+            if report.partitioned {
+                "in daily partitions"
+            } else {
+                "in the default partition"
+            },
+            report.workers,
+            report.concurrency,
+            report.batch_size,
+            report.duty_cycle
+        );
+        println!(
+            "  removed                 {:>10} partitions dropped, {} rows deleted",
+            report.partitions_dropped, report.rows_deleted
         );
         println!(
             "  retention pass          {:>10.1} s   {:>10.0} rows/s archived+removed ({} objects, {:.1} MB)",

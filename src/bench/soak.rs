@@ -6,8 +6,10 @@
 //! * `--hold-xid-secs H` (after `--hold-after-secs S`): a session opens a transaction, takes a transaction id and
 //!   sits idle in it for H seconds, as a forgotten `psql` or a stuck report would. Vacuum can remove no row
 //!   deleted after it began, so this is the worst case for a Postgres queue; the report says how the queue held.
-//! * `--history-keep-secs K`: every minute, the job history older than K seconds is removed (retention at minutes
-//!   instead of months), so the history's size must stay flat too.
+//! * `--history-keep-secs K`: the clock's own retention at minutes instead of months. The clock process runs the
+//!   `herald.retention` job every minute with the job history's maximum age set to K seconds, the history in
+//!   partitions `--partition-secs` wide, and archives written to a scratch directory: whole partitions older than
+//!   K are archived, verified and dropped, so the history's size must stay flat too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,9 +47,12 @@ pub struct SoakArgs {
     /// When the holder starts, in seconds from the start of the load.
     #[arg(long, default_value_t = 120)]
     pub hold_after_secs: u64,
-    /// Remove history older than this every minute (0: keep it all).
+    /// Retention: the clock archives and removes history older than this, every minute (0: keep it all).
     #[arg(long, default_value_t = 0)]
     pub history_keep_secs: u64,
+    /// The history partitions' width with --history-keep-secs (`clock.partitions.width_secs`).
+    #[arg(long, default_value_t = 60)]
+    pub partition_secs: u64,
     /// Run without a `herald clock` process (no housekeeping vacuum: autovacuum alone).
     #[arg(long)]
     pub no_clock: bool,
@@ -76,6 +81,7 @@ struct Interval {
     history_rows: i64,
     history_dead_tuples: i64,
     history_mb: f64,
+    history_partitions: i64,
 }
 
 pub async fn run(settings: &Settings, args: SoakArgs) -> Result<(), BenchError> {
@@ -94,13 +100,34 @@ pub async fn run(settings: &Settings, args: SoakArgs) -> Result<(), BenchError> 
         )?);
     }
     // A fleet is workers and a clock: the clock's housekeeping vacuums the churned tables when autovacuum does not.
+    let archive_dir =
+        std::env::temp_dir().join(format!("herald-bench-soak-{}", std::process::id()));
     if !args.no_clock {
+        let mut clock = super::herald_process(&url, "warn")?;
+        clock.arg("clock");
+        if args.history_keep_secs > 0 {
+            clock
+                .env("HERALD_CLOCK__RETENTION__CRON", "* * * * *")
+                .env(
+                    "HERALD_CLOCK__RETENTION__JOB_HISTORY_DAYS",
+                    format!("{}s", args.history_keep_secs),
+                )
+                .env("HERALD_CLOCK__RETENTION__ARCHIVE__DIR", &archive_dir)
+                .env(
+                    "HERALD_CLOCK__PARTITIONS__WIDTH_SECS",
+                    args.partition_secs.to_string(),
+                )
+                .env("HERALD_CLOCK__PARTITIONS__AHEAD", "5");
+        }
         workers.push(
-            super::herald_process(&url, "warn")?
-                .arg("clock")
+            clock
                 .spawn()
                 .map_err(|e| BenchError::Failed(format!("cannot start a clock process: {e}")))?,
         );
+    } else if args.history_keep_secs > 0 {
+        return Err(BenchError::Failed(
+            "--history-keep-secs needs the clock (it runs retention): drop --no-clock".into(),
+        ));
     }
     let stop = Arc::new(AtomicBool::new(false));
     let enqueued = Arc::new(AtomicU64::new(0));
@@ -128,15 +155,12 @@ pub async fn run(settings: &Settings, args: SoakArgs) -> Result<(), BenchError> 
     let mut lines = Vec::new();
     if !args.json {
         println!(
-            "minute  holder  jobs/s   pickup p50/p99 ms   probe ms   jobs: live  dead    MB   history: rows  dead    MB"
+            "minute  holder  jobs/s   pickup p50/p99 ms   probe ms   jobs: live  dead    MB   history: rows  dead    MB  parts"
         );
     }
     while started.elapsed() < total {
         tokio::time::sleep(every).await;
         let window_end = Utc::now();
-        if args.history_keep_secs > 0 {
-            trim_history(&pool, window_end, args.history_keep_secs).await?;
-        }
         let elapsed = started.elapsed();
         // An interval counts as held if the holder was open through all of it (a second's slack either side).
         let slack = Duration::from_secs(1);
@@ -154,6 +178,7 @@ pub async fn run(settings: &Settings, args: SoakArgs) -> Result<(), BenchError> 
         holder.abort();
     }
     stop_workers(workers).await;
+    let _ = std::fs::remove_dir_all(&archive_dir);
     summarize(&lines, &args);
     Ok(())
 }
@@ -228,24 +253,6 @@ async fn hold_xid(url: String, after: Duration, hold: Duration) -> Result<(), Be
     Ok(())
 }
 
-/// Retention at minutes: history older than `keep_secs` goes, in bounded batches (the clock's way).
-async fn trim_history(pool: &PgPool, now: DateTime<Utc>, keep_secs: u64) -> Result<(), BenchError> {
-    let cutoff = now - chrono::Duration::seconds(i64::try_from(keep_secs).unwrap_or(i64::MAX));
-    loop {
-        let removed = sqlx::query(
-            "DELETE FROM herald_job_history WHERE ctid = ANY(ARRAY( \
-                 SELECT ctid FROM herald_job_history WHERE finished_at < $1 LIMIT 10000))",
-        )
-        .bind(cutoff)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        if removed < 10_000 {
-            return Ok(());
-        }
-    }
-}
-
 async fn measure(
     pool: &PgPool,
     from: DateTime<Utc>,
@@ -288,8 +295,15 @@ async fn measure(
         Ok::<_, sqlx::Error>(row)
     };
     let (jobs_live, jobs_dead, jobs_bytes) = table("herald_jobs").await?;
-    let (_, history_dead, history_bytes) = table("herald_job_history").await?;
-    let history_rows: i64 = sqlx::query_scalar("SELECT count(*) FROM herald_job_history")
+    // The history is partitioned: its figures are the sums over its partitions (live rows as the statistics
+    // count them: a `count(*)` of millions of rows every minute would itself be load).
+    let (history_rows, history_dead, history_bytes, history_partitions): (i64, i64, i64, i64) =
+        sqlx::query_as(
+            "SELECT coalesce(sum(s.n_live_tup), 0)::int8, coalesce(sum(s.n_dead_tup), 0)::int8, \
+                    coalesce(sum(pg_total_relation_size(s.relid)), 0)::int8, count(*) \
+             FROM pg_partition_tree('herald_job_history') t JOIN pg_stat_user_tables s ON s.relid = t.relid \
+             WHERE t.isleaf",
+        )
         .fetch_one(pool)
         .await?;
     let secs = (to - from).num_milliseconds().max(1) as f64 / 1000.0;
@@ -306,6 +320,7 @@ async fn measure(
         history_rows,
         history_dead_tuples: history_dead,
         history_mb: history_bytes as f64 / 1_048_576.0,
+        history_partitions,
     })
 }
 
@@ -315,7 +330,7 @@ fn print_line(line: &Interval, json: bool) {
         return;
     }
     println!(
-        "{:>6.1}  {:>6}  {:>7.0}   {:>7.2} / {:>7.2}   {:>8.2}   {:>10} {:>6} {:>5.1}   {:>13} {:>5} {:>5.1}",
+        "{:>6.1}  {:>6}  {:>7.0}   {:>7.2} / {:>7.2}   {:>8.2}   {:>10} {:>6} {:>5.1}   {:>13} {:>5} {:>5.1}  {:>5}",
         line.minute,
         if line.holder { "held" } else { "-" },
         line.jobs_per_s,
@@ -328,6 +343,7 @@ fn print_line(line: &Interval, json: bool) {
         line.history_rows,
         line.history_dead_tuples,
         line.history_mb,
+        line.history_partitions,
     );
 }
 

@@ -11,4 +11,5 @@ pub const BRIDGE_DEAD_LETTERS: DataSet = DataSet {
     sql: data_set_statements!("herald_bridge_dead_letters", "created_at", "NULL"),
     attachments: &[],
     prepare: None,
+    partitioning: None,
 };

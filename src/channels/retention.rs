@@ -14,6 +14,7 @@ pub const CALLBACK_EVENTS: DataSet = DataSet {
     prepare: Some(
         "SELECT brin_summarize_new_values('herald_callback_events_received_at'::regclass)",
     ),
+    partitioning: None,
 };
 
 /// `herald_provider_circuits` by `updated_at`: deleted. Each process records under an id of its own, and the
@@ -26,6 +27,7 @@ pub const PROVIDER_CIRCUITS: DataSet = DataSet {
     sql: data_set_statements!("herald_provider_circuits", "updated_at", "NULL"),
     attachments: &[],
     prepare: None,
+    partitioning: None,
 };
 
 /// A run's deliveries, by run id (the unique key on deliveries starts with `run_id`).

@@ -4,11 +4,15 @@
 //! (measured: 15 million dead rows in `herald_jobs` after 8 minutes at 15,000 jobs/s with autovacuum off). Each
 //! table's owner lists its churned tables; a table is vacuumed when its dead rows pass `clock.vacuum_min_dead`
 //! and a fifth of its live ones.
+//!
+//! It also keeps the partitioned tables' partitions ready ahead of the present ([`keep_partitions`]).
 
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+
+use super::settings::PartitionSettings;
 
 /// Every churned table, from their owners.
 fn churned_tables() -> impl Iterator<Item = &'static str> {
@@ -42,6 +46,49 @@ pub async fn run(pool: PgPool, every: Duration, min_dead: i64, shutdown: Cancell
         }
         for (table, dead) in vacuum_bloated(&pool, min_dead).await {
             tracing::info!(table, dead, "housekeeping: vacuumed");
+        }
+    }
+}
+
+/// Every partitioned table, from their owners.
+fn partitioned_tables() -> impl Iterator<Item = &'static crate::partitions::Partitioning> {
+    crate::queue::retention::PARTITIONED.iter()
+}
+
+/// Makes sure each partitioned table has partitions for the present and `settings.ahead` widths after it;
+/// returns the partitions created.
+pub async fn keep_partitions(
+    pool: &PgPool,
+    settings: &PartitionSettings,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
+    let mut created = Vec::new();
+    for table in partitioned_tables() {
+        match table
+            .ensure_ahead(pool, now, settings.width, settings.ahead)
+            .await
+        {
+            Ok(names) => created.extend(names),
+            Err(error) => {
+                tracing::warn!(table = table.table, %error, "housekeeping: creating partitions failed")
+            }
+        }
+    }
+    created
+}
+
+/// Keeps partitions ahead at once and then every `every`, until `shutdown`.
+pub async fn run_partitions(
+    pool: PgPool,
+    settings: PartitionSettings,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        keep_partitions(&pool, &settings, chrono::Utc::now()).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -16,7 +16,7 @@ pub mod rollups;
 pub mod schedules;
 mod settings;
 
-pub use settings::ClockSettings;
+pub use settings::{ClockSettings, PartitionSettings};
 
 /// What the clock's operations can fail with.
 #[derive(Debug, thiserror::Error)]

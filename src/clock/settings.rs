@@ -35,6 +35,50 @@ pub struct ClockSettings {
     pub retention: RetentionSettings,
     #[serde(default)]
     pub rollups: RollupSettings,
+    #[serde(default)]
+    pub partitions: PartitionSettings,
+}
+
+/// `[clock.partitions]`: the partitioned tables' partitions (the job history's), which every clock keeps ready
+/// ahead of the present (looking every `poll_secs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PartitionSettings {
+    /// How much time one partition covers: a day by default (retention then drops a day at once). It must
+    /// divide a day, so that partitions start at UTC midnight and a day's archive covers whole partitions.
+    #[serde(rename = "width_secs", deserialize_with = "setting::secs")]
+    pub width: Duration,
+    /// Partitions kept ready after the present one: as long as a clock runs within this many widths, no row
+    /// lands in the default partition.
+    pub ahead: u32,
+}
+
+impl Default for PartitionSettings {
+    fn default() -> Self {
+        Self {
+            width: Duration::from_secs(86_400),
+            ahead: 4,
+        }
+    }
+}
+
+impl PartitionSettings {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let secs = self.width.as_secs();
+        if self.width.subsec_nanos() != 0 || secs < 60 || 86_400 % secs != 0 {
+            return Err(InvalidSetting::new(
+                "clock.partitions.width_secs",
+                "must be whole seconds, at least 60, dividing a day (86400)",
+            ));
+        }
+        if !(1..=1000).contains(&self.ahead) {
+            return Err(InvalidSetting::new(
+                "clock.partitions.ahead",
+                "must be 1-1000",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl ClockSettings {
@@ -50,6 +94,7 @@ impl ClockSettings {
         super::schedules::validate(&self.schedules)?;
         self.retention.validate()?;
         self.rollups.validate()?;
+        self.partitions.validate()?;
         // The built-in schedules' cron expressions and time zones come from the sections above.
         super::all_schedules(self).map_err(|e| InvalidSetting::new("clock", e.to_string()))?;
         Ok(())

@@ -55,10 +55,6 @@ impl QueueError {
     }
 }
 
-/// The queue's tables whose rows are updated or deleted all day, for the clock's housekeeping vacuum.
-pub const CHURNED_TABLES: &[&str] = &[
-    "herald_jobs",
-    "herald_job_history",
-    "herald_idempotency_keys",
-    "herald_workers",
-];
+/// The queue's tables whose rows are updated or deleted all day, for the clock's housekeeping vacuum. (Not the
+/// history: rows are only appended to it, and retention drops its partitions instead of deleting rows.)
+pub const CHURNED_TABLES: &[&str] = &["herald_jobs", "herald_idempotency_keys", "herald_workers"];

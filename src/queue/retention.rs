@@ -3,15 +3,32 @@
 //! that no longer deduplicates an enqueue).
 
 use crate::dataset::{DataSet, Disposal, data_set_statements};
+use crate::partitions::Partitioning;
 
-/// `herald_job_history` by `finished_at` (its BRIN index serves the range scans).
+/// `herald_job_history` is partitioned by `finished_at` (`migrations/0010_history_partitions.sql`): at billions
+/// of rows a day, removing a day must be dropping a table, not deleting its rows.
+pub const JOB_HISTORY_PARTITIONS: Partitioning = Partitioning {
+    table: "herald_job_history",
+    column: "finished_at",
+};
+
+/// The queue's partitioned tables, kept ahead by the clock.
+pub const PARTITIONED: &[Partitioning] = &[JOB_HISTORY_PARTITIONS];
+
+/// `herald_job_history` by `finished_at`: whole partitions are archived, then dropped; rows in the default
+/// partition (and in the partition holding an older installation's rows) are deleted in batches. Each
+/// partition's BRIN index serves the range scans; `prepare` summarizes all of them.
 pub const JOB_HISTORY: DataSet = DataSet {
     name: "job_history",
     schema_version: 1,
     disposal: Disposal::Archive,
     sql: data_set_statements!("herald_job_history", "finished_at", "NULL"),
     attachments: &[],
-    prepare: Some("SELECT brin_summarize_new_values('herald_job_history_finished_at'::regclass)"),
+    prepare: Some(
+        "SELECT count(brin_summarize_new_values(relid)) \
+         FROM pg_partition_tree('herald_job_history_finished_at'::regclass) WHERE isleaf",
+    ),
+    partitioning: Some(JOB_HISTORY_PARTITIONS),
 };
 
 /// `herald_dead_letters` by `failed_at`.
@@ -22,6 +39,7 @@ pub const DEAD_LETTERS: DataSet = DataSet {
     sql: data_set_statements!("herald_dead_letters", "failed_at", "NULL"),
     attachments: &[],
     prepare: None,
+    partitioning: None,
 };
 
 /// `herald_idempotency_keys` by `created_at`: deleted, not archived.
@@ -32,4 +50,5 @@ pub const IDEMPOTENCY_KEYS: DataSet = DataSet {
     sql: data_set_statements!("herald_idempotency_keys", "created_at", "NULL"),
     attachments: &[],
     prepare: None,
+    partitioning: None,
 };

@@ -27,6 +27,7 @@ ORDER BY r.finished_at, r.id
     },
     attachments: &[DELIVERIES_OF_RUNS],
     prepare: None,
+    partitioning: None,
 };
 
 /// `herald_events` by `received_at`.
@@ -37,4 +38,5 @@ pub const EVENTS: DataSet = DataSet {
     sql: data_set_statements!("herald_events", "received_at", "NULL"),
     attachments: &[],
     prepare: Some("SELECT brin_summarize_new_values('herald_events_received_at'::regclass)"),
+    partitioning: None,
 };

@@ -12,6 +12,7 @@ mod common {
 }
 
 mod housekeeping;
+mod partitions;
 mod retention;
 mod rollups;
 mod schedules;

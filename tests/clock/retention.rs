@@ -730,3 +730,153 @@ async fn archives_go_to_an_s3_compatible_server_and_restore_from_it() {
         original
     );
 }
+
+/// Creates daily history partitions for the given days.
+async fn daily_partitions(pool: &PgPool, days: &[&str]) {
+    for d in days {
+        let from = at(&format!("{d}T00:00:00Z"));
+        let created = herald::queue::retention::JOB_HISTORY_PARTITIONS
+            .create(pool, from, from + chrono::TimeDelta::days(1))
+            .await
+            .expect("create partition");
+        assert!(created, "partition for {d}");
+    }
+}
+
+async fn partition_names(pool: &PgPool) -> Vec<String> {
+    herald::queue::retention::JOB_HISTORY_PARTITIONS
+        .list(pool)
+        .await
+        .expect("list partitions")
+        .into_iter()
+        .map(|p| p.name)
+        .collect()
+}
+
+#[tokio::test]
+async fn whole_partitions_are_archived_then_dropped_and_the_cutoffs_partition_waits() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings_for(dir.path());
+    daily_partitions(&db.pool, &["2025-08-01", "2025-08-02", "2025-09-02"]).await;
+    // In partitions: 100 rows on 08-01, 30 on 08-02, 30 + 25 on 09-02 (the cutoff's day, before and after the
+    // cutoff). In the default partition: 20 rows on 08-05.
+    history(&db.pool, 100, "2025-08-01T10:00:00Z", "old").await;
+    history(&db.pool, 30, "2025-08-02T10:00:00Z", "old").await;
+    history(&db.pool, 20, "2025-08-05T10:00:00Z", "old").await;
+    history(&db.pool, 30, "2025-09-02T06:00:00Z", "cutoff-day").await;
+    history(&db.pool, 25, "2025-09-02T12:00:00Z", "cutoff-day").await;
+    let original = jsonb_rows(
+        &db.pool,
+        "SELECT to_jsonb(h) FROM herald_job_history h WHERE queue = 'old'",
+    )
+    .await;
+
+    let report = pass(&db.pool, &settings).await;
+    let entry = report.data_set("job_history").unwrap();
+    // The cutoff (2025-09-02T12:00) is rounded down to its partition's start: that day waits whole.
+    assert_eq!(entry.cutoff, Some(at("2025-09-02T00:00:00Z")));
+    assert_eq!(entry.archived_rows, 150);
+    assert_eq!(entry.partitions_dropped, 2);
+    assert_eq!(
+        entry.deleted_rows, 20,
+        "only the default partition's rows are deleted"
+    );
+    assert_eq!(
+        partition_names(&db.pool).await,
+        vec![
+            "herald_job_history_default",
+            "herald_job_history_p20250902_000000"
+        ]
+    );
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await,
+        55
+    );
+
+    // Every archived row restores to what it was.
+    sqlx::query("CREATE TABLE everything (LIKE herald_job_history)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let target = ArchiveTarget::from_settings(&settings.archive).unwrap();
+    for d in ["2025-08-01", "2025-08-02", "2025-08-05"] {
+        retention::restore(&db.pool, &target, "job_history", day(d), Some("everything"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        jsonb_rows(&db.pool, "SELECT to_jsonb(e) FROM everything e").await,
+        original
+    );
+
+    // A day later the cutoff's day is past: archived whole, then dropped.
+    let report = Retention::new(db.pool.clone(), &settings)
+        .run(at("2026-03-02T12:00:00Z"))
+        .await
+        .unwrap();
+    assert!(report.errors().is_empty(), "{:?}", report.errors());
+    let entry = report.data_set("job_history").unwrap();
+    assert_eq!(
+        (
+            entry.archived_rows,
+            entry.partitions_dropped,
+            entry.deleted_rows
+        ),
+        (55, 1, 0)
+    );
+    assert_eq!(
+        partition_names(&db.pool).await,
+        vec!["herald_job_history_default"]
+    );
+}
+
+#[tokio::test]
+async fn a_killed_pass_over_partitions_drops_them_on_the_rerun_without_archiving_twice() {
+    use std::os::unix::process::ExitStatusExt;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    daily_partitions(&db.pool, &["2025-08-01"]).await;
+    history(&db.pool, 50, "2025-08-01T10:00:00Z", "old").await;
+    let original = jsonb_rows(&db.pool, "SELECT to_jsonb(h) FROM herald_job_history h").await;
+    let target = ArchiveTarget::from_settings(&settings_for(dir.path()).archive).unwrap();
+
+    // Killed after the first manifest: the partition keeps every row.
+    let status = herald_pass(&db, dir.path(), Some("retention.after_manifest")).await;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}");
+    assert_eq!(target.manifests(None).await.unwrap().len(), 1);
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await,
+        50
+    );
+
+    // The rerun archives the rest once, then drops the partition.
+    let status = herald_pass(&db, dir.path(), None).await;
+    assert!(status.success(), "{status:?}");
+    let after = target.manifests(None).await.unwrap();
+    assert_eq!(
+        after.iter().map(|m| m.rows).collect::<Vec<_>>(),
+        vec![40, 10]
+    );
+    assert_eq!(
+        partition_names(&db.pool).await,
+        vec!["herald_job_history_default"]
+    );
+    sqlx::query("CREATE TABLE everything (LIKE herald_job_history)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    retention::restore(
+        &db.pool,
+        &target,
+        "job_history",
+        day("2025-08-01"),
+        Some("everything"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        jsonb_rows(&db.pool, "SELECT to_jsonb(e) FROM everything e").await,
+        original
+    );
+}

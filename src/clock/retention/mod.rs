@@ -42,7 +42,7 @@ pub use restore::{Restored, restore};
 pub use settings::{ArchiveSettings, RetentionSettings, S3Settings};
 
 use super::ClockError;
-use crate::dataset::{DataSet, Disposal, Pace};
+use crate::dataset::{DataSet, Disposal, Pace, Removed};
 use crate::queue::{HandlerRegistry, Job, JobContext, JobError};
 
 /// Every data set retention knows, in the order a pass handles them.
@@ -107,6 +107,8 @@ pub struct DataSetReport {
     pub archived_rows: u64,
     pub objects_written: u32,
     pub deleted_rows: u64,
+    /// Partitions dropped whole (their rows archived): a partitioned data set's rows leave this way.
+    pub partitions_dropped: u32,
     /// Parts a crashed pass had archived, whose rows this pass removed.
     pub resumed_parts: u32,
     /// Old rows are left for the next pass.
@@ -114,6 +116,13 @@ pub struct DataSetReport {
     /// Why nothing was done (kept forever, or another clock holds it).
     pub skipped: Option<String>,
     pub error: Option<String>,
+}
+
+impl DataSetReport {
+    fn count(&mut self, removed: Removed) {
+        self.deleted_rows += removed.rows_deleted;
+        self.partitions_dropped += u32::try_from(removed.partitions_dropped).unwrap_or(u32::MAX);
+    }
 }
 
 /// The retention pass, with what it needs.
@@ -212,7 +221,10 @@ impl Retention {
         deadline: Instant,
         report: &mut DataSetReport,
     ) -> Result<(), ClockError> {
-        let cap = self.batch();
+        // A partitioned data set is archived partition by partition: the partition holding the cutoff waits until
+        // the cutoff has passed its end.
+        let cutoff = data_set.effective_cutoff(&self.pool, cutoff).await?;
+        report.cutoff = Some(cutoff);
         while let Some(oldest) = self.next_day(data_set, report.days.last(), cutoff).await? {
             // Some progress in every pass, however short `max_run`.
             if report.days.len() >= self.settings.days_per_run
@@ -235,9 +247,8 @@ impl Retention {
             let end = end.min(cutoff);
             match data_set.disposal {
                 Disposal::Delete => {
-                    report.deleted_rows += data_set
-                        .delete_range(&self.pool, start, end, cap, self.pace())
-                        .await?;
+                    let removed = self.remove(data_set, start, end).await?;
+                    report.count(removed);
                 }
                 Disposal::Archive => {
                     if !self
@@ -251,6 +262,18 @@ impl Retention {
             }
         }
         Ok(())
+    }
+
+    /// Removes `[from, to)`, every row of which is archived (or needs no archive).
+    async fn remove(
+        &self,
+        data_set: &DataSet,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Removed, ClockError> {
+        Ok(data_set
+            .remove_range(&self.pool, from, to, self.batch(), self.pace())
+            .await?)
     }
 
     /// The oldest day with rows older than the cutoff, or a time in it. After `done` (the day just worked on),
@@ -294,6 +317,10 @@ impl Retention {
 
     /// Archives and removes one day's rows before `end` (the day's end, or the cutoff inside it). False when
     /// the deadline stopped it first.
+    ///
+    /// Each part's range is removed as soon as it is archived, except in a partitioned data set: there the day's
+    /// archived span is removed once, after its parts, so that whole partitions are dropped instead of their
+    /// rows deleted part by part.
     async fn archive_day(
         &self,
         target: &ArchiveTarget,
@@ -303,9 +330,10 @@ impl Retention {
         deadline: Instant,
         report: &mut DataSetReport,
     ) -> Result<bool, ClockError> {
-        let cap = self.batch();
         let manifests = target.day_manifests(data_set.name, day).await?;
-        // 2. What a crashed pass archived but did not remove.
+        // 2. What a crashed pass archived but did not remove. A day's parts are contiguous, so the span from
+        //    the first to the last of them that still has rows is archived throughout.
+        let mut left_span: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
         for manifest in &manifests {
             let left = data_set
                 .count(&self.pool, manifest.from, manifest.to)
@@ -321,10 +349,22 @@ impl Retention {
                 )));
             }
             target.verify_manifest(manifest).await?;
-            report.deleted_rows += data_set
-                .delete_range(&self.pool, manifest.from, manifest.to, cap, self.pace())
-                .await?;
             report.resumed_parts += 1;
+            let from = match left_span {
+                Some((from, _)) => from,
+                None => manifest.from,
+            };
+            left_span = Some((from, manifest.to));
+        }
+        let deferred = data_set.partitioning.is_some();
+        let mut unremoved_from = None;
+        if let Some((from, to)) = left_span {
+            if deferred {
+                unremoved_from = Some(from);
+            } else {
+                let removed = self.remove(data_set, from, to).await?;
+                report.count(removed);
+            }
         }
         // 3. The rest of the day, part by part.
         let mut part = manifests.last().map_or(0, |m| m.part + 1);
@@ -333,10 +373,13 @@ impl Retention {
             .map(|m| m.to)
             .max()
             .unwrap_or_else(|| day_range(day).0);
+        let unremoved_from = unremoved_from.unwrap_or(start);
+        let mut finished = true;
         let mut first = true;
         while start < end {
             if !first && Instant::now() >= deadline {
-                return Ok(false);
+                finished = false;
+                break;
             }
             first = false;
             let Some(manifest) = self
@@ -348,13 +391,23 @@ impl Retention {
             report.archived_rows += manifest.rows;
             report.objects_written += 1;
             failpoint("after_manifest");
-            report.deleted_rows += data_set
-                .delete_range(&self.pool, manifest.from, manifest.to, cap, self.pace())
-                .await?;
+            if !deferred {
+                let removed = self.remove(data_set, manifest.from, manifest.to).await?;
+                report.count(removed);
+            }
             start = manifest.to;
             part += 1;
         }
-        Ok(true)
+        if deferred {
+            // A finished day holds no row between its last part and `end` (the last look found none), so the span
+            // reaches `end` and covers the day's partitions whole.
+            let to = if finished { end } else { start };
+            if to > unremoved_from {
+                let removed = self.remove(data_set, unremoved_from, to).await?;
+                report.count(removed);
+            }
+        }
+        Ok(finished)
     }
 
     /// Writes, verifies and records one part: the rows of `[start, to)` for the largest `to <= end` that keeps
