@@ -164,7 +164,12 @@ const NARROWEST: chrono::TimeDelta = chrono::TimeDelta::microseconds(1);
 impl DataSet {
     /// Runs [`DataSet::prepare`], giving up at once if it would wait for a lock (autovacuum holds the same one
     /// while it works on the table, and summarizes the ranges itself).
+    /// A partitioned data set's complete partitions are also analyzed once (see
+    /// [`Partitioning::analyze_complete`]).
     pub async fn prepare(&self, pool: &PgPool) -> Result<(), sqlx::Error> {
+        if let Some(partitioning) = &self.partitioning {
+            partitioning.analyze_complete(pool).await?;
+        }
         let Some(sql) = self.prepare else {
             return Ok(());
         };

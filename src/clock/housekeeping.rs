@@ -26,15 +26,13 @@ fn churned_tables() -> impl Iterator<Item = &'static str> {
 
 /// One look: vacuums each churned table that needs it; returns the tables vacuumed with their dead rows.
 pub async fn vacuum_bloated(pool: &PgPool, min_dead: i64) -> Vec<(&'static str, i64)> {
-    let mut vacuumed = Vec::new();
-    for table in churned_tables() {
-        match crate::db::vacuum_if_bloated(pool, table, min_dead).await {
-            Ok(Some(dead)) => vacuumed.push((table, dead)),
-            Ok(None) => {}
-            Err(error) => tracing::warn!(table, %error, "housekeeping: vacuum failed"),
-        }
-    }
-    vacuumed
+    let tables: Vec<&'static str> = churned_tables().collect();
+    crate::db::vacuum_bloated(pool, &tables, min_dead)
+        .await
+        .unwrap_or_else(|error| {
+            tracing::warn!(%error, "housekeeping: reading table statistics failed");
+            Vec::new()
+        })
 }
 
 /// Looks every `every` until `shutdown`.

@@ -21,6 +21,10 @@
 //!    still holds exactly those rows, **then** write the manifest, **then** delete the range in slices.
 //!    Data sets that are only deleted (idempotency keys, circuit states) skip the archive.
 //!
+//! A partitioned data set (the job history, see [`crate::partitions`]) differs in two ways: its cutoff is rounded
+//! down to the start of the partition holding it, and a day's archived span is removed once, after its parts, by
+//! dropping the partitions inside it (and deleting in slices only rows of the default partition).
+//!
 //! Crash safety: a crash before the manifest is written leaves an object without a manifest, which the next
 //! pass writes again under the same name (nothing is removed without a manifest); a crash after it leaves a
 //! manifest whose range the next pass removes without writing anything again (step 2). So no row is lost, and
