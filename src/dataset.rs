@@ -46,7 +46,10 @@ pub struct DataSet {
     pub partitioning: Option<Partitioning>,
 }
 
-/// The statements of a data set, each with a fixed parameter contract.
+/// The statements of a data set, each with a fixed parameter contract. They run unprepared (`persistent(false)`):
+/// a prepared statement soon gets PostgreSQL's generic plan, which cannot know that `[$1, $2)` is a thin slice of
+/// one partition and scans whole partitions instead (measured: 108 ms per probe instead of 2.5 ms). Planned with
+/// the values, each statement reads only its slice.
 #[derive(Debug, Clone, Copy)]
 pub struct Statements {
     /// `$1` cutoff → the oldest time before it (`NULL` when no row is that old).
@@ -192,6 +195,7 @@ impl DataSet {
         cutoff: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
         sqlx::query_scalar(self.sql.oldest)
+            .persistent(false)
             .bind(cutoff)
             .fetch_one(pool)
             .await
@@ -206,6 +210,7 @@ impl DataSet {
         limit: i64,
     ) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(self.sql.probe)
+            .persistent(false)
             .bind(from)
             .bind(to)
             .bind(limit)
@@ -221,6 +226,7 @@ impl DataSet {
         to: DateTime<Utc>,
     ) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar(self.sql.count)
+            .persistent(false)
             .bind(from)
             .bind(to)
             .fetch_one(pool)
@@ -260,6 +266,7 @@ impl DataSet {
         slice: &Slice,
     ) -> Result<Vec<ArchivedRow>, sqlx::Error> {
         let fetched = sqlx::query(self.sql.rows)
+            .persistent(false)
             .bind(slice.from)
             .bind(slice.to)
             .fetch_all(pool)
@@ -364,6 +371,7 @@ impl DataSet {
             // A one-microsecond slice may hold more than the cap: delete it in several statements.
             loop {
                 let done = sqlx::query(self.sql.delete)
+                    .persistent(false)
                     .bind(slice.from)
                     .bind(slice.to)
                     .bind(cap)
