@@ -53,6 +53,16 @@ pub struct SoakArgs {
     /// The history partitions' width with --history-keep-secs (`clock.partitions.width_secs`).
     #[arg(long, default_value_t = 60)]
     pub partition_secs: u64,
+    /// Retention's duty cycle with --history-keep-secs. At minutes, history arrives as fast as the queue runs
+    /// and a pass must keep up with it, so it works all the time (the months-long default runs a pass a day at
+    /// 0.5).
+    #[arg(long, default_value_t = 1.0)]
+    pub retention_duty_cycle: f64,
+    /// With --history-keep-secs: archive the history before dropping it (`clock.retention.job_history_archive`).
+    /// Archiving costs about a core per 25,000 rows/s here, so on two cores a queue at half its capacity cannot
+    /// also archive every row it finishes; without it the partitions are dropped unarchived.
+    #[arg(long)]
+    pub archive_history: bool,
     /// Run without a `herald clock` process (no housekeeping vacuum: autovacuum alone).
     #[arg(long)]
     pub no_clock: bool,
@@ -117,7 +127,15 @@ pub async fn run(settings: &Settings, args: SoakArgs) -> Result<(), BenchError> 
                     "HERALD_CLOCK__PARTITIONS__WIDTH_SECS",
                     args.partition_secs.to_string(),
                 )
-                .env("HERALD_CLOCK__PARTITIONS__AHEAD", "5");
+                .env("HERALD_CLOCK__PARTITIONS__AHEAD", "5")
+                .env(
+                    "HERALD_CLOCK__RETENTION__JOB_HISTORY_ARCHIVE",
+                    args.archive_history.to_string(),
+                )
+                .env(
+                    "HERALD_CLOCK__RETENTION__DUTY_CYCLE",
+                    args.retention_duty_cycle.to_string(),
+                );
         }
         workers.push(
             clock

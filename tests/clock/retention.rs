@@ -880,3 +880,43 @@ async fn a_killed_pass_over_partitions_drops_them_on_the_rerun_without_archiving
         original
     );
 }
+
+#[tokio::test]
+async fn history_without_archive_is_dropped_by_partition_and_nothing_is_written() {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings_for(dir.path());
+    settings.job_history_archive = false;
+    daily_partitions(&db.pool, &["2025-08-01", "2025-08-02"]).await;
+    history(&db.pool, 100, "2025-08-01T10:00:00Z", "old").await;
+    history(&db.pool, 30, "2025-08-02T10:00:00Z", "old").await;
+    history(&db.pool, 20, "2025-08-05T10:00:00Z", "old").await; // the default partition
+    history(&db.pool, 25, "2026-02-22T00:00:00Z", "young").await;
+
+    let report = pass(&db.pool, &settings).await;
+    let entry = report.data_set("job_history").unwrap();
+    assert_eq!(
+        (
+            entry.archived_rows,
+            entry.partitions_dropped,
+            entry.deleted_rows
+        ),
+        (0, 2, 20)
+    );
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_job_history").await,
+        25
+    );
+    let target = ArchiveTarget::from_settings(&settings.archive).unwrap();
+    assert!(
+        target
+            .manifests(Some("job_history"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        partition_names(&db.pool).await,
+        vec!["herald_job_history_default"]
+    );
+}

@@ -249,7 +249,11 @@ impl Retention {
             report.days.push(day);
             let (start, end) = day_range(day);
             let end = end.min(cutoff);
-            match data_set.disposal {
+            let disposal = match data_set.disposal {
+                Disposal::Archive if !self.settings.archived(data_set.name) => Disposal::Delete,
+                other => other,
+            };
+            match disposal {
                 Disposal::Delete => {
                     let removed = self.remove(data_set, start, end).await?;
                     report.count(removed);

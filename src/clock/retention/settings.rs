@@ -20,6 +20,10 @@ pub struct RetentionSettings {
     /// the data set forever.
     #[serde(rename = "job_history_days", deserialize_with = "setting::days")]
     pub job_history: Duration,
+    /// Archive the job history before removing it (default). `false` drops old history partitions without an
+    /// archive: at billions of finished jobs a day the archive is most of retention's cost (see
+    /// docs/operations.md), and many installations keep only the rollups of it.
+    pub job_history_archive: bool,
     #[serde(rename = "dead_letters_days", deserialize_with = "setting::days")]
     pub dead_letters: Duration,
     #[serde(rename = "runs_days", deserialize_with = "setting::days")]
@@ -61,6 +65,7 @@ impl Default for RetentionSettings {
         Self {
             cron: "0 3 * * *".to_string(),
             job_history: months,
+            job_history_archive: true,
             dead_letters: months,
             runs: months,
             events: months,
@@ -138,6 +143,11 @@ impl RetentionSettings {
     }
 
     /// The maximum age of the data set `name` (`None`: kept forever, or not a data set).
+    /// Whether the data set named `name` is archived before it is removed (when its owner archives it at all).
+    pub fn archived(&self, name: &str) -> bool {
+        name != "job_history" || self.job_history_archive
+    }
+
     pub fn max_age(&self, name: &str) -> Option<Duration> {
         let age = match name {
             "job_history" => self.job_history,
