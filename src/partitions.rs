@@ -350,7 +350,9 @@ mod tests {
             table: "t",
             column: "at",
         };
-        let from = DateTime::from_timestamp(1_796_083_200, 0).unwrap_or_default();
-        assert_eq!(p.partition_name(from), "t_p20261129_000000");
+        let from = DateTime::parse_from_rfc3339("2026-11-29T06:30:00Z")
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_default();
+        assert_eq!(p.partition_name(from), "t_p20261129_063000");
     }
 }
