@@ -135,6 +135,7 @@ impl App {
             schedules: self
                 .schedules()
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
+            producers: settings.producer_rules(),
         };
         let state = crate::api::ApiState::new(&settings.api, parts);
         if let Ok(address) = listener.local_addr() {

@@ -21,6 +21,7 @@ use crate::channels::{ChannelSettings, ProviderTables};
 use crate::clock::ClockSettings;
 use crate::db::DatabaseSettings;
 use crate::embedded_postgres::EmbeddedPostgresSettings;
+use crate::queue::producers::ProducerRules;
 use crate::queue::{JobSettings, WorkerSettings};
 use crate::setting::InvalidSetting;
 use crate::workflow::WorkflowSettings;
@@ -90,7 +91,32 @@ impl Settings {
     }
 
     /// Each section checks itself; the channel layer also checks its chains against `[providers]`.
+    /// What the API and the bridge may enqueue: not into herald's own queues, no `herald.` kinds (test kinds
+    /// only with `jobs.allow_test_kinds`).
+    pub fn producer_rules(&self) -> ProducerRules {
+        ProducerRules {
+            reserved_queues: vec![
+                self.workflows.queue.to_string(),
+                self.clock.queue.to_string(),
+            ],
+            allow_test_kinds: self.jobs.allow_test_kinds,
+        }
+    }
+
     fn validate(&self) -> Result<(), InvalidSetting> {
+        let rules = self.producer_rules();
+        for route in self.bridge.routes.iter().filter(|r| r.target == "job") {
+            if let Some(queue) = &route.queue {
+                rules
+                    .check_queue(queue)
+                    .map_err(|reason| InvalidSetting::new("bridge.routes.queue", reason))?;
+            }
+            if let Some(kind) = &route.kind {
+                rules
+                    .check_kind(kind)
+                    .map_err(|reason| InvalidSetting::new("bridge.routes.kind", reason))?;
+            }
+        }
         self.worker.validate()?;
         self.jobs.validate()?;
         self.api.validate()?;

@@ -41,9 +41,10 @@ enum Command {
     Worker(WorkerArgs),
     /// Serve the HTTP API (api.listen, or 0.0.0.0:$PORT) until SIGTERM/SIGINT.
     Api,
-    /// Run every role in one process (migrate, API, worker, clock, and the Kafka bridge if bridge.brokers is set) and print a development API key. Without
-    /// DATABASE_URL, first start a private PostgreSQL under .herald/pg (stopped again on Ctrl-C).
-    Up(WorkerArgs),
+    /// Run every role in one process (migrate, API, worker, clock, and the Kafka bridge if bridge.brokers is set). Without
+    /// DATABASE_URL, first start a private PostgreSQL under .herald/pg (stopped again on Ctrl-C) and print a development
+    /// API key, revoked on exit.
+    Up(UpArgs),
     /// API keys: create (printed once), list, revoke.
     Keys {
         #[command(subcommand)]
@@ -144,6 +145,16 @@ pub struct WorkerArgs {
     /// Handlers running at once per queue (default: worker.concurrency).
     #[arg(long)]
     pub concurrency: Option<NonZeroUsize>,
+}
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Also mint an all-scope development key when DATABASE_URL points at a server herald did not start (by
+    /// default only the private cluster gets one). It is revoked on exit.
+    #[arg(long)]
+    pub dev_key: bool,
 }
 
 #[derive(Subcommand)]

@@ -10,9 +10,13 @@ use herald::config::Settings;
 use herald::embedded_postgres::EmbeddedPostgres;
 use herald::queue::HandlerRegistry;
 
-use crate::WorkerArgs;
+use crate::{UpArgs, WorkerArgs};
 
-pub async fn run(settings: Settings, args: WorkerArgs) -> anyhow::Result<()> {
+/// The name of the keys `up` mints (and revokes: on exit, and left over from a run that was killed).
+const DEV_KEY_NAME: &str = "herald-up-dev";
+
+pub async fn run(settings: Settings, args: UpArgs) -> anyhow::Result<()> {
+    let UpArgs { worker: args, dev_key } = args;
     let cluster = match &settings.database.url {
         Some(_) => None,
         None => {
@@ -30,11 +34,18 @@ pub async fn run(settings: Settings, args: WorkerArgs) -> anyhow::Result<()> {
             let _ = cluster.stop();
         });
     }
+    // An all-scope key is minted only on the private cluster (a development database by construction), or when
+    // asked for: `up` pointed at a shared server must not leave keys behind.
     let result = match &cluster {
-        Some(cluster) => run_roles(settings, &cluster.url(), args).await,
+        Some(cluster) => {
+            // The quick start enqueues `herald.log` over HTTP on the private cluster.
+            let mut settings = settings;
+            settings.jobs.allow_test_kinds = true;
+            run_roles(settings, &cluster.url(), args, true).await
+        }
         None => {
             let url = settings.database.url.clone().unwrap_or_default();
-            run_roles(settings, &url, args).await
+            run_roles(settings, &url, args, dev_key).await
         }
     };
     if let Some(cluster) = cluster.filter(|c| c.started_here) {
@@ -44,19 +55,35 @@ pub async fn run(settings: Settings, args: WorkerArgs) -> anyhow::Result<()> {
     result
 }
 
-async fn run_roles(settings: Settings, url: &str, args: WorkerArgs) -> anyhow::Result<()> {
+async fn run_roles(
+    settings: Settings,
+    url: &str,
+    args: WorkerArgs,
+    mint_key: bool,
+) -> anyhow::Result<()> {
     let options = herald::app::worker_options(&settings, args.queues, args.concurrency)?;
     let app = Arc::new(App::boot_at(settings, url).await?);
     let listener = crate::bind(&app.settings).await?;
     let address = listener.local_addr()?;
-    let scopes = herald::api::keys::Scope::ALL;
-    let (key, _) = herald::api::keys::create(&app.pool, "herald-up-dev", &scopes).await?;
     println!("herald is up: API on http://{address} (docs at /docs), worker and clock running.");
-    println!("development API key (all scopes, created for this run): {key}");
-    println!("  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
-    println!(
-        "       -d '{{\"queue\":\"default\",\"kind\":\"herald.log\",\"payload\":{{\"hello\":1}}}}' http://{address}/v1/jobs"
-    );
+    let dev_key = if mint_key {
+        // Keys of earlier runs that were killed before they could revoke theirs.
+        herald::api::keys::revoke_named(&app.pool, DEV_KEY_NAME).await?;
+        let scopes = herald::api::keys::Scope::ALL;
+        let (key, record) = herald::api::keys::create(&app.pool, DEV_KEY_NAME, &scopes).await?;
+        println!("development API key (all scopes, revoked when herald up exits): {key}");
+        println!("  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
+        println!(
+            "       -d '{{\"queue\":\"default\",\"kind\":\"herald.log\",\"payload\":{{\"hello\":1}}}}' http://{address}/v1/jobs"
+        );
+        Some(record.id)
+    } else {
+        println!(
+            "no development key: DATABASE_URL points at a server herald up did not start (create one with \
+             `herald keys create`, or run with --dev-key)"
+        );
+        None
+    };
     let settings = &app.settings;
     let grace = settings
         .worker
@@ -90,6 +117,9 @@ async fn run_roles(settings: Settings, url: &str, args: WorkerArgs) -> anyhow::R
     });
     app.run_worker(options, HandlerRegistry::new(), shutdown)
         .await;
+    if let Some(id) = dev_key {
+        herald::api::keys::revoke(&app.pool, id).await?;
+    }
     api.await??;
     clock.await??;
     if let Some(bridge) = bridge {

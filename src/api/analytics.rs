@@ -7,10 +7,9 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Authorized, ReadScope};
 use super::error::{ApiError, Problem};
 use super::extract::ApiQuery;
-use super::keys::Scope;
 use super::responses::ReadAuth;
 use crate::clock::rollups::{self, DailyRollups, MAX_DAYS, RollupFilter};
 
@@ -51,14 +50,13 @@ fn date(name: &str, value: Option<&str>) -> Result<NaiveDate, ApiError> {
             than 200 characters, or an unknown parameter", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn daily(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
     ApiQuery(query): ApiQuery<DailyQuery>,
 ) -> Result<Json<DailyRollups>, ApiError> {
-    caller.require(Scope::Read)?;
     let from = date("from", query.from.as_deref())?;
     let to = date("to", query.to.as_deref())?;
     if to < from {

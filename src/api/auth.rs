@@ -1,11 +1,15 @@
 //! Who is calling: the API key from `Authorization: Bearer <key>` (or `X-Api-Key`), checked against the database
-//! (with a short cache, `api.key_cache_secs`), and its per-key rate limit.
+//! (with a short cache, `api.key_cache_secs`), and its per-key rate limit. Failed authentications are limited
+//! per client address (`api.auth_failures_per_second`).
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header;
 use axum::http::request::Parts;
 use governor::clock::{Clock, DefaultClock};
@@ -14,49 +18,144 @@ use super::ApiState;
 use super::error::ApiError;
 use super::keys::{self, Scope};
 
-/// The authenticated caller of a request.
+/// The authenticated caller of a request. Handlers never take it directly: they take an [`Authorized`] for the
+/// scope they need, so a route cannot forget its scope check.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub key_id: i64,
     scopes: Vec<Scope>,
 }
 
-impl Caller {
-    /// 403 unless the key has `scope`.
-    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
-        if self.scopes.contains(&scope) {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(format!(
+/// A scope a handler needs, as a type: `Authorized<AdminScope>`.
+pub trait NeedsScope: Send + Sync {
+    const SCOPE: Scope;
+}
+
+macro_rules! scope_markers {
+    ($($(#[$doc:meta])* $marker:ident => $scope:ident),* $(,)?) => {
+        $(
+            $(#[$doc])*
+            pub struct $marker;
+            impl NeedsScope for $marker {
+                const SCOPE: Scope = Scope::$scope;
+            }
+        )*
+    };
+}
+
+scope_markers! {
+    /// `read`: the GET endpoints.
+    ReadScope => Read,
+    /// `enqueue`: jobs and workflow runs.
+    EnqueueScope => Enqueue,
+    /// `admin`: pausing, replaying, deleting, saving workflows, suppressions.
+    AdminScope => Admin,
+    /// `events`: `POST /v1/events` (an event can complete another user's wait, so it is its own right).
+    EventsScope => Events,
+    /// `metrics`: `GET /metrics`, without any personal data.
+    MetricsScope => Metrics,
+}
+
+/// Proof that the request's caller is authenticated, within its rate limit, and holds scope `S` (401, 429 or
+/// 403 otherwise).
+pub struct Authorized<S: NeedsScope> {
+    scope: PhantomData<S>,
+}
+
+impl<S: NeedsScope> FromRequestParts<ApiState> for Authorized<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let caller = authenticate(parts, state).await?;
+        if !caller.scopes.contains(&S::SCOPE) {
+            return Err(ApiError::forbidden(format!(
                 "this endpoint needs the `{}` scope",
-                scope.as_str()
-            )))
+                S::SCOPE.as_str()
+            )));
         }
+        Ok(Self { scope: PhantomData })
     }
 }
 
-/// Recently checked keys (valid or not), so most requests cost no lookup.
+/// Recently accepted keys by digest, so most requests cost no lookup. Only valid keys are cached: an unknown key
+/// is never remembered (a flood of made-up keys cannot fill memory or push real keys out); the per-client
+/// [`FailureLimiter`] bounds what unknown keys cost the database instead.
 #[derive(Default)]
 pub struct KeyCache {
-    entries: Mutex<HashMap<String, (Option<Caller>, Instant)>>,
+    entries: Mutex<HashMap<[u8; 32], (Caller, Instant)>>,
 }
 
 impl KeyCache {
+    /// Live keys are few; the bound only matters if an installation mints keys by the thousand.
     const MAX_ENTRIES: usize = 10_000;
 
-    fn get(&self, key: &str, ttl: Duration) -> Option<Option<Caller>> {
+    fn get(&self, digest: &[u8; 32], ttl: Duration) -> Option<Caller> {
         let entries = self.entries.lock().ok()?;
-        let (caller, checked) = entries.get(key)?;
+        let (caller, checked) = entries.get(digest)?;
         (checked.elapsed() < ttl).then(|| caller.clone())
     }
 
-    fn put(&self, key: &str, caller: Option<Caller>) {
+    fn put(&self, digest: [u8; 32], caller: Caller) {
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= Self::MAX_ENTRIES {
-                entries.clear(); // crude, but bounded: a flood of bad keys cannot grow memory
+                entries.retain(|_, (_, checked)| checked.elapsed() < Duration::from_secs(60));
+                if entries.len() >= Self::MAX_ENTRIES {
+                    entries.clear();
+                }
             }
-            entries.insert(key.to_string(), (caller, Instant::now()));
+            entries.insert(digest, (caller, Instant::now()));
         }
+    }
+}
+
+/// Failed authentications per client address: a client that presents one made-up key after another is
+/// answered 429 once its budget is spent, and is not looked up again until its wait is over (so it costs the
+/// database nothing). Valid keys spend nothing.
+pub struct FailureLimiter {
+    limiter: governor::DefaultKeyedRateLimiter<IpAddr>,
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl FailureLimiter {
+    /// Client addresses remembered before idle ones are forgotten.
+    const MAX_CLIENTS: usize = 100_000;
+
+    pub fn new(per_second: NonZeroU32, burst: NonZeroU32) -> Self {
+        Self {
+            limiter: governor::RateLimiter::keyed(
+                governor::Quota::per_second(per_second).allow_burst(burst),
+            ),
+            blocked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Seconds the client must still wait, if it spent its budget.
+    fn blocked(&self, client: IpAddr) -> Option<u64> {
+        let blocked = self.blocked.lock().ok()?;
+        let until = blocked.get(&client)?;
+        let left = until.saturating_duration_since(Instant::now());
+        (!left.is_zero()).then(|| left.as_secs().max(1))
+    }
+
+    /// Records a failure; the seconds to wait if that spent the budget.
+    fn failed(&self, client: IpAddr) -> Option<u64> {
+        if self.limiter.len() >= Self::MAX_CLIENTS {
+            self.limiter.retain_recent();
+            self.limiter.shrink_to_fit();
+        }
+        let not_until = self.limiter.check_key(&client).err()?;
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        if let Ok(mut blocked) = self.blocked.lock() {
+            if blocked.len() >= Self::MAX_CLIENTS {
+                let now = Instant::now();
+                blocked.retain(|_, until| *until > now);
+                if blocked.len() >= Self::MAX_CLIENTS {
+                    blocked.clear();
+                }
+            }
+            blocked.insert(client, Instant::now() + wait);
+        }
+        Some(wait.as_secs().max(1))
     }
 }
 
@@ -74,30 +173,49 @@ fn presented_key(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
-impl FromRequestParts<ApiState> for Caller {
-    type Rejection = ApiError;
+/// The client's address (the TCP peer; behind a proxy, the proxy's), or an unspecified address when the router
+/// is called without a connection (tests calling it in-process).
+fn client_address(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
+}
 
-    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let key = presented_key(parts)
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| {
-                ApiError::unauthorized("send an API key as `Authorization: Bearer <key>`")
-            })?;
-        let ttl = state.settings.key_cache;
-        let caller = match state.keys.get(key, ttl) {
-            Some(cached) => cached,
-            None => {
-                let found = keys::lookup(&state.pool, key).await?;
-                let caller = found.map(|(key_id, scopes)| Caller { key_id, scopes });
-                state.keys.put(key, caller.clone());
-                caller
-            }
-        };
-        let caller = caller.ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?;
-        if let Err(not_until) = state.limiter.check_key(&caller.key_id) {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            return Err(ApiError::rate_limited(wait.as_secs().max(1)));
-        }
-        Ok(caller)
+/// The caller named by the request's key: checked, cached, and within its rate limit.
+async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Caller, ApiError> {
+    let client = client_address(parts);
+    if let Some(wait) = state.failures.blocked(client) {
+        return Err(ApiError::rate_limited(wait));
     }
+    let refused = |message: &str| match state.failures.failed(client) {
+        Some(wait) => ApiError::rate_limited(wait),
+        None => ApiError::unauthorized(message.to_string()),
+    };
+    let Some(key) = presented_key(parts).filter(|k| !k.is_empty()) else {
+        return Err(ApiError::unauthorized(
+            "send an API key as `Authorization: Bearer <key>`",
+        ));
+    };
+    if !keys::well_formed(key) {
+        return Err(refused("unknown or revoked API key"));
+    }
+    let digest = keys::digest(key);
+    let ttl = state.settings.key_cache;
+    let caller = match state.keys.get(&digest, ttl) {
+        Some(cached) => cached,
+        None => {
+            let Some((key_id, scopes)) = keys::lookup(&state.pool, &digest).await? else {
+                return Err(refused("unknown or revoked API key"));
+            };
+            let caller = Caller { key_id, scopes };
+            state.keys.put(digest, caller.clone());
+            caller
+        }
+    };
+    if let Err(not_until) = state.limiter.check_key(&caller.key_id) {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        return Err(ApiError::rate_limited(wait.as_secs().max(1)));
+    }
+    Ok(caller)
 }

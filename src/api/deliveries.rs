@@ -4,10 +4,9 @@ use axum::Json;
 use axum::extract::State;
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Authorized, ReadScope};
 use super::error::{ApiError, Problem};
 use super::extract::ApiPath;
-use super::keys::Scope;
 use super::responses::ReadAuth;
 use crate::channels::deliveries::{self, Delivery};
 
@@ -20,13 +19,12 @@ use crate::channels::deliveries::{self, Delivery};
         (status = 400, description = "Malformed id", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn run_deliveries(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Vec<Delivery>>, ApiError> {
-    caller.require(Scope::Read)?;
     Ok(Json(deliveries::for_run(&state.pool, id).await?))
 }

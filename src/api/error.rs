@@ -281,9 +281,12 @@ impl From<CallbackError> for ApiError {
                 ApiError::unauthorized(error.to_string())
             }
             CallbackError::Malformed(_) => ApiError::bad_request(error.to_string()),
+            CallbackError::ForeignTopic => ApiError::forbidden(error.to_string()),
             CallbackError::NotConfigured(_) => ApiError::not_found(error.to_string()),
+            // Which URL failed and how is for the logs: the caller is not authenticated yet.
             CallbackError::Certificate(_) | CallbackError::Subscription(_) => {
-                ApiError::unavailable(error.to_string())
+                tracing::warn!(%error, "callback could not be verified or confirmed");
+                ApiError::unavailable("the callback could not be verified at the moment; send it again later")
             }
             CallbackError::Database(error) => database_error(&error),
         }
@@ -309,18 +312,27 @@ impl From<sqlx::Error> for ApiError {
 }
 
 /// Connection trouble is the database being unavailable (503, retry); anything else is a bug (500).
+/// What a caller learns when the database cannot be reached.
+const UNAVAILABLE: &str = "the database cannot be reached at the moment; try again shortly";
+
 fn database_error(error: &sqlx::Error) -> ApiError {
     match error {
+        // The details (a host and port, a TLS error) are for the logs, not for whoever called: the answer may
+        // reach an unauthenticated client (a provider callback, a bad key's lookup).
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_) => ApiError::unavailable(error.to_string()),
+        | sqlx::Error::Tls(_) => {
+            tracing::warn!(%error, "database unavailable");
+            ApiError::unavailable(UNAVAILABLE)
+        }
         sqlx::Error::Database(db)
             if db
                 .code()
                 .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
         {
-            ApiError::unavailable(error.to_string())
+            tracing::warn!(%error, "database unavailable");
+            ApiError::unavailable(UNAVAILABLE)
         }
         // Data exceptions: a value PostgreSQL cannot store, such as "\u0000" inside a JSON string.
         sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22")) => {

@@ -11,14 +11,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Authorized, EnqueueScope,ReadScope};
 use super::error::{ApiError, FieldError, Problem};
 use super::extract::{
     ApiJson, ApiPath, empty_object, idempotency_key_header, json_type, request_id,
 };
-use super::keys::Scope;
 use super::responses::{EnqueueAuth, JsonBody, ReadAuth};
 use crate::queue::admin::{self, JobView};
+use crate::queue::producers::ProducerRules;
 use crate::queue::{self, Enqueued, IdempotencyKey, JobKind, NewJob, Priority, QueueName};
 
 /// A job to enqueue.
@@ -124,6 +124,7 @@ impl JobRequest {
         self,
         prefix: &str,
         request_id: Option<&str>,
+        rules: &ProducerRules,
     ) -> Result<NewJob, Vec<FieldError>> {
         let mut errors = Vec::new();
         let mut check = |field: &str, result: Result<(), String>| {
@@ -139,8 +140,14 @@ impl JobRequest {
             "queue",
             queue.as_ref().map(|_| ()).map_err(|e| e.to_string()),
         );
+        if queue.is_ok() {
+            check("queue", rules.check_queue(&self.queue));
+        }
         let kind = JobKind::parse(&self.kind);
         check("kind", kind.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        if kind.is_ok() {
+            check("kind", rules.check_kind(&self.kind));
+        }
         let priority = Priority::new(self.priority.unwrap_or(0));
         check(
             "priority",
@@ -217,15 +224,14 @@ impl JobRequest {
         (status = 503, description = "The server is shutting down (see `Retry-After`), or the database is unavailable", body = Problem, content_type = "application/problem+json"),
         JsonBody, EnqueueAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["enqueue"]))
 )]
 pub async fn enqueue_one(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<EnqueueScope>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<JobRequest>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::Enqueue)?;
     let mut request = request;
     if let Some(body_key) = &request.idempotency_key {
         IdempotencyKey::parse(body_key)
@@ -235,7 +241,7 @@ pub async fn enqueue_one(
         request.idempotency_key = Some(key);
     }
     let job = request
-        .into_new_job("", request_id(&headers))
+        .into_new_job("", request_id(&headers), &state.producers)
         .map_err(ApiError::validation)?;
     let queue_name = job.queue.to_string();
     match state.enqueuer.enqueue(job).await? {
@@ -280,15 +286,14 @@ pub async fn enqueue_one(
         (status = 422, description = "Invalid fields, or too many jobs", body = Problem, content_type = "application/problem+json"),
         JsonBody, EnqueueAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["enqueue"]))
 )]
 pub async fn enqueue_batch(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<EnqueueScope>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<BatchRequest>,
 ) -> Result<Json<BatchResponse>, ApiError> {
-    caller.require(Scope::Enqueue)?;
     let max = state.settings.max_batch.get();
     if request.jobs.is_empty() || request.jobs.len() > max {
         return Err(ApiError::field(
@@ -303,7 +308,7 @@ pub async fn enqueue_batch(
     let mut jobs = Vec::with_capacity(request.jobs.len());
     let mut errors = Vec::new();
     for (index, job) in request.jobs.into_iter().enumerate() {
-        match job.into_new_job(&format!("jobs[{index}]."), request_id) {
+        match job.into_new_job(&format!("jobs[{index}]."), request_id, &state.producers) {
             Ok(job) => jobs.push(job),
             Err(mut bad) => errors.append(&mut bad),
         }
@@ -350,14 +355,13 @@ pub async fn enqueue_batch(
         (status = 404, description = "No such job", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn get_job(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<JobView>, ApiError> {
-    caller.require(Scope::Read)?;
     admin::find_job(&state.pool, id)
         .await?
         .map(Json)
@@ -375,14 +379,13 @@ pub async fn get_job(
         (status = 409, description = "The job is running", body = Problem, content_type = "application/problem+json"),
         EnqueueAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["enqueue"]))
 )]
 pub async fn cancel_job(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<EnqueueScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Scope::Enqueue)?;
     admin::cancel_job(&state.pool, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

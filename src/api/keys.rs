@@ -1,5 +1,8 @@
-//! API keys: created by `herald keys create`, stored as SHA-256 digests (computed by PostgreSQL's `sha256`), each
-//! with scopes. The key itself is printed once and never stored.
+//! API keys: created by `herald keys create`, stored as SHA-256 digests, each with scopes. The key itself is
+//! printed once and never stored; the digest is computed here, so the plaintext never reaches PostgreSQL (where
+//! `log_statement` would write it to the server's log).
+//!
+//! A key is `hk_` and 48 lowercase hex digits (24 random bytes); anything else is refused before any lookup.
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
@@ -17,16 +20,28 @@ pub enum Scope {
     Read,
     /// Pause/resume queues, replay and delete dead letters.
     Admin,
+    /// Send events (`POST /v1/events`).
+    Events,
+    /// Scrape `GET /metrics`.
+    Metrics,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 3] = [Scope::Enqueue, Scope::Read, Scope::Admin];
+    pub const ALL: [Scope; 5] = [
+        Scope::Enqueue,
+        Scope::Read,
+        Scope::Admin,
+        Scope::Events,
+        Scope::Metrics,
+    ];
 
     pub fn parse(value: &str) -> Option<Self> {
         match value.trim() {
             "enqueue" => Some(Scope::Enqueue),
             "read" => Some(Scope::Read),
             "admin" => Some(Scope::Admin),
+            "events" => Some(Scope::Events),
+            "metrics" => Some(Scope::Metrics),
             _ => None,
         }
     }
@@ -36,18 +51,40 @@ impl Scope {
             Scope::Enqueue => "enqueue",
             Scope::Read => "read",
             Scope::Admin => "admin",
+            Scope::Events => "events",
+            Scope::Metrics => "metrics",
         }
     }
 }
 
 const CREATE: &str = "INSERT INTO herald_api_keys (name, prefix, key_hash, scopes) \
-     VALUES ($1, $2, sha256(convert_to($3, 'UTF8')), $4) RETURNING id, created_at";
-const LOOKUP: &str = "SELECT id, scopes FROM herald_api_keys \
-     WHERE key_hash = sha256(convert_to($1, 'UTF8')) AND revoked_at IS NULL";
+     VALUES ($1, $2, $3, $4) RETURNING id, created_at";
+const LOOKUP: &str = "SELECT id, scopes FROM herald_api_keys WHERE key_hash = $1 AND revoked_at IS NULL";
+
+/// The prefix every key starts with.
+const KEY_PREFIX: &str = "hk_";
+/// Hex digits after the prefix (24 random bytes).
+const KEY_HEX_DIGITS: usize = 48;
+
+/// Whether `key` has the shape of a herald key (`hk_` + 48 lowercase hex digits). Cheap, and checked before
+/// anything else: a string that cannot be a key costs no lookup and no cache entry.
+pub fn well_formed(key: &str) -> bool {
+    key.strip_prefix(KEY_PREFIX).is_some_and(|hex| {
+        hex.len() == KEY_HEX_DIGITS && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// A key's SHA-256 digest: what is stored, looked up and cached.
+pub fn digest(key: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).into()
+}
 const LIST: &str =
     "SELECT id, name, prefix, scopes, created_at, revoked_at FROM herald_api_keys ORDER BY id";
 const REVOKE: &str =
     "UPDATE herald_api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL";
+const REVOKE_NAMED: &str =
+    "UPDATE herald_api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL";
 
 /// A key as `herald keys list` shows it (never the key itself).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -75,12 +112,12 @@ pub async fn create(
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
-    let prefix = key[..11].to_string();
+    let prefix = key.chars().take(11).collect();
     let scope_names: Vec<String> = scopes.iter().map(|s| s.as_str().to_string()).collect();
     let (id, created_at) = sqlx::query_as(CREATE)
         .bind(name)
         .bind(&prefix)
-        .bind(&key)
+        .bind(digest(&key).as_slice())
         .bind(&scope_names)
         .fetch_one(pool)
         .await?;
@@ -95,10 +132,13 @@ pub async fn create(
     Ok((key, record))
 }
 
-/// The live key matching `key`: its id and scopes.
-pub async fn lookup(pool: &PgPool, key: &str) -> Result<Option<(i64, Vec<Scope>)>, sqlx::Error> {
+/// The live key whose digest is `digest`: its id and scopes.
+pub async fn lookup(
+    pool: &PgPool,
+    digest: &[u8; 32],
+) -> Result<Option<(i64, Vec<Scope>)>, sqlx::Error> {
     let found: Option<(i64, Vec<String>)> = sqlx::query_as(LOOKUP)
-        .bind(key)
+        .bind(digest.as_slice())
         .fetch_optional(pool)
         .await?;
     Ok(found.map(|(id, scopes)| (id, scopes.iter().filter_map(|s| Scope::parse(s)).collect())))
@@ -116,4 +156,13 @@ pub async fn revoke(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
         .await?
         .rows_affected()
         == 1)
+}
+
+/// Revokes every live key named `name`; returns how many.
+pub async fn revoke_named(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(REVOKE_NAMED)
+        .bind(name)
+        .execute(pool)
+        .await?
+        .rows_affected())
 }

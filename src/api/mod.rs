@@ -32,6 +32,7 @@ mod error;
 mod extract;
 mod jobs;
 pub mod keys;
+mod listener;
 mod operations;
 mod providers;
 mod responses;
@@ -52,6 +53,8 @@ use axum::{Extension, Json, Router};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+
+use crate::queue::producers::ProducerRules;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
@@ -69,7 +72,7 @@ use crate::clock::schedules::Schedule;
 use crate::metrics::Metrics;
 use crate::queue::JobDefaults;
 use crate::workflow::Engine;
-use auth::KeyCache;
+use auth::{Authorized, FailureLimiter, KeyCache, MetricsScope};
 use extract::BodyLimit;
 use responses::ReadAuth;
 
@@ -89,8 +92,11 @@ pub struct StateInner {
     pub callbacks: Callbacks,
     /// The clock's schedules (for `GET /v1/schedules`).
     pub schedules: Arc<[Schedule]>,
+    /// What callers may enqueue.
+    pub producers: ProducerRules,
     enqueuer: batcher::EnqueueBatcher,
     keys: KeyCache,
+    failures: FailureLimiter,
     limiter: DefaultKeyedRateLimiter<i64>,
 }
 
@@ -113,6 +119,8 @@ pub struct ApiParts {
     pub callbacks: CallbackSettings,
     /// The clock's schedules, for `GET /v1/schedules`.
     pub schedules: Arc<[Schedule]>,
+    /// What callers may enqueue (no herald-internal queues or kinds).
+    pub producers: ProducerRules,
 }
 
 impl ApiState {
@@ -125,8 +133,13 @@ impl ApiState {
             providers,
             callbacks,
             schedules,
+            producers,
         } = parts;
         let settings = settings.clone();
+        let failures = FailureLimiter::new(
+            settings.auth_failures_per_second,
+            settings.auth_failures_burst,
+        );
         let quota = Quota::per_second(settings.rate_limit_per_second)
             .allow_burst(settings.rate_limit_burst);
         let limiter = RateLimiter::keyed(quota);
@@ -141,8 +154,10 @@ impl ApiState {
             providers,
             callbacks,
             schedules,
+            producers,
             enqueuer,
             keys: KeyCache::default(),
+            failures,
             limiter,
         }))
     }
@@ -241,6 +256,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/docs", get(docs_page))
+        .route("/docs/redoc.standalone.js", get(redoc_script))
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -252,28 +268,48 @@ pub fn router(state: ApiState) -> Router {
         .layer(Extension(BodyLimit(settings.max_body_bytes.get())))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // Outermost: a client's id that is not a short visible-ASCII token is dropped, so the layer above
+        // generates one. The id is copied onto every job a request creates; unbounded, one batch request with a
+        // 300,000-character id wrote 312 MB.
+        .layer(middleware::map_request(drop_unfit_request_id))
         .with_state(state)
 }
 
-/// Serves until `shutdown`, then stops accepting and gives in-flight requests `api.shutdown_grace_secs`.
+/// The longest client-supplied `X-Request-Id` kept.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Whether a client's `X-Request-Id` is kept: 1 to [`MAX_REQUEST_ID_LEN`] visible ASCII characters.
+pub fn fit_request_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID_LEN && id.iter().all(|b| b.is_ascii_graphic())
+}
+
+async fn drop_unfit_request_id(mut request: Request) -> Request {
+    let headers = request.headers_mut();
+    let fit = headers
+        .get_all("x-request-id")
+        .iter()
+        .map(|v| fit_request_id(v.as_bytes()))
+        .collect::<Vec<_>>();
+    // Exactly one fit value is kept; none, several or an unfit one: a fresh id.
+    if fit != [true] {
+        headers.remove("x-request-id");
+    }
+    request
+}
+
+/// Serves until `shutdown`, then stops accepting and gives in-flight requests `api.shutdown_grace_secs`
+/// (`listener.rs`: the connection cap and the header-read timeout).
 pub async fn serve(
     listener: TcpListener,
     state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let grace = state.settings.shutdown_grace;
-    let app = router(state);
-    let stopping = shutdown.clone();
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stopping.cancelled().await });
-    let server = std::pin::pin!(server.into_future());
-    tokio::select! {
-        result = server => result,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("API shutdown grace elapsed; dropping the connections still open");
-            Ok(())
-        }
-    }
+    let limits = listener::ConnectionLimits {
+        max_connections: state.settings.max_connections.get(),
+        header_read_timeout: state.settings.header_read_timeout,
+        shutdown_grace: state.settings.shutdown_grace,
+    };
+    listener::serve(listener, router(state), limits, shutdown).await
 }
 
 /// One span per request (method, route, request id) and the request metrics.
@@ -371,13 +407,12 @@ async fn readyz(State(state): State<ApiState>) -> Result<Json<Health>, ApiError>
         (status = 200, description = "Metrics", body = String, content_type = "text/plain"),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["metrics"]))
 )]
 async fn metrics(
     State(state): State<ApiState>,
-    caller: auth::Caller,
+    _: Authorized<MetricsScope>,
 ) -> Result<Response, ApiError> {
-    caller.require(keys::Scope::Read)?;
     providers::refresh_circuit_gauges(&state).await?;
     let mut response = state.metrics.render().into_response();
     response.headers_mut().insert(
@@ -394,11 +429,26 @@ async fn openapi_json() -> Response {
     }
 }
 
-/// A human-readable rendering of `/openapi.json` (Redoc, loaded from its CDN by the browser).
+/// A human-readable rendering of `/openapi.json`: Redoc, served from the binary (`assets/`, version 2.5.0, MIT),
+/// so the page works offline and loads no third-party code.
 async fn docs_page() -> Html<&'static str> {
     Html(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>herald API</title></head>
 <body><redoc spec-url="/openapi.json"></redoc>
-<script src="https://cdn.redoc.ly/redoc/latest/bundles/redoc.standalone.js"></script></body></html>"#,
+<script src="/docs/redoc.standalone.js"></script></body></html>"#,
     )
+}
+
+/// Redoc 2.5.0 (`npm pack redoc@2.5.0`, `bundles/redoc.standalone.js`; its licence is next to it in `assets/`).
+static REDOC: &[u8] = include_bytes!("../../assets/redoc.standalone.js");
+
+async fn redoc_script() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        REDOC,
+    )
+        .into_response()
 }

@@ -9,10 +9,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Authorized, AdminScope,ReadScope};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, finish_page, page_params};
-use super::keys::Scope;
 use super::responses::{AdminAuth, JsonBody, ReadAuth};
 use crate::queue::admin::{self, QueueStats, WorkerView};
 use crate::queue::dead_letters::{self, DeadLetter, DeadLetterFilter, Replayed};
@@ -25,13 +24,12 @@ use crate::queue::{JobKind, QueueError, QueueName};
         (status = 200, description = "Queues", body = Vec<QueueStats>),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn list_queues(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
 ) -> Result<Json<Vec<QueueStats>>, ApiError> {
-    caller.require(Scope::Read)?;
     Ok(Json(admin::queue_stats(&state.pool).await?))
 }
 
@@ -43,11 +41,9 @@ pub struct QueueState {
 
 async fn set_paused(
     state: &ApiState,
-    caller: &Caller,
     name: &str,
     paused: bool,
 ) -> Result<Json<QueueState>, ApiError> {
-    caller.require(Scope::Admin)?;
     let queue = QueueName::parse(name).map_err(|e| ApiError::field("name", e.to_string()))?;
     admin::set_paused(&state.pool, &queue, paused).await?;
     Ok(Json(QueueState {
@@ -65,14 +61,14 @@ async fn set_paused(
         (status = 422, description = "Bad queue name", body = Problem, content_type = "application/problem+json"),
         AdminAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["admin"]))
 )]
 pub async fn pause_queue(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<AdminScope>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<QueueState>, ApiError> {
-    set_paused(&state, &caller, &name, true).await
+    set_paused(&state, &name, true).await
 }
 
 /// Let the fleet claim this queue's jobs again.
@@ -84,14 +80,14 @@ pub async fn pause_queue(
         (status = 422, description = "Bad queue name", body = Problem, content_type = "application/problem+json"),
         AdminAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["admin"]))
 )]
 pub async fn resume_queue(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<AdminScope>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<QueueState>, ApiError> {
-    set_paused(&state, &caller, &name, false).await
+    set_paused(&state, &name, false).await
 }
 
 /// Filters for listing dead letters.
@@ -133,14 +129,13 @@ pub struct DeadLetterPage {
         (status = 422, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn list_dead_letters(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
     ApiQuery(query): ApiQuery<DeadLetterQuery>,
 ) -> Result<Json<DeadLetterPage>, ApiError> {
-    caller.require(Scope::Read)?;
     let (limit, before_id) = page_params(query.limit, query.cursor.as_deref())?;
     let filter = DeadLetterFilter {
         id: None,
@@ -165,14 +160,13 @@ pub async fn list_dead_letters(
         (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn get_dead_letter(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<DeadLetter>, ApiError> {
-    caller.require(Scope::Read)?;
     dead_letters::get(&state.pool, id)
         .await?
         .map(Json)
@@ -190,14 +184,13 @@ pub async fn get_dead_letter(
         (status = 409, description = "Already replayed", body = Problem, content_type = "application/problem+json"),
         AdminAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["admin"]))
 )]
 pub async fn replay_dead_letter(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<AdminScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Replayed>, ApiError> {
-    caller.require(Scope::Admin)?;
     let aging = state.defaults.priority_aging;
     if let Some(replayed) = dead_letters::replay(&state.pool, &DeadLetterFilter::by_id(id), aging)
         .await?
@@ -242,14 +235,13 @@ pub struct ReplaySummary {
         (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
         JsonBody, AdminAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["admin"]))
 )]
 pub async fn replay_dead_letters(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<AdminScope>,
     ApiJson(filter): ApiJson<ReplayFilter>,
 ) -> Result<Json<ReplaySummary>, ApiError> {
-    caller.require(Scope::Admin)?;
     let filter = DeadLetterFilter {
         id: None,
         queue: checked_queue(filter.queue)?,
@@ -274,14 +266,13 @@ pub async fn replay_dead_letters(
         (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
         AdminAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["admin"]))
 )]
 pub async fn delete_dead_letter(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<AdminScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Scope::Admin)?;
     match dead_letters::purge(&state.pool, &DeadLetterFilter::by_id(id)).await? {
         0 => Err(QueueError::NotFound(format!("dead letter {id}")).into()),
         _ => Ok(StatusCode::NO_CONTENT),
@@ -295,13 +286,12 @@ pub async fn delete_dead_letter(
         (status = 200, description = "Worker processes", body = Vec<WorkerView>),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn list_workers(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
 ) -> Result<Json<Vec<WorkerView>>, ApiError> {
-    caller.require(Scope::Read)?;
     Ok(Json(admin::list_workers(&state.pool).await?))
 }
 

@@ -7,9 +7,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Authorized, ReadScope};
 use super::error::ApiError;
-use super::keys::Scope;
 use super::responses::ReadAuth;
 use crate::channels::breaker::CircuitState;
 use crate::channels::circuits::{self, CircuitRecord};
@@ -68,13 +67,12 @@ pub struct ProviderView {
         (status = 200, description = "Providers", body = Vec<ProviderView>),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn list_providers(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
 ) -> Result<Json<Vec<ProviderView>>, ApiError> {
-    caller.require(Scope::Read)?;
     let records = circuits::list(&state.pool).await?;
     let views = state
         .providers

@@ -7,10 +7,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Authorized, AdminScope,ReadScope};
 use super::error::{ApiError, Problem};
 use super::extract::ApiPath;
-use super::keys::Scope;
 use super::responses::{AdminAuth, ReadAuth};
 use crate::clock::schedules::{self, ScheduleView};
 
@@ -21,13 +20,12 @@ use crate::clock::schedules::{self, ScheduleView};
         (status = 200, description = "Schedules", body = Vec<ScheduleView>),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn list_schedules(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
 ) -> Result<Json<Vec<ScheduleView>>, ApiError> {
-    caller.require(Scope::Read)?;
     let views = schedules::list(&state.pool, &state.engine, &state.schedules, Utc::now()).await?;
     Ok(Json(views))
 }
@@ -40,11 +38,9 @@ pub struct ScheduleState {
 
 async fn set_paused(
     state: &ApiState,
-    caller: &Caller,
     name: &str,
     paused: bool,
 ) -> Result<Json<ScheduleState>, ApiError> {
-    caller.require(Scope::Admin)?;
     schedules::set_paused(&state.pool, &state.schedules, name, paused).await?;
     Ok(Json(ScheduleState {
         name: name.to_string(),
@@ -61,14 +57,14 @@ async fn set_paused(
         (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"),
         AdminAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["admin"]))
 )]
 pub async fn pause_schedule(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<AdminScope>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ScheduleState>, ApiError> {
-    set_paused(&state, &caller, &name, true).await
+    set_paused(&state, &name, true).await
 }
 
 /// Let a paused schedule fire again, from its next tick.
@@ -80,12 +76,12 @@ pub async fn pause_schedule(
         (status = 404, description = "No such schedule", body = Problem, content_type = "application/problem+json"),
         AdminAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["admin"]))
 )]
 pub async fn resume_schedule(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<AdminScope>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ScheduleState>, ApiError> {
-    set_paused(&state, &caller, &name, false).await
+    set_paused(&state, &name, false).await
 }

@@ -24,12 +24,46 @@ pub struct ApiSettings {
     /// How long a key's lookup is cached (so a revoked key works this long at most).
     #[serde(rename = "key_cache_secs", deserialize_with = "setting::secs")]
     pub key_cache: Duration,
+    /// Failed authentications (a key that is malformed, unknown or revoked) per second per client address, and
+    /// the burst above it; beyond, the client is answered 429 without any lookup until its wait is over.
+    #[serde(default = "default_auth_failures_per_second")]
+    pub auth_failures_per_second: NonZeroU32,
+    #[serde(default = "default_auth_failures_burst")]
+    pub auth_failures_burst: NonZeroU32,
     #[serde(rename = "shutdown_grace_secs", deserialize_with = "setting::secs")]
     pub shutdown_grace: Duration,
+    /// Connections served at once; past it new ones wait in the listen queue until one closes. Keep it below
+    /// the process's file limit (`ulimit -n`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: NonZeroUsize,
+    /// How long an HTTP/1 client has to send a request's headers before its connection is closed.
+    #[serde(
+        rename = "header_read_timeout_secs",
+        default = "default_header_read_timeout",
+        deserialize_with = "setting::secs"
+    )]
+    pub header_read_timeout: Duration,
+}
+
+fn default_max_connections() -> NonZeroUsize {
+    NonZeroUsize::new(4096).unwrap_or(NonZeroUsize::MIN)
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_auth_failures_per_second() -> NonZeroU32 {
+    NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN)
+}
+
+fn default_auth_failures_burst() -> NonZeroU32 {
+    NonZeroU32::new(50).unwrap_or(NonZeroU32::MIN)
 }
 
 impl ApiSettings {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        setting::positive("api.request_timeout_secs", self.request_timeout)
+        setting::positive("api.request_timeout_secs", self.request_timeout)?;
+        setting::positive("api.header_read_timeout_secs", self.header_read_timeout)
     }
 }

@@ -7,10 +7,9 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{Authorized, AdminScope,ReadScope};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath};
-use super::keys::Scope;
 use super::responses::{AdminAuth, JsonBody, ReadAuth};
 use crate::channels::ChannelKind;
 use crate::channels::deliveries::{self, Suppression};
@@ -22,13 +21,12 @@ use crate::channels::deliveries::{self, Suppression};
         (status = 200, description = "Suppressed addresses", body = Vec<Suppression>),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn list_suppressions(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
 ) -> Result<Json<Vec<Suppression>>, ApiError> {
-    caller.require(Scope::Read)?;
     Ok(Json(
         deliveries::list_suppressions(&state.pool, 1000).await?,
     ))
@@ -53,14 +51,13 @@ pub struct NewSuppression {
         (status = 422, description = "Unknown channel or empty address", body = Problem, content_type = "application/problem+json"),
         JsonBody, AdminAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["admin"]))
 )]
 pub async fn add_suppression(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<AdminScope>,
     ApiJson(body): ApiJson<NewSuppression>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Scope::Admin)?;
     let channel = parse_channel(&body.channel)?;
     if body.address.trim().is_empty() {
         return Err(ApiError::field("address", "must not be empty"));
@@ -81,14 +78,13 @@ pub async fn add_suppression(
         (status = 422, description = "Unknown channel", body = Problem, content_type = "application/problem+json"),
         AdminAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["admin"]))
 )]
 pub async fn remove_suppression(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<AdminScope>,
     ApiPath((channel, address)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Scope::Admin)?;
     let channel = parse_channel(&channel)?;
     if deliveries::unsuppress(&state.pool, channel, &address).await? {
         Ok(StatusCode::NO_CONTENT)

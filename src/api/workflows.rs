@@ -8,13 +8,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
-use super::auth::Caller;
+use super::auth::{AdminScope, Authorized, EnqueueScope, EventsScope, ReadScope};
 use super::error::{ApiError, Problem};
 use super::extract::{
     ApiJson, ApiPath, ApiQuery, empty_object, finish_page, idempotency_key_header, page_params,
     request_id,
 };
-use super::keys::Scope;
 use super::responses::{AdminAuth, EnqueueAuth, JsonBody, ReadAuth};
 use crate::queue::IdempotencyKey;
 use crate::workflow::{
@@ -53,14 +52,13 @@ pub struct WorkflowDefinition {
         (status = 422, description = "Invalid definition: one error per problem, naming the node", body = Problem, content_type = "application/problem+json"),
         JsonBody, AdminAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["admin"]))
 )]
 pub async fn save_workflow(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<AdminScope>,
     ApiJson(definition): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::Admin)?;
     let (workflow, saved) = state.engine.catalog.save("request", &definition).await?;
     let status = match saved {
         Saved::Created => StatusCode::CREATED,
@@ -81,13 +79,12 @@ pub async fn save_workflow(
         (status = 200, description = "Workflows", body = WorkflowList),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn list_workflows(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
 ) -> Result<Json<WorkflowList>, ApiError> {
-    caller.require(Scope::Read)?;
     Ok(Json(WorkflowList {
         workflows: state.engine.catalog.list().await?,
     }))
@@ -102,14 +99,13 @@ pub async fn list_workflows(
         (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn get_workflow(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<WorkflowDefinition>, ApiError> {
-    caller.require(Scope::Read)?;
     let workflow = state.engine.catalog.latest(&name).await?;
     Ok(Json(WorkflowDefinition {
         name: workflow.name.clone(),
@@ -155,16 +151,15 @@ pub struct RunStarted {
         (status = 422, description = "Trigger data does not match the trigger's fields", body = Problem, content_type = "application/problem+json"),
         JsonBody, EnqueueAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["enqueue"]))
 )]
 pub async fn start_run(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<EnqueueScope>,
     headers: HeaderMap,
     ApiPath(name): ApiPath<String>,
     ApiJson(request): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::Enqueue)?;
     let key = idempotency_key_header(&headers)?.or(request.idempotency_key);
     if let Some(key) = &key {
         IdempotencyKey::parse(key)
@@ -203,14 +198,13 @@ pub async fn start_run(
         (status = 404, description = "No such run", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn get_run(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<RunView>, ApiError> {
-    caller.require(Scope::Read)?;
     Ok(Json(state.engine.get_run(id).await?))
 }
 
@@ -245,14 +239,13 @@ pub struct RunPage {
         (status = 422, description = "Bad status, limit or cursor", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["read"]))
 )]
 pub async fn list_runs(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<ReadScope>,
     ApiQuery(query): ApiQuery<RunQuery>,
 ) -> Result<Json<RunPage>, ApiError> {
-    caller.require(Scope::Read)?;
     let (limit, before) = page_params(query.limit, query.cursor.as_deref())?;
     let filter = RunFilter {
         workflow: query.workflow,
@@ -276,14 +269,13 @@ pub async fn list_runs(
         (status = 409, description = "The run is not running", body = Problem, content_type = "application/problem+json"),
         EnqueueAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["enqueue"]))
 )]
 pub async fn cancel_run(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<EnqueueScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<RunView>, ApiError> {
-    caller.require(Scope::Enqueue)?;
     Ok(Json(state.engine.cancel_run(id).await?))
 }
 
@@ -298,14 +290,13 @@ pub async fn cancel_run(
         (status = 409, description = "The run has not failed", body = Problem, content_type = "application/problem+json"),
         AdminAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["admin"]))
 )]
 pub async fn retry_run(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<AdminScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<RunView>, ApiError> {
-    caller.require(Scope::Admin)?;
     Ok(Json(state.engine.retry_run(id).await?))
 }
 
@@ -334,14 +325,13 @@ pub struct EventRequest {
         (status = 422, description = "Bad name, key or id", body = Problem, content_type = "application/problem+json"),
         JsonBody, EnqueueAuth,
     ),
-    security(("api_key" = []))
+    security(("api_key" = ["events"]))
 )]
 pub async fn post_event(
     State(state): State<ApiState>,
-    caller: Caller,
+    _: Authorized<EventsScope>,
     ApiJson(request): ApiJson<EventRequest>,
 ) -> Result<Response, ApiError> {
-    caller.require(Scope::Enqueue)?;
     let event = NewEvent {
         id: request.id,
         name: request.name,

@@ -311,7 +311,9 @@ pub async fn apply_callback(
     Ok(Applied::Applied { moved })
 }
 
-/// The address to suppress is the delivery's recipient (what actions render), else the one the event names.
+/// The address to suppress is the recipient of the delivery the event is about. An event about a message herald
+/// did not send suppresses nothing, whatever recipient it names: a forged or misrouted callback must not put
+/// arbitrary addresses on the suppression list.
 async fn suppress_callback_recipient(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     update: &CallbackUpdate<'_>,
@@ -321,16 +323,14 @@ async fn suppress_callback_recipient(
         .bind(update.provider_message_id)
         .fetch_optional(&mut **tx)
         .await?;
-    let (channel, address) = match delivery {
-        Some((channel, recipient)) => (ChannelKind::parse(&channel), Some(recipient)),
-        None => (
-            super::providers::channel_of(update.provider),
-            update.recipient.map(str::to_string),
-        ),
+    let Some((channel, recipient)) = delivery else {
+        tracing::info!(provider = update.provider, message = update.provider_message_id,
+            "callback asks to suppress the recipient of a message herald did not send; ignored");
+        return Ok(());
     };
-    if let (Some(channel), Some(address)) = (channel, address) {
+    if let Some(channel) = ChannelKind::parse(&channel) {
         let reason = update.reason.unwrap_or("reported by the provider");
-        suppress(&mut **tx, channel, &address, reason, Some(update.provider)).await?;
+        suppress(&mut **tx, channel, &recipient, reason, Some(update.provider)).await?;
     }
     Ok(())
 }

@@ -37,6 +37,7 @@ pub mod chain;
 pub mod circuits;
 pub mod daily;
 pub mod deliveries;
+pub mod egress;
 pub mod fleet;
 pub mod limits;
 pub mod metrics;
@@ -214,7 +215,9 @@ impl Channels {
                 settings.outbox_file.clone(),
             )))),
             Sink::Providers => Self::providers(settings, tables, share, pool),
-            Sink::Log => Ok(Self::uniform(Arc::new(LogChannel))),
+            Sink::Log => Ok(Self::uniform(Arc::new(LogChannel {
+                personal_data: settings.log_personal_data,
+            }))),
         }
     }
 
@@ -258,19 +261,34 @@ impl Channels {
     }
 }
 
-/// Logs the message at INFO and reports it sent.
-pub struct LogChannel;
+/// Logs the message at INFO and reports it sent. Logs go to log stacks that many people read, so by default the
+/// recipient is masked ([`mask_recipient`]) and only the names of the content fields are logged;
+/// `channels.log_personal_data = true` logs both whole (local development).
+pub struct LogChannel {
+    pub personal_data: bool,
+}
 
 impl Channel for LogChannel {
     fn send<'a>(&'a self, message: &'a Message) -> SendFuture<'a> {
         Box::pin(async move {
-            tracing::info!(
-                channel = message.channel.as_str(),
-                to = %message.to,
-                content = ?message.content,
-                idempotency_key = %message.idempotency_key,
-                "message (log channel: nothing sent)"
-            );
+            if self.personal_data {
+                tracing::info!(
+                    channel = message.channel.as_str(),
+                    to = %message.to,
+                    content = ?message.content,
+                    idempotency_key = %message.idempotency_key,
+                    "message (log channel: nothing sent)"
+                );
+            } else {
+                let fields: Vec<&str> = message.content.keys().map(String::as_str).collect();
+                tracing::info!(
+                    channel = message.channel.as_str(),
+                    to = %mask_recipient(&message.to),
+                    fields = ?fields,
+                    idempotency_key = %message.idempotency_key,
+                    "message (log channel: nothing sent)"
+                );
+            }
             Ok(Sent {
                 provider: "log".into(),
                 provider_message_id: None,
@@ -278,6 +296,28 @@ impl Channel for LogChannel {
             .into()
         })
     }
+}
+
+/// A recipient as logs show it: enough to tell two apart, not enough to contact anyone. `ada@example.com` →
+/// `a***@example.com`, `+15551234567` → `+1*******567`, anything else (device tokens, subscriptions, webhook
+/// URLs) → its first 4 characters and its length.
+pub fn mask_recipient(to: &str) -> String {
+    let chars: Vec<char> = to.chars().collect();
+    if let Some((local, domain)) = to.split_once('@')
+        && !domain.contains('@')
+        && !local.is_empty()
+    {
+        let first: String = local.chars().take(1).collect();
+        return format!("{first}***@{domain}");
+    }
+    let phone = to.starts_with('+') && chars.len() >= 8 && chars[1..].iter().all(char::is_ascii_digit);
+    if phone {
+        let head: String = chars[..2].iter().collect();
+        let tail: String = chars[chars.len() - 3..].iter().collect();
+        return format!("{head}{}{tail}", "*".repeat(chars.len() - 5));
+    }
+    let head: String = chars.iter().take(4).collect();
+    format!("{head}…({} chars)", chars.len())
 }
 
 /// Appends each message as one JSON line. Writes are serialised within the process and each line is written
@@ -332,3 +372,75 @@ impl Channel for OutboxFileChannel {
 
 /// The channel tables whose rows are updated or deleted all day, for the clock's housekeeping vacuum.
 pub const CHURNED_TABLES: &[&str] = &["herald_deliveries", "herald_provider_circuits"];
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A log writer into a shared buffer.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut buffer) = self.0.lock() {
+                buffer.extend_from_slice(bytes);
+            }
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged_send(channel: LogChannel, message: &Message) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| e.to_string());
+        tracing::subscriber::with_default(subscriber, || {
+            if let Ok(runtime) = &runtime {
+                let _ = runtime.block_on(channel.send(message));
+            }
+        });
+        let bytes = captured.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Security finding 17: the default log sink printed recipients and message bodies at INFO.
+    #[test]
+    fn the_log_sink_masks_recipients_and_omits_bodies_unless_asked() {
+        let message = Message {
+            channel: ChannelKind::Email,
+            providers: Vec::new(),
+            to: "ada.lovelace@example.com".into(),
+            content: BTreeMap::from([
+                ("subject".to_string(), "Your code".to_string()),
+                ("body".to_string(), "one-time code 482913".to_string()),
+            ]),
+            idempotency_key: "k1".into(),
+        };
+        let masked = logged_send(LogChannel { personal_data: false }, &message);
+        assert!(masked.contains("a***@example.com"), "{masked}");
+        assert!(!masked.contains("ada.lovelace"), "{masked}");
+        assert!(!masked.contains("482913"), "{masked}");
+        assert!(masked.contains("body") && masked.contains("subject"), "{masked}");
+        let whole = logged_send(LogChannel { personal_data: true }, &message);
+        assert!(whole.contains("ada.lovelace@example.com") && whole.contains("482913"), "{whole}");
+    }
+
+    #[test]
+    fn recipients_are_masked_by_kind() {
+        assert_eq!(mask_recipient("ada@example.com"), "a***@example.com");
+        assert_eq!(mask_recipient("+15551234567"), "+1*******567");
+        assert_eq!(mask_recipient("fcm-token-abcdef"), "fcm-…(16 chars)");
+    }
+}

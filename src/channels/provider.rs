@@ -248,11 +248,18 @@ pub async fn body_text(response: reqwest::Response) -> String {
 }
 
 /// Reads at most `max` bytes of a response body, chunk by chunk, and drops the rest unread: a huge or endless body
-/// costs at most `max` bytes of memory (the client's timeout bounds the time).
+/// costs at most `max` bytes of memory (the client's timeout bounds the time). A body announced larger than `max`
+/// (`Content-Length`) is not read at all.
 pub async fn read_capped(
     mut response: reqwest::Response,
     max: usize,
 ) -> Result<Vec<u8>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|announced| announced > max as u64)
+    {
+        return Ok(Vec::new());
+    }
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await? {
         let room = max.saturating_sub(body.len());

@@ -47,6 +47,10 @@ pub struct ChannelSettings {
     /// How long an open circuit stays open before one probe is let through.
     #[serde(rename = "breaker_cooldown_secs", deserialize_with = "setting::secs")]
     pub breaker_cooldown: Duration,
+    /// The `log` sink logs recipients and message bodies whole (local development only); by default it masks
+    /// the recipient and logs only the content's field names.
+    #[serde(default)]
+    pub log_personal_data: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

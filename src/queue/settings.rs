@@ -50,6 +50,10 @@ pub struct JobSettings {
     pub retry_base: Duration,
     #[serde(rename = "retry_max_secs", deserialize_with = "setting::secs")]
     pub retry_max: Duration,
+    /// Let the API and the bridge enqueue the test kinds (`herald.noop`, `herald.sleep`, `herald.log`); off in
+    /// production (see `queue::producers`).
+    #[serde(default)]
+    pub allow_test_kinds: bool,
 }
 
 impl WorkerSettings {

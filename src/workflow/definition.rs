@@ -217,6 +217,9 @@ pub fn parse_text(source: &str, text: &str) -> Result<Value, DefinitionError> {
     })
 }
 
+/// The most nodes a workflow may have: far above any notification flow, and a bound on what validating one costs.
+pub const MAX_NODES: usize = 500;
+
 /// Validates a definition and compiles it, or returns every problem found.
 pub fn compile(source: &str, definition: &Value) -> Result<Workflow, Vec<DefinitionError>> {
     let mut errors = Errors {
@@ -232,6 +235,13 @@ pub fn compile(source: &str, definition: &Value) -> Result<Workflow, Vec<Definit
     };
     if !valid_name(&header.name) {
         errors.workflow("`name` must be 1-64 characters of [A-Za-z0-9_.-]");
+    }
+    if header.nodes.len() > MAX_NODES {
+        errors.workflow(format!(
+            "a workflow has at most {MAX_NODES} nodes (this one has {})",
+            header.nodes.len()
+        ));
+        return Err(errors.list);
     }
     let mut nodes = HashMap::new();
     for raw in &header.nodes {
@@ -520,7 +530,13 @@ fn compile_action(spec: ActionSpec, problems: &mut Vec<String>) -> Result<NodeKi
     let to = Template::compile(&spec.to).map_err(|e| format!("`to`: {e}"))?;
     let mut content = BTreeMap::new();
     for (field, source) in spec.content {
-        match Template::compile(&source) {
+        // HTML parts escape the values they insert; the other fields are plain text.
+        let compiled = if is_html_field(&field) {
+            Template::compile_html(&source)
+        } else {
+            Template::compile(&source)
+        };
+        match compiled {
             Ok(template) => {
                 content.insert(field, template);
             }
@@ -533,6 +549,11 @@ fn compile_action(spec: ActionSpec, problems: &mut Vec<String>) -> Result<NodeKi
         to,
         content,
     })
+}
+
+/// Message fields that hold HTML: `html` (an email's HTML part) and any `*_html`.
+fn is_html_field(field: &str) -> bool {
+    field == "html" || field.ends_with("_html")
 }
 
 fn compile_branch(spec: BranchSpec) -> Result<NodeKind, String> {
@@ -702,48 +723,46 @@ fn reachable_from<'a>(nodes: &'a HashMap<String, Node>, start: &'a str) -> HashS
     seen
 }
 
-/// Depth-first search with colours; returns one cycle's path if there is one.
+/// Depth-first search with colours; returns one cycle's path if there is one. Iterative, with an explicit stack:
+/// a definition is client input, and a recursive walk down a long chain of nodes overflowed the thread's stack
+/// and aborted the API process.
 fn find_cycle(nodes: &HashMap<String, Node>, ids: &[&String]) -> Option<Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Colour {
-        White,
         Grey,
         Black,
     }
-    fn visit(
-        id: &str,
-        nodes: &HashMap<String, Node>,
-        colour: &mut HashMap<String, Colour>,
-        path: &mut Vec<String>,
-    ) -> Option<Vec<String>> {
-        colour.insert(id.to_string(), Colour::Grey);
-        path.push(id.to_string());
-        for (_, target) in edges(&nodes[id]) {
-            match colour.get(target).copied().unwrap_or(Colour::White) {
-                Colour::Grey => {
-                    let start = path.iter().position(|p| p == target).unwrap_or(0);
-                    let mut cycle = path[start..].to_vec();
+    let mut colour: HashMap<&str, Colour> = HashMap::new();
+    for start in ids {
+        if colour.contains_key(start.as_str()) {
+            continue;
+        }
+        // The path from `start`, each node with the edges it has left to follow.
+        let mut path: Vec<(&str, std::vec::IntoIter<(&'static str, &str)>)> = Vec::new();
+        colour.insert(start.as_str(), Colour::Grey);
+        path.push((start.as_str(), edges(&nodes[start.as_str()]).into_iter()));
+        while let Some((_, next_edges)) = path.last_mut() {
+            let Some((_, target)) = next_edges.next() else {
+                if let Some((done, _)) = path.pop() {
+                    colour.insert(done, Colour::Black);
+                }
+                continue;
+            };
+            match colour.get(target) {
+                Some(Colour::Grey) => {
+                    let at = path.iter().position(|(id, _)| *id == target).unwrap_or(0);
+                    let mut cycle: Vec<String> =
+                        path[at..].iter().map(|(id, _)| id.to_string()).collect();
                     cycle.push(target.to_string());
                     return Some(cycle);
                 }
-                Colour::White if nodes.contains_key(target) => {
-                    if let Some(cycle) = visit(target, nodes, colour, path) {
-                        return Some(cycle);
+                Some(Colour::Black) => {}
+                None => {
+                    if let Some((id, node)) = nodes.get_key_value(target) {
+                        colour.insert(id.as_str(), Colour::Grey);
+                        path.push((id.as_str(), edges(node).into_iter()));
                     }
                 }
-                _ => {}
-            }
-        }
-        path.pop();
-        colour.insert(id.to_string(), Colour::Black);
-        None
-    }
-    let mut colour = HashMap::new();
-    for id in ids {
-        if colour.get(id.as_str()).copied().unwrap_or(Colour::White) == Colour::White {
-            let mut path = Vec::new();
-            if let Some(cycle) = visit(id, nodes, &mut colour, &mut path) {
-                return Some(cycle);
             }
         }
     }

@@ -514,7 +514,8 @@ fn skip_send(decided: Begin, message: &Message, next: &[String]) -> Result<Step,
             Ok(Step::done("suppressed", output, next))
         }
         Begin::OutcomeUnknown { id } => {
-            tracing::warn!(delivery = id, to = %message.to, channel, "send outcome unknown: not re-sent");
+            tracing::warn!(delivery = id, to = %crate::channels::mask_recipient(&message.to), channel,
+                "send outcome unknown: not re-sent");
             let output = json!({
                 "channel": channel, "to": message.to, "delivery_id": id,
                 "note": "a worker stopped during the provider call, so the provider may have accepted the \

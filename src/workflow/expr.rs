@@ -7,21 +7,31 @@
 //! condition on an absent field takes the `else` edge. Templates are strict: rendering a missing field is an
 //! error, because sending "Hello ," to a customer is worse than not sending.
 //!
-//! CPU: a template or expression can do unbounded work (nested loops over `range`, string repetition). Those that
-//! can (anything beyond plain variable lookups, comparisons and boolean logic: a statement, a call, a filter, a
-//! multiplication) are evaluated with `tokio::task::block_in_place`, so a runaway one holds a blocking thread and
-//! not one of the few threads every other job and the heartbeat run on. Plain ones, the common case
-//! (`Hello {{ trigger.name }}`), stay inline: moving off the executor costs a thread hand-off per call. Bounding
-//! the work itself (template fuel) belongs to the edge-safety work.
+//! CPU: a template or expression could do unbounded work (nested loops over `range`). Every evaluation gets a
+//! budget of [`FUEL`] instructions (minijinja's fuel): a template that spends it fails with a clear error, so no
+//! definition can spin a worker thread past its job's timeout. A rendered template longer than
+//! [`MAX_RENDERED_BYTES`] is an error too. Templates and expressions that may do more than plain lookups (a
+//! statement, a call, a filter, a multiplication) are also evaluated with `tokio::task::block_in_place`, so
+//! even their bounded work holds a blocking thread and not one of the few threads every other job and the
+//! heartbeat run on. Plain ones (`Hello {{ trigger.name }}`) stay inline: a thread hand-off costs more than they
+//! do.
 
 use std::sync::LazyLock;
 
 use minijinja::{Environment, Expression, UndefinedBehavior, Value};
 
+/// Instructions one evaluation may run: far above any real message (a loop over a 1,000-item list with a few
+/// lookups each is about 10,000), and a few milliseconds of CPU at most.
+pub const FUEL: u64 = 200_000;
+
+/// The longest a rendered template may be (a message field: an email body is well under it).
+pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
+
 /// Compiles and evaluates expressions: undefined fields chain to undefined instead of failing.
 static EXPRESSIONS: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    env.set_fuel(Some(FUEL));
     env
 });
 
@@ -29,6 +39,17 @@ static EXPRESSIONS: LazyLock<Environment<'static>> = LazyLock::new(|| {
 static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env
+});
+
+/// Renders HTML templates (an email's `html` part): like [`TEMPLATES`], and every value is HTML-escaped unless
+/// marked `|safe`, so trigger data cannot inject markup into mail sent from the company's domain.
+static HTML_TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
     env
 });
 
@@ -91,22 +112,42 @@ impl Expr {
 pub struct Template {
     source: String,
     heavy: bool,
+    html: bool,
 }
 
 impl Template {
+    /// A plain-text template (values inserted as they are).
     pub fn compile(source: &str) -> Result<Self, String> {
-        TEMPLATES
-            .template_from_str(source)
-            .map_err(|e| describe(&e))?;
+        Self::compile_in(source, false)
+    }
+
+    /// An HTML template: values are HTML-escaped unless marked `|safe`.
+    pub fn compile_html(source: &str) -> Result<Self, String> {
+        Self::compile_in(source, true)
+    }
+
+    fn compile_in(source: &str, html: bool) -> Result<Self, String> {
+        let env = if html { &HTML_TEMPLATES } else { &TEMPLATES };
+        env.template_from_str(source).map_err(|e| describe(&e))?;
         Ok(Self {
             source: source.to_string(),
             heavy: may_be_heavy(source),
+            html,
         })
     }
 
     pub fn render(&self, context: &Value) -> Result<String, String> {
-        off_the_executor_if(self.heavy, || TEMPLATES.render_str(&self.source, context))
-            .map_err(|e| format!("template `{}`: {}", self.source, describe(&e)))
+        let env: &Environment<'static> = if self.html { &HTML_TEMPLATES } else { &TEMPLATES };
+        let rendered = off_the_executor_if(self.heavy, || env.render_str(&self.source, context))
+            .map_err(|e| format!("template `{}`: {}", self.source, describe(&e)))?;
+        if rendered.len() > MAX_RENDERED_BYTES {
+            return Err(format!(
+                "template `{}` rendered {} bytes, more than {MAX_RENDERED_BYTES}",
+                self.source,
+                rendered.len()
+            ));
+        }
+        Ok(rendered)
     }
 }
 
@@ -201,5 +242,42 @@ mod tests {
     fn syntax_errors_are_caught_at_compile_time() {
         assert!(Expr::compile("trigger.a ==").is_err());
         assert!(Template::compile("{{ trigger.a ").is_err());
+    }
+
+    /// Security findings 7 and 14: nested loops spun a worker thread that the job timeout could not stop. Now the
+    /// evaluation runs out of fuel and fails with a clear error, in milliseconds.
+    #[test]
+    fn runaway_templates_run_out_of_fuel() {
+        let scope = scope(&serde_json::json!({}), &serde_json::json!({}));
+        let started = std::time::Instant::now();
+        let nested = Template::compile(
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        let error = nested.render(&scope).unwrap_err();
+        assert!(error.contains("fuel"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        // An ordinary loop is well within budget.
+        let fine = Template::compile("{% for i in range(1000) %}{{ i }},{% endfor %}").unwrap();
+        assert!(fine.render(&scope).unwrap().ends_with("999,"));
+    }
+
+    /// Security finding 9: trigger data was inserted into HTML parts as markup. Now HTML templates escape values
+    /// (`|safe` opts out for trusted markup) and plain-text ones do not.
+    #[test]
+    fn html_templates_escape_values_and_text_templates_do_not() {
+        let scope = scope(
+            &serde_json::json!({"trigger": {"name": "<a href=\"https://evil.test\">Ada</a> & co"}}),
+            &serde_json::json!({}),
+        );
+        let html = Template::compile_html("<p>Hello {{ trigger.name }}</p>").unwrap();
+        let rendered = html.render(&scope).unwrap();
+        assert!(rendered.starts_with("<p>Hello &lt;a href="), "{rendered}");
+        assert_eq!(rendered.matches('<').count(), 2, "only the template's own tags: {rendered}");
+        assert!(rendered.contains("&amp; co</p>"), "{rendered}");
+        let trusted = Template::compile_html("{{ trigger.name | safe }}").unwrap();
+        assert!(trusted.render(&scope).unwrap().starts_with("<a href"));
+        let text = Template::compile("Hello {{ trigger.name }}").unwrap();
+        assert!(text.render(&scope).unwrap().contains("<a href=\"https://evil.test\">"));
     }
 }

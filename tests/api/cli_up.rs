@@ -242,3 +242,37 @@ async fn an_embedded_worker_runs_its_own_job_kind_beside_the_built_in_ones() {
         "it left the registry on SIGTERM"
     );
 }
+
+/// Security finding 11: `herald up` minted an all-scope key on whatever DATABASE_URL named and never revoked it.
+/// Now: on a server it did not start, only with `--dev-key`, and the key is revoked when `up` exits.
+#[tokio::test]
+async fn up_on_a_shared_database_mints_no_key_unless_asked_and_revokes_it_on_exit() {
+    let db = TestDb::new().await;
+    let live_dev_keys = || async {
+        scalar_i64(
+            &db.pool,
+            "SELECT count(*) FROM herald_api_keys WHERE name = 'herald-up-dev' AND revoked_at IS NULL",
+        )
+        .await
+    };
+    for (args, minted) in [(vec!["up"], false), (vec!["up", "--dev-key"], true)] {
+        let mut up = spawn_herald_with(&db.url, &args, &[("HERALD_API__LISTEN", "127.0.0.1:0")]);
+        let pid = up.id().unwrap() as i32;
+        wait_until(Duration::from_secs(60), "herald up's worker to register", || async {
+            herald::queue::admin::list_workers(&db.pool)
+                .await
+                .map(|workers| workers.iter().any(|w| w.pid == pid))
+                .unwrap_or(false)
+        })
+        .await;
+        assert_eq!(live_dev_keys().await, i64::from(minted), "{args:?}");
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let status = tokio::time::timeout(Duration::from_secs(60), up.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(status.success(), "herald up exited with {status}");
+        assert_eq!(live_dev_keys().await, 0, "revoked on exit: {args:?}");
+    }
+}

@@ -642,7 +642,7 @@ async fn workers_metrics_and_the_openapi_document() {
         .await
         .unwrap();
     let metrics = app
-        .get("/metrics", &app.read_key)
+        .get("/metrics", &app.metrics_key)
         .send()
         .await
         .unwrap()

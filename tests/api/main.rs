@@ -12,3 +12,4 @@ mod common {
 
 mod cli_up;
 mod http;
+mod security;

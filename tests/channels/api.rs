@@ -53,7 +53,7 @@ async fn providers_show_their_chain_position_rates_and_the_fleets_circuit_state(
         .unwrap();
     assert_eq!(slack["state"], "open");
     assert_eq!(slack["circuits"][0]["last_error"], "503");
-    let metrics = app.get_text("/metrics", &app.read_key).await;
+    let metrics = app.get_text("/metrics", &app.metrics_key).await;
     assert!(
         metrics.contains("herald_provider_circuits_open{provider=\"slack\"} 1"),
         "{metrics}"

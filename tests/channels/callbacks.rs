@@ -201,16 +201,14 @@ async fn mailgun_events_are_checked_with_the_signing_key() {
     let event = json!({ "id": "mg-ev-1", "event": "failed", "severity": "permanent", "recipient": "cy@example.com",
         "reason": "bounce", "message": { "headers": { "message-id": "20261123.1@mg.acme.test" } } });
     let url = app.url("/v1/callbacks/mailgun");
-    let valid = app
-        .client
-        .post(&url)
-        .json(&mailgun_body("mg-signing-key", now(), event.clone()))
-        .send()
-        .await
-        .unwrap();
+    let signed = mailgun_body("mg-signing-key", now(), event.clone());
+    let valid = app.client.post(&url).json(&signed).send().await.unwrap();
     assert_eq!(valid.status(), 200);
     assert_eq!(status(&app, id).await, "bounced");
     assert!(suppressed(&app, "cy@example.com").await);
+    // Security finding 10: the same signed request replayed within the window is refused (its token was seen).
+    let replayed = app.client.post(&url).json(&signed).send().await.unwrap();
+    assert_eq!(replayed.status(), 401, "a replayed token");
 
     let forged = app
         .client
@@ -336,13 +334,32 @@ fn sns_certificate() -> (PKey<Private>, String) {
     )
 }
 
+/// The SNS topic herald is configured to accept SES events from.
+const SES_TOPIC: &str = "arn:aws:sns:eu-west-1:123456789012:ses-events";
+
 fn sns_notification(key: &PKey<Private>, cert_url: &str, ses_event: &Value) -> Value {
+    sns_notification_from(SES_TOPIC, key, cert_url, ses_event)
+}
+
+fn sns_notification_from(
+    topic: &str,
+    key: &PKey<Private>,
+    cert_url: &str,
+    ses_event: &Value,
+) -> Value {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    sns_notification_at(topic, key, cert_url, ses_event, &now)
+}
+
+fn sns_notification_at(
+    topic: &str,
+    key: &PKey<Private>,
+    cert_url: &str,
+    ses_event: &Value,
+    timestamp: &str,
+) -> Value {
     let message = ses_event.to_string();
-    let (id, topic, timestamp) = (
-        "sns-msg-1",
-        "arn:aws:sns:eu-west-1:123456789012:ses-events",
-        "2026-11-23T06:00:00.000Z",
-    );
+    let id = "sns-msg-1";
     let canonical = format!(
         "Message\n{message}\nMessageId\n{id}\nTimestamp\n{timestamp}\nTopicArn\n{topic}\nType\nNotification\n"
     );
@@ -362,6 +379,7 @@ async fn ses_events_through_sns_are_checked_with_the_signing_certificate() {
     let allowed = cert_server.url();
     let app = spawn_app_with(|s| {
         s.callbacks.sns_hosts = vec![allowed.to_string()];
+        s.callbacks.ses_topic_arns = vec![SES_TOPIC.to_string()];
     })
     .await;
     let id = sent_delivery(&app, "ses", "0102-ses-1", "email", "dee@example.com").await;
@@ -406,4 +424,121 @@ async fn ses_events_through_sns_are_checked_with_the_signing_certificate() {
         401,
         "a certificate from a host that is not SNS is never fetched"
     );
+}
+
+/// Security finding 1: SES callbacks were accepted from any SNS topic, so anyone with an AWS account could
+/// subscribe herald to a topic of their own and suppress any address. Now: refused unless topics are configured,
+/// a foreign topic is refused before any fetch, and only recipients of herald's own deliveries are suppressed.
+#[tokio::test]
+async fn ses_callbacks_need_a_configured_topic_and_only_suppress_heralds_own_recipients() {
+    let (key, cert_pem) = sns_certificate();
+    let cert_server = FakeProvider::start(Reply::text(200, &cert_pem)).await;
+    let cert_url = format!("{}/SimpleNotificationService-abc.pem", cert_server.url());
+    let complaint = |message_id: &str, address: &str| {
+        json!({ "eventType": "Complaint", "mail": { "messageId": message_id },
+            "complaint": { "complainedRecipients": [{ "emailAddress": address }] } })
+    };
+
+    // No topic configured: SES callbacks are off.
+    let allowed = cert_server.url();
+    let unconfigured = spawn_app_with(|s| {
+        s.callbacks.sns_hosts = vec![allowed.to_string()];
+    })
+    .await;
+    let refused = unconfigured
+        .client
+        .post(unconfigured.url("/v1/callbacks/ses"))
+        .json(&sns_notification(&key, &cert_url, &complaint("m-1", "ceo@example.com")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 404);
+    assert!(!suppressed(&unconfigured, "ceo@example.com").await);
+
+    let app = spawn_app_with(|s| {
+        s.callbacks.sns_hosts = vec![allowed.to_string()];
+        s.callbacks.ses_topic_arns = vec![SES_TOPIC.to_string()];
+    })
+    .await;
+    let url = app.url("/v1/callbacks/ses");
+    // Someone else's topic, validly signed: refused before the certificate is fetched.
+    let attacker_topic = "arn:aws:sns:us-east-1:999999999999:mine";
+    let foreign = app
+        .client
+        .post(&url)
+        .json(&sns_notification_from(attacker_topic, &key, &cert_url, &complaint("m-1", "ceo@example.com")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+    assert_eq!(cert_server.request_count(), 0, "nothing fetched for a foreign topic");
+    assert!(!suppressed(&app, "ceo@example.com").await);
+
+    // The right topic, about a message herald never sent: accepted, and nobody is suppressed.
+    let stray = app
+        .client
+        .post(&url)
+        .json(&sns_notification(&key, &cert_url, &complaint("not-ours", "ceo@example.com")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stray.status(), 200);
+    assert!(!suppressed(&app, "ceo@example.com").await);
+
+    // About herald's own delivery: its recipient is suppressed (not the address the event names).
+    sent_delivery(&app, "ses", "ours-1", "email", "dee@example.com").await;
+    let ours = app
+        .client
+        .post(&url)
+        .json(&sns_notification(&key, &cert_url, &complaint("ours-1", "ceo@example.com")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ours.status(), 200);
+    assert!(suppressed(&app, "dee@example.com").await);
+    assert!(!suppressed(&app, "ceo@example.com").await);
+}
+
+/// Security finding 10: the SNS certificate URL is pinned to SNS's shape (no query, `SimpleNotificationService-<hex>.pem`)
+/// and an old message is refused as a replay, both before anything is fetched.
+#[tokio::test]
+async fn sns_certificate_urls_are_pinned_and_old_messages_are_refused() {
+    let (key, cert_pem) = sns_certificate();
+    let cert_server = FakeProvider::start(Reply::text(200, &cert_pem)).await;
+    let allowed = cert_server.url();
+    let app = spawn_app_with(|s| {
+        s.callbacks.sns_hosts = vec![allowed.to_string()];
+        s.callbacks.ses_topic_arns = vec![SES_TOPIC.to_string()];
+    })
+    .await;
+    let url = app.url("/v1/callbacks/ses");
+    let delivery = json!({ "eventType": "Delivery", "mail": { "messageId": "m-1" },
+        "delivery": { "recipients": ["dee@example.com"] } });
+    let good_cert = format!("{}/SimpleNotificationService-0123abcd.pem", cert_server.url());
+    for cert_url in [
+        format!("{}/SimpleNotificationService-0123abcd.pem?x=1", cert_server.url()),
+        format!("{}/other/cert.pem", cert_server.url()),
+        format!("{}/SimpleNotificationService-zz.pem", cert_server.url()),
+    ] {
+        let response = app
+            .client
+            .post(&url)
+            .json(&sns_notification(&key, &cert_url, &delivery))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{cert_url}");
+    }
+    let old = sns_notification_at(SES_TOPIC, &key, &good_cert, &delivery, "2020-01-01T00:00:00.000Z");
+    let response = app.client.post(&url).json(&old).send().await.unwrap();
+    assert_eq!(response.status(), 401, "a message from 2020 is a replay");
+    assert_eq!(cert_server.request_count(), 0, "nothing was fetched for any of them");
+    let fresh = app
+        .client
+        .post(&url)
+        .json(&sns_notification(&key, &good_cert, &delivery))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), 200);
 }

@@ -12,9 +12,11 @@ pub struct TestApp {
     pub db: TestDb,
     pub address: String,
     pub client: reqwest::Client,
-    /// enqueue + read
+    /// enqueue + read + events
     pub service_key: String,
     pub read_key: String,
+    /// metrics only (what a Prometheus scrape gets)
+    pub metrics_key: String,
     pub admin_key: String,
     pub shutdown: CancellationToken,
     pub server: JoinHandle<std::io::Result<()>>,
@@ -32,7 +34,14 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = settings();
     adjust(&mut settings);
     use herald::api::keys::{self, Scope};
-    let (service_key, _) = keys::create(&db.pool, "service", &[Scope::Enqueue, Scope::Read])
+    let (service_key, _) = keys::create(
+        &db.pool,
+        "service",
+        &[Scope::Enqueue, Scope::Read, Scope::Events],
+    )
+    .await
+    .unwrap();
+    let (metrics_key, _) = keys::create(&db.pool, "prometheus", &[Scope::Metrics])
         .await
         .unwrap();
     let (read_key, _) = keys::create(&db.pool, "reader", &[Scope::Read])
@@ -52,6 +61,7 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
         client: reqwest::Client::new(),
         service_key,
         read_key,
+        metrics_key,
         admin_key,
         shutdown,
         server,

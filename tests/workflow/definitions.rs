@@ -230,3 +230,46 @@ async fn syncing_a_folder_stores_nothing_if_any_file_is_invalid() {
         ("t", 1, 1)
     );
 }
+
+/// A chain `start -> n1 -> n2 -> ... -> n{len}`, whose last node points back at `n1` when `closed`.
+fn chain(len: usize, closed: bool) -> serde_json::Value {
+    let mut nodes = vec![serde_json::json!({"id": "start", "kind": "trigger", "next": "n1"})];
+    for i in 1..=len {
+        let next = if i < len {
+            Some(format!("n{}", i + 1))
+        } else if closed {
+            Some("n1".to_string())
+        } else {
+            None
+        };
+        let mut node = serde_json::json!({"id": format!("n{i}"), "kind": "delay", "duration": "1s"});
+        if let Some(next) = next {
+            node["next"] = serde_json::Value::String(next);
+        }
+        nodes.push(node);
+    }
+    serde_json::json!({"name": "long", "version": 1, "nodes": nodes})
+}
+
+fn compile_problems(definition: &serde_json::Value) -> Vec<String> {
+    match compile("long.json", definition) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+    }
+}
+
+/// Security finding 8: the recursive cycle search overflowed the stack on a long chain (100,000 nodes aborted
+/// the process). The node count is bounded, and the search is iterative.
+#[test]
+fn a_very_long_chain_is_refused_without_overflowing_the_stack() {
+    let limit = herald::workflow::definition::MAX_NODES;
+    let found = compile_problems(&chain(100_000, true));
+    assert!(
+        found.iter().any(|p| p.contains(&format!("at most {limit} nodes"))),
+        "{found:?}"
+    );
+    // At the limit, a cycle closing at the far end is still found.
+    let found = compile_problems(&chain(limit - 1, true));
+    assert!(found.iter().any(|p| p.contains("is on a cycle")), "{found:?}");
+    assert!(compile_problems(&chain(limit - 1, false)).is_empty());
+}

@@ -10,10 +10,13 @@ use sha2::Sha256;
 use super::{CallbackError, CallbackEvent, CallbackRequest, check_fresh};
 use crate::channels::DeliveryStatus;
 
+/// Checks the signature and freshness, and refuses a token already seen within the freshness window (Mailgun's
+/// advice against replays: a captured request replayed within the window has a valid signature).
 pub fn verify(
     request: &CallbackRequest<'_>,
     signing_key: &str,
     max_age: Duration,
+    seen: &SeenTokens,
 ) -> Result<Vec<CallbackEvent>, CallbackError> {
     let body: MailgunBody = serde_json::from_slice(request.body)
         .map_err(|e| CallbackError::Malformed(e.to_string()))?;
@@ -27,7 +30,42 @@ pub fn verify(
     mac.verify_slice(&expected)
         .map_err(|_| CallbackError::BadSignature)?;
     check_fresh(&signature.timestamp, max_age)?;
+    if !seen.first_time(&signature.token, max_age) {
+        return Err(CallbackError::Stale);
+    }
     Ok(body.event_data.normalize().into_iter().collect())
+}
+
+/// Tokens of the signed callbacks accepted within the freshness window, in this process (bounded: a token older
+/// than the window is refused by its timestamp anyway, so old entries are dropped).
+#[derive(Default)]
+pub struct SeenTokens {
+    tokens: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl SeenTokens {
+    const MAX: usize = 100_000;
+
+    /// True the first time `token` is offered within `window`.
+    fn first_time(&self, token: &str, window: Duration) -> bool {
+        let Ok(mut tokens) = self.tokens.lock() else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        if tokens.len() >= Self::MAX {
+            tokens.retain(|_, at| now.duration_since(*at) <= window * 2);
+            if tokens.len() >= Self::MAX {
+                tokens.clear();
+            }
+        }
+        match tokens.get(token) {
+            Some(at) if now.duration_since(*at) <= window * 2 => false,
+            _ => {
+                tokens.insert(token.to_string(), now);
+                true
+            }
+        }
+    }
 }
 
 fn hex_decode(text: &str) -> Option<Vec<u8>> {

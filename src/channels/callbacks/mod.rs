@@ -10,7 +10,10 @@
 //! | SendGrid Event Webhook | ECDSA P-256 signature over timestamp + body | `sendgrid.rs` |
 //! | Mailgun webhooks | HMAC-SHA256 of timestamp + token with the webhook signing key | `mailgun.rs` |
 //! | Twilio status callbacks | `X-Twilio-Signature`: HMAC-SHA1 over the URL and the sorted form fields | `twilio.rs` |
-//! | SES through SNS | the SNS message signature, checked with the certificate from `SigningCertURL` | `ses.rs` |
+//! | SES through SNS | the topic in `callbacks.ses_topic_arns`, then the SNS message signature, checked with the certificate from `SigningCertURL` | `ses.rs` |
+//!
+//! A callback can only suppress the recipient of a delivery herald made (found by the provider's message id):
+//! an event about any other message changes nothing, whatever address it names.
 
 mod mailgun;
 mod receive;
@@ -62,6 +65,9 @@ pub enum CallbackError {
     Malformed(String),
     #[error("callbacks from {0} are not configured")]
     NotConfigured(String),
+    /// An SNS message from a topic not in `callbacks.ses_topic_arns`.
+    #[error("the SNS topic is not one this server accepts")]
+    ForeignTopic,
     #[error("cannot fetch the signing certificate: {0}")]
     Certificate(String),
     /// SNS asked for a subscription confirmation that could not be made (the message says why).
@@ -87,6 +93,10 @@ pub struct CallbackSettings {
     /// Hosts allowed to serve SNS signing certificates and subscription URLs: `sns.<region>.amazonaws.com` matches
     /// by default (https only). An entry such as `http://127.0.0.1:8125` allows that exact plain-HTTP origin.
     pub sns_hosts: Vec<String>,
+    /// The SNS topics whose SES events are accepted (`arn:aws:sns:eu-west-1:123456789012:ses-events`). SES
+    /// callbacks are refused while it is empty: anyone can subscribe herald's URL to a topic of their own and
+    /// sign messages with SNS's real keys, so the signature alone proves nothing about who sent the events.
+    pub ses_topic_arns: Vec<String>,
     /// Timestamps older (or newer) than this are refused as replays (SendGrid, Mailgun).
     #[serde(rename = "max_age_secs", deserialize_with = "crate::setting::secs")]
     pub max_age: Duration,
@@ -100,6 +110,7 @@ impl Default for CallbackSettings {
             mailgun_signing_key: None,
             twilio_auth_token: None,
             sns_hosts: Vec::new(),
+            ses_topic_arns: Vec::new(),
             max_age: Duration::from_secs(300),
         }
     }
@@ -122,6 +133,7 @@ impl CallbackRequest<'_> {
 /// Verifies callbacks; holds the SNS certificates already fetched.
 pub struct CallbackVerifier {
     settings: CallbackSettings,
+    mailgun_tokens: mailgun::SeenTokens,
     http: reqwest::Client,
     certificates: Mutex<HashMap<String, openssl::x509::X509>>,
 }
@@ -135,6 +147,7 @@ impl CallbackVerifier {
             .unwrap_or_default();
         Self {
             settings,
+            mailgun_tokens: mailgun::SeenTokens::default(),
             http,
             certificates: Mutex::new(HashMap::new()),
         }
@@ -167,8 +180,12 @@ impl CallbackVerifier {
                 request,
                 &key(&self.settings.mailgun_signing_key)?,
                 self.max_age(),
+                &self.mailgun_tokens,
             )?,
             "twilio" => twilio::verify(request, &key(&self.settings.twilio_auth_token)?)?,
+            "ses" if self.settings.ses_topic_arns.is_empty() => {
+                return Err(CallbackError::NotConfigured(provider.to_string()));
+            }
             "ses" => return ses::verify(self, request).await,
             other => return Err(CallbackError::NotConfigured(other.to_string())),
         };

@@ -35,8 +35,10 @@ pub struct Callbacks {
 
 impl Callbacks {
     pub fn new(settings: CallbackSettings, pool: PgPool) -> Self {
+        // No redirects: the checked SubscribeURL is the only URL ever fetched.
         let confirmer = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
         Self {

@@ -51,9 +51,19 @@ pub async fn verify(
 ) -> Result<CallbackOutcome, CallbackError> {
     let message: SnsMessage = serde_json::from_slice(request.body)
         .map_err(|e| CallbackError::Malformed(e.to_string()))?;
-    if !verifier.is_sns_url(&message.signing_cert_url) {
+    // The topic first: a message from someone else's topic is refused before anything is fetched or confirmed.
+    if !verifier
+        .settings()
+        .ses_topic_arns
+        .contains(&message.topic_arn)
+    {
+        return Err(CallbackError::ForeignTopic);
+    }
+    if !verifier.is_sns_url(&message.signing_cert_url) || !certificate_path(&message.signing_cert_url) {
         return Err(CallbackError::BadSignature);
     }
+    // SNS retries a failed delivery for about an hour at most; an older message is a replay.
+    check_sns_timestamp(&message.timestamp)?;
     let certificate = certificate(verifier, &message.signing_cert_url).await?;
     check_signature(&message, &certificate)?;
     match message.kind.as_str() {
@@ -74,10 +84,42 @@ pub async fn verify(
 }
 
 const MAX_CERTIFICATE_BYTES: usize = 64 * 1024;
+/// How old (or how far ahead) an SNS message's `Timestamp` may be.
+const SNS_MAX_AGE: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
+/// Whether the certificate URL has the shape SNS's signing certificates have:
+/// `/SimpleNotificationService-<hex>.pem`, with no query and no fragment (the host is checked by
+/// [`CallbackVerifier::is_sns_url`]). Anything else is not fetched.
+fn certificate_path(url: &str) -> bool {
+    let Ok(parsed) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    parsed.query().is_none()
+        && parsed.fragment().is_none()
+        && parsed
+            .path()
+            .strip_prefix("/SimpleNotificationService-")
+            .and_then(|rest| rest.strip_suffix(".pem"))
+            .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn check_sns_timestamp(timestamp: &str) -> Result<(), CallbackError> {
+    let sent = chrono::DateTime::parse_from_rfc3339(timestamp)
+        .map_err(|_| CallbackError::Malformed("the SNS Timestamp is not RFC 3339".into()))?;
+    let age = chrono::Utc::now().signed_duration_since(sent);
+    if age > SNS_MAX_AGE || age < -SNS_MAX_AGE {
+        return Err(CallbackError::Stale);
+    }
+    Ok(())
+}
 const MAX_CACHED_CERTIFICATES: usize = 16;
 
 async fn certificate(verifier: &CallbackVerifier, url: &str) -> Result<X509, CallbackError> {
-    if let Some(cached) = verifier.certificates.lock().await.get(url) {
+    // Keyed by host and path (the URL was checked to have no query): one entry per certificate.
+    let key = reqwest::Url::parse(url)
+        .map(|u| format!("{}{}", u.host_str().unwrap_or_default(), u.path()))
+        .unwrap_or_else(|_| url.to_string());
+    if let Some(cached) = verifier.certificates.lock().await.get(&key) {
         return Ok(cached.clone());
     }
     let response = verifier
@@ -105,7 +147,7 @@ async fn certificate(verifier: &CallbackVerifier, url: &str) -> Result<X509, Cal
     if cached.len() >= MAX_CACHED_CERTIFICATES {
         cached.clear();
     }
-    cached.insert(url.to_string(), certificate.clone());
+    cached.insert(key, certificate.clone());
     Ok(certificate)
 }
 

@@ -15,9 +15,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::es256::{Es256Key, unix_now};
+use crate::channels::egress::EgressPolicy;
 use crate::channels::provider::{
     Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, exchange,
-    http_client, parse_settings, required,
+    parse_settings, required,
 };
 use crate::channels::{Message, Outcome};
 
@@ -34,6 +35,14 @@ struct WebPushSettings {
     /// Seconds the push service keeps an undelivered message.
     #[serde(default = "default_ttl")]
     ttl_secs: u64,
+    /// Push services a subscription may point at (`fcm.googleapis.com`, `*.push.services.mozilla.com`,
+    /// `*.notify.windows.com`, `web.push.apple.com`); empty: any public https host.
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    /// Allow http endpoints and non-public addresses: for tests against local servers only. The endpoint comes
+    /// from run data, so without this guard a run could make herald POST into the private network.
+    #[serde(default)]
+    allow_private_endpoints: bool,
 }
 
 fn default_ttl() -> u64 {
@@ -42,6 +51,7 @@ fn default_ttl() -> u64 {
 
 pub struct WebPush {
     client: reqwest::Client,
+    egress: EgressPolicy,
     key: Es256Key,
     public_key: String,
     subject: String,
@@ -62,8 +72,15 @@ pub fn build(settings: &serde_json::Value) -> Result<Arc<dyn Provider>, Provider
             "`subject` must be a mailto: or https: URL",
         ));
     }
+    let egress = EgressPolicy {
+        allowed_hosts: parsed.allowed_hosts,
+        allow_private: parsed.allow_private_endpoints,
+    };
     Ok(Arc::new(WebPush {
-        client: http_client(common.timeout())?,
+        client: egress.client(common.timeout()).map_err(|err| {
+            ProviderConfigError::new(NAME, format!("cannot build an HTTP client: {err}"))
+        })?,
+        egress,
         public_key: URL_SAFE_NO_PAD.encode(&key.public_point),
         key,
         subject,
@@ -108,6 +125,11 @@ impl Provider for WebPush {
                 Ok(prepared) => prepared,
                 Err(outcome) => return outcome,
             };
+            // The endpoint is data: only a public https push service (the client re-checks the addresses it
+            // connects to).
+            if let Err(refused) = self.egress.check(&prepared.url).await {
+                return Outcome::permanent(refused);
+            }
             let mut request = self
                 .client
                 .post(&prepared.endpoint)
@@ -128,6 +150,7 @@ impl Provider for WebPush {
 }
 
 struct Prepared {
+    url: reqwest::Url,
     endpoint: String,
     authorization: String,
     body: Vec<u8>,
@@ -162,6 +185,7 @@ impl WebPush {
         };
         let token = self.key.sign(None, &claims).map_err(Outcome::config)?;
         Ok(Prepared {
+            url: endpoint,
             endpoint: subscription.endpoint,
             authorization: format!("vapid t={token}, k={}", self.public_key),
             body,

@@ -313,7 +313,8 @@ async fn web_push_encrypts_for_the_subscription_and_signs_vapid_for_its_origin()
         FakeProvider::start(Reply::status(201).header("location", "https://push.example/m/1"))
             .await;
     let (private_pem, public_pem) = ec_key();
-    let settings = json!({ "vapid_private_key": private_pem, "subject": "mailto:ops@acme.test", "timeout_ms": 300 });
+    let settings = json!({ "vapid_private_key": private_pem, "subject": "mailto:ops@acme.test", "timeout_ms": 300,
+        "allow_private_endpoints": true });
     let adapter = providers::build("webpush", &settings).expect("webpush builds");
     let (browser_keys, auth) = ece::generate_keypair_and_auth_secret().unwrap();
     let subscription = json!({
@@ -372,7 +373,8 @@ async fn web_push_encrypts_for_the_subscription_and_signs_vapid_for_its_origin()
 #[tokio::test]
 async fn web_push_answers_are_classified_and_a_bad_subscription_is_permanent() {
     let (private_pem, _) = ec_key();
-    let settings = json!({ "vapid_private_key": private_pem, "subject": "mailto:ops@acme.test", "timeout_ms": 300 });
+    let settings = json!({ "vapid_private_key": private_pem, "subject": "mailto:ops@acme.test", "timeout_ms": 300,
+        "allow_private_endpoints": true });
     let adapter = providers::build("webpush", &settings).unwrap();
     let (browser_keys, auth) = ece::generate_keypair_and_auth_secret().unwrap();
     for (reply, expected) in [
@@ -431,4 +433,45 @@ async fn push_adapters_fail_at_build_without_keys() {
         panic!("built with a junk key");
     };
     assert!(!error.to_string().contains("junk-secret"), "{error}");
+}
+
+/// Security finding 3: a subscription's endpoint comes from run data, and herald POSTed wherever it pointed
+/// (loopback, the private network, cloud metadata). Now only public https push services are reached.
+#[tokio::test]
+async fn web_push_refuses_endpoints_outside_the_public_internet() {
+    let fake = FakeProvider::start(Reply::status(201)).await;
+    let port = fake.url().rsplit(':').next().unwrap_or("0").to_string();
+    let (private_pem, _) = ec_key();
+    let (browser_keys, auth) = ece::generate_keypair_and_auth_secret().unwrap();
+    let keys = json!({ "p256dh": URL_SAFE_NO_PAD.encode(browser_keys.pub_as_raw().unwrap()),
+        "auth": URL_SAFE_NO_PAD.encode(auth) });
+    let to = |endpoint: String| json!({ "endpoint": endpoint, "keys": keys.clone() }).to_string();
+    let guarded = providers::build(
+        "webpush",
+        &json!({ "vapid_private_key": private_pem, "subject": "mailto:ops@acme.test", "timeout_ms": 300 }),
+    )
+    .unwrap();
+    for endpoint in [
+        fake.url().to_string() + "/p",                         // http
+        format!("https://127.0.0.1:{port}/p"),                // loopback
+        format!("https://localhost:{port}/p"),                // a name for loopback
+        "https://169.254.169.254/latest/meta-data".to_string(), // cloud metadata
+        "https://10.0.0.7/p".to_string(),
+        "https://[::1]/p".to_string(),
+        "https://[::ffff:127.0.0.1]/p".to_string(),
+    ] {
+        let outcome = guarded.send(&push(&to(endpoint.clone()))).await;
+        assert_eq!(outcome.label(), "permanent", "{endpoint}: {outcome:?}");
+    }
+    assert_eq!(fake.request_count(), 0, "nothing reached the local server");
+
+    // An allowlist of push services refuses every other host.
+    let listed = providers::build(
+        "webpush",
+        &json!({ "vapid_private_key": private_pem, "subject": "mailto:ops@acme.test", "timeout_ms": 300,
+            "allowed_hosts": ["fcm.googleapis.com", "*.push.services.mozilla.com"] }),
+    )
+    .unwrap();
+    let outcome = listed.send(&push(&to("https://push.example.net/p".into()))).await;
+    assert_eq!(outcome.label(), "permanent", "{outcome:?}");
 }
