@@ -16,7 +16,10 @@ use crate::{UpArgs, WorkerArgs};
 const DEV_KEY_NAME: &str = "herald-up-dev";
 
 pub async fn run(settings: Settings, args: UpArgs) -> anyhow::Result<()> {
-    let UpArgs { worker: args, dev_key } = args;
+    let UpArgs {
+        worker: args,
+        dev_key,
+    } = args;
     let cluster = match &settings.database.url {
         Some(_) => None,
         None => {

@@ -286,7 +286,9 @@ impl From<CallbackError> for ApiError {
             // Which URL failed and how is for the logs: the caller is not authenticated yet.
             CallbackError::Certificate(_) | CallbackError::Subscription(_) => {
                 tracing::warn!(%error, "callback could not be verified or confirmed");
-                ApiError::unavailable("the callback could not be verified at the moment; send it again later")
+                ApiError::unavailable(
+                    "the callback could not be verified at the moment; send it again later",
+                )
             }
             CallbackError::Database(error) => database_error(&error),
         }

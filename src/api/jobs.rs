@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::auth::{Authorized, EnqueueScope,ReadScope};
+use super::auth::{Authorized, EnqueueScope, ReadScope};
 use super::error::{ApiError, FieldError, Problem};
 use super::extract::{
     ApiJson, ApiPath, empty_object, idempotency_key_header, json_type, request_id,

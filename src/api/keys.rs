@@ -59,7 +59,8 @@ impl Scope {
 
 const CREATE: &str = "INSERT INTO herald_api_keys (name, prefix, key_hash, scopes) \
      VALUES ($1, $2, $3, $4) RETURNING id, created_at";
-const LOOKUP: &str = "SELECT id, scopes FROM herald_api_keys WHERE key_hash = $1 AND revoked_at IS NULL";
+const LOOKUP: &str =
+    "SELECT id, scopes FROM herald_api_keys WHERE key_hash = $1 AND revoked_at IS NULL";
 
 /// The prefix every key starts with.
 const KEY_PREFIX: &str = "hk_";
@@ -70,7 +71,10 @@ const KEY_HEX_DIGITS: usize = 48;
 /// anything else: a string that cannot be a key costs no lookup and no cache entry.
 pub fn well_formed(key: &str) -> bool {
     key.strip_prefix(KEY_PREFIX).is_some_and(|hex| {
-        hex.len() == KEY_HEX_DIGITS && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        hex.len() == KEY_HEX_DIGITS
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     })
 }
 

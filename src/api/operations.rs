@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
-use super::auth::{Authorized, AdminScope,ReadScope};
+use super::auth::{AdminScope, Authorized, ReadScope};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, finish_page, page_params};
 use super::responses::{AdminAuth, JsonBody, ReadAuth};

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::ApiState;
-use super::auth::{Authorized, AdminScope,ReadScope};
+use super::auth::{AdminScope, Authorized, ReadScope};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath};
 use super::responses::{AdminAuth, JsonBody, ReadAuth};

@@ -324,13 +324,23 @@ async fn suppress_callback_recipient(
         .fetch_optional(&mut **tx)
         .await?;
     let Some((channel, recipient)) = delivery else {
-        tracing::info!(provider = update.provider, message = update.provider_message_id,
-            "callback asks to suppress the recipient of a message herald did not send; ignored");
+        tracing::info!(
+            provider = update.provider,
+            message = update.provider_message_id,
+            "callback asks to suppress the recipient of a message herald did not send; ignored"
+        );
         return Ok(());
     };
     if let Some(channel) = ChannelKind::parse(&channel) {
         let reason = update.reason.unwrap_or("reported by the provider");
-        suppress(&mut **tx, channel, &recipient, reason, Some(update.provider)).await?;
+        suppress(
+            &mut **tx,
+            channel,
+            &recipient,
+            reason,
+            Some(update.provider),
+        )
+        .await?;
     }
     Ok(())
 }

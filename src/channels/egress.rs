@@ -76,14 +76,15 @@ pub struct EgressPolicy {
 impl EgressPolicy {
     fn host_allowed(&self, host: &str) -> bool {
         self.allowed_hosts.is_empty()
-            || self.allowed_hosts.iter().any(|allowed| {
-                match allowed.strip_prefix("*.") {
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|allowed| match allowed.strip_prefix("*.") {
                     Some(domain) => host
                         .strip_suffix(domain)
                         .is_some_and(|rest| rest.ends_with('.') && rest.len() > 1),
                     None => allowed.eq_ignore_ascii_case(host),
-                }
-            })
+                })
     }
 
     /// Checks `url` and resolves its host: Ok when every address is allowed; otherwise why not (a permanent
@@ -95,9 +96,14 @@ impl EgressPolicy {
         let Some(host) = url.host_str() else {
             return Err("the endpoint has no host".into());
         };
-        let name = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let name = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         if !self.host_allowed(&name) {
-            return Err(format!("the endpoint's host {name} is not an allowed push service"));
+            return Err(format!(
+                "the endpoint's host {name} is not an allowed push service"
+            ));
         }
         if self.allow_private {
             return Ok(());
@@ -172,13 +178,36 @@ mod tests {
     #[test]
     fn private_and_special_addresses_are_not_public() {
         for private in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
-            "255.255.255.255", "224.0.0.1", "240.0.0.1", "198.18.0.1", "::1", "::", "fc00::1", "fd12::1",
-            "fe80::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2001:db8::1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
+            "198.18.0.1",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a9fe:a9fe",
+            "2001:db8::1",
         ] {
             assert!(!is_public(ip(private)), "{private} is not public");
         }
-        for public in ["8.8.8.8", "142.250.0.1", "2a00:1450::1", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
+        for public in [
+            "8.8.8.8",
+            "142.250.0.1",
+            "2a00:1450::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
             assert!(is_public(ip(public)), "{public} is public");
         }
     }
@@ -186,7 +215,10 @@ mod tests {
     #[test]
     fn host_allowlists_match_exact_hosts_and_subdomains() {
         let policy = EgressPolicy {
-            allowed_hosts: vec!["fcm.googleapis.com".into(), "*.push.services.mozilla.com".into()],
+            allowed_hosts: vec![
+                "fcm.googleapis.com".into(),
+                "*.push.services.mozilla.com".into(),
+            ],
             allow_private: false,
         };
         assert!(policy.host_allowed("fcm.googleapis.com"));

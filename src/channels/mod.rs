@@ -310,7 +310,8 @@ pub fn mask_recipient(to: &str) -> String {
         let first: String = local.chars().take(1).collect();
         return format!("{first}***@{domain}");
     }
-    let phone = to.starts_with('+') && chars.len() >= 8 && chars[1..].iter().all(char::is_ascii_digit);
+    let phone =
+        to.starts_with('+') && chars.len() >= 8 && chars[1..].iter().all(char::is_ascii_digit);
     if phone {
         let head: String = chars[..2].iter().collect();
         let tail: String = chars[chars.len() - 3..].iter().collect();
@@ -428,13 +429,29 @@ mod tests {
             ]),
             idempotency_key: "k1".into(),
         };
-        let masked = logged_send(LogChannel { personal_data: false }, &message);
+        let masked = logged_send(
+            LogChannel {
+                personal_data: false,
+            },
+            &message,
+        );
         assert!(masked.contains("a***@example.com"), "{masked}");
         assert!(!masked.contains("ada.lovelace"), "{masked}");
         assert!(!masked.contains("482913"), "{masked}");
-        assert!(masked.contains("body") && masked.contains("subject"), "{masked}");
-        let whole = logged_send(LogChannel { personal_data: true }, &message);
-        assert!(whole.contains("ada.lovelace@example.com") && whole.contains("482913"), "{whole}");
+        assert!(
+            masked.contains("body") && masked.contains("subject"),
+            "{masked}"
+        );
+        let whole = logged_send(
+            LogChannel {
+                personal_data: true,
+            },
+            &message,
+        );
+        assert!(
+            whole.contains("ada.lovelace@example.com") && whole.contains("482913"),
+            "{whole}"
+        );
     }
 
     #[test]

@@ -56,7 +56,12 @@ mod tests {
         };
         assert!(rules.check_queue("workflows").is_err());
         assert!(rules.check_queue("emails").is_ok());
-        for kind in ["herald.workflow.node", "herald.sleep", "herald.log", "herald.retention"] {
+        for kind in [
+            "herald.workflow.node",
+            "herald.sleep",
+            "herald.log",
+            "herald.retention",
+        ] {
             assert!(rules.check_kind(kind).is_err(), "{kind}");
         }
         assert!(rules.check_kind("billing.invoice").is_ok());

@@ -137,7 +137,11 @@ impl Template {
     }
 
     pub fn render(&self, context: &Value) -> Result<String, String> {
-        let env: &Environment<'static> = if self.html { &HTML_TEMPLATES } else { &TEMPLATES };
+        let env: &Environment<'static> = if self.html {
+            &HTML_TEMPLATES
+        } else {
+            &TEMPLATES
+        };
         let rendered = off_the_executor_if(self.heavy, || env.render_str(&self.source, context))
             .map_err(|e| format!("template `{}`: {}", self.source, describe(&e)))?;
         if rendered.len() > MAX_RENDERED_BYTES {
@@ -273,11 +277,19 @@ mod tests {
         let html = Template::compile_html("<p>Hello {{ trigger.name }}</p>").unwrap();
         let rendered = html.render(&scope).unwrap();
         assert!(rendered.starts_with("<p>Hello &lt;a href="), "{rendered}");
-        assert_eq!(rendered.matches('<').count(), 2, "only the template's own tags: {rendered}");
+        assert_eq!(
+            rendered.matches('<').count(),
+            2,
+            "only the template's own tags: {rendered}"
+        );
         assert!(rendered.contains("&amp; co</p>"), "{rendered}");
         let trusted = Template::compile_html("{{ trigger.name | safe }}").unwrap();
         assert!(trusted.render(&scope).unwrap().starts_with("<a href"));
         let text = Template::compile("Hello {{ trigger.name }}").unwrap();
-        assert!(text.render(&scope).unwrap().contains("<a href=\"https://evil.test\">"));
+        assert!(
+            text.render(&scope)
+                .unwrap()
+                .contains("<a href=\"https://evil.test\">")
+        );
     }
 }

@@ -258,12 +258,16 @@ async fn up_on_a_shared_database_mints_no_key_unless_asked_and_revokes_it_on_exi
     for (args, minted) in [(vec!["up"], false), (vec!["up", "--dev-key"], true)] {
         let mut up = spawn_herald_with(&db.url, &args, &[("HERALD_API__LISTEN", "127.0.0.1:0")]);
         let pid = up.id().unwrap() as i32;
-        wait_until(Duration::from_secs(60), "herald up's worker to register", || async {
-            herald::queue::admin::list_workers(&db.pool)
-                .await
-                .map(|workers| workers.iter().any(|w| w.pid == pid))
-                .unwrap_or(false)
-        })
+        wait_until(
+            Duration::from_secs(60),
+            "herald up's worker to register",
+            || async {
+                herald::queue::admin::list_workers(&db.pool)
+                    .await
+                    .map(|workers| workers.iter().any(|w| w.pid == pid))
+                    .unwrap_or(false)
+            },
+        )
         .await;
         assert_eq!(live_dev_keys().await, i64::from(minted), "{args:?}");
         // SAFETY: signalling our own child process.

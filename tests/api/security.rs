@@ -27,7 +27,10 @@ async fn enqueue_with_request_id(app: &TestApp, id: &str) -> (String, String) {
     let job = app
         .get_json(&format!("/v1/jobs/{}", body["id"]), &app.read_key)
         .await;
-    (answered, job["request_id"].as_str().unwrap_or_default().to_string())
+    (
+        answered,
+        job["request_id"].as_str().unwrap_or_default().to_string(),
+    )
 }
 
 /// Finding 13: `X-Request-Id` was copied onto every job whatever its length.
@@ -80,8 +83,16 @@ async fn failed_authentications_are_limited_per_client_and_valid_keys_spend_noth
     ] {
         statuses.push(app.get("/v1/queues", &junk).send().await.unwrap().status());
     }
-    assert_eq!(&statuses[..5], &[StatusCode::UNAUTHORIZED; 5], "{statuses:?}");
-    assert_eq!(&statuses[5..], &[StatusCode::TOO_MANY_REQUESTS; 2], "{statuses:?}");
+    assert_eq!(
+        &statuses[..5],
+        &[StatusCode::UNAUTHORIZED; 5],
+        "{statuses:?}"
+    );
+    assert_eq!(
+        &statuses[5..],
+        &[StatusCode::TOO_MANY_REQUESTS; 2],
+        "{statuses:?}"
+    );
     // While the client waits, even a valid key from it is not looked up.
     let blocked = app.get("/v1/queues", &app.read_key).send().await.unwrap();
     assert_eq!(blocked.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -174,7 +185,8 @@ async fn slow_header_clients_are_cut_off_and_connections_are_capped() {
     // Every slow client's connection is closed by the server (read returns EOF or an error, never hangs).
     for mut stream in slow {
         let mut buffer = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut buffer)).await;
+        let read =
+            tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut buffer)).await;
         assert!(read.is_ok(), "a slow client's connection stayed open");
     }
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -203,9 +215,12 @@ async fn every_route_in_the_openapi_document_refuses_a_key_without_its_scope() {
             let Some(scope) = operation["security"][0]["api_key"][0].as_str() else {
                 continue; // public: health, callbacks (signed), the document itself
             };
-            let needed = Scope::parse(scope).unwrap_or_else(|| panic!("{path}: unknown scope {scope}"));
+            let needed =
+                Scope::parse(scope).unwrap_or_else(|| panic!("{path}: unknown scope {scope}"));
             let others: Vec<Scope> = Scope::ALL.into_iter().filter(|s| *s != needed).collect();
-            let (without, _) = keys::create(&app.db.pool, "without", &others).await.unwrap();
+            let (without, _) = keys::create(&app.db.pool, "without", &others)
+                .await
+                .unwrap();
             let (only, _) = keys::create(&app.db.pool, "only", &[needed]).await.unwrap();
             let url = app.url(
                 &path
@@ -223,7 +238,11 @@ async fn every_route_in_the_openapi_document_refuses_a_key_without_its_scope() {
                     .send()
             };
             let refused = send(without).await.unwrap();
-            assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{method} {path} without `{scope}`");
+            assert_eq!(
+                refused.status(),
+                StatusCode::FORBIDDEN,
+                "{method} {path} without `{scope}`"
+            );
             let allowed = send(only).await.unwrap().status();
             assert!(
                 allowed != StatusCode::FORBIDDEN && allowed != StatusCode::UNAUTHORIZED,
@@ -242,23 +261,58 @@ async fn every_route_in_the_openapi_document_refuses_a_key_without_its_scope() {
 async fn herald_internal_kinds_and_queues_are_refused_to_callers() {
     let production = spawn_app_with(|s| s.jobs.allow_test_kinds = false).await;
     let testing = spawn_app().await; // config/test.toml: allow_test_kinds = true
-    let enqueue = |app: &TestApp, body: Value| {
-        app.post("/v1/jobs", &app.service_key).json(&body).send()
-    };
+    let enqueue =
+        |app: &TestApp, body: Value| app.post("/v1/jobs", &app.service_key).json(&body).send();
     for (app, body, refused_field) in [
-        (&production, json!({"queue": "emails", "kind": "herald.sleep", "payload": {"ms": 86_400_000}}), Some("kind")),
-        (&production, json!({"queue": "emails", "kind": "herald.log"}), Some("kind")),
-        (&production, json!({"queue": "workflows", "kind": "billing.invoice"}), Some("queue")),
-        (&production, json!({"queue": "herald.maintenance", "kind": "billing.invoice"}), Some("queue")),
-        (&testing, json!({"queue": "workflows", "kind": "herald.workflow.node"}), Some("queue")),
-        (&testing, json!({"queue": "emails", "kind": "herald.workflow.node"}), Some("kind")),
-        (&testing, json!({"queue": "emails", "kind": "herald.log"}), None),
-        (&production, json!({"queue": "emails", "kind": "billing.invoice"}), None),
+        (
+            &production,
+            json!({"queue": "emails", "kind": "herald.sleep", "payload": {"ms": 86_400_000}}),
+            Some("kind"),
+        ),
+        (
+            &production,
+            json!({"queue": "emails", "kind": "herald.log"}),
+            Some("kind"),
+        ),
+        (
+            &production,
+            json!({"queue": "workflows", "kind": "billing.invoice"}),
+            Some("queue"),
+        ),
+        (
+            &production,
+            json!({"queue": "herald.maintenance", "kind": "billing.invoice"}),
+            Some("queue"),
+        ),
+        (
+            &testing,
+            json!({"queue": "workflows", "kind": "herald.workflow.node"}),
+            Some("queue"),
+        ),
+        (
+            &testing,
+            json!({"queue": "emails", "kind": "herald.workflow.node"}),
+            Some("kind"),
+        ),
+        (
+            &testing,
+            json!({"queue": "emails", "kind": "herald.log"}),
+            None,
+        ),
+        (
+            &production,
+            json!({"queue": "emails", "kind": "billing.invoice"}),
+            None,
+        ),
     ] {
         let response = enqueue(app, body.clone()).await.unwrap();
         match refused_field {
             Some(field) => {
-                assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+                assert_eq!(
+                    response.status(),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "{body}"
+                );
                 let problem: Value = response.json().await.unwrap();
                 assert!(problem.to_string().contains(field), "{body}: {problem}");
             }
@@ -280,9 +334,23 @@ async fn herald_internal_kinds_and_queues_are_refused_to_callers() {
 #[tokio::test]
 async fn the_docs_page_loads_no_third_party_script() {
     let app = spawn_app().await;
-    let page = app.client.get(app.url("/docs")).send().await.unwrap().text().await.unwrap();
-    assert!(!page.contains("http://") && !page.contains("https://"), "{page}");
-    assert!(page.contains(r#"src="/docs/redoc.standalone.js""#), "{page}");
+    let page = app
+        .client
+        .get(app.url("/docs"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"src="/docs/redoc.standalone.js""#),
+        "{page}"
+    );
     let script = app
         .client
         .get(app.url("/docs/redoc.standalone.js"))
@@ -290,6 +358,14 @@ async fn the_docs_page_loads_no_third_party_script() {
         .await
         .unwrap();
     assert_eq!(script.status(), StatusCode::OK);
-    assert!(script.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
-    assert!(script.bytes().await.unwrap().len() > 500_000, "the whole bundle");
+    assert!(
+        script.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(
+        script.bytes().await.unwrap().len() > 500_000,
+        "the whole bundle"
+    );
 }

@@ -448,7 +448,11 @@ async fn ses_callbacks_need_a_configured_topic_and_only_suppress_heralds_own_rec
     let refused = unconfigured
         .client
         .post(unconfigured.url("/v1/callbacks/ses"))
-        .json(&sns_notification(&key, &cert_url, &complaint("m-1", "ceo@example.com")))
+        .json(&sns_notification(
+            &key,
+            &cert_url,
+            &complaint("m-1", "ceo@example.com"),
+        ))
         .send()
         .await
         .unwrap();
@@ -466,19 +470,32 @@ async fn ses_callbacks_need_a_configured_topic_and_only_suppress_heralds_own_rec
     let foreign = app
         .client
         .post(&url)
-        .json(&sns_notification_from(attacker_topic, &key, &cert_url, &complaint("m-1", "ceo@example.com")))
+        .json(&sns_notification_from(
+            attacker_topic,
+            &key,
+            &cert_url,
+            &complaint("m-1", "ceo@example.com"),
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(foreign.status(), 403);
-    assert_eq!(cert_server.request_count(), 0, "nothing fetched for a foreign topic");
+    assert_eq!(
+        cert_server.request_count(),
+        0,
+        "nothing fetched for a foreign topic"
+    );
     assert!(!suppressed(&app, "ceo@example.com").await);
 
     // The right topic, about a message herald never sent: accepted, and nobody is suppressed.
     let stray = app
         .client
         .post(&url)
-        .json(&sns_notification(&key, &cert_url, &complaint("not-ours", "ceo@example.com")))
+        .json(&sns_notification(
+            &key,
+            &cert_url,
+            &complaint("not-ours", "ceo@example.com"),
+        ))
         .send()
         .await
         .unwrap();
@@ -490,7 +507,11 @@ async fn ses_callbacks_need_a_configured_topic_and_only_suppress_heralds_own_rec
     let ours = app
         .client
         .post(&url)
-        .json(&sns_notification(&key, &cert_url, &complaint("ours-1", "ceo@example.com")))
+        .json(&sns_notification(
+            &key,
+            &cert_url,
+            &complaint("ours-1", "ceo@example.com"),
+        ))
         .send()
         .await
         .unwrap();
@@ -514,9 +535,15 @@ async fn sns_certificate_urls_are_pinned_and_old_messages_are_refused() {
     let url = app.url("/v1/callbacks/ses");
     let delivery = json!({ "eventType": "Delivery", "mail": { "messageId": "m-1" },
         "delivery": { "recipients": ["dee@example.com"] } });
-    let good_cert = format!("{}/SimpleNotificationService-0123abcd.pem", cert_server.url());
+    let good_cert = format!(
+        "{}/SimpleNotificationService-0123abcd.pem",
+        cert_server.url()
+    );
     for cert_url in [
-        format!("{}/SimpleNotificationService-0123abcd.pem?x=1", cert_server.url()),
+        format!(
+            "{}/SimpleNotificationService-0123abcd.pem?x=1",
+            cert_server.url()
+        ),
         format!("{}/other/cert.pem", cert_server.url()),
         format!("{}/SimpleNotificationService-zz.pem", cert_server.url()),
     ] {
@@ -529,10 +556,20 @@ async fn sns_certificate_urls_are_pinned_and_old_messages_are_refused() {
             .unwrap();
         assert_eq!(response.status(), 401, "{cert_url}");
     }
-    let old = sns_notification_at(SES_TOPIC, &key, &good_cert, &delivery, "2020-01-01T00:00:00.000Z");
+    let old = sns_notification_at(
+        SES_TOPIC,
+        &key,
+        &good_cert,
+        &delivery,
+        "2020-01-01T00:00:00.000Z",
+    );
     let response = app.client.post(&url).json(&old).send().await.unwrap();
     assert_eq!(response.status(), 401, "a message from 2020 is a replay");
-    assert_eq!(cert_server.request_count(), 0, "nothing was fetched for any of them");
+    assert_eq!(
+        cert_server.request_count(),
+        0,
+        "nothing was fetched for any of them"
+    );
     let fresh = app
         .client
         .post(&url)

@@ -242,7 +242,8 @@ fn chain(len: usize, closed: bool) -> serde_json::Value {
         } else {
             None
         };
-        let mut node = serde_json::json!({"id": format!("n{i}"), "kind": "delay", "duration": "1s"});
+        let mut node =
+            serde_json::json!({"id": format!("n{i}"), "kind": "delay", "duration": "1s"});
         if let Some(next) = next {
             node["next"] = serde_json::Value::String(next);
         }
@@ -265,11 +266,16 @@ fn a_very_long_chain_is_refused_without_overflowing_the_stack() {
     let limit = herald::workflow::definition::MAX_NODES;
     let found = compile_problems(&chain(100_000, true));
     assert!(
-        found.iter().any(|p| p.contains(&format!("at most {limit} nodes"))),
+        found
+            .iter()
+            .any(|p| p.contains(&format!("at most {limit} nodes"))),
         "{found:?}"
     );
     // At the limit, a cycle closing at the far end is still found.
     let found = compile_problems(&chain(limit - 1, true));
-    assert!(found.iter().any(|p| p.contains("is on a cycle")), "{found:?}");
+    assert!(
+        found.iter().any(|p| p.contains("is on a cycle")),
+        "{found:?}"
+    );
     assert!(compile_problems(&chain(limit - 1, false)).is_empty());
 }

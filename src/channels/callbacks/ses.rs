@@ -59,7 +59,9 @@ pub async fn verify(
     {
         return Err(CallbackError::ForeignTopic);
     }
-    if !verifier.is_sns_url(&message.signing_cert_url) || !certificate_path(&message.signing_cert_url) {
+    if !verifier.is_sns_url(&message.signing_cert_url)
+        || !certificate_path(&message.signing_cert_url)
+    {
         return Err(CallbackError::BadSignature);
     }
     // SNS retries a failed delivery for about an hour at most; an older message is a replay.

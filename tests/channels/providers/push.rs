@@ -452,9 +452,9 @@ async fn web_push_refuses_endpoints_outside_the_public_internet() {
     )
     .unwrap();
     for endpoint in [
-        fake.url().to_string() + "/p",                         // http
-        format!("https://127.0.0.1:{port}/p"),                // loopback
-        format!("https://localhost:{port}/p"),                // a name for loopback
+        fake.url().to_string() + "/p",                          // http
+        format!("https://127.0.0.1:{port}/p"),                  // loopback
+        format!("https://localhost:{port}/p"),                  // a name for loopback
         "https://169.254.169.254/latest/meta-data".to_string(), // cloud metadata
         "https://10.0.0.7/p".to_string(),
         "https://[::1]/p".to_string(),
@@ -472,6 +472,8 @@ async fn web_push_refuses_endpoints_outside_the_public_internet() {
             "allowed_hosts": ["fcm.googleapis.com", "*.push.services.mozilla.com"] }),
     )
     .unwrap();
-    let outcome = listed.send(&push(&to("https://push.example.net/p".into()))).await;
+    let outcome = listed
+        .send(&push(&to("https://push.example.net/p".into())))
+        .await;
     assert_eq!(outcome.label(), "permanent", "{outcome:?}");
 }
