@@ -13,6 +13,8 @@ fn herald_in(dir: &std::path::Path) -> tokio::process::Command {
         .current_dir(dir)
         .env_remove("DATABASE_URL")
         .env_remove("HERALD_ENV")
+        // Tests run side by side: each `up` takes a free port instead of the default 8080.
+        .env("HERALD_API__LISTEN", "127.0.0.1:0")
         .env("RUST_LOG", "warn");
     command
 }
