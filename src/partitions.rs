@@ -45,6 +45,8 @@ pub struct Partition {
 
 /// How long a partition's DDL may wait for a lock before it gives up (and is tried again later).
 const LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '200ms'";
+/// How long any one statement of a partition's upkeep may run (the default partition's scan before an attach).
+const STATEMENT_TIMEOUT: &str = "SET LOCAL statement_timeout = '30s'";
 /// How often a drop that could not get its lock is tried again within one call, and the pause between tries.
 const DROP_TRIES: u32 = 5;
 const DROP_PAUSE: Duration = Duration::from_millis(300);
@@ -140,11 +142,20 @@ impl Partitioning {
     ) -> Result<bool, sqlx::Error> {
         let name = self.partition_name(from);
         let mut tx = pool.begin().await?;
-        // One clock at a time per table; the others wait the few milliseconds it takes.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('herald.partitions'), hashtext($1))")
-            .bind(self.table)
-            .execute(&mut *tx)
-            .await?;
+        // Every statement below is bounded: a lock that stays busy or a scan of a grown default partition gives
+        // up, and the next look (a few seconds later) tries again.
+        sqlx::query(LOCK_TIMEOUT).execute(&mut *tx).await?;
+        sqlx::query(STATEMENT_TIMEOUT).execute(&mut *tx).await?;
+        // One clock at a time per table: another one busy creating it makes this call pass.
+        let mine: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_xact_lock(hashtext('herald.partitions'), hashtext($1))",
+        )
+        .bind(self.table)
+        .fetch_one(&mut *tx)
+        .await?;
+        if !mine {
+            return Ok(false);
+        }
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
             .bind(&name)
             .fetch_one(&mut *tx)
@@ -168,7 +179,6 @@ impl Partitioning {
                 "rows of this range are in the default partition: no partition created for it");
             return Ok(false);
         }
-        sqlx::query(LOCK_TIMEOUT).execute(&mut *tx).await?;
         // A table of its own first, then attached: CREATE TABLE … PARTITION OF would lock the parent against
         // inserts. The bounds are RFC 3339 literals written by chrono (DDL takes no parameters); the names come
         // from constants and timestamps.
@@ -236,12 +246,24 @@ impl Partitioning {
             if !complete.contains(&name) {
                 continue;
             }
+            // ANALYZE waits for a DROP, ATTACH or VACUUM of the same partition: bounded like them, and skipped
+            // when busy (the next slice's `prepare` tries again).
             let statement = format!("ANALYZE {name}");
-            sqlx::query(&statement)
+            let mut tx = pool.begin().await?;
+            sqlx::query(LOCK_TIMEOUT).execute(&mut *tx).await?;
+            sqlx::query(STATEMENT_TIMEOUT).execute(&mut *tx).await?;
+            let result = sqlx::query(&statement)
                 .persistent(false)
-                .execute(pool)
-                .await?;
-            analyzed += 1;
+                .execute(&mut *tx)
+                .await;
+            match result {
+                Ok(_) => {
+                    tx.commit().await?;
+                    analyzed += 1;
+                }
+                Err(error) if lock_timed_out(&error) => {}
+                Err(error) => return Err(error),
+            }
         }
         Ok(analyzed)
     }

@@ -185,9 +185,6 @@ fn client_address(parts: &Parts) -> IpAddr {
 /// The caller named by the request's key: checked, cached, and within its rate limit.
 async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Caller, ApiError> {
     let client = client_address(parts);
-    if let Some(wait) = state.failures.blocked(client) {
-        return Err(ApiError::rate_limited(wait));
-    }
     let refused = |message: &str| match state.failures.failed(client) {
         Some(wait) => ApiError::rate_limited(wait),
         None => ApiError::unauthorized(message.to_string()),
@@ -197,12 +194,19 @@ async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Caller, ApiErro
             "send an API key as `Authorization: Bearer <key>`",
         ));
     };
-    if !keys::well_formed(key) {
-        return Err(refused("unknown or revoked API key"));
+    // A key cached as valid is served without touching the failure limiter (the common request); anything
+    // else first checks that its client is not waiting out a run of failures.
+    let digest = keys::well_formed(key).then(|| keys::digest(key));
+    let cached = digest.and_then(|digest| state.keys.get(&digest, state.settings.key_cache));
+    if cached.is_none()
+        && let Some(wait) = state.failures.blocked(client)
+    {
+        return Err(ApiError::rate_limited(wait));
     }
-    let digest = keys::digest(key);
-    let ttl = state.settings.key_cache;
-    let caller = match state.keys.get(&digest, ttl) {
+    let Some(digest) = digest else {
+        return Err(refused("unknown or revoked API key"));
+    };
+    let caller = match cached {
         Some(cached) => cached,
         None => {
             let Some((key_id, scopes)) = keys::lookup(&state.pool, &digest).await? else {

@@ -112,9 +112,10 @@ impl EgressPolicy {
             Ok(ip) => vec![ip],
             Err(_) => {
                 let port = url.port_or_known_default().unwrap_or(443);
-                tokio::net::lookup_host((name.as_str(), port))
+                resolve(&name, port)
                     .await
                     .map_err(|_| format!("the endpoint's host {name} does not resolve"))?
+                    .into_iter()
                     .map(|a| a.ip())
                     .collect()
             }
@@ -143,6 +144,20 @@ impl EgressPolicy {
     }
 }
 
+/// The longest a name may take to resolve: the system resolver has no deadline of its own.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `name`'s addresses, within [`RESOLVE_TIMEOUT`].
+async fn resolve(name: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port))).await {
+        Ok(found) => Ok(found?.collect()),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("resolving {name} took longer than {RESOLVE_TIMEOUT:?}"),
+        )),
+    }
+}
+
 /// A resolver that returns only public addresses, and fails when a name has none.
 pub struct PublicResolver;
 
@@ -155,8 +170,9 @@ impl reqwest::dns::Resolve for PublicResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let name = name.as_str().to_string();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+            let found: Vec<SocketAddr> = resolve(&name, 0)
                 .await?
+                .into_iter()
                 .filter(|address| is_public(address.ip()))
                 .collect();
             if found.is_empty() {
