@@ -12,6 +12,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::Actor;
 use crate::bridge::BridgeError;
 use crate::channels::{Channels, FleetShare, ProviderConfigError};
 use crate::clock::ClockError;
@@ -108,7 +109,8 @@ impl App {
             tracing::info!(dir = %dir.display(), "no workflow folder; using the versions already stored");
             return Ok(());
         }
-        for (file, name, version, saved) in self.engine.catalog.sync_dir(dir).await? {
+        let actor = Actor::herald("workflow sync at start");
+        for (file, name, version, saved) in self.engine.catalog.sync_dir(&actor, dir).await? {
             tracing::info!(%file, workflow = %name, version, ?saved, "workflow synced");
         }
         Ok(())

@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 use sqlx::PgPool;
 
 use herald::app::App;
+use herald::audit::Actor;
 use herald::config::Settings;
 use herald::db;
 use herald::queue::dead_letters::{self, DeadLetterFilter};
@@ -230,7 +231,7 @@ pub async fn workflows(settings: &Settings, command: WorkflowsCommand) -> anyhow
             let dir = dir.unwrap_or_else(|| settings.workflows.dir.clone());
             let outcomes = engine
                 .catalog
-                .sync_dir(&dir)
+                .sync_dir(&Actor::cli(), &dir)
                 .await
                 .map_err(report_invalid)?;
             for (file, name, version, saved) in outcomes {
@@ -279,10 +280,12 @@ pub async fn keys(pool: &PgPool, command: KeysCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(|s| {
                     Scope::parse(s)
-                        .with_context(|| format!("unknown scope `{s}` (use enqueue, read, admin)"))
+                        .with_context(|| {
+                            format!("unknown scope `{s}` (use enqueue, read, admin, events, metrics)")
+                        })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let (key, record) = keys::create(pool, &name, &scopes).await?;
+            let (key, record) = keys::create(pool, &Actor::cli(), &name, &scopes).await?;
             println!("{key}");
             eprintln!(
                 "created key {} ({}) with scopes {:?}; it is shown only now",
@@ -292,13 +295,45 @@ pub async fn keys(pool: &PgPool, command: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::List => print_json(&keys::list(pool).await?),
         KeysCommand::Revoke { id } => {
-            if !keys::revoke(pool, id).await? {
+            if !keys::revoke(pool, &Actor::cli(), id).await? {
                 bail!("no live key with id {id}");
             }
             println!("key {id} revoked");
             Ok(())
         }
     }
+}
+
+#[derive(Args)]
+pub struct AuditArgs {
+    /// Only this action (e.g. `queue.pause`, `key.revoke`, `dead_letter.replay`).
+    #[arg(long)]
+    action: Option<String>,
+    /// Only actions by this API key id.
+    #[arg(long)]
+    key_id: Option<i64>,
+    /// Only actions in this past duration (`30m`, `7d`).
+    #[arg(long, value_parser = parse_duration)]
+    since: Option<Duration>,
+    /// How many rows, newest first.
+    #[arg(long, default_value_t = 50)]
+    limit: i64,
+    /// Only rows older than this id (the last id of the previous page).
+    #[arg(long)]
+    before_id: Option<i64>,
+}
+
+pub async fn audit(pool: &PgPool, args: AuditArgs) -> anyhow::Result<()> {
+    if !(1..=10_000).contains(&args.limit) {
+        bail!("--limit must be between 1 and 10000");
+    }
+    let filter = herald::audit::AuditFilter {
+        action: args.action,
+        actor_key_id: args.key_id,
+        since: args.since.map(|d| Utc::now() - d),
+        before_id: args.before_id,
+    };
+    print_json(&herald::audit::list(pool, &filter, args.limit).await?)
 }
 
 pub async fn enqueue(settings: &Settings, pool: &PgPool, args: EnqueueArgs) -> anyhow::Result<()> {
@@ -337,7 +372,7 @@ pub async fn jobs(pool: &PgPool, command: JobsCommand) -> anyhow::Result<()> {
             None => bail!("job {id} not found"),
         },
         JobsCommand::Cancel { id } => {
-            admin::cancel_job(pool, id).await?;
+            admin::cancel_job(pool, &Actor::cli(), id).await?;
             println!("job {id} cancelled");
             Ok(())
         }
@@ -360,11 +395,12 @@ pub async fn dlq(settings: &Settings, pool: &PgPool, command: DlqCommand) -> any
         },
         DlqCommand::Replay { id, all, filter } => {
             let filter = selection(id, all, filter)?;
-            let replayed = dead_letters::replay(pool, &filter, aging).await?;
+            let replayed = dead_letters::replay(pool, &Actor::cli(), &filter, aging).await?;
             print_json(&serde_json::json!({ "replayed": replayed.len(), "jobs": replayed }))
         }
         DlqCommand::Purge { id, all, filter } => {
-            let purged = dead_letters::purge(pool, &selection(id, all, filter)?).await?;
+            let selected = selection(id, all, filter)?;
+            let purged = dead_letters::purge(pool, &Actor::cli(), &selected).await?;
             print_json(&serde_json::json!({ "purged": purged }))
         }
     }
@@ -401,12 +437,12 @@ pub async fn queues(pool: &PgPool, command: QueuesCommand) -> anyhow::Result<()>
     match command {
         QueuesCommand::List => print_json(&admin::queue_stats(pool).await?),
         QueuesCommand::Pause { name } => {
-            admin::set_paused(pool, &QueueName::parse(&name)?, true).await?;
+            admin::set_paused(pool, &Actor::cli(), &QueueName::parse(&name)?, true).await?;
             println!("queue {name} paused");
             Ok(())
         }
         QueuesCommand::Resume { name } => {
-            admin::set_paused(pool, &QueueName::parse(&name)?, false).await?;
+            admin::set_paused(pool, &Actor::cli(), &QueueName::parse(&name)?, false).await?;
             println!("queue {name} resumed");
             Ok(())
         }
@@ -463,12 +499,12 @@ pub async fn cron(settings: &Settings, command: CronCommand) -> anyhow::Result<(
             print_json(&schedules::list(&app.pool, &app.engine, &all, chrono::Utc::now()).await?)
         }
         CronCommand::Pause { name } => {
-            schedules::set_paused(&app.pool, &all, &name, true).await?;
+            schedules::set_paused(&app.pool, &Actor::cli(), &all, &name, true).await?;
             println!("schedule {name} paused");
             Ok(())
         }
         CronCommand::Resume { name } => {
-            schedules::set_paused(&app.pool, &all, &name, false).await?;
+            schedules::set_paused(&app.pool, &Actor::cli(), &all, &name, false).await?;
             println!("schedule {name} resumed");
             Ok(())
         }

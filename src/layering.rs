@@ -22,15 +22,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("dataset", &["partitions"]),
     (
         "queue",
-        &["setting", "coalesce", "db", "dataset", "partitions"],
+        &["setting", "coalesce", "db", "dataset", "partitions", "audit"],
     ),
     (
         "channels",
-        &["queue", "setting", "coalesce", "db", "dataset"],
+        &["queue", "setting", "coalesce", "db", "dataset", "audit"],
     ),
     (
         "workflow",
-        &["channels", "queue", "setting", "coalesce", "db", "dataset"],
+        &[
+            "channels", "queue", "setting", "coalesce", "db", "dataset", "audit",
+        ],
     ),
     (
         "bridge",
@@ -48,12 +50,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "db",
             "dataset",
             "partitions",
+            "audit",
         ],
     ),
     (
         "api",
         &[
-            "clock", "workflow", "channels", "queue", "setting", "coalesce", "db", "metrics",
+            "clock", "workflow", "channels", "queue", "setting", "coalesce", "db", "metrics", "audit",
         ],
     ),
     (
@@ -73,8 +76,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "app",
         &[
-            "api", "bridge", "channels", "clock", "config", "db", "metrics", "queue", "setting",
-            "shutdown", "workflow",
+            "api", "audit", "bridge", "channels", "clock", "config", "db", "metrics", "queue",
+            "setting", "shutdown", "workflow",
         ],
     ),
 ];
@@ -100,6 +103,7 @@ const TABLES: &[(&str, &str)] = &[
     ("herald_bridge_offsets", "bridge"),
     ("herald_bridge_dead_letters", "bridge"),
     ("herald_api_keys", "api"),
+    ("herald_audit_log", "audit"),
     ("herald_schedules", "clock"),
     ("herald_rollup_days", "clock"),
     ("herald_rollup_jobs", "clock"),

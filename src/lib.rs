@@ -3,7 +3,8 @@
 //! Modules, one concept each, from the bottom layer up (what may import what is checked by `layering.rs`):
 //! * helpers: [`setting`] (what settings sections are made of), [`db`] and [`embedded_postgres`] (connecting,
 //!   migrating, the private cluster of `herald up`), [`coalesce`], [`metrics`], [`shutdown`], [`telemetry`],
-//!   [`dataset`] (what retention needs to know of a data set, described by the module that owns it);
+//!   [`dataset`] (what retention needs to know of a data set, described by the module that owns it), [`audit`]
+//!   (the audit log every operator action appends to, in its own transaction);
 //! * [`queue`]: the engine (enqueue, claim, ack, retry, dead letters, leases, wakeups, workers registry);
 //! * [`channels`]: how messages leave (provider adapters, fallback chains, limits, breakers, deliveries,
 //!   callbacks);
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod app;
+pub mod audit;
 pub mod bridge;
 pub mod channels;
 pub mod clock;

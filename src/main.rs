@@ -69,6 +69,9 @@ enum Command {
     },
     /// The live worker fleet (from heartbeats).
     Workers,
+    /// The audit log: who created or revoked keys, paused queues, replayed or deleted dead letters, changed
+    /// suppressions, saved workflows, cancelled or retried runs (JSON, newest first).
+    Audit(commands::AuditArgs),
     /// The Kafka bridge: consume the routed topics (bridge.routes) into jobs, runs and events until SIGTERM,
     /// with offsets stored in Postgres. `herald bridge dlq` lists and replays messages it could not route.
     Bridge {
@@ -274,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Queues { command } => commands::queues(&connect(&settings).await?, command).await,
         Command::Workers => print_json(&admin::list_workers(&connect(&settings).await?).await?),
+        Command::Audit(args) => commands::audit(&connect(&settings).await?, args).await,
         Command::Workflows { command } => commands::workflows(&settings, command).await,
     }
 }

@@ -69,11 +69,13 @@ async fn run_roles(
     let listener = crate::bind(&app.settings).await?;
     let address = listener.local_addr()?;
     println!("herald is up: API on http://{address} (docs at /docs), worker and clock running.");
+    let actor = herald::audit::Actor::herald("herald up");
     let dev_key = if mint_key {
         // Keys of earlier runs that were killed before they could revoke theirs.
-        herald::api::keys::revoke_named(&app.pool, DEV_KEY_NAME).await?;
+        herald::api::keys::revoke_named(&app.pool, &actor, DEV_KEY_NAME).await?;
         let scopes = herald::api::keys::Scope::ALL;
-        let (key, record) = herald::api::keys::create(&app.pool, DEV_KEY_NAME, &scopes).await?;
+        let (key, record) =
+            herald::api::keys::create(&app.pool, &actor, DEV_KEY_NAME, &scopes).await?;
         println!("development API key (all scopes, revoked when herald up exits): {key}");
         println!("  curl -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\");
         println!(
@@ -121,7 +123,7 @@ async fn run_roles(
     app.run_worker(options, HandlerRegistry::new(), shutdown)
         .await;
     if let Some(id) = dev_key {
-        herald::api::keys::revoke(&app.pool, id).await?;
+        herald::api::keys::revoke(&app.pool, &actor, id).await?;
     }
     api.await??;
     clock.await??;

@@ -17,12 +17,14 @@ use governor::clock::{Clock, DefaultClock};
 use super::ApiState;
 use super::error::ApiError;
 use super::keys::{self, Scope};
+use crate::audit::Actor;
 
 /// The authenticated caller of a request. Handlers never take it directly: they take an [`Authorized`] for the
 /// scope they need, so a route cannot forget its scope check.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub key_id: i64,
+    pub key_name: String,
     scopes: Vec<Scope>,
 }
 
@@ -57,8 +59,9 @@ scope_markers! {
 }
 
 /// Proof that the request's caller is authenticated, within its rate limit, and holds scope `S` (401, 429 or
-/// 403 otherwise).
+/// 403 otherwise). It carries the caller as the audit log names it: the key and the request id.
 pub struct Authorized<S: NeedsScope> {
+    pub actor: Actor,
     scope: PhantomData<S>,
 }
 
@@ -73,7 +76,14 @@ impl<S: NeedsScope> FromRequestParts<ApiState> for Authorized<S> {
                 S::SCOPE.as_str()
             )));
         }
-        Ok(Self { scope: PhantomData })
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok());
+        Ok(Self {
+            actor: Actor::key(caller.key_id, &caller.key_name, request_id),
+            scope: PhantomData,
+        })
     }
 }
 
@@ -209,10 +219,14 @@ async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Caller, ApiErro
     let caller = match cached {
         Some(cached) => cached,
         None => {
-            let Some((key_id, scopes)) = keys::lookup(&state.pool, &digest).await? else {
+            let Some(key) = keys::lookup(&state.pool, &digest).await? else {
                 return Err(refused("unknown or revoked API key"));
             };
-            let caller = Caller { key_id, scopes };
+            let caller = Caller {
+                key_id: key.id,
+                key_name: key.name,
+                scopes: key.scopes,
+            };
             state.keys.put(digest, caller.clone());
             caller
         }

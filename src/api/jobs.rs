@@ -383,9 +383,9 @@ pub async fn get_job(
 )]
 pub async fn cancel_job(
     State(state): State<ApiState>,
-    _: Authorized<EnqueueScope>,
+    caller: Authorized<EnqueueScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
-    admin::cancel_job(&state.pool, id).await?;
+    admin::cancel_job(&state.pool, &caller.actor, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -7,8 +7,11 @@
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::Serialize;
+use serde_json::json;
 use sqlx::PgPool;
 use utoipa::ToSchema;
+
+use crate::audit::{self, Actor};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
@@ -59,8 +62,10 @@ impl Scope {
 
 const CREATE: &str = "INSERT INTO herald_api_keys (name, prefix, key_hash, scopes) \
      VALUES ($1, $2, $3, $4) RETURNING id, created_at";
-const LOOKUP: &str =
-    "SELECT id, scopes FROM herald_api_keys WHERE key_hash = $1 AND revoked_at IS NULL";
+/// Finds a live key and notes its use. It runs only when the API's key cache misses (once per key per
+/// `api.key_cache_secs` per API process), so `last_used_at` is that precise and costs next to nothing.
+const LOOKUP: &str = "UPDATE herald_api_keys SET last_used_at = now() \
+     WHERE key_hash = $1 AND revoked_at IS NULL RETURNING id, name, scopes";
 
 /// The prefix every key starts with.
 const KEY_PREFIX: &str = "hk_";
@@ -83,12 +88,12 @@ pub fn digest(key: &str) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(key.as_bytes()).into()
 }
-const LIST: &str =
-    "SELECT id, name, prefix, scopes, created_at, revoked_at FROM herald_api_keys ORDER BY id";
+const LIST: &str = "SELECT id, name, prefix, scopes, created_at, revoked_at, last_used_at \
+     FROM herald_api_keys ORDER BY id";
 const REVOKE: &str =
     "UPDATE herald_api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL";
-const REVOKE_NAMED: &str =
-    "UPDATE herald_api_keys SET revoked_at = now() WHERE name = $1 AND revoked_at IS NULL";
+const REVOKE_NAMED: &str = "UPDATE herald_api_keys SET revoked_at = now() \
+     WHERE name = $1 AND revoked_at IS NULL RETURNING id";
 
 /// A key as `herald keys list` shows it (never the key itself).
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -100,11 +105,14 @@ pub struct KeyRecord {
     pub scopes: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When the key last authenticated a request (to within `api.key_cache_secs`).
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
-/// Creates a key and returns it (the only time it is visible) with its record.
+/// Creates a key and returns it (the only time it is visible) with its record. Audited as `key.create`.
 pub async fn create(
     pool: &PgPool,
+    actor: &Actor,
     name: &str,
     scopes: &[Scope],
 ) -> Result<(String, KeyRecord), sqlx::Error> {
@@ -118,13 +126,17 @@ pub async fn create(
     );
     let prefix = key.chars().take(11).collect();
     let scope_names: Vec<String> = scopes.iter().map(|s| s.as_str().to_string()).collect();
+    let mut tx = pool.begin().await?;
     let (id, created_at) = sqlx::query_as(CREATE)
         .bind(name)
         .bind(&prefix)
         .bind(digest(&key).as_slice())
         .bind(&scope_names)
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await?;
+    let details = json!({ "name": name, "scopes": scope_names });
+    audit::record(&mut *tx, actor, "key.create", &format!("key:{id}"), details).await?;
+    tx.commit().await?;
     let record = KeyRecord {
         id,
         name: name.to_string(),
@@ -132,41 +144,58 @@ pub async fn create(
         scopes: scope_names,
         created_at,
         revoked_at: None,
+        last_used_at: None,
     };
     Ok((key, record))
 }
 
-/// The live key whose digest is `digest`: its id and scopes.
-pub async fn lookup(
-    pool: &PgPool,
-    digest: &[u8; 32],
-) -> Result<Option<(i64, Vec<Scope>)>, sqlx::Error> {
-    let found: Option<(i64, Vec<String>)> = sqlx::query_as(LOOKUP)
+/// A live key, as authentication needs it.
+#[derive(Debug, Clone)]
+pub struct LiveKey {
+    pub id: i64,
+    pub name: String,
+    pub scopes: Vec<Scope>,
+}
+
+/// The live key whose digest is `digest` (its use is noted in `last_used_at`).
+pub async fn lookup(pool: &PgPool, digest: &[u8; 32]) -> Result<Option<LiveKey>, sqlx::Error> {
+    let found: Option<(i64, String, Vec<String>)> = sqlx::query_as(LOOKUP)
         .bind(digest.as_slice())
         .fetch_optional(pool)
         .await?;
-    Ok(found.map(|(id, scopes)| (id, scopes.iter().filter_map(|s| Scope::parse(s)).collect())))
+    Ok(found.map(|(id, name, scopes)| LiveKey {
+        id,
+        name,
+        scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
+    }))
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<KeyRecord>, sqlx::Error> {
     sqlx::query_as(LIST).fetch_all(pool).await
 }
 
-/// Revokes a key; false if there is no live key with that id.
-pub async fn revoke(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(REVOKE)
-        .bind(id)
-        .execute(pool)
-        .await?
-        .rows_affected()
-        == 1)
+/// Revokes a key; false if there is no live key with that id. Audited as `key.revoke`.
+pub async fn revoke(pool: &PgPool, actor: &Actor, id: i64) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let revoked = sqlx::query(REVOKE).bind(id).execute(&mut *tx).await?.rows_affected() == 1;
+    if revoked {
+        audit::record(&mut *tx, actor, "key.revoke", &format!("key:{id}"), json!({})).await?;
+    }
+    tx.commit().await?;
+    Ok(revoked)
 }
 
-/// Revokes every live key named `name`; returns how many.
-pub async fn revoke_named(pool: &PgPool, name: &str) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(REVOKE_NAMED)
+/// Revokes every live key named `name`; returns how many. Each is audited as `key.revoke`.
+pub async fn revoke_named(pool: &PgPool, actor: &Actor, name: &str) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let ids: Vec<i64> = sqlx::query_scalar(REVOKE_NAMED)
         .bind(name)
-        .execute(pool)
-        .await?
-        .rows_affected())
+        .fetch_all(&mut *tx)
+        .await?;
+    for id in &ids {
+        let details = json!({ "name": name });
+        audit::record(&mut *tx, actor, "key.revoke", &format!("key:{id}"), details).await?;
+    }
+    tx.commit().await?;
+    Ok(ids.len() as u64)
 }

@@ -24,6 +24,7 @@
 //! [`router`] builds the whole application; `herald api`, `herald up` and the tests all serve that same router.
 
 mod analytics;
+mod audit;
 mod auth;
 mod batcher;
 mod callbacks;
@@ -179,6 +180,7 @@ impl ApiState {
         workflows::post_event,
         providers::list_providers, deliveries::run_deliveries, suppressions::list_suppressions,
         suppressions::add_suppression, suppressions::remove_suppression, callbacks::receive_callback,
+        audit::list_audit,
         healthz, readyz, metrics,
     ),
     components(schemas(Problem, error::FieldError)),
@@ -238,6 +240,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/runs/{id}/cancel", post(workflows::cancel_run))
         .route("/runs/{id}/retry", post(workflows::retry_run))
         .route("/events", post(workflows::post_event))
+        .route("/audit", get(audit::list_audit))
         .route("/runs/{id}/deliveries", get(deliveries::run_deliveries))
         .route("/providers", get(providers::list_providers))
         .route(

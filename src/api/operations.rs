@@ -13,6 +13,7 @@ use super::auth::{AdminScope, Authorized, ReadScope};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery, finish_page, page_params};
 use super::responses::{AdminAuth, JsonBody, ReadAuth};
+use crate::audit::Actor;
 use crate::queue::admin::{self, QueueStats, WorkerView};
 use crate::queue::dead_letters::{self, DeadLetter, DeadLetterFilter, Replayed};
 use crate::queue::{JobKind, QueueError, QueueName};
@@ -41,11 +42,12 @@ pub struct QueueState {
 
 async fn set_paused(
     state: &ApiState,
+    actor: &Actor,
     name: &str,
     paused: bool,
 ) -> Result<Json<QueueState>, ApiError> {
     let queue = QueueName::parse(name).map_err(|e| ApiError::field("name", e.to_string()))?;
-    admin::set_paused(&state.pool, &queue, paused).await?;
+    admin::set_paused(&state.pool, actor, &queue, paused).await?;
     Ok(Json(QueueState {
         name: queue.to_string(),
         paused,
@@ -65,10 +67,10 @@ async fn set_paused(
 )]
 pub async fn pause_queue(
     State(state): State<ApiState>,
-    _: Authorized<AdminScope>,
+    admin: Authorized<AdminScope>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<QueueState>, ApiError> {
-    set_paused(&state, &name, true).await
+    set_paused(&state, &admin.actor, &name, true).await
 }
 
 /// Let the fleet claim this queue's jobs again.
@@ -84,10 +86,10 @@ pub async fn pause_queue(
 )]
 pub async fn resume_queue(
     State(state): State<ApiState>,
-    _: Authorized<AdminScope>,
+    admin: Authorized<AdminScope>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<QueueState>, ApiError> {
-    set_paused(&state, &name, false).await
+    set_paused(&state, &admin.actor, &name, false).await
 }
 
 /// Filters for listing dead letters.
@@ -188,11 +190,12 @@ pub async fn get_dead_letter(
 )]
 pub async fn replay_dead_letter(
     State(state): State<ApiState>,
-    _: Authorized<AdminScope>,
+    admin: Authorized<AdminScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<Replayed>, ApiError> {
     let aging = state.defaults.priority_aging;
-    if let Some(replayed) = dead_letters::replay(&state.pool, &DeadLetterFilter::by_id(id), aging)
+    let one = DeadLetterFilter::by_id(id);
+    if let Some(replayed) = dead_letters::replay(&state.pool, &admin.actor, &one, aging)
         .await?
         .pop()
     {
@@ -239,7 +242,7 @@ pub struct ReplaySummary {
 )]
 pub async fn replay_dead_letters(
     State(state): State<ApiState>,
-    _: Authorized<AdminScope>,
+    admin: Authorized<AdminScope>,
     ApiJson(filter): ApiJson<ReplayFilter>,
 ) -> Result<Json<ReplaySummary>, ApiError> {
     let filter = DeadLetterFilter {
@@ -249,7 +252,8 @@ pub async fn replay_dead_letters(
         failed_since: filter.failed_since,
         failed_before: filter.failed_before,
     };
-    let jobs = dead_letters::replay(&state.pool, &filter, state.defaults.priority_aging).await?;
+    let aging = state.defaults.priority_aging;
+    let jobs = dead_letters::replay(&state.pool, &admin.actor, &filter, aging).await?;
     Ok(Json(ReplaySummary {
         replayed: jobs.len(),
         jobs,
@@ -270,10 +274,10 @@ pub async fn replay_dead_letters(
 )]
 pub async fn delete_dead_letter(
     State(state): State<ApiState>,
-    _: Authorized<AdminScope>,
+    admin: Authorized<AdminScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode, ApiError> {
-    match dead_letters::purge(&state.pool, &DeadLetterFilter::by_id(id)).await? {
+    match dead_letters::purge(&state.pool, &admin.actor, &DeadLetterFilter::by_id(id)).await? {
         0 => Err(QueueError::NotFound(format!("dead letter {id}")).into()),
         _ => Ok(StatusCode::NO_CONTENT),
     }

@@ -11,6 +11,7 @@ use super::auth::{AdminScope, Authorized, ReadScope};
 use super::error::{ApiError, Problem};
 use super::extract::ApiPath;
 use super::responses::{AdminAuth, ReadAuth};
+use crate::audit::Actor;
 use crate::clock::schedules::{self, ScheduleView};
 
 /// Every schedule (built-in and configured): cron, time zone, next and last tick, and the last tick's outcome.
@@ -38,10 +39,11 @@ pub struct ScheduleState {
 
 async fn set_paused(
     state: &ApiState,
+    actor: &Actor,
     name: &str,
     paused: bool,
 ) -> Result<Json<ScheduleState>, ApiError> {
-    schedules::set_paused(&state.pool, &state.schedules, name, paused).await?;
+    schedules::set_paused(&state.pool, actor, &state.schedules, name, paused).await?;
     Ok(Json(ScheduleState {
         name: name.to_string(),
         paused,
@@ -61,10 +63,10 @@ async fn set_paused(
 )]
 pub async fn pause_schedule(
     State(state): State<ApiState>,
-    _: Authorized<AdminScope>,
+    admin: Authorized<AdminScope>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ScheduleState>, ApiError> {
-    set_paused(&state, &name, true).await
+    set_paused(&state, &admin.actor, &name, true).await
 }
 
 /// Let a paused schedule fire again, from its next tick.
@@ -80,8 +82,8 @@ pub async fn pause_schedule(
 )]
 pub async fn resume_schedule(
     State(state): State<ApiState>,
-    _: Authorized<AdminScope>,
+    admin: Authorized<AdminScope>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<ScheduleState>, ApiError> {
-    set_paused(&state, &name, false).await
+    set_paused(&state, &admin.actor, &name, false).await
 }

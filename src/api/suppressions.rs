@@ -55,7 +55,7 @@ pub struct NewSuppression {
 )]
 pub async fn add_suppression(
     State(state): State<ApiState>,
-    _: Authorized<AdminScope>,
+    admin: Authorized<AdminScope>,
     ApiJson(body): ApiJson<NewSuppression>,
 ) -> Result<StatusCode, ApiError> {
     let channel = parse_channel(&body.channel)?;
@@ -63,7 +63,7 @@ pub async fn add_suppression(
         return Err(ApiError::field("address", "must not be empty"));
     }
     let reason = body.reason.as_deref().unwrap_or("added by an operator");
-    deliveries::suppress(&state.pool, channel, &body.address, reason, None).await?;
+    deliveries::add_suppression(&state.pool, &admin.actor, channel, &body.address, reason).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -82,11 +82,11 @@ pub async fn add_suppression(
 )]
 pub async fn remove_suppression(
     State(state): State<ApiState>,
-    _: Authorized<AdminScope>,
+    admin: Authorized<AdminScope>,
     ApiPath((channel, address)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let channel = parse_channel(&channel)?;
-    if deliveries::unsuppress(&state.pool, channel, &address).await? {
+    if deliveries::unsuppress(&state.pool, &admin.actor, channel, &address).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("{address} is not suppressed")))

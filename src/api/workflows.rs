@@ -56,10 +56,11 @@ pub struct WorkflowDefinition {
 )]
 pub async fn save_workflow(
     State(state): State<ApiState>,
-    _: Authorized<AdminScope>,
+    admin: Authorized<AdminScope>,
     ApiJson(definition): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
-    let (workflow, saved) = state.engine.catalog.save("request", &definition).await?;
+    let catalog = &state.engine.catalog;
+    let (workflow, saved) = catalog.save(&admin.actor, "request", &definition).await?;
     let status = match saved {
         Saved::Created => StatusCode::CREATED,
         Saved::Unchanged => StatusCode::OK,
@@ -273,10 +274,10 @@ pub async fn list_runs(
 )]
 pub async fn cancel_run(
     State(state): State<ApiState>,
-    _: Authorized<EnqueueScope>,
+    caller: Authorized<EnqueueScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<RunView>, ApiError> {
-    Ok(Json(state.engine.cancel_run(id).await?))
+    Ok(Json(state.engine.cancel_run(&caller.actor, id).await?))
 }
 
 /// Retry a failed run from the node that failed.
@@ -294,10 +295,10 @@ pub async fn cancel_run(
 )]
 pub async fn retry_run(
     State(state): State<ApiState>,
-    _: Authorized<AdminScope>,
+    admin: Authorized<AdminScope>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<RunView>, ApiError> {
-    Ok(Json(state.engine.retry_run(id).await?))
+    Ok(Json(state.engine.retry_run(&admin.actor, id).await?))
 }
 
 /// An event for wait-for-events nodes.

@@ -22,10 +22,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::json;
 use sqlx::PgPool;
 
 use super::sql;
 use super::{ChannelKind, DeliveryStatus, SendError, SendReport, Sent};
+use crate::audit::{self, Actor};
 
 /// Which delivery: one message of one node of one run.
 #[derive(Debug, Clone, Copy)]
@@ -176,7 +178,8 @@ pub async fn finish(
     tx.commit().await
 }
 
-/// Adds an address to the suppression list.
+/// Adds an address to the suppression list: provider feedback (a bounce, a complaint), inside the callback's
+/// transaction. An operator's addition goes through [`add_suppression`], which is audited.
 pub async fn suppress<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     channel: ChannelKind,
@@ -194,18 +197,43 @@ pub async fn suppress<'e, E: sqlx::PgExecutor<'e>>(
         .map(|_| ())
 }
 
-/// Removes an address from the suppression list; whether it was there.
+/// An operator adds an address to the suppression list (audited as `suppression.add`).
+pub async fn add_suppression(
+    pool: &PgPool,
+    actor: &Actor,
+    channel: ChannelKind,
+    address: &str,
+    reason: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    suppress(&mut *tx, channel, address, reason, None).await?;
+    let target = format!("{}:{address}", channel.as_str());
+    let details = json!({ "reason": reason });
+    audit::record(&mut *tx, actor, "suppression.add", &target, details).await?;
+    tx.commit().await
+}
+
+/// An operator removes an address from the suppression list; whether it was there (audited as
+/// `suppression.remove` when it was).
 pub async fn unsuppress(
     pool: &PgPool,
+    actor: &Actor,
     channel: ChannelKind,
     address: &str,
 ) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
     let done = sqlx::query(sql::UNSUPPRESS)
         .bind(channel.as_str())
         .bind(address)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
-    Ok(done.rows_affected() > 0)
+    let removed = done.rows_affected() > 0;
+    if removed {
+        let target = format!("{}:{address}", channel.as_str());
+        audit::record(&mut *tx, actor, "suppression.remove", &target, json!({})).await?;
+    }
+    tx.commit().await?;
+    Ok(removed)
 }
 
 /// One suppressed address.

@@ -27,6 +27,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::ClockError;
+use crate::audit::{self, Actor};
 use crate::queue::{self, IdempotencyKey, JobDefaults, JobKind, NewJob, QueueName};
 use crate::setting::InvalidSetting;
 use crate::workflow::{Engine, Started};
@@ -654,6 +655,7 @@ pub async fn list(
 /// Pauses or resumes a schedule fleet-wide. Ticks while paused are passed over, not fired on resume.
 pub async fn set_paused(
     pool: &PgPool,
+    actor: &Actor,
     schedules: &[Schedule],
     name: &str,
     paused: bool,
@@ -661,6 +663,7 @@ pub async fn set_paused(
     if !schedules.iter().any(|s| s.name == name) {
         return Err(ClockError::UnknownSchedule(name.to_string()));
     }
+    let mut tx = pool.begin().await?;
     // A schedule no clock has seen yet gets its row here, starting from now like a clock would.
     sqlx::query(
         "INSERT INTO herald_schedules (name, last_tick, paused) VALUES ($1, now(), $2) \
@@ -668,8 +671,11 @@ pub async fn set_paused(
     )
     .bind(name)
     .bind(paused)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    let action = if paused { "schedule.pause" } else { "schedule.resume" };
+    audit::record(&mut *tx, actor, action, name, serde_json::json!({})).await?;
+    tx.commit().await?;
     Ok(())
 }
 

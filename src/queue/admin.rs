@@ -4,10 +4,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::QueueError;
+use crate::audit::{self, Actor};
 use super::sql;
 use super::types::{JobId, JobState, QueueName};
 
@@ -29,12 +31,21 @@ pub async fn queue_stats(pool: &PgPool) -> Result<Vec<QueueStats>, QueueError> {
 }
 
 /// Pauses (`true`) or resumes a queue for the whole fleet. Running jobs finish; no new ones are claimed.
-pub async fn set_paused(pool: &PgPool, queue: &QueueName, paused: bool) -> Result<(), QueueError> {
+pub async fn set_paused(
+    pool: &PgPool,
+    actor: &Actor,
+    queue: &QueueName,
+    paused: bool,
+) -> Result<(), QueueError> {
+    let mut tx = pool.begin().await?;
     sqlx::query(sql::SET_PAUSED)
         .bind(queue.as_str())
         .bind(paused)
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await?;
+    let action = if paused { "queue.pause" } else { "queue.resume" };
+    audit::record(&mut *tx, actor, action, queue.as_str(), json!({})).await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -151,14 +162,16 @@ pub async fn find_job(pool: &PgPool, id: JobId) -> Result<Option<JobView>, Queue
 
 /// Cancels a job that is waiting (available or scheduled). A running job cannot be cancelled: it is a
 /// [`QueueError::Conflict`]; an unknown or finished job is [`QueueError::NotFound`].
-pub async fn cancel_job(pool: &PgPool, id: JobId) -> Result<(), QueueError> {
-    let mut conn = pool.acquire().await?;
-    if !cancel_waiting_jobs(&mut conn, &[id]).await?.is_empty() {
+pub async fn cancel_job(pool: &PgPool, actor: &Actor, id: JobId) -> Result<(), QueueError> {
+    let mut tx = pool.begin().await?;
+    if !cancel_waiting_jobs(&mut tx, &[id]).await?.is_empty() {
+        audit::record(&mut *tx, actor, "job.cancel", &format!("job:{id}"), json!({})).await?;
+        tx.commit().await?;
         return Ok(());
     }
     match sqlx::query_scalar::<_, bool>(sql::JOB_RUNNING)
         .bind(id)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut *tx)
         .await?
     {
         Some(true) => Err(QueueError::Conflict(format!("job {id} is running"))),

@@ -4,9 +4,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use serde_json::json;
 use sqlx::{FromRow, PgPool, Row};
 
 use super::QueueError;
+use crate::audit::{self, Actor};
 use super::sql;
 use super::types::JobId;
 
@@ -28,6 +30,30 @@ impl DeadLetterFilter {
             id: Some(id),
             ..Self::default()
         }
+    }
+
+    /// The audit log's target: one dead letter, or the selection.
+    fn target(&self) -> String {
+        match self.id {
+            Some(id) => format!("dead_letter:{id}"),
+            None => "dead_letters".to_string(),
+        }
+    }
+
+    /// The filter's set fields, for the audit log's details.
+    fn describe(&self) -> serde_json::Value {
+        let mut fields = serde_json::Map::new();
+        let mut put = |name: &str, value: Option<serde_json::Value>| {
+            if let Some(value) = value {
+                fields.insert(name.to_string(), value);
+            }
+        };
+        put("id", self.id.map(|v| json!(v)));
+        put("queue", self.queue.as_ref().map(|v| json!(v)));
+        put("kind", self.kind.as_ref().map(|v| json!(v)));
+        put("failed_since", self.failed_since.map(|v| json!(v)));
+        put("failed_before", self.failed_before.map(|v| json!(v)));
+        serde_json::Value::Object(fields)
     }
 
     fn bind<'q>(
@@ -93,26 +119,44 @@ pub struct Replayed {
     pub job_id: JobId,
 }
 
-/// Re-enqueues every matching dead letter that was not replayed yet, with attempts reset.
+/// Re-enqueues every matching dead letter that was not replayed yet, with attempts reset (audited when any was).
 pub async fn replay(
     pool: &PgPool,
+    actor: &Actor,
     filter: &DeadLetterFilter,
     priority_aging: Duration,
 ) -> Result<Vec<Replayed>, QueueError> {
+    let mut tx = pool.begin().await?;
     let rows = filter
         .bind(sqlx::query(sql::REPLAY_DEAD_LETTERS))
         .bind(priority_aging.as_secs_f64())
         .try_map(|row| Replayed::from_row(&row))
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?;
+    if !rows.is_empty() {
+        let details = json!({ "filter": filter.describe(), "replayed": rows });
+        audit::record(&mut *tx, actor, "dead_letter.replay", &filter.target(), details).await?;
+    }
+    tx.commit().await?;
     Ok(rows)
 }
 
-/// Deletes every matching dead letter; returns how many.
-pub async fn purge(pool: &PgPool, filter: &DeadLetterFilter) -> Result<i64, QueueError> {
-    Ok(filter
+/// Deletes every matching dead letter; returns how many (audited when any were).
+pub async fn purge(
+    pool: &PgPool,
+    actor: &Actor,
+    filter: &DeadLetterFilter,
+) -> Result<i64, QueueError> {
+    let mut tx = pool.begin().await?;
+    let purged: i64 = filter
         .bind(sqlx::query(sql::PURGE_DEAD_LETTERS))
-        .fetch_one(pool)
+        .fetch_one(&mut *tx)
         .await?
-        .try_get(0)?)
+        .try_get(0)?;
+    if purged > 0 {
+        let details = json!({ "filter": filter.describe(), "deleted": purged });
+        audit::record(&mut *tx, actor, "dead_letter.delete", &filter.target(), details).await?;
+    }
+    tx.commit().await?;
+    Ok(purged)
 }

@@ -10,6 +10,7 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::audit::{self, Actor};
 use super::WorkflowError;
 use super::definition::{self, DefinitionError, Workflow};
 use super::sql;
@@ -106,46 +107,50 @@ impl Catalog {
     }
 
     /// Validates and stores one definition. `source` names it in errors (a file path, or `request`).
+    /// A new version is audited as `workflow.save`.
     pub async fn save(
         &self,
+        actor: &Actor,
         source: &str,
         definition: &serde_json::Value,
     ) -> Result<(Arc<Workflow>, Saved), WorkflowError> {
         let workflow = definition::compile(source, definition).map_err(WorkflowError::Invalid)?;
-        let saved = self.store(&workflow, source).await?;
+        let saved = self.store(actor, &workflow, source).await?;
         Ok((Arc::new(workflow), saved))
     }
 
     /// Stores a compiled version (its `definition` as it was given).
-    async fn store(&self, workflow: &Workflow, source: &str) -> Result<Saved, WorkflowError> {
-        let mut row = self.save_statement(workflow, source).await?;
-        if !row.inserted && !row.same_content {
-            // Another process may have inserted this version after our statement's snapshot was taken (two
-            // processes syncing at start-up): look again with a fresh snapshot before calling it a conflict.
-            row = self.save_statement(workflow, source).await?;
-        }
-        match (row.inserted, row.same_content) {
-            (true, _) => Ok(Saved::Created),
-            (false, true) => Ok(Saved::Unchanged),
-            (false, false) => Err(WorkflowError::VersionConflict {
-                name: workflow.name.clone(),
-                version: workflow.version,
-            }),
-        }
-    }
-
-    async fn save_statement(
+    async fn store(
         &self,
+        actor: &Actor,
         workflow: &Workflow,
         source: &str,
-    ) -> Result<SaveRow, sqlx::Error> {
-        sqlx::query_as(sql::SAVE_WORKFLOW)
-            .bind(&workflow.name)
-            .bind(workflow.version)
-            .bind(&workflow.definition)
-            .bind(source)
-            .fetch_one(&self.pool)
-            .await
+    ) -> Result<Saved, WorkflowError> {
+        let mut tx = self.pool.begin().await?;
+        let mut row = save_statement(&mut tx, workflow, source).await?;
+        if !row.inserted && !row.same_content {
+            // Another process may have inserted this version after our statement's snapshot was taken (two
+            // processes syncing at start-up): look again with a fresh snapshot (each statement of a READ
+            // COMMITTED transaction takes its own) before calling it a conflict.
+            row = save_statement(&mut tx, workflow, source).await?;
+        }
+        let saved = match (row.inserted, row.same_content) {
+            (true, _) => Saved::Created,
+            (false, true) => Saved::Unchanged,
+            (false, false) => {
+                return Err(WorkflowError::VersionConflict {
+                    name: workflow.name.clone(),
+                    version: workflow.version,
+                });
+            }
+        };
+        if saved == Saved::Created {
+            let target = format!("workflow:{}@{}", workflow.name, workflow.version);
+            let details = serde_json::json!({ "source": source });
+            audit::record(&mut *tx, actor, "workflow.save", &target, details).await?;
+        }
+        tx.commit().await?;
+        Ok(saved)
     }
 
     pub async fn list(&self) -> Result<Vec<WorkflowSummary>, WorkflowError> {
@@ -158,15 +163,30 @@ impl Catalog {
     /// every one is valid (a half-synced folder would be worse than none). Returns each file's outcome.
     pub async fn sync_dir(
         &self,
+        actor: &Actor,
         dir: &Path,
     ) -> Result<Vec<(String, String, i32, Saved)>, WorkflowError> {
         let mut outcomes = Vec::new();
         for (source, workflow) in load_dir(dir)? {
-            let saved = self.store(&workflow, &source).await?;
+            let saved = self.store(actor, &workflow, &source).await?;
             outcomes.push((source, workflow.name, workflow.version, saved));
         }
         Ok(outcomes)
     }
+}
+
+async fn save_statement(
+    tx: &mut sqlx::PgConnection,
+    workflow: &Workflow,
+    source: &str,
+) -> Result<SaveRow, sqlx::Error> {
+    sqlx::query_as(sql::SAVE_WORKFLOW)
+        .bind(&workflow.name)
+        .bind(workflow.version)
+        .bind(&workflow.definition)
+        .bind(source)
+        .fetch_one(tx)
+        .await
 }
 
 /// Validates every definition in `dir` without storing anything; returns (file, name, version) of each.

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::audit::{self, Actor};
 use super::definition::Workflow;
 use super::definition::extract_trigger;
 use super::{Engine, WorkflowError, sql};
@@ -378,7 +379,7 @@ impl Engine {
 
     /// Cancels a running run: its unfinished steps are cancelled and their jobs will do nothing; the timers its
     /// parked steps hold (delays' resume jobs, waits' timeouts) leave the queue in the same transaction.
-    pub async fn cancel_run(&self, id: i64) -> Result<RunView, WorkflowError> {
+    pub async fn cancel_run(&self, actor: &Actor, id: i64) -> Result<RunView, WorkflowError> {
         let mut tx = self.pool.begin().await?;
         let cancelled: Option<(i64, Vec<i64>)> = sqlx::query_as(sql::CANCEL_RUN)
             .bind(id)
@@ -386,6 +387,8 @@ impl Engine {
             .await?;
         if let Some((_, timers)) = &cancelled {
             self.jobs.cancel_timers(&mut tx, timers).await?;
+            let target = format!("run:{id}");
+            audit::record(&mut *tx, actor, "run.cancel", &target, json!({})).await?;
         }
         tx.commit().await?;
         let run = self.get_run(id).await?;
@@ -399,7 +402,7 @@ impl Engine {
     }
 
     /// Retries a failed run from the node that failed, in a new epoch (earlier steps stay in the timeline).
-    pub async fn retry_run(&self, id: i64) -> Result<RunView, WorkflowError> {
+    pub async fn retry_run(&self, actor: &Actor, id: i64) -> Result<RunView, WorkflowError> {
         let mut tx = self.pool.begin().await?;
         let reopened: Option<(i64, i32, String)> = sqlx::query_as(sql::RETRY_RUN)
             .bind(id)
@@ -413,9 +416,11 @@ impl Engine {
                 run.status
             )));
         };
+        let details = json!({ "from_node": node, "epoch": epoch });
         self.jobs
             .enqueue_run_phase(&mut tx, [(id, epoch, node)])
             .await?;
+        audit::record(&mut *tx, actor, "run.retry", &format!("run:{id}"), details).await?;
         tx.commit().await?;
         self.get_run(id).await
     }

@@ -115,7 +115,7 @@ async fn authentication_and_scopes_are_enforced() {
     let keys = herald::api::keys::list(&app.db.pool).await.unwrap();
     let reader = keys.iter().find(|k| k.name == "reader").unwrap();
     assert!(
-        herald::api::keys::revoke(&app.db.pool, reader.id)
+        herald::api::keys::revoke(&app.db.pool, &herald::audit::Actor::cli(), reader.id)
             .await
             .unwrap()
     );

@@ -246,7 +246,7 @@ async fn a_workflow_schedule_starts_runs_and_pausing_passes_ticks_over() {
     assert!(views[0].last_outcome.is_some());
 
     // Paused over the next two days (even with run_once): nothing fires, and resuming fires nothing old.
-    herald::clock::schedules::set_paused(&flow.db.pool, &schedules, "digest", true)
+    herald::clock::schedules::set_paused(&flow.db.pool, &herald::audit::Actor::cli(), &schedules, "digest", true)
         .await
         .expect("pause");
     assert!(
@@ -263,7 +263,7 @@ async fn a_workflow_schedule_starts_runs_and_pausing_passes_ticks_over() {
             .expect("look")
             .is_empty()
     );
-    herald::clock::schedules::set_paused(&flow.db.pool, &schedules, "digest", false)
+    herald::clock::schedules::set_paused(&flow.db.pool, &herald::audit::Actor::cli(), &schedules, "digest", false)
         .await
         .expect("resume");
     assert!(
@@ -281,7 +281,7 @@ async fn a_workflow_schedule_starts_runs_and_pausing_passes_ticks_over() {
     let runs = scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_runs").await;
     assert_eq!(runs, 2);
     let unknown =
-        herald::clock::schedules::set_paused(&flow.db.pool, &schedules, "nope", true).await;
+        herald::clock::schedules::set_paused(&flow.db.pool, &herald::audit::Actor::cli(), &schedules, "nope", true).await;
     assert!(unknown.is_err());
 }
 

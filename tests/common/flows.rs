@@ -151,7 +151,7 @@ impl Flow {
         let value = herald::workflow::definition::parse_text("test.yaml", yaml).expect("yaml");
         self.engine
             .catalog
-            .save("test.yaml", &value)
+            .save(&herald::audit::Actor::cli(), "test.yaml", &value)
             .await
             .expect("valid definition");
     }

@@ -160,7 +160,7 @@ async fn a_finished_jobs_key_still_answers_with_its_id() {
     )
     .await
     .unwrap();
-    herald::queue::admin::cancel_job(&db.pool, first.id())
+    herald::queue::admin::cancel_job(&db.pool, &herald::audit::Actor::cli(), first.id())
         .await
         .unwrap();
     let again = queue::enqueue(

@@ -380,7 +380,7 @@ async fn a_paused_queue_yields_nothing_until_resumed_and_stats_show_it() {
         job("q", "k", json!({})).run_at(chrono::Utc::now() + chrono::Duration::hours(1)),
     ])
     .await;
-    admin::set_paused(&db.pool, &queue("q"), true)
+    admin::set_paused(&db.pool, &herald::audit::Actor::cli(), &queue("q"), true)
         .await
         .unwrap();
     assert!(
@@ -399,7 +399,7 @@ async fn a_paused_queue_yields_nothing_until_resumed_and_stats_show_it() {
         ),
         ("q", true, 1, 1)
     );
-    admin::set_paused(&db.pool, &queue("q"), false)
+    admin::set_paused(&db.pool, &herald::audit::Actor::cli(), &queue("q"), false)
         .await
         .unwrap();
     assert_eq!(
@@ -420,7 +420,7 @@ async fn cancel_removes_a_waiting_job_but_not_a_running_one() {
         .await;
     let running = claim_one(&db, "q").await;
     let waiting = if running.id == ids[0] { ids[1] } else { ids[0] };
-    admin::cancel_job(&db.pool, waiting).await.unwrap();
+    admin::cancel_job(&db.pool, &herald::audit::Actor::cli(), waiting).await.unwrap();
     assert_eq!(
         admin::find_job(&db.pool, waiting)
             .await
@@ -430,11 +430,11 @@ async fn cancel_removes_a_waiting_job_but_not_a_running_one() {
         JobState::Cancelled
     );
     assert!(matches!(
-        admin::cancel_job(&db.pool, running.id).await,
+        admin::cancel_job(&db.pool, &herald::audit::Actor::cli(), running.id).await,
         Err(QueueError::Conflict(_))
     ));
     assert!(matches!(
-        admin::cancel_job(&db.pool, 999_999).await,
+        admin::cancel_job(&db.pool, &herald::audit::Actor::cli(), 999_999).await,
         Err(QueueError::NotFound(_))
     ));
     assert!(admin::find_job(&db.pool, 999_999).await.unwrap().is_none());
@@ -547,7 +547,7 @@ async fn dead_letters_list_with_cursor_replay_one_or_many_and_purge() {
 
     // Replay one: a new job with attempts reset, linked both ways.
     let one = page3[0].id;
-    let replayed = dead_letters::replay(&db.pool, &DeadLetterFilter::by_id(one), LEASE)
+    let replayed = dead_letters::replay(&db.pool, &herald::audit::Actor::cli(), &DeadLetterFilter::by_id(one), LEASE)
         .await
         .unwrap();
     assert_eq!(replayed.len(), 1);
@@ -569,7 +569,7 @@ async fn dead_letters_list_with_cursor_replay_one_or_many_and_purge() {
             .unwrap();
     assert_eq!(replay_of, Some(one));
     assert!(
-        dead_letters::replay(&db.pool, &DeadLetterFilter::by_id(one), LEASE)
+        dead_letters::replay(&db.pool, &herald::audit::Actor::cli(), &DeadLetterFilter::by_id(one), LEASE)
             .await
             .unwrap()
             .is_empty(),
@@ -582,12 +582,12 @@ async fn dead_letters_list_with_cursor_replay_one_or_many_and_purge() {
         ..only_a.clone()
     };
     assert!(
-        dead_letters::replay(&db.pool, &future, LEASE)
+        dead_letters::replay(&db.pool, &herald::audit::Actor::cli(), &future, LEASE)
             .await
             .unwrap()
             .is_empty()
     );
-    let rest = dead_letters::replay(&db.pool, &only_a, LEASE)
+    let rest = dead_letters::replay(&db.pool, &herald::audit::Actor::cli(), &only_a, LEASE)
         .await
         .unwrap();
     assert_eq!(
@@ -596,8 +596,7 @@ async fn dead_letters_list_with_cursor_replay_one_or_many_and_purge() {
         "three of queue a, one replayed before: two left"
     );
 
-    let purged = dead_letters::purge(
-        &db.pool,
+    let purged = dead_letters::purge(&db.pool, &herald::audit::Actor::cli(),
         &DeadLetterFilter {
             kind: Some("y".into()),
             ..Default::default()
@@ -607,7 +606,7 @@ async fn dead_letters_list_with_cursor_replay_one_or_many_and_purge() {
     .unwrap();
     assert_eq!(purged, 2);
     assert_eq!(
-        dead_letters::purge(&db.pool, &DeadLetterFilter::by_id(one))
+        dead_letters::purge(&db.pool, &herald::audit::Actor::cli(), &DeadLetterFilter::by_id(one))
             .await
             .unwrap(),
         1

@@ -376,7 +376,7 @@ async fn a_scheduled_job_starts_within_a_second_of_its_run_at() {
 async fn a_high_priority_job_jumps_the_line() {
     let db = TestDb::new().await;
     let recorder = Recorder::default();
-    admin::set_paused(&db.pool, &queue("q"), true)
+    admin::set_paused(&db.pool, &herald::audit::Actor::cli(), &queue("q"), true)
         .await
         .unwrap();
     let low = db
@@ -390,7 +390,7 @@ async fn a_high_priority_job_jumps_the_line() {
     let mut opts = options(&[("q", 1)]);
     opts.batch_size = 1;
     let worker = RunningWorker::start(&db.pool, opts, registry_with(&recorder, |_| Ok(())));
-    admin::set_paused(&db.pool, &queue("q"), false)
+    admin::set_paused(&db.pool, &herald::audit::Actor::cli(), &queue("q"), false)
         .await
         .unwrap();
     wait_for_drain(&db, Duration::from_secs(10)).await;
@@ -530,7 +530,7 @@ async fn a_paused_queue_is_not_worked_until_resumed() {
         options(&[("paused", 2), ("open", 2)]),
         registry_with(&recorder, |_| Ok(())),
     );
-    admin::set_paused(&db.pool, &queue("paused"), true)
+    admin::set_paused(&db.pool, &herald::audit::Actor::cli(), &queue("paused"), true)
         .await
         .unwrap();
     let held = db.enqueue(vec![job("paused", "test", json!({}))]).await[0];
@@ -541,7 +541,7 @@ async fn a_paused_queue_is_not_worked_until_resumed() {
     })
     .await;
     assert!(recorder.for_job(held).is_empty(), "paused queue was worked");
-    admin::set_paused(&db.pool, &queue("paused"), false)
+    admin::set_paused(&db.pool, &herald::audit::Actor::cli(), &queue("paused"), false)
         .await
         .unwrap();
     wait_until(

@@ -287,7 +287,7 @@ async fn a_node_that_exhausts_its_attempts_fails_the_run_and_retry_resumes_from_
     dead_letters_reach(&flow, 1).await;
 
     // The provider recovers; retry from the failed node in a new epoch.
-    let retried = flow.engine.retry_run(id).await.expect("retry");
+    let retried = flow.engine.retry_run(&herald::audit::Actor::cli(), id).await.expect("retry");
     assert_eq!(retried.epoch, 2);
     let run = flow.finished(id, "completed").await;
     let epochs: Vec<_> = run
@@ -307,7 +307,7 @@ async fn a_node_that_exhausts_its_attempts_fails_the_run_and_retry_resumes_from_
     assert_eq!(flow.recorder.to("+2").len(), 1);
     let again = flow
         .engine
-        .retry_run(id)
+        .retry_run(&herald::audit::Actor::cli(), id)
         .await
         .expect_err("only failed runs retry");
     assert!(again.to_string().contains("not failed"), "{again}");
@@ -409,12 +409,12 @@ async fn cancelling_a_run_stops_its_pending_nodes() {
         .trigger("delayed", json!({ "at": at.to_rfc3339() }))
         .await;
     flow.step_reaches(id, "until", "waiting").await;
-    let run = flow.engine.cancel_run(id).await.expect("cancel");
+    let run = flow.engine.cancel_run(&herald::audit::Actor::cli(), id).await.expect("cancel");
     assert_eq!(run.status, RunStatus::Cancelled);
     assert_eq!(step(&run, "until").status, StepStatus::Cancelled);
     let again = flow
         .engine
-        .cancel_run(id)
+        .cancel_run(&herald::audit::Actor::cli(), id)
         .await
         .expect_err("already cancelled");
     assert!(again.to_string().contains("not running"));

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
-use super::es256::{Es256Key, unix_now};
+use super::jws::{Es256Key, unix_now};
 use crate::channels::provider::{
     Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, exchange,
     parse_settings, required,

@@ -11,11 +11,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
+use super::jws::Rs256Key;
 use crate::channels::provider::{
     Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, body_text,
     exchange, http_client, parse_settings, transport_failure,
@@ -65,7 +65,7 @@ pub struct Fcm {
     send_url: String,
     client_email: String,
     token_uri: String,
-    key: EncodingKey,
+    key: Rs256Key,
     token: Mutex<Option<(String, Instant)>>,
 }
 
@@ -90,7 +90,7 @@ pub fn build(settings: &serde_json::Value) -> Result<Arc<dyn Provider>, Provider
     let account: ServiceAccount = serde_json::from_str(&key_json).map_err(|_| {
         ProviderConfigError::new(NAME, "the service account key is not a valid key file")
     })?;
-    let key = EncodingKey::from_rsa_pem(account.private_key.as_bytes()).map_err(|_| {
+    let key = Rs256Key::from_pem(NAME, &account.private_key).map_err(|_| {
         ProviderConfigError::new(
             NAME,
             "the service account's private_key is not an RSA PEM key",
@@ -186,7 +186,9 @@ impl Fcm {
             iat: now,
             exp: now + 3600,
         };
-        let assertion = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
+        let assertion = self
+            .key
+            .sign(&claims)
             .map_err(|e| Outcome::config(format!("cannot sign the token assertion: {e}")))?;
         let form = [
             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),

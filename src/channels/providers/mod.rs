@@ -9,7 +9,7 @@ use super::provider::{Provider, ProviderConfigError};
 
 pub mod apns;
 pub mod discord;
-mod es256;
+mod jws;
 pub mod fcm;
 pub mod mailgun;
 pub mod sendgrid;

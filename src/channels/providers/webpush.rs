@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::es256::{Es256Key, unix_now};
+use super::jws::{Es256Key, unix_now};
 use crate::channels::egress::EgressPolicy;
 use crate::channels::provider::{
     Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, exchange,
