@@ -279,10 +279,9 @@ pub async fn keys(pool: &PgPool, command: KeysCommand) -> anyhow::Result<()> {
             let scopes = scopes
                 .iter()
                 .map(|s| {
-                    Scope::parse(s)
-                        .with_context(|| {
-                            format!("unknown scope `{s}` (use enqueue, read, admin, events, metrics)")
-                        })
+                    Scope::parse(s).with_context(|| {
+                        format!("unknown scope `{s}` (use enqueue, read, admin, events, metrics)")
+                    })
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let (key, record) = keys::create(pool, &Actor::cli(), &name, &scopes).await?;

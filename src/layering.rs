@@ -22,7 +22,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("dataset", &["partitions"]),
     (
         "queue",
-        &["setting", "coalesce", "db", "dataset", "partitions", "audit"],
+        &[
+            "setting",
+            "coalesce",
+            "db",
+            "dataset",
+            "partitions",
+            "audit",
+        ],
     ),
     (
         "channels",
@@ -56,7 +63,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "api",
         &[
-            "clock", "workflow", "channels", "queue", "setting", "coalesce", "db", "metrics", "audit",
+            "clock", "workflow", "channels", "queue", "setting", "coalesce", "db", "metrics",
+            "audit",
         ],
     ),
     (

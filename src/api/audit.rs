@@ -67,7 +67,9 @@ pub async fn list_audit(
     if let Some(action) = &query.action
         && (action.is_empty()
             || action.len() > MAX_ACTION
-            || !action.bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'))
+            || !action
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.'))
     {
         return Err(ApiError::field(
             "action",

@@ -177,9 +177,21 @@ pub async fn list(pool: &PgPool) -> Result<Vec<KeyRecord>, sqlx::Error> {
 /// Revokes a key; false if there is no live key with that id. Audited as `key.revoke`.
 pub async fn revoke(pool: &PgPool, actor: &Actor, id: i64) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let revoked = sqlx::query(REVOKE).bind(id).execute(&mut *tx).await?.rows_affected() == 1;
+    let revoked = sqlx::query(REVOKE)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+        == 1;
     if revoked {
-        audit::record(&mut *tx, actor, "key.revoke", &format!("key:{id}"), json!({})).await?;
+        audit::record(
+            &mut *tx,
+            actor,
+            "key.revoke",
+            &format!("key:{id}"),
+            json!({}),
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(revoked)

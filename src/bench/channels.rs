@@ -121,7 +121,11 @@ pub async fn run(settings: &Settings, args: ChannelBenchArgs) -> Result<(), Benc
         .map_err(|e| BenchError::Failed(e.to_string()))?;
     engine
         .catalog
-        .save(&herald::audit::Actor::herald("bench"), "chaos.yaml", &definition)
+        .save(
+            &herald::audit::Actor::herald("bench"),
+            "chaos.yaml",
+            &definition,
+        )
         .await
         .map_err(failed)?;
     let rooms = args.destinations.max(1);

@@ -90,7 +90,11 @@ pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), Ben
         .map_err(|e| BenchError::Failed(e.to_string()))?;
     engine
         .catalog
-        .save(&herald::audit::Actor::herald("bench"), "bench.yaml", &definition)
+        .save(
+            &herald::audit::Actor::herald("bench"),
+            "bench.yaml",
+            &definition,
+        )
         .await
         .map_err(failed)?;
 

@@ -673,7 +673,11 @@ pub async fn set_paused(
     .bind(paused)
     .execute(&mut *tx)
     .await?;
-    let action = if paused { "schedule.pause" } else { "schedule.resume" };
+    let action = if paused {
+        "schedule.pause"
+    } else {
+        "schedule.resume"
+    };
     audit::record(&mut *tx, actor, action, name, serde_json::json!({})).await?;
     tx.commit().await?;
     Ok(())

@@ -9,9 +9,9 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::QueueError;
-use crate::audit::{self, Actor};
 use super::sql;
 use super::types::{JobId, JobState, QueueName};
+use crate::audit::{self, Actor};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct QueueStats {
@@ -43,7 +43,11 @@ pub async fn set_paused(
         .bind(paused)
         .fetch_one(&mut *tx)
         .await?;
-    let action = if paused { "queue.pause" } else { "queue.resume" };
+    let action = if paused {
+        "queue.pause"
+    } else {
+        "queue.resume"
+    };
     audit::record(&mut *tx, actor, action, queue.as_str(), json!({})).await?;
     tx.commit().await?;
     Ok(())
@@ -165,7 +169,14 @@ pub async fn find_job(pool: &PgPool, id: JobId) -> Result<Option<JobView>, Queue
 pub async fn cancel_job(pool: &PgPool, actor: &Actor, id: JobId) -> Result<(), QueueError> {
     let mut tx = pool.begin().await?;
     if !cancel_waiting_jobs(&mut tx, &[id]).await?.is_empty() {
-        audit::record(&mut *tx, actor, "job.cancel", &format!("job:{id}"), json!({})).await?;
+        audit::record(
+            &mut *tx,
+            actor,
+            "job.cancel",
+            &format!("job:{id}"),
+            json!({}),
+        )
+        .await?;
         tx.commit().await?;
         return Ok(());
     }

@@ -8,9 +8,9 @@ use serde_json::json;
 use sqlx::{FromRow, PgPool, Row};
 
 use super::QueueError;
-use crate::audit::{self, Actor};
 use super::sql;
 use super::types::JobId;
+use crate::audit::{self, Actor};
 
 /// Which dead letters an operation applies to. Empty fields match everything.
 #[derive(Debug, Clone, Default)]
@@ -135,7 +135,14 @@ pub async fn replay(
         .await?;
     if !rows.is_empty() {
         let details = json!({ "filter": filter.describe(), "replayed": rows });
-        audit::record(&mut *tx, actor, "dead_letter.replay", &filter.target(), details).await?;
+        audit::record(
+            &mut *tx,
+            actor,
+            "dead_letter.replay",
+            &filter.target(),
+            details,
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(rows)
@@ -155,7 +162,14 @@ pub async fn purge(
         .try_get(0)?;
     if purged > 0 {
         let details = json!({ "filter": filter.describe(), "deleted": purged });
-        audit::record(&mut *tx, actor, "dead_letter.delete", &filter.target(), details).await?;
+        audit::record(
+            &mut *tx,
+            actor,
+            "dead_letter.delete",
+            &filter.target(),
+            details,
+        )
+        .await?;
     }
     tx.commit().await?;
     Ok(purged)

@@ -10,10 +10,10 @@ use std::sync::{Arc, RwLock};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::audit::{self, Actor};
 use super::WorkflowError;
 use super::definition::{self, DefinitionError, Workflow};
 use super::sql;
+use crate::audit::{self, Actor};
 
 /// What saving one definition did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]

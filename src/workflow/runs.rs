@@ -7,10 +7,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::audit::{self, Actor};
 use super::definition::Workflow;
 use super::definition::extract_trigger;
 use super::{Engine, WorkflowError, sql};
+use crate::audit::{self, Actor};
 
 /// The outcome of starting a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

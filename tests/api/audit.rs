@@ -61,9 +61,16 @@ async fn every_admin_action_over_http_is_audited_with_its_key_and_request_id() {
         .send()
         .await
         .unwrap());
-    ok(app.post("/v1/queues/mail/resume", &app.admin_key).send().await.unwrap());
     ok(app
-        .post(&format!("/v1/dead-letters/{}/replay", ids[0]), &app.admin_key)
+        .post("/v1/queues/mail/resume", &app.admin_key)
+        .send()
+        .await
+        .unwrap());
+    ok(app
+        .post(
+            &format!("/v1/dead-letters/{}/replay", ids[0]),
+            &app.admin_key,
+        )
         .send()
         .await
         .unwrap());
@@ -88,9 +95,19 @@ async fn every_admin_action_over_http_is_audited_with_its_key_and_request_id() {
         "nodes": [{ "id": "start", "kind": "trigger", "next": "done" },
                   { "id": "done", "kind": "transform", "set": { "x": "1" } }]
     });
-    ok(app.post("/v1/workflows", &app.admin_key).json(&definition).send().await.unwrap());
+    ok(app
+        .post("/v1/workflows", &app.admin_key)
+        .json(&definition)
+        .send()
+        .await
+        .unwrap());
     // Saving the same version again changes nothing, so it adds no row.
-    ok(app.post("/v1/workflows", &app.admin_key).json(&definition).send().await.unwrap());
+    ok(app
+        .post("/v1/workflows", &app.admin_key)
+        .json(&definition)
+        .send()
+        .await
+        .unwrap());
     let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
     let job: Value = app
         .post("/v1/jobs", &app.service_key)
@@ -138,8 +155,16 @@ async fn every_admin_action_over_http_is_audited_with_its_key_and_request_id() {
         vec![
             row("queue.pause", "mail", "admin"),
             row("queue.resume", "mail", "admin"),
-            row("dead_letter.replay", &format!("dead_letter:{}", ids[0]), "admin"),
-            row("dead_letter.delete", &format!("dead_letter:{}", ids[1]), "admin"),
+            row(
+                "dead_letter.replay",
+                &format!("dead_letter:{}", ids[0]),
+                "admin"
+            ),
+            row(
+                "dead_letter.delete",
+                &format!("dead_letter:{}", ids[1]),
+                "admin"
+            ),
             row("suppression.add", "email:ann@example.com", "admin"),
             row("suppression.remove", "email:ann@example.com", "admin"),
             row("workflow.save", "workflow:audited@1", "admin"),
@@ -166,8 +191,16 @@ async fn every_admin_action_over_http_is_audited_with_its_key_and_request_id() {
     let by_service = app.get_json(&by_key, &app.admin_key).await;
     assert_eq!(by_service["items"].as_array().unwrap().len(), 1);
     let forbidden = app.get("/v1/audit", &app.read_key).send().await.unwrap();
-    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN, "reading the audit log is admin");
-    let bad = app.get("/v1/audit?action=DROP%20TABLE", &app.admin_key).send().await.unwrap();
+    assert_eq!(
+        forbidden.status(),
+        StatusCode::FORBIDDEN,
+        "reading the audit log is admin"
+    );
+    let bad = app
+        .get("/v1/audit?action=DROP%20TABLE", &app.admin_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
@@ -195,7 +228,11 @@ async fn an_action_whose_audit_row_cannot_be_written_does_not_happen() {
             .fetch_optional(&app.db.pool)
             .await
             .unwrap();
-    assert_ne!(paused, Some(true), "the pause rolled back with its audit row");
+    assert_ne!(
+        paused,
+        Some(true),
+        "the pause rolled back with its audit row"
+    );
     // Other actions are unaffected.
     let resume = app
         .post("/v1/queues/mail/resume", &app.admin_key)
@@ -218,11 +255,19 @@ async fn the_command_line_is_audited_as_its_os_user_and_keys_show_their_last_use
         command.output().expect("run herald")
     };
     let paused = herald(&["queues", "pause", "cli-queue"]);
-    assert!(paused.status.success(), "{}", String::from_utf8_lossy(&paused.stderr));
+    assert!(
+        paused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paused.stderr)
+    );
     let created = herald(&["keys", "create", "--name", "ci-bot", "--scopes", "read"]);
     assert!(created.status.success());
     let listed = herald(&["audit", "--limit", "2"]);
-    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
     let rows: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
     let rows = rows.as_array().unwrap();
     assert_eq!(rows[0]["action"], "key.create");

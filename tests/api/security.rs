@@ -218,10 +218,22 @@ async fn every_route_in_the_openapi_document_refuses_a_key_without_its_scope() {
             let needed =
                 Scope::parse(scope).unwrap_or_else(|| panic!("{path}: unknown scope {scope}"));
             let others: Vec<Scope> = Scope::ALL.into_iter().filter(|s| *s != needed).collect();
-            let (without, _) = keys::create(&app.db.pool, &herald::audit::Actor::cli(), "without", &others)
-                .await
-                .unwrap();
-            let (only, _) = keys::create(&app.db.pool, &herald::audit::Actor::cli(), "only", &[needed]).await.unwrap();
+            let (without, _) = keys::create(
+                &app.db.pool,
+                &herald::audit::Actor::cli(),
+                "without",
+                &others,
+            )
+            .await
+            .unwrap();
+            let (only, _) = keys::create(
+                &app.db.pool,
+                &herald::audit::Actor::cli(),
+                "only",
+                &[needed],
+            )
+            .await
+            .unwrap();
             let url = app.url(
                 &path
                     .replace("{id}", "1")

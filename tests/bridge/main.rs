@@ -13,5 +13,5 @@ mod common {
 mod kafka;
 
 mod e2e;
-mod secure;
 mod mock_cluster;
+mod secure;

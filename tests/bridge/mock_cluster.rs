@@ -553,9 +553,14 @@ struct Api {
 impl Api {
     async fn start(flow: &Flow, settings: &herald::config::Settings) -> Self {
         use herald::api::keys::{self, Scope};
-        let (key, _) = keys::create(&flow.db.pool, &herald::audit::Actor::cli(), "service", &Scope::ALL)
-            .await
-            .unwrap();
+        let (key, _) = keys::create(
+            &flow.db.pool,
+            &herald::audit::Actor::cli(),
+            "service",
+            &Scope::ALL,
+        )
+        .await
+        .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = tokio_util::sync::CancellationToken::new();

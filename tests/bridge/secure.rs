@@ -136,7 +136,11 @@ impl TlsBroker {
         let (plain, tls) = (free_port(), free_port());
         let address = format!("127.0.0.1:{tls}");
         let broker = Command::new(crate::e2e::broker_binary())
-            .args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{plain}")])
+            .args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://127.0.0.1:{plain}"),
+            ])
             .args(["--advertised-listener-url", &format!("tcp://{address}")])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
@@ -150,7 +154,9 @@ impl TlsBroker {
             pki.path("server.key"),
         );
         if let Some(ca) = client_ca {
-            config.push_str(&format!("CAfile = {ca}\nverifyChain = yes\nrequireCert = yes\n"));
+            config.push_str(&format!(
+                "CAfile = {ca}\nverifyChain = yes\nrequireCert = yes\n"
+            ));
         }
         let config_path = pki.dir.path().join(format!("stunnel-{tls}.conf"));
         std::fs::File::create(&config_path)
@@ -167,11 +173,15 @@ impl TlsBroker {
             address,
         };
         for port in [plain, tls] {
-            wait_until(Duration::from_secs(30), "the broker and stunnel to listen", || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
-            })
+            wait_until(
+                Duration::from_secs(30),
+                "the broker and stunnel to listen",
+                || async move {
+                    tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .is_ok()
+                },
+            )
             .await;
         }
         broker
@@ -188,11 +198,15 @@ impl Drop for TlsBroker {
 }
 
 fn stunnel_binary() -> PathBuf {
-    ["/usr/bin/stunnel", "/usr/bin/stunnel4", "/usr/local/bin/stunnel"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .expect("stunnel is not installed: run ./test.sh (it installs Debian's stunnel4)")
+    [
+        "/usr/bin/stunnel",
+        "/usr/bin/stunnel4",
+        "/usr/local/bin/stunnel",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+    .expect("stunnel is not installed: run ./test.sh (it installs Debian's stunnel4)")
 }
 
 /// librdkafka client properties for TLS with `ca` (and a client certificate for mutual TLS).
@@ -201,7 +215,10 @@ fn tls_properties(pki: &Pki, ca: &str, client_cert: bool) -> Vec<(String, String
         ("security.protocol".to_string(), "SSL".to_string()),
         ("ssl.ca.location".to_string(), pki.path(ca)),
         // librdkafka's default, stated: the server certificate must name the host (here 127.0.0.1).
-        ("ssl.endpoint.identification.algorithm".to_string(), "https".to_string()),
+        (
+            "ssl.endpoint.identification.algorithm".to_string(),
+            "https".to_string(),
+        ),
     ];
     if client_cert {
         properties.push(("ssl.certificate.location".into(), pki.path("client.pem")));
@@ -223,7 +240,11 @@ async fn create_topic(config: &ClientConfig, name: &str) {
     let admin: AdminClient<DefaultClientContext> = config.create().expect("admin client");
     let topic = NewTopic::new(name, 2, TopicReplication::Fixed(1));
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for result in admin.create_topics([&topic], &options).await.expect("create topic") {
+    for result in admin
+        .create_topics([&topic], &options)
+        .await
+        .expect("create topic")
+    {
         result.expect("topic created");
     }
 }
@@ -240,7 +261,8 @@ fn produce(config: &ClientConfig, topic: &str, compression: &str, count: usize) 
         .create()
         .unwrap_or_else(|e| panic!("a producer with {compression} compression: {e}"));
     for seq in 0..count {
-        let payload = json!({ "seq": seq, "codec": compression, "padding": "x".repeat(200) }).to_string();
+        let payload =
+            json!({ "seq": seq, "codec": compression, "padding": "x".repeat(200) }).to_string();
         let mut record = BaseRecord::<(), str>::to(topic).payload(payload.as_str());
         loop {
             match producer.send(record) {
@@ -273,7 +295,10 @@ impl BridgeProcess {
             .env("HERALD_ENV", "test")
             .env("RUST_LOG", "warn")
             .env("HERALD_BRIDGE__BROKERS", address)
-            .env("HERALD_BRIDGE__ROUTES", job_route_env(topic, "secure", "herald.noop"))
+            .env(
+                "HERALD_BRIDGE__ROUTES",
+                job_route_env(topic, "secure", "herald.noop"),
+            )
             .env("HERALD_BRIDGE__LIBRDKAFKA__SESSION_TIMEOUT_MS", "6000")
             .env("HERALD_BRIDGE__LIBRDKAFKA__HEARTBEAT_INTERVAL_MS", "500")
             .stdout(Stdio::null())
@@ -301,12 +326,20 @@ impl BridgeProcess {
     }
 
     fn logged(&self, text: &str) -> bool {
-        self.log.lock().unwrap().iter().any(|line| line.contains(text))
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|line| line.contains(text))
     }
 }
 
 async fn secure_jobs(pool: &sqlx::PgPool) -> i64 {
-    scalar_i64(pool, "SELECT count(*) FROM herald_jobs WHERE queue = 'secure'").await
+    scalar_i64(
+        pool,
+        "SELECT count(*) FROM herald_jobs WHERE queue = 'secure'",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,11 +359,17 @@ async fn the_bridge_consumes_over_tls_with_ca_verification_and_refuses_a_wrong_c
         "tls",
         &tls_properties(&pki, "other-ca.pem", false),
     );
-    wait_until(Duration::from_secs(30), "the wrong CA to be refused", || async {
-        refused.logged("certificate verify failed")
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "the wrong CA to be refused",
+        || async { refused.logged("certificate verify failed") },
+    )
     .await;
-    assert_eq!(secure_jobs(&db.pool).await, 0, "nothing read without a verified server");
+    assert_eq!(
+        secure_jobs(&db.pool).await,
+        0,
+        "nothing read without a verified server"
+    );
     refused.child.kill().await.unwrap();
 
     let mut bridge = BridgeProcess::start(&db.url, &broker.address, "tls", &trusted);
@@ -339,7 +378,11 @@ async fn the_bridge_consumes_over_tls_with_ca_verification_and_refuses_a_wrong_c
     })
     .await;
     assert_eq!(secure_jobs(&db.pool).await, 300);
-    assert!(!bridge.logged("SSL"), "no TLS complaints: {:?}", bridge.log.lock().unwrap());
+    assert!(
+        !bridge.logged("SSL"),
+        "no TLS complaints: {:?}",
+        bridge.log.lock().unwrap()
+    );
     bridge.child.kill().await.unwrap();
 }
 
@@ -360,20 +403,76 @@ async fn the_bridge_authenticates_with_a_client_certificate_under_mutual_tls() {
         "mtls",
         &tls_properties(&pki, "ca.pem", false),
     );
-    wait_until(Duration::from_secs(30), "a bridge without a certificate to be refused", || async {
-        anonymous.logged("SSL") || anonymous.logged("Disconnected")
-    })
+    wait_until(
+        Duration::from_secs(30),
+        "a bridge without a certificate to be refused",
+        || async { anonymous.logged("certificate required") },
+    )
     .await;
     assert_eq!(secure_jobs(&db.pool).await, 0);
     anonymous.child.kill().await.unwrap();
 
     let mut bridge = BridgeProcess::start(&db.url, &broker.address, "mtls", &mutual);
-    wait_until(Duration::from_secs(60), "200 jobs over mutual TLS", || async {
-        secure_jobs(&db.pool).await >= 200
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "200 jobs over mutual TLS",
+        || async { secure_jobs(&db.pool).await >= 200 },
+    )
     .await;
     assert_eq!(secure_jobs(&db.pool).await, 200);
     bridge.child.kill().await.unwrap();
+}
+
+/// SCRAM is built in (librdkafka needs OpenSSL for it): against a broker that requires authentication, the
+/// bridge runs the SCRAM-SHA-512 exchange up to the broker's credential check, and a refusal is logged plainly
+/// and reads nothing. (A successful login is not tested: tansu 0.6 keeps no SCRAM users across the restart that
+/// turning authentication on needs; see docs/bridge.md.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_speaks_scram_and_reports_a_refused_login() {
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let mut broker = Command::new(crate::e2e::broker_binary())
+        .args([
+            "broker",
+            "--authentication",
+            "--listener-url",
+            &format!("tcp://{address}"),
+        ])
+        .args(["--advertised-listener-url", &format!("tcp://{address}")])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the broker");
+    wait_until(Duration::from_secs(30), "the broker to listen", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+    let db = TestDb::new().await;
+    let scram = [
+        ("security.protocol", "SASL_PLAINTEXT"),
+        ("sasl.mechanisms", "SCRAM-SHA-512"),
+        ("sasl.username", "herald"),
+        ("sasl.password", "not-a-user-here"),
+    ]
+    .map(|(k, v)| (k.to_string(), v.to_string()));
+    let mut bridge = BridgeProcess::start(&db.url, &address, "scram", &scram);
+    wait_until(
+        Duration::from_secs(30),
+        "the SCRAM login to be refused",
+        || async { bridge.logged("SASL SCRAM authentication failed") },
+    )
+    .await;
+    assert!(
+        !bridge.logged("not-a-user-here"),
+        "the password is never logged"
+    );
+    assert_eq!(secure_jobs(&db.pool).await, 0);
+    bridge.child.kill().await.unwrap();
+    let _ = broker.kill();
+    let _ = broker.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -397,13 +496,19 @@ async fn batches_compressed_with_every_codec_become_jobs() {
         flow.db.pool.clone(),
         Arc::clone(&flow.engine),
     );
-    wait_until(Duration::from_secs(60), "2,000 jobs from compressed batches", || async {
-        secure_jobs(&flow.db.pool).await >= 2000
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "2,000 jobs from compressed batches",
+        || async { secure_jobs(&flow.db.pool).await >= 2000 },
+    )
     .await;
     bridge.stop().await;
     for codec in CODECS {
-        assert_eq!(jobs_of_kind(&flow.db.pool, &format!("codec.{codec}")).await, 500, "{codec}");
+        assert_eq!(
+            jobs_of_kind(&flow.db.pool, &format!("codec.{codec}")).await,
+            500,
+            "{codec}"
+        );
     }
     let payload_codecs: i64 = scalar_i64(
         &flow.db.pool,

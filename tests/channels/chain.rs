@@ -184,7 +184,10 @@ async fn a_run_retry_after_a_permanent_failure_sends_once_more_and_a_sent_node_i
         .trigger("alert", json!({ "room": "ops", "text": "again" }))
         .await;
     flow.finished(id, "failed").await;
-    flow.engine.retry_run(&herald::audit::Actor::cli(), id).await.unwrap();
+    flow.engine
+        .retry_run(&herald::audit::Actor::cli(), id)
+        .await
+        .unwrap();
     flow.finished(id, "completed").await;
     assert_eq!(
         slack.request_count(),

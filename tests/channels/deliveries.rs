@@ -158,9 +158,14 @@ async fn a_transient_failure_leaves_the_delivery_sendable_and_a_suppression_stop
     assert_eq!(list[0].address, "cy@example.com");
 
     assert!(
-        deliveries::unsuppress(&db.pool, &herald::audit::Actor::cli(), ChannelKind::Email, "cy@example.com")
-            .await
-            .unwrap()
+        deliveries::unsuppress(
+            &db.pool,
+            &herald::audit::Actor::cli(),
+            ChannelKind::Email,
+            "cy@example.com"
+        )
+        .await
+        .unwrap()
     );
     let third = run_row(&db).await;
     assert!(matches!(

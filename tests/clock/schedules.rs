@@ -246,9 +246,15 @@ async fn a_workflow_schedule_starts_runs_and_pausing_passes_ticks_over() {
     assert!(views[0].last_outcome.is_some());
 
     // Paused over the next two days (even with run_once): nothing fires, and resuming fires nothing old.
-    herald::clock::schedules::set_paused(&flow.db.pool, &herald::audit::Actor::cli(), &schedules, "digest", true)
-        .await
-        .expect("pause");
+    herald::clock::schedules::set_paused(
+        &flow.db.pool,
+        &herald::audit::Actor::cli(),
+        &schedules,
+        "digest",
+        true,
+    )
+    .await
+    .expect("pause");
     assert!(
         ticker
             .fire_due(at("2026-06-02T06:00:02Z"))
@@ -263,9 +269,15 @@ async fn a_workflow_schedule_starts_runs_and_pausing_passes_ticks_over() {
             .expect("look")
             .is_empty()
     );
-    herald::clock::schedules::set_paused(&flow.db.pool, &herald::audit::Actor::cli(), &schedules, "digest", false)
-        .await
-        .expect("resume");
+    herald::clock::schedules::set_paused(
+        &flow.db.pool,
+        &herald::audit::Actor::cli(),
+        &schedules,
+        "digest",
+        false,
+    )
+    .await
+    .expect("resume");
     assert!(
         ticker
             .fire_due(at("2026-06-03T07:00:00Z"))
@@ -280,8 +292,14 @@ async fn a_workflow_schedule_starts_runs_and_pausing_passes_ticks_over() {
     assert_eq!(fired.len(), 1);
     let runs = scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_runs").await;
     assert_eq!(runs, 2);
-    let unknown =
-        herald::clock::schedules::set_paused(&flow.db.pool, &herald::audit::Actor::cli(), &schedules, "nope", true).await;
+    let unknown = herald::clock::schedules::set_paused(
+        &flow.db.pool,
+        &herald::audit::Actor::cli(),
+        &schedules,
+        "nope",
+        true,
+    )
+    .await;
     assert!(unknown.is_err());
 }
 

@@ -34,19 +34,33 @@ pub async fn spawn_app_with(adjust: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = settings();
     adjust(&mut settings);
     use herald::api::keys::{self, Scope};
-    let (service_key, _) = keys::create(&db.pool, &herald::audit::Actor::cli(),
+    let (service_key, _) = keys::create(
+        &db.pool,
+        &herald::audit::Actor::cli(),
         "service",
         &[Scope::Enqueue, Scope::Read, Scope::Events],
     )
     .await
     .unwrap();
-    let (metrics_key, _) = keys::create(&db.pool, &herald::audit::Actor::cli(), "prometheus", &[Scope::Metrics])
+    let (metrics_key, _) = keys::create(
+        &db.pool,
+        &herald::audit::Actor::cli(),
+        "prometheus",
+        &[Scope::Metrics],
+    )
+    .await
+    .unwrap();
+    let (read_key, _) = keys::create(
+        &db.pool,
+        &herald::audit::Actor::cli(),
+        "reader",
+        &[Scope::Read],
+    )
+    .await
+    .unwrap();
+    let (admin_key, _) = keys::create(&db.pool, &herald::audit::Actor::cli(), "admin", &Scope::ALL)
         .await
         .unwrap();
-    let (read_key, _) = keys::create(&db.pool, &herald::audit::Actor::cli(), "reader", &[Scope::Read])
-        .await
-        .unwrap();
-    let (admin_key, _) = keys::create(&db.pool, &herald::audit::Actor::cli(), "admin", &Scope::ALL).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = CancellationToken::new();

@@ -420,7 +420,9 @@ async fn cancel_removes_a_waiting_job_but_not_a_running_one() {
         .await;
     let running = claim_one(&db, "q").await;
     let waiting = if running.id == ids[0] { ids[1] } else { ids[0] };
-    admin::cancel_job(&db.pool, &herald::audit::Actor::cli(), waiting).await.unwrap();
+    admin::cancel_job(&db.pool, &herald::audit::Actor::cli(), waiting)
+        .await
+        .unwrap();
     assert_eq!(
         admin::find_job(&db.pool, waiting)
             .await
@@ -547,9 +549,14 @@ async fn dead_letters_list_with_cursor_replay_one_or_many_and_purge() {
 
     // Replay one: a new job with attempts reset, linked both ways.
     let one = page3[0].id;
-    let replayed = dead_letters::replay(&db.pool, &herald::audit::Actor::cli(), &DeadLetterFilter::by_id(one), LEASE)
-        .await
-        .unwrap();
+    let replayed = dead_letters::replay(
+        &db.pool,
+        &herald::audit::Actor::cli(),
+        &DeadLetterFilter::by_id(one),
+        LEASE,
+    )
+    .await
+    .unwrap();
     assert_eq!(replayed.len(), 1);
     let job_view = admin::find_job(&db.pool, replayed[0].job_id)
         .await
@@ -569,10 +576,15 @@ async fn dead_letters_list_with_cursor_replay_one_or_many_and_purge() {
             .unwrap();
     assert_eq!(replay_of, Some(one));
     assert!(
-        dead_letters::replay(&db.pool, &herald::audit::Actor::cli(), &DeadLetterFilter::by_id(one), LEASE)
-            .await
-            .unwrap()
-            .is_empty(),
+        dead_letters::replay(
+            &db.pool,
+            &herald::audit::Actor::cli(),
+            &DeadLetterFilter::by_id(one),
+            LEASE
+        )
+        .await
+        .unwrap()
+        .is_empty(),
         "once"
     );
 
@@ -596,7 +608,9 @@ async fn dead_letters_list_with_cursor_replay_one_or_many_and_purge() {
         "three of queue a, one replayed before: two left"
     );
 
-    let purged = dead_letters::purge(&db.pool, &herald::audit::Actor::cli(),
+    let purged = dead_letters::purge(
+        &db.pool,
+        &herald::audit::Actor::cli(),
         &DeadLetterFilter {
             kind: Some("y".into()),
             ..Default::default()
@@ -606,9 +620,13 @@ async fn dead_letters_list_with_cursor_replay_one_or_many_and_purge() {
     .unwrap();
     assert_eq!(purged, 2);
     assert_eq!(
-        dead_letters::purge(&db.pool, &herald::audit::Actor::cli(), &DeadLetterFilter::by_id(one))
-            .await
-            .unwrap(),
+        dead_letters::purge(
+            &db.pool,
+            &herald::audit::Actor::cli(),
+            &DeadLetterFilter::by_id(one)
+        )
+        .await
+        .unwrap(),
         1
     );
     assert_eq!(

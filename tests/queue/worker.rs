@@ -530,9 +530,14 @@ async fn a_paused_queue_is_not_worked_until_resumed() {
         options(&[("paused", 2), ("open", 2)]),
         registry_with(&recorder, |_| Ok(())),
     );
-    admin::set_paused(&db.pool, &herald::audit::Actor::cli(), &queue("paused"), true)
-        .await
-        .unwrap();
+    admin::set_paused(
+        &db.pool,
+        &herald::audit::Actor::cli(),
+        &queue("paused"),
+        true,
+    )
+    .await
+    .unwrap();
     let held = db.enqueue(vec![job("paused", "test", json!({}))]).await[0];
     // Jobs enqueued after it in another queue run: the worker is live and has looked at both queues.
     let probe = db.enqueue(vec![job("open", "test", json!({}))]).await[0];
@@ -541,9 +546,14 @@ async fn a_paused_queue_is_not_worked_until_resumed() {
     })
     .await;
     assert!(recorder.for_job(held).is_empty(), "paused queue was worked");
-    admin::set_paused(&db.pool, &herald::audit::Actor::cli(), &queue("paused"), false)
-        .await
-        .unwrap();
+    admin::set_paused(
+        &db.pool,
+        &herald::audit::Actor::cli(),
+        &queue("paused"),
+        false,
+    )
+    .await
+    .unwrap();
     wait_until(
         Duration::from_secs(10),
         "held job ran after resume",

@@ -172,9 +172,19 @@ async fn versions_are_immutable_and_resaving_the_same_content_is_a_no_op() {
     let flow = Flow::without_worker(&[]).await;
     let yaml = format!("{HEADER}  - id: a\n    kind: transform\n    set: {{ x: '1' }}\n");
     let value = parse_text("t.yaml", &yaml).unwrap();
-    let (_, saved) = flow.engine.catalog.save(&herald::audit::Actor::cli(), "t.yaml", &value).await.unwrap();
+    let (_, saved) = flow
+        .engine
+        .catalog
+        .save(&herald::audit::Actor::cli(), "t.yaml", &value)
+        .await
+        .unwrap();
     assert_eq!(saved, Saved::Created);
-    let (_, again) = flow.engine.catalog.save(&herald::audit::Actor::cli(), "t.yaml", &value).await.unwrap();
+    let (_, again) = flow
+        .engine
+        .catalog
+        .save(&herald::audit::Actor::cli(), "t.yaml", &value)
+        .await
+        .unwrap();
     assert_eq!(again, Saved::Unchanged);
     let changed = parse_text("t.yaml", &yaml.replace("x: '1'", "x: '2'")).unwrap();
     let refused = flow
@@ -218,7 +228,12 @@ async fn syncing_a_folder_stores_nothing_if_any_file_is_invalid() {
     let stored = common::scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_workflows").await;
     assert_eq!(stored, 0);
     std::fs::remove_file(dir.path().join("bad.yaml")).unwrap();
-    let synced = flow.engine.catalog.sync_dir(&herald::audit::Actor::cli(), dir.path()).await.unwrap();
+    let synced = flow
+        .engine
+        .catalog
+        .sync_dir(&herald::audit::Actor::cli(), dir.path())
+        .await
+        .unwrap();
     assert_eq!(synced.len(), 1);
     let listed = flow.engine.catalog.list().await.unwrap();
     assert_eq!(

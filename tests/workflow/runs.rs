@@ -287,7 +287,11 @@ async fn a_node_that_exhausts_its_attempts_fails_the_run_and_retry_resumes_from_
     dead_letters_reach(&flow, 1).await;
 
     // The provider recovers; retry from the failed node in a new epoch.
-    let retried = flow.engine.retry_run(&herald::audit::Actor::cli(), id).await.expect("retry");
+    let retried = flow
+        .engine
+        .retry_run(&herald::audit::Actor::cli(), id)
+        .await
+        .expect("retry");
     assert_eq!(retried.epoch, 2);
     let run = flow.finished(id, "completed").await;
     let epochs: Vec<_> = run
@@ -409,7 +413,11 @@ async fn cancelling_a_run_stops_its_pending_nodes() {
         .trigger("delayed", json!({ "at": at.to_rfc3339() }))
         .await;
     flow.step_reaches(id, "until", "waiting").await;
-    let run = flow.engine.cancel_run(&herald::audit::Actor::cli(), id).await.expect("cancel");
+    let run = flow
+        .engine
+        .cancel_run(&herald::audit::Actor::cli(), id)
+        .await
+        .expect("cancel");
     assert_eq!(run.status, RunStatus::Cancelled);
     assert_eq!(step(&run, "until").status, StepStatus::Cancelled);
     let again = flow

@@ -189,7 +189,11 @@ async fn a_cancelled_run_leaves_no_wait_or_delay_timers_behind() {
     let pool = &flow.db.pool;
     let (id, timers) = parked_run(&flow, "c").await;
     assert_eq!(scheduled_jobs(pool).await, 2);
-    let run = flow.engine.cancel_run(&herald::audit::Actor::cli(), id).await.expect("cancel");
+    let run = flow
+        .engine
+        .cancel_run(&herald::audit::Actor::cli(), id)
+        .await
+        .expect("cancel");
     assert_eq!(run.status, RunStatus::Cancelled);
     // Removed by the cancel itself: nothing is left to fall due.
     assert_eq!(scheduled_jobs(pool).await, 0);

@@ -78,7 +78,8 @@ pub struct Rs256Key {
 
 impl Rs256Key {
     pub fn from_pem(provider: &str, pem: &str) -> Result<Self, ProviderConfigError> {
-        let invalid = || ProviderConfigError::new(provider, "the private key is not an RSA key in PEM");
+        let invalid =
+            || ProviderConfigError::new(provider, "the private key is not an RSA key in PEM");
         let key = PKey::private_key_from_pem(pem.as_bytes()).map_err(|_| invalid())?;
         key.rsa().map_err(|_| invalid())?;
         Ok(Self { key })
@@ -151,13 +152,21 @@ mod tests {
             // OpenSSL's DER encodes a short r or s in fewer bytes: JWS must still get 32 + 32.
             let token = key.sign(Some("KID1"), &json!({ "iss": "team" })).unwrap();
             let (header, claims, signature, input) = parts(&token);
-            assert_eq!(header, json!({ "alg": "ES256", "typ": "JWT", "kid": "KID1" }));
+            assert_eq!(
+                header,
+                json!({ "alg": "ES256", "typ": "JWT", "kid": "KID1" })
+            );
             assert_eq!(claims, json!({ "iss": "team" }));
             assert_eq!(signature.len(), 64);
             let r = openssl::bn::BigNum::from_slice(&signature[..32]).unwrap();
             let s = openssl::bn::BigNum::from_slice(&signature[32..]).unwrap();
-            let der = EcdsaSig::from_private_components(r, s).unwrap().to_der().unwrap();
-            let public = PKey::from_ec_key(EcKey::from_public_key(&group, ec.public_key()).unwrap()).unwrap();
+            let der = EcdsaSig::from_private_components(r, s)
+                .unwrap()
+                .to_der()
+                .unwrap();
+            let public =
+                PKey::from_ec_key(EcKey::from_public_key(&group, ec.public_key()).unwrap())
+                    .unwrap();
             let mut verifier = Verifier::new(MessageDigest::sha256(), &public).unwrap();
             verifier.update(input.as_bytes()).unwrap();
             assert!(verifier.verify(&der).unwrap());
@@ -176,10 +185,19 @@ mod tests {
         verifier.update(input.as_bytes()).unwrap();
         assert!(verifier.verify(&signature).unwrap());
 
-        assert!(Es256Key::from_pem("apns", &pem).is_err(), "an RSA key is not ES256");
+        assert!(
+            Es256Key::from_pem("apns", &pem).is_err(),
+            "an RSA key is not ES256"
+        );
         let p384 = EcKey::generate(&EcGroup::from_curve_name(Nid::SECP384R1).unwrap()).unwrap();
         let p384 = String::from_utf8(p384.private_key_to_pem().unwrap()).unwrap();
-        assert!(Es256Key::from_pem("apns", &p384).is_err(), "ES256 is P-256 only");
-        assert!(Rs256Key::from_pem("fcm", &p384).is_err(), "an EC key is not RS256");
+        assert!(
+            Es256Key::from_pem("apns", &p384).is_err(),
+            "ES256 is P-256 only"
+        );
+        assert!(
+            Rs256Key::from_pem("fcm", &p384).is_err(),
+            "an EC key is not RS256"
+        );
     }
 }

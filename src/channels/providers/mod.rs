@@ -9,8 +9,8 @@ use super::provider::{Provider, ProviderConfigError};
 
 pub mod apns;
 pub mod discord;
-mod jws;
 pub mod fcm;
+mod jws;
 pub mod mailgun;
 pub mod sendgrid;
 pub mod ses;

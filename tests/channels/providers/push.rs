@@ -87,7 +87,10 @@ fn verify_token(
     verifier
         .update(format!("{}.{}", parts[0], parts[1]).as_bytes())
         .unwrap();
-    assert!(verifier.verify(&signature).unwrap(), "the signature verifies");
+    assert!(
+        verifier.verify(&signature).unwrap(),
+        "the signature verifies"
+    );
     if let Some(audience) = audience {
         assert_eq!(claims["aud"], audience);
     }
