@@ -115,6 +115,7 @@ impl Catalog {
         definition: &serde_json::Value,
     ) -> Result<(Arc<Workflow>, Saved), WorkflowError> {
         let workflow = definition::compile(source, definition).map_err(WorkflowError::Invalid)?;
+        definition::check_budgets(source, &workflow).map_err(WorkflowError::Invalid)?;
         let saved = self.store(actor, &workflow, source).await?;
         Ok((Arc::new(workflow), saved))
     }
@@ -204,7 +205,11 @@ fn load_dir(dir: &Path) -> Result<Vec<(String, Workflow)>, WorkflowError> {
     let mut errors = Vec::new();
     let mut loaded: Vec<(String, Workflow)> = Vec::new();
     for (source, definition) in read_definitions(dir)? {
-        match definition::compile(&source, &definition) {
+        let compiled = definition::compile(&source, &definition).and_then(|workflow| {
+            definition::check_budgets(&source, &workflow)?;
+            Ok(workflow)
+        });
+        match compiled {
             Ok(workflow) => {
                 let twin = loaded
                     .iter()

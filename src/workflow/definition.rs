@@ -99,6 +99,43 @@ pub enum NodeKind {
 }
 
 impl NodeKind {
+    /// The node's templates and expressions that fail [`Template::check_budget`] even without data, as
+    /// (field, problem).
+    fn budget_problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        let mut template = |field: String, template: &Template| {
+            if let Err(problem) = template.check_budget() {
+                problems.push((field, problem));
+            }
+        };
+        if let NodeKind::Action { to, content, .. } = self {
+            template("to".to_string(), to);
+            for (field, compiled) in content {
+                template(format!("content.{field}"), compiled);
+            }
+        }
+        let expressions: Vec<(String, &Expr)> = match self {
+            NodeKind::Condition { test, .. } => vec![("test".into(), test)],
+            NodeKind::Branch { cases, .. } => cases
+                .iter()
+                .enumerate()
+                .map(|(i, (e, _))| (format!("cases[{i}].when"), e))
+                .collect(),
+            NodeKind::Transform { set } => {
+                set.iter().map(|(k, e)| (format!("set.{k}"), e)).collect()
+            }
+            NodeKind::Delay(DelaySpec::Until(e)) => vec![("until".into(), e)],
+            NodeKind::WaitForEvents(wait) => vec![("key".into(), &wait.key)],
+            _ => Vec::new(),
+        };
+        for (field, expression) in expressions {
+            if let Err(problem) = expression.check_budget() {
+                problems.push((field, problem));
+            }
+        }
+        problems
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             NodeKind::Trigger { .. } => "trigger",
@@ -262,6 +299,29 @@ pub fn compile(source: &str, definition: &Value) -> Result<Workflow, Vec<Definit
             definition: definition.clone(),
         }),
         _ => Err(errors.list),
+    }
+}
+
+/// Checks a compiled definition's templates and expressions against their CPU and output budget, as a
+/// definition is saved (the API, `herald workflows sync`, the sync at start), by running the ones that do more
+/// than lookups once without data. Not part of [`compile`]: a version stored before this check existed must
+/// still load for its runs in flight.
+pub fn check_budgets(source: &str, workflow: &Workflow) -> Result<(), Vec<DefinitionError>> {
+    let mut errors = Errors {
+        source,
+        list: Vec::new(),
+    };
+    let mut ids: Vec<&String> = workflow.nodes.keys().collect();
+    ids.sort();
+    for id in ids {
+        for (field, problem) in workflow.nodes[id].kind.budget_problems() {
+            errors.node(id, format!("`{field}`: {problem}"));
+        }
+    }
+    if errors.list.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.list)
     }
 }
 

@@ -43,6 +43,15 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     env
 });
 
+/// Dry runs at save time ([`Template::check_budget`]): missing fields are undefined and falsy instead of
+/// errors, so the template runs as far as it can without data.
+static DRY_RUN: LazyLock<Environment<'static>> = LazyLock::new(|| {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    env.set_fuel(Some(FUEL));
+    env
+});
+
 /// Renders HTML templates (an email's `html` part): like [`TEMPLATES`], and every value is HTML-escaped unless
 /// marked `|safe`, so trigger data cannot inject markup into mail sent from the company's domain.
 static HTML_TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
@@ -80,6 +89,19 @@ impl Expr {
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Save-time check: see [`Template::check_budget`].
+    pub fn check_budget(&self) -> Result<(), String> {
+        if !self.heavy {
+            return Ok(());
+        }
+        let dry = off_the_executor_if(true, || {
+            DRY_RUN
+                .compile_expression(&self.source)
+                .and_then(|e| e.eval(()))
+        });
+        over_budget(dry.map(|_| 0))
     }
 
     pub fn eval(&self, context: &Value) -> Result<Value, String> {
@@ -136,6 +158,19 @@ impl Template {
         })
     }
 
+    /// Save-time check: runs the template once with no data (every field undefined) under the same budget. A
+    /// template that spends its whole fuel, or renders more than [`MAX_RENDERED_BYTES`], even without data (a loop
+    /// over a large constant `range`, say) would fail every send, so the definition is refused when saved. Any
+    /// other error is left for run time, where the data is: without data a field lookup may well fail. Plain
+    /// templates (lookups only) cannot loop and are not run.
+    pub fn check_budget(&self) -> Result<(), String> {
+        if !self.heavy {
+            return Ok(());
+        }
+        let dry = off_the_executor_if(true, || DRY_RUN.render_str(&self.source, ()));
+        over_budget(dry.map(|rendered| rendered.len()))
+    }
+
     pub fn render(&self, context: &Value) -> Result<String, String> {
         let env: &Environment<'static> = if self.html {
             &HTML_TEMPLATES
@@ -152,6 +187,19 @@ impl Template {
             ));
         }
         Ok(rendered)
+    }
+}
+
+/// Whether a dry run (its output length, or its error) went over the budget, as a save-time error.
+fn over_budget(dry: Result<usize, minijinja::Error>) -> Result<(), String> {
+    match dry {
+        Err(error) if error.kind() == minijinja::ErrorKind::OutOfFuel => Err(format!(
+            "spends more than its budget of {FUEL} instructions even without data; it would fail every run"
+        )),
+        Ok(length) if length > MAX_RENDERED_BYTES => Err(format!(
+            "renders {length} bytes even without data, more than {MAX_RENDERED_BYTES}"
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -264,6 +312,38 @@ mod tests {
         // An ordinary loop is well within budget.
         let fine = Template::compile("{% for i in range(1000) %}{{ i }},{% endfor %}").unwrap();
         assert!(fine.render(&scope).unwrap().ends_with("999,"));
+    }
+
+    /// Security finding 7, the save-time half: a template or expression that is over budget whatever the data is
+    /// refused when its definition is saved; data-dependent work and plain lookups pass (their limit is the run's).
+    #[test]
+    fn templates_over_budget_without_data_are_refused_when_saved() {
+        let nested = Template::compile(
+            "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        let problem = nested.check_budget().unwrap_err();
+        assert!(problem.contains("budget of 200000"), "{problem}");
+        let huge = Template::compile("{{ 'x' * 2000000 }}").unwrap();
+        assert!(huge.check_budget().unwrap_err().contains("2000000 bytes"));
+        let heavy_expression = Expr::compile("range(100000) | map('string') | join(',')").unwrap();
+        assert!(heavy_expression.check_budget().is_err());
+
+        for fine in [
+            "Hello {{ trigger.name }}",
+            "{% for item in trigger.items %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+            "{% for i in range(1000) %}{{ i }},{% endfor %}",
+            "{{ trigger.total * 100 }}",
+        ] {
+            let template = Template::compile(fine).unwrap();
+            assert_eq!(template.check_budget(), Ok(()), "{fine}");
+        }
+        assert_eq!(
+            Expr::compile("trigger.amount > 100")
+                .unwrap()
+                .check_budget(),
+            Ok(())
+        );
     }
 
     /// Security finding 9: trigger data was inserted into HTML parts as markup. Now HTML templates escape values

@@ -181,6 +181,36 @@ async fn store_trigger_event_and_read_a_run_over_http() {
 }
 
 #[tokio::test]
+async fn a_template_over_budget_without_any_data_is_refused_when_saved() {
+    let app = spawn_app().await;
+    let definition = json!({
+        "name": "spinner", "version": 1,
+        "nodes": [
+            { "id": "start", "kind": "trigger", "next": "send" },
+            { "id": "send", "kind": "action", "channel": "email", "to": "{{ trigger.email }}",
+              "content": { "subject": "hi",
+                           "text": "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}" } }
+        ]
+    });
+    let response = app
+        .post("/v1/workflows", &app.admin_key)
+        .json(&definition)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "nodes.send", "{problem}");
+    let message = problem["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.contains("`content.text`") && message.contains("budget"),
+        "{message}"
+    );
+    let stored = get_json(&app, "/v1/workflows").await;
+    assert!(!stored.to_string().contains("spinner"), "nothing stored");
+}
+
+#[tokio::test]
 async fn invalid_definitions_are_refused_with_one_error_per_problem() {
     let app = spawn_app().await;
     let definition = json!({
