@@ -14,10 +14,28 @@ CREATE TABLE herald_audit_log (
     action       text        NOT NULL,
     -- what the action was applied to: a queue name, a dead-letter id, `email:ann@example.com`, ...
     target       text        NOT NULL,
+    -- the client's X-Request-Id (or the one the API generated): a correlation id, chosen by the caller
     request_id   text,
-    details      jsonb       NOT NULL DEFAULT '{}'
+    details      jsonb       NOT NULL DEFAULT '{}',
+    -- what the database itself saw, which no caller chooses: the PostgreSQL role and the client address of the
+    -- connection that wrote the row (NULL over a Unix socket)
+    db_user      text        NOT NULL DEFAULT session_user,
+    db_client    inet                 DEFAULT inet_client_addr()
 );
+-- The filters of GET /v1/audit and `herald audit`, each with the id order the pages follow.
 CREATE INDEX herald_audit_log_action ON herald_audit_log (action, id);
+CREATE INDEX herald_audit_log_key ON herald_audit_log (actor_key_id, id) WHERE actor_key_id IS NOT NULL;
+CREATE INDEX herald_audit_log_at ON herald_audit_log USING brin (at);
+
+-- Append-only, by the database: herald never changes or removes a row, and neither can a statement sent by
+-- mistake. (The table's owner can still drop the trigger, or the table: this guards against accidents, not
+-- against the database's administrator.)
+CREATE FUNCTION herald_audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'herald_audit_log is append-only';
+END $$;
+CREATE TRIGGER herald_audit_log_append_only BEFORE UPDATE OR DELETE ON herald_audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION herald_audit_log_append_only();
 
 -- When a key last authenticated a request (refreshed at most once per key-cache period per API process).
 ALTER TABLE herald_api_keys ADD COLUMN last_used_at timestamptz;

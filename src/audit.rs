@@ -54,17 +54,20 @@ impl Actor {
         }
     }
 
-    /// The command line, named by the operating-system user who ran it (`$USER`, else the process's uid).
+    /// The command line, named by the operating-system user who ran it: `$USER` (which the user sets, so it is a
+    /// claim) and the process's uid (which the user cannot choose), e.g. `alice (uid 1000)`.
     pub fn cli() -> Self {
         use std::os::unix::fs::MetadataExt as _;
-        let user = std::env::var("USER")
+        let claimed = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
             .ok()
             .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| match std::fs::metadata("/proc/self") {
-                Ok(process) => format!("uid {}", process.uid()),
-                Err(_) => "unknown user".to_string(),
-            });
+            .map(|u| truncated(&u, 64))
+            .unwrap_or_else(|| "unknown user".to_string());
+        let user = match std::fs::metadata("/proc/self") {
+            Ok(process) => format!("{claimed} (uid {})", process.uid()),
+            Err(_) => claimed,
+        };
         Self {
             kind: ActorKind::Cli,
             key_id: None,
@@ -127,6 +130,10 @@ pub struct AuditEntry {
     /// Action-specific facts (a replay's new job ids, a suppression's reason, ...).
     #[schema(value_type = Object)]
     pub details: Value,
+    /// The PostgreSQL role of the connection that wrote the row (set by the database, not by the caller).
+    pub db_user: String,
+    /// That connection's client address, if it came over TCP.
+    pub db_client: Option<String>,
 }
 
 /// What to list: newest first, optionally one action, before a cursor.
@@ -139,28 +146,42 @@ pub struct AuditFilter {
     pub before_id: Option<i64>,
 }
 
-/// Up to `limit` rows matching `filter`, newest first.
+/// How long one read of the log may take: a filter that matches nothing in a large log must not hold a
+/// connection for minutes.
+const LIST_TIMEOUT: &str = "5s";
+
+/// Up to `limit` rows matching `filter`, newest first. The statement names only the filters that are set (each
+/// combination gets its own plan, so the index for the filter is used), and runs under a statement timeout.
 pub async fn list(
     pool: &PgPool,
     filter: &AuditFilter,
     limit: i64,
 ) -> Result<Vec<AuditEntry>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, at, actor_kind, actor_key_id, actor_name, action, target, request_id, details \
-         FROM herald_audit_log \
-         WHERE ($1::text IS NULL OR action = $1) \
-           AND ($2::bigint IS NULL OR actor_key_id = $2) \
-           AND ($3::timestamptz IS NULL OR at >= $3) \
-           AND ($4::bigint IS NULL OR id < $4) \
-         ORDER BY id DESC LIMIT $5",
-    )
-    .bind(&filter.action)
-    .bind(filter.actor_key_id)
-    .bind(filter.since)
-    .bind(filter.before_id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
+    let mut query = sqlx::QueryBuilder::new(
+        "SELECT id, at, actor_kind, actor_key_id, actor_name, action, target, request_id, details, \
+                db_user, db_client::text AS db_client \
+         FROM herald_audit_log WHERE true",
+    );
+    if let Some(action) = &filter.action {
+        query.push(" AND action = ").push_bind(action);
+    }
+    if let Some(key_id) = filter.actor_key_id {
+        query.push(" AND actor_key_id = ").push_bind(key_id);
+    }
+    if let Some(since) = filter.since {
+        query.push(" AND at >= ").push_bind(since);
+    }
+    if let Some(before_id) = filter.before_id {
+        query.push(" AND id < ").push_bind(before_id);
+    }
+    query.push(" ORDER BY id DESC LIMIT ").push_bind(limit);
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("SET LOCAL statement_timeout = '{LIST_TIMEOUT}'"))
+        .execute(&mut *tx)
+        .await?;
+    let rows = query.build_query_as().fetch_all(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(rows)
 }
 
 /// `text` cut to at most `max` bytes, on a character boundary.

@@ -203,7 +203,7 @@ pub async fn bridge_dlq(settings: &Settings, command: BridgeDlqCommand) -> anyho
                 group_id: None,
                 limit: if id.is_some() { 1 } else { limit },
             };
-            let results = bridge_dlq::replay(&writer, &query).await?;
+            let results = bridge_dlq::replay(&writer, &Actor::cli(), &query).await?;
             let replayed = results.iter().filter(|r| r.replayed).count();
             print_json(&serde_json::json!({ "replayed": replayed, "results": results }))
         }

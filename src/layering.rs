@@ -43,7 +43,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "bridge",
-        &["workflow", "queue", "setting", "coalesce", "db", "dataset"],
+        &[
+            "workflow", "queue", "setting", "coalesce", "db", "dataset", "audit",
+        ],
     ),
     (
         "clock",

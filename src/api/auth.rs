@@ -227,6 +227,13 @@ async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Caller, ApiErro
                 key_name: key.name,
                 scopes: key.scopes,
             };
+            // `last_used_at`, off the request's path: a slow or locked row must not delay the request.
+            let pool = state.pool.clone();
+            tokio::spawn(async move {
+                if let Err(error) = keys::note_use(&pool, key.id).await {
+                    tracing::debug!(%error, "could not note the key's use");
+                }
+            });
             state.keys.put(digest, caller.clone());
             caller
         }

@@ -62,10 +62,14 @@ impl Scope {
 
 const CREATE: &str = "INSERT INTO herald_api_keys (name, prefix, key_hash, scopes) \
      VALUES ($1, $2, $3, $4) RETURNING id, created_at";
-/// Finds a live key and notes its use. It runs only when the API's key cache misses (once per key per
-/// `api.key_cache_secs` per API process), so `last_used_at` is that precise and costs next to nothing.
-const LOOKUP: &str = "UPDATE herald_api_keys SET last_used_at = now() \
-     WHERE key_hash = $1 AND revoked_at IS NULL RETURNING id, name, scopes";
+const LOOKUP: &str =
+    "SELECT id, name, scopes FROM herald_api_keys WHERE key_hash = $1 AND revoked_at IS NULL";
+/// Notes a key's use, at most once a minute per key for the whole fleet, and never waiting: a row another
+/// process is updating right now is skipped (it is being noted anyway).
+const NOTE_USE: &str = "UPDATE herald_api_keys SET last_used_at = now() WHERE id = ( \
+     SELECT id FROM herald_api_keys WHERE id = $1 \
+       AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute') \
+     FOR UPDATE SKIP LOCKED)";
 
 /// The prefix every key starts with.
 const KEY_PREFIX: &str = "hk_";
@@ -105,7 +109,7 @@ pub struct KeyRecord {
     pub scopes: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
-    /// When the key last authenticated a request (to within `api.key_cache_secs`).
+    /// When the key last authenticated a request (to within a minute plus `api.key_cache_secs`).
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
@@ -157,7 +161,7 @@ pub struct LiveKey {
     pub scopes: Vec<Scope>,
 }
 
-/// The live key whose digest is `digest` (its use is noted in `last_used_at`).
+/// The live key whose digest is `digest`.
 pub async fn lookup(pool: &PgPool, digest: &[u8; 32]) -> Result<Option<LiveKey>, sqlx::Error> {
     let found: Option<(i64, String, Vec<String>)> = sqlx::query_as(LOOKUP)
         .bind(digest.as_slice())
@@ -168,6 +172,16 @@ pub async fn lookup(pool: &PgPool, digest: &[u8; 32]) -> Result<Option<LiveKey>,
         name,
         scopes: scopes.iter().filter_map(|s| Scope::parse(s)).collect(),
     }))
+}
+
+/// Records that key `id` authenticated a request (`last_used_at`, to the minute). Authentication calls it off
+/// the request's path, when its cache misses.
+pub async fn note_use(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(NOTE_USE)
+        .bind(id)
+        .execute(pool)
+        .await
+        .map(|_| ())
 }
 
 pub async fn list(pool: &PgPool) -> Result<Vec<KeyRecord>, sqlx::Error> {

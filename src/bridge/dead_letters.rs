@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use super::message::RawMessage;
 use super::store::BatchWriter;
 use super::{BridgeError, sql};
+use crate::audit::Actor;
 
 /// One dead-lettered message. Bytes are shown as text when they are UTF-8, and base64 otherwise.
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +109,7 @@ pub struct ReplayResult {
 /// Replays the rows `query` selects (not yet replayed) through the current routes.
 pub async fn replay(
     writer: &BatchWriter,
+    actor: &Actor,
     query: &DeadLetterQuery,
 ) -> Result<Vec<ReplayResult>, BridgeError> {
     let query = DeadLetterQuery {
@@ -117,7 +119,7 @@ pub async fn replay(
     };
     let mut results = Vec::new();
     for letter in list(writer.pool(), &query).await? {
-        let result = writer.replay(letter.id, &letter.message).await?;
+        let result = writer.replay(actor, letter.id, &letter.message).await?;
         results.push(ReplayResult {
             id: letter.id,
             replayed: result.is_ok(),

@@ -12,6 +12,7 @@ use super::BridgeError;
 use super::message::RawMessage;
 use super::routes::{Routed, Router};
 use super::sql;
+use crate::audit::{self, Actor};
 use crate::queue::{self, Enqueued, JobDefaults, NewJob};
 use crate::workflow::{Engine, NewEvent, WorkflowError};
 
@@ -128,8 +129,11 @@ impl BatchWriter {
     /// Routes one dead-lettered message again (after a route or a workflow was fixed) and stores what it becomes,
     /// marking the row replayed, in one transaction. `Ok(Err(reason))`: it still cannot be routed (the row keeps
     /// the new reason).
+    /// Replays one dead-lettered message for `actor` (audited as `bridge_dead_letter.replay` when it goes
+    /// through).
     pub async fn replay(
         &self,
+        actor: &Actor,
         id: i64,
         message: &RawMessage,
     ) -> Result<Result<BatchOutcome, String>, BridgeError> {
@@ -158,6 +162,16 @@ impl BatchWriter {
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        let target = format!("bridge_dead_letter:{id}");
+        let details = serde_json::json!({ "topic": message.topic, "partition": message.partition, "offset": message.offset });
+        audit::record(
+            &mut *tx,
+            actor,
+            "bridge_dead_letter.replay",
+            &target,
+            details,
+        )
+        .await?;
         tx.commit().await?;
         Ok(Ok(outcome))
     }

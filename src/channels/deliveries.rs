@@ -178,23 +178,24 @@ pub async fn finish(
     tx.commit().await
 }
 
-/// Adds an address to the suppression list: provider feedback (a bounce, a complaint), inside the callback's
-/// transaction. An operator's addition goes through [`add_suppression`], which is audited.
+/// Adds an address to the suppression list (whether it was not on it yet): provider feedback (a bounce, a
+/// complaint), inside the callback's transaction. An operator's addition goes through [`add_suppression`], which
+/// is audited.
 pub async fn suppress<'e, E: sqlx::PgExecutor<'e>>(
     executor: E,
     channel: ChannelKind,
     address: &str,
     reason: &str,
     provider: Option<&str>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(sql::SUPPRESS)
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(sql::SUPPRESS)
         .bind(channel.as_str())
         .bind(address)
         .bind(reason)
         .bind(provider)
         .execute(executor)
-        .await
-        .map(|_| ())
+        .await?;
+    Ok(done.rows_affected() > 0)
 }
 
 /// An operator adds an address to the suppression list (audited as `suppression.add`).
@@ -206,10 +207,12 @@ pub async fn add_suppression(
     reason: &str,
 ) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    suppress(&mut *tx, channel, address, reason, None).await?;
-    let target = format!("{}:{address}", channel.as_str());
-    let details = json!({ "reason": reason });
-    audit::record(&mut *tx, actor, "suppression.add", &target, details).await?;
+    // Already suppressed: its reason stays, and nothing changed to audit.
+    if suppress(&mut *tx, channel, address, reason, None).await? {
+        let target = format!("{}:{address}", channel.as_str());
+        let details = json!({ "reason": reason });
+        audit::record(&mut *tx, actor, "suppression.add", &target, details).await?;
+    }
     tx.commit().await
 }
 

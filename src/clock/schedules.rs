@@ -664,21 +664,26 @@ pub async fn set_paused(
         return Err(ClockError::UnknownSchedule(name.to_string()));
     }
     let mut tx = pool.begin().await?;
-    // A schedule no clock has seen yet gets its row here, starting from now like a clock would.
-    sqlx::query(
-        "INSERT INTO herald_schedules (name, last_tick, paused) VALUES ($1, now(), $2) \
-         ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()",
+    // A schedule no clock has seen yet gets its row here, starting from now like a clock would. `changed`:
+    // whether this is news (pausing a paused schedule is not an action to audit).
+    let changed: bool = sqlx::query_scalar(
+        "WITH previous AS (SELECT paused FROM herald_schedules WHERE name = $1), \
+         upsert AS (INSERT INTO herald_schedules (name, last_tick, paused) VALUES ($1, now(), $2) \
+           ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now() RETURNING 1) \
+         SELECT coalesce((SELECT paused FROM previous), false) <> $2 FROM upsert",
     )
     .bind(name)
     .bind(paused)
-    .execute(&mut *tx)
+    .fetch_one(&mut *tx)
     .await?;
-    let action = if paused {
-        "schedule.pause"
-    } else {
-        "schedule.resume"
-    };
-    audit::record(&mut *tx, actor, action, name, serde_json::json!({})).await?;
+    if changed {
+        let action = if paused {
+            "schedule.pause"
+        } else {
+            "schedule.resume"
+        };
+        audit::record(&mut *tx, actor, action, name, serde_json::json!({})).await?;
+    }
     tx.commit().await?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::json;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::QueueError;
@@ -38,17 +38,21 @@ pub async fn set_paused(
     paused: bool,
 ) -> Result<(), QueueError> {
     let mut tx = pool.begin().await?;
-    sqlx::query(sql::SET_PAUSED)
+    let changed: bool = sqlx::query(sql::SET_PAUSED)
         .bind(queue.as_str())
         .bind(paused)
         .fetch_one(&mut *tx)
-        .await?;
-    let action = if paused {
-        "queue.pause"
-    } else {
-        "queue.resume"
-    };
-    audit::record(&mut *tx, actor, action, queue.as_str(), json!({})).await?;
+        .await?
+        .try_get("changed")?;
+    // Pausing a paused queue changes nothing, and is not an action to audit.
+    if changed {
+        let action = if paused {
+            "queue.pause"
+        } else {
+            "queue.resume"
+        };
+        audit::record(&mut *tx, actor, action, queue.as_str(), json!({})).await?;
+    }
     tx.commit().await?;
     Ok(())
 }

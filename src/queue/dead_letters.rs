@@ -12,6 +12,9 @@ use super::sql;
 use super::types::JobId;
 use crate::audit::{self, Actor};
 
+/// How many (dead letter, new job) pairs a replay's audit row lists; the rest are counted.
+const AUDITED_IDS: usize = 100;
+
 /// Which dead letters an operation applies to. Empty fields match everything.
 #[derive(Debug, Clone, Default)]
 pub struct DeadLetterFilter {
@@ -134,7 +137,10 @@ pub async fn replay(
         .fetch_all(&mut *tx)
         .await?;
     if !rows.is_empty() {
-        let details = json!({ "filter": filter.describe(), "replayed": rows });
+        // The count and the first ids: a replay of millions must not make one huge row.
+        let first: Vec<&Replayed> = rows.iter().take(AUDITED_IDS).collect();
+        let details =
+            json!({ "filter": filter.describe(), "replayed": rows.len(), "first": first });
         audit::record(
             &mut *tx,
             actor,

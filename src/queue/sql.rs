@@ -301,12 +301,16 @@ FROM herald_workers ORDER BY started_at
 
 /// Pause or resume a queue fleet-wide; resuming wakes its workers.
 pub const SET_PAUSED: &str = r#"
-WITH upsert AS (
+WITH previous AS (
+    SELECT paused FROM herald_queues WHERE name = $1
+), upsert AS (
     INSERT INTO herald_queues (name, paused) VALUES ($1, $2)
     ON CONFLICT (name) DO UPDATE SET paused = EXCLUDED.paused, updated_at = now()
     RETURNING name, paused
 )
-SELECT name, paused, CASE WHEN NOT paused THEN pg_notify('herald_jobs', name) END IS NULL AS quiet FROM upsert
+SELECT name, paused, CASE WHEN NOT paused THEN pg_notify('herald_jobs', name) END IS NULL AS quiet,
+       coalesce((SELECT paused FROM previous), false) <> $2 AS changed
+FROM upsert
 "#;
 
 /// Depth and state of every queue that has jobs or settings.

@@ -115,7 +115,7 @@ impl Catalog {
         definition: &serde_json::Value,
     ) -> Result<(Arc<Workflow>, Saved), WorkflowError> {
         let workflow = definition::compile(source, definition).map_err(WorkflowError::Invalid)?;
-        definition::check_budgets(source, &workflow).map_err(WorkflowError::Invalid)?;
+        let workflow = self.check_if_new(source, workflow).await?;
         let saved = self.store(actor, &workflow, source).await?;
         Ok((Arc::new(workflow), saved))
     }
@@ -167,12 +167,51 @@ impl Catalog {
         actor: &Actor,
         dir: &Path,
     ) -> Result<Vec<(String, String, i32, Saved)>, WorkflowError> {
-        let mut outcomes = Vec::new();
+        // Every new version passes its budget check before any is stored (a half-synced folder is worse than
+        // none).
+        let mut checked = Vec::new();
+        let mut errors = Vec::new();
         for (source, workflow) in load_dir(dir)? {
+            match self.check_if_new(&source, workflow).await {
+                Ok(workflow) => checked.push((source, workflow)),
+                Err(WorkflowError::Invalid(problems)) => errors.extend(problems),
+                Err(other) => return Err(other),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(WorkflowError::Invalid(errors));
+        }
+        let mut outcomes = Vec::new();
+        for (source, workflow) in checked {
             let saved = self.store(actor, &workflow, &source).await?;
             outcomes.push((source, workflow.name, workflow.version, saved));
         }
         Ok(outcomes)
+    }
+
+    /// Runs [`definition::check_budgets`] on a version this catalog does not hold yet, on a blocking thread;
+    /// a stored version (an unchanged re-save, the sync at every start) costs one lookup and no dry run, and an
+    /// old version refused by a check it predates still loads.
+    async fn check_if_new(
+        &self,
+        source: &str,
+        workflow: Workflow,
+    ) -> Result<Workflow, WorkflowError> {
+        let stored: bool = sqlx::query_scalar(sql::WORKFLOW_VERSION_EXISTS)
+            .bind(&workflow.name)
+            .bind(workflow.version)
+            .fetch_one(&self.pool)
+            .await?;
+        if stored {
+            return Ok(workflow);
+        }
+        let source = source.to_string();
+        tokio::task::spawn_blocking(move || {
+            definition::check_budgets(&source, &workflow).map(|()| workflow)
+        })
+        .await
+        .map_err(|e| WorkflowError::Io(format!("the definition check stopped: {e}")))?
+        .map_err(WorkflowError::Invalid)
     }
 }
 
@@ -193,6 +232,15 @@ async fn save_statement(
 /// Validates every definition in `dir` without storing anything; returns (file, name, version) of each.
 pub fn check_dir(dir: &Path) -> Result<Vec<(String, String, i32)>, WorkflowError> {
     let loaded = load_dir(dir)?;
+    let mut errors = Vec::new();
+    for (source, workflow) in &loaded {
+        if let Err(problems) = definition::check_budgets(source, workflow) {
+            errors.extend(problems);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(WorkflowError::Invalid(errors));
+    }
     Ok(loaded
         .into_iter()
         .map(|(source, w)| (source, w.name, w.version))
@@ -205,11 +253,7 @@ fn load_dir(dir: &Path) -> Result<Vec<(String, Workflow)>, WorkflowError> {
     let mut errors = Vec::new();
     let mut loaded: Vec<(String, Workflow)> = Vec::new();
     for (source, definition) in read_definitions(dir)? {
-        let compiled = definition::compile(&source, &definition).and_then(|workflow| {
-            definition::check_budgets(&source, &workflow)?;
-            Ok(workflow)
-        });
-        match compiled {
+        match definition::compile(&source, &definition) {
             Ok(workflow) => {
                 let twin = loaded
                     .iter()

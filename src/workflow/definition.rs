@@ -99,19 +99,23 @@ pub enum NodeKind {
 }
 
 impl NodeKind {
-    /// The node's templates and expressions that fail [`Template::check_budget`] even without data, as
-    /// (field, problem).
-    fn budget_problems(&self) -> Vec<(String, String)> {
-        let mut problems = Vec::new();
-        let mut template = |field: String, template: &Template| {
-            if let Err(problem) = template.check_budget() {
-                problems.push((field, problem));
-            }
-        };
+    /// The node's first template or expression that fails its save-time budget check, as (field, problem);
+    /// `dry_runs` counts the checks that ran anything, and none run once it reaches [`MAX_DRY_RUNS`].
+    fn budget_problem(&self, dry_runs: &mut usize) -> Option<(String, String)> {
+        let mut templates: Vec<(String, &Template)> = Vec::new();
         if let NodeKind::Action { to, content, .. } = self {
-            template("to".to_string(), to);
+            templates.push(("to".to_string(), to));
             for (field, compiled) in content {
-                template(format!("content.{field}"), compiled);
+                templates.push((format!("content.{field}"), compiled));
+            }
+        }
+        for (field, template) in templates {
+            if !template.is_heavy() || *dry_runs >= MAX_DRY_RUNS {
+                continue;
+            }
+            *dry_runs += 1;
+            if let Err(problem) = template.check_budget() {
+                return Some((field, problem));
             }
         }
         let expressions: Vec<(String, &Expr)> = match self {
@@ -129,11 +133,15 @@ impl NodeKind {
             _ => Vec::new(),
         };
         for (field, expression) in expressions {
+            if !expression.is_heavy() || *dry_runs >= MAX_DRY_RUNS {
+                continue;
+            }
+            *dry_runs += 1;
             if let Err(problem) = expression.check_budget() {
-                problems.push((field, problem));
+                return Some((field, problem));
             }
         }
-        problems
+        None
     }
 
     pub fn name(&self) -> &'static str {
@@ -302,27 +310,31 @@ pub fn compile(source: &str, definition: &Value) -> Result<Workflow, Vec<Definit
     }
 }
 
-/// Checks a compiled definition's templates and expressions against their CPU and output budget, as a
-/// definition is saved (the API, `herald workflows sync`, the sync at start), by running the ones that do more
-/// than lookups once without data. Not part of [`compile`]: a version stored before this check existed must
-/// still load for its runs in flight.
+/// The most templates and expressions [`check_budgets`] dry-runs in one definition: each costs at most the
+/// evaluation budget (a few milliseconds), so a save costs at most a few seconds of one blocking thread however
+/// the definition is built. Any beyond are left to their run-time budget.
+pub const MAX_DRY_RUNS: usize = 1_000;
+
+/// Checks a new definition's templates and expressions against their CPU and output budget, when it is saved
+/// (the API, `herald workflows sync`, the sync at start) and by `herald workflows check`: those that do more
+/// than lookups are run once without data (see `Template::check_budget`), and the first over budget is
+/// reported. Not part of [`compile`]: a version stored before this check existed must still load for its runs
+/// in flight, so the catalog checks only versions it does not hold yet. CPU-bound: call it off the async runtime.
 pub fn check_budgets(source: &str, workflow: &Workflow) -> Result<(), Vec<DefinitionError>> {
-    let mut errors = Errors {
-        source,
-        list: Vec::new(),
-    };
     let mut ids: Vec<&String> = workflow.nodes.keys().collect();
     ids.sort();
+    let mut dry_runs = 0;
     for id in ids {
-        for (field, problem) in workflow.nodes[id].kind.budget_problems() {
+        if let Some((field, problem)) = workflow.nodes[id].kind.budget_problem(&mut dry_runs) {
+            let mut errors = Errors {
+                source,
+                list: Vec::new(),
+            };
             errors.node(id, format!("`{field}`: {problem}"));
+            return Err(errors.list);
         }
     }
-    if errors.list.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.list)
-    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

@@ -43,11 +43,11 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
     env
 });
 
-/// Dry runs at save time ([`Template::check_budget`]): missing fields are undefined and falsy instead of
-/// errors, so the template runs as far as it can without data.
-static DRY_RUN: LazyLock<Environment<'static>> = LazyLock::new(|| {
+/// Dry runs of expressions at save time ([`Expr::check_budget`]): strict, so the run stops at the first field
+/// lookup (see [`Template::check_budget`]).
+static DRY_RUN_EXPRESSIONS: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_fuel(Some(FUEL));
     env
 });
@@ -91,17 +91,21 @@ impl Expr {
         &self.source
     }
 
-    /// Save-time check: see [`Template::check_budget`].
+    /// Save-time check: see [`Template::check_budget`] (the dry run is strict here too, though conditions
+    /// evaluate missing fields as undefined at run time, so that it stops at the first field lookup).
     pub fn check_budget(&self) -> Result<(), String> {
         if !self.heavy {
             return Ok(());
         }
-        let dry = off_the_executor_if(true, || {
-            DRY_RUN
-                .compile_expression(&self.source)
-                .and_then(|e| e.eval(()))
-        });
+        let dry = DRY_RUN_EXPRESSIONS
+            .compile_expression(&self.source)
+            .and_then(|e| e.eval(()));
         over_budget(dry.map(|_| 0))
+    }
+
+    /// Whether [`Expr::check_budget`] has anything to run.
+    pub fn is_heavy(&self) -> bool {
+        self.heavy
     }
 
     pub fn eval(&self, context: &Value) -> Result<Value, String> {
@@ -158,17 +162,31 @@ impl Template {
         })
     }
 
-    /// Save-time check: runs the template once with no data (every field undefined) under the same budget. A
-    /// template that spends its whole fuel, or renders more than [`MAX_RENDERED_BYTES`], even without data (a loop
-    /// over a large constant `range`, say) would fail every send, so the definition is refused when saved. Any
-    /// other error is left for run time, where the data is: without data a field lookup may well fail. Plain
-    /// templates (lookups only) cannot loop and are not run.
+    /// Save-time check: renders the template once with no data, in the environment sends use (strict, HTML
+    /// escaping for HTML parts), under the same budget. With no data the first field lookup fails, so what runs
+    /// is exactly the work every send does before it reads any data; if that alone spends the whole fuel or
+    /// renders more than [`MAX_RENDERED_BYTES`] (a loop over a large constant `range`, say), every send would
+    /// fail, and the definition is refused when saved. Any other outcome is left for run time, whose budget is
+    /// the same. Plain templates (lookups only) cannot loop and are not run. Blocking: call it off the async
+    /// runtime.
     pub fn check_budget(&self) -> Result<(), String> {
         if !self.heavy {
             return Ok(());
         }
-        let dry = off_the_executor_if(true, || DRY_RUN.render_str(&self.source, ()));
-        over_budget(dry.map(|rendered| rendered.len()))
+        let env: &Environment<'static> = if self.html {
+            &HTML_TEMPLATES
+        } else {
+            &TEMPLATES
+        };
+        over_budget(
+            env.render_str(&self.source, ())
+                .map(|rendered| rendered.len()),
+        )
+    }
+
+    /// Whether [`Template::check_budget`] has anything to run.
+    pub fn is_heavy(&self) -> bool {
+        self.heavy
     }
 
     pub fn render(&self, context: &Value) -> Result<String, String> {
@@ -326,6 +344,21 @@ mod tests {
         assert!(problem.contains("budget of 200000"), "{problem}");
         let huge = Template::compile("{{ 'x' * 2000000 }}").unwrap();
         assert!(huge.check_budget().unwrap_err().contains("2000000 bytes"));
+        // HTML parts are checked as they are rendered: escaped (400,000 `<` become 1.6 MB of `&lt;`).
+        let escaped = Template::compile_html("{{ '<' * 400000 }}").unwrap();
+        assert!(escaped.check_budget().is_err());
+        assert_eq!(
+            Template::compile("{{ '<' * 400000 }}")
+                .unwrap()
+                .check_budget(),
+            Ok(())
+        );
+        // Work that comes after a field lookup depends on data: it is left to the run-time budget.
+        let after_lookup = Template::compile(
+            "{{ trigger.name }}{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}",
+        )
+        .unwrap();
+        assert_eq!(after_lookup.check_budget(), Ok(()));
         let heavy_expression = Expr::compile("range(100000) | map('string') | join(',')").unwrap();
         assert!(heavy_expression.check_budget().is_err());
 

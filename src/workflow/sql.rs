@@ -11,6 +11,10 @@
 
 // ---- definitions ----
 
+/// Whether a version is stored. $1 name, $2 version.
+pub const WORKFLOW_VERSION_EXISTS: &str =
+    "SELECT EXISTS (SELECT 1 FROM herald_workflows WHERE name = $1 AND version = $2)";
+
 /// Stores a definition version unless that (name, version) exists; reports whether it was inserted and, if not,
 /// whether the stored content is the same (by digest of the canonical jsonb text).
 pub const SAVE_WORKFLOW: &str = "

@@ -2,6 +2,8 @@
 //! OS user), what, the target and the request id, in the action's own transaction; `GET /v1/audit` and
 //! `herald audit` read it; keys show when they were last used.
 
+use std::time::Duration;
+
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -178,8 +180,9 @@ async fn every_admin_action_over_http_is_audited_with_its_key_and_request_id() {
     // Every row names its request: the client's id, or the one the API generated.
     assert!(rows[before..].iter().all(|r| r["request_id"].is_string()));
     assert_eq!(rows[before + 4]["details"]["reason"], "asked us");
+    assert_eq!(rows[before + 2]["details"]["replayed"], 1);
     assert_eq!(
-        rows[before + 2]["details"]["replayed"][0]["dead_letter_id"],
+        rows[before + 2]["details"]["first"][0]["dead_letter_id"],
         ids[0]
     );
 
@@ -233,6 +236,15 @@ async fn an_action_whose_audit_row_cannot_be_written_does_not_happen() {
         Some(true),
         "the pause rolled back with its audit row"
     );
+    // The log itself is append-only.
+    let tampered = sqlx::query("UPDATE herald_audit_log SET actor_name = 'nobody'")
+        .execute(&app.db.pool)
+        .await;
+    assert!(tampered.unwrap_err().to_string().contains("append-only"));
+    let erased = sqlx::query("DELETE FROM herald_audit_log")
+        .execute(&app.db.pool)
+        .await;
+    assert!(erased.is_err(), "rows cannot be deleted");
     // Other actions are unaffected.
     let resume = app
         .post("/v1/queues/mail/resume", &app.admin_key)
@@ -269,6 +281,10 @@ async fn the_command_line_is_audited_as_its_os_user_and_keys_show_their_last_use
         String::from_utf8_lossy(&listed.stderr)
     );
     let rows: Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    let role: String = sqlx::query_scalar("SELECT session_user::text")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows[0]["action"], "key.create");
     assert_eq!(rows[0]["details"]["name"], "ci-bot");
@@ -276,7 +292,15 @@ async fn the_command_line_is_audited_as_its_os_user_and_keys_show_their_last_use
     assert_eq!(rows[1]["target"], "cli-queue");
     for row in rows {
         assert_eq!(row["actor_kind"], "cli");
-        assert_eq!(row["actor_name"], "ops-alice");
+        let name = row["actor_name"].as_str().unwrap();
+        assert!(
+            name.starts_with("ops-alice (uid "),
+            "the claimed user and the real uid: {name}"
+        );
+        assert_eq!(
+            row["db_user"], role,
+            "the database role, as the database saw it"
+        );
         assert!(row["actor_key_id"].is_null() && row["request_id"].is_null());
     }
 
@@ -290,7 +314,13 @@ async fn the_command_line_is_audited_as_its_os_user_and_keys_show_their_last_use
     let started = chrono::Utc::now();
     let response = app.get("/v1/queues", &app.read_key).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let keys = herald::api::keys::list(&app.db.pool).await.unwrap();
-    let used = last_used(&keys).expect("last_used_at is set by the request");
-    assert!(used >= started - chrono::Duration::seconds(1));
+    wait_until(
+        Duration::from_secs(10),
+        "last_used_at to be set",
+        || async {
+            let keys = herald::api::keys::list(&app.db.pool).await.unwrap();
+            last_used(&keys).is_some_and(|used| used >= started - chrono::Duration::seconds(1))
+        },
+    )
+    .await;
 }

@@ -278,7 +278,9 @@ async fn bad_messages_are_dead_lettered_with_their_bytes_and_the_bridge_moves_on
         flow.engine.clone(),
     )
     .unwrap();
-    let results = dead_letters::replay(&writer, &query).await.unwrap();
+    let results = dead_letters::replay(&writer, &herald::audit::Actor::cli(), &query)
+        .await
+        .unwrap();
     // Replay answers in id order, which need not be the listing's order (the three dead letters come from
     // different partitions, so their ids follow the order the bridge wrote them): compare sorted.
     let mut replayed: Vec<(i64, bool)> = results.iter().map(|r| (r.id, r.replayed)).collect();
@@ -290,13 +292,28 @@ async fn bad_messages_are_dead_lettered_with_their_bytes_and_the_bridge_moves_on
     ];
     expected.sort();
     assert_eq!(replayed, expected);
+    // The replay that went through is audited; the two that failed are not.
+    let audited = herald::audit::list(
+        pool,
+        &herald::audit::AuditFilter {
+            action: Some("bridge_dead_letter.replay".into()),
+            ..Default::default()
+        },
+        10,
+    )
+    .await
+    .unwrap();
+    let targets: Vec<&str> = audited.iter().map(|a| a.target.as_str()).collect();
+    assert_eq!(targets, [format!("bridge_dead_letter:{}", letters[2].id)]);
     let key: String = sqlx::query_scalar("SELECT idempotency_key FROM herald_runs")
         .fetch_one(pool)
         .await
         .unwrap();
     assert_eq!(key, "kafka:signups:0:0");
     assert_eq!(dead_letters::list(pool, &query).await.unwrap().len(), 2);
-    let again = dead_letters::replay(&writer, &query).await.unwrap();
+    let again = dead_letters::replay(&writer, &herald::audit::Actor::cli(), &query)
+        .await
+        .unwrap();
     assert!(
         again.iter().all(|r| !r.replayed),
         "a replayed row is not replayed twice"

@@ -54,21 +54,25 @@ impl Es256Key {
             header["kid"] = json!(kid);
         }
         compact(&header, claims, |input| {
-            let der = digest_sign(&self.key, input)?;
-            let signature = EcdsaSig::from_der(&der).map_err(|e| e.to_string())?;
-            let mut raw = signature
-                .r()
-                .to_vec_padded(P256_SCALAR_BYTES)
-                .map_err(|e| e.to_string())?;
-            raw.extend(
-                signature
-                    .s()
-                    .to_vec_padded(P256_SCALAR_BYTES)
-                    .map_err(|e| e.to_string())?,
-            );
-            Ok(raw)
+            der_to_raw(&digest_sign(&self.key, input)?)
         })
     }
+}
+
+/// An ECDSA signature as OpenSSL makes it (DER) in JWS form: `r` and `s`, each left-padded to 32 bytes.
+fn der_to_raw(der: &[u8]) -> Result<Vec<u8>, String> {
+    let signature = EcdsaSig::from_der(der).map_err(|e| e.to_string())?;
+    let mut raw = signature
+        .r()
+        .to_vec_padded(P256_SCALAR_BYTES)
+        .map_err(|e| e.to_string())?;
+    raw.extend(
+        signature
+            .s()
+            .to_vec_padded(P256_SCALAR_BYTES)
+            .map_err(|e| e.to_string())?,
+    );
+    Ok(raw)
 }
 
 /// An RSA private key that signs RS256 (RSASSA-PKCS1-v1_5 with SHA-256) tokens.
@@ -81,7 +85,10 @@ impl Rs256Key {
         let invalid =
             || ProviderConfigError::new(provider, "the private key is not an RSA key in PEM");
         let key = PKey::private_key_from_pem(pem.as_bytes()).map_err(|_| invalid())?;
-        key.rsa().map_err(|_| invalid())?;
+        // RSA proper: an RSA-PSS key would sign with PSS padding, which is not RS256.
+        if key.id() != openssl::pkey::Id::RSA {
+            return Err(invalid());
+        }
         Ok(Self { key })
     }
 
@@ -171,6 +178,24 @@ mod tests {
             verifier.update(input.as_bytes()).unwrap();
             assert!(verifier.verify(&der).unwrap());
         }
+    }
+
+    /// A short `r` or `s` (one signature in about 128) is still 32 bytes in the JWS form: checked with a
+    /// signature whose `r` is 1 and `s` is 31 bytes long.
+    #[test]
+    fn short_signature_components_are_left_padded() {
+        let r = openssl::bn::BigNum::from_u32(1).unwrap();
+        let s = openssl::bn::BigNum::from_slice(&[0xab; 31]).unwrap();
+        let der = EcdsaSig::from_private_components(r, s)
+            .unwrap()
+            .to_der()
+            .unwrap();
+        let raw = der_to_raw(&der).unwrap();
+        assert_eq!(raw.len(), 64);
+        assert_eq!(&raw[..31], &[0u8; 31]);
+        assert_eq!(raw[31], 1);
+        assert_eq!(raw[32], 0);
+        assert_eq!(&raw[33..], &[0xab; 31]);
     }
 
     #[test]
