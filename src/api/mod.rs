@@ -482,7 +482,7 @@ mod tests {
             param["schema"].clone()
         };
         let page = super::extract::MAX_PAGE;
-        for path in ["/v1/runs", "/v1/dead-letters"] {
+        for path in ["/v1/runs", "/v1/dead-letters", "/v1/audit"] {
             assert_eq!(param(path, "limit")["maximum"], json!(page), "{path}");
             assert_eq!(param(path, "limit")["minimum"], json!(1), "{path}");
             assert_eq!(param(path, "cursor")["pattern"], "^[0-9]{1,18}$", "{path}");

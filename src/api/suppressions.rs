@@ -102,7 +102,9 @@ pub async fn remove_suppression(
 ) -> Result<StatusCode, ApiError> {
     let channel = parse_channel(&channel)?;
     // An address the list cannot hold (PostgreSQL's text has no NUL) is not on it.
-    if !address.contains('\0') && deliveries::unsuppress(&state.pool, &admin.actor, channel, &address).await? {
+    if !address.contains('\0')
+        && deliveries::unsuppress(&state.pool, &admin.actor, channel, &address).await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("{address} is not suppressed")))
