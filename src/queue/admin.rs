@@ -190,6 +190,14 @@ pub async fn cancel_job(pool: &PgPool, actor: &Actor, id: JobId) -> Result<(), Q
         .await?
     {
         Some(true) => Err(QueueError::Conflict(format!("job {id} is running"))),
+        // Cancelling is idempotent: a job cancelled before (a retried DELETE) is answered as cancelled, with no
+        // second audit row, since nothing changed.
+        _ if find_job(pool, id)
+            .await?
+            .is_some_and(|job| job.state == JobState::Cancelled) =>
+        {
+            Ok(())
+        }
         _ => Err(QueueError::NotFound(format!("waiting job {id}"))),
     }
 }

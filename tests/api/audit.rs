@@ -126,6 +126,12 @@ async fn every_admin_action_over_http_is_audited_with_its_key_and_request_id() {
         .send()
         .await
         .unwrap());
+    // A retried DELETE succeeds again, and adds no row: nothing changed.
+    ok(app
+        .delete(&format!("/v1/jobs/{job_id}"), &app.service_key)
+        .send()
+        .await
+        .unwrap());
     // Actions that fail change nothing, and leave no row.
     let missing = app
         .post("/v1/dead-letters/999999/replay", &app.admin_key)

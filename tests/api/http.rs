@@ -453,12 +453,19 @@ async fn cancel_and_queue_pause_resume() {
         .await
         .unwrap();
     assert_eq!(job["state"], "cancelled");
+    // Cancelling is idempotent: a retried DELETE is answered 204 again; an id that was never a job is 404.
     let again = app
         .delete(&format!("/v1/jobs/{id}"), &app.service_key)
         .send()
         .await
         .unwrap();
-    problem(again, StatusCode::NOT_FOUND).await;
+    assert_eq!(again.status(), StatusCode::NO_CONTENT);
+    let unknown = app
+        .delete("/v1/jobs/424242", &app.service_key)
+        .send()
+        .await
+        .unwrap();
+    problem(unknown, StatusCode::NOT_FOUND).await;
     let missing = app
         .get("/v1/jobs/424242", &app.read_key)
         .send()

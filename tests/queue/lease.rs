@@ -431,6 +431,10 @@ async fn cancel_removes_a_waiting_job_but_not_a_running_one() {
             .state,
         JobState::Cancelled
     );
+    // Cancelling again is answered as done (an idempotent DELETE), and changes nothing.
+    admin::cancel_job(&db.pool, &herald::audit::Actor::cli(), waiting)
+        .await
+        .expect("a cancelled job cancels again");
     assert!(matches!(
         admin::cancel_job(&db.pool, &herald::audit::Actor::cli(), running.id).await,
         Err(QueueError::Conflict(_))
