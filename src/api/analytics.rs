@@ -19,16 +19,20 @@ use crate::clock::rollups::{self, DailyRollups, MAX_DAYS, RollupFilter};
 #[into_params(parameter_in = Query)]
 pub struct DailyQuery {
     /// The first day (YYYY-MM-DD, a day in `clock.rollups.timezone`).
-    #[param(value_type = String, format = Date)]
+    // Optional to serde so that a missing one is answered in this module's words; required to clients.
+    #[param(value_type = String, format = Date, required = true)]
     pub from: Option<String>,
-    /// The last day, inclusive; at most 366 days from `from` included.
-    #[param(value_type = String, format = Date)]
+    /// The last day, inclusive, not before `from`; at most 366 days from `from` included.
+    #[param(value_type = String, format = Date, required = true)]
     pub to: Option<String>,
-    /// Only this workflow (runs, steps, deliveries; jobs are left out).
+    /// Only this workflow (runs, steps, deliveries; jobs are left out). At most 200 characters, no NUL.
+    #[param(max_length = 200, pattern = "^[^\\x00]*$")]
     pub workflow: Option<String>,
-    /// Only this channel (deliveries; jobs, runs and steps are left out).
+    /// Only this channel (deliveries; jobs, runs and steps are left out). At most 200 characters, no NUL.
+    #[param(max_length = 200, pattern = "^[^\\x00]*$")]
     pub channel: Option<String>,
-    /// Only this provider (deliveries; jobs, runs and steps are left out).
+    /// Only this provider (deliveries; jobs, runs and steps are left out). At most 200 characters, no NUL.
+    #[param(max_length = 200, pattern = "^[^\\x00]*$")]
     pub provider: Option<String>,
 }
 

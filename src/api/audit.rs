@@ -76,6 +76,9 @@ pub async fn list_audit(
             "must be 1-64 characters of a-z, `_` and `.`",
         ));
     }
+    if query.key_id.is_some_and(|id| id < 1) {
+        return Err(ApiError::field("key_id", "must be a key id (1 or more)"));
+    }
     let filter = AuditFilter {
         action: query.action,
         actor_key_id: query.key_id,

@@ -301,19 +301,34 @@ pub fn idempotency_key_header(headers: &axum::http::HeaderMap) -> Result<Option<
         .transpose()
 }
 
-/// A list endpoint's `limit` (1-500, default 50) and `cursor` (the previous page's last id).
+/// A page's size when the request names none.
+pub const DEFAULT_PAGE: i64 = 50;
+/// The largest page a list endpoint serves (`limit`); the OpenAPI document states it as each `limit`'s maximum.
+pub const MAX_PAGE: i64 = 500;
+
+/// A list endpoint's `limit` (1 to [`MAX_PAGE`], default [`DEFAULT_PAGE`]) and `cursor` (the previous page's
+/// last id).
 pub fn page_params(
     limit: Option<i64>,
     cursor: Option<&str>,
 ) -> Result<(i64, Option<i64>), ApiError> {
-    let limit = limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "must be between 1 and 500"));
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("must be between 1 and {MAX_PAGE}"),
+        ));
     }
+    // Exactly the documented `^[0-9]{1,18}$` (an id, as `next_cursor` gives it): `+5` or a 19-digit number would
+    // parse, but no page hands them out.
+    let well_formed =
+        |c: &str| (1..=18).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_digit());
     let before = cursor
         .map(|c| {
             c.parse::<i64>()
-                .map_err(|_| ApiError::field("cursor", "not a cursor from this API"))
+                .ok()
+                .filter(|_| well_formed(c))
+                .ok_or_else(|| ApiError::field("cursor", "not a cursor from this API"))
         })
         .transpose()?;
     Ok((limit, before))

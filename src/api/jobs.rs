@@ -17,6 +17,7 @@ use super::extract::{
     ApiJson, ApiPath, empty_object, idempotency_key_header, json_type, request_id,
 };
 use super::responses::{EnqueueAuth, JsonBody, ReadAuth};
+use super::schemas::StorableJson;
 use crate::queue::admin::{self, JobView};
 use crate::queue::producers::ProducerRules;
 use crate::queue::{self, Enqueued, IdempotencyKey, JobKind, NewJob, Priority, QueueName};
@@ -25,15 +26,22 @@ use crate::queue::{self, Enqueued, IdempotencyKey, JobKind, NewJob, Priority, Qu
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobRequest {
-    /// Queue name: 1-64 characters of `[A-Za-z0-9_.-]`.
+    /// Queue name: 1-64 characters of `[A-Za-z0-9_.-]`, not one of herald's own queues (`workflows.queue` and
+    /// `clock.queue`, by default `workflows` and `herald.maintenance`: 422).
     #[schema(example = "emails", pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub queue: String,
-    /// Job kind (which handler runs it): 1-128 characters of `[A-Za-z0-9_.-]`.
-    #[schema(example = "herald.log", pattern = "^[A-Za-z0-9_.-]{1,128}$")]
+    /// Job kind (which handler runs it): 1-128 characters of `[A-Za-z0-9_.-]`, not under `herald.` (herald's
+    /// own kinds; with `jobs.allow_test_kinds` on, its test kinds `herald.noop`, `herald.sleep`, `herald.log` are
+    /// let through).
+    #[schema(
+        example = "billing.invoice",
+        pattern = "^(?!herald\\.)[A-Za-z0-9_.-]{1,128}$"
+    )]
     pub kind: String,
     /// Any JSON value; `{}` if absent. Strings in it cannot contain U+0000 (PostgreSQL's `jsonb` cannot store it;
     /// such a request is answered 422).
     #[serde(default = "empty_object")]
+    #[schema(value_type = StorableJson)]
     pub payload: serde_json::Value,
     /// 0-9, higher runs first (default 0).
     #[schema(minimum = 0, maximum = 9)]

@@ -19,6 +19,7 @@
 //! * `error.rs`: [`ApiError`], the one table from every error to an RFC 9457 problem document.
 //! * `extract.rs`: extractors that turn bad input into problems naming the field (JSON path, parameter, header).
 //! * `responses.rs`: the problem answers many endpoints share, as OpenAPI response groups.
+//! * `schemas.rs`: the JSON a request may carry (no U+0000, which `jsonb` cannot store), as OpenAPI schemas.
 //! * `settings.rs`: the `[api]` settings section.
 //!
 //! [`router`] builds the whole application; `herald api`, `herald up` and the tests all serve that same router.
@@ -38,6 +39,7 @@ mod operations;
 mod providers;
 mod responses;
 mod schedules;
+mod schemas;
 mod settings;
 mod suppressions;
 mod workflows;
@@ -454,4 +456,64 @@ async fn redoc_script() -> Response {
         REDOC,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::ApiDoc;
+    use crate::channels::ChannelKind;
+    use crate::channels::deliveries::MAX_ADDRESS_CHARS;
+    use crate::clock::rollups::MAX_FILTER_CHARS;
+    use crate::workflow::definition::MAX_NODES;
+    use crate::workflow::{MAX_EVENT_KEY_CHARS, MAX_EVENT_NAME_CHARS, RunStatus};
+    use utoipa::OpenApi;
+
+    /// utoipa's validation attributes take literals only, so the limits the handlers enforce are written twice:
+    /// as Rust constants and in the attributes. This holds the document to the constants.
+    #[test]
+    fn the_document_states_the_limits_the_server_enforces() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schema = |name: &str| doc["components"]["schemas"][name].clone();
+        let param = |path: &str, name: &str| {
+            let params = doc["paths"][path]["get"]["parameters"].as_array().unwrap();
+            let param = params.iter().find(|p| p["name"] == name).unwrap();
+            param["schema"].clone()
+        };
+        let page = super::extract::MAX_PAGE;
+        for path in ["/v1/runs", "/v1/dead-letters", "/v1/audit"] {
+            assert_eq!(param(path, "limit")["maximum"], json!(page), "{path}");
+            assert_eq!(param(path, "limit")["minimum"], json!(1), "{path}");
+            assert_eq!(param(path, "cursor")["pattern"], "^[0-9]{1,18}$", "{path}");
+        }
+        for name in ["workflow", "channel", "provider"] {
+            let filter = param("/v1/analytics/daily", name);
+            assert_eq!(filter["maxLength"], json!(MAX_FILTER_CHARS), "{name}");
+        }
+        let event = schema("EventRequest");
+        assert_eq!(
+            event["properties"]["name"]["maxLength"],
+            json!(MAX_EVENT_NAME_CHARS)
+        );
+        for field in ["key", "id"] {
+            let max = &event["properties"][field]["maxLength"];
+            assert_eq!(max, &json!(MAX_EVENT_KEY_CHARS), "{field}");
+        }
+        let address = &schema("NewSuppression")["properties"]["address"];
+        assert_eq!(address["maxLength"], json!(MAX_ADDRESS_CHARS));
+        let nodes = &schema("WorkflowDocument")["properties"]["nodes"];
+        assert_eq!(nodes["maxItems"], json!(MAX_NODES));
+        let names = |values: &mut dyn Iterator<Item = &'static str>| -> Value {
+            values.map(Value::from).collect()
+        };
+        assert_eq!(
+            schema("RunStatus")["enum"],
+            names(&mut RunStatus::ALL.iter().map(|s| s.as_str()))
+        );
+        assert_eq!(
+            schema("ChannelKind")["enum"],
+            names(&mut ChannelKind::ALL.iter().map(|c| c.as_str()))
+        );
+    }
 }

@@ -12,7 +12,7 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath};
 use super::responses::{AdminAuth, JsonBody, ReadAuth};
 use crate::channels::ChannelKind;
-use crate::channels::deliveries::{self, Suppression};
+use crate::channels::deliveries::{self, MAX_ADDRESS_CHARS, Suppression};
 
 /// The suppression list, newest first (at most 1,000).
 #[utoipa::path(
@@ -35,10 +35,17 @@ pub async fn list_suppressions(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSuppression {
-    /// `email`, `sms`, `push` or `chat`.
+    #[schema(value_type = ChannelKind)]
     pub channel: String,
-    /// The address exactly as actions render it (email address, phone number, device token).
+    /// The address exactly as actions render it (email address, phone number, device token): 1-512 characters,
+    /// no control characters, not only white space.
+    #[schema(
+        max_length = 512,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub address: String,
+    /// Why (shown in the list); "added by an operator" if absent. No NUL characters.
+    #[schema(pattern = "^[^\\x00]*$")]
     pub reason: Option<String>,
 }
 
@@ -48,7 +55,7 @@ pub struct NewSuppression {
     request_body = NewSuppression,
     responses(
         (status = 204, description = "Suppressed (or already was)"),
-        (status = 422, description = "Unknown channel or empty address", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown channel, bad address or reason", body = Problem, content_type = "application/problem+json"),
         JsonBody, AdminAuth,
     ),
     security(("api_key" = ["admin"]))
@@ -59,8 +66,16 @@ pub async fn add_suppression(
     ApiJson(body): ApiJson<NewSuppression>,
 ) -> Result<StatusCode, ApiError> {
     let channel = parse_channel(&body.channel)?;
-    if body.address.trim().is_empty() {
-        return Err(ApiError::field("address", "must not be empty"));
+    if !deliveries::valid_address(&body.address) {
+        return Err(ApiError::field(
+            "address",
+            format!(
+                "must be 1-{MAX_ADDRESS_CHARS} characters, without control characters, not only white space"
+            ),
+        ));
+    }
+    if body.reason.as_deref().is_some_and(|r| r.contains('\0')) {
+        return Err(ApiError::field("reason", "must not contain NUL characters"));
     }
     let reason = body.reason.as_deref().unwrap_or("added by an operator");
     deliveries::add_suppression(&state.pool, &admin.actor, channel, &body.address, reason).await?;
@@ -70,7 +85,7 @@ pub async fn add_suppression(
 /// Remove an address from the suppression list.
 #[utoipa::path(
     delete, path = "/v1/suppressions/{channel}/{address}", tag = "channels",
-    params(("channel" = String, Path), ("address" = String, Path)),
+    params(("channel" = ChannelKind, Path), ("address" = String, Path)),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "Malformed path", body = Problem, content_type = "application/problem+json"),
@@ -86,7 +101,10 @@ pub async fn remove_suppression(
     ApiPath((channel, address)): ApiPath<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let channel = parse_channel(&channel)?;
-    if deliveries::unsuppress(&state.pool, &admin.actor, channel, &address).await? {
+    // An address the list cannot hold (PostgreSQL's text has no NUL) is not on it.
+    if !address.contains('\0')
+        && deliveries::unsuppress(&state.pool, &admin.actor, channel, &address).await?
+    {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("{address} is not suppressed")))

@@ -15,9 +15,11 @@ use super::extract::{
     request_id,
 };
 use super::responses::{AdminAuth, EnqueueAuth, JsonBody, ReadAuth};
+use super::schemas::{StorableJson, StorableObject};
 use crate::queue::IdempotencyKey;
 use crate::workflow::{
-    EventReceipt, NewEvent, RunFilter, RunView, Saved, Started, WorkflowSummary,
+    EventReceipt, NewEvent, RunFilter, RunStatus, RunView, Saved, Started, WorkflowSummary,
+    valid_name,
 };
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -44,7 +46,7 @@ pub struct WorkflowDefinition {
 /// Store a workflow definition version (JSON; see docs/workflows.md for the format).
 #[utoipa::path(
     post, path = "/v1/workflows", tag = "workflows",
-    request_body(content = serde_json::Value, description = "A workflow definition"),
+    request_body(content = crate::workflow::definition::Header, description = "A workflow definition"),
     responses(
         (status = 201, description = "Stored", body = SavedWorkflow),
         (status = 200, description = "This exact version was already stored", body = SavedWorkflow),
@@ -119,12 +121,15 @@ pub async fn get_workflow(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
-    /// Checked against the trigger node's fields; `{}` if absent.
+    /// An object, checked against the trigger node's fields (a field missing or of another type: 422 naming
+    /// `data.<field>`); `{}` if absent.
     // An object by type, so that anything else is refused here, naming `data`, before the engine sees it.
     #[serde(default)]
-    #[schema(value_type = serde_json::Value)]
+    #[schema(value_type = StorableObject)]
     pub data: serde_json::Map<String, serde_json::Value>,
-    /// Makes the trigger idempotent per workflow (the `Idempotency-Key` header does the same and wins).
+    /// Makes the trigger idempotent per workflow: 1-255 characters, no control characters (the
+    /// `Idempotency-Key` header does the same and wins).
+    #[schema(pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]{1,255}$")]
     pub idempotency_key: Option<String>,
 }
 
@@ -161,11 +166,17 @@ pub async fn start_run(
     ApiPath(name): ApiPath<String>,
     ApiJson(request): ApiJson<RunRequest>,
 ) -> Result<Response, ApiError> {
-    let key = idempotency_key_header(&headers)?.or(request.idempotency_key);
-    if let Some(key) = &key {
+    // The body's key is checked even when the header wins: it is part of the request.
+    if let Some(key) = &request.idempotency_key {
         IdempotencyKey::parse(key)
             .map_err(|e| ApiError::field("idempotency_key", e.to_string()))?;
     }
+    let header = idempotency_key_header(&headers)?;
+    if let Some(key) = &header {
+        IdempotencyKey::parse(key)
+            .map_err(|e| ApiError::field("Idempotency-Key", e.to_string()))?;
+    }
+    let key = header.or(request.idempotency_key);
     let request_id = request_id(&headers).map(String::from);
     let started = state
         .engine
@@ -213,13 +224,17 @@ pub async fn get_run(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RunQuery {
-    /// Only runs of this workflow.
+    /// Only runs of this workflow (a workflow name: 1-64 characters of `[A-Za-z0-9_.-]`).
+    #[param(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub workflow: Option<String>,
-    /// Only runs in this status: running, completed, failed, cancelled.
+    /// Only runs in this status.
+    #[param(value_type = Option<RunStatus>)]
     pub status: Option<String>,
-    /// 1-500 (default 50).
+    /// Page size, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` from the previous page.
+    #[param(pattern = "^[0-9]{1,18}$")]
     pub cursor: Option<String>,
 }
 
@@ -248,9 +263,26 @@ pub async fn list_runs(
     ApiQuery(query): ApiQuery<RunQuery>,
 ) -> Result<Json<RunPage>, ApiError> {
     let (limit, before) = page_params(query.limit, query.cursor.as_deref())?;
+    if let Some(workflow) = query.workflow.as_deref().filter(|w| !valid_name(w)) {
+        return Err(ApiError::field(
+            "workflow",
+            format!("{workflow:?} is not a workflow name (1-64 characters of [A-Za-z0-9_.-])"),
+        ));
+    }
+    // Parsed here rather than by the query extractor, so that a bad one is a 422 naming the values.
+    let status = query
+        .status
+        .as_deref()
+        .map(|status| {
+            RunStatus::parse(status).ok_or_else(|| {
+                let names: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+                ApiError::field("status", format!("must be one of {}", names.join(", ")))
+            })
+        })
+        .transpose()?;
     let filter = RunFilter {
         workflow: query.workflow,
-        status: query.status,
+        status,
         before,
         limit: limit + 1,
     };
@@ -305,14 +337,19 @@ pub async fn retry_run(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventRequest {
-    /// Your id for the event (1-255 characters): a redelivery with the same id counts once. Generated if absent.
+    /// Your id for the event (1-255 characters, no NUL): a redelivery with the same id counts once. Generated if
+    /// absent.
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00]*$")]
     pub id: Option<String>,
-    /// The event name wait nodes list, e.g. `kyc.passed` (1-128 characters).
+    /// The event name wait nodes list, e.g. `kyc.passed` (1-128 characters, no NUL).
+    #[schema(min_length = 1, max_length = 128, pattern = "^[^\\x00]*$")]
     pub name: String,
-    /// The correlation key wait nodes match, e.g. an order id (1-255 characters).
+    /// The correlation key wait nodes match, e.g. an order id (1-255 characters, no NUL).
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\x00]*$")]
     pub key: String,
-    /// Any JSON; wait nodes expose it as their output. `{}` if absent.
+    /// Any JSON without U+0000 in a string or key; wait nodes expose it as their output. `{}` if absent.
     #[serde(default = "empty_object")]
+    #[schema(value_type = StorableJson)]
     pub payload: serde_json::Value,
 }
 

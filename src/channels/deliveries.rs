@@ -411,6 +411,19 @@ pub async fn suppress<'e, E: sqlx::PgExecutor<'e>>(
     Ok(done.rows_affected() > 0)
 }
 
+/// The longest address the suppression list takes, in characters: far above any email address, phone number,
+/// device token or push endpoint, and short enough for the list's primary key index (a longer one failed the
+/// insert).
+pub const MAX_ADDRESS_CHARS: usize = 512;
+
+/// Whether an operator's address can go on the suppression list: 1 to [`MAX_ADDRESS_CHARS`] characters, no
+/// control characters, not only white space.
+pub fn valid_address(address: &str) -> bool {
+    address.chars().count() <= MAX_ADDRESS_CHARS
+        && !address.chars().any(char::is_control)
+        && !address.chars().all(char::is_whitespace)
+}
+
 /// An operator adds an address to the suppression list (audited as `suppression.add`).
 pub async fn add_suppression(
     pool: &PgPool,

@@ -55,7 +55,7 @@ pub use settings::{ChainSettings, ChannelSettings, ProviderTables, Sink};
 pub use status::DeliveryStatus;
 
 /// The four kinds of channel an action can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelKind {
     Email,

@@ -43,7 +43,7 @@ const MAX_GROUPS: usize = 100_000;
 /// The most rows one read returns per table (`truncated` says when it cut).
 pub const MAX_ROWS: usize = 50_000;
 /// The longest filter value accepted (workflow, channel and provider names are far shorter).
-const MAX_FILTER_CHARS: usize = 200;
+pub const MAX_FILTER_CHARS: usize = 200;
 /// First key of the advisory lock that serializes computing one day (the second is the day number).
 const LOCK_CLASS: i32 = 0x6872_6c70; // "hrlp"
 

@@ -337,13 +337,25 @@ pub fn check_budgets(source: &str, workflow: &Workflow) -> Result<(), Vec<Defini
     Ok(())
 }
 
-#[derive(Deserialize)]
+/// A definition's top level, as `compile` reads it first; the API's OpenAPI document describes
+/// `POST /v1/workflows` with it. What it cannot say (each node's fields by kind, that the edges form a graph with
+/// one trigger) `compile` checks, one error per problem; see docs/workflows.md.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Header {
+#[schema(as = WorkflowDocument)]
+pub struct Header {
+    /// 1-64 characters of `[A-Za-z0-9_.-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     name: String,
+    /// A positive version number.
+    #[schema(minimum = 1, maximum = 2147483647)]
     #[serde(deserialize_with = "positive_version")]
     version: i32,
+    /// No U+0000 (the definition is stored as `jsonb`).
+    #[schema(pattern = "^[^\\x00]*$")]
     description: Option<String>,
+    /// The nodes (at most 500): objects with an `id`, a `kind` and that kind's fields.
+    #[schema(value_type = Vec<Object>, min_items = 1, max_items = 500)]
     nodes: Vec<Value>,
 }
 
@@ -355,7 +367,8 @@ fn positive_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Er
         .ok_or_else(|| serde::de::Error::custom("`version` must be a positive integer"))
 }
 
-fn valid_name(name: &str) -> bool {
+/// A workflow name or node id: 1-64 characters of `[A-Za-z0-9_.-]`.
+pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name

@@ -72,19 +72,31 @@ impl WaitStatus {
     }
 }
 
+/// The longest event name, in characters.
+pub const MAX_EVENT_NAME_CHARS: usize = 128;
+/// The longest correlation key and event id, in characters.
+pub const MAX_EVENT_KEY_CHARS: usize = 255;
+
 impl NewEvent {
     fn validate(&self) -> Result<(), WorkflowError> {
         let mut problems = Vec::new();
-        let bounded =
-            |text: &str, max: usize| !text.is_empty() && text.len() <= max && !text.contains('\0');
-        if !bounded(&self.name, 128) {
-            problems.push(("name".to_string(), "must be 1-128 characters".to_string()));
-        }
-        if !bounded(&self.key, 255) {
-            problems.push(("key".to_string(), "must be 1-255 characters".to_string()));
-        }
-        if self.id.as_deref().is_some_and(|id| !bounded(id, 255)) {
-            problems.push(("id".to_string(), "must be 1-255 characters".to_string()));
+        // Characters, not bytes, as JSON Schema's maxLength (the API document) counts them; NUL because
+        // PostgreSQL's text cannot hold it.
+        let bounded = |text: &str, max: usize| {
+            !text.is_empty() && text.chars().count() <= max && !text.contains('\0')
+        };
+        let mut check = |field: &str, text: &str, max: usize| {
+            if !bounded(text, max) {
+                problems.push((
+                    field.to_string(),
+                    format!("must be 1-{max} characters, none of them NUL"),
+                ));
+            }
+        };
+        check("name", &self.name, MAX_EVENT_NAME_CHARS);
+        check("key", &self.key, MAX_EVENT_KEY_CHARS);
+        if let Some(id) = &self.id {
+            check("id", id, MAX_EVENT_KEY_CHARS);
         }
         if problems.is_empty() {
             Ok(())

@@ -33,8 +33,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
 pub use catalog::{Catalog, Saved, WorkflowSummary};
-pub use definition::{DefinitionError, Workflow};
-pub use events::{EventReceipt, NewEvent};
+pub use definition::{DefinitionError, Workflow, valid_name};
+pub use events::{EventReceipt, MAX_EVENT_KEY_CHARS, MAX_EVENT_NAME_CHARS, NewEvent};
 pub use runs::{RunFilter, RunStatus, RunView, Started, StepStatus, StepView};
 
 use crate::channels::Channels;

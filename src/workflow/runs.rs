@@ -166,7 +166,7 @@ pub struct StepView {
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
     pub workflow: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<RunStatus>,
     /// Runs with an id below this (the previous page's last id).
     pub before: Option<i64>,
     pub limit: i64,
@@ -356,21 +356,9 @@ impl Engine {
     }
 
     pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunView>, WorkflowError> {
-        let status = match filter.status.as_deref().map(RunStatus::parse) {
-            None => None,
-            Some(Some(status)) => Some(status),
-            Some(None) => {
-                let names: Vec<&str> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
-                let message = format!("must be one of {}", names.join(", "));
-                return Err(WorkflowError::InvalidInput(vec![(
-                    "status".into(),
-                    message,
-                )]));
-            }
-        };
         Ok(sqlx::query_as(sql::LIST_RUNS)
             .bind(&filter.workflow)
-            .bind(status.map(RunStatus::as_str))
+            .bind(filter.status.map(RunStatus::as_str))
             .bind(filter.before)
             .bind(filter.limit.clamp(1, 1000))
             .fetch_all(&self.pool)
