@@ -153,7 +153,11 @@ impl Partitioning {
         .bind(self.table)
         .fetch_one(&mut *tx)
         .await?;
+        // Each early return rolls back explicitly: a dropped transaction is rolled back later, when its connection
+        // is next used, and until then it keeps the advisory lock, so the next range's `create` (on another
+        // connection of the pool) would find it taken and skip that range.
         if !mine {
+            tx.rollback().await?;
             return Ok(false);
         }
         let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
@@ -161,6 +165,7 @@ impl Partitioning {
             .fetch_one(&mut *tx)
             .await?;
         if exists {
+            tx.rollback().await?;
             return Ok(false);
         }
         // Rows of this range can only be in the default partition (no partition covers it yet).
@@ -177,6 +182,7 @@ impl Partitioning {
         if stranded {
             tracing::warn!(table = self.table, %from, %to,
                 "rows of this range are in the default partition: no partition created for it");
+            tx.rollback().await?;
             return Ok(false);
         }
         // A table of its own first, then attached: CREATE TABLE … PARTITION OF would lock the parent against
@@ -208,6 +214,7 @@ impl Partitioning {
             }
             Err(error) if lock_timed_out(&error) => {
                 tracing::info!(table = self.table, partition = %name, "partition not created: a lock was busy");
+                tx.rollback().await?;
                 Ok(false)
             }
             Err(error) => Err(error),
@@ -338,7 +345,8 @@ impl Partitioning {
                 Err(error) if lock_timed_out(&error) => {}
                 Err(error) => return Err(error),
             }
-            drop(tx);
+            // At once, not when the connection is next used: the failed attempt's locks go with it.
+            tx.rollback().await?;
             tokio::time::sleep(DROP_PAUSE).await;
         }
         tracing::warn!(
