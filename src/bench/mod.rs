@@ -444,8 +444,11 @@ async fn count_live_jobs(pool: &PgPool) -> Result<i64, sqlx::Error> {
 
 pub(crate) struct Counters {
     pub commits: i64,
-    wal_lsn: i64,
+    pub wal_lsn: i64,
     dead_tuples: i64,
+    /// Statements executed in this database, when `pg_stat_statements` is loaded on the server
+    /// (`shared_preload_libraries`); `None` otherwise.
+    pub statements: Option<i64>,
 }
 
 pub(crate) async fn database_counters(pool: &PgPool) -> Result<Counters, sqlx::Error> {
@@ -460,10 +463,26 @@ pub(crate) async fn database_counters(pool: &PgPool) -> Result<Counters, sqlx::E
     )
     .fetch_one(pool)
     .await?;
+    // Only when the server preloads the extension: creating it elsewhere would fail, and that is an answer too.
+    let statements = match sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(pool)
+        .await
+    {
+        Ok(_) => sqlx::query_scalar(
+            "SELECT sum(calls)::int8 FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(pool)
+        .await
+        .ok()
+        .flatten(),
+        Err(_) => None,
+    };
     Ok(Counters {
         commits: row.try_get("commits")?,
         wal_lsn: row.try_get("wal_lsn")?,
         dead_tuples: row.try_get("dead")?,
+        statements,
     })
 }
 

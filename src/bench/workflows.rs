@@ -72,6 +72,9 @@ pub struct WorkflowBenchReport {
     pub runs_per_s: f64,
     pub node_jobs_per_s: f64,
     pub commits_per_run: f64,
+    /// `None` unless the server preloads `pg_stat_statements`.
+    pub statements_per_run: Option<f64>,
+    pub wal_bytes_per_run: f64,
     pub start_to_action_p50_ms: f64,
     pub start_to_action_p95_ms: f64,
     pub start_to_action_p99_ms: f64,
@@ -105,12 +108,12 @@ pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), Ben
             .collect();
         engine.start_runs("bench", data).await.map_err(failed)?;
     }
-    let before = database_counters(&pool).await?.commits;
+    let before = database_counters(&pool).await?;
     // The default channel sink is the log (no network); logs are at warn, so it costs nothing.
     let queues = format!("workflows:{}", args.concurrency);
     let worker = spawn_worker(&url, &queues, 1_000)?;
     wait_for_runs(&pool, args.runs as i64, Duration::from_secs(600)).await?;
-    let after = database_counters(&pool).await?.commits;
+    let after = database_counters(&pool).await?;
     let row = sqlx::query(
         "SELECT extract(epoch FROM (SELECT max(finished_at) FROM herald_runs) - \
                 (SELECT min(started_at) FROM herald_run_steps))::float8 AS secs",
@@ -131,7 +134,12 @@ pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), Ben
         concurrency: args.concurrency,
         runs_per_s,
         node_jobs_per_s: runs_per_s * 3.0,
-        commits_per_run: (after - before) as f64 / args.runs as f64,
+        commits_per_run: (after.commits - before.commits) as f64 / args.runs as f64,
+        statements_per_run: after
+            .statements
+            .zip(before.statements)
+            .map(|(a, b)| (a - b) as f64 / args.runs as f64),
+        wal_bytes_per_run: (after.wal_lsn - before.wal_lsn) as f64 / args.runs as f64,
         start_to_action_p50_ms: latencies.0,
         start_to_action_p95_ms: latencies.1,
         start_to_action_p99_ms: latencies.2,
@@ -147,7 +155,14 @@ pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), Ben
             "  runs completed         {:>10.0} runs/s ({:.0} node jobs/s)",
             report.runs_per_s, report.node_jobs_per_s
         );
-        println!("  commits per run        {:>10.1}", report.commits_per_run);
+        println!("  commits per run        {:>10.2}", report.commits_per_run);
+        match report.statements_per_run {
+            Some(statements) => println!("  statements per run     {statements:>10.1}"),
+            None => println!(
+                "  statements per run            n/a (load pg_stat_statements on the server to count them)"
+            ),
+        }
+        println!("  WAL per run            {:>10.0} bytes", report.wal_bytes_per_run);
         println!(
             "  run start -> action    p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms (at {} runs/s)",
             report.start_to_action_p50_ms,

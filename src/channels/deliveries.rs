@@ -28,6 +28,7 @@ use sqlx::PgPool;
 use super::sql;
 use super::{ChannelKind, DeliveryStatus, SendError, SendReport, Sent};
 use crate::audit::{self, Actor};
+use crate::coalesce::Coalescer;
 
 /// Which delivery: one message of one node of one run.
 #[derive(Debug, Clone, Copy)]
@@ -65,31 +66,86 @@ struct ClaimedDelivery {
     suppressed_reason: Option<String>,
 }
 
-/// Decides and records what a send attempt does with the delivery (see the module docs).
+/// Decides and records what a send attempt does with the delivery (see the module docs). One send on its own;
+/// a worker's concurrent sends go through [`DeliveryBatches`].
 pub async fn begin(pool: &PgPool, key: DeliveryKey<'_>) -> Result<Begin, sqlx::Error> {
+    let mut decided = begin_many(pool, &[key.to_owned()]).await?;
+    decided.pop().ok_or(sqlx::Error::RowNotFound)
+}
+
+/// [`begin`] for many sends: two statements and one (synchronous) commit for all of them, so every delivery
+/// is durably `sending` before its provider is called. Answers one decision per key, in order.
+pub async fn begin_many(
+    pool: &PgPool,
+    keys: &[OwnedDeliveryKey],
+) -> Result<Vec<Begin>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let claimed: ClaimedDelivery = sqlx::query_as(sql::CLAIM_DELIVERY)
-        .bind(key.run_id)
-        .bind(key.node)
-        .bind(key.recipient)
-        .bind(key.channel.as_str())
-        .bind(key.workflow)
-        .bind(key.triggered_at)
-        .fetch_one(&mut *tx)
+    let claimed: Vec<ClaimedDelivery> = sqlx::query_as(sql::CLAIM_DELIVERIES)
+        .bind(keys.iter().map(|k| k.run_id).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.node.as_str()).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|k| k.recipient.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(keys.iter().map(|k| k.channel.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.workflow.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.triggered_at).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
         .await?;
-    let id = claimed.id;
-    let (begin, new_status, reason) = decide(claimed);
-    if let Some(new_status) = new_status {
-        sqlx::query(sql::SET_DELIVERY_STATUS)
-            .bind(id)
-            .bind(new_status.as_str())
-            .bind("send")
-            .bind(reason)
+    if claimed.len() != keys.len() {
+        return Err(sqlx::Error::Protocol(format!(
+            "claimed {} deliveries for {} sends",
+            claimed.len(),
+            keys.len()
+        )));
+    }
+    let mut decisions = Vec::with_capacity(claimed.len());
+    let (mut ids, mut statuses, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
+    for row in claimed {
+        let id = row.id;
+        let (begin, new_status, reason) = decide(row);
+        if let Some(new_status) = new_status {
+            ids.push(id);
+            statuses.push(new_status.as_str());
+            reasons.push(reason);
+        }
+        decisions.push(begin);
+    }
+    if !ids.is_empty() {
+        sqlx::query(sql::SET_DELIVERY_STATUSES)
+            .bind(ids)
+            .bind(statuses)
+            .bind(reasons)
             .execute(&mut *tx)
             .await?;
     }
     tx.commit().await?;
-    Ok(begin)
+    Ok(decisions)
+}
+
+/// A [`DeliveryKey`] that owns its strings, to travel to a batch.
+#[derive(Debug, Clone)]
+pub struct OwnedDeliveryKey {
+    pub run_id: i64,
+    pub node: String,
+    pub recipient: String,
+    pub channel: ChannelKind,
+    pub workflow: String,
+    pub triggered_at: DateTime<Utc>,
+}
+
+impl DeliveryKey<'_> {
+    pub fn to_owned(&self) -> OwnedDeliveryKey {
+        OwnedDeliveryKey {
+            run_id: self.run_id,
+            node: self.node.to_string(),
+            recipient: self.recipient.to_string(),
+            channel: self.channel,
+            workflow: self.workflow.to_string(),
+            triggered_at: self.triggered_at,
+        }
+    }
 }
 
 type Decision = (Begin, Option<DeliveryStatus>, Option<String>);
@@ -126,6 +182,56 @@ fn decide(claimed: ClaimedDelivery) -> Decision {
     }
 }
 
+/// A send's result, ready to record on its delivery.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub id: i64,
+    pub channel: ChannelKind,
+    pub recipient: String,
+    status: DeliveryStatus,
+    provider: Option<String>,
+    message_id: Option<String>,
+    attempts: serde_json::Value,
+    error: Option<String>,
+}
+
+impl Finished {
+    /// What `report` means for delivery `id`.
+    pub fn new(id: i64, key: DeliveryKey<'_>, report: &SendReport) -> Self {
+        let (status, provider, message_id, error) = match &report.result {
+            Ok(sent) => (
+                DeliveryStatus::Sent,
+                Some(sent.provider.clone()),
+                sent.provider_message_id.clone(),
+                None,
+            ),
+            Err(err @ (SendError::Transient { .. } | SendError::Unavailable { .. })) => {
+                (DeliveryStatus::Queued, None, None, Some(err.to_string()))
+            }
+            Err(err @ SendError::Permanent(_)) => {
+                (DeliveryStatus::Failed, None, None, Some(err.to_string()))
+            }
+            Err(err @ SendError::Suppress(_)) => (
+                DeliveryStatus::Suppressed,
+                None,
+                None,
+                Some(err.to_string()),
+            ),
+        };
+        let provider = provider.or_else(|| report.attempts.last().map(|a| a.provider.clone()));
+        Self {
+            id,
+            channel: key.channel,
+            recipient: key.recipient.to_string(),
+            status,
+            provider,
+            message_id,
+            attempts: serde_json::to_value(&report.attempts).unwrap_or_default(),
+            error,
+        }
+    }
+}
+
 /// Records a send's result on its delivery (and the recipient on the suppression list if the provider said so).
 pub async fn finish(
     pool: &PgPool,
@@ -133,49 +239,156 @@ pub async fn finish(
     key: DeliveryKey<'_>,
     report: &SendReport,
 ) -> Result<(), sqlx::Error> {
-    let (status, provider, message_id, error) = match &report.result {
-        Ok(sent) => (
-            DeliveryStatus::Sent,
-            Some(sent.provider.clone()),
-            sent.provider_message_id.clone(),
-            None,
-        ),
-        Err(err @ (SendError::Transient { .. } | SendError::Unavailable { .. })) => {
-            (DeliveryStatus::Queued, None, None, Some(err.to_string()))
-        }
-        Err(err @ SendError::Permanent(_)) => {
-            (DeliveryStatus::Failed, None, None, Some(err.to_string()))
-        }
-        Err(err @ SendError::Suppress(_)) => (
-            DeliveryStatus::Suppressed,
-            None,
-            None,
-            Some(err.to_string()),
-        ),
-    };
-    let provider = provider.or_else(|| report.attempts.last().map(|a| a.provider.clone()));
-    let attempts = serde_json::to_value(&report.attempts).unwrap_or_default();
+    finish_many(pool, &[Finished::new(id, key, report)]).await
+}
+
+/// [`finish`] for many sends: one statement (two when a provider asked to suppress a recipient) and one commit.
+pub async fn finish_many(pool: &PgPool, finished: &[Finished]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query(sql::FINISH_DELIVERY)
-        .bind(id)
-        .bind(status.as_str())
-        .bind(&provider)
-        .bind(&message_id)
-        .bind(attempts)
-        .bind(&error)
+    sqlx::query(sql::FINISH_DELIVERIES)
+        .bind(finished.iter().map(|f| f.id).collect::<Vec<_>>())
+        .bind(
+            finished
+                .iter()
+                .map(|f| f.status.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            finished
+                .iter()
+                .map(|f| f.provider.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            finished
+                .iter()
+                .map(|f| f.message_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(finished.iter().map(|f| &f.attempts).collect::<Vec<_>>())
+        .bind(
+            finished
+                .iter()
+                .map(|f| f.error.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await?;
-    if status == DeliveryStatus::Suppressed {
-        suppress(
-            &mut *tx,
-            key.channel,
-            key.recipient,
-            error.as_deref().unwrap_or(""),
-            provider.as_deref(),
-        )
-        .await?;
+    let suppressed: Vec<&Finished> = finished
+        .iter()
+        .filter(|f| f.status == DeliveryStatus::Suppressed)
+        .collect();
+    if !suppressed.is_empty() {
+        sqlx::query(sql::SUPPRESS_MANY)
+            .bind(
+                suppressed
+                    .iter()
+                    .map(|f| f.channel.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                suppressed
+                    .iter()
+                    .map(|f| f.recipient.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                suppressed
+                    .iter()
+                    .map(|f| f.error.as_deref().unwrap_or(""))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                suppressed
+                    .iter()
+                    .map(|f| f.provider.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await
+}
+
+/// Most sends one batch records.
+const MAX_BATCH: usize = 256;
+
+type Began = Result<Begin, std::sync::Arc<sqlx::Error>>;
+type Recorded = Result<(), std::sync::Arc<sqlx::Error>>;
+
+/// Group commit for deliveries: a process's concurrent sends record their start ([`begin_many`]) and their
+/// result ([`finish_many`]) together, as node jobs do their steps (`workflow::steps`). Each caller still waits
+/// for its own commit, so "begun" means durably `sending` before the provider is called, exactly as one at a
+/// time; a lone send goes out at once. A batch the database refuses (one delivery twice in a batch, a
+/// deadlock) is retried one send at a time, so one send's problem never fails another's.
+pub struct DeliveryBatches {
+    begins: Coalescer<OwnedDeliveryKey, Began>,
+    finishes: Coalescer<Finished, Recorded>,
+}
+
+impl DeliveryBatches {
+    /// Starts the background tasks (inside the runtime); they stop when this is dropped. `pool` must commit
+    /// synchronously: these records are what stops a second send after a crash.
+    pub fn start(pool: PgPool) -> Self {
+        let reader = pool.clone();
+        let begins = Coalescer::start(MAX_BATCH, 2, move |keys: Vec<OwnedDeliveryKey>| {
+            let pool = reader.clone();
+            async move {
+                match begin_many(&pool, &keys).await {
+                    Ok(decided) => decided.into_iter().map(Ok).collect(),
+                    Err(_) if keys.len() > 1 => {
+                        let mut one_by_one = Vec::with_capacity(keys.len());
+                        for key in &keys {
+                            let decided = begin_many(&pool, std::slice::from_ref(key)).await;
+                            one_by_one.push(first(decided));
+                        }
+                        one_by_one
+                    }
+                    Err(error) => vec![Err(std::sync::Arc::new(error))],
+                }
+            }
+        });
+        let finishes = Coalescer::start(MAX_BATCH, 2, move |finished: Vec<Finished>| {
+            let pool = pool.clone();
+            async move {
+                match finish_many(&pool, &finished).await {
+                    Ok(()) => finished.iter().map(|_| Ok(())).collect(),
+                    Err(_) if finished.len() > 1 => {
+                        let mut one_by_one = Vec::with_capacity(finished.len());
+                        for one in &finished {
+                            let recorded = finish_many(&pool, std::slice::from_ref(one)).await;
+                            one_by_one.push(recorded.map_err(std::sync::Arc::new));
+                        }
+                        one_by_one
+                    }
+                    Err(error) => vec![Err(std::sync::Arc::new(error))],
+                }
+            }
+        });
+        Self { begins, finishes }
+    }
+
+    /// [`begin`], in the next batch.
+    pub async fn begin(&self, key: DeliveryKey<'_>) -> Began {
+        self.begins.call(key.to_owned()).await.map_err(stopped)?
+    }
+
+    /// [`finish`], in the next batch.
+    pub async fn finish(&self, finished: Finished) -> Recorded {
+        self.finishes.call(finished).await.map_err(stopped)?
+    }
+}
+
+/// The one decision of a one-send batch.
+fn first(decided: Result<Vec<Begin>, sqlx::Error>) -> Began {
+    decided
+        .map_err(std::sync::Arc::new)?
+        .pop()
+        .ok_or_else(|| std::sync::Arc::new(sqlx::Error::RowNotFound))
+}
+
+fn stopped(_: crate::coalesce::Stopped) -> std::sync::Arc<sqlx::Error> {
+    std::sync::Arc::new(sqlx::Error::PoolClosed)
 }
 
 /// Adds an address to the suppression list (whether it was not on it yet): provider feedback (a bounce, a

@@ -1,42 +1,67 @@
 //! Every SQL statement of the channel layer (deliveries, suppressions, callbacks, circuits, fleet size).
 
-/// Find or create the delivery row for (run, node, recipient, channel) and lock it for this transaction; also say
-/// whether the recipient is suppressed. $1 run, $2 node, $3 recipient, $4 channel, $5 the run's workflow, $6 when
-/// the run was triggered (both kept for the daily rollups).
-pub const CLAIM_DELIVERY: &str = r#"
-INSERT INTO herald_deliveries (run_id, node_id, recipient, channel, status, workflow, triggered_at)
-VALUES ($1, $2, $3, $4, 'queued', $5, $6)
-ON CONFLICT (run_id, node_id, recipient, channel) DO UPDATE SET updated_at = now()
-RETURNING id, status, provider, provider_message_id,
-          (SELECT reason FROM herald_suppressions s WHERE s.channel = $4 AND s.address = $3) AS suppressed_reason
+/// Creates (or finds) the deliveries of many sends in one statement and answers, one row per input in input
+/// order, each delivery as it stands and whether its recipient is suppressed. Rows
+/// are inserted (and so locked) in key order, so two batches never wait on each other in a cycle; a batch naming
+/// one delivery twice is refused by PostgreSQL and retried one send at a time by the caller. $1 run ids,
+/// $2 node ids, $3 recipients, $4 channels, $5 workflows, $6 triggered_at.
+pub const CLAIM_DELIVERIES: &str = r#"
+WITH input AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+        WITH ORDINALITY AS i(run_id, node_id, recipient, channel, workflow, triggered_at, ord)
+), claimed AS (
+    INSERT INTO herald_deliveries (run_id, node_id, recipient, channel, status, workflow, triggered_at)
+    SELECT run_id, node_id, recipient, channel, 'queued', workflow, triggered_at
+    FROM input ORDER BY run_id, node_id, recipient, channel
+    ON CONFLICT (run_id, node_id, recipient, channel) DO UPDATE SET updated_at = now()
+    RETURNING id, run_id, node_id, recipient, channel, status, provider, provider_message_id
+)
+SELECT c.id, c.status, c.provider, c.provider_message_id, s.reason AS suppressed_reason
+FROM input i
+JOIN claimed c ON c.run_id = i.run_id AND c.node_id = i.node_id AND c.recipient = i.recipient
+              AND c.channel = i.channel
+LEFT JOIN herald_suppressions s ON s.channel = c.channel AND s.address = c.recipient
+ORDER BY i.ord
 "#;
 
-/// Move a delivery to a status chosen by the sender, with a history entry. $1 id, $2 status, $3 source,
-/// $4 reason.
-pub const SET_DELIVERY_STATUS: &str = r#"
-UPDATE herald_deliveries
-SET status = $2, updated_at = now(),
-    history = history || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
-        'status', $2::text, 'at', now(), 'source', $3::text, 'reason', $4::text)))
-WHERE id = $1
+/// Moves deliveries to statuses the sender chose, each with a history entry (source `send`). $1 ids,
+/// $2 statuses, $3 reasons.
+pub const SET_DELIVERY_STATUSES: &str = r#"
+UPDATE herald_deliveries d
+SET status = u.status, updated_at = now(),
+    history = d.history || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+        'status', u.status, 'at', now(), 'source', 'send', 'reason', u.reason)))
+FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, status, reason)
+WHERE d.id = u.id
 "#;
 
-/// Record a send's result: its status, the accepting provider and its id, every provider call, and the error.
-/// A status never moves back: a callback that got here first (delivered) keeps its status.
-/// $1 id, $2 status, $3 provider, $4 provider message id, $5 attempts (jsonb array), $6 error.
-pub const FINISH_DELIVERY: &str = r#"
-UPDATE herald_deliveries
-SET status = CASE WHEN status IN ('queued', 'sending', 'unknown')
-                       OR herald_delivery_rank(status) < herald_delivery_rank($2)
-                  THEN $2 ELSE status END,
-    provider = coalesce($3, provider),
-    provider_message_id = coalesce($4, provider_message_id),
-    attempts = attempts || $5,
-    error = $6,
+/// Records sends' results: status, the accepting provider and its id, every provider call, and the error. A
+/// status never moves back: a callback that got here first (delivered) keeps its status. $1 ids, $2 statuses,
+/// $3 providers, $4 provider message ids, $5 attempts (jsonb arrays), $6 errors.
+pub const FINISH_DELIVERIES: &str = r#"
+UPDATE herald_deliveries d
+SET status = CASE WHEN d.status IN ('queued', 'sending', 'unknown')
+                       OR herald_delivery_rank(d.status) < herald_delivery_rank(u.status)
+                  THEN u.status ELSE d.status END,
+    provider = coalesce(u.provider, d.provider),
+    provider_message_id = coalesce(u.message_id, d.provider_message_id),
+    attempts = d.attempts || u.attempts,
+    error = u.error,
     updated_at = now(),
-    history = history || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
-        'status', $2::text, 'at', now(), 'source', 'send', 'reason', $6::text)))
-WHERE id = $1
+    history = d.history || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+        'status', u.status, 'at', now(), 'source', 'send', 'reason', u.error)))
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::text[])
+    AS u(id, status, provider, message_id, attempts, error)
+WHERE d.id = u.id
+"#;
+
+/// [`SUPPRESS`] for many addresses, in key order. $1 channels, $2 addresses, $3 reasons, $4 providers.
+pub const SUPPRESS_MANY: &str = r#"
+INSERT INTO herald_suppressions (channel, address, reason, provider)
+SELECT DISTINCT ON (channel, address) channel, address, reason, provider
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS u(channel, address, reason, provider)
+ORDER BY channel, address
+ON CONFLICT (channel, address) DO NOTHING
 "#;
 
 /// Add an address to the suppression list (the first reason wins). $1 channel, $2 address, $3 reason,

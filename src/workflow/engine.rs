@@ -21,7 +21,7 @@ use super::expr;
 use super::runs::StepStatus;
 use super::steps::{FinishedStep, RunState};
 use super::{Engine, NodeJob, Phase, WorkflowError, sql};
-use crate::channels::deliveries::{self, Begin, DeliveryKey};
+use crate::channels::deliveries::{Begin, DeliveryKey, Finished};
 use crate::channels::{Message, SendError};
 use crate::queue::{JobContext, JobError};
 
@@ -235,13 +235,14 @@ impl Engine {
             workflow: &run.workflow,
             triggered_at: run.created_at,
         };
-        let delivery = match deliveries::begin(&self.pool, key).await {
+        let delivery = match self.delivery_batches().begin(key).await {
             Ok(Begin::Send { id }) => id,
             Ok(decided) => return skip_send(decided, &message, &node.next),
             Err(error) => return Err(JobError::retry(error.to_string())),
         };
         let report = sender.send(&message).await;
-        if let Err(error) = deliveries::finish(&self.pool, delivery, key, &report).await {
+        let finished = Finished::new(delivery, key, &report);
+        if let Err(error) = self.delivery_batches().finish(finished).await {
             // The delivery stays `sending`: the retry finds it so and does not send again.
             return Err(JobError::retry(error.to_string()));
         }

@@ -38,6 +38,7 @@ pub use events::{EventReceipt, MAX_EVENT_KEY_CHARS, MAX_EVENT_NAME_CHARS, NewEve
 pub use runs::{RunFilter, RunStatus, RunView, Started, StepStatus, StepView};
 
 use crate::channels::Channels;
+use crate::channels::deliveries::DeliveryBatches;
 use crate::queue::{
     self, HandlerRegistry, Job, JobDefaults, JobKind, NewJob, QueueError, QueueName,
 };
@@ -132,6 +133,8 @@ pub struct Engine {
     jobs: NodeJobs,
     /// Started on first use, inside the runtime (see `steps.rs`).
     step_batches: std::sync::OnceLock<steps::StepBatches>,
+    /// The same for action nodes' delivery records (on `pool`: they must be durable before a provider call).
+    delivery_batches: std::sync::OnceLock<DeliveryBatches>,
 }
 
 impl Engine {
@@ -157,6 +160,7 @@ impl Engine {
                 defaults,
             },
             step_batches: std::sync::OnceLock::new(),
+            delivery_batches: std::sync::OnceLock::new(),
         })
     }
 
@@ -168,6 +172,11 @@ impl Engine {
     fn step_batches(&self) -> &steps::StepBatches {
         self.step_batches
             .get_or_init(|| steps::StepBatches::start(self.steps_pool.clone(), self.jobs.clone()))
+    }
+
+    fn delivery_batches(&self) -> &DeliveryBatches {
+        self.delivery_batches
+            .get_or_init(|| DeliveryBatches::start(self.pool.clone()))
     }
 }
 

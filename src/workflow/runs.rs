@@ -325,6 +325,13 @@ impl Engine {
         keys: Vec<Option<String>>,
         request_ids: Vec<Option<String>>,
     ) -> Result<Vec<(i64, Option<String>)>, WorkflowError> {
+        // The trigger node is done at start (see `trigger_context`): its successors are the first node jobs.
+        let mut next: Vec<String> = definition
+            .node(&definition.trigger)
+            .map(|trigger| trigger.next.clone())
+            .unwrap_or_default();
+        next.sort();
+        next.dedup();
         let runs: Vec<(i64, Option<String>)> = sqlx::query_as(sql::START_RUNS)
             .bind(&definition.name)
             .bind(definition.version)
@@ -332,12 +339,16 @@ impl Engine {
             .bind(keys)
             .bind(request_ids)
             .bind(&definition.trigger)
+            .bind(&next)
             .fetch_all(&mut *conn)
             .await?;
-        let triggers = runs
-            .iter()
-            .map(|&(id, _)| (id, 1, definition.trigger.clone()));
-        self.jobs.enqueue_run_phase(conn, triggers).await?;
+        let mut first_nodes = Vec::with_capacity(runs.len() * next.len());
+        for &(id, _) in &runs {
+            for node in &next {
+                first_nodes.push((id, 1, node.clone()));
+            }
+        }
+        self.jobs.enqueue_run_phase(conn, first_nodes).await?;
         Ok(runs)
     }
 
@@ -415,19 +426,27 @@ impl Engine {
 }
 
 /// Checks trigger data against the trigger's fields (problems named under `prefix`) and builds a new run's
-/// context. Bad input is refused before anything is stored.
+/// context, with the trigger node already run: the run starts past its trigger. Bad input is refused before
+/// anything is stored.
+///
+/// The trigger node's whole work is this extraction (defaults filled in, only the declared fields kept), and
+/// its data was already checked here, so running it as a node job of its own only cost a claim, a step read, a
+/// step write and an ack per run. The context is exactly what that job produced: the extracted data as
+/// `trigger` and as the trigger node's output.
 fn trigger_context(
     definition: &Workflow,
     data: Value,
     prefix: &str,
 ) -> Result<Value, WorkflowError> {
-    extract_trigger(definition.trigger_fields(), &data).map_err(|problems| {
+    let extracted = extract_trigger(definition.trigger_fields(), &data).map_err(|problems| {
         let fields = problems
             .into_iter()
             .map(|(f, m)| (format!("{prefix}.{f}"), m));
         WorkflowError::InvalidInput(fields.collect())
     })?;
-    Ok(json!({ "trigger": data, "nodes": {} }))
+    let mut nodes = serde_json::Map::new();
+    nodes.insert(definition.trigger.clone(), extracted.clone());
+    Ok(json!({ "trigger": extracted, "nodes": nodes }))
 }
 
 #[cfg(test)]

@@ -44,19 +44,31 @@ FROM herald_workflows ORDER BY name, version DESC";
 
 // ---- runs ----
 
-/// Starts runs of one workflow version: one row per context, plus each run's pending trigger step. A run whose
-/// idempotency key is taken is skipped (the caller looks the existing run up).
+/// Starts runs of one workflow version, past their trigger node: one row per context (which already holds the
+/// trigger's output), the trigger's step completed, and a pending step for each node after it ($7; none: the run
+/// is complete at once). A run whose idempotency key is taken is skipped (the caller looks the existing run up).
+/// $6 the trigger node's id.
 pub const START_RUNS: &str = "
 WITH input AS (
     SELECT * FROM unnest($3::jsonb[], $4::text[], $5::text[]) WITH ORDINALITY AS t(context, key, request_id, ord)
 ), runs AS (
-    INSERT INTO herald_runs (workflow, version, status, context, idempotency_key, request_id)
-    SELECT $1, $2, 'running', context, key, request_id FROM input ORDER BY ord
+    INSERT INTO herald_runs (workflow, version, status, context, idempotency_key, request_id, pending, finished_at)
+    SELECT $1, $2, CASE WHEN cardinality($7::text[]) = 0 THEN 'completed' ELSE 'running' END, context, key,
+           request_id, cardinality($7::text[]), CASE WHEN cardinality($7::text[]) = 0 THEN now() END
+    FROM input ORDER BY ord
     ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, idempotency_key
-), steps AS (
+    RETURNING id, idempotency_key, context
+), trigger_step AS (
+    INSERT INTO herald_run_steps (run_id, epoch, node_id, status, outcome, output, attempts, enqueued_at,
+                                  started_at, finished_at)
+    -- Enqueued a microsecond before its successors (all else is one transaction's now()), so timelines, in
+    -- enqueue order, list the trigger first.
+    SELECT id, 1, $6, 'completed', 'accepted', context->'trigger', 1, now() - interval '1 microsecond', now(),
+           now()
+    FROM runs
+), next_steps AS (
     INSERT INTO herald_run_steps (run_id, epoch, node_id, status)
-    SELECT id, 1, $6, 'pending' FROM runs
+    SELECT id, 1, node, 'pending' FROM runs CROSS JOIN unnest($7::text[]) AS node
 )
 SELECT id, idempotency_key FROM runs ORDER BY id";
 

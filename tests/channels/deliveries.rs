@@ -250,3 +250,55 @@ async fn callbacks_apply_once_and_only_forward() {
         .collect();
     assert_eq!(statuses, ["sending", "sent", "delivered", "bounced"]);
 }
+
+/// Group commit: a worker's concurrent sends begin and finish in shared batches, each answered on its own. One
+/// delivery named twice in a batch (two attempts of one node at once) makes PostgreSQL refuse the batch; the
+/// batch is retried one send at a time, so exactly one of the two sends and the other does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_share_batches_and_a_delivery_named_twice_is_sent_once() {
+    let db = TestDb::new().await;
+    let run = run_row(&db).await;
+    let batches = std::sync::Arc::new(deliveries::DeliveryBatches::start(db.pool.clone()));
+    let recipients: Vec<String> = (0..100).map(|i| format!("u{i}@example.com")).collect();
+    let mut tasks = Vec::new();
+    let twice_over = std::iter::repeat_n("twice@example.com".to_string(), 2);
+    for recipient in recipients.iter().cloned().chain(twice_over) {
+        let batches = std::sync::Arc::clone(&batches);
+        tasks.push(tokio::spawn(async move {
+            let decided = batches.begin(key(run, &recipient)).await.unwrap();
+            if let Begin::Send { id } = decided {
+                let report = sent_report("smtp", &format!("m-{recipient}"));
+                let finished = deliveries::Finished::new(id, key(run, &recipient), &report);
+                batches.finish(finished).await.unwrap();
+            }
+            (recipient, decided)
+        }));
+    }
+    let mut sends = 0;
+    let mut twice = Vec::new();
+    for task in tasks {
+        let (recipient, decided) = task.await.unwrap();
+        if recipient == "twice@example.com" {
+            twice.push(decided);
+        } else {
+            assert!(
+                matches!(decided, Begin::Send { .. }),
+                "{recipient}: {decided:?}"
+            );
+            sends += 1;
+        }
+    }
+    assert_eq!(sends, 100);
+    let sent_twice = twice
+        .iter()
+        .filter(|d| matches!(d, Begin::Send { .. }))
+        .count();
+    assert_eq!(sent_twice, 1, "one of the two attempts sends: {twice:?}");
+    let statuses: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM herald_deliveries GROUP BY status ORDER BY status",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(statuses, vec![("sent".to_string(), 101)]);
+}

@@ -1022,7 +1022,8 @@ async fn real_runs_roll_up_with_their_workflow_and_latencies() {
         .filter(|j| j.kind == "herald.workflow.node")
         .collect();
     let executed: i64 = node_jobs.iter().map(|j| j.executed).sum();
-    assert_eq!(executed, 7, "one node job per step: {node_jobs:#?}");
+    // Runs start past their trigger (its step is recorded at start), so: one node job per later step.
+    assert_eq!(executed, 5, "one node job per step after the triggers: {node_jobs:#?}");
     assert!(
         node_jobs
             .iter()
