@@ -162,7 +162,10 @@ pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), Ben
                 "  statements per run            n/a (load pg_stat_statements on the server to count them)"
             ),
         }
-        println!("  WAL per run            {:>10.0} bytes", report.wal_bytes_per_run);
+        println!(
+            "  WAL per run            {:>10.0} bytes",
+            report.wal_bytes_per_run
+        );
         println!(
             "  run start -> action    p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms (at {} runs/s)",
             report.start_to_action_p50_ms,

@@ -1023,7 +1023,10 @@ async fn real_runs_roll_up_with_their_workflow_and_latencies() {
         .collect();
     let executed: i64 = node_jobs.iter().map(|j| j.executed).sum();
     // Runs start past their trigger (its step is recorded at start), so: one node job per later step.
-    assert_eq!(executed, 5, "one node job per step after the triggers: {node_jobs:#?}");
+    assert_eq!(
+        executed, 5,
+        "one node job per step after the triggers: {node_jobs:#?}"
+    );
     assert!(
         node_jobs
             .iter()
