@@ -787,3 +787,40 @@ async fn a_payload_postgres_cannot_store_fails_alone_among_coalesced_requests() 
     );
     assert_eq!(live_jobs(&app.db.pool).await, 10);
 }
+
+/// PostgreSQL prints a `jsonb` number as an exact decimal (309 digits for the largest double); reading it back must
+/// give the number that was sent, not "number out of range" (schemathesis found a 500 on `GET /v1/jobs/{id}`).
+#[tokio::test]
+async fn extreme_numbers_in_a_payload_read_back_as_sent() {
+    let app = spawn_app().await;
+    let numbers = json!([
+        f64::MAX,
+        f64::MIN,
+        f64::MIN_POSITIVE,
+        5e-324,
+        1.7e308,
+        u64::MAX,
+        i64::MIN
+    ]);
+    let job = json!({"queue": "q", "kind": "k", "payload": {"numbers": numbers}});
+    let created = app
+        .post("/v1/jobs", &app.service_key)
+        .json(&job)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let read = app
+        .get(&format!("/v1/jobs/{id}"), &app.read_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::OK);
+    assert_eq!(
+        read.json::<Value>().await.unwrap()["payload"]["numbers"],
+        numbers
+    );
+}
