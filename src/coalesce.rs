@@ -3,8 +3,9 @@
 //! A caller hands its item to [`Coalescer::call`] and waits for its own answer. A background task takes the
 //! first waiting item plus everything that queued up behind it (up to `max_batch`) and runs the batch function
 //! on them, with at most `in_flight` batches at once. Under load most batches carry many items; an idle system
-//! adds no delay, since a lone item goes out at once. Used for single enqueues over HTTP (`api::batcher`), and for
-//! the reads and writes of workflow node jobs (`workflow::steps`).
+//! adds no delay, since a lone item goes out at once. Used for single enqueues over HTTP (`api::batcher`), for
+//! the reads and writes of workflow node jobs (`workflow::steps`), and for delivery records (`channels::deliveries`).
+//! [`whole_or_each`] is the batch writers' fallback when the database refuses a batch.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -91,6 +92,48 @@ async fn coalesce<T, R, F, Fut>(
     }
 }
 
+/// Runs `run` on a whole batch and, if the database refuses it (one bad row, a deadlock with another process's
+/// batch), on each item alone, so that one item's problem never fails the others. `run` answers one result per
+/// item it is given; this answers one per item of `items`, in order. The batch writers of node steps
+/// (`workflow::steps`) and deliveries (`channels::deliveries`) use it.
+pub async fn whole_or_each<'a, T, R, E, F, Fut>(
+    what: &str,
+    items: &'a [T],
+    run: F,
+) -> Vec<Result<R, Arc<E>>>
+where
+    E: From<sqlx::Error> + std::fmt::Display,
+    F: Fn(&'a [T]) -> Fut,
+    Fut: Future<Output = Result<Vec<R>, E>>,
+{
+    match run(items).await {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Err(error) if items.len() == 1 => vec![Err(Arc::new(error))],
+        Err(error) => {
+            tracing::warn!(%error, items = items.len(), "a batch of {what} failed; retrying them one at a time");
+            let mut answers = Vec::with_capacity(items.len());
+            for item in items {
+                let answer = match run(std::slice::from_ref(item)).await {
+                    Ok(mut one) if one.len() == 1 => {
+                        one.pop().ok_or_else(|| unreachable_empty(what))
+                    }
+                    Ok(_) => Err(unreachable_empty(what)),
+                    Err(error) => Err(Arc::new(error)),
+                };
+                answers.push(answer);
+            }
+            answers
+        }
+    }
+}
+
+/// A `run` that did not answer one result for one item: a bug, reported to that item's caller.
+fn unreachable_empty<E: From<sqlx::Error>>(what: &str) -> Arc<E> {
+    Arc::new(E::from(sqlx::Error::Protocol(format!(
+        "a batch of one of {what} did not answer exactly one result"
+    ))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,5 +160,35 @@ mod tests {
         let sizes = sizes.lock().unwrap();
         assert_eq!(sizes.iter().sum::<usize>(), 40);
         assert!(sizes.iter().all(|&s| s <= 8), "{sizes:?}");
+    }
+
+    /// A refused batch is retried item by item: the good items succeed, the bad one fails alone, in order.
+    #[tokio::test]
+    async fn a_refused_batch_is_retried_one_item_at_a_time() {
+        let calls = std::sync::Mutex::new(Vec::new());
+        let items = [1u32, 13, 3];
+        let answers = whole_or_each("numbers", &items, |batch: &[u32]| {
+            calls.lock().unwrap().push(batch.len());
+            let batch = batch.to_vec();
+            async move {
+                if batch.contains(&13) {
+                    Err(sqlx::Error::Protocol("13 refused".into()))
+                } else {
+                    Ok(batch.iter().map(|n| n * 10).collect::<Vec<_>>())
+                }
+            }
+        })
+        .await;
+        assert_eq!(*calls.lock().unwrap(), vec![3, 1, 1, 1]);
+        assert_eq!(answers.len(), 3);
+        assert_eq!(*answers[0].as_ref().unwrap(), 10);
+        assert!(
+            answers[1]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("13 refused")
+        );
+        assert_eq!(*answers[2].as_ref().unwrap(), 30);
     }
 }

@@ -28,7 +28,7 @@ use sqlx::PgPool;
 use super::sql;
 use super::{ChannelKind, DeliveryStatus, SendError, SendReport, Sent};
 use crate::audit::{self, Actor};
-use crate::coalesce::Coalescer;
+use crate::coalesce::{Coalescer, whole_or_each};
 
 /// Which delivery: one message of one node of one run.
 #[derive(Debug, Clone, Copy)]
@@ -334,35 +334,20 @@ impl DeliveryBatches {
         let begins = Coalescer::start(MAX_BATCH, 2, move |keys: Vec<OwnedDeliveryKey>| {
             let pool = reader.clone();
             async move {
-                match begin_many(&pool, &keys).await {
-                    Ok(decided) => decided.into_iter().map(Ok).collect(),
-                    Err(_) if keys.len() > 1 => {
-                        let mut one_by_one = Vec::with_capacity(keys.len());
-                        for key in &keys {
-                            let decided = begin_many(&pool, std::slice::from_ref(key)).await;
-                            one_by_one.push(first(decided));
-                        }
-                        one_by_one
-                    }
-                    Err(error) => vec![Err(std::sync::Arc::new(error))],
-                }
+                let pool = &pool;
+                whole_or_each("delivery starts", &keys, |batch| begin_many(pool, batch)).await
             }
         });
         let finishes = Coalescer::start(MAX_BATCH, 2, move |finished: Vec<Finished>| {
             let pool = pool.clone();
             async move {
-                match finish_many(&pool, &finished).await {
-                    Ok(()) => finished.iter().map(|_| Ok(())).collect(),
-                    Err(_) if finished.len() > 1 => {
-                        let mut one_by_one = Vec::with_capacity(finished.len());
-                        for one in &finished {
-                            let recorded = finish_many(&pool, std::slice::from_ref(one)).await;
-                            one_by_one.push(recorded.map_err(std::sync::Arc::new));
-                        }
-                        one_by_one
-                    }
-                    Err(error) => vec![Err(std::sync::Arc::new(error))],
-                }
+                let pool = &pool;
+                whole_or_each("delivery results", &finished, |batch| async move {
+                    finish_many(pool, batch)
+                        .await
+                        .map(|()| vec![(); batch.len()])
+                })
+                .await
             }
         });
         Self { begins, finishes }
@@ -377,14 +362,6 @@ impl DeliveryBatches {
     pub async fn finish(&self, finished: Finished) -> Recorded {
         self.finishes.call(finished).await.map_err(stopped)?
     }
-}
-
-/// The one decision of a one-send batch.
-fn first(decided: Result<Vec<Begin>, sqlx::Error>) -> Began {
-    decided
-        .map_err(std::sync::Arc::new)?
-        .pop()
-        .ok_or_else(|| std::sync::Arc::new(sqlx::Error::RowNotFound))
 }
 
 fn stopped(_: crate::coalesce::Stopped) -> std::sync::Arc<sqlx::Error> {

@@ -18,7 +18,7 @@ use sqlx::{FromRow, PgPool, Row};
 
 use super::runs::StepStatus;
 use super::{NodeJob, NodeJobs, WorkflowError, sql};
-use crate::coalesce::Coalescer;
+use crate::coalesce::{Coalescer, whole_or_each};
 
 /// Most steps one statement reads or finishes.
 const MAX_BATCH: usize = 512;
@@ -114,22 +114,12 @@ async fn load(pool: &PgPool, keys: &[NodeJob]) -> Vec<Loaded> {
 }
 
 async fn finish(pool: &PgPool, jobs: &NodeJobs, steps: Vec<FinishedStep>) -> Vec<Finished> {
-    match commit(pool, jobs, &steps).await {
-        Ok(()) => steps.iter().map(|_| Ok(())).collect(),
-        Err(error) if steps.len() == 1 => vec![Err(Arc::new(error))],
-        Err(error) => {
-            tracing::warn!(%error, steps = steps.len(), "a batch of steps failed; finishing them one by one");
-            let mut results = Vec::with_capacity(steps.len());
-            for step in &steps {
-                results.push(
-                    commit(pool, jobs, std::slice::from_ref(step))
-                        .await
-                        .map_err(Arc::new),
-                );
-            }
-            results
-        }
-    }
+    whole_or_each("steps", &steps, |batch| async move {
+        commit(pool, jobs, batch)
+            .await
+            .map(|()| vec![(); batch.len()])
+    })
+    .await
 }
 
 async fn commit(
