@@ -39,3 +39,10 @@ CREATE TRIGGER herald_audit_log_append_only BEFORE UPDATE OR DELETE ON herald_au
 
 -- When a key last authenticated a request (refreshed at most once per key-cache period per API process).
 ALTER TABLE herald_api_keys ADD COLUMN last_used_at timestamptz;
+
+-- `GET /metrics` took the `read` scope before the `metrics` scope existed: keys that could scrape keep doing so
+-- (a read key sees more than /metrics anyway). `POST /v1/events` took `enqueue`; that right is deliberately *not*
+-- carried over, since an event can complete any user's wait: a key that sends events needs a new key with the
+-- `events` scope (docs/security.md, "Upgrading").
+UPDATE herald_api_keys SET scopes = array_append(scopes, 'metrics')
+WHERE 'read' = ANY (scopes) AND NOT 'metrics' = ANY (scopes);

@@ -44,10 +44,15 @@ pub async fn run(settings: Settings, args: UpArgs) -> anyhow::Result<()> {
             // The quick start enqueues `herald.log` over HTTP on the private cluster.
             let mut settings = settings;
             settings.jobs.allow_test_kinds = true;
-            run_roles(settings, &cluster.url(), args, true).await
+            run_roles(settings, &cluster.url(), args, DevKey::OnPrivateCluster).await
         }
         None => {
             let url = settings.database.url.clone().unwrap_or_default();
+            let dev_key = if dev_key {
+                DevKey::OnSharedServer
+            } else {
+                DevKey::None
+            };
             run_roles(settings, &url, args, dev_key).await
         }
     };
@@ -58,11 +63,22 @@ pub async fn run(settings: Settings, args: UpArgs) -> anyhow::Result<()> {
     result
 }
 
+/// Whether `up` mints a development key, and where.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DevKey {
+    None,
+    /// The private cluster is this checkout's own: keys left by earlier runs that were killed are revoked.
+    OnPrivateCluster,
+    /// `--dev-key` on a server others may use: only this run's key is revoked (another developer's `up` may be
+    /// running with its own).
+    OnSharedServer,
+}
+
 async fn run_roles(
     settings: Settings,
     url: &str,
     args: WorkerArgs,
-    mint_key: bool,
+    mint_key: DevKey,
 ) -> anyhow::Result<()> {
     let options = herald::app::worker_options(&settings, args.queues, args.concurrency)?;
     let app = Arc::new(App::boot_at(settings, url).await?);
@@ -70,9 +86,11 @@ async fn run_roles(
     let address = listener.local_addr()?;
     println!("herald is up: API on http://{address} (docs at /docs), worker and clock running.");
     let actor = herald::audit::Actor::herald("herald up");
-    let dev_key = if mint_key {
-        // Keys of earlier runs that were killed before they could revoke theirs.
-        herald::api::keys::revoke_named(&app.pool, &actor, DEV_KEY_NAME).await?;
+    let dev_key = if mint_key != DevKey::None {
+        if mint_key == DevKey::OnPrivateCluster {
+            // Keys of earlier runs that were killed before they could revoke theirs.
+            herald::api::keys::revoke_named(&app.pool, &actor, DEV_KEY_NAME).await?;
+        }
         let scopes = herald::api::keys::Scope::ALL;
         let (key, record) =
             herald::api::keys::create(&app.pool, &actor, DEV_KEY_NAME, &scopes).await?;

@@ -105,15 +105,16 @@ impl KeyCache {
         (checked.elapsed() < ttl).then(|| caller.clone())
     }
 
-    fn put(&self, digest: [u8; 32], caller: Caller) {
+    /// Caches `caller`; when the cache is full of entries younger than `ttl`, the new key is not cached (it is
+    /// looked up again next time) rather than pushing out keys in use.
+    fn put(&self, digest: [u8; 32], caller: Caller, ttl: Duration) {
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= Self::MAX_ENTRIES {
-                entries.retain(|_, (_, checked)| checked.elapsed() < Duration::from_secs(60));
-                if entries.len() >= Self::MAX_ENTRIES {
-                    entries.clear();
-                }
+                entries.retain(|_, (_, checked)| checked.elapsed() < ttl);
             }
-            entries.insert(digest, (caller, Instant::now()));
+            if entries.len() < Self::MAX_ENTRIES || entries.contains_key(&digest) {
+                entries.insert(digest, (caller, Instant::now()));
+            }
         }
     }
 }
@@ -159,11 +160,12 @@ impl FailureLimiter {
             if blocked.len() >= Self::MAX_CLIENTS {
                 let now = Instant::now();
                 blocked.retain(|_, until| *until > now);
-                if blocked.len() >= Self::MAX_CLIENTS {
-                    blocked.clear();
-                }
             }
-            blocked.insert(client, Instant::now() + wait);
+            // Full of clients still waiting: this one is not remembered (the rate limiter still refuses it), and
+            // no flood of new addresses can make the map forget the clients it holds.
+            if blocked.len() < Self::MAX_CLIENTS {
+                blocked.insert(client, Instant::now() + wait);
+            }
         }
         Some(wait.as_secs().max(1))
     }
@@ -183,13 +185,23 @@ fn presented_key(parts: &Parts) -> Option<&str> {
         .map(str::trim)
 }
 
-/// The client's address (the TCP peer; behind a proxy, the proxy's), or an unspecified address when the router
-/// is called without a connection (tests calling it in-process).
+/// The client, for the failure limiter: its address (the TCP peer; behind a proxy, the proxy's), an IPv6 address
+/// cut to its /64 (one host holds a whole /64, so each of its addresses must not get a budget of its own), or an
+/// unspecified address when the router is called without a connection (tests calling it in-process).
 fn client_address(parts: &Parts) -> IpAddr {
-    parts
+    let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip());
+    match peer {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+        v4 => v4,
+    }
 }
 
 /// The caller named by the request's key: checked, cached, and within its rate limit.
@@ -234,7 +246,9 @@ async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Caller, ApiErro
                     tracing::debug!(%error, "could not note the key's use");
                 }
             });
-            state.keys.put(digest, caller.clone());
+            state
+                .keys
+                .put(digest, caller.clone(), state.settings.key_cache);
             caller
         }
     };
@@ -243,4 +257,58 @@ async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Caller, ApiErro
         return Err(ApiError::rate_limited(wait.as_secs().max(1)));
     }
     Ok(caller)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts_from(peer: &str) -> Parts {
+        let address: SocketAddr = peer.parse().unwrap();
+        let (parts, ()) = axum::http::Request::builder()
+            .extension(ConnectInfo(address))
+            .body(())
+            .unwrap()
+            .into_parts();
+        parts
+    }
+
+    /// Every address of one IPv6 /64 is one client for the failure limiter; IPv4 (mapped or not) is itself.
+    #[test]
+    fn ipv6_clients_are_counted_by_their_slash_64() {
+        let one = client_address(&parts_from("[2001:db8:1:2:aaaa::1]:4000"));
+        let other = client_address(&parts_from("[2001:db8:1:2:ffff:1:2:3]:4001"));
+        let elsewhere = client_address(&parts_from("[2001:db8:1:3::1]:4000"));
+        assert_eq!(one, other);
+        assert_ne!(one, elsewhere);
+        assert_eq!(one.to_string(), "2001:db8:1:2::");
+        let mapped = client_address(&parts_from("[::ffff:192.0.2.7]:80"));
+        assert_eq!(mapped.to_string(), "192.0.2.7");
+    }
+
+    /// A full cache keeps the keys it holds: a new key is not cached (it is looked up again), and nothing a
+    /// caller does can flush the cache.
+    #[test]
+    fn a_full_key_cache_keeps_its_keys() {
+        let cache = KeyCache::default();
+        let ttl = Duration::from_secs(60);
+        let caller = |id| Caller {
+            key_id: id,
+            key_name: "k".into(),
+            scopes: Vec::new(),
+        };
+        for i in 0..KeyCache::MAX_ENTRIES {
+            let mut digest = [0u8; 32];
+            digest[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            cache.put(digest, caller(i as i64), ttl);
+        }
+        let newcomer = [0xff; 32];
+        cache.put(newcomer, caller(-1), ttl);
+        assert!(cache.get(&newcomer, ttl).is_none(), "not cached while full");
+        assert_eq!(
+            cache.get(&[0u8; 32], ttl).map(|c| c.key_id),
+            Some(0),
+            "old keys stay"
+        );
+    }
 }

@@ -1,11 +1,16 @@
 //! The API's HTTP server loop: hyper's connection builder under axum's router, because `axum::serve` offers no
-//! way to bound what a client holds. Two limits (`[api]`):
+//! way to bound what a client holds. Three limits (`[api]`):
 //!
 //! - `max_connections`: connections served at once. Past it the loop stops accepting until one closes, so a flood
 //!   of connections cannot exhaust the process's file descriptors (measured before: 20,000 connections took every
-//!   descriptor and `/healthz` stopped answering).
+//!   descriptor and `/healthz` stopped answering). It is capped below the process's descriptor limit, which the
+//!   database and provider connections share.
 //! - `header_read_timeout_secs`: how long an HTTP/1 client has to send a request's headers. A client trickling
 //!   them byte by byte (slowloris) is cut off instead of holding its connection forever.
+//! - `idle_timeout_secs`: a connection on which no byte moves, either way, for this long is closed. Without it a
+//!   connection that never sends its first bytes (the server waits to tell HTTP/1 from HTTP/2), an idle HTTP/2
+//!   connection, or a client that stops reading its response would hold a connection slot forever, and
+//!   `max_connections` such sockets would lock every client out.
 //!
 //! Each request carries the peer address (`ConnectInfo`), for the per-client key lookup limit. Shutdown: stop
 //! accepting, let in-flight requests finish for `api.shutdown_grace_secs`, then drop what is left.
@@ -22,14 +27,19 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+/// Descriptors left for everything but API connections (database pools, provider and callback requests, files).
+const RESERVED_DESCRIPTORS: u64 = 256;
 
 /// The limits the loop puts on connections.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
     /// How long in-flight requests get on shutdown.
     pub shutdown_grace: Duration,
 }
@@ -41,7 +51,7 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(connection_cap(limits.max_connections)));
     let graceful = GracefulShutdown::new();
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -69,6 +79,9 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_read_timeout(Some(limits.idle_timeout));
+        stream.set_write_timeout(Some(limits.idle_timeout));
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
@@ -76,7 +89,7 @@ pub async fn serve(
             async move { Ok::<_, Infallible>(app.oneshot(request).await.unwrap_or_else(|e| match e {})) }
         });
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(Box::pin(stream)), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -93,4 +106,46 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// `max_connections`, capped so that API connections leave [`RESERVED_DESCRIPTORS`] of the process's descriptor
+/// limit (`ulimit -n`) to everything else. The soft limit is first raised to the hard one, as servers do.
+fn connection_cap(configured: usize) -> usize {
+    let Some(limit) = raise_descriptor_limit() else {
+        return configured.max(1);
+    };
+    let room = usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
+    if configured > room {
+        tracing::warn!(
+            configured,
+            serving = room.max(1),
+            descriptor_limit = limit,
+            "api.max_connections is above what the descriptor limit leaves; raise `ulimit -n` to serve more"
+        );
+    }
+    configured.min(room).max(1)
+}
+
+/// Raises the soft descriptor limit to the hard one; the soft limit now in force (`None` if unknown).
+fn raise_descriptor_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
 }

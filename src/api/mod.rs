@@ -312,6 +312,7 @@ pub async fn serve(
     let limits = listener::ConnectionLimits {
         max_connections: state.settings.max_connections.get(),
         header_read_timeout: state.settings.header_read_timeout,
+        idle_timeout: state.settings.idle_timeout,
         shutdown_grace: state.settings.shutdown_grace,
     };
     listener::serve(listener, router(state), limits, shutdown).await

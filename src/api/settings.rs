@@ -43,6 +43,18 @@ pub struct ApiSettings {
         deserialize_with = "setting::secs"
     )]
     pub header_read_timeout: Duration,
+    /// A connection on which no byte moves either way for this long is closed (an idle keep-alive, a client that
+    /// never sends or never reads). Longer than `request_timeout_secs`.
+    #[serde(
+        rename = "idle_timeout_secs",
+        default = "default_idle_timeout",
+        deserialize_with = "setting::secs"
+    )]
+    pub idle_timeout: Duration,
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_max_connections() -> NonZeroUsize {
@@ -64,6 +76,14 @@ fn default_auth_failures_burst() -> NonZeroU32 {
 impl ApiSettings {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
         setting::positive("api.request_timeout_secs", self.request_timeout)?;
-        setting::positive("api.header_read_timeout_secs", self.header_read_timeout)
+        setting::positive("api.header_read_timeout_secs", self.header_read_timeout)?;
+        setting::positive("api.idle_timeout_secs", self.idle_timeout)?;
+        if self.idle_timeout <= self.request_timeout {
+            return Err(InvalidSetting::new(
+                "api.idle_timeout_secs",
+                "must be longer than api.request_timeout_secs (a request being handled keeps its connection quiet)",
+            ));
+        }
+        Ok(())
     }
 }

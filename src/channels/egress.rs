@@ -139,7 +139,11 @@ impl EgressPolicy {
         if self.allow_private {
             builder.build()
         } else {
-            builder.dns_resolver(Arc::new(PublicResolver)).build()
+            // No proxy either: a proxy would resolve the name itself, past the public-address check.
+            builder
+                .no_proxy()
+                .dns_resolver(Arc::new(PublicResolver))
+                .build()
         }
     }
 }

@@ -192,6 +192,42 @@ async fn slow_header_clients_are_cut_off_and_connections_are_capped() {
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
+/// Review of finding 12: the header timeout starts only once a connection has spoken HTTP/1, so sockets that
+/// send nothing (the server waits to tell HTTP/1 from HTTP/2) held their slots forever and `max_connections` of
+/// them locked everyone out. Now a connection on which no byte moves for `idle_timeout_secs` is closed.
+#[tokio::test]
+async fn silent_connections_are_closed_and_do_not_lock_clients_out() {
+    use std::num::NonZeroUsize;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app_with(|s| {
+        s.api.max_connections = NonZeroUsize::new(10).unwrap();
+        s.api.request_timeout = Duration::from_secs(1);
+        s.api.idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let host = app.address.trim_start_matches("http://").to_string();
+    // Twice the cap, each connecting and then saying nothing at all.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(tokio::net::TcpStream::connect(&host).await.unwrap());
+    }
+    let health = tokio::time::timeout(
+        Duration::from_secs(15),
+        app.client.get(app.url("/healthz")).send(),
+    )
+    .await
+    .expect("/healthz answers while silent clients hold connections")
+    .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    for mut stream in silent {
+        let mut buffer = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(15), stream.read_to_end(&mut buffer)).await;
+        assert!(read.is_ok(), "a silent connection stayed open");
+    }
+}
+
 /// Finding 15: scopes were checked by a call inside each handler, so a route could forget one. Now each handler
 /// takes `Authorized<Scope>`, and the OpenAPI document names each route's scope. This walks every route the
 /// document lists: a key with every scope but the route's is refused (403); a key with only the route's scope is
