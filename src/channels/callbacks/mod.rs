@@ -90,8 +90,8 @@ pub struct CallbackSettings {
     pub mailgun_signing_key: Option<Secret>,
     /// The Twilio account's auth token.
     pub twilio_auth_token: Option<Secret>,
-    /// Hosts allowed to serve SNS signing certificates and subscription URLs: `sns.<region>.amazonaws.com` matches
-    /// by default (https only). An entry such as `http://127.0.0.1:8125` allows that exact plain-HTTP origin.
+    /// Hosts allowed to serve SNS signing certificates and subscription URLs: `sns.<region>.amazonaws.com` of the
+    /// message's topic's region matches by default (https only). An entry such as `http://127.0.0.1:8125` allows that exact plain-HTTP origin.
     pub sns_hosts: Vec<String>,
     /// The SNS topics whose SES events are accepted (`arn:aws:sns:eu-west-1:123456789012:ses-events`). SES
     /// callbacks are refused while it is empty: anyone can subscribe herald's URL to a topic of their own and
@@ -200,7 +200,10 @@ impl CallbackVerifier {
     }
 
     /// Whether `url` is an SNS origin we trust (signing certificates, subscription confirmations).
-    pub fn is_sns_url(&self, url: &str) -> bool {
+    /// Whether `url` is an SNS endpoint of `region` (the region of the topic the message names: SNS signs and
+    /// confirms from the topic's own region, so a certificate from any other region is not fetched), or of a
+    /// host listed in `callbacks.sns_hosts`.
+    pub fn is_sns_url(&self, url: &str, region: &str) -> bool {
         let Ok(parsed) = reqwest::Url::parse(url) else {
             return false;
         };
@@ -214,9 +217,7 @@ impl CallbackVerifier {
             .sns_hosts
             .iter()
             .any(|allowed| allowed == host);
-        let amazon = host.starts_with("sns.")
-            && host.ends_with(".amazonaws.com")
-            && host.split('.').count() == 4;
+        let amazon = !region.is_empty() && host == format!("sns.{region}.amazonaws.com");
         parsed.scheme() == "https" && (listed || amazon)
     }
 }

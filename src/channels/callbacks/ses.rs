@@ -59,7 +59,9 @@ pub async fn verify(
     {
         return Err(CallbackError::ForeignTopic);
     }
-    if !verifier.is_sns_url(&message.signing_cert_url)
+    // arn:aws:sns:<region>:<account>:<name>
+    let region = message.topic_arn.split(':').nth(3).unwrap_or_default();
+    if !verifier.is_sns_url(&message.signing_cert_url, region)
         || !certificate_path(&message.signing_cert_url)
     {
         return Err(CallbackError::BadSignature);
@@ -70,7 +72,9 @@ pub async fn verify(
     check_signature(&message, &certificate)?;
     match message.kind.as_str() {
         "SubscriptionConfirmation" => {
-            let url = message.subscribe_url.filter(|url| verifier.is_sns_url(url));
+            let url = message
+                .subscribe_url
+                .filter(|url| verifier.is_sns_url(url, region));
             let url = url.ok_or_else(|| CallbackError::Malformed("no SNS SubscribeURL".into()))?;
             Ok(CallbackOutcome {
                 events: Vec::new(),
@@ -144,12 +148,11 @@ async fn certificate(verifier: &CallbackVerifier, url: &str) -> Result<X509, Cal
     let certificate = X509::from_pem(&pem)
         .map_err(|_| CallbackError::Certificate("not a PEM certificate".into()))?;
     let mut cached = verifier.certificates.lock().await;
-    // SNS signs with one or two certificates at a time; many distinct URLs mean someone is probing, and the cache
-    // must not grow with them.
-    if cached.len() >= MAX_CACHED_CERTIFICATES {
-        cached.clear();
+    // SNS signs with one or two certificates per region at a time; many distinct URLs mean someone is probing.
+    // The cache does not grow with them, and keeps the certificates it holds (a full cache caches no newcomer).
+    if cached.len() < MAX_CACHED_CERTIFICATES {
+        cached.insert(key, certificate.clone());
     }
-    cached.insert(key, certificate.clone());
     Ok(certificate)
 }
 
@@ -275,4 +278,22 @@ fn ses_events(text: &str) -> Result<Vec<CallbackEvent>, CallbackError> {
             reason: Some(kind.to_string()),
         })
         .collect())
+}
+
+#[cfg(test)]
+mod region_tests {
+    use super::super::{CallbackSettings, CallbackVerifier};
+
+    /// A certificate is fetched only from SNS in the region of the message's topic: anyone knowing a topic ARN
+    /// cannot make herald fetch from any region's endpoint.
+    #[test]
+    fn certificates_come_only_from_the_topics_region() {
+        let verifier = CallbackVerifier::new(CallbackSettings::default());
+        let url = "https://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc123.pem";
+        assert!(verifier.is_sns_url(url, "eu-west-1"));
+        assert!(!verifier.is_sns_url(url, "us-east-1"));
+        assert!(!verifier.is_sns_url(url, ""));
+        let plain = "http://sns.eu-west-1.amazonaws.com/SimpleNotificationService-abc123.pem";
+        assert!(!verifier.is_sns_url(plain, "eu-west-1"), "https only");
+    }
 }
