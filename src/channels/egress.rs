@@ -54,6 +54,15 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         let [.., a, b, c, d] = ip.octets();
         return is_public_v4(Ipv4Addr::new(a, b, c, d));
     }
+    // 6to4 (2002::/16) carries an IPv4 address in bits 16-47: judged by it, as NAT64 is. Teredo (2001::/32)
+    // tunnels to an IPv4 server herald cannot judge: refused.
+    if segments[0] == 0x2002 {
+        let [_, _, a, b, c, d, ..] = ip.octets();
+        return is_public_v4(Ipv4Addr::new(a, b, c, d));
+    }
+    if segments[0] == 0x2001 && segments[1] == 0 {
+        return false;
+    }
     !(ip.is_unspecified()
         || ip.is_loopback()
         || ip.is_multicast()
@@ -218,6 +227,9 @@ mod tests {
             "::ffff:169.254.169.254",
             "64:ff9b::a9fe:a9fe",
             "2001:db8::1",
+            "2002:a9fe:a9fe::1",   // 6to4 of 169.254.169.254
+            "2002:7f00:1::1",      // 6to4 of 127.0.0.1
+            "2001:0:4136:e378::1", // Teredo
         ] {
             assert!(!is_public(ip(private)), "{private} is not public");
         }
@@ -227,6 +239,7 @@ mod tests {
             "2a00:1450::1",
             "::ffff:8.8.8.8",
             "64:ff9b::808:808",
+            "2002:808:808::1", // 6to4 of 8.8.8.8
         ] {
             assert!(is_public(ip(public)), "{public} is public");
         }
