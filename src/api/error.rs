@@ -245,31 +245,45 @@ impl From<std::sync::Arc<QueueError>> for ApiError {
 impl From<WorkflowError> for ApiError {
     fn from(error: WorkflowError) -> Self {
         match error {
-            WorkflowError::Database(error) => database_error(&error),
-            WorkflowError::Queue(error) => ApiError::from(&error),
+            WorkflowError::Shared(shared) => ApiError::from(&*shared),
+            other => ApiError::from(&other),
+        }
+    }
+}
+
+impl From<&WorkflowError> for ApiError {
+    fn from(error: &WorkflowError) -> Self {
+        match error {
+            WorkflowError::Database(error) => database_error(error),
+            WorkflowError::Queue(error) => ApiError::from(error),
             WorkflowError::Invalid(problems) => ApiError::validation(
                 problems
-                    .into_iter()
+                    .iter()
                     .map(|p| FieldError {
                         field: p
                             .node
+                            .as_ref()
                             .map_or_else(|| "definition".into(), |n| format!("nodes.{n}")),
-                        message: p.message,
+                        message: p.message.clone(),
                     })
                     .collect(),
             ),
             WorkflowError::InvalidInput(problems) => ApiError::validation(
                 problems
-                    .into_iter()
-                    .map(|(field, message)| FieldError { field, message })
+                    .iter()
+                    .map(|(field, message)| FieldError {
+                        field: field.clone(),
+                        message: message.clone(),
+                    })
                     .collect(),
             ),
             WorkflowError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             error @ (WorkflowError::VersionConflict { .. } | WorkflowError::Conflict(_)) => {
                 ApiError::conflict(error.to_string())
             }
-            WorkflowError::Io(detail) => ApiError::internal(detail),
+            WorkflowError::Io(detail) => ApiError::internal(detail.clone()),
             WorkflowError::Provider(error) => ApiError::internal(error.to_string()),
+            WorkflowError::Shared(shared) => ApiError::from(&**shared),
         }
     }
 }

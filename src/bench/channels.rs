@@ -93,7 +93,7 @@ struct FakeState {
     next_id: u64,
 }
 
-struct Fake {
+pub(crate) struct Fake {
     state: Mutex<FakeState>,
     error_rate: f64,
     rate_limit_rate: f64,
@@ -106,11 +106,7 @@ pub async fn run(settings: &Settings, args: ChannelBenchArgs) -> Result<(), Benc
     let pool = db::connect(&url, &settings.database).await?;
     db::migrate(&pool).await?;
 
-    let fake = Arc::new(Fake {
-        state: Mutex::new(FakeState::default()),
-        error_rate: args.error_rate,
-        rate_limit_rate: args.rate_limit_rate,
-    });
+    let fake = Arc::new(Fake::new(args.error_rate, args.rate_limit_rate));
     let fake_url = serve_fake(Arc::clone(&fake)).await?;
     let config_dir = tempdir_with_config(&fake_url, args.destinations.max(1))?;
 
@@ -165,7 +161,10 @@ fn failed(error: herald::workflow::WorkflowError) -> BenchError {
 
 /// A config folder for the worker processes: the chain and both providers pointed at the fake. The worker
 /// reads `config/default.toml` from its working directory on top of the built-in defaults.
-fn tempdir_with_config(fake_url: &str, destinations: usize) -> Result<TempConfig, BenchError> {
+pub(crate) fn tempdir_with_config(
+    fake_url: &str,
+    destinations: usize,
+) -> Result<TempConfig, BenchError> {
     let dir = std::env::temp_dir().join(format!("herald-bench-channels-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("config")).map_err(io_failed)?;
     let webhooks = |provider: &str, path: &str| {
@@ -201,10 +200,10 @@ timeout_ms = 2000
     Ok(TempConfig(dir))
 }
 
-struct TempConfig(std::path::PathBuf);
+pub(crate) struct TempConfig(std::path::PathBuf);
 
 impl TempConfig {
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -228,7 +227,7 @@ fn spawn_chaos_worker(url: &str, dir: &Path, concurrency: usize) -> Result<Child
         .map_err(|e| BenchError::Failed(format!("cannot start a worker process: {e}")))
 }
 
-async fn serve_fake(fake: Arc<Fake>) -> Result<String, BenchError> {
+pub(crate) async fn serve_fake(fake: Arc<Fake>) -> Result<String, BenchError> {
     let app = axum::Router::new().fallback(move |uri: Uri, body: Bytes| {
         let fake = Arc::clone(&fake);
         async move { fake.answer(&uri, &body) }
@@ -244,6 +243,22 @@ async fn serve_fake(fake: Arc<Fake>) -> Result<String, BenchError> {
 }
 
 impl Fake {
+    /// A fake that answers this share of calls with 5xx, this share with 429, and the rest with success.
+    pub(crate) fn new(error_rate: f64, rate_limit_rate: f64) -> Self {
+        Self {
+            state: Mutex::new(FakeState::default()),
+            error_rate,
+            rate_limit_rate,
+        }
+    }
+
+    /// Messages it accepted (by text), and how many of them it accepted more than once.
+    pub(crate) fn accepted(&self) -> (usize, usize) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let twice = state.accepted.values().filter(|n| **n > 1).count();
+        (state.accepted.len(), twice)
+    }
+
     /// Draws an answer class, then answers in the wire format of the provider the path names.
     fn answer(&self, uri: &Uri, body: &[u8]) -> Response {
         let discord = uri.path().starts_with("/discord");

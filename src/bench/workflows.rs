@@ -1,28 +1,35 @@
-//! `herald bench workflows`: runs of a three-node workflow (trigger -> condition -> action, the log channel, no
-//! network) through the whole engine, executed by a real `herald worker` process.
+//! `herald bench workflows`: runs of a three-node workflow (trigger -> condition -> action) through the whole
+//! engine, executed by a real `herald worker` process. The action sends through the log sink (`--provider log`,
+//! no network) or through the Slack adapter to an in-process fake that answers at once (`--provider slack`).
 //!
 //! Phases:
+//! 0. **warm-up**: a few runs, then `ANALYZE`, so the measured phase sees the planner statistics of a database
+//!    that has been running. (In a fresh database the first plans, cached per connection, assume empty tables;
+//!    some scan a table whole until autovacuum's first ANALYZE replaces them, about a minute into production.)
 //! 1. **throughput**: N runs are started (in batches), then one worker process drains them; the rate is
-//!    N / (last run finished - first node job started), from the runs' and steps' own timestamps. Commits and
-//!    WAL per run come from `pg_stat_database` and the WAL position around the phase; statements per run from
-//!    `pg_stat_statements` when the server loads it.
+//!    N / (last run finished - first node job claimed), from PostgreSQL's own timestamps. Commits and WAL per run
+//!    come from `pg_stat_database` and the WAL position around the phase; statements per run from
+//!    `pg_stat_statements` when the server loads it; node jobs per run from the queue's own rows.
 //! 2. **latency**: with the worker idle and ready, runs are started one at a time at a steady rate; latency is
 //!    the action step's start minus the run's creation (both stamped by PostgreSQL).
 
 use herald::db::with_database;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::{PgPool, Row};
+use tokio::process::Child;
 
+use crate::bench::channels::{Fake, TempConfig, serve_fake, tempdir_with_config};
 use crate::bench::{
-    BenchError, database_counters, recreate_database, spawn_worker, stop_workers, wait_for_count,
+    BenchError, database_counters, herald_process, recreate_database, stop_workers,
 };
 use herald::config::Settings;
 use herald::db;
 use herald::workflow::{Engine, definition};
 
-/// The benchmark's workflow.
+/// The benchmark's workflow; `{action}` is the action node's channel, recipient and content.
 const BENCH_WORKFLOW: &str = r#"
 name: bench
 version: 1
@@ -31,6 +38,7 @@ nodes:
     kind: trigger
     fields:
       user: { type: string }
+      room: { type: string, required: false, default: "room0" }
       vip: { type: boolean, required: false, default: false }
     next: check
   - id: check
@@ -39,14 +47,36 @@ nodes:
     then: notify
   - id: notify
     kind: action
-    channel: email
-    to: "{{ trigger.user }}@example.com"
-    content:
-      subject: "Hello {{ trigger.user }}"
+{action}
 "#;
 
-/// Node jobs per run of [`BENCH_WORKFLOW`]: the condition and the action.
-const NODE_JOBS_PER_RUN: f64 = 2.0;
+/// The log sink: an email, written to the log (at `error` level, so not written at all).
+const LOG_ACTION: &str = r#"    channel: email
+    to: "{{ trigger.user }}@example.com"
+    content:
+      subject: "Hello {{ trigger.user }}""#;
+
+/// The Slack adapter: a chat message to one of [`ROOMS`] webhooks on the fake.
+const SLACK_ACTION: &str = r#"    channel: chat
+    to: "{{ trigger.room }}"
+    content:
+      body: "Hello {{ trigger.user }}""#;
+
+/// Chat webhooks the Slack variant spreads its messages over.
+const ROOMS: usize = 10;
+
+/// Runs in the warm-up phase.
+const WARMUP_RUNS: usize = 2_000;
+
+/// Where the action sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchProvider {
+    /// The log sink (no network).
+    Log,
+    /// The Slack adapter, against an in-process fake webhook that answers `ok` at once.
+    Slack,
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkflowBenchArgs {
@@ -62,6 +92,9 @@ pub struct WorkflowBenchArgs {
     /// Runs per second in the latency phase.
     #[arg(long, default_value_t = 200)]
     pub latency_rate: u64,
+    /// Where the action sends.
+    #[arg(long, value_enum, default_value_t = BenchProvider::Log)]
+    pub provider: BenchProvider,
     /// Name of the scratch database (dropped and re-created).
     #[arg(long, default_value = "herald_bench_workflows")]
     pub database: String,
@@ -73,7 +106,10 @@ pub struct WorkflowBenchArgs {
 pub struct WorkflowBenchReport {
     pub runs: usize,
     pub concurrency: usize,
+    pub provider: BenchProvider,
     pub runs_per_s: f64,
+    /// Queue jobs the workflow engine ran per run (pure nodes run inline: see `workflow/inline.rs`).
+    pub node_jobs_per_run: f64,
     pub node_jobs_per_s: f64,
     pub commits_per_run: f64,
     /// `None` unless the server preloads `pg_stat_statements`.
@@ -93,7 +129,12 @@ pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), Ben
     let engine = herald::app::App::on_pool(settings.clone(), pool.clone())
         .map_err(|e| BenchError::Failed(e.to_string()))?
         .engine;
-    let definition = definition::parse_text("bench.yaml", BENCH_WORKFLOW)
+    let action = match args.provider {
+        BenchProvider::Log => LOG_ACTION,
+        BenchProvider::Slack => SLACK_ACTION,
+    };
+    let text = BENCH_WORKFLOW.replace("{action}", action);
+    let definition = definition::parse_text("bench.yaml", &text)
         .map_err(|e| BenchError::Failed(e.to_string()))?;
     engine
         .catalog
@@ -104,43 +145,53 @@ pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), Ben
         )
         .await
         .map_err(failed)?;
+    let sink = Sink::start(args.provider).await?;
 
-    for chunk in (0..args.runs).collect::<Vec<_>>().chunks(1_000) {
-        let data = chunk
-            .iter()
-            .map(|i| serde_json::json!({ "user": format!("u{i}") }))
-            .collect();
-        engine.start_runs("bench", data).await.map_err(failed)?;
-    }
+    // Warm-up, then statistics, then a fresh worker whose plans are made with them.
+    start_runs(&engine, 0..WARMUP_RUNS).await?;
+    let worker = sink.spawn_worker(&url, args.concurrency)?;
+    wait_for_runs(&pool, Duration::from_secs(600)).await?;
+    stop_workers(vec![worker]).await;
+    sqlx::query("ANALYZE").execute(&pool).await?;
+
+    let first_run = WARMUP_RUNS + 1;
+    start_runs(&engine, first_run..first_run + args.runs).await?;
+    let began: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT now()").fetch_one(&pool).await?;
     let before = database_counters(&pool).await?;
-    // The default channel sink is the log (no network); logs are at warn, so it costs nothing.
-    let queues = format!("workflows:{}", args.concurrency);
-    let worker = spawn_worker(&url, &queues, 1_000)?;
-    wait_for_runs(&pool, args.runs as i64, Duration::from_secs(600)).await?;
+    let worker = sink.spawn_worker(&url, args.concurrency)?;
+    wait_for_runs(&pool, Duration::from_secs(600)).await?;
     let after = database_counters(&pool).await?;
-    // From the first node job's start: runs start past their trigger (`start`, recorded when the runs were
-    // inserted, before the worker began), so the first job is a `check`.
     let row = sqlx::query(
         "SELECT extract(epoch FROM (SELECT max(finished_at) FROM herald_runs) - \
-                (SELECT min(started_at) FROM herald_run_steps WHERE node_id <> 'start'))::float8 AS secs",
+                (SELECT min(claimed_at) FROM herald_job_history \
+                 WHERE kind = 'herald.workflow.node' AND claimed_at >= $1))::float8 AS secs, \
+                (SELECT count(*) FROM herald_jobs WHERE kind = 'herald.workflow.node') \
+                + (SELECT count(*) FROM herald_job_history WHERE kind = 'herald.workflow.node') AS node_jobs",
     )
+    .bind(began)
     .fetch_one(&pool)
     .await?;
     let secs: f64 = row
         .try_get::<Option<f64>, _>("secs")?
         .unwrap_or(f64::INFINITY);
     let runs_per_s = args.runs as f64 / secs.max(1e-6);
+    let node_jobs: i64 = row.try_get("node_jobs")?;
 
     let latencies = latency_phase(&engine, &pool, &args).await?;
     stop_workers(vec![worker]).await;
+    sink.check(WARMUP_RUNS + args.runs + args.latency_runs)?;
     pool.close().await;
 
+    // Every run so far (warm-up and measured): both ran the same workflow.
+    let node_jobs_per_run = (node_jobs as f64 / (WARMUP_RUNS + args.runs) as f64).max(0.0);
     let report = WorkflowBenchReport {
         runs: args.runs,
         concurrency: args.concurrency,
+        provider: args.provider,
         runs_per_s,
-        // check and notify: the trigger runs at start, not as a job.
-        node_jobs_per_s: runs_per_s * NODE_JOBS_PER_RUN,
+        node_jobs_per_run,
+        node_jobs_per_s: runs_per_s * node_jobs_per_run,
         commits_per_run: (after.commits - before.commits) as f64 / args.runs as f64,
         statements_per_run: after
             .statements
@@ -151,37 +202,104 @@ pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), Ben
         start_to_action_p95_ms: latencies.1,
         start_to_action_p99_ms: latencies.2,
     };
+    print_report(&report, &args);
+    Ok(())
+}
+
+fn print_report(report: &WorkflowBenchReport, args: &WorkflowBenchArgs) {
     if args.json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
-    } else {
-        println!(
-            "herald bench workflows: {} runs of trigger -> condition -> action, 1 worker x {}",
-            report.runs, report.concurrency
-        );
-        println!(
-            "  runs completed         {:>10.0} runs/s ({:.0} node jobs/s)",
-            report.runs_per_s, report.node_jobs_per_s
-        );
-        println!("  commits per run        {:>10.2}", report.commits_per_run);
-        match report.statements_per_run {
-            Some(statements) => println!("  statements per run     {statements:>10.1}"),
-            None => println!(
-                "  statements per run            n/a (load pg_stat_statements on the server to count them)"
-            ),
-        }
-        println!(
-            "  WAL per run            {:>10.0} bytes",
-            report.wal_bytes_per_run
-        );
-        println!(
-            "  run start -> action    p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms (at {} runs/s)",
-            report.start_to_action_p50_ms,
-            report.start_to_action_p95_ms,
-            report.start_to_action_p99_ms,
-            args.latency_rate
-        );
+        println!("{}", serde_json::to_string(report).unwrap_or_default());
+        return;
+    }
+    let sink = match report.provider {
+        BenchProvider::Log => "the log sink",
+        BenchProvider::Slack => "the Slack adapter",
+    };
+    println!(
+        "herald bench workflows: {} runs of trigger -> condition -> action through {sink}, 1 worker x {}",
+        report.runs, report.concurrency
+    );
+    println!(
+        "  runs completed         {:>10.0} runs/s ({:.0} node jobs/s, {:.2} node jobs per run)",
+        report.runs_per_s, report.node_jobs_per_s, report.node_jobs_per_run
+    );
+    println!("  commits per run        {:>10.2}", report.commits_per_run);
+    match report.statements_per_run {
+        Some(statements) => println!("  statements per run     {statements:>10.2}"),
+        None => println!(
+            "  statements per run            n/a (load pg_stat_statements on the server to count them)"
+        ),
+    }
+    println!(
+        "  WAL per run            {:>10.0} bytes",
+        report.wal_bytes_per_run
+    );
+    println!(
+        "  run start -> action    p50 {:.2} ms  p95 {:.2} ms  p99 {:.2} ms (at {} runs/s)",
+        report.start_to_action_p50_ms,
+        report.start_to_action_p95_ms,
+        report.start_to_action_p99_ms,
+        args.latency_rate
+    );
+}
+
+/// Starts one run per number in `users`, in batches of 1,000.
+async fn start_runs(engine: &Engine, users: std::ops::Range<usize>) -> Result<(), BenchError> {
+    for chunk in users.collect::<Vec<_>>().chunks(1_000) {
+        let data = chunk
+            .iter()
+            .map(|i| serde_json::json!({ "user": format!("u{i}"), "room": format!("room{}", i % ROOMS) }))
+            .collect();
+        engine.start_runs("bench", data).await.map_err(failed)?;
     }
     Ok(())
+}
+
+/// Where the worker's actions go: nowhere (the log sink), or the fake Slack webhooks.
+enum Sink {
+    Log,
+    Slack { fake: Arc<Fake>, config: TempConfig },
+}
+
+impl Sink {
+    async fn start(provider: BenchProvider) -> Result<Self, BenchError> {
+        Ok(match provider {
+            BenchProvider::Log => Sink::Log,
+            BenchProvider::Slack => {
+                let fake = Arc::new(Fake::new(0.0, 0.0));
+                let url = serve_fake(Arc::clone(&fake)).await?;
+                let config = tempdir_with_config(&url, ROOMS)?;
+                Sink::Slack { fake, config }
+            }
+        })
+    }
+
+    /// A worker process on the workflow queue; with the fake, it runs in the folder whose config points at it.
+    fn spawn_worker(&self, url: &str, concurrency: usize) -> Result<Child, BenchError> {
+        let mut command = herald_process(url, "warn")?;
+        command
+            .args(["worker", "--queues", &format!("workflows:{concurrency}")])
+            .env("HERALD_WORKER__BATCH_SIZE", "1000");
+        if let Sink::Slack { config, .. } = self {
+            command.current_dir(config.path());
+        }
+        command
+            .spawn()
+            .map_err(|e| BenchError::Failed(format!("cannot start a worker process: {e}")))
+    }
+
+    /// With the fake: every run's message arrived exactly once.
+    fn check(&self, runs: usize) -> Result<(), BenchError> {
+        let Sink::Slack { fake, .. } = self else {
+            return Ok(());
+        };
+        match fake.accepted() {
+            (accepted, 0) if accepted == runs => Ok(()),
+            (accepted, twice) => Err(BenchError::Failed(format!(
+                "the fake accepted {accepted} of {runs} messages, {twice} of them more than once"
+            ))),
+        }
+    }
 }
 
 fn failed(error: herald::workflow::WorkflowError) -> BenchError {
@@ -207,12 +325,7 @@ async fn latency_phase(
             .await
             .map_err(failed)?;
     }
-    wait_for_runs(
-        pool,
-        (args.runs + args.latency_runs) as i64,
-        Duration::from_secs(120),
-    )
-    .await?;
+    wait_for_runs(pool, Duration::from_secs(120)).await?;
     let row = sqlx::query(
         "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY ms) AS p FROM ( \
            SELECT extract(epoch FROM s.started_at - r.created_at) * 1000 AS ms \
@@ -226,9 +339,27 @@ async fn latency_phase(
     Ok((p[0], p[1], p[2]))
 }
 
-async fn wait_for_runs(pool: &PgPool, total: i64, limit: Duration) -> Result<(), BenchError> {
-    let finished = "SELECT count(*) FROM herald_runs WHERE status <> 'running'";
-    wait_for_count(pool, finished, total, limit, "runs finished").await?;
+/// Waits until no run is running (every run is started before its worker, so then all have finished), and
+/// checks that all completed. The poll reads the runs index's `running` entries only: a count of every run
+/// every 50 ms would cost the database more than a tenth of a core at the end of a long run.
+async fn wait_for_runs(pool: &PgPool, limit: Duration) -> Result<(), BenchError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let running: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM herald_runs WHERE status = 'running')",
+        )
+        .fetch_one(pool)
+        .await?;
+        if !running {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(BenchError::Failed(format!(
+                "runs still running after {limit:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let failed: i64 =
         sqlx::query_scalar("SELECT count(*) FROM herald_runs WHERE status <> 'completed'")
             .fetch_one(pool)

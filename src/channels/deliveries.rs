@@ -56,9 +56,10 @@ pub enum Begin {
     OutcomeUnknown { id: i64 },
 }
 
-/// `CLAIM_DELIVERY`'s answer: the delivery as it stands, locked, and whether its recipient is suppressed.
+/// `BEGIN_DELIVERIES`' answer: the delivery's new status, the provider that accepted it if it went out, and
+/// whether its recipient is suppressed.
 #[derive(sqlx::FromRow)]
-struct ClaimedDelivery {
+struct BegunDelivery {
     id: i64,
     status: DeliveryStatus,
     provider: Option<String>,
@@ -73,14 +74,14 @@ pub async fn begin(pool: &PgPool, key: DeliveryKey<'_>) -> Result<Begin, sqlx::E
     decided.pop().ok_or(sqlx::Error::RowNotFound)
 }
 
-/// [`begin`] for many sends: two statements and one (synchronous) commit for all of them, so every delivery
-/// is durably `sending` before its provider is called. Answers one decision per key, in order.
+/// [`begin`] for many sends: one statement and one (synchronous) commit for all of them, so every delivery is
+/// durably `sending` before its provider is called. Answers one decision per key, in order.
 pub async fn begin_many(
     pool: &PgPool,
     keys: &[OwnedDeliveryKey],
 ) -> Result<Vec<Begin>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let claimed: Vec<ClaimedDelivery> = sqlx::query_as(sql::CLAIM_DELIVERIES)
+    let begun: Vec<BegunDelivery> = sqlx::query_as(sql::BEGIN_DELIVERIES)
         .bind(keys.iter().map(|k| k.run_id).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| k.node.as_str()).collect::<Vec<_>>())
         .bind(
@@ -93,33 +94,17 @@ pub async fn begin_many(
         .bind(keys.iter().map(|k| k.triggered_at).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
-    if claimed.len() != keys.len() {
+    if begun.len() != keys.len() {
         return Err(sqlx::Error::Protocol(format!(
-            "claimed {} deliveries for {} sends",
-            claimed.len(),
+            "began {} deliveries for {} sends",
+            begun.len(),
             keys.len()
         )));
     }
-    let mut decisions = Vec::with_capacity(claimed.len());
-    let (mut ids, mut statuses, mut reasons) = (Vec::new(), Vec::new(), Vec::new());
-    for row in claimed {
-        let id = row.id;
-        let (begin, new_status, reason) = decide(row);
-        if let Some(new_status) = new_status {
-            ids.push(id);
-            statuses.push(new_status.as_str());
-            reasons.push(reason);
-        }
-        decisions.push(begin);
-    }
-    if !ids.is_empty() {
-        sqlx::query(sql::SET_DELIVERY_STATUSES)
-            .bind(ids)
-            .bind(statuses)
-            .bind(reasons)
-            .execute(&mut *tx)
-            .await?;
-    }
+    let decisions = begun
+        .into_iter()
+        .map(decide)
+        .collect::<Result<Vec<_>, _>>()?;
     tx.commit().await?;
     Ok(decisions)
 }
@@ -148,37 +133,31 @@ impl DeliveryKey<'_> {
     }
 }
 
-type Decision = (Begin, Option<DeliveryStatus>, Option<String>);
-
-fn decide(claimed: ClaimedDelivery) -> Decision {
+/// What the status `BEGIN_DELIVERIES` moved a delivery to tells the sender to do.
+fn decide(begun: BegunDelivery) -> Result<Begin, sqlx::Error> {
     use DeliveryStatus as S;
-    let ClaimedDelivery {
+    let BegunDelivery {
         id,
         status,
         provider,
         provider_message_id,
         suppressed_reason,
-    } = claimed;
+    } = begun;
     match (status, suppressed_reason) {
         (S::Sent | S::Delivered | S::Bounced, _) => {
             let sent = Sent {
                 provider: provider.unwrap_or_default(),
                 provider_message_id,
             };
-            (Begin::AlreadySent { id, sent }, None, None)
+            Ok(Begin::AlreadySent { id, sent })
         }
-        (_, Some(reason)) => {
-            let new = (status != S::Suppressed).then_some(S::Suppressed);
-            let note = Some(format!("suppressed: {reason}"));
-            (Begin::Suppressed { id, reason }, new, note)
-        }
-        (S::Unknown, None) => (Begin::OutcomeUnknown { id }, None, None),
-        (S::Sending, None) => {
-            let note =
-                "a worker stopped during the provider call; the outcome is unknown".to_string();
-            (Begin::OutcomeUnknown { id }, Some(S::Unknown), Some(note))
-        }
-        (_, None) => (Begin::Send { id }, Some(S::Sending), None),
+        (S::Suppressed, Some(reason)) => Ok(Begin::Suppressed { id, reason }),
+        (S::Unknown, _) => Ok(Begin::OutcomeUnknown { id }),
+        (S::Sending, _) => Ok(Begin::Send { id }),
+        (other, _) => Err(sqlx::Error::Protocol(format!(
+            "a delivery began as `{}`",
+            other.as_str()
+        ))),
     }
 }
 

@@ -1,38 +1,54 @@
 //! Every SQL statement of the channel layer (deliveries, suppressions, callbacks, circuits, fleet size).
 
-/// Creates (or finds) the deliveries of many sends in one statement and answers, one row per input in input
-/// order, each delivery as it stands and whether its recipient is suppressed. Rows
-/// are inserted (and so locked) in key order, so two batches never wait on each other in a cycle; a batch naming
-/// one delivery twice is refused by PostgreSQL and retried one send at a time by the caller. $1 run ids,
-/// $2 node ids, $3 recipients, $4 channels, $5 workflows, $6 triggered_at.
-pub const CLAIM_DELIVERIES: &str = r#"
+/// Begins many sends in one statement: creates each delivery (or finds the one an earlier attempt created) and
+/// moves it, in the same statement, to what this attempt must do (see `deliveries.rs`):
+/// * `sent` / `delivered` / `bounced` stay as they are: it went out, do not send again;
+/// * a suppressed recipient (on the list now): `suppressed`;
+/// * `sending` (a worker died mid-call) and `unknown`: `unknown`, never re-sent;
+/// * anything else (new, `queued`, `failed`, or `suppressed` by a send whose address has left the list since):
+///   `sending`: call the providers.
+///
+/// Each change appends a history entry (source `send`). Answers one row per input, in input order: the
+/// delivery's id, its new status, the provider that accepted it (if it went out), and the suppression reason.
+/// Rows are inserted (and so locked) in key order, so two batches never wait on each other in a cycle; a batch
+/// naming one delivery twice is refused by PostgreSQL and retried one send at a time by the caller.
+/// $1 run ids, $2 node ids, $3 recipients, $4 channels, $5 workflows, $6 triggered_at.
+pub const BEGIN_DELIVERIES: &str = r#"
 WITH input AS (
-    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+    SELECT i.*, s.reason AS suppressed,
+           CASE WHEN s.reason IS NULL THEN 'sending' ELSE 'suppressed' END AS status
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
         WITH ORDINALITY AS i(run_id, node_id, recipient, channel, workflow, triggered_at, ord)
-), claimed AS (
-    INSERT INTO herald_deliveries (run_id, node_id, recipient, channel, status, workflow, triggered_at)
-    SELECT run_id, node_id, recipient, channel, 'queued', workflow, triggered_at
+    LEFT JOIN herald_suppressions s ON s.channel = i.channel AND s.address = i.recipient
+), begun AS (
+    INSERT INTO herald_deliveries AS d (run_id, node_id, recipient, channel, status, workflow, triggered_at,
+                                        history)
+    SELECT run_id, node_id, recipient, channel, status, workflow, triggered_at,
+           jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+               'status', status, 'at', now(), 'source', 'send', 'reason', 'suppressed: ' || suppressed)))
     FROM input ORDER BY run_id, node_id, recipient, channel
-    ON CONFLICT (run_id, node_id, recipient, channel) DO UPDATE SET updated_at = now()
-    RETURNING id, run_id, node_id, recipient, channel, status, provider, provider_message_id
+    ON CONFLICT (run_id, node_id, recipient, channel) DO UPDATE
+    SET status = CASE WHEN d.status IN ('sent', 'delivered', 'bounced') THEN d.status
+                      WHEN excluded.status = 'suppressed' THEN 'suppressed'
+                      WHEN d.status IN ('sending', 'unknown') THEN 'unknown'
+                      ELSE 'sending' END,
+        history = d.history || CASE
+            WHEN d.status IN ('sent', 'delivered', 'bounced') THEN '[]'::jsonb
+            WHEN excluded.status = 'suppressed' AND d.status = 'suppressed' THEN '[]'::jsonb
+            WHEN excluded.status = 'suppressed' THEN excluded.history
+            WHEN d.status = 'sending' THEN jsonb_build_array(jsonb_build_object(
+                'status', 'unknown', 'at', now(), 'source', 'send',
+                'reason', 'a worker stopped during the provider call; the outcome is unknown'))
+            WHEN d.status = 'unknown' THEN '[]'::jsonb
+            ELSE excluded.history END,
+        updated_at = now()
+    RETURNING d.id, d.run_id, d.node_id, d.recipient, d.channel, d.status, d.provider, d.provider_message_id
 )
-SELECT c.id, c.status, c.provider, c.provider_message_id, s.reason AS suppressed_reason
+SELECT b.id, b.status, b.provider, b.provider_message_id, i.suppressed AS suppressed_reason
 FROM input i
-JOIN claimed c ON c.run_id = i.run_id AND c.node_id = i.node_id AND c.recipient = i.recipient
-              AND c.channel = i.channel
-LEFT JOIN herald_suppressions s ON s.channel = c.channel AND s.address = c.recipient
+JOIN begun b ON b.run_id = i.run_id AND b.node_id = i.node_id AND b.recipient = i.recipient
+            AND b.channel = i.channel
 ORDER BY i.ord
-"#;
-
-/// Moves deliveries to statuses the sender chose, each with a history entry (source `send`). $1 ids,
-/// $2 statuses, $3 reasons.
-pub const SET_DELIVERY_STATUSES: &str = r#"
-UPDATE herald_deliveries d
-SET status = u.status, updated_at = now(),
-    history = d.history || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
-        'status', u.status, 'at', now(), 'source', 'send', 'reason', u.reason)))
-FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, status, reason)
-WHERE d.id = u.id
 "#;
 
 /// Records sends' results: status, the accepting provider and its id, every provider call, and the error. A

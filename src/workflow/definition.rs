@@ -44,6 +44,8 @@ pub struct Workflow {
     /// The id of the trigger node, where every run starts.
     pub trigger: String,
     pub nodes: HashMap<String, Node>,
+    /// No edge leads to more than one node, so a run has at most one step in flight (see `inline.rs`).
+    pub sequential: bool,
     /// The definition as stored (JSON), for `GET /v1/workflows`.
     pub definition: Value,
 }
@@ -303,6 +305,7 @@ pub fn compile(source: &str, definition: &Value) -> Result<Workflow, Vec<Definit
             version: header.version,
             description: header.description,
             trigger,
+            sequential: nodes.values().all(has_no_fan_out),
             nodes,
             definition: definition.clone(),
         }),
@@ -716,6 +719,23 @@ fn compile_wait(spec: WaitSpecRaw) -> Result<NodeKind, String> {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration like 30s, 10m, 2h: {e}"))
+}
+
+/// Whether each of the node's edge lists (`next`, `then`, `else`, each case, `default`, `on_timeout`) names at
+/// most one node: following any of them starts no parallel branch.
+fn has_no_fan_out(node: &Node) -> bool {
+    let single = |targets: &[String]| targets.len() <= 1;
+    let own = match &node.kind {
+        NodeKind::Condition {
+            then, otherwise, ..
+        } => single(then) && single(otherwise),
+        NodeKind::Branch { cases, default } => {
+            cases.iter().all(|(_, targets)| single(targets)) && single(default)
+        }
+        NodeKind::WaitForEvents(wait) => single(&wait.on_timeout),
+        _ => true,
+    };
+    own && single(&node.next)
 }
 
 /// Every edge of a node, with the name of the field that holds it.

@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 
 use super::definition::{self, DelaySpec, Node, NodeKind, Workflow};
 use super::expr;
+use super::inline::{self, Decision, RunId};
 use super::runs::StepStatus;
 use super::steps::{FinishedStep, RunState};
 use super::{Engine, NodeJob, Phase, WorkflowError, sql};
@@ -28,12 +29,7 @@ use crate::queue::{JobContext, JobError};
 /// What executing a node decided.
 pub(super) enum Step {
     /// The node is finished: record it and follow `next`.
-    Done {
-        outcome: String,
-        output: Value,
-        patch: Map<String, Value>,
-        next: Vec<String>,
-    },
+    Done(Decision),
     /// Park the step until a `resume` job runs at this time (delay nodes).
     SuspendUntil(DateTime<Utc>),
     /// The node recorded its own outcome in its own transaction (wait-for-events).
@@ -41,14 +37,14 @@ pub(super) enum Step {
 }
 
 impl Step {
-    fn done(outcome: &str, output: Value, next: &[String]) -> Self {
-        Step::Done {
-            outcome: outcome.to_string(),
-            output,
-            patch: Map::new(),
-            next: next.to_vec(),
-        }
+    pub(super) fn done(outcome: &str, output: Value, next: &[String]) -> Self {
+        Step::Done(Decision::new(outcome, output, next))
     }
+}
+
+/// The `run` variable expressions and templates see.
+fn run_vars(job: &NodeJob, workflow: &Workflow) -> Value {
+    json!({ "id": job.run, "workflow": workflow.name, "version": workflow.version })
 }
 
 /// A batched read or write failed: whatever the cause, the job is worth trying again.
@@ -94,19 +90,28 @@ impl Engine {
             StepStatus::Waiting
         };
         match step {
-            Step::Done {
-                outcome,
-                output,
-                patch,
-                next,
-            } => {
+            Step::Done(decision) => {
+                // The pure nodes after this one are evaluated here and recorded with it (see `inline.rs`).
+                let mut context = run.context;
+                inline::record(&mut context, &job.node, &decision);
+                let run_vars = run_vars(&job, &workflow);
+                let walk = inline::walk(
+                    &workflow,
+                    &mut context,
+                    &run_vars,
+                    RunId::Known,
+                    decision.next,
+                );
+                let mut patch = decision.patch;
+                patch.extend(walk.patch);
                 let step = FinishedStep {
                     job,
                     from,
-                    outcome,
-                    output,
+                    outcome: decision.outcome,
+                    output: decision.output,
                     patch,
-                    next,
+                    inline: walk.steps,
+                    next: walk.next,
                 };
                 self.step_batches().finish(step).await.map_err(batch_error)
             }
@@ -123,65 +128,28 @@ impl Engine {
         workflow: &Workflow,
         node: &Node,
     ) -> Result<Step, JobError> {
-        let run_vars =
-            json!({ "id": job.run, "workflow": workflow.name, "version": workflow.version });
-        let scope = expr::scope(&run.context, &run_vars);
+        let scope = expr::scope(&run.context, &run_vars(job, workflow));
+        if let Some(decided) = inline::decide(node, &scope) {
+            return decided.map(Step::Done).map_err(JobError::permanent);
+        }
         match &node.kind {
             NodeKind::Trigger { fields } => {
+                // Runs start past their trigger (`runs.rs`); a trigger job only exists if it was enqueued by
+                // an older version.
                 let data = run.context.get("trigger").cloned().unwrap_or(Value::Null);
                 let extracted = definition::extract_trigger(fields, &data).map_err(|problems| {
                     let text: Vec<String> =
                         problems.iter().map(|(f, m)| format!("{f} {m}")).collect();
                     JobError::permanent(format!("trigger data: {}", text.join("; ")))
                 })?;
-                Ok(Step::Done {
+                Ok(Step::Done(Decision {
                     outcome: "accepted".into(),
                     output: extracted.clone(),
                     patch: Map::from_iter([("trigger".to_string(), extracted)]),
                     next: node.next.clone(),
-                })
+                }))
             }
             NodeKind::Action { .. } => self.send(job, run, node, &scope).await,
-            NodeKind::Condition {
-                test,
-                then,
-                otherwise,
-            } => {
-                let result = test.test(&scope).map_err(JobError::permanent)?;
-                let (outcome, next) = if result {
-                    ("then", then)
-                } else {
-                    ("else", otherwise)
-                };
-                Ok(Step::done(outcome, json!({ "result": result }), next))
-            }
-            NodeKind::Branch { cases, default } => {
-                for (index, (test, next)) in cases.iter().enumerate() {
-                    if test.test(&scope).map_err(JobError::permanent)? {
-                        return Ok(Step::done(
-                            &format!("case_{index}"),
-                            json!({ "case": index }),
-                            next,
-                        ));
-                    }
-                }
-                Ok(Step::done("default", json!({ "case": null }), default))
-            }
-            NodeKind::Transform { set } => {
-                let mut patch = Map::new();
-                for (key, value) in set {
-                    patch.insert(
-                        key.clone(),
-                        value.eval_json(&scope).map_err(JobError::permanent)?,
-                    );
-                }
-                Ok(Step::Done {
-                    outcome: "set".into(),
-                    output: Value::Object(patch.clone()),
-                    patch,
-                    next: node.next.clone(),
-                })
-            }
             NodeKind::Delay(spec) => delay(job.phase, spec, &scope, &node.next),
             NodeKind::WaitForEvents(spec) => match job.phase {
                 Phase::Run => self.start_wait(job, run, spec, &node.next, &scope).await,
@@ -191,6 +159,11 @@ impl Engine {
                     timed_out.map(|()| Step::Recorded).map_err(retryable)
                 }
             },
+            NodeKind::Condition { .. } | NodeKind::Branch { .. } | NodeKind::Transform { .. } => {
+                Err(JobError::permanent(
+                    "internal: a pure node was not evaluated",
+                ))
+            }
         }
     }
 

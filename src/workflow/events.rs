@@ -240,6 +240,7 @@ impl Engine {
                 outcome: "satisfied".into(),
                 output,
                 patch: Default::default(),
+                inline: Vec::new(),
                 next: next.to_vec(),
             };
             finish_steps(&mut tx, &self.jobs, &[done]).await?;
@@ -277,12 +278,7 @@ impl Engine {
             .matched_events(&mut conn, job)
             .await
             .map_err(retryable)?;
-        Ok(Step::Done {
-            outcome: "satisfied".into(),
-            output,
-            patch: Default::default(),
-            next: next.to_vec(),
-        })
+        Ok(Step::done("satisfied", output, next))
     }
 
     /// The `timeout` phase: time the wait out unless an event satisfied it first, then follow `on_timeout`, or
@@ -317,6 +313,7 @@ impl Engine {
                 outcome: "timed_out".into(),
                 output,
                 patch: Default::default(),
+                inline: Vec::new(),
                 next: spec.on_timeout.clone(),
             };
             finish_steps(&mut tx, &self.jobs, &[done]).await?;

@@ -67,6 +67,8 @@ pub struct Expr {
     source: String,
     compiled: Expression<'static, 'static>,
     heavy: bool,
+    /// Whether it reads `run` (the run's id, workflow, version), which a run being started has no id for yet.
+    reads_run: bool,
 }
 
 impl std::fmt::Debug for Expr {
@@ -82,6 +84,7 @@ impl Expr {
             .map_err(|e| describe(&e))?;
         Ok(Self {
             source: source.to_string(),
+            reads_run: compiled.undeclared_variables(false).contains("run"),
             compiled,
             heavy: may_be_heavy(source),
         })
@@ -89,6 +92,11 @@ impl Expr {
 
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// Whether the expression reads the `run` variable.
+    pub fn reads_run(&self) -> bool {
+        self.reads_run
     }
 
     /// Save-time check: see [`Template::check_budget`] (the dry run is strict here too, though conditions

@@ -3,7 +3,9 @@
 //! * [`definition`]: the YAML/JSON format, validation and compilation (see `docs/workflows.md`);
 //! * [`expr`]: the expression and template language (minijinja);
 //! * [`catalog`]: stored versions, synced from `jobs/`, compiled once per process;
-//! * `runs.rs`: starting, reading, cancelling and retrying runs;
+//! * `runs.rs`: starting, reading, cancelling and retrying runs; `starts.rs` inserts new runs and batches
+//!   concurrent single starts into one transaction;
+//! * `inline.rs`: pure nodes (condition, branch, transform) evaluated where the run already is, not as jobs;
 //! * `engine.rs`: the node job handler: executes one node and, in one transaction, records its step and
 //!   enqueues the next node jobs;
 //! * `events.rs`: events and wait-for-events nodes;
@@ -20,10 +22,12 @@ pub mod definition;
 mod engine;
 mod events;
 pub mod expr;
+mod inline;
 pub mod retention;
 mod runs;
 mod settings;
 mod sql;
+mod starts;
 mod steps;
 
 use std::sync::Arc;
@@ -35,7 +39,8 @@ use sqlx::PgPool;
 pub use catalog::{Catalog, Saved, WorkflowSummary};
 pub use definition::{DefinitionError, Workflow, valid_name};
 pub use events::{EventReceipt, MAX_EVENT_KEY_CHARS, MAX_EVENT_NAME_CHARS, NewEvent};
-pub use runs::{RunFilter, RunStatus, RunView, Started, StepStatus, StepView};
+pub use runs::{RunFilter, RunStatus, RunView, StepStatus, StepView};
+pub use starts::Started;
 
 use crate::channels::Channels;
 use crate::channels::deliveries::DeliveryBatches;
@@ -66,6 +71,9 @@ pub enum WorkflowError {
     Io(String),
     #[error(transparent)]
     Provider(#[from] crate::channels::ProviderConfigError),
+    /// One error answered to every caller of a batch (see `starts.rs`).
+    #[error(transparent)]
+    Shared(Arc<WorkflowError>),
 }
 
 /// The job that executes one node of one run.
@@ -133,6 +141,8 @@ pub struct Engine {
     jobs: NodeJobs,
     /// Started on first use, inside the runtime (see `steps.rs`).
     step_batches: std::sync::OnceLock<steps::StepBatches>,
+    /// The same for single run starts (see `starts.rs`; on `pool`: a started run is durable).
+    start_batches: std::sync::OnceLock<starts::StartBatches>,
     /// The same for action nodes' delivery records (on `pool`: they must be durable before a provider call).
     delivery_batches: std::sync::OnceLock<DeliveryBatches>,
 }
@@ -160,6 +170,7 @@ impl Engine {
                 defaults,
             },
             step_batches: std::sync::OnceLock::new(),
+            start_batches: std::sync::OnceLock::new(),
             delivery_batches: std::sync::OnceLock::new(),
         })
     }
@@ -172,6 +183,11 @@ impl Engine {
     fn step_batches(&self) -> &steps::StepBatches {
         self.step_batches
             .get_or_init(|| steps::StepBatches::start(self.steps_pool.clone(), self.jobs.clone()))
+    }
+
+    fn start_batches(&self) -> &starts::StartBatches {
+        self.start_batches
+            .get_or_init(|| starts::StartBatches::start(self.pool.clone(), self.jobs.clone()))
     }
 
     fn delivery_batches(&self) -> &DeliveryBatches {

@@ -1,5 +1,5 @@
-//! Runs: start one (its row, its trigger step and the trigger's node job in one transaction), read it with its
-//! timeline, list, cancel, retry from the failed node.
+//! Runs: start them (the row, the steps done at start and the first node jobs in one transaction; concurrent
+//! single starts share one, see `starts.rs`), read one with its timeline, list, cancel, retry from the failed node.
 
 use std::fmt;
 
@@ -9,17 +9,9 @@ use serde_json::{Value, json};
 
 use super::definition::Workflow;
 use super::definition::extract_trigger;
+use super::starts::{RunStart, Started, insert_runs};
 use super::{Engine, WorkflowError, sql};
 use crate::audit::{self, Actor};
-
-/// The outcome of starting a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Started {
-    /// A new run, on this version.
-    Created { id: i64, version: i32 },
-    /// The idempotency key already started this run.
-    Existing { id: i64, version: i32 },
-}
 
 /// A run's status.
 // Spelled as `herald_runs.status` stores it.
@@ -174,7 +166,8 @@ pub struct RunFilter {
 
 impl Engine {
     /// Starts a run of the workflow's latest version. The trigger data is checked against the trigger's fields
-    /// first, so bad input is refused before anything is stored.
+    /// first, so bad input is refused before anything is stored. Concurrent starts share one transaction and one
+    /// commit (see `starts.rs`).
     pub async fn start_run(
         &self,
         workflow: &str,
@@ -184,32 +177,13 @@ impl Engine {
     ) -> Result<Started, WorkflowError> {
         let definition = self.catalog.latest(workflow).await?;
         let context = trigger_context(&definition, data, "data")?;
-        let mut tx = self.pool.begin().await?;
-        let key = idempotency_key.clone();
-        let ids = self
-            .insert_runs(
-                &mut tx,
-                &definition,
-                vec![context],
-                vec![key],
-                vec![request_id],
-            )
-            .await?;
-        let Some(&(id, _)) = ids.first() else {
-            // The key is taken: that run is the answer (its transaction has committed: ours waited for it).
-            tx.rollback().await?;
-            let (id, version) = sqlx::query_as(sql::FIND_RUN_BY_KEY)
-                .bind(&definition.name)
-                .bind(&idempotency_key)
-                .fetch_one(&self.pool)
-                .await?;
-            return Ok(Started::Existing { id, version });
+        let start = RunStart {
+            definition,
+            context,
+            key: idempotency_key,
+            request_id,
         };
-        tx.commit().await?;
-        Ok(Started::Created {
-            id,
-            version: definition.version,
-        })
+        self.start_batches().start_run(start).await
     }
 
     /// Starts a run of the workflow's latest version inside the caller's transaction, under an idempotency key:
@@ -224,18 +198,18 @@ impl Engine {
         let definition = self.catalog.latest(workflow).await?;
         let context = trigger_context(&definition, data, "data")?;
         let key = Some(idempotency_key);
-        let ids = self
-            .insert_runs(
-                conn,
-                &definition,
-                vec![context],
-                vec![key.clone()],
-                vec![None],
-            )
-            .await?;
-        if let Some(&(id, _)) = ids.first() {
+        let ids = insert_runs(
+            conn,
+            &self.jobs,
+            &definition,
+            vec![context],
+            vec![key.clone()],
+            vec![None],
+        )
+        .await?;
+        if let Some(run) = ids.first() {
             return Ok(Started::Created {
-                id,
+                id: run.id,
                 version: definition.version,
             });
         }
@@ -262,17 +236,17 @@ impl Engine {
             .collect::<Result<Vec<_>, _>>()?;
         let count = contexts.len();
         let mut tx = self.pool.begin().await?;
-        let runs = self
-            .insert_runs(
-                &mut tx,
-                &definition,
-                contexts,
-                vec![None; count],
-                vec![None; count],
-            )
-            .await?;
+        let runs = insert_runs(
+            &mut tx,
+            &self.jobs,
+            &definition,
+            contexts,
+            vec![None; count],
+            vec![None; count],
+        )
+        .await?;
         tx.commit().await?;
-        Ok(runs.into_iter().map(|(id, _)| id).collect())
+        Ok(runs.into_iter().map(|run| run.id).collect())
     }
 
     /// Starts runs of the workflow's latest version inside the caller's transaction, one per `(data, key)`, for
@@ -303,53 +277,21 @@ impl Engine {
             return Ok(answers);
         }
         let count = contexts.len();
-        let inserted = self
-            .insert_runs(conn, &definition, contexts, keys.clone(), vec![None; count])
-            .await?;
+        let inserted = insert_runs(
+            conn,
+            &self.jobs,
+            &definition,
+            contexts,
+            keys.clone(),
+            vec![None; count],
+        )
+        .await?;
         let started: std::collections::HashSet<String> =
-            inserted.into_iter().filter_map(|(_, key)| key).collect();
+            inserted.into_iter().filter_map(|run| run.key).collect();
         for (position, key) in positions.into_iter().zip(keys) {
             answers[position] = Ok(key.is_some_and(|k| started.contains(&k)));
         }
         Ok(answers)
-    }
-
-    /// Inserts runs with their pending trigger steps and enqueues the trigger jobs, in the caller's
-    /// transaction. A run whose idempotency key is taken is skipped; the runs inserted are returned as
-    /// `(id, idempotency key)`.
-    async fn insert_runs(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        definition: &Workflow,
-        contexts: Vec<Value>,
-        keys: Vec<Option<String>>,
-        request_ids: Vec<Option<String>>,
-    ) -> Result<Vec<(i64, Option<String>)>, WorkflowError> {
-        // The trigger node is done at start (see `trigger_context`): its successors are the first node jobs.
-        let mut next: Vec<String> = definition
-            .node(&definition.trigger)
-            .map(|trigger| trigger.next.clone())
-            .unwrap_or_default();
-        next.sort();
-        next.dedup();
-        let runs: Vec<(i64, Option<String>)> = sqlx::query_as(sql::START_RUNS)
-            .bind(&definition.name)
-            .bind(definition.version)
-            .bind(contexts)
-            .bind(keys)
-            .bind(request_ids)
-            .bind(&definition.trigger)
-            .bind(&next)
-            .fetch_all(&mut *conn)
-            .await?;
-        let mut first_nodes = Vec::with_capacity(runs.len() * next.len());
-        for &(id, _) in &runs {
-            for node in &next {
-                first_nodes.push((id, 1, node.clone()));
-            }
-        }
-        self.jobs.enqueue_run_phase(conn, first_nodes).await?;
-        Ok(runs)
     }
 
     /// A run with its timeline.

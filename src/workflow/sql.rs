@@ -44,33 +44,46 @@ FROM herald_workflows ORDER BY name, version DESC";
 
 // ---- runs ----
 
-/// Starts runs of one workflow version, past their trigger node: one row per context (which already holds the
-/// trigger's output), the trigger's step completed, and a pending step for each node after it ($7; none: the run
-/// is complete at once). A run whose idempotency key is taken is skipped (the caller looks the existing run up).
-/// $6 the trigger node's id.
+/// Starts runs of one workflow version, past their trigger node and the pure nodes after it (see `inline.rs`):
+/// one row per context (which already holds what those nodes produced), the trigger's step and those nodes'
+/// steps ($6: per run, a JSON array of `{node, outcome, output}`) completed, and a pending step for each node to
+/// run as a job ($7: per run, a JSON array of node ids; empty: the run is complete at once). Ids are drawn first,
+/// so the rows of each run can be found by it. A run whose idempotency key is taken is skipped (the caller looks
+/// the existing run up). Returns each run started with its nodes to enqueue and its input position (1-based).
 pub const START_RUNS: &str = "
 WITH input AS (
-    SELECT * FROM unnest($3::jsonb[], $4::text[], $5::text[]) WITH ORDINALITY AS t(context, key, request_id, ord)
+    SELECT nextval('herald_runs_id_seq') AS id, t.*
+    FROM unnest($3::jsonb[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) WITH ORDINALITY
+        AS t(context, key, request_id, done, next, ord)
 ), runs AS (
-    INSERT INTO herald_runs (workflow, version, status, context, idempotency_key, request_id, pending, finished_at)
-    SELECT $1, $2, CASE WHEN cardinality($7::text[]) = 0 THEN 'completed' ELSE 'running' END, context, key,
-           request_id, cardinality($7::text[]), CASE WHEN cardinality($7::text[]) = 0 THEN now() END
+    INSERT INTO herald_runs (id, workflow, version, status, context, idempotency_key, request_id, pending,
+                             finished_at)
+    SELECT id, $1, $2, CASE WHEN jsonb_array_length(next) = 0 THEN 'completed' ELSE 'running' END, context, key,
+           request_id, jsonb_array_length(next), CASE WHEN jsonb_array_length(next) = 0 THEN now() END
     FROM input ORDER BY ord
     ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, idempotency_key, context
+    RETURNING id, idempotency_key
+), started AS (
+    SELECT i.id, r.idempotency_key, i.context, i.done, i.next, i.ord FROM runs r JOIN input i USING (id)
 ), trigger_step AS (
+    -- The steps done at start are enqueued a microsecond apart before the pending ones (all else is one
+    -- transaction's now()), so timelines, in enqueue order, list them in the order they ran.
     INSERT INTO herald_run_steps (run_id, epoch, node_id, status, outcome, output, attempts, enqueued_at,
                                   started_at, finished_at)
-    -- Enqueued a microsecond before its successors (all else is one transaction's now()), so timelines, in
-    -- enqueue order, list the trigger first.
-    SELECT id, 1, $6, 'completed', 'accepted', context->'trigger', 1, now() - interval '1 microsecond', now(),
-           now()
-    FROM runs
+    SELECT id, 1, $8, 'completed', 'accepted', context->'trigger', 1,
+           now() - (jsonb_array_length(done) + 1) * interval '1 microsecond', now(), now()
+    FROM started
+), done_steps AS (
+    INSERT INTO herald_run_steps (run_id, epoch, node_id, status, outcome, output, attempts, enqueued_at,
+                                  started_at, finished_at)
+    SELECT s.id, 1, e.step->>'node', 'completed', e.step->>'outcome', e.step->'output', 1,
+           now() - (jsonb_array_length(s.done) + 1 - e.ord) * interval '1 microsecond', now(), now()
+    FROM started s CROSS JOIN LATERAL jsonb_array_elements(s.done) WITH ORDINALITY AS e(step, ord)
 ), next_steps AS (
     INSERT INTO herald_run_steps (run_id, epoch, node_id, status)
-    SELECT id, 1, node, 'pending' FROM runs CROSS JOIN unnest($7::text[]) AS node
+    SELECT s.id, 1, node, 'pending' FROM started s CROSS JOIN LATERAL jsonb_array_elements_text(s.next) AS node
 )
-SELECT id, idempotency_key FROM runs ORDER BY id";
+SELECT id, idempotency_key, next, ord FROM started ORDER BY id";
 
 pub const FIND_RUN_BY_KEY: &str =
     "SELECT id, version FROM herald_runs WHERE workflow = $1 AND idempotency_key = $2";
@@ -142,15 +155,17 @@ WHERE r.status = 'running' AND r.epoch = s.epoch
   AND s.status = CASE WHEN i.phase = 'run' THEN 'pending' ELSE 'waiting' END";
 
 /// Finishes a batch of steps (each from `from`: pending, or waiting for a resumed node) in one statement: marks
-/// them completed with their outcome and output, inserts their next steps (once each: a node two edges reach is
-/// inserted once), and per run merges the context patches and outputs (`nodes.<id>`), adjusts the pending count
-/// and completes the run when it reaches 0. A step no longer in its `from` state (an earlier attempt finished it)
-/// changes nothing. Returns the next steps inserted, to enqueue.
+/// them completed with their outcome and output, records the pure nodes evaluated after them (`$11`, see
+/// `inline.rs`) as completed steps, enqueued a microsecond apart just before the next steps so timelines list
+/// them in order, inserts their next steps (once each: a node two edges reach is inserted once), and per run
+/// merges the context patches and outputs (`nodes.<id>`), adjusts the pending count and completes the run when it
+/// reaches 0. A step no longer in its `from` state (an earlier attempt finished it) changes nothing. Returns the
+/// next steps inserted, to enqueue.
 pub const FINISH_STEPS: &str = "
 WITH input AS (
     SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[],
-                         $8::jsonb[], $9::int4[], $10::timestamptz[])
-        AS t(run_id, epoch, node_id, from_status, outcome, output, patch, next, attempt, started_at)
+                         $8::jsonb[], $9::int4[], $10::timestamptz[], $11::jsonb[])
+        AS t(run_id, epoch, node_id, from_status, outcome, output, patch, next, attempt, started_at, inline)
 ), step AS (
     UPDATE herald_run_steps s
     SET status = 'completed', outcome = i.outcome, output = i.output, error = NULL, finished_at = now(),
@@ -160,15 +175,26 @@ WITH input AS (
     RETURNING s.run_id, s.epoch, s.node_id
 ), finished AS (
     SELECT i.* FROM input i JOIN step USING (run_id, epoch, node_id)
+    WHERE EXISTS (SELECT 1 FROM herald_runs r WHERE r.id = i.run_id AND r.epoch = i.epoch AND r.status = 'running')
+), inline AS (
+    INSERT INTO herald_run_steps (run_id, epoch, node_id, status, outcome, output, attempts, enqueued_at,
+                                  started_at, finished_at)
+    SELECT f.run_id, f.epoch, e.step->>'node', 'completed', e.step->>'outcome', e.step->'output', 1,
+           now() - (jsonb_array_length(f.inline) + 1 - e.ord) * interval '1 microsecond', now(), now()
+    FROM finished f CROSS JOIN LATERAL jsonb_array_elements(f.inline) WITH ORDINALITY AS e(step, ord)
+    ON CONFLICT DO NOTHING
 ), next AS (
     INSERT INTO herald_run_steps (run_id, epoch, node_id, status)
     SELECT f.run_id, f.epoch, target, 'pending'
     FROM finished f CROSS JOIN LATERAL jsonb_array_elements_text(f.next) AS target
-    WHERE EXISTS (SELECT 1 FROM herald_runs r WHERE r.id = f.run_id AND r.epoch = f.epoch AND r.status = 'running')
     ON CONFLICT DO NOTHING
     RETURNING run_id, epoch, node_id
 ), changes AS (
-    SELECT f.run_id, f.epoch, count(*) AS done, jsonb_object_agg(f.node_id, f.output) AS outputs,
+    SELECT f.run_id, f.epoch, count(*) AS done,
+           jsonb_object_agg(f.node_id, f.output)
+               || coalesce((SELECT jsonb_object_agg(e.step->>'node', e.step->'output')
+                            FROM finished f2, jsonb_array_elements(f2.inline) AS e(step)
+                            WHERE f2.run_id = f.run_id), '{}') AS outputs,
            coalesce((SELECT jsonb_object_agg(p.key, p.value)
                      FROM finished f2, jsonb_each(f2.patch) AS p WHERE f2.run_id = f.run_id), '{}') AS patch,
            (SELECT count(*) FROM next n WHERE n.run_id = f.run_id) AS added

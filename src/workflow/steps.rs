@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use sqlx::{FromRow, PgPool, Row};
 
+use super::inline::InlineStep;
 use super::runs::StepStatus;
 use super::{NodeJob, NodeJobs, WorkflowError, sql};
 use crate::coalesce::{Coalescer, whole_or_each};
@@ -41,6 +42,8 @@ pub(super) struct FinishedStep {
     pub output: Value,
     /// Top-level context keys to set (transforms; the trigger's extracted data).
     pub patch: Map<String, Value>,
+    /// The pure nodes after it, evaluated already (see `inline.rs`): recorded completed with it.
+    pub inline: Vec<InlineStep>,
     pub next: Vec<String>,
 }
 
@@ -166,6 +169,12 @@ pub(super) async fn finish_steps(
         )
         .bind(steps.iter().map(|s| s.job.attempt).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.job.started_at).collect::<Vec<_>>())
+        .bind(
+            steps
+                .iter()
+                .map(|s| serde_json::json!(s.inline))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *conn)
         .await?;
     jobs.enqueue_run_phase(conn, next).await

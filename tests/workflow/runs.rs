@@ -3,6 +3,7 @@
 
 use crate::common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::common::flows::{Behaviour, Flow, example, step, timeline};
@@ -530,5 +531,200 @@ nodes:
         assert_eq!(run.pending, 0);
     }
     assert_eq!(flow.recorder.to("joined-room").len(), 20);
+    flow.stop().await;
+}
+
+const INLINE: &str = r#"
+name: inline
+version: 1
+nodes:
+  - id: start
+    kind: trigger
+    fields: { amount: { type: number } }
+    next: big
+  - id: big
+    kind: condition
+    if: trigger.amount > 100
+    then: gold
+    else: plain
+  - id: gold
+    kind: transform
+    set: { tier: "'gold'" }
+    next: notify
+  - id: plain
+    kind: transform
+    set: { tier: "'plain'", share: "100 / trigger.amount" }
+    next: notify
+  - id: notify
+    kind: action
+    channel: chat
+    to: ops-room
+    content: { text: "{{ tier }} {{ trigger.amount }}" }
+    next: routed
+  - id: routed
+    kind: branch
+    cases:
+      - when: nodes.notify.provider == 'recorder'
+        next: numbered
+    default: numbered
+  - id: numbered
+    kind: transform
+    set: { odd: "run.id % 2 == 1" }
+"#;
+
+/// Node jobs that ran for `run` (their history rows: each job is recorded there when it is acked).
+async fn node_jobs_of(flow: &Flow, run: i64) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT payload->>'node' FROM herald_job_history
+         WHERE kind = 'herald.workflow.node' AND (payload->>'run')::int8 = $1 ORDER BY job_id",
+    )
+    .bind(run)
+    .fetch_all(&flow.db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn pure_nodes_run_where_the_run_is_and_only_other_nodes_become_jobs() {
+    let flow = Flow::start(&[INLINE]).await;
+    let id = flow.trigger("inline", json!({ "amount": 500 })).await;
+    let run = flow.finished(id, "completed").await;
+    let order: Vec<(&str, Option<&str>, i32)> = run
+        .steps
+        .iter()
+        .map(|s| (s.node.as_str(), s.outcome.as_deref(), s.attempts))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            ("start", Some("accepted"), 1),
+            ("big", Some("then"), 1),
+            ("gold", Some("set"), 1),
+            ("notify", Some("sent"), 1),
+            ("routed", Some("case_0"), 1),
+            ("numbered", Some("set"), 1),
+        ],
+        "the timeline lists every node in the order it ran"
+    );
+    // Outputs and context as jobs would have left them: the transform's key reached the template, `run` is
+    // this run, and every node's output is under `nodes`.
+    assert_eq!(flow.recorder.to("ops-room")[0].content["text"], "gold 500");
+    assert_eq!(run.context["tier"], "gold");
+    assert_eq!(run.context["odd"], id % 2 == 1);
+    assert_eq!(run.context["nodes"]["big"], json!({ "result": true }));
+    assert_eq!(run.context["nodes"]["routed"], json!({ "case": 0 }));
+    assert_eq!(
+        step(&run, "numbered").output,
+        Some(json!({ "odd": id % 2 == 1 }))
+    );
+    for s in &run.steps {
+        assert!(s.started_at.is_some() && s.finished_at.is_some(), "{s:?}");
+    }
+    common::wait_until(
+        Duration::from_secs(10),
+        "the action's job acked",
+        || async { node_jobs_of(&flow, id).await.len() == 1 },
+    )
+    .await;
+    assert_eq!(
+        node_jobs_of(&flow, id).await,
+        ["notify"],
+        "only the action was a job"
+    );
+    flow.stop().await;
+}
+
+#[tokio::test]
+async fn a_pure_node_whose_expression_fails_fails_as_a_job_would() {
+    let flow = Flow::start(&[INLINE]).await;
+    // `100 / 0`: the walk stops at `plain`, whose job fails for good (an expression error is permanent).
+    let id = flow.trigger("inline", json!({ "amount": 0 })).await;
+    let run = flow.finished(id, "failed").await;
+    assert_eq!(run.failed_node.as_deref(), Some("plain"));
+    assert_eq!(step(&run, "big").outcome.as_deref(), Some("else"));
+    let plain = step(&run, "plain");
+    assert_eq!(plain.status, StepStatus::Failed);
+    assert!(
+        plain
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("100 / trigger.amount"),
+        "{plain:?}"
+    );
+    assert!(flow.recorder.messages().is_empty());
+    dead_letters_reach(&flow, 1).await;
+    flow.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_starts_share_commits_and_an_idempotency_key_starts_one_run_even_within_a_batch()
+{
+    let flow = Flow::without_worker(&[FRAGILE, INLINE]).await;
+    // 400 starts at once over two workflows: 100 without a key, and 300 sharing 30 keys (10 callers each).
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..400 {
+        let engine = Arc::clone(&flow.engine);
+        calls.spawn(async move {
+            let (workflow, data) = if i % 2 == 0 {
+                ("fragile", json!({ "to": format!("+{i}") }))
+            } else {
+                ("inline", json!({ "amount": 500 }))
+            };
+            let key = (i >= 100).then(|| format!("{workflow}-{}", i % 30));
+            let started = engine.start_run(workflow, data, key.clone(), None).await;
+            (key, started.expect("start"))
+        });
+    }
+    let mut by_key: std::collections::HashMap<String, Vec<herald::workflow::Started>> =
+        Default::default();
+    let mut unkeyed = std::collections::HashSet::new();
+    while let Some(answer) = calls.join_next().await {
+        let (key, started) = answer.unwrap();
+        match key {
+            Some(key) => by_key.entry(key).or_default().push(started),
+            None => {
+                let herald::workflow::Started::Created { id, .. } = started else {
+                    panic!("a start without a key found an existing run: {started:?}")
+                };
+                assert!(unkeyed.insert(id), "run {id} answered twice");
+            }
+        }
+    }
+    assert_eq!(unkeyed.len(), 100);
+    assert_eq!(by_key.len(), 30);
+    for (key, answers) in &by_key {
+        let created = answers
+            .iter()
+            .filter(|s| matches!(s, herald::workflow::Started::Created { .. }))
+            .count();
+        assert_eq!(created, 1, "{key}: {answers:?}");
+        let ids: std::collections::HashSet<i64> = answers
+            .iter()
+            .map(|s| match s {
+                herald::workflow::Started::Created { id, .. }
+                | herald::workflow::Started::Existing { id, .. } => *id,
+            })
+            .collect();
+        assert_eq!(
+            ids.len(),
+            1,
+            "{key}: every caller got the same run: {answers:?}"
+        );
+    }
+    let pool = &flow.db.pool;
+    assert_eq!(
+        common::scalar_i64(pool, "SELECT count(*) FROM herald_runs").await,
+        130
+    );
+    // One first job per run, in the same transactions as the runs.
+    assert_eq!(common::live_jobs(pool).await, 130);
+    // Shared commits: fewer inserting transactions than runs.
+    let transactions =
+        common::scalar_i64(pool, "SELECT count(DISTINCT xmin::text) FROM herald_runs").await;
+    assert!(
+        transactions < 130,
+        "{transactions} transactions for 130 runs"
+    );
     flow.stop().await;
 }
