@@ -87,6 +87,18 @@ impl Catalog {
         self.version(name, version).await
     }
 
+    /// The newest version of each workflow named (one statement); names with no stored version are left out.
+    pub async fn latest_versions(
+        &self,
+        names: &[&str],
+    ) -> Result<std::collections::HashMap<String, i32>, WorkflowError> {
+        let rows: Vec<(String, i32)> = sqlx::query_as(sql::LATEST_VERSIONS)
+            .bind(names)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     fn cached(&self, name: &str, version: i32) -> Option<Arc<Workflow>> {
         let compiled = self.compiled.read().unwrap_or_else(|e| e.into_inner());
         compiled.get(&(name.to_string(), version)).cloned()

@@ -186,8 +186,10 @@ impl Engine {
     }
 
     fn start_batches(&self) -> &starts::StartBatches {
-        self.start_batches
-            .get_or_init(|| starts::StartBatches::start(self.pool.clone(), self.jobs.clone()))
+        self.start_batches.get_or_init(|| {
+            let catalog = self.catalog.clone();
+            starts::StartBatches::start(self.pool.clone(), self.jobs.clone(), catalog)
+        })
     }
 
     fn delivery_batches(&self) -> &DeliveryBatches {

@@ -7,9 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::definition::Workflow;
-use super::definition::extract_trigger;
-use super::starts::{RunStart, Started, insert_runs};
+use super::starts::{RunStart, Started, insert_runs, trigger_context};
 use super::{Engine, WorkflowError, sql};
 use crate::audit::{self, Actor};
 
@@ -175,11 +173,9 @@ impl Engine {
         idempotency_key: Option<String>,
         request_id: Option<String>,
     ) -> Result<Started, WorkflowError> {
-        let definition = self.catalog.latest(workflow).await?;
-        let context = trigger_context(&definition, data, "data")?;
         let start = RunStart {
-            definition,
-            context,
+            workflow: workflow.to_string(),
+            data,
             key: idempotency_key,
             request_id,
         };
@@ -365,30 +361,6 @@ impl Engine {
         tx.commit().await?;
         self.get_run(id).await
     }
-}
-
-/// Checks trigger data against the trigger's fields (problems named under `prefix`) and builds a new run's
-/// context, with the trigger node already run: the run starts past its trigger. Bad input is refused before
-/// anything is stored.
-///
-/// The trigger node's whole work is this extraction (defaults filled in, only the declared fields kept), and
-/// its data was already checked here, so running it as a node job of its own only cost a claim, a step read, a
-/// step write and an ack per run. The context is exactly what that job produced: the extracted data as
-/// `trigger` and as the trigger node's output.
-fn trigger_context(
-    definition: &Workflow,
-    data: Value,
-    prefix: &str,
-) -> Result<Value, WorkflowError> {
-    let extracted = extract_trigger(definition.trigger_fields(), &data).map_err(|problems| {
-        let fields = problems
-            .into_iter()
-            .map(|(f, m)| (format!("{prefix}.{f}"), m));
-        WorkflowError::InvalidInput(fields.collect())
-    })?;
-    let mut nodes = serde_json::Map::new();
-    nodes.insert(definition.trigger.clone(), extracted.clone());
-    Ok(json!({ "trigger": extracted, "nodes": nodes }))
 }
 
 #[cfg(test)]

@@ -37,6 +37,10 @@ pub const LOAD_WORKFLOW: &str =
 /// The newest version number (NULL if the workflow is unknown).
 pub const LATEST_VERSION: &str = "SELECT max(version) FROM herald_workflows WHERE name = $1";
 
+/// The newest version of each workflow in $1 (those stored).
+pub const LATEST_VERSIONS: &str =
+    "SELECT name, max(version) FROM herald_workflows WHERE name = ANY($1) GROUP BY name";
+
 pub const LIST_WORKFLOWS: &str = "
 SELECT DISTINCT ON (name) name, version, definition->>'description' AS description, source, created_at,
        count(*) OVER (PARTITION BY name) AS versions

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use super::definition::Workflow;
+use super::catalog::Catalog;
+use super::definition::{Workflow, extract_trigger};
 use super::inline::{self, RunId};
 use super::{NodeJobs, WorkflowError, sql};
 use crate::coalesce::{Coalescer, whole_or_each};
@@ -35,12 +36,20 @@ pub enum Started {
     Existing { id: i64, version: i32 },
 }
 
-/// One run to start: the version it runs, its context (trigger data checked already), and its keys.
+/// One run to start: the workflow (its latest version runs), the trigger data, and its keys.
 pub(super) struct RunStart {
-    pub definition: Arc<Workflow>,
-    pub context: Value,
+    pub workflow: String,
+    pub data: Value,
     pub key: Option<String>,
     pub request_id: Option<String>,
+}
+
+/// A start whose version is known and whose trigger data passed: ready to insert.
+struct Checked {
+    definition: Arc<Workflow>,
+    context: Value,
+    key: Option<String>,
+    request_id: Option<String>,
 }
 
 type Answer = Result<Started, Arc<WorkflowError>>;
@@ -53,10 +62,10 @@ pub(super) struct StartBatches {
 impl StartBatches {
     /// Starts the background task (inside the runtime); it stops when this is dropped. `pool` commits
     /// synchronously: a caller told its run started must find it after a crash.
-    pub(super) fn start(pool: PgPool, jobs: NodeJobs) -> Self {
+    pub(super) fn start(pool: PgPool, jobs: NodeJobs, catalog: Catalog) -> Self {
         let starts = Coalescer::start(MAX_BATCH, BATCHES_IN_FLIGHT, move |batch: Vec<RunStart>| {
-            let (pool, jobs) = (pool.clone(), jobs.clone());
-            async move { write(&pool, &jobs, &batch).await }
+            let (pool, jobs, catalog) = (pool.clone(), jobs.clone(), catalog.clone());
+            async move { write(&pool, &jobs, &catalog, batch).await }
         });
         Self { starts }
     }
@@ -72,15 +81,76 @@ impl StartBatches {
     }
 }
 
-async fn write(pool: &PgPool, jobs: &NodeJobs, batch: &[RunStart]) -> Vec<Answer> {
-    whole_or_each("run starts", batch, |starts| commit(pool, jobs, starts)).await
+/// Checks each start against its workflow's latest version (one lookup for the batch), then inserts the ones
+/// that passed; answers in order.
+async fn write(
+    pool: &PgPool,
+    jobs: &NodeJobs,
+    catalog: &Catalog,
+    batch: Vec<RunStart>,
+) -> Vec<Answer> {
+    let mut names: Vec<&str> = batch.iter().map(|s| s.workflow.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let latest = match catalog.latest_versions(&names).await {
+        Ok(latest) => latest,
+        Err(error) => {
+            let error = Arc::new(error);
+            return batch.iter().map(|_| Err(Arc::clone(&error))).collect();
+        }
+    };
+    let mut answers: Vec<Option<Answer>> = Vec::with_capacity(batch.len());
+    let (mut checked, mut positions) = (Vec::new(), Vec::new());
+    for (position, start) in batch.into_iter().enumerate() {
+        match check(catalog, &latest, start).await {
+            Ok(ready) => {
+                answers.push(None);
+                checked.push(ready);
+                positions.push(position);
+            }
+            Err(error) => answers.push(Some(Err(Arc::new(error)))),
+        }
+    }
+    let written = whole_or_each("run starts", &checked, |starts| commit(pool, jobs, starts)).await;
+    for (position, answer) in positions.into_iter().zip(written) {
+        answers[position] = Some(answer);
+    }
+    answers
+        .into_iter()
+        .map(|answer| {
+            answer.unwrap_or_else(|| {
+                Err(Arc::new(WorkflowError::Io(
+                    "a run start was not answered".into(),
+                )))
+            })
+        })
+        .collect()
+}
+
+/// The start's latest version, and its trigger data checked against it.
+async fn check(
+    catalog: &Catalog,
+    latest: &HashMap<String, i32>,
+    start: RunStart,
+) -> Result<Checked, WorkflowError> {
+    let version = latest
+        .get(&start.workflow)
+        .ok_or_else(|| WorkflowError::NotFound(format!("workflow {}", start.workflow)))?;
+    let definition = catalog.version(&start.workflow, *version).await?;
+    let context = trigger_context(&definition, start.data, "data")?;
+    Ok(Checked {
+        definition,
+        context,
+        key: start.key,
+        request_id: start.request_id,
+    })
 }
 
 /// Starts `starts` in one transaction, grouped by workflow version; answers in order.
 async fn commit(
     pool: &PgPool,
     jobs: &NodeJobs,
-    starts: &[RunStart],
+    starts: &[Checked],
 ) -> Result<Vec<Started>, WorkflowError> {
     let mut groups: HashMap<(&str, i32), Vec<usize>> = HashMap::new();
     for (position, start) in starts.iter().enumerate() {
@@ -200,4 +270,28 @@ pub(super) async fn insert_runs(
             position: usize::try_from(ord - 1).unwrap_or(usize::MAX),
         })
         .collect())
+}
+
+/// Checks trigger data against the trigger's fields (problems named under `prefix`) and builds a new run's
+/// context, with the trigger node already run: the run starts past its trigger. Bad input is refused before
+/// anything is stored.
+///
+/// The trigger node's whole work is this extraction (defaults filled in, only the declared fields kept), and
+/// its data was already checked here, so running it as a node job of its own only cost a claim, a step read, a
+/// step write and an ack per run. The context is exactly what that job produced: the extracted data as
+/// `trigger` and as the trigger node's output.
+pub(super) fn trigger_context(
+    definition: &Workflow,
+    data: Value,
+    prefix: &str,
+) -> Result<Value, WorkflowError> {
+    let extracted = extract_trigger(definition.trigger_fields(), &data).map_err(|problems| {
+        let fields = problems
+            .into_iter()
+            .map(|(f, m)| (format!("{prefix}.{f}"), m));
+        WorkflowError::InvalidInput(fields.collect())
+    })?;
+    let mut nodes = serde_json::Map::new();
+    nodes.insert(definition.trigger.clone(), extracted.clone());
+    Ok(json!({ "trigger": extracted, "nodes": nodes }))
 }
