@@ -8,16 +8,20 @@
 //!   racing each other cannot both miss the other, and two events arriving together on two servers resume the
 //!   run once: the second transaction sees the first's event, and the wait is already satisfied.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use serde::Serialize;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use sqlx::Row;
 
 use super::definition::{Node, WaitSpec};
 use super::engine::{Step, retryable};
 use super::runs::StepStatus;
 use super::steps::{FinishedStep, RunState, finish_steps};
-use super::{Engine, NodeJob, Phase, WorkflowError, sql};
+use super::{Engine, NodeJob, NodeJobs, Phase, WorkflowError, sql};
+use crate::coalesce::{Coalescer, whole_or_each};
 use crate::queue::JobError;
 
 /// An event for wait-for-events nodes.
@@ -106,13 +110,117 @@ impl NewEvent {
     }
 }
 
+/// Most events one batch stores.
+const MAX_BATCH: usize = 64;
+/// Batches being written at once.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+type Received = Result<EventReceipt, Arc<WorkflowError>>;
+
+/// Single events in batches: each `POST /v1/events` would otherwise cost a transaction and a synchronous commit
+/// of its own. Events handed in while a batch is being written go out together in the next one: each is still
+/// stored and matched by its own statements, under its own key lock, but one commit carries them all, and each
+/// caller is answered only after it. Keys are locked in sorted order, so two batches cannot wait on each other
+/// in a cycle (a deadlock PostgreSQL still finds, through a hash collision, fails the batch, which is then
+/// retried one event at a time, as is any batch the database refuses).
+pub(super) struct EventBatches {
+    events: Coalescer<NewEvent, Received>,
+}
+
+impl EventBatches {
+    /// Starts the background task (inside the runtime); `pool` commits synchronously.
+    pub(super) fn start(pool: PgPool, jobs: NodeJobs) -> Self {
+        let events = Coalescer::start(MAX_BATCH, BATCHES_IN_FLIGHT, move |batch: Vec<NewEvent>| {
+            let (pool, jobs) = (pool.clone(), jobs.clone());
+            async move {
+                whole_or_each("events", &batch, |events| ingest_all(&pool, &jobs, events)).await
+            }
+        });
+        Self { events }
+    }
+}
+
+async fn ingest_all(
+    pool: &PgPool,
+    jobs: &NodeJobs,
+    events: &[NewEvent],
+) -> Result<Vec<EventReceipt>, WorkflowError> {
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by(|&a, &b| events[a].key.cmp(&events[b].key));
+    let mut receipts: Vec<Option<EventReceipt>> = vec![None; events.len()];
+    let mut tx = pool.begin().await?;
+    for position in order {
+        receipts[position] = Some(ingest_in(&mut tx, jobs, events[position].clone()).await?);
+    }
+    tx.commit().await?;
+    Ok(receipts.into_iter().flatten().collect())
+}
+
+/// Stores an event and resumes the waits it completes, inside the caller's transaction.
+async fn ingest_in(
+    tx: &mut sqlx::PgConnection,
+    jobs: &NodeJobs,
+    event: NewEvent,
+) -> Result<EventReceipt, WorkflowError> {
+    event.validate()?;
+    let event_id = event
+        .id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    sqlx::query(sql::LOCK_KEY)
+        .bind(&event.key)
+        .execute(&mut *tx)
+        .await?;
+    let inserted = sqlx::query(sql::INSERT_EVENT)
+        .bind(&event_id)
+        .bind(&event.name)
+        .bind(&event.key)
+        .bind(&event.payload)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if inserted.is_none() {
+        return Ok(EventReceipt {
+            event_id,
+            duplicate: true,
+            resumed_runs: Vec::new(),
+        });
+    }
+    let satisfied: Vec<(i64, i32, String, Option<i64>)> = sqlx::query_as(sql::SATISFY_WAITS)
+        .bind(&event.key)
+        .bind(&event.name)
+        .fetch_all(&mut *tx)
+        .await?;
+    let mut resume_jobs = Vec::with_capacity(satisfied.len());
+    let mut resumed_runs = Vec::with_capacity(satisfied.len());
+    let mut timers = Vec::new();
+    for (run, epoch, node, timer) in satisfied {
+        let job = NodeJob::new(run, epoch, node, Phase::Resume);
+        resumed_runs.push(job.run);
+        resume_jobs.push(jobs.new_job(job, None));
+        timers.extend(timer);
+    }
+    jobs.enqueue(&mut *tx, &resume_jobs).await?;
+    // The satisfied waits' timeouts have nothing left to do: they leave the queue with this event.
+    jobs.cancel_timers(&mut *tx, &timers).await?;
+    Ok(EventReceipt {
+        event_id,
+        duplicate: false,
+        resumed_runs,
+    })
+}
+
 impl Engine {
-    /// Stores an event and resumes the waits it completes, in one transaction.
+    /// Stores an event and resumes the waits it completes, in one transaction (shared with the events other
+    /// callers hand in at the same moment: see [`EventBatches`]).
     pub async fn ingest_event(&self, event: NewEvent) -> Result<EventReceipt, WorkflowError> {
-        let mut tx = self.pool.begin().await?;
-        let receipt = self.ingest_event_in(&mut tx, event).await?;
-        tx.commit().await?;
-        Ok(receipt)
+        event.validate()?;
+        let answer = self
+            .event_batches()
+            .events
+            .call(event)
+            .await
+            .map_err(|stopped| WorkflowError::Io(stopped.to_string()))?;
+        answer.map_err(|shared| Arc::try_unwrap(shared).unwrap_or_else(WorkflowError::Shared))
     }
 
     /// [`Engine::ingest_event`] inside the caller's transaction (the Kafka bridge stores a batch's events with
@@ -122,51 +230,7 @@ impl Engine {
         tx: &mut sqlx::PgConnection,
         event: NewEvent,
     ) -> Result<EventReceipt, WorkflowError> {
-        event.validate()?;
-        let event_id = event
-            .id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        sqlx::query(sql::LOCK_KEY)
-            .bind(&event.key)
-            .execute(&mut *tx)
-            .await?;
-        let inserted = sqlx::query(sql::INSERT_EVENT)
-            .bind(&event_id)
-            .bind(&event.name)
-            .bind(&event.key)
-            .bind(&event.payload)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if inserted.is_none() {
-            return Ok(EventReceipt {
-                event_id,
-                duplicate: true,
-                resumed_runs: Vec::new(),
-            });
-        }
-        let satisfied: Vec<(i64, i32, String, Option<i64>)> = sqlx::query_as(sql::SATISFY_WAITS)
-            .bind(&event.key)
-            .bind(&event.name)
-            .fetch_all(&mut *tx)
-            .await?;
-        let mut jobs = Vec::with_capacity(satisfied.len());
-        let mut resumed_runs = Vec::with_capacity(satisfied.len());
-        let mut timers = Vec::new();
-        for (run, epoch, node, timer) in satisfied {
-            let job = NodeJob::new(run, epoch, node, Phase::Resume);
-            resumed_runs.push(job.run);
-            jobs.push(self.jobs.new_job(job, None));
-            timers.extend(timer);
-        }
-        self.jobs.enqueue(&mut *tx, &jobs).await?;
-        // The satisfied waits' timeouts have nothing left to do: they leave the queue with this event.
-        self.jobs.cancel_timers(&mut *tx, &timers).await?;
-        Ok(EventReceipt {
-            event_id,
-            duplicate: false,
-            resumed_runs,
-        })
+        ingest_in(tx, &self.jobs, event).await
     }
 
     /// The `run` phase of a wait node: register the wait; finish at once if stored events already satisfy it,

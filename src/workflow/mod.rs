@@ -143,6 +143,8 @@ pub struct Engine {
     step_batches: std::sync::OnceLock<steps::StepBatches>,
     /// The same for single run starts (see `starts.rs`; on `pool`: a started run is durable).
     start_batches: std::sync::OnceLock<starts::StartBatches>,
+    /// The same for events (see `events.rs`; on `pool`: a stored event is durable).
+    event_batches: std::sync::OnceLock<events::EventBatches>,
     /// The same for action nodes' delivery records (on `pool`: they must be durable before a provider call).
     delivery_batches: std::sync::OnceLock<DeliveryBatches>,
 }
@@ -171,6 +173,7 @@ impl Engine {
             },
             step_batches: std::sync::OnceLock::new(),
             start_batches: std::sync::OnceLock::new(),
+            event_batches: std::sync::OnceLock::new(),
             delivery_batches: std::sync::OnceLock::new(),
         })
     }
@@ -190,6 +193,11 @@ impl Engine {
             let catalog = self.catalog.clone();
             starts::StartBatches::start(self.pool.clone(), self.jobs.clone(), catalog)
         })
+    }
+
+    fn event_batches(&self) -> &events::EventBatches {
+        self.event_batches
+            .get_or_init(|| events::EventBatches::start(self.pool.clone(), self.jobs.clone()))
     }
 
     fn delivery_batches(&self) -> &DeliveryBatches {

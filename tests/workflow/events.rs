@@ -354,3 +354,53 @@ async fn payment_kyc_example_waits_for_both_events_in_either_order() {
     assert!(run.steps.iter().all(|s| s.node != "reminder_email"));
     flow.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_events_share_commits_and_a_repeated_id_counts_once_even_within_a_batch() {
+    let flow = Flow::without_worker(&[WAIT3]).await;
+    // 300 events at once: 100 with ids of their own, and one id sent 200 times.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let engine = std::sync::Arc::clone(&flow.engine);
+        calls.spawn(async move {
+            let id = if i < 100 {
+                format!("e{i}")
+            } else {
+                "repeated".to_string()
+            };
+            let event = herald::workflow::NewEvent {
+                id: Some(id.clone()),
+                name: "a".into(),
+                key: format!("order-{}", i % 7),
+                payload: json!({ "i": i }),
+            };
+            (id, engine.ingest_event(event).await.expect("ingest"))
+        });
+    }
+    let mut fresh_repeats = 0;
+    let mut fresh_own = 0;
+    while let Some(answer) = calls.join_next().await {
+        let (id, receipt) = answer.unwrap();
+        assert_eq!(receipt.event_id, id);
+        match (id.as_str(), receipt.duplicate) {
+            ("repeated", false) => fresh_repeats += 1,
+            ("repeated", true) => {}
+            (_, false) => fresh_own += 1,
+            (_, true) => panic!("{id} was called a duplicate"),
+        }
+    }
+    assert_eq!(fresh_repeats, 1, "the repeated id is stored once");
+    assert_eq!(fresh_own, 100);
+    let pool = &flow.db.pool;
+    assert_eq!(
+        common::scalar_i64(pool, "SELECT count(*) FROM herald_events").await,
+        101
+    );
+    let transactions =
+        common::scalar_i64(pool, "SELECT count(DISTINCT xmin::text) FROM herald_events").await;
+    assert!(
+        transactions < 101,
+        "{transactions} transactions for 101 events"
+    );
+    flow.stop().await;
+}
