@@ -224,6 +224,19 @@ pub async fn finish(
 /// [`finish`] for many sends: one statement (two when a provider asked to suppress a recipient) and one commit.
 pub async fn finish_many(pool: &PgPool, finished: &[Finished]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
+    finish_in(&mut tx, finished).await?;
+    tx.commit().await
+}
+
+/// Records sends' results inside the caller's transaction (the workflow engine records a successful send with
+/// its node's step, in one commit).
+pub async fn finish_in(
+    conn: &mut sqlx::PgConnection,
+    finished: &[Finished],
+) -> Result<(), sqlx::Error> {
+    if finished.is_empty() {
+        return Ok(());
+    }
     sqlx::query(sql::FINISH_DELIVERIES)
         .bind(finished.iter().map(|f| f.id).collect::<Vec<_>>())
         .bind(
@@ -251,7 +264,7 @@ pub async fn finish_many(pool: &PgPool, finished: &[Finished]) -> Result<(), sql
                 .map(|f| f.error.as_deref())
                 .collect::<Vec<_>>(),
         )
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     let suppressed: Vec<&Finished> = finished
         .iter()
@@ -283,10 +296,10 @@ pub async fn finish_many(pool: &PgPool, finished: &[Finished]) -> Result<(), sql
                     .map(|f| f.provider.as_deref())
                     .collect::<Vec<_>>(),
             )
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
     }
-    tx.commit().await
+    Ok(())
 }
 
 /// Most sends one batch records.

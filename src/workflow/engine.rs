@@ -30,6 +30,11 @@ use crate::queue::{JobContext, JobError};
 pub(super) enum Step {
     /// The node is finished: record it and follow `next`.
     Done(Decision),
+    /// An action sent its message: record the send's result with the node's step, in one commit.
+    Sent {
+        decision: Decision,
+        delivery: Finished,
+    },
     /// Park the step until a `resume` job runs at this time (delay nodes).
     SuspendUntil(DateTime<Utc>),
     /// The node recorded its own outcome in its own transaction (wait-for-events).
@@ -90,34 +95,58 @@ impl Engine {
             StepStatus::Waiting
         };
         match step {
-            Step::Done(decision) => {
-                // The pure nodes after this one are evaluated here and recorded with it (see `inline.rs`).
-                let mut context = run.context;
-                inline::record(&mut context, &job.node, &decision);
-                let run_vars = run_vars(&job, &workflow);
-                let walk = inline::walk(
-                    &workflow,
-                    &mut context,
-                    &run_vars,
-                    RunId::Known,
-                    decision.next,
-                );
-                let mut patch = decision.patch;
-                patch.extend(walk.patch);
-                let step = FinishedStep {
-                    job,
-                    from,
-                    outcome: decision.outcome,
-                    output: decision.output,
-                    patch,
-                    inline: walk.steps,
-                    next: walk.next,
-                };
-                self.step_batches().finish(step).await.map_err(batch_error)
+            Step::Done(decision) => self.finish(job, from, run, &workflow, decision, None).await,
+            Step::Sent { decision, delivery } => {
+                let step = self.finish(job, from, run, &workflow, decision, Some(delivery.clone()));
+                let finished = step.await;
+                if finished.is_err() {
+                    // The step is retried; the send's result is still worth keeping, so a retry finds the
+                    // delivery `sent` (not `sending`, which would make it `unknown`).
+                    if let Err(error) = self.delivery_batches().finish(delivery).await {
+                        tracing::warn!(%error, "could not record a send's result");
+                    }
+                }
+                finished
             }
             Step::SuspendUntil(at) => self.suspend(&job, at).await.map_err(retryable),
             Step::Recorded => Ok(()),
         }
+    }
+
+    /// Records a finished node (with its send's result, for an action that sent), after evaluating the pure
+    /// nodes that follow it (see `inline.rs`); returns once that is committed.
+    async fn finish(
+        &self,
+        job: NodeJob,
+        from: StepStatus,
+        run: RunState,
+        workflow: &Workflow,
+        decision: Decision,
+        delivery: Option<Finished>,
+    ) -> Result<(), JobError> {
+        let mut context = run.context;
+        inline::record(&mut context, &job.node, &decision);
+        let run_vars = run_vars(&job, workflow);
+        let walk = inline::walk(
+            workflow,
+            &mut context,
+            &run_vars,
+            RunId::Known,
+            decision.next,
+        );
+        let mut patch = decision.patch;
+        patch.extend(walk.patch);
+        let step = FinishedStep {
+            job,
+            from,
+            outcome: decision.outcome,
+            output: decision.output,
+            patch,
+            inline: walk.steps,
+            next: walk.next,
+            delivery,
+        };
+        self.step_batches().finish(step).await.map_err(batch_error)
     }
 
     /// Runs the node's own logic. Errors are the node's failures (retried by the queue).
@@ -215,19 +244,26 @@ impl Engine {
         };
         let report = sender.send(&message).await;
         let finished = Finished::new(delivery, key, &report);
+        if let Ok(sent) = &report.result {
+            let output = json!({
+                "channel": channel.as_str(), "to": message.to, "provider": sent.provider,
+                "provider_message_id": sent.provider_message_id, "delivery_id": delivery,
+                "attempts": report.attempts,
+            });
+            let decision = Decision::new("sent", output, &node.next);
+            return Ok(Step::Sent {
+                decision,
+                delivery: finished,
+            });
+        }
         if let Err(error) = self.delivery_batches().finish(finished).await {
             // The delivery stays `sending`: the retry finds it so and does not send again.
             return Err(JobError::retry(error.to_string()));
         }
         match report.result {
-            Ok(sent) => {
-                let output = json!({
-                    "channel": channel.as_str(), "to": message.to, "provider": sent.provider,
-                    "provider_message_id": sent.provider_message_id, "delivery_id": delivery,
-                    "attempts": report.attempts,
-                });
-                Ok(Step::done("sent", output, &node.next))
-            }
+            Ok(_) => Err(JobError::permanent(
+                "internal: a sent message was not recorded",
+            )),
             Err(SendError::Transient {
                 message,
                 retry_after: Some(after),

@@ -305,6 +305,7 @@ impl Engine {
                 output,
                 patch: Default::default(),
                 inline: Vec::new(),
+                delivery: None,
                 next: next.to_vec(),
             };
             finish_steps(&mut tx, &self.jobs, &[done]).await?;
@@ -378,6 +379,7 @@ impl Engine {
                 output,
                 patch: Default::default(),
                 inline: Vec::new(),
+                delivery: None,
                 next: spec.on_timeout.clone(),
             };
             finish_steps(&mut tx, &self.jobs, &[done]).await?;

@@ -19,6 +19,7 @@ use sqlx::{FromRow, PgPool, Row};
 use super::inline::InlineStep;
 use super::runs::StepStatus;
 use super::{NodeJob, NodeJobs, WorkflowError, sql};
+use crate::channels::deliveries::{self, Finished};
 use crate::coalesce::{Coalescer, whole_or_each};
 
 /// Most steps one statement reads or finishes.
@@ -45,15 +46,17 @@ pub(super) struct FinishedStep {
     /// The pure nodes after it, evaluated already (see `inline.rs`): recorded completed with it.
     pub inline: Vec<InlineStep>,
     pub next: Vec<String>,
+    /// An action's send result, recorded on its delivery in the same transaction.
+    pub delivery: Option<Finished>,
 }
 
 type Loaded = Result<Option<RunState>, Arc<WorkflowError>>;
-type Finished = Result<(), Arc<WorkflowError>>;
+type Committed = Result<(), Arc<WorkflowError>>;
 
 /// The batching handles of one process.
 pub(super) struct StepBatches {
     loads: Coalescer<NodeJob, Loaded>,
-    finishes: Coalescer<FinishedStep, Finished>,
+    finishes: Coalescer<FinishedStep, Committed>,
 }
 
 impl StepBatches {
@@ -78,7 +81,7 @@ impl StepBatches {
     }
 
     /// Records a finished step (and enqueues its next nodes); returns once that is committed.
-    pub(super) async fn finish(&self, step: FinishedStep) -> Finished {
+    pub(super) async fn finish(&self, step: FinishedStep) -> Committed {
         self.finishes.call(step).await.map_err(stopped)?
     }
 }
@@ -116,7 +119,7 @@ async fn load(pool: &PgPool, keys: &[NodeJob]) -> Vec<Loaded> {
     found
 }
 
-async fn finish(pool: &PgPool, jobs: &NodeJobs, steps: Vec<FinishedStep>) -> Vec<Finished> {
+async fn finish(pool: &PgPool, jobs: &NodeJobs, steps: Vec<FinishedStep>) -> Vec<Committed> {
     whole_or_each("steps", &steps, |batch| async move {
         commit(pool, jobs, batch)
             .await
@@ -130,7 +133,15 @@ async fn commit(
     jobs: &NodeJobs,
     steps: &[FinishedStep],
 ) -> Result<(), WorkflowError> {
+    let deliveries: Vec<Finished> = steps.iter().filter_map(|s| s.delivery.clone()).collect();
     let mut tx = pool.begin().await?;
+    if !deliveries.is_empty() {
+        // Sends' results commit as the delivery layer's own do: synchronously (this pool's commits are relaxed).
+        sqlx::query("SET LOCAL synchronous_commit TO on")
+            .execute(&mut *tx)
+            .await?;
+        deliveries::finish_in(&mut tx, &deliveries).await?;
+    }
     finish_steps(&mut tx, jobs, steps).await?;
     tx.commit().await?;
     Ok(())
