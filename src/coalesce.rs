@@ -106,10 +106,38 @@ where
     F: Fn(&'a [T]) -> Fut,
     Fut: Future<Output = Result<Vec<R>, E>>,
 {
+    // Whatever the failure, retrying is safe for these writers: their batches can be applied twice.
+    let refused = |batch: &'a [T]| {
+        let written = run(batch);
+        async move { written.await.map_err(Failed::BeforeCommit) }
+    };
+    whole_or_each_once(what, items, refused).await
+}
+
+/// How a batch that is written once and for all failed.
+pub enum Failed<E> {
+    /// Before its commit: the transaction rolled back and nothing of it is stored.
+    BeforeCommit(E),
+    /// At its commit: it may or may not be stored.
+    AtCommit(E),
+}
+
+/// [`whole_or_each`] for batches whose items must never be stored twice (runs and events without an idempotency
+/// key): a batch that failed before its commit is retried one item at a time; one whose commit failed is not
+/// retried, since it may be stored already, and every item gets the error (a caller may retry with its key).
+pub async fn whole_or_each_once<'a, T, R, E, F, Fut>(
+    what: &str,
+    items: &'a [T],
+    run: F,
+) -> Vec<Result<R, Arc<E>>>
+where
+    E: From<sqlx::Error> + std::fmt::Display,
+    F: Fn(&'a [T]) -> Fut,
+    Fut: Future<Output = Result<Vec<R>, Failed<E>>>,
+{
     match run(items).await {
         Ok(answers) => answers.into_iter().map(Ok).collect(),
-        Err(error) if items.len() == 1 => vec![Err(Arc::new(error))],
-        Err(error) => {
+        Err(Failed::BeforeCommit(error)) if items.len() > 1 => {
             tracing::warn!(%error, items = items.len(), "a batch of {what} failed; retrying them one at a time");
             let mut answers = Vec::with_capacity(items.len());
             for item in items {
@@ -118,11 +146,17 @@ where
                         one.pop().ok_or_else(|| unreachable_empty(what))
                     }
                     Ok(_) => Err(unreachable_empty(what)),
-                    Err(error) => Err(Arc::new(error)),
+                    Err(Failed::BeforeCommit(error) | Failed::AtCommit(error)) => {
+                        Err(Arc::new(error))
+                    }
                 };
                 answers.push(answer);
             }
             answers
+        }
+        Err(Failed::BeforeCommit(error) | Failed::AtCommit(error)) => {
+            let error = Arc::new(error);
+            items.iter().map(|_| Err(Arc::clone(&error))).collect()
         }
     }
 }

@@ -59,9 +59,16 @@ fn batch_error(error: std::sync::Arc<WorkflowError>) -> JobError {
 
 /// A database problem is worth retrying; anything else about a node job is not.
 pub(super) fn retryable(error: WorkflowError) -> JobError {
-    match error {
-        WorkflowError::Database(_) | WorkflowError::Queue(_) => JobError::retry(error.to_string()),
-        other => JobError::permanent(other.to_string()),
+    let transient =
+        |e: &WorkflowError| matches!(e, WorkflowError::Database(_) | WorkflowError::Queue(_));
+    let retry = match &error {
+        WorkflowError::Shared(shared) => transient(shared),
+        other => transient(other),
+    };
+    if retry {
+        JobError::retry(error.to_string())
+    } else {
+        JobError::permanent(error.to_string())
     }
 }
 

@@ -21,7 +21,7 @@ use super::engine::{Step, retryable};
 use super::runs::StepStatus;
 use super::steps::{FinishedStep, RunState, finish_steps};
 use super::{Engine, NodeJob, NodeJobs, Phase, WorkflowError, sql};
-use crate::coalesce::{Coalescer, whole_or_each};
+use crate::coalesce::{Coalescer, Failed, whole_or_each_once};
 use crate::queue::JobError;
 
 /// An event for wait-for-events nodes.
@@ -133,7 +133,8 @@ impl EventBatches {
         let events = Coalescer::start(MAX_BATCH, BATCHES_IN_FLIGHT, move |batch: Vec<NewEvent>| {
             let (pool, jobs) = (pool.clone(), jobs.clone());
             async move {
-                whole_or_each("events", &batch, |events| ingest_all(&pool, &jobs, events)).await
+                whole_or_each_once("events", &batch, |events| ingest_all(&pool, &jobs, events))
+                    .await
             }
         });
         Self { events }
@@ -144,15 +145,17 @@ async fn ingest_all(
     pool: &PgPool,
     jobs: &NodeJobs,
     events: &[NewEvent],
-) -> Result<Vec<EventReceipt>, WorkflowError> {
+) -> Result<Vec<EventReceipt>, Failed<WorkflowError>> {
     let mut order: Vec<usize> = (0..events.len()).collect();
     order.sort_by(|&a, &b| events[a].key.cmp(&events[b].key));
     let mut receipts: Vec<Option<EventReceipt>> = vec![None; events.len()];
-    let mut tx = pool.begin().await?;
+    let before = Failed::BeforeCommit;
+    let mut tx = pool.begin().await.map_err(|e| before(e.into()))?;
     for position in order {
-        receipts[position] = Some(ingest_in(&mut tx, jobs, events[position].clone()).await?);
+        let receipt = ingest_in(&mut tx, jobs, events[position].clone()).await;
+        receipts[position] = Some(receipt.map_err(before)?);
     }
-    tx.commit().await?;
+    tx.commit().await.map_err(|e| Failed::AtCommit(e.into()))?;
     Ok(receipts.into_iter().flatten().collect())
 }
 
@@ -212,8 +215,12 @@ async fn ingest_in(
 impl Engine {
     /// Stores an event and resumes the waits it completes, in one transaction (shared with the events other
     /// callers hand in at the same moment: see [`EventBatches`]).
-    pub async fn ingest_event(&self, event: NewEvent) -> Result<EventReceipt, WorkflowError> {
+    pub async fn ingest_event(&self, mut event: NewEvent) -> Result<EventReceipt, WorkflowError> {
         event.validate()?;
+        // Named before it joins a batch, so that whatever happens to the batch, it is this event.
+        event
+            .id
+            .get_or_insert_with(|| uuid::Uuid::new_v4().to_string());
         let answer = self
             .event_batches()
             .events

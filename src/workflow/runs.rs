@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::starts::{RunStart, Started, insert_runs, trigger_context};
+use super::starts::{RunStart, Started, insert_runs, prepare, trigger_context};
 use super::{Engine, WorkflowError, sql};
 use crate::audit::{self, Actor};
 
@@ -194,15 +194,8 @@ impl Engine {
         let definition = self.catalog.latest(workflow).await?;
         let context = trigger_context(&definition, data, "data")?;
         let key = Some(idempotency_key);
-        let ids = insert_runs(
-            conn,
-            &self.jobs,
-            &definition,
-            vec![context],
-            vec![key.clone()],
-            vec![None],
-        )
-        .await?;
+        let run = prepare(&definition, context, key.clone(), None);
+        let ids = insert_runs(conn, &self.jobs, &definition, &[&run]).await?;
         if let Some(run) = ids.first() {
             return Ok(Started::Created {
                 id: run.id,
@@ -225,22 +218,17 @@ impl Engine {
         data: Vec<Value>,
     ) -> Result<Vec<i64>, WorkflowError> {
         let definition = self.catalog.latest(workflow).await?;
-        let contexts = data
+        let runs = data
             .into_iter()
             .enumerate()
-            .map(|(index, item)| trigger_context(&definition, item, &format!("[{index}].data")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let count = contexts.len();
+            .map(|(index, item)| {
+                let context = trigger_context(&definition, item, &format!("[{index}].data"))?;
+                Ok(prepare(&definition, context, None, None))
+            })
+            .collect::<Result<Vec<_>, WorkflowError>>()?;
         let mut tx = self.pool.begin().await?;
-        let runs = insert_runs(
-            &mut tx,
-            &self.jobs,
-            &definition,
-            contexts,
-            vec![None; count],
-            vec![None; count],
-        )
-        .await?;
+        let runs = runs.iter().collect::<Vec<_>>();
+        let runs = insert_runs(&mut tx, &self.jobs, &definition, &runs).await?;
         tx.commit().await?;
         Ok(runs.into_iter().map(|run| run.id).collect())
     }
@@ -257,35 +245,26 @@ impl Engine {
     ) -> Result<Vec<Result<bool, WorkflowError>>, WorkflowError> {
         let definition = self.catalog.latest(workflow).await?;
         let mut answers = Vec::with_capacity(items.len());
-        let (mut contexts, mut keys, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut runs, mut positions) = (Vec::new(), Vec::new());
         for (position, (data, key)) in items.into_iter().enumerate() {
             match trigger_context(&definition, data, "data") {
                 Ok(context) => {
-                    contexts.push(context);
-                    keys.push(Some(key));
+                    runs.push(prepare(&definition, context, Some(key), None));
                     positions.push(position);
                     answers.push(Ok(false));
                 }
                 Err(error) => answers.push(Err(error)),
             }
         }
-        if contexts.is_empty() {
+        if runs.is_empty() {
             return Ok(answers);
         }
-        let count = contexts.len();
-        let inserted = insert_runs(
-            conn,
-            &self.jobs,
-            &definition,
-            contexts,
-            keys.clone(),
-            vec![None; count],
-        )
-        .await?;
+        let refs = runs.iter().collect::<Vec<_>>();
+        let inserted = insert_runs(conn, &self.jobs, &definition, &refs).await?;
         let started: std::collections::HashSet<String> =
             inserted.into_iter().filter_map(|run| run.key).collect();
-        for (position, key) in positions.into_iter().zip(keys) {
-            answers[position] = Ok(key.is_some_and(|k| started.contains(&k)));
+        for (position, run) in positions.into_iter().zip(&runs) {
+            answers[position] = Ok(run.key.as_ref().is_some_and(|k| started.contains(k)));
         }
         Ok(answers)
     }

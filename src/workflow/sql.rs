@@ -89,6 +89,10 @@ WITH input AS (
 )
 SELECT id, idempotency_key, next, ord FROM started ORDER BY id";
 
+/// The runs holding idempotency keys $2 of workflow $1: (key, id, version).
+pub const FIND_RUNS_BY_KEYS: &str = "SELECT idempotency_key, id, version FROM herald_runs
+WHERE workflow = $1 AND idempotency_key = ANY($2)";
+
 pub const FIND_RUN_BY_KEY: &str =
     "SELECT id, version FROM herald_runs WHERE workflow = $1 AND idempotency_key = $2";
 
@@ -186,8 +190,9 @@ WITH input AS (
                                   started_at, finished_at)
     SELECT f.run_id, f.epoch, e.step->>'node', 'completed', e.step->>'outcome', e.step->'output', 1,
            now() - (jsonb_array_length(f.inline) + 1 - e.ord) * interval '1 microsecond', now(), now()
+    -- No ON CONFLICT: an inline step is reached once (sequential, acyclic workflows), and if that ever failed to
+    -- hold, the batch must fail loudly rather than merge an output the timeline does not show.
     FROM finished f CROSS JOIN LATERAL jsonb_array_elements(f.inline) WITH ORDINALITY AS e(step, ord)
-    ON CONFLICT DO NOTHING
 ), next AS (
     INSERT INTO herald_run_steps (run_id, epoch, node_id, status)
     SELECT f.run_id, f.epoch, target, 'pending'
@@ -299,9 +304,11 @@ SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
             THEN 'satisfied' ELSE 'waiting' END
 RETURNING status";
 
-/// Stores an event unless its id was seen before (a redelivery counts once).
+/// Stores an event unless its id was seen before (a redelivery counts once). Stamped with the clock, not the
+/// transaction's start: an event waits for its key's lock (and, batched, for the events before it), and a wait
+/// registered meanwhile must still count it.
 pub const INSERT_EVENT: &str = "
-INSERT INTO herald_events (event_id, name, key, payload) VALUES ($1, $2, $3, $4)
+INSERT INTO herald_events (event_id, name, key, payload, received_at) VALUES ($1, $2, $3, $4, clock_timestamp())
 ON CONFLICT (event_id) DO NOTHING
 RETURNING id";
 

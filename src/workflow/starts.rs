@@ -20,7 +20,7 @@ use super::catalog::Catalog;
 use super::definition::{Workflow, extract_trigger};
 use super::inline::{self, RunId};
 use super::{NodeJobs, WorkflowError, sql};
-use crate::coalesce::{Coalescer, whole_or_each};
+use crate::coalesce::{Coalescer, Failed, whole_or_each_once};
 
 /// Most starts one batch writes.
 const MAX_BATCH: usize = 256;
@@ -44,12 +44,10 @@ pub(super) struct RunStart {
     pub request_id: Option<String>,
 }
 
-/// A start whose version is known and whose trigger data passed: ready to insert.
+/// A start whose version is known and whose trigger data passed, with its work done: ready to insert.
 struct Checked {
     definition: Arc<Workflow>,
-    context: Value,
-    key: Option<String>,
-    request_id: Option<String>,
+    run: NewRun,
 }
 
 type Answer = Result<Started, Arc<WorkflowError>>;
@@ -111,7 +109,8 @@ async fn write(
             Err(error) => answers.push(Some(Err(Arc::new(error)))),
         }
     }
-    let written = whole_or_each("run starts", &checked, |starts| commit(pool, jobs, starts)).await;
+    let written =
+        whole_or_each_once("run starts", &checked, |starts| commit(pool, jobs, starts)).await;
     for (position, answer) in positions.into_iter().zip(written) {
         answers[position] = Some(answer);
     }
@@ -138,72 +137,82 @@ async fn check(
         .ok_or_else(|| WorkflowError::NotFound(format!("workflow {}", start.workflow)))?;
     let definition = catalog.version(&start.workflow, *version).await?;
     let context = trigger_context(&definition, start.data, "data")?;
-    Ok(Checked {
-        definition,
-        context,
-        key: start.key,
-        request_id: start.request_id,
-    })
+    let run = prepare(&definition, context, start.key, start.request_id);
+    Ok(Checked { definition, run })
 }
 
-/// Starts `starts` in one transaction, grouped by workflow version; answers in order.
+/// Starts `starts` in one transaction; answers in order. Workflow versions, and the runs within one, are
+/// inserted in a fixed order (by name and version, then by idempotency key), so two batches never wait on each
+/// other's keys in a cycle. Every answer is known before the commit: a key taken by an earlier run (whose
+/// transaction ours waited for) or by another start of this batch is looked up inside the transaction.
 async fn commit(
     pool: &PgPool,
     jobs: &NodeJobs,
     starts: &[Checked],
-) -> Result<Vec<Started>, WorkflowError> {
+) -> Result<Vec<Started>, Failed<WorkflowError>> {
     let mut groups: HashMap<(&str, i32), Vec<usize>> = HashMap::new();
     for (position, start) in starts.iter().enumerate() {
         let version = (start.definition.name.as_str(), start.definition.version);
         groups.entry(version).or_default().push(position);
     }
-    let mut created: Vec<Option<i64>> = vec![None; starts.len()];
-    let mut tx = pool.begin().await?;
-    for positions in groups.values() {
+    let mut groups: Vec<((&str, i32), Vec<usize>)> = groups.into_iter().collect();
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, positions) in &mut groups {
+        positions.sort_by(|&a, &b| starts[a].run.key.cmp(&starts[b].run.key));
+    }
+    let before = Failed::BeforeCommit;
+    let mut answers: Vec<Option<Started>> = vec![None; starts.len()];
+    let mut tx = pool.begin().await.map_err(|e| before(e.into()))?;
+    for ((name, version), positions) in &groups {
         let Some(&first) = positions.first() else {
             continue;
         };
-        let definition = &starts[first].definition;
-        let contexts = positions
-            .iter()
-            .map(|&p| starts[p].context.clone())
-            .collect();
-        let keys = positions.iter().map(|&p| starts[p].key.clone()).collect();
-        let request_ids = positions
-            .iter()
-            .map(|&p| starts[p].request_id.clone())
-            .collect();
-        let inserted = insert_runs(&mut tx, jobs, definition, contexts, keys, request_ids).await?;
+        let runs: Vec<&NewRun> = positions.iter().map(|&p| &starts[p].run).collect();
+        let inserted = insert_runs(&mut tx, jobs, &starts[first].definition, &runs)
+            .await
+            .map_err(before)?;
         for Inserted { id, position, .. } in inserted {
             if let Some(&start) = positions.get(position) {
-                created[start] = Some(id);
+                answers[start] = Some(Started::Created {
+                    id,
+                    version: *version,
+                });
+            }
+        }
+        // The keys that were taken: those runs are the answers.
+        let taken: Vec<&str> = positions
+            .iter()
+            .filter(|&&p| answers[p].is_none())
+            .filter_map(|&p| starts[p].run.key.as_deref())
+            .collect();
+        if taken.is_empty() {
+            continue;
+        }
+        let holders: Vec<(String, i64, i32)> = sqlx::query_as(sql::FIND_RUNS_BY_KEYS)
+            .bind(*name)
+            .bind(&taken)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| before(e.into()))?;
+        let holders: HashMap<String, (i64, i32)> = holders
+            .into_iter()
+            .map(|(key, id, version)| (key, (id, version)))
+            .collect();
+        for &p in positions {
+            if answers[p].is_none()
+                && let Some(&(id, version)) =
+                    starts[p].run.key.as_ref().and_then(|k| holders.get(k))
+            {
+                answers[p] = Some(Started::Existing { id, version });
             }
         }
     }
-    tx.commit().await?;
-    let mut answers = Vec::with_capacity(starts.len());
-    for (start, created) in starts.iter().zip(created) {
-        let version = start.definition.version;
-        let answer = match (created, &start.key) {
-            (Some(id), _) => Started::Created { id, version },
-            // The key is taken, by an earlier run or by another start of this batch: that run is the answer
-            // (committed: ours waited for it, or was it).
-            (None, Some(key)) => {
-                let (id, version) = sqlx::query_as(sql::FIND_RUN_BY_KEY)
-                    .bind(&start.definition.name)
-                    .bind(key)
-                    .fetch_one(pool)
-                    .await?;
-                Started::Existing { id, version }
-            }
-            (None, None) => {
-                return Err(WorkflowError::Io(
-                    "a run without an idempotency key was not inserted".into(),
-                ));
-            }
-        };
-        answers.push(answer);
-    }
+    let answers: Vec<Started> = answers.into_iter().collect::<Option<_>>().ok_or_else(|| {
+        before(WorkflowError::Io(
+            "a run start was neither inserted nor found by its key".into(),
+        ))
+    })?;
+    tx.commit().await.map_err(|e| Failed::AtCommit(e.into()))?;
     Ok(answers)
 }
 
@@ -214,17 +223,24 @@ pub(super) struct Inserted {
     pub position: usize,
 }
 
-/// Inserts runs past their trigger and the pure nodes after it (see `inline.rs`), with their steps, and enqueues
-/// the jobs of the nodes that come next, in the caller's transaction. A run whose idempotency key is taken is
-/// skipped: only the runs inserted are returned.
-pub(super) async fn insert_runs(
-    conn: &mut sqlx::PgConnection,
-    jobs: &NodeJobs,
+/// A run ready to insert: its context holds the work of its trigger and of the pure nodes after it.
+pub(super) struct NewRun {
+    context: Value,
+    /// The pure nodes completed at start (`inline::InlineStep`s), and the nodes to run as jobs: JSON arrays.
+    done: Value,
+    next: Value,
+    pub key: Option<String>,
+    request_id: Option<String>,
+}
+
+/// Evaluates the pure nodes after the trigger (see `inline.rs`) for a new run whose `context` came from
+/// [`trigger_context`]. CPU work only: callers do it before their transaction opens where they can.
+pub(super) fn prepare(
     definition: &Workflow,
-    mut contexts: Vec<Value>,
-    keys: Vec<Option<String>>,
-    request_ids: Vec<Option<String>>,
-) -> Result<Vec<Inserted>, WorkflowError> {
+    mut context: Value,
+    key: Option<String>,
+    request_id: Option<String>,
+) -> NewRun {
     // The trigger node is done at start (see `trigger_context`): the walk begins at its successors.
     let mut first: Vec<String> = definition
         .node(&definition.trigger)
@@ -233,25 +249,41 @@ pub(super) async fn insert_runs(
     first.sort();
     first.dedup();
     let run_vars = json!({ "workflow": definition.name, "version": definition.version });
-    let (mut done, mut next) = (Vec::new(), Vec::new());
-    for context in &mut contexts {
-        let walk = inline::walk(definition, context, &run_vars, RunId::NotYet, first.clone());
-        done.push(json!(walk.steps));
-        next.push(json!(walk.next));
+    let walk = inline::walk(definition, &mut context, &run_vars, RunId::NotYet, first);
+    NewRun {
+        context,
+        done: json!(walk.steps),
+        next: json!(walk.next),
+        key,
+        request_id,
     }
-    let runs: Vec<(i64, Option<String>, Value, i64)> = sqlx::query_as(sql::START_RUNS)
+}
+
+/// Inserts prepared runs with their steps, and enqueues the jobs of the nodes that come next, in the caller's
+/// transaction. A run whose idempotency key is taken is skipped: only the runs inserted are returned.
+pub(super) async fn insert_runs(
+    conn: &mut sqlx::PgConnection,
+    jobs: &NodeJobs,
+    definition: &Workflow,
+    runs: &[&NewRun],
+) -> Result<Vec<Inserted>, WorkflowError> {
+    let rows: Vec<(i64, Option<String>, Value, i64)> = sqlx::query_as(sql::START_RUNS)
         .bind(&definition.name)
         .bind(definition.version)
-        .bind(contexts)
-        .bind(keys)
-        .bind(request_ids)
-        .bind(done)
-        .bind(next)
+        .bind(runs.iter().map(|r| &r.context).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| r.key.as_deref()).collect::<Vec<_>>())
+        .bind(
+            runs.iter()
+                .map(|r| r.request_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
+        .bind(runs.iter().map(|r| &r.done).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| &r.next).collect::<Vec<_>>())
         .bind(&definition.trigger)
         .fetch_all(&mut *conn)
         .await?;
-    let mut first_jobs = Vec::with_capacity(runs.len());
-    for (id, _, next, _) in &runs {
+    let mut first_jobs = Vec::with_capacity(rows.len());
+    for (id, _, next, _) in &rows {
         for node in next
             .as_array()
             .into_iter()
@@ -262,7 +294,7 @@ pub(super) async fn insert_runs(
         }
     }
     jobs.enqueue_run_phase(conn, first_jobs).await?;
-    Ok(runs
+    Ok(rows
         .into_iter()
         .map(|(id, key, _, ord)| Inserted {
             id,
