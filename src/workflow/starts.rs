@@ -109,8 +109,11 @@ async fn write(
             Err(error) => answers.push(Some(Err(Arc::new(error)))),
         }
     }
-    let written =
-        whole_or_each_once("run starts", &checked, |starts| commit(pool, jobs, starts)).await;
+    let written = if checked.is_empty() {
+        Vec::new()
+    } else {
+        whole_or_each_once("run starts", &checked, |starts| commit(pool, jobs, starts)).await
+    };
     for (position, answer) in positions.into_iter().zip(written) {
         answers[position] = Some(answer);
     }
