@@ -3,9 +3,10 @@
 //! A caller hands its item to [`Coalescer::call`] and waits for its own answer. A background task takes the
 //! first waiting item plus everything that queued up behind it (up to `max_batch`) and runs the batch function
 //! on them, with at most `in_flight` batches at once. Under load most batches carry many items; an idle system
-//! adds no delay, since a lone item goes out at once. Used for single enqueues over HTTP (`api::batcher`), for
-//! the reads and writes of workflow node jobs (`workflow::steps`), and for delivery records (`channels::deliveries`).
-//! [`whole_or_each`] is the batch writers' fallback when the database refuses a batch.
+//! adds no delay, since a lone item goes out at once. Used for single enqueues over HTTP (`api::batcher`), run
+//! starts and events (`workflow::starts`, `workflow::events`), the reads and writes of workflow node jobs
+//! (`workflow::steps`), and delivery records (`channels::deliveries`). [`whole_or_each`] and
+//! [`whole_or_each_once`] are the batch writers' fallbacks when the database refuses a batch.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -224,5 +225,46 @@ mod tests {
                 .contains("13 refused")
         );
         assert_eq!(*answers[2].as_ref().unwrap(), 30);
+    }
+
+    /// A batch whose commit failed may be stored already: it is not retried, and every item gets the error. One
+    /// that failed before its commit is retried item by item.
+    #[tokio::test]
+    async fn a_batch_whose_commit_failed_is_not_written_again() {
+        let calls = std::sync::Mutex::new(Vec::new());
+        let items = [1u32, 2, 3];
+        let answers = whole_or_each_once("numbers", &items, |batch: &[u32]| {
+            calls.lock().unwrap().push(batch.len());
+            async move {
+                Err::<Vec<u32>, _>(Failed::AtCommit(sqlx::Error::Protocol(
+                    "connection lost at commit".into(),
+                )))
+            }
+        })
+        .await;
+        assert_eq!(*calls.lock().unwrap(), vec![3], "no second write");
+        assert!(answers.iter().all(|a| {
+            a.as_ref()
+                .is_err_and(|e| e.to_string().contains("at commit"))
+        }));
+
+        calls.lock().unwrap().clear();
+        let answers = whole_or_each_once("numbers", &items, |batch: &[u32]| {
+            calls.lock().unwrap().push(batch.len());
+            let batch = batch.to_vec();
+            async move {
+                if batch.len() > 1 {
+                    Err(Failed::BeforeCommit(sqlx::Error::Protocol(
+                        "refused".into(),
+                    )))
+                } else {
+                    Ok(batch)
+                }
+            }
+        })
+        .await;
+        assert_eq!(*calls.lock().unwrap(), vec![3, 1, 1, 1]);
+        let values: Vec<u32> = answers.into_iter().map(|a| a.unwrap()).collect();
+        assert_eq!(values, items);
     }
 }

@@ -89,6 +89,29 @@ pub fn relaxed_commit_pool(pool: &PgPool, settings: &DatabaseSettings) -> PgPool
         .connect_lazy_with(options)
 }
 
+/// How long one statement of a batch writer (run starts, events, deliveries, node steps) may run, lock waits
+/// included, before PostgreSQL cancels it. Each takes milliseconds; one that waits this long is stuck behind a
+/// lock (a long transaction, `LOCK TABLE`, an uncommitted run holding an idempotency key), and waiting on would
+/// hold its batch, every caller queued in it, and one of the writer's few batch slots, for as long as that lock
+/// lives. Cancelled, the batch fails and its callers retry.
+pub const BATCH_STATEMENT_DEADLINE: &str = "10s";
+
+/// Begins a transaction whose statements PostgreSQL cancels after [`BATCH_STATEMENT_DEADLINE`], with any further
+/// `SET LOCAL` settings in `more` (such as `"synchronous_commit TO on"`), all sent with the `BEGIN` in one round
+/// trip.
+pub async fn begin_bounded(
+    pool: &PgPool,
+    more: &[&str],
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut statement =
+        format!("BEGIN; SET LOCAL statement_timeout = '{BATCH_STATEMENT_DEADLINE}'");
+    for setting in more {
+        statement.push_str("; SET LOCAL ");
+        statement.push_str(setting);
+    }
+    pool.begin_with(statement).await
+}
+
 /// Applies pending migrations (sqlx holds an advisory lock, so many processes may call this at once).
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     MIGRATOR.run(pool).await?;

@@ -244,10 +244,7 @@ impl From<std::sync::Arc<QueueError>> for ApiError {
 
 impl From<WorkflowError> for ApiError {
     fn from(error: WorkflowError) -> Self {
-        match error {
-            WorkflowError::Shared(shared) => ApiError::from(&*shared),
-            other => ApiError::from(&other),
-        }
+        ApiError::from(&error)
     }
 }
 

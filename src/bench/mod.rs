@@ -361,11 +361,23 @@ pub(crate) fn spawn_worker(
     queues: &str,
     claim_batch: usize,
 ) -> Result<Child, BenchError> {
-    herald_process(url, "warn")?
-        .args(["worker", "--queues", queues])
-        .env("HERALD_WORKER__BATCH_SIZE", claim_batch.to_string())
+    worker_command(url, queues, claim_batch)?
         .spawn()
         .map_err(|e| BenchError::Failed(format!("cannot start a worker process: {e}")))
+}
+
+/// The command of a worker process serving `queues`, claiming `claim_batch` at a time; callers may add to it
+/// (a working directory with a config of its own) before spawning it.
+pub(crate) fn worker_command(
+    url: &str,
+    queues: &str,
+    claim_batch: usize,
+) -> Result<Command, BenchError> {
+    let mut command = herald_process(url, "warn")?;
+    command
+        .args(["worker", "--queues", queues])
+        .env("HERALD_WORKER__BATCH_SIZE", claim_batch.to_string());
+    Ok(command)
 }
 
 /// This very binary as a child process on `url`, logging at `RUST_LOG` (or `log_level`), killed if dropped.

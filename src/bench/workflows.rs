@@ -23,7 +23,7 @@ use tokio::process::Child;
 
 use crate::bench::channels::{Fake, TempConfig, serve_fake, tempdir_with_config};
 use crate::bench::{
-    BenchError, database_counters, herald_process, recreate_database, stop_workers,
+    BenchError, database_counters, recreate_database, stop_workers, worker_command,
 };
 use herald::config::Settings;
 use herald::db;
@@ -276,10 +276,7 @@ impl Sink {
 
     /// A worker process on the workflow queue; with the fake, it runs in the folder whose config points at it.
     fn spawn_worker(&self, url: &str, concurrency: usize) -> Result<Child, BenchError> {
-        let mut command = herald_process(url, "warn")?;
-        command
-            .args(["worker", "--queues", &format!("workflows:{concurrency}")])
-            .env("HERALD_WORKER__BATCH_SIZE", "1000");
+        let mut command = worker_command(url, &format!("workflows:{concurrency}"), 1_000)?;
         if let Sink::Slack { config, .. } = self {
             command.current_dir(config.path());
         }

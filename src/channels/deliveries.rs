@@ -29,6 +29,7 @@ use super::sql;
 use super::{ChannelKind, DeliveryStatus, SendError, SendReport, Sent};
 use crate::audit::{self, Actor};
 use crate::coalesce::{Coalescer, whole_or_each};
+use crate::db;
 
 /// Which delivery: one message of one node of one run.
 #[derive(Debug, Clone, Copy)]
@@ -80,7 +81,7 @@ pub async fn begin_many(
     pool: &PgPool,
     keys: &[OwnedDeliveryKey],
 ) -> Result<Vec<Begin>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let mut tx = db::begin_bounded(pool, &[]).await?;
     let begun: Vec<BegunDelivery> = sqlx::query_as(sql::BEGIN_DELIVERIES)
         .bind(keys.iter().map(|k| k.run_id).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| k.node.as_str()).collect::<Vec<_>>())
@@ -223,8 +224,8 @@ pub async fn finish(
 
 /// [`finish`] for many sends: one statement (two when a provider asked to suppress a recipient) and one commit.
 pub async fn finish_many(pool: &PgPool, finished: &[Finished]) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    finish_in(&mut tx, finished).await?;
+    let mut tx = db::begin_bounded(pool, &[]).await?;
+    finish_in(&mut tx, &finished.iter().collect::<Vec<_>>()).await?;
     tx.commit().await
 }
 
@@ -232,7 +233,7 @@ pub async fn finish_many(pool: &PgPool, finished: &[Finished]) -> Result<(), sql
 /// its node's step, in one commit).
 pub async fn finish_in(
     conn: &mut sqlx::PgConnection,
-    finished: &[Finished],
+    finished: &[&Finished],
 ) -> Result<(), sqlx::Error> {
     if finished.is_empty() {
         return Ok(());
@@ -268,6 +269,7 @@ pub async fn finish_in(
         .await?;
     let suppressed: Vec<&Finished> = finished
         .iter()
+        .copied()
         .filter(|f| f.status == DeliveryStatus::Suppressed)
         .collect();
     if !suppressed.is_empty() {

@@ -79,12 +79,11 @@ impl Catalog {
     /// The newest version, which new runs start on.
     pub async fn latest(&self, name: &str) -> Result<Arc<Workflow>, WorkflowError> {
         // Only the number travels on each call; the definition is fetched once per version and process.
-        let version: Option<i32> = sqlx::query_scalar(sql::LATEST_VERSION)
-            .bind(name)
-            .fetch_one(&self.pool)
-            .await?;
-        let version = version.ok_or_else(|| WorkflowError::NotFound(format!("workflow {name}")))?;
-        self.version(name, version).await
+        let latest = self.latest_versions(&[name]).await?;
+        let version = latest
+            .get(name)
+            .ok_or_else(|| WorkflowError::NotFound(format!("workflow {name}")))?;
+        self.version(name, *version).await
     }
 
     /// The newest version of each workflow named (one statement); names with no stored version are left out.

@@ -104,16 +104,7 @@ impl Engine {
         match step {
             Step::Done(decision) => self.finish(job, from, run, &workflow, decision, None).await,
             Step::Sent { decision, delivery } => {
-                let step = self.finish(job, from, run, &workflow, decision, Some(delivery.clone()));
-                let finished = step.await;
-                if finished.is_err() {
-                    // The step is retried; the send's result is still worth keeping, so a retry finds the
-                    // delivery `sent` (not `sending`, which would make it `unknown`).
-                    if let Err(error) = self.delivery_batches().finish(delivery).await {
-                        tracing::warn!(%error, "could not record a send's result");
-                    }
-                }
-                finished
+                (self.finish(job, from, run, &workflow, decision, Some(delivery))).await
             }
             Step::SuspendUntil(at) => self.suspend(&job, at).await.map_err(retryable),
             Step::Recorded => Ok(()),
@@ -251,42 +242,43 @@ impl Engine {
         };
         let report = sender.send(&message).await;
         let finished = Finished::new(delivery, key, &report);
-        if let Ok(sent) = &report.result {
-            let output = json!({
-                "channel": channel.as_str(), "to": message.to, "provider": sent.provider,
-                "provider_message_id": sent.provider_message_id, "delivery_id": delivery,
-                "attempts": report.attempts,
-            });
-            let decision = Decision::new("sent", output, &node.next);
-            return Ok(Step::Sent {
-                decision,
-                delivery: finished,
-            });
-        }
+        let failure = match report.result {
+            Ok(sent) => {
+                let output = json!({
+                    "channel": channel.as_str(), "to": message.to, "provider": sent.provider,
+                    "provider_message_id": sent.provider_message_id, "delivery_id": delivery,
+                    "attempts": report.attempts,
+                });
+                // Recorded with the node's step, in one commit (see `steps.rs`).
+                let decision = Decision::new("sent", output, &node.next);
+                return Ok(Step::Sent {
+                    decision,
+                    delivery: finished,
+                });
+            }
+            Err(failure) => failure,
+        };
         if let Err(error) = self.delivery_batches().finish(finished).await {
             // The delivery stays `sending`: the retry finds it so and does not send again.
             return Err(JobError::retry(error.to_string()));
         }
-        match report.result {
-            Ok(_) => Err(JobError::permanent(
-                "internal: a sent message was not recorded",
-            )),
-            Err(SendError::Transient {
+        match failure {
+            SendError::Transient {
                 message,
                 retry_after: Some(after),
-            }) => Err(JobError::RetryAfter(after, message)),
-            Err(SendError::Transient {
+            } => Err(JobError::RetryAfter(after, message)),
+            SendError::Transient {
                 message,
                 retry_after: None,
-            }) => Err(JobError::Retry(message)),
-            Err(SendError::Unavailable {
+            } => Err(JobError::Retry(message)),
+            SendError::Unavailable {
                 message,
                 retry_after,
-            }) => Err(JobError::Snooze(
+            } => Err(JobError::Snooze(
                 retry_after.unwrap_or(std::time::Duration::from_secs(1)),
                 message,
             )),
-            Err(SendError::Permanent(message) | SendError::Suppress(message)) => {
+            SendError::Permanent(message) | SendError::Suppress(message) => {
                 Err(JobError::Permanent(message))
             }
         }

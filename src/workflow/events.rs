@@ -22,6 +22,7 @@ use super::runs::StepStatus;
 use super::steps::{FinishedStep, RunState, finish_steps};
 use super::{Engine, NodeJob, NodeJobs, Phase, WorkflowError, sql};
 use crate::coalesce::{Coalescer, Failed, whole_or_each_once};
+use crate::db;
 use crate::queue::JobError;
 
 /// An event for wait-for-events nodes.
@@ -150,9 +151,11 @@ async fn ingest_all(
     order.sort_by(|&a, &b| events[a].key.cmp(&events[b].key));
     let mut receipts: Vec<Option<EventReceipt>> = vec![None; events.len()];
     let before = Failed::BeforeCommit;
-    let mut tx = pool.begin().await.map_err(|e| before(e.into()))?;
+    let mut tx = db::begin_bounded(pool, &[])
+        .await
+        .map_err(|e| before(e.into()))?;
     for position in order {
-        let receipt = ingest_in(&mut tx, jobs, events[position].clone()).await;
+        let receipt = ingest_in(&mut tx, jobs, &events[position]).await;
         receipts[position] = Some(receipt.map_err(before)?);
     }
     tx.commit().await.map_err(|e| Failed::AtCommit(e.into()))?;
@@ -163,7 +166,7 @@ async fn ingest_all(
 async fn ingest_in(
     tx: &mut sqlx::PgConnection,
     jobs: &NodeJobs,
-    event: NewEvent,
+    event: &NewEvent,
 ) -> Result<EventReceipt, WorkflowError> {
     event.validate()?;
     let event_id = event
@@ -221,13 +224,7 @@ impl Engine {
         event
             .id
             .get_or_insert_with(|| uuid::Uuid::new_v4().to_string());
-        let answer = self
-            .event_batches()
-            .events
-            .call(event)
-            .await
-            .map_err(|stopped| WorkflowError::Io(stopped.to_string()))?;
-        answer.map_err(|shared| Arc::try_unwrap(shared).unwrap_or_else(WorkflowError::Shared))
+        WorkflowError::from_batch(self.event_batches().events.call(event).await)
     }
 
     /// [`Engine::ingest_event`] inside the caller's transaction (the Kafka bridge stores a batch's events with
@@ -237,7 +234,7 @@ impl Engine {
         tx: &mut sqlx::PgConnection,
         event: NewEvent,
     ) -> Result<EventReceipt, WorkflowError> {
-        ingest_in(tx, &self.jobs, event).await
+        ingest_in(tx, &self.jobs, &event).await
     }
 
     /// The `run` phase of a wait node: register the wait; finish at once if stored events already satisfy it,

@@ -222,6 +222,17 @@ nodes:
   - { id: notify, kind: action, channel: email, to: "a@example.com", content: { subject: "hi" } }
 "#;
 
+    /// A walk from one node.
+    fn walk_from(
+        workflow: &Workflow,
+        context: &mut Value,
+        run: &Value,
+        run_id: RunId,
+        node: &str,
+    ) -> Walk {
+        walk(workflow, context, run, run_id, vec![node.to_string()])
+    }
+
     fn start_context(amount: i64) -> Value {
         json!({ "trigger": { "amount": amount }, "nodes": { "start": { "amount": amount } } })
     }
@@ -230,13 +241,7 @@ nodes:
     fn a_walk_completes_pure_nodes_in_order_and_stops_at_the_first_job() {
         let workflow = workflow(CHAIN);
         let mut context = start_context(500);
-        let walked = walk(
-            &workflow,
-            &mut context,
-            &json!({}),
-            RunId::NotYet,
-            vec!["big".into()],
-        );
+        let walked = walk_from(&workflow, &mut context, &json!({}), RunId::NotYet, "big");
         let nodes: Vec<&str> = walked.steps.iter().map(|s| s.node.as_str()).collect();
         assert_eq!(nodes, ["big", "tag", "route"]);
         let outcomes: Vec<&str> = walked.steps.iter().map(|s| s.outcome.as_str()).collect();
@@ -251,13 +256,7 @@ nodes:
         assert_eq!(context["nodes"]["route"], json!({ "case": 0 }));
 
         let mut context = start_context(5);
-        let walked = walk(
-            &workflow,
-            &mut context,
-            &json!({}),
-            RunId::NotYet,
-            vec!["big".into()],
-        );
+        let walked = walk_from(&workflow, &mut context, &json!({}), RunId::NotYet, "big");
         assert_eq!(walked.steps.len(), 1);
         assert_eq!(walked.steps[0].outcome, "else");
         assert_eq!(walked.next, ["notify"]);
@@ -278,13 +277,7 @@ nodes:
         );
         assert!(!workflow.sequential);
         let mut context = json!({});
-        let walked = walk(
-            &workflow,
-            &mut context,
-            &json!({}),
-            RunId::Known,
-            vec!["a".into()],
-        );
+        let walked = walk_from(&workflow, &mut context, &json!({}), RunId::Known, "a");
         assert!(walked.steps.is_empty());
         assert_eq!(walked.next, ["a"]);
     }
@@ -304,24 +297,12 @@ nodes:
         );
         assert!(workflow.sequential);
         let mut context = json!({});
-        let at_start = walk(
-            &workflow,
-            &mut context,
-            &json!({}),
-            RunId::NotYet,
-            vec!["odd".into()],
-        );
+        let at_start = walk_from(&workflow, &mut context, &json!({}), RunId::NotYet, "odd");
         assert!(at_start.steps.is_empty());
         assert_eq!(at_start.next, ["odd"]);
 
         let run = json!({ "id": 7, "workflow": "reads", "version": 1 });
-        let later = walk(
-            &workflow,
-            &mut context,
-            &run,
-            RunId::Known,
-            vec!["odd".into()],
-        );
+        let later = walk_from(&workflow, &mut context, &run, RunId::Known, "odd");
         assert_eq!(later.steps.len(), 1);
         assert_eq!(
             later.next,

@@ -71,9 +71,19 @@ pub enum WorkflowError {
     Io(String),
     #[error(transparent)]
     Provider(#[from] crate::channels::ProviderConfigError),
-    /// One error answered to every caller of a batch (see `starts.rs`).
+    /// One error answered to every caller of a batch (run starts, events).
     #[error(transparent)]
     Shared(Arc<WorkflowError>),
+}
+
+impl WorkflowError {
+    /// A coalesced call's answer as this caller's own: its error unwrapped when no other caller shares it.
+    fn from_batch<T>(
+        answer: Result<Result<T, Arc<WorkflowError>>, crate::coalesce::Stopped>,
+    ) -> Result<T, WorkflowError> {
+        let answer = answer.map_err(|stopped| WorkflowError::Io(stopped.to_string()))?;
+        answer.map_err(|shared| Arc::try_unwrap(shared).unwrap_or_else(WorkflowError::Shared))
+    }
 }
 
 /// The job that executes one node of one run.

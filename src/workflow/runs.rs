@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::starts::{RunStart, Started, insert_runs, prepare, trigger_context};
+use super::starts::{RunStart, Started, insert_runs, prepare, runs_holding, trigger_context};
 use super::{Engine, WorkflowError, sql};
 use crate::audit::{self, Actor};
 
@@ -202,11 +202,13 @@ impl Engine {
                 version: definition.version,
             });
         }
-        let (id, version) = sqlx::query_as(sql::FIND_RUN_BY_KEY)
-            .bind(&definition.name)
-            .bind(&key)
-            .fetch_one(&mut *conn)
-            .await?;
+        let key = key.as_deref().unwrap_or_default();
+        let holders = runs_holding(conn, &definition.name, &[key]).await?;
+        let (id, version) = holders.get(key).copied().ok_or_else(|| {
+            WorkflowError::Io(format!(
+                "the run holding idempotency key `{key}` was not found"
+            ))
+        })?;
         Ok(Started::Existing { id, version })
     }
 

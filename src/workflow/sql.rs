@@ -34,9 +34,6 @@ FROM new";
 pub const LOAD_WORKFLOW: &str =
     "SELECT definition FROM herald_workflows WHERE name = $1 AND version = $2";
 
-/// The newest version number (NULL if the workflow is unknown).
-pub const LATEST_VERSION: &str = "SELECT max(version) FROM herald_workflows WHERE name = $1";
-
 /// The newest version of each workflow in $1 (those stored).
 pub const LATEST_VERSIONS: &str =
     "SELECT name, max(version) FROM herald_workflows WHERE name = ANY($1) GROUP BY name";
@@ -69,20 +66,19 @@ WITH input AS (
     RETURNING id, idempotency_key
 ), started AS (
     SELECT i.id, r.idempotency_key, i.context, i.done, i.next, i.ord FROM runs r JOIN input i USING (id)
-), trigger_step AS (
-    -- The steps done at start are enqueued a microsecond apart before the pending ones (all else is one
-    -- transaction's now()), so timelines, in enqueue order, list them in the order they ran.
-    INSERT INTO herald_run_steps (run_id, epoch, node_id, status, outcome, output, attempts, enqueued_at,
-                                  started_at, finished_at)
-    SELECT id, 1, $8, 'completed', 'accepted', context->'trigger', 1,
-           now() - (jsonb_array_length(done) + 1) * interval '1 microsecond', now(), now()
-    FROM started
 ), done_steps AS (
+    -- The trigger's step, then the pure nodes' (`done`), enqueued a microsecond apart before the pending steps
+    -- (all else is one transaction's now()), so timelines, in enqueue order, list them in the order they ran.
     INSERT INTO herald_run_steps (run_id, epoch, node_id, status, outcome, output, attempts, enqueued_at,
                                   started_at, finished_at)
-    SELECT s.id, 1, e.step->>'node', 'completed', e.step->>'outcome', e.step->'output', 1,
+    SELECT s.id, 1, e.node, 'completed', e.outcome, e.output, 1,
            now() - (jsonb_array_length(s.done) + 1 - e.ord) * interval '1 microsecond', now(), now()
-    FROM started s CROSS JOIN LATERAL jsonb_array_elements(s.done) WITH ORDINALITY AS e(step, ord)
+    FROM started s CROSS JOIN LATERAL (
+        SELECT $8::text AS node, 'accepted' AS outcome, s.context->'trigger' AS output, 0::int8 AS ord
+        UNION ALL
+        SELECT d.step->>'node', d.step->>'outcome', d.step->'output', d.ord
+        FROM jsonb_array_elements(s.done) WITH ORDINALITY AS d(step, ord)
+    ) AS e
 ), next_steps AS (
     INSERT INTO herald_run_steps (run_id, epoch, node_id, status)
     SELECT s.id, 1, node, 'pending' FROM started s CROSS JOIN LATERAL jsonb_array_elements_text(s.next) AS node
@@ -92,9 +88,6 @@ SELECT id, idempotency_key, next, ord FROM started ORDER BY id";
 /// The runs holding idempotency keys $2 of workflow $1: (key, id, version).
 pub const FIND_RUNS_BY_KEYS: &str = "SELECT idempotency_key, id, version FROM herald_runs
 WHERE workflow = $1 AND idempotency_key = ANY($2)";
-
-pub const FIND_RUN_BY_KEY: &str =
-    "SELECT id, version FROM herald_runs WHERE workflow = $1 AND idempotency_key = $2";
 
 pub const GET_RUN: &str = "
 SELECT id, workflow, version, status, epoch, pending, context, idempotency_key, failed_node, error,
@@ -184,7 +177,8 @@ WITH input AS (
     RETURNING s.run_id, s.epoch, s.node_id
 ), finished AS (
     SELECT i.* FROM input i JOIN step USING (run_id, epoch, node_id)
-    WHERE EXISTS (SELECT 1 FROM herald_runs r WHERE r.id = i.run_id AND r.epoch = i.epoch AND (r.status = 'running') IS TRUE)
+    WHERE EXISTS (SELECT 1 FROM herald_runs r
+                  WHERE r.id = i.run_id AND r.epoch = i.epoch AND (r.status = 'running') IS TRUE)
 ), inline AS (
     INSERT INTO herald_run_steps (run_id, epoch, node_id, status, outcome, output, attempts, enqueued_at,
                                   started_at, finished_at)

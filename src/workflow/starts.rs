@@ -7,10 +7,13 @@
 //! answer, and only after the commit, so "started" still means "stored". An idle system adds no delay.
 //!
 //! Idempotency keys keep their meaning: a key already taken (by an earlier run, or by another start in the same
-//! batch) answers with the run that holds it, looked up after the commit. A batch the database refuses is
-//! retried one start at a time, so one start's problem never fails another's.
+//! batch) answers with the run that holds it, looked up inside the transaction, so every answer is known before
+//! the commit. A batch that fails before its commit is retried one start at a time, so one start's problem never
+//! fails another's; one whose commit failed is not retried (it may be stored: see `coalesce::whole_or_each_once`).
+//! Every statement runs under the batch writers' deadline (`db::begin_bounded`), so a lock held elsewhere cannot
+//! hold a batch and its callers forever.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -21,6 +24,7 @@ use super::definition::{Workflow, extract_trigger};
 use super::inline::{self, RunId};
 use super::{NodeJobs, WorkflowError, sql};
 use crate::coalesce::{Coalescer, Failed, whole_or_each_once};
+use crate::db;
 
 /// Most starts one batch writes.
 const MAX_BATCH: usize = 256;
@@ -70,12 +74,7 @@ impl StartBatches {
 
     /// Starts the run through the next batch; returns once it is committed.
     pub(super) async fn start_run(&self, start: RunStart) -> Result<Started, WorkflowError> {
-        let answer = self
-            .starts
-            .call(start)
-            .await
-            .map_err(|stopped| WorkflowError::Io(stopped.to_string()))?;
-        answer.map_err(|shared| Arc::try_unwrap(shared).unwrap_or_else(WorkflowError::Shared))
+        WorkflowError::from_batch(self.starts.call(start).await)
     }
 }
 
@@ -153,19 +152,20 @@ async fn commit(
     jobs: &NodeJobs,
     starts: &[Checked],
 ) -> Result<Vec<Started>, Failed<WorkflowError>> {
-    let mut groups: HashMap<(&str, i32), Vec<usize>> = HashMap::new();
+    // In order of version, then of key.
+    let mut groups: BTreeMap<(&str, i32), Vec<usize>> = BTreeMap::new();
     for (position, start) in starts.iter().enumerate() {
         let version = (start.definition.name.as_str(), start.definition.version);
         groups.entry(version).or_default().push(position);
     }
-    let mut groups: Vec<((&str, i32), Vec<usize>)> = groups.into_iter().collect();
-    groups.sort_by(|a, b| a.0.cmp(&b.0));
-    for (_, positions) in &mut groups {
+    for positions in groups.values_mut() {
         positions.sort_by(|&a, &b| starts[a].run.key.cmp(&starts[b].run.key));
     }
     let before = Failed::BeforeCommit;
     let mut answers: Vec<Option<Started>> = vec![None; starts.len()];
-    let mut tx = pool.begin().await.map_err(|e| before(e.into()))?;
+    let mut tx = db::begin_bounded(pool, &[])
+        .await
+        .map_err(|e| before(e.into()))?;
     for ((name, version), positions) in &groups {
         let Some(&first) = positions.first() else {
             continue;
@@ -191,16 +191,9 @@ async fn commit(
         if taken.is_empty() {
             continue;
         }
-        let holders: Vec<(String, i64, i32)> = sqlx::query_as(sql::FIND_RUNS_BY_KEYS)
-            .bind(*name)
-            .bind(&taken)
-            .fetch_all(&mut *tx)
+        let holders = runs_holding(&mut tx, name, &taken)
             .await
             .map_err(|e| before(e.into()))?;
-        let holders: HashMap<String, (i64, i32)> = holders
-            .into_iter()
-            .map(|(key, id, version)| (key, (id, version)))
-            .collect();
         for &p in positions {
             if answers[p].is_none()
                 && let Some(&(id, version)) =
@@ -217,6 +210,24 @@ async fn commit(
     })?;
     tx.commit().await.map_err(|e| Failed::AtCommit(e.into()))?;
     Ok(answers)
+}
+
+/// The runs of `workflow` holding these idempotency keys, by key: (id, version). Inside the transaction that
+/// tried to take the keys, so a key taken by a transaction it waited for, or by itself, is found.
+pub(super) async fn runs_holding(
+    conn: &mut sqlx::PgConnection,
+    workflow: &str,
+    keys: &[&str],
+) -> Result<HashMap<String, (i64, i32)>, sqlx::Error> {
+    let holders: Vec<(String, i64, i32)> = sqlx::query_as(sql::FIND_RUNS_BY_KEYS)
+        .bind(workflow)
+        .bind(keys)
+        .fetch_all(conn)
+        .await?;
+    Ok(holders
+        .into_iter()
+        .map(|(key, id, version)| (key, (id, version)))
+        .collect())
 }
 
 /// A run `insert_runs` started: its id, idempotency key, and position in the input (0-based).

@@ -21,6 +21,7 @@ use super::runs::StepStatus;
 use super::{NodeJob, NodeJobs, WorkflowError, sql};
 use crate::channels::deliveries::{self, Finished};
 use crate::coalesce::{Coalescer, whole_or_each};
+use crate::db;
 
 /// Most steps one statement reads or finishes.
 const MAX_BATCH: usize = 512;
@@ -120,28 +121,47 @@ async fn load(pool: &PgPool, keys: &[NodeJob]) -> Vec<Loaded> {
 }
 
 async fn finish(pool: &PgPool, jobs: &NodeJobs, steps: Vec<FinishedStep>) -> Vec<Committed> {
-    whole_or_each("steps", &steps, |batch| async move {
+    let committed = whole_or_each("steps", &steps, |batch| async move {
         commit(pool, jobs, batch)
             .await
             .map(|()| vec![(); batch.len()])
     })
-    .await
+    .await;
+    // A step that could not be recorded is retried by its job; the send it made is still worth recording, so the
+    // retry finds the delivery `sent` (not `sending`, which would make it `unknown`).
+    for (step, result) in steps.iter().zip(&committed) {
+        if let (Some(delivery), Err(_)) = (&step.delivery, result)
+            && let Err(error) = record_send(pool, delivery).await
+        {
+            tracing::warn!(%error, delivery = delivery.id, "could not record a send's result");
+        }
+    }
+    committed
 }
+
+/// Records one send's result alone, synchronously (this pool's commits are relaxed).
+async fn record_send(pool: &PgPool, delivery: &Finished) -> Result<(), sqlx::Error> {
+    let mut tx = db::begin_bounded(pool, &[SYNCHRONOUS]).await?;
+    deliveries::finish_in(&mut tx, &[delivery]).await?;
+    tx.commit().await
+}
+
+/// Sends' results commit as the delivery layer's own do: synchronously, though this pool's commits are relaxed.
+const SYNCHRONOUS: &str = "synchronous_commit TO on";
 
 async fn commit(
     pool: &PgPool,
     jobs: &NodeJobs,
     steps: &[FinishedStep],
 ) -> Result<(), WorkflowError> {
-    let deliveries: Vec<Finished> = steps.iter().filter_map(|s| s.delivery.clone()).collect();
-    let mut tx = pool.begin().await?;
-    if !deliveries.is_empty() {
-        // Sends' results commit as the delivery layer's own do: synchronously (this pool's commits are relaxed).
-        sqlx::query("SET LOCAL synchronous_commit TO on")
-            .execute(&mut *tx)
-            .await?;
-        deliveries::finish_in(&mut tx, &deliveries).await?;
-    }
+    let deliveries: Vec<&Finished> = steps.iter().filter_map(|s| s.delivery.as_ref()).collect();
+    let settings: &[&str] = if deliveries.is_empty() {
+        &[]
+    } else {
+        &[SYNCHRONOUS]
+    };
+    let mut tx = db::begin_bounded(pool, settings).await?;
+    deliveries::finish_in(&mut tx, &deliveries).await?;
     finish_steps(&mut tx, jobs, steps).await?;
     tx.commit().await?;
     Ok(())

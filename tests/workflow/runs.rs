@@ -728,3 +728,42 @@ async fn concurrent_starts_share_commits_and_an_idempotency_key_starts_one_run_e
     );
     flow.stop().await;
 }
+
+/// A start whose idempotency key is held by a transaction that does not end (a run inserted and never committed)
+/// gives up at the batch writers' statement deadline instead of holding its batch, and the starts that shared
+/// that batch are written without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_stuck_behind_a_held_key_gives_up_and_its_batch_goes_on() {
+    let flow = Flow::without_worker(&[FRAGILE]).await;
+    let mut holder = flow.db.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO herald_runs (workflow, version, status, context, idempotency_key) \
+         VALUES ('fragile', 1, 'running', '{}', 'held')",
+    )
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let began = std::time::Instant::now();
+    let stuck = flow
+        .engine
+        .start_run("fragile", json!({}), Some("held".into()), None);
+    let free = flow.engine.start_run("fragile", json!({}), None, None);
+    let (stuck, free) =
+        tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(stuck, free) })
+            .await
+            .expect("a start waited on a lock without a deadline");
+    let error = stuck.expect_err("the held key cannot be taken");
+    assert!(error.to_string().contains("statement timeout"), "{error}");
+    assert!(
+        matches!(free, Ok(herald::workflow::Started::Created { .. })),
+        "{free:?}"
+    );
+    assert!(
+        began.elapsed() >= Duration::from_secs(9),
+        "it did wait for the lock"
+    );
+    holder.rollback().await.unwrap();
+    let runs = common::scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_runs").await;
+    assert_eq!(runs, 1, "only the free start's run");
+    flow.stop().await;
+}

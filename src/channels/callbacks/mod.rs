@@ -91,7 +91,8 @@ pub struct CallbackSettings {
     /// The Twilio account's auth token.
     pub twilio_auth_token: Option<Secret>,
     /// Hosts allowed to serve SNS signing certificates and subscription URLs: `sns.<region>.amazonaws.com` of the
-    /// message's topic's region matches by default (https only). An entry such as `http://127.0.0.1:8125` allows that exact plain-HTTP origin.
+    /// message's topic's region matches by default (https only). An entry such as `http://127.0.0.1:8125` allows
+    /// that exact plain-HTTP origin.
     pub sns_hosts: Vec<String>,
     /// The SNS topics whose SES events are accepted (`arn:aws:sns:eu-west-1:123456789012:ses-events`). SES
     /// callbacks are refused while it is empty: anyone can subscribe herald's URL to a topic of their own and
@@ -199,10 +200,9 @@ impl CallbackVerifier {
         self.settings.max_age
     }
 
-    /// Whether `url` is an SNS origin we trust (signing certificates, subscription confirmations).
-    /// Whether `url` is an SNS endpoint of `region` (the region of the topic the message names: SNS signs and
-    /// confirms from the topic's own region, so a certificate from any other region is not fetched), or of a
-    /// host listed in `callbacks.sns_hosts`.
+    /// Whether `url` is an SNS origin we trust (signing certificates, subscription confirmations): an endpoint of
+    /// `region`, the region of the topic the message names (SNS signs and confirms from the topic's own region, so
+    /// a certificate from any other region is not fetched), or a host listed in `callbacks.sns_hosts`.
     pub fn is_sns_url(&self, url: &str, region: &str) -> bool {
         let Ok(parsed) = reqwest::Url::parse(url) else {
             return false;
