@@ -123,6 +123,9 @@ enum Command {
 enum BenchWhat {
     /// Runs of a trigger -> condition -> action workflow through the whole engine.
     Workflows(bench::workflows::WorkflowBenchArgs),
+    /// The HTTP triggers from outside (a real API process): throughput, latency at a fixed rate, and a run's
+    /// request to its provider call.
+    Http(bench::http::HttpBenchArgs),
     /// Provider chaos: chat actions through a slack -> discord chain against a fake answering 5xx and 429.
     Channels(bench::channels::ChannelBenchArgs),
     /// Kafka into jobs: bridge throughput with one and two processes, and produce -> job started latency.
@@ -207,6 +210,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             what: Some(BenchWhat::Workflows(args)),
             ..
         } => Ok(bench::workflows::run(&settings, args).await?),
+        Command::Bench {
+            what: Some(BenchWhat::Http(args)),
+            ..
+        } => Ok(bench::http::run(&settings, args).await?),
         Command::Bench {
             what: Some(BenchWhat::Channels(args)),
             ..

@@ -5,7 +5,6 @@
 //! The fake counts successful sends per message; at the end every message must have been accepted exactly once
 //! (its delivery `sent`) or be dead-lettered with a reason, never accepted twice, never lost.
 
-use herald::db::with_database;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -18,9 +17,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio::process::Child;
 
-use crate::bench::{BenchError, herald_process, recreate_database, stop_workers, wait_for_count};
+use crate::bench::{BenchError, herald_process, scratch_database, stop_workers, wait_for_count};
 use herald::config::Settings;
-use herald::db;
 use herald::workflow::definition;
 
 const CHAOS_WORKFLOW: &str = r#"
@@ -90,6 +88,8 @@ struct FakeState {
     limited: u64,
     /// Successful answers per message text.
     accepted: HashMap<String, u32>,
+    /// When each message text was first accepted.
+    arrived: HashMap<String, Instant>,
     next_id: u64,
 }
 
@@ -100,11 +100,7 @@ pub(crate) struct Fake {
 }
 
 pub async fn run(settings: &Settings, args: ChannelBenchArgs) -> Result<(), BenchError> {
-    let server_url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
-    let url = with_database(&server_url, &args.database);
-    recreate_database(&server_url, &settings.database, &args.database).await?;
-    let pool = db::connect(&url, &settings.database).await?;
-    db::migrate(&pool).await?;
+    let (url, pool) = scratch_database(settings, &args.database).await?;
 
     let fake = Arc::new(Fake::new(args.error_rate, args.rate_limit_rate));
     let fake_url = serve_fake(Arc::clone(&fake)).await?;
@@ -259,6 +255,12 @@ impl Fake {
         (state.accepted.len(), twice)
     }
 
+    /// When the message with this text was first accepted.
+    pub(crate) fn arrived(&self, text: &str) -> Option<Instant> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.arrived.get(text).copied()
+    }
+
     /// Draws an answer class, then answers in the wire format of the provider the path names.
     fn answer(&self, uri: &Uri, body: &[u8]) -> Response {
         let discord = uri.path().starts_with("/discord");
@@ -289,6 +291,10 @@ impl Fake {
             };
         }
         let text = message_text(body, discord);
+        state
+            .arrived
+            .entry(text.clone())
+            .or_insert_with(Instant::now);
         *state.accepted.entry(text).or_default() += 1;
         state.next_id += 1;
         if discord {

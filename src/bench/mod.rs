@@ -3,7 +3,8 @@
 //!
 //! * this file: the queue (`herald bench`), and the helpers the others share (scratch databases, worker
 //!   processes, counters);
-//! * [`workflows`], [`channels`], [`bridge`], [`soak`]: `herald bench workflows|channels|bridge|soak`.
+//! * [`workflows`], [`http`], [`channels`], [`bridge`], [`soak`], [`retention`]: `herald bench workflows|http|
+//!   channels|bridge|soak|retention`.
 //!
 //! The queue bench's phases, each measured on its own:
 //! Phases, each measured on its own:
@@ -17,6 +18,7 @@
 
 pub mod bridge;
 pub mod channels;
+pub mod http;
 pub mod retention;
 pub mod soak;
 pub mod workflows;
@@ -98,19 +100,14 @@ pub struct BenchReport {
 }
 
 pub async fn run(settings: &Settings, args: BenchArgs) -> Result<(), BenchError> {
-    let server_url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
-    let bench_url = with_database(&server_url, &args.database);
-    recreate_database(&server_url, &settings.database, &args.database).await?;
-    let pool = db::connect(&bench_url, &settings.database).await?;
-    db::migrate(&pool).await?;
+    let (bench_url, pool) = scratch_database(settings, &args.database).await?;
     let defaults = settings.jobs.defaults();
 
     let enqueue_jobs_per_s = enqueue_phase(&pool, &defaults, &args).await?;
     let execution = execute_phase(&pool, &bench_url, &args).await?;
     let pickup = pickup_phase(&pool, &bench_url, &defaults, &args).await?;
     pool.close().await;
-    let idle_queries_per_s =
-        idle_phase(settings, &server_url, &format!("{}_idle", args.database)).await?;
+    let idle_queries_per_s = idle_phase(settings, &format!("{}_idle", args.database)).await?;
 
     let report = BenchReport {
         jobs: args.jobs,
@@ -321,11 +318,9 @@ async fn pickup_phase(
 /// What an idle worker costs the database, in transactions per second. Measured on a database of its own (so
 /// autovacuum cleaning up after the execute phase is not counted) and read from another database (so the reads
 /// themselves are not counted either).
-async fn idle_phase(settings: &Settings, server_url: &str, name: &str) -> Result<f64, BenchError> {
-    recreate_database(server_url, &settings.database, name).await?;
-    let url = with_database(server_url, name);
-    let pool = db::connect(&url, &settings.database).await?;
-    db::migrate(&pool).await?;
+async fn idle_phase(settings: &Settings, name: &str) -> Result<f64, BenchError> {
+    let (url, pool) = scratch_database(settings, name).await?;
+    let server_url = &db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
     let worker = spawn_worker(&url, "idle:4", 10)?;
     wait_for_registered_workers(&pool, 1).await?;
     pool.close().await;
@@ -502,6 +497,20 @@ fn peak_rss_kb(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A scratch database `name` on the settings' server, dropped and re-created empty, then migrated: its URL and a
+/// pool on it.
+pub(crate) async fn scratch_database(
+    settings: &Settings,
+    name: &str,
+) -> Result<(String, PgPool), BenchError> {
+    let server_url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
+    recreate_database(&server_url, &settings.database, name).await?;
+    let url = with_database(&server_url, name);
+    let pool = db::connect(&url, &settings.database).await?;
+    db::migrate(&pool).await?;
+    Ok((url, pool))
 }
 
 pub(crate) async fn recreate_database(

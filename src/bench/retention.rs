@@ -23,12 +23,11 @@ use tokio_util::sync::CancellationToken;
 
 use herald::clock::retention::{ArchiveTarget, Retention, RetentionSettings};
 use herald::config::Settings;
-use herald::db::{self, with_database};
 use herald::queue::retention::JOB_HISTORY_PARTITIONS;
 use herald::queue::worker::builtin::Noop;
 use herald::queue::{self, NewJob, QueueName};
 
-use super::{BenchError, recreate_database, spawn_worker, stop_workers};
+use super::{BenchError, scratch_database, spawn_worker, stop_workers};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RetentionBenchArgs {
@@ -91,11 +90,7 @@ const MIN_DEPTH: i64 = 50_000;
 const FEED_BATCH: usize = 5_000;
 
 pub async fn run(settings: &Settings, args: RetentionBenchArgs) -> Result<(), BenchError> {
-    let server_url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
-    let url = with_database(&server_url, &args.database);
-    recreate_database(&server_url, &settings.database, &args.database).await?;
-    let pool = db::connect(&url, &settings.database).await?;
-    db::migrate(&pool).await?;
+    let (url, pool) = scratch_database(settings, &args.database).await?;
 
     let now = Utc::now();
     if !args.unpartitioned {

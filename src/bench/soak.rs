@@ -19,9 +19,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use super::{BenchError, recreate_database, spawn_worker, stop_workers};
+use super::{BenchError, scratch_database, spawn_worker, stop_workers};
 use herald::config::Settings;
-use herald::db::{self, with_database};
 use herald::queue::worker::builtin::Noop;
 use herald::queue::{self, NewJob, QueueName};
 
@@ -95,11 +94,7 @@ struct Interval {
 }
 
 pub async fn run(settings: &Settings, args: SoakArgs) -> Result<(), BenchError> {
-    let server_url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
-    let url = with_database(&server_url, &args.database);
-    recreate_database(&server_url, &settings.database, &args.database).await?;
-    let pool = db::connect(&url, &settings.database).await?;
-    db::migrate(&pool).await?;
+    let (url, pool) = scratch_database(settings, &args.database).await?;
 
     let mut workers = Vec::new();
     for _ in 0..args.workers.max(1) {

@@ -13,7 +13,6 @@
 //! 2. **latency**: with the worker idle and ready, runs are started one at a time at a steady rate; latency is
 //!    the action step's start minus the run's creation (both stamped by PostgreSQL).
 
-use herald::db::with_database;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +21,8 @@ use sqlx::{PgPool, Row};
 use tokio::process::Child;
 
 use crate::bench::channels::{Fake, TempConfig, serve_fake, tempdir_with_config};
-use crate::bench::{
-    BenchError, database_counters, recreate_database, stop_workers, worker_command,
-};
+use crate::bench::{BenchError, database_counters, scratch_database, stop_workers, worker_command};
 use herald::config::Settings;
-use herald::db;
 use herald::workflow::{Engine, definition};
 
 /// The benchmark's workflow; `{action}` is the action node's channel, recipient and content.
@@ -63,7 +59,7 @@ const SLACK_ACTION: &str = r#"    channel: chat
       body: "Hello {{ trigger.user }}""#;
 
 /// Chat webhooks the Slack variant spreads its messages over.
-const ROOMS: usize = 10;
+pub(crate) const ROOMS: usize = 10;
 
 /// Runs in the warm-up phase.
 const WARMUP_RUNS: usize = 2_000;
@@ -121,30 +117,8 @@ pub struct WorkflowBenchReport {
 }
 
 pub async fn run(settings: &Settings, args: WorkflowBenchArgs) -> Result<(), BenchError> {
-    let server_url = db::database_url(&settings.database, &settings.embedded_postgres.dir)?;
-    let url = with_database(&server_url, &args.database);
-    recreate_database(&server_url, &settings.database, &args.database).await?;
-    let pool = db::connect(&url, &settings.database).await?;
-    db::migrate(&pool).await?;
-    let engine = herald::app::App::on_pool(settings.clone(), pool.clone())
-        .map_err(|e| BenchError::Failed(e.to_string()))?
-        .engine;
-    let action = match args.provider {
-        BenchProvider::Log => LOG_ACTION,
-        BenchProvider::Slack => SLACK_ACTION,
-    };
-    let text = BENCH_WORKFLOW.replace("{action}", action);
-    let definition = definition::parse_text("bench.yaml", &text)
-        .map_err(|e| BenchError::Failed(e.to_string()))?;
-    engine
-        .catalog
-        .save(
-            &herald::audit::Actor::herald("bench"),
-            "bench.yaml",
-            &definition,
-        )
-        .await
-        .map_err(failed)?;
+    let (url, pool) = scratch_database(settings, &args.database).await?;
+    let engine = bench_engine(settings, &pool, args.provider).await?;
     let sink = Sink::start(args.provider).await?;
 
     // Warm-up, then statistics, then a fresh worker whose plans are made with them.
@@ -241,6 +215,34 @@ fn print_report(report: &WorkflowBenchReport, args: &WorkflowBenchArgs) {
         report.start_to_action_p99_ms,
         args.latency_rate
     );
+}
+
+/// A workflow engine on `pool` with the bench workflow (`bench`) saved, its action sending through `provider`.
+pub(crate) async fn bench_engine(
+    settings: &Settings,
+    pool: &PgPool,
+    provider: BenchProvider,
+) -> Result<Arc<Engine>, BenchError> {
+    let engine = herald::app::App::on_pool(settings.clone(), pool.clone())
+        .map_err(|e| BenchError::Failed(e.to_string()))?
+        .engine;
+    let action = match provider {
+        BenchProvider::Log => LOG_ACTION,
+        BenchProvider::Slack => SLACK_ACTION,
+    };
+    let text = BENCH_WORKFLOW.replace("{action}", action);
+    let definition = definition::parse_text("bench.yaml", &text)
+        .map_err(|e| BenchError::Failed(e.to_string()))?;
+    engine
+        .catalog
+        .save(
+            &herald::audit::Actor::herald("bench"),
+            "bench.yaml",
+            &definition,
+        )
+        .await
+        .map_err(failed)?;
+    Ok(engine)
 }
 
 /// Starts one run per number in `users`, in batches of 1,000.

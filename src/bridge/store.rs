@@ -207,16 +207,19 @@ impl BatchWriter {
             self.start_runs(tx, &workflow, items, outcome, &mut dead)
                 .await?;
         }
-        // One key at a time in a fixed order: two bridges storing events on the same keys cannot deadlock.
-        events.sort_by(|a, b| a.1.key.cmp(&b.1.key));
+        // A bad event goes to the dead letters alone; the rest are stored together (their keys locked in order).
+        let mut valid = Vec::with_capacity(events.len());
         for (message, event) in events {
-            match self.engine.ingest_event_in(tx, event).await {
-                Ok(receipt) if receipt.duplicate => outcome.duplicates += 1,
-                Ok(_) => outcome.events += 1,
-                Err(WorkflowError::InvalidInput(problems)) => {
-                    dead.push((message, WorkflowError::InvalidInput(problems).to_string()))
-                }
-                Err(error) => return Err(error.into()),
+            match event.validate() {
+                Ok(()) => valid.push(event),
+                Err(invalid) => dead.push((message, invalid.to_string())),
+            }
+        }
+        for receipt in self.engine.ingest_events_in(tx, &valid).await? {
+            if receipt.duplicate {
+                outcome.duplicates += 1;
+            } else {
+                outcome.events += 1;
             }
         }
         Ok(dead)

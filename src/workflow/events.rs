@@ -8,6 +8,8 @@
 //!   racing each other cannot both miss the other, and two events arriving together on two servers resume the
 //!   run once: the second transaction sees the first's event, and the wait is already satisfied.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -83,7 +85,8 @@ pub const MAX_EVENT_NAME_CHARS: usize = 128;
 pub const MAX_EVENT_KEY_CHARS: usize = 255;
 
 impl NewEvent {
-    fn validate(&self) -> Result<(), WorkflowError> {
+    /// Checks the bounds of the event's fields (the HTTP API and the Kafka bridge answer a bad event alone).
+    pub fn validate(&self) -> Result<(), WorkflowError> {
         let mut problems = Vec::new();
         // Characters, not bytes, as JSON Schema's maxLength (the API document) counts them; NUL because
         // PostgreSQL's text cannot hold it.
@@ -142,77 +145,140 @@ impl EventBatches {
     }
 }
 
+/// A wait an event batch completed (a row of `SATISFY_WAITS`).
+#[derive(sqlx::FromRow)]
+struct SatisfiedWait {
+    run_id: i64,
+    epoch: i32,
+    node_id: String,
+    /// The step's timeout job, now pointless.
+    timer_job_id: Option<i64>,
+    /// The row id of the batch's event at which the wait's count was reached, and of its last matching one.
+    completed_by: Option<i64>,
+    last_matching: Option<i64>,
+}
+
 async fn ingest_all(
     pool: &PgPool,
     jobs: &NodeJobs,
     events: &[NewEvent],
 ) -> Result<Vec<EventReceipt>, Failed<WorkflowError>> {
-    let mut order: Vec<usize> = (0..events.len()).collect();
-    order.sort_by(|&a, &b| events[a].key.cmp(&events[b].key));
-    let mut receipts: Vec<Option<EventReceipt>> = vec![None; events.len()];
     let before = Failed::BeforeCommit;
     let mut tx = db::begin_bounded(pool, &[])
         .await
         .map_err(|e| before(e.into()))?;
-    for position in order {
-        let receipt = ingest_in(&mut tx, jobs, &events[position]).await;
-        receipts[position] = Some(receipt.map_err(before)?);
-    }
+    let receipts = ingest_in(&mut tx, jobs, events).await.map_err(before)?;
     tx.commit().await.map_err(|e| Failed::AtCommit(e.into()))?;
-    Ok(receipts.into_iter().flatten().collect())
+    Ok(receipts)
 }
 
-/// Stores an event and resumes the waits it completes, inside the caller's transaction.
+/// Stores events and resumes the waits they complete, inside the caller's transaction, in four statements
+/// whatever their number (lock the keys, store, satisfy the waits, enqueue the resumes). Receipts in the order
+/// of `events`. Every event must be valid ([`NewEvent::validate`]): one that is not fails the whole call.
 async fn ingest_in(
     tx: &mut sqlx::PgConnection,
     jobs: &NodeJobs,
-    event: &NewEvent,
-) -> Result<EventReceipt, WorkflowError> {
-    event.validate()?;
-    let event_id = event
-        .id
-        .clone()
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    sqlx::query(sql::LOCK_KEY)
-        .bind(&event.key)
+    events: &[NewEvent],
+) -> Result<Vec<EventReceipt>, WorkflowError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    for event in events {
+        event.validate()?;
+    }
+    let ids: Vec<String> = events
+        .iter()
+        .map(|event| {
+            event
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        })
+        .collect();
+    let mut keys: Vec<&str> = events.iter().map(|event| event.key.as_str()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    sqlx::query(sql::LOCK_KEYS)
+        .bind(&keys)
         .execute(&mut *tx)
         .await?;
-    let inserted = sqlx::query(sql::INSERT_EVENT)
-        .bind(&event_id)
-        .bind(&event.name)
-        .bind(&event.key)
-        .bind(&event.payload)
-        .fetch_optional(&mut *tx)
-        .await?;
-    if inserted.is_none() {
-        return Ok(EventReceipt {
-            event_id,
-            duplicate: true,
-            resumed_runs: Vec::new(),
-        });
+
+    // An id repeated inside the batch is stored by its first occurrence; the others are duplicates of it.
+    let mut first_of: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+    let mut offered = Vec::with_capacity(events.len());
+    for (position, id) in ids.iter().enumerate() {
+        if let Entry::Vacant(slot) = first_of.entry(id.as_str()) {
+            slot.insert(position);
+            offered.push(position);
+        }
     }
-    let satisfied: Vec<(i64, i32, String, Option<i64>)> = sqlx::query_as(sql::SATISFY_WAITS)
-        .bind(&event.key)
-        .bind(&event.name)
+    let column = |field: fn(&NewEvent) -> &str| -> Vec<&str> {
+        offered.iter().map(|&p| field(&events[p])).collect()
+    };
+    let stored: Vec<(i64, String)> = sqlx::query_as(sql::INSERT_EVENTS)
+        .bind(offered.iter().map(|&p| ids[p].as_str()).collect::<Vec<_>>())
+        .bind(column(|event| &event.name))
+        .bind(column(|event| &event.key))
+        .bind(
+            offered
+                .iter()
+                .map(|&p| &events[p].payload)
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+    // Row id → the position of the event stored as it; every other position is a duplicate.
+    let mut stored_at: HashMap<i64, usize> = HashMap::with_capacity(stored.len());
+    let mut fresh = vec![false; events.len()];
+    for (row, id) in &stored {
+        if let Some(&position) = first_of.get(id.as_str()) {
+            stored_at.insert(*row, position);
+            fresh[position] = true;
+        }
+    }
+    let mut receipts: Vec<EventReceipt> = ids
+        .into_iter()
+        .zip(fresh)
+        .map(|(event_id, fresh)| EventReceipt {
+            event_id,
+            duplicate: !fresh,
+            resumed_runs: Vec::new(),
+        })
+        .collect();
+    if stored.is_empty() {
+        return Ok(receipts);
+    }
+
+    let mut stored_keys: Vec<&str> = stored_at
+        .values()
+        .map(|&p| events[p].key.as_str())
+        .collect();
+    stored_keys.sort_unstable();
+    stored_keys.dedup();
+    let rows: Vec<i64> = stored.iter().map(|(row, _)| *row).collect();
+    let satisfied: Vec<SatisfiedWait> = sqlx::query_as(sql::SATISFY_WAITS)
+        .bind(&stored_keys)
+        .bind(&rows)
         .fetch_all(&mut *tx)
         .await?;
     let mut resume_jobs = Vec::with_capacity(satisfied.len());
-    let mut resumed_runs = Vec::with_capacity(satisfied.len());
     let mut timers = Vec::new();
-    for (run, epoch, node, timer) in satisfied {
-        let job = NodeJob::new(run, epoch, node, Phase::Resume);
-        resumed_runs.push(job.run);
+    for wait in satisfied {
+        let completer = wait
+            .completed_by
+            .or(wait.last_matching)
+            .and_then(|row| stored_at.get(&row));
+        if let Some(&position) = completer {
+            receipts[position].resumed_runs.push(wait.run_id);
+        }
+        let job = NodeJob::new(wait.run_id, wait.epoch, wait.node_id, Phase::Resume);
         resume_jobs.push(jobs.new_job(job, None));
-        timers.extend(timer);
+        timers.extend(wait.timer_job_id);
     }
     jobs.enqueue(&mut *tx, &resume_jobs).await?;
     // The satisfied waits' timeouts have nothing left to do: they leave the queue with this event.
     jobs.cancel_timers(&mut *tx, &timers).await?;
-    Ok(EventReceipt {
-        event_id,
-        duplicate: false,
-        resumed_runs,
-    })
+    Ok(receipts)
 }
 
 impl Engine {
@@ -227,14 +293,16 @@ impl Engine {
         WorkflowError::from_batch(self.event_batches().events.call(event).await)
     }
 
-    /// [`Engine::ingest_event`] inside the caller's transaction (the Kafka bridge stores a batch's events with
-    /// its offsets). Events are locked by correlation key until the transaction ends.
-    pub async fn ingest_event_in(
+    /// Stores events as [`Engine::ingest_event`] does, inside the caller's transaction (the Kafka bridge stores a
+    /// batch's events with its offsets), in a fixed number of statements; receipts in the order given. Their keys
+    /// stay locked until the transaction ends. Every event must be valid ([`NewEvent::validate`]), or the whole
+    /// call fails.
+    pub async fn ingest_events_in(
         &self,
         tx: &mut sqlx::PgConnection,
-        event: NewEvent,
-    ) -> Result<EventReceipt, WorkflowError> {
-        ingest_in(tx, &self.jobs, &event).await
+        events: &[NewEvent],
+    ) -> Result<Vec<EventReceipt>, WorkflowError> {
+        ingest_in(tx, &self.jobs, events).await
     }
 
     /// The `run` phase of a wait node: register the wait; finish at once if stored events already satisfy it,

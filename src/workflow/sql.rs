@@ -298,25 +298,48 @@ SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
             THEN 'satisfied' ELSE 'waiting' END
 RETURNING status";
 
-/// Stores an event unless its id was seen before (a redelivery counts once). Stamped with the clock, not the
-/// transaction's start: an event waits for its key's lock (and, batched, for the events before it), and a wait
-/// registered meanwhile must still count it.
-pub const INSERT_EVENT: &str = "
-INSERT INTO herald_events (event_id, name, key, payload, received_at) VALUES ($1, $2, $3, $4, clock_timestamp())
-ON CONFLICT (event_id) DO NOTHING
-RETURNING id";
+/// Takes the correlation keys' locks (as [`LOCK_KEY`]) for a batch of events, in the order of `$1`, which the
+/// caller sorts: a function scan yields an array's elements in order, so two batches never wait on each other in
+/// a cycle.
+pub const LOCK_KEYS: &str =
+    "SELECT count(pg_advisory_xact_lock(1214, hashtext(k))) FROM unnest($1::text[]) AS k";
 
-/// Marks satisfied every waiting wait on this key that this event name can complete; returns them, each with its
-/// step's timer (the timeout job, now pointless, for the caller to remove).
+/// Stores a batch of events, each unless its id was seen before (a redelivery counts once; the caller removes
+/// repeats within the batch), in the order given, so the ids drawn follow it. Stamped with the clock, not the
+/// transaction's start: an event waits for its key's lock, and a wait registered meanwhile must still count it.
+/// Returns the rows stored.
+pub const INSERT_EVENTS: &str = "
+INSERT INTO herald_events (event_id, name, key, payload, received_at)
+SELECT e.event_id, e.name, e.key, e.payload, clock_timestamp()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) WITH ORDINALITY AS e(event_id, name, key, payload, n)
+ORDER BY e.n
+ON CONFLICT (event_id) DO NOTHING
+RETURNING id, event_id";
+
+/// Marks satisfied every waiting wait on the keys `$1` that the events just stored (row ids `$2`) complete, in
+/// one statement for the batch. Returns each wait with its step's timer (the timeout job, now pointless, for the
+/// caller to remove) and the event that completed it: the first of the batch's events at which the wait's count
+/// reached what it needs (row ids follow arrival under the key's lock), else the batch's last matching one.
 pub const SATISFY_WAITS: &str = "
 UPDATE herald_waits w SET status = 'satisfied', resolved_at = now()
-WHERE w.key = $1 AND w.status = 'waiting' AND $2 = ANY(w.events)
+WHERE w.key = ANY($1) AND w.status = 'waiting'
+  AND EXISTS (SELECT 1 FROM herald_events b WHERE b.id = ANY($2) AND b.key = w.key AND b.name = ANY(w.events))
   AND (SELECT CASE WHEN w.mode = 'all' THEN count(DISTINCT e.name) ELSE count(*) END
        FROM herald_events e
        WHERE e.key = w.key AND e.name = ANY(w.events) AND e.received_at >= w.since) >= w.needed
 RETURNING w.run_id, w.epoch, w.node_id,
           (SELECT s.timer_job_id FROM herald_run_steps s
-           WHERE s.run_id = w.run_id AND s.epoch = w.epoch AND s.node_id = w.node_id) AS timer_job_id";
+           WHERE s.run_id = w.run_id AND s.epoch = w.epoch AND s.node_id = w.node_id) AS timer_job_id,
+          (SELECT b.id FROM herald_events b
+           WHERE b.id = ANY($2) AND b.key = w.key AND b.name = ANY(w.events)
+             AND (SELECT CASE WHEN w.mode = 'all' THEN count(DISTINCT e.name) ELSE count(*) END
+                  FROM herald_events e
+                  WHERE e.key = w.key AND e.name = ANY(w.events) AND e.received_at >= w.since
+                    AND e.id <= b.id) >= w.needed
+           ORDER BY b.id LIMIT 1) AS completed_by,
+          -- Never needed (the count only grows with the batch's events), but a receipt must name someone.
+          (SELECT max(b.id) FROM herald_events b
+           WHERE b.id = ANY($2) AND b.key = w.key AND b.name = ANY(w.events)) AS last_matching";
 
 /// A wait's timeout fired: it times out unless an event satisfied it first.
 pub const TIME_OUT_WAIT: &str = "

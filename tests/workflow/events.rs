@@ -133,6 +133,61 @@ async fn events_for_another_key_or_name_do_not_count() {
     flow.stop().await;
 }
 
+/// Events stored together (one batch, as the API's coalescer and the bridge store them): a wait completed by
+/// the batch resumes once, credited to the event at which its count was reached; an id repeated inside the batch
+/// counts once; a wait the batch does not complete keeps waiting.
+#[tokio::test]
+async fn a_batch_of_events_completes_each_wait_once_and_names_the_event_that_did() {
+    let flow = Flow::start(&[WAIT3]).await;
+    let first = waiting_at_gate(&flow, "batch-1").await;
+    let second = waiting_at_gate(&flow, "batch-2").await;
+    let event = |name: &str, key: &str, id: &str| herald::workflow::NewEvent {
+        id: Some(id.to_string()),
+        name: name.to_string(),
+        key: key.to_string(),
+        payload: json!({ "event": id }),
+    };
+    let batch = [
+        event("a", "batch-1", "b1-a"),
+        event("b", "batch-2", "b2-b"),
+        event("b", "batch-1", "b1-b"),
+        event("c", "batch-1", "b1-c"),
+        event("c", "batch-1", "b1-c"),
+        event("a", "batch-1", "b1-a-again"),
+        event("a", "batch-2", "b2-a"),
+    ];
+    let mut tx = flow.db.pool.begin().await.unwrap();
+    let receipts = flow.engine.ingest_events_in(&mut tx, &batch).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let summary: Vec<(&str, bool, Vec<i64>)> = receipts
+        .iter()
+        .map(|r| (r.event_id.as_str(), r.duplicate, r.resumed_runs.clone()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("b1-a", false, vec![]),
+            ("b2-b", false, vec![]),
+            ("b1-b", false, vec![]),
+            ("b1-c", false, vec![first]),
+            ("b1-c", true, vec![]),
+            ("b1-a-again", false, vec![]),
+            ("b2-a", false, vec![]),
+        ]
+    );
+    flow.finished(first, "completed").await;
+    assert_eq!(flow.recorder.to("batch-1").len(), 1);
+    assert_eq!(
+        step(&flow.run(second).await, "gate").status,
+        StepStatus::Waiting,
+        "batch-2 still lacks its c"
+    );
+    let stored = common::scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_events").await;
+    assert_eq!(stored, 6);
+    flow.stop().await;
+}
+
 /// The last two events arrive at the same moment on two connections (two API servers): the run resumes once.
 #[tokio::test]
 async fn the_last_two_events_arriving_together_resume_the_run_exactly_once() {
