@@ -122,11 +122,11 @@ const BATCHES_IN_FLIGHT: usize = 4;
 type Received = Result<EventReceipt, Arc<WorkflowError>>;
 
 /// Single events in batches: each `POST /v1/events` would otherwise cost a transaction and a synchronous commit
-/// of its own. Events handed in while a batch is being written go out together in the next one: each is still
-/// stored and matched by its own statements, under its own key lock, but one commit carries them all, and each
-/// caller is answered only after it. Keys are locked in sorted order, so two batches cannot wait on each other
-/// in a cycle (a deadlock PostgreSQL still finds, through a hash collision, fails the batch, which is then
-/// retried one event at a time, as is any batch the database refuses).
+/// of its own. Events handed in while a batch is being written go out together in the next one, stored and
+/// matched set-wise ([`ingest_in`]: four statements whatever the batch's size), with one commit, and each caller
+/// is answered only after it. Keys are locked in sorted order, so two batches cannot wait on each other in a
+/// cycle (a deadlock PostgreSQL still finds, through a hash collision, fails the batch, which is then retried one
+/// event at a time, as is any batch the database refuses).
 pub(super) struct EventBatches {
     events: Coalescer<NewEvent, Received>,
 }
