@@ -123,7 +123,8 @@ impl App {
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let settings = &self.settings;
-        let metrics = process_metrics().map_err(|e| std::io::Error::other(e.to_string()))?;
+        let metrics =
+            process_metrics(&self.settings).map_err(|e| std::io::Error::other(e.to_string()))?;
         let parts = crate::api::ApiParts {
             pool: self.pool.clone(),
             defaults: settings.jobs.defaults(),
@@ -158,17 +159,29 @@ impl App {
         worker::run(self.pool.clone(), options, registry, shutdown).await;
     }
 
-    /// Runs the Kafka bridge until `shutdown`, serving `/metrics` on `bridge.metrics_listen` if set.
+    /// For a role without the API (worker, bridge, clock): serves `/metrics`, `/healthz` and `/readyz` on
+    /// `metrics.listen` until `shutdown`, if it is set. Fails if the address cannot be bound.
+    pub async fn serve_probes(&self, shutdown: CancellationToken) -> Result<(), BootError> {
+        let listen = self.settings.metrics.listen.trim();
+        if listen.is_empty() {
+            return Ok(());
+        }
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("metrics.listen {listen}: {e}")))?;
+        let metrics = process_metrics(&self.settings).map_err(std::io::Error::other)?;
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics,
+            self.pool.clone(),
+            shutdown,
+        ));
+        Ok(())
+    }
+
+    /// Runs the Kafka bridge until `shutdown`.
     pub async fn run_bridge(&self, shutdown: CancellationToken) -> Result<(), BridgeError> {
         let bridge = &self.settings.bridge;
-        let listen = bridge.metrics_listen.trim();
-        if !listen.is_empty() {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|e| BridgeError::Config(format!("bridge.metrics_listen {listen}: {e}")))?;
-            let metrics = process_metrics().map_err(|e| BridgeError::Config(e.to_string()))?;
-            tokio::spawn(crate::metrics::serve(listener, metrics, shutdown.clone()));
-        }
         crate::bridge::run(
             bridge,
             self.settings.jobs.defaults(),
@@ -270,12 +283,24 @@ pub fn channels(settings: &Settings, pool: &PgPool) -> Result<Channels, Provider
     Channels::from_settings(&settings.channels, &settings.providers, share, pool)
 }
 
-/// The process's metrics registry: HTTP, plus the channels' and the bridge's process-wide metrics.
-fn process_metrics() -> Result<Metrics, prometheus::Error> {
-    let collectors = crate::channels::metrics::all()
+/// The process's metrics registry: HTTP, plus the queue's, the channels' and the bridge's process-wide metrics.
+/// Queue labels name the queues `settings` configure.
+fn process_metrics(settings: &Settings) -> Result<Metrics, prometheus::Error> {
+    let collectors = crate::queue::metrics::all()
         .into_iter()
+        .chain(crate::channels::metrics::all())
         .chain(crate::bridge::metrics::all());
-    Metrics::new(collectors)
+    let queues = settings
+        .worker
+        .queue_specs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|spec| spec.name.to_string())
+        .chain([
+            settings.workflows.queue.to_string(),
+            settings.clock.queue.to_string(),
+        ]);
+    Metrics::new(collectors, queues)
 }
 
 /// The built-in handlers (no-op, sleep, log): what the queue's own tests run.
@@ -367,6 +392,7 @@ impl Worker {
     pub async fn run_until(self, shutdown: CancellationToken) -> Result<(), BootError> {
         let options = worker_options(&self.settings, self.queues, self.concurrency)?;
         let app = App::boot(self.settings).await?;
+        app.serve_probes(shutdown.clone()).await?;
         app.run_worker(options, self.handlers, shutdown).await;
         Ok(())
     }

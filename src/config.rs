@@ -21,6 +21,7 @@ use crate::channels::{ChannelSettings, ProviderTables};
 use crate::clock::ClockSettings;
 use crate::db::DatabaseSettings;
 use crate::embedded_postgres::EmbeddedPostgresSettings;
+use crate::metrics::MetricsSettings;
 use crate::queue::producers::ProducerRules;
 use crate::queue::{JobSettings, WorkerSettings};
 use crate::setting::InvalidSetting;
@@ -50,6 +51,7 @@ pub struct Settings {
     pub channels: ChannelSettings,
     pub bridge: BridgeSettings,
     pub clock: ClockSettings,
+    pub metrics: MetricsSettings,
     /// `[providers.<name>]`: one table per configured provider, read by that provider's adapter.
     #[serde(default)]
     pub providers: ProviderTables,
@@ -85,6 +87,10 @@ impl Settings {
         // Procfile platforms (Heroku, Dokku, Scalingo) give the API its port in `PORT`.
         if let Some(port) = non_blank(std::env::var("PORT").ok()) {
             settings.api.listen = format!("0.0.0.0:{port}");
+            // And the other roles their probes' (each process gets a port of its own under Procfile runners).
+            if settings.metrics.listen.trim().is_empty() {
+                settings.metrics.listen = format!("0.0.0.0:{port}");
+            }
         }
         settings.validate()?;
         Ok(settings)

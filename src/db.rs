@@ -118,6 +118,23 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Whether this process can serve: the database answers, and its migrations are those this binary expects.
+/// The reason if not (for `/readyz`).
+pub async fn readiness(pool: &PgPool) -> Result<(), String> {
+    let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let applied: Option<i64> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| format!("database unavailable: {e}"))?;
+    if applied.unwrap_or(0) < expected {
+        return Err(format!(
+            "migrations pending: database at {applied:?}, binary at {expected}"
+        ));
+    }
+    Ok(())
+}
+
 /// The same server URL with another database name.
 pub fn with_database(url: &str, database: &str) -> String {
     let (base, query) = match url.split_once('?') {

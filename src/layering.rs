@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 /// Which top-level modules each one may import. A module not listed may import nothing of herald's.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("db", &["embedded_postgres", "setting"]),
+    ("metrics", &["db"]),
     ("dataset", &["partitions"]),
     (
         "queue",
@@ -78,6 +79,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "clock",
             "db",
             "embedded_postgres",
+            "metrics",
             "queue",
             "setting",
             "workflow",

@@ -240,6 +240,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let options = herald::app::worker_options(&settings, args.queues, args.concurrency)?;
             let app = App::boot(settings).await?;
             let shutdown = herald::shutdown::on_signal(grace);
+            app.serve_probes(shutdown.clone()).await?;
             app.run_worker(options, HandlerRegistry::new(), shutdown)
                 .await;
             Ok(())
@@ -256,13 +257,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             herald::bridge::check_configured(&settings.bridge)?;
             let grace = settings.worker.shutdown_grace;
             let app = App::boot(settings).await?;
-            app.run_bridge(herald::shutdown::on_signal(grace)).await?;
+            let shutdown = herald::shutdown::on_signal(grace);
+            app.serve_probes(shutdown.clone()).await?;
+            app.run_bridge(shutdown).await?;
             Ok(())
         }
         Command::Clock => {
             let grace = settings.worker.shutdown_grace;
             let app = App::boot(settings).await?;
-            app.run_clock(herald::shutdown::on_signal(grace)).await?;
+            let shutdown = herald::shutdown::on_signal(grace);
+            app.serve_probes(shutdown.clone()).await?;
+            app.run_clock(shutdown).await?;
             Ok(())
         }
         Command::Cron { command } => commands::cron(&settings, command).await,

@@ -1,28 +1,39 @@
-//! Prometheus metrics: one registry per process, rendered by `GET /metrics`.
+//! Prometheus metrics: one registry per process, rendered by `GET /metrics`; and the small listener that the
+//! roles without the API (worker, bridge, clock) serve it on, with `/healthz` and `/readyz` for probes.
 //!
-//! The HTTP metrics are defined here; a module whose metrics are process-wide (the channels' provider calls, the
-//! bridge's consumer) defines them in its own `metrics.rs` with an `all()`, and `app` hands them to
-//! [`Metrics::new`], so this file imports no other module.
+//! The HTTP metrics are defined here; a module whose metrics are process-wide (the queue's, the channels'
+//! provider calls, the bridge's consumer) defines them in its own `metrics.rs` with an `all()`, and `app` hands
+//! them to [`Metrics::new`], so this file imports no other module but `db` (for readiness).
+
+use serde::Deserialize;
+use sqlx::PgPool;
 
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// Most queue label values `herald_jobs_enqueued_total` takes, configured queues included.
+pub const MAX_QUEUE_LABELS: usize = 100;
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
-    pub jobs_enqueued: IntCounterVec,
+    jobs_enqueued: IntCounterVec,
+    /// The queue label values `jobs_enqueued` uses (see [`Metrics::job_enqueued`]).
+    queue_labels: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// Worker processes whose circuit for a provider is open now (read from the database at each scrape).
     pub provider_circuits_open: IntGaugeVec,
 }
 
 impl Metrics {
-    /// The registry with the HTTP metrics and `collectors` (other modules' process-wide metrics).
+    /// The registry with the HTTP metrics and `collectors` (other modules' process-wide metrics); `known_queues`
+    /// are the queue label values it may use (the configured queues).
     pub fn new(
         collectors: impl IntoIterator<Item = Box<dyn Collector>>,
+        known_queues: impl IntoIterator<Item = String>,
     ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("herald".into()), None)?;
         let http_requests = IntCounterVec::new(
@@ -68,8 +79,27 @@ impl Metrics {
             http_requests,
             http_duration,
             jobs_enqueued,
+            queue_labels: std::sync::Arc::new(std::sync::Mutex::new(
+                known_queues.into_iter().collect(),
+            )),
             provider_circuits_open,
         })
+    }
+
+    /// Counts a job inserted through the API into `queue`: under its own name if it is configured, or one of the
+    /// first [`MAX_QUEUE_LABELS`] names seen; else under `other`, so that clients cannot grow the registry without
+    /// bound by inventing queue names.
+    pub fn job_enqueued(&self, queue: &str) {
+        let named = {
+            let mut labels = self
+                .queue_labels
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            labels.contains(queue)
+                || (labels.len() < MAX_QUEUE_LABELS && labels.insert(queue.to_string()))
+        };
+        let label = if named { queue } else { "other" };
+        self.jobs_enqueued.with_label_values(&[label]).inc();
     }
 
     /// The text exposition format.
@@ -80,26 +110,76 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` alone, for processes without the API (`herald bridge`).
+/// `[metrics]`: where `herald worker`, `bridge` and `clock` serve `/metrics`, `/healthz` and `/readyz` (the API
+/// serves its own, and `herald up` serves everything on the API's).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// The address to bind, such as `0.0.0.0:9464`; empty: not served. When empty, `PORT` (set per process by
+    /// Procfile runners) fills it with `0.0.0.0:$PORT`.
+    pub listen: String,
+}
+
+/// Serves `GET /metrics` (unauthenticated: bind it where only the scraper reaches), `GET /healthz` (the process
+/// answers) and `GET /readyz` (the database answers and is migrated: 503 otherwise), for the roles without the
+/// API, until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
+    pool: PgPool,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let metrics = metrics.clone();
-            async move { metrics.render() }
-        }),
-    );
+    use axum::http::StatusCode;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let pool = pool.clone();
+                async move {
+                    match crate::db::readiness(&pool).await {
+                        Ok(()) => (StatusCode::OK, "ready".to_string()),
+                        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
+                    }
+                }
+            }),
+        );
     if let Ok(address) = listener.local_addr() {
-        tracing::info!(%address, "metrics listening");
+        tracing::info!(%address, "metrics and probes listening");
     }
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await;
     if let Err(error) = result {
         tracing::warn!(%error, "metrics server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_cannot_mint_more_queue_labels_than_the_bound() {
+        let metrics = Metrics::new(Vec::new(), ["configured".to_string()]).unwrap();
+        for i in 0..MAX_QUEUE_LABELS + 50 {
+            metrics.job_enqueued(&format!("invented-{i}"));
+        }
+        metrics.job_enqueued("configured");
+        let text = metrics.render();
+        let series = text
+            .lines()
+            .filter(|line| line.starts_with("herald_jobs_enqueued_total{"))
+            .count();
+        assert_eq!(series, MAX_QUEUE_LABELS + 1, "the named ones and `other`");
+        assert!(text.contains("herald_jobs_enqueued_total{queue=\"configured\"} 1"));
+        assert!(text.contains("herald_jobs_enqueued_total{queue=\"other\"} 51"));
     }
 }

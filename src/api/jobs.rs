@@ -254,11 +254,7 @@ pub async fn enqueue_one(
     let queue_name = job.queue.to_string();
     match state.enqueuer.enqueue(job).await? {
         Enqueued::Inserted(id) => {
-            state
-                .metrics
-                .jobs_enqueued
-                .with_label_values(&[&queue_name])
-                .inc();
+            state.metrics.job_enqueued(&queue_name);
             Ok((
                 StatusCode::CREATED,
                 Json(EnqueueResponse {
@@ -333,11 +329,7 @@ pub async fn enqueue_batch(
         .map(|(index, (result, job))| {
             let status = match result {
                 Enqueued::Inserted(_) => {
-                    state
-                        .metrics
-                        .jobs_enqueued
-                        .with_label_values(&[job.queue.as_str()])
-                        .inc();
+                    state.metrics.job_enqueued(job.queue.as_str());
                     "inserted"
                 }
                 Enqueued::Duplicate(_) => "duplicate",

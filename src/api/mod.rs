@@ -387,20 +387,9 @@ async fn healthz() -> Json<Health> {
     )
 )]
 async fn readyz(State(state): State<ApiState>) -> Result<Json<Health>, ApiError> {
-    let expected = crate::db::MIGRATOR
-        .iter()
-        .map(|m| m.version)
-        .max()
-        .unwrap_or(0);
-    let applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&state.pool)
-            .await?;
-    if applied.unwrap_or(0) < expected {
-        return Err(ApiError::unavailable(format!(
-            "migrations pending: database at {applied:?}, binary at {expected}"
-        )));
-    }
+    crate::db::readiness(&state.pool)
+        .await
+        .map_err(ApiError::unavailable)?;
     Ok(Json(Health {
         status: "ready".into(),
     }))

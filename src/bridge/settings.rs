@@ -36,8 +36,6 @@ pub struct BridgeSettings {
     /// How often queue depths and lag are checked.
     #[serde(rename = "check_interval_ms", deserialize_with = "setting::millis")]
     pub check_interval: Duration,
-    /// Serve `/metrics` here (`herald bridge` only; empty: not served).
-    pub metrics_listen: String,
     #[serde(default)]
     pub routes: Vec<RouteSettings>,
     /// Passed to librdkafka as they are (security.protocol, sasl.*, ssl.*, session.timeout.ms, ...). From the

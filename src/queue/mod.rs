@@ -17,6 +17,7 @@ pub mod daily;
 pub mod dead_letters;
 pub mod enqueue;
 pub mod lease;
+pub mod metrics;
 pub mod producers;
 pub mod retention;
 mod settings;

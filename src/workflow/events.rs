@@ -8,8 +8,8 @@
 //!   racing each other cannot both miss the other, and two events arriving together on two servers resume the
 //!   run once: the second transaction sees the first's event, and the wait is already satisfied.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -153,9 +153,44 @@ struct SatisfiedWait {
     node_id: String,
     /// The step's timeout job, now pointless.
     timer_job_id: Option<i64>,
-    /// The row id of the batch's event at which the wait's count was reached, and of its last matching one.
-    completed_by: Option<i64>,
-    last_matching: Option<i64>,
+    key: String,
+    /// `all`, `any` or `at_least` (what `needed` counts: distinct names, or events).
+    mode: String,
+    needed: i32,
+    events: Vec<String>,
+    /// The matching events stored before this batch: how many, and their distinct names.
+    prior_count: i64,
+    prior_names: Vec<String>,
+}
+
+impl SatisfiedWait {
+    /// The position of the batch's event that completed this wait: the first, in the order stored (`stored`: row
+    /// id and position, sorted), at which its count reached what it needs, counting from the events stored before
+    /// the batch; as if the batch's events had arrived one by one.
+    fn completed_by(&self, stored: &[(i64, usize)], batch: &[NewEvent]) -> Option<usize> {
+        let mut count = self.prior_count;
+        let mut names: HashSet<&str> = self.prior_names.iter().map(String::as_str).collect();
+        let mut last = None;
+        for &(_, position) in stored {
+            let event = &batch[position];
+            if event.key != self.key || !self.events.contains(&event.name) {
+                continue;
+            }
+            count += 1;
+            names.insert(&event.name);
+            last = Some(position);
+            let reached = if self.mode == "all" {
+                names.len() as i64
+            } else {
+                count
+            };
+            if reached >= i64::from(self.needed) {
+                return Some(position);
+            }
+        }
+        // Not reached by this reckoning (it cannot be, short of a concurrent change): the last that matched.
+        last
+    }
 }
 
 async fn ingest_all(
@@ -195,6 +230,7 @@ async fn ingest_in(
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
         })
         .collect();
+    // Ordered by hash in the statement; deduplicated here only to send less.
     let mut keys: Vec<&str> = events.iter().map(|event| event.key.as_str()).collect();
     keys.sort_unstable();
     keys.dedup();
@@ -249,26 +285,26 @@ async fn ingest_in(
         return Ok(receipts);
     }
 
-    let mut stored_keys: Vec<&str> = stored_at
-        .values()
-        .map(|&p| events[p].key.as_str())
-        .collect();
-    stored_keys.sort_unstable();
-    stored_keys.dedup();
-    let rows: Vec<i64> = stored.iter().map(|(row, _)| *row).collect();
+    // The stored events in the order their ids were drawn (one statement, in batch order).
+    let mut in_order: Vec<(i64, usize)> = stored_at.into_iter().collect();
+    in_order.sort_unstable();
+    let distinct = |field: fn(&NewEvent) -> &str| {
+        let mut values: Vec<&str> = in_order.iter().map(|&(_, p)| field(&events[p])).collect();
+        values.sort_unstable();
+        values.dedup();
+        values
+    };
+    let rows: Vec<i64> = in_order.iter().map(|&(row, _)| row).collect();
     let satisfied: Vec<SatisfiedWait> = sqlx::query_as(sql::SATISFY_WAITS)
-        .bind(&stored_keys)
+        .bind(distinct(|event| &event.key))
         .bind(&rows)
+        .bind(distinct(|event| &event.name))
         .fetch_all(&mut *tx)
         .await?;
     let mut resume_jobs = Vec::with_capacity(satisfied.len());
     let mut timers = Vec::new();
     for wait in satisfied {
-        let completer = wait
-            .completed_by
-            .or(wait.last_matching)
-            .and_then(|row| stored_at.get(&row));
-        if let Some(&position) = completer {
+        if let Some(position) = wait.completed_by(&in_order, events) {
             receipts[position].resumed_runs.push(wait.run_id);
         }
         let job = NodeJob::new(wait.run_id, wait.epoch, wait.node_id, Phase::Resume);

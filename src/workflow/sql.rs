@@ -298,11 +298,11 @@ SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9,
             THEN 'satisfied' ELSE 'waiting' END
 RETURNING status";
 
-/// Takes the correlation keys' locks (as [`LOCK_KEY`]) for a batch of events, in the order of `$1`, which the
-/// caller sorts: a function scan yields an array's elements in order, so two batches never wait on each other in
-/// a cycle.
-pub const LOCK_KEYS: &str =
-    "SELECT count(pg_advisory_xact_lock(1214, hashtext(k))) FROM unnest($1::text[]) AS k";
+/// Takes the correlation keys' locks (as [`LOCK_KEY`]) for a batch of events, in the order of the lock keys (the
+/// keys' hashes), so two batches never wait on each other in a cycle, even when two keys' hashes collide.
+pub const LOCK_KEYS: &str = "
+SELECT count(pg_advisory_xact_lock(1214, h))
+FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest($1::text[]) AS k ORDER BY h) AS ordered";
 
 /// Stores a batch of events, each unless its id was seen before (a redelivery counts once; the caller removes
 /// repeats within the batch), in the order given, so the ids drawn follow it. Stamped with the clock, not the
@@ -316,13 +316,15 @@ ORDER BY e.n
 ON CONFLICT (event_id) DO NOTHING
 RETURNING id, event_id";
 
-/// Marks satisfied every waiting wait on the keys `$1` that the events just stored (row ids `$2`) complete, in
-/// one statement for the batch. Returns each wait with its step's timer (the timeout job, now pointless, for the
-/// caller to remove) and the event that completed it: the first of the batch's events at which the wait's count
-/// reached what it needs (row ids follow arrival under the key's lock), else the batch's last matching one.
+/// Marks satisfied every waiting wait on the keys `$1` that the events just stored (row ids `$2`, names `$3`)
+/// complete, in one statement for the batch. Returns each wait with its step's timer (the timeout job, now
+/// pointless, for the caller to remove), and what the caller needs to tell which of the batch's events completed
+/// it: its key, mode, count needed and event names, and the matching events stored before this batch (their count,
+/// and their distinct names). "Before" is "not in the batch", not an id comparison: ids from another session's
+/// sequence cache need not be smaller.
 pub const SATISFY_WAITS: &str = "
 UPDATE herald_waits w SET status = 'satisfied', resolved_at = now()
-WHERE w.key = ANY($1) AND w.status = 'waiting'
+WHERE w.key = ANY($1) AND w.status = 'waiting' AND w.events && $3::text[]
   AND EXISTS (SELECT 1 FROM herald_events b WHERE b.id = ANY($2) AND b.key = w.key AND b.name = ANY(w.events))
   AND (SELECT CASE WHEN w.mode = 'all' THEN count(DISTINCT e.name) ELSE count(*) END
        FROM herald_events e
@@ -330,16 +332,13 @@ WHERE w.key = ANY($1) AND w.status = 'waiting'
 RETURNING w.run_id, w.epoch, w.node_id,
           (SELECT s.timer_job_id FROM herald_run_steps s
            WHERE s.run_id = w.run_id AND s.epoch = w.epoch AND s.node_id = w.node_id) AS timer_job_id,
-          (SELECT b.id FROM herald_events b
-           WHERE b.id = ANY($2) AND b.key = w.key AND b.name = ANY(w.events)
-             AND (SELECT CASE WHEN w.mode = 'all' THEN count(DISTINCT e.name) ELSE count(*) END
-                  FROM herald_events e
-                  WHERE e.key = w.key AND e.name = ANY(w.events) AND e.received_at >= w.since
-                    AND e.id <= b.id) >= w.needed
-           ORDER BY b.id LIMIT 1) AS completed_by,
-          -- Never needed (the count only grows with the batch's events), but a receipt must name someone.
-          (SELECT max(b.id) FROM herald_events b
-           WHERE b.id = ANY($2) AND b.key = w.key AND b.name = ANY(w.events)) AS last_matching";
+          w.key, w.mode, w.needed, w.events,
+          (SELECT count(*) FROM herald_events e
+           WHERE e.key = w.key AND e.name = ANY(w.events) AND e.received_at >= w.since
+             AND NOT e.id = ANY($2)) AS prior_count,
+          (SELECT coalesce(array_agg(DISTINCT e.name), '{}') FROM herald_events e
+           WHERE e.key = w.key AND e.name = ANY(w.events) AND e.received_at >= w.since
+             AND NOT e.id = ANY($2)) AS prior_names";
 
 /// A wait's timeout fired: it times out unless an event satisfied it first.
 pub const TIME_OUT_WAIT: &str = "

@@ -252,6 +252,16 @@ pub fn init_test_logging() {
         .try_init();
 }
 
+/// A port nothing listens on at the moment (for a server the test starts next).
+#[allow(dead_code)] // only the binaries that start servers of their own
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
 /// Starts `herald <args>` as a separate process on `url`, with the test settings and logs at `warn`.
 #[allow(dead_code)] // only the binaries that start herald processes
 pub fn spawn_herald(url: &str, args: &[&str]) -> tokio::process::Child {

@@ -11,4 +11,5 @@ mod common {
 mod crash;
 mod enqueue;
 mod lease;
+mod metrics;
 mod worker;

@@ -134,13 +134,16 @@ async fn events_for_another_key_or_name_do_not_count() {
 }
 
 /// Events stored together (one batch, as the API's coalescer and the bridge store them): a wait completed by
-/// the batch resumes once, credited to the event at which its count was reached; an id repeated inside the batch
-/// counts once; a wait the batch does not complete keeps waiting.
+/// the batch resumes once, credited to the event at which its count was reached (counting events stored before
+/// the batch too); an id repeated inside the batch counts once; a wait the batch does not complete keeps waiting.
 #[tokio::test]
 async fn a_batch_of_events_completes_each_wait_once_and_names_the_event_that_did() {
     let flow = Flow::start(&[WAIT3]).await;
     let first = waiting_at_gate(&flow, "batch-1").await;
     let second = waiting_at_gate(&flow, "batch-2").await;
+    let third = waiting_at_gate(&flow, "batch-3").await;
+    // Stored before the batch: batch-2 needs only `b` and `a` more.
+    flow.event("c", "batch-2", "b2-c-before").await;
     let event = |name: &str, key: &str, id: &str| herald::workflow::NewEvent {
         id: Some(id.to_string()),
         name: name.to_string(),
@@ -151,10 +154,12 @@ async fn a_batch_of_events_completes_each_wait_once_and_names_the_event_that_did
         event("a", "batch-1", "b1-a"),
         event("b", "batch-2", "b2-b"),
         event("b", "batch-1", "b1-b"),
+        event("a", "batch-3", "b3-a"),
         event("c", "batch-1", "b1-c"),
         event("c", "batch-1", "b1-c"),
         event("a", "batch-1", "b1-a-again"),
         event("a", "batch-2", "b2-a"),
+        event("b", "batch-2", "b2-b-again"),
     ];
     let mut tx = flow.db.pool.begin().await.unwrap();
     let receipts = flow.engine.ingest_events_in(&mut tx, &batch).await.unwrap();
@@ -170,21 +175,28 @@ async fn a_batch_of_events_completes_each_wait_once_and_names_the_event_that_did
             ("b1-a", false, vec![]),
             ("b2-b", false, vec![]),
             ("b1-b", false, vec![]),
+            ("b3-a", false, vec![]),
             ("b1-c", false, vec![first]),
             ("b1-c", true, vec![]),
             ("b1-a-again", false, vec![]),
-            ("b2-a", false, vec![]),
+            ("b2-a", false, vec![second]),
+            ("b2-b-again", false, vec![]),
         ]
     );
     flow.finished(first, "completed").await;
+    flow.finished(second, "completed").await;
     assert_eq!(flow.recorder.to("batch-1").len(), 1);
+    assert_eq!(flow.recorder.to("batch-2").len(), 1);
     assert_eq!(
-        step(&flow.run(second).await, "gate").status,
+        step(&flow.run(third).await, "gate").status,
         StepStatus::Waiting,
-        "batch-2 still lacks its c"
+        "batch-3 still lacks b and c"
     );
     let stored = common::scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_events").await;
-    assert_eq!(stored, 6);
+    assert_eq!(
+        stored, 9,
+        "the repeated id once, the one stored before included"
+    );
     flow.stop().await;
 }
 

@@ -47,11 +47,14 @@ use super::retry::RetryPolicy;
 use super::slots::Slots;
 use super::watched::{AbortOnDrop, PollProbe, probed};
 use crate::queue::lease::{AttemptError, ClaimedJob, Settlement};
+use crate::queue::metrics::{KindMetrics, QueueMetrics};
 
 /// A claimed job and its slot in the fetcher's capacity (freed when the job is settled or dropped).
 pub struct HeldJob {
     pub job: ClaimedJob,
     pub slot: OwnedSemaphorePermit,
+    /// Its queue's and kind's counters.
+    pub metrics: Arc<KindMetrics>,
 }
 
 /// The apalis backend: claimed jobs waiting for a free handler slot.
@@ -132,6 +135,7 @@ pub struct AttemptDeps {
     pub shared: Arc<Slots>,
     pub ledger: Arc<Ledger>,
     pub liveness: Arc<Liveness>,
+    pub queue_metrics: Arc<QueueMetrics>,
 }
 
 /// How long a handler that was told to stop at its timeout may take to do so before it is reported as stuck.
@@ -139,19 +143,20 @@ const STOP_WITHIN: Duration = Duration::from_secs(1);
 
 /// The apalis task function: run one attempt and hand its outcome to the completer.
 pub async fn run_attempt(held: HeldJob, deps: Data<AttemptDeps>) -> Result<(), Infallible> {
-    let HeldJob { job, slot } = held;
+    let HeldJob { job, slot, metrics } = held;
     if !deps.liveness.may_start(job.start_by) {
         let skipped = Ack {
             id: job.id,
             lease_token: job.lease_token,
             settlement: Settlement::NotStarted,
+            metrics,
         };
         if deps.acks.send(skipped).await.is_err() {
             // Out of the ledger, so reconciliation gives it back.
             deps.ledger.forget([(job.id, job.lease_token)]);
         }
     } else {
-        run_watched(job, &deps).await;
+        run_watched(job, metrics, &deps).await;
     }
     drop(slot);
     deps.shared.room_freed.notify_one();
@@ -160,19 +165,34 @@ pub async fn run_attempt(held: HeldJob, deps: Data<AttemptDeps>) -> Result<(), I
 
 /// Runs the handler on its own task under the job's timeout and sends its outcome to the completer. The
 /// completer outlives every executor, so sending only fails if it crashed; the job is then reconciled or rescued.
-async fn run_watched(job: ClaimedJob, deps: &AttemptDeps) {
-    let mut pending = PendingAck::interrupted(&job, deps.acks.clone(), Arc::clone(&deps.ledger));
+async fn run_watched(job: ClaimedJob, metrics: Arc<KindMetrics>, deps: &AttemptDeps) {
+    let queue = &deps.queue_metrics;
+    let due_for = (chrono::Utc::now() - job.run_at)
+        .to_std()
+        .unwrap_or_default();
+    queue.pickup_seconds.observe(due_for.as_secs_f64());
+    metrics.started();
+    let _running = InFlight::enter(&queue.in_flight);
+    let began = std::time::Instant::now();
+    let mut pending = PendingAck::interrupted(
+        &job,
+        deps.acks.clone(),
+        Arc::clone(&deps.ledger),
+        Arc::clone(&metrics),
+    );
     let (attempt, timeout) = (job.attempt, job.timeout);
     let probe = Arc::new(PollProbe::default());
     let attempt_run = execute(job, Arc::clone(&deps.registry), deps.retry);
     let mut handler = AbortOnDrop(tokio::spawn(probed(attempt_run, Arc::clone(&probe))));
     match tokio::time::timeout(timeout, &mut handler.0).await {
         Ok(finished) => {
+            metrics.ran(began.elapsed());
             pending.settle(outcome(finished, attempt, &deps.retry));
             pending.send().await;
         }
         Err(_) => {
             let overdue = stop_overdue(&mut handler, &probe, timeout, attempt, &deps.retry).await;
+            metrics.ran(began.elapsed());
             let job = pending.id;
             pending.settle(overdue.settlement);
             pending.send().await;
@@ -189,6 +209,22 @@ async fn run_watched(job: ClaimedJob, deps: &AttemptDeps) {
                 let _ = (&mut handler.0).await;
             }
         }
+    }
+}
+
+/// Counts a running handler in its queue's in-flight gauge until dropped (whichever way the attempt ends).
+struct InFlight<'a>(&'a prometheus::IntGauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -279,6 +315,7 @@ async fn stop_overdue(
 /// it carries the real outcome, so a drop while waiting for room in the ack channel loses nothing.
 struct PendingAck {
     ledger: Arc<Ledger>,
+    metrics: Arc<KindMetrics>,
     id: crate::queue::JobId,
     lease_token: i64,
     attempt: i32,
@@ -290,9 +327,15 @@ struct PendingAck {
 }
 
 impl PendingAck {
-    fn interrupted(job: &ClaimedJob, acks: mpsc::Sender<Ack>, ledger: Arc<Ledger>) -> Self {
+    fn interrupted(
+        job: &ClaimedJob,
+        acks: mpsc::Sender<Ack>,
+        ledger: Arc<Ledger>,
+        metrics: Arc<KindMetrics>,
+    ) -> Self {
         Self {
             ledger,
+            metrics,
             id: job.id,
             lease_token: job.lease_token,
             attempt: job.attempt,
@@ -320,6 +363,7 @@ impl PendingAck {
             id: self.id,
             lease_token: self.lease_token,
             settlement,
+            metrics: Arc::clone(&self.metrics),
         })
     }
 

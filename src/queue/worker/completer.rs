@@ -17,6 +17,7 @@ use tokio::sync::{Semaphore, mpsc};
 use super::ledger::Ledger;
 use crate::queue::JobId;
 use crate::queue::lease::{self, AttemptError, Settled, Settlement};
+use crate::queue::metrics::{ACK_JOBS, ACK_SECONDS, KindMetrics, STALE_ACKS};
 
 /// One finished attempt on its way to the database.
 #[derive(Debug)]
@@ -24,6 +25,8 @@ pub struct Ack {
     pub id: JobId,
     pub lease_token: i64,
     pub settlement: Settlement,
+    /// The counters of the job's queue and kind, for what the database does with the settlement.
+    pub metrics: Arc<KindMetrics>,
 }
 
 #[derive(Debug, Clone)]
@@ -48,16 +51,20 @@ pub async fn run(
     let options = Arc::new(options);
     loop {
         let mut batch: Vec<(JobId, i64, Settlement)> = Vec::with_capacity(options.max_batch);
+        let mut counters: Vec<Arc<KindMetrics>> = Vec::with_capacity(options.max_batch);
         // Block for the first ack, then gather more until the batch is full or the flush interval passes.
         let Some(first) = acks.recv().await else {
             break;
         };
-        batch.push((first.id, first.lease_token, first.settlement));
+        let mut next = Some(first);
         let deadline = tokio::time::Instant::now() + options.flush_every;
-        while batch.len() < options.max_batch {
-            match tokio::time::timeout_at(deadline, acks.recv()).await {
-                Ok(Some(ack)) => batch.push((ack.id, ack.lease_token, ack.settlement)),
-                Ok(None) | Err(_) => break,
+        while let Some(ack) = next.take() {
+            batch.push((ack.id, ack.lease_token, ack.settlement));
+            counters.push(ack.metrics);
+            if batch.len() < options.max_batch
+                && let Ok(Some(ack)) = tokio::time::timeout_at(deadline, acks.recv()).await
+            {
+                next = Some(ack);
             }
         }
         let Ok(slot) = Arc::clone(&flushing).acquire_owned().await else {
@@ -67,7 +74,7 @@ pub async fn run(
         tokio::spawn(async move {
             let leases: Vec<(JobId, i64)> =
                 batch.iter().map(|(id, token, _)| (*id, *token)).collect();
-            flush(&pool, &mut batch, &options).await;
+            flush(&pool, &mut batch, &counters, &options).await;
             ledger.forget(leases);
             drop(slot);
         });
@@ -79,6 +86,7 @@ pub async fn run(
 async fn flush(
     pool: &PgPool,
     batch: &mut Vec<(JobId, i64, Settlement)>,
+    counters: &[Arc<KindMetrics>],
     options: &CompleterOptions,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -89,7 +97,9 @@ async fn flush(
         match lease::settle(pool, batch, options.priority_aging).await {
             Ok(settled) => {
                 tracing::debug!(acks = batch.len(), elapsed = ?started.elapsed(), "flushed acks");
-                report(pool, batch, &settled, tries);
+                ACK_SECONDS.observe(started.elapsed().as_secs_f64());
+                ACK_JOBS.observe(batch.len() as f64);
+                report(pool, batch, counters, &settled, tries);
                 batch.clear();
                 return;
             }
@@ -97,8 +107,8 @@ async fn flush(
                 // Retrying the same statement would fail forever and hold every job in the batch; settle the
                 // rows one by one so only the offending one needs special treatment.
                 tracing::error!(%error, acks = batch.len(), "an ack batch was refused; settling its rows one by one");
-                for ack in batch.drain(..) {
-                    settle_alone(pool, ack, options).await;
+                for (ack, counter) in batch.drain(..).zip(counters) {
+                    settle_alone(pool, ack, counter, options).await;
                 }
                 return;
             }
@@ -114,10 +124,16 @@ async fn flush(
 /// Settles one ack after its batch was refused. If the database refuses this row too, the attempt is recorded
 /// as dead with an error that can be stored; if even that is refused, the job is released so that it runs again
 /// rather than staying leased to a live worker forever.
-async fn settle_alone(pool: &PgPool, ack: (JobId, i64, Settlement), options: &CompleterOptions) {
+async fn settle_alone(
+    pool: &PgPool,
+    ack: (JobId, i64, Settlement),
+    counter: &Arc<KindMetrics>,
+    options: &CompleterOptions,
+) {
     let (id, token, settlement) = ack;
     let mut one = vec![(id, token, settlement)];
-    flush_unless_refused(pool, &mut one, options).await;
+    let counters = std::slice::from_ref(counter);
+    flush_unless_refused(pool, &mut one, counters, options).await;
     let Some((id, token, settlement)) = one.pop() else {
         return;
     };
@@ -136,7 +152,7 @@ async fn settle_alone(pool: &PgPool, ack: (JobId, i64, Settlement), options: &Co
             error: AttemptError::new(attempt, "unstorable", message),
         },
     )];
-    flush_unless_refused(pool, &mut dead, options).await;
+    flush_unless_refused(pool, &mut dead, counters, options).await;
     if !dead.is_empty() {
         tracing::error!(job = id, "could not settle the job at all; releasing it");
         let _ = lease::release(pool, &[(id, token)]).await;
@@ -147,13 +163,14 @@ async fn settle_alone(pool: &PgPool, ack: (JobId, i64, Settlement), options: &Co
 async fn flush_unless_refused(
     pool: &PgPool,
     batch: &mut Vec<(JobId, i64, Settlement)>,
+    counters: &[Arc<KindMetrics>],
     options: &CompleterOptions,
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
         match lease::settle(pool, batch, options.priority_aging).await {
             Ok(settled) => {
-                report(pool, batch, &settled, 1);
+                report(pool, batch, counters, &settled, 1);
                 batch.clear();
                 return;
             }
@@ -175,9 +192,11 @@ async fn flush_unless_refused(
 fn report(
     pool: &PgPool,
     batch: &[(JobId, i64, Settlement)],
+    counters: &[Arc<KindMetrics>],
     settled: &[(JobId, Settled)],
     tries: u32,
 ) {
+    count(batch, counters, settled);
     let dead = settled.iter().filter(|(_, s)| *s == Settled::Dead).count();
     if dead > 0 {
         tracing::warn!(dead, "jobs moved to the dead letters");
@@ -208,6 +227,7 @@ fn report(
         .filter(|(id, _, s)| !matches!(s, Settlement::NotStarted) && !answered.contains(id))
         .map(|(id, _, _)| *id)
         .collect();
+    STALE_ACKS.inc_by(stale.len() as u64);
     // Rare, so one more query says what happened: in a task of its own, so the flush slot is free meanwhile, and
     // one at a time, so that a storm of rejected acks (a thawed worker) cannot take the queue pool's connections
     // from claims and acks. Beyond that one, the rejection is logged without the explanation.
@@ -223,6 +243,26 @@ fn report(
             ?stale,
             "rejected stale acks: their leases were rescued or already settled"
         ),
+    }
+}
+
+/// Counts each settlement the database answered under its job's queue and kind (`counters` runs beside `batch`).
+fn count(
+    batch: &[(JobId, i64, Settlement)],
+    counters: &[Arc<KindMetrics>],
+    settled: &[(JobId, Settled)],
+) {
+    let position: std::collections::HashMap<JobId, usize> = batch
+        .iter()
+        .enumerate()
+        .map(|(at, (id, _, _))| (*id, at))
+        .collect();
+    for (id, outcome) in settled {
+        if let Some(&at) = position.get(id)
+            && let (Some((_, _, settlement)), Some(counter)) = (batch.get(at), counters.get(at))
+        {
+            counter.settled(settlement, *outcome);
+        }
     }
 }
 

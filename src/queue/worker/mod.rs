@@ -40,6 +40,7 @@ pub use handlers::{HandlerFuture, HandlerRegistry, JobContext, JobError, builtin
 pub use retry::RetryPolicy;
 
 use crate::queue::lease::{self, WorkerIdentity};
+use crate::queue::metrics::{LEASE_RESCUES, QueueMetrics};
 use crate::queue::settings::{JobSettings, WorkerSettings};
 use crate::queue::types::{JobDefaults, QueueSpec};
 use crate::setting::InvalidSetting;
@@ -166,6 +167,7 @@ pub async fn run(
             acks: acks.clone(),
             ledger: Arc::clone(&ledger),
             liveness: Arc::clone(&liveness),
+            metrics: Arc::new(QueueMetrics::new(spec.name.as_str(), registry.kinds())),
         };
         runners.spawn(runner.run(shutdown.clone()));
     }
@@ -311,6 +313,13 @@ async fn maintain(pool: &PgPool, worker: uuid::Uuid, ledger: &Ledger, options: &
     reconcile(pool, worker, ledger).await;
     match lease::rescue(pool, options.lease).await {
         Ok(pass) if pass.returned + pass.dead > 0 => {
+            let count = |n: i64| u64::try_from(n).unwrap_or(0);
+            LEASE_RESCUES
+                .with_label_values(&["returned"])
+                .inc_by(count(pass.returned));
+            LEASE_RESCUES
+                .with_label_values(&["dead_lettered"])
+                .inc_by(count(pass.dead));
             tracing::warn!(
                 returned = pass.returned,
                 dead = pass.dead,

@@ -36,6 +36,7 @@ use super::retry::RetryPolicy;
 use super::slots::Slots;
 use super::wakeups::QueueSignal;
 use crate::queue::lease::{self, Claim, ClaimedJob};
+use crate::queue::metrics::QueueMetrics;
 use crate::queue::types::{JobId, QueueSpec};
 
 /// A claimed job with its share of the fetcher's capacity; dropping the permit frees the room.
@@ -57,6 +58,8 @@ pub struct QueueRunner {
     pub ledger: Arc<Ledger>,
     /// Whether a job past its lease term may still start (`liveness.rs`).
     pub liveness: Arc<Liveness>,
+    /// This queue's metrics, with a label set per registered kind.
+    pub metrics: Arc<QueueMetrics>,
 }
 
 impl QueueRunner {
@@ -140,6 +143,10 @@ impl QueueRunner {
             match claimed {
                 Ok(claimed) => {
                     let jobs = claimed.jobs;
+                    self.metrics
+                        .claim_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    self.metrics.claim_jobs.observe(jobs.len() as f64);
                     tracing::debug!(wanted, claimed = jobs.len(), elapsed = ?started.elapsed(), ?from, "claimed");
                     backoff = Duration::from_millis(100);
                     drained = jobs.len() < wanted;
@@ -203,7 +210,9 @@ impl QueueRunner {
         for job in jobs {
             let Some(slot) = room.split(1) else { break };
             shared.waiting.fetch_add(1, Ordering::AcqRel);
-            if let Err(mpsc::error::SendError(held)) = out.send(HeldJob { job, slot }) {
+            let metrics = self.metrics.kind(&job.kind);
+            let held = HeldJob { job, slot, metrics };
+            if let Err(mpsc::error::SendError(held)) = out.send(held) {
                 shared.waiting.fetch_sub(1, Ordering::AcqRel);
                 unsent.push((held.job.id, held.job.lease_token));
             }
@@ -227,6 +236,7 @@ impl QueueRunner {
             shared: Arc::clone(&shared),
             ledger: Arc::clone(&self.ledger),
             liveness: Arc::clone(&self.liveness),
+            queue_metrics: Arc::clone(&self.metrics),
         };
         let backend = ClaimedJobs::new(Arc::clone(&incoming), Arc::clone(&shared));
         let name = format!("herald-{}", self.spec.name);

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::sync::Arc;
 
+use crate::common::free_port;
 use herald::channels::providers;
 use herald::channels::{ChannelKind, Message, Outcome, Provider};
 use serde_json::{Value, json};
@@ -16,14 +17,6 @@ struct SmtpServer {
     lines: Lines<BufReader<ChildStdout>>,
     _child: Child,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A self-signed certificate for 127.0.0.1 (the adapter accepts it with `accept_invalid_certs`), written to `dir`.

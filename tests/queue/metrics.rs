@@ -1,0 +1,145 @@
+//! A worker process serves `/metrics`, `/healthz` and `/readyz` on `metrics.listen`, and its queue metrics count
+//! a known workload exactly.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::common::*;
+use herald::queue;
+use serde_json::json;
+
+/// The value of the sample `name` whose labels include `labels`, summed over the rest (0 if none).
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if metric != name {
+                return None;
+            }
+            let found: BTreeMap<&str, &str> = rest
+                .trim_end_matches('}')
+                .split(',')
+                .filter_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    Some((key, value.trim_matches('"')))
+                })
+                .collect();
+            labels
+                .iter()
+                .all(|(key, want)| found.get(key) == Some(want))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_worker_process_serves_probes_and_metrics_that_count_a_known_workload() {
+    let db = TestDb::new().await;
+    let mut jobs: Vec<_> = (0..30)
+        .map(|i| job("observed", "herald.noop", json!({ "i": i })))
+        .collect();
+    // No handler anywhere: dead-lettered at once, and counted under `other`, never under its own name.
+    jobs.extend((0..5).map(|i| job("observed", "nobody.handles.this", json!({ "i": i }))));
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::enqueue_many(&mut conn, &defaults(), &jobs)
+        .await
+        .unwrap();
+    drop(conn);
+
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut worker = spawn_herald_with(
+        &db.url,
+        &["worker", "--queues", "observed:4"],
+        &[("HERALD_METRICS__LISTEN", &address)],
+    );
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        let request = client.get(format!("http://{address}{path}"));
+        async move {
+            match request.send().await {
+                Ok(response) => Some((response.status().as_u16(), response.text().await.ok()?)),
+                Err(_) => None,
+            }
+        }
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "every job to be settled",
+        || async { live_jobs(&db.pool).await == 0 },
+    )
+    .await;
+    // The counts follow each ack batch's commit; poll until the last batch's are in.
+    let latest = std::cell::RefCell::new(String::new());
+    let (latest_ref, get_ref) = (&latest, &get);
+    wait_until(
+        Duration::from_secs(10),
+        "the counts to reach the workload",
+        move || async move {
+            if let Some((200, body)) = get_ref("/metrics").await {
+                *latest_ref.borrow_mut() = body;
+            }
+            sample(
+                &latest_ref.borrow(),
+                "herald_jobs_finished_total",
+                &[("queue", "observed")],
+            ) >= 35.0
+        },
+    )
+    .await;
+    let text = latest.into_inner();
+
+    let count = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels);
+    let noop = [("queue", "observed"), ("kind", "herald.noop")];
+    let other = [("queue", "observed"), ("kind", "other")];
+    assert_eq!(count("herald_jobs_started_total", &noop), 30.0);
+    assert_eq!(count("herald_jobs_started_total", &other), 5.0);
+    assert_eq!(
+        count(
+            "herald_jobs_finished_total",
+            &[
+                ("queue", "observed"),
+                ("kind", "herald.noop"),
+                ("outcome", "completed")
+            ]
+        ),
+        30.0
+    );
+    assert_eq!(
+        count(
+            "herald_jobs_finished_total",
+            &[
+                ("queue", "observed"),
+                ("kind", "other"),
+                ("outcome", "dead_lettered")
+            ]
+        ),
+        5.0
+    );
+    assert_eq!(
+        count("herald_jobs_finished_total", &[("queue", "observed")]),
+        35.0
+    );
+    assert_eq!(
+        count("herald_job_pickup_seconds_count", &[("queue", "observed")]),
+        35.0
+    );
+    assert_eq!(count("herald_job_run_seconds_count", &noop), 30.0);
+    assert_eq!(
+        count("herald_jobs_in_flight", &[("queue", "observed")]),
+        0.0
+    );
+    let claimed = count("herald_claim_jobs_sum", &[("queue", "observed")]);
+    assert_eq!(claimed, 35.0, "every job came through a claim");
+    assert_eq!(count("herald_ack_jobs_sum", &[]), 35.0);
+    assert!(
+        !text.contains("nobody.handles.this"),
+        "a kind without a handler never becomes a label value"
+    );
+
+    assert_eq!(get("/healthz").await.map(|(status, _)| status), Some(200));
+    assert_eq!(get("/readyz").await.map(|(status, _)| status), Some(200));
+    worker.kill().await.unwrap();
+}
