@@ -141,6 +141,7 @@ impl App {
             producers: settings.producer_rules(),
         };
         let state = crate::api::ApiState::new(&settings.api, parts);
+        self.publish_queue_stats(&shutdown);
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "API listening");
         }
@@ -159,9 +160,24 @@ impl App {
         worker::run(self.pool.clone(), options, registry, shutdown).await;
     }
 
-    /// For a role without the API (worker, bridge, clock): serves `/metrics`, `/healthz` and `/readyz` on
-    /// `metrics.listen` until `shutdown`, if it is set. Fails if the address cannot be bound.
+    /// Takes part in the fleet's queue-stats election and keeps this process's queue gauges current (see
+    /// `queue::stats`), until `shutdown`; unless `metrics.queue_stats_secs` is 0.
+    pub fn publish_queue_stats(&self, shutdown: &CancellationToken) {
+        let every = self.settings.metrics.queue_stats;
+        if !every.is_zero() {
+            tokio::spawn(crate::queue::stats::run(
+                self.pool.clone(),
+                every,
+                shutdown.clone(),
+            ));
+        }
+    }
+
+    /// For a role without the API (worker, bridge, clock): takes part in the queue-stats election, and serves
+    /// `/metrics`, `/healthz` and `/readyz` on `metrics.listen` until `shutdown`, if it is set. Fails if the
+    /// address cannot be bound.
     pub async fn serve_probes(&self, shutdown: CancellationToken) -> Result<(), BootError> {
+        self.publish_queue_stats(&shutdown);
         let listen = self.settings.metrics.listen.trim();
         if listen.is_empty() {
             return Ok(());
@@ -288,6 +304,7 @@ pub fn channels(settings: &Settings, pool: &PgPool) -> Result<Channels, Provider
 fn process_metrics(settings: &Settings) -> Result<Metrics, prometheus::Error> {
     let collectors = crate::queue::metrics::all()
         .into_iter()
+        .chain(crate::queue::stats::all())
         .chain(crate::channels::metrics::all())
         .chain(crate::bridge::metrics::all());
     let queues = settings

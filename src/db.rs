@@ -118,6 +118,64 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
     Ok(())
 }
 
+/// A session-level advisory lock held on a connection of its own, for work one process of the fleet does at a
+/// time (a leader). The lock lives as long as that connection: if the process dies or its connection breaks,
+/// PostgreSQL releases it and another process takes it on its next try.
+pub struct SessionLock {
+    class: i32,
+    key: i32,
+    /// The connection holding the lock, once taken.
+    held: Option<sqlx::PgConnection>,
+}
+
+impl SessionLock {
+    /// The lock (`class`, `key`), not yet taken.
+    pub fn new(class: i32, key: i32) -> Self {
+        Self {
+            class,
+            key,
+            held: None,
+        }
+    }
+
+    /// Takes the lock if it is free, or checks that the connection holding it still answers; returns whether
+    /// this process holds it now. Never waits for the lock: a process that does not get it tries again later.
+    pub async fn hold(&mut self, pool: &PgPool) -> bool {
+        if let Some(conn) = self.held.as_mut() {
+            let alive = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                sqlx::query("SELECT 1").execute(&mut *conn),
+            )
+            .await;
+            if matches!(alive, Ok(Ok(_))) {
+                return true;
+            }
+            // Broken or stuck: drop it (the server ends the session and frees the lock).
+            self.held = None;
+            return false;
+        }
+        let Ok(Ok(mut pooled)) =
+            tokio::time::timeout(std::time::Duration::from_secs(5), pool.acquire()).await
+        else {
+            return false;
+        };
+        let taken: Result<bool, sqlx::Error> =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(self.class)
+                .bind(self.key)
+                .fetch_one(&mut *pooled)
+                .await;
+        if matches!(taken, Ok(true)) {
+            // Out of the pool for good: a pooled connection handed to someone else would carry the lock with it.
+            self.held = Some(pooled.detach());
+            true
+        } else {
+            // Not taken: the connection holds nothing and goes back to the pool.
+            false
+        }
+    }
+}
+
 /// Whether this process can serve: the database answers, and its migrations are those this binary expects.
 /// The reason if not (for `/readyz`).
 pub async fn readiness(pool: &PgPool) -> Result<(), String> {

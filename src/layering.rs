@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 /// Which top-level modules each one may import. A module not listed may import nothing of herald's.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("db", &["embedded_postgres", "setting"]),
-    ("metrics", &["db"]),
+    ("metrics", &["db", "setting"]),
     ("dataset", &["partitions"]),
     (
         "queue",
@@ -101,6 +101,7 @@ const TABLES: &[(&str, &str)] = &[
     ("herald_job_history_default", "queue"),
     ("herald_dead_letters", "queue"),
     ("herald_queues", "queue"),
+    ("herald_queue_stats", "queue"),
     ("herald_workers", "queue"),
     ("herald_idempotency_keys", "queue"),
     ("herald_workflows", "workflow"),

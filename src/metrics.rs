@@ -118,6 +118,10 @@ pub struct MetricsSettings {
     /// The address to bind, such as `0.0.0.0:9464`; empty: not served. When empty, `PORT` (set per process by
     /// Procfile runners) fills it with `0.0.0.0:$PORT`.
     pub listen: String,
+    /// How often queue depths are counted (by one process of the fleet, see `queue::stats`) and read into this
+    /// process's gauges; 0: this process takes no part.
+    #[serde(rename = "queue_stats_secs", deserialize_with = "crate::setting::secs")]
+    pub queue_stats: std::time::Duration,
 }
 
 /// Serves `GET /metrics` (unauthenticated: bind it where only the scraper reaches), `GET /healthz` (the process

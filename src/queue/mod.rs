@@ -22,6 +22,7 @@ pub mod producers;
 pub mod retention;
 mod settings;
 mod sql;
+pub mod stats;
 mod types;
 pub mod worker;
 

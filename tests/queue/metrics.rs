@@ -143,3 +143,110 @@ async fn a_worker_process_serves_probes_and_metrics_that_count_a_known_workload(
     assert_eq!(get("/readyz").await.map(|(status, _)| status), Some(200));
     worker.kill().await.unwrap();
 }
+
+/// Who computed the published queue stats (`host:pid`), and when.
+async fn stats_leader(pool: &sqlx::PgPool) -> Option<String> {
+    sqlx::query_scalar(
+        "SELECT computed_by FROM herald_queue_stats ORDER BY computed_at DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// Queue depth is counted by one elected process and exported by every one; when that process is killed, another
+/// takes over within a few seconds.
+#[tokio::test]
+async fn queue_depth_comes_from_one_elected_process_and_survives_its_kill() {
+    let db = TestDb::new().await;
+    let mut jobs: Vec<_> = (0..3)
+        .map(|i| job("depth-a", "herald.noop", json!({ "i": i })))
+        .collect();
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    jobs.extend((0..2).map(|i| job("depth-b", "herald.noop", json!({ "i": i })).run_at(later)));
+    let mut conn = db.pool.acquire().await.unwrap();
+    queue::enqueue_many(&mut conn, &defaults(), &jobs)
+        .await
+        .unwrap();
+    drop(conn);
+
+    // Two workers on a queue of their own (the counted jobs stay where they are), counting every second.
+    let addresses = [free_port(), free_port()].map(|port| format!("127.0.0.1:{port}"));
+    let mut workers: Vec<_> = addresses
+        .iter()
+        .map(|address| {
+            spawn_herald_with(
+                &db.url,
+                &["worker", "--queues", "elsewhere:1"],
+                &[
+                    ("HERALD_METRICS__LISTEN", address.as_str()),
+                    ("HERALD_METRICS__QUEUE_STATS_SECS", "1"),
+                ],
+            )
+        })
+        .collect();
+    let pids: Vec<u32> = workers.iter().map(|w| w.id().unwrap()).collect();
+    wait_until(
+        Duration::from_secs(30),
+        "one worker to publish queue stats",
+        || async { stats_leader(&db.pool).await.is_some() },
+    )
+    .await;
+    let leader = stats_leader(&db.pool).await.unwrap();
+    let leader_pid: u32 = leader.rsplit(':').next().unwrap().parse().unwrap();
+    let index = pids
+        .iter()
+        .position(|&pid| pid == leader_pid)
+        .expect("a worker leads");
+    let survivor = 1 - index;
+
+    // Every process exports the leader's counts, the follower included.
+    let client = reqwest::Client::new();
+    let scrape = |address: String| {
+        let request = client.get(format!("http://{address}/metrics"));
+        async move { request.send().await.ok()?.text().await.ok() }
+    };
+    let follower = addresses[survivor].clone();
+    wait_until(
+        Duration::from_secs(10),
+        "the follower to export the depths",
+        || {
+            let fetched = scrape(follower.clone());
+            async move {
+                let Some(text) = fetched.await else {
+                    return false;
+                };
+                sample(
+                    &text,
+                    "herald_queue_jobs",
+                    &[("queue", "depth-a"), ("state", "available")],
+                ) == 3.0
+                    && sample(
+                        &text,
+                        "herald_queue_jobs",
+                        &[("queue", "depth-b"), ("state", "scheduled")],
+                    ) == 2.0
+            }
+        },
+    )
+    .await;
+
+    workers[index].kill().await.unwrap(); // SIGKILL: its session, and with it the lock, ends with the process
+    let killed = std::time::Instant::now();
+    let survivor_pid = pids[survivor];
+    wait_until(
+        Duration::from_secs(15),
+        "the survivor to take over",
+        || async {
+            stats_leader(&db.pool)
+                .await
+                .is_some_and(|by| by.ends_with(&format!(":{survivor_pid}")))
+        },
+    )
+    .await;
+    eprintln!(
+        "queue-stats leader taken over {:?} after the kill",
+        killed.elapsed()
+    );
+    workers[survivor].kill().await.unwrap();
+}

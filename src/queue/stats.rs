@@ -1,0 +1,181 @@
+//! Queue depth for the whole fleet, computed by one process and exported by all.
+//!
+//! Counting `herald_jobs` on every scrape of every process would cost the database a scan per process per scrape.
+//! Instead every herald process runs [`run`]: the one holding the queue-stats lock (a session advisory lock, see
+//! `db::SessionLock`) counts the jobs per queue every period and writes `herald_queue_stats`; every process (the
+//! leader too) reads that small table on the same period into its gauges. If the leader dies, its connection
+//! closes, the lock is free, and the first process to try next takes over: within one period.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus::core::Collector;
+use prometheus::{Gauge, GaugeVec, IntGaugeVec, Opts};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::SessionLock;
+
+/// Advisory lock class of the queue-stats leader (1213 is the queue's own, 1214 the workflow keys').
+const LOCK_CLASS: i32 = 1215;
+/// Most queues published (the deepest ones): a client inventing queue names cannot grow the table or the
+/// label set without bound.
+pub const MAX_QUEUES: i64 = 100;
+
+/// Counts per queue and state, and keeps a row of zeros for an emptied queue for an hour. $1 who computes, $2 the
+/// most queues.
+const PUBLISH: &str = "
+WITH counts AS (
+    SELECT queue,
+           count(*) FILTER (WHERE lease_token IS NULL AND NOT scheduled) AS available,
+           count(*) FILTER (WHERE scheduled) AS scheduled,
+           count(*) FILTER (WHERE lease_token IS NOT NULL) AS running,
+           min(run_at) FILTER (WHERE lease_token IS NULL AND NOT scheduled) AS oldest_available_at
+    FROM herald_jobs GROUP BY queue
+    ORDER BY count(*) DESC, queue LIMIT $2
+), emptied AS (
+    UPDATE herald_queue_stats s
+    SET available = 0, scheduled = 0, running = 0, oldest_available_at = NULL, computed_at = now(),
+        computed_by = $1
+    WHERE NOT EXISTS (SELECT 1 FROM counts c WHERE c.queue = s.queue)
+      AND s.last_seen_at > now() - interval '1 hour'
+), gone AS (
+    DELETE FROM herald_queue_stats s
+    WHERE NOT EXISTS (SELECT 1 FROM counts c WHERE c.queue = s.queue)
+      AND s.last_seen_at <= now() - interval '1 hour'
+)
+INSERT INTO herald_queue_stats AS s (queue, available, scheduled, running, oldest_available_at, computed_at,
+                                     computed_by, last_seen_at)
+SELECT queue, available, scheduled, running, oldest_available_at, now(), $1, now() FROM counts
+ON CONFLICT (queue) DO UPDATE
+SET available = excluded.available, scheduled = excluded.scheduled, running = excluded.running,
+    oldest_available_at = excluded.oldest_available_at, computed_at = excluded.computed_at,
+    computed_by = excluded.computed_by, last_seen_at = excluded.last_seen_at";
+
+/// What every process reads: the published rows, with ages as of now.
+const READ: &str = "
+SELECT queue, available, scheduled, running,
+       extract(epoch FROM now() - oldest_available_at)::float8 AS oldest_available_secs,
+       extract(epoch FROM now() - computed_at)::float8 AS age_secs, computed_by
+FROM herald_queue_stats ORDER BY queue LIMIT $1";
+
+pub static QUEUE_JOBS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    IntGaugeVec::new(
+        Opts::new(
+            "queue_jobs",
+            "Jobs per queue and state (available, scheduled, running), as the fleet's queue-stats leader last \
+             counted them",
+        ),
+        &["queue", "state"],
+    )
+    .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
+});
+
+pub static QUEUE_OLDEST_AVAILABLE_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
+    GaugeVec::new(
+        Opts::new(
+            "queue_oldest_available_seconds",
+            "How long the oldest available job of each queue has been due (0: none waiting)",
+        ),
+        &["queue"],
+    )
+    .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
+});
+
+pub static QUEUE_STATS_AGE_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
+    Gauge::with_opts(Opts::new(
+        "queue_stats_age_seconds",
+        "Age of the queue counts this process exports (large: no process is computing them)",
+    ))
+    .unwrap_or_else(|_| unreachable!("the metric's name is valid"))
+});
+
+/// Every metric above, for the process's registry.
+pub fn all() -> Vec<Box<dyn Collector>> {
+    vec![
+        Box::new(QUEUE_JOBS.clone()),
+        Box::new(QUEUE_OLDEST_AVAILABLE_SECONDS.clone()),
+        Box::new(QUEUE_STATS_AGE_SECONDS.clone()),
+    ]
+}
+
+/// One published row.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct QueueStats {
+    pub queue: String,
+    pub available: i64,
+    pub scheduled: i64,
+    pub running: i64,
+    pub oldest_available_secs: Option<f64>,
+    pub age_secs: f64,
+    pub computed_by: String,
+}
+
+/// This process, as `computed_by` names it.
+fn identity() -> String {
+    let host = gethostname::gethostname();
+    format!("{}:{}", host.to_string_lossy(), std::process::id())
+}
+
+/// Takes part in the election and refreshes this process's gauges every `every`, until `shutdown`.
+pub async fn run(pool: PgPool, every: Duration, shutdown: CancellationToken) {
+    let me = identity();
+    let mut lock = SessionLock::new(LOCK_CLASS, 0);
+    let mut leading = false;
+    loop {
+        let leader = lock.hold(&pool).await;
+        if leader != leading {
+            tracing::info!(leader, "queue-stats leadership changed");
+            leading = leader;
+        }
+        if leader && let Err(error) = publish(&pool, &me).await {
+            tracing::warn!(%error, "publishing queue stats failed");
+        }
+        match read(&pool).await {
+            Ok(rows) => export(&rows),
+            Err(error) => tracing::warn!(%error, "reading queue stats failed"),
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Counts the jobs per queue and writes them (the leader's part).
+pub async fn publish(pool: &PgPool, me: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(PUBLISH)
+        .bind(me)
+        .bind(MAX_QUEUES)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The published rows.
+pub async fn read(pool: &PgPool) -> Result<Vec<QueueStats>, sqlx::Error> {
+    sqlx::query_as(READ).bind(MAX_QUEUES).fetch_all(pool).await
+}
+
+/// Replaces this process's gauges with `rows` (a queue no longer published leaves the gauges).
+fn export(rows: &[QueueStats]) {
+    QUEUE_JOBS.reset();
+    QUEUE_OLDEST_AVAILABLE_SECONDS.reset();
+    let mut oldest_stats = 0.0f64;
+    for row in rows {
+        for (state, value) in [
+            ("available", row.available),
+            ("scheduled", row.scheduled),
+            ("running", row.running),
+        ] {
+            QUEUE_JOBS
+                .with_label_values(&[row.queue.as_str(), state])
+                .set(value);
+        }
+        QUEUE_OLDEST_AVAILABLE_SECONDS
+            .with_label_values(&[row.queue.as_str()])
+            .set(row.oldest_available_secs.unwrap_or(0.0).max(0.0));
+        oldest_stats = oldest_stats.max(row.age_secs);
+    }
+    QUEUE_STATS_AGE_SECONDS.set(oldest_stats);
+}
