@@ -76,10 +76,11 @@ impl Settings {
         if let Some(env) = environment {
             figment = figment.merge(Toml::file(dir.join(format!("{env}.toml"))));
         }
-        // HERALD_ENV picks the file above; HERALD_FAILPOINT is the crash drills' switch (clock::retention).
+        // HERALD_ENV picks the file above; HERALD_FAILPOINT is the crash drills' switch (clock::retention);
+        // HERALD_LOG_FORMAT is read by `telemetry`, before any settings.
         let figment = figment.merge(
             Env::prefixed("HERALD_")
-                .ignore(&["ENV", "FAILPOINT"])
+                .ignore(&["ENV", "FAILPOINT", "LOG_FORMAT"])
                 .split("__"),
         );
         let mut settings: Settings = figment.extract().map_err(Box::new)?;

@@ -11,5 +11,5 @@ mod common {
 mod crash;
 mod enqueue;
 mod lease;
-mod metrics;
+mod observability;
 mod worker;

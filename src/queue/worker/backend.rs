@@ -48,6 +48,7 @@ use super::slots::Slots;
 use super::watched::{AbortOnDrop, PollProbe, probed};
 use crate::queue::lease::{AttemptError, ClaimedJob, Settlement};
 use crate::queue::metrics::{KindMetrics, QueueMetrics};
+use tracing::Instrument;
 
 /// A claimed job and its slot in the fetcher's capacity (freed when the job is settled or dropped).
 pub struct HeldJob {
@@ -182,7 +183,10 @@ async fn run_watched(job: ClaimedJob, metrics: Arc<KindMetrics>, deps: &AttemptD
     );
     let (attempt, timeout) = (job.attempt, job.timeout);
     let probe = Arc::new(PollProbe::default());
-    let attempt_run = execute(job, Arc::clone(&deps.registry), deps.retry);
+    // Every log line of the attempt, the handler's included, names the job.
+    let span =
+        tracing::info_span!("job", job = job.id, queue = %job.queue, kind = %job.kind, attempt);
+    let attempt_run = execute(job, Arc::clone(&deps.registry), deps.retry).instrument(span);
     let mut handler = AbortOnDrop(tokio::spawn(probed(attempt_run, Arc::clone(&probe))));
     match tokio::time::timeout(timeout, &mut handler.0).await {
         Ok(finished) => {

@@ -1,5 +1,6 @@
-//! A worker process serves `/metrics`, `/healthz` and `/readyz` on `metrics.listen`, and its queue metrics count
-//! a known workload exactly.
+//! Seeing a worker process from outside: it serves `/metrics`, `/healthz` and `/readyz` on `metrics.listen`, its
+//! queue metrics count a known workload exactly, queue depth comes from one elected process (and survives its
+//! kill), and its JSON log lines name the job they belong to.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -249,4 +250,58 @@ async fn queue_depth_comes_from_one_elected_process_and_survives_its_kill() {
         killed.elapsed()
     );
     workers[survivor].kill().await.unwrap();
+}
+
+/// `HERALD_LOG_FORMAT=json`: one JSON object per line, and a handler's log line names its job.
+#[tokio::test]
+async fn json_logs_name_the_job_in_every_line_of_its_attempt() {
+    use tokio::io::AsyncBufReadExt;
+
+    let db = TestDb::new().await;
+    let ids = db
+        .enqueue(vec![job(
+            "logged",
+            "herald.log",
+            json!({ "note": "json-logs-test" }),
+        )])
+        .await;
+    let mut worker = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["worker", "--queues", "logged:1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DATABASE_URL", &db.url)
+        .env("HERALD_ENV", "test")
+        .env("RUST_LOG", "info")
+        .env("HERALD_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(worker.stderr.take().unwrap()).lines();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut seen = 0;
+        while let Ok(Some(line)) = lines.next_line().await {
+            let parsed: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a JSON line: {line}"));
+            seen += 1;
+            if line.contains("json-logs-test") {
+                return Some((parsed, seen));
+            }
+        }
+        None
+    })
+    .await
+    .expect("the handler's line within 30 s")
+    .expect("the handler's line before the log ended");
+    let (line, _) = found;
+    let job_span = line["spans"]
+        .as_array()
+        .and_then(|spans| spans.iter().find(|span| span["name"] == "job"))
+        .unwrap_or_else(|| panic!("no job span in {line}"));
+    assert_eq!(job_span["job"], json!(ids[0]), "{line}");
+    assert_eq!(job_span["kind"], "herald.log");
+    assert!(
+        line["level"].is_string() && line["timestamp"].is_string(),
+        "{line}"
+    );
+    worker.kill().await.unwrap();
 }
