@@ -3,7 +3,7 @@
 //! not from the config files, because logging starts before they are read.
 //!
 //! Each line carries the fields of the spans it happened in: an HTTP request's `request_id`, a job attempt's
-//! `job`, `queue`, `kind` and `attempt`.
+//! `job` id.
 
 use tracing_subscriber::EnvFilter;
 
