@@ -645,3 +645,184 @@ pub async fn archive(settings: &Settings, command: ArchiveCommand) -> anyhow::Re
         }
     }
 }
+
+/// `herald status`: the fleet on one screen.
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Redraw every this many seconds until interrupted.
+    #[arg(long, value_name = "SECS")]
+    pub watch: Option<u64>,
+    /// One JSON object instead of the text screen.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `herald status` shows: read from the tables the fleet keeps (no process is asked anything).
+#[derive(serde::Serialize)]
+struct FleetStatus {
+    at: DateTime<Utc>,
+    workers: Vec<(admin::WorkerView, i64)>,
+    queues: Vec<(admin::QueueStats, i64)>,
+    /// Who last counted the queue depths for the metrics, and how long ago (see `queue::stats`).
+    stats_leader: Option<(String, f64)>,
+    circuits: Vec<herald::channels::circuits::CircuitRecord>,
+    bridge: Vec<herald::bridge::StoredOffset>,
+    schedules: Vec<herald::clock::schedules::ScheduleTick>,
+}
+
+pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<()> {
+    let pool = connect(settings).await?;
+    loop {
+        let status = fleet_status(&pool).await?;
+        if args.json {
+            println!("{}", serde_json::to_string(&status)?);
+        } else {
+            if args.watch.is_some() {
+                // Clear the screen and go home, as `watch` does.
+                print!("\x1b[2J\x1b[H");
+            }
+            print_status(&status);
+        }
+        let Some(every) = args.watch else {
+            return Ok(());
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(every.max(1))) => {}
+        }
+    }
+}
+
+async fn fleet_status(pool: &PgPool) -> anyhow::Result<FleetStatus> {
+    let leases: std::collections::HashMap<uuid::Uuid, i64> =
+        admin::leases_per_worker(pool).await?.into_iter().collect();
+    let workers = admin::list_workers(pool)
+        .await?
+        .into_iter()
+        .map(|worker| {
+            let held = leases.get(&worker.id).copied().unwrap_or(0);
+            (worker, held)
+        })
+        .collect();
+    let finished: std::collections::HashMap<String, i64> = admin::finished_per_queue(pool, 60)
+        .await?
+        .into_iter()
+        .collect();
+    let queues = admin::queue_stats(pool)
+        .await?
+        .into_iter()
+        .map(|queue| {
+            let per_minute = finished.get(&queue.name).copied().unwrap_or(0);
+            (queue, per_minute)
+        })
+        .collect();
+    let stats_leader = queue::stats::read(pool)
+        .await?
+        .into_iter()
+        .min_by(|a, b| a.age_secs.total_cmp(&b.age_secs))
+        .map(|row| (row.computed_by, row.age_secs));
+    Ok(FleetStatus {
+        at: Utc::now(),
+        workers,
+        queues,
+        stats_leader,
+        circuits: herald::channels::circuits::list(pool).await?,
+        bridge: herald::bridge::stored_offsets(pool).await?,
+        schedules: herald::clock::schedules::last_ticks(pool).await?,
+    })
+}
+
+fn print_status(status: &FleetStatus) {
+    let ago = |at: DateTime<Utc>| {
+        let secs = (status.at - at).num_milliseconds() as f64 / 1000.0;
+        format!("{secs:.1}s ago")
+    };
+    println!(
+        "herald status at {}",
+        status.at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    println!("\nWORKERS ({})", status.workers.len());
+    println!(
+        "  {:<24} {:>8} {:>9} {:>11} {:>14}  queues",
+        "host", "pid", "in flight", "concurrency", "heartbeat"
+    );
+    for (worker, held) in &status.workers {
+        println!(
+            "  {:<24} {:>8} {:>9} {:>11} {:>14}  {}",
+            worker.hostname,
+            worker.pid,
+            held,
+            worker.concurrency,
+            ago(worker.heartbeat_at),
+            worker.queues.join(",")
+        );
+    }
+    println!("\nQUEUES");
+    println!(
+        "  {:<24} {:>10} {:>10} {:>10} {:>12} {:>10} {:>7}",
+        "queue", "available", "scheduled", "running", "oldest due", "done/min", "paused"
+    );
+    for (queue, per_minute) in &status.queues {
+        let oldest = queue
+            .oldest_age_secs
+            .map_or_else(|| "-".to_string(), |secs| format!("{secs:.1}s"));
+        println!(
+            "  {:<24} {:>10} {:>10} {:>10} {:>12} {:>10} {:>7}",
+            queue.name,
+            queue.available,
+            queue.scheduled,
+            queue.running,
+            oldest,
+            per_minute,
+            queue.paused
+        );
+    }
+    match &status.stats_leader {
+        Some((by, age)) => println!("  (queue depth metrics counted by {by}, {age:.1}s ago)"),
+        None => println!("  (queue depth metrics: no process has counted yet)"),
+    }
+    println!("\nPROVIDERS (circuits per worker)");
+    if status.circuits.is_empty() {
+        println!("  none recorded");
+    }
+    for circuit in &status.circuits {
+        println!(
+            "  {:<12} {:<10} failures {:>3}  {}  {}",
+            circuit.provider,
+            circuit.state.as_str(),
+            circuit.consecutive_failures,
+            ago(circuit.updated_at),
+            circuit.last_error.as_deref().unwrap_or("")
+        );
+    }
+    println!("\nBRIDGE (stored offsets)");
+    if status.bridge.is_empty() {
+        println!("  no consumer group has stored an offset");
+    }
+    for offset in &status.bridge {
+        println!(
+            "  {:<16} {:<24} partition {:>3}  next offset {:>12}  moved {:.1}s ago",
+            offset.group_id,
+            offset.topic,
+            offset.partition,
+            offset
+                .next_offset
+                .map_or_else(|| "-".into(), |o| o.to_string()),
+            offset.idle_secs
+        );
+    }
+    println!("\nCLOCK (schedules)");
+    for tick in &status.schedules {
+        println!(
+            "  {:<28} last tick {}  fired {}{}{}",
+            tick.name,
+            tick.last_tick.format("%Y-%m-%d %H:%M:%S"),
+            tick.last_fired_at.map_or_else(|| "never".into(), ago),
+            if tick.paused { "  PAUSED" } else { "" },
+            tick.last_error
+                .as_deref()
+                .map(|e| format!("  error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+}

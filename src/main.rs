@@ -69,6 +69,8 @@ enum Command {
     },
     /// The live worker fleet (from heartbeats).
     Workers,
+    /// The fleet on one screen: workers, queues, provider circuits, the bridge's offsets, the clock's schedules.
+    Status(commands::StatusArgs),
     /// The audit log: who created or revoked keys, paused queues, replayed or deleted dead letters, changed
     /// suppressions, saved workflows, cancelled or retried runs (JSON, newest first).
     Audit(commands::AuditArgs),
@@ -288,6 +290,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::dlq(&settings, &connect(&settings).await?, command).await
         }
         Command::Queues { command } => commands::queues(&connect(&settings).await?, command).await,
+        Command::Status(args) => commands::status(&settings, args).await,
         Command::Workers => print_json(&admin::list_workers(&connect(&settings).await?).await?),
         Command::Audit(args) => commands::audit(&connect(&settings).await?, args).await,
         Command::Workflows { command } => commands::workflows(&settings, command).await,

@@ -147,4 +147,26 @@ pub async fn run(
 }
 
 /// The bridge tables whose rows are updated all day, for the clock's housekeeping vacuum.
+/// Where a consumer group stands on one partition.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct StoredOffset {
+    pub group_id: String,
+    pub topic: String,
+    pub partition: i32,
+    pub next_offset: Option<i64>,
+    /// Seconds since the offset last moved.
+    pub idle_secs: f64,
+}
+
+/// Every group's stored offsets (at most 1,000 partitions), for `herald status`.
+pub async fn stored_offsets(pool: &sqlx::PgPool) -> Result<Vec<StoredOffset>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT group_id, topic, partition, next_offset, \
+                extract(epoch FROM now() - updated_at)::float8 AS idle_secs \
+         FROM herald_bridge_offsets ORDER BY group_id, topic, partition LIMIT 1000",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 pub const CHURNED_TABLES: &[&str] = &["herald_bridge_offsets"];

@@ -593,6 +593,26 @@ struct Row {
     passed_over: i64,
 }
 
+/// A schedule's progress as the clocks stored it.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize)]
+pub struct ScheduleTick {
+    pub name: String,
+    pub paused: bool,
+    pub last_tick: DateTime<Utc>,
+    pub last_fired_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// Every schedule's progress as stored, for `herald status` (which knows no schedule definitions: it reads what
+/// the clocks wrote).
+pub async fn last_ticks(pool: &PgPool) -> Result<Vec<ScheduleTick>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT name, paused, last_tick, last_fired_at, last_error FROM herald_schedules ORDER BY name LIMIT 1000",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// The schedules and their progress, in the order given.
 pub async fn list(
     pool: &PgPool,

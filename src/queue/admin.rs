@@ -239,6 +239,30 @@ pub async fn list_workers(pool: &PgPool) -> Result<Vec<WorkerView>, QueueError> 
     Ok(sqlx::query_as(sql::LIST_WORKERS).fetch_all(pool).await?)
 }
 
+/// Jobs each worker holds a lease on now (its handlers running or about to), by worker id.
+pub async fn leases_per_worker(pool: &PgPool) -> Result<Vec<(Uuid, i64)>, QueueError> {
+    Ok(sqlx::query_as(
+        "SELECT leased_by, count(*) FROM herald_jobs WHERE lease_token IS NOT NULL AND leased_by IS NOT NULL \
+         GROUP BY leased_by",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Attempts settled per queue in the last `secs` seconds (from the history's BRIN index on `finished_at`).
+pub async fn finished_per_queue(
+    pool: &PgPool,
+    secs: i64,
+) -> Result<Vec<(String, i64)>, QueueError> {
+    Ok(sqlx::query_as(
+        "SELECT queue, count(*) FROM herald_job_history \
+         WHERE finished_at > now() - make_interval(secs => $1) GROUP BY queue ORDER BY queue",
+    )
+    .bind(secs as f64)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Live worker processes serving `queue`, by a heartbeat newer than `fresh`.
 pub async fn live_workers_serving(
     pool: &PgPool,

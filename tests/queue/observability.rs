@@ -304,3 +304,52 @@ async fn json_logs_name_the_job_in_every_line_of_its_attempt() {
     );
     worker.kill().await.unwrap();
 }
+
+/// `herald status --json` shows the live workers and the queues' depths as the tables hold them.
+#[tokio::test]
+async fn herald_status_shows_the_workers_and_the_queues() {
+    let db = TestDb::new().await;
+    let later = chrono::Utc::now() + chrono::Duration::hours(1);
+    db.enqueue(
+        (0..3)
+            .map(|i| job("status-q", "herald.noop", json!({ "i": i })).run_at(later))
+            .collect(),
+    )
+    .await;
+    let mut worker = spawn_herald(&db.url, &["worker", "--queues", "status-w:2"]);
+    let pid = worker.id().unwrap() as i64;
+    wait_until(
+        Duration::from_secs(30),
+        "the worker to register",
+        || async { scalar_i64(&db.pool, "SELECT count(*) FROM herald_workers").await == 1 },
+    )
+    .await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["status", "--json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DATABASE_URL", &db.url)
+        .env("HERALD_ENV", "test")
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let workers = status["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 1, "{status}");
+    assert_eq!(workers[0][0]["pid"], json!(pid));
+    assert_eq!(workers[0][0]["queues"], json!(["status-w"]));
+    let queue = status["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q[0]["name"] == "status-q")
+        .unwrap_or_else(|| panic!("no status-q in {status}"));
+    assert_eq!(queue[0]["scheduled"], json!(3));
+    assert_eq!(queue[0]["available"], json!(0));
+    worker.kill().await.unwrap();
+}
