@@ -66,7 +66,11 @@ impl App {
     /// [`App::boot`] on the database at `url`.
     pub async fn boot_at(settings: Settings, url: &str) -> Result<Self, BootError> {
         let pool = db::connect(url, &settings.database).await?;
-        db::migrate(&pool).await?;
+        if settings.database.migrate {
+            db::migrate(&pool).await?;
+        } else {
+            db::readiness(&pool).await.map_err(DbError::NotMigrated)?;
+        }
         let app = Self::on_pool(settings, pool)?;
         app.sync_workflows().await?;
         Ok(app)

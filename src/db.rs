@@ -19,6 +19,9 @@ pub struct DatabaseSettings {
     pub max_connections: NonZeroU32,
     #[serde(rename = "acquire_timeout_ms", deserialize_with = "setting::millis")]
     pub acquire_timeout: Duration,
+    /// Whether a process applies pending migrations when it boots. Off (`--no-migrate`) for roles whose database
+    /// user has no DDL rights: they check that the database is current and refuse to start if not.
+    pub migrate: bool,
     /// `DATABASE_URL`, if set and not blank.
     #[serde(skip)]
     pub url: Option<String>,
@@ -30,6 +33,7 @@ impl std::fmt::Debug for DatabaseSettings {
         f.debug_struct("DatabaseSettings")
             .field("max_connections", &self.max_connections)
             .field("acquire_timeout", &self.acquire_timeout)
+            .field("migrate", &self.migrate)
             .field("url", &self.url.as_ref().map(|_| "<set>"))
             .finish()
     }
@@ -46,6 +50,10 @@ pub enum DbError {
          which runs a private PostgreSQL under {0}"
     )]
     NoDatabase(String),
+    #[error(
+        "{0} (database.migrate is off for this process: run `herald migrate` first, as the Procfile's release phase does)"
+    )]
+    NotMigrated(String),
 }
 
 /// The migrations in `migrations/`, compiled into the binary.

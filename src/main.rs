@@ -29,6 +29,10 @@ use herald::telemetry;
 #[derive(Parser)]
 #[command(name = "herald", version)]
 struct Cli {
+    /// Do not apply pending migrations at start (as `database.migrate = false`): refuse to start unless the
+    /// database is current. For roles whose database user has no DDL rights.
+    #[arg(long, global = true)]
+    no_migrate: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -204,7 +208,10 @@ fn fail(error: &anyhow::Error) -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load()?;
+    let mut settings = Settings::load()?;
+    if cli.no_migrate {
+        settings.database.migrate = false;
+    }
     match cli.command {
         Command::Up(args) => up::run(settings, args).await,
         Command::Bench { what: None, args } => Ok(bench::run(&settings, args).await?),

@@ -282,3 +282,51 @@ async fn up_on_a_shared_database_mints_no_key_unless_asked_and_revokes_it_on_exi
         assert_eq!(live_dev_keys().await, 0, "revoked on exit: {args:?}");
     }
 }
+
+/// `--no-migrate` (the Procfile's runtime roles, whose database user may lack DDL rights): a process refuses a
+/// database with a pending migration, saying what to run, and starts on a current one.
+#[tokio::test]
+async fn no_migrate_refuses_a_database_that_is_not_current_and_starts_on_one_that_is() {
+    let db = TestDb::new().await;
+    let last: i64 = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version = $1")
+        .bind(last)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["worker", "--no-migrate"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DATABASE_URL", &db.url)
+        .env("HERALD_ENV", "test")
+        .env("RUST_LOG", "warn")
+        .output();
+    let refused = tokio::time::timeout(Duration::from_secs(30), refused)
+        .await
+        .expect("exits at once")
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("migrations pending") && said.contains("herald migrate"),
+        "{said}"
+    );
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_workers").await,
+        0,
+        "it never registered"
+    );
+
+    let current = TestDb::new().await;
+    let mut worker = spawn_herald(&current.url, &["worker", "--no-migrate"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the worker to register",
+        || async { scalar_i64(&current.pool, "SELECT count(*) FROM herald_workers").await == 1 },
+    )
+    .await;
+    worker.kill().await.unwrap();
+}
