@@ -187,3 +187,49 @@ mod tests {
         assert!(text.contains("herald_jobs_enqueued_total{queue=\"other\"} 51"));
     }
 }
+
+#[cfg(test)]
+mod dashboard {
+    /// Every metric the Grafana dashboard (`deploy/grafana/herald.json`) queries is one herald defines: a renamed
+    /// metric must not leave an empty panel behind.
+    #[test]
+    fn the_dashboard_queries_only_metrics_herald_defines() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dashboard = std::fs::read_to_string(root.join("deploy/grafana/herald.json")).unwrap();
+        let mut sources = String::new();
+        let mut stack = vec![root.join("src")];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    sources.push_str(&std::fs::read_to_string(path).unwrap());
+                }
+            }
+        }
+        let mut checked = 0;
+        for (at, _) in dashboard.match_indices("herald_") {
+            let name: String = dashboard[at + "herald_".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            if base.is_empty() {
+                continue;
+            }
+            assert!(
+                sources.contains(&format!("\"{base}\"")),
+                "the dashboard queries herald_{name}, which no module defines"
+            );
+            checked += 1;
+        }
+        assert!(
+            checked > 10,
+            "only {checked} metrics found in the dashboard"
+        );
+    }
+}
