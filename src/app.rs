@@ -53,6 +53,8 @@ pub struct App {
     pub settings: Settings,
     pub pool: PgPool,
     pub engine: Arc<Engine>,
+    /// The channels the engine sends through (herald's own alerts go out on them too).
+    pub channels: Channels,
 }
 
 impl App {
@@ -96,12 +98,13 @@ impl App {
             steps_pool,
             &settings.workflows,
             settings.jobs.defaults(),
-            channels,
+            channels.clone(),
         )?);
         Ok(Self {
             settings,
             pool,
             engine,
+            channels,
         })
     }
 
@@ -172,6 +175,16 @@ impl App {
             tokio::spawn(crate::queue::stats::run(
                 self.pool.clone(),
                 every,
+                shutdown.clone(),
+            ));
+        }
+        // The alert evaluator is elected the same way and reads the same numbers.
+        let alerts = &self.settings.alerts;
+        if alerts.enabled() {
+            tokio::spawn(crate::alerts::run(
+                self.pool.clone(),
+                self.channels.clone(),
+                alerts.clone(),
                 shutdown.clone(),
             ));
         }

@@ -14,6 +14,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
+use crate::alerts::AlertSettings;
 use crate::api::ApiSettings;
 use crate::bridge::BridgeSettings;
 use crate::channels::callbacks::CallbackSettings;
@@ -52,6 +53,7 @@ pub struct Settings {
     pub bridge: BridgeSettings,
     pub clock: ClockSettings,
     pub metrics: MetricsSettings,
+    pub alerts: AlertSettings,
     /// `[providers.<name>]`: one table per configured provider, read by that provider's adapter.
     #[serde(default)]
     pub providers: ProviderTables,
@@ -126,6 +128,7 @@ impl Settings {
         }
         self.worker.validate()?;
         self.jobs.validate()?;
+        self.alerts.validate()?;
         self.api.validate()?;
         self.workflows.validate()?;
         self.channels.validate(&self.providers)?;

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 const ALLOWED: &[(&str, &[&str])] = &[
     ("db", &["embedded_postgres", "setting"]),
     ("metrics", &["db", "setting"]),
+    ("alerts", &["channels", "queue", "db", "setting"]),
     ("dataset", &["partitions"]),
     (
         "queue",
@@ -76,6 +77,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "api",
             "bridge",
             "channels",
+            "alerts",
             "clock",
             "db",
             "embedded_postgres",
@@ -88,8 +90,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "app",
         &[
-            "api", "audit", "bridge", "channels", "clock", "config", "db", "metrics", "queue",
-            "setting", "shutdown", "workflow",
+            "alerts", "api", "audit", "bridge", "channels", "clock", "config", "db", "metrics",
+            "queue", "setting", "shutdown", "workflow",
         ],
     ),
 ];
@@ -102,6 +104,7 @@ const TABLES: &[(&str, &str)] = &[
     ("herald_dead_letters", "queue"),
     ("herald_queues", "queue"),
     ("herald_queue_stats", "queue"),
+    ("herald_alerts", "alerts"),
     ("herald_workers", "queue"),
     ("herald_idempotency_keys", "queue"),
     ("herald_workflows", "workflow"),

@@ -17,6 +17,7 @@
 //!
 //! `docs/architecture.md` has the module map: which module owns which tables and settings.
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod audit;

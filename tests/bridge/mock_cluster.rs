@@ -586,6 +586,7 @@ impl Api {
             settings: settings.clone(),
             pool: flow.db.pool.clone(),
             engine: flow.engine.clone(),
+            channels: herald::channels::Channels::uniform(flow.recorder.clone()),
         };
         let stop = shutdown.clone();
         tokio::spawn(async move { app.serve_api(listener, stop).await });

@@ -14,6 +14,7 @@ mod common {
 /// The fake provider server only this binary uses.
 mod fake_provider;
 
+mod alerts;
 mod api;
 mod callbacks;
 mod chain;

@@ -1,0 +1,340 @@
+//! Alerts herald raises about itself, sent through its own channels (a chat room, an email address): a provider
+//! whose circuit stays open, a queue whose oldest job waits too long.
+//!
+//! One process of the fleet evaluates the rules at a time (the holder of a session advisory lock, as for the
+//! queue stats), every `alerts.every_secs`. Each rule and subject (a provider, a queue) has a row in
+//! `herald_alerts` that moves pending → firing → resolved: a condition must hold for the rule's duration before it
+//! fires, and the notification of each change is sent once (the row records that it went out; a failed send is
+//! retried on the next evaluation). So an alert fires once and clears once, whichever process evaluates and
+//! however often: the state is in the database, not in a process. (A crash between a send and its record, or two
+//! evaluators overlapping while a leader's session dies, can repeat one notification; none is ever lost.)
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::channels::{ChannelKind, Channels, Message};
+use crate::db::SessionLock;
+use crate::setting::{self, InvalidSetting};
+
+/// Advisory lock class of the alert evaluator (1215 is the queue stats').
+const LOCK_CLASS: i32 = 1216;
+
+/// `[alerts]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSettings {
+    /// The channel alerts go out on: `chat`, `email`, `sms` or `push`.
+    pub channel: String,
+    /// The recipient on that channel (a chat room's name, an address); empty: alerts are off.
+    pub to: String,
+    #[serde(rename = "every_secs", deserialize_with = "setting::secs")]
+    pub every: Duration,
+    /// A provider whose circuit is open on some live worker for this long fires `provider_down`.
+    #[serde(rename = "circuit_open_for_secs", deserialize_with = "setting::secs")]
+    pub circuit_open_for: Duration,
+    /// A queue whose oldest available job has been due this long fires `queue_behind` (0: off).
+    #[serde(rename = "oldest_available_secs", deserialize_with = "setting::secs")]
+    pub oldest_available: Duration,
+}
+
+impl AlertSettings {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if ChannelKind::parse(&self.channel).is_none() {
+            return Err(InvalidSetting::new(
+                "alerts.channel",
+                "must be chat, email, sms or push",
+            ));
+        }
+        if !self.to.trim().is_empty() {
+            setting::positive("alerts.every_secs", self.every)?;
+        }
+        Ok(())
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.to.trim().is_empty()
+    }
+}
+
+/// A condition that holds now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub rule: &'static str,
+    pub subject: String,
+    pub summary: String,
+    /// How long it must hold before it fires.
+    pub hold_for: Duration,
+}
+
+/// The conditions that hold now: providers whose circuit is open on a live worker, queues behind.
+pub async fn conditions(
+    pool: &PgPool,
+    settings: &AlertSettings,
+) -> Result<Vec<Condition>, AlertError> {
+    let live: HashSet<uuid::Uuid> = crate::queue::admin::list_workers(pool)
+        .await?
+        .into_iter()
+        .map(|worker| worker.id)
+        .collect();
+    let mut open: BTreeMap<String, (usize, Option<String>)> = BTreeMap::new();
+    for circuit in crate::channels::circuits::list(pool).await? {
+        if live.contains(&circuit.worker_id) && circuit.state.as_str() == "open" {
+            let entry = open.entry(circuit.provider).or_default();
+            entry.0 += 1;
+            if entry.1.is_none() {
+                entry.1 = circuit.last_error;
+            }
+        }
+    }
+    let mut found: Vec<Condition> = open
+        .into_iter()
+        .map(|(provider, (workers, error))| Condition {
+            rule: "provider_down",
+            summary: format!(
+                "provider {provider}: circuit open on {workers} worker(s); last error: {}",
+                error.as_deref().unwrap_or("none recorded")
+            ),
+            subject: provider,
+            hold_for: settings.circuit_open_for,
+        })
+        .collect();
+    if !settings.oldest_available.is_zero() {
+        let limit = settings.oldest_available.as_secs_f64();
+        for queue in crate::queue::stats::read(pool).await? {
+            if let Some(oldest) = queue.oldest_available_secs.filter(|secs| *secs >= limit) {
+                found.push(Condition {
+                    rule: "queue_behind",
+                    summary: format!(
+                        "queue {}: {} jobs available, the oldest due {oldest:.0}s ago",
+                        queue.queue, queue.available
+                    ),
+                    subject: queue.queue,
+                    hold_for: Duration::ZERO,
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+}
+
+/// A row of `herald_alerts`.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct Alert {
+    pub rule: String,
+    pub subject: String,
+    pub state: String,
+    pub summary: String,
+    pub since: DateTime<Utc>,
+    pub fired_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub notified: bool,
+}
+
+/// Moves each row by what holds now (`holding`), then sends what has not been sent. Returns the notifications
+/// sent, as (rule, subject, state).
+pub async fn evaluate(
+    pool: &PgPool,
+    channels: &Channels,
+    settings: &AlertSettings,
+    holding: &[Condition],
+) -> Result<Vec<(String, String, String)>, AlertError> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<Alert> = sqlx::query_as(
+        "SELECT rule, subject, state, summary, since, fired_at, resolved_at, notified FROM herald_alerts \
+         ORDER BY rule, subject FOR UPDATE",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *tx)
+        .await?;
+    for condition in holding {
+        let row = rows
+            .iter()
+            .find(|r| r.rule == condition.rule && r.subject == condition.subject);
+        let since = match row {
+            Some(r) if r.state != "resolved" => r.since,
+            _ => now,
+        };
+        let held = (now - since).to_std().unwrap_or_default();
+        let state = if held >= condition.hold_for {
+            "firing"
+        } else {
+            "pending"
+        };
+        let already_firing = row.is_some_and(|r| r.state == "firing");
+        sqlx::query(
+            "INSERT INTO herald_alerts (rule, subject, state, summary, since, fired_at, resolved_at, notified) \
+             VALUES ($1, $2, $3, $4, $5, CASE WHEN $3 = 'firing' THEN $6 END, NULL, $3 = 'pending') \
+             ON CONFLICT (rule, subject) DO UPDATE \
+             SET state = excluded.state, summary = excluded.summary, since = excluded.since, \
+                 fired_at = coalesce(CASE WHEN herald_alerts.state = 'firing' THEN herald_alerts.fired_at END, \
+                                     excluded.fired_at), \
+                 resolved_at = NULL, \
+                 notified = CASE WHEN $7 THEN herald_alerts.notified ELSE excluded.notified END",
+        )
+        .bind(condition.rule)
+        .bind(&condition.subject)
+        .bind(state)
+        .bind(&condition.summary)
+        .bind(since)
+        .bind(now)
+        .bind(already_firing)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for row in &rows {
+        let holds = holding
+            .iter()
+            .any(|c| c.rule == row.rule && c.subject == row.subject);
+        if holds {
+            continue;
+        }
+        match row.state.as_str() {
+            "pending" => {
+                sqlx::query("DELETE FROM herald_alerts WHERE rule = $1 AND subject = $2")
+                    .bind(&row.rule)
+                    .bind(&row.subject)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            "firing" => {
+                sqlx::query(
+                    "UPDATE herald_alerts SET state = 'resolved', resolved_at = $3, notified = false \
+                     WHERE rule = $1 AND subject = $2",
+                )
+                .bind(&row.rule)
+                .bind(&row.subject)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            _ => {}
+        }
+    }
+    // Resolved alerts are kept a day (for `herald status`), then forgotten.
+    sqlx::query(
+        "DELETE FROM herald_alerts WHERE state = 'resolved' AND notified \
+         AND resolved_at < now() - interval '1 day'",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    notify(pool, channels, settings).await
+}
+
+/// Sends each change not yet sent, and records it sent.
+async fn notify(
+    pool: &PgPool,
+    channels: &Channels,
+    settings: &AlertSettings,
+) -> Result<Vec<(String, String, String)>, AlertError> {
+    let unsent: Vec<Alert> = sqlx::query_as(
+        "SELECT rule, subject, state, summary, since, fired_at, resolved_at, notified FROM herald_alerts \
+         WHERE NOT notified AND state IN ('firing', 'resolved') ORDER BY rule, subject",
+    )
+    .fetch_all(pool)
+    .await?;
+    let Some(kind) = ChannelKind::parse(&settings.channel) else {
+        return Ok(Vec::new());
+    };
+    let Some(channel) = channels.get(kind) else {
+        return Ok(Vec::new());
+    };
+    let mut sent = Vec::new();
+    for alert in unsent {
+        let headline = format!(
+            "[herald] {}: {} {}",
+            if alert.state == "firing" {
+                "FIRING"
+            } else {
+                "RESOLVED"
+            },
+            alert.rule,
+            alert.subject
+        );
+        // Each adapter takes the fields its channel has: a subject or title and a body (Slack shows the title in
+        // bold above the body), or the text alone (SMS).
+        let text = format!("{headline}\n{}", alert.summary);
+        let content: BTreeMap<String, String> = [
+            ("subject", headline.as_str()),
+            ("title", headline.as_str()),
+            ("body", alert.summary.as_str()),
+            ("text", text.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let stamp = alert.fired_at.or(alert.resolved_at).unwrap_or(alert.since);
+        let message = Message {
+            channel: kind,
+            providers: Vec::new(),
+            to: settings.to.clone(),
+            content,
+            idempotency_key: format!(
+                "herald-alert:{}:{}:{}:{}",
+                alert.rule,
+                alert.subject,
+                alert.state,
+                stamp.timestamp_micros()
+            ),
+        };
+        match channel.send(&message).await.result {
+            Ok(_) => {
+                sqlx::query(
+                    "UPDATE herald_alerts SET notified = true WHERE rule = $1 AND subject = $2 AND state = $3",
+                )
+                .bind(&alert.rule)
+                .bind(&alert.subject)
+                .bind(&alert.state)
+                .execute(pool)
+                .await?;
+                sent.push((alert.rule, alert.subject, alert.state));
+            }
+            Err(error) => {
+                tracing::warn!(rule = %alert.rule, subject = %alert.subject, %error, "could not send an alert; will retry")
+            }
+        }
+    }
+    Ok(sent)
+}
+
+/// Takes part in the evaluator election and, while leading, evaluates every `alerts.every_secs` until `shutdown`.
+pub async fn run(
+    pool: PgPool,
+    channels: Channels,
+    settings: AlertSettings,
+    shutdown: CancellationToken,
+) {
+    let mut lock = SessionLock::new(LOCK_CLASS, 0);
+    loop {
+        if lock.hold(&pool).await {
+            let outcome = match conditions(&pool, &settings).await {
+                Ok(holding) => evaluate(&pool, &channels, &settings, &holding).await,
+                Err(error) => Err(error),
+            };
+            match outcome {
+                Ok(sent) if !sent.is_empty() => tracing::info!(?sent, "alerts sent"),
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "evaluating alerts failed"),
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(settings.every) => {}
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! herald's alerts about itself, end to end: two worker processes (one elected to evaluate), a provider's circuit
+//! open on a live worker, and the Slack adapter against a fake webhook. The alert fires once and clears once.
+
+use std::time::Duration;
+
+use crate::common::{TestDb, scalar_i64, spawn_herald_with, wait_until};
+use crate::fake_provider::{FakeProvider, Reply};
+
+/// The texts the fake received, in order.
+fn texts(fake: &FakeProvider) -> Vec<String> {
+    fake.requests()
+        .iter()
+        .map(|r| r.json()["text"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_provider_down_alert_fires_once_and_clears_once_through_slack() {
+    let db = TestDb::new().await;
+    let slack = FakeProvider::start(Reply::text(200, "ok")).await;
+    let webhook = format!("{}/services/T/B/alerts", slack.url());
+    let env = [
+        ("HERALD_CHANNELS__SINK", "providers"),
+        ("HERALD_CHANNELS__CHAINS__CHAT", "[\"slack\"]"),
+        ("HERALD_PROVIDERS__SLACK__WEBHOOKS__OPS", webhook.as_str()),
+        ("HERALD_ALERTS__TO", "ops"),
+        ("HERALD_ALERTS__EVERY_SECS", "1"),
+        ("HERALD_ALERTS__CIRCUIT_OPEN_FOR_SECS", "2"),
+    ];
+    let mut workers: Vec<_> = (0..2)
+        .map(|_| spawn_herald_with(&db.url, &["worker", "--queues", "quiet:1"], &env))
+        .collect();
+    wait_until(
+        Duration::from_secs(30),
+        "both workers to register",
+        || async { scalar_i64(&db.pool, "SELECT count(*) FROM herald_workers").await == 2 },
+    )
+    .await;
+
+    // SendGrid's circuit opens on one live worker (as its breaker would record it).
+    sqlx::query(
+        "INSERT INTO herald_provider_circuits (provider, worker_id, state, consecutive_failures, last_error) \
+         SELECT 'sendgrid', id, 'open', 5, 'HTTP 503' FROM herald_workers LIMIT 1",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(20), "the alert to fire", || async {
+        slack.request_count() >= 1
+    })
+    .await;
+    // Held for its two seconds first, then sent once, and not again while it keeps firing: four more
+    // evaluations (one a second, by whichever worker leads) must add nothing. An absence has no event to wait for,
+    // so this one watches a fixed window.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let fired = texts(&slack);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert!(
+        fired[0].contains("[herald] FIRING: provider_down sendgrid")
+            && fired[0].contains("HTTP 503"),
+        "{fired:?}"
+    );
+
+    sqlx::query("UPDATE herald_provider_circuits SET state = 'closed' WHERE provider = 'sendgrid'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the alert to clear", || async {
+        slack.request_count() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await; // four more evaluations, as above
+    let all = texts(&slack);
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(
+        all[1].contains("[herald] RESOLVED: provider_down sendgrid"),
+        "{all:?}"
+    );
+    assert_eq!(
+        scalar_i64(
+            &db.pool,
+            "SELECT count(*) FROM herald_alerts WHERE state = 'resolved' AND notified"
+        )
+        .await,
+        1
+    );
+    for worker in &mut workers {
+        worker.kill().await.unwrap();
+    }
+}
+
+/// The state machine on its own, with a recording channel: a queue behind fires at once (no hold), stays quiet
+/// while it keeps firing, retries a notification the channel refused, and clears once.
+#[tokio::test]
+async fn a_queue_behind_alert_fires_once_retries_a_refused_send_and_clears_once() {
+    use crate::common::flows::{Behaviour, Recorder};
+    use herald::channels::Channels;
+    use std::sync::Arc;
+
+    let db = TestDb::new().await;
+    let mut settings = crate::common::settings().alerts;
+    settings.to = "ops".into();
+    settings.oldest_available = Duration::from_secs(300);
+    let recorder = Arc::new(Recorder::default());
+    let channels = Channels::uniform(recorder.clone());
+    // The published depth of a queue whose oldest job has been due for ten minutes.
+    sqlx::query(
+        "INSERT INTO herald_queue_stats (queue, available, scheduled, running, oldest_available_at, computed_at, \
+                                        computed_by, last_seen_at) \
+         VALUES ('reports', 42, 0, 0, now() - interval '10 minutes', now(), 'test:1', now())",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let evaluate = || async {
+        let holding = herald::alerts::conditions(&db.pool, &settings)
+            .await
+            .unwrap();
+        herald::alerts::evaluate(&db.pool, &channels, &settings, &holding)
+            .await
+            .unwrap()
+    };
+
+    recorder.behave("ops", Behaviour::FailTimes(1));
+    assert!(
+        evaluate().await.is_empty(),
+        "the channel refused the first send"
+    );
+    let fired = evaluate().await;
+    assert_eq!(
+        fired,
+        [("queue_behind".into(), "reports".into(), "firing".into())]
+    );
+    assert!(
+        evaluate().await.is_empty(),
+        "still firing: nothing new to say"
+    );
+    let sent = recorder.to("ops");
+    assert_eq!(sent.len(), 1);
+    assert!(sent[0].content["subject"].contains("FIRING: queue_behind reports"));
+    assert!(sent[0].content["body"].contains("42 jobs available"));
+
+    sqlx::query("UPDATE herald_queue_stats SET oldest_available_at = now()")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let cleared = evaluate().await;
+    assert_eq!(
+        cleared,
+        [("queue_behind".into(), "reports".into(), "resolved".into())]
+    );
+    assert!(evaluate().await.is_empty());
+    assert_eq!(recorder.to("ops").len(), 2);
+}
