@@ -130,8 +130,8 @@ impl App {
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
         let settings = &self.settings;
-        let metrics =
-            process_metrics(&self.settings).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let metrics = process_metrics(&self.settings, &self.pool)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
         let parts = crate::api::ApiParts {
             pool: self.pool.clone(),
             defaults: settings.jobs.defaults(),
@@ -202,7 +202,7 @@ impl App {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("metrics.listen {listen}: {e}")))?;
-        let metrics = process_metrics(&self.settings).map_err(std::io::Error::other)?;
+        let metrics = process_metrics(&self.settings, &self.pool).map_err(std::io::Error::other)?;
         tokio::spawn(crate::metrics::serve(
             listener,
             metrics,
@@ -318,9 +318,14 @@ pub fn channels(settings: &Settings, pool: &PgPool) -> Result<Channels, Provider
 
 /// The process's metrics registry: HTTP, plus the queue's, the channels' and the bridge's process-wide metrics.
 /// Queue labels name the queues `settings` configure.
-fn process_metrics(settings: &Settings) -> Result<Metrics, prometheus::Error> {
+fn process_metrics(settings: &Settings, pool: &PgPool) -> Result<Metrics, prometheus::Error> {
+    let process = crate::metrics::ProcessCollector::new(
+        pool.clone(),
+        settings.database.max_connections.get(),
+    )?;
     let collectors = crate::queue::metrics::all()
         .into_iter()
+        .chain([Box::new(process) as Box<dyn prometheus::core::Collector>])
         .chain(crate::queue::stats::all())
         .chain(crate::channels::metrics::all())
         .chain(crate::bridge::metrics::all());

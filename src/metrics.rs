@@ -110,6 +110,67 @@ impl Metrics {
     }
 }
 
+/// The process's own gauges, read when scraped (no query, no background task): `herald_build_info{version}` (1),
+/// and the database pool's connections by state and its maximum.
+pub struct ProcessCollector {
+    pool: PgPool,
+    max_connections: u32,
+    build_info: prometheus::IntGaugeVec,
+    connections: prometheus::IntGaugeVec,
+    max: prometheus::IntGauge,
+}
+
+impl ProcessCollector {
+    pub fn new(pool: PgPool, max_connections: u32) -> Result<Self, prometheus::Error> {
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new("build_info", "The running herald's version (always 1)"),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        Ok(Self {
+            pool,
+            max_connections,
+            build_info,
+            connections: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "db_pool_connections",
+                    "Connections of the process's main database pool, by state (in_use, idle)",
+                ),
+                &["state"],
+            )?,
+            max: prometheus::IntGauge::new(
+                "db_pool_max_connections",
+                "The main database pool's maximum (database.max_connections)",
+            )?,
+        })
+    }
+}
+
+impl Collector for ProcessCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut descs = self.build_info.desc();
+        descs.extend(self.connections.desc());
+        descs.extend(self.max.desc());
+        descs
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        let size = i64::from(self.pool.size());
+        let idle = i64::try_from(self.pool.num_idle()).unwrap_or(i64::MAX);
+        self.connections
+            .with_label_values(&["in_use"])
+            .set((size - idle).max(0));
+        self.connections.with_label_values(&["idle"]).set(idle);
+        self.max.set(i64::from(self.max_connections));
+        let mut families = self.build_info.collect();
+        families.extend(self.connections.collect());
+        families.extend(self.max.collect());
+        families
+    }
+}
+
 /// `[metrics]`: where `herald worker`, `bridge` and `clock` serve `/metrics`, `/healthz` and `/readyz` (the API
 /// serves its own, and `herald up` serves everything on the API's).
 #[derive(Debug, Clone, Deserialize)]

@@ -135,6 +135,8 @@ async fn a_worker_process_serves_probes_and_metrics_that_count_a_known_workload(
     let claimed = count("herald_claim_jobs_sum", &[("queue", "observed")]);
     assert_eq!(claimed, 35.0, "every job came through a claim");
     assert_eq!(count("herald_ack_jobs_sum", &[]), 35.0);
+    assert_eq!(count("herald_build_info", &[]), 1.0);
+    assert!(count("herald_db_pool_max_connections", &[]) > 0.0);
     assert!(
         !text.contains("nobody.handles.this"),
         "a kind without a handler never becomes a label value"

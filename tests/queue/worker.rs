@@ -569,12 +569,13 @@ async fn graceful_shutdown_finishes_running_jobs_and_releases_unstarted_ones_at_
     let mut opts = options(&[("q", 2)]);
     opts.batch_size = 10;
     // Jobs long enough, and a grace long enough, that "released while the running ones still run" has seconds of
-    // slack on a loaded CI machine (a 4 s job and a 3 s deadline failed once there).
-    opts.shutdown_grace = Duration::from_secs(20);
+    // slack on a loaded CI machine (a 4 s job and a 3 s deadline failed once there, and an 8 s job and a 6 s
+    // deadline once more, with worker processes of other tests competing for both cores).
+    opts.shutdown_grace = Duration::from_secs(30);
     let worker = RunningWorker::start(&db.pool, opts, herald::app::handler_registry());
     db.enqueue(
         (0..10)
-            .map(|_| job("q", "herald.sleep", json!({"ms": 8000})))
+            .map(|_| job("q", "herald.sleep", json!({"ms": 14000})))
             .collect(),
     )
     .await;
@@ -590,7 +591,7 @@ async fn graceful_shutdown_finishes_running_jobs_and_releases_unstarted_ones_at_
     worker.shutdown.cancel();
     let released = "SELECT count(*) FROM herald_jobs WHERE lease_token IS NULL AND NOT scheduled AND attempt = 0";
     wait_until(
-        Duration::from_secs(6),
+        Duration::from_secs(12),
         "unstarted jobs released while the running ones still run",
         || async { scalar_i64(&db.pool, released).await == 8 },
     )
