@@ -6,8 +6,10 @@
 //! `herald_alerts` that moves pending → firing → resolved: a condition must hold for the rule's duration before it
 //! fires, and the notification of each change is sent once (the row records that it went out; a failed send is
 //! retried on the next evaluation). So an alert fires once and clears once, whichever process evaluates and
-//! however often: the state is in the database, not in a process. (A crash between a send and its record, or two
-//! evaluators overlapping while a leader's session dies, can repeat one notification; none is ever lost.)
+//! however often: the state is in the database, not in a process. A crash between a send and its record, or two
+//! evaluators overlapping while a leader's session dies, can repeat one notification. A resolve waits until its
+//! RESOLVED is out before the same alert can start again; an alert whose FIRING never went out is dropped without a
+//! RESOLVED when its condition clears.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -23,6 +25,8 @@ use crate::setting::{self, InvalidSetting};
 
 /// Advisory lock class of the alert evaluator (1215 is the queue stats').
 const LOCK_CLASS: i32 = 1216;
+/// Queue counts older than this are not judged (see `queue::stats`).
+const STALE_STATS_SECS: f64 = 60.0;
 
 /// `[alerts]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -83,7 +87,8 @@ pub async fn conditions(
         .collect();
     let mut open: BTreeMap<String, (usize, Option<String>)> = BTreeMap::new();
     for circuit in crate::channels::circuits::list(pool).await? {
-        if live.contains(&circuit.worker_id) && circuit.state.as_str() == "open" {
+        // Half-open counts as down: the breaker passes through it at every probe while the provider stays down.
+        if live.contains(&circuit.worker_id) && circuit.state.as_str() != "closed" {
             let entry = open.entry(circuit.provider).or_default();
             entry.0 += 1;
             if entry.1.is_none() {
@@ -106,6 +111,10 @@ pub async fn conditions(
     if !settings.oldest_available.is_zero() {
         let limit = settings.oldest_available.as_secs_f64();
         for queue in crate::queue::stats::read(pool).await? {
+            // Counts nobody refreshed for a minute (no leader, or one cut off) say nothing about now.
+            if queue.age_secs > STALE_STATS_SECS {
+                continue;
+            }
             if let Some(oldest) = queue.oldest_available_secs.filter(|secs| *secs >= limit) {
                 found.push(Condition {
                     rule: "queue_behind",
@@ -165,6 +174,11 @@ pub async fn evaluate(
         let row = rows
             .iter()
             .find(|r| r.rule == condition.rule && r.subject == condition.subject);
+        // A resolve not yet announced is announced before the next episode starts: otherwise the operator would
+        // have seen FIRING and never RESOLVED.
+        if row.is_some_and(|r| r.state == "resolved" && !r.notified) {
+            continue;
+        }
         let since = match row {
             Some(r) if r.state != "resolved" => r.since,
             _ => now,
@@ -205,6 +219,14 @@ pub async fn evaluate(
         }
         match row.state.as_str() {
             "pending" => {
+                sqlx::query("DELETE FROM herald_alerts WHERE rule = $1 AND subject = $2")
+                    .bind(&row.rule)
+                    .bind(&row.subject)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // Never announced (its send kept failing): nothing to resolve, as for a pending one.
+            "firing" if !row.notified => {
                 sqlx::query("DELETE FROM herald_alerts WHERE rule = $1 AND subject = $2")
                     .bind(&row.rule)
                     .bind(&row.subject)
@@ -319,7 +341,11 @@ pub async fn run(
     settings: AlertSettings,
     shutdown: CancellationToken,
 ) {
-    let mut lock = SessionLock::new(LOCK_CLASS, 0);
+    let mut lock = SessionLock::new(
+        LOCK_CLASS,
+        0,
+        (settings.every * 3).max(Duration::from_secs(10)),
+    );
     loop {
         if lock.hold(&pool).await {
             let outcome = match conditions(&pool, &settings).await {

@@ -132,16 +132,20 @@ pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
 pub struct SessionLock {
     class: i32,
     key: i32,
+    /// The server ends the holding session after this long without a statement (`idle_session_timeout`): a leader
+    /// whose host died or was cut off leaves no half-open connection holding the lock until TCP gives up (hours).
+    idle_limit: std::time::Duration,
     /// The connection holding the lock, once taken.
     held: Option<sqlx::PgConnection>,
 }
 
 impl SessionLock {
-    /// The lock (`class`, `key`), not yet taken.
-    pub fn new(class: i32, key: i32) -> Self {
+    /// The lock (`class`, `key`), not yet taken. Call [`SessionLock::hold`] more often than `idle_limit`.
+    pub fn new(class: i32, key: i32, idle_limit: std::time::Duration) -> Self {
         Self {
             class,
             key,
+            idle_limit,
             held: None,
         }
     }
@@ -175,7 +179,16 @@ impl SessionLock {
                 .await;
         if matches!(taken, Ok(true)) {
             // Out of the pool for good: a pooled connection handed to someone else would carry the lock with it.
-            self.held = Some(pooled.detach());
+            let mut conn = pooled.detach();
+            let limit = format!(
+                "SET idle_session_timeout = '{}ms'",
+                self.idle_limit.as_millis().max(1_000)
+            );
+            if sqlx::query(&limit).execute(&mut conn).await.is_err() {
+                // Closing the connection ends the session and frees the lock.
+                return false;
+            }
+            self.held = Some(conn);
             true
         } else {
             // Not taken: the connection holds nothing and goes back to the pool.

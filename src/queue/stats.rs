@@ -18,31 +18,42 @@ use crate::db::SessionLock;
 
 /// Advisory lock class of the queue-stats leader (1213 is the queue's own, 1214 the workflow keys').
 const LOCK_CLASS: i32 = 1215;
-/// Most queues published (the deepest ones): a client inventing queue names cannot grow the table or the
-/// label set without bound.
+/// Most queues published by name (the deepest ones; the rest are summed under [`OTHER_QUEUES`]): a client
+/// inventing queue names cannot grow the label set without bound, nor hide a real queue.
 pub const MAX_QUEUES: i64 = 100;
 
-/// Counts per queue and state, and keeps a row of zeros for an emptied queue for an hour. $1 who computes, $2 the
-/// most queues.
+/// The row that sums every queue beyond the [`MAX_QUEUES`] deepest (parentheses: no queue name can hold them).
+pub const OTHER_QUEUES: &str = "(other)";
+
+/// Counts per queue and state: the [`MAX_QUEUES`] deepest queues by name, the rest summed under [`OTHER_QUEUES`].
+/// A queue that holds no job at all keeps a row of zeros for an hour, then goes; a queue that still holds jobs but
+/// fell out of the deepest is counted in the sum. $1 who computes, $2 the most queues.
 const PUBLISH: &str = "
-WITH counts AS (
+WITH every_queue AS (
     SELECT queue,
            count(*) FILTER (WHERE lease_token IS NULL AND NOT scheduled) AS available,
            count(*) FILTER (WHERE scheduled) AS scheduled,
            count(*) FILTER (WHERE lease_token IS NOT NULL) AS running,
-           min(run_at) FILTER (WHERE lease_token IS NULL AND NOT scheduled) AS oldest_available_at
+           min(run_at) FILTER (WHERE lease_token IS NULL AND NOT scheduled) AS oldest_available_at,
+           row_number() OVER (ORDER BY count(*) DESC, queue) AS rank
     FROM herald_jobs GROUP BY queue
-    ORDER BY count(*) DESC, queue LIMIT $2
+), counts AS (
+    SELECT queue, available, scheduled, running, oldest_available_at FROM every_queue WHERE rank <= $2
+    UNION ALL
+    SELECT '(other)', sum(available), sum(scheduled), sum(running), min(oldest_available_at)
+    FROM every_queue WHERE rank > $2 HAVING count(*) > 0
 ), emptied AS (
     UPDATE herald_queue_stats s
     SET available = 0, scheduled = 0, running = 0, oldest_available_at = NULL, computed_at = now(),
         computed_by = $1
-    WHERE NOT EXISTS (SELECT 1 FROM counts c WHERE c.queue = s.queue)
+    WHERE NOT EXISTS (SELECT 1 FROM every_queue e WHERE e.queue = s.queue)
+      AND NOT EXISTS (SELECT 1 FROM counts c WHERE c.queue = s.queue)
       AND s.last_seen_at > now() - interval '1 hour'
 ), gone AS (
     DELETE FROM herald_queue_stats s
     WHERE NOT EXISTS (SELECT 1 FROM counts c WHERE c.queue = s.queue)
-      AND s.last_seen_at <= now() - interval '1 hour'
+      AND (EXISTS (SELECT 1 FROM every_queue e WHERE e.queue = s.queue)
+           OR s.last_seen_at <= now() - interval '1 hour')
 )
 INSERT INTO herald_queue_stats AS s (queue, available, scheduled, running, oldest_available_at, computed_at,
                                      computed_by, last_seen_at)
@@ -52,12 +63,13 @@ SET available = excluded.available, scheduled = excluded.scheduled, running = ex
     oldest_available_at = excluded.oldest_available_at, computed_at = excluded.computed_at,
     computed_by = excluded.computed_by, last_seen_at = excluded.last_seen_at";
 
-/// What every process reads: the published rows, with ages as of now.
+/// What every process reads: the published rows, deepest first (the sum of the rest included), with ages as of
+/// now.
 const READ: &str = "
 SELECT queue, available, scheduled, running,
        extract(epoch FROM now() - oldest_available_at)::float8 AS oldest_available_secs,
        extract(epoch FROM now() - computed_at)::float8 AS age_secs, computed_by
-FROM herald_queue_stats ORDER BY queue LIMIT $1";
+FROM herald_queue_stats ORDER BY available + scheduled + running DESC, queue LIMIT $1";
 
 pub static QUEUE_JOBS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     IntGaugeVec::new(
@@ -85,7 +97,8 @@ pub static QUEUE_OLDEST_AVAILABLE_SECONDS: LazyLock<GaugeVec> = LazyLock::new(||
 pub static QUEUE_STATS_AGE_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
     Gauge::with_opts(Opts::new(
         "queue_stats_age_seconds",
-        "Age of the queue counts this process exports (large: no process is computing them)",
+        "Age of the queue counts this process exports (grows while no process counts, or this one cannot read \
+         them; +Inf before the first count)",
     ))
     .unwrap_or_else(|_| unreachable!("the metric's name is valid"))
 });
@@ -120,8 +133,9 @@ fn identity() -> String {
 /// Takes part in the election and refreshes this process's gauges every `every`, until `shutdown`.
 pub async fn run(pool: PgPool, every: Duration, shutdown: CancellationToken) {
     let me = identity();
-    let mut lock = SessionLock::new(LOCK_CLASS, 0);
+    let mut lock = SessionLock::new(LOCK_CLASS, 0, (every * 3).max(Duration::from_secs(10)));
     let mut leading = false;
+    let mut counted_at: Option<std::time::Instant> = None;
     loop {
         let leader = lock.hold(&pool).await;
         if leader != leading {
@@ -132,9 +146,22 @@ pub async fn run(pool: PgPool, every: Duration, shutdown: CancellationToken) {
             tracing::warn!(%error, "publishing queue stats failed");
         }
         match read(&pool).await {
-            Ok(rows) => export(&rows),
+            Ok(rows) => {
+                export(&rows);
+                // When the counts were made, on this process's clock (the freshest row's age at reading).
+                let age = rows
+                    .iter()
+                    .map(|r| r.age_secs)
+                    .fold(f64::INFINITY, f64::min);
+                counted_at = age
+                    .is_finite()
+                    .then(|| std::time::Instant::now() - Duration::from_secs_f64(age.max(0.0)));
+            }
             Err(error) => tracing::warn!(%error, "reading queue stats failed"),
         }
+        // Grows while nobody counts or this process cannot read: a stale gauge must not look fresh.
+        QUEUE_STATS_AGE_SECONDS
+            .set(counted_at.map_or(f64::INFINITY, |at| at.elapsed().as_secs_f64()));
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
@@ -142,26 +169,30 @@ pub async fn run(pool: PgPool, every: Duration, shutdown: CancellationToken) {
     }
 }
 
-/// Counts the jobs per queue and writes them (the leader's part).
+/// Counts the jobs per queue and writes them (the leader's part), under the batch writers' statement deadline: a
+/// count stuck behind a lock gives up rather than hold a connection.
 pub async fn publish(pool: &PgPool, me: &str) -> Result<(), sqlx::Error> {
+    let mut tx = crate::db::begin_bounded(pool, &[]).await?;
     sqlx::query(PUBLISH)
         .bind(me)
         .bind(MAX_QUEUES)
-        .execute(pool)
+        .execute(&mut *tx)
         .await?;
-    Ok(())
+    tx.commit().await
 }
 
-/// The published rows.
+/// The published rows: the deepest queues, and the sum of the rest.
 pub async fn read(pool: &PgPool) -> Result<Vec<QueueStats>, sqlx::Error> {
-    sqlx::query_as(READ).bind(MAX_QUEUES).fetch_all(pool).await
+    sqlx::query_as(READ)
+        .bind(MAX_QUEUES + 1)
+        .fetch_all(pool)
+        .await
 }
 
 /// Replaces this process's gauges with `rows` (a queue no longer published leaves the gauges).
 fn export(rows: &[QueueStats]) {
     QUEUE_JOBS.reset();
     QUEUE_OLDEST_AVAILABLE_SECONDS.reset();
-    let mut oldest_stats = 0.0f64;
     for row in rows {
         for (state, value) in [
             ("available", row.available),
@@ -175,7 +206,5 @@ fn export(rows: &[QueueStats]) {
         QUEUE_OLDEST_AVAILABLE_SECONDS
             .with_label_values(&[row.queue.as_str()])
             .set(row.oldest_available_secs.unwrap_or(0.0).max(0.0));
-        oldest_stats = oldest_stats.max(row.age_secs);
     }
-    QUEUE_STATS_AGE_SECONDS.set(oldest_stats);
 }

@@ -152,3 +152,70 @@ async fn a_queue_behind_alert_fires_once_retries_a_refused_send_and_clears_once(
     assert!(evaluate().await.is_empty());
     assert_eq!(recorder.to("ops").len(), 2);
 }
+
+/// A RESOLVED that could not be sent is sent before the alert may fire again: the operator never sees FIRING,
+/// FIRING without the RESOLVED between them.
+#[tokio::test]
+async fn an_unsent_resolve_goes_out_before_the_alert_fires_again() {
+    use crate::common::flows::{Behaviour, Recorder};
+    use herald::channels::Channels;
+    use std::sync::Arc;
+
+    let db = TestDb::new().await;
+    let mut settings = crate::common::settings().alerts;
+    settings.to = "ops".into();
+    settings.oldest_available = Duration::from_secs(300);
+    let recorder = Arc::new(Recorder::default());
+    let channels = Channels::uniform(recorder.clone());
+    let behind = |late: bool| {
+        let sql = if late {
+            "INSERT INTO herald_queue_stats (queue, available, scheduled, running, oldest_available_at, \
+             computed_at, computed_by, last_seen_at) \
+             VALUES ('reports', 7, 0, 0, now() - interval '10 minutes', now(), 'test:1', now()) \
+             ON CONFLICT (queue) DO UPDATE SET oldest_available_at = excluded.oldest_available_at"
+        } else {
+            "UPDATE herald_queue_stats SET oldest_available_at = now()"
+        };
+        sqlx::query(sql).execute(&db.pool)
+    };
+    let evaluate = || async {
+        let holding = herald::alerts::conditions(&db.pool, &settings)
+            .await
+            .unwrap();
+        herald::alerts::evaluate(&db.pool, &channels, &settings, &holding)
+            .await
+            .unwrap()
+    };
+    let states = || {
+        recorder
+            .to("ops")
+            .iter()
+            .map(|m| m.content["subject"].clone())
+            .collect::<Vec<_>>()
+    };
+
+    behind(true).await.unwrap();
+    evaluate().await;
+    behind(false).await.unwrap();
+    recorder.behave("ops", Behaviour::FailTimes(1));
+    assert!(evaluate().await.is_empty(), "the RESOLVED was refused");
+    behind(true).await.unwrap();
+    // Behind again: the pending RESOLVED goes out first; the new episode starts on the next evaluation.
+    let sent = evaluate().await;
+    assert_eq!(
+        sent,
+        [("queue_behind".into(), "reports".into(), "resolved".into())]
+    );
+    let sent = evaluate().await;
+    assert_eq!(
+        sent,
+        [("queue_behind".into(), "reports".into(), "firing".into())]
+    );
+    let subjects = states();
+    assert_eq!(subjects.len(), 3, "{subjects:?}");
+    assert!(
+        subjects[0].contains("FIRING")
+            && subjects[1].contains("RESOLVED")
+            && subjects[2].contains("FIRING")
+    );
+}

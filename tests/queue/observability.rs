@@ -355,3 +355,46 @@ async fn herald_status_shows_the_workers_and_the_queues() {
     assert_eq!(queue[0]["available"], json!(0));
     worker.kill().await.unwrap();
 }
+
+/// Past the hundred deepest queues, the rest are summed under `(other)`: an invented queue name cannot grow the
+/// label set, and a real queue pushed out of the hundred is still counted (in the sum), never shown as empty.
+#[tokio::test]
+async fn queues_beyond_the_deepest_hundred_are_summed_not_hidden() {
+    let db = TestDb::new().await;
+    // A real queue with three jobs due, published while it is among the deepest.
+    db.enqueue(
+        (0..3)
+            .map(|i| job("billing", "herald.noop", json!({ "i": i })))
+            .collect(),
+    )
+    .await;
+    queue::stats::publish(&db.pool, "test:1").await.unwrap();
+    // Then 120 invented queues of five jobs each push it out of the hundred.
+    let invented: Vec<_> = (0..120)
+        .flat_map(|q| {
+            (0..5).map(move |i| job(&format!("invented-{q}"), "herald.noop", json!({ "i": i })))
+        })
+        .collect();
+    db.enqueue(invented).await;
+    queue::stats::publish(&db.pool, "test:1").await.unwrap();
+
+    let rows = queue::stats::read(&db.pool).await.unwrap();
+    assert_eq!(rows.len() as i64, queue::stats::MAX_QUEUES + 1);
+    assert!(
+        rows.iter().all(|r| r.queue != "billing"),
+        "billing is in the sum"
+    );
+    let other = rows
+        .iter()
+        .find(|r| r.queue == queue::stats::OTHER_QUEUES)
+        .expect("the sum of the rest");
+    // 20 invented queues of five, and billing's three.
+    assert_eq!(other.available, 20 * 5 + 3);
+    assert!(other.oldest_available_secs.is_some());
+    let zeroed = scalar_i64(
+        &db.pool,
+        "SELECT count(*) FROM herald_queue_stats WHERE available = 0 AND scheduled = 0 AND running = 0",
+    )
+    .await;
+    assert_eq!(zeroed, 0, "no queue that holds jobs is published as empty");
+}
