@@ -152,6 +152,16 @@ pub struct Alert {
     pub notified: bool,
 }
 
+/// Every alert on record (pending, firing, and resolved within the last day), for `herald status`.
+pub async fn list(pool: &PgPool) -> Result<Vec<Alert>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT rule, subject, state, summary, since, fired_at, resolved_at, notified FROM herald_alerts \
+         ORDER BY state = 'resolved', rule, subject LIMIT 1000",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Moves each row by what holds now (`holding`), then sends what has not been sent. Returns the notifications
 /// sent, as (rule, subject, state).
 pub async fn evaluate(

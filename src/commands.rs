@@ -668,6 +668,8 @@ struct FleetStatus {
     circuits: Vec<herald::channels::circuits::CircuitRecord>,
     bridge: Vec<herald::bridge::StoredOffset>,
     schedules: Vec<herald::clock::schedules::ScheduleTick>,
+    /// herald's alerts about itself: firing and pending, then resolved in the last day.
+    alerts: Vec<herald::alerts::Alert>,
 }
 
 pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<()> {
@@ -729,6 +731,7 @@ async fn fleet_status(pool: &PgPool) -> anyhow::Result<FleetStatus> {
         circuits: herald::channels::circuits::list(pool).await?,
         bridge: herald::bridge::stored_offsets(pool).await?,
         schedules: herald::clock::schedules::last_ticks(pool).await?,
+        alerts: herald::alerts::list(pool).await?,
     })
 }
 
@@ -809,6 +812,25 @@ fn print_status(status: &FleetStatus) {
                 .next_offset
                 .map_or_else(|| "-".into(), |o| o.to_string()),
             offset.idle_secs
+        );
+    }
+    println!("\nALERTS");
+    if status.alerts.is_empty() {
+        println!("  none");
+    }
+    for alert in &status.alerts {
+        let when = match alert.state.as_str() {
+            "resolved" => alert.resolved_at.map(ago),
+            "firing" => alert.fired_at.map(ago),
+            _ => Some(ago(alert.since)),
+        };
+        println!(
+            "  {:<9} {:<14} {:<20} {}  {}",
+            alert.state.to_uppercase(),
+            alert.rule,
+            alert.subject,
+            when.unwrap_or_default(),
+            alert.summary
         );
     }
     println!("\nCLOCK (schedules)");

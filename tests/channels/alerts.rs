@@ -135,6 +135,12 @@ async fn a_queue_behind_alert_fires_once_retries_a_refused_send_and_clears_once(
         evaluate().await.is_empty(),
         "still firing: nothing new to say"
     );
+    let listed = herald::alerts::list(&db.pool).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].state.as_str(), listed[0].notified),
+        ("firing", true)
+    );
     let sent = recorder.to("ops");
     assert_eq!(sent.len(), 1);
     assert!(sent[0].content["subject"].contains("FIRING: queue_behind reports"));

@@ -353,6 +353,7 @@ async fn herald_status_shows_the_workers_and_the_queues() {
         .unwrap_or_else(|| panic!("no status-q in {status}"));
     assert_eq!(queue[0]["scheduled"], json!(3));
     assert_eq!(queue[0]["available"], json!(0));
+    assert_eq!(status["alerts"], json!([]), "no alert on a quiet fleet");
     worker.kill().await.unwrap();
 }
 
