@@ -170,7 +170,8 @@ pub async fn evaluate(
     settings: &AlertSettings,
     holding: &[Condition],
 ) -> Result<Vec<(String, String, String)>, AlertError> {
-    let mut tx = pool.begin().await?;
+    // Under the batch writers' deadline: a lock held elsewhere cannot hold the evaluator forever.
+    let mut tx = crate::db::begin_bounded(pool, &[]).await?;
     let rows: Vec<Alert> = sqlx::query_as(
         "SELECT rule, subject, state, summary, since, fired_at, resolved_at, notified FROM herald_alerts \
          ORDER BY rule, subject FOR UPDATE",
@@ -356,16 +357,20 @@ pub async fn run(
         0,
         (settings.every * 3).max(Duration::from_secs(10)),
     );
+    // One pass may not outlast a minute (reads stuck behind a lock, a provider that never answers): the next
+    // pass starts over.
+    let pass_limit = Duration::from_secs(60);
     loop {
         if lock.hold(&pool).await {
-            let outcome = match conditions(&pool, &settings).await {
-                Ok(holding) => evaluate(&pool, &channels, &settings, &holding).await,
-                Err(error) => Err(error),
+            let pass = async {
+                let holding = conditions(&pool, &settings).await?;
+                evaluate(&pool, &channels, &settings, &holding).await
             };
-            match outcome {
-                Ok(sent) if !sent.is_empty() => tracing::info!(?sent, "alerts sent"),
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "evaluating alerts failed"),
+            match tokio::time::timeout(pass_limit, pass).await {
+                Ok(Ok(sent)) if !sent.is_empty() => tracing::info!(?sent, "alerts sent"),
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "evaluating alerts failed"),
+                Err(_) => tracing::warn!("evaluating alerts took over a minute; abandoned"),
             }
         }
         tokio::select! {

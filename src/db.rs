@@ -201,11 +201,13 @@ impl SessionLock {
 /// The reason if not (for `/readyz`).
 pub async fn readiness(pool: &PgPool) -> Result<(), String> {
     let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
-    let applied: Option<i64> =
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
-            .await
-            .map_err(|e| format!("database unavailable: {e}"))?;
+    // A probe must answer, not wait: a database that does not answer in 5 s is not ready.
+    let query = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(pool);
+    let applied: Option<i64> = tokio::time::timeout(std::time::Duration::from_secs(5), query)
+        .await
+        .map_err(|_| "database unavailable: no answer in 5 s".to_string())?
+        .map_err(|e| format!("database unavailable: {e}"))?;
     if applied.unwrap_or(0) < expected {
         return Err(format!(
             "migrations pending: database at {applied:?}, binary at {expected}"

@@ -256,7 +256,7 @@ pub async fn finished_per_queue(
 ) -> Result<Vec<(String, i64)>, QueueError> {
     Ok(sqlx::query_as(
         "SELECT queue, count(*) FROM herald_job_history \
-         WHERE finished_at > now() - make_interval(secs => $1) GROUP BY queue ORDER BY queue",
+         WHERE finished_at > now() - make_interval(secs => $1) GROUP BY queue ORDER BY queue LIMIT 1000",
     )
     .bind(secs as f64)
     .fetch_all(pool)

@@ -25,7 +25,8 @@ pub const MAX_QUEUES: i64 = 100;
 /// The row that sums every queue beyond the [`MAX_QUEUES`] deepest (parentheses: no queue name can hold them).
 pub const OTHER_QUEUES: &str = "(other)";
 
-/// Counts per queue and state: the [`MAX_QUEUES`] deepest queues by name, the rest summed under [`OTHER_QUEUES`].
+/// Counts per queue and state: the [`MAX_QUEUES`] deepest queues by name, the rest summed under [`OTHER_QUEUES`]
+/// (always present, so the freshest `computed_at` says when the fleet last counted).
 /// A queue that holds no job at all keeps a row of zeros for an hour, then goes; a queue that still holds jobs but
 /// fell out of the deepest is counted in the sum. $1 who computes, $2 the most queues.
 const PUBLISH: &str = "
@@ -40,8 +41,11 @@ WITH every_queue AS (
 ), counts AS (
     SELECT queue, available, scheduled, running, oldest_available_at FROM every_queue WHERE rank <= $2
     UNION ALL
-    SELECT '(other)', sum(available), sum(scheduled), sum(running), min(oldest_available_at)
-    FROM every_queue WHERE rank > $2 HAVING count(*) > 0
+    -- Always written, zeros included: its `computed_at` is the fleet's proof that someone counts, even when no
+    -- queue holds a job (an idle fleet's counts are fresh, not missing).
+    SELECT '(other)', coalesce(sum(available), 0), coalesce(sum(scheduled), 0), coalesce(sum(running), 0),
+           min(oldest_available_at)
+    FROM every_queue WHERE rank > $2
 ), emptied AS (
     UPDATE herald_queue_stats s
     SET available = 0, scheduled = 0, running = 0, oldest_available_at = NULL, computed_at = now(),
@@ -145,7 +149,11 @@ pub async fn run(pool: PgPool, every: Duration, shutdown: CancellationToken) {
         if leader && let Err(error) = publish(&pool, &me).await {
             tracing::warn!(%error, "publishing queue stats failed");
         }
-        match read(&pool).await {
+        // A read stuck behind a lock must not stop the gauges' age from growing.
+        match tokio::time::timeout(Duration::from_secs(5), read(&pool))
+            .await
+            .unwrap_or_else(|_| Err(sqlx::Error::Protocol("no answer in 5 s".into())))
+        {
             Ok(rows) => {
                 export(&rows);
                 // When the counts were made, on this process's clock (the freshest row's age at reading).

@@ -89,135 +89,125 @@ async fn a_provider_down_alert_fires_once_and_clears_once_through_slack() {
     }
 }
 
+/// The alert state machine driven by hand: a recording channel, and the published depth of one queue, `reports`.
+struct Evaluator {
+    db: TestDb,
+    settings: herald::alerts::AlertSettings,
+    recorder: std::sync::Arc<crate::common::flows::Recorder>,
+    channels: herald::channels::Channels,
+}
+
+impl Evaluator {
+    async fn new() -> Self {
+        let recorder = std::sync::Arc::new(crate::common::flows::Recorder::default());
+        let mut settings = crate::common::settings().alerts;
+        settings.to = "ops".into();
+        settings.oldest_available = Duration::from_secs(300);
+        Self {
+            db: TestDb::new().await,
+            settings,
+            channels: herald::channels::Channels::uniform(recorder.clone()),
+            recorder,
+        }
+    }
+
+    /// Publishes `reports` with `available` jobs, its oldest due ten minutes ago (`behind`) or just now.
+    async fn reports(&self, available: i64, behind: bool) {
+        sqlx::query(
+            "INSERT INTO herald_queue_stats (queue, available, scheduled, running, oldest_available_at, \
+             computed_at, computed_by, last_seen_at) \
+             VALUES ('reports', $1, 0, 0, now() - CASE WHEN $2 THEN interval '10 minutes' ELSE interval '0' END, \
+                     now(), 'test:1', now()) \
+             ON CONFLICT (queue) DO UPDATE SET available = excluded.available, \
+                 oldest_available_at = excluded.oldest_available_at",
+        )
+        .bind(available)
+        .bind(behind)
+        .execute(&self.db.pool)
+        .await
+        .unwrap();
+    }
+
+    /// One pass: the conditions that hold, then the transitions and sends; the notifications sent.
+    async fn evaluate(&self) -> Vec<(String, String, String)> {
+        let holding = herald::alerts::conditions(&self.db.pool, &self.settings)
+            .await
+            .unwrap();
+        herald::alerts::evaluate(&self.db.pool, &self.channels, &self.settings, &holding)
+            .await
+            .unwrap()
+    }
+
+    /// The subjects of the messages sent, in order.
+    fn subjects(&self) -> Vec<String> {
+        self.recorder
+            .to("ops")
+            .iter()
+            .map(|m| m.content["subject"].clone())
+            .collect()
+    }
+}
+
+fn sent(state: &str) -> [(String, String, String); 1] {
+    [("queue_behind".into(), "reports".into(), state.into())]
+}
+
 /// The state machine on its own, with a recording channel: a queue behind fires at once (no hold), stays quiet
 /// while it keeps firing, retries a notification the channel refused, and clears once.
 #[tokio::test]
 async fn a_queue_behind_alert_fires_once_retries_a_refused_send_and_clears_once() {
-    use crate::common::flows::{Behaviour, Recorder};
-    use herald::channels::Channels;
-    use std::sync::Arc;
+    use crate::common::flows::Behaviour;
 
-    let db = TestDb::new().await;
-    let mut settings = crate::common::settings().alerts;
-    settings.to = "ops".into();
-    settings.oldest_available = Duration::from_secs(300);
-    let recorder = Arc::new(Recorder::default());
-    let channels = Channels::uniform(recorder.clone());
-    // The published depth of a queue whose oldest job has been due for ten minutes.
-    sqlx::query(
-        "INSERT INTO herald_queue_stats (queue, available, scheduled, running, oldest_available_at, computed_at, \
-                                        computed_by, last_seen_at) \
-         VALUES ('reports', 42, 0, 0, now() - interval '10 minutes', now(), 'test:1', now())",
-    )
-    .execute(&db.pool)
-    .await
-    .unwrap();
-    let evaluate = || async {
-        let holding = herald::alerts::conditions(&db.pool, &settings)
-            .await
-            .unwrap();
-        herald::alerts::evaluate(&db.pool, &channels, &settings, &holding)
-            .await
-            .unwrap()
-    };
+    let alerts = Evaluator::new().await;
+    alerts.reports(42, true).await;
 
-    recorder.behave("ops", Behaviour::FailTimes(1));
+    alerts.recorder.behave("ops", Behaviour::FailTimes(1));
     assert!(
-        evaluate().await.is_empty(),
+        alerts.evaluate().await.is_empty(),
         "the channel refused the first send"
     );
-    let fired = evaluate().await;
-    assert_eq!(
-        fired,
-        [("queue_behind".into(), "reports".into(), "firing".into())]
-    );
+    assert_eq!(alerts.evaluate().await, sent("firing"));
     assert!(
-        evaluate().await.is_empty(),
+        alerts.evaluate().await.is_empty(),
         "still firing: nothing new to say"
     );
-    let listed = herald::alerts::list(&db.pool).await.unwrap();
+    let listed = herald::alerts::list(&alerts.db.pool).await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(
         (listed[0].state.as_str(), listed[0].notified),
         ("firing", true)
     );
-    let sent = recorder.to("ops");
-    assert_eq!(sent.len(), 1);
-    assert!(sent[0].content["subject"].contains("FIRING: queue_behind reports"));
-    assert!(sent[0].content["body"].contains("42 jobs available"));
+    let messages = alerts.recorder.to("ops");
+    assert_eq!(messages.len(), 1);
+    assert!(messages[0].content["subject"].contains("FIRING: queue_behind reports"));
+    assert!(messages[0].content["body"].contains("42 jobs available"));
 
-    sqlx::query("UPDATE herald_queue_stats SET oldest_available_at = now()")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let cleared = evaluate().await;
-    assert_eq!(
-        cleared,
-        [("queue_behind".into(), "reports".into(), "resolved".into())]
-    );
-    assert!(evaluate().await.is_empty());
-    assert_eq!(recorder.to("ops").len(), 2);
+    alerts.reports(42, false).await;
+    assert_eq!(alerts.evaluate().await, sent("resolved"));
+    assert!(alerts.evaluate().await.is_empty());
+    assert_eq!(alerts.recorder.to("ops").len(), 2);
 }
 
 /// A RESOLVED that could not be sent is sent before the alert may fire again: the operator never sees FIRING,
 /// FIRING without the RESOLVED between them.
 #[tokio::test]
 async fn an_unsent_resolve_goes_out_before_the_alert_fires_again() {
-    use crate::common::flows::{Behaviour, Recorder};
-    use herald::channels::Channels;
-    use std::sync::Arc;
+    use crate::common::flows::Behaviour;
 
-    let db = TestDb::new().await;
-    let mut settings = crate::common::settings().alerts;
-    settings.to = "ops".into();
-    settings.oldest_available = Duration::from_secs(300);
-    let recorder = Arc::new(Recorder::default());
-    let channels = Channels::uniform(recorder.clone());
-    let behind = |late: bool| {
-        let sql = if late {
-            "INSERT INTO herald_queue_stats (queue, available, scheduled, running, oldest_available_at, \
-             computed_at, computed_by, last_seen_at) \
-             VALUES ('reports', 7, 0, 0, now() - interval '10 minutes', now(), 'test:1', now()) \
-             ON CONFLICT (queue) DO UPDATE SET oldest_available_at = excluded.oldest_available_at"
-        } else {
-            "UPDATE herald_queue_stats SET oldest_available_at = now()"
-        };
-        sqlx::query(sql).execute(&db.pool)
-    };
-    let evaluate = || async {
-        let holding = herald::alerts::conditions(&db.pool, &settings)
-            .await
-            .unwrap();
-        herald::alerts::evaluate(&db.pool, &channels, &settings, &holding)
-            .await
-            .unwrap()
-    };
-    let states = || {
-        recorder
-            .to("ops")
-            .iter()
-            .map(|m| m.content["subject"].clone())
-            .collect::<Vec<_>>()
-    };
-
-    behind(true).await.unwrap();
-    evaluate().await;
-    behind(false).await.unwrap();
-    recorder.behave("ops", Behaviour::FailTimes(1));
-    assert!(evaluate().await.is_empty(), "the RESOLVED was refused");
-    behind(true).await.unwrap();
+    let alerts = Evaluator::new().await;
+    alerts.reports(7, true).await;
+    alerts.evaluate().await;
+    alerts.reports(7, false).await;
+    alerts.recorder.behave("ops", Behaviour::FailTimes(1));
+    assert!(
+        alerts.evaluate().await.is_empty(),
+        "the RESOLVED was refused"
+    );
+    alerts.reports(7, true).await;
     // Behind again: the pending RESOLVED goes out first; the new episode starts on the next evaluation.
-    let sent = evaluate().await;
-    assert_eq!(
-        sent,
-        [("queue_behind".into(), "reports".into(), "resolved".into())]
-    );
-    let sent = evaluate().await;
-    assert_eq!(
-        sent,
-        [("queue_behind".into(), "reports".into(), "firing".into())]
-    );
-    let subjects = states();
+    assert_eq!(alerts.evaluate().await, sent("resolved"));
+    assert_eq!(alerts.evaluate().await, sent("firing"));
+    let subjects = alerts.subjects();
     assert_eq!(subjects.len(), 3, "{subjects:?}");
     assert!(
         subjects[0].contains("FIRING")

@@ -362,6 +362,15 @@ async fn herald_status_shows_the_workers_and_the_queues() {
 #[tokio::test]
 async fn queues_beyond_the_deepest_hundred_are_summed_not_hidden() {
     let db = TestDb::new().await;
+    // An idle fleet still publishes: the sum row, zeros, fresh (its age is what says someone counts).
+    queue::stats::publish(&db.pool, "test:1").await.unwrap();
+    let idle = queue::stats::read(&db.pool).await.unwrap();
+    assert_eq!(idle.len(), 1);
+    assert_eq!(
+        (idle[0].queue.as_str(), idle[0].available),
+        (queue::stats::OTHER_QUEUES, 0)
+    );
+    assert!(idle[0].age_secs < 5.0);
     // A real queue with three jobs due, published while it is among the deepest.
     db.enqueue(
         (0..3)
