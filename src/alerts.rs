@@ -1,5 +1,6 @@
 //! Alerts herald raises about itself, sent through its own channels (a chat room, an email address): a provider
-//! whose circuit stays open, a queue whose oldest job waits too long.
+//! whose circuit stays open, a queue whose oldest job waits too long, a queue dead-lettering jobs, a Kafka
+//! partition the bridge is behind on, a clock schedule whose job fails.
 //!
 //! One process of the fleet evaluates the rules at a time (the holder of a session advisory lock, as for the
 //! queue stats), every `alerts.every_secs`. Each rule and subject (a provider, a queue) has a row in
@@ -44,6 +45,12 @@ pub struct AlertSettings {
     /// A queue whose oldest available job has been due this long fires `queue_behind` (0: off).
     #[serde(rename = "oldest_available_secs", deserialize_with = "setting::secs")]
     pub oldest_available: Duration,
+    /// A queue that dead-lettered more than this many jobs in the last minute fires `dead_letters` (0: off).
+    pub dead_letters_per_minute: i64,
+    /// A Kafka partition whose lag (as of its last stored batch) passed this fires `bridge_behind` (0: off).
+    pub bridge_lag_messages: i64,
+    /// A schedule whose latest tick could not fire, or whose job is failing, fires `clock_failing`.
+    pub clock_failing: bool,
 }
 
 impl AlertSettings {
@@ -56,6 +63,17 @@ impl AlertSettings {
         }
         if !self.to.trim().is_empty() {
             setting::positive("alerts.every_secs", self.every)?;
+        }
+        for (name, value) in [
+            (
+                "alerts.dead_letters_per_minute",
+                self.dead_letters_per_minute,
+            ),
+            ("alerts.bridge_lag_messages", self.bridge_lag_messages),
+        ] {
+            if value < 0 {
+                return Err(InvalidSetting::new(name, "must be 0 (off) or more"));
+            }
         }
         Ok(())
     }
@@ -75,7 +93,8 @@ pub struct Condition {
     pub hold_for: Duration,
 }
 
-/// The conditions that hold now: providers whose circuit is open on a live worker, queues behind.
+/// The conditions that hold now: providers whose circuit is open on a live worker, queues behind, queues
+/// dead-lettering, bridge partitions behind, failing schedules.
 pub async fn conditions(
     pool: &PgPool,
     settings: &AlertSettings,
@@ -128,6 +147,48 @@ pub async fn conditions(
             }
         }
     }
+    if settings.dead_letters_per_minute > 0 {
+        let window = Duration::from_secs(60);
+        for (queue, count) in crate::queue::admin::recent_dead_letters(pool, window).await? {
+            if count > settings.dead_letters_per_minute {
+                found.push(Condition {
+                    rule: "dead_letters",
+                    summary: format!(
+                        "queue {queue}: {count} jobs dead-lettered in the last minute (more than {})",
+                        settings.dead_letters_per_minute
+                    ),
+                    subject: queue,
+                    hold_for: Duration::ZERO,
+                });
+            }
+        }
+    }
+    if settings.bridge_lag_messages > 0 {
+        for offset in crate::bridge::stored_offsets(pool).await? {
+            let Some(lag) = offset.lag.filter(|lag| *lag > settings.bridge_lag_messages) else {
+                continue;
+            };
+            found.push(Condition {
+                rule: "bridge_behind",
+                summary: format!(
+                    "group {} on {}[{}]: {lag} messages behind when it last stored a batch, {:.0}s ago",
+                    offset.group_id, offset.topic, offset.partition, offset.idle_secs
+                ),
+                subject: format!("{}/{}/{}", offset.group_id, offset.topic, offset.partition),
+                hold_for: Duration::ZERO,
+            });
+        }
+    }
+    if settings.clock_failing {
+        for (schedule, why) in crate::clock::schedules::failing(pool).await? {
+            found.push(Condition {
+                rule: "clock_failing",
+                summary: format!("schedule {schedule}: {why}"),
+                subject: schedule,
+                hold_for: Duration::ZERO,
+            });
+        }
+    }
     Ok(found)
 }
 
@@ -137,6 +198,8 @@ pub enum AlertError {
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
+    #[error(transparent)]
+    Clock(#[from] crate::clock::ClockError),
 }
 
 /// A row of `herald_alerts`.

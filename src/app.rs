@@ -172,9 +172,13 @@ impl App {
     pub fn publish_queue_stats(&self, shutdown: &CancellationToken) {
         let every = self.settings.metrics.queue_stats;
         if !every.is_zero() {
+            // The workflows' waiting runs are counted by the same leader, once per fleet.
+            let fleet_gauges: Vec<Box<dyn crate::queue::stats::FleetGauge>> =
+                vec![Box::new(crate::workflow::metrics::WaitingRuns)];
             tokio::spawn(crate::queue::stats::run(
                 self.pool.clone(),
                 every,
+                fleet_gauges,
                 shutdown.clone(),
             ));
         }
@@ -328,6 +332,8 @@ fn process_metrics(settings: &Settings, pool: &PgPool) -> Result<Metrics, promet
         .chain([Box::new(process) as Box<dyn prometheus::core::Collector>])
         .chain(crate::queue::stats::all())
         .chain(crate::channels::metrics::all())
+        .chain(crate::workflow::metrics::all())
+        .chain(crate::clock::metrics::all())
         .chain(crate::bridge::metrics::all());
     let queues = settings
         .worker

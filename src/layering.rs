@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 const ALLOWED: &[(&str, &[&str])] = &[
     ("db", &["embedded_postgres", "setting"]),
     ("metrics", &["db", "setting"]),
-    ("alerts", &["channels", "queue", "db", "setting"]),
+    (
+        "alerts",
+        &["bridge", "channels", "clock", "queue", "db", "setting"],
+    ),
     ("dataset", &["partitions"]),
     (
         "queue",
@@ -35,12 +38,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "channels",
-        &["queue", "setting", "coalesce", "db", "dataset", "audit"],
+        &[
+            "queue", "setting", "coalesce", "db", "dataset", "audit", "metrics",
+        ],
     ),
     (
         "workflow",
         &[
-            "channels", "queue", "setting", "coalesce", "db", "dataset", "audit",
+            "channels", "queue", "setting", "coalesce", "db", "dataset", "audit", "metrics",
         ],
     ),
     (
@@ -62,6 +67,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "dataset",
             "partitions",
             "audit",
+            "metrics",
         ],
     ),
     (

@@ -23,7 +23,7 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     jobs_enqueued: IntCounterVec,
     /// The queue label values `jobs_enqueued` uses (see [`Metrics::job_enqueued`]).
-    queue_labels: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    queue_labels: std::sync::Arc<BoundedLabels>,
     /// Worker processes whose circuit for a provider is open now (read from the database at each scrape).
     pub provider_circuits_open: IntGaugeVec,
 }
@@ -79,8 +79,9 @@ impl Metrics {
             http_requests,
             http_duration,
             jobs_enqueued,
-            queue_labels: std::sync::Arc::new(std::sync::Mutex::new(
-                known_queues.into_iter().collect(),
+            queue_labels: std::sync::Arc::new(BoundedLabels::with_known(
+                MAX_QUEUE_LABELS,
+                known_queues,
             )),
             provider_circuits_open,
         })
@@ -90,15 +91,7 @@ impl Metrics {
     /// first [`MAX_QUEUE_LABELS`] names seen; else under `other`, so that clients cannot grow the registry without
     /// bound by inventing queue names.
     pub fn job_enqueued(&self, queue: &str) {
-        let named = {
-            let mut labels = self
-                .queue_labels
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            labels.contains(queue)
-                || (labels.len() < MAX_QUEUE_LABELS && labels.insert(queue.to_string()))
-        };
-        let label = if named { queue } else { "other" };
+        let label = self.queue_labels.label(queue);
         self.jobs_enqueued.with_label_values(&[label]).inc();
     }
 
@@ -107,6 +100,54 @@ impl Metrics {
         let mut buffer = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buffer);
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+/// A counter family for a module's `LazyLock` static. Names and labels are literals checked by the tests that
+/// render the registry, so a bad one is a programming error.
+pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"))
+}
+
+/// A gauge family, as [`counter_vec`].
+pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVec {
+    prometheus::GaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"))
+}
+
+/// The label values one metric may take from outside data (a queue name, a workflow name): the known ones, then
+/// the first values seen up to a maximum, then `other`. A client inventing names cannot grow the registry (and
+/// every scrape) without bound.
+pub struct BoundedLabels {
+    max: usize,
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl BoundedLabels {
+    pub fn new(max: usize) -> Self {
+        Self::with_known(max, std::iter::empty())
+    }
+
+    /// `known` values count toward `max` and are always used as they are.
+    pub fn with_known(max: usize, known: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            max,
+            seen: std::sync::Mutex::new(known.into_iter().collect()),
+        }
+    }
+
+    /// `value` itself if it is known or there is room for it, else `other`.
+    pub fn label<'a>(&self, value: &'a str) -> &'a str {
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if seen.contains(value) || (seen.len() < self.max && seen.insert(value.to_string())) {
+            value
+        } else {
+            "other"
+        }
     }
 }
 

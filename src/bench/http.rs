@@ -15,6 +15,7 @@
 //! The client runs in this process, on the same machine as the API and PostgreSQL, so it takes CPU from both, as
 //! wrk does; the per-key rate limit is raised out of the way (its default would answer 429).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,7 @@ use tokio::task::JoinSet;
 
 use crate::bench::channels::{Fake, serve_fake, tempdir_with_config};
 use crate::bench::workflows::{BenchProvider, ROOMS, bench_engine};
+use crate::bench::wrk::{self, WrkReport};
 use crate::bench::{BenchError, herald_process, scratch_database, stop_workers, worker_command};
 use herald::api::keys::{self, Scope};
 use herald::audit::Actor;
@@ -46,6 +48,9 @@ pub struct HttpBenchArgs {
     /// Runs started in the phase to the provider.
     #[arg(long, default_value_t = 2_000)]
     pub provider_runs: usize,
+    /// Skip the wrk phase even when wrk is installed.
+    #[arg(long)]
+    pub no_wrk: bool,
     /// Name of the scratch database (dropped and re-created).
     #[arg(long, default_value = "herald_bench_http")]
     pub database: String,
@@ -70,6 +75,8 @@ pub struct TriggerReport {
     pub fixed_rate_latency: Latency,
     /// The rate the fixed-rate phase reached (below `--rate` only if the client fell behind).
     pub fixed_rate_req_per_s: f64,
+    /// wrk's closed loop (2 threads, `--connections`), when wrk is installed: the issue's throughput figure.
+    pub wrk: Option<WrkReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -97,6 +104,23 @@ impl Trigger {
         match self {
             Trigger::Runs => "/v1/workflows/bench/runs",
             Trigger::Events => "/v1/events",
+        }
+    }
+
+    /// The body of wrk's requests, for `wrk::post` (thread, counter, counter modulo `wrk_modulo`).
+    fn wrk_body(self) -> &'static str {
+        match self {
+            Trigger::Runs => r#"{"data":{"user":"wrk%d-%d","room":"room%d"}}"#,
+            Trigger::Events => {
+                r#"{"id":"wrk%d-%d","name":"bench.event","key":"key%d","payload":{"n":1}}"#
+            }
+        }
+    }
+
+    fn wrk_modulo(self) -> usize {
+        match self {
+            Trigger::Runs => ROOMS,
+            Trigger::Events => 1_000,
         }
     }
 
@@ -182,8 +206,9 @@ pub async fn run(settings: &Settings, args: HttpBenchArgs) -> Result<(), BenchEr
     stop_workers(vec![worker]).await;
     let (run_answer, run_to_provider) = (run_answer?, run_to_provider?);
 
-    let runs = trigger_phases(&api, Trigger::Runs, &args).await;
-    let events = trigger_phases(&api, Trigger::Events, &args).await;
+    let wrk_dir = config.path().to_path_buf();
+    let runs = trigger_phases(&api, Trigger::Runs, &args, &wrk_dir).await;
+    let events = trigger_phases(&api, Trigger::Events, &args, &wrk_dir).await;
     // SIGTERM, as an operator stops it: it drains.
     stop_workers(vec![api_process]).await;
     pool.close().await;
@@ -294,6 +319,7 @@ async fn trigger_phases(
     api: &Arc<Api>,
     trigger: Trigger,
     args: &HttpBenchArgs,
+    wrk_dir: &Path,
 ) -> Result<TriggerReport, BenchError> {
     let requests = (u64::from(args.rate) * args.seconds) as usize;
     let started = Instant::now();
@@ -306,7 +332,33 @@ async fn trigger_phases(
         Duration::from_secs(args.seconds),
     )
     .await?;
+    let wrk = if args.no_wrk || !wrk::available() {
+        None
+    } else {
+        let url = format!("{}{}", api.base, trigger.path());
+        let (dir, key, seconds, connections) = (
+            wrk_dir.to_path_buf(),
+            api.key.clone(),
+            args.seconds,
+            args.connections,
+        );
+        let measured = tokio::task::spawn_blocking(move || {
+            wrk::post(
+                &dir,
+                &url,
+                &key,
+                trigger.wrk_body(),
+                trigger.wrk_modulo(),
+                seconds,
+                connections,
+            )
+        })
+        .await
+        .map_err(|e| BenchError::Failed(e.to_string()))??;
+        Some(measured)
+    };
     Ok(TriggerReport {
+        wrk,
         throughput_req_per_s: closed.latencies.len() as f64 / closed.elapsed.as_secs_f64(),
         throughput_latency: latency(closed.latencies),
         failed_requests: fixed.failed + closed.failed,
@@ -457,6 +509,17 @@ fn print_report(report: &HttpBenchReport, args: &HttpBenchArgs) {
             trigger.throughput_req_per_s, report.connections, trigger.failed_requests
         );
         line("closed loop", &trigger.throughput_latency);
+        match &trigger.wrk {
+            Some(wrk) => println!(
+                "  {:<38} {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} not 2xx",
+                format!("wrk, 2 threads x {} connections", report.connections),
+                wrk.req_per_s,
+                wrk.p50_ms,
+                wrk.p99_ms,
+                wrk.non_2xx
+            ),
+            None => println!("  wrk: not run (not installed, or --no-wrk)"),
+        }
         line(
             &format!(
                 "at {:.0} req/s (from due time)",

@@ -22,6 +22,7 @@ pub mod http;
 pub mod retention;
 pub mod soak;
 pub mod workflows;
+pub mod wrk;
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};

@@ -533,15 +533,24 @@ impl BridgeContext {
             .map(|e| (e.topic().to_string(), e.partition()))
             .collect();
         drop(assignment);
+        let mut ends = Vec::with_capacity(partitions.len());
         for (topic, partition) in partitions {
             let key = (topic.clone(), partition);
             let high = lock(&self.high_watermarks).get(&key).copied().unwrap_or(0);
             let seen_end = lock(&self.seen).get(&key).map_or(0, |seen| seen + 1);
             let stored = lock(&self.stored).get(&key).copied().unwrap_or(0);
-            let lag = high.max(seen_end).saturating_sub(stored).max(0);
+            let end = high.max(seen_end);
+            let lag = end.saturating_sub(stored).max(0);
             metrics::LAG
                 .with_label_values(&[&topic, &partition.to_string()])
                 .set(lag);
+            if end > 0 {
+                ends.push((topic, partition, end));
+            }
+        }
+        // The fleet's alert evaluator reads the lag from the database, not from this process.
+        if let Err(error) = self.runtime.block_on(self.writer.record_ends(&ends)) {
+            tracing::debug!(%error, "could not record the partitions' ends");
         }
     }
 }

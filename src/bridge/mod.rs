@@ -154,6 +154,8 @@ pub struct StoredOffset {
     pub topic: String,
     pub partition: i32,
     pub next_offset: Option<i64>,
+    /// Messages behind the end of the partition when the last batch was stored (NULL until known).
+    pub lag: Option<i64>,
     /// Seconds since the offset last moved.
     pub idle_secs: f64,
 }
@@ -161,7 +163,7 @@ pub struct StoredOffset {
 /// Every group's stored offsets (at most 1,000 partitions), for `herald status`.
 pub async fn stored_offsets(pool: &sqlx::PgPool) -> Result<Vec<StoredOffset>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT group_id, topic, partition, next_offset, \
+        "SELECT group_id, topic, partition, next_offset, greatest(end_offset - next_offset, 0) AS lag, \
                 extract(epoch FROM now() - updated_at)::float8 AS idle_secs \
          FROM herald_bridge_offsets ORDER BY group_id, topic, partition LIMIT 1000",
     )

@@ -28,6 +28,16 @@ FROM UNNEST($2::text[], $3::integer[], $4::bigint[]) AS t(topic, partition, next
 WHERE o.group_id = $1 AND o.topic = t.topic AND o.partition = t.partition
 "#;
 
+/// How far each partition reaches (the broker's end as the bridge knows it), for the `bridge_behind` alert. Rows
+/// not created yet (nothing stored on the partition) are left alone; an unchanged end is not rewritten.
+pub const RECORD_ENDS: &str = r#"
+UPDATE herald_bridge_offsets o
+SET end_offset = t.end_offset
+FROM UNNEST($2::text[], $3::integer[], $4::bigint[]) AS t(topic, partition, end_offset)
+WHERE o.group_id = $1 AND o.topic = t.topic AND o.partition = t.partition
+  AND o.end_offset IS DISTINCT FROM t.end_offset
+"#;
+
 /// Where to start each assigned partition (no row, or a NULL one: nothing consumed yet).
 pub const READ_OFFSETS: &str = r#"
 SELECT topic, partition, next_offset

@@ -107,6 +107,29 @@ impl BatchWriter {
         Ok(outcome)
     }
 
+    /// Records how far each partition reaches, for the lag the `bridge_behind` alert reads. Called from the
+    /// consuming thread every few seconds, so it gives up fast (a lock held elsewhere, a slow database): the next
+    /// call tries again.
+    pub async fn record_ends(&self, ends: &[(String, i32, i64)]) -> Result<(), BridgeError> {
+        if ends.is_empty() {
+            return Ok(());
+        }
+        let mut tx = crate::db::begin_bounded(
+            &self.pool,
+            &["lock_timeout TO '1s'", "statement_timeout TO '2s'"],
+        )
+        .await?;
+        sqlx::query(sql::RECORD_ENDS)
+            .bind(&self.group)
+            .bind(ends.iter().map(|(t, _, _)| t.as_str()).collect::<Vec<_>>())
+            .bind(ends.iter().map(|(_, p, _)| *p).collect::<Vec<_>>())
+            .bind(ends.iter().map(|(_, _, e)| *e).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Writes a batch the database refused (a value Postgres cannot store that routing did not catch) one
     /// message at a time, dead-lettering each message the database refuses on its own. Order is kept, so every
     /// partition's offset still only moves forward.

@@ -137,7 +137,11 @@ impl ProviderChain {
         for name in self.order_for(message) {
             match send.try_provider(name).await {
                 Step::Done(result) => return send.finish(result),
-                Step::FallBack => continue,
+                Step::FallBack => {
+                    super::metrics::FALLBACKS
+                        .with_label_values(&[message.channel.as_str(), name])
+                        .inc();
+                }
             }
         }
         let reasons: Vec<String> = send
@@ -218,10 +222,14 @@ impl ChainSend<'_> {
                 return Step::FallBack;
             }
             let limits = &self.fleet.limits;
-            if let Err(WaitTooLong(wait)) = limits
+            let asked = Instant::now();
+            let permit = limits
                 .acquire(name, destination.as_deref(), self.deadline)
-                .await
-            {
+                .await;
+            super::metrics::RATE_LIMIT_WAIT_SECONDS
+                .with_label_values(&[name])
+                .observe(asked.elapsed().as_secs_f64());
+            if let Err(WaitTooLong(wait)) = permit {
                 self.skip(name, "no rate permit in time", Some(wait));
                 return self.rate_limited_step(wait);
             }
@@ -464,7 +472,16 @@ mod tests {
         let first = Scripted::new("sendgrid", vec![Outcome::config("401 bad key")]);
         let second = Scripted::new("ses", vec![]);
         let chain = chain(&[first.clone(), second.clone()], true);
+        let fallbacks = || {
+            let channel = message().channel;
+            crate::channels::metrics::FALLBACKS
+                .with_label_values(&[channel.as_str(), "sendgrid"])
+                .get()
+        };
+        let before = fallbacks();
         assert_eq!(chain.send(&message()).await.result.unwrap().provider, "ses");
+        // Other tests of this binary may count too: at least this send's fallback.
+        assert!(fallbacks() > before, "the fallback is counted");
         let report = chain.send(&message()).await;
         assert_eq!(report.result.unwrap().provider, "ses");
         assert_eq!(

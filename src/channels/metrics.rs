@@ -29,10 +29,36 @@ pub static PROVIDER_CALL_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
 });
 
+/// Time spent waiting for a fleet-wide rate permit before a provider call, by provider (every call observes it,
+/// zero included, so the count is calls that asked and the sum the total wait).
+pub static RATE_LIMIT_WAIT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    HistogramVec::new(
+        HistogramOpts::new(
+            "provider_rate_limit_wait_seconds",
+            "Wait for a rate permit before a provider call",
+        )
+        .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        &["provider"],
+    )
+    .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
+});
+
+/// A provider passed a message on to the next one of its chain (or the chain ended): circuit open, no rate
+/// permit in time, a configuration error, or transient failures past its attempts. By channel and provider.
+pub static FALLBACKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    crate::metrics::counter_vec(
+        "provider_fallbacks_total",
+        "Messages a provider passed on to the next in its chain, by channel and provider",
+        &["channel", "provider"],
+    )
+});
+
 /// Every metric above, for the process's registry.
 pub fn all() -> Vec<Box<dyn Collector>> {
     vec![
         Box::new(PROVIDER_CALLS.clone()),
         Box::new(PROVIDER_CALL_SECONDS.clone()),
+        Box::new(RATE_LIMIT_WAIT_SECONDS.clone()),
+        Box::new(FALLBACKS.clone()),
     ]
 }

@@ -11,6 +11,7 @@
 //! each clock process: retries, leases, dead letters and the exactly-once tick all come from the queue.
 
 pub mod housekeeping;
+pub mod metrics;
 pub mod retention;
 pub mod rollups;
 pub mod schedules;

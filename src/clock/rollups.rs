@@ -394,6 +394,7 @@ async fn run_job(
     };
     let rebuilt = rebuild(pool, settings, day).await.map_err(as_job_error)?;
     let purged = purge(pool, settings, day).await.map_err(as_job_error)?;
+    super::metrics::succeeded("rollup");
     tracing::info!(
         day = %day, jobs = rebuilt.jobs, runs = rebuilt.runs, steps = rebuilt.steps,
         deliveries = rebuilt.deliveries, purged_days = purged, "daily rollup computed"

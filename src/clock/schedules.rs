@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ClockError;
 use crate::audit::{self, Actor};
-use crate::queue::{self, IdempotencyKey, JobDefaults, JobKind, NewJob, QueueName};
+use crate::queue::{self, IdempotencyKey, JobDefaults, JobKind, JobState, NewJob, QueueName};
 use crate::setting::InvalidSetting;
 use crate::workflow::{Engine, Started};
 
@@ -416,6 +416,12 @@ impl Ticker {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        super::metrics::TICKS
+            .with_label_values(&[&schedule.name, "fired"])
+            .inc_by(fired.len() as u64);
+        super::metrics::TICKS
+            .with_label_values(&[&schedule.name, "passed_over"])
+            .inc_by(passed_over);
         for made in &fired {
             tracing::info!(schedule = %made.schedule, tick = %made.tick, job = ?made.job_id, run = ?made.run_id,
                 "schedule fired");
@@ -611,6 +617,55 @@ pub async fn last_ticks(pool: &PgPool) -> Result<Vec<ScheduleTick>, sqlx::Error>
     )
     .fetch_all(pool)
     .await
+}
+
+/// The schedules whose latest tick is failing, with why: the tick could not fire (`last_error`), or the job it
+/// enqueued failed for good (dead-lettered) or is failing and being retried. For the `clock_failing` alert. A
+/// tick that started a workflow run is the run's business (its failures are the workflow's, not the clock's).
+pub async fn failing(pool: &PgPool) -> Result<Vec<(String, String)>, ClockError> {
+    let rows: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT name, last_error, last_job_id FROM herald_schedules WHERE NOT paused ORDER BY name LIMIT 1000",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut failing = Vec::new();
+    for (name, last_error, last_job) in rows {
+        if let Some(error) = last_error {
+            failing.push((name, format!("its latest tick could not fire: {error}")));
+            continue;
+        }
+        let Some(id) = last_job else {
+            continue;
+        };
+        let Some(job) = queue::admin::find_job(pool, id).await? else {
+            continue;
+        };
+        let last = job
+            .errors
+            .as_array()
+            .and_then(|errors| errors.last())
+            .and_then(|e| e.get("message"))
+            .and_then(|m| m.as_str())
+            .unwrap_or_default()
+            .to_string();
+        match job.state {
+            JobState::Dead => failing.push((
+                name,
+                format!("job {id} ({}) failed for good: {last}", job.kind),
+            )),
+            JobState::Available | JobState::Scheduled | JobState::Running if !last.is_empty() => {
+                failing.push((
+                    name,
+                    format!(
+                        "job {id} ({}) is failing, attempt {} of {}: {last}",
+                        job.kind, job.attempt, job.max_attempts
+                    ),
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(failing)
 }
 
 /// The schedules and their progress, in the order given.

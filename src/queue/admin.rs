@@ -142,6 +142,20 @@ impl JobRow {
     }
 }
 
+/// Jobs dead-lettered in the last `window`, per queue (the busiest first, at most 1,000 queues).
+pub async fn recent_dead_letters(
+    pool: &PgPool,
+    window: std::time::Duration,
+) -> Result<Vec<(String, i64)>, QueueError> {
+    Ok(sqlx::query_as(
+        "SELECT queue, count(*) FROM herald_dead_letters \
+         WHERE failed_at > now() - make_interval(secs => $1) GROUP BY queue ORDER BY count(*) DESC, queue LIMIT 1000",
+    )
+    .bind(window.as_secs_f64())
+    .fetch_all(pool)
+    .await?)
+}
+
 /// Looks a job up in the hot table, then in its history.
 pub async fn find_job(pool: &PgPool, id: JobId) -> Result<Option<JobView>, QueueError> {
     let live: Option<LiveJobRow> = sqlx::query_as(sql::LIVE_JOB)

@@ -134,8 +134,27 @@ fn identity() -> String {
     format!("{}:{}", host.to_string_lossy(), std::process::id())
 }
 
-/// Takes part in the election and refreshes this process's gauges every `every`, until `shutdown`.
-pub async fn run(pool: PgPool, every: Duration, shutdown: CancellationToken) {
+/// Another module's fleet-wide gauge (the workflows' waiting runs), counted by the same elected process right
+/// after the queue counts: one count per fleet per period, without an election of its own. Only the leader
+/// exports a value; the others read zero (take the max across processes).
+pub trait FleetGauge: Send + Sync {
+    /// Counts, under a statement deadline, and sets the gauge; logs a failure (the gauge keeps its last value).
+    fn refresh<'a>(
+        &'a self,
+        pool: &'a PgPool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+    /// This process stopped leading: its count is no longer current.
+    fn clear(&self);
+}
+
+/// Takes part in the election and refreshes this process's gauges every `every`, until `shutdown`; while
+/// leading, also refreshes `fleet_gauges`.
+pub async fn run(
+    pool: PgPool,
+    every: Duration,
+    fleet_gauges: Vec<Box<dyn FleetGauge>>,
+    shutdown: CancellationToken,
+) {
     let me = identity();
     let mut lock = SessionLock::new(LOCK_CLASS, 0, (every * 3).max(Duration::from_secs(10)));
     let mut leading = false;
@@ -145,9 +164,17 @@ pub async fn run(pool: PgPool, every: Duration, shutdown: CancellationToken) {
         if leader != leading {
             tracing::info!(leader, "queue-stats leadership changed");
             leading = leader;
+            if !leader {
+                fleet_gauges.iter().for_each(|gauge| gauge.clear());
+            }
         }
-        if leader && let Err(error) = publish(&pool, &me).await {
-            tracing::warn!(%error, "publishing queue stats failed");
+        if leader {
+            if let Err(error) = publish(&pool, &me).await {
+                tracing::warn!(%error, "publishing queue stats failed");
+            }
+            for gauge in &fleet_gauges {
+                gauge.refresh(&pool).await;
+            }
         }
         // A read stuck behind a lock must not stop the gauges' age from growing.
         match tokio::time::timeout(Duration::from_secs(5), read(&pool))

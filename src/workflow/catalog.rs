@@ -91,6 +91,13 @@ impl Catalog {
         &self,
         names: &[&str],
     ) -> Result<std::collections::HashMap<String, i32>, WorkflowError> {
+        if let [name] = names {
+            let version: Option<i32> = sqlx::query_scalar(sql::LATEST_VERSION)
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?;
+            return Ok(version.map(|v| (name.to_string(), v)).into_iter().collect());
+        }
         let rows: Vec<(String, i32)> = sqlx::query_as(sql::LATEST_VERSIONS)
             .bind(names)
             .fetch_all(&self.pool)

@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use super::definition::{self, DelaySpec, Node, NodeKind, Workflow};
 use super::expr;
 use super::inline::{self, Decision, RunId};
+use super::metrics::{self, RunsEnded};
 use super::runs::StepStatus;
 use super::steps::{FinishedStep, RunState};
 use super::{Engine, NodeJob, Phase, WorkflowError, sql};
@@ -92,23 +93,40 @@ impl Engine {
             return self.unrunnable(&job, JobError::permanent(message)).await;
         };
         let executed = self.execute(&job, &run, &workflow, node).await;
+        let kind = node.kind.name();
         let step = match executed {
             Ok(step) => step,
-            Err(error) => return self.node_failed(&job, node, &ctx, error).await,
+            Err(error) => {
+                let last =
+                    matches!(error, JobError::Permanent(_)) || ctx.attempt >= ctx.max_attempts;
+                metrics::node_executed(kind, if last { "failed" } else { "retried" });
+                return self.node_failed(&job, node, &ctx, error).await;
+            }
         };
         let from = if job.phase == Phase::Run {
             StepStatus::Pending
         } else {
             StepStatus::Waiting
         };
-        match step {
-            Step::Done(decision) => self.finish(job, from, run, &workflow, decision, None).await,
-            Step::Sent { decision, delivery } => {
-                (self.finish(job, from, run, &workflow, decision, Some(delivery))).await
-            }
-            Step::SuspendUntil(at) => self.suspend(&job, at).await.map_err(retryable),
-            Step::Recorded => Ok(()),
+        // Counted once recorded: a finish that fails is retried by the queue, and counted then.
+        let (result, recorded) = match step {
+            Step::Done(decision) => (
+                self.finish(job, from, run, &workflow, decision, None).await,
+                "completed",
+            ),
+            Step::Sent { decision, delivery } => (
+                self.finish(job, from, run, &workflow, decision, Some(delivery))
+                    .await,
+                "completed",
+            ),
+            Step::SuspendUntil(at) => (self.suspend(&job, at).await.map_err(retryable), "parked"),
+            // A wait registered (parked), or timed out (its step recorded by its own statements).
+            Step::Recorded => (Ok(()), "recorded"),
+        };
+        if result.is_ok() {
+            metrics::node_executed(kind, recorded);
         }
+        result
     }
 
     /// Records a finished node (with its send's result, for an action that sent), after evaluating the pure
@@ -132,6 +150,12 @@ impl Engine {
             RunId::Known,
             decision.next,
         );
+        let inline_kinds: Vec<&'static str> = walk
+            .steps
+            .iter()
+            .filter_map(|step| workflow.node(&step.node))
+            .map(|node| node.kind.name())
+            .collect();
         let mut patch = decision.patch;
         patch.extend(walk.patch);
         let step = FinishedStep {
@@ -144,7 +168,14 @@ impl Engine {
             next: walk.next,
             delivery,
         };
-        self.step_batches().finish(step).await.map_err(batch_error)
+        self.step_batches()
+            .finish(step)
+            .await
+            .map_err(batch_error)?;
+        for kind in inline_kinds {
+            metrics::node_executed(kind, "completed");
+        }
+        Ok(())
     }
 
     /// Runs the node's own logic. Errors are the node's failures (retried by the queue).
@@ -334,10 +365,12 @@ impl Engine {
             .begin()
             .await
             .map_err(|e| retryable(e.into()))?;
-        self.fail_node_in(&mut tx, job, node, &error.to_string())
+        let ended = self
+            .fail_node_in(&mut tx, job, node, &error.to_string())
             .await
             .map_err(retryable)?;
         tx.commit().await.map_err(|e| retryable(e.into()))?;
+        ended.count();
         Err(JobError::permanent(error.to_string()))
     }
 
@@ -347,8 +380,9 @@ impl Engine {
         if let JobError::Permanent(message) = &error {
             let failed = async {
                 let mut tx = self.steps_pool.begin().await?;
-                self.fail_run_in(&mut tx, job, message).await?;
+                let ended = self.fail_run_in(&mut tx, job, message).await?;
                 tx.commit().await?;
+                ended.count();
                 Ok::<(), WorkflowError>(())
             };
             failed.await.map_err(retryable)?;
@@ -362,15 +396,16 @@ impl Engine {
         conn: &mut sqlx::PgConnection,
         job: &NodeJob,
         message: &str,
-    ) -> Result<(), WorkflowError> {
-        let failed: Option<(i64, Vec<i64>)> = job
+    ) -> Result<RunsEnded, WorkflowError> {
+        let failed: Option<(i64, Vec<i64>, String)> = job
             .attempt_query_as(sql::FAIL_RUN, message)
             .fetch_optional(&mut *conn)
             .await?;
-        if let Some((_, timers)) = failed {
-            self.jobs.cancel_timers(conn, &timers).await?;
-        }
-        Ok(())
+        let Some((_, timers, workflow)) = failed else {
+            return Ok(RunsEnded::none());
+        };
+        self.jobs.cancel_timers(conn, &timers).await?;
+        Ok(RunsEnded::new("failed", vec![workflow]))
     }
 
     /// Fails a node: follows its `on_error` edge, or fails the run.
@@ -380,7 +415,7 @@ impl Engine {
         job: &NodeJob,
         node: &Node,
         message: &str,
-    ) -> Result<(), WorkflowError> {
+    ) -> Result<RunsEnded, WorkflowError> {
         let Some(target) = &node.on_error else {
             return self.fail_run_in(conn, job, message).await;
         };
@@ -389,7 +424,7 @@ impl Engine {
             .fetch_optional(&mut *conn)
             .await?;
         let Some((_, timer)) = failed else {
-            return Ok(());
+            return Ok(RunsEnded::none());
         };
         if let Some(timer) = timer {
             self.jobs.cancel_timers(conn, &[timer]).await?;
@@ -401,7 +436,8 @@ impl Engine {
             .fetch_one(&mut *conn)
             .await?;
         let next = enqueue.into_iter().map(|node| (job.run, job.epoch, node));
-        self.jobs.enqueue_run_phase(conn, next).await
+        self.jobs.enqueue_run_phase(conn, next).await?;
+        Ok(RunsEnded::none())
     }
 }
 

@@ -20,6 +20,7 @@ use sqlx::Row;
 
 use super::definition::{Node, WaitSpec};
 use super::engine::{Step, retryable};
+use super::metrics::RunsEnded;
 use super::runs::StepStatus;
 use super::steps::{FinishedStep, RunState, finish_steps};
 use super::{Engine, NodeJob, NodeJobs, Phase, WorkflowError, sql};
@@ -404,6 +405,7 @@ impl Engine {
             .fetch_one(&mut *tx)
             .await?
             .try_get("status")?;
+        let mut ended = RunsEnded::none();
         if status == WaitStatus::Satisfied {
             let output = self.matched_events(&mut tx, job).await?;
             let done = FinishedStep {
@@ -416,7 +418,7 @@ impl Engine {
                 delivery: None,
                 next: next.to_vec(),
             };
-            finish_steps(&mut tx, &self.jobs, &[done]).await?;
+            ended = finish_steps(&mut tx, &self.jobs, &[done]).await?;
         } else if let Some(deadline) = deadline {
             let timeout = NodeJob {
                 phase: Phase::Timeout,
@@ -433,6 +435,7 @@ impl Engine {
             }
         }
         tx.commit().await?;
+        ended.count();
         Ok(())
     }
 
@@ -470,13 +473,14 @@ impl Engine {
         if timed_out.is_none() {
             return Ok(()); // satisfied (or cancelled) first
         }
+        let ended;
         if spec.on_timeout.is_empty() {
             let message = format!(
                 "timed out waiting for {} ({})",
                 spec.events.join(", "),
                 spec.mode.as_str()
             );
-            self.fail_node_in(&mut tx, job, node, &message).await?;
+            ended = self.fail_node_in(&mut tx, job, node, &message).await?;
         } else {
             let output = self.matched_events(&mut tx, job).await?;
             let output = json!({ "timed_out": true, "events": output["events"] });
@@ -490,9 +494,10 @@ impl Engine {
                 delivery: None,
                 next: spec.on_timeout.clone(),
             };
-            finish_steps(&mut tx, &self.jobs, &[done]).await?;
+            ended = finish_steps(&mut tx, &self.jobs, &[done]).await?;
         }
         tx.commit().await?;
+        ended.count();
         Ok(())
     }
 

@@ -23,6 +23,7 @@ mod engine;
 mod events;
 pub mod expr;
 mod inline;
+pub mod metrics;
 pub mod retention;
 mod runs;
 mod settings;

@@ -311,7 +311,10 @@ impl Engine {
         tx.commit().await?;
         let run = self.get_run(id).await?;
         match cancelled {
-            Some(_) => Ok(run),
+            Some(_) => {
+                super::metrics::run_finished(&run.workflow, "cancelled");
+                Ok(run)
+            }
             None => Err(WorkflowError::Conflict(format!(
                 "run {id} is {}, not running",
                 run.status

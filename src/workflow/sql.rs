@@ -38,6 +38,10 @@ pub const LOAD_WORKFLOW: &str =
 pub const LATEST_VERSIONS: &str =
     "SELECT name, max(version) FROM herald_workflows WHERE name = ANY($1) GROUP BY name";
 
+/// `LATEST_VERSIONS` for one name, the usual batch. `name = ANY($1)` is planned afresh on every call (its generic
+/// plan never looks cheaper than a custom one); this form gets a generic plan after five calls on a connection.
+pub const LATEST_VERSION: &str = "SELECT max(version) FROM herald_workflows WHERE name = $1";
+
 pub const LIST_WORKFLOWS: &str = "
 SELECT DISTINCT ON (name) name, version, definition->>'description' AS description, source, created_at,
        count(*) OVER (PARTITION BY name) AS versions
@@ -215,8 +219,12 @@ WITH input AS (
     -- key. With statistics from a moment when few runs were running (an ANALYZE before a burst), the planner
     -- drove it from that index instead and ran `changes` once per running run: 8 s per batch at 17,000.
     WHERE r.id = c.run_id AND r.epoch = c.epoch AND (r.status = 'running') IS TRUE
+    RETURNING r.id, r.workflow, r.status
 )
-SELECT run_id, epoch, node_id FROM next";
+-- The next nodes to enqueue, then (node NULL) the runs this completed, for the metrics.
+SELECT run_id, epoch, node_id, NULL::text AS completed FROM next
+UNION ALL
+SELECT id, NULL, NULL, workflow FROM run WHERE status = 'completed'";
 
 /// A delay or wait node parks its step until a resume (or timeout) job arrives; `$6` is that job's id, if it is
 /// known yet (the timer, see `migrations/0009_step_timers.sql`).
@@ -255,7 +263,7 @@ WITH step AS (
 UPDATE herald_runs
 SET status = 'failed', failed_node = $3, error = $4, pending = pending - 1, finished_at = now(), updated_at = now()
 WHERE id = $1 AND epoch = $2 AND status = 'running' AND EXISTS (SELECT 1 FROM step)
-RETURNING id, coalesce((SELECT array_agg(timer_job_id) FROM timers), '{}') AS timers";
+RETURNING id, coalesce((SELECT array_agg(timer_job_id) FROM timers), '{}') AS timers, workflow";
 
 /// A node failed for good but has an `on_error` edge: the step is failed, the run goes on. Returns the step's
 /// timer job, if it was parked with one, for the caller to remove.

@@ -22,6 +22,7 @@ use sqlx::PgPool;
 use super::catalog::Catalog;
 use super::definition::{Workflow, extract_trigger};
 use super::inline::{self, RunId};
+use super::metrics;
 use super::{NodeJobs, WorkflowError, sql};
 use crate::coalesce::{Coalescer, Failed, whole_or_each_once};
 use crate::db;
@@ -308,6 +309,27 @@ pub(super) async fn insert_runs(
         }
     }
     jobs.enqueue_run_phase(conn, first_jobs).await?;
+    // Counted when inserted, in the caller's transaction: a start batch that then fails to commit (rare: the
+    // database went away) is counted though it started nothing, and again when its caller retries it.
+    metrics::runs_started(&definition.name, rows.len());
+    // The trigger and the pure nodes evaluated with it (`done`), for the inserted runs only (a taken key's run
+    // was never started); a run with nothing left to run completed here.
+    for (_, _, next, ord) in &rows {
+        let run = usize::try_from(ord - 1).ok().and_then(|i| runs.get(i));
+        if next.as_array().is_some_and(Vec::is_empty) {
+            metrics::run_finished(&definition.name, "completed");
+        }
+        metrics::node_executed("trigger", "completed");
+        for step in run.and_then(|r| r.done.as_array()).into_iter().flatten() {
+            let node = step
+                .get("node")
+                .and_then(Value::as_str)
+                .and_then(|id| definition.node(id));
+            if let Some(node) = node {
+                metrics::node_executed(node.kind.name(), "completed");
+            }
+        }
+    }
     Ok(rows
         .into_iter()
         .map(|(id, key, _, ord)| Inserted {

@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use sqlx::{FromRow, PgPool, Row};
 
 use super::inline::InlineStep;
+use super::metrics::RunsEnded;
 use super::runs::StepStatus;
 use super::{NodeJob, NodeJobs, WorkflowError, sql};
 use crate::channels::deliveries::{self, Finished};
@@ -162,10 +163,15 @@ async fn commit(
     };
     let mut tx = db::begin_bounded(pool, settings).await?;
     deliveries::finish_in(&mut tx, &deliveries).await?;
-    finish_steps(&mut tx, jobs, steps).await?;
+    let completed = finish_steps(&mut tx, jobs, steps).await?;
     tx.commit().await?;
+    completed.count();
     Ok(())
 }
+
+/// A row of `FINISH_STEPS`: a next node to enqueue (run, epoch, node), or (epoch and node NULL) a run it
+/// completed, with its workflow.
+type FinishRow = (i64, Option<i32>, Option<String>, Option<String>);
 
 /// Finishes `steps` inside the caller's transaction: one statement for all of them, then one enqueue for the
 /// next nodes that statement inserted (a node two edges reach is inserted, and enqueued, once).
@@ -173,8 +179,8 @@ pub(super) async fn finish_steps(
     conn: &mut sqlx::PgConnection,
     jobs: &NodeJobs,
     steps: &[FinishedStep],
-) -> Result<(), WorkflowError> {
-    let next: Vec<(i64, i32, String)> = sqlx::query_as(sql::FINISH_STEPS)
+) -> Result<RunsEnded, WorkflowError> {
+    let rows: Vec<FinishRow> = sqlx::query_as(sql::FINISH_STEPS)
         .bind(steps.iter().map(|s| s.job.run).collect::<Vec<_>>())
         .bind(steps.iter().map(|s| s.job.epoch).collect::<Vec<_>>())
         .bind(
@@ -208,5 +214,15 @@ pub(super) async fn finish_steps(
         )
         .fetch_all(&mut *conn)
         .await?;
-    jobs.enqueue_run_phase(conn, next).await
+    let mut next = Vec::with_capacity(rows.len());
+    let mut completed = Vec::new();
+    for (run, epoch, node, workflow) in rows {
+        match (epoch, node, workflow) {
+            (Some(epoch), Some(node), _) => next.push((run, epoch, node)),
+            (_, _, Some(workflow)) => completed.push(workflow),
+            _ => {}
+        }
+    }
+    jobs.enqueue_run_phase(conn, next).await?;
+    Ok(RunsEnded::new("completed", completed))
 }

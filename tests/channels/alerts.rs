@@ -215,3 +215,117 @@ async fn an_unsent_resolve_goes_out_before_the_alert_fires_again() {
             && subjects[2].contains("FIRING")
     );
 }
+
+/// The rules read from other modules' tables: a queue dead-lettering more than `dead_letters_per_minute`, a Kafka
+/// partition whose recorded end is more than `bridge_lag_messages` past its stored offset, and a schedule whose
+/// tick could not fire or whose job is failing. Each fires once and clears once.
+#[tokio::test]
+async fn dead_letters_a_bridge_behind_and_a_failing_clock_job_fire_and_clear() {
+    let alerts = Evaluator::new().await;
+    let pool = &alerts.db.pool;
+    assert_eq!(alerts.settings.dead_letters_per_minute, 10);
+    assert_eq!(alerts.settings.bridge_lag_messages, 10_000);
+    let run = |sql: &'static str| async move {
+        sqlx::query(sql).execute(pool).await.unwrap();
+    };
+    // Ten in the last minute is not more than ten; the eleventh fires.
+    let dead = "INSERT INTO herald_dead_letters (job_id, queue, kind, payload, priority, attempt, max_attempts, \
+                timeout_ms, errors, reason, created_at) \
+                SELECT i, 'mail', 'send', '{}', 0, 3, 3, 1000, '[]', 'boom', now() FROM generate_series(1, 10) i";
+    run(dead).await;
+    assert!(alerts.evaluate().await.is_empty());
+    run("INSERT INTO herald_dead_letters (job_id, queue, kind, payload, priority, attempt, max_attempts, \
+         timeout_ms, errors, reason, created_at) VALUES (11, 'mail', 'send', '{}', 0, 3, 3, 1000, '[]', 'boom', now())")
+        .await;
+    let fired = alerts.evaluate().await;
+    assert_eq!(
+        fired,
+        [("dead_letters".into(), "mail".into(), "firing".into())]
+    );
+    assert!(alerts.subjects()[0].contains("FIRING: dead_letters mail"));
+
+    run(
+        "INSERT INTO herald_bridge_offsets (group_id, topic, partition, next_offset, end_offset) \
+         VALUES ('herald', 'orders', 3, 100, 20100)",
+    )
+    .await;
+    let fired = alerts.evaluate().await;
+    assert_eq!(
+        fired,
+        [(
+            "bridge_behind".into(),
+            "herald/orders/3".into(),
+            "firing".into()
+        )]
+    );
+
+    run("INSERT INTO herald_schedules (name, last_tick, last_error) VALUES ('nightly', now(), 'no workflow named x')")
+        .await;
+    let fired = alerts.evaluate().await;
+    assert_eq!(
+        fired,
+        [("clock_failing".into(), "nightly".into(), "firing".into())]
+    );
+    assert!(alerts.recorder.to("ops")[2].content["body"].contains("no workflow named x"));
+
+    // A tick that fired a job which then fails (and retries) is failing too; one whose job is still fine is not.
+    let mut conn = pool.acquire().await.unwrap();
+    let job = herald::queue::enqueue(
+        &mut conn,
+        &crate::common::defaults(),
+        crate::common::job(
+            "herald.maintenance",
+            "herald.retention",
+            serde_json::json!({}),
+        ),
+    )
+    .await
+    .unwrap()
+    .id();
+    drop(conn);
+    sqlx::query("INSERT INTO herald_schedules (name, last_tick, last_job_id) VALUES ('retention', now(), $1)")
+        .bind(job)
+        .execute(pool)
+        .await
+        .unwrap();
+    assert!(alerts.evaluate().await.is_empty(), "its job has not failed");
+    sqlx::query(
+        "UPDATE herald_jobs SET attempt = 1, errors = '[{\"attempt\": 1, \"message\": \"archive: S3 said 503\"}]' \
+         WHERE id = $1",
+    )
+    .bind(job)
+    .execute(pool)
+    .await
+    .unwrap();
+    let fired = alerts.evaluate().await;
+    assert_eq!(
+        fired,
+        [("clock_failing".into(), "retention".into(), "firing".into())]
+    );
+    assert!(alerts.recorder.to("ops")[3].content["body"].contains("S3 said 503"));
+
+    // Every condition ends: each alert clears once.
+    run("UPDATE herald_dead_letters SET failed_at = now() - interval '2 minutes'").await;
+    run("UPDATE herald_bridge_offsets SET next_offset = 20000").await;
+    run("UPDATE herald_schedules SET last_error = NULL, last_job_id = NULL").await;
+    let mut cleared = alerts.evaluate().await;
+    cleared.sort();
+    assert_eq!(
+        cleared,
+        [
+            (
+                "bridge_behind".into(),
+                "herald/orders/3".into(),
+                "resolved".into()
+            ),
+            ("clock_failing".into(), "nightly".into(), "resolved".into()),
+            (
+                "clock_failing".into(),
+                "retention".into(),
+                "resolved".into()
+            ),
+            ("dead_letters".into(), "mail".into(), "resolved".into()),
+        ]
+    );
+    assert!(alerts.evaluate().await.is_empty());
+}

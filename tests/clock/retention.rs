@@ -182,6 +182,11 @@ async fn retention_archives_exactly_the_old_rows_and_removes_them() {
         assert_eq!(pair[0].to, pair[1].from, "parts of a day are contiguous");
     }
     assert_eq!(manifests[0].schema_version, 1);
+    // The pass reports (and the job counts in `clock_archived_bytes_total`) the objects' size as written.
+    assert_eq!(
+        history_report.archived_bytes,
+        manifests.iter().map(|m| m.bytes).sum::<u64>()
+    );
     assert_eq!(manifests[0].sha256.len(), 64);
     assert_eq!(files_named(dir.path(), ".jsonl.gz").len(), 6);
     assert!(

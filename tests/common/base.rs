@@ -282,3 +282,31 @@ pub fn spawn_herald_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> toki
         .spawn()
         .expect("start herald")
 }
+
+#[allow(dead_code)] // only the binaries that scrape a herald process
+/// The value of the sample `name` whose labels include `labels`, summed over the rest (0 if none).
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            if metric != name {
+                return None;
+            }
+            let found: std::collections::BTreeMap<&str, &str> = rest
+                .trim_end_matches('}')
+                .split(',')
+                .filter_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    Some((key, value.trim_matches('"')))
+                })
+                .collect();
+            labels
+                .iter()
+                .all(|(key, want)| found.get(key) == Some(want))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}

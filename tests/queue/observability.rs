@@ -2,39 +2,11 @@
 //! queue metrics count a known workload exactly, queue depth comes from one elected process (and survives its
 //! kill), and its JSON log lines name the job they belong to.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::common::*;
 use herald::queue;
 use serde_json::json;
-
-/// The value of the sample `name` whose labels include `labels`, summed over the rest (0 if none).
-fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
-            if metric != name {
-                return None;
-            }
-            let found: BTreeMap<&str, &str> = rest
-                .trim_end_matches('}')
-                .split(',')
-                .filter_map(|pair| {
-                    let (key, value) = pair.split_once('=')?;
-                    Some((key, value.trim_matches('"')))
-                })
-                .collect();
-            labels
-                .iter()
-                .all(|(key, want)| found.get(key) == Some(want))
-                .then(|| value.parse::<f64>().ok())
-                .flatten()
-        })
-        .sum()
-}
 
 #[tokio::test]
 async fn a_worker_process_serves_probes_and_metrics_that_count_a_known_workload() {
@@ -82,7 +54,7 @@ async fn a_worker_process_serves_probes_and_metrics_that_count_a_known_workload(
             if let Some((200, body)) = get_ref("/metrics").await {
                 *latest_ref.borrow_mut() = body;
             }
-            sample(
+            metric_sample(
                 &latest_ref.borrow(),
                 "herald_jobs_finished_total",
                 &[("queue", "observed")],
@@ -92,7 +64,7 @@ async fn a_worker_process_serves_probes_and_metrics_that_count_a_known_workload(
     .await;
     let text = latest.into_inner();
 
-    let count = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels);
+    let count = |name: &str, labels: &[(&str, &str)]| metric_sample(&text, name, labels);
     let noop = [("queue", "observed"), ("kind", "herald.noop")];
     let other = [("queue", "observed"), ("kind", "other")];
     assert_eq!(count("herald_jobs_started_total", &noop), 30.0);
@@ -219,12 +191,12 @@ async fn queue_depth_comes_from_one_elected_process_and_survives_its_kill() {
                 let Some(text) = fetched.await else {
                     return false;
                 };
-                sample(
+                metric_sample(
                     &text,
                     "herald_queue_jobs",
                     &[("queue", "depth-a"), ("state", "available")],
                 ) == 3.0
-                    && sample(
+                    && metric_sample(
                         &text,
                         "herald_queue_jobs",
                         &[("queue", "depth-b"), ("state", "scheduled")],

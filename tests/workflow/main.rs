@@ -16,5 +16,6 @@ mod api;
 mod crash;
 mod definitions;
 mod events;
+mod metrics;
 mod runs;
 mod timers;

@@ -45,7 +45,7 @@ pub use archive::{ArchiveTarget, Manifest};
 pub use restore::{Restored, restore};
 pub use settings::{ArchiveSettings, RetentionSettings, S3Settings};
 
-use super::ClockError;
+use super::{ClockError, metrics};
 use crate::dataset::{DataSet, Disposal, Pace, Removed};
 use crate::queue::{HandlerRegistry, Job, JobContext, JobError};
 
@@ -109,6 +109,8 @@ pub struct DataSetReport {
     /// The days worked on.
     pub days: Vec<NaiveDate>,
     pub archived_rows: u64,
+    /// The archive objects' size (compressed).
+    pub archived_bytes: u64,
     pub objects_written: u32,
     pub deleted_rows: u64,
     /// Partitions dropped whole (their rows archived): a partitioned data set's rows leave this way.
@@ -397,6 +399,7 @@ impl Retention {
                 break;
             };
             report.archived_rows += manifest.rows;
+            report.archived_bytes += manifest.bytes;
             report.objects_written += 1;
             failpoint("after_manifest");
             if !deferred {
@@ -570,6 +573,16 @@ pub fn register(registry: &mut HandlerRegistry, retention: Arc<Retention>) {
                 .await
                 .map_err(|e| JobError::retry(e.to_string()))?;
             for entry in &report.data_sets {
+                let name = [entry.name.as_str()];
+                metrics::ARCHIVED_ROWS
+                    .with_label_values(&name)
+                    .inc_by(entry.archived_rows);
+                metrics::ARCHIVED_BYTES
+                    .with_label_values(&name)
+                    .inc_by(entry.archived_bytes);
+                metrics::REMOVED_ROWS
+                    .with_label_values(&name)
+                    .inc_by(entry.deleted_rows);
                 if entry.archived_rows + entry.deleted_rows > 0 {
                     tracing::info!(data_set = %entry.name, archived = entry.archived_rows,
                         deleted = entry.deleted_rows, objects = entry.objects_written, "retention");
@@ -579,6 +592,7 @@ pub fn register(registry: &mut HandlerRegistry, retention: Arc<Retention>) {
             if !errors.is_empty() {
                 return Err(JobError::retry(errors.join("; ")));
             }
+            metrics::succeeded("retention");
             if report.more {
                 return Err(JobError::Snooze(
                     COME_BACK,
