@@ -142,6 +142,21 @@ async fn produced_messages_become_executed_jobs_once_each_across_a_kill_9_of_the
         || async { completions(&db.pool).await.0 >= 4000 },
     )
     .await;
+    // Each partition's end is recorded next to its offset (for the bridge_behind alert): caught up, no lag.
+    wait_until(
+        Duration::from_secs(30),
+        "the bridge to record every partition's end, caught up",
+        || async {
+            let caught_up = herald::bridge::stored_offsets(&db.pool)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|o| o.topic == "e2e" && o.lag == Some(0))
+                .count();
+            caught_up == 3
+        },
+    )
+    .await;
     survivor.kill().await.unwrap();
     worker.kill().await.unwrap();
 
