@@ -34,6 +34,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "dataset",
             "partitions",
             "audit",
+            "telemetry",
         ],
     ),
     (
@@ -45,13 +46,28 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "workflow",
         &[
-            "channels", "queue", "setting", "coalesce", "db", "dataset", "audit", "metrics",
+            "channels",
+            "queue",
+            "setting",
+            "coalesce",
+            "db",
+            "dataset",
+            "audit",
+            "metrics",
+            "telemetry",
         ],
     ),
     (
         "bridge",
         &[
-            "workflow", "queue", "setting", "coalesce", "db", "dataset", "audit",
+            "workflow",
+            "queue",
+            "setting",
+            "coalesce",
+            "db",
+            "dataset",
+            "audit",
+            "telemetry",
         ],
     ),
     (
@@ -73,8 +89,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "api",
         &[
-            "clock", "workflow", "channels", "queue", "setting", "coalesce", "db", "metrics",
+            "clock",
+            "workflow",
+            "channels",
+            "queue",
+            "setting",
+            "coalesce",
+            "db",
+            "metrics",
             "audit",
+            "telemetry",
         ],
     ),
     (

@@ -179,7 +179,7 @@ enum BridgeCommand {
 }
 
 fn main() -> ExitCode {
-    telemetry::init();
+    let telemetry = telemetry::init();
     // Before the runtime starts its threads: signals go to a thread of their own (see shutdown.rs).
     herald::shutdown::watch();
     let cli = Cli::parse();
@@ -194,6 +194,7 @@ fn main() -> ExitCode {
     // A handler stuck without yielding can never be joined; do not wait for its thread (its attempt was already
     // recorded as interrupted, and the job runs again elsewhere).
     runtime.shutdown_timeout(Duration::from_secs(1));
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => fail(&error),

@@ -204,7 +204,13 @@ impl Target {
                 payload,
                 idempotency_key,
             } => {
-                let mut job = NewJob::new(queue.clone(), kind.clone(), select(&body, payload)?);
+                // A producer's W3C trace header (checked) carries its trace into the job.
+                let trace = message
+                    .header("traceparent")
+                    .filter(|_| crate::telemetry::exporting())
+                    .and_then(crate::telemetry::parse_traceparent);
+                let mut job = NewJob::new(queue.clone(), kind.clone(), select(&body, payload)?)
+                    .trace_parent(trace);
                 if let Some(pointer) = idempotency_key {
                     let key = IdempotencyKey::parse(&required_text(&body, pointer)?)
                         .map_err(|e| format!("idempotency key: {e}"))?;

@@ -22,7 +22,9 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use tokio::sync::mpsc;
 
@@ -234,7 +236,8 @@ impl ChainSend<'_> {
                 return self.rate_limited_step(wait);
             }
             let started = Instant::now();
-            let outcome = provider.send(self.message).await;
+            let span = tracing::info_span!("provider_call", provider = name, attempt = call + 1);
+            let outcome = provider.send(self.message).instrument(span).await;
             self.record(name, &outcome, started.elapsed());
             match outcome {
                 Outcome::Sent {

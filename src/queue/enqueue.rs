@@ -63,6 +63,7 @@ pub async fn enqueue_many(
         .bind(vec![None::<i64>; jobs.len()])
         .bind(defaults.priority_aging.as_secs_f64())
         .bind(&columns.request_id)
+        .bind(&columns.trace_parent)
         .fetch_all(&mut *conn)
         .await?;
 
@@ -132,6 +133,7 @@ struct Columns {
     timeout_ms: Vec<i32>,
     idempotency_key: Vec<Option<String>>,
     request_id: Vec<Option<String>>,
+    trace_parent: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -156,6 +158,7 @@ impl Columns {
                 .map(|j| j.idempotency_key.as_ref().map(|k| k.as_str().to_string()))
                 .collect(),
             request_id: jobs.iter().map(|j| j.request_id.clone()).collect(),
+            trace_parent: jobs.iter().map(|j| j.trace_parent.clone()).collect(),
         }
     }
 }

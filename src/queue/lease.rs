@@ -37,6 +37,8 @@ pub struct ClaimedJob {
     /// the term the database recorded). Past it the job may have been rescued; the worker starts it only if its
     /// heartbeats since prove otherwise (`worker/liveness.rs`).
     pub start_by: Instant,
+    /// The trace the attempt continues, if the job was enqueued under an exported span.
+    pub trace_parent: Option<String>,
 }
 
 /// How an attempt ended, as the completer reports it.
@@ -255,6 +257,7 @@ pub async fn claim_from<'c>(
                 run_at: row.try_get("run_at")?,
                 created_at: row.try_get("created_at")?,
                 start_by,
+                trace_parent: row.try_get("trace_parent")?,
             })
         })
         .collect::<Result<_, sqlx::Error>>()

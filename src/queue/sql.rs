@@ -18,19 +18,19 @@ pub const SCHEDULED_WAKEUP: &str = "!scheduled";
 /// have none) are inserted. Each key records a fingerprint of what it was enqueued with, so a repeat with another
 /// body can be told apart from a true retry. Returns one row per input, in input order.
 /// $1 queue, $2 kind, $3 payload, $4 priority, $5 run_at (NULL = now), $6 max_attempts, $7 timeout_ms,
-/// $8 idempotency_key, $9 replay_of, $10 priority aging in seconds, $11 request_id.
+/// $8 idempotency_key, $9 replay_of, $10 priority aging in seconds, $11 request_id, $12 trace_parent.
 pub const ENQUEUE: &str = r#"
 WITH input AS MATERIALIZED (
     SELECT nextval('herald_jobs_id_seq') AS id, t.queue, t.kind, t.payload, t.priority,
            coalesce(t.run_at, now()) AS run_at, t.max_attempts, t.timeout_ms, t.idempotency_key, t.replay_of,
-           t.request_id, t.ord,
+           t.request_id, t.trace_parent, t.ord,
            CASE WHEN t.idempotency_key IS NOT NULL
                 THEN md5(t.queue || E'\x1f' || t.kind || E'\x1f' || t.priority || E'\x1f' || t.payload::text)
            END AS fingerprint
     FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::int2[], $5::timestamptz[], $6::int4[], $7::int4[],
-                $8::text[], $9::int8[], $11::text[])
+                $8::text[], $9::int8[], $11::text[], $12::text[])
          WITH ORDINALITY AS t(queue, kind, payload, priority, run_at, max_attempts, timeout_ms, idempotency_key,
-                              replay_of, request_id, ord)
+                              replay_of, request_id, trace_parent, ord)
 ),
 won_keys AS (
     INSERT INTO herald_idempotency_keys (key, job_id, fingerprint)
@@ -41,10 +41,10 @@ won_keys AS (
 ),
 inserted AS (
     INSERT INTO herald_jobs (id, queue, kind, payload, priority, run_at, scheduled, sort_key, max_attempts,
-                             timeout_ms, idempotency_key, replay_of, request_id)
+                             timeout_ms, idempotency_key, replay_of, request_id, trace_parent)
     SELECT i.id, i.queue, i.kind, i.payload, i.priority, i.run_at, i.run_at > now(),
            i.run_at - make_interval(secs => i.priority * $10::float8), i.max_attempts, i.timeout_ms,
-           i.idempotency_key, i.replay_of, i.request_id
+           i.idempotency_key, i.replay_of, i.request_id, i.trace_parent
     FROM input i
     WHERE i.idempotency_key IS NULL OR i.id IN (SELECT job_id FROM won_keys)
     RETURNING id, queue, scheduled, sort_key
@@ -92,7 +92,7 @@ claimed AS (
         claimed_at = clock_timestamp()
     WHERE j.id = ANY(ARRAY(SELECT id FROM next))
     RETURNING j.id, j.kind, j.payload, j.priority, j.attempt, j.max_attempts, j.timeout_ms, j.lease_token, j.run_at,
-              j.created_at, j.sort_key
+              j.created_at, j.sort_key, j.trace_parent
 )
 SELECT * FROM claimed ORDER BY sort_key
 "#

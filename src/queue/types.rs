@@ -234,6 +234,8 @@ pub struct NewJob {
     pub idempotency_key: Option<IdempotencyKey>,
     /// The id of the request that created the job (the API sets it), stored so logs can be joined.
     pub request_id: Option<String>,
+    /// The W3C traceparent the job's attempts continue (see `telemetry`): the enqueuing span's, by default.
+    pub trace_parent: Option<String>,
 }
 
 impl NewJob {
@@ -248,6 +250,8 @@ impl NewJob {
             timeout: None,
             idempotency_key: None,
             request_id: None,
+            // The span enqueueing it, when traces are exported (a `None` costs nothing otherwise).
+            trace_parent: crate::telemetry::current_traceparent(),
         }
     }
 
@@ -279,6 +283,11 @@ impl NewJob {
     }
     pub fn request_id(mut self, request_id: impl Into<String>) -> Self {
         self.request_id = Some(request_id.into());
+        self
+    }
+    /// The trace to continue, when the job is built away from the span it belongs to (a batch writer's task).
+    pub fn trace_parent(mut self, trace_parent: Option<String>) -> Self {
+        self.trace_parent = trace_parent;
         self
     }
 }

@@ -167,6 +167,7 @@ impl Engine {
             inline: walk.steps,
             next: walk.next,
             delivery,
+            trace_parent: crate::telemetry::current_traceparent(),
         };
         self.step_batches()
             .finish(step)
@@ -435,7 +436,10 @@ impl Engine {
             .bind(target)
             .fetch_one(&mut *conn)
             .await?;
-        let next = enqueue.into_iter().map(|node| (job.run, job.epoch, node));
+        let trace = crate::telemetry::current_traceparent();
+        let next = enqueue
+            .into_iter()
+            .map(|node| (job.run, job.epoch, node, trace.clone()));
         self.jobs.enqueue_run_phase(conn, next).await?;
         Ok(RunsEnded::none())
     }

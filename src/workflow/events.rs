@@ -417,6 +417,7 @@ impl Engine {
                 inline: Vec::new(),
                 delivery: None,
                 next: next.to_vec(),
+                trace_parent: crate::telemetry::current_traceparent(),
             };
             ended = finish_steps(&mut tx, &self.jobs, &[done]).await?;
         } else if let Some(deadline) = deadline {
@@ -493,6 +494,7 @@ impl Engine {
                 inline: Vec::new(),
                 delivery: None,
                 next: spec.on_timeout.clone(),
+                trace_parent: crate::telemetry::current_traceparent(),
             };
             ended = finish_steps(&mut tx, &self.jobs, &[done]).await?;
         }

@@ -33,6 +33,8 @@ mod steps;
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -263,16 +265,17 @@ impl NodeJobs {
         Ok(())
     }
 
-    /// Enqueues the `run` phase of each (run, epoch, node) inside the caller's transaction.
+    /// Enqueues the `run` phase of each (run, epoch, node, trace to continue) inside the caller's transaction.
     async fn enqueue_run_phase(
         &self,
         conn: &mut sqlx::PgConnection,
-        steps: impl IntoIterator<Item = (i64, i32, String)>,
+        steps: impl IntoIterator<Item = (i64, i32, String, Option<String>)>,
     ) -> Result<(), WorkflowError> {
         let jobs: Vec<NewJob> = steps
             .into_iter()
-            .map(|(run, epoch, node)| {
+            .map(|(run, epoch, node, trace)| {
                 self.new_job(NodeJob::new(run, epoch, node, Phase::Run), None)
+                    .trace_parent(trace)
             })
             .collect();
         self.enqueue(conn, &jobs).await?;
@@ -284,7 +287,9 @@ impl NodeJobs {
 pub fn register(registry: &mut HandlerRegistry, engine: Arc<Engine>) {
     registry.register(move |job: NodeJob, ctx| {
         let engine = Arc::clone(&engine);
-        async move { engine.run_node(job, ctx).await }
+        // Every log line of the node (and the trace's node span) names its run and node.
+        let span = tracing::info_span!("node", run = job.run, node = %job.node);
+        async move { engine.run_node(job, ctx).await }.instrument(span)
     });
 }
 

@@ -178,6 +178,7 @@ impl Engine {
             data,
             key: idempotency_key,
             request_id,
+            trace_parent: crate::telemetry::current_traceparent(),
         };
         self.start_batches().start_run(start).await
     }
@@ -339,7 +340,10 @@ impl Engine {
         };
         let details = json!({ "from_node": node, "epoch": epoch });
         self.jobs
-            .enqueue_run_phase(&mut tx, [(id, epoch, node)])
+            .enqueue_run_phase(
+                &mut tx,
+                [(id, epoch, node, crate::telemetry::current_traceparent())],
+            )
             .await?;
         audit::record(&mut *tx, actor, "run.retry", &format!("run:{id}"), details).await?;
         tx.commit().await?;

@@ -47,6 +47,8 @@ pub(super) struct RunStart {
     pub data: Value,
     pub key: Option<String>,
     pub request_id: Option<String>,
+    /// The caller's trace (captured in its span: the batch runs in a task of its own).
+    pub trace_parent: Option<String>,
 }
 
 /// A start whose version is known and whose trigger data passed, with its work done: ready to insert.
@@ -140,7 +142,8 @@ async fn check(
         .ok_or_else(|| WorkflowError::NotFound(format!("workflow {}", start.workflow)))?;
     let definition = catalog.version(&start.workflow, *version).await?;
     let context = trigger_context(&definition, start.data, "data")?;
-    let run = prepare(&definition, context, start.key, start.request_id);
+    let mut run = prepare(&definition, context, start.key, start.request_id);
+    run.trace_parent = start.trace_parent;
     Ok(Checked { definition, run })
 }
 
@@ -246,6 +249,8 @@ pub(super) struct NewRun {
     next: Value,
     pub key: Option<String>,
     request_id: Option<String>,
+    /// The trace its first node jobs continue.
+    trace_parent: Option<String>,
 }
 
 /// Evaluates the pure nodes after the trigger (see `inline.rs`) for a new run whose `context` came from
@@ -271,6 +276,7 @@ pub(super) fn prepare(
         next: json!(walk.next),
         key,
         request_id,
+        trace_parent: crate::telemetry::current_traceparent(),
     }
 }
 
@@ -298,14 +304,18 @@ pub(super) async fn insert_runs(
         .fetch_all(&mut *conn)
         .await?;
     let mut first_jobs = Vec::with_capacity(rows.len());
-    for (id, _, next, _) in &rows {
+    for (id, _, next, ord) in &rows {
+        let trace = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|i| runs.get(i))
+            .and_then(|run| run.trace_parent.clone());
         for node in next
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
         {
-            first_jobs.push((*id, 1, node.to_string()));
+            first_jobs.push((*id, 1, node.to_string(), trace.clone()));
         }
     }
     jobs.enqueue_run_phase(conn, first_jobs).await?;

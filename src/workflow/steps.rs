@@ -50,6 +50,9 @@ pub(super) struct FinishedStep {
     pub next: Vec<String>,
     /// An action's send result, recorded on its delivery in the same transaction.
     pub delivery: Option<Finished>,
+    /// The trace the next nodes' jobs continue: the finishing job's (captured in its span; the batch runs in a
+    /// task of its own).
+    pub trace_parent: Option<String>,
 }
 
 type Loaded = Result<Option<RunState>, Arc<WorkflowError>>;
@@ -216,9 +219,18 @@ pub(super) async fn finish_steps(
         .await?;
     let mut next = Vec::with_capacity(rows.len());
     let mut completed = Vec::new();
+    // Each next node continues the trace of the step that led to it (one step per run in a batch, in practice).
+    // (With traces off no step has one: the search is skipped.)
+    let traced = steps.iter().any(|s| s.trace_parent.is_some());
+    let trace_of = |run: i64| {
+        traced
+            .then(|| steps.iter().find(|s| s.job.run == run))
+            .flatten()
+            .and_then(|s| s.trace_parent.clone())
+    };
     for (run, epoch, node, workflow) in rows {
         match (epoch, node, workflow) {
-            (Some(epoch), Some(node), _) => next.push((run, epoch, node)),
+            (Some(epoch), Some(node), _) => next.push((run, epoch, node, trace_of(run))),
             (_, _, Some(workflow)) => completed.push(workflow),
             _ => {}
         }

@@ -20,6 +20,7 @@ mod callbacks;
 mod chain;
 mod deliveries;
 mod fleet;
+mod traces;
 
 /// One module per family of provider adapters.
 mod providers {

@@ -268,16 +268,18 @@ pub fn spawn_herald(url: &str, args: &[&str]) -> tokio::process::Child {
     spawn_herald_with(url, args, &[])
 }
 
-/// [`spawn_herald`] with extra environment variables (settings overrides such as `HERALD_CHANNELS__SINK`).
+/// [`spawn_herald`] with extra environment variables (settings overrides such as `HERALD_CHANNELS__SINK`, or
+/// `RUST_LOG` instead of the default `warn`).
 #[allow(dead_code)] // only the binaries that start herald processes
 pub fn spawn_herald_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(args)
-        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("DATABASE_URL", url)
         .env("HERALD_ENV", "test")
         .env("RUST_LOG", "warn")
+        // The caller's variables last: they may override the defaults above (a test that needs INFO spans).
+        .envs(env.iter().copied())
         .kill_on_drop(true)
         .spawn()
         .expect("start herald")

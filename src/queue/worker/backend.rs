@@ -185,7 +185,15 @@ async fn run_watched(job: ClaimedJob, metrics: Arc<KindMetrics>, deps: &AttemptD
     let probe = Arc::new(PollProbe::default());
     // Every log line of the attempt, the handler's included, names the job: by its id alone, since the span is
     // built for every attempt and each field costs formatting (the queue bench lost ~5% with four fields).
-    let span = tracing::info_span!("job", job = job.id);
+    let span = if crate::telemetry::exporting() {
+        // A trace viewer shows spans by name and fields: there, what the job is matters more than its id.
+        tracing::info_span!("job", job = job.id, kind = %job.kind, queue = %job.queue.as_str(), attempt)
+    } else {
+        tracing::info_span!("job", job = job.id)
+    };
+    if let Some(parent) = &job.trace_parent {
+        crate::telemetry::set_parent(&span, parent);
+    }
     let attempt_run = execute(job, Arc::clone(&deps.registry), deps.retry).instrument(span);
     let mut handler = AbortOnDrop(tokio::spawn(probed(attempt_run, Arc::clone(&probe))));
     match tokio::time::timeout(timeout, &mut handler.0).await {

@@ -120,6 +120,7 @@ mod tests {
             run_at: chrono::Utc::now(),
             created_at: chrono::Utc::now(),
             start_by: Instant::now(),
+            trace_parent: None,
         }
     }
 
