@@ -7,9 +7,13 @@
 --   * herald_workflows rows are never deleted or changed (a version is immutable), and a run's (workflow, version)
 --     always comes from a row just read;
 --   * steps and deliveries are only written for a run that exists: by the statement that inserts the run
---     (START_RUNS), or while the run's row is locked by the same transaction (FINISH_STEPS, retries), or by the job
---     of a step of a running run (deliveries), which retention never removes (it takes finished runs only, and
---     re-checks `finished_at` on the row it deletes).
+--     (START_RUNS), by statements that check in the same snapshot that the run is running (FINISH_STEPS) or lock
+--     it (retries), or by the job of a step of a running run (deliveries, a continuation after a failure).
+--     Retention removes finished runs only, once they are `runs_days` old, and re-checks `finished_at` on the row
+--     it deletes. The one gap: a job stalled for longer than the retention age between reading its running step
+--     and writing (its run cancelled meanwhile, then removed) leaves a step or delivery row without its run;
+--     such a row is inert (nothing reads a run's children without the run).
+-- TRUNCATE herald_runs (by hand) fires no DELETE trigger: truncate the child tables with it.
 -- What the cascades did (retention removes a finished run with its steps, waits and deliveries) is kept by
 -- statement-level triggers: one DELETE per retention batch, however many runs it removes.
 

@@ -93,9 +93,50 @@ pub struct Condition {
     pub hold_for: Duration,
 }
 
+/// What holds now, rule by rule, and the rules whose source could not be read this time.
+#[derive(Debug, Default)]
+pub struct Holding {
+    pub conditions: Vec<Condition>,
+    /// Their alerts keep the state they have (an unreadable table is no proof that a problem ended).
+    pub unread: Vec<&'static str>,
+}
+
 /// The conditions that hold now: providers whose circuit is open on a live worker, queues behind, queues
-/// dead-lettering, bridge partitions behind, failing schedules.
-pub async fn conditions(
+/// dead-lettering, bridge partitions behind, failing schedules. Each rule reads on its own: one that fails (a
+/// statement deadline, a bad row) is logged and listed as unread, and the others are still judged.
+pub async fn conditions(pool: &PgPool, settings: &AlertSettings) -> Holding {
+    let mut holding = Holding::default();
+    let rules: [(&'static str, bool); 5] = [
+        ("provider_down", true),
+        ("queue_behind", !settings.oldest_available.is_zero()),
+        ("dead_letters", settings.dead_letters_per_minute > 0),
+        ("bridge_behind", settings.bridge_lag_messages > 0),
+        ("clock_failing", settings.clock_failing),
+    ];
+    for (rule, on) in rules {
+        if !on {
+            continue;
+        }
+        let found = match rule {
+            "provider_down" => providers_down(pool, settings).await,
+            "queue_behind" => queues_behind(pool, settings).await,
+            "dead_letters" => queues_dead_lettering(pool, settings).await,
+            "bridge_behind" => partitions_behind(pool, settings).await,
+            _ => schedules_failing(pool).await,
+        };
+        match found {
+            Ok(mut found) => holding.conditions.append(&mut found),
+            Err(error) => {
+                tracing::warn!(rule, %error, "an alert rule could not be evaluated; its alerts keep their state");
+                holding.unread.push(rule);
+            }
+        }
+    }
+    holding
+}
+
+/// `provider_down`: a provider whose circuit is open (or half-open) on a live worker.
+async fn providers_down(
     pool: &PgPool,
     settings: &AlertSettings,
 ) -> Result<Vec<Condition>, AlertError> {
@@ -115,7 +156,7 @@ pub async fn conditions(
             }
         }
     }
-    let mut found: Vec<Condition> = open
+    let found: Vec<Condition> = open
         .into_iter()
         .map(|(provider, (workers, error))| Condition {
             rule: "provider_down",
@@ -127,67 +168,92 @@ pub async fn conditions(
             hold_for: settings.circuit_open_for,
         })
         .collect();
-    if !settings.oldest_available.is_zero() {
-        let limit = settings.oldest_available.as_secs_f64();
-        for queue in crate::queue::stats::read(pool).await? {
-            // Counts nobody refreshed for a minute (no leader, or one cut off) say nothing about now.
-            if queue.age_secs > STALE_STATS_SECS {
-                continue;
-            }
-            if let Some(oldest) = queue.oldest_available_secs.filter(|secs| *secs >= limit) {
-                found.push(Condition {
-                    rule: "queue_behind",
-                    summary: format!(
-                        "queue {}: {} jobs available, the oldest due {oldest:.0}s ago",
-                        queue.queue, queue.available
-                    ),
-                    subject: queue.queue,
-                    hold_for: Duration::ZERO,
-                });
-            }
+    Ok(found)
+}
+
+/// `queue_behind`: a queue whose oldest available job has waited too long (fresh counts only).
+async fn queues_behind(
+    pool: &PgPool,
+    settings: &AlertSettings,
+) -> Result<Vec<Condition>, AlertError> {
+    let mut found = Vec::new();
+    let limit = settings.oldest_available.as_secs_f64();
+    for queue in crate::queue::stats::read(pool).await? {
+        // Counts nobody refreshed for a minute (no leader, or one cut off) say nothing about now.
+        if queue.age_secs > STALE_STATS_SECS {
+            continue;
         }
-    }
-    if settings.dead_letters_per_minute > 0 {
-        let window = Duration::from_secs(60);
-        for (queue, count) in crate::queue::admin::recent_dead_letters(pool, window).await? {
-            if count > settings.dead_letters_per_minute {
-                found.push(Condition {
-                    rule: "dead_letters",
-                    summary: format!(
-                        "queue {queue}: {count} jobs dead-lettered in the last minute (more than {})",
-                        settings.dead_letters_per_minute
-                    ),
-                    subject: queue,
-                    hold_for: Duration::ZERO,
-                });
-            }
-        }
-    }
-    if settings.bridge_lag_messages > 0 {
-        for offset in crate::bridge::stored_offsets(pool).await? {
-            let Some(lag) = offset.lag.filter(|lag| *lag > settings.bridge_lag_messages) else {
-                continue;
-            };
+        if let Some(oldest) = queue.oldest_available_secs.filter(|secs| *secs >= limit) {
             found.push(Condition {
-                rule: "bridge_behind",
+                rule: "queue_behind",
                 summary: format!(
-                    "group {} on {}[{}]: {lag} messages behind when it last stored a batch, {:.0}s ago",
-                    offset.group_id, offset.topic, offset.partition, offset.idle_secs
+                    "queue {}: {} jobs available, the oldest due {oldest:.0}s ago",
+                    queue.queue, queue.available
                 ),
-                subject: format!("{}/{}/{}", offset.group_id, offset.topic, offset.partition),
+                subject: queue.queue,
                 hold_for: Duration::ZERO,
             });
         }
     }
-    if settings.clock_failing {
-        for (schedule, why) in crate::clock::schedules::failing(pool).await? {
+    Ok(found)
+}
+
+/// `dead_letters`: a queue that dead-lettered more than the threshold in the last minute.
+async fn queues_dead_lettering(
+    pool: &PgPool,
+    settings: &AlertSettings,
+) -> Result<Vec<Condition>, AlertError> {
+    let mut found = Vec::new();
+    let window = Duration::from_secs(60);
+    for (queue, count) in crate::queue::admin::recent_dead_letters(pool, window).await? {
+        if count > settings.dead_letters_per_minute {
             found.push(Condition {
-                rule: "clock_failing",
-                summary: format!("schedule {schedule}: {why}"),
-                subject: schedule,
+                rule: "dead_letters",
+                summary: format!(
+                    "queue {queue}: {count} jobs dead-lettered in the last minute (more than {})",
+                    settings.dead_letters_per_minute
+                ),
+                subject: queue,
                 hold_for: Duration::ZERO,
             });
         }
+    }
+    Ok(found)
+}
+
+/// `bridge_behind`: a Kafka partition whose recorded lag passed the threshold.
+async fn partitions_behind(
+    pool: &PgPool,
+    settings: &AlertSettings,
+) -> Result<Vec<Condition>, AlertError> {
+    let mut found = Vec::new();
+    for offset in crate::bridge::stored_offsets(pool).await? {
+        let Some(lag) = offset.lag.filter(|lag| *lag > settings.bridge_lag_messages) else {
+            continue;
+        };
+        found.push(Condition {
+            rule: "bridge_behind",
+            summary: format!(
+                "group {} on {}[{}]: {lag} messages behind when it last stored a batch, {:.0}s ago",
+                offset.group_id, offset.topic, offset.partition, offset.idle_secs
+            ),
+            subject: format!("{}/{}/{}", offset.group_id, offset.topic, offset.partition),
+            hold_for: Duration::ZERO,
+        });
+    }
+    Ok(found)
+}
+
+/// `clock_failing`: a schedule whose latest tick could not fire, or whose job is failing.
+async fn schedules_failing(pool: &PgPool) -> Result<Vec<Condition>, AlertError> {
+    let mut found = Vec::new();
+    for (schedule, why) in crate::clock::schedules::failing(pool).await? {
+        found.push(Condition {
+            rule: "clock_failing",
+            summary: format!("schedule {schedule}: {why}"),
+            subject: schedule,
+            hold_for: Duration::ZERO,
+        });
     }
     Ok(found)
 }
@@ -231,7 +297,7 @@ pub async fn evaluate(
     pool: &PgPool,
     channels: &Channels,
     settings: &AlertSettings,
-    holding: &[Condition],
+    holding: &Holding,
 ) -> Result<Vec<(String, String, String)>, AlertError> {
     // Under the batch writers' deadline: a lock held elsewhere cannot hold the evaluator forever.
     let mut tx = crate::db::begin_bounded(pool, &[]).await?;
@@ -244,7 +310,7 @@ pub async fn evaluate(
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(&mut *tx)
         .await?;
-    for condition in holding {
+    for condition in &holding.conditions {
         let row = rows
             .iter()
             .find(|r| r.rule == condition.rule && r.subject == condition.subject);
@@ -286,9 +352,10 @@ pub async fn evaluate(
     }
     for row in &rows {
         let holds = holding
+            .conditions
             .iter()
             .any(|c| c.rule == row.rule && c.subject == row.subject);
-        if holds {
+        if holds || holding.unread.contains(&row.rule.as_str()) {
             continue;
         }
         match row.state.as_str() {
@@ -426,7 +493,7 @@ pub async fn run(
     loop {
         if lock.hold(&pool).await {
             let pass = async {
-                let holding = conditions(&pool, &settings).await?;
+                let holding = conditions(&pool, &settings).await;
                 evaluate(&pool, &channels, &settings, &holding).await
             };
             match tokio::time::timeout(pass_limit, pass).await {

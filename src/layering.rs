@@ -40,7 +40,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "channels",
         &[
-            "queue", "setting", "coalesce", "db", "dataset", "audit", "metrics",
+            "queue",
+            "setting",
+            "coalesce",
+            "db",
+            "dataset",
+            "audit",
+            "metrics",
+            "telemetry",
         ],
     ),
     (

@@ -34,6 +34,9 @@ const ENDPOINT_VARS: [&str; 2] = [
     "OTEL_EXPORTER_OTLP_ENDPOINT",
 ];
 
+/// The spans traces are made of, whatever `RUST_LOG` says: herald's own, at INFO.
+const TRACE_FILTER: &str = "herald=info";
+
 /// Whether spans are exported (set once, by [`init`]).
 static EXPORTING: AtomicBool = AtomicBool::new(false);
 
@@ -55,6 +58,8 @@ impl Telemetry {
 
 /// Installs the log output and, if configured, the trace exporter. A second call (tests) changes nothing.
 pub fn init() -> Telemetry {
+    // Each output filters for itself: logs by `RUST_LOG`, traces by their own filter (herald's spans are at INFO),
+    // so a quiet log level (`RUST_LOG=warn`, common in production) does not turn traces off.
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let json =
@@ -66,10 +71,12 @@ pub fn init() -> Telemetry {
             .with_current_span(false)
             .with_span_list(true)
             .with_writer(std::io::stderr)
+            .with_filter(filter)
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_filter(filter)
             .boxed()
     };
     let provider = match exporter_from_env() {
@@ -79,11 +86,12 @@ pub fn init() -> Telemetry {
             None
         }
     };
-    let traces = provider
-        .as_ref()
-        .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("herald")));
+    let traces = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("herald"))
+            .with_filter(EnvFilter::new(TRACE_FILTER))
+    });
     let installed = tracing_subscriber::registry()
-        .with(filter)
         .with(logs)
         .with(traces)
         .try_init()
@@ -139,7 +147,8 @@ pub fn exporting() -> bool {
 }
 
 /// The W3C `traceparent` of the current span, to store with work another process will do; `None` when traces
-/// are not exported or the span is not sampled.
+/// are not exported or there is no span. An unsampled span's is kept too: its flags carry the decision, so the
+/// spans of one trace are kept or dropped together (a parent-based sampler follows them).
 pub fn current_traceparent() -> Option<String> {
     if !exporting() {
         return None;
@@ -155,11 +164,14 @@ pub fn current_traceparent() -> Option<String> {
 
 /// Makes `span` (not entered yet) a child of `traceparent` (from a job row or a request header). Nothing happens
 /// when traces are not exported or the value is not a valid `traceparent`.
-pub fn set_parent(span: &tracing::Span, traceparent: &str) {
-    if !exporting() || parse_traceparent(traceparent.as_bytes()).is_none() {
+pub fn set_parent(span: &tracing::Span, traceparent: &[u8]) {
+    if !exporting() {
         return;
     }
-    let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
+    let Some(traceparent) = parse_traceparent(traceparent) else {
+        return;
+    };
+    let carrier = HashMap::from([("traceparent".to_string(), traceparent)]);
     let parent = TraceContextPropagator::new().extract(&carrier);
     // Fails only if the span was already entered or is disabled; it then keeps its own parent.
     let _ = span.set_parent(parent);
@@ -169,10 +181,10 @@ pub fn set_parent(span: &tracing::Span, traceparent: &str) {
 /// all zeros), from outside data (a request header, a Kafka header); `None` for anything else. Bounded: nothing
 /// longer than the 55 bytes of a valid value is looked at.
 pub fn parse_traceparent(value: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(value).ok()?.trim();
-    if text.len() != 55 {
+    if value.len() != 55 {
         return None;
     }
+    let text = std::str::from_utf8(value).ok()?;
     let parts: Vec<&str> = text.split('-').collect();
     let [version, trace, span, flags] = parts.as_slice() else {
         return None;

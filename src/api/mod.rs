@@ -336,7 +336,7 @@ async fn observe(State(state): State<ApiState>, request: Request, next: Next) ->
     // A caller's W3C trace (checked: a malformed header is ignored) becomes this request's parent, so the trace
     // continues through the jobs and runs it starts (see `telemetry`).
     if let Some(parent) = request.headers().get("traceparent") {
-        crate::telemetry::set_parent(&span, &String::from_utf8_lossy(parent.as_bytes()));
+        crate::telemetry::set_parent(&span, parent.as_bytes());
     }
     let started = Instant::now();
     let response = next.run(request).instrument(span.clone()).await;

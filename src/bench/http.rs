@@ -511,12 +511,13 @@ fn print_report(report: &HttpBenchReport, args: &HttpBenchArgs) {
         line("closed loop", &trigger.throughput_latency);
         match &trigger.wrk {
             Some(wrk) => println!(
-                "  {:<38} {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} not 2xx",
+                "  {:<38} {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} not 2xx, {} socket errors",
                 format!("wrk, 2 threads x {} connections", report.connections),
                 wrk.req_per_s,
                 wrk.p50_ms,
                 wrk.p99_ms,
-                wrk.non_2xx
+                wrk.non_2xx,
+                wrk.socket_errors
             ),
             None => println!("  wrk: not run (not installed, or --no-wrk)"),
         }

@@ -18,6 +18,9 @@ pub struct WrkReport {
     pub p99_ms: f64,
     /// Answers other than 2xx/3xx (wrk counts them as requests, so they must be zero for the rate to count).
     pub non_2xx: u64,
+    /// Connect, read and write errors and timeouts (a request past `--timeout` leaves the latency figures, so
+    /// they must be zero too for the percentiles to count).
+    pub socket_errors: u64,
 }
 
 /// Whether wrk can be run here.
@@ -61,6 +64,8 @@ end
             "-t2",
             &format!("-c{connections}"),
             &format!("-d{seconds}s"),
+            "--timeout",
+            "10s",
             "--latency",
             "-s",
         ])
@@ -69,6 +74,13 @@ end
         .output()
         .map_err(|e| BenchError::Failed(format!("cannot run wrk: {e}")))?;
     let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(BenchError::Failed(format!(
+            "wrk failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
     parse(&text).ok_or_else(|| BenchError::Failed(format!("could not read wrk's report:\n{text}")))
 }
 
@@ -78,12 +90,19 @@ fn parse(text: &str) -> Option<WrkReport> {
         p50_ms: f64::NAN,
         p99_ms: f64::NAN,
         non_2xx: 0,
+        socket_errors: 0,
     };
     for line in text.lines().map(str::trim) {
         if let Some(rate) = line.strip_prefix("Requests/sec:") {
             report.req_per_s = rate.trim().parse().ok()?;
         } else if let Some(count) = line.strip_prefix("Non-2xx or 3xx responses:") {
             report.non_2xx = count.trim().parse().ok()?;
+        } else if let Some(errors) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 2, write 0, timeout 5"
+            report.socket_errors = errors
+                .split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum();
         } else if let Some(value) = line.strip_prefix("50%") {
             report.p50_ms = millis(value.trim())?;
         } else if let Some(value) = line.strip_prefix("99%") {
@@ -123,6 +142,7 @@ mod tests {
      90%    7.00ms
      99%  812.00us
   139950 requests in 10.00s, 30.00MB read
+  Socket errors: connect 0, read 2, write 0, timeout 5
   Non-2xx or 3xx responses: 3
 Requests/sec:  13995.12
 Transfer/sec:      3.00MB
@@ -132,6 +152,7 @@ Transfer/sec:      3.00MB
         assert!((report.p50_ms - 4.3).abs() < 1e-9);
         assert!((report.p99_ms - 0.812).abs() < 1e-9);
         assert_eq!(report.non_2xx, 3);
+        assert_eq!(report.socket_errors, 7);
         assert!(parse("wrk: command failed").is_none());
     }
 }

@@ -86,6 +86,8 @@ type Partition = (String, i32);
 pub(super) struct BridgeContext {
     writer: Arc<BatchWriter>,
     runtime: Handle,
+    /// A write of the partitions' ends is in flight (see `update_lag`).
+    recording_ends: Arc<std::sync::atomic::AtomicBool>,
     options: ConsumerOptions,
     shutdown: CancellationToken,
     /// Messages read but not yet stored: at most one batch.
@@ -196,6 +198,7 @@ impl BridgeContext {
             fed,
             writer,
             runtime,
+            recording_ends: Arc::default(),
             options,
             shutdown,
             pending: Mutex::default(),
@@ -548,10 +551,22 @@ impl BridgeContext {
                 ends.push((topic, partition, end));
             }
         }
-        // The fleet's alert evaluator reads the lag from the database, not from this process.
-        if let Err(error) = self.runtime.block_on(self.writer.record_ends(&ends)) {
-            tracing::debug!(%error, "could not record the partitions' ends");
+        // The fleet's alert evaluator reads the lag from the database, not from this process. Written on the
+        // runtime, never on this consuming thread (a slow database must not stall polling); one write at a time.
+        if ends.is_empty()
+            || self
+                .recording_ends
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return;
         }
+        let (writer, recording) = (Arc::clone(&self.writer), Arc::clone(&self.recording_ends));
+        self.runtime.spawn(async move {
+            if let Err(error) = writer.record_ends(&ends).await {
+                tracing::warn!(%error, "could not record the partitions' ends (the bridge_behind alert reads them)");
+            }
+            recording.store(false, std::sync::atomic::Ordering::Release);
+        });
     }
 }
 

@@ -107,9 +107,8 @@ impl BatchWriter {
         Ok(outcome)
     }
 
-    /// Records how far each partition reaches, for the lag the `bridge_behind` alert reads. Called from the
-    /// consuming thread every few seconds, so it gives up fast (a lock held elsewhere, a slow database): the next
-    /// call tries again.
+    /// Records how far each partition reaches, for the lag the `bridge_behind` alert reads, every few seconds. It
+    /// gives up fast (a lock held elsewhere, a slow database): the next call tries again.
     pub async fn record_ends(&self, ends: &[(String, i32, i64)]) -> Result<(), BridgeError> {
         if ends.is_empty() {
             return Ok(());

@@ -236,7 +236,12 @@ impl ChainSend<'_> {
                 return self.rate_limited_step(wait);
             }
             let started = Instant::now();
-            let span = tracing::info_span!("provider_call", provider = name, attempt = call + 1);
+            // In traces only (see `telemetry`): the attempt's span names the job in the logs already.
+            let span = if crate::telemetry::exporting() {
+                tracing::info_span!("provider_call", provider = name, attempt = call + 1)
+            } else {
+                tracing::Span::none()
+            };
             let outcome = provider.send(self.message).instrument(span).await;
             self.record(name, &outcome, started.elapsed());
             match outcome {

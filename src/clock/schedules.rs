@@ -640,10 +640,15 @@ pub async fn failing(pool: &PgPool) -> Result<Vec<(String, String)>, ClockError>
         let Some(job) = queue::admin::find_job(pool, id).await? else {
             continue;
         };
-        let last = job
-            .errors
-            .as_array()
-            .and_then(|errors| errors.last())
+        // A snooze (retention coming back for the rest of a backlog) or a shutdown's interruption is recorded as an
+        // error entry too, but is no failure.
+        let last_entry = job.errors.as_array().and_then(|errors| errors.last());
+        let benign = last_entry
+            .and_then(|e| e.get("kind"))
+            .and_then(|k| k.as_str())
+            .is_some_and(|kind| matches!(kind, "snoozed" | "shutdown"));
+        let last = last_entry
+            .filter(|_| !benign)
             .and_then(|e| e.get("message"))
             .and_then(|m| m.as_str())
             .unwrap_or_default()

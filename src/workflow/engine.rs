@@ -97,9 +97,14 @@ impl Engine {
         let step = match executed {
             Ok(step) => step,
             Err(error) => {
-                let last =
-                    matches!(error, JobError::Permanent(_)) || ctx.attempt >= ctx.max_attempts;
-                metrics::node_executed(kind, if last { "failed" } else { "retried" });
+                let result = match &error {
+                    // No attempt spent: a provider's circuit open, no rate permit (comes back shortly).
+                    JobError::Snooze(..) => "snoozed",
+                    JobError::Permanent(_) => "failed",
+                    _ if ctx.attempt >= ctx.max_attempts => "failed",
+                    _ => "retried",
+                };
+                metrics::node_executed(kind, result);
                 return self.node_failed(&job, node, &ctx, error).await;
             }
         };

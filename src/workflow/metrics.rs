@@ -41,7 +41,7 @@ pub static RUNS_FINISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static NODE_EXECUTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "workflow_node_executions_total",
-        "Workflow node executions, by node kind and result (completed, parked, recorded, retried, failed)",
+        "Workflow node executions, by node kind and result (completed, parked, recorded, retried, snoozed, failed)",
         &["kind", "result"],
     )
 });
@@ -64,10 +64,10 @@ pub fn all() -> Vec<Box<dyn Collector>> {
     ]
 }
 
-pub(super) fn runs_started(workflow: &str, count: usize) {
+pub(super) fn runs_started(workflow: &str, count: u64) {
     RUNS_STARTED
         .with_label_values(&[WORKFLOW_LABELS.label(workflow)])
-        .inc_by(count as u64);
+        .inc_by(count);
 }
 
 pub(super) fn run_finished(workflow: &str, status: &str) {

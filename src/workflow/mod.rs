@@ -287,8 +287,13 @@ impl NodeJobs {
 pub fn register(registry: &mut HandlerRegistry, engine: Arc<Engine>) {
     registry.register(move |job: NodeJob, ctx| {
         let engine = Arc::clone(&engine);
-        // Every log line of the node (and the trace's node span) names its run and node.
-        let span = tracing::info_span!("node", run = job.run, node = %job.node);
+        // A span of its own in traces only: the attempt's span already names the job in every log line, and a
+        // span's fields cost formatting on every node job.
+        let span = if crate::telemetry::exporting() {
+            tracing::info_span!("node", run = job.run, node = %job.node)
+        } else {
+            tracing::Span::none()
+        };
         async move { engine.run_node(job, ctx).await }.instrument(span)
     });
 }

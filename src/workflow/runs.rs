@@ -196,7 +196,9 @@ impl Engine {
         let context = trigger_context(&definition, data, "data")?;
         let key = Some(idempotency_key);
         let run = prepare(&definition, context, key.clone(), None);
-        let ids = insert_runs(conn, &self.jobs, &definition, &[&run]).await?;
+        let (ids, started) = insert_runs(conn, &self.jobs, &definition, &[&run]).await?;
+        // Counted now: the commit is the caller's (a clock tick that rolls back and fires again counts twice).
+        started.count();
         if let Some(run) = ids.first() {
             return Ok(Started::Created {
                 id: run.id,
@@ -231,8 +233,9 @@ impl Engine {
             .collect::<Result<Vec<_>, WorkflowError>>()?;
         let mut tx = self.pool.begin().await?;
         let runs = runs.iter().collect::<Vec<_>>();
-        let runs = insert_runs(&mut tx, &self.jobs, &definition, &runs).await?;
+        let (runs, started) = insert_runs(&mut tx, &self.jobs, &definition, &runs).await?;
         tx.commit().await?;
+        started.count();
         Ok(runs.into_iter().map(|run| run.id).collect())
     }
 
@@ -263,7 +266,9 @@ impl Engine {
             return Ok(answers);
         }
         let refs = runs.iter().collect::<Vec<_>>();
-        let inserted = insert_runs(conn, &self.jobs, &definition, &refs).await?;
+        let (inserted, started) = insert_runs(conn, &self.jobs, &definition, &refs).await?;
+        // Counted now: the commit is the caller's (a bridge batch that fails and is stored again counts twice).
+        started.count();
         let started: std::collections::HashSet<String> =
             inserted.into_iter().filter_map(|run| run.key).collect();
         for (position, run) in positions.into_iter().zip(&runs) {

@@ -167,6 +167,7 @@ async fn commit(
     }
     let before = Failed::BeforeCommit;
     let mut answers: Vec<Option<Started>> = vec![None; starts.len()];
+    let mut counts = Vec::with_capacity(groups.len());
     let mut tx = db::begin_bounded(pool, &[])
         .await
         .map_err(|e| before(e.into()))?;
@@ -175,9 +176,10 @@ async fn commit(
             continue;
         };
         let runs: Vec<&NewRun> = positions.iter().map(|&p| &starts[p].run).collect();
-        let inserted = insert_runs(&mut tx, jobs, &starts[first].definition, &runs)
+        let (inserted, started) = insert_runs(&mut tx, jobs, &starts[first].definition, &runs)
             .await
             .map_err(before)?;
+        counts.push(started);
         for Inserted { id, position, .. } in inserted {
             if let Some(&start) = positions.get(position) {
                 answers[start] = Some(Started::Created {
@@ -213,6 +215,7 @@ async fn commit(
         ))
     })?;
     tx.commit().await.map_err(|e| Failed::AtCommit(e.into()))?;
+    counts.into_iter().for_each(RunsStarted::count);
     Ok(answers)
 }
 
@@ -287,7 +290,7 @@ pub(super) async fn insert_runs(
     jobs: &NodeJobs,
     definition: &Workflow,
     runs: &[&NewRun],
-) -> Result<Vec<Inserted>, WorkflowError> {
+) -> Result<(Vec<Inserted>, RunsStarted), WorkflowError> {
     let rows: Vec<(i64, Option<String>, Value, i64)> = sqlx::query_as(sql::START_RUNS)
         .bind(&definition.name)
         .bind(definition.version)
@@ -319,35 +322,63 @@ pub(super) async fn insert_runs(
         }
     }
     jobs.enqueue_run_phase(conn, first_jobs).await?;
-    // Counted when inserted, in the caller's transaction: a start batch that then fails to commit (rare: the
-    // database went away) is counted though it started nothing, and again when its caller retries it.
-    metrics::runs_started(&definition.name, rows.len());
-    // The trigger and the pure nodes evaluated with it (`done`), for the inserted runs only (a taken key's run
-    // was never started); a run with nothing left to run completed here.
+    // What the statement did, for the metrics: counted by the caller once its transaction commits.
+    let mut started = RunsStarted {
+        workflow: definition.name.clone(),
+        runs: rows.len() as u64,
+        ..RunsStarted::default()
+    };
     for (_, _, next, ord) in &rows {
         let run = usize::try_from(ord - 1).ok().and_then(|i| runs.get(i));
-        if next.as_array().is_some_and(Vec::is_empty) {
-            metrics::run_finished(&definition.name, "completed");
-        }
-        metrics::node_executed("trigger", "completed");
+        // A run with nothing left to run completed here.
+        started.completed += u64::from(next.as_array().is_some_and(Vec::is_empty));
+        // The trigger and the pure nodes evaluated with it (`done`), for the inserted runs only (a taken key's run
+        // was never started).
+        started.nodes.push("trigger");
         for step in run.and_then(|r| r.done.as_array()).into_iter().flatten() {
             let node = step
                 .get("node")
                 .and_then(Value::as_str)
                 .and_then(|id| definition.node(id));
             if let Some(node) = node {
-                metrics::node_executed(node.kind.name(), "completed");
+                started.nodes.push(node.kind.name());
             }
         }
     }
-    Ok(rows
+    let inserted = rows
         .into_iter()
         .map(|(id, key, _, ord)| Inserted {
             id,
             key,
             position: usize::try_from(ord - 1).unwrap_or(usize::MAX),
         })
-        .collect())
+        .collect();
+    Ok((inserted, started))
+}
+
+/// The runs a start statement inserted, to count in the metrics once the caller's transaction commits (a batch
+/// that fails and is retried start by start must not count twice).
+#[derive(Debug, Default)]
+#[must_use = "count the started runs after the commit"]
+pub(super) struct RunsStarted {
+    workflow: String,
+    runs: u64,
+    /// Of them, completed at once (nothing after the trigger and its pure nodes).
+    completed: u64,
+    /// The kinds of the nodes run at start (each trigger, and the pure nodes after it).
+    nodes: Vec<&'static str>,
+}
+
+impl RunsStarted {
+    pub(super) fn count(self) {
+        metrics::runs_started(&self.workflow, self.runs);
+        for _ in 0..self.completed {
+            metrics::run_finished(&self.workflow, "completed");
+        }
+        for kind in self.nodes {
+            metrics::node_executed(kind, "completed");
+        }
+    }
 }
 
 /// Checks trigger data against the trigger's fields (problems named under `prefix`) and builds a new run's

@@ -130,9 +130,8 @@ impl Evaluator {
 
     /// One pass: the conditions that hold, then the transitions and sends; the notifications sent.
     async fn evaluate(&self) -> Vec<(String, String, String)> {
-        let holding = herald::alerts::conditions(&self.db.pool, &self.settings)
-            .await
-            .unwrap();
+        let holding = herald::alerts::conditions(&self.db.pool, &self.settings).await;
+        assert!(holding.unread.is_empty(), "{:?}", holding.unread);
         herald::alerts::evaluate(&self.db.pool, &self.channels, &self.settings, &holding)
             .await
             .unwrap()
@@ -289,9 +288,19 @@ async fn dead_letters_a_bridge_behind_and_a_failing_clock_job_fire_and_clear() {
         .await
         .unwrap();
     assert!(alerts.evaluate().await.is_empty(), "its job has not failed");
+    // Snoozed (retention leaves old rows for its next pass, as `JobError::Snooze` records it): no failure.
     sqlx::query(
-        "UPDATE herald_jobs SET attempt = 1, errors = '[{\"attempt\": 1, \"message\": \"archive: S3 said 503\"}]' \
-         WHERE id = $1",
+        "UPDATE herald_jobs SET errors = '[{\"attempt\": 1, \"kind\": \"snoozed\", \
+         \"message\": \"old rows left after days_per_run or max_run\"}]' WHERE id = $1",
+    )
+    .bind(job)
+    .execute(pool)
+    .await
+    .unwrap();
+    assert!(alerts.evaluate().await.is_empty(), "a snooze is no failure");
+    sqlx::query(
+        "UPDATE herald_jobs SET attempt = 1, errors = '[{\"attempt\": 1, \"kind\": \"error\", \
+         \"message\": \"archive: S3 said 503\"}]' WHERE id = $1",
     )
     .bind(job)
     .execute(pool)
@@ -303,6 +312,29 @@ async fn dead_letters_a_bridge_behind_and_a_failing_clock_job_fire_and_clear() {
         [("clock_failing".into(), "retention".into(), "firing".into())]
     );
     assert!(alerts.recorder.to("ops")[3].content["body"].contains("S3 said 503"));
+
+    // A rule whose table cannot be read this time is no proof its problem ended: its alerts keep firing, and the
+    // other rules are still judged.
+    run("ALTER TABLE herald_schedules RENAME TO herald_schedules_away").await;
+    let holding = herald::alerts::conditions(pool, &alerts.settings).await;
+    assert_eq!(holding.unread, ["clock_failing"]);
+    assert!(holding.conditions.iter().any(|c| c.rule == "dead_letters"));
+    assert!(
+        herald::alerts::evaluate(pool, &alerts.channels, &alerts.settings, &holding)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing resolved"
+    );
+    let firing = herald::alerts::list(pool).await.unwrap();
+    assert_eq!(
+        firing
+            .iter()
+            .filter(|a| a.rule == "clock_failing" && a.state == "firing")
+            .count(),
+        2
+    );
+    run("ALTER TABLE herald_schedules_away RENAME TO herald_schedules").await;
 
     // Every condition ends: each alert clears once.
     run("UPDATE herald_dead_letters SET failed_at = now() - interval '2 minutes'").await;

@@ -131,9 +131,15 @@ async fn the_api_and_worker_processes_count_runs_nodes_and_waiting_runs() {
         "the worker's counts to reach the workload",
         move || async move {
             let body = scrape_ref(worker_ref).await;
+            // Every count the assertions below read (each is incremented after its own commit).
+            let nodes = "herald_workflow_node_executions_total";
             let parked = [("kind", "wait_for_events"), ("result", "recorded")];
+            let sent = [("kind", "action"), ("result", "completed")];
+            let failed = [("kind", "transform"), ("result", "failed")];
             let done = metric_sample(&body, "herald_workflow_runs_finished_total", &[]) >= 5.0
-                && metric_sample(&body, "herald_workflow_node_executions_total", &parked) >= 1.0;
+                && metric_sample(&body, nodes, &parked) >= 1.0
+                && metric_sample(&body, nodes, &sent) >= 4.0
+                && metric_sample(&body, nodes, &failed) >= 1.0;
             *text_ref.borrow_mut() = body;
             done
         },

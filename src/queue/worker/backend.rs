@@ -192,7 +192,7 @@ async fn run_watched(job: ClaimedJob, metrics: Arc<KindMetrics>, deps: &AttemptD
         tracing::info_span!("job", job = job.id)
     };
     if let Some(parent) = &job.trace_parent {
-        crate::telemetry::set_parent(&span, parent);
+        crate::telemetry::set_parent(&span, parent.as_bytes());
     }
     let attempt_run = execute(job, Arc::clone(&deps.registry), deps.retry).instrument(span);
     let mut handler = AbortOnDrop(tokio::spawn(probed(attempt_run, Arc::clone(&probe))));
