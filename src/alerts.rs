@@ -13,9 +13,12 @@
 //! RESOLVED when its condition clears.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use prometheus::IntGaugeVec;
+use prometheus::core::Collector;
 use serde::Deserialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -51,6 +54,9 @@ pub struct AlertSettings {
     pub bridge_lag_messages: i64,
     /// A schedule whose latest tick could not fire, or whose job is failing, fires `clock_failing`.
     pub clock_failing: bool,
+    /// A firing alert is announced again this often while it lasts (0: never).
+    #[serde(rename = "remind_every_secs", deserialize_with = "setting::secs")]
+    pub remind_every: Duration,
 }
 
 impl AlertSettings {
@@ -399,16 +405,33 @@ pub async fn evaluate(
     notify(pool, channels, settings).await
 }
 
-/// Sends each change not yet sent, and records it sent.
+/// A notification to send: a change not announced yet, or (`reminder`) a firing alert announced too long ago.
+#[derive(sqlx::FromRow)]
+struct Pending {
+    #[sqlx(flatten)]
+    alert: Alert,
+    reminder: bool,
+    /// When the last notification of it went out.
+    last_sent: DateTime<Utc>,
+}
+
+/// Sends each change not yet sent, and each reminder due (a firing alert announced longer ago than
+/// `alerts.remind_every_secs`), and records them sent. Returns (rule, subject, what was sent: `firing`,
+/// `reminder`, `resolved`).
 async fn notify(
     pool: &PgPool,
     channels: &Channels,
     settings: &AlertSettings,
 ) -> Result<Vec<(String, String, String)>, AlertError> {
-    let unsent: Vec<Alert> = sqlx::query_as(
-        "SELECT rule, subject, state, summary, since, fired_at, resolved_at, notified FROM herald_alerts \
-         WHERE NOT notified AND state IN ('firing', 'resolved') ORDER BY rule, subject",
+    // $1: the reminder period in seconds (0: none).
+    let unsent: Vec<Pending> = sqlx::query_as(
+        "SELECT rule, subject, state, summary, since, fired_at, resolved_at, notified, notified AS reminder, \
+                coalesce(sent_at, now()) AS last_sent FROM herald_alerts \
+         WHERE (NOT notified AND state IN ('firing', 'resolved')) \
+            OR ($1 > 0 AND notified AND state = 'firing' AND sent_at < now() - make_interval(secs => $1)) \
+         ORDER BY rule, subject",
     )
+    .bind(settings.remind_every.as_secs_f64())
     .fetch_all(pool)
     .await?;
     let Some(kind) = ChannelKind::parse(&settings.channel) else {
@@ -418,13 +441,18 @@ async fn notify(
         return Ok(Vec::new());
     };
     let mut sent = Vec::new();
-    for alert in unsent {
+    for Pending {
+        alert,
+        reminder,
+        last_sent,
+    } in unsent
+    {
         let headline = format!(
             "[herald] {}: {} {}",
-            if alert.state == "firing" {
-                "FIRING"
-            } else {
-                "RESOLVED"
+            match (alert.state.as_str(), reminder) {
+                ("firing", true) => "STILL FIRING",
+                ("firing", false) => "FIRING",
+                _ => "RESOLVED",
             },
             alert.rule,
             alert.subject
@@ -441,31 +469,43 @@ async fn notify(
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let stamp = alert.fired_at.or(alert.resolved_at).unwrap_or(alert.since);
+        // One key per notification: a reminder's names the one before it, so each reminder is sent once.
+        let stamp = if reminder {
+            last_sent
+        } else {
+            alert.fired_at.or(alert.resolved_at).unwrap_or(alert.since)
+        };
         let message = Message {
             channel: kind,
             providers: Vec::new(),
             to: settings.to.clone(),
             content,
             idempotency_key: format!(
-                "herald-alert:{}:{}:{}:{}",
+                "herald-alert:{}:{}:{}{}:{}",
                 alert.rule,
                 alert.subject,
                 alert.state,
+                if reminder { "-reminder" } else { "" },
                 stamp.timestamp_micros()
             ),
         };
         match channel.send(&message).await.result {
             Ok(_) => {
                 sqlx::query(
-                    "UPDATE herald_alerts SET notified = true WHERE rule = $1 AND subject = $2 AND state = $3",
+                    "UPDATE herald_alerts SET notified = true, sent_at = now() \
+                     WHERE rule = $1 AND subject = $2 AND state = $3",
                 )
                 .bind(&alert.rule)
                 .bind(&alert.subject)
                 .bind(&alert.state)
                 .execute(pool)
                 .await?;
-                sent.push((alert.rule, alert.subject, alert.state));
+                let what = if reminder {
+                    "reminder".to_string()
+                } else {
+                    alert.state
+                };
+                sent.push((alert.rule, alert.subject, what));
             }
             Err(error) => {
                 tracing::warn!(rule = %alert.rule, subject = %alert.subject, %error, "could not send an alert; will retry")
@@ -473,6 +513,34 @@ async fn notify(
         }
     }
     Ok(sent)
+}
+
+/// Firing alerts by rule, for Prometheus alert rules and dashboards (exported by the evaluator).
+pub static FIRING: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    crate::metrics::int_gauge_vec(
+        "alerts_firing",
+        "herald's own alerts firing now, by rule (exported by the process that evaluates them; take the max)",
+        &["rule"],
+    )
+});
+
+/// Every metric above, for the process's registry.
+pub fn all() -> Vec<Box<dyn Collector>> {
+    vec![Box::new(FIRING.clone())]
+}
+
+/// Sets [`FIRING`] from the table.
+async fn export_firing(pool: &PgPool) -> Result<(), AlertError> {
+    let firing: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT rule, count(*) FROM herald_alerts WHERE state = 'firing' GROUP BY rule",
+    )
+    .fetch_all(pool)
+    .await?;
+    FIRING.reset();
+    for (rule, count) in firing {
+        FIRING.with_label_values(&[&rule]).set(count);
+    }
+    Ok(())
 }
 
 /// Takes part in the evaluator election and, while leading, evaluates every `alerts.every_secs` until `shutdown`.
@@ -494,7 +562,9 @@ pub async fn run(
         if lock.hold(&pool).await {
             let pass = async {
                 let holding = conditions(&pool, &settings).await;
-                evaluate(&pool, &channels, &settings, &holding).await
+                let sent = evaluate(&pool, &channels, &settings, &holding).await?;
+                export_firing(&pool).await?;
+                Ok::<_, AlertError>(sent)
             };
             match tokio::time::timeout(pass_limit, pass).await {
                 Ok(Ok(sent)) if !sent.is_empty() => tracing::info!(?sent, "alerts sent"),
@@ -502,6 +572,9 @@ pub async fn run(
                 Ok(Err(error)) => tracing::warn!(%error, "evaluating alerts failed"),
                 Err(_) => tracing::warn!("evaluating alerts took over a minute; abandoned"),
             }
+        } else {
+            // Only the evaluator exports the firing alerts (the others read 0: take the max).
+            FIRING.reset();
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -334,6 +334,7 @@ fn process_metrics(settings: &Settings, pool: &PgPool) -> Result<Metrics, promet
         .chain(crate::channels::metrics::all())
         .chain(crate::workflow::metrics::all())
         .chain(crate::clock::metrics::all())
+        .chain(crate::alerts::all())
         .chain(crate::bridge::metrics::all());
     let queues = settings
         .worker

@@ -22,7 +22,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("metrics", &["db", "setting"]),
     (
         "alerts",
-        &["bridge", "channels", "clock", "queue", "db", "setting"],
+        &[
+            "bridge", "channels", "clock", "queue", "db", "setting", "metrics",
+        ],
     ),
     ("dataset", &["partitions"]),
     (

@@ -116,6 +116,12 @@ pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVe
         .unwrap_or_else(|e| unreachable!("metric {name}: {e}"))
 }
 
+/// An integer gauge family, as [`counter_vec`].
+pub fn int_gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"))
+}
+
 /// The label values one metric may take from outside data (a queue name, a workflow name): the known ones, then
 /// the first values seen up to a maximum, then `other`. A client inventing names cannot grow the registry (and
 /// every scrape) without bound.

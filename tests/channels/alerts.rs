@@ -152,7 +152,8 @@ fn sent(state: &str) -> [(String, String, String); 1] {
 }
 
 /// The state machine on its own, with a recording channel: a queue behind fires at once (no hold), stays quiet
-/// while it keeps firing, retries a notification the channel refused, and clears once.
+/// while it keeps firing (but for one reminder per period), retries a notification the channel refused, and clears
+/// once.
 #[tokio::test]
 async fn a_queue_behind_alert_fires_once_retries_a_refused_send_and_clears_once() {
     use crate::common::flows::Behaviour;
@@ -181,10 +182,20 @@ async fn a_queue_behind_alert_fires_once_retries_a_refused_send_and_clears_once(
     assert!(messages[0].content["subject"].contains("FIRING: queue_behind reports"));
     assert!(messages[0].content["body"].contains("42 jobs available"));
 
+    // Still firing when the reminder period (4 h by default) has passed since it was announced: one reminder.
+    assert_eq!(alerts.settings.remind_every, Duration::from_secs(4 * 3600));
+    sqlx::query("UPDATE herald_alerts SET sent_at = now() - interval '5 hours'")
+        .execute(&alerts.db.pool)
+        .await
+        .unwrap();
+    assert_eq!(alerts.evaluate().await, sent("reminder"));
+    assert!(alerts.evaluate().await.is_empty(), "reminded once");
+    assert!(alerts.subjects()[1].contains("STILL FIRING: queue_behind reports"));
+
     alerts.reports(42, false).await;
     assert_eq!(alerts.evaluate().await, sent("resolved"));
     assert!(alerts.evaluate().await.is_empty());
-    assert_eq!(alerts.recorder.to("ops").len(), 2);
+    assert_eq!(alerts.recorder.to("ops").len(), 3);
 }
 
 /// A RESOLVED that could not be sent is sent before the alert may fire again: the operator never sees FIRING,
