@@ -57,6 +57,16 @@ impl RawMessage {
             .and_then(|(_, value)| value.as_deref())
     }
 
+    /// The producer's W3C trace (a valid `traceparent` header), which the jobs and runs this message becomes
+    /// continue; `None` when traces are not exported.
+    pub fn traceparent(&self) -> Option<String> {
+        if !crate::telemetry::exporting() {
+            return None;
+        }
+        self.header("traceparent")
+            .and_then(crate::telemetry::parse_traceparent)
+    }
+
     /// `kafka:<topic>:<partition>:<offset>`: unique per message within a cluster, the default idempotency key
     /// of the runs and events a message starts.
     pub fn position_key(&self) -> String {

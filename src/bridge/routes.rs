@@ -204,13 +204,8 @@ impl Target {
                 payload,
                 idempotency_key,
             } => {
-                // A producer's W3C trace header (checked) carries its trace into the job.
-                let trace = message
-                    .header("traceparent")
-                    .filter(|_| crate::telemetry::exporting())
-                    .and_then(crate::telemetry::parse_traceparent);
                 let mut job = NewJob::new(queue.clone(), kind.clone(), select(&body, payload)?)
-                    .trace_parent(trace);
+                    .trace_parent(message.traceparent());
                 if let Some(pointer) = idempotency_key {
                     let key = IdempotencyKey::parse(&required_text(&body, pointer)?)
                         .map_err(|e| format!("idempotency key: {e}"))?;

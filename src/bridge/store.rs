@@ -280,7 +280,7 @@ impl BatchWriter {
         let messages: Vec<&RawMessage> = items.iter().map(|(m, _, _)| *m).collect();
         let inputs = items
             .into_iter()
-            .map(|(_, data, key)| (data, key))
+            .map(|(message, data, key)| (data, key, message.traceparent()))
             .collect();
         match self.engine.start_runs_in(tx, workflow, inputs).await {
             Ok(answers) => {

@@ -239,23 +239,25 @@ impl Engine {
         Ok(runs.into_iter().map(|run| run.id).collect())
     }
 
-    /// Starts runs of the workflow's latest version inside the caller's transaction, one per `(data, key)`, for
-    /// the Kafka bridge. Each item gets its own answer: `Ok(true)` started, `Ok(false)` its key was taken (a
+    /// Starts runs of the workflow's latest version inside the caller's transaction, one per `(data, key, trace
+    /// to continue)`, for the Kafka bridge. Each item gets its own answer: `Ok(true)` started, `Ok(false)` its key was taken (a
     /// duplicate), `Err` its data does not fit the trigger. The outer error (an unknown workflow, the database)
     /// concerns every item.
     pub async fn start_runs_in(
         &self,
         conn: &mut sqlx::PgConnection,
         workflow: &str,
-        items: Vec<(Value, String)>,
+        items: Vec<(Value, String, Option<String>)>,
     ) -> Result<Vec<Result<bool, WorkflowError>>, WorkflowError> {
         let definition = self.catalog.latest(workflow).await?;
         let mut answers = Vec::with_capacity(items.len());
         let (mut runs, mut positions) = (Vec::new(), Vec::new());
-        for (position, (data, key)) in items.into_iter().enumerate() {
+        for (position, (data, key, trace)) in items.into_iter().enumerate() {
             match trigger_context(&definition, data, "data") {
                 Ok(context) => {
-                    runs.push(prepare(&definition, context, Some(key), None));
+                    let mut run = prepare(&definition, context, Some(key), None);
+                    run.trace_parent = trace;
+                    runs.push(run);
                     positions.push(position);
                     answers.push(Ok(false));
                 }

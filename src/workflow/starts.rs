@@ -253,7 +253,7 @@ pub(super) struct NewRun {
     pub key: Option<String>,
     request_id: Option<String>,
     /// The trace its first node jobs continue.
-    trace_parent: Option<String>,
+    pub trace_parent: Option<String>,
 }
 
 /// Evaluates the pure nodes after the trigger (see `inline.rs`) for a new run whose `context` came from

@@ -182,3 +182,123 @@ async fn stored_jobs(pool: &sqlx::PgPool) -> i64 {
     )
     .await
 }
+
+/// A fake OpenTelemetry collector (OTLP/HTTP, JSON): every export request's body, as it came.
+async fn collector() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+) {
+    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = std::sync::Arc::clone(&bodies);
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = std::sync::Arc::clone(&kept);
+            async move {
+                if let Ok(value) = serde_json::from_slice(&body) {
+                    kept.lock().unwrap().push(value);
+                }
+                "{}"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, bodies)
+}
+
+/// (trace id, parent span id, name) of every span the collector holds.
+fn collected_spans(bodies: &[serde_json::Value]) -> Vec<(String, String, String)> {
+    let mut spans = Vec::new();
+    for body in bodies {
+        for resource in body["resourceSpans"].as_array().into_iter().flatten() {
+            for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                for span in scope["spans"].as_array().into_iter().flatten() {
+                    let text = |key: &str| span[key].as_str().unwrap_or_default().to_string();
+                    spans.push((text("traceId"), text("parentSpanId"), text("name")));
+                }
+            }
+        }
+    }
+    spans
+}
+
+/// A producer's W3C `traceparent` header is continued by what its message becomes: the job's attempt, and a
+/// workflow run's node, are spans of the producer's trace, children of its span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_messages_traceparent_is_continued_by_its_job_and_its_run() {
+    let broker = Broker::start().await;
+    broker.create_topic("traced_jobs", 1).await;
+    broker.create_topic("traced_runs", 1).await;
+    let db = TestDb::new().await;
+    let (collector_url, bodies) = collector().await;
+    let routes = r#"[{topic="traced_jobs",target="job",queue="traced",kind="herald.noop"},{topic="traced_runs",target="workflow",workflow="kafka_traced"}]"#;
+    let env = [
+        ("HERALD_BRIDGE__BROKERS", broker.address.as_str()),
+        ("HERALD_BRIDGE__ROUTES", routes),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("RUST_LOG", "warn"),
+    ];
+    let definition = herald::workflow::definition::parse_text(
+        "test.yaml",
+        r#"
+name: kafka_traced
+version: 1
+nodes:
+  - id: start
+    kind: trigger
+    fields: {}
+    next: wait
+  - id: wait
+    kind: delay
+    duration: 1s
+"#,
+    )
+    .unwrap();
+    let engine = herald::app::App::on_pool(settings(), db.pool.clone())
+        .unwrap()
+        .engine;
+    engine
+        .catalog
+        .save(&herald::audit::Actor::cli(), "test.yaml", &definition)
+        .await
+        .unwrap();
+    let mut worker = spawn_herald_with(
+        &db.url,
+        &["worker", "--queues", "traced:2,workflows:2"],
+        &env,
+    );
+    let mut bridge = spawn_herald_with(&db.url, &["bridge"], &env);
+
+    let (job_trace, run_trace) = (
+        "0af7651916cd43dd8448eb211c80319c",
+        "1bf7651916cd43dd8448eb211c80319d",
+    );
+    let producer_span = "b7ad6b7169203331";
+    let producer = producer(&broker.address);
+    for (topic, trace) in [("traced_jobs", job_trace), ("traced_runs", run_trace)] {
+        let header = format!("00-{trace}-{producer_span}-01");
+        producer.send(topic, None, b"{}", &[("traceparent", header.as_str())]);
+    }
+    producer.flush();
+
+    // The job's attempt hangs from the producer's span; the run's first node job (the delay) too.
+    wait_until(
+        Duration::from_secs(60),
+        "both traces continued by a job span",
+        || async {
+            let spans = collected_spans(&bodies.lock().unwrap());
+            [job_trace, run_trace].iter().all(|trace| {
+                spans
+                    .iter()
+                    .any(|(t, parent, name)| t == trace && parent == producer_span && name == "job")
+            })
+        },
+    )
+    .await;
+    bridge.kill().await.unwrap();
+    worker.kill().await.unwrap();
+}
