@@ -348,3 +348,64 @@ async fn the_api_lists_schedules_and_pauses_them() {
         .expect("pause");
     assert_eq!(missing.status(), 404);
 }
+
+/// The clock role as operators run it: a `herald clock` process serves its probes and metrics, and counts the
+/// ticks it fires of a schedule from the settings (every second here).
+#[tokio::test]
+async fn a_clock_process_serves_metrics_that_count_its_ticks() {
+    let db = TestDb::new().await;
+    let address = format!("127.0.0.1:{}", crate::common::free_port());
+    let schedules = r#"[{name="every-second",cron="* * * * * *",kind="herald.noop",queue="ticks",missed="skip"}]"#;
+    let mut clock = crate::common::spawn_herald_with(
+        &db.url,
+        &["clock"],
+        &[
+            ("HERALD_METRICS__LISTEN", address.as_str()),
+            ("HERALD_CLOCK__SCHEDULES", schedules),
+            ("HERALD_CLOCK__POLL_SECS", "1"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let fired = std::cell::Cell::new(0.0);
+    let (fired_ref, client_ref, address_ref) = (&fired, &client, &address);
+    crate::common::wait_until(
+        Duration::from_secs(30),
+        "the clock to count two ticks fired",
+        move || async move {
+            let body = match client_ref
+                .get(format!("http://{address_ref}/metrics"))
+                .send()
+                .await
+            {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(_) => String::new(),
+            };
+            let labels = [("schedule", "every-second"), ("outcome", "fired")];
+            fired_ref.set(crate::common::metric_sample(
+                &body,
+                "herald_clock_ticks_total",
+                &labels,
+            ));
+            fired_ref.get() >= 2.0
+        },
+    )
+    .await;
+    // Each tick counted was a job enqueued (the count follows the tick's commit).
+    let jobs = scalar_i64(
+        &db.pool,
+        "SELECT count(*) FROM herald_jobs WHERE queue = 'ticks'",
+    )
+    .await;
+    assert!(
+        jobs as f64 >= fired.get(),
+        "{jobs} jobs for {} ticks",
+        fired.get()
+    );
+    let health = client
+        .get(format!("http://{address}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    clock.kill().await.unwrap();
+}
