@@ -211,8 +211,22 @@ async fn queues_dead_lettering(
 ) -> Result<Vec<Condition>, AlertError> {
     let mut found = Vec::new();
     let window = Duration::from_secs(60);
+    // Hysteresis: an alert that fires holds until the rate falls to half the threshold, so a steady rate just at
+    // the threshold does not announce FIRING and RESOLVED every minute.
+    let firing: HashSet<String> = sqlx::query_scalar(
+        "SELECT subject FROM herald_alerts WHERE rule = 'dead_letters' AND state = 'firing'",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
     for (queue, count) in crate::queue::admin::recent_dead_letters(pool, window).await? {
-        if count > settings.dead_letters_per_minute {
+        let threshold = if firing.contains(&queue) {
+            settings.dead_letters_per_minute / 2
+        } else {
+            settings.dead_letters_per_minute
+        };
+        if count > threshold {
             found.push(Condition {
                 rule: "dead_letters",
                 summary: format!(

@@ -271,7 +271,10 @@ nodes:
         &["worker", "--queues", "traced:2,workflows:2"],
         &env,
     );
-    let mut bridge = spawn_herald_with(&db.url, &["bridge"], &env);
+    let metrics_address = format!("127.0.0.1:{}", free_port());
+    let mut bridge_env = env.to_vec();
+    bridge_env.push(("HERALD_METRICS__LISTEN", metrics_address.as_str()));
+    let mut bridge = spawn_herald_with(&db.url, &["bridge"], &bridge_env);
 
     let (job_trace, run_trace) = (
         "0af7651916cd43dd8448eb211c80319c",
@@ -299,6 +302,28 @@ nodes:
         },
     )
     .await;
+    // The bridge process serves its own metrics: each topic's message consumed, a job and a run stored.
+    let body = reqwest::get(format!("http://{metrics_address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for topic in ["traced_jobs", "traced_runs"] {
+        assert_eq!(
+            metric_sample(&body, "herald_bridge_consumed_total", &[("topic", topic)]),
+            1.0,
+            "{topic}"
+        );
+    }
+    assert_eq!(
+        metric_sample(&body, "herald_bridge_inserted_total", &[("target", "job")]),
+        1.0
+    );
+    assert_eq!(
+        metric_sample(&body, "herald_bridge_inserted_total", &[("target", "run")]),
+        1.0
+    );
     bridge.kill().await.unwrap();
     worker.kill().await.unwrap();
 }

@@ -253,6 +253,15 @@ async fn dead_letters_a_bridge_behind_and_a_failing_clock_job_fire_and_clear() {
         [("dead_letters".into(), "mail".into(), "firing".into())]
     );
     assert!(alerts.subjects()[0].contains("FIRING: dead_letters mail"));
+    // Once firing it holds down to half the threshold: six in the last minute keep it firing.
+    run(
+        "UPDATE herald_dead_letters SET failed_at = now() - interval '2 minutes' WHERE job_id <= 5",
+    )
+    .await;
+    assert!(
+        alerts.evaluate().await.is_empty(),
+        "still firing at 6 a minute"
+    );
 
     run(
         "INSERT INTO herald_bridge_offsets (group_id, topic, partition, next_offset, end_offset) \
