@@ -335,6 +335,7 @@ fn process_metrics(settings: &Settings, pool: &PgPool) -> Result<Metrics, promet
         .chain(crate::workflow::metrics::all())
         .chain(crate::clock::metrics::all())
         .chain(crate::alerts::all())
+        .chain(crate::db::metrics())
         .chain(crate::bridge::metrics::all());
     let queues = settings
         .worker

@@ -117,7 +117,32 @@ pub async fn begin_bounded(
         statement.push_str("; SET LOCAL ");
         statement.push_str(setting);
     }
-    pool.begin_with(statement).await
+    let asked = std::time::Instant::now();
+    let begun = pool.begin_with(statement).await;
+    BEGIN_SECONDS.observe(asked.elapsed().as_secs_f64());
+    begun
+}
+
+/// How long the batch writers (API enqueues, run starts, events, workflow steps, deliveries: every
+/// [`begin_bounded`] caller) waited to take a pooled connection and open their transaction. A round trip when the
+/// pool has a connection free; a pool too small for its load (callers waiting for connections) shows here first.
+pub static BEGIN_SECONDS: std::sync::LazyLock<prometheus::Histogram> =
+    std::sync::LazyLock::new(|| {
+        prometheus::Histogram::with_opts(
+        prometheus::HistogramOpts::new(
+            "db_begin_seconds",
+            "Time to take a pooled connection and begin a batch transaction (pool waits show here)",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]),
+    )
+    .unwrap_or_else(|_| unreachable!("the metric's name is valid"))
+    });
+
+/// This module's metrics, for the process's registry.
+pub fn metrics() -> Vec<Box<dyn prometheus::core::Collector>> {
+    vec![Box::new(BEGIN_SECONDS.clone())]
 }
 
 /// Applies pending migrations (sqlx holds an advisory lock, so many processes may call this at once).

@@ -215,6 +215,8 @@ async fn the_api_and_worker_processes_count_runs_nodes_and_waiting_runs() {
         count(nodes, &[("kind", "condition"), ("result", "completed")]),
         6.0
     );
+    // Each start batch took a pooled connection and began its transaction: timed (pool waits show there).
+    assert!(count("herald_db_begin_seconds_count", &[]) >= 1.0);
 
     // Cancelled through the API: counted there; the leader's waiting count drops back.
     let cancelled = client
