@@ -29,6 +29,13 @@ use crate::setting::{self, InvalidSetting};
 
 /// Advisory lock class of the alert evaluator (1215 is the queue stats').
 const LOCK_CLASS: i32 = 1216;
+/// Most notifications sent in one pass (a storm of alerts goes out over the following passes, a pass every
+/// `alerts.every_secs`), and the longest one send may take: together well inside the pass's minute.
+const MAX_SENDS_PER_PASS: i64 = 10;
+const SEND_DEADLINE: Duration = Duration::from_secs(5);
+/// Longest one rule's reads may take: past it the rule is unread this pass (a table locked elsewhere must not
+/// hold back the other rules, whose reads come after it).
+const RULE_DEADLINE: Duration = Duration::from_secs(10);
 /// Queue counts older than this are not judged (see `queue::stats`).
 const STALE_STATS_SECS: f64 = 60.0;
 
@@ -97,6 +104,31 @@ pub struct Condition {
     pub summary: String,
     /// How long it must hold before it fires.
     pub hold_for: Duration,
+    /// Below the rule's firing level but above its clearing level: keeps an alert that fires firing, starts
+    /// nothing (hysteresis, so a rate steady at the threshold does not fire and clear every pass).
+    pub sustain_only: bool,
+}
+
+/// The rules, each reading its own source.
+#[derive(Debug, Clone, Copy)]
+enum Rule {
+    ProviderDown,
+    QueueBehind,
+    DeadLetters,
+    BridgeBehind,
+    ClockFailing,
+}
+
+impl Rule {
+    fn name(self) -> &'static str {
+        match self {
+            Rule::ProviderDown => "provider_down",
+            Rule::QueueBehind => "queue_behind",
+            Rule::DeadLetters => "dead_letters",
+            Rule::BridgeBehind => "bridge_behind",
+            Rule::ClockFailing => "clock_failing",
+        }
+    }
 }
 
 /// What holds now, rule by rule, and the rules whose source could not be read this time.
@@ -109,30 +141,36 @@ pub struct Holding {
 
 /// The conditions that hold now: providers whose circuit is open on a live worker, queues behind, queues
 /// dead-lettering, bridge partitions behind, failing schedules. Each rule reads on its own: one that fails (a
-/// statement deadline, a bad row) is logged and listed as unread, and the others are still judged.
+/// bad row) or takes longer than [`RULE_DEADLINE`] is logged and listed as unread, and the others are still judged.
 pub async fn conditions(pool: &PgPool, settings: &AlertSettings) -> Holding {
     let mut holding = Holding::default();
-    let rules: [(&'static str, bool); 5] = [
-        ("provider_down", true),
-        ("queue_behind", !settings.oldest_available.is_zero()),
-        ("dead_letters", settings.dead_letters_per_minute > 0),
-        ("bridge_behind", settings.bridge_lag_messages > 0),
-        ("clock_failing", settings.clock_failing),
+    let rules = [
+        (Rule::ProviderDown, true),
+        (Rule::QueueBehind, !settings.oldest_available.is_zero()),
+        (Rule::DeadLetters, settings.dead_letters_per_minute > 0),
+        (Rule::BridgeBehind, settings.bridge_lag_messages > 0),
+        (Rule::ClockFailing, settings.clock_failing),
     ];
     for (rule, on) in rules {
         if !on {
             continue;
         }
-        let found = match rule {
-            "provider_down" => providers_down(pool, settings).await,
-            "queue_behind" => queues_behind(pool, settings).await,
-            "dead_letters" => queues_dead_lettering(pool, settings).await,
-            "bridge_behind" => partitions_behind(pool, settings).await,
-            _ => schedules_failing(pool).await,
+        let read = async {
+            match rule {
+                Rule::ProviderDown => providers_down(pool, settings).await,
+                Rule::QueueBehind => queues_behind(pool, settings).await,
+                Rule::DeadLetters => queues_dead_lettering(pool, settings).await,
+                Rule::BridgeBehind => partitions_behind(pool, settings).await,
+                Rule::ClockFailing => schedules_failing(pool).await,
+            }
         };
+        let found = tokio::time::timeout(RULE_DEADLINE, read)
+            .await
+            .unwrap_or_else(|_| Err(AlertError::Slow(RULE_DEADLINE)));
         match found {
             Ok(mut found) => holding.conditions.append(&mut found),
             Err(error) => {
+                let rule = rule.name();
                 tracing::warn!(rule, %error, "an alert rule could not be evaluated; its alerts keep their state");
                 holding.unread.push(rule);
             }
@@ -172,6 +210,7 @@ async fn providers_down(
             ),
             subject: provider,
             hold_for: settings.circuit_open_for,
+            sustain_only: false,
         })
         .collect();
     Ok(found)
@@ -198,6 +237,7 @@ async fn queues_behind(
                 ),
                 subject: queue.queue,
                 hold_for: Duration::ZERO,
+                sustain_only: false,
             });
         }
     }
@@ -211,30 +251,19 @@ async fn queues_dead_lettering(
 ) -> Result<Vec<Condition>, AlertError> {
     let mut found = Vec::new();
     let window = Duration::from_secs(60);
-    // Hysteresis: an alert that fires holds until the rate falls to half the threshold, so a steady rate just at
-    // the threshold does not announce FIRING and RESOLVED every minute.
-    let firing: HashSet<String> = sqlx::query_scalar(
-        "SELECT subject FROM herald_alerts WHERE rule = 'dead_letters' AND state = 'firing'",
-    )
-    .fetch_all(pool)
-    .await?
-    .into_iter()
-    .collect();
     for (queue, count) in crate::queue::admin::recent_dead_letters(pool, window).await? {
-        let threshold = if firing.contains(&queue) {
-            settings.dead_letters_per_minute / 2
-        } else {
-            settings.dead_letters_per_minute
-        };
-        if count > threshold {
+        // Once firing, the alert holds until the rate falls to half the threshold.
+        let sustain_only = count <= settings.dead_letters_per_minute;
+        if count > settings.dead_letters_per_minute / 2 {
             found.push(Condition {
                 rule: "dead_letters",
                 summary: format!(
-                    "queue {queue}: {count} jobs dead-lettered in the last minute (more than {})",
+                    "queue {queue}: {count} jobs dead-lettered in the last minute (threshold {})",
                     settings.dead_letters_per_minute
                 ),
                 subject: queue,
                 hold_for: Duration::ZERO,
+                sustain_only,
             });
         }
     }
@@ -254,11 +283,12 @@ async fn partitions_behind(
         found.push(Condition {
             rule: "bridge_behind",
             summary: format!(
-                "group {} on {}[{}]: {lag} messages behind when it last stored a batch, {:.0}s ago",
+                "group {} on {}[{}]: {lag} messages behind, its offset stored {:.0}s ago",
                 offset.group_id, offset.topic, offset.partition, offset.idle_secs
             ),
             subject: format!("{}/{}/{}", offset.group_id, offset.topic, offset.partition),
             hold_for: Duration::ZERO,
+            sustain_only: false,
         });
     }
     Ok(found)
@@ -273,6 +303,7 @@ async fn schedules_failing(pool: &PgPool) -> Result<Vec<Condition>, AlertError> 
             summary: format!("schedule {schedule}: {why}"),
             subject: schedule,
             hold_for: Duration::ZERO,
+            sustain_only: false,
         });
     }
     Ok(found)
@@ -286,6 +317,8 @@ pub enum AlertError {
     Queue(#[from] crate::queue::QueueError),
     #[error(transparent)]
     Clock(#[from] crate::clock::ClockError),
+    #[error("no answer in {0:?}")]
+    Slow(Duration),
 }
 
 /// A row of `herald_alerts`.
@@ -330,10 +363,18 @@ pub async fn evaluate(
     let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(&mut *tx)
         .await?;
-    for condition in &holding.conditions {
-        let row = rows
-            .iter()
-            .find(|r| r.rule == condition.rule && r.subject == condition.subject);
+    let row_of = |c: &Condition| {
+        rows.iter()
+            .find(|r| r.rule == c.rule && r.subject == c.subject)
+    };
+    // A sustaining condition counts only for an alert that fires (hysteresis, see `Condition::sustain_only`).
+    let conditions: Vec<&Condition> = holding
+        .conditions
+        .iter()
+        .filter(|c| !c.sustain_only || row_of(c).is_some_and(|r| r.state == "firing"))
+        .collect();
+    for condition in &conditions {
+        let row = row_of(condition);
         // A resolve not yet announced is announced before the next episode starts: otherwise the operator would
         // have seen FIRING and never RESOLVED.
         if row.is_some_and(|r| r.state == "resolved" && !r.notified) {
@@ -371,8 +412,7 @@ pub async fn evaluate(
         .await?;
     }
     for row in &rows {
-        let holds = holding
-            .conditions
+        let holds = conditions
             .iter()
             .any(|c| c.rule == row.rule && c.subject == row.subject);
         if holds || holding.unread.contains(&row.rule.as_str()) {
@@ -443,9 +483,10 @@ async fn notify(
                 coalesce(sent_at, now()) AS last_sent FROM herald_alerts \
          WHERE (NOT notified AND state IN ('firing', 'resolved')) \
             OR ($1 > 0 AND notified AND state = 'firing' AND sent_at < now() - make_interval(secs => $1)) \
-         ORDER BY rule, subject",
+         ORDER BY rule, subject LIMIT $2",
     )
     .bind(settings.remind_every.as_secs_f64())
+    .bind(MAX_SENDS_PER_PASS)
     .fetch_all(pool)
     .await?;
     let Some(kind) = ChannelKind::parse(&settings.channel) else {
@@ -503,7 +544,13 @@ async fn notify(
                 stamp.timestamp_micros()
             ),
         };
-        match channel.send(&message).await.result {
+        let result = tokio::time::timeout(SEND_DEADLINE, channel.send(&message))
+            .await
+            .map_or_else(
+                |_| Err(format!("no answer in {SEND_DEADLINE:?}")),
+                |report| report.result.map_err(|e| e.to_string()),
+            );
+        match result {
             Ok(_) => {
                 sqlx::query(
                     "UPDATE herald_alerts SET notified = true, sent_at = now() \
@@ -564,14 +611,14 @@ pub async fn run(
     settings: AlertSettings,
     shutdown: CancellationToken,
 ) {
-    let mut lock = SessionLock::new(
-        LOCK_CLASS,
-        0,
-        (settings.every * 3).max(Duration::from_secs(10)),
-    );
     // One pass may not outlast a minute (reads stuck behind a lock, a provider that never answers): the next
     // pass starts over.
     let pass_limit = Duration::from_secs(60);
+    // The lock's session is touched once per loop: it must outlive the longest loop (a pass cut off at its limit,
+    // then the wait), or a slow pass would lose the lock to a second evaluator while it is still sending.
+    let idle_limit =
+        (settings.every * 3).max(pass_limit + settings.every + Duration::from_secs(10));
+    let mut lock = SessionLock::new(LOCK_CLASS, 0, idle_limit);
     loop {
         if lock.hold(&pool).await {
             let pass = async {

@@ -675,7 +675,10 @@ struct FleetStatus {
 pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
     loop {
-        let status = fleet_status(&pool).await?;
+        // A table locked elsewhere must not hang the screen: each refresh gives up after 15 s.
+        let status = tokio::time::timeout(Duration::from_secs(15), fleet_status(&pool))
+            .await
+            .map_err(|_| anyhow::anyhow!("the database did not answer in 15 s"))??;
         if args.json {
             println!("{}", serde_json::to_string(&status)?);
         } else {

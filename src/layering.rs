@@ -37,6 +37,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "partitions",
             "audit",
             "telemetry",
+            "metrics",
         ],
     ),
     (

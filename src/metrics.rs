@@ -116,6 +116,27 @@ pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::GaugeVe
         .unwrap_or_else(|e| unreachable!("metric {name}: {e}"))
 }
 
+/// A histogram family with `buckets`, as [`counter_vec`].
+pub fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .unwrap_or_else(|e| unreachable!("metric {name}: {e}"))
+}
+
+/// A histogram without labels, as [`counter_vec`].
+pub fn histogram(name: &str, help: &str, buckets: &[f64]) -> prometheus::Histogram {
+    prometheus::Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"))
+}
+
+/// Latency buckets in seconds, from half a millisecond to a minute: the queue's, the providers', the alerts'.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
+
 /// An integer gauge family, as [`counter_vec`].
 pub fn int_gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(Opts::new(name, help), labels)

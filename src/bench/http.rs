@@ -390,10 +390,22 @@ async fn fixed_rate(
     let start = Instant::now() + Duration::from_millis(10);
     let mut due = Vec::with_capacity(count);
     let mut calls = JoinSet::new();
+    let mut latencies = vec![Duration::ZERO; count];
+    let mut failed = 0;
+    let mut record = |answer: Result<(usize, bool, Duration), tokio::task::JoinError>| {
+        let (n, ok, took) = answer.map_err(|e| BenchError::Failed(e.to_string()))?;
+        latencies[n] = took;
+        failed += u64::from(!ok);
+        Ok::<(), BenchError>(())
+    };
     for n in 0..count {
         let at = start + interval * n as u32;
         due.push(at);
         tokio::time::sleep_until(at.into()).await;
+        // Finished requests leave the set as they come, so its length is what is in flight.
+        while let Some(answer) = calls.try_join_next() {
+            record(answer)?;
+        }
         if calls.len() >= MAX_OUTSTANDING {
             return Err(BenchError::Failed(format!(
                 "{MAX_OUTSTANDING} requests unanswered at {rate}/s"
@@ -405,12 +417,8 @@ async fn fixed_rate(
             (n, ok, at.elapsed())
         });
     }
-    let mut latencies = vec![Duration::ZERO; count];
-    let mut failed = 0;
     while let Some(answer) = calls.join_next().await {
-        let (n, ok, took) = answer.map_err(|e| BenchError::Failed(e.to_string()))?;
-        latencies[n] = took;
-        failed += u64::from(!ok);
+        record(answer)?;
     }
     Ok(Answered {
         due,

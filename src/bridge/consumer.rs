@@ -562,11 +562,21 @@ impl BridgeContext {
         }
         let (writer, recording) = (Arc::clone(&self.writer), Arc::clone(&self.recording_ends));
         self.runtime.spawn(async move {
+            // Cleared however the write ends (a panic included), or ends would never be recorded again.
+            let _done = ClearOnDrop(recording);
             if let Err(error) = writer.record_ends(&ends).await {
                 tracing::warn!(%error, "could not record the partitions' ends (the bridge_behind alert reads them)");
             }
-            recording.store(false, std::sync::atomic::Ordering::Release);
         });
+    }
+}
+
+/// Clears its flag when dropped.
+struct ClearOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
     }
 }
 

@@ -1,5 +1,5 @@
 //! The bridge's Prometheus metrics. Process-wide, like the provider metrics: `herald bridge` serves them on
-//! `bridge.metrics_listen`, and `herald up` on the API's `/metrics`.
+//! `metrics.listen`, and `herald up` on the API's `/metrics`.
 
 use std::sync::LazyLock;
 

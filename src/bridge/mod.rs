@@ -146,7 +146,6 @@ pub async fn run(
     Ok(())
 }
 
-/// The bridge tables whose rows are updated all day, for the clock's housekeeping vacuum.
 /// Where a consumer group stands on one partition.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct StoredOffset {
@@ -171,4 +170,5 @@ pub async fn stored_offsets(pool: &sqlx::PgPool) -> Result<Vec<StoredOffset>, sq
     .await
 }
 
+/// The bridge tables whose rows are updated all day, for the clock's housekeeping vacuum.
 pub const CHURNED_TABLES: &[&str] = &["herald_bridge_offsets"];

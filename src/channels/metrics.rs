@@ -33,15 +33,12 @@ pub static PROVIDER_CALL_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 /// observes it, zero included, and one refused (no permit before the send's deadline) observes the time until it
 /// was refused. The count is permits asked for, the sum the total wait.
 pub static RATE_LIMIT_WAIT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    HistogramVec::new(
-        HistogramOpts::new(
-            "provider_rate_limit_wait_seconds",
-            "Wait for a rate permit before a provider call (granted or refused)",
-        )
-        .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+    crate::metrics::histogram_vec(
+        "provider_rate_limit_wait_seconds",
+        "Wait for a rate permit before a provider call (granted or refused)",
         &["provider"],
+        crate::metrics::LATENCY_BUCKETS,
     )
-    .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
 });
 
 /// A provider passed a message on to the next one of its chain (or the chain ended): circuit open, no rate

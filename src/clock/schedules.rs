@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ClockError;
 use crate::audit::{self, Actor};
-use crate::queue::{self, IdempotencyKey, JobDefaults, JobKind, JobState, NewJob, QueueName};
+use crate::queue::{self, IdempotencyKey, JobDefaults, JobKind, NewJob, QueueName};
 use crate::setting::InvalidSetting;
 use crate::workflow::{Engine, Started};
 
@@ -623,52 +623,35 @@ pub async fn last_ticks(pool: &PgPool) -> Result<Vec<ScheduleTick>, sqlx::Error>
 /// enqueued failed for good (dead-lettered) or is failing and being retried. For the `clock_failing` alert. A
 /// tick that started a workflow run is the run's business (its failures are the workflow's, not the clock's).
 pub async fn failing(pool: &PgPool) -> Result<Vec<(String, String)>, ClockError> {
+    // Two statements under the batch writers' deadline, whatever the number of schedules.
+    let mut tx = crate::db::begin_bounded(pool, &[]).await?;
     let rows: Vec<(String, Option<String>, Option<i64>)> = sqlx::query_as(
         "SELECT name, last_error, last_job_id FROM herald_schedules WHERE NOT paused ORDER BY name LIMIT 1000",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
+    let ids: Vec<i64> = rows.iter().filter_map(|(_, _, job)| *job).collect();
+    let jobs = queue::admin::failing_jobs(&mut tx, &ids).await?;
+    tx.commit().await?;
     let mut failing = Vec::new();
     for (name, last_error, last_job) in rows {
         if let Some(error) = last_error {
             failing.push((name, format!("its latest tick could not fire: {error}")));
             continue;
         }
-        let Some(id) = last_job else {
+        let Some(job) = last_job.and_then(|id| jobs.iter().find(|j| j.id == id)) else {
             continue;
         };
-        let Some(job) = queue::admin::find_job(pool, id).await? else {
-            continue;
+        let error = job.error.as_deref().unwrap_or_default();
+        let why = if job.dead {
+            format!("job {} ({}) failed for good: {error}", job.id, job.kind)
+        } else {
+            format!(
+                "job {} ({}) is failing, attempt {} of {}: {error}",
+                job.id, job.kind, job.attempt, job.max_attempts
+            )
         };
-        // A snooze (retention coming back for the rest of a backlog) or a shutdown's interruption is recorded as an
-        // error entry too, but is no failure.
-        let last_entry = job.errors.as_array().and_then(|errors| errors.last());
-        let benign = last_entry
-            .and_then(|e| e.get("kind"))
-            .and_then(|k| k.as_str())
-            .is_some_and(|kind| matches!(kind, "snoozed" | "shutdown"));
-        let last = last_entry
-            .filter(|_| !benign)
-            .and_then(|e| e.get("message"))
-            .and_then(|m| m.as_str())
-            .unwrap_or_default()
-            .to_string();
-        match job.state {
-            JobState::Dead => failing.push((
-                name,
-                format!("job {id} ({}) failed for good: {last}", job.kind),
-            )),
-            JobState::Available | JobState::Scheduled | JobState::Running if !last.is_empty() => {
-                failing.push((
-                    name,
-                    format!(
-                        "job {id} ({}) is failing, attempt {} of {}: {last}",
-                        job.kind, job.attempt, job.max_attempts
-                    ),
-                ))
-            }
-            _ => {}
-        }
+        failing.push((name, why));
     }
     Ok(failing)
 }

@@ -156,6 +156,41 @@ pub async fn recent_dead_letters(
     .await?)
 }
 
+/// Of the jobs `ids`, those failing: dead-lettered (in the history as `dead`), or waiting for a retry after an
+/// error. A snooze or a shutdown's interruption is recorded as an error entry too, but is no failure. One
+/// statement for all of them (the alert evaluator asks for every schedule's latest job at once).
+pub async fn failing_jobs(
+    conn: &mut PgConnection,
+    ids: &[JobId],
+) -> Result<Vec<FailingJob>, QueueError> {
+    Ok(sqlx::query_as(
+        "SELECT id, kind, dead, attempt, max_attempts, last ->> 'message' AS error FROM ( \
+             SELECT j.id, j.kind, false AS dead, j.attempt, j.max_attempts, j.errors -> -1 AS last \
+             FROM herald_jobs j WHERE j.id = ANY($1) \
+             UNION ALL \
+             SELECT h.job_id, h.kind, true, h.attempt, h.max_attempts, h.errors -> -1 \
+             FROM herald_job_history h WHERE h.job_id = ANY($1) AND h.outcome = 'dead' \
+         ) f \
+         WHERE dead OR (last IS NOT NULL AND last ->> 'kind' NOT IN ('snoozed', 'shutdown'))",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// A job [`failing_jobs`] found.
+#[derive(Debug, sqlx::FromRow)]
+pub struct FailingJob {
+    pub id: JobId,
+    pub kind: String,
+    /// Dead-lettered; else waiting for another attempt.
+    pub dead: bool,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    /// The latest error's message.
+    pub error: Option<String>,
+}
+
 /// Looks a job up in the hot table, then in its history.
 pub async fn find_job(pool: &PgPool, id: JobId) -> Result<Option<JobView>, QueueError> {
     let live: Option<LiveJobRow> = sqlx::query_as(sql::LIVE_JOB)

@@ -10,40 +10,20 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use prometheus::core::Collector;
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-};
+use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec};
+
+use crate::metrics::{LATENCY_BUCKETS, counter_vec, histogram, histogram_vec, int_gauge_vec};
 
 use crate::queue::lease::{Settled, Settlement};
 
 /// The `kind` label of a job whose kind has no handler here.
 const OTHER: &str = "other";
 
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
-}
-
-fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
-}
-
-/// Seconds, from a tenth of a millisecond to a minute.
-fn latency_buckets() -> Vec<f64> {
-    vec![
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        60.0,
-    ]
-}
-
 /// Jobs per claim or per ack batch.
-fn batch_buckets() -> Vec<f64> {
-    vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]
-}
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0];
 
 pub static JOBS_STARTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+    counter_vec(
         "jobs_started_total",
         "Attempts started by this process, by queue and kind",
         &["queue", "kind"],
@@ -51,7 +31,7 @@ pub static JOBS_STARTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 pub static JOBS_FINISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+    counter_vec(
         "jobs_finished_total",
         "Attempts settled by this process, by queue, kind and outcome (completed, retried, snoozed, \
          dead_lettered, interrupted, released)",
@@ -60,68 +40,62 @@ pub static JOBS_FINISHED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 pub static JOB_PICKUP_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram(
+    histogram_vec(
         "job_pickup_seconds",
         "From when an attempt was due (enqueued, scheduled or retried) to its start, by queue",
         &["queue"],
-        latency_buckets(),
+        LATENCY_BUCKETS,
     )
 });
 
 pub static JOB_RUN_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram(
+    histogram_vec(
         "job_run_seconds",
         "How long handlers ran, by queue and kind",
         &["queue", "kind"],
-        latency_buckets(),
+        LATENCY_BUCKETS,
     )
 });
 
 pub static JOBS_IN_FLIGHT: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    IntGaugeVec::new(
-        Opts::new(
-            "jobs_in_flight",
-            "Handlers running in this process, by queue",
-        ),
+    int_gauge_vec(
+        "jobs_in_flight",
+        "Handlers running in this process, by queue",
         &["queue"],
     )
-    .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
 });
 
 pub static CLAIM_JOBS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram(
+    histogram_vec(
         "claim_jobs",
         "Jobs per claim, by queue",
         &["queue"],
-        batch_buckets(),
+        BATCH_BUCKETS,
     )
 });
 
 pub static CLAIM_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
-    histogram(
+    histogram_vec(
         "claim_seconds",
         "Claim statement latency, by queue",
         &["queue"],
-        latency_buckets(),
+        LATENCY_BUCKETS,
     )
 });
 
-pub static ACK_JOBS: LazyLock<Histogram> = LazyLock::new(|| {
-    Histogram::with_opts(
-        HistogramOpts::new("ack_jobs", "Acks per ack batch").buckets(batch_buckets()),
-    )
-    .unwrap_or_else(|_| unreachable!("the metric's name is valid"))
-});
+pub static ACK_JOBS: LazyLock<Histogram> =
+    LazyLock::new(|| histogram("ack_jobs", "Acks per ack batch", BATCH_BUCKETS));
 
 pub static ACK_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
-    Histogram::with_opts(
-        HistogramOpts::new("ack_seconds", "Ack batch statement latency").buckets(latency_buckets()),
+    histogram(
+        "ack_seconds",
+        "Ack batch statement latency",
+        LATENCY_BUCKETS,
     )
-    .unwrap_or_else(|_| unreachable!("the metric's name is valid"))
 });
 
 pub static LEASE_RESCUES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter(
+    counter_vec(
         "lease_rescues_total",
         "Jobs whose expired leases this process rescued, by what became of them (returned, dead_lettered)",
         &["outcome"],

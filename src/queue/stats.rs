@@ -76,26 +76,20 @@ SELECT queue, available, scheduled, running,
 FROM herald_queue_stats ORDER BY available + scheduled + running DESC, queue LIMIT $1";
 
 pub static QUEUE_JOBS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    IntGaugeVec::new(
-        Opts::new(
-            "queue_jobs",
-            "Jobs per queue and state (available, scheduled, running), as the fleet's queue-stats leader last \
-             counted them",
-        ),
+    crate::metrics::int_gauge_vec(
+        "queue_jobs",
+        "Jobs per queue and state (available, scheduled, running), as the fleet's queue-stats leader last \
+         counted them",
         &["queue", "state"],
     )
-    .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
 });
 
 pub static QUEUE_OLDEST_AVAILABLE_SECONDS: LazyLock<GaugeVec> = LazyLock::new(|| {
-    GaugeVec::new(
-        Opts::new(
-            "queue_oldest_available_seconds",
-            "How long the oldest available job of each queue has been due (0: none waiting)",
-        ),
+    crate::metrics::gauge_vec(
+        "queue_oldest_available_seconds",
+        "How long the oldest available job of each queue has been due (0: none waiting)",
         &["queue"],
     )
-    .unwrap_or_else(|_| unreachable!("the metric's name and labels are valid"))
 });
 
 pub static QUEUE_STATS_AGE_SECONDS: LazyLock<Gauge> = LazyLock::new(|| {
@@ -156,7 +150,15 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let me = identity();
-    let mut lock = SessionLock::new(LOCK_CLASS, 0, (every * 3).max(Duration::from_secs(10)));
+    // The lock's session is touched once per loop: it must outlive the longest loop (the count and each fleet
+    // gauge under the batch writers' 10 s deadline, the 5 s read, the wait), or a slow database would hand the
+    // lock to a second counter while this one still counts.
+    let longest_loop = every + Duration::from_secs(10 * (1 + fleet_gauges.len() as u64) + 5);
+    let mut lock = SessionLock::new(
+        LOCK_CLASS,
+        0,
+        (every * 3).max(longest_loop + Duration::from_secs(10)),
+    );
     let mut leading = false;
     let mut counted_at: Option<std::time::Instant> = None;
     loop {

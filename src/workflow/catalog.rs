@@ -79,11 +79,20 @@ impl Catalog {
     /// The newest version, which new runs start on.
     pub async fn latest(&self, name: &str) -> Result<Arc<Workflow>, WorkflowError> {
         // Only the number travels on each call; the definition is fetched once per version and process.
-        let latest = self.latest_versions(&[name]).await?;
-        let version = latest
-            .get(name)
+        let version = self
+            .latest_version(name)
+            .await?
             .ok_or_else(|| WorkflowError::NotFound(format!("workflow {name}")))?;
-        self.version(name, *version).await
+        self.version(name, version).await
+    }
+
+    /// The newest version of one workflow, if any (a statement that gets a generic plan, unlike
+    /// `LATEST_VERSIONS`' `name = ANY($1)`).
+    async fn latest_version(&self, name: &str) -> Result<Option<i32>, WorkflowError> {
+        Ok(sqlx::query_scalar(sql::LATEST_VERSION)
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     /// The newest version of each workflow named (one statement); names with no stored version are left out.
@@ -91,11 +100,9 @@ impl Catalog {
         &self,
         names: &[&str],
     ) -> Result<std::collections::HashMap<String, i32>, WorkflowError> {
+        // One name (the usual batch) takes the statement that gets a generic plan.
         if let [name] = names {
-            let version: Option<i32> = sqlx::query_scalar(sql::LATEST_VERSION)
-                .bind(name)
-                .fetch_one(&self.pool)
-                .await?;
+            let version = self.latest_version(name).await?;
             return Ok(version.map(|v| (name.to_string(), v)).into_iter().collect());
         }
         let rows: Vec<(String, i32)> = sqlx::query_as(sql::LATEST_VERSIONS)

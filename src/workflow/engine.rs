@@ -96,17 +96,7 @@ impl Engine {
         let kind = node.kind.name();
         let step = match executed {
             Ok(step) => step,
-            Err(error) => {
-                let result = match &error {
-                    // No attempt spent: a provider's circuit open, no rate permit (comes back shortly).
-                    JobError::Snooze(..) => "snoozed",
-                    JobError::Permanent(_) => "failed",
-                    _ if ctx.attempt >= ctx.max_attempts => "failed",
-                    _ => "retried",
-                };
-                metrics::node_executed(kind, result);
-                return self.node_failed(&job, node, &ctx, error).await;
-            }
+            Err(error) => return self.node_failed(&job, node, &ctx, error).await,
         };
         let from = if job.phase == Phase::Run {
             StepStatus::Pending
@@ -354,8 +344,17 @@ impl Engine {
         ctx: &JobContext,
         error: JobError,
     ) -> Result<(), JobError> {
-        let last = matches!(error, JobError::Permanent(_)) || ctx.attempt >= ctx.max_attempts;
+        // A snooze spends no attempt (a provider's circuit open, no rate permit): it comes back even after what
+        // was the last attempt, so it never fails the node.
+        let last = match &error {
+            JobError::Permanent(_) => true,
+            JobError::Snooze(..) => false,
+            _ => ctx.attempt >= ctx.max_attempts,
+        };
+        let kind = node.kind.name();
         if !last {
+            let snoozed = matches!(error, JobError::Snooze(..));
+            metrics::node_executed(kind, if snoozed { "snoozed" } else { "retried" });
             let message = error.to_string();
             let recorded = job
                 .attempt_query(sql::RECORD_STEP_ERROR, &message)
@@ -377,6 +376,7 @@ impl Engine {
             .map_err(retryable)?;
         tx.commit().await.map_err(|e| retryable(e.into()))?;
         ended.count();
+        metrics::node_executed(kind, "failed");
         Err(JobError::permanent(error.to_string()))
     }
 

@@ -220,14 +220,12 @@ pub(super) async fn finish_steps(
     let mut next = Vec::with_capacity(rows.len());
     let mut completed = Vec::new();
     // Each next node continues the trace of the step that led to it (one step per run in a batch, in practice).
-    // (With traces off no step has one: the search is skipped.)
-    let traced = steps.iter().any(|s| s.trace_parent.is_some());
-    let trace_of = |run: i64| {
-        traced
-            .then(|| steps.iter().find(|s| s.job.run == run))
-            .flatten()
-            .and_then(|s| s.trace_parent.clone())
-    };
+    // (With traces off no step has one, and the map stays empty.)
+    let traces: std::collections::HashMap<i64, &str> = steps
+        .iter()
+        .filter_map(|s| Some((s.job.run, s.trace_parent.as_deref()?)))
+        .collect();
+    let trace_of = |run: i64| traces.get(&run).map(|t| t.to_string());
     for (run, epoch, node, workflow) in rows {
         match (epoch, node, workflow) {
             (Some(epoch), Some(node), _) => next.push((run, epoch, node, trace_of(run))),
