@@ -302,28 +302,32 @@ nodes:
         },
     )
     .await;
-    // The bridge process serves its own metrics: each topic's message consumed, a job and a run stored.
-    let body = reqwest::get(format!("http://{metrics_address}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for topic in ["traced_jobs", "traced_runs"] {
-        assert_eq!(
-            metric_sample(&body, "herald_bridge_consumed_total", &[("topic", topic)]),
-            1.0,
-            "{topic}"
-        );
-    }
-    assert_eq!(
-        metric_sample(&body, "herald_bridge_inserted_total", &[("target", "job")]),
-        1.0
-    );
-    assert_eq!(
-        metric_sample(&body, "herald_bridge_inserted_total", &[("target", "run")]),
-        1.0
-    );
+    // The bridge process serves its own metrics: each topic's message consumed, a job and a run stored (counted
+    // after each batch's commit: poll until they are in).
+    let count = |body: &str, name: &str, label: (&str, &str)| metric_sample(body, name, &[label]);
+    let counts = |body: &str| {
+        [
+            count(
+                body,
+                "herald_bridge_consumed_total",
+                ("topic", "traced_jobs"),
+            ),
+            count(
+                body,
+                "herald_bridge_consumed_total",
+                ("topic", "traced_runs"),
+            ),
+            count(body, "herald_bridge_inserted_total", ("target", "job")),
+            count(body, "herald_bridge_inserted_total", ("target", "run")),
+        ]
+    };
+    wait_until(Duration::from_secs(30), "the bridge's counts", || async {
+        counts(&scrape(&metrics_address).await)
+            .iter()
+            .all(|c| *c >= 1.0)
+    })
+    .await;
+    assert_eq!(counts(&scrape(&metrics_address).await), [1.0; 4]);
     bridge.kill().await.unwrap();
     worker.kill().await.unwrap();
 }

@@ -169,6 +169,4 @@ async fn a_trace_runs_from_the_http_request_through_the_node_job_to_the_provider
     for name in ["node", "job"] {
         assert!(ancestry.iter().any(|a| a == name), "{ancestry:?}");
     }
-    // Spans of other requests (the readiness probe, storing the definition) are traces of their own.
-    assert!(spans(&collector).iter().any(|s| s.trace != trace));
 }

@@ -252,6 +252,17 @@ pub fn init_test_logging() {
         .try_init();
 }
 
+/// `n` distinct ports nothing listens on at the moment (each held until all are chosen, so two cannot be the same).
+#[allow(dead_code)] // only the binaries that start several servers
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("its address").port())
+        .collect()
+}
+
 /// A port nothing listens on at the moment (for a server the test starts next).
 #[allow(dead_code)] // only the binaries that start servers of their own
 pub fn free_port() -> u16 {
@@ -311,4 +322,14 @@ pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
                 .flatten()
         })
         .sum()
+}
+
+/// The text a herald process serves at `http://{address}/metrics` (empty while nothing answers there yet).
+#[allow(dead_code)] // only the binaries that scrape a herald process
+pub async fn scrape(address: &str) -> String {
+    let answer = reqwest::get(format!("http://{address}/metrics")).await;
+    match answer {
+        Ok(response) if response.status().is_success() => response.text().await.unwrap_or_default(),
+        _ => String::new(),
+    }
 }

@@ -146,7 +146,10 @@ async fn queue_depth_comes_from_one_elected_process_and_survives_its_kill() {
     drop(conn);
 
     // Two workers on a queue of their own (the counted jobs stay where they are), counting every second.
-    let addresses = [free_port(), free_port()].map(|port| format!("127.0.0.1:{port}"));
+    let addresses: Vec<String> = free_ports(2)
+        .into_iter()
+        .map(|port| format!("127.0.0.1:{port}"))
+        .collect();
     let mut workers: Vec<_> = addresses
         .iter()
         .map(|address| {
@@ -205,6 +208,26 @@ async fn queue_depth_comes_from_one_elected_process_and_survives_its_kill() {
         },
     )
     .await;
+
+    // One process counts: over three more counts (one a second), every one was the same leader's.
+    let seen = std::cell::RefCell::new(std::collections::BTreeMap::new());
+    let seen_ref = &seen;
+    wait_until(Duration::from_secs(15), "three more counts", || async {
+        let (at, by): (chrono::DateTime<chrono::Utc>, String) = sqlx::query_as(
+            "SELECT computed_at, computed_by FROM herald_queue_stats ORDER BY computed_at DESC LIMIT 1",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        seen_ref.borrow_mut().insert(at, by);
+        seen_ref.borrow().len() >= 4
+    })
+    .await;
+    assert!(
+        seen.borrow().values().all(|by| *by == leader),
+        "one leader counts: {:?}",
+        seen.borrow()
+    );
 
     workers[index].kill().await.unwrap(); // SIGKILL: its session, and with it the lock, ends with the process
     let killed = std::time::Instant::now();

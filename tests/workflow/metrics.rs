@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::common::flows::Flow;
-use crate::common::{free_port, metric_sample, spawn_herald_with, wait_until};
+use crate::common::{free_ports, metric_sample, spawn_herald_with, wait_until};
 use herald::api::keys::{self, Scope};
 use serde_json::json;
 
@@ -64,9 +64,20 @@ async fn the_api_and_worker_processes_count_runs_nodes_and_waiting_runs() {
     let (key, _) = keys::create(&db.pool, &herald::audit::Actor::cli(), "m", &Scope::ALL)
         .await
         .unwrap();
-    let api = format!("127.0.0.1:{}", free_port());
-    let worker = format!("127.0.0.1:{}", free_port());
-    let _api_process = spawn_herald_with(&db.url, &["api"], &[("HERALD_API__LISTEN", &api)]);
+    let ports = free_ports(2);
+    let (api, worker) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+    );
+    // Both take part in the queue-stats election: either may count the waiting runs, every second.
+    let _api_process = spawn_herald_with(
+        &db.url,
+        &["api"],
+        &[
+            ("HERALD_API__LISTEN", &api),
+            ("HERALD_METRICS__QUEUE_STATS_SECS", "1"),
+        ],
+    );
     let _worker_process = spawn_herald_with(
         &db.url,
         &["worker", "--queues", "workflows:8"],
