@@ -93,13 +93,16 @@ impl App {
         channels: Channels,
     ) -> Result<Self, BootError> {
         let steps_pool = db::relaxed_commit_pool(&pool, &settings.database);
-        let engine = Arc::new(Engine::new(
-            pool.clone(),
-            steps_pool,
-            &settings.workflows,
-            settings.jobs.defaults(),
-            channels.clone(),
-        )?);
+        let engine = Arc::new(
+            Engine::new(
+                pool.clone(),
+                steps_pool,
+                &settings.workflows,
+                settings.jobs.defaults(),
+                channels.clone(),
+            )?
+            .with_recipients(&settings.recipients),
+        );
         Ok(Self {
             settings,
             pool,

@@ -25,6 +25,7 @@ use crate::embedded_postgres::EmbeddedPostgresSettings;
 use crate::metrics::MetricsSettings;
 use crate::queue::producers::ProducerRules;
 use crate::queue::{JobSettings, WorkerSettings};
+use crate::recipients::RecipientsSettings;
 use crate::setting::InvalidSetting;
 use crate::workflow::WorkflowSettings;
 
@@ -49,6 +50,9 @@ pub struct Settings {
     pub embedded_postgres: EmbeddedPostgresSettings,
     pub api: ApiSettings,
     pub workflows: WorkflowSettings,
+    /// `[recipients]`: unsubscribe links (see `recipients::unsubscribe`).
+    #[serde(default)]
+    pub recipients: RecipientsSettings,
     pub channels: ChannelSettings,
     pub bridge: BridgeSettings,
     pub clock: ClockSettings,
@@ -131,6 +135,7 @@ impl Settings {
         self.alerts.validate()?;
         self.api.validate()?;
         self.workflows.validate()?;
+        self.recipients.validate()?;
         self.channels.validate(&self.providers)?;
         self.bridge.validate()?;
         self.clock.validate()?;

@@ -54,8 +54,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "recipients",
+        &["channels", "setting", "db", "audit", "metrics"],
+    ),
+    (
         "workflow",
         &[
+            "recipients",
             "channels",
             "queue",
             "setting",
@@ -70,6 +75,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "bridge",
         &[
+            "recipients",
             "workflow",
             "queue",
             "setting",
@@ -83,6 +89,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "clock",
         &[
+            "recipients",
             "bridge",
             "workflow",
             "channels",
@@ -99,6 +106,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "api",
         &[
+            "recipients",
             "clock",
             "workflow",
             "channels",
@@ -123,6 +131,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "embedded_postgres",
             "metrics",
             "queue",
+            "recipients",
             "setting",
             "workflow",
         ],
@@ -130,8 +139,20 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "app",
         &[
-            "alerts", "api", "audit", "bridge", "channels", "clock", "config", "db", "metrics",
-            "queue", "setting", "shutdown", "workflow",
+            "alerts",
+            "api",
+            "audit",
+            "bridge",
+            "channels",
+            "clock",
+            "config",
+            "db",
+            "metrics",
+            "queue",
+            "recipients",
+            "setting",
+            "shutdown",
+            "workflow",
         ],
     ),
 ];
@@ -152,6 +173,12 @@ const TABLES: &[(&str, &str)] = &[
     ("herald_run_steps", "workflow"),
     ("herald_events", "workflow"),
     ("herald_waits", "workflow"),
+    ("herald_fanouts", "workflow"),
+    ("herald_erasures", "workflow"),
+    ("herald_recipients", "recipients"),
+    ("herald_recipient_devices", "recipients"),
+    ("herald_topic_members", "recipients"),
+    ("herald_recipient_secrets", "recipients"),
     ("herald_deliveries", "channels"),
     ("herald_suppressions", "channels"),
     ("herald_provider_circuits", "channels"),

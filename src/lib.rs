@@ -8,6 +8,7 @@
 //! * [`queue`]: the engine (enqueue, claim, ack, retry, dead letters, leases, wakeups, workers registry);
 //! * [`channels`]: how messages leave (provider adapters, fallback chains, limits, breakers, deliveries,
 //!   callbacks);
+//! * [`recipients`]: the people herald notifies: profiles, devices, preferences, topics, unsubscribe tokens;
 //! * [`workflow`]: notification workflows whose nodes run as queue jobs;
 //! * [`bridge`]: Kafka topics into jobs, runs and events;
 //! * [`clock`]: the clock role: fleet-safe cron schedules, retention with verified archives, daily rollups;
@@ -34,6 +35,7 @@ mod layering;
 pub mod metrics;
 pub mod partitions;
 pub mod queue;
+pub mod recipients;
 pub mod setting;
 pub mod shutdown;
 pub mod telemetry;

@@ -10,6 +10,8 @@ use utoipa::ToSchema;
 use crate::channels::callbacks::CallbackError;
 use crate::clock::ClockError;
 use crate::queue::{ParseError, QueueError};
+use crate::recipients::RecipientsError;
+use crate::recipients::unsubscribe::TokenError;
 use crate::workflow::WorkflowError;
 
 /// An RFC 9457 problem document.
@@ -281,6 +283,33 @@ impl From<&WorkflowError> for ApiError {
             WorkflowError::Io(detail) => ApiError::internal(detail.clone()),
             WorkflowError::Provider(error) => ApiError::internal(error.to_string()),
             WorkflowError::Shared(shared) => ApiError::from(&**shared),
+        }
+    }
+}
+
+impl From<RecipientsError> for ApiError {
+    fn from(error: RecipientsError) -> Self {
+        match error {
+            RecipientsError::Database(error) => database_error(&error),
+            RecipientsError::Invalid(problems) => ApiError::validation(
+                problems
+                    .into_iter()
+                    .map(|(field, message)| FieldError { field, message })
+                    .collect(),
+            ),
+            RecipientsError::NotFound(_) => ApiError::not_found(error.to_string()),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::Malformed => ApiError::bad_request(error.to_string()),
+            TokenError::Forged => ApiError::forbidden(error.to_string()),
+            TokenError::Expired => {
+                Self::new(StatusCode::GONE, "expired", "Expired", error.to_string())
+            }
         }
     }
 }

@@ -37,6 +37,7 @@ pub mod keys;
 mod listener;
 mod operations;
 mod providers;
+mod recipients;
 mod responses;
 mod schedules;
 mod schemas;
@@ -183,6 +184,10 @@ impl ApiState {
         providers::list_providers, deliveries::run_deliveries, suppressions::list_suppressions,
         suppressions::add_suppression, suppressions::remove_suppression, callbacks::receive_callback,
         audit::list_audit,
+        recipients::put_recipient, recipients::patch_recipient, recipients::get_recipient,
+        recipients::delete_recipient, recipients::list_recipients, recipients::batch_recipients,
+        recipients::get_preferences, recipients::put_preferences, recipients::add_members,
+        recipients::remove_members, recipients::list_members, recipients::get_fanout, recipients::unsubscribe,
         healthz, readyz, metrics,
     ),
     components(schemas(Problem, error::FieldError)),
@@ -250,6 +255,27 @@ pub fn router(state: ApiState) -> Router {
             get(suppressions::list_suppressions).post(suppressions::add_suppression),
         )
         .route("/callbacks/{provider}", post(callbacks::receive_callback))
+        .route("/recipients", get(recipients::list_recipients))
+        .route("/recipients/batch", post(recipients::batch_recipients))
+        .route(
+            "/recipients/{id}",
+            get(recipients::get_recipient)
+                .put(recipients::put_recipient)
+                .patch(recipients::patch_recipient)
+                .delete(recipients::delete_recipient),
+        )
+        .route(
+            "/recipients/{id}/preferences",
+            get(recipients::get_preferences).put(recipients::put_preferences),
+        )
+        .route(
+            "/topics/{key}/recipients",
+            get(recipients::list_members)
+                .put(recipients::add_members)
+                .delete(recipients::remove_members),
+        )
+        .route("/fanouts/{id}", get(recipients::get_fanout))
+        .route("/unsubscribe/{token}", post(recipients::unsubscribe))
         .route(
             "/suppressions/{channel}/{address}",
             axum::routing::delete(suppressions::remove_suppression),

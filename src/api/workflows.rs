@@ -17,6 +17,8 @@ use super::extract::{
 use super::responses::{AdminAuth, EnqueueAuth, JsonBody, ReadAuth};
 use super::schemas::{StorableJson, StorableObject};
 use crate::queue::IdempotencyKey;
+use crate::recipients::RecipientId;
+use crate::recipients::store;
 use crate::workflow::{
     EventReceipt, NewEvent, RunFilter, RunStatus, RunView, Saved, Started, WorkflowSummary,
     valid_name,
@@ -131,6 +133,22 @@ pub struct RunRequest {
     /// `Idempotency-Key` header does the same and wins).
     #[schema(pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]{1,255}$")]
     pub idempotency_key: Option<String>,
+    /// Start the run for this recipient (your id for them): its actions address their profile unless they say
+    /// otherwise, and templates see it as `recipient`. The profile is read when each action sends.
+    #[schema(max_length = 255)]
+    pub recipient: Option<String>,
+    /// Start one run per member of this topic instead: answered at once (202) with a fan-out id whose progress
+    /// `GET /v1/fanouts/{id}` reads. Not with `recipient` or an idempotency key.
+    #[schema(max_length = 128)]
+    pub topic: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FanoutStarted {
+    /// Read its progress at `GET /v1/fanouts/{id}`.
+    pub fanout: i64,
+    pub workflow: String,
+    pub topic: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -153,6 +171,7 @@ pub struct RunStarted {
     responses(
         (status = 201, description = "Started", body = RunStarted),
         (status = 200, description = "The idempotency key had already started this run", body = RunStarted),
+        (status = 202, description = "A topic trigger: its runs are being started", body = FanoutStarted),
         (status = 404, description = "No such workflow", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Trigger data does not match the trigger's fields", body = Problem, content_type = "application/problem+json"),
         JsonBody, EnqueueAuth,
@@ -178,13 +197,31 @@ pub async fn start_run(
     }
     let key = header.or(request.idempotency_key);
     let request_id = request_id(&headers).map(String::from);
-    let started = state
-        .engine
-        .start_run(
-            &name,
-            serde_json::Value::Object(request.data),
+    let data = serde_json::Value::Object(request.data);
+    if let Some(topic) = request.topic {
+        return start_fanout(
+            &state,
+            name,
+            topic,
+            data,
+            request.recipient,
             key,
             request_id,
+        )
+        .await;
+    }
+    let recipient = request
+        .recipient
+        .map(|r| RecipientId::parse(&r).map_err(|e| ApiError::field("recipient", e)))
+        .transpose()?;
+    let started = state
+        .engine
+        .start_run_for(
+            &name,
+            data,
+            key,
+            request_id,
+            recipient.map(|r| r.as_str().to_string()),
         )
         .await?;
     let (status, id, version, label) = match started {
@@ -198,6 +235,44 @@ pub async fn start_run(
         status: label.into(),
     };
     Ok((status, Json(body)).into_response())
+}
+
+/// A topic trigger: checked now, its runs started by fan-out jobs.
+async fn start_fanout(
+    state: &ApiState,
+    workflow: String,
+    topic: String,
+    data: serde_json::Value,
+    recipient: Option<String>,
+    key: Option<String>,
+    request_id: Option<String>,
+) -> Result<Response, ApiError> {
+    if recipient.is_some() {
+        return Err(ApiError::field("topic", "cannot be given with `recipient`"));
+    }
+    if key.is_some() {
+        // Each member's run is keyed by the fan-out; a repeat of the trigger would be a second fan-out.
+        return Err(ApiError::field(
+            "topic",
+            "cannot be given with an idempotency key (each member's run is keyed by its fan-out)",
+        ));
+    }
+    if !store::valid_topic(&topic) {
+        return Err(ApiError::field(
+            "topic",
+            "must be 1-128 characters of [A-Za-z0-9_.:-]",
+        ));
+    }
+    let fanout = state
+        .engine
+        .start_fanout(&workflow, &topic, data, request_id)
+        .await?;
+    let body = FanoutStarted {
+        fanout,
+        workflow,
+        topic,
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// A run: status, context and the timeline of its steps.

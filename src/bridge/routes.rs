@@ -3,6 +3,7 @@
 //! wait-for-events nodes). A message that cannot be decoded or matches no route is an error the caller
 //! dead-letters.
 
+use crate::recipients::types::contains_nul;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -270,17 +271,6 @@ fn required_text(body: &Value, pointer: &str) -> Result<String, String> {
                 "the field `{pointer}` must be a string or number of 1-255 printable characters"
             )
         })
-}
-
-fn contains_nul(value: &Value) -> bool {
-    match value {
-        Value::String(text) => text.contains('\0'),
-        Value::Array(items) => items.iter().any(contains_nul),
-        Value::Object(fields) => fields
-            .iter()
-            .any(|(name, value)| name.contains('\0') || contains_nul(value)),
-        _ => false,
-    }
 }
 
 /// Strings as they are, numbers and booleans as written; anything else has no text.

@@ -38,6 +38,8 @@ pub struct DeliveryKey<'a> {
     pub node: &'a str,
     pub recipient: &'a str,
     pub channel: ChannelKind,
+    /// The recipient profile the address was read from, if it was (what an erase finds).
+    pub recipient_id: Option<&'a str>,
     /// The run's workflow and when it was triggered, recorded when the delivery is created (for the daily
     /// rollups: counts per workflow, and trigger -> provider accept latency).
     pub workflow: &'a str,
@@ -93,6 +95,11 @@ pub async fn begin_many(
         .bind(keys.iter().map(|k| k.channel.as_str()).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| k.workflow.as_str()).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| k.triggered_at).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|k| k.recipient_id.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *tx)
         .await?;
     if begun.len() != keys.len() {
@@ -110,6 +117,39 @@ pub async fn begin_many(
     Ok(decisions)
 }
 
+/// Records a send not made on purpose: status `skipped`, `reason` in its error (see `docs/recipients.md` for the
+/// reasons). Idempotent: a second call for the same key answers the same row. Answers its id.
+pub async fn skip(pool: &PgPool, key: DeliveryKey<'_>, reason: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(sql::SKIP_DELIVERY)
+        .bind(key.run_id)
+        .bind(key.node)
+        .bind(key.recipient)
+        .bind(key.channel.as_str())
+        .bind(key.workflow)
+        .bind(key.triggered_at)
+        .bind(reason)
+        .bind(key.recipient_id)
+        .fetch_one(pool)
+        .await
+}
+
+/// Scrubs one batch (at most `limit`) of an erased recipient's deliveries (see `sql::ERASE_DELIVERIES`);
+/// answers how many; 0 when none is left.
+pub async fn erase_batch(
+    conn: &mut sqlx::PgConnection,
+    recipient_id: &str,
+    addresses: &[String],
+    limit: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(sql::ERASE_DELIVERIES)
+        .bind(recipient_id)
+        .bind(addresses)
+        .bind(limit)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
 /// A [`DeliveryKey`] that owns its strings, to travel to a batch.
 #[derive(Debug, Clone)]
 pub struct OwnedDeliveryKey {
@@ -117,6 +157,7 @@ pub struct OwnedDeliveryKey {
     pub node: String,
     pub recipient: String,
     pub channel: ChannelKind,
+    pub recipient_id: Option<String>,
     pub workflow: String,
     pub triggered_at: DateTime<Utc>,
 }
@@ -128,6 +169,7 @@ impl DeliveryKey<'_> {
             node: self.node.to_string(),
             recipient: self.recipient.to_string(),
             channel: self.channel,
+            recipient_id: self.recipient_id.map(str::to_string),
             workflow: self.workflow.to_string(),
             triggered_at: self.triggered_at,
         }

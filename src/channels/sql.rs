@@ -17,13 +17,13 @@ pub const BEGIN_DELIVERIES: &str = r#"
 WITH input AS (
     SELECT i.*, s.reason AS suppressed,
            CASE WHEN s.reason IS NULL THEN 'sending' ELSE 'suppressed' END AS status
-    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-        WITH ORDINALITY AS i(run_id, node_id, recipient, channel, workflow, triggered_at, ord)
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
+        WITH ORDINALITY AS i(run_id, node_id, recipient, channel, workflow, triggered_at, recipient_id, ord)
     LEFT JOIN herald_suppressions s ON s.channel = i.channel AND s.address = i.recipient
 ), begun AS (
     INSERT INTO herald_deliveries AS d (run_id, node_id, recipient, channel, status, workflow, triggered_at,
-                                        history)
-    SELECT run_id, node_id, recipient, channel, status, workflow, triggered_at,
+                                        recipient_id, history)
+    SELECT run_id, node_id, recipient, channel, status, workflow, triggered_at, recipient_id,
            jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
                'status', status, 'at', now(), 'source', 'send', 'reason', 'suppressed: ' || suppressed)))
     FROM input ORDER BY run_id, node_id, recipient, channel
@@ -49,6 +49,43 @@ FROM input i
 JOIN begun b ON b.run_id = i.run_id AND b.node_id = i.node_id AND b.recipient = i.recipient
             AND b.channel = i.channel
 ORDER BY i.ord
+"#;
+
+/// Records a send not made on purpose (`skipped`, the reason in `error`), once: a retry of the node finds the
+/// row and keeps it. $1 run, $2 node, $3 recipient (as shown), $4 channel, $5 workflow, $6 triggered at,
+/// $7 reason, $8 recipient id. Answers the delivery's id.
+pub const SKIP_DELIVERY: &str = r#"
+WITH skipped AS (
+    INSERT INTO herald_deliveries (run_id, node_id, recipient, channel, status, workflow, triggered_at, error,
+                                   recipient_id, history)
+    VALUES ($1, $2, $3, $4, 'skipped', $5, $6, $7, $8,
+            jsonb_build_array(jsonb_build_object('status', 'skipped', 'at', now(), 'source', 'send',
+                                                 'reason', $7::text)))
+    ON CONFLICT (run_id, node_id, recipient, channel) DO NOTHING
+    RETURNING id
+)
+SELECT id FROM skipped
+UNION ALL
+SELECT id FROM herald_deliveries WHERE run_id = $1 AND node_id = $2 AND recipient = $3 AND channel = $4
+LIMIT 1
+"#;
+
+/// Scrubs up to $3 deliveries of an erased recipient: those resolved from their profile ($1) or sent to one of
+/// their addresses ($2). The address becomes `erased:<id>`; provider reasons and errors (which can quote it) are
+/// dropped; status, provider, timings and counts stay. Answers how many rows it changed.
+pub const ERASE_DELIVERIES: &str = r#"
+WITH batch AS (
+    SELECT id FROM herald_deliveries
+    WHERE (recipient_id = $1 OR recipient = ANY($2::text[])) AND recipient NOT LIKE 'erased:%'
+    ORDER BY id LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE herald_deliveries d
+SET recipient = 'erased:' || d.id, recipient_id = NULL, error = NULL,
+    attempts = coalesce((SELECT jsonb_agg(a - 'reason') FROM jsonb_array_elements(d.attempts) AS a), '[]'),
+    history = coalesce((SELECT jsonb_agg(h - 'reason') FROM jsonb_array_elements(d.history) AS h), '[]'),
+    updated_at = now()
+FROM batch WHERE d.id = batch.id
 "#;
 
 /// Records sends' results: status, the accepting provider and its id, every provider call, and the error. A

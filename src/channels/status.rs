@@ -33,10 +33,13 @@ pub enum DeliveryStatus {
     Failed,
     /// The recipient is on the suppression list, or the provider said to stop sending to it.
     Suppressed,
+    /// Not sent on purpose, with the reason in its error: the recipient opted out (`preference`), or has no
+    /// address for the channel (`no_address`).
+    Skipped,
 }
 
 impl DeliveryStatus {
-    pub const ALL: [DeliveryStatus; 8] = [
+    pub const ALL: [DeliveryStatus; 9] = [
         Self::Queued,
         Self::Sending,
         Self::Unknown,
@@ -45,6 +48,7 @@ impl DeliveryStatus {
         Self::Bounced,
         Self::Failed,
         Self::Suppressed,
+        Self::Skipped,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +61,7 @@ impl DeliveryStatus {
             Self::Bounced => "bounced",
             Self::Failed => "failed",
             Self::Suppressed => "suppressed",
+            Self::Skipped => "skipped",
         }
     }
 
@@ -73,7 +78,7 @@ impl DeliveryStatus {
             Self::Unknown => 2,
             Self::Sent => 3,
             Self::Delivered => 4,
-            Self::Bounced | Self::Failed | Self::Suppressed => 5,
+            Self::Bounced | Self::Failed | Self::Suppressed | Self::Skipped => 5,
         }
     }
 }

@@ -12,9 +12,10 @@ use serde_json::{Map, Value};
 
 use super::expr::{Expr, Template};
 use crate::channels::ChannelKind;
+use crate::recipients::quiet_hours::Window;
 
 /// Context keys the engine owns; a transform may not overwrite them.
-pub const RESERVED_KEYS: [&str; 3] = ["trigger", "nodes", "run"];
+pub const RESERVED_KEYS: [&str; 4] = ["trigger", "nodes", "run", "recipient"];
 
 /// One problem in a definition.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
@@ -41,6 +42,11 @@ pub struct Workflow {
     pub name: String,
     pub version: i32,
     pub description: Option<String>,
+    /// What kind of notification this is (`marketing`, `product`, `security`, …): recipients' preferences can
+    /// switch a category off.
+    pub category: Option<String>,
+    /// Sends bypass recipients' opt-outs and quiet hours (password resets, security alerts).
+    pub critical: bool,
     /// The id of the trigger node, where every run starts.
     pub trigger: String,
     pub nodes: HashMap<String, Node>,
@@ -81,8 +87,12 @@ pub enum NodeKind {
     Action {
         channel: ChannelKind,
         providers: Vec<String>,
-        to: Template,
+        to: Addressee,
         content: BTreeMap<String, Template>,
+        /// Bypasses the recipient's opt-outs and quiet hours (or the whole workflow is `critical`).
+        critical: bool,
+        /// Quiet hours: send only inside this window of the recipient's day (their time zone).
+        window: Option<Window>,
     },
     Condition {
         test: Expr,
@@ -106,7 +116,9 @@ impl NodeKind {
     fn budget_problem(&self, dry_runs: &mut usize) -> Option<(String, String)> {
         let mut templates: Vec<(String, &Template)> = Vec::new();
         if let NodeKind::Action { to, content, .. } = self {
-            templates.push(("to".to_string(), to));
+            if let Addressee::Raw(to) | Addressee::Recipient(to) = to {
+                templates.push(("to".to_string(), to));
+            }
             for (field, compiled) in content {
                 templates.push((format!("content.{field}"), compiled));
             }
@@ -205,6 +217,18 @@ impl WaitMode {
     }
 }
 
+/// Whom an action sends to.
+#[derive(Debug)]
+pub enum Addressee {
+    /// `to: "{{ data.email }}"`: the rendered address itself (services without profiles).
+    Raw(Template),
+    /// `to: { recipient: "{{ data.user_id }}" }`: a recipient's id, whose address for the channel is read from
+    /// their profile at send time.
+    Recipient(Template),
+    /// No `to`: the recipient the run was started for (a trigger's `recipient`, a topic member).
+    RunRecipient,
+}
+
 /// A typed trigger field.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -264,6 +288,10 @@ pub fn parse_text(source: &str, text: &str) -> Result<Value, DefinitionError> {
     })
 }
 
+/// The category whose sends can never be `critical`: an opt-out from marketing always holds.
+pub const MARKETING: &str = "marketing";
+const CRITICAL_MARKETING: &str = "`critical` is refused in the `marketing` category: a recipient's opt-out from marketing always holds";
+
 /// The most nodes a workflow may have: far above any notification flow, and a bound on what validating one costs.
 pub const MAX_NODES: usize = 500;
 
@@ -283,6 +311,9 @@ pub fn compile(source: &str, definition: &Value) -> Result<Workflow, Vec<Definit
     if !valid_name(&header.name) {
         errors.workflow("`name` must be 1-64 characters of [A-Za-z0-9_.-]");
     }
+    if header.category.as_deref().is_some_and(|c| !valid_name(c)) {
+        errors.workflow("`category` must be 1-64 characters of [A-Za-z0-9_.-]");
+    }
     if header.nodes.len() > MAX_NODES {
         errors.workflow(format!(
             "a workflow has at most {MAX_NODES} nodes (this one has {})",
@@ -298,12 +329,28 @@ pub fn compile(source: &str, definition: &Value) -> Result<Workflow, Vec<Definit
             errors.node(&previous.id, "two nodes have this id");
         }
     }
+    if header.category.as_deref() == Some(MARKETING) {
+        if header.critical {
+            errors.workflow(CRITICAL_MARKETING);
+        }
+        let mut critical: Vec<&String> = nodes
+            .values()
+            .filter(|n| matches!(n.kind, NodeKind::Action { critical: true, .. }))
+            .map(|n| &n.id)
+            .collect();
+        critical.sort();
+        for id in critical {
+            errors.node(id, CRITICAL_MARKETING);
+        }
+    }
     let trigger = check_graph(&nodes, &mut errors);
     match trigger {
         Some(trigger) if errors.list.is_empty() => Ok(Workflow {
             name: header.name,
             version: header.version,
             description: header.description,
+            category: header.category,
+            critical: header.critical,
             trigger,
             sequential: nodes.values().all(has_no_fan_out),
             nodes,
@@ -357,6 +404,14 @@ pub struct Header {
     /// No U+0000 (the definition is stored as `jsonb`).
     #[schema(pattern = "^[^\\x00]*$")]
     description: Option<String>,
+    /// What kind of notification this is (`marketing`, `product`, `security`, …): recipients can opt out of a
+    /// category. 1-64 characters of `[A-Za-z0-9_.-]`.
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
+    category: Option<String>,
+    /// Every send bypasses recipients' opt-outs and quiet hours (password resets, security alerts). Refused on
+    /// the `marketing` category.
+    #[serde(default)]
+    critical: bool,
     /// The nodes (at most 500): objects with an `id`, a `kind` and that kind's fields.
     #[schema(value_type = Vec<Object>, min_items = 1, max_items = 500)]
     nodes: Vec<Value>,
@@ -371,13 +426,7 @@ fn positive_version<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i32, D::Er
 }
 
 /// A workflow name or node id: 1-64 characters of `[A-Za-z0-9_.-]`.
-pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-}
+pub use crate::recipients::valid_name;
 
 struct Errors<'a> {
     source: &'a str,
@@ -434,9 +483,34 @@ struct ActionSpec {
     channel: String,
     #[serde(default)]
     providers: Vec<String>,
-    to: String,
+    to: Option<ToSpec>,
     #[serde(default)]
     content: BTreeMap<String, String>,
+    #[serde(default)]
+    critical: bool,
+    window: Option<WindowSpec>,
+}
+
+/// An action's `to`: an address template, or `{recipient: <id template>}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ToSpec {
+    Raw(String),
+    Recipient(RecipientTo),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipientTo {
+    recipient: String,
+}
+
+/// Quiet hours: `window: {start: "08:00", end: "21:00"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowSpec {
+    start: String,
+    end: String,
 }
 
 #[derive(Deserialize)]
@@ -615,7 +689,25 @@ fn compile_action(spec: ActionSpec, problems: &mut Vec<String>) -> Result<NodeKi
             ));
         }
     }
-    let to = Template::compile(&spec.to).map_err(|e| format!("`to`: {e}"))?;
+    let to = match &spec.to {
+        None => Addressee::RunRecipient,
+        Some(ToSpec::Raw(to)) => {
+            Addressee::Raw(Template::compile(to).map_err(|e| format!("`to`: {e}"))?)
+        }
+        Some(ToSpec::Recipient(to)) => Addressee::Recipient(
+            Template::compile(&to.recipient).map_err(|e| format!("`to.recipient`: {e}"))?,
+        ),
+    };
+    let window = match &spec.window {
+        None => None,
+        Some(w) => match Window::parse(&w.start, &w.end) {
+            Ok(window) => Some(window),
+            Err(e) => {
+                problems.push(format!("`window`: {e}"));
+                None
+            }
+        },
+    };
     let mut content = BTreeMap::new();
     for (field, source) in spec.content {
         // HTML parts escape the values they insert; the other fields are plain text.
@@ -636,6 +728,8 @@ fn compile_action(spec: ActionSpec, problems: &mut Vec<String>) -> Result<NodeKi
         providers: spec.providers,
         to,
         content,
+        critical: spec.critical,
+        window,
     })
 }
 

@@ -23,8 +23,8 @@ use super::metrics::{self, RunsEnded};
 use super::runs::StepStatus;
 use super::steps::{FinishedStep, RunState};
 use super::{Engine, NodeJob, Phase, WorkflowError, sql};
-use crate::channels::deliveries::{Begin, DeliveryKey, Finished};
-use crate::channels::{Message, SendError};
+use crate::channels::Message;
+use crate::channels::deliveries::{Begin, Finished};
 use crate::queue::{JobContext, JobError};
 
 /// What executing a node decided.
@@ -34,7 +34,7 @@ pub(super) enum Step {
     /// An action sent its message: record the send's result with the node's step, in one commit.
     Sent {
         decision: Decision,
-        delivery: Finished,
+        deliveries: Vec<Finished>,
     },
     /// Park the step until a `resume` job runs at this time (delay nodes).
     SuspendUntil(DateTime<Utc>),
@@ -49,7 +49,7 @@ impl Step {
 }
 
 /// The `run` variable expressions and templates see.
-fn run_vars(job: &NodeJob, workflow: &Workflow) -> Value {
+pub(super) fn run_vars(job: &NodeJob, workflow: &Workflow) -> Value {
     json!({ "id": job.run, "workflow": workflow.name, "version": workflow.version })
 }
 
@@ -106,11 +106,15 @@ impl Engine {
         // Counted once recorded: a finish that fails is retried by the queue, and counted then.
         let (result, recorded) = match step {
             Step::Done(decision) => (
-                self.finish(job, from, run, &workflow, decision, None).await,
+                self.finish(job, from, run, &workflow, decision, Vec::new())
+                    .await,
                 "completed",
             ),
-            Step::Sent { decision, delivery } => (
-                self.finish(job, from, run, &workflow, decision, Some(delivery))
+            Step::Sent {
+                decision,
+                deliveries,
+            } => (
+                self.finish(job, from, run, &workflow, decision, deliveries)
                     .await,
                 "completed",
             ),
@@ -133,7 +137,7 @@ impl Engine {
         run: RunState,
         workflow: &Workflow,
         decision: Decision,
-        delivery: Option<Finished>,
+        deliveries: Vec<Finished>,
     ) -> Result<(), JobError> {
         let mut context = run.context;
         inline::record(&mut context, &job.node, &decision);
@@ -161,7 +165,7 @@ impl Engine {
             patch,
             inline: walk.steps,
             next: walk.next,
-            delivery,
+            deliveries,
             trace_parent: crate::telemetry::current_traceparent(),
         };
         self.step_batches()
@@ -203,7 +207,7 @@ impl Engine {
                     next: node.next.clone(),
                 }))
             }
-            NodeKind::Action { .. } => self.send(job, run, node, &scope).await,
+            NodeKind::Action { .. } => self.send(job, run, workflow, node, &scope).await,
             NodeKind::Delay(spec) => delay(job.phase, spec, &scope, &node.next),
             NodeKind::WaitForEvents(spec) => match job.phase {
                 Phase::Run => self.start_wait(job, run, spec, &node.next, &scope).await,
@@ -217,96 +221,6 @@ impl Engine {
                 Err(JobError::permanent(
                     "internal: a pure node was not evaluated",
                 ))
-            }
-        }
-    }
-
-    async fn send(
-        &self,
-        job: &NodeJob,
-        run: &RunState,
-        node: &Node,
-        scope: &minijinja::Value,
-    ) -> Result<Step, JobError> {
-        let NodeKind::Action {
-            channel,
-            providers,
-            to,
-            content,
-        } = &node.kind
-        else {
-            return Err(JobError::permanent("not an action node"));
-        };
-        let mut rendered = std::collections::BTreeMap::new();
-        for (field, template) in content {
-            rendered.insert(
-                field.clone(),
-                template.render(scope).map_err(JobError::permanent)?,
-            );
-        }
-        let message = Message {
-            channel: *channel,
-            providers: providers.clone(),
-            to: to.render(scope).map_err(JobError::permanent)?,
-            content: rendered,
-            idempotency_key: format!("run:{}:{}:{}", job.run, job.epoch, job.node),
-        };
-        let sender = self.channels.get(*channel).ok_or_else(|| {
-            JobError::permanent(format!("no channel is configured for {}", channel.as_str()))
-        })?;
-        let key = DeliveryKey {
-            run_id: job.run,
-            node: &job.node,
-            recipient: &message.to,
-            channel: *channel,
-            workflow: &run.workflow,
-            triggered_at: run.created_at,
-        };
-        let delivery = match self.delivery_batches().begin(key).await {
-            Ok(Begin::Send { id }) => id,
-            Ok(decided) => return skip_send(decided, &message, &node.next),
-            Err(error) => return Err(JobError::retry(error.to_string())),
-        };
-        let report = sender.send(&message).await;
-        let finished = Finished::new(delivery, key, &report);
-        let failure = match report.result {
-            Ok(sent) => {
-                let output = json!({
-                    "channel": channel.as_str(), "to": message.to, "provider": sent.provider,
-                    "provider_message_id": sent.provider_message_id, "delivery_id": delivery,
-                    "attempts": report.attempts,
-                });
-                // Recorded with the node's step, in one commit (see `steps.rs`).
-                let decision = Decision::new("sent", output, &node.next);
-                return Ok(Step::Sent {
-                    decision,
-                    delivery: finished,
-                });
-            }
-            Err(failure) => failure,
-        };
-        if let Err(error) = self.delivery_batches().finish(finished).await {
-            // The delivery stays `sending`: the retry finds it so and does not send again.
-            return Err(JobError::retry(error.to_string()));
-        }
-        match failure {
-            SendError::Transient {
-                message,
-                retry_after: Some(after),
-            } => Err(JobError::RetryAfter(after, message)),
-            SendError::Transient {
-                message,
-                retry_after: None,
-            } => Err(JobError::Retry(message)),
-            SendError::Unavailable {
-                message,
-                retry_after,
-            } => Err(JobError::Snooze(
-                retry_after.unwrap_or(std::time::Duration::from_secs(1)),
-                message,
-            )),
-            SendError::Permanent(message) | SendError::Suppress(message) => {
-                Err(JobError::Permanent(message))
             }
         }
     }
@@ -550,7 +464,11 @@ fn timestamp(value: &Value) -> Option<DateTime<Utc>> {
 /// An action whose delivery says not to send (see `channels::deliveries`): already sent, suppressed, or left
 /// mid-send by a worker that died. The node completes either way (outcome `sent`, `suppressed` or `unknown`),
 /// so the run goes on.
-fn skip_send(decided: Begin, message: &Message, next: &[String]) -> Result<Step, JobError> {
+pub(super) fn skip_send(
+    decided: Begin,
+    message: &Message,
+    next: &[String],
+) -> Result<Step, JobError> {
     let channel = message.channel.as_str();
     match decided {
         Begin::AlreadySent { id, sent } => {

@@ -415,7 +415,7 @@ impl Engine {
                 output,
                 patch: Default::default(),
                 inline: Vec::new(),
-                delivery: None,
+                deliveries: Vec::new(),
                 next: next.to_vec(),
                 trace_parent: crate::telemetry::current_traceparent(),
             };
@@ -492,7 +492,7 @@ impl Engine {
                 output,
                 patch: Default::default(),
                 inline: Vec::new(),
-                delivery: None,
+                deliveries: Vec::new(),
                 next: spec.on_timeout.clone(),
                 trace_parent: crate::telemetry::current_traceparent(),
             };

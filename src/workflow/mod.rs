@@ -8,6 +8,10 @@
 //! * `inline.rs`: pure nodes (condition, branch, transform) evaluated where the run already is, not as jobs;
 //! * `engine.rs`: the node job handler: executes one node and, in one transaction, records its step and
 //!   enqueues the next node jobs;
+//! * `send.rs`: action nodes: addressing (raw addresses, recipients' profiles), preferences, quiet hours, one
+//!   delivery per address;
+//! * [`fanout`]: topic triggers, one run per member, page by page; [`erase`]: a deleted recipient's history
+//!   scrubbed in batches;
 //! * `events.rs`: events and wait-for-events nodes;
 //! * [`daily`]: per-day aggregates of runs and steps, for the clock's rollups.
 //!
@@ -20,12 +24,15 @@ pub mod catalog;
 pub mod daily;
 pub mod definition;
 mod engine;
+pub mod erase;
 mod events;
 pub mod expr;
+pub mod fanout;
 mod inline;
 pub mod metrics;
 pub mod retention;
 mod runs;
+mod send;
 mod settings;
 mod sql;
 mod starts;
@@ -50,6 +57,8 @@ use crate::channels::deliveries::DeliveryBatches;
 use crate::queue::{
     self, HandlerRegistry, Job, JobDefaults, JobKind, NewJob, QueueError, QueueName,
 };
+use crate::recipients::RecipientsSettings;
+use crate::recipients::unsubscribe::Signer;
 pub use settings::WorkflowSettings;
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +169,10 @@ pub struct Engine {
     event_batches: std::sync::OnceLock<events::EventBatches>,
     /// The same for action nodes' delivery records (on `pool`: they must be durable before a provider call).
     delivery_batches: std::sync::OnceLock<DeliveryBatches>,
+    /// How unsubscribe links are made (`[recipients]`), and their signer, loaded on the first email to a
+    /// recipient (see `send.rs`).
+    recipients: RecipientsSettings,
+    unsubscribe: tokio::sync::OnceCell<Signer>,
 }
 
 impl Engine {
@@ -188,7 +201,15 @@ impl Engine {
             start_batches: std::sync::OnceLock::new(),
             event_batches: std::sync::OnceLock::new(),
             delivery_batches: std::sync::OnceLock::new(),
+            recipients: RecipientsSettings::default(),
+            unsubscribe: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The `[recipients]` settings unsubscribe links are made with (the defaults otherwise).
+    pub fn with_recipients(mut self, settings: &RecipientsSettings) -> Self {
+        self.recipients = settings.clone();
+        self
     }
 
     /// The queue that carries node jobs (`workflows.queue`): runs and events feed it.
@@ -285,8 +306,9 @@ impl NodeJobs {
 
 /// Registers the node job handler.
 pub fn register(registry: &mut HandlerRegistry, engine: Arc<Engine>) {
+    let nodes = Arc::clone(&engine);
     registry.register(move |job: NodeJob, ctx| {
-        let engine = Arc::clone(&engine);
+        let engine = Arc::clone(&nodes);
         // A span of its own in traces only: the attempt's span already names the job in every log line, and a
         // span's fields cost formatting on every node job.
         let span = if crate::telemetry::exporting() {
@@ -295,6 +317,15 @@ pub fn register(registry: &mut HandlerRegistry, engine: Arc<Engine>) {
             tracing::Span::none()
         };
         async move { engine.run_node(job, ctx).await }.instrument(span)
+    });
+    let fanouts = Arc::clone(&engine);
+    registry.register(move |job: fanout::FanoutJob, _ctx| {
+        let engine = Arc::clone(&fanouts);
+        async move { engine.fanout_page(job).await }
+    });
+    registry.register(move |job: erase::EraseJob, _ctx| {
+        let engine = Arc::clone(&engine);
+        async move { engine.erase(job).await }
     });
 }
 

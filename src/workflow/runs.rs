@@ -173,11 +173,26 @@ impl Engine {
         idempotency_key: Option<String>,
         request_id: Option<String>,
     ) -> Result<Started, WorkflowError> {
+        self.start_run_for(workflow, data, idempotency_key, request_id, None)
+            .await
+    }
+
+    /// [`start_run`](Self::start_run) for a recipient: the run's actions address them unless they say otherwise
+    /// (see `docs/recipients.md`). The recipient need not exist yet: profiles are read when an action sends.
+    pub async fn start_run_for(
+        &self,
+        workflow: &str,
+        data: Value,
+        idempotency_key: Option<String>,
+        request_id: Option<String>,
+        recipient: Option<String>,
+    ) -> Result<Started, WorkflowError> {
         let start = RunStart {
             workflow: workflow.to_string(),
             data,
             key: idempotency_key,
             request_id,
+            recipient,
             trace_parent: crate::telemetry::current_traceparent(),
         };
         self.start_batches().start_run(start).await

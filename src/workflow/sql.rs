@@ -58,13 +58,14 @@ FROM herald_workflows ORDER BY name, version DESC";
 pub const START_RUNS: &str = "
 WITH input AS (
     SELECT nextval('herald_runs_id_seq') AS id, t.*
-    FROM unnest($3::jsonb[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) WITH ORDINALITY
-        AS t(context, key, request_id, done, next, ord)
+    FROM unnest($3::jsonb[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[], $9::text[]) WITH ORDINALITY
+        AS t(context, key, request_id, done, next, recipient_id, ord)
 ), runs AS (
     INSERT INTO herald_runs (id, workflow, version, status, context, idempotency_key, request_id, pending,
-                             finished_at)
+                             finished_at, recipient_id)
     SELECT id, $1, $2, CASE WHEN jsonb_array_length(next) = 0 THEN 'completed' ELSE 'running' END, context, key,
-           request_id, jsonb_array_length(next), CASE WHEN jsonb_array_length(next) = 0 THEN now() END
+           request_id, jsonb_array_length(next), CASE WHEN jsonb_array_length(next) = 0 THEN now() END,
+           recipient_id
     FROM input ORDER BY ord
     ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, idempotency_key

@@ -47,6 +47,8 @@ pub(super) struct RunStart {
     pub data: Value,
     pub key: Option<String>,
     pub request_id: Option<String>,
+    /// The recipient the run is for (`"recipient": "<id>"` in the trigger request).
+    pub recipient: Option<String>,
     /// The caller's trace (captured in its span: the batch runs in a task of its own).
     pub trace_parent: Option<String>,
 }
@@ -141,7 +143,10 @@ async fn check(
         .get(&start.workflow)
         .ok_or_else(|| WorkflowError::NotFound(format!("workflow {}", start.workflow)))?;
     let definition = catalog.version(&start.workflow, *version).await?;
-    let context = trigger_context(&definition, start.data, "data")?;
+    let mut context = trigger_context(&definition, start.data, "data")?;
+    if let Some(recipient) = &start.recipient {
+        for_recipient(&mut context, recipient);
+    }
     let mut run = prepare(&definition, context, start.key, start.request_id);
     run.trace_parent = start.trace_parent;
     Ok(Checked { definition, run })
@@ -252,6 +257,8 @@ pub(super) struct NewRun {
     next: Value,
     pub key: Option<String>,
     request_id: Option<String>,
+    /// The recipient it is for (from the context's `recipient.id`, see [`for_recipient`]).
+    recipient: Option<String>,
     /// The trace its first node jobs continue.
     pub trace_parent: Option<String>,
 }
@@ -273,7 +280,12 @@ pub(super) fn prepare(
     first.dedup();
     let run_vars = json!({ "workflow": definition.name, "version": definition.version });
     let walk = inline::walk(definition, &mut context, &run_vars, RunId::NotYet, first);
+    let recipient = context
+        .pointer("/recipient/id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     NewRun {
+        recipient,
         context,
         done: json!(walk.steps),
         next: json!(walk.next),
@@ -304,6 +316,11 @@ pub(super) async fn insert_runs(
         .bind(runs.iter().map(|r| &r.done).collect::<Vec<_>>())
         .bind(runs.iter().map(|r| &r.next).collect::<Vec<_>>())
         .bind(&definition.trigger)
+        .bind(
+            runs.iter()
+                .map(|r| r.recipient.as_deref())
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut *conn)
         .await?;
     let mut first_jobs = Vec::with_capacity(rows.len());
@@ -378,6 +395,14 @@ impl RunsStarted {
         for kind in self.nodes {
             metrics::node_executed(kind, "completed");
         }
+    }
+}
+
+/// Makes a new run's context one for a recipient: `recipient.id` in expressions and templates, the run's
+/// recipient column (what an erase finds), and the default `to` of its actions.
+pub(super) fn for_recipient(context: &mut Value, recipient: &str) {
+    if let Some(object) = context.as_object_mut() {
+        object.insert("recipient".into(), json!({ "id": recipient }));
     }
 }
 

@@ -48,8 +48,9 @@ pub(super) struct FinishedStep {
     /// The pure nodes after it, evaluated already (see `inline.rs`): recorded completed with it.
     pub inline: Vec<InlineStep>,
     pub next: Vec<String>,
-    /// An action's send result, recorded on its delivery in the same transaction.
-    pub delivery: Option<Finished>,
+    /// An action's send results (one per address: a recipient's devices), recorded on their deliveries in the
+    /// same transaction.
+    pub deliveries: Vec<Finished>,
     /// The trace the next nodes' jobs continue: the finishing job's (captured in its span; the batch runs in a
     /// task of its own).
     pub trace_parent: Option<String>,
@@ -134,19 +135,21 @@ async fn finish(pool: &PgPool, jobs: &NodeJobs, steps: Vec<FinishedStep>) -> Vec
     // A step that could not be recorded is retried by its job; the send it made is still worth recording, so the
     // retry finds the delivery `sent` (not `sending`, which would make it `unknown`).
     for (step, result) in steps.iter().zip(&committed) {
-        if let (Some(delivery), Err(_)) = (&step.delivery, result)
-            && let Err(error) = record_send(pool, delivery).await
-        {
-            tracing::warn!(%error, delivery = delivery.id, "could not record a send's result");
+        if result.is_ok() || step.deliveries.is_empty() {
+            continue;
+        }
+        let deliveries: Vec<&Finished> = step.deliveries.iter().collect();
+        if let Err(error) = record_sends(pool, &deliveries).await {
+            tracing::warn!(%error, run = step.job.run, node = %step.job.node, "could not record a send's result");
         }
     }
     committed
 }
 
-/// Records one send's result alone, synchronously (this pool's commits are relaxed).
-async fn record_send(pool: &PgPool, delivery: &Finished) -> Result<(), sqlx::Error> {
+/// Records one step's send results alone, synchronously (this pool's commits are relaxed).
+async fn record_sends(pool: &PgPool, sends: &[&Finished]) -> Result<(), sqlx::Error> {
     let mut tx = db::begin_bounded(pool, &[SYNCHRONOUS]).await?;
-    deliveries::finish_in(&mut tx, &[delivery]).await?;
+    deliveries::finish_in(&mut tx, sends).await?;
     tx.commit().await
 }
 
@@ -158,7 +161,7 @@ async fn commit(
     jobs: &NodeJobs,
     steps: &[FinishedStep],
 ) -> Result<(), WorkflowError> {
-    let deliveries: Vec<&Finished> = steps.iter().filter_map(|s| s.delivery.as_ref()).collect();
+    let deliveries: Vec<&Finished> = steps.iter().flat_map(|s| &s.deliveries).collect();
     let settings: &[&str] = if deliveries.is_empty() {
         &[]
     } else {

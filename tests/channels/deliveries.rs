@@ -30,6 +30,7 @@ fn key(run_id: i64, recipient: &str) -> DeliveryKey<'_> {
         node: "notify",
         recipient,
         channel: ChannelKind::Email,
+        recipient_id: None,
         workflow: "t",
         triggered_at: chrono::Utc::now(),
     }

@@ -1,0 +1,206 @@
+//! Topic fan-out: one run per member of a topic, for topics of any size.
+//!
+//! A topic trigger (`POST /v1/workflows/{name}/runs` with `"topic"`) checks the workflow and the trigger data,
+//! stores a `herald_fanouts` row and enqueues one [`FanoutJob`], all in one transaction, and answers at once with
+//! the fan-out's id. Each fan-out job then, in one transaction:
+//! 1. locks the fan-out row (a second copy of the job waits, then finds the cursor moved);
+//! 2. reads the next page of members after `cursor` (in id order, by the topic's primary key);
+//! 3. starts their runs with the idempotency key `fanout:<id>:<member>`: a member's run is made once however
+//!    often a page is written;
+//! 4. moves the cursor and the run count, and enqueues the next page's job, or marks the fan-out completed.
+//!
+//! A worker killed mid-page rolls the page back; the job is retried from the same cursor. No transaction holds
+//! more than one page, and the pages are jobs on the workflow queue, so other work is claimed between them.
+//! Members added after their place in the order was passed are not included; members removed before it are not.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::types::Json;
+
+use super::starts::{RunsStarted, for_recipient, insert_runs, prepare, trigger_context};
+use super::{Engine, WorkflowError};
+use crate::queue::{Job, JobError, JobKind, NewJob};
+use crate::recipients::store;
+
+/// Members started per fan-out job (one transaction).
+pub const PAGE: i64 = 1_000;
+
+/// Expands the next page of a fan-out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FanoutJob {
+    pub fanout: i64,
+}
+
+impl Job for FanoutJob {
+    const KIND: &'static str = "herald.workflow.fanout";
+}
+
+/// A fan-out's progress (`GET /v1/fanouts/{id}`).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Fanout {
+    pub id: i64,
+    pub workflow: String,
+    pub topic: String,
+    /// `running`, `completed` or `failed`.
+    pub status: String,
+    /// Runs started so far.
+    pub runs: i64,
+    pub error: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The row a fan-out job works from.
+#[derive(sqlx::FromRow)]
+struct Progress {
+    workflow: String,
+    topic: String,
+    data: Json<Value>,
+    cursor: Option<String>,
+    request_id: Option<String>,
+}
+
+impl Engine {
+    /// Starts a fan-out of `workflow` to `topic`'s members; answers its id once stored. The workflow and the data
+    /// are checked now (404, 422), not by the jobs.
+    pub async fn start_fanout(
+        &self,
+        workflow: &str,
+        topic: &str,
+        data: Value,
+        request_id: Option<String>,
+    ) -> Result<i64, WorkflowError> {
+        let definition = self.catalog.latest(workflow).await?;
+        trigger_context(&definition, data.clone(), "data")?;
+        let mut tx = self.pool.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO herald_fanouts (workflow, topic, data, status, request_id) \
+             VALUES ($1, $2, $3, 'running', $4) RETURNING id",
+        )
+        .bind(workflow)
+        .bind(topic)
+        .bind(Json(&data))
+        .bind(request_id.as_deref())
+        .fetch_one(&mut *tx)
+        .await?;
+        self.enqueue_page(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// A fan-out's progress.
+    pub async fn fanout(&self, id: i64) -> Result<Fanout, WorkflowError> {
+        sqlx::query_as(
+            "SELECT id, workflow, topic, status, runs, error, created_at, updated_at, finished_at \
+             FROM herald_fanouts WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| WorkflowError::NotFound(format!("fan-out {id}")))
+    }
+
+    async fn enqueue_page(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        id: i64,
+    ) -> Result<(), WorkflowError> {
+        let payload = serde_json::to_value(FanoutJob { fanout: id })
+            .map_err(|e| WorkflowError::Io(e.to_string()))?;
+        let kind = JobKind::parse(FanoutJob::KIND).map_err(crate::queue::QueueError::from)?;
+        let job = NewJob::new(self.jobs.queue.clone(), kind, payload)
+            .max_attempts(self.jobs.max_attempts);
+        crate::queue::enqueue_many(conn, &self.jobs.defaults, &[job]).await?;
+        Ok(())
+    }
+
+    /// One page of a fan-out (see the module docs).
+    pub(super) async fn fanout_page(&self, job: FanoutJob) -> Result<(), JobError> {
+        let started = self.write_page(job.fanout).await;
+        match started {
+            Ok(Some(counted)) => {
+                counted.count();
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            // The workflow was deleted, or the data no longer fits its latest version: the fan-out fails.
+            Err(error @ (WorkflowError::NotFound(_) | WorkflowError::InvalidInput(_))) => {
+                let failed = sqlx::query(
+                    "UPDATE herald_fanouts SET status = 'failed', error = $2, updated_at = now(), \
+                     finished_at = now() WHERE id = $1 AND status = 'running'",
+                )
+                .bind(job.fanout)
+                .bind(error.to_string())
+                .execute(&self.pool)
+                .await;
+                failed.map_err(|e| JobError::retry(e.to_string()))?;
+                Err(JobError::permanent(error.to_string()))
+            }
+            Err(error) => Err(JobError::retry(error.to_string())),
+        }
+    }
+
+    async fn write_page(&self, id: i64) -> Result<Option<RunsStarted>, WorkflowError> {
+        let mut tx = self.pool.begin().await?;
+        let progress: Option<Progress> = sqlx::query_as(
+            "SELECT workflow, topic, data, cursor, request_id FROM herald_fanouts \
+             WHERE id = $1 AND status = 'running' FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(progress) = progress else {
+            return Ok(None);
+        };
+        let members =
+            store::members(&mut *tx, &progress.topic, progress.cursor.as_deref(), PAGE).await?;
+        let Some(last) = members.last().cloned() else {
+            finish(&mut tx, id, None, 0, true).await?;
+            tx.commit().await?;
+            return Ok(None);
+        };
+        let definition = self.catalog.latest(&progress.workflow).await?;
+        let context = trigger_context(&definition, progress.data.0, "data")?;
+        let runs: Vec<_> = members
+            .iter()
+            .map(|member| {
+                let mut context = context.clone();
+                for_recipient(&mut context, member);
+                let key = format!("fanout:{id}:{member}");
+                prepare(&definition, context, Some(key), progress.request_id.clone())
+            })
+            .collect();
+        let refs: Vec<_> = runs.iter().collect();
+        let (inserted, started) = insert_runs(&mut tx, &self.jobs, &definition, &refs).await?;
+        let last_page = (members.len() as i64) < PAGE;
+        finish(&mut tx, id, Some(&last), inserted.len() as i64, last_page).await?;
+        if !last_page {
+            self.enqueue_page(&mut tx, id).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(started))
+    }
+}
+
+/// Moves a fan-out's cursor past a page and counts its runs; `done` completes it.
+async fn finish(
+    conn: &mut sqlx::PgConnection,
+    id: i64,
+    cursor: Option<&str>,
+    runs: i64,
+    done: bool,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE herald_fanouts SET cursor = coalesce($2, cursor), runs = runs + $3, updated_at = now(), \
+         status = CASE WHEN $4 THEN 'completed' ELSE status END, \
+         finished_at = CASE WHEN $4 THEN now() END WHERE id = $1",
+    )
+    .bind(id)
+    .bind(cursor)
+    .bind(runs)
+    .bind(done)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

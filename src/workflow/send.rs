@@ -1,0 +1,445 @@
+//! Action nodes: render the message, decide whom it goes to, and send it through the channel layer, one delivery
+//! per address.
+//!
+//! 1. `to` is an address template (raw), `{recipient: …}`, or absent (the run's recipient). A raw address is
+//!    one target, sent as before recipients existed.
+//! 2. For a recipient, their profile is read now, not when the run started, so a change made a minute ago
+//!    holds. No profile, or no address for the channel: a `skipped` delivery (`no_address`). Preferences that
+//!    switch this send off: a `skipped` delivery (`preference`), unless the action or its workflow is
+//!    `critical`. Outside the action's quiet-hours `window` in the recipient's zone: the step parks until the
+//!    window opens (a scheduled `resume` job; `critical` bypasses it). Either way the node completes and the
+//!    run goes on.
+//! 3. The addresses: email and phone from the profile; every active device of the action's push providers (one
+//!    delivery each, each through its own provider); the chat handle of the first provider that has one.
+//! 4. Each target is begun, sent and finished as `channels::deliveries` describes (no double send). A device its
+//!    provider reports gone (APNs 410, FCM UNREGISTERED, Web Push 404/410) is deactivated on every profile that
+//!    lists it. The node is `sent` if any target went out; a retryable failure of any target retries the node
+//!    (targets already sent are found `sent` and skipped); otherwise the first permanent failure fails it.
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::definition::{Addressee, Node, NodeKind, Workflow};
+use super::engine::Step;
+use super::inline::Decision;
+use super::steps::RunState;
+use super::{Engine, NodeJob, Phase, expr};
+use crate::channels::deliveries::{Begin, DeliveryKey, Finished};
+use crate::channels::{ChannelKind, Message, SendError};
+use crate::queue::JobError;
+use crate::recipients::{self, RecipientId, SendProfile, store};
+
+/// One address a message goes to, and the providers that may carry it.
+struct Target {
+    address: String,
+    providers: Vec<String>,
+}
+
+/// What one target's send came to.
+enum Outcome {
+    Sent(Finished),
+    /// Not sent, on a decision recorded earlier (already sent, suppressed, outcome unknown).
+    Decided(&'static str),
+    Failed(Finished, SendError),
+}
+
+impl Engine {
+    pub(super) async fn send(
+        &self,
+        job: &NodeJob,
+        run: &RunState,
+        workflow: &Workflow,
+        node: &Node,
+        scope: &minijinja::Value,
+    ) -> Result<Step, JobError> {
+        let NodeKind::Action { to, .. } = &node.kind else {
+            return Err(JobError::permanent("not an action node"));
+        };
+        let recipient = match to {
+            Addressee::Raw(to) => {
+                let address = to.render(scope).map_err(JobError::permanent)?;
+                let NodeKind::Action { providers, .. } = &node.kind else {
+                    return Err(JobError::permanent("not an action node"));
+                };
+                let target = Target {
+                    address,
+                    providers: providers.clone(),
+                };
+                return self
+                    .deliver(job, run, node, scope, vec![target], None)
+                    .await;
+            }
+            Addressee::Recipient(id) => id.render(scope).map_err(JobError::permanent)?,
+            Addressee::RunRecipient => run
+                .context
+                .pointer("/recipient/id")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    JobError::permanent(
+                        "the action has no `to` and its run was not started for a recipient",
+                    )
+                })?,
+        };
+        let recipient = RecipientId::parse(recipient.trim())
+            .map_err(|e| JobError::permanent(format!("`to.recipient` {e}")))?;
+        self.send_to_recipient(job, run, workflow, node, recipient.as_str())
+            .await
+    }
+
+    async fn send_to_recipient(
+        &self,
+        job: &NodeJob,
+        run: &RunState,
+        workflow: &Workflow,
+        node: &Node,
+        id: &str,
+    ) -> Result<Step, JobError> {
+        let NodeKind::Action {
+            channel,
+            providers,
+            critical,
+            window,
+            ..
+        } = &node.kind
+        else {
+            return Err(JobError::permanent("not an action node"));
+        };
+        let profile = store::send_profile(&self.pool, id)
+            .await
+            .map_err(|e| JobError::retry(e.to_string()))?;
+        let Some(profile) = profile else {
+            return self
+                .skip(job, run, node, id, "no_address: no recipient has this id")
+                .await;
+        };
+        let critical = *critical || workflow.critical;
+        if !critical {
+            let preferences = profile.preferences();
+            let category = workflow.category.as_deref();
+            if let Some(reason) = preferences.opted_out(*channel, &workflow.name, category) {
+                return self
+                    .skip(job, run, node, id, &format!("preference: {reason}"))
+                    .await;
+            }
+            // A resumed step is the window opening: it sends without looking again.
+            if let Some(window) = window
+                && job.phase == Phase::Run
+                && let Some(opening) = window.next_opening(Utc::now(), profile.zone())
+            {
+                return Ok(Step::SuspendUntil(opening));
+            }
+        }
+        let targets = targets(*channel, providers, &profile);
+        if targets.is_empty() {
+            let reason = format!(
+                "no_address: the profile has no {} address",
+                channel.as_str()
+            );
+            return self.skip(job, run, node, id, &reason).await;
+        }
+        // Templates see the profile as `recipient`, and emails an unsubscribe link.
+        let mut context = run.context.clone();
+        if let Some(object) = context.as_object_mut() {
+            object.insert("recipient".into(), profile.template_vars(id));
+            if *channel == ChannelKind::Email {
+                let signer = self
+                    .unsubscribe_signer()
+                    .await
+                    .map_err(|e| JobError::retry(e.to_string()))?;
+                let category = workflow.category.as_deref();
+                let token = signer.token(id, &workflow.name, category, *channel, Utc::now());
+                object.insert("unsubscribe_url".into(), Value::String(signer.url(&token)));
+            }
+        }
+        let scope = expr::scope(&context, &super::engine::run_vars(job, workflow));
+        self.deliver(job, run, node, &scope, targets, Some(id))
+            .await
+    }
+
+    /// Records a send not made on purpose, and completes the node (outcome `skipped`) so the run goes on.
+    async fn skip(
+        &self,
+        job: &NodeJob,
+        run: &RunState,
+        node: &Node,
+        recipient: &str,
+        reason: &str,
+    ) -> Result<Step, JobError> {
+        let NodeKind::Action { channel, .. } = &node.kind else {
+            return Err(JobError::permanent("not an action node"));
+        };
+        let shown = format!("recipient:{recipient}");
+        let key = DeliveryKey {
+            run_id: job.run,
+            node: &job.node,
+            recipient: &shown,
+            channel: *channel,
+            recipient_id: Some(recipient),
+            workflow: &run.workflow,
+            triggered_at: run.created_at,
+        };
+        let id = crate::channels::deliveries::skip(&self.pool, key, reason)
+            .await
+            .map_err(|e| JobError::retry(e.to_string()))?;
+        let output = json!({
+            "channel": channel.as_str(), "recipient": recipient, "delivery_id": id, "skipped": reason,
+        });
+        Ok(Step::done("skipped", output, &node.next))
+    }
+
+    /// Sends the rendered message to each target (see the module docs, step 4).
+    async fn deliver(
+        &self,
+        job: &NodeJob,
+        run: &RunState,
+        node: &Node,
+        scope: &minijinja::Value,
+        targets: Vec<Target>,
+        recipient: Option<&str>,
+    ) -> Result<Step, JobError> {
+        let NodeKind::Action {
+            channel, content, ..
+        } = &node.kind
+        else {
+            return Err(JobError::permanent("not an action node"));
+        };
+        let mut rendered = BTreeMap::new();
+        for (field, template) in content {
+            rendered.insert(
+                field.clone(),
+                template.render(scope).map_err(JobError::permanent)?,
+            );
+        }
+        let sender = self.channels.get(*channel).ok_or_else(|| {
+            JobError::permanent(format!("no channel is configured for {}", channel.as_str()))
+        })?;
+        let several = targets.len() > 1;
+        let mut entries = Vec::with_capacity(targets.len());
+        let (mut sent, mut failed, mut decided) = (Vec::new(), Vec::new(), Vec::new());
+        for (index, target) in targets.into_iter().enumerate() {
+            let base = format!("run:{}:{}:{}", job.run, job.epoch, job.node);
+            let message = Message {
+                channel: *channel,
+                providers: target.providers,
+                to: target.address,
+                content: rendered.clone(),
+                // Each device its own key: a provider that deduplicates by key must not merge them.
+                idempotency_key: if several {
+                    format!("{base}:{index}")
+                } else {
+                    base
+                },
+            };
+            let key = DeliveryKey {
+                run_id: job.run,
+                node: &job.node,
+                recipient: &message.to,
+                channel: *channel,
+                recipient_id: recipient,
+                workflow: &run.workflow,
+                triggered_at: run.created_at,
+            };
+            let outcome = match self.delivery_batches().begin(key).await {
+                Ok(Begin::Send { id }) => {
+                    let report = sender.send(&message).await;
+                    let finished = Finished::new(id, key, &report);
+                    let entry = match &report.result {
+                        Ok(ok) => json!({
+                            "to": message.to, "provider": ok.provider,
+                            "provider_message_id": ok.provider_message_id, "delivery_id": id,
+                            "attempts": report.attempts,
+                        }),
+                        Err(error) => {
+                            json!({"to": message.to, "delivery_id": id, "error": error.to_string()})
+                        }
+                    };
+                    entries.push(entry);
+                    match report.result {
+                        Ok(_) => Outcome::Sent(finished),
+                        Err(error) => Outcome::Failed(finished, error),
+                    }
+                }
+                Ok(other) => {
+                    let step = super::engine::skip_send(other, &message, &node.next)?;
+                    let Step::Done(decision) = step else {
+                        return Err(JobError::permanent(
+                            "internal: a skipped send did not complete",
+                        ));
+                    };
+                    if !several {
+                        return Ok(Step::Done(with_recipient(decision, recipient)));
+                    }
+                    entries.push(decision.output);
+                    Outcome::Decided(if decision.outcome == "sent" {
+                        "sent"
+                    } else {
+                        "skipped"
+                    })
+                }
+                Err(error) => return Err(JobError::retry(error.to_string())),
+            };
+            match outcome {
+                Outcome::Sent(finished) => sent.push(finished),
+                Outcome::Decided(what) => decided.push(what),
+                Outcome::Failed(finished, error) => {
+                    if let (SendError::Suppress(why), Some(_)) = (&error, recipient)
+                        && *channel == ChannelKind::Push
+                    {
+                        self.device_gone(&message, why).await;
+                    }
+                    failed.push((finished, error));
+                }
+            }
+        }
+        let retry = failed.iter().position(|(_, e)| {
+            matches!(
+                e,
+                SendError::Transient { .. } | SendError::Unavailable { .. }
+            )
+        });
+        let any_sent = !sent.is_empty() || decided.contains(&"sent");
+        // Failures are recorded now; sends with the step, unless the node is about to be retried.
+        let mut record: Vec<Finished> = failed.iter().map(|(f, _)| f.clone()).collect();
+        if retry.is_some() || !any_sent {
+            record.append(&mut sent);
+        }
+        for finished in record {
+            if let Err(error) = self.delivery_batches().finish(finished).await {
+                // The delivery stays `sending`: the retry finds it so and does not send again.
+                return Err(JobError::retry(error.to_string()));
+            }
+        }
+        if let Some(position) = retry {
+            return Err(job_error(failed.swap_remove(position).1));
+        }
+        if any_sent || (failed.is_empty() && !decided.is_empty()) {
+            let outcome = if any_sent { "sent" } else { "skipped" };
+            let output = if several {
+                json!({"channel": channel.as_str(), "deliveries": entries})
+            } else {
+                let mut only = entries.pop().unwrap_or(Value::Null);
+                only["channel"] = json!(channel.as_str());
+                only
+            };
+            let decision = with_recipient(Decision::new(outcome, output, &node.next), recipient);
+            return Ok(Step::Sent {
+                decision,
+                deliveries: sent,
+            });
+        }
+        match failed.into_iter().next() {
+            Some((_, error)) => Err(job_error(error)),
+            None => Err(JobError::permanent(
+                "internal: an action had nothing to send",
+            )),
+        }
+    }
+
+    /// A provider said a device is gone: it is not sent to again (the address is on the suppression list too).
+    async fn device_gone(&self, message: &Message, why: &str) {
+        let Some(provider) = message.providers.first() else {
+            return;
+        };
+        match store::deactivate_device(&self.pool, provider, &message.to, why).await {
+            Ok(count) => {
+                tracing::info!(provider, profiles = count, "push device deactivated: {why}")
+            }
+            Err(error) => tracing::warn!(%error, provider, "could not deactivate a push device"),
+        }
+    }
+
+    /// The unsubscribe signer, loaded on first use (the fleet's key may have to be read or made).
+    pub async fn unsubscribe_signer(
+        &self,
+    ) -> Result<&recipients::unsubscribe::Signer, sqlx::Error> {
+        self.unsubscribe
+            .get_or_try_init(|| recipients::unsubscribe::Signer::load(&self.pool, &self.recipients))
+            .await
+    }
+}
+
+/// A decision's output naming the recipient it was for.
+fn with_recipient(mut decision: Decision, recipient: Option<&str>) -> Decision {
+    if let (Some(id), Value::Object(output)) = (recipient, &mut decision.output) {
+        output.insert("recipient".into(), json!(id));
+    }
+    decision
+}
+
+/// What a failed send asks of the queue.
+fn job_error(failure: SendError) -> JobError {
+    match failure {
+        SendError::Transient {
+            message,
+            retry_after: Some(after),
+        } => JobError::RetryAfter(after, message),
+        SendError::Transient {
+            message,
+            retry_after: None,
+        } => JobError::Retry(message),
+        SendError::Unavailable {
+            message,
+            retry_after,
+        } => JobError::Snooze(
+            retry_after.unwrap_or(std::time::Duration::from_secs(1)),
+            message,
+        ),
+        SendError::Permanent(message) | SendError::Suppress(message) => {
+            JobError::Permanent(message)
+        }
+    }
+}
+
+/// The push providers, in the order a device list is sent in when the action names none.
+const PUSH_PROVIDERS: [&str; 3] = ["fcm", "apns", "webpush"];
+
+/// A recipient's addresses for an action (module docs, step 3).
+fn targets(channel: ChannelKind, providers: &[String], profile: &SendProfile) -> Vec<Target> {
+    let all = |address: &Option<String>| {
+        address
+            .iter()
+            .map(|a| Target {
+                address: a.clone(),
+                providers: providers.to_vec(),
+            })
+            .collect()
+    };
+    match channel {
+        ChannelKind::Email => all(&profile.email),
+        ChannelKind::Sms => all(&profile.phone),
+        ChannelKind::Push => {
+            let named: Vec<&str> = if providers.is_empty() {
+                PUSH_PROVIDERS.to_vec()
+            } else {
+                providers.iter().map(String::as_str).collect()
+            };
+            named
+                .into_iter()
+                .flat_map(|provider| {
+                    profile.devices_of(provider).map(move |token| Target {
+                        address: token.to_string(),
+                        providers: vec![provider.to_string()],
+                    })
+                })
+                .collect()
+        }
+        ChannelKind::Chat => {
+            let handles = &profile.chat.0;
+            let first = if providers.is_empty() {
+                handles.iter().next()
+            } else {
+                providers.iter().find_map(|p| handles.get_key_value(p))
+            };
+            first
+                .map(|(provider, handle)| Target {
+                    address: handle.clone(),
+                    providers: vec![provider.clone()],
+                })
+                .into_iter()
+                .collect()
+        }
+    }
+}
