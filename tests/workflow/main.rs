@@ -17,5 +17,6 @@ mod crash;
 mod definitions;
 mod events;
 mod metrics;
+mod recipients;
 mod runs;
 mod timers;
