@@ -164,9 +164,173 @@ pub enum WorkflowsCommand {
         data: String,
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Start the run for this recipient (its actions address their profile).
+        #[arg(long, conflicts_with = "topic")]
+        recipient: Option<String>,
+        /// Start one run per member of this topic (prints the fan-out's id; `herald workflows fanout ID`).
+        #[arg(long, conflicts_with = "idempotency_key")]
+        topic: Option<String>,
     },
     /// Show a run and its timeline as JSON.
     Run { id: i64 },
+    /// Show a topic fan-out's progress as JSON.
+    Fanout { id: i64 },
+}
+
+#[derive(Subcommand)]
+pub enum RecipientsCommand {
+    /// Create or replace a profile from a JSON document (as `PUT /v1/recipients/{id}`).
+    Put {
+        id: String,
+        /// The profile (JSON object): email, phone, locale, timezone, devices, chat, data.
+        #[arg(long)]
+        profile: String,
+    },
+    /// Change some fields (a JSON merge patch, as `PATCH /v1/recipients/{id}`).
+    Patch {
+        id: String,
+        #[arg(long)]
+        patch: String,
+    },
+    /// Show a profile with its devices and preferences.
+    Get { id: String },
+    /// Find profiles by email or phone, or list them in id order.
+    List {
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// The last id of the previous page.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Erase a recipient: the profile now, their history scrubbed by a job (audited).
+    Erase { id: String },
+    /// Show, or with --set replace, a recipient's preferences (JSON).
+    Preferences {
+        id: String,
+        #[arg(long)]
+        set: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TopicsCommand {
+    /// Add recipients (ids, which must have profiles) to a topic.
+    Add { topic: String, ids: Vec<String> },
+    /// Remove recipients from a topic.
+    Remove { topic: String, ids: Vec<String> },
+    /// List a topic's member ids (in id order).
+    Members {
+        topic: String,
+        #[arg(long, default_value_t = 1000)]
+        limit: i64,
+        #[arg(long)]
+        after: Option<String>,
+    },
+}
+
+pub async fn recipients(settings: &Settings, command: RecipientsCommand) -> anyhow::Result<()> {
+    use herald::recipients::{Preferences, Profile, RecipientId, store};
+    let pool = connect(settings).await?;
+    db::migrate(&pool).await?;
+    let actor = Actor::cli();
+    let parse_json = |text: &str, what: &str| -> anyhow::Result<serde_json::Value> {
+        serde_json::from_str(text).with_context(|| format!("{what} is not valid JSON"))
+    };
+    let invalid = |problems: Vec<(String, String)>| {
+        let lines: Vec<String> = problems.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        anyhow::anyhow!("invalid: {}", lines.join("; "))
+    };
+    let id_of = |id: &str| RecipientId::parse(id).map_err(|e| anyhow::anyhow!("id {e}"));
+    match command {
+        RecipientsCommand::Put { id, profile } => {
+            let id = id_of(&id)?;
+            let profile =
+                Profile::parse(&parse_json(&profile, "--profile")?, false).map_err(invalid)?;
+            store::put(&pool, &actor, id.as_str(), &profile).await?;
+            print_json(&store::get(&pool, id.as_str()).await?)
+        }
+        RecipientsCommand::Patch { id, patch } => {
+            let id = id_of(&id)?;
+            let patch = parse_json(&patch, "--patch")?;
+            print_json(&store::patch(&pool, &actor, id.as_str(), &patch).await?)
+        }
+        RecipientsCommand::Get { id } => match store::get(&pool, &id).await? {
+            Some(recipient) => print_json(&recipient),
+            None => bail!("no recipient has the id `{id}`"),
+        },
+        RecipientsCommand::List {
+            email,
+            phone,
+            limit,
+            after,
+        } => {
+            let filter = store::ListFilter {
+                after: after.as_deref(),
+                email: email.as_deref(),
+                phone: phone.as_deref(),
+                limit: limit.clamp(1, 10_000),
+            };
+            print_json(&store::list(&pool, &filter).await?)
+        }
+        RecipientsCommand::Erase { id } => {
+            let engine = App::on_pool(settings.clone(), pool)?.engine;
+            match engine.erase_recipient(&actor, &id).await? {
+                Some(erasure) => print_json(&serde_json::json!({ "erasure": erasure })),
+                None => bail!("no recipient has the id `{id}`"),
+            }
+        }
+        RecipientsCommand::Preferences { id, set } => {
+            if let Some(set) = set {
+                let preferences: Preferences = serde_json::from_value(parse_json(&set, "--set")?)
+                    .context("--set is not a preferences document")?;
+                store::set_preferences(&pool, &actor, &id, &preferences).await?;
+            }
+            match store::preferences(&pool, &id).await? {
+                Some(preferences) => print_json(&preferences),
+                None => bail!("no recipient has the id `{id}`"),
+            }
+        }
+    }
+}
+
+pub async fn topics(settings: &Settings, command: TopicsCommand) -> anyhow::Result<()> {
+    use herald::recipients::store;
+    let pool = connect(settings).await?;
+    db::migrate(&pool).await?;
+    let check = |topic: &str| {
+        if store::valid_topic(topic) {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(
+                "a topic key is 1-128 characters of [A-Za-z0-9_.:-]"
+            ))
+        }
+    };
+    match command {
+        TopicsCommand::Add { topic, ids } => {
+            check(&topic)?;
+            let added = store::add_members(&pool, &Actor::cli(), &topic, &ids).await?;
+            print_json(&serde_json::json!({ "changed": added }))
+        }
+        TopicsCommand::Remove { topic, ids } => {
+            check(&topic)?;
+            let removed = store::remove_members(&pool, &Actor::cli(), &topic, &ids).await?;
+            print_json(&serde_json::json!({ "changed": removed }))
+        }
+        TopicsCommand::Members {
+            topic,
+            limit,
+            after,
+        } => {
+            check(&topic)?;
+            let limit = limit.clamp(1, 100_000);
+            print_json(&store::members(&pool, &topic, after.as_deref(), limit).await?)
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -244,20 +408,31 @@ pub async fn workflows(settings: &Settings, command: WorkflowsCommand) -> anyhow
             name,
             data,
             idempotency_key,
+            recipient,
+            topic,
         } => {
             let data: serde_json::Value =
                 serde_json::from_str(&data).context("--data is not valid JSON")?;
+            if let Some(topic) = topic {
+                let fanout = engine.start_fanout(&name, &topic, data, None).await?;
+                return print_json(&serde_json::json!({
+                    "fanout": fanout, "workflow": name, "topic": topic,
+                }));
+            }
             // The same fields as the API's answer to `POST /v1/workflows/{name}/runs`.
-            let (id, version, status) =
-                match engine.start_run(&name, data, idempotency_key, None).await? {
-                    Started::Created { id, version } => (id, version, "created"),
-                    Started::Existing { id, version } => (id, version, "existing"),
-                };
+            let (id, version, status) = match engine
+                .start_run_for(&name, data, idempotency_key, None, recipient)
+                .await?
+            {
+                Started::Created { id, version } => (id, version, "created"),
+                Started::Existing { id, version } => (id, version, "existing"),
+            };
             print_json(&serde_json::json!({
                 "id": id, "workflow": name, "version": version, "status": status,
             }))
         }
         WorkflowsCommand::Run { id } => print_json(&engine.get_run(id).await?),
+        WorkflowsCommand::Fanout { id } => print_json(&engine.fanout(id).await?),
     }
 }
 

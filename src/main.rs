@@ -15,7 +15,8 @@ use clap::{Args, Parser, Subcommand};
 
 use commands::{
     ArchiveCommand, BridgeDlqCommand, CronCommand, DlqCommand, EnqueueArgs, JobsCommand,
-    KeysCommand, QueuesCommand, RollupCommand, RollupDays, WorkflowsCommand, connect, print_json,
+    KeysCommand, QueuesCommand, RecipientsCommand, RollupCommand, RollupDays, TopicsCommand,
+    WorkflowsCommand, connect, print_json,
 };
 use herald::app::App;
 use herald::config::Settings;
@@ -114,6 +115,16 @@ enum Command {
     Workflows {
         #[command(subcommand)]
         command: WorkflowsCommand,
+    },
+    /// Recipient profiles: put, patch, get, list, erase, preferences.
+    Recipients {
+        #[command(subcommand)]
+        command: RecipientsCommand,
+    },
+    /// Topics: add and remove members, list them.
+    Topics {
+        #[command(subcommand)]
+        command: TopicsCommand,
     },
     /// Measure enqueue and execution throughput and pickup latency on a scratch database
     /// (`herald bench workflows` measures workflow runs instead).
@@ -302,6 +313,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Workers => print_json(&admin::list_workers(&connect(&settings).await?).await?),
         Command::Audit(args) => commands::audit(&connect(&settings).await?, args).await,
         Command::Workflows { command } => commands::workflows(&settings, command).await,
+        Command::Recipients { command } => commands::recipients(&settings, command).await,
+        Command::Topics { command } => commands::topics(&settings, command).await,
     }
 }
 

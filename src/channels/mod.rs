@@ -298,6 +298,31 @@ impl Channel for LogChannel {
     }
 }
 
+/// The content field holding an email's one-click unsubscribe link (RFC 8058). The engine sets it on every email
+/// to a recipient (and a template may set it on a raw send); the email adapters turn it into headers.
+pub const UNSUBSCRIBE_URL: &str = "unsubscribe_url";
+
+/// The `List-Unsubscribe` and `List-Unsubscribe-Post` headers for a message with an [`UNSUBSCRIBE_URL`]: only an
+/// `https://` or `http://` URL of at most 2,048 visible ASCII characters (no `<`, `>` or `,`), so rendered content
+/// cannot inject headers.
+pub fn unsubscribe_headers(message: &Message) -> Option<[(&'static str, String); 2]> {
+    let url = message.content.get(UNSUBSCRIBE_URL)?;
+    let fit = (url.starts_with("https://") || url.starts_with("http://"))
+        && url.len() <= 2048
+        && url
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"<>,".contains(&b));
+    fit.then(|| {
+        [
+            ("List-Unsubscribe", format!("<{url}>")),
+            (
+                "List-Unsubscribe-Post",
+                "List-Unsubscribe=One-Click".to_string(),
+            ),
+        ]
+    })
+}
+
 /// A recipient as logs show it: enough to tell two apart, not enough to contact anyone. `ada@example.com` →
 /// `a***@example.com`, `+15551234567` → `+1*******567`, anything else (device tokens, subscriptions, webhook
 /// URLs) → its first 4 characters and its length.
@@ -376,6 +401,30 @@ pub const CHURNED_TABLES: &[&str] = &["herald_deliveries", "herald_provider_circ
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_plain_http_url_becomes_unsubscribe_headers() {
+        let with = |url: &str| super::Message {
+            channel: super::ChannelKind::Email,
+            providers: Vec::new(),
+            to: "a@example.com".into(),
+            content: [(super::UNSUBSCRIBE_URL.to_string(), url.to_string())].into(),
+            idempotency_key: "k".into(),
+        };
+        let headers =
+            super::unsubscribe_headers(&with("https://h.test/v1/unsubscribe/a.b")).unwrap();
+        assert_eq!(headers[0].1, "<https://h.test/v1/unsubscribe/a.b>");
+        for hostile in [
+            "https://h.test/x\r\nBcc: all@example.com",
+            "javascript:alert(1)",
+            "https://h.test/>, <mailto:x>",
+        ] {
+            assert!(
+                super::unsubscribe_headers(&with(hostile)).is_none(),
+                "{hostile}"
+            );
+        }
+    }
+
     use std::io::Write;
     use std::sync::{Arc, Mutex};
 

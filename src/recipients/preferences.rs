@@ -187,7 +187,7 @@ mod tests {
         let mut p = Preferences::default();
         p.opt_out(ChannelKind::Email, "promo", Some("marketing"));
         p.opt_out(ChannelKind::Email, "welcome", None);
-        assert_eq!(p.categories["marketing"]["email"], false);
-        assert_eq!(p.workflows["welcome"]["email"], false);
+        assert!(!p.categories["marketing"]["email"]);
+        assert!(!p.workflows["welcome"]["email"]);
     }
 }

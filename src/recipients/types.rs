@@ -285,7 +285,7 @@ fn device_token(provider: DeviceProvider, token: &str) -> Result<String, String>
         }
         DeviceProvider::Apns => {
             let ok = (32..=200).contains(&token.len())
-                && token.len() % 2 == 0
+                && token.len().is_multiple_of(2)
                 && token.bytes().all(|b| b.is_ascii_hexdigit());
             ok.then(|| token.to_ascii_lowercase())
                 .ok_or_else(|| "must be an APNs device token: 32-200 hex digits".to_string())

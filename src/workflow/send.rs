@@ -27,7 +27,7 @@ use super::inline::Decision;
 use super::steps::RunState;
 use super::{Engine, NodeJob, Phase, expr};
 use crate::channels::deliveries::{Begin, DeliveryKey, Finished};
-use crate::channels::{ChannelKind, Message, SendError};
+use crate::channels::{ChannelKind, Message, SendError, UNSUBSCRIBE_URL};
 use crate::queue::JobError;
 use crate::recipients::{self, RecipientId, SendProfile, store};
 
@@ -35,6 +35,26 @@ use crate::recipients::{self, RecipientId, SendProfile, store};
 struct Target {
     address: String,
     providers: Vec<String>,
+}
+
+/// Whom one action's message goes to.
+struct Addressed<'a> {
+    targets: Vec<Target>,
+    /// The recipient whose profile the targets came from.
+    recipient: Option<&'a str>,
+    /// An email's one-click unsubscribe link.
+    unsubscribe: Option<String>,
+}
+
+impl Addressed<'_> {
+    /// A raw address: one target, no profile.
+    fn raw(target: Target) -> Self {
+        Self {
+            targets: vec![target],
+            recipient: None,
+            unsubscribe: None,
+        }
+    }
 }
 
 /// What one target's send came to.
@@ -68,7 +88,7 @@ impl Engine {
                     providers: providers.clone(),
                 };
                 return self
-                    .deliver(job, run, node, scope, vec![target], None)
+                    .deliver(job, run, node, scope, Addressed::raw(target))
                     .await;
             }
             Addressee::Recipient(id) => id.render(scope).map_err(JobError::permanent)?,
@@ -141,22 +161,31 @@ impl Engine {
             return self.skip(job, run, node, id, &reason).await;
         }
         // Templates see the profile as `recipient`, and emails an unsubscribe link.
+        let unsubscribe = if *channel == ChannelKind::Email {
+            let signer = self
+                .unsubscribe_signer()
+                .await
+                .map_err(|e| JobError::retry(e.to_string()))?;
+            let category = workflow.category.as_deref();
+            let token = signer.token(id, &workflow.name, category, *channel, Utc::now());
+            Some(signer.url(&token))
+        } else {
+            None
+        };
         let mut context = run.context.clone();
         if let Some(object) = context.as_object_mut() {
             object.insert("recipient".into(), profile.template_vars(id));
-            if *channel == ChannelKind::Email {
-                let signer = self
-                    .unsubscribe_signer()
-                    .await
-                    .map_err(|e| JobError::retry(e.to_string()))?;
-                let category = workflow.category.as_deref();
-                let token = signer.token(id, &workflow.name, category, *channel, Utc::now());
-                object.insert("unsubscribe_url".into(), Value::String(signer.url(&token)));
+            if let Some(url) = &unsubscribe {
+                object.insert(UNSUBSCRIBE_URL.into(), Value::String(url.clone()));
             }
         }
         let scope = expr::scope(&context, &super::engine::run_vars(job, workflow));
-        self.deliver(job, run, node, &scope, targets, Some(id))
-            .await
+        let addressed = Addressed {
+            targets,
+            recipient: Some(id),
+            unsubscribe,
+        };
+        self.deliver(job, run, node, &scope, addressed).await
     }
 
     /// Records a send not made on purpose, and completes the node (outcome `skipped`) so the run goes on.
@@ -197,9 +226,13 @@ impl Engine {
         run: &RunState,
         node: &Node,
         scope: &minijinja::Value,
-        targets: Vec<Target>,
-        recipient: Option<&str>,
+        addressed: Addressed<'_>,
     ) -> Result<Step, JobError> {
+        let Addressed {
+            targets,
+            recipient,
+            unsubscribe,
+        } = addressed;
         let NodeKind::Action {
             channel, content, ..
         } = &node.kind
@@ -212,6 +245,10 @@ impl Engine {
                 field.clone(),
                 template.render(scope).map_err(JobError::permanent)?,
             );
+        }
+        // The email's List-Unsubscribe headers (the adapters read it from the content; see `channels`).
+        if let Some(url) = unsubscribe {
+            rendered.entry(UNSUBSCRIBE_URL.to_string()).or_insert(url);
         }
         let sender = self.channels.get(*channel).ok_or_else(|| {
             JobError::permanent(format!("no channel is configured for {}", channel.as_str()))

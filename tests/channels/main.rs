@@ -20,6 +20,7 @@ mod callbacks;
 mod chain;
 mod deliveries;
 mod fleet;
+mod recipients;
 mod traces;
 
 /// One module per family of provider adapters.

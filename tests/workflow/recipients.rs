@@ -28,7 +28,7 @@ nodes:
     to: { recipient: "{{ trigger.user }}" }
     content:
       subject: "Hi {{ recipient.data.name }}"
-      text: "Unsubscribe: {{ unsubscribe_url }}"
+      body: "Unsubscribe: {{ unsubscribe_url }}"
     next: ping
   - id: ping
     kind: action
@@ -114,7 +114,12 @@ async fn sends_read_the_profile_at_send_time_and_skips_are_recorded_with_their_r
                     {"provider": "apns", "token": apns, "label": "iPhone"}]
     }))
     .await;
-    put(&flow, "bob", json!({"email": "bob@example.com", "data": {"name": "Bob"}})).await;
+    put(
+        &flow,
+        "bob",
+        json!({"email": "bob@example.com", "data": {"name": "Bob"}}),
+    )
+    .await;
     let ada = start_for(&flow, "promo", json!({"user": "ada"}), "ada").await;
     let bob = start_for(&flow, "promo", json!({"user": "bob"}), "bob").await;
     let nobody = start_for(&flow, "promo", json!({"user": "carol"}), "carol").await;
@@ -142,8 +147,16 @@ async fn sends_read_the_profile_at_send_time_and_skips_are_recorded_with_their_r
     let mail = flow.recorder.to("ada@example.com");
     assert_eq!(mail.len(), 1);
     assert_eq!(mail[0].content["subject"], "Hi Ada");
-    assert!(mail[0].content["text"].contains("/v1/unsubscribe/"), "{:?}", mail[0].content);
-    for (token, provider) in [("fcm-ada-1", "fcm"), ("fcm-ada-2", "fcm"), (&*apns.to_lowercase(), "apns")] {
+    assert!(
+        mail[0].content["body"].contains("/v1/unsubscribe/"),
+        "{:?}",
+        mail[0].content
+    );
+    for (token, provider) in [
+        ("fcm-ada-1", "fcm"),
+        ("fcm-ada-2", "fcm"),
+        (&*apns.to_lowercase(), "apns"),
+    ] {
         let sent = flow.recorder.to(token);
         assert_eq!(sent.len(), 1, "{token}");
         assert_eq!(sent[0].providers, [provider]);
@@ -156,19 +169,43 @@ async fn sends_read_the_profile_at_send_time_and_skips_are_recorded_with_their_r
     assert!(recorded.iter().all(|d| d.2 == "sent"), "{recorded:?}");
 
     // Bob: the email skipped for his preference, the push skipped for want of a device; the run went on.
-    assert!(flow.recorder.to("bob@example.com").len() == 1, "only the critical alert reached Bob");
+    assert!(
+        flow.recorder.to("bob@example.com").len() == 1,
+        "only the critical alert reached Bob"
+    );
     let bob_deliveries = deliveries(&flow, bob).await;
     assert_eq!(bob_deliveries.len(), 2, "{bob_deliveries:?}");
     assert_eq!(bob_deliveries[0].1, "recipient:bob");
     assert_eq!(bob_deliveries[0].2, "skipped");
-    assert!(bob_deliveries[0].3.as_deref().unwrap().starts_with("preference:"), "{bob_deliveries:?}");
-    assert!(bob_deliveries[1].3.as_deref().unwrap().starts_with("no_address:"), "{bob_deliveries:?}");
-    assert_eq!(step(&flow.run(bob).await, "mail").outcome.as_deref(), Some("skipped"));
+    assert!(
+        bob_deliveries[0]
+            .3
+            .as_deref()
+            .unwrap()
+            .starts_with("preference:"),
+        "{bob_deliveries:?}"
+    );
+    assert!(
+        bob_deliveries[1]
+            .3
+            .as_deref()
+            .unwrap()
+            .starts_with("no_address:"),
+        "{bob_deliveries:?}"
+    );
+    assert_eq!(
+        step(&flow.run(bob).await, "mail").outcome.as_deref(),
+        Some("skipped")
+    );
 
     // Carol has no profile: both sends skipped, no_address.
     let carol = deliveries(&flow, nobody).await;
     assert_eq!(carol.len(), 2);
-    assert!(carol.iter().all(|d| d.2 == "skipped" && d.3.as_deref().unwrap().starts_with("no_address")));
+    assert!(
+        carol
+            .iter()
+            .all(|d| d.2 == "skipped" && d.3.as_deref().unwrap().starts_with("no_address"))
+    );
 
     // The critical alert went out at once, outside its window, despite Bob's opt-outs.
     assert_eq!(deliveries(&flow, alert).await[0].2, "sent");
@@ -179,12 +216,17 @@ async fn sends_read_the_profile_at_send_time_and_skips_are_recorded_with_their_r
 fn critical_is_refused_in_the_marketing_category() {
     for definition in [
         PROMO.replace("version: 1\n", "version: 1\ncritical: true\n"),
-        PROMO.replace("    channel: push\n", "    channel: push\n    critical: true\n"),
+        PROMO.replace(
+            "    channel: push\n",
+            "    channel: push\n    critical: true\n",
+        ),
     ] {
         let value = herald::workflow::definition::parse_text("t.yaml", &definition).unwrap();
         let errors = herald::workflow::definition::compile("t.yaml", &value).unwrap_err();
         assert!(
-            errors.iter().any(|e| e.message.contains("`critical` is refused in the `marketing`")),
+            errors.iter().any(|e| e
+                .message
+                .contains("`critical` is refused in the `marketing`")),
             "{errors:?}"
         );
     }
@@ -195,18 +237,32 @@ async fn quiet_hours_park_the_send_until_the_window_opens_in_the_recipients_zone
     let flow = Flow::start(&[DAYTIME]).await;
     // A zone where it is outside 09:00-17:00 now, whatever time the test runs: 12 hours from one inside it.
     let now = chrono::Utc::now();
-    let zone = ["Pacific/Kiritimati", "Asia/Tokyo", "Europe/Paris", "America/New_York", "Pacific/Honolulu"]
-        .into_iter()
-        .find(|zone| {
-            let tz: chrono_tz::Tz = zone.parse().unwrap();
-            let hour = chrono::Timelike::hour(&now.with_timezone(&tz));
-            !(8..18).contains(&hour)
-        })
-        .expect("one of five zones spread over the day is at night");
-    put(&flow, "night", json!({"phone": "+14155550123", "timezone": zone})).await;
+    let zone = [
+        "Pacific/Kiritimati",
+        "Asia/Tokyo",
+        "Europe/Paris",
+        "America/New_York",
+        "Pacific/Honolulu",
+    ]
+    .into_iter()
+    .find(|zone| {
+        let tz: chrono_tz::Tz = zone.parse().unwrap();
+        let hour = chrono::Timelike::hour(&now.with_timezone(&tz));
+        !(8..18).contains(&hour)
+    })
+    .expect("one of five zones spread over the day is at night");
+    put(
+        &flow,
+        "night",
+        json!({"phone": "+14155550123", "timezone": zone}),
+    )
+    .await;
     let run = start_for(&flow, "daytime", json!({}), "night").await;
     flow.step_reaches(run, "sms", "waiting").await;
-    assert!(flow.recorder.to("+14155550123").is_empty(), "nothing sent at night");
+    assert!(
+        flow.recorder.to("+14155550123").is_empty(),
+        "nothing sent at night"
+    );
     // The send waits as a scheduled job, due at the window's next opening in the recipient's zone.
     let due: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
         "SELECT run_at FROM herald_jobs WHERE kind = 'herald.workflow.node' AND payload->>'phase' = 'resume'",
@@ -216,7 +272,10 @@ async fn quiet_hours_park_the_send_until_the_window_opens_in_the_recipients_zone
     .unwrap();
     let window = herald::recipients::quiet_hours::Window::parse("09:00", "17:00").unwrap();
     let expected = window.next_opening(now, zone.parse().unwrap()).unwrap();
-    assert!((due - expected).num_seconds().abs() <= 5, "due {due}, expected {expected} ({zone})");
+    assert!(
+        (due - expected).num_seconds().abs() <= 5,
+        "due {due}, expected {expected} ({zone})"
+    );
     let local = due.with_timezone(&zone.parse::<chrono_tz::Tz>().unwrap());
     assert_eq!(local.format("%H:%M").to_string(), "09:00");
     // The window opens (the timer is brought forward): the message goes out, once.
@@ -243,41 +302,75 @@ async fn profiles_preferences_topics_and_unsubscribe_over_http() {
     let app = spawn_app().await;
     let key = &app.service_key;
     let put = |id: &str, body: Value| {
-        app.client.put(app.url(&format!("/v1/recipients/{id}"))).bearer_auth(key).json(&body).send()
+        app.client
+            .put(app.url(&format!("/v1/recipients/{id}")))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
     };
     let created = put("ada", json!({"email": "Ada@Example.com", "timezone": "Europe/London",
         "devices": [{"provider": "fcm", "token": "tok-1", "label": "Pixel"}], "data": {"plan": "pro"}}))
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let replaced = put("ada", json!({"email": "Ada@Example.com", "locale": "en-GB"})).await.unwrap();
+    let replaced = put(
+        "ada",
+        json!({"email": "Ada@Example.com", "locale": "en-GB"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(replaced.status(), 200);
     let body: Value = replaced.json().await.unwrap();
-    assert_eq!(body["timezone"], Value::Null, "a PUT replaces the whole profile");
+    assert_eq!(
+        body["timezone"],
+        Value::Null,
+        "a PUT replaces the whole profile"
+    );
     assert_eq!(body["devices"], json!([]));
 
     // Every bad field named at once.
-    let bad = put("bob", json!({"email": "nope", "phone": "12", "timezone": "Mars/Base",
-        "devices": [{"provider": "apns", "token": "xyz"}], "nickname": "b"}))
-        .await
-        .unwrap();
+    let bad = put(
+        "bob",
+        json!({"email": "nope", "phone": "12", "timezone": "Mars/Base",
+        "devices": [{"provider": "apns", "token": "xyz"}], "nickname": "b"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(bad.status(), 422);
     let problem: Value = bad.json().await.unwrap();
-    let fields: Vec<&str> = problem["errors"].as_array().unwrap().iter()
-        .map(|e| e["field"].as_str().unwrap()).collect();
+    let fields: Vec<&str> = problem["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
     for field in ["email", "phone", "timezone", "devices[0].token", "nickname"] {
         assert!(fields.contains(&field), "{field} in {problem}");
     }
 
     // PATCH merges; null clears.
-    let patched: Value = app.client.patch(app.url("/v1/recipients/ada")).bearer_auth(key)
+    let patched: Value = app
+        .client
+        .patch(app.url("/v1/recipients/ada"))
+        .bearer_auth(key)
         .json(&json!({"locale": null, "phone": "+447700900123", "data": {"team": "core"}}))
-        .send().await.unwrap().json().await.unwrap();
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(patched["locale"], Value::Null);
     assert_eq!(patched["phone"], "+447700900123");
     assert_eq!(patched["data"], json!({"team": "core"}));
-    let missing = app.client.patch(app.url("/v1/recipients/zed")).bearer_auth(key)
-        .json(&json!({"phone": "+447700900123"})).send().await.unwrap();
+    let missing = app
+        .client
+        .patch(app.url("/v1/recipients/zed"))
+        .bearer_auth(key)
+        .json(&json!({"phone": "+447700900123"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
 
     // Batch: per-item results; the invalid item is not written.
@@ -285,60 +378,149 @@ async fn profiles_preferences_topics_and_unsubscribe_over_http() {
         .json(&json!({"recipients": [{"id": "bob", "email": "bob@example.com"}, {"id": "cy", "email": "x"},
                                      {"email": "no-id@example.com"}, {"id": "ada", "email": "ada@example.com"}]}))
         .send().await.unwrap().json().await.unwrap();
-    let statuses: Vec<&str> = batch["results"].as_array().unwrap().iter()
-        .map(|r| r["status"].as_str().unwrap()).collect();
-    assert_eq!(statuses, ["created", "invalid", "invalid", "updated"], "{batch}");
-    assert_eq!(app.get("/v1/recipients/cy", key).send().await.unwrap().status(), 404);
+    let statuses: Vec<&str> = batch["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        ["created", "invalid", "invalid", "updated"],
+        "{batch}"
+    );
+    assert_eq!(
+        app.get("/v1/recipients/cy", key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 
     // Search by email, any case.
-    let found = app.get_json("/v1/recipients?email=BOB@example.com", key).await;
+    let found = app
+        .get_json("/v1/recipients?email=BOB@example.com", key)
+        .await;
     assert_eq!(found["items"].as_array().unwrap().len(), 1);
     assert_eq!(found["items"][0]["id"], "bob");
 
     // Preferences.
-    let prefs = app.client.put(app.url("/v1/recipients/bob/preferences")).bearer_auth(key)
-        .json(&json!({"channels": {"pigeon": false}})).send().await.unwrap();
+    let prefs = app
+        .client
+        .put(app.url("/v1/recipients/bob/preferences"))
+        .bearer_auth(key)
+        .json(&json!({"channels": {"pigeon": false}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(prefs.status(), 422);
-    let prefs = app.client.put(app.url("/v1/recipients/bob/preferences")).bearer_auth(key)
-        .json(&json!({"workflows": {"news": {"all": false}}})).send().await.unwrap();
+    let prefs = app
+        .client
+        .put(app.url("/v1/recipients/bob/preferences"))
+        .bearer_auth(key)
+        .json(&json!({"workflows": {"news": {"all": false}}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(prefs.status(), 200);
-    assert_eq!(app.get_json("/v1/recipients/bob/preferences", key).await["workflows"]["news"]["all"], false);
+    assert_eq!(
+        app.get_json("/v1/recipients/bob/preferences", key).await["workflows"]["news"]["all"],
+        false
+    );
 
     // Topics: unknown ids are named and nothing is added; members listed in pages.
-    let unknown = app.client.put(app.url("/v1/topics/news/recipients")).bearer_auth(key)
-        .json(&json!({"recipients": ["ada", "ghost"]})).send().await.unwrap();
+    let unknown = app
+        .client
+        .put(app.url("/v1/topics/news/recipients"))
+        .bearer_auth(key)
+        .json(&json!({"recipients": ["ada", "ghost"]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 422);
     assert!(unknown.text().await.unwrap().contains("ghost"));
-    let added: Value = app.client.put(app.url("/v1/topics/news/recipients")).bearer_auth(key)
-        .json(&json!({"recipients": ["ada", "bob", "ada"]})).send().await.unwrap().json().await.unwrap();
+    let added: Value = app
+        .client
+        .put(app.url("/v1/topics/news/recipients"))
+        .bearer_auth(key)
+        .json(&json!({"recipients": ["ada", "bob", "ada"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(added["changed"], 2);
-    let first = app.get_json("/v1/topics/news/recipients?limit=1", key).await;
+    let first = app
+        .get_json("/v1/topics/news/recipients?limit=1", key)
+        .await;
     assert_eq!(first["items"], json!(["ada"]));
     let cursor = first["next_cursor"].as_str().unwrap();
-    let second = app.get_json(&format!("/v1/topics/news/recipients?limit=1&cursor={cursor}"), key).await;
+    let second = app
+        .get_json(
+            &format!("/v1/topics/news/recipients?limit=1&cursor={cursor}"),
+            key,
+        )
+        .await;
     assert_eq!(second["items"], json!(["bob"]));
     assert!(second.get("next_cursor").is_none());
 
     // Unsubscribe: a real link from a send, then a forged and an expired one.
-    let stored = app.post("/v1/workflows", &app.admin_key)
-        .json(&serde_json::from_str::<Value>(NEWS).unwrap()).send().await.unwrap();
+    let stored = app
+        .post("/v1/workflows", &app.admin_key)
+        .json(&serde_json::from_str::<Value>(NEWS).unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(stored.status(), 201);
-    let engine = herald::app::App::on_pool(common::settings(), app.db.pool.clone()).unwrap().engine;
+    let engine = herald::app::App::on_pool(common::settings(), app.db.pool.clone())
+        .unwrap()
+        .engine;
     let signer = engine.unsubscribe_signer().await.unwrap();
-    let token = signer.token("ada", "news", Some("marketing"), herald::channels::ChannelKind::Email, chrono::Utc::now());
+    let token = signer.token(
+        "ada",
+        "news",
+        Some("marketing"),
+        herald::channels::ChannelKind::Email,
+        chrono::Utc::now(),
+    );
     let link = signer.url(&token);
     assert!(link.ends_with(&format!("/v1/unsubscribe/{token}")));
     // The payload changed (the signature no longer matches it).
     let first = token.chars().next().unwrap();
     let forged = format!("{}{}", if first == 'e' { 'f' } else { 'e' }, &token[1..]);
-    let answer = app.client.post(app.url(&format!("/v1/unsubscribe/{forged}"))).send().await.unwrap();
+    let answer = app
+        .client
+        .post(app.url(&format!("/v1/unsubscribe/{forged}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 403);
-    let old = signer.token("ada", "news", Some("marketing"), herald::channels::ChannelKind::Email,
-        chrono::Utc::now() - chrono::Duration::days(61));
-    let answer = app.client.post(app.url(&format!("/v1/unsubscribe/{old}"))).send().await.unwrap();
+    let old = signer.token(
+        "ada",
+        "news",
+        Some("marketing"),
+        herald::channels::ChannelKind::Email,
+        chrono::Utc::now() - chrono::Duration::days(61),
+    );
+    let answer = app
+        .client
+        .post(app.url(&format!("/v1/unsubscribe/{old}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 410);
-    assert_eq!(app.get_json("/v1/recipients/ada/preferences", key).await["categories"], json!({}));
-    let answer = app.client.post(app.url(&format!("/v1/unsubscribe/{token}"))).send().await.unwrap();
+    assert_eq!(
+        app.get_json("/v1/recipients/ada/preferences", key).await["categories"],
+        json!({})
+    );
+    let answer = app
+        .client
+        .post(app.url(&format!("/v1/unsubscribe/{token}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 200, "no API key needed");
     let prefs = app.get_json("/v1/recipients/ada/preferences", key).await;
     assert_eq!(prefs["categories"]["marketing"]["email"], false);
@@ -347,19 +529,54 @@ async fn profiles_preferences_topics_and_unsubscribe_over_http() {
     assert_eq!(audited, 1);
 
     // Erase needs admin.
-    assert_eq!(app.delete("/v1/recipients/ada", key).send().await.unwrap().status(), 403);
-    let erased = app.delete("/v1/recipients/ada", &app.admin_key).send().await.unwrap();
+    assert_eq!(
+        app.delete("/v1/recipients/ada", key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let erased = app
+        .delete("/v1/recipients/ada", &app.admin_key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(erased.status(), 202);
-    assert_eq!(app.get("/v1/recipients/ada", key).send().await.unwrap().status(), 404);
-    assert_eq!(app.delete("/v1/recipients/ada", &app.admin_key).send().await.unwrap().status(), 404);
+    assert_eq!(
+        app.get("/v1/recipients/ada", key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        app.delete("/v1/recipients/ada", &app.admin_key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
 }
 
 #[tokio::test]
 async fn erase_scrubs_runs_steps_deliveries_and_events_and_keeps_the_counts() {
     let flow = Flow::start(&[PROMO]).await;
-    put(&flow, "eve", json!({"email": "eve@example.com", "data": {"name": "Eve"},
-        "devices": [{"provider": "fcm", "token": "fcm-eve"}]})).await;
-    put(&flow, "ann", json!({"email": "ann@example.com", "data": {"name": "Ann"}})).await;
+    put(
+        &flow,
+        "eve",
+        json!({"email": "eve@example.com", "data": {"name": "Eve"},
+        "devices": [{"provider": "fcm", "token": "fcm-eve"}]}),
+    )
+    .await;
+    put(
+        &flow,
+        "ann",
+        json!({"email": "ann@example.com", "data": {"name": "Ann"}}),
+    )
+    .await;
     let runs = [
         start_for(&flow, "promo", json!({"user": "eve"}), "eve").await,
         start_for(&flow, "promo", json!({"user": "eve"}), "eve").await,
@@ -372,24 +589,80 @@ async fn erase_scrubs_runs_steps_deliveries_and_events_and_keeps_the_counts() {
     let pool = &flow.db.pool;
     let deliveries_before = scalar_i64(pool, "SELECT count(*) FROM herald_deliveries").await;
 
-    let erasure = flow.engine.erase_recipient(&Actor::cli(), "eve").await.unwrap().expect("eve existed");
+    let erasure = flow
+        .engine
+        .erase_recipient(&Actor::cli(), "eve")
+        .await
+        .unwrap()
+        .expect("eve existed");
     wait_until(Duration::from_secs(20), "the erasure completed", || async {
-        scalar_i64(pool, &format!("SELECT count(*) FROM herald_erasures WHERE id = {erasure} AND status = 'completed'")).await == 1
+        scalar_i64(
+            pool,
+            &format!(
+                "SELECT count(*) FROM herald_erasures WHERE id = {erasure} AND status = 'completed'"
+            ),
+        )
+        .await
+            == 1
     })
     .await;
     // Nothing of Eve's is left anywhere; Ann's history is untouched; the counts are the same.
-    for table in ["herald_runs", "herald_run_steps", "herald_deliveries", "herald_events", "herald_erasures"] {
+    for table in [
+        "herald_runs",
+        "herald_run_steps",
+        "herald_deliveries",
+        "herald_events",
+        "herald_erasures",
+    ] {
         let left = scalar_i64(pool, &format!(
             "SELECT count(*) FROM {table} t WHERE t::text ILIKE '%eve@example.com%' OR t::text ILIKE '%fcm-eve%' \
              OR t::text LIKE '%\"Eve\"%'")).await;
         assert_eq!(left, 0, "{table} still holds Eve's data");
     }
-    assert_eq!(scalar_i64(pool, "SELECT count(*) FROM herald_deliveries").await, deliveries_before);
-    assert_eq!(scalar_i64(pool, "SELECT count(*) FROM herald_runs WHERE context = '{\"erased\": true}'").await, 2);
-    assert_eq!(scalar_i64(pool, "SELECT count(*) FROM herald_deliveries WHERE recipient = 'ann@example.com'").await, 1);
-    assert_eq!(scalar_i64(pool, "SELECT count(*) FROM herald_recipients WHERE id = 'eve'").await, 0);
-    assert_eq!(scalar_i64(pool, "SELECT count(*) FROM herald_events WHERE key = 'eve' AND payload = '{}'").await, 1);
-    assert_eq!(scalar_i64(pool, "SELECT count(*) FROM herald_audit_log WHERE action = 'recipient.erase'").await, 1);
+    assert_eq!(
+        scalar_i64(pool, "SELECT count(*) FROM herald_deliveries").await,
+        deliveries_before
+    );
+    assert_eq!(
+        scalar_i64(
+            pool,
+            "SELECT count(*) FROM herald_runs WHERE context = '{\"erased\": true}'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        scalar_i64(
+            pool,
+            "SELECT count(*) FROM herald_deliveries WHERE recipient = 'ann@example.com'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar_i64(
+            pool,
+            "SELECT count(*) FROM herald_recipients WHERE id = 'eve'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(
+            pool,
+            "SELECT count(*) FROM herald_events WHERE key = 'eve' AND payload = '{}'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar_i64(
+            pool,
+            "SELECT count(*) FROM herald_audit_log WHERE action = 'recipient.erase'"
+        )
+        .await,
+        1
+    );
     flow.stop().await;
 }
 
@@ -418,36 +691,64 @@ async fn a_topic_fan_out_killed_mid_way_resumes_with_exactly_one_run_per_member(
         .execute(pool)
         .await
         .unwrap();
-    let bad = flow.engine.start_fanout("release", "all", json!({}), None).await;
-    assert!(bad.is_err(), "trigger data is checked before anything is stored");
-    let fanout = flow.engine.start_fanout("release", "all", json!({"version": "2.0"}), None).await.unwrap();
+    let bad = flow
+        .engine
+        .start_fanout("release", "all", json!({}), None)
+        .await;
+    assert!(
+        bad.is_err(),
+        "trigger data is checked before anything is stored"
+    );
+    let fanout = flow
+        .engine
+        .start_fanout("release", "all", json!({"version": "2.0"}), None)
+        .await
+        .unwrap();
 
     let args = ["worker", "--queues", "workflows:4"];
     let mut victim = spawn_herald_with(&flow.db.url, &args, &[]);
     let runs = "SELECT count(*) FROM herald_runs WHERE workflow = 'release'";
-    wait_until(Duration::from_secs(60), "the fan-out started runs", || async {
-        scalar_i64(pool, runs).await > 0
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the fan-out started runs",
+        || async { scalar_i64(pool, runs).await > 0 },
+    )
     .await;
     victim.kill().await.unwrap();
     let at_kill = scalar_i64(pool, runs).await;
-    assert!(at_kill < MEMBERS, "the kill must land mid-way ({at_kill} of {MEMBERS})");
+    assert!(
+        at_kill < MEMBERS,
+        "the kill must land mid-way ({at_kill} of {MEMBERS})"
+    );
     // A duplicate of the page job (a retry racing the original) must not make a second run for anyone.
     flow.db
-        .enqueue(vec![common::job("workflows", "herald.workflow.fanout", json!({"fanout": fanout}))])
+        .enqueue(vec![common::job(
+            "workflows",
+            "herald.workflow.fanout",
+            json!({"fanout": fanout}),
+        )])
         .await;
 
     let flow = flow.with_worker();
-    wait_until(Duration::from_secs(120), "the fan-out completed", || async {
-        flow.engine.fanout(fanout).await.unwrap().status == "completed"
-    })
+    wait_until(
+        Duration::from_secs(120),
+        "the fan-out completed",
+        || async { flow.engine.fanout(fanout).await.unwrap().status == "completed" },
+    )
     .await;
     assert_eq!(scalar_i64(&flow.db.pool, runs).await, MEMBERS);
     let doubled = scalar_i64(&flow.db.pool,
         "SELECT count(*) FROM (SELECT recipient_id FROM herald_runs GROUP BY recipient_id HAVING count(*) > 1) d").await;
     assert_eq!(doubled, 0);
     assert_eq!(flow.engine.fanout(fanout).await.unwrap().runs, MEMBERS);
-    let run = flow.run(scalar_i64(&flow.db.pool, "SELECT min(id) FROM herald_runs").await).await;
-    assert_eq!(run.context["recipient"]["id"].as_str().map(|s| s.starts_with('r')), Some(true));
+    let run = flow
+        .run(scalar_i64(&flow.db.pool, "SELECT min(id) FROM herald_runs").await)
+        .await;
+    assert_eq!(
+        run.context["recipient"]["id"]
+            .as_str()
+            .map(|s| s.starts_with('r')),
+        Some(true)
+    );
     flow.stop().await;
 }

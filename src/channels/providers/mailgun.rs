@@ -14,7 +14,7 @@ use crate::channels::provider::{
     Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, exchange,
     http_client, parse_settings, required,
 };
-use crate::channels::{Message, Outcome};
+use crate::channels::{Message, Outcome, unsubscribe_headers};
 
 const NAME: &str = "mailgun";
 
@@ -73,6 +73,9 @@ impl Provider for Mailgun {
                 .text("v:herald_key", message.idempotency_key.clone());
             if let Some(html) = message.content.get("html") {
                 form = form.text("html", html.clone());
+            }
+            for (name, value) in unsubscribe_headers(message).into_iter().flatten() {
+                form = form.text(format!("h:{name}"), value);
             }
             let request = self
                 .client

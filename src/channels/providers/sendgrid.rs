@@ -15,7 +15,7 @@ use crate::channels::provider::{
     Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, exchange,
     http_client, parse_settings, required,
 };
-use crate::channels::{Message, Outcome};
+use crate::channels::{Message, Outcome, unsubscribe_headers};
 
 const NAME: &str = "sendgrid";
 
@@ -75,14 +75,22 @@ fn mail_body(from: &str, message: &Message) -> serde_json::Value {
     if let Some(html) = message.content.get("html") {
         content.push(json!({ "type": "text/html", "value": html }));
     }
-    json!({
+    let mut body = json!({
         "personalizations": [{ "to": [{ "email": message.to }] }],
         "from": { "email": from },
         "subject": message.content.get("subject").map_or("", String::as_str),
         "content": content,
         // Echoed back in event webhooks, so a callback can be traced to its run even without the message id.
         "custom_args": { "herald_key": message.idempotency_key },
-    })
+    });
+    if let Some(headers) = unsubscribe_headers(message) {
+        body["headers"] = json!(
+            headers
+                .into_iter()
+                .collect::<std::collections::BTreeMap<_, _>>()
+        );
+    }
+    body
 }
 
 #[derive(Deserialize, Default)]

@@ -16,7 +16,7 @@ use crate::channels::provider::{
     Answer, CommonSettings, Provider, ProviderConfigError, ProviderFuture, exchange, http_client,
     parse_settings, required,
 };
-use crate::channels::{Message, Outcome};
+use crate::channels::{Message, Outcome, unsubscribe_headers};
 
 const NAME: &str = "ses";
 
@@ -94,6 +94,10 @@ impl Ses {
             "Content": { "Simple": { "Subject": { "Data": field("subject"), "Charset": "UTF-8" }, "Body": body } },
             "EmailTags": [{ "Name": "herald_key", "Value": tag_value(&message.idempotency_key) }],
         });
+        if let Some(headers) = unsubscribe_headers(message) {
+            let headers = headers.map(|(name, value)| json!({ "Name": name, "Value": value }));
+            email["Content"]["Simple"]["Headers"] = json!(headers);
+        }
         if let Some(set) = &self.configuration_set {
             email["ConfigurationSetName"] = json!(set);
         }

@@ -9,7 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lettre::message::{Mailbox, MultiPart, header::ContentType};
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
@@ -18,7 +19,7 @@ use serde::Deserialize;
 use crate::channels::provider::{
     CommonSettings, Provider, ProviderConfigError, ProviderFuture, Secret, parse_settings, required,
 };
-use crate::channels::{Message, Outcome};
+use crate::channels::{Message, Outcome, unsubscribe_headers};
 
 const NAME: &str = "smtp";
 
@@ -131,11 +132,15 @@ impl Smtp {
             message_id_local_part(&message.idempotency_key),
             self.domain
         );
-        let builder = lettre::Message::builder()
+        let mut builder = lettre::Message::builder()
             .from(self.from.clone())
             .to(to)
             .subject(field("subject"))
             .message_id(Some(format!("<{message_id}>")));
+        for (name, value) in unsubscribe_headers(message).into_iter().flatten() {
+            let name = HeaderName::new_from_ascii_str(name);
+            builder = builder.raw_header(HeaderValue::new(name, value));
+        }
         let email = match message.content.get("html") {
             Some(html) => builder.multipart(MultiPart::alternative_plain_html(
                 field("body"),

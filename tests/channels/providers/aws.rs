@@ -94,9 +94,12 @@ fn assert_signed(request: &Recorded, url: &str, service: &'static str) {
 #[tokio::test]
 async fn ses_sends_a_signed_v2_email_and_reads_the_message_id() {
     let fake = FakeProvider::start(Reply::json(200, json!({ "MessageId": "0102-ses-1" }))).await;
-    let outcome = ses(&fake)
-        .send(&message(ChannelKind::Email, "ada@example.com"))
-        .await;
+    let mut email = message(ChannelKind::Email, "ada@example.com");
+    email.content.insert(
+        "unsubscribe_url".into(),
+        "https://herald.test/v1/unsubscribe/t.s".into(),
+    );
+    let outcome = ses(&fake).send(&email).await;
     assert_eq!(
         outcome,
         Outcome::Sent {
@@ -113,6 +116,11 @@ async fn ses_sends_a_signed_v2_email_and_reads_the_message_id() {
     );
     assert_eq!(body["Content"]["Simple"]["Subject"]["Data"], "Receipt");
     assert_eq!(body["Content"]["Simple"]["Body"]["Text"]["Data"], "Thanks!");
+    assert_eq!(
+        body["Content"]["Simple"]["Headers"],
+        json!([{ "Name": "List-Unsubscribe", "Value": "<https://herald.test/v1/unsubscribe/t.s>" },
+               { "Name": "List-Unsubscribe-Post", "Value": "List-Unsubscribe=One-Click" }])
+    );
     assert_signed(
         &request,
         &format!("{}/v2/email/outbound-emails", fake.url()),

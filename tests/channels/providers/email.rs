@@ -19,10 +19,14 @@ fn email(to: &str) -> Message {
             ("subject".to_string(), "Welcome".to_string()),
             ("body".to_string(), "Hi Ada".to_string()),
             ("html".to_string(), "<p>Hi Ada</p>".to_string()),
+            ("unsubscribe_url".to_string(), UNSUBSCRIBE.to_string()),
         ]),
         idempotency_key: "run:7:1:welcome_email".into(),
     }
 }
+
+/// A one-click unsubscribe link: sent as the List-Unsubscribe headers (RFC 8058).
+const UNSUBSCRIBE: &str = "https://herald.test/v1/unsubscribe/tok.sig";
 
 fn sendgrid(fake: &FakeProvider) -> Arc<dyn Provider> {
     let settings = json!({ "base_url": fake.url(), "api_key": "SG.secret", "from": "noreply@acme.test", "timeout_ms": 300 });
@@ -64,6 +68,11 @@ async fn sendgrid_sends_the_v3_mail_body_and_reads_the_message_id_header() {
     assert_eq!(
         body["content"],
         json!([{ "type": "text/plain", "value": "Hi Ada" }, { "type": "text/html", "value": "<p>Hi Ada</p>" }])
+    );
+    assert_eq!(
+        body["headers"],
+        json!({ "List-Unsubscribe": format!("<{UNSUBSCRIBE}>"),
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click" })
     );
 }
 
@@ -167,6 +176,8 @@ async fn mailgun_posts_a_multipart_form_with_basic_auth() {
         ("subject", "Welcome"),
         ("text", "Hi Ada"),
         ("html", "<p>Hi Ada</p>"),
+        ("h:List-Unsubscribe", &format!("<{UNSUBSCRIBE}>")),
+        ("h:List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     ] {
         let part = format!("name=\"{name}\"\r\n\r\n{value}\r\n");
         assert!(body.contains(&part), "missing form field {name}: {body}");

@@ -133,6 +133,10 @@ fn email(to: &str) -> Message {
                 "body".to_string(),
                 "Hi Ada, your account is ready.".to_string(),
             ),
+            (
+                "unsubscribe_url".to_string(),
+                "https://herald.test/v1/unsubscribe/t.s".to_string(),
+            ),
         ]),
         idempotency_key: "run:5:1:welcome_email".into(),
     }
@@ -161,6 +165,14 @@ async fn smtp_sends_over_starttls_with_auth() {
         "{data}"
     );
     assert!(data.contains("Hi Ada, your account is ready."), "{data}");
+    assert!(
+        data.contains("List-Unsubscribe: <https://herald.test/v1/unsubscribe/t.s>"),
+        "{data}"
+    );
+    assert!(
+        data.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+        "{data}"
+    );
 }
 
 #[tokio::test]
