@@ -413,6 +413,7 @@ impl BridgeContext {
             ("job", outcome.jobs),
             ("run", outcome.runs),
             ("event", outcome.events),
+            ("recipient", outcome.recipients),
             ("duplicate", outcome.duplicates),
         ] {
             metrics::INSERTED

@@ -1,6 +1,6 @@
 //! Routes: which topic's messages become what. Each message is matched against the routes of its topic, in
-//! order; the first whose filter matches decides the target (a queue job, a workflow run, or an event for
-//! wait-for-events nodes). A message that cannot be decoded or matches no route is an error the caller
+//! order; the first whose filter matches decides the target (a queue job, a workflow run, an event for
+//! wait-for-events nodes, or a recipient profile to create or replace). A message that cannot be decoded or matches no route is an error the caller
 //! dead-letters.
 
 use crate::recipients::types::contains_nul;
@@ -17,7 +17,7 @@ use crate::workflow::NewEvent;
 #[serde(deny_unknown_fields)]
 pub struct RouteSettings {
     pub topic: String,
-    /// `job`, `workflow` or `event`.
+    /// `job`, `workflow`, `event` or `recipient`.
     pub target: String,
     /// Only messages whose header of this name equals `equals`.
     pub when_header: Option<String>,
@@ -27,7 +27,8 @@ pub struct RouteSettings {
     /// job: the queue and job kind.
     pub queue: Option<String>,
     pub kind: Option<String>,
-    /// job: the payload (default: the whole message); event: the event's payload; workflow: the trigger data.
+    /// job: the payload (default: the whole message); event: the event's payload; workflow: the trigger data;
+    /// recipient: the profile document (email, phone, locale, timezone, devices, chat, data).
     pub payload: Option<String>,
     /// workflow: the workflow to start.
     pub workflow: Option<String>,
@@ -36,7 +37,7 @@ pub struct RouteSettings {
     /// event: the event name, or `event_field` to read it from the message.
     pub event: Option<String>,
     pub event_field: Option<String>,
-    /// event: the correlation key's field (required).
+    /// event: the correlation key's field (required); recipient: the recipient id's field (required).
     pub key: Option<String>,
     /// event: the event id's field (default: `kafka:<topic>:<partition>:<offset>`, so a redelivery counts once).
     pub event_id: Option<String>,
@@ -61,6 +62,11 @@ pub enum Routed {
         idempotency_key: String,
     },
     Event(NewEvent),
+    /// A profile to create or replace (a PUT): the id, and the profile document (checked by the store's caller).
+    Recipient {
+        id: String,
+        profile: Value,
+    },
 }
 
 /// The route a target's message takes, with everything checked.
@@ -95,6 +101,10 @@ enum Target {
         key: String,
         event_id: Option<String>,
         payload: Option<String>,
+    },
+    Recipient {
+        id: String,
+        profile: Option<String>,
     },
 }
 
@@ -145,6 +155,8 @@ impl Router {
             let queue = match &route.target {
                 Target::Job { queue, .. } => queue.as_str(),
                 Target::Workflow { .. } | Target::Event { .. } => workflow_queue,
+                // Profiles are written, not queued.
+                Target::Recipient { .. } => continue,
             };
             if !queues.iter().any(|q| q == queue) {
                 queues.push(queue.to_string());
@@ -243,8 +255,29 @@ impl Target {
                 key: required_text(&body, key)?,
                 payload: select(&body, payload)?,
             })),
+            Target::Recipient {
+                id: id_pointer,
+                profile,
+            } => {
+                let id = required_text(&body, id_pointer)?;
+                let mut profile = select(&body, profile)?;
+                // A whole message as the profile: its top-level id field is not a profile field.
+                if let (Some(object), Some(field)) =
+                    (profile.as_object_mut(), top_level_field(id_pointer))
+                {
+                    object.remove(field);
+                }
+                Ok(Routed::Recipient { id, profile })
+            }
         }
     }
+}
+
+/// `user_id` for the pointer `/user_id` (a field of the message's top level), else nothing.
+fn top_level_field(pointer: &str) -> Option<&str> {
+    pointer
+        .strip_prefix('/')
+        .filter(|rest| !rest.contains('/') && !rest.contains('~'))
 }
 
 /// The part of the body at `pointer`, or the whole body.
@@ -357,8 +390,12 @@ fn check_target(route: &RouteSettings) -> Result<Target, String> {
             event_id: route.event_id.clone(),
             payload: route.payload.clone(),
         }),
+        "recipient" => Ok(Target::Recipient {
+            id: need(&route.key, "key")?,
+            profile: route.payload.clone(),
+        }),
         other => Err(format!(
-            "unknown target `{other}` (expected job, workflow or event)"
+            "unknown target `{other}` (expected job, workflow, event or recipient)"
         )),
     }
 }

@@ -14,6 +14,7 @@ use super::routes::{Routed, Router};
 use super::sql;
 use crate::audit::{self, Actor};
 use crate::queue::{self, Enqueued, JobDefaults, NewJob};
+use crate::recipients::{Profile, RecipientId, store};
 use crate::workflow::{Engine, NewEvent, WorkflowError};
 
 /// What a batch produced.
@@ -22,6 +23,8 @@ pub struct BatchOutcome {
     pub jobs: usize,
     pub runs: usize,
     pub events: usize,
+    /// Recipient profiles created or replaced.
+    pub recipients: usize,
     /// Jobs, runs or events whose idempotency key or event id was already taken (the message was seen before).
     pub duplicates: usize,
     /// Messages dead-lettered, per topic.
@@ -209,6 +212,7 @@ impl BatchWriter {
         let mut jobs: Vec<(&RawMessage, NewJob)> = Vec::new();
         let mut runs: BTreeMap<String, Vec<(&RawMessage, Value, String)>> = BTreeMap::new();
         let mut events: Vec<(&RawMessage, NewEvent)> = Vec::new();
+        let mut profiles: Vec<(String, Profile)> = Vec::new();
         for &message in messages {
             match self.router.route(message) {
                 Ok(Routed::Job(job)) => jobs.push((message, job)),
@@ -221,10 +225,17 @@ impl BatchWriter {
                     .or_default()
                     .push((message, data, idempotency_key)),
                 Ok(Routed::Event(event)) => events.push((message, event)),
+                Ok(Routed::Recipient { id, profile }) => match recipient(&id, &profile) {
+                    Ok(parsed) => profiles.push(parsed),
+                    Err(reason) => dead.push((message, reason)),
+                },
                 Err(reason) => dead.push((message, reason)),
             }
         }
         self.insert_jobs(tx, jobs, outcome, &mut dead).await?;
+        // In offset order, so the latest message for an id wins; written in id order inside (no deadlocks).
+        let actor = Actor::herald("kafka bridge");
+        outcome.recipients += store::put_many_in(tx, &actor, &profiles).await?.len();
         for (workflow, items) in runs {
             self.start_runs(tx, &workflow, items, outcome, &mut dead)
                 .await?;
@@ -456,6 +467,7 @@ impl BatchOutcome {
         self.jobs += other.jobs;
         self.runs += other.runs;
         self.events += other.events;
+        self.recipients += other.recipients;
         self.duplicates += other.duplicates;
         for (topic, count) in other.dead_lettered {
             *self.dead_lettered.entry(topic).or_default() += count;
@@ -510,4 +522,14 @@ impl DeadLetterColumns {
         self.payloads.push(message.payload.clone());
         self.errors.push(error.to_string());
     }
+}
+
+/// A recipient message's id and profile, parsed as the API parses them; the error names the field.
+fn recipient(id: &str, profile: &Value) -> Result<(String, Profile), String> {
+    let id = RecipientId::parse(id).map_err(|e| format!("recipient id {e}"))?;
+    let profile = Profile::parse(profile, true).map_err(|problems| {
+        let named: Vec<String> = problems.iter().map(|(f, m)| format!("{f} {m}")).collect();
+        format!("recipient profile: {}", named.join("; "))
+    })?;
+    Ok((id.as_str().to_string(), profile))
 }

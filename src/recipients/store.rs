@@ -104,21 +104,31 @@ pub async fn put_many(
     actor: &Actor,
     profiles: &[(String, Profile)],
 ) -> Result<std::collections::BTreeMap<String, bool>, RecipientsError> {
+    let mut tx = pool.begin().await?;
+    let created = put_many_in(&mut tx, actor, profiles).await?;
+    tx.commit().await?;
+    Ok(created)
+}
+
+/// [`put_many`] inside the caller's transaction (the Kafka bridge's, with its offsets).
+pub async fn put_many_in(
+    conn: &mut PgConnection,
+    actor: &Actor,
+    profiles: &[(String, Profile)],
+) -> Result<std::collections::BTreeMap<String, bool>, sqlx::Error> {
     let mut latest = std::collections::BTreeMap::new();
     for (id, profile) in profiles {
         latest.insert(id.as_str(), profile);
     }
-    let mut tx = pool.begin().await?;
     let mut created = std::collections::BTreeMap::new();
     for (id, profile) in &latest {
-        created.insert(id.to_string(), write(&mut tx, id, profile).await?);
+        created.insert(id.to_string(), write(conn, id, profile).await?);
     }
     if !latest.is_empty() {
         let ids: Vec<&str> = latest.keys().take(20).copied().collect();
         let details = json!({"count": latest.len(), "first_ids": ids});
-        audit::record(&mut *tx, actor, "recipient.batch", "recipients", details).await?;
+        audit::record(&mut *conn, actor, "recipient.batch", "recipients", details).await?;
     }
-    tx.commit().await?;
     Ok(created)
 }
 

@@ -741,3 +741,74 @@ async fn start_from_latest_is_pinned_in_postgres_and_skips_only_older_messages()
     bridge.stop().await;
     assert_eq!(jobs_and_distinct_seqs(&db.pool).await, (5, 5));
 }
+
+/// An identity topic keeps profiles current: each message creates or replaces its recipient (the latest message
+/// for an id wins), a bad profile is dead-lettered naming its field, and the offsets move with the profiles.
+#[tokio::test]
+async fn an_identity_topic_keeps_recipient_profiles_current() {
+    let db = TestDb::new().await;
+    let route = herald::bridge::RouteSettings {
+        topic: "identity".into(),
+        target: "recipient".into(),
+        key: Some("/user_id".into()),
+        ..Default::default()
+    };
+    let settings = bridge_settings("unused:9092", vec![route]);
+    let writer = herald::app::App::on_pool(settings, db.pool.clone())
+        .unwrap()
+        .bridge_writer()
+        .unwrap();
+    let batch = vec![
+        raw(
+            "identity",
+            0,
+            json!({ "user_id": "u1", "email": "old@example.com" }),
+        ),
+        raw(
+            "identity",
+            1,
+            json!({ "user_id": "u2", "phone": "+14155550100", "timezone": "America/Chicago" }),
+        ),
+        raw(
+            "identity",
+            2,
+            json!({ "user_id": "u3", "email": "not an address" }),
+        ),
+        raw(
+            "identity",
+            3,
+            json!({ "user_id": "u1", "email": "new@example.com", "data": { "plan": "pro" } }),
+        ),
+    ];
+    let outcome = writer.write(&batch).await.unwrap();
+    assert_eq!(outcome.recipients, 2);
+    assert_eq!(outcome.dead_lettered, [("identity".to_string(), 1)].into());
+    assert_eq!(stored_offset(&db.pool, "identity", 0).await, Some(4));
+    let u1 = herald::recipients::store::get(&db.pool, "u1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u1.email.as_deref(), Some("new@example.com"));
+    assert_eq!(u1.data.0, json!({ "plan": "pro" }));
+    let u2 = herald::recipients::store::get(&db.pool, "u2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(u2.timezone.as_deref(), Some("America/Chicago"));
+    assert!(
+        herald::recipients::store::get(&db.pool, "u3")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let letters = dead_letters::list(
+        &db.pool,
+        &DeadLetterQuery {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(letters[0].error.contains("email"), "{:?}", letters[0].error);
+}
