@@ -143,6 +143,9 @@ enum BenchWhat {
     /// The HTTP triggers from outside (a real API process): throughput, latency at a fixed rate, and a run's
     /// request to its provider call.
     Http(bench::http::HttpBenchArgs),
+    /// A topic trigger to many recipients: runs created per second, sends end to end, and another queue's pickup
+    /// latency meanwhile.
+    Fanout(bench::fanout::FanoutBenchArgs),
     /// Provider chaos: chat actions through a slack -> discord chain against a fake answering 5xx and 429.
     Channels(bench::channels::ChannelBenchArgs),
     /// Kafka into jobs: bridge throughput with one and two processes, and produce -> job started latency.
@@ -231,6 +234,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             what: Some(BenchWhat::Workflows(args)),
             ..
         } => Ok(bench::workflows::run(&settings, args).await?),
+        Command::Bench {
+            what: Some(BenchWhat::Fanout(args)),
+            ..
+        } => Ok(bench::fanout::run(&settings, args).await?),
         Command::Bench {
             what: Some(BenchWhat::Http(args)),
             ..

@@ -3,8 +3,8 @@
 //!
 //! * this file: the queue (`herald bench`), and the helpers the others share (scratch databases, worker
 //!   processes, counters);
-//! * [`workflows`], [`http`], [`channels`], [`bridge`], [`soak`], [`retention`]: `herald bench workflows|http|
-//!   channels|bridge|soak|retention`.
+//! * [`workflows`], [`http`], [`channels`], [`bridge`], [`soak`], [`retention`], [`fanout`]: `herald bench
+//!   workflows|http|channels|bridge|soak|retention|fanout`.
 //!
 //! The queue bench's phases, each measured on its own:
 //! Phases, each measured on its own:
@@ -18,6 +18,7 @@
 
 pub mod bridge;
 pub mod channels;
+pub mod fanout;
 pub mod http;
 pub mod retention;
 pub mod soak;
@@ -426,7 +427,7 @@ pub(crate) async fn stop_workers(workers: Vec<Child>) {
     }
 }
 
-async fn wait_for_registered_workers(pool: &PgPool, n: i64) -> Result<(), BenchError> {
+pub(crate) async fn wait_for_registered_workers(pool: &PgPool, n: i64) -> Result<(), BenchError> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let registered: i64 = sqlx::query_scalar("SELECT count(*) FROM herald_workers")

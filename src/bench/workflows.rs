@@ -341,7 +341,7 @@ async fn latency_phase(
 /// Waits until no run is running (every run is started before its worker, so then all have finished), and
 /// checks that all completed. The poll reads the runs index's `running` entries only: a count of every run
 /// every 50 ms would cost the database more than a tenth of a core at the end of a long run.
-async fn wait_for_runs(pool: &PgPool, limit: Duration) -> Result<(), BenchError> {
+pub(crate) async fn wait_for_runs(pool: &PgPool, limit: Duration) -> Result<(), BenchError> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let running: bool = sqlx::query_scalar(
