@@ -19,7 +19,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{Engine, WorkflowError};
+use super::{Engine, WorkflowError, sql};
 use crate::audit::{self, Actor};
 use crate::queue::{Job, JobError, JobKind, NewJob, QueueError};
 use crate::recipients::store;
@@ -49,14 +49,11 @@ impl Engine {
         let Some(addresses) = store::delete_in(&mut tx, id).await? else {
             return Ok(None);
         };
-        let erasure: i64 = sqlx::query_scalar(
-            "INSERT INTO herald_erasures (recipient_id, addresses, status) VALUES ($1, $2, 'running') \
-             RETURNING id",
-        )
-        .bind(id)
-        .bind(&addresses)
-        .fetch_one(&mut *tx)
-        .await?;
+        let erasure: i64 = sqlx::query_scalar(sql::INSERT_ERASURE)
+            .bind(id)
+            .bind(&addresses)
+            .fetch_one(&mut *tx)
+            .await?;
         audit::record(
             &mut *tx,
             actor,
@@ -82,22 +79,18 @@ impl Engine {
     }
 
     async fn scrub(&self, erasure: i64) -> Result<(), WorkflowError> {
-        let found: Option<(String, Vec<String>)> = sqlx::query_as(
-            "SELECT recipient_id, addresses FROM herald_erasures WHERE id = $1 AND status = 'running'",
-        )
-        .bind(erasure)
-        .fetch_optional(&self.pool)
-        .await?;
+        let found: Option<(String, Vec<String>)> = sqlx::query_as(sql::GET_ERASURE)
+            .bind(erasure)
+            .fetch_optional(&self.pool)
+            .await?;
         let Some((recipient, addresses)) = found else {
             return Ok(());
         };
         let actor = Actor::herald("erase");
-        let running: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM herald_runs WHERE recipient_id = $1 AND status = 'running' ORDER BY id",
-        )
-        .bind(&recipient)
-        .fetch_all(&self.pool)
-        .await?;
+        let running: Vec<i64> = sqlx::query_scalar(sql::RECIPIENT_RUNNING_RUNS)
+            .bind(&recipient)
+            .fetch_all(&self.pool)
+            .await?;
         for run in running {
             match self.cancel_run(&actor, run).await {
                 Ok(_) | Err(WorkflowError::NotFound(_) | WorkflowError::Conflict(_)) => {}
@@ -106,7 +99,7 @@ impl Engine {
         }
         let (mut runs, mut deliveries, mut events) = (0u64, 0u64, 0u64);
         loop {
-            let done = sqlx::query(SCRUB_RUNS)
+            let done = sqlx::query(sql::SCRUB_RUNS)
                 .bind(&recipient)
                 .bind(BATCH)
                 .execute(&self.pool)
@@ -128,7 +121,7 @@ impl Engine {
             }
         }
         loop {
-            let done = sqlx::query(SCRUB_EVENTS)
+            let done = sqlx::query(sql::SCRUB_EVENTS)
                 .bind(&recipient)
                 .bind(BATCH)
                 .execute(&self.pool)
@@ -139,41 +132,14 @@ impl Engine {
                 break;
             }
         }
-        sqlx::query(
-            "UPDATE herald_erasures SET status = 'completed', addresses = '{}', finished_at = now(), \
-             runs = runs + $2, deliveries = deliveries + $3, events = events + $4 WHERE id = $1",
-        )
-        .bind(erasure)
-        .bind(runs as i64)
-        .bind(deliveries as i64)
-        .bind(events as i64)
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(sql::FINISH_ERASURE)
+            .bind(erasure)
+            .bind(runs as i64)
+            .bind(deliveries as i64)
+            .bind(events as i64)
+            .execute(&self.pool)
+            .await?;
         tracing::info!(erasure, runs, deliveries, events, "recipient erased");
         Ok(())
     }
 }
-
-/// A batch of an erased recipient's runs ($1 the id, $2 the batch size): context, steps' outputs and errors,
-/// and a fan-out key scrubbed; the recipient column cleared, so a scrubbed run is not matched again.
-const SCRUB_RUNS: &str = r#"
-WITH batch AS (
-    SELECT id FROM herald_runs WHERE recipient_id = $1 ORDER BY id LIMIT $2 FOR UPDATE
-), steps AS (
-    UPDATE herald_run_steps s SET output = NULL, error = NULL
-    FROM batch WHERE s.run_id = batch.id AND (s.output IS NOT NULL OR s.error IS NOT NULL)
-)
-UPDATE herald_runs r
-SET context = '{"erased": true}'::jsonb, recipient_id = NULL, error = NULL,
-    idempotency_key = CASE WHEN r.idempotency_key LIKE 'fanout:%' THEN NULL ELSE r.idempotency_key END,
-    updated_at = now()
-FROM batch WHERE r.id = batch.id
-"#;
-
-/// A batch of the events keyed by an erased recipient's id ($1, $2 the batch size): payload emptied.
-const SCRUB_EVENTS: &str = r#"
-UPDATE herald_events e SET payload = '{}'::jsonb
-WHERE e.id IN (
-    SELECT id FROM herald_events WHERE key = $1 AND payload <> '{}'::jsonb ORDER BY id LIMIT $2 FOR UPDATE
-)
-"#;

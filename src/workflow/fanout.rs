@@ -18,7 +18,7 @@ use serde_json::Value;
 use sqlx::types::Json;
 
 use super::starts::{RunsStarted, for_recipient, insert_runs, prepare, trigger_context};
-use super::{Engine, WorkflowError};
+use super::{Engine, WorkflowError, sql};
 use crate::queue::{Job, JobError, JobKind, NewJob};
 use crate::recipients::store;
 
@@ -74,16 +74,13 @@ impl Engine {
         let definition = self.catalog.latest(workflow).await?;
         trigger_context(&definition, data.clone(), "data")?;
         let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO herald_fanouts (workflow, topic, data, status, request_id) \
-             VALUES ($1, $2, $3, 'running', $4) RETURNING id",
-        )
-        .bind(workflow)
-        .bind(topic)
-        .bind(Json(&data))
-        .bind(request_id.as_deref())
-        .fetch_one(&mut *tx)
-        .await?;
+        let id: i64 = sqlx::query_scalar(sql::INSERT_FANOUT)
+            .bind(workflow)
+            .bind(topic)
+            .bind(Json(&data))
+            .bind(request_id.as_deref())
+            .fetch_one(&mut *tx)
+            .await?;
         self.enqueue_page(&mut tx, id).await?;
         tx.commit().await?;
         Ok(id)
@@ -91,14 +88,11 @@ impl Engine {
 
     /// A fan-out's progress.
     pub async fn fanout(&self, id: i64) -> Result<Fanout, WorkflowError> {
-        sqlx::query_as(
-            "SELECT id, workflow, topic, status, runs, error, created_at, updated_at, finished_at \
-             FROM herald_fanouts WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| WorkflowError::NotFound(format!("fan-out {id}")))
+        sqlx::query_as(sql::GET_FANOUT)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| WorkflowError::NotFound(format!("fan-out {id}")))
     }
 
     async fn enqueue_page(
@@ -126,14 +120,11 @@ impl Engine {
             Ok(None) => Ok(()),
             // The workflow was deleted, or the data no longer fits its latest version: the fan-out fails.
             Err(error @ (WorkflowError::NotFound(_) | WorkflowError::InvalidInput(_))) => {
-                let failed = sqlx::query(
-                    "UPDATE herald_fanouts SET status = 'failed', error = $2, updated_at = now(), \
-                     finished_at = now() WHERE id = $1 AND status = 'running'",
-                )
-                .bind(job.fanout)
-                .bind(error.to_string())
-                .execute(&self.pool)
-                .await;
+                let failed = sqlx::query(sql::FAIL_FANOUT)
+                    .bind(job.fanout)
+                    .bind(error.to_string())
+                    .execute(&self.pool)
+                    .await;
                 failed.map_err(|e| JobError::retry(e.to_string()))?;
                 Err(JobError::permanent(error.to_string()))
             }
@@ -143,13 +134,10 @@ impl Engine {
 
     async fn write_page(&self, id: i64) -> Result<Option<RunsStarted>, WorkflowError> {
         let mut tx = self.pool.begin().await?;
-        let progress: Option<Progress> = sqlx::query_as(
-            "SELECT workflow, topic, data, cursor, request_id FROM herald_fanouts \
-             WHERE id = $1 AND status = 'running' FOR UPDATE",
-        )
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let progress: Option<Progress> = sqlx::query_as(sql::LOCK_FANOUT)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(progress) = progress else {
             return Ok(None);
         };
@@ -191,16 +179,12 @@ async fn finish(
     runs: i64,
     done: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE herald_fanouts SET cursor = coalesce($2, cursor), runs = runs + $3, updated_at = now(), \
-         status = CASE WHEN $4 THEN 'completed' ELSE status END, \
-         finished_at = CASE WHEN $4 THEN now() END WHERE id = $1",
-    )
-    .bind(id)
-    .bind(cursor)
-    .bind(runs)
-    .bind(done)
-    .execute(conn)
-    .await?;
+    sqlx::query(sql::ADVANCE_FANOUT)
+        .bind(id)
+        .bind(cursor)
+        .bind(runs)
+        .bind(done)
+        .execute(conn)
+        .await?;
     Ok(())
 }

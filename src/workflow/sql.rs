@@ -419,3 +419,66 @@ SELECT workflow, node_kind, completed, failed, cancelled, retried,
 FROM day
 ORDER BY workflow, node_kind
 LIMIT $3";
+
+// Topic fan-outs (fanout.rs) and erasures (erase.rs).
+
+/// A new fan-out ($1 workflow, $2 topic, $3 data, $4 request id); answers its id.
+pub const INSERT_FANOUT: &str = "INSERT INTO herald_fanouts (workflow, topic, data, status, request_id) \
+             VALUES ($1, $2, $3, 'running', $4) RETURNING id";
+
+/// A fan-out's progress. $1 id.
+pub const GET_FANOUT: &str = "SELECT id, workflow, topic, status, runs, error, created_at, updated_at, finished_at \
+             FROM herald_fanouts WHERE id = $1";
+
+/// Fails a running fan-out ($1) with the error $2.
+pub const FAIL_FANOUT: &str = "UPDATE herald_fanouts SET status = 'failed', error = $2, updated_at = now(), \
+                     finished_at = now() WHERE id = $1 AND status = 'running'";
+
+/// Locks a running fan-out ($1) for its next page: a second copy of the page job waits here.
+pub const LOCK_FANOUT: &str = "SELECT workflow, topic, data, cursor, request_id FROM herald_fanouts \
+             WHERE id = $1 AND status = 'running' FOR UPDATE";
+
+/// Moves a fan-out ($1) past a page: cursor $2 (null: unchanged), $3 runs more, $4 whether it is done.
+pub const ADVANCE_FANOUT: &str = "UPDATE herald_fanouts SET cursor = coalesce($2, cursor), runs = runs + $3, updated_at = now(), \
+         status = CASE WHEN $4 THEN 'completed' ELSE status END, \
+         finished_at = CASE WHEN $4 THEN now() END WHERE id = $1";
+
+/// A new erasure ($1 recipient, $2 their addresses); answers its id.
+pub const INSERT_ERASURE: &str = "INSERT INTO herald_erasures (recipient_id, addresses, status) VALUES ($1, $2, 'running') \
+             RETURNING id";
+
+/// A running erasure's recipient and addresses. $1 id.
+pub const GET_ERASURE: &str =
+    "SELECT recipient_id, addresses FROM herald_erasures WHERE id = $1 AND status = 'running'";
+
+/// The running runs of recipient $1.
+pub const RECIPIENT_RUNNING_RUNS: &str =
+    "SELECT id FROM herald_runs WHERE recipient_id = $1 AND status = 'running' ORDER BY id";
+
+/// Completes erasure $1, adding the rows it scrubbed ($2 runs, $3 deliveries, $4 events); its addresses are cleared.
+pub const FINISH_ERASURE: &str = "UPDATE herald_erasures SET status = 'completed', addresses = '{}', finished_at = now(), \
+             runs = runs + $2, deliveries = deliveries + $3, events = events + $4 WHERE id = $1";
+
+/// A batch of an erased recipient's runs ($1 the id, $2 the batch size): context, steps' outputs and errors,
+/// and a fan-out key scrubbed; the recipient column cleared, so a scrubbed run is not matched again.
+pub const SCRUB_RUNS: &str = r#"
+WITH batch AS (
+    SELECT id FROM herald_runs WHERE recipient_id = $1 ORDER BY id LIMIT $2 FOR UPDATE
+), steps AS (
+    UPDATE herald_run_steps s SET output = NULL, error = NULL
+    FROM batch WHERE s.run_id = batch.id AND (s.output IS NOT NULL OR s.error IS NOT NULL)
+)
+UPDATE herald_runs r
+SET context = '{"erased": true}'::jsonb, recipient_id = NULL, error = NULL,
+    idempotency_key = CASE WHEN r.idempotency_key LIKE 'fanout:%' THEN NULL ELSE r.idempotency_key END,
+    updated_at = now()
+FROM batch WHERE r.id = batch.id
+"#;
+
+/// A batch of the events keyed by an erased recipient's id ($1, $2 the batch size): payload emptied.
+pub const SCRUB_EVENTS: &str = r#"
+UPDATE herald_events e SET payload = '{}'::jsonb
+WHERE e.id IN (
+    SELECT id FROM herald_events WHERE key = $1 AND payload <> '{}'::jsonb ORDER BY id LIMIT $2 FOR UPDATE
+)
+"#;
