@@ -31,14 +31,14 @@ use crate::workflow::fanout::Fanout;
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecipientDocument {
-    /// At most 254 characters.
-    #[schema(max_length = 254, format = "email")]
+    /// An email address (`local@example.com`), at most 254 characters.
+    #[schema(max_length = 254)]
     pub email: Option<String>,
     /// E.164: `+` and 7-15 digits.
     #[schema(pattern = "^\\+[1-9][0-9]{6,14}$")]
     pub phone: Option<String>,
     /// A BCP 47 language tag (`en`, `pt-BR`).
-    #[schema(pattern = "^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8}){0,6}$")]
+    #[schema(max_length = 64)]
     pub locale: Option<String>,
     /// An IANA time zone name (`Europe/Paris`); quiet hours are read in it (UTC if absent).
     pub timezone: Option<String>,
@@ -60,7 +60,7 @@ pub struct DeviceDocument {
     pub provider: DeviceProvider,
     /// An FCM registration token, an APNs device token (hex), or a Web Push subscription
     /// (`{"endpoint", "keys": {"p256dh", "auth"}}`, as an object or its JSON text).
-    #[schema(value_type = Object)]
+    #[schema(value_type = super::schemas::StorableJson)]
     pub token: Value,
     /// Your name for it (`Ada's iPhone`).
     #[schema(max_length = 255)]
@@ -89,7 +89,7 @@ const ID_PARAM: &str = "Your id for the recipient: 1-255 characters, no control 
 /// Create or replace a recipient's profile (preferences are kept: they have their own endpoint).
 #[utoipa::path(
     put, path = "/v1/recipients/{id}", tag = "recipients",
-    params(("id" = String, Path, description = ID_PARAM)),
+    params(("id" = String, Path, description = ID_PARAM, max_length = 255, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$")),
     request_body = RecipientDocument,
     responses(
         (status = 201, description = "Created", body = Recipient),
@@ -124,7 +124,7 @@ fn found(recipient: Option<Recipient>, id: &str) -> Result<Recipient, ApiError> 
 /// Change some fields of a profile: a JSON merge patch (RFC 7396), `null` clears a field.
 #[utoipa::path(
     patch, path = "/v1/recipients/{id}", tag = "recipients",
-    params(("id" = String, Path, description = ID_PARAM)),
+    params(("id" = String, Path, description = ID_PARAM, max_length = 255, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$")),
     request_body = RecipientDocument,
     responses(
         (status = 200, description = "Updated", body = Recipient),
@@ -164,7 +164,7 @@ fn unnulled(body: &Map<String, Value>) -> Map<String, Value> {
 /// A recipient's profile, devices (with inactive ones and why) and preferences.
 #[utoipa::path(
     get, path = "/v1/recipients/{id}", tag = "recipients",
-    params(("id" = String, Path, description = ID_PARAM)),
+    params(("id" = String, Path, description = ID_PARAM, max_length = 255, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$")),
     responses(
         (status = 200, description = "The recipient", body = Recipient),
         (status = 404, description = "No such recipient", body = Problem, content_type = "application/problem+json"),
@@ -195,7 +195,7 @@ pub struct Erasure {
 /// are scrubbed from runs, steps, deliveries and events by a job, in batches. Audited.
 #[utoipa::path(
     delete, path = "/v1/recipients/{id}", tag = "recipients",
-    params(("id" = String, Path, description = ID_PARAM)),
+    params(("id" = String, Path, description = ID_PARAM, max_length = 255, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$")),
     responses(
         (status = 202, description = "Erased; the scrub runs in the background", body = Erasure),
         (status = 404, description = "No such recipient", body = Problem, content_type = "application/problem+json"),
@@ -224,16 +224,25 @@ pub async fn delete_recipient(
 #[into_params(parameter_in = Query)]
 pub struct RecipientQuery {
     /// Only the recipient with this email address (any case).
-    #[param(max_length = 254)]
+    #[param(
+        max_length = 254,
+        pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$"
+    )]
     pub email: Option<String>,
     /// Only recipients with this phone number (E.164).
-    #[param(max_length = 16)]
+    #[param(
+        max_length = 16,
+        pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$"
+    )]
     pub phone: Option<String>,
     /// Page size, 1-500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` from the previous page.
-    #[param(max_length = 255)]
+    #[param(
+        max_length = 255,
+        pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$"
+    )]
     pub cursor: Option<String>,
 }
 
@@ -407,7 +416,7 @@ pub async fn batch_recipients(
 /// A recipient's preferences.
 #[utoipa::path(
     get, path = "/v1/recipients/{id}/preferences", tag = "recipients",
-    params(("id" = String, Path, description = ID_PARAM)),
+    params(("id" = String, Path, description = ID_PARAM, max_length = 255, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$")),
     responses(
         (status = 200, description = "Their preferences", body = Preferences),
         (status = 404, description = "No such recipient", body = Problem, content_type = "application/problem+json"),
@@ -431,7 +440,7 @@ pub async fn get_preferences(
 /// Replace a recipient's preferences: opt-outs by channel, workflow and category. Audited.
 #[utoipa::path(
     put, path = "/v1/recipients/{id}/preferences", tag = "recipients",
-    params(("id" = String, Path, description = ID_PARAM)),
+    params(("id" = String, Path, description = ID_PARAM, max_length = 255, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$")),
     request_body = Preferences,
     responses(
         (status = 200, description = "Stored", body = Preferences),
@@ -458,8 +467,8 @@ const TOPIC_PARAM: &str = "Topic key: 1-128 characters of [A-Za-z0-9_.:-]";
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TopicMembers {
-    /// 1-1,000 recipient ids.
-    #[schema(min_items = 1, max_items = 1000)]
+    /// 1-1,000 recipient ids (each 1-255 characters, no control characters, no white space at either end).
+    #[schema(min_items = 1, max_items = 1000, inline)]
     pub recipients: Vec<String>,
 }
 
@@ -469,7 +478,9 @@ pub struct TopicChange {
     pub changed: u64,
 }
 
-fn topic_request(topic: &str, body: &TopicMembers) -> Result<Vec<String>, ApiError> {
+/// The ids of a topic request, sorted and deduplicated; `adding` checks each is a valid id (removing ignores ids
+/// that could not be members).
+fn topic_request(topic: &str, body: &TopicMembers, adding: bool) -> Result<Vec<String>, ApiError> {
     if !store::valid_topic(topic) {
         return Err(ApiError::field(
             "topic",
@@ -484,14 +495,19 @@ fn topic_request(topic: &str, body: &TopicMembers) -> Result<Vec<String>, ApiErr
     }
     let mut problems = Vec::new();
     for (i, id) in body.recipients.iter().enumerate() {
-        if let Err(message) = RecipientId::parse(id) {
+        if let (true, Err(message)) = (adding, RecipientId::parse(id)) {
             problems.push((format!("recipients[{i}]"), message));
         }
     }
     if !problems.is_empty() {
         return Err(validation(problems));
     }
-    let mut ids = body.recipients.clone();
+    let mut ids: Vec<String> = body
+        .recipients
+        .iter()
+        .filter(|id| valid_key(id))
+        .cloned()
+        .collect();
     ids.sort();
     ids.dedup();
     Ok(ids)
@@ -500,7 +516,7 @@ fn topic_request(topic: &str, body: &TopicMembers) -> Result<Vec<String>, ApiErr
 /// Add recipients to a topic (a topic exists while it has members). Every id must have a profile.
 #[utoipa::path(
     put, path = "/v1/topics/{key}/recipients", tag = "recipients",
-    params(("key" = String, Path, description = TOPIC_PARAM)),
+    params(("key" = String, Path, description = TOPIC_PARAM, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = TopicMembers,
     responses(
         (status = 200, description = "Added", body = TopicChange),
@@ -515,7 +531,7 @@ pub async fn add_members(
     ApiPath(topic): ApiPath<String>,
     ApiJson(body): ApiJson<TopicMembers>,
 ) -> Result<Json<TopicChange>, ApiError> {
-    let ids = topic_request(&topic, &body)?;
+    let ids = topic_request(&topic, &body, true)?;
     let changed = store::add_members(&state.pool, &caller.actor, &topic, &ids).await?;
     Ok(Json(TopicChange { changed }))
 }
@@ -523,7 +539,7 @@ pub async fn add_members(
 /// Remove recipients from a topic.
 #[utoipa::path(
     delete, path = "/v1/topics/{key}/recipients", tag = "recipients",
-    params(("key" = String, Path, description = TOPIC_PARAM)),
+    params(("key" = String, Path, description = TOPIC_PARAM, pattern = "^[A-Za-z0-9_.:-]{1,128}$")),
     request_body = TopicMembers,
     responses(
         (status = 200, description = "Removed", body = TopicChange),
@@ -538,7 +554,7 @@ pub async fn remove_members(
     ApiPath(topic): ApiPath<String>,
     ApiJson(body): ApiJson<TopicMembers>,
 ) -> Result<Json<TopicChange>, ApiError> {
-    let ids = topic_request(&topic, &body)?;
+    let ids = topic_request(&topic, &body, false)?;
     let changed = store::remove_members(&state.pool, &caller.actor, &topic, &ids).await?;
     Ok(Json(TopicChange { changed }))
 }
@@ -551,7 +567,10 @@ pub struct MemberQuery {
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` from the previous page.
-    #[param(max_length = 255)]
+    #[param(
+        max_length = 255,
+        pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$"
+    )]
     pub cursor: Option<String>,
 }
 
@@ -566,7 +585,7 @@ pub struct MemberPage {
 /// A topic's members.
 #[utoipa::path(
     get, path = "/v1/topics/{key}/recipients", tag = "recipients",
-    params(("key" = String, Path, description = TOPIC_PARAM), MemberQuery),
+    params(("key" = String, Path, description = TOPIC_PARAM, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), MemberQuery),
     responses(
         (status = 200, description = "A page of member ids (empty for a topic without members)", body = MemberPage),
         (status = 422, description = "Bad key or page", body = Problem, content_type = "application/problem+json"),
