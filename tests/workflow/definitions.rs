@@ -33,7 +33,10 @@ fn the_examples_are_valid() {
         .expect("examples are valid");
     let mut names: Vec<_> = checked.into_iter().map(|(_, name, _)| name).collect();
     names.sort();
-    assert_eq!(names, ["order_shipped", "payment_kyc", "welcome"]);
+    assert_eq!(
+        names,
+        ["order_shipped", "payment_kyc", "release_notes", "security_alert", "welcome"]
+    );
 }
 
 #[test]

@@ -752,3 +752,82 @@ async fn a_topic_fan_out_killed_mid_way_resumes_with_exactly_one_run_per_member(
     );
     flow.stop().await;
 }
+
+/// The examples in jobs/ that address recipients: a topic fan-out honouring a marketing opt-out, and a critical
+/// alert that bypasses it.
+#[tokio::test]
+async fn the_recipient_examples_in_jobs_run_as_documented() {
+    let release = common::flows::example("release_notes.yaml");
+    let alert = common::flows::example("security_alert.yaml");
+    let flow = Flow::start(&[&release, &alert]).await;
+    put(
+        &flow,
+        "ada",
+        json!({"email": "ada@example.com", "data": {"name": "Ada"},
+        "timezone": "UTC", "devices": [{"provider": "fcm", "token": "fcm-ada"}]}),
+    )
+    .await;
+    put(&flow, "bob", json!({"email": "bob@example.com"})).await;
+    let no_marketing: Preferences =
+        serde_json::from_value(json!({"categories": {"marketing": {"all": false}}})).unwrap();
+    store::set_preferences(&flow.db.pool, &Actor::cli(), "bob", &no_marketing)
+        .await
+        .unwrap();
+    store::add_members(
+        &flow.db.pool,
+        &Actor::cli(),
+        "release-notes",
+        &["ada".into(), "bob".into()],
+    )
+    .await
+    .unwrap();
+    let data = json!({"version": "2.0", "url": "https://acme.test/2.0"});
+    let fanout = flow
+        .engine
+        .start_fanout("release_notes", "release-notes", data, None)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(20), "the fan-out completed", || async {
+        flow.engine.fanout(fanout).await.unwrap().status == "completed"
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(20),
+        "ada's email and bob's skips",
+        || async {
+            scalar_i64(
+                &flow.db.pool,
+                "SELECT count(*) FROM herald_deliveries WHERE status IN ('sent', 'skipped')",
+            )
+            .await
+                >= 3
+        },
+    )
+    .await;
+    let mail = flow.recorder.to("ada@example.com");
+    assert_eq!(mail.len(), 1);
+    assert!(
+        mail[0].content["body"].starts_with("Hi Ada, Acme 2.0 is here"),
+        "{:?}",
+        mail[0].content
+    );
+    assert!(mail[0].content["unsubscribe_url"].contains("/v1/unsubscribe/"));
+    assert!(
+        flow.recorder.to("bob@example.com").is_empty(),
+        "bob opted out of marketing"
+    );
+    let skipped = scalar_i64(&flow.db.pool,
+        "SELECT count(*) FROM herald_deliveries WHERE recipient = 'recipient:bob' AND status = 'skipped' AND error LIKE 'preference:%'").await;
+    assert_eq!(
+        skipped, 2,
+        "bob's email and push, each skipped for his preference"
+    );
+
+    // The security alert reaches bob anyway, at once.
+    let run = start_for(&flow, "security_alert", json!({"device": "Firefox"}), "bob").await;
+    flow.finished(run, "completed").await;
+    let alert_mail = flow.recorder.to("bob@example.com");
+    assert_eq!(alert_mail.len(), 1);
+    assert!(alert_mail[0].content["body"].starts_with("Hi there, someone signed in from Firefox"));
+    flow.stop().await;
+}
