@@ -79,17 +79,20 @@ CREATE TABLE herald_fanouts (
     runs        bigint      NOT NULL DEFAULT 0,
     error       text,
     request_id  text,
+    -- The trigger's idempotency key: a retried topic trigger answers the fan-out it started, never a second one.
+    idempotency_key text,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now(),
     finished_at timestamptz
 );
+CREATE UNIQUE INDEX herald_fanouts_key ON herald_fanouts (workflow, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 
 -- A recipient's erase: the profile is gone at once; this row drives the scrub of what runs, steps, deliveries
--- and events still hold of them, in bounded batches (src/workflow/erase.rs). `addresses` are cleared when done.
+-- and events still hold of them, in bounded batches (src/workflow/erase.rs), and records that it happened.
 CREATE TABLE herald_erasures (
     id           bigserial   PRIMARY KEY,
     recipient_id text        NOT NULL,
-    addresses    text[]      NOT NULL,
     status       text        NOT NULL CHECK (status IN ('running', 'completed')),
     runs         bigint      NOT NULL DEFAULT 0,
     deliveries   bigint      NOT NULL DEFAULT 0,

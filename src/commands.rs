@@ -168,7 +168,7 @@ pub enum WorkflowsCommand {
         #[arg(long, conflicts_with = "topic")]
         recipient: Option<String>,
         /// Start one run per member of this topic (prints the fan-out's id; `herald workflows fanout ID`).
-        #[arg(long, conflicts_with = "idempotency_key")]
+        #[arg(long)]
         topic: Option<String>,
     },
     /// Show a run and its timeline as JSON.
@@ -278,10 +278,8 @@ pub async fn recipients(settings: &Settings, command: RecipientsCommand) -> anyh
         }
         RecipientsCommand::Erase { id } => {
             let engine = App::on_pool(settings.clone(), pool)?.engine;
-            match engine.erase_recipient(&actor, &id).await? {
-                Some(erasure) => print_json(&serde_json::json!({ "erasure": erasure })),
-                None => bail!("no recipient has the id `{id}`"),
-            }
+            let erasure = engine.erase_recipient(&actor, &id).await?;
+            print_json(&serde_json::json!({ "erasure": erasure }))
         }
         RecipientsCommand::Preferences { id, set } => {
             if let Some(set) = set {
@@ -414,9 +412,15 @@ pub async fn workflows(settings: &Settings, command: WorkflowsCommand) -> anyhow
             let data: serde_json::Value =
                 serde_json::from_str(&data).context("--data is not valid JSON")?;
             if let Some(topic) = topic {
-                let fanout = engine.start_fanout(&name, &topic, data, None).await?;
+                let started = engine
+                    .start_fanout(&name, &topic, data, idempotency_key, None)
+                    .await?;
+                let status = match started {
+                    herald::workflow::fanout::FanoutStarted::Created(_) => "created",
+                    herald::workflow::fanout::FanoutStarted::Existing(_) => "existing",
+                };
                 return print_json(&serde_json::json!({
-                    "fanout": fanout, "workflow": name, "topic": topic,
+                    "fanout": started.id(), "workflow": name, "topic": topic, "status": status,
                 }));
             }
             // The same fields as the API's answer to `POST /v1/workflows/{name}/runs`.

@@ -187,7 +187,7 @@ impl ApiState {
         recipients::put_recipient, recipients::patch_recipient, recipients::get_recipient,
         recipients::delete_recipient, recipients::list_recipients, recipients::batch_recipients,
         recipients::get_preferences, recipients::put_preferences, recipients::add_members,
-        recipients::remove_members, recipients::list_members, recipients::get_fanout, recipients::unsubscribe,
+        recipients::remove_members, recipients::list_members, recipients::get_fanout, recipients::unsubscribe, recipients::unsubscribe_page,
         healthz, readyz, metrics,
     ),
     components(schemas(Problem, error::FieldError)),
@@ -275,7 +275,10 @@ pub fn router(state: ApiState) -> Router {
                 .delete(recipients::remove_members),
         )
         .route("/fanouts/{id}", get(recipients::get_fanout))
-        .route("/unsubscribe/{token}", post(recipients::unsubscribe))
+        .route(
+            "/unsubscribe/{token}",
+            get(recipients::unsubscribe_page).post(recipients::unsubscribe),
+        )
         .route(
             "/suppressions/{channel}/{address}",
             axum::routing::delete(suppressions::remove_suppression),

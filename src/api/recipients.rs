@@ -154,8 +154,8 @@ fn unnulled(body: &Map<String, Value>) -> Map<String, Value> {
     body.iter()
         .filter(|(_, v)| !v.is_null())
         .map(|(k, v)| match (k.as_str(), v) {
-            // `data` merges: its own nulls are removals, anything else is checked after the merge.
-            ("data", Value::Object(_)) => (k.clone(), Value::Object(Map::new())),
+            // `data` and `chat` merge: their own nulls are removals, the rest is checked after the merge.
+            ("data" | "chat", Value::Object(_)) => (k.clone(), Value::Object(Map::new())),
             _ => (k.clone(), v.clone()),
         })
         .collect()
@@ -197,8 +197,7 @@ pub struct Erasure {
     delete, path = "/v1/recipients/{id}", tag = "recipients",
     params(("id" = String, Path, description = ID_PARAM, max_length = 255, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$")),
     responses(
-        (status = 202, description = "Erased; the scrub runs in the background", body = Erasure),
-        (status = 404, description = "No such recipient", body = Problem, content_type = "application/problem+json"),
+        (status = 202, description = "Erased (also an id without a profile: runs can be started for one); the scrub runs in the background", body = Erasure),
         (status = 422, description = "Bad id", body = Problem, content_type = "application/problem+json"),
         AdminAuth,
     ),
@@ -210,12 +209,10 @@ pub async fn delete_recipient(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let id = recipient_id(&id)?;
-    let erased = state
+    let erasure = state
         .engine
         .erase_recipient(&admin.actor, id.as_str())
         .await?;
-    let erasure =
-        erased.ok_or_else(|| ApiError::not_found(format!("no recipient has the id `{id}`")))?;
     Ok((StatusCode::ACCEPTED, Json(Erasure { erasure })).into_response())
 }
 
@@ -634,6 +631,44 @@ pub async fn get_fanout(
     Ok(Json(state.engine.fanout(id).await?))
 }
 
+/// The page an unsubscribe link opens in a browser: a button that sends the `POST`. A `GET` never unsubscribes
+/// (mail scanners and link previews follow links); it checks the token, so a bad link says so at once.
+#[utoipa::path(
+    get, path = "/v1/unsubscribe/{token}", tag = "recipients",
+    params(("token" = String, Path, description = "The token from the link", max_length = 4096)),
+    responses(
+        (status = 200, description = "A confirmation page", body = String, content_type = "text/html"),
+        (status = 400, description = "Not a token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The signature does not match", body = Problem, content_type = "application/problem+json"),
+        (status = 410, description = "The link has expired", body = Problem, content_type = "application/problem+json"),
+    ),
+)]
+pub async fn unsubscribe_page(
+    State(state): State<ApiState>,
+    ApiPath(token): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let signer = state
+        .engine
+        .unsubscribe_signer()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    signer.verify(&token, Utc::now())?;
+    // A verified token is base64url and one dot: nothing in it needs escaping.
+    let page = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>Unsubscribe</title></head>\
+         <body style=\"font-family: sans-serif; max-width: 32rem; margin: 3rem auto; padding: 0 1rem\">\
+         <h1>Unsubscribe</h1><p>Stop receiving these emails?</p>\
+         <form method=\"post\" action=\"/v1/unsubscribe/{token}\"><button type=\"submit\">Unsubscribe</button></form>\
+         </body></html>"
+    );
+    let headers = [
+        (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (axum::http::header::CACHE_CONTROL, "no-store"),
+    ];
+    Ok((headers, page).into_response())
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Unsubscribed {
     pub recipient: String,
@@ -647,7 +682,7 @@ pub struct Unsubscribed {
 /// and expires. Turns off the email's category (or its workflow, if it has none) for its recipient.
 #[utoipa::path(
     post, path = "/v1/unsubscribe/{token}", tag = "recipients",
-    params(("token" = String, Path, description = "The token from the link", max_length = 1024)),
+    params(("token" = String, Path, description = "The token from the link", max_length = 4096)),
     responses(
         (status = 200, description = "Unsubscribed", body = Unsubscribed),
         (status = 400, description = "Not a token", body = Problem, content_type = "application/problem+json"),

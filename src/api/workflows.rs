@@ -19,6 +19,7 @@ use super::schemas::{StorableJson, StorableObject};
 use crate::queue::IdempotencyKey;
 use crate::recipients::RecipientId;
 use crate::recipients::store;
+use crate::workflow::fanout;
 use crate::workflow::{
     EventReceipt, NewEvent, RunFilter, RunStatus, RunView, Saved, Started, WorkflowSummary,
     valid_name,
@@ -138,7 +139,8 @@ pub struct RunRequest {
     #[schema(max_length = 255)]
     pub recipient: Option<String>,
     /// Start one run per member of this topic instead: answered at once (202) with a fan-out id whose progress
-    /// `GET /v1/fanouts/{id}` reads. Not with `recipient` or an idempotency key.
+    /// `GET /v1/fanouts/{id}` reads; with an idempotency key, a repeat answers the same fan-out. At most
+    /// 64 KiB of `data`. Not with `recipient`.
     #[schema(max_length = 128)]
     pub topic: Option<String>,
 }
@@ -149,6 +151,8 @@ pub struct FanoutStarted {
     pub fanout: i64,
     pub workflow: String,
     pub topic: String,
+    /// `created`, or `existing` when the idempotency key had already started this fan-out.
+    pub status: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -250,29 +254,28 @@ async fn start_fanout(
     if recipient.is_some() {
         return Err(ApiError::field("topic", "cannot be given with `recipient`"));
     }
-    if key.is_some() {
-        // Each member's run is keyed by the fan-out; a repeat of the trigger would be a second fan-out.
-        return Err(ApiError::field(
-            "topic",
-            "cannot be given with an idempotency key (each member's run is keyed by its fan-out)",
-        ));
-    }
     if !store::valid_topic(&topic) {
         return Err(ApiError::field(
             "topic",
             "must be 1-128 characters of [A-Za-z0-9_.:-]",
         ));
     }
-    let fanout = state
+    let started = state
         .engine
-        .start_fanout(&workflow, &topic, data, request_id)
+        .start_fanout(&workflow, &topic, data, key, request_id)
         .await?;
+    let (status, fanout, label) = match started {
+        fanout::FanoutStarted::Created(id) => (StatusCode::ACCEPTED, id, "created"),
+        // Still 202: the answer to a topic trigger has one shape.
+        fanout::FanoutStarted::Existing(id) => (StatusCode::ACCEPTED, id, "existing"),
+    };
     let body = FanoutStarted {
         fanout,
         workflow,
         topic,
+        status: label.into(),
     };
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    Ok((status, Json(body)).into_response())
 }
 
 /// A run: status, context and the timeline of its steps.

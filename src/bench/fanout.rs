@@ -131,9 +131,11 @@ pub async fn run(settings: &Settings, args: FanoutBenchArgs) -> Result<(), Bench
             "everyone",
             serde_json::json!({ "release": "2.0" }),
             None,
+            None,
         )
         .await
-        .map_err(|e| BenchError::Failed(e.to_string()))?;
+        .map_err(|e| BenchError::Failed(e.to_string()))?
+        .id();
     let done = Arc::new(AtomicBool::new(false));
     let sampler = tokio::spawn(sample_pickup(pool.clone(), defaults, Arc::clone(&done)));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3_600);

@@ -133,21 +133,23 @@ pub async fn skip(pool: &PgPool, key: DeliveryKey<'_>, reason: &str) -> Result<i
         .await
 }
 
-/// Scrubs one batch (at most `limit`) of an erased recipient's deliveries (see `sql::ERASE_DELIVERIES`);
-/// answers how many; 0 when none is left.
+/// Scrubs one batch (at most `limit`) of an erased recipient's deliveries, those resolved from their profile
+/// (`recipient_id`) or made by `runs` (see `sql::ERASE_DELIVERIES`; `in_flight` takes those still `sending` too); answers each
+/// scrubbed row's (run, node); none when nothing is left.
 pub async fn erase_batch(
     conn: &mut sqlx::PgConnection,
-    recipient_id: &str,
-    addresses: &[String],
+    recipient_id: Option<&str>,
+    runs: &[i64],
     limit: i64,
-) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query(sql::ERASE_DELIVERIES)
+    in_flight: bool,
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as(sql::ERASE_DELIVERIES)
         .bind(recipient_id)
-        .bind(addresses)
+        .bind(runs)
         .bind(limit)
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected())
+        .bind(in_flight)
+        .fetch_all(conn)
+        .await
 }
 
 /// A [`DeliveryKey`] that owns its strings, to travel to a batch.

@@ -70,15 +70,18 @@ SELECT id FROM herald_deliveries WHERE run_id = $1 AND node_id = $2 AND recipien
 LIMIT 1
 "#;
 
-/// Scrubs up to $3 deliveries of an erased recipient: those resolved from their profile ($1) or sent to one of
-/// their addresses ($2). The address becomes `erased:<id>`; provider reasons and errors (which can quote it) are
-/// dropped; status, provider, timings and counts stay. Answers how many rows it changed.
+/// Scrubs up to $3 deliveries of an erased recipient: those resolved from their profile ($1, by the recipient
+/// index) or made by runs $2 (started for them, by the run index); $4 false leaves those still `sending` (a
+/// provider call in flight, whose row guards against a second send). The address becomes `erased:<id>`; provider
+/// reasons and errors (which can quote it) are dropped; status, provider, timings and counts stay. Locks wait
+/// (no SKIP LOCKED): a row busy elsewhere is scrubbed once free, not passed over. Answers each row's run and node.
 pub const ERASE_DELIVERIES: &str = r#"
 WITH batch AS (
     SELECT id FROM herald_deliveries
-    WHERE (recipient_id = $1 OR recipient = ANY($2::text[])) AND recipient NOT LIKE 'erased:%'
+    WHERE (recipient_id = $1 OR run_id = ANY($2::bigint[])) AND recipient NOT LIKE 'erased:%'
+      AND ($4 OR status <> 'sending')
     ORDER BY id LIMIT $3
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE
 )
 UPDATE herald_deliveries d
 SET recipient = 'erased:' || d.id, recipient_id = NULL, error = NULL,
@@ -86,6 +89,7 @@ SET recipient = 'erased:' || d.id, recipient_id = NULL, error = NULL,
     history = coalesce((SELECT jsonb_agg(h - 'reason') FROM jsonb_array_elements(d.history) AS h), '[]'),
     updated_at = now()
 FROM batch WHERE d.id = batch.id
+RETURNING d.run_id, d.node_id
 "#;
 
 /// Records sends' results: status, the accepting provider and its id, every provider call, and the error. A

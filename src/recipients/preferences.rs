@@ -111,13 +111,31 @@ impl Preferences {
         }
     }
 
-    /// Turns `channel` off for `category` if there is one, else for `workflow` (what one-click unsubscribe does).
-    pub fn opt_out(&mut self, channel: ChannelKind, workflow: &str, category: Option<&str>) {
-        let switches = match category {
-            Some(category) => self.categories.entry(category.to_string()).or_default(),
-            None => self.workflows.entry(workflow.to_string()).or_default(),
-        };
-        switches.insert(channel.as_str().to_string(), false);
+    /// What one-click unsubscribe does: turns `channel` off for `category` if there is one, and for `workflow`
+    /// whenever that workflow's own switch would otherwise let it through (a workflow's switch beats its
+    /// category's), so the email the link came in is never sent again. Answers whether anything changed (a second
+    /// click changes nothing).
+    pub fn opt_out(
+        &mut self,
+        channel: ChannelKind,
+        workflow: &str,
+        category: Option<&str>,
+    ) -> bool {
+        let before = self.clone();
+        let name = channel.as_str().to_string();
+        if let Some(category) = category {
+            self.categories
+                .entry(category.to_string())
+                .or_default()
+                .insert(name.clone(), false);
+        }
+        if self.opted_out(channel, workflow, category).is_none() {
+            self.workflows
+                .entry(workflow.to_string())
+                .or_default()
+                .insert(name, false);
+        }
+        *self != before
     }
 }
 
@@ -183,11 +201,30 @@ mod tests {
     }
 
     #[test]
-    fn opt_out_prefers_the_category() {
+    fn opt_out_prefers_the_category_and_always_stops_the_email_it_came_in() {
         let mut p = Preferences::default();
-        p.opt_out(ChannelKind::Email, "promo", Some("marketing"));
-        p.opt_out(ChannelKind::Email, "welcome", None);
+        assert!(p.opt_out(ChannelKind::Email, "promo", Some("marketing")));
+        assert!(
+            !p.opt_out(ChannelKind::Email, "promo", Some("marketing")),
+            "a second click changes nothing"
+        );
+        assert!(p.opt_out(ChannelKind::Email, "welcome", None));
         assert!(!p.categories["marketing"]["email"]);
         assert!(!p.workflows["welcome"]["email"]);
+        assert!(
+            !p.workflows.contains_key("promo"),
+            "the category switch is enough"
+        );
+        // A workflow switched on explicitly beats its category: the link turns the workflow off too.
+        let mut p = prefs(serde_json::json!({"workflows": {"promo": {"all": true}}}));
+        p.opt_out(ChannelKind::Email, "promo", Some("marketing"));
+        assert!(
+            p.opted_out(ChannelKind::Email, "promo", Some("marketing"))
+                .is_some()
+        );
+        assert!(
+            p.opted_out(ChannelKind::Push, "promo", Some("marketing"))
+                .is_none()
+        );
     }
 }

@@ -71,17 +71,8 @@ FROM herald_recipients r WHERE r.id = $1
 pub const SET_PREFERENCES: &str =
     "UPDATE herald_recipients SET preferences = $2, updated_at = now() WHERE id = $1";
 
-/// Deletes a profile (its devices and topic memberships go with it) and answers every address it held, for the
-/// erase that follows. The devices are read from the statement's snapshot, before the cascade. $1 id.
-pub const DELETE: &str = r#"
-WITH gone AS (
-    DELETE FROM herald_recipients WHERE id = $1 RETURNING email, phone, chat
-)
-SELECT array_remove(ARRAY[g.email, g.phone], NULL)
-       || ARRAY(SELECT value FROM jsonb_each_text(g.chat))
-       || ARRAY(SELECT d.token FROM herald_recipient_devices d WHERE d.recipient_id = $1) AS addresses
-FROM gone g
-"#;
+/// Deletes a profile; its devices and topic memberships go with it (foreign keys). $1 id.
+pub const DELETE: &str = "DELETE FROM herald_recipients WHERE id = $1";
 
 /// Marks a device gone wherever it is listed (a token can be on two profiles). $1 provider, $2 token, $3 why.
 pub const DEACTIVATE_DEVICE: &str = r#"

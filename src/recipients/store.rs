@@ -246,15 +246,10 @@ pub async fn list(pool: &PgPool, filter: &ListFilter<'_>) -> Result<Vec<Recipien
 }
 
 /// Deletes a profile inside the caller's transaction (the erase that scrubs what runs and deliveries hold of
-/// them is the workflow engine's) and answers every address it held; `None` if there was none.
-pub async fn delete_in(
-    conn: &mut PgConnection,
-    id: &str,
-) -> Result<Option<Vec<String>>, sqlx::Error> {
-    sqlx::query_scalar(sql::DELETE)
-        .bind(id)
-        .fetch_optional(conn)
-        .await
+/// them is the workflow engine's); answers whether there was one.
+pub async fn delete_in(conn: &mut PgConnection, id: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(sql::DELETE).bind(id).execute(conn).await?;
+    Ok(done.rows_affected() > 0)
 }
 
 /// A recipient's preferences; `None` if there is no such recipient.
@@ -311,8 +306,8 @@ async fn store_preferences(
     Ok(())
 }
 
-/// Turns one switch off (an unsubscribe link): the category's for the channel if the workflow has a category,
-/// else the workflow's. Audited as the recipient's own act.
+/// What an unsubscribe link does (see [`Preferences::opt_out`]). Audited as the recipient's own act, once: a
+/// second click changes and records nothing.
 pub async fn opt_out(
     pool: &PgPool,
     id: &str,
@@ -321,8 +316,17 @@ pub async fn opt_out(
     category: Option<&str>,
 ) -> Result<(), RecipientsError> {
     let mut tx = pool.begin().await?;
-    let mut preferences = parse_stored(&lock(&mut tx, id).await?);
-    preferences.opt_out(channel, workflow, category);
+    let stored = lock(&mut tx, id).await?;
+    // A document this version cannot read (written by a newer one) is not overwritten with a default.
+    let mut preferences: Preferences = serde_json::from_value(stored).map_err(|e| {
+        RecipientsError::Invalid(vec![(
+            "preferences".into(),
+            format!("stored preferences unreadable: {e}"),
+        )])
+    })?;
+    if !preferences.opt_out(channel, workflow, category) {
+        return Ok(());
+    }
     store_preferences(&mut tx, id, &preferences).await?;
     let details = json!({"channel": channel.as_str(), "workflow": workflow, "category": category});
     audit::record(
@@ -352,8 +356,10 @@ pub struct SendProfile {
 }
 
 impl SendProfile {
-    pub fn preferences(&self) -> Preferences {
-        parse_stored(&self.preferences.0)
+    /// The recipient's preferences; `None` if the stored document cannot be read (written by a newer version):
+    /// the send then does not go out (fail closed), rather than ignore every opt-out.
+    pub fn preferences(&self) -> Option<Preferences> {
+        serde_json::from_value(self.preferences.0.clone()).ok()
     }
 
     /// The stored zone (UTC if none, or one this build does not know).

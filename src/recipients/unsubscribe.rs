@@ -20,8 +20,9 @@ use sqlx::PgPool;
 use super::RecipientsSettings;
 use crate::channels::ChannelKind;
 
-/// The longest token accepted: a payload of a 255-character id and two 64-character names, signed, fits.
-pub const MAX_TOKEN_CHARS: usize = 1024;
+/// The longest token accepted: a payload naming a 255-character id of 4-byte characters (JSON-escaped as
+/// surrogate pairs at worst) and two 64-character names, signed, fits.
+pub const MAX_TOKEN_CHARS: usize = 4096;
 
 /// What a token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,6 +192,21 @@ mod tests {
         for bad in ["", "abc", "a.b.c", "!!.!!", &"a".repeat(2000)] {
             assert!(signer.verify(bad, now).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_longest_id_in_the_widest_characters_still_fits() {
+        let now = Utc::now();
+        let signer = signer("k".repeat(32).as_str());
+        let id = "\u{1F600}".repeat(255);
+        let token = signer.token(
+            &id,
+            &"w".repeat(64),
+            Some(&"c".repeat(64)),
+            ChannelKind::Email,
+            now,
+        );
+        assert_eq!(signer.verify(&token, now).unwrap().r, id);
     }
 
     fn signer_with_other_key() -> Signer {

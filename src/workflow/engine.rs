@@ -77,6 +77,7 @@ impl Engine {
     pub(super) async fn run_node(&self, mut job: NodeJob, ctx: JobContext) -> Result<(), JobError> {
         job.attempt = ctx.attempt;
         job.started_at = Some(Utc::now());
+        job.job_id = Some(ctx.id);
         let Some(run) = self.step_batches().begin(&job).await.map_err(batch_error)? else {
             tracing::debug!(run = job.run, node = %job.node, "node job has nothing left to do");
             return Ok(());
@@ -227,7 +228,8 @@ impl Engine {
 
     /// Parks a delay node's step until its `resume` job, due `until`. The job is enqueued first so the step can
     /// record it as its timer in the statement that parks it; if an earlier attempt already parked the step,
-    /// rolling back takes the new job away again.
+    /// rolling back takes the new job away again. A resumed step parks again the same way (quiet hours whose
+    /// window had closed again by the time the resume ran), provided this job is still its timer.
     async fn suspend(&self, job: &NodeJob, until: DateTime<Utc>) -> Result<(), WorkflowError> {
         let mut tx = self.steps_pool.begin().await?;
         let resume = NodeJob {
@@ -377,17 +379,25 @@ impl NodeJob {
     }
 
     /// Moves the step from pending to waiting (delay and wait nodes), with its timer job if it has one yet;
-    /// false if an earlier attempt already did.
+    /// false if an earlier attempt already did. A resumed step (waiting, this job its timer) takes the new timer.
     pub(super) async fn park(
         &self,
         conn: &mut sqlx::PgConnection,
         timer: Option<i64>,
     ) -> Result<bool, sqlx::Error> {
+        let statement = match self.phase {
+            Phase::Run => sql::SUSPEND_STEP,
+            Phase::Resume | Phase::Timeout => sql::RESUSPEND_STEP,
+        };
         let query = self
-            .step_query(sql::SUSPEND_STEP)
+            .step_query(statement)
             .bind(self.attempt)
             .bind(self.started_at)
             .bind(timer);
+        let query = match self.phase {
+            Phase::Run => query,
+            Phase::Resume | Phase::Timeout => query.bind(self.job_id),
+        };
         Ok(query.fetch_optional(conn).await?.is_some())
     }
 

@@ -1,89 +1,115 @@
 //! Erase (GDPR): deleting a recipient removes their profile at once and then scrubs what herald still holds of
-//! them, in bounded batches, by a queue job.
+//! them, in bounded batches, by queue jobs.
 //!
 //! In the delete's transaction: the profile goes (its devices and topic memberships with it), a
-//! `herald_erasures` row keeps their addresses for the scrub, the act is audited, and an [`EraseJob`] is
-//! enqueued. The job then:
-//! 1. cancels the recipient's running runs (a node still in flight finds its run cancelled);
-//! 2. scrubs the runs started for them: the context (trigger data, node outputs) becomes `{"erased": true}`,
-//!    each step's output and error are dropped, and a fan-out's idempotency key (it names the member) is cleared;
-//! 3. scrubs the deliveries resolved from the profile or sent to one of its addresses (`channels::deliveries`);
-//! 4. scrubs the events whose key is the recipient's id (their payload becomes `{}`);
-//! 5. clears the erasure's addresses and marks it completed.
+//! `herald_erasures` row records the erase, the act is audited, and an [`EraseJob`] is enqueued. An id without a
+//! profile is erased all the same (runs can be started for a recipient who has none). Each pass of the job:
+//! 1. cancels the recipient's running runs;
+//! 2. for each batch of the runs started for them: scrubs those runs' deliveries (`channels::deliveries`), then the
+//!    runs themselves (the context becomes `{"erased": true}`, steps' outputs and errors go, a fan-out's
+//!    idempotency key, which names the member, is cleared);
+//! 3. scrubs the other deliveries resolved from their profile (actions of other runs that addressed them) and, in
+//!    those runs, the sending node's step output and its entry in the context (which quote the address);
+//! 4. empties the payload of the events whose correlation key is their id.
 //!
-//! Each batch is its own transaction of at most [`BATCH`] rows, so a large history never holds long locks; a
+//! The first pass leaves deliveries still `sending` (a provider call in flight: scrubbing its address would
+//! remove the guard against sending it twice) and ends by scheduling the final pass, after the longest a node job
+//! may run, so a send that read the profile just before the delete is scrubbed too. The final pass takes
+//! everything left and marks the erasure completed.
+//!
+//! Every lookup is by an index (`recipient_id` on runs and deliveries, `run_id` on deliveries, `key` on events);
+//! each batch is its own statement of at most [`BATCH`] rows, so a long history never holds long locks, and a
 //! worker killed mid-erase resumes where the rows say it stopped (scrubbed rows are not matched again). Ids,
-//! statuses, timings and counts stay, so rollups and metrics keep adding up. Runs started with a raw address
-//! and no recipient cannot be found without reading every run: they age out with retention.
+//! statuses, timings and counts stay. A raw address (`to: "{{ trigger.email }}"`) in a run that was not started
+//! for the recipient is not found: it ages out with retention.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{Engine, WorkflowError, sql};
 use crate::audit::{self, Actor};
+use crate::channels::deliveries;
 use crate::queue::{Job, JobError, JobKind, NewJob, QueueError};
 use crate::recipients::store;
 
-/// Rows per scrub transaction.
+/// Rows per scrub statement.
 pub const BATCH: i64 = 500;
 
 /// Scrubs an erased recipient's history.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EraseJob {
     pub erasure: i64,
+    /// The last pass: it also takes deliveries still `sending`, and completes the erasure.
+    #[serde(default)]
+    pub last: bool,
 }
 
 impl Job for EraseJob {
     const KIND: &'static str = "herald.recipients.erase";
 }
 
+/// What one pass scrubbed.
+#[derive(Debug, Default)]
+struct Scrubbed {
+    runs: u64,
+    deliveries: u64,
+    events: u64,
+}
+
 impl Engine {
-    /// Deletes a recipient and schedules the scrub of their history; answers the erasure's id, or `None` if
-    /// there is no such recipient. Audited.
-    pub async fn erase_recipient(
-        &self,
-        actor: &Actor,
-        id: &str,
-    ) -> Result<Option<i64>, WorkflowError> {
+    /// Deletes a recipient's profile (if they have one) and schedules the scrub of their history; answers the
+    /// erasure's id. Audited.
+    pub async fn erase_recipient(&self, actor: &Actor, id: &str) -> Result<i64, WorkflowError> {
         let mut tx = self.pool.begin().await?;
-        let Some(addresses) = store::delete_in(&mut tx, id).await? else {
-            return Ok(None);
-        };
+        let had_profile = store::delete_in(&mut tx, id).await?;
         let erasure: i64 = sqlx::query_scalar(sql::INSERT_ERASURE)
             .bind(id)
-            .bind(&addresses)
             .fetch_one(&mut *tx)
             .await?;
-        audit::record(
-            &mut *tx,
-            actor,
-            "recipient.erase",
-            id,
-            json!({"erasure": erasure}),
+        let details = json!({"erasure": erasure, "profile": had_profile});
+        audit::record(&mut *tx, actor, "recipient.erase", id, details).await?;
+        self.enqueue_erase(
+            &mut tx,
+            EraseJob {
+                erasure,
+                last: false,
+            },
+            None,
         )
         .await?;
-        let payload = serde_json::to_value(EraseJob { erasure })
-            .map_err(|e| WorkflowError::Io(e.to_string()))?;
-        let kind = JobKind::parse(EraseJob::KIND).map_err(QueueError::from)?;
-        let job = NewJob::new(self.jobs.queue.clone(), kind, payload)
-            .max_attempts(self.jobs.max_attempts);
-        crate::queue::enqueue_many(&mut tx, &self.jobs.defaults, &[job]).await?;
         tx.commit().await?;
-        Ok(Some(erasure))
+        Ok(erasure)
+    }
+
+    async fn enqueue_erase(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        job: EraseJob,
+        run_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<(), WorkflowError> {
+        let payload = serde_json::to_value(job).map_err(|e| WorkflowError::Io(e.to_string()))?;
+        let kind = JobKind::parse(EraseJob::KIND).map_err(QueueError::from)?;
+        let mut new = NewJob::new(self.jobs.queue.clone(), kind, payload)
+            .max_attempts(self.jobs.max_attempts);
+        if let Some(at) = run_at {
+            new = new.run_at(at);
+        }
+        crate::queue::enqueue_many(conn, &self.jobs.defaults, &[new]).await?;
+        Ok(())
     }
 
     pub(super) async fn erase(&self, job: EraseJob) -> Result<(), JobError> {
-        self.scrub(job.erasure)
+        self.erase_pass(job)
             .await
             .map_err(|e| JobError::retry(e.to_string()))
     }
 
-    async fn scrub(&self, erasure: i64) -> Result<(), WorkflowError> {
-        let found: Option<(String, Vec<String>)> = sqlx::query_as(sql::GET_ERASURE)
-            .bind(erasure)
+    async fn erase_pass(&self, job: EraseJob) -> Result<(), WorkflowError> {
+        let recipient: Option<String> = sqlx::query_scalar(sql::GET_ERASURE)
+            .bind(job.erasure)
             .fetch_optional(&self.pool)
             .await?;
-        let Some((recipient, addresses)) = found else {
+        let Some(recipient) = recipient else {
             return Ok(());
         };
         let actor = Actor::herald("erase");
@@ -97,49 +123,96 @@ impl Engine {
                 Err(error) => return Err(error),
             }
         }
-        let (mut runs, mut deliveries, mut events) = (0u64, 0u64, 0u64);
+        let scrubbed = self.scrub(&recipient, job.last).await?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(sql::COUNT_ERASURE)
+            .bind(job.erasure)
+            .bind(scrubbed.runs as i64)
+            .bind(scrubbed.deliveries as i64)
+            .bind(scrubbed.events as i64)
+            .bind(job.last)
+            .execute(&mut *tx)
+            .await?;
+        if !job.last {
+            // After the longest a node job can run: a send that read the profile before the delete has ended.
+            let settle = chrono::Duration::from_std(self.jobs.defaults.timeout)
+                .unwrap_or(chrono::Duration::minutes(5))
+                + chrono::Duration::minutes(1);
+            let last = EraseJob {
+                erasure: job.erasure,
+                last: true,
+            };
+            self.enqueue_erase(&mut tx, last, Some(chrono::Utc::now() + settle))
+                .await?;
+        }
+        tx.commit().await?;
+        tracing::info!(
+            erasure = job.erasure,
+            last = job.last,
+            ?scrubbed,
+            "recipient erase pass"
+        );
+        Ok(())
+    }
+
+    /// One pass over everything of `recipient` (see the module docs, steps 2-4).
+    async fn scrub(&self, recipient: &str, last: bool) -> Result<Scrubbed, WorkflowError> {
+        let mut scrubbed = Scrubbed::default();
+        let mut conn = self.pool.acquire().await?;
+        // 2. The runs started for them, a batch at a time: their deliveries first (found by run), then the runs.
+        let mut after = 0i64;
         loop {
-            let done = sqlx::query(sql::SCRUB_RUNS)
-                .bind(&recipient)
+            let runs: Vec<i64> = sqlx::query_scalar(sql::RECIPIENT_RUN_BATCH)
+                .bind(recipient)
+                .bind(after)
                 .bind(BATCH)
-                .execute(&self.pool)
+                .fetch_all(&mut *conn)
+                .await?;
+            let Some(&last_run) = runs.last() else {
+                break;
+            };
+            after = last_run;
+            loop {
+                let done = deliveries::erase_batch(&mut conn, None, &runs, BATCH, last).await?;
+                scrubbed.deliveries += done.len() as u64;
+                if done.is_empty() {
+                    break;
+                }
+            }
+            scrubbed.runs += sqlx::query(sql::SCRUB_RUNS)
+                .bind(&runs)
+                .execute(&mut *conn)
                 .await?
                 .rows_affected();
-            runs += done;
-            if done == 0 {
-                break;
-            }
         }
+        // 3. Deliveries of other runs that addressed them, and what those runs' sending nodes recorded.
         loop {
-            let mut conn = self.pool.acquire().await?;
             let done =
-                crate::channels::deliveries::erase_batch(&mut conn, &recipient, &addresses, BATCH)
-                    .await?;
-            deliveries += done;
-            if done == 0 {
+                deliveries::erase_batch(&mut conn, Some(recipient), &[], BATCH, last).await?;
+            if done.is_empty() {
                 break;
             }
+            scrubbed.deliveries += done.len() as u64;
+            let (runs, nodes): (Vec<i64>, Vec<String>) = done.into_iter().unzip();
+            sqlx::query(sql::SCRUB_SENDING_STEPS)
+                .bind(&runs)
+                .bind(&nodes)
+                .execute(&mut *conn)
+                .await?;
         }
+        // 4. Events keyed by their id.
         loop {
             let done = sqlx::query(sql::SCRUB_EVENTS)
-                .bind(&recipient)
+                .bind(recipient)
                 .bind(BATCH)
-                .execute(&self.pool)
+                .execute(&mut *conn)
                 .await?
                 .rows_affected();
-            events += done;
+            scrubbed.events += done;
             if done == 0 {
                 break;
             }
         }
-        sqlx::query(sql::FINISH_ERASURE)
-            .bind(erasure)
-            .bind(runs as i64)
-            .bind(deliveries as i64)
-            .bind(events as i64)
-            .execute(&self.pool)
-            .await?;
-        tracing::info!(erasure, runs, deliveries, events, "recipient erased");
-        Ok(())
+        Ok(scrubbed)
     }
 }

@@ -25,6 +25,10 @@ use crate::recipients::store;
 /// Members started per fan-out job (one transaction).
 pub const PAGE: i64 = 1_000;
 
+/// The largest trigger data a fan-out takes (as JSON): each member's run stores it, so a page holds it a thousand
+/// times over.
+pub const MAX_DATA_BYTES: usize = 64 * 1024;
+
 /// Expands the next page of a fan-out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FanoutJob {
@@ -51,6 +55,22 @@ pub struct Fanout {
     pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// What a topic trigger did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanoutStarted {
+    Created(i64),
+    /// The idempotency key had started this fan-out already.
+    Existing(i64),
+}
+
+impl FanoutStarted {
+    pub fn id(self) -> i64 {
+        match self {
+            Self::Created(id) | Self::Existing(id) => id,
+        }
+    }
+}
+
 /// The row a fan-out job works from.
 #[derive(sqlx::FromRow)]
 struct Progress {
@@ -62,28 +82,53 @@ struct Progress {
 }
 
 impl Engine {
-    /// Starts a fan-out of `workflow` to `topic`'s members; answers its id once stored. The workflow and the data
-    /// are checked now (404, 422), not by the jobs.
+    /// Starts a fan-out of `workflow` to `topic`'s members once stored, or (an idempotency key that already
+    /// started one) answers that one. The workflow and the data are checked now (404, 422), not by the jobs.
     pub async fn start_fanout(
         &self,
         workflow: &str,
         topic: &str,
         data: Value,
+        idempotency_key: Option<String>,
         request_id: Option<String>,
-    ) -> Result<i64, WorkflowError> {
+    ) -> Result<FanoutStarted, WorkflowError> {
+        if data.to_string().len() > MAX_DATA_BYTES {
+            let message =
+                format!("a topic trigger's data is at most {MAX_DATA_BYTES} bytes as JSON");
+            return Err(WorkflowError::InvalidInput(vec![("data".into(), message)]));
+        }
         let definition = self.catalog.latest(workflow).await?;
         trigger_context(&definition, data.clone(), "data")?;
         let mut tx = self.pool.begin().await?;
-        let id: i64 = sqlx::query_scalar(sql::INSERT_FANOUT)
+        let id: Option<i64> = sqlx::query_scalar(sql::INSERT_FANOUT)
             .bind(workflow)
             .bind(topic)
             .bind(Json(&data))
             .bind(request_id.as_deref())
-            .fetch_one(&mut *tx)
+            .bind(idempotency_key.as_deref())
+            .fetch_optional(&mut *tx)
             .await?;
-        self.enqueue_page(&mut tx, id).await?;
+        let started = match (id, idempotency_key.as_deref()) {
+            (Some(id), _) => {
+                self.enqueue_page(&mut tx, id).await?;
+                FanoutStarted::Created(id)
+            }
+            // The key's insert waited for the transaction that took it, so its fan-out is visible now.
+            (None, Some(key)) => FanoutStarted::Existing(
+                sqlx::query_scalar(sql::FANOUT_BY_KEY)
+                    .bind(workflow)
+                    .bind(key)
+                    .fetch_one(&mut *tx)
+                    .await?,
+            ),
+            (None, None) => {
+                return Err(WorkflowError::Io(
+                    "a fan-out without a key was not stored".into(),
+                ));
+            }
+        };
         tx.commit().await?;
-        Ok(id)
+        Ok(started)
     }
 
     /// A fan-out's progress.
@@ -110,26 +155,36 @@ impl Engine {
     }
 
     /// One page of a fan-out (see the module docs).
-    pub(super) async fn fanout_page(&self, job: FanoutJob) -> Result<(), JobError> {
+    pub(super) async fn fanout_page(
+        &self,
+        job: FanoutJob,
+        ctx: crate::queue::JobContext,
+    ) -> Result<(), JobError> {
         let started = self.write_page(job.fanout).await;
-        match started {
+        let error = match started {
             Ok(Some(counted)) => {
                 counted.count();
-                Ok(())
+                return Ok(());
             }
-            Ok(None) => Ok(()),
-            // The workflow was deleted, or the data no longer fits its latest version: the fan-out fails.
-            Err(error @ (WorkflowError::NotFound(_) | WorkflowError::InvalidInput(_))) => {
-                let failed = sqlx::query(sql::FAIL_FANOUT)
-                    .bind(job.fanout)
-                    .bind(error.to_string())
-                    .execute(&self.pool)
-                    .await;
-                failed.map_err(|e| JobError::retry(e.to_string()))?;
-                Err(JobError::permanent(error.to_string()))
-            }
-            Err(error) => Err(JobError::retry(error.to_string())),
+            Ok(None) => return Ok(()),
+            Err(error) => error,
+        };
+        // The workflow was deleted, the data no longer fits its latest version, or the last attempt failed: the
+        // fan-out fails (and says why), rather than stay `running` with no job left to move it.
+        let gives_up = matches!(
+            error,
+            WorkflowError::NotFound(_) | WorkflowError::InvalidInput(_)
+        ) || ctx.attempt >= ctx.max_attempts;
+        if !gives_up {
+            return Err(JobError::retry(error.to_string()));
         }
+        sqlx::query(sql::FAIL_FANOUT)
+            .bind(job.fanout)
+            .bind(error.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| JobError::retry(e.to_string()))?;
+        Err(JobError::permanent(error.to_string()))
     }
 
     async fn write_page(&self, id: i64) -> Result<Option<RunsStarted>, WorkflowError> {

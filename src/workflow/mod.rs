@@ -111,6 +111,9 @@ pub struct NodeJob {
     pub attempt: i32,
     #[serde(skip)]
     pub started_at: Option<DateTime<Utc>>,
+    /// This attempt's queue job (not part of the payload): a resumed step it is the timer of may park again.
+    #[serde(skip)]
+    pub job_id: Option<i64>,
 }
 
 impl NodeJob {
@@ -122,6 +125,7 @@ impl NodeJob {
             phase,
             attempt: 0,
             started_at: None,
+            job_id: None,
         }
     }
 }
@@ -319,9 +323,9 @@ pub fn register(registry: &mut HandlerRegistry, engine: Arc<Engine>) {
         async move { engine.run_node(job, ctx).await }.instrument(span)
     });
     let fanouts = Arc::clone(&engine);
-    registry.register(move |job: fanout::FanoutJob, _ctx| {
+    registry.register(move |job: fanout::FanoutJob, ctx| {
         let engine = Arc::clone(&fanouts);
-        async move { engine.fanout_page(job).await }
+        async move { engine.fanout_page(job, ctx).await }
     });
     registry.register(move |job: erase::EraseJob, _ctx| {
         let engine = Arc::clone(&engine);

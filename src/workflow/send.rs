@@ -57,6 +57,10 @@ impl Addressed<'_> {
     }
 }
 
+/// How early a resumed quiet-hours send may run and still count as in its window (clock skew between a worker
+/// and the database that scheduled it).
+const QUIET_HOURS_GRACE_MINUTES: i64 = 5;
+
 /// What one target's send came to.
 enum Outcome {
     Sent(Finished),
@@ -137,17 +141,27 @@ impl Engine {
         };
         let critical = *critical || workflow.critical;
         if !critical {
-            let preferences = profile.preferences();
             let category = workflow.category.as_deref();
-            if let Some(reason) = preferences.opted_out(*channel, &workflow.name, category) {
+            let opted_out = match profile.preferences() {
+                Some(preferences) => preferences.opted_out(*channel, &workflow.name, category),
+                None => Some("the stored preferences cannot be read".to_string()),
+            };
+            if let Some(reason) = opted_out {
                 return self
                     .skip(job, run, node, id, &format!("preference: {reason}"))
                     .await;
             }
-            // A resumed step is the window opening: it sends without looking again.
+            // Outside the window: park until it opens. A resumed step looks again (the queue may have held it
+            // past the window's end), with a few minutes' grace: the worker's clock may trail the database's,
+            // which scheduled the resume at the opening.
+            let grace = match job.phase {
+                Phase::Run => chrono::Duration::zero(),
+                _ => chrono::Duration::minutes(QUIET_HOURS_GRACE_MINUTES),
+            };
+            let zone = profile.zone();
             if let Some(window) = window
-                && job.phase == Phase::Run
-                && let Some(opening) = window.next_opening(Utc::now(), profile.zone())
+                && window.next_opening(Utc::now(), zone).is_some()
+                && let Some(opening) = window.next_opening(Utc::now() + grace, zone)
             {
                 return Ok(Step::SuspendUntil(opening));
             }
@@ -256,19 +270,21 @@ impl Engine {
         let several = targets.len() > 1;
         let mut entries = Vec::with_capacity(targets.len());
         let (mut sent, mut failed, mut decided) = (Vec::new(), Vec::new(), Vec::new());
-        for (index, target) in targets.into_iter().enumerate() {
+        for target in targets {
             let base = format!("run:{}:{}:{}", job.run, job.epoch, job.node);
+            // Each device its own key, from its token (not its place in a list that may change between
+            // attempts): a provider that deduplicates by key must not merge two devices.
+            let idempotency_key = if several {
+                format!("{base}:{}", short_digest(&target.address))
+            } else {
+                base
+            };
             let message = Message {
                 channel: *channel,
                 providers: target.providers,
                 to: target.address,
                 content: rendered.clone(),
-                // Each device its own key: a provider that deduplicates by key must not merge them.
-                idempotency_key: if several {
-                    format!("{base}:{index}")
-                } else {
-                    base
-                },
+                idempotency_key,
             };
             let key = DeliveryKey {
                 run_id: job.run,
@@ -404,6 +420,15 @@ fn with_recipient(mut decision: Decision, recipient: Option<&str>) -> Decision {
         output.insert("recipient".into(), json!(id));
     }
     decision
+}
+
+/// The first 8 bytes of an address's SHA-256, as hex: a stable, short tag for it.
+fn short_digest(address: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(address.as_bytes())[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// What a failed send asks of the queue.

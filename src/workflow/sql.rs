@@ -235,6 +235,13 @@ UPDATE herald_run_steps SET status = 'waiting', attempts = greatest(attempts, $4
 WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status = 'pending'
 RETURNING run_id";
 
+/// Parks a resumed step again with a new timer $6, if the resuming job $7 is still its timer (a second run of
+/// that job finds the new timer and changes nothing). $4, $5 as in [`SUSPEND_STEP`].
+pub const RESUSPEND_STEP: &str = "
+UPDATE herald_run_steps SET attempts = greatest(attempts, $4), timer_job_id = $6
+WHERE run_id = $1 AND epoch = $2 AND node_id = $3 AND status = 'waiting' AND timer_job_id = $7
+RETURNING run_id";
+
 /// Records the timer job of a parked step: a wait's timeout, enqueued once the wait is known to be waiting.
 pub const SET_STEP_TIMER: &str = "
 UPDATE herald_run_steps SET timer_job_id = $4 WHERE run_id = $1 AND epoch = $2 AND node_id = $3";
@@ -422,9 +429,15 @@ LIMIT $3";
 
 // Topic fan-outs (fanout.rs) and erasures (erase.rs).
 
-/// A new fan-out ($1 workflow, $2 topic, $3 data, $4 request id); answers its id.
-pub const INSERT_FANOUT: &str = "INSERT INTO herald_fanouts (workflow, topic, data, status, request_id) \
-             VALUES ($1, $2, $3, 'running', $4) RETURNING id";
+/// A new fan-out ($1 workflow, $2 topic, $3 data, $4 request id, $5 idempotency key); answers its id, or no row
+/// when the key already started one (see [`FANOUT_BY_KEY`]).
+pub const INSERT_FANOUT: &str = "INSERT INTO herald_fanouts (workflow, topic, data, status, request_id, \
+             idempotency_key) VALUES ($1, $2, $3, 'running', $4, $5) \
+             ON CONFLICT (workflow, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id";
+
+/// The fan-out of workflow $1 holding idempotency key $2.
+pub const FANOUT_BY_KEY: &str =
+    "SELECT id FROM herald_fanouts WHERE workflow = $1 AND idempotency_key = $2";
 
 /// A fan-out's progress. $1 id.
 pub const GET_FANOUT: &str = "SELECT id, workflow, topic, status, runs, error, created_at, updated_at, finished_at \
@@ -443,36 +456,58 @@ pub const ADVANCE_FANOUT: &str = "UPDATE herald_fanouts SET cursor = coalesce($2
          status = CASE WHEN $4 THEN 'completed' ELSE status END, \
          finished_at = CASE WHEN $4 THEN now() END WHERE id = $1";
 
-/// A new erasure ($1 recipient, $2 their addresses); answers its id.
-pub const INSERT_ERASURE: &str = "INSERT INTO herald_erasures (recipient_id, addresses, status) VALUES ($1, $2, 'running') \
-             RETURNING id";
+/// A new erasure of recipient $1; answers its id.
+pub const INSERT_ERASURE: &str =
+    "INSERT INTO herald_erasures (recipient_id, status) VALUES ($1, 'running') RETURNING id";
 
-/// A running erasure's recipient and addresses. $1 id.
+/// A running erasure's recipient. $1 id.
 pub const GET_ERASURE: &str =
-    "SELECT recipient_id, addresses FROM herald_erasures WHERE id = $1 AND status = 'running'";
+    "SELECT recipient_id FROM herald_erasures WHERE id = $1 AND status = 'running'";
 
 /// The running runs of recipient $1.
 pub const RECIPIENT_RUNNING_RUNS: &str =
     "SELECT id FROM herald_runs WHERE recipient_id = $1 AND status = 'running' ORDER BY id";
 
-/// Completes erasure $1, adding the rows it scrubbed ($2 runs, $3 deliveries, $4 events); its addresses are cleared.
-pub const FINISH_ERASURE: &str = "UPDATE herald_erasures SET status = 'completed', addresses = '{}', finished_at = now(), \
-             runs = runs + $2, deliveries = deliveries + $3, events = events + $4 WHERE id = $1";
+/// The next batch of runs started for recipient $1, after run $2, at most $3 (by the runs' recipient index).
+pub const RECIPIENT_RUN_BATCH: &str =
+    "SELECT id FROM herald_runs WHERE recipient_id = $1 AND id > $2 ORDER BY id LIMIT $3";
 
-/// A batch of an erased recipient's runs ($1 the id, $2 the batch size): context, steps' outputs and errors,
-/// and a fan-out key scrubbed; the recipient column cleared, so a scrubbed run is not matched again.
+/// Adds a pass's counts to erasure $1 ($2 runs, $3 deliveries, $4 events); $5 the last pass completes it.
+pub const COUNT_ERASURE: &str = r#"
+UPDATE herald_erasures
+SET runs = runs + $2, deliveries = deliveries + $3, events = events + $4,
+    status = CASE WHEN $5 THEN 'completed' ELSE status END,
+    finished_at = CASE WHEN $5 THEN now() END
+WHERE id = $1
+"#;
+
+/// Scrubs runs $1 (a batch of an erased recipient's): the context, steps' outputs and errors, a fan-out key; the
+/// recipient column is cleared, so a scrubbed run is not matched again.
 pub const SCRUB_RUNS: &str = r#"
-WITH batch AS (
-    SELECT id FROM herald_runs WHERE recipient_id = $1 ORDER BY id LIMIT $2 FOR UPDATE
-), steps AS (
+WITH steps AS (
     UPDATE herald_run_steps s SET output = NULL, error = NULL
-    FROM batch WHERE s.run_id = batch.id AND (s.output IS NOT NULL OR s.error IS NOT NULL)
+    WHERE s.run_id = ANY($1::bigint[]) AND (s.output IS NOT NULL OR s.error IS NOT NULL)
 )
 UPDATE herald_runs r
 SET context = '{"erased": true}'::jsonb, recipient_id = NULL, error = NULL,
     idempotency_key = CASE WHEN r.idempotency_key LIKE 'fanout:%' THEN NULL ELSE r.idempotency_key END,
     updated_at = now()
-FROM batch WHERE r.id = batch.id
+WHERE r.id = ANY($1::bigint[])
+"#;
+
+/// In runs not started for an erased recipient, the nodes that sent to them ($1 runs, $2 nodes, pairwise): each
+/// step's output and error, and its entry in the run's context, which quote the address.
+pub const SCRUB_SENDING_STEPS: &str = r#"
+WITH pairs AS (
+    SELECT DISTINCT run_id, node_id FROM unnest($1::bigint[], $2::text[]) AS p(run_id, node_id)
+), steps AS (
+    UPDATE herald_run_steps s SET output = NULL, error = NULL
+    FROM pairs p WHERE s.run_id = p.run_id AND s.node_id = p.node_id
+)
+UPDATE herald_runs r
+SET context = jsonb_set(r.context, '{nodes}', (r.context -> 'nodes') - n.nodes), updated_at = now()
+FROM (SELECT run_id, array_agg(node_id) AS nodes FROM pairs GROUP BY run_id) n
+WHERE r.id = n.run_id AND jsonb_typeof(r.context -> 'nodes') = 'object'
 "#;
 
 /// A batch of the events keyed by an erased recipient's id ($1, $2 the batch size): payload emptied.

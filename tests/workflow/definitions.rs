@@ -35,7 +35,13 @@ fn the_examples_are_valid() {
     names.sort();
     assert_eq!(
         names,
-        ["order_shipped", "payment_kyc", "release_notes", "security_alert", "welcome"]
+        [
+            "order_shipped",
+            "payment_kyc",
+            "release_notes",
+            "security_alert",
+            "welcome"
+        ]
     );
 }
 
