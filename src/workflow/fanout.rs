@@ -2,15 +2,17 @@
 //!
 //! A topic trigger (`POST /v1/workflows/{name}/runs` with `"topic"`) checks the workflow and the trigger data,
 //! stores a `herald_fanouts` row and enqueues one [`FanoutJob`], all in one transaction, and answers at once with
-//! the fan-out's id. Each fan-out job then, in one transaction:
+//! the fan-out's id. Each fan-out job then writes pages for up to [`JOB_BUDGET`], each page in one transaction:
 //! 1. locks the fan-out row (a second copy of the job waits, then finds the cursor moved);
 //! 2. reads the next page of members after `cursor` (in id order, by the topic's primary key);
 //! 3. starts their runs with the idempotency key `fanout:<id>:<member>`: a member's run is made once however
 //!    often a page is written;
-//! 4. moves the cursor and the run count, and enqueues the next page's job, or marks the fan-out completed.
+//! 4. moves the cursor and the run count and, on the job's last page, enqueues the next job (at the highest
+//!    priority, ahead of the node jobs the pages made), or marks the fan-out completed.
 //!
-//! A worker killed mid-page rolls the page back; the job is retried from the same cursor. No transaction holds
-//! more than one page, and the pages are jobs on the workflow queue, so other work is claimed between them.
+//! A worker killed mid-page rolls the page back; the job is retried from the cursor the committed pages left. No
+//! transaction holds more than one page, and each job ends within its budget, so the worker's other queues and a
+//! graceful stop never wait long for it.
 //! Members added after their place in the order was passed are not included; members removed before it are not.
 
 use serde::{Deserialize, Serialize};
@@ -19,11 +21,16 @@ use sqlx::types::Json;
 
 use super::starts::{RunsStarted, for_recipient, insert_runs, prepare, trigger_context};
 use super::{Engine, WorkflowError, sql};
-use crate::queue::{Job, JobError, JobKind, NewJob};
+use crate::queue::{Job, JobError, JobKind, NewJob, Priority};
 use crate::recipients::store;
 
 /// Members started per fan-out job (one transaction).
-pub const PAGE: i64 = 1_000;
+pub const PAGE: i64 = 500;
+
+/// How long one fan-out job writes pages before it hands over to the next job (so a worker's stop, or other work
+/// of the same priority, never waits long for it), and the most pages it writes.
+const JOB_BUDGET: std::time::Duration = std::time::Duration::from_secs(2);
+const PAGES_PER_JOB: usize = 100;
 
 /// The largest trigger data a fan-out takes (as JSON): each member's run stores it, so a page holds it a thousand
 /// times over.
@@ -148,8 +155,13 @@ impl Engine {
         let payload = serde_json::to_value(FanoutJob { fanout: id })
             .map_err(|e| WorkflowError::Io(e.to_string()))?;
         let kind = JobKind::parse(FanoutJob::KIND).map_err(crate::queue::QueueError::from)?;
+        // Ahead of the node jobs on the same queue: each page enqueues a thousand of them, and the next page
+        // must not wait behind them (creating runs is the fan-out's own work; running them is everyone's).
+        let priority =
+            Priority::new(i64::from(Priority::MAX)).map_err(crate::queue::QueueError::from)?;
         let job = NewJob::new(self.jobs.queue.clone(), kind, payload)
-            .max_attempts(self.jobs.max_attempts);
+            .max_attempts(self.jobs.max_attempts)
+            .priority(priority);
         crate::queue::enqueue_many(conn, &self.jobs.defaults, &[job]).await?;
         Ok(())
     }
@@ -160,14 +172,24 @@ impl Engine {
         job: FanoutJob,
         ctx: crate::queue::JobContext,
     ) -> Result<(), JobError> {
-        let started = self.write_page(job.fanout).await;
-        let error = match started {
-            Ok(Some(counted)) => {
-                counted.count();
-                return Ok(());
+        // Pages, each its own transaction, until the job's time budget is spent; the last one written enqueues
+        // the next job. (A page per job would pace the fan-out by the node jobs its pages enqueued, which a worker
+        // has already claimed ahead of the next page job.)
+        let began = std::time::Instant::now();
+        let mut pages = 0;
+        let error = loop {
+            pages += 1;
+            let hand_over = began.elapsed() >= JOB_BUDGET || pages >= PAGES_PER_JOB;
+            match self.write_page(job.fanout, hand_over).await {
+                Ok(Some((counted, more))) => {
+                    counted.count();
+                    if !more || hand_over {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(error) => break error,
             }
-            Ok(None) => return Ok(()),
-            Err(error) => error,
         };
         // The workflow was deleted, the data no longer fits its latest version, or the last attempt failed: the
         // fan-out fails (and says why), rather than stay `running` with no job left to move it.
@@ -187,7 +209,13 @@ impl Engine {
         Err(JobError::permanent(error.to_string()))
     }
 
-    async fn write_page(&self, id: i64) -> Result<Option<RunsStarted>, WorkflowError> {
+    /// Writes the next page; answers its runs and whether members are left, or `None` if the fan-out is over.
+    /// `hand_over`: enqueue the next page's job in the page's transaction.
+    async fn write_page(
+        &self,
+        id: i64,
+        hand_over: bool,
+    ) -> Result<Option<(RunsStarted, bool)>, WorkflowError> {
         let mut tx = self.pool.begin().await?;
         let progress: Option<Progress> = sqlx::query_as(sql::LOCK_FANOUT)
             .bind(id)
@@ -218,11 +246,11 @@ impl Engine {
         let (inserted, started) = insert_runs(&mut tx, &self.jobs, &definition, &refs).await?;
         let last_page = (members.len() as i64) < PAGE;
         finish(&mut tx, id, Some(&last), inserted.len() as i64, last_page).await?;
-        if !last_page {
+        if !last_page && hand_over {
             self.enqueue_page(&mut tx, id).await?;
         }
         tx.commit().await?;
-        Ok(Some(started))
+        Ok(Some((started, !last_page)))
     }
 }
 
