@@ -961,3 +961,73 @@ async fn the_recipient_examples_in_jobs_run_as_documented() {
     assert!(alert_mail[0].content["body"].starts_with("Hi there, someone signed in from Firefox"));
     flow.stop().await;
 }
+
+/// The command line does what the API does: a profile, preferences, a topic, and a topic trigger.
+#[tokio::test]
+async fn recipients_and_topics_from_the_command_line() {
+    let flow = Flow::without_worker(&[RELEASE]).await;
+    let herald = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("DATABASE_URL", &flow.db.url)
+            .env("HERALD_ENV", "test")
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run herald");
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+        (output.status.success(), stdout, stderr)
+    };
+    let (ok, out, err) = herald(&[
+        "recipients",
+        "put",
+        "cli-ada",
+        "--profile",
+        r#"{"email": "ada@example.com", "timezone": "Europe/Berlin"}"#,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"timezone\": \"Europe/Berlin\""), "{out}");
+    let (ok, _, err) = herald(&[
+        "recipients",
+        "put",
+        "cli-bob",
+        "--profile",
+        r#"{"email": "nope"}"#,
+    ]);
+    assert!(!ok);
+    assert!(err.contains("email"), "the bad field is named: {err}");
+    let (ok, out, err) = herald(&[
+        "recipients",
+        "preferences",
+        "cli-ada",
+        "--set",
+        r#"{"channels": {"sms": false}}"#,
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"sms\": false"), "{out}");
+    let (ok, _, err) = herald(&["topics", "add", "cli-news", "cli-ada"]);
+    assert!(ok, "{err}");
+    let (ok, out, _) = herald(&["topics", "members", "cli-news"]);
+    assert!(ok && out.contains("cli-ada"), "{out}");
+    let (ok, out, err) = herald(&[
+        "workflows",
+        "trigger",
+        "release",
+        "--topic",
+        "cli-news",
+        "--data",
+        r#"{"version": "3"}"#,
+    ]);
+    assert!(ok, "{err}");
+    let started: Value = serde_json::from_str(&out).unwrap();
+    let fanout = started["fanout"].as_i64().unwrap();
+    let (ok, out, _) = herald(&["workflows", "fanout", &fanout.to_string()]);
+    assert!(ok && out.contains("\"topic\": \"cli-news\""), "{out}");
+    let (ok, out, err) = herald(&["recipients", "erase", "cli-ada"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("erasure"), "{out}");
+    let (ok, _, _) = herald(&["recipients", "get", "cli-ada"]);
+    assert!(!ok, "erased");
+    flow.stop().await;
+}
