@@ -279,6 +279,7 @@ fn page<T>(items: &mut Vec<T>, limit: i64, id: impl Fn(&T) -> &str) -> Option<St
     params(RecipientQuery),
     responses(
         (status = 200, description = "A page of recipients", body = RecipientPage),
+        (status = 400, description = "Unknown or malformed query parameter", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad filter or page", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
@@ -585,6 +586,7 @@ pub struct MemberPage {
     params(("key" = String, Path, description = TOPIC_PARAM, pattern = "^[A-Za-z0-9_.:-]{1,128}$"), MemberQuery),
     responses(
         (status = 200, description = "A page of member ids (empty for a topic without members)", body = MemberPage),
+        (status = 400, description = "Unknown or malformed query parameter", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Bad key or page", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
