@@ -291,11 +291,14 @@ pub async fn list_recipients(
     ApiQuery(query): ApiQuery<RecipientQuery>,
 ) -> Result<Json<RecipientPage>, ApiError> {
     let limit = limit(query.limit)?;
-    for (field, value) in [
-        ("email", &query.email),
-        ("phone", &query.phone),
-        ("cursor", &query.cursor),
+    for (field, value, most) in [
+        ("email", &query.email, 254),
+        ("phone", &query.phone, 16),
+        ("cursor", &query.cursor, 255),
     ] {
+        if value.as_deref().is_some_and(|v| v.chars().count() > most) {
+            return Err(ApiError::field(field, format!("at most {most} characters")));
+        }
         if value.as_deref().is_some_and(|v| !valid_key(v)) {
             return Err(ApiError::field(
                 field,
