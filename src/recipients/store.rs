@@ -85,7 +85,7 @@ pub async fn put(
     id: &str,
     profile: &Profile,
 ) -> Result<bool, RecipientsError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin_bounded(pool, &[]).await?;
     let created = write(&mut tx, id, profile).await?;
     let action = if created {
         "recipient.create"
@@ -104,7 +104,7 @@ pub async fn put_many(
     actor: &Actor,
     profiles: &[(String, Profile)],
 ) -> Result<std::collections::BTreeMap<String, bool>, RecipientsError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin_bounded(pool, &[]).await?;
     let created = put_many_in(&mut tx, actor, profiles).await?;
     tx.commit().await?;
     Ok(created)
@@ -176,7 +176,7 @@ pub async fn patch(
     id: &str,
     patch: &Value,
 ) -> Result<Recipient, RecipientsError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin_bounded(pool, &[]).await?;
     lock(&mut tx, id).await?;
     let current = fetch(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
     let mut document = current.document();
@@ -278,7 +278,7 @@ pub async fn set_preferences(
     if !problems.is_empty() {
         return Err(RecipientsError::Invalid(problems));
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin_bounded(pool, &[]).await?;
     lock(&mut tx, id).await?;
     store_preferences(&mut tx, id, preferences).await?;
     audit::record(
@@ -315,7 +315,7 @@ pub async fn opt_out(
     workflow: &str,
     category: Option<&str>,
 ) -> Result<(), RecipientsError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin_bounded(pool, &[]).await?;
     let stored = lock(&mut tx, id).await?;
     // A document this version cannot read (written by a newer one) is not overwritten with a default.
     let mut preferences: Preferences = serde_json::from_value(stored).map_err(|e| {
@@ -428,7 +428,7 @@ pub async fn add_members(
     topic: &str,
     ids: &[String],
 ) -> Result<u64, RecipientsError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin_bounded(pool, &[]).await?;
     let unknown: Vec<String> = sqlx::query_scalar(sql::UNKNOWN_IDS)
         .bind(ids)
         .fetch_all(&mut *tx)
@@ -465,7 +465,7 @@ pub async fn remove_members(
     topic: &str,
     ids: &[String],
 ) -> Result<u64, RecipientsError> {
-    let mut tx = pool.begin().await?;
+    let mut tx = crate::db::begin_bounded(pool, &[]).await?;
     let removed = sqlx::query(sql::REMOVE_MEMBERS)
         .bind(topic)
         .bind(ids)

@@ -60,7 +60,7 @@ impl Engine {
     /// Deletes a recipient's profile (if they have one) and schedules the scrub of their history; answers the
     /// erasure's id. Audited.
     pub async fn erase_recipient(&self, actor: &Actor, id: &str) -> Result<i64, WorkflowError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin_bounded(&self.pool, &[]).await?;
         let had_profile = store::delete_in(&mut tx, id).await?;
         let erasure: i64 = sqlx::query_scalar(sql::INSERT_ERASURE)
             .bind(id)
@@ -124,7 +124,7 @@ impl Engine {
             }
         }
         let scrubbed = self.scrub(&recipient, job.last).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin_bounded(&self.pool, &[]).await?;
         sqlx::query(sql::COUNT_ERASURE)
             .bind(job.erasure)
             .bind(scrubbed.runs as i64)
@@ -158,22 +158,25 @@ impl Engine {
     /// One pass over everything of `recipient` (see the module docs, steps 2-4).
     async fn scrub(&self, recipient: &str, last: bool) -> Result<Scrubbed, WorkflowError> {
         let mut scrubbed = Scrubbed::default();
-        let mut conn = self.pool.acquire().await?;
+        // Each batch in a transaction of its own whose statements PostgreSQL cancels after the batch deadline
+        // (`db::begin_bounded`): a lock held elsewhere fails the pass, which the queue retries, never hangs it.
+        let bounded = || crate::db::begin_bounded(&self.pool, &[]);
         // 2. The runs started for them, a batch at a time: their deliveries first (found by run), then the runs.
         let mut after = 0i64;
         loop {
+            let mut tx = bounded().await?;
             let runs: Vec<i64> = sqlx::query_scalar(sql::RECIPIENT_RUN_BATCH)
                 .bind(recipient)
                 .bind(after)
                 .bind(BATCH)
-                .fetch_all(&mut *conn)
+                .fetch_all(&mut *tx)
                 .await?;
             let Some(&last_run) = runs.last() else {
                 break;
             };
             after = last_run;
             loop {
-                let done = deliveries::erase_batch(&mut conn, None, &runs, BATCH, last).await?;
+                let done = deliveries::erase_batch(&mut tx, None, &runs, BATCH, last).await?;
                 scrubbed.deliveries += done.len() as u64;
                 if done.is_empty() {
                     break;
@@ -181,14 +184,16 @@ impl Engine {
             }
             scrubbed.runs += sqlx::query(sql::SCRUB_RUNS)
                 .bind(&runs)
-                .execute(&mut *conn)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            tx.commit().await?;
         }
-        // 3. Deliveries of other runs that addressed them, and what those runs' sending nodes recorded.
+        // 3. Deliveries of other runs that addressed them, and what those runs' sending nodes recorded: in one
+        // transaction, since a scrubbed delivery is not found again to name its node.
         loop {
-            let done =
-                deliveries::erase_batch(&mut conn, Some(recipient), &[], BATCH, last).await?;
+            let mut tx = bounded().await?;
+            let done = deliveries::erase_batch(&mut tx, Some(recipient), &[], BATCH, last).await?;
             if done.is_empty() {
                 break;
             }
@@ -197,17 +202,20 @@ impl Engine {
             sqlx::query(sql::SCRUB_SENDING_STEPS)
                 .bind(&runs)
                 .bind(&nodes)
-                .execute(&mut *conn)
+                .execute(&mut *tx)
                 .await?;
+            tx.commit().await?;
         }
         // 4. Events keyed by their id.
         loop {
+            let mut tx = bounded().await?;
             let done = sqlx::query(sql::SCRUB_EVENTS)
                 .bind(recipient)
                 .bind(BATCH)
-                .execute(&mut *conn)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            tx.commit().await?;
             scrubbed.events += done;
             if done == 0 {
                 break;

@@ -106,7 +106,7 @@ impl Engine {
         }
         let definition = self.catalog.latest(workflow).await?;
         trigger_context(&definition, data.clone(), "data")?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin_bounded(&self.pool, &[]).await?;
         let id: Option<i64> = sqlx::query_scalar(sql::INSERT_FANOUT)
             .bind(workflow)
             .bind(topic)
@@ -216,7 +216,7 @@ impl Engine {
         id: i64,
         hand_over: bool,
     ) -> Result<Option<(RunsStarted, bool)>, WorkflowError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin_bounded(&self.pool, &[]).await?;
         let progress: Option<Progress> = sqlx::query_as(sql::LOCK_FANOUT)
             .bind(id)
             .fetch_optional(&mut *tx)
