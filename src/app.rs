@@ -270,6 +270,8 @@ impl App {
                 .await;
             }
         };
+        let statistics =
+            crate::clock::housekeeping::keep_statistics(self.pool.clone(), shutdown.clone());
         let partitions = crate::clock::housekeeping::run_partitions(
             self.pool.clone(),
             clock.partitions.clone(),
@@ -279,6 +281,7 @@ impl App {
         tokio::join!(
             ticker.run(clock.poll, shutdown.clone()),
             housekeeping,
+            statistics,
             partitions,
             self.run_worker(options, handlers, shutdown.clone())
         );

@@ -326,7 +326,7 @@ pub async fn topics(settings: &Settings, command: TopicsCommand) -> anyhow::Resu
         } => {
             check(&topic)?;
             let limit = limit.clamp(1, 100_000);
-            print_json(&store::members(&pool, &topic, after.as_deref(), limit).await?)
+            print_json(&store::members(&pool, &topic, after.as_deref(), None, limit).await?)
         }
     }
 }

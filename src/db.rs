@@ -268,30 +268,61 @@ pub async fn vacuum_bloated(
     tables: &[&'static str],
     min_dead: i64,
 ) -> Result<Vec<(&'static str, i64)>, sqlx::Error> {
-    let bloated: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables \
-         WHERE schemaname = current_schema() AND relname = ANY($1) AND n_dead_tup >= greatest($2, n_live_tup / 5)",
-    )
-    .bind(tables)
-    .bind(min_dead)
-    .fetch_all(pool)
-    .await?;
-    let mut vacuumed = Vec::new();
-    for (name, dead) in bloated {
+    let due = "SELECT relname::text, n_dead_tup FROM pg_stat_user_tables \
+         WHERE schemaname = current_schema() AND relname = ANY($1) AND n_dead_tup >= greatest($2, n_live_tup / 5)";
+    // Not a transaction: VACUUM refuses to run inside one.
+    maintain(pool, tables, due, min_dead, "VACUUM (SKIP_LOCKED)").await
+}
+
+/// Analyzes each of `tables` that has grown to twice the rows its planner statistics counted (and at least
+/// `min_rows`); returns those analyzed with their rows. A plan made while a table was nearly empty reads it
+/// whole: sound for ten rows, ruinous for a million, and a prepared statement keeps its plan until the table's
+/// statistics change. A queue that fills from empty (a fan-out, a backlog) outgrows its plans in seconds, well
+/// before autovacuum's next analyze (a minute apart at best; never with autovacuum off); `ANALYZE` makes every
+/// session plan afresh. Growth only: a table that shrank keeps plans that suit a larger one, which stay sound.
+/// `SKIP_LOCKED`: if another process is analyzing a table, this one passes. Only tables the current user may
+/// analyze (their owner's rights): for anyone else PostgreSQL skips the table with a warning, and it would be
+/// found grown again on every look.
+pub async fn analyze_grown(
+    pool: &PgPool,
+    tables: &[&'static str],
+    min_rows: i64,
+) -> Result<Vec<(&'static str, i64)>, sqlx::Error> {
+    let due = "SELECT s.relname::text, s.n_live_tup FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid \
+         WHERE s.schemaname = current_schema() AND s.relname = ANY($1) \
+           AND s.n_live_tup >= greatest($2, 2 * c.reltuples) AND pg_has_role(c.relowner, 'USAGE')";
+    maintain(pool, tables, due, min_rows, "ANALYZE (SKIP_LOCKED)").await
+}
+
+/// Runs `command` on each of `tables` that the statistics query `due` ($1 the tables, $2 `threshold`; answering
+/// name and figure) finds due; returns those done with their figure. One that fails is logged and skipped.
+async fn maintain(
+    pool: &PgPool,
+    tables: &[&'static str],
+    due: &'static str,
+    threshold: i64,
+    command: &str,
+) -> Result<Vec<(&'static str, i64)>, sqlx::Error> {
+    let found: Vec<(String, i64)> = sqlx::query_as(due)
+        .bind(tables)
+        .bind(threshold)
+        .fetch_all(pool)
+        .await?;
+    let mut done = Vec::new();
+    for (name, figure) in found {
         // Only names from `tables` (the owners' constants) reach the statement.
         let Some(table) = tables.iter().copied().find(|t| *t == name) else {
             continue;
         };
-        // Not a transaction: VACUUM refuses to run inside one.
-        match sqlx::raw_sql(&format!("VACUUM (SKIP_LOCKED) {table}"))
+        match sqlx::raw_sql(&format!("{command} {table}"))
             .execute(pool)
             .await
         {
-            Ok(_) => vacuumed.push((table, dead)),
-            Err(error) => tracing::warn!(table, %error, "vacuum failed"),
+            Ok(_) => done.push((table, figure)),
+            Err(error) => tracing::warn!(table, %error, command, "table maintenance failed"),
         }
     }
-    Ok(vacuumed)
+    Ok(done)
 }
 
 #[cfg(test)]

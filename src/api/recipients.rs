@@ -611,7 +611,14 @@ pub async fn list_members(
     if query.cursor.as_deref().is_some_and(|c| !valid_key(c)) {
         return Err(ApiError::field("cursor", "not a cursor from this API"));
     }
-    let mut items = store::members(&state.pool, &topic, query.cursor.as_deref(), limit + 1).await?;
+    let mut items = store::members(
+        &state.pool,
+        &topic,
+        query.cursor.as_deref(),
+        None,
+        limit + 1,
+    )
+    .await?;
     let next_cursor = page(&mut items, limit, |id| id);
     Ok(Json(MemberPage { items, next_cursor }))
 }

@@ -11,9 +11,9 @@
 //!    is what the fan-out costs the other queues.
 //! 4. Checks: exactly one run and one `sent` delivery per member.
 //!
-//! The tables grow from nothing to N rows during the measurement. A server with autovacuum off (this project's
-//! CI machine has it off) would keep planning for empty tables; there the bench runs `ANALYZE` on the growing
-//! tables every 10 s, as autovacuum's analyze would, and says so.
+//! The tables grow from nothing to N rows during the measurement: plans made for empty tables would stay until
+//! their statistics change. A fleet's clock keeps them fresh (`clock::housekeeping::keep_statistics`); the bench
+//! starts no clock process and runs that part of its housekeeping itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -142,15 +142,13 @@ pub async fn run(settings: &Settings, args: FanoutBenchArgs) -> Result<(), Bench
         .id();
     let done = Arc::new(AtomicBool::new(false));
     let sampler = tokio::spawn(sample_pickup(pool.clone(), defaults, Arc::clone(&done)));
-    let autovacuum: String = sqlx::query_scalar("SHOW autovacuum")
-        .fetch_one(&pool)
-        .await?;
-    let analyzer = (autovacuum != "on").then(|| {
-        eprintln!(
-            "autovacuum is off on this server: the bench runs ANALYZE every 10 s in its place"
-        );
-        tokio::spawn(analyze_every(pool.clone(), Duration::from_secs(10)))
-    });
+    // The fleet's clock keeps the growing tables' statistics fresh; the bench starts no clock, so it runs that part
+    // of the clock's housekeeping itself.
+    let statistics = tokio_util::sync::CancellationToken::new();
+    let keeper = tokio::spawn(herald::clock::housekeeping::keep_statistics(
+        pool.clone(),
+        statistics.clone(),
+    ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3_600);
     loop {
         let status: String = sqlx::query_scalar("SELECT status FROM herald_fanouts WHERE id = $1")
@@ -175,9 +173,8 @@ pub async fn run(settings: &Settings, args: FanoutBenchArgs) -> Result<(), Bench
         .await
         .map_err(|e| BenchError::Failed(e.to_string()))??;
     crate::bench::workflows::wait_for_runs(&pool, Duration::from_secs(3_600)).await?;
-    if let Some(analyzer) = analyzer {
-        analyzer.abort();
-    }
+    statistics.cancel();
+    let _ = keeper.await;
     stop_workers(vec![worker]).await;
 
     let row = sqlx::query(
@@ -244,22 +241,6 @@ pub async fn run(settings: &Settings, args: FanoutBenchArgs) -> Result<(), Bench
         report.pickup_during_max_ms
     );
     Ok(())
-}
-
-/// What autovacuum's analyze would do for tables growing from nothing: fresh statistics, so plans stop assuming
-/// empty tables. Runs until aborted.
-async fn analyze_every(pool: PgPool, period: Duration) {
-    loop {
-        tokio::time::sleep(period).await;
-        let analyzed = sqlx::query(
-            "ANALYZE herald_jobs, herald_runs, herald_run_steps, herald_deliveries, herald_job_history",
-        )
-        .execute(&pool)
-        .await;
-        if let Err(error) = analyzed {
-            eprintln!("ANALYZE failed: {error}");
-        }
-    }
 }
 
 /// Enqueues a no-op job on `pickup` every 20 ms until `stop`; answers each job's id and enqueue start.

@@ -100,11 +100,32 @@ ON CONFLICT DO NOTHING
 pub const REMOVE_MEMBERS: &str =
     "DELETE FROM herald_topic_members WHERE topic = $1 AND recipient_id = ANY($2::text[])";
 
-/// A page of a topic's member ids in id order, after $2 (or from the start); $3 the page size.
+/// A page of a topic's member ids in id order, after $2 (or from the start); $3 the page size. (`coalesce`, not
+/// `$2 IS NULL OR ...`: the bound stays an index condition in a generic plan; no id is empty.)
 pub const MEMBERS: &str = r#"
 SELECT recipient_id FROM herald_topic_members
-WHERE topic = $1 AND ($2::text IS NULL OR recipient_id > $2)
+WHERE topic = $1 AND recipient_id > coalesce($2, '')
 ORDER BY recipient_id LIMIT $3
+"#;
+
+/// [`MEMBERS`] up to $4 (inclusive).
+pub const MEMBERS_UNTIL: &str = r#"
+SELECT recipient_id FROM herald_topic_members
+WHERE topic = $1 AND recipient_id > coalesce($2, '') AND recipient_id <= $4
+ORDER BY recipient_id LIMIT $3
+"#;
+
+/// How many members topic $1 has, counting no further than $2.
+pub const COUNT_MEMBERS: &str =
+    "SELECT count(*) FROM (SELECT 1 FROM herald_topic_members WHERE topic = $1 LIMIT $2) m";
+
+/// Every $2-th member of topic $1 in id order, up to $3 of them (one pass over the topic's index).
+pub const EVERY_NTH_MEMBER: &str = r#"
+SELECT recipient_id FROM (
+    SELECT recipient_id, row_number() OVER (ORDER BY recipient_id) AS n
+    FROM herald_topic_members WHERE topic = $1
+) m
+WHERE n % $2 = 0 ORDER BY recipient_id LIMIT $3
 "#;
 
 /// The secret named $1, made from $2 if there is none yet (the first process to start wins; the others read it).

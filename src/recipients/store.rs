@@ -478,16 +478,54 @@ pub async fn remove_members(
     Ok(removed)
 }
 
-/// A page of a topic's member ids in id order, after `after`.
+/// A page of `topic`'s member ids in id order: after `after` (or from the start), up to `until` (inclusive, or
+/// to the end), at most `limit`.
 pub async fn members(
     conn: impl sqlx::PgExecutor<'_>,
     topic: &str,
     after: Option<&str>,
+    until: Option<&str>,
     limit: i64,
 ) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar(sql::MEMBERS)
+    let statement = if until.is_some() {
+        sql::MEMBERS_UNTIL
+    } else {
+        sql::MEMBERS
+    };
+    let query = sqlx::query_scalar(statement)
         .bind(topic)
         .bind(after)
+        .bind(limit);
+    match until {
+        Some(until) => query.bind(until).fetch_all(conn).await,
+        None => query.fetch_all(conn).await,
+    }
+}
+
+/// How many members `topic` has, counting no further than `cap` (a count reads every member it counts).
+pub async fn count_members(
+    conn: impl sqlx::PgExecutor<'_>,
+    topic: &str,
+    cap: i64,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(sql::COUNT_MEMBERS)
+        .bind(topic)
+        .bind(cap)
+        .fetch_one(conn)
+        .await
+}
+
+/// Every `every`-th member id of `topic` in id order, at most `limit` of them: where to cut a topic into equal
+/// ranges.
+pub async fn every_nth_member(
+    conn: impl sqlx::PgExecutor<'_>,
+    topic: &str,
+    every: i64,
+    limit: i64,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(sql::EVERY_NTH_MEMBER)
+        .bind(topic)
+        .bind(every)
         .bind(limit)
         .fetch_all(conn)
         .await

@@ -1,18 +1,27 @@
 //! Topic fan-out: one run per member of a topic, for topics of any size.
 //!
 //! A topic trigger (`POST /v1/workflows/{name}/runs` with `"topic"`) checks the workflow and the trigger data,
-//! stores a `herald_fanouts` row and enqueues one [`FanoutJob`], all in one transaction, and answers at once with
-//! the fan-out's id. Each fan-out job then writes pages for up to [`JOB_BUDGET`], each page in one transaction:
-//! 1. locks the fan-out row (a second copy of the job waits, then finds the cursor moved);
-//! 2. reads the next page of members after `cursor` (in id order, by the topic's primary key);
+//! stores a `herald_fanouts` row with one lane (the whole topic) and enqueues that lane's [`FanoutJob`], all in
+//! one transaction, and answers at once with the fan-out's id.
+//!
+//! **Lanes.** A lane is a range of the topic's member ids with its own cursor and its own chain of jobs. The first
+//! job of a topic larger than [`SPLIT_ABOVE`] cuts it into `workflows.fanout_lanes` ranges of equal size and
+//! enqueues a job for each new lane, so that many transactions write pages at once: one writer, a transaction at
+//! a time, is bounded by a core; the lanes of a large fan-out are shared by every worker serving the queue.
+//!
+//! **Pages.** Each lane job writes pages for up to [`JOB_BUDGET`], each page in one transaction:
+//! 1. locks its lane's row (a second copy of the job waits, then finds the cursor moved);
+//! 2. reads the next page of members after the lane's cursor, up to its upper bound, by the topic's primary key;
 //! 3. starts their runs with the idempotency key `fanout:<id>:<member>`: a member's run is made once however
 //!    often a page is written;
-//! 4. moves the cursor and the run count and, on the job's last page, enqueues the next job (at the highest
-//!    priority, ahead of the node jobs the pages made), or marks the fan-out completed.
+//! 4. moves the cursor and the lane's run count and, on the job's last page, enqueues the lane's next job (at the
+//!    highest priority, ahead of the node jobs the pages made); a lane's last page marks it done, and the last lane
+//!    done completes the fan-out.
 //!
-//! A worker killed mid-page rolls the page back; the job is retried from the cursor the committed pages left. No
-//! transaction holds more than one page, and each job ends within its budget, so the worker's other queues and a
-//! graceful stop never wait long for it.
+//! The lanes partition the member ids and each cursor moves in the transaction that wrote its page, so every
+//! member gets exactly one run. A worker killed mid-page rolls the page back; the job is retried from the cursor
+//! the committed pages left. No transaction holds more than one page, and each job ends within its budget, so the
+//! worker's other queues and a graceful stop never wait long for it.
 //! Members added after their place in the order was passed are not included; members removed before it are not.
 
 use serde::{Deserialize, Serialize};
@@ -36,10 +45,24 @@ const PAGES_PER_JOB: usize = 100;
 /// times over.
 pub const MAX_DATA_BYTES: usize = 64 * 1024;
 
-/// Expands the next page of a fan-out.
+/// A topic is cut into lanes only above this many members (ten pages): below, one writer is done in a moment.
+pub const SPLIT_ABOVE: i64 = 10 * PAGE;
+
+/// A split counts the topic's members no further than this (the count reads each one): a larger topic is cut as
+/// if it had this many, and its last lane takes the rest.
+const SPLIT_COUNT_CAP: i64 = 10_000_000;
+
+/// The statement deadline of the split's transaction: counting and cutting the topic reads its members twice
+/// over (measured: 0.5 s for a million), longer than a page's statements may take.
+const SPLIT_DEADLINE: &str = "statement_timeout TO '60s'";
+
+/// Expands the next pages of one lane of a fan-out.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FanoutJob {
     pub fanout: i64,
+    /// The lane (0: the first, and the only one a fan-out had before lanes; a job queued then has no field).
+    #[serde(default)]
+    pub lane: i32,
 }
 
 impl Job for FanoutJob {
@@ -78,14 +101,24 @@ impl FanoutStarted {
     }
 }
 
-/// The row a fan-out job works from.
+/// The fan-out and lane a page is written from (`LOCK_LANE`).
 #[derive(sqlx::FromRow)]
 struct Progress {
     workflow: String,
     topic: String,
     data: Json<Value>,
-    cursor: Option<String>,
     request_id: Option<String>,
+    cursor: Option<String>,
+    upper: Option<String>,
+    /// How many lanes the fan-out has.
+    lanes: i64,
+}
+
+impl Progress {
+    /// A fan-out that was never split nor paged: the only lane is the whole topic, untouched.
+    fn unsplit(&self) -> bool {
+        self.lanes == 1 && self.cursor.is_none() && self.upper.is_none()
+    }
 }
 
 impl Engine {
@@ -117,7 +150,11 @@ impl Engine {
             .await?;
         let started = match (id, idempotency_key.as_deref()) {
             (Some(id), _) => {
-                self.enqueue_page(&mut tx, id).await?;
+                sqlx::query(sql::INSERT_FIRST_LANE)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                self.enqueue_lane(&mut tx, id, 0).await?;
                 FanoutStarted::Created(id)
             }
             // The key's insert waited for the transaction that took it, so its fan-out is visible now.
@@ -147,12 +184,14 @@ impl Engine {
             .ok_or_else(|| WorkflowError::NotFound(format!("fan-out {id}")))
     }
 
-    async fn enqueue_page(
+    /// Enqueues the next job of lane `lane` of fan-out `id`.
+    async fn enqueue_lane(
         &self,
         conn: &mut sqlx::PgConnection,
         id: i64,
+        lane: i32,
     ) -> Result<(), WorkflowError> {
-        let payload = serde_json::to_value(FanoutJob { fanout: id })
+        let payload = serde_json::to_value(FanoutJob { fanout: id, lane })
             .map_err(|e| WorkflowError::Io(e.to_string()))?;
         let kind = JobKind::parse(FanoutJob::KIND).map_err(crate::queue::QueueError::from)?;
         // Ahead of the node jobs on the same queue: each page enqueues a thousand of them, and the next page
@@ -166,7 +205,7 @@ impl Engine {
         Ok(())
     }
 
-    /// One page of a fan-out (see the module docs).
+    /// One job of a fan-out lane (see the module docs).
     pub(super) async fn fanout_page(
         &self,
         job: FanoutJob,
@@ -176,11 +215,18 @@ impl Engine {
         // the next job. (A page per job would pace the fan-out by the node jobs its pages enqueued, which a worker
         // has already claimed ahead of the next page job.)
         let began = std::time::Instant::now();
+        if job.lane == 0
+            && let Err(error) = self.prepare_lanes(job.fanout).await
+        {
+            // The lanes are a speed-up: without them lane 0 covers the whole topic. Its first page then moves the
+            // cursor, so the split is not tried again.
+            tracing::warn!(fanout = job.fanout, %error, "fan-out: cutting the topic into lanes failed; one lane");
+        }
         let mut pages = 0;
         let error = loop {
             pages += 1;
             let hand_over = began.elapsed() >= JOB_BUDGET || pages >= PAGES_PER_JOB;
-            match self.write_page(job.fanout, hand_over).await {
+            match self.write_page(job.fanout, job.lane, hand_over).await {
                 Ok(Some((counted, more))) => {
                     counted.count();
                     if !more || hand_over {
@@ -209,25 +255,27 @@ impl Engine {
         Err(JobError::permanent(error.to_string()))
     }
 
-    /// Writes the next page; answers its runs and whether members are left, or `None` if the fan-out is over.
-    /// `hand_over`: enqueue the next page's job in the page's transaction.
+    /// Writes lane `lane`'s next page; answers its runs and whether the lane has members left, or `None` if the
+    /// lane (or the fan-out) is over. `hand_over`: enqueue the lane's next job in the page's transaction.
     async fn write_page(
         &self,
         id: i64,
+        lane: i32,
         hand_over: bool,
     ) -> Result<Option<(RunsStarted, bool)>, WorkflowError> {
         let mut tx = crate::db::begin_bounded(&self.pool, &[]).await?;
-        let progress: Option<Progress> = sqlx::query_as(sql::LOCK_FANOUT)
+        let progress: Option<Progress> = sqlx::query_as(sql::LOCK_LANE)
             .bind(id)
+            .bind(lane)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(progress) = progress else {
             return Ok(None);
         };
-        let members =
-            store::members(&mut *tx, &progress.topic, progress.cursor.as_deref(), PAGE).await?;
+        let (cursor, upper) = (progress.cursor.as_deref(), progress.upper.as_deref());
+        let members = store::members(&mut *tx, &progress.topic, cursor, upper, PAGE).await?;
         let Some(last) = members.last().cloned() else {
-            finish(&mut tx, id, None, 0, true).await?;
+            end_lane(&mut tx, id, lane, None, 0).await?;
             tx.commit().await?;
             return Ok(None);
         };
@@ -244,26 +292,97 @@ impl Engine {
             .collect();
         let refs: Vec<_> = runs.iter().collect();
         let (inserted, started) = insert_runs(&mut tx, &self.jobs, &definition, &refs).await?;
+        let runs = inserted.len() as i64;
         let last_page = (members.len() as i64) < PAGE;
-        finish(&mut tx, id, Some(&last), inserted.len() as i64, last_page).await?;
-        if !last_page && hand_over {
-            self.enqueue_page(&mut tx, id).await?;
+        if last_page {
+            end_lane(&mut tx, id, lane, Some(&last), runs).await?;
+        } else {
+            advance_lane(&mut tx, id, lane, Some(&last), runs, false).await?;
+            if hand_over {
+                self.enqueue_lane(&mut tx, id, lane).await?;
+            }
         }
         tx.commit().await?;
         Ok(Some((started, !last_page)))
     }
+
+    /// At the start of each job of lane 0: makes sure the fan-out has its lane 0 (one stored by a process older
+    /// than lanes has none), and if that lane is still the whole topic, untouched, and the topic is larger than
+    /// [`SPLIT_ABOVE`], cuts it into `workflows.fanout_lanes` lanes of equal size and enqueues a job for each new
+    /// one. One transaction, holding lane 0's lock: a retried job finds the split made, or not made at all.
+    async fn prepare_lanes(&self, id: i64) -> Result<(), WorkflowError> {
+        let mut tx = crate::db::begin_bounded(&self.pool, &[SPLIT_DEADLINE]).await?;
+        sqlx::query(sql::INSERT_FIRST_LANE)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let progress: Option<Progress> = sqlx::query_as(sql::LOCK_LANE)
+            .bind(id)
+            .bind(0_i32)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let lanes = i64::from(self.settings.fanout_lanes);
+        let Some(progress) = progress.filter(|p| p.unsplit() && lanes > 1) else {
+            tx.commit().await?;
+            return Ok(());
+        };
+        let members = store::count_members(&mut *tx, &progress.topic, SPLIT_COUNT_CAP).await?;
+        if members <= SPLIT_ABOVE {
+            tx.commit().await?;
+            return Ok(());
+        }
+        // Lane i ends at member (i + 1) * width: the bounds are every width-th member, one fewer than the lanes.
+        let width = (members + lanes - 1) / lanes;
+        let bounds = store::every_nth_member(&mut *tx, &progress.topic, width, lanes - 1).await?;
+        if !bounds.is_empty() {
+            let new_lanes: Vec<i32> = sqlx::query_scalar(sql::SPLIT_LANES)
+                .bind(id)
+                .bind(&bounds)
+                .fetch_all(&mut *tx)
+                .await?;
+            for lane in new_lanes {
+                self.enqueue_lane(&mut tx, id, lane).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
-/// Moves a fan-out's cursor past a page and counts its runs; `done` completes it.
-async fn finish(
+/// Marks lane `lane` done past its last page, and completes the fan-out if it was the last lane left.
+async fn end_lane(
     conn: &mut sqlx::PgConnection,
     id: i64,
+    lane: i32,
+    cursor: Option<&str>,
+    runs: i64,
+) -> Result<(), sqlx::Error> {
+    // The fan-out's lock first: lanes ending at once complete it one after the other, the last one seeing the
+    // others done.
+    sqlx::query(sql::LOCK_FANOUT)
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    advance_lane(&mut *conn, id, lane, cursor, runs, true).await?;
+    sqlx::query(sql::COMPLETE_FANOUT)
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Moves lane `lane` of fan-out `id` past a page: its cursor (unchanged if `None`), its runs; `done` ends it.
+async fn advance_lane(
+    conn: &mut sqlx::PgConnection,
+    id: i64,
+    lane: i32,
     cursor: Option<&str>,
     runs: i64,
     done: bool,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(sql::ADVANCE_FANOUT)
+    sqlx::query(sql::ADVANCE_LANE)
         .bind(id)
+        .bind(lane)
         .bind(cursor)
         .bind(runs)
         .bind(done)

@@ -20,6 +20,9 @@ pub struct WorkflowSettings {
     /// Events received this long before a run started still count for its wait-for-events nodes.
     #[serde(rename = "event_lookback_secs", deserialize_with = "setting::secs")]
     pub event_lookback: Duration,
+    /// How many ranges ("lanes") a large topic's fan-out is cut into, each written by its own chain of fan-out
+    /// jobs, in parallel across the worker processes that serve the queue (see `fanout.rs`).
+    pub fanout_lanes: u32,
 }
 
 impl WorkflowSettings {
@@ -30,6 +33,16 @@ impl WorkflowSettings {
                 "must be at least 1",
             ));
         }
+        if !(1..=MAX_FANOUT_LANES).contains(&self.fanout_lanes) {
+            return Err(InvalidSetting::new(
+                "workflows.fanout_lanes",
+                format!("must be from 1 to {MAX_FANOUT_LANES}"),
+            ));
+        }
         Ok(())
     }
 }
+
+/// The most lanes a fan-out may have: each is a job chain and a row lock, and more than the fleet has cores to
+/// write with buys nothing.
+pub const MAX_FANOUT_LANES: u32 = 64;

@@ -439,22 +439,47 @@ pub const INSERT_FANOUT: &str = "INSERT INTO herald_fanouts (workflow, topic, da
 pub const FANOUT_BY_KEY: &str =
     "SELECT id FROM herald_fanouts WHERE workflow = $1 AND idempotency_key = $2";
 
-/// A fan-out's progress. $1 id.
-pub const GET_FANOUT: &str = "SELECT id, workflow, topic, status, runs, error, created_at, updated_at, finished_at \
-             FROM herald_fanouts WHERE id = $1";
+/// A fan-out's progress: its runs are its lanes'. $1 id.
+pub const GET_FANOUT: &str = "SELECT f.id, f.workflow, f.topic, f.status, \
+             (SELECT coalesce(sum(l.runs), 0) FROM herald_fanout_lanes l WHERE l.fanout_id = f.id)::int8 AS runs, \
+             f.error, f.created_at, f.updated_at, f.finished_at FROM herald_fanouts f WHERE f.id = $1";
 
 /// Fails a running fan-out ($1) with the error $2.
 pub const FAIL_FANOUT: &str = "UPDATE herald_fanouts SET status = 'failed', error = $2, updated_at = now(), \
                      finished_at = now() WHERE id = $1 AND status = 'running'";
 
-/// Locks a running fan-out ($1) for its next page: a second copy of the page job waits here.
-pub const LOCK_FANOUT: &str = "SELECT workflow, topic, data, cursor, request_id FROM herald_fanouts \
-             WHERE id = $1 AND status = 'running' FOR UPDATE";
+/// The first lane of running fan-out $1, the whole topic, unless it has one (a fan-out stored by a process older
+/// than lanes has none).
+pub const INSERT_FIRST_LANE: &str = "INSERT INTO herald_fanout_lanes (fanout_id, lane) \
+             SELECT id, 0 FROM herald_fanouts WHERE id = $1 AND status = 'running' ON CONFLICT DO NOTHING";
 
-/// Moves a fan-out ($1) past a page: cursor $2 (null: unchanged), $3 runs more, $4 whether it is done.
-pub const ADVANCE_FANOUT: &str = "UPDATE herald_fanouts SET cursor = coalesce($2, cursor), runs = runs + $3, updated_at = now(), \
-         status = CASE WHEN $4 THEN 'completed' ELSE status END, \
-         finished_at = CASE WHEN $4 THEN now() END WHERE id = $1";
+/// Locks lane $2 of a running fan-out ($1) for its next page: a second copy of the lane's job waits here. Answers
+/// the fan-out's work and the lane's range, and how many lanes the fan-out has.
+pub const LOCK_LANE: &str = "SELECT f.workflow, f.topic, f.data, f.request_id, l.cursor, l.upper, \
+             (SELECT count(*) FROM herald_fanout_lanes a WHERE a.fanout_id = f.id) AS lanes \
+             FROM herald_fanout_lanes l JOIN herald_fanouts f ON f.id = l.fanout_id \
+             WHERE l.fanout_id = $1 AND l.lane = $2 AND NOT l.done AND f.status = 'running' FOR UPDATE OF l";
+
+/// Splits lane 0 of fan-out $1 at the bounds $2 (ascending): lane 0 ends at the first, lane i runs from bound i
+/// (exclusive) to bound i + 1, and the last lane to the topic's end. Answers the new lanes.
+pub const SPLIT_LANES: &str = "WITH first AS ( \
+             UPDATE herald_fanout_lanes SET upper = $2[1], updated_at = now() WHERE fanout_id = $1 AND lane = 0) \
+             INSERT INTO herald_fanout_lanes (fanout_id, lane, cursor, upper) \
+             SELECT $1, b.lane::int4, b.bound, ($2::text[])[b.lane + 1] \
+             FROM unnest($2::text[]) WITH ORDINALITY AS b(bound, lane) RETURNING lane";
+
+/// Moves lane $2 of fan-out $1 past a page: cursor $3 (null: unchanged), $4 runs more, $5 whether it is done.
+pub const ADVANCE_LANE: &str = "UPDATE herald_fanout_lanes SET cursor = coalesce($3, cursor), runs = runs + $4, \
+             done = $5, updated_at = now() WHERE fanout_id = $1 AND lane = $2";
+
+/// Completes fan-out $1 if none of its lanes is left. The caller holds the fan-out row's lock (`LOCK_FANOUT`),
+/// so two lanes ending at once cannot each see the other still running.
+pub const COMPLETE_FANOUT: &str = "UPDATE herald_fanouts SET status = 'completed', updated_at = now(), \
+             finished_at = now() WHERE id = $1 AND status = 'running' \
+             AND NOT EXISTS (SELECT 1 FROM herald_fanout_lanes l WHERE l.fanout_id = $1 AND NOT l.done)";
+
+/// Locks fan-out $1 while a lane ends (see [`COMPLETE_FANOUT`]).
+pub const LOCK_FANOUT: &str = "SELECT id FROM herald_fanouts WHERE id = $1 FOR NO KEY UPDATE";
 
 /// A new erasure of recipient $1; answers its id.
 pub const INSERT_ERASURE: &str =

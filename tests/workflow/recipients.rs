@@ -849,13 +849,25 @@ async fn a_topic_fan_out_killed_mid_way_resumes_with_exactly_one_run_per_member(
         .start_fanout("release", "all", huge, None, None)
         .await;
     assert!(refused.is_err(), "a topic trigger's data is bounded");
-    // A duplicate of the page job (a retry racing the original) must not make a second run for anyone.
+    // The topic was cut into lanes (20,000 members, `fanout_lanes` 4) before the kill: the first job's first
+    // transaction splits it.
+    let lanes = format!("SELECT count(*) FROM herald_fanout_lanes WHERE fanout_id = {fanout}");
+    assert_eq!(scalar_i64(pool, &lanes).await, 4);
+    // Duplicates of lane jobs (a retry racing the original; a job queued before lanes existed names none, which
+    // reads as lane 0) must not make a second run for anyone.
     flow.db
-        .enqueue(vec![common::job(
-            "workflows",
-            "herald.workflow.fanout",
-            json!({"fanout": fanout}),
-        )])
+        .enqueue(vec![
+            common::job(
+                "workflows",
+                "herald.workflow.fanout",
+                json!({"fanout": fanout}),
+            ),
+            common::job(
+                "workflows",
+                "herald.workflow.fanout",
+                json!({"fanout": fanout, "lane": 2}),
+            ),
+        ])
         .await;
 
     let flow = flow.with_worker();
@@ -870,6 +882,23 @@ async fn a_topic_fan_out_killed_mid_way_resumes_with_exactly_one_run_per_member(
         "SELECT count(*) FROM (SELECT recipient_id FROM herald_runs GROUP BY recipient_id HAVING count(*) > 1) d").await;
     assert_eq!(doubled, 0);
     assert_eq!(flow.engine.fanout(fanout).await.unwrap().runs, MEMBERS);
+    // Equal lanes (5,000 members each), all done, and each lane's runs are the members of its range.
+    let lanes: Vec<(i32, i64, bool)> = sqlx::query_as(
+        "SELECT lane, runs, done FROM herald_fanout_lanes WHERE fanout_id = $1 ORDER BY lane",
+    )
+    .bind(fanout)
+    .fetch_all(&flow.db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        lanes,
+        vec![
+            (0, 5_000, true),
+            (1, 5_000, true),
+            (2, 5_000, true),
+            (3, 5_000, true)
+        ]
+    );
     let run = flow
         .run(scalar_i64(&flow.db.pool, "SELECT min(id) FROM herald_runs").await)
         .await;
