@@ -911,6 +911,64 @@ async fn a_topic_fan_out_killed_mid_way_resumes_with_exactly_one_run_per_member(
     flow.stop().await;
 }
 
+/// A fan-out stored by a process older than lanes (a rolling deploy: its row has no lane, its job names none)
+/// is taken up by a new worker: lane 0 is made for it, the topic is cut, and each member gets one run.
+#[tokio::test]
+async fn a_fan_out_stored_before_lanes_existed_completes_with_one_run_per_member() {
+    const MEMBERS: i64 = 12_001;
+    let flow = Flow::without_worker(&[RELEASE]).await;
+    let pool = &flow.db.pool;
+    sqlx::query("INSERT INTO herald_recipients (id) SELECT 'o' || lpad(i::text, 6, '0') FROM generate_series(1, $1) i")
+        .bind(MEMBERS)
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO herald_topic_members (topic, recipient_id) SELECT 'old', id FROM herald_recipients")
+        .execute(pool)
+        .await
+        .unwrap();
+    // What an older API process wrote: the fan-out row alone, and a job without a lane.
+    let fanout: i64 = sqlx::query_scalar(
+        "INSERT INTO herald_fanouts (workflow, topic, data, status) \
+         VALUES ('release', 'old', '{\"version\": \"1.0\"}', 'running') RETURNING id",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    flow.db
+        .enqueue(vec![common::job(
+            "workflows",
+            "herald.workflow.fanout",
+            json!({"fanout": fanout}),
+        )])
+        .await;
+    let flow = flow.with_worker();
+    wait_until(
+        Duration::from_secs(120),
+        "the fan-out completed",
+        || async { flow.engine.fanout(fanout).await.unwrap().status == "completed" },
+    )
+    .await;
+    let pool = &flow.db.pool;
+    let runs = "SELECT count(DISTINCT recipient_id) FROM herald_runs WHERE workflow = 'release'";
+    assert_eq!(scalar_i64(pool, runs).await, MEMBERS);
+    assert_eq!(
+        scalar_i64(pool, "SELECT count(*) FROM herald_runs").await,
+        MEMBERS
+    );
+    // 12,001 members in 4 lanes of 3,001, 3,001, 3,001 and 2,998.
+    let lanes: Vec<i64> = sqlx::query_scalar(
+        "SELECT runs FROM herald_fanout_lanes WHERE fanout_id = $1 AND done ORDER BY lane",
+    )
+    .bind(fanout)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(lanes, vec![3_001, 3_001, 3_001, 2_998]);
+    assert_eq!(flow.engine.fanout(fanout).await.unwrap().runs, MEMBERS);
+    flow.stop().await;
+}
+
 /// The examples in jobs/ that address recipients: a topic fan-out honouring a marketing opt-out, and a critical
 /// alert that bypasses it.
 #[tokio::test]
