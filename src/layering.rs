@@ -175,6 +175,7 @@ const TABLES: &[(&str, &str)] = &[
     ("herald_waits", "workflow"),
     ("herald_fanouts", "workflow"),
     ("herald_fanout_lanes", "workflow"),
+    ("herald_throttle_grants", "workflow"),
     ("herald_erasures", "workflow"),
     ("herald_recipients", "recipients"),
     ("herald_recipient_devices", "recipients"),

@@ -73,7 +73,8 @@ impl Workflow {
 pub struct Node {
     pub id: String,
     pub kind: NodeKind,
-    /// Followed when the node completes (trigger, action, transform, delay, wait_for_events).
+    /// Followed when the node completes (trigger, action, transform, delay, wait_for_events; a throttle that
+    /// lets the run through).
     pub next: Vec<String>,
     /// Followed instead of failing the run when the node exhausts its attempts.
     pub on_error: Option<String>,
@@ -108,6 +109,7 @@ pub enum NodeKind {
     },
     Delay(DelaySpec),
     WaitForEvents(WaitSpec),
+    Throttle(ThrottleSpec),
 }
 
 impl NodeKind {
@@ -115,6 +117,9 @@ impl NodeKind {
     /// `dry_runs` counts the checks that ran anything, and none run once it reaches [`MAX_DRY_RUNS`].
     fn budget_problem(&self, dry_runs: &mut usize) -> Option<(String, String)> {
         let mut templates: Vec<(String, &Template)> = Vec::new();
+        if let NodeKind::Throttle(ThrottleSpec { key: Some(key), .. }) = self {
+            templates.push(("key".to_string(), key));
+        }
         if let NodeKind::Action { to, content, .. } = self {
             if let Addressee::Raw(to) | Addressee::Recipient(to) = to {
                 templates.push(("to".to_string(), to));
@@ -167,6 +172,7 @@ impl NodeKind {
             NodeKind::Transform { .. } => "transform",
             NodeKind::Delay(_) => "delay",
             NodeKind::WaitForEvents(_) => "wait_for_events",
+            NodeKind::Throttle(_) => "throttle",
         }
     }
 }
@@ -177,6 +183,30 @@ pub enum DelaySpec {
     /// An expression giving an RFC 3339 timestamp or Unix seconds.
     Until(Expr),
 }
+
+/// A throttle node: at most `limit` continuations per key in any `window`-long span (fleet-wide; see
+/// `throttle.rs`).
+#[derive(Debug)]
+pub struct ThrottleSpec {
+    pub limit: u32,
+    pub window: Duration,
+    /// The key's template; `None`: the workflow and the run's recipient.
+    pub key: Option<Template>,
+    pub on_limit: OnLimit,
+}
+
+/// What a throttle node does with a run over its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnLimit {
+    /// Completes as `throttled` and follows no edge: that branch of the run ends.
+    Skip,
+    /// Parks until the key's oldest grant in the window leaves it, then tries again.
+    Delay,
+}
+
+/// The most continuations a throttle's window may allow, and its longest window.
+pub const MAX_THROTTLE_LIMIT: u32 = 100_000;
+pub const MAX_THROTTLE_WINDOW: Duration = Duration::from_secs(31 * 24 * 3600);
 
 #[derive(Debug)]
 pub struct WaitSpec {
@@ -554,6 +584,15 @@ struct DelaySpecRaw {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ThrottleSpecRaw {
+    limit: u32,
+    window: String,
+    key: Option<String>,
+    on_limit: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WaitSpecRaw {
     events: Vec<String>,
     key: String,
@@ -569,7 +608,8 @@ fn mode_all() -> String {
     "all".into()
 }
 
-const KINDS: &str = "trigger, action, condition, branch, transform, delay, wait_for_events";
+const KINDS: &str =
+    "trigger, action, condition, branch, transform, delay, wait_for_events, throttle";
 
 /// Compiles one node; problems go to `errors` and the node is dropped.
 fn compile_node(raw: &Value, errors: &mut Errors) -> Option<Node> {
@@ -619,6 +659,7 @@ fn compile_node(raw: &Value, errors: &mut Errors) -> Option<Node> {
         }
         "delay" => spec::<DelaySpecRaw>(rest).and_then(compile_delay),
         "wait_for_events" => spec::<WaitSpecRaw>(rest).and_then(compile_wait),
+        "throttle" => spec::<ThrottleSpecRaw>(rest).and_then(compile_throttle),
         other => Err(format!("unknown kind `{other}` (one of: {KINDS})")),
     };
     for problem in problems {
@@ -778,6 +819,31 @@ fn compile_delay(spec: DelaySpecRaw) -> Result<NodeKind, String> {
             "a delay needs exactly one of `duration` (\"10m\") or `until` (an expression)".into(),
         ),
     }
+}
+
+fn compile_throttle(spec: ThrottleSpecRaw) -> Result<NodeKind, String> {
+    if !(1..=MAX_THROTTLE_LIMIT).contains(&spec.limit) {
+        return Err(format!("`limit` must be from 1 to {MAX_THROTTLE_LIMIT}"));
+    }
+    let window = parse_duration(&spec.window)?;
+    if window < Duration::from_secs(1) || window > MAX_THROTTLE_WINDOW {
+        return Err("`window` must be from 1s to 31 days".into());
+    }
+    let key = spec
+        .key
+        .map(|key| Template::compile(&key).map_err(|e| format!("`key`: {e}")))
+        .transpose()?;
+    let on_limit = match spec.on_limit.as_deref() {
+        None | Some("skip") => OnLimit::Skip,
+        Some("delay") => OnLimit::Delay,
+        Some(other) => return Err(format!("`on_limit` is `skip` or `delay`, not `{other}`")),
+    };
+    Ok(NodeKind::Throttle(ThrottleSpec {
+        limit: spec.limit,
+        window,
+        key,
+        on_limit,
+    }))
 }
 
 fn compile_wait(spec: WaitSpecRaw) -> Result<NodeKind, String> {

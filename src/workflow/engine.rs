@@ -210,6 +210,10 @@ impl Engine {
             }
             NodeKind::Action { .. } => self.send(job, run, workflow, node, &scope).await,
             NodeKind::Delay(spec) => delay(job.phase, spec, &scope, &node.next),
+            NodeKind::Throttle(spec) => {
+                self.throttle(job, run, workflow, spec, &scope, &node.next)
+                    .await
+            }
             NodeKind::WaitForEvents(spec) => match job.phase {
                 Phase::Run => self.start_wait(job, run, spec, &node.next, &scope).await,
                 Phase::Resume => self.wait_satisfied(job, &node.next).await,

@@ -37,6 +37,7 @@ mod settings;
 mod sql;
 mod starts;
 mod steps;
+mod throttle;
 
 use std::sync::Arc;
 

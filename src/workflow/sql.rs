@@ -481,6 +481,31 @@ pub const COMPLETE_FANOUT: &str = "UPDATE herald_fanouts SET status = 'completed
 /// Locks fan-out $1 while a lane ends (see [`COMPLETE_FANOUT`]).
 pub const LOCK_FANOUT: &str = "SELECT id FROM herald_fanouts WHERE id = $1 FOR NO KEY UPDATE";
 
+/// Queues the takers of throttle key $1 one behind the other, until their transaction ends.
+pub const LOCK_THROTTLE_KEY: &str =
+    "SELECT pg_advisory_xact_lock(hashtext('herald.throttle'), hashtext($1))";
+
+/// Takes a slot of throttle key $1 for the step ($2 run, $3 epoch, $4 node), if its grants in the last $5
+/// milliseconds are fewer than $6, or answers the step's own grant if an earlier attempt took one. Run under
+/// [`LOCK_THROTTLE_KEY`], so the count sees every earlier taker's grant. Answers whether the step may go on, the
+/// grants counted in the window (its own excluded), and when the oldest of them leaves the window.
+pub const TAKE_THROTTLE_SLOT: &str = "
+WITH mine AS (
+    SELECT 1 FROM herald_throttle_grants WHERE run_id = $2 AND epoch = $3 AND node_id = $4
+), recent AS (
+    SELECT count(*) AS taken, min(granted_at) AS oldest FROM herald_throttle_grants
+    WHERE key = $1 AND granted_at > clock_timestamp() - $5 * interval '1 millisecond'
+      AND NOT (run_id = $2 AND epoch = $3 AND node_id = $4)
+), granted AS (
+    INSERT INTO herald_throttle_grants (run_id, epoch, node_id, key, granted_at)
+    SELECT $2, $3, $4, $1, clock_timestamp() FROM recent
+    WHERE NOT EXISTS (SELECT 1 FROM mine) AND recent.taken < $6
+    RETURNING 1
+)
+SELECT (EXISTS (SELECT 1 FROM mine) OR EXISTS (SELECT 1 FROM granted)) AS allowed, r.taken,
+       r.oldest + $5 * interval '1 millisecond' AS next_slot
+FROM recent r";
+
 /// A new erasure of recipient $1; answers its id.
 pub const INSERT_ERASURE: &str =
     "INSERT INTO herald_erasures (recipient_id, status) VALUES ($1, 'running') RETURNING id";

@@ -165,6 +165,37 @@ fn other_mistakes_name_the_node() {
 }
 
 #[test]
+fn throttle_mistakes_name_the_field() {
+    let throttle = |fields: &str| format!("{HEADER}  - id: a\n    kind: throttle\n{fields}");
+    assert_problem(
+        &throttle("    limit: 0\n    window: 1h\n"),
+        "`limit` must be from 1 to 100000",
+    );
+    assert_problem(
+        &throttle("    limit: 1\n    window: 40 days\n"),
+        "`window` must be from 1s to 31 days",
+    );
+    assert_problem(
+        &throttle("    limit: 1\n    window: soon\n"),
+        "is not a duration",
+    );
+    assert_problem(
+        &throttle("    limit: 1\n    window: 1h\n    on_limit: queue\n"),
+        "`on_limit` is `skip` or `delay`",
+    );
+    assert_problem(
+        &throttle("    limit: 1\n    window: 1h\n    key: \"{{ x\"\n"),
+        "`key`",
+    );
+    assert!(
+        problems(&throttle(
+            "    limit: 5\n    window: 10m\n    on_limit: delay\n"
+        ))
+        .is_empty()
+    );
+}
+
+#[test]
 fn every_problem_is_reported_at_once() {
     let yaml = format!(
         "{HEADER}  - id: a\n    kind: teleport\n  - id: b\n    kind: action\n    channel: pigeon\n    to: x\n"

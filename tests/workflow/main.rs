@@ -19,4 +19,5 @@ mod events;
 mod metrics;
 mod recipients;
 mod runs;
+mod throttle;
 mod timers;

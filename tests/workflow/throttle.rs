@@ -1,0 +1,155 @@
+//! Throttle nodes: at most `limit` continuations per key in any window, exact across worker processes; the rest
+//! end as `throttled` or wait for a free slot; a retried attempt keeps the slot its step already took.
+
+use std::time::Duration;
+
+use crate::common::flows::{Flow, step};
+use crate::common::{scalar_i64, spawn_herald, wait_until};
+use serde_json::json;
+
+/// Three notifications per user per hour; the rest are skipped.
+const CAPPED: &str = r#"
+name: capped
+version: 1
+nodes:
+  - id: start
+    kind: trigger
+    fields:
+      user: { type: string }
+    next: cap
+  - id: cap
+    kind: throttle
+    limit: 3
+    window: 1h
+    key: "{{ trigger.user }}"
+    next: mail
+  - id: mail
+    kind: action
+    channel: email
+    to: "{{ trigger.user }}@example.com"
+    content:
+      subject: "hello"
+      body: "hello"
+"#;
+
+/// One per user every 2 s; the rest wait for their slot.
+const PACED: &str = r#"
+name: paced
+version: 1
+nodes:
+  - id: start
+    kind: trigger
+    fields:
+      user: { type: string }
+    next: pace
+  - id: pace
+    kind: throttle
+    limit: 1
+    window: 2s
+    key: "{{ trigger.user }}"
+    on_limit: delay
+    next: mail
+  - id: mail
+    kind: action
+    channel: email
+    to: "{{ trigger.user }}@example.com"
+    content:
+      subject: "hello"
+      body: "hello"
+"#;
+
+/// How many steps of `node` ended with `outcome`.
+async fn outcomes(flow: &Flow, node: &str, outcome: &str) -> i64 {
+    scalar_i64(
+        &flow.db.pool,
+        &format!(
+            "SELECT count(*) FROM herald_run_steps WHERE node_id = '{node}' AND outcome = '{outcome}'"
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_throttle_lets_exactly_its_limit_through_across_worker_processes() {
+    let flow = Flow::without_worker(&[CAPPED]).await;
+    let mut runs = Vec::new();
+    for _ in 0..40 {
+        runs.push(flow.trigger("capped", json!({"user": "ada"})).await);
+    }
+    for _ in 0..2 {
+        runs.push(flow.trigger("capped", json!({"user": "bob"})).await);
+    }
+    // Two processes take slots at once: this test's worker and a `herald worker` with connections of its own.
+    let mut other = spawn_herald(&flow.db.url, &["worker", "--queues", "workflows:16"]);
+    let flow = flow.with_worker();
+    wait_until(Duration::from_secs(60), "every run finished", || async {
+        scalar_i64(
+            &flow.db.pool,
+            "SELECT count(*) FROM herald_runs WHERE status = 'running'",
+        )
+        .await
+            == 0
+    })
+    .await;
+    other.kill().await.unwrap();
+    assert_eq!(outcomes(&flow, "cap", "allowed").await, 3 + 2);
+    assert_eq!(outcomes(&flow, "cap", "throttled").await, 40 - 3);
+    assert_eq!(outcomes(&flow, "mail", "sent").await, 3 + 2);
+    let grants = "SELECT count(*) FROM herald_throttle_grants WHERE key = 'ada'";
+    assert_eq!(scalar_i64(&flow.db.pool, grants).await, 3);
+    // A throttled run completes: that branch ends, recorded in its timeline with the limit.
+    let throttled: i64 = scalar_i64(
+        &flow.db.pool,
+        "SELECT min(run_id) FROM herald_run_steps WHERE node_id = 'cap' AND outcome = 'throttled'",
+    )
+    .await;
+    let run = flow.finished(throttled, "completed").await;
+    let cap = step(&run, "cap");
+    assert_eq!(
+        cap.output.as_ref().map(|o| o["limit"].clone()),
+        Some(json!(3))
+    );
+    assert!(run.steps.iter().all(|s| s.node != "mail"), "{run:#?}");
+    flow.stop().await;
+}
+
+#[tokio::test]
+async fn a_throttle_on_limit_delay_waits_for_the_next_slot() {
+    let flow = Flow::start(&[PACED]).await;
+    let first = flow.trigger("paced", json!({"user": "ada"})).await;
+    let second = flow.trigger("paced", json!({"user": "ada"})).await;
+    flow.finished(first, "completed").await;
+    flow.finished(second, "completed").await;
+    assert_eq!(outcomes(&flow, "pace", "allowed").await, 2);
+    assert_eq!(outcomes(&flow, "pace", "throttled").await, 0);
+    // The second slot was taken only once the first had left the window.
+    let gap: f64 = sqlx::query_scalar(
+        "SELECT extract(epoch FROM max(granted_at) - min(granted_at))::float8 FROM herald_throttle_grants",
+    )
+    .fetch_one(&flow.db.pool)
+    .await
+    .unwrap();
+    assert!(gap >= 2.0, "slots {gap} s apart");
+    assert_eq!(flow.recorder.to("ada@example.com").len(), 2);
+    flow.stop().await;
+}
+
+#[tokio::test]
+async fn a_retried_throttle_attempt_keeps_the_slot_its_step_took() {
+    let flow = Flow::without_worker(&[PACED]).await;
+    let run = flow.trigger("paced", json!({"user": "ada"})).await;
+    // An earlier attempt of this step took the only slot, then died before the step was recorded.
+    sqlx::query(
+        "INSERT INTO herald_throttle_grants (run_id, epoch, node_id, key) VALUES ($1, 1, 'pace', 'ada')",
+    )
+    .bind(run)
+    .execute(&flow.db.pool)
+    .await
+    .unwrap();
+    let flow = flow.with_worker();
+    flow.finished(run, "completed").await;
+    assert_eq!(outcomes(&flow, "pace", "allowed").await, 1);
+    let grants = "SELECT count(*) FROM herald_throttle_grants WHERE key = 'ada'";
+    assert_eq!(scalar_i64(&flow.db.pool, grants).await, 1, "no second slot");
+    flow.stop().await;
+}
