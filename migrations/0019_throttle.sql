@@ -1,7 +1,8 @@
 -- Throttle nodes (src/workflow/throttle.rs): each continuation a throttle node lets through is a grant, held by
--- the node's step (run, epoch, node) so a retried job finds its own grant instead of taking a second one. A key's
--- grants inside the node's window are what its limit counts; takers of one key queue on a transaction-scoped
--- advisory lock, so the count is exact across every worker.
+-- the node's step (run, epoch, node) so a retried job finds its own grant instead of taking a second one. `key` is
+-- the SHA-256 (hex) of the throttle's key, never the key itself (it may be an address from trigger data). A grant
+-- may be ahead of now: a slot reserved by an `on_limit: delay` node. Takers of one key queue on a
+-- transaction-scoped advisory lock, so no two take the last slot of a window.
 CREATE TABLE herald_throttle_grants (
     run_id     bigint      NOT NULL,
     epoch      integer     NOT NULL,

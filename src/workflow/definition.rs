@@ -200,12 +200,13 @@ pub struct ThrottleSpec {
 pub enum OnLimit {
     /// Completes as `throttled` and follows no edge: that branch of the run ends.
     Skip,
-    /// Parks until the key's oldest grant in the window leaves it, then tries again.
+    /// Reserves the key's next free slot (in arrival order) and parks until it comes.
     Delay,
 }
 
-/// The most continuations a throttle's window may allow, and its longest window.
-pub const MAX_THROTTLE_LIMIT: u32 = 100_000;
+/// The most continuations a throttle's window may allow (a take reads that many of the key's newest grants), and
+/// its longest window.
+pub const MAX_THROTTLE_LIMIT: u32 = 10_000;
 pub const MAX_THROTTLE_WINDOW: Duration = Duration::from_secs(31 * 24 * 3600);
 
 #[derive(Debug)]

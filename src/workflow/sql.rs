@@ -485,26 +485,29 @@ pub const LOCK_FANOUT: &str = "SELECT id FROM herald_fanouts WHERE id = $1 FOR N
 pub const LOCK_THROTTLE_KEY: &str =
     "SELECT pg_advisory_xact_lock(hashtext('herald.throttle'), hashtext($1))";
 
-/// Takes a slot of throttle key $1 for the step ($2 run, $3 epoch, $4 node), if its grants in the last $5
-/// milliseconds are fewer than $6, or answers the step's own grant if an earlier attempt took one. Run under
-/// [`LOCK_THROTTLE_KEY`], so the count sees every earlier taker's grant. Answers whether the step may go on, the
-/// grants counted in the window (its own excluded), and when the oldest of them leaves the window.
+/// Takes a slot of throttle key $1 for the step ($2 run, $3 epoch, $4 node): at most $6 grants of the key in any
+/// $5 milliseconds. A new grant fits once the key's $6-th newest grant (reservations included) has left the
+/// window: at once if it already has; with $7 (`on_limit: delay`) a later slot is reserved, in arrival order;
+/// otherwise none is taken. A step that took a slot in an earlier attempt answers that one. Run under
+/// [`LOCK_THROTTLE_KEY`], so the statement (and its `statement_timestamp()`) starts after every earlier taker's
+/// commit. Answers the step's grant time (NULL: none), whether it is still ahead, and the key's next free slot.
 pub const TAKE_THROTTLE_SLOT: &str = "
 WITH mine AS (
-    SELECT 1 FROM herald_throttle_grants WHERE run_id = $2 AND epoch = $3 AND node_id = $4
-), recent AS (
-    SELECT count(*) AS taken, min(granted_at) AS oldest FROM herald_throttle_grants
-    WHERE key = $1 AND granted_at > clock_timestamp() - $5 * interval '1 millisecond'
-      AND NOT (run_id = $2 AND epoch = $3 AND node_id = $4)
+    SELECT granted_at FROM herald_throttle_grants WHERE run_id = $2 AND epoch = $3 AND node_id = $4
+), slot AS (
+    SELECT greatest(statement_timestamp(),
+                    (SELECT granted_at FROM herald_throttle_grants WHERE key = $1
+                     ORDER BY granted_at DESC OFFSET $6 - 1 LIMIT 1) + $5 * interval '1 millisecond') AS at
 ), granted AS (
     INSERT INTO herald_throttle_grants (run_id, epoch, node_id, key, granted_at)
-    SELECT $2, $3, $4, $1, clock_timestamp() FROM recent
-    WHERE NOT EXISTS (SELECT 1 FROM mine) AND recent.taken < $6
-    RETURNING 1
+    SELECT $2, $3, $4, $1, s.at FROM slot s
+    WHERE NOT EXISTS (SELECT 1 FROM mine) AND ($7 OR s.at <= statement_timestamp())
+    RETURNING granted_at
+), grant_time AS (
+    SELECT granted_at FROM mine UNION ALL SELECT granted_at FROM granted
 )
-SELECT (EXISTS (SELECT 1 FROM mine) OR EXISTS (SELECT 1 FROM granted)) AS allowed, r.taken,
-       r.oldest + $5 * interval '1 millisecond' AS next_slot
-FROM recent r";
+SELECT g.granted_at, g.granted_at > statement_timestamp() AS ahead, s.at AS next_slot
+FROM slot s LEFT JOIN grant_time g ON true";
 
 /// A new erasure of recipient $1; answers its id.
 pub const INSERT_ERASURE: &str =

@@ -1,13 +1,15 @@
 //! Throttle nodes: at most `limit` continuations per key in any `window`-long span, across the whole fleet.
 //!
-//! The key is the node's `key` template, or by default the workflow's name and the run's recipient. Each
-//! continuation the node lets through is a grant row held by its step (run, epoch, node). A taker locks the key
-//! (a transaction-scoped advisory lock: takers of one key queue, takers of other keys do not wait), counts the
-//! key's grants inside the window and, below the limit, adds its own, all before the lock is released at commit:
-//! no two workers can both see the last free slot. A retried attempt finds its step's grant and goes on without
-//! taking a second slot. Over the limit, the node completes as `throttled` and follows no edge (`on_limit: skip`),
-//! or parks its step until the oldest grant in the window leaves it and tries again (`on_limit: delay`; a
-//! scheduled `resume` job, no sleeping worker).
+//! The key is the node's `key` template, or by default the workflow's name and the run's recipient (the two kinds
+//! never collide: each is prefixed with what it is). Each continuation the node lets through is a grant row held
+//! by its step (run, epoch, node), under the key's SHA-256 (no address or name from trigger data is stored with
+//! it, and its size is fixed). A taker locks the key (a transaction-scoped advisory lock: takers of one key queue,
+//! takers of other keys do not wait), finds the key's `limit`-th newest grant and, if it has left the window, adds
+//! its own, before the lock is released at commit: no two workers can both take the last slot. A retried attempt
+//! finds its step's grant and takes no second one. Over the limit, the node completes as `throttled` and follows
+//! no edge (`on_limit: skip`), or reserves the next free slot and parks its step until then (`on_limit: delay`; a
+//! scheduled `resume` job, no sleeping worker): waiters are served in arrival order, each woken once. Times are
+//! the database's, never a worker's clock.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -33,14 +35,17 @@ impl Engine {
         next: &[String],
     ) -> Result<Step, JobError> {
         let key = match &spec.key {
-            Some(template) => template.render(scope).map_err(JobError::permanent)?,
+            Some(template) => format!(
+                "key:{}",
+                template.render(scope).map_err(JobError::permanent)?
+            ),
             None => {
                 let recipient = run
                     .context
                     .pointer("/recipient/id")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                format!("{}/{recipient}", workflow.name)
+                format!("workflow:{}/{recipient}", workflow.name)
             }
         };
         if key.chars().count() > MAX_KEY_CHARS {
@@ -49,25 +54,20 @@ impl Engine {
             )));
         }
         let window_ms = i64::try_from(spec.window.as_millis()).unwrap_or(i64::MAX);
-        let (allowed, taken, next_slot) = self
-            .take_slot(job, &key, window_ms, spec.limit)
+        let reserve = spec.on_limit == OnLimit::Delay;
+        let taken = self
+            .take_slot(job, &digest(&key), window_ms, spec.limit, reserve)
             .await
             .map_err(|e| JobError::retry(e.to_string()))?;
-        if allowed {
-            return Ok(Step::done(
+        match taken {
+            (Some(granted_at), Some(false), _) => Ok(Step::done(
                 "allowed",
-                json!({ "key": key, "count": taken + 1, "limit": spec.limit }),
+                json!({ "key": key, "limit": spec.limit, "granted_at": granted_at }),
                 next,
-            ));
-        }
-        match (spec.on_limit, next_slot) {
-            (OnLimit::Delay, Some(at)) if at > Utc::now() => Ok(Step::SuspendUntil(at)),
-            // The slot freed while we looked: try again at once (a retry spends no attempt).
-            (OnLimit::Delay, _) => Err(JobError::Snooze(
-                std::time::Duration::from_millis(100),
-                "a throttle slot frees now".into(),
             )),
-            (OnLimit::Skip, _) => Ok(Step::done(
+            // A reserved slot still ahead (a first attempt, or a resume that came early): park until it.
+            (Some(granted_at), _, _) => Ok(Step::SuspendUntil(granted_at)),
+            (None, _, next_slot) => Ok(Step::done(
                 "throttled",
                 json!({ "key": key, "limit": spec.limit, "next_slot": next_slot }),
                 &[],
@@ -75,30 +75,41 @@ impl Engine {
         }
     }
 
-    /// Takes a slot of `key` for the job's step under the key's lock; answers (allowed, grants counted in the
-    /// window besides the step's own, when the oldest of them leaves the window).
+    /// Takes a slot of `key` for the job's step under the key's lock (`reserve`: a later one if none is free
+    /// now); answers (the step's grant time, whether it is still ahead, the key's next free slot).
     async fn take_slot(
         &self,
         job: &NodeJob,
         key: &str,
         window_ms: i64,
         limit: u32,
-    ) -> Result<(bool, i64, Option<DateTime<Utc>>), WorkflowError> {
+        reserve: bool,
+    ) -> Result<(Option<DateTime<Utc>>, Option<bool>, DateTime<Utc>), WorkflowError> {
         let mut tx = crate::db::begin_bounded(&self.pool, &[]).await?;
         sqlx::query(sql::LOCK_THROTTLE_KEY)
             .bind(key)
             .execute(&mut *tx)
             .await?;
-        let taken: (bool, i64, Option<DateTime<Utc>>) = sqlx::query_as(sql::TAKE_THROTTLE_SLOT)
+        let taken = sqlx::query_as(sql::TAKE_THROTTLE_SLOT)
             .bind(key)
             .bind(job.run)
             .bind(job.epoch)
             .bind(&job.node)
             .bind(window_ms)
             .bind(i64::from(limit))
+            .bind(reserve)
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
         Ok(taken)
     }
+}
+
+/// What a key is stored and locked as: its SHA-256, in hex.
+fn digest(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

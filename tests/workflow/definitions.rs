@@ -169,7 +169,7 @@ fn throttle_mistakes_name_the_field() {
     let throttle = |fields: &str| format!("{HEADER}  - id: a\n    kind: throttle\n{fields}");
     assert_problem(
         &throttle("    limit: 0\n    window: 1h\n"),
-        "`limit` must be from 1 to 100000",
+        "`limit` must be from 1 to 10000",
     );
     assert_problem(
         &throttle("    limit: 1\n    window: 40 days\n"),
