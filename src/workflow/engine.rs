@@ -106,11 +106,19 @@ impl Engine {
         };
         // Counted once recorded: a finish that fails is retried by the queue, and counted then.
         let (result, recorded) = match step {
-            Step::Done(decision) => (
-                self.finish(job, from, run, &workflow, decision, Vec::new())
-                    .await,
-                "completed",
-            ),
+            Step::Done(decision) => {
+                // A throttle over its limit completes, but operators watch for it apart.
+                let counted = if decision.outcome == "throttled" {
+                    "throttled"
+                } else {
+                    "completed"
+                };
+                (
+                    self.finish(job, from, run, &workflow, decision, Vec::new())
+                        .await,
+                    counted,
+                )
+            }
             Step::Sent {
                 decision,
                 deliveries,

@@ -183,3 +183,25 @@ async fn a_retried_throttle_attempt_keeps_the_slot_its_step_took() {
     assert_eq!(scalar_i64(&flow.db.pool, grants).await, 1, "no second slot");
     flow.stop().await;
 }
+
+#[tokio::test]
+async fn throttled_steps_are_counted_apart_in_the_node_metrics() {
+    let throttled = || {
+        herald::workflow::metrics::NODE_EXECUTIONS
+            .with_label_values(&["throttle", "throttled"])
+            .get()
+    };
+    let before = throttled();
+    let flow = Flow::start(&[CAPPED]).await;
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(flow.trigger("capped", json!({"user": "cy"})).await);
+    }
+    for run in &runs {
+        flow.finished(*run, "completed").await;
+    }
+    assert_eq!(outcomes(&flow, "cap", "throttled").await, 2);
+    // At least this test's two (other tests of this process may count theirs meanwhile).
+    assert!(throttled() >= before + 2, "{before} -> {}", throttled());
+    flow.stop().await;
+}
