@@ -66,10 +66,7 @@ impl Profile {
                 "chat" if present => parse_chat(value).map(|v| profile.chat = v),
                 "data" if present => parse_data(value).map(|v| profile.data = v),
                 field if FIELDS.contains(&field) => Ok(()),
-                _ => Err(format!(
-                    "is not a profile field (one of: {})",
-                    FIELDS.join(", ")
-                )),
+                _ => Err(not_a_field()),
             };
             if let Err(message) = result {
                 problems.push((key.clone(), message));
@@ -152,6 +149,27 @@ fn parse_data(value: &Value) -> Result<Map<String, Value>, String> {
         return Err("must not contain U+0000 (stored as jsonb)".into());
     }
     Ok(object.clone())
+}
+
+/// The problems of a merge patch's own fields: each must be a profile field, even one set to null (removing a
+/// field a profile cannot have is a mistake worth naming, not a no-op).
+pub fn check_patch(patch: &Value) -> Result<(), Vec<(String, String)>> {
+    let unknown: Vec<(String, String)> = patch
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(key, _)| !FIELDS.contains(&key.as_str()))
+        .map(|(key, _)| (key.clone(), not_a_field()))
+        .collect();
+    if unknown.is_empty() {
+        Ok(())
+    } else {
+        Err(unknown)
+    }
+}
+
+fn not_a_field() -> String {
+    format!("is not a profile field (one of: {})", FIELDS.join(", "))
 }
 
 /// RFC 7396: `patch` merged into `target` (a null removes a key; objects merge; anything else replaces).

@@ -176,6 +176,7 @@ pub async fn patch(
     id: &str,
     patch: &Value,
 ) -> Result<Recipient, RecipientsError> {
+    profile::check_patch(patch).map_err(RecipientsError::Invalid)?;
     let mut tx = crate::db::begin_bounded(pool, &[]).await?;
     lock(&mut tx, id).await?;
     let current = fetch(&mut tx, id).await?.ok_or_else(|| not_found(id))?;
