@@ -176,6 +176,8 @@ const TABLES: &[(&str, &str)] = &[
     ("herald_fanouts", "workflow"),
     ("herald_fanout_lanes", "workflow"),
     ("herald_throttle_grants", "workflow"),
+    ("herald_digest_windows", "workflow"),
+    ("herald_digest_entries", "workflow"),
     ("herald_erasures", "workflow"),
     ("herald_recipients", "recipients"),
     ("herald_recipient_devices", "recipients"),

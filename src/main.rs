@@ -146,6 +146,9 @@ enum BenchWhat {
     /// A topic trigger to many recipients: runs created per second, sends end to end, and another queue's pickup
     /// latency meanwhile.
     Fanout(bench::fanout::FanoutBenchArgs),
+    /// Many events over many digest keys, every window closing at once: arrivals/s, continuations/s, and an
+    /// exactly-once check.
+    Digest(bench::digest::DigestBenchArgs),
     /// Provider chaos: chat actions through a slack -> discord chain against a fake answering 5xx and 429.
     Channels(bench::channels::ChannelBenchArgs),
     /// Kafka into jobs: bridge throughput with one and two processes, and produce -> job started latency.
@@ -238,6 +241,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             what: Some(BenchWhat::Fanout(args)),
             ..
         } => Ok(bench::fanout::run(&settings, args).await?),
+        Command::Bench {
+            what: Some(BenchWhat::Digest(args)),
+            ..
+        } => Ok(bench::digest::run(&settings, args).await?),
         Command::Bench {
             what: Some(BenchWhat::Http(args)),
             ..

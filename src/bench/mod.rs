@@ -3,8 +3,8 @@
 //!
 //! * this file: the queue (`herald bench`), and the helpers the others share (scratch databases, worker
 //!   processes, counters);
-//! * [`workflows`], [`http`], [`channels`], [`bridge`], [`soak`], [`retention`], [`fanout`]: `herald bench
-//!   workflows|http|channels|bridge|soak|retention|fanout`.
+//! * [`workflows`], [`http`], [`channels`], [`bridge`], [`soak`], [`retention`], [`fanout`], [`digest`]: `herald
+//!   bench workflows|http|channels|bridge|soak|retention|fanout|digest`.
 //!
 //! The queue bench's phases, each measured on its own:
 //! Phases, each measured on its own:
@@ -18,6 +18,7 @@
 
 pub mod bridge;
 pub mod channels;
+pub mod digest;
 pub mod fanout;
 pub mod http;
 pub mod retention;

@@ -3,7 +3,7 @@
 //!
 //! A window whose end is before its start wraps midnight (`22:00`-`06:00`). Local times that do not exist (the hour
 //! skipped when clocks go forward) open at the first instant after the gap; local times that happen twice (the
-//! hour repeated when clocks go back) open at the first of them.
+//! hour repeated when clocks go back) open at the first of them. [`next_local`] is the same rule for any time of day.
 
 use chrono::{DateTime, Duration, LocalResult, NaiveDate, NaiveTime, TimeZone as _, Utc};
 use chrono_tz::Tz;
@@ -47,13 +47,21 @@ impl Window {
         if self.contains(local.time()) {
             return None;
         }
-        // The opening today if it is still ahead, else tomorrow's (two days covers a 25-hour day).
-        let today = local.date_naive();
-        (0..=2)
-            .filter_map(|days| today.checked_add_signed(Duration::days(days)))
-            .map(|date| opening_on(date, self.start, zone))
-            .find(|opening| *opening > now)
+        Some(next_local(now, self.start, zone))
     }
+}
+
+/// The first instant after `now` at which local time `time` starts in `zone` (today's if still ahead, else
+/// tomorrow's), with the same rules for skipped and repeated local times. Digest windows `until` a time of day use
+/// it too.
+pub fn next_local(now: DateTime<Utc>, time: NaiveTime, zone: Tz) -> DateTime<Utc> {
+    let today = now.with_timezone(&zone).date_naive();
+    // Two days ahead covers a 25-hour day.
+    (0..=2)
+        .filter_map(|days| today.checked_add_signed(Duration::days(days)))
+        .map(|date| opening_on(date, time, zone))
+        .find(|opening| *opening > now)
+        .unwrap_or(now + Duration::days(1))
 }
 
 /// The instant `time` starts on local `date` in `zone`, moved past a skipped hour if it falls in one.
@@ -80,6 +88,33 @@ mod tests {
         DateTime::parse_from_rfc3339(text)
             .unwrap()
             .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_next_local_time_of_day_across_a_dst_change() {
+        let nine = NaiveTime::from_hms_opt(9, 0, 0).unwrap();
+        // 23:00 on 7 March in New York (EST, UTC-5); clocks go forward that night: 09:00 is EDT (UTC-4), nine
+        // hours later rather than ten.
+        assert_eq!(
+            next_local(utc("2026-03-08T04:00:00Z"), nine, New_York),
+            utc("2026-03-08T13:00:00Z")
+        );
+        // 23:00 on 31 October (EDT); clocks go back that night: 09:00 is EST, eleven hours later.
+        assert_eq!(
+            next_local(utc("2026-11-01T03:00:00Z"), nine, New_York),
+            utc("2026-11-01T14:00:00Z")
+        );
+        // Exactly 09:00 is not "next": the next is tomorrow's.
+        assert_eq!(
+            next_local(utc("2026-01-10T14:00:00Z"), nine, New_York),
+            utc("2026-01-11T14:00:00Z")
+        );
+        // A time inside the skipped hour (02:30 on 8 March) comes at the first instant after the gap.
+        let half_past_two = NaiveTime::from_hms_opt(2, 30, 0).unwrap();
+        assert_eq!(
+            next_local(utc("2026-03-08T04:00:00Z"), half_past_two, New_York),
+            utc("2026-03-08T07:00:00Z")
+        );
     }
 
     #[test]

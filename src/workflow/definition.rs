@@ -110,6 +110,7 @@ pub enum NodeKind {
     Delay(DelaySpec),
     WaitForEvents(WaitSpec),
     Throttle(ThrottleSpec),
+    Digest(DigestSpec),
 }
 
 impl NodeKind {
@@ -117,7 +118,9 @@ impl NodeKind {
     /// `dry_runs` counts the checks that ran anything, and none run once it reaches [`MAX_DRY_RUNS`].
     fn budget_problem(&self, dry_runs: &mut usize) -> Option<(String, String)> {
         let mut templates: Vec<(String, &Template)> = Vec::new();
-        if let NodeKind::Throttle(ThrottleSpec { key: Some(key), .. }) = self {
+        if let NodeKind::Throttle(ThrottleSpec { key: Some(key), .. })
+        | NodeKind::Digest(DigestSpec { key: Some(key), .. }) = self
+        {
             templates.push(("key".to_string(), key));
         }
         if let NodeKind::Action { to, content, .. } = self {
@@ -173,6 +176,7 @@ impl NodeKind {
             NodeKind::Delay(_) => "delay",
             NodeKind::WaitForEvents(_) => "wait_for_events",
             NodeKind::Throttle(_) => "throttle",
+            NodeKind::Digest(_) => "digest",
         }
     }
 }
@@ -203,6 +207,32 @@ pub enum OnLimit {
     /// Reserves the key's next free slot (in arrival order) and parks until it comes.
     Delay,
 }
+
+/// A digest node: collects the runs that reach it for one key over a window, and continues once with the batch
+/// (see `digest.rs`).
+#[derive(Debug)]
+pub struct DigestSpec {
+    pub window: DigestWindow,
+    /// The key's template; `None`: the workflow and the run's recipient.
+    pub key: Option<Template>,
+    /// How many events the batch keeps (the first ones); every event is counted.
+    pub keep: u32,
+    /// The first event of a window continues at once (alone); the window's batch is the events after it.
+    pub send_first: bool,
+}
+
+/// When a digest's window closes, counted from the event that opens it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DigestWindow {
+    For(Duration),
+    /// The next time this time of day comes in the recipient's time zone (UTC without one).
+    Until(chrono::NaiveTime),
+}
+
+/// The most events a digest batch keeps, the default, and a digest's longest window.
+pub const MAX_DIGEST_KEEP: u32 = 100;
+pub const DEFAULT_DIGEST_KEEP: u32 = 10;
+pub const MAX_DIGEST_WINDOW: Duration = Duration::from_secs(31 * 24 * 3600);
 
 /// The most continuations a throttle's window may allow (a take reads that many of the key's newest grants), and
 /// its longest window.
@@ -594,6 +624,17 @@ struct ThrottleSpecRaw {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct DigestSpecRaw {
+    window: Option<String>,
+    until: Option<String>,
+    key: Option<String>,
+    keep: Option<u32>,
+    #[serde(default)]
+    send_first: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct WaitSpecRaw {
     events: Vec<String>,
     key: String,
@@ -610,7 +651,7 @@ fn mode_all() -> String {
 }
 
 const KINDS: &str =
-    "trigger, action, condition, branch, transform, delay, wait_for_events, throttle";
+    "trigger, action, condition, branch, transform, delay, wait_for_events, throttle, digest";
 
 /// Compiles one node; problems go to `errors` and the node is dropped.
 fn compile_node(raw: &Value, errors: &mut Errors) -> Option<Node> {
@@ -661,6 +702,7 @@ fn compile_node(raw: &Value, errors: &mut Errors) -> Option<Node> {
         "delay" => spec::<DelaySpecRaw>(rest).and_then(compile_delay),
         "wait_for_events" => spec::<WaitSpecRaw>(rest).and_then(compile_wait),
         "throttle" => spec::<ThrottleSpecRaw>(rest).and_then(compile_throttle),
+        "digest" => spec::<DigestSpecRaw>(rest).and_then(compile_digest),
         other => Err(format!("unknown kind `{other}` (one of: {KINDS})")),
     };
     for problem in problems {
@@ -844,6 +886,41 @@ fn compile_throttle(spec: ThrottleSpecRaw) -> Result<NodeKind, String> {
         window,
         key,
         on_limit,
+    }))
+}
+
+fn compile_digest(spec: DigestSpecRaw) -> Result<NodeKind, String> {
+    let window = match (spec.window, spec.until) {
+        (Some(window), None) => {
+            let window = parse_duration(&window)?;
+            if window < Duration::from_secs(1) || window > MAX_DIGEST_WINDOW {
+                return Err("`window` must be from 1s to 31 days".into());
+            }
+            DigestWindow::For(window)
+        }
+        (None, Some(until)) => DigestWindow::Until(
+            chrono::NaiveTime::parse_from_str(&until, "%H:%M")
+                .map_err(|_| "`until` must be a time of day as HH:MM (00:00-23:59)".to_string())?,
+        ),
+        _ => {
+            return Err(
+                "a digest needs exactly one of `window` (\"1h\") or `until` (\"09:00\")".into(),
+            );
+        }
+    };
+    let keep = spec.keep.unwrap_or(DEFAULT_DIGEST_KEEP);
+    if !(1..=MAX_DIGEST_KEEP).contains(&keep) {
+        return Err(format!("`keep` must be from 1 to {MAX_DIGEST_KEEP}"));
+    }
+    let key = spec
+        .key
+        .map(|key| Template::compile(&key).map_err(|e| format!("`key`: {e}")))
+        .transpose()?;
+    Ok(NodeKind::Digest(DigestSpec {
+        window,
+        key,
+        keep,
+        send_first: spec.send_first,
     }))
 }
 

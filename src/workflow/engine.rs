@@ -107,11 +107,11 @@ impl Engine {
         // Counted once recorded: a finish that fails is retried by the queue, and counted then.
         let (result, recorded) = match step {
             Step::Done(decision) => {
-                // A throttle over its limit completes, but operators watch for it apart.
-                let counted = if decision.outcome == "throttled" {
-                    "throttled"
-                } else {
-                    "completed"
+                // A throttle over its limit, and a digest's batched events, complete, but operators watch them apart.
+                let counted = match decision.outcome.as_str() {
+                    "throttled" => "throttled",
+                    "batched" => "batched",
+                    _ => "completed",
                 };
                 (
                     self.finish(job, from, run, &workflow, decision, Vec::new())
@@ -220,6 +220,10 @@ impl Engine {
             NodeKind::Delay(spec) => delay(job.phase, spec, &scope, &node.next),
             NodeKind::Throttle(spec) => {
                 self.throttle(job, run, workflow, spec, &scope, &node.next)
+                    .await
+            }
+            NodeKind::Digest(spec) => {
+                self.digest(job, run, workflow, spec, &scope, &node.next)
                     .await
             }
             NodeKind::WaitForEvents(spec) => match job.phase {

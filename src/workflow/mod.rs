@@ -13,6 +13,8 @@
 //! * [`fanout`]: topic triggers, one run per member, page by page; [`erase`]: a deleted recipient's history
 //!   scrubbed in batches;
 //! * `events.rs`: events and wait-for-events nodes;
+//! * `throttle.rs` and `digest.rs`: throttle nodes (at most N per key per window) and digest nodes (one
+//!   continuation per key per window, with the batch);
 //! * [`daily`]: per-day aggregates of runs and steps, for the clock's rollups.
 //!
 //! A run is a row in `herald_runs`; each node execution is a step row plus a queue job of kind
@@ -23,6 +25,7 @@
 pub mod catalog;
 pub mod daily;
 pub mod definition;
+mod digest;
 mod engine;
 pub mod erase;
 mod events;
@@ -340,4 +343,5 @@ pub const CHURNED_TABLES: &[&str] = &[
     "herald_run_steps",
     "herald_waits",
     "herald_events",
+    "herald_digest_windows",
 ];

@@ -570,3 +570,61 @@ WHERE e.id IN (
     SELECT id FROM herald_events WHERE key = $1 AND payload <> '{}'::jsonb ORDER BY id LIMIT $2 FOR UPDATE
 )
 "#;
+
+/// Serializes arrivals at, and the close of, digest windows of key $1 (a SHA-256), until the transaction ends.
+pub const LOCK_DIGEST_KEY: &str =
+    "SELECT pg_advisory_xact_lock(hashtext('herald.digest'), hashtext($1))";
+
+/// The database's time, and the digest entry of the step ($1 run, $2 epoch, $3 node) if an earlier attempt made
+/// one: its role, its window and when that window closes (NULLs if none).
+pub const DIGEST_ENTRY_OF_STEP: &str = "
+SELECT statement_timestamp(), e.role, w.id, w.closes_at
+FROM (SELECT 1) one
+LEFT JOIN herald_digest_entries e ON e.run_id = $1 AND e.epoch = $2 AND e.node_id = $3
+LEFT JOIN herald_digest_windows w ON w.id = e.window_id";
+
+/// The open window of digest key $1, if any: its id and close time (under [`LOCK_DIGEST_KEY`]).
+pub const OPEN_DIGEST_WINDOW: &str = "
+SELECT id, closes_at FROM herald_digest_windows
+WHERE key = $1 AND closed_at IS NULL AND closes_at > statement_timestamp()
+ORDER BY closes_at DESC LIMIT 1";
+
+/// Opens a window of digest key $1 closing at $2, owned by step ($3, $4, $5) (NULLs: no owner yet) with $6 events
+/// batched; answers its id.
+pub const OPEN_DIGEST: &str = "
+INSERT INTO herald_digest_windows (key, closes_at, owner_run, owner_epoch, owner_node, batched)
+VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
+
+/// Adds an event to window $1 for step ($2, $3, $4), which becomes the owner if the window has none; answers the
+/// event's place in the batch and whether the step owns the window.
+pub const JOIN_DIGEST: &str = "
+UPDATE herald_digest_windows
+SET batched = batched + 1,
+    owner_run = coalesce(owner_run, $2), owner_epoch = coalesce(owner_epoch, $3), owner_node = coalesce(owner_node, $4)
+WHERE id = $1
+RETURNING batched, (owner_run = $2 AND owner_epoch = $3 AND owner_node = $4)";
+
+/// Records step ($1, $2, $3) in window $4 as role $5, place $6, keeping event data $7 (NULL past the batch's `keep`).
+pub const INSERT_DIGEST_ENTRY: &str = "
+INSERT INTO herald_digest_entries (run_id, epoch, node_id, window_id, role, seq, event)
+VALUES ($1, $2, $3, $4, $5, $6, $7)";
+
+/// Whether window $1's close time has come by the database's clock.
+pub const DIGEST_DUE: &str =
+    "SELECT closes_at <= statement_timestamp() FROM herald_digest_windows WHERE id = $1";
+
+/// Closes window $1 (once: a retried close finds the same batch) and answers the batch: how many events, the first
+/// and last arrival, and the events kept (the first $2) in arrival order as `{run_id, at, data}`. Under [`LOCK_DIGEST_KEY`], so
+/// no arrival joins after the batch is read.
+pub const CLOSE_DIGEST: &str = "
+WITH closed AS (
+    UPDATE herald_digest_windows SET closed_at = coalesce(closed_at, statement_timestamp())
+    WHERE id = $1 RETURNING batched
+)
+SELECT c.batched,
+       (SELECT arrived_at FROM herald_digest_entries WHERE window_id = $1 AND seq = 1),
+       (SELECT arrived_at FROM herald_digest_entries WHERE window_id = $1 AND seq = c.batched),
+       (SELECT coalesce(jsonb_agg(jsonb_build_object('run_id', e.run_id, 'at', e.arrived_at, 'data', e.event)
+                                  ORDER BY e.seq), '[]')
+        FROM herald_digest_entries e WHERE e.window_id = $1 AND e.seq BETWEEN 1 AND $2)
+FROM closed c";

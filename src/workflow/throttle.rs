@@ -56,7 +56,7 @@ impl Engine {
         let window_ms = i64::try_from(spec.window.as_millis()).unwrap_or(i64::MAX);
         let reserve = spec.on_limit == OnLimit::Delay;
         let taken = self
-            .take_slot(job, &digest(&key), window_ms, spec.limit, reserve)
+            .take_slot(job, &hashed_key(&key), window_ms, spec.limit, reserve)
             .await
             .map_err(|e| JobError::retry(e.to_string()))?;
         match taken {
@@ -105,8 +105,8 @@ impl Engine {
     }
 }
 
-/// What a key is stored and locked as: its SHA-256, in hex.
-fn digest(key: &str) -> String {
+/// What a key is stored and locked as: its SHA-256, in hex (digest keys too).
+pub(super) fn hashed_key(key: &str) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(key.as_bytes())
         .iter()

@@ -225,6 +225,34 @@ impl Flow {
         .await;
     }
 
+    /// Waits until no run is running.
+    pub async fn all_runs_finished(&self, limit: Duration) {
+        wait_until(limit, "every run finished", || async {
+            super::scalar_i64(
+                &self.db.pool,
+                "SELECT count(*) FROM herald_runs WHERE status = 'running'",
+            )
+            .await
+                == 0
+        })
+        .await;
+    }
+
+    /// A `herald worker` process serving the workflow queue with connections of its own, once it has registered
+    /// (before this flow's own worker, if that starts after).
+    pub async fn other_worker(&self) -> tokio::process::Child {
+        let other = super::spawn_herald(&self.db.url, &["worker", "--queues", "workflows:16"]);
+        wait_until(
+            Duration::from_secs(30),
+            "the other worker registered",
+            || async {
+                super::scalar_i64(&self.db.pool, "SELECT count(*) FROM herald_workers").await >= 1
+            },
+        )
+        .await;
+        other
+    }
+
     /// Stops the worker (gracefully) and keeps the flow; [`with_worker`](Self::with_worker) starts another.
     pub async fn stop_worker(&mut self) {
         if let Some(worker) = self.worker.take() {

@@ -36,6 +36,7 @@ fn the_examples_are_valid() {
     assert_eq!(
         names,
         [
+            "new_comments",
             "order_shipped",
             "payment_kyc",
             "release_notes",
@@ -161,6 +162,36 @@ fn other_mistakes_name_the_node() {
     assert_problem(
         "name: t\nversion: 0\nnodes: []\n",
         "`version` must be a positive integer",
+    );
+}
+
+#[test]
+fn digest_mistakes_name_the_field() {
+    let digest = |fields: &str| format!("{HEADER}  - id: a\n    kind: digest\n{fields}");
+    assert_problem(&digest("    keep: 5\n"), "exactly one of `window`");
+    assert_problem(
+        &digest("    window: 1h\n    until: \"09:00\"\n"),
+        "exactly one of `window`",
+    );
+    assert_problem(
+        &digest("    window: 40 days\n"),
+        "`window` must be from 1s to 31 days",
+    );
+    assert_problem(
+        &digest("    until: \"25:00\"\n"),
+        "`until` must be a time of day",
+    );
+    assert_problem(
+        &digest("    window: 1h\n    keep: 0\n"),
+        "`keep` must be from 1 to 100",
+    );
+    assert_problem(&digest("    window: 1h\n    key: \"{{ x\"\n"), "`key`");
+    assert_problem(&digest("    window: 1h\n    batch: 3\n"), "batch");
+    assert!(
+        problems(&digest(
+            "    until: \"09:00\"\n    keep: 20\n    send_first: true\n"
+        ))
+        .is_empty()
     );
 }
 

@@ -15,6 +15,7 @@ mod common {
 mod api;
 mod crash;
 mod definitions;
+mod digest;
 mod events;
 mod metrics;
 mod recipients;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::flows::{Flow, step};
-use crate::common::{scalar_i64, spawn_herald, wait_until};
+use crate::common::scalar_i64;
 use serde_json::json;
 
 /// Three notifications per user per hour; the rest are skipped.
@@ -81,23 +81,9 @@ async fn a_throttle_lets_exactly_its_limit_through_across_worker_processes() {
     }
     // Two processes take slots at once: a `herald worker` with connections of its own (registered first), and this
     // test's worker.
-    let mut other = spawn_herald(&flow.db.url, &["worker", "--queues", "workflows:16"]);
-    wait_until(
-        Duration::from_secs(30),
-        "the other worker registered",
-        || async { scalar_i64(&flow.db.pool, "SELECT count(*) FROM herald_workers").await >= 1 },
-    )
-    .await;
+    let mut other = flow.other_worker().await;
     let flow = flow.with_worker();
-    wait_until(Duration::from_secs(60), "every run finished", || async {
-        scalar_i64(
-            &flow.db.pool,
-            "SELECT count(*) FROM herald_runs WHERE status = 'running'",
-        )
-        .await
-            == 0
-    })
-    .await;
+    flow.all_runs_finished(Duration::from_secs(60)).await;
     other.kill().await.unwrap();
     assert_eq!(outcomes(&flow, "cap", "allowed").await, 3 + 2);
     assert_eq!(outcomes(&flow, "cap", "throttled").await, 40 - 3);
