@@ -36,7 +36,7 @@ CREATE TABLE herald_digest_entries (
 );
 CREATE INDEX herald_digest_entries_window ON herald_digest_entries (window_id, seq);
 
--- A removed run (retention) takes its entries, and a window left with no entry goes with its last one.
+-- A removed run (retention) takes its entries, and a finished window left with no entry goes with its last one.
 CREATE FUNCTION herald_remove_run_digest_entries() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -46,9 +46,11 @@ BEGIN
         DELETE FROM herald_digest_entries e USING removed r WHERE e.run_id = r.id RETURNING e.window_id
     )
     SELECT array_agg(DISTINCT window_id) INTO touched FROM gone;
-    -- A second statement: it sees the entries the first one removed as gone.
+    -- A second statement: it sees the entries the first one removed as gone. Only windows no arrival can join
+    -- any more go: closed ones, and `send_first` windows no second event reached.
     DELETE FROM herald_digest_windows w
     WHERE w.id = ANY (touched)
+      AND (w.closed_at IS NOT NULL OR (w.batched = 0 AND w.owner_run IS NULL AND w.closes_at < now()))
       AND NOT EXISTS (SELECT 1 FROM herald_digest_entries e WHERE e.window_id = w.id);
     RETURN NULL;
 END

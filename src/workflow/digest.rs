@@ -1,8 +1,8 @@
 //! Digest nodes: the runs that reach a digest node with one key inside a window are collected into one batch, and
 //! exactly one of them continues with it when the window closes; the others end there (outcome `batched`).
 //!
-//! The key is the node's `key` template, or by default the workflow's name and the run's recipient, stored as its
-//! SHA-256 (as throttle keys are). The first arrival opens a window (`window: 1h` from then, or `until: "09:00"`
+//! The key is the workflow and node (two digest nodes never share a window: their continuations differ), then the
+//! node's `key` template, or by default the run's recipient; stored as its SHA-256 (as throttle keys are). The first arrival opens a window (`window: 1h` from then, or `until: "09:00"`
 //! next in the recipient's time zone) and owns it: its step parks with a `resume` job due at the close (a
 //! scheduled queue job, no sleeping worker). Later arrivals join the open window and complete as `batched`. At the
 //! close, the owner's resume closes the window, reads the batch and continues with `digest` in its context:
@@ -14,7 +14,9 @@
 //! Exactly once: arrivals and the close take the key's transaction-scoped advisory lock, and the close runs once
 //! the database's clock has passed `closes_at`, so an arrival either joined before the close read the batch or
 //! finds the window closed. Each step's entry (its role and window) is written with its arrival: a retried
-//! attempt answers the same and never joins twice; a retried close reads the same batch.
+//! attempt answers the same and never joins twice; a retried close reads the same batch. A window whose owner can
+//! no longer close it (its run cancelled or failed, or retried from this node in a new epoch) is taken over by the
+//! next event for the key, which closes it (at once if its time has passed).
 
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -64,6 +66,8 @@ struct Entry {
     role: Role,
     window: i64,
     closes_at: DateTime<Utc>,
+    /// The window's key (hashed): what the close locks, whatever the run's context says by then.
+    key: String,
 }
 
 impl Engine {
@@ -77,9 +81,11 @@ impl Engine {
         scope: &minijinja::Value,
         next: &[String],
     ) -> Result<Step, JobError> {
-        let key = super::throttle::hashed_key(&key(spec, run, workflow, scope)?);
         let entry = match job.phase {
-            Phase::Run => self.arrive(job, run, spec, &key).await,
+            Phase::Run => {
+                let key = super::throttle::hashed_key(&key(spec, run, workflow, &job.node, scope)?);
+                self.arrive(job, run, spec, &key).await
+            }
             Phase::Resume | Phase::Timeout => self.entry_of(job).await,
         }
         .map_err(|e| JobError::retry(e.to_string()))?;
@@ -103,9 +109,9 @@ impl Engine {
             Role::Owner if job.phase == Phase::Run => Ok(Step::SuspendUntil(entry.closes_at)),
             Role::Owner => {
                 let batch = self
-                    .close(&key, entry.window, spec.keep)
+                    .close(&entry.key, entry.window, spec.keep)
                     .await
-                    .map_err(|e| JobError::retry(e.to_string()))?;
+                    .map_err(super::engine::retryable)?;
                 match batch {
                     // Resumed before the database's clock reached the close: park again until then.
                     None => Ok(Step::SuspendUntil(entry.closes_at)),
@@ -116,6 +122,9 @@ impl Engine {
     }
 
     /// Joins the key's open window, or opens one, under the key's lock; a step that already did answers its entry.
+    /// A window whose owner can no longer close it (its run cancelled or failed, or retried from this node in a
+    /// new epoch) is taken over by the next arrival, which closes it at its time, or at once if that has passed:
+    /// the events batched in it are never dropped while any later event for the key arrives.
     async fn arrive(
         &self,
         job: &NodeJob,
@@ -123,6 +132,11 @@ impl Engine {
         spec: &DigestSpec,
         key: &str,
     ) -> Result<Option<Entry>, WorkflowError> {
+        // Read before the key's lock is taken: a lock holder must not wait for a second connection.
+        let zone = match spec.window {
+            DigestWindow::Until(_) => Some(self.recipient_zone(run).await?),
+            DigestWindow::For(_) => None,
+        };
         let mut tx = crate::db::begin_bounded(&self.pool, &[]).await?;
         sqlx::query(sql::LOCK_DIGEST_KEY)
             .bind(key)
@@ -132,25 +146,48 @@ impl Engine {
         if existing.is_some() {
             return Ok(existing);
         }
-        let open: Option<(i64, DateTime<Utc>)> = sqlx::query_as(sql::OPEN_DIGEST_WINDOW)
-            .bind(key)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let event = event(job.run, now, run);
-        let (window, closes_at, role, seq) = match open {
-            Some((window, closes_at)) => {
-                let (seq, owns): (i32, bool) = sqlx::query_as(sql::JOIN_DIGEST)
+        let latest: Option<(i64, DateTime<Utc>, bool, i32, bool)> =
+            sqlx::query_as(sql::LATEST_DIGEST_WINDOW)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let joinable = match latest {
+            Some((window, closes_at, open, batched, owner_alive)) => {
+                if open || (!owner_alive && batched > 0) {
+                    Some((window, closes_at, !owner_alive))
+                } else {
+                    if !owner_alive {
+                        // A `send_first` window no second event reached: nothing to send.
+                        sqlx::query(sql::CLOSE_EMPTY_DIGEST)
+                            .bind(window)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    // Otherwise its owner's close is due or under way; this event opens the next window.
+                    None
+                }
+            }
+            None => None,
+        };
+        let (window, closes_at, role, seq) = match joinable {
+            Some((window, closes_at, take_over)) => {
+                let seq: i32 = sqlx::query_scalar(sql::JOIN_DIGEST)
                     .bind(window)
                     .bind(job.run)
                     .bind(job.epoch)
                     .bind(&job.node)
+                    .bind(take_over)
                     .fetch_one(&mut *tx)
                     .await?;
-                let role = if owns { Role::Owner } else { Role::Batched };
+                let role = if take_over {
+                    Role::Owner
+                } else {
+                    Role::Batched
+                };
                 (window, closes_at, role, seq)
             }
             None => {
-                let closes_at = self.closes_at(spec, run, now).await?;
+                let closes_at = closes_at(spec, now, zone)?;
                 let (role, seq) = if spec.send_first {
                     (Role::First, 0)
                 } else {
@@ -171,7 +208,7 @@ impl Engine {
         };
         // Only the first `keep` events of a batch are read at the close: later ones keep no data.
         let kept = (seq >= 1 && seq <= i32::try_from(spec.keep).unwrap_or(i32::MAX))
-            .then(|| event["data"].clone());
+            .then(|| kept_data(run));
         sqlx::query(sql::INSERT_DIGEST_ENTRY)
             .bind(job.run)
             .bind(job.epoch)
@@ -187,38 +224,24 @@ impl Engine {
             role,
             window,
             closes_at,
+            key: key.to_string(),
         }))
+    }
+
+    /// The run's recipient's time zone (UTC without a recipient or a zone).
+    async fn recipient_zone(&self, run: &RunState) -> Result<chrono_tz::Tz, WorkflowError> {
+        Ok(match recipient(run) {
+            Some(id) => crate::recipients::store::send_profile(&self.pool, id)
+                .await?
+                .map_or(chrono_tz::UTC, |profile| profile.zone()),
+            None => chrono_tz::UTC,
+        })
     }
 
     /// The step's entry, outside any lock (a resumed owner's window is fixed by then).
     async fn entry_of(&self, job: &NodeJob) -> Result<Option<Entry>, WorkflowError> {
         let mut conn = self.pool.acquire().await?;
         Ok(entry_in(&mut conn, job).await?.1)
-    }
-
-    /// When a window opened at `now` (the database's time) closes.
-    async fn closes_at(
-        &self,
-        spec: &DigestSpec,
-        run: &RunState,
-        now: DateTime<Utc>,
-    ) -> Result<DateTime<Utc>, WorkflowError> {
-        match spec.window {
-            DigestWindow::For(length) => {
-                let length = chrono::Duration::from_std(length)
-                    .map_err(|e| WorkflowError::Io(e.to_string()))?;
-                Ok(now + length)
-            }
-            DigestWindow::Until(time) => {
-                let zone = match recipient(run) {
-                    Some(id) => crate::recipients::store::send_profile(&self.pool, id)
-                        .await?
-                        .map_or(chrono_tz::UTC, |profile| profile.zone()),
-                    None => chrono_tz::UTC,
-                };
-                Ok(crate::recipients::quiet_hours::next_local(now, time, zone))
-            }
-        }
     }
 
     /// Closes the owner's window under the key's lock and reads its batch; `None` if the database's clock has not
@@ -234,11 +257,13 @@ impl Engine {
             .bind(key)
             .execute(&mut *tx)
             .await?;
-        let due: bool = sqlx::query_scalar(sql::DIGEST_DUE)
+        let due: Option<bool> = sqlx::query_scalar(sql::DIGEST_DUE)
             .bind(window)
             .fetch_optional(&mut *tx)
-            .await?
-            .unwrap_or(true);
+            .await?;
+        let Some(due) = due else {
+            return Err(WorkflowError::NotFound(format!("digest window {window}")));
+        };
         if !due {
             return Ok(None);
         }
@@ -255,6 +280,26 @@ impl Engine {
     }
 }
 
+/// When a window opened at `now` (the database's time) closes; `zone`: the recipient's, for `until`.
+fn closes_at(
+    spec: &DigestSpec,
+    now: DateTime<Utc>,
+    zone: Option<chrono_tz::Tz>,
+) -> Result<DateTime<Utc>, WorkflowError> {
+    match spec.window {
+        DigestWindow::For(length) => {
+            let length =
+                chrono::Duration::from_std(length).map_err(|e| WorkflowError::Io(e.to_string()))?;
+            Ok(now + length)
+        }
+        DigestWindow::Until(time) => Ok(crate::recipients::quiet_hours::next_local(
+            now,
+            time,
+            zone.unwrap_or(chrono_tz::UTC),
+        )),
+    }
+}
+
 /// The step's entry if it has one, with the database's time.
 async fn entry_in(
     conn: &mut sqlx::PgConnection,
@@ -265,59 +310,78 @@ async fn entry_in(
         Option<String>,
         Option<i64>,
         Option<DateTime<Utc>>,
+        Option<String>,
     );
-    let (now, role, window, closes_at): Row = sqlx::query_as(sql::DIGEST_ENTRY_OF_STEP)
+    let (now, role, window, closes_at, key): Row = sqlx::query_as(sql::DIGEST_ENTRY_OF_STEP)
         .bind(job.run)
         .bind(job.epoch)
         .bind(&job.node)
         .fetch_one(conn)
         .await?;
-    let entry = match (role.as_deref().and_then(Role::parse), window, closes_at) {
-        (Some(role), Some(window), Some(closes_at)) => Some(Entry {
+    let entry = match (
+        role.as_deref().and_then(Role::parse),
+        window,
+        closes_at,
+        key,
+    ) {
+        (Some(role), Some(window), Some(closes_at), Some(key)) => Some(Entry {
             role,
             window,
             closes_at,
+            key,
         }),
         _ => None,
     };
     Ok((now, entry))
 }
 
-/// The digest's key: its template rendered, or the workflow and the run's recipient (prefixed by what it is, so
-/// the two kinds never collide).
+/// The digest's key: the workflow and node (a window is never shared by two digest nodes, whose continuations
+/// differ), then the key template rendered, or by default the run's recipient.
 fn key(
     spec: &DigestSpec,
     run: &RunState,
     workflow: &Workflow,
+    node: &str,
     scope: &minijinja::Value,
 ) -> Result<String, JobError> {
-    let key = match &spec.key {
+    let own = match &spec.key {
         Some(template) => format!(
             "key:{}",
             template.render(scope).map_err(JobError::permanent)?
         ),
-        None => format!(
-            "workflow:{}/{}",
-            workflow.name,
-            recipient(run).unwrap_or_default()
-        ),
+        None => format!("recipient:{}", recipient(run).unwrap_or_default()),
     };
-    if key.chars().count() > MAX_KEY_CHARS {
+    if own.chars().count() > MAX_KEY_CHARS {
         return Err(JobError::permanent(format!(
             "the digest key is longer than {MAX_KEY_CHARS} characters"
         )));
     }
-    Ok(key)
+    Ok(format!("{}/{node}/{own}", workflow.name))
 }
 
 fn recipient(run: &RunState) -> Option<&str> {
     run.context.pointer("/recipient/id").and_then(Value::as_str)
 }
 
+/// The most bytes of one event's data a batch keeps (trigger data may be megabytes; a batch keeps up to
+/// [`MAX_DIGEST_KEEP`](super::definition::MAX_DIGEST_KEEP) of them in the owner's context).
+pub const MAX_KEPT_EVENT_BYTES: usize = 16 * 1024;
+
+/// What a batch keeps of a run's trigger data: all of it, or a note if it is larger than
+/// [`MAX_KEPT_EVENT_BYTES`].
+fn kept_data(run: &RunState) -> Value {
+    let data = run.context.get("trigger").cloned().unwrap_or(Value::Null);
+    let size = serde_json::to_vec(&data).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_KEPT_EVENT_BYTES {
+        json!({ "omitted": format!("{size} bytes of trigger data, more than {MAX_KEPT_EVENT_BYTES}") })
+    } else {
+        data
+    }
+}
+
 /// One event of a batch: the run, when it arrived, and its trigger data.
 fn event(run_id: i64, at: DateTime<Utc>, run: &RunState) -> Value {
-    let data = run.context.get("trigger").cloned().unwrap_or(Value::Null);
-    json!({ "run_id": run_id, "at": at, "data": data })
+    json!({ "run_id": run_id, "at": at, "data": kept_data(run) })
 }
 
 /// The node continues with `batch` as `digest` in the run's context (the output keeps only the figures).

@@ -540,6 +540,9 @@ pub const SCRUB_RUNS: &str = r#"
 WITH steps AS (
     UPDATE herald_run_steps s SET output = NULL, error = NULL
     WHERE s.run_id = ANY($1::bigint[]) AND (s.output IS NOT NULL OR s.error IS NOT NULL)
+), digests AS (
+    UPDATE herald_digest_entries d SET event = NULL
+    WHERE d.run_id = ANY($1::bigint[]) AND d.event IS NOT NULL
 )
 UPDATE herald_runs r
 SET context = '{"erased": true}'::jsonb, recipient_id = NULL, error = NULL,
@@ -576,18 +579,28 @@ pub const LOCK_DIGEST_KEY: &str =
     "SELECT pg_advisory_xact_lock(hashtext('herald.digest'), hashtext($1))";
 
 /// The database's time, and the digest entry of the step ($1 run, $2 epoch, $3 node) if an earlier attempt made
-/// one: its role, its window and when that window closes (NULLs if none).
+/// one: its role, its window, when that window closes and the window's key (NULLs if none).
 pub const DIGEST_ENTRY_OF_STEP: &str = "
-SELECT statement_timestamp(), e.role, w.id, w.closes_at
+SELECT statement_timestamp(), e.role, w.id, w.closes_at, w.key
 FROM (SELECT 1) one
 LEFT JOIN herald_digest_entries e ON e.run_id = $1 AND e.epoch = $2 AND e.node_id = $3
 LEFT JOIN herald_digest_windows w ON w.id = e.window_id";
 
-/// The open window of digest key $1, if any: its id and close time (under [`LOCK_DIGEST_KEY`]).
-pub const OPEN_DIGEST_WINDOW: &str = "
-SELECT id, closes_at FROM herald_digest_windows
-WHERE key = $1 AND closed_at IS NULL AND closes_at > statement_timestamp()
-ORDER BY closes_at DESC LIMIT 1";
+/// The newest unclosed window of digest key $1, if any (under [`LOCK_DIGEST_KEY`]): its id, close time, whether
+/// that is still ahead, how many events it batched, and whether its owner can still close it (the owner's step
+/// pending, running or parked in a running run; false without an owner).
+pub const LATEST_DIGEST_WINDOW: &str = "
+SELECT w.id, w.closes_at, w.closes_at > statement_timestamp(), w.batched,
+       EXISTS (SELECT 1 FROM herald_run_steps s JOIN herald_runs r ON r.id = s.run_id
+               WHERE s.run_id = w.owner_run AND s.epoch = w.owner_epoch AND s.node_id = w.owner_node
+                 AND s.status IN ('pending', 'running', 'waiting') AND r.status = 'running')
+FROM herald_digest_windows w
+WHERE w.key = $1 AND w.closed_at IS NULL
+ORDER BY w.closes_at DESC LIMIT 1";
+
+/// Closes window $1 with nothing to send (a `send_first` window no second event reached).
+pub const CLOSE_EMPTY_DIGEST: &str =
+    "UPDATE herald_digest_windows SET closed_at = statement_timestamp() WHERE id = $1";
 
 /// Opens a window of digest key $1 closing at $2, owned by step ($3, $4, $5) (NULLs: no owner yet) with $6 events
 /// batched; answers its id.
@@ -595,14 +608,16 @@ pub const OPEN_DIGEST: &str = "
 INSERT INTO herald_digest_windows (key, closes_at, owner_run, owner_epoch, owner_node, batched)
 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
 
-/// Adds an event to window $1 for step ($2, $3, $4), which becomes the owner if the window has none; answers the
-/// event's place in the batch and whether the step owns the window.
+/// Adds an event to window $1 for step ($2, $3, $4), which becomes the owner if $5 (the window has none, or one
+/// that can no longer close it); answers the event's place in the batch.
 pub const JOIN_DIGEST: &str = "
 UPDATE herald_digest_windows
 SET batched = batched + 1,
-    owner_run = coalesce(owner_run, $2), owner_epoch = coalesce(owner_epoch, $3), owner_node = coalesce(owner_node, $4)
+    owner_run = CASE WHEN $5 THEN $2 ELSE owner_run END,
+    owner_epoch = CASE WHEN $5 THEN $3 ELSE owner_epoch END,
+    owner_node = CASE WHEN $5 THEN $4 ELSE owner_node END
 WHERE id = $1
-RETURNING batched, (owner_run = $2 AND owner_epoch = $3 AND owner_node = $4)";
+RETURNING batched";
 
 /// Records step ($1, $2, $3) in window $4 as role $5, place $6, keeping event data $7 (NULL past the batch's `keep`).
 pub const INSERT_DIGEST_ENTRY: &str = "

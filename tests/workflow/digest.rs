@@ -366,3 +366,74 @@ async fn a_window_until_a_time_of_day_closes_then_in_the_recipients_zone() {
     assert_eq!(sent[0].content["subject"], "3 overnight");
     flow.stop().await;
 }
+
+#[tokio::test]
+async fn a_window_whose_owner_was_cancelled_is_taken_over_by_the_next_event() {
+    let flow = Flow::start(&[COMMENTS]).await;
+    let first = flow
+        .trigger("comments", json!({"user": "dee", "author": "d0"}))
+        .await;
+    flow.step_reaches(first, "batch", "waiting").await;
+    flow.engine
+        .cancel_run(&herald::audit::Actor::cli(), first)
+        .await
+        .unwrap();
+    // The next comment takes the window over (the cancelled owner can no longer close it) and parks as its owner;
+    // the one after joins it.
+    let second = flow
+        .trigger("comments", json!({"user": "dee", "author": "d1"}))
+        .await;
+    flow.step_reaches(second, "batch", "waiting").await;
+    let third = flow
+        .trigger("comments", json!({"user": "dee", "author": "d2"}))
+        .await;
+    flow.finished(third, "completed").await;
+    let windows = "SELECT count(*) FROM herald_digest_windows";
+    assert_eq!(scalar_i64(&flow.db.pool, windows).await, 1);
+    sqlx::query("UPDATE herald_digest_windows SET closes_at = now()")
+        .execute(&flow.db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE herald_jobs SET run_at = now() WHERE payload->>'phase' = 'resume'")
+        .execute(&flow.db.pool)
+        .await
+        .unwrap();
+    flow.finished(second, "completed").await;
+    // The cancelled run's comment is in the batch: nothing batched is dropped.
+    let sent = flow.recorder.to("dee@example.com");
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].content["subject"], "3 new comments");
+    flow.stop().await;
+}
+
+/// Two digest nodes on one key template: each has windows of its own.
+const TWO_DIGESTS: &str = r#"
+name: two
+version: 1
+nodes:
+  - id: start
+    kind: trigger
+    fields:
+      user: { type: string }
+    next: [daily, hourly]
+  - id: daily
+    kind: digest
+    window: 1h
+    key: "{{ trigger.user }}"
+  - id: hourly
+    kind: digest
+    window: 1h
+    key: "{{ trigger.user }}"
+"#;
+
+#[tokio::test]
+async fn two_digest_nodes_never_share_a_window() {
+    let flow = Flow::start(&[TWO_DIGESTS]).await;
+    let run = flow.trigger("two", json!({"user": "eve"})).await;
+    flow.step_reaches(run, "daily", "waiting").await;
+    flow.step_reaches(run, "hourly", "waiting").await;
+    let owners =
+        "SELECT count(DISTINCT key) FROM herald_digest_windows WHERE owner_run IS NOT NULL";
+    assert_eq!(scalar_i64(&flow.db.pool, owners).await, 2);
+    flow.stop().await;
+}
