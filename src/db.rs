@@ -123,6 +123,20 @@ pub async fn begin_bounded(
     begun
 }
 
+/// [`begin_bounded`], then `statement` in the same round trip (a lock to take first, say). `statement` is sent as
+/// simple-query text: it must be made of constants and trusted text only (no outside data).
+pub async fn begin_bounded_then(
+    pool: &PgPool,
+    statement: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let statement =
+        format!("BEGIN; SET LOCAL statement_timeout = '{BATCH_STATEMENT_DEADLINE}'; {statement}");
+    let asked = std::time::Instant::now();
+    let begun = pool.begin_with(statement).await;
+    BEGIN_SECONDS.observe(asked.elapsed().as_secs_f64());
+    begun
+}
+
 /// How long the batch writers (API enqueues, run starts, events, workflow steps, deliveries: every
 /// [`begin_bounded`] caller) waited to take a pooled connection and open their transaction. A round trip when the
 /// pool has a connection free; a pool too small for its load (callers waiting for connections) shows here first.

@@ -137,88 +137,91 @@ impl Engine {
             DigestWindow::Until(_) => Some(self.recipient_zone(run).await?),
             DigestWindow::For(_) => None,
         };
-        let mut tx = crate::db::begin_bounded(&self.pool, &[]).await?;
-        sqlx::query(sql::LOCK_DIGEST_KEY)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
-        let (now, existing) = entry_in(&mut tx, job).await?;
-        if existing.is_some() {
-            return Ok(existing);
-        }
-        let latest: Option<(i64, DateTime<Utc>, bool, i32, bool)> =
-            sqlx::query_as(sql::LATEST_DIGEST_WINDOW)
+        let mut tx = self.lock_key(key).await?;
+        type Arrival = (
+            DateTime<Utc>,
+            Option<String>,
+            Option<i64>,
+            Option<DateTime<Utc>>,
+            Option<String>,
+            Option<i64>,
+            Option<DateTime<Utc>>,
+            Option<bool>,
+            Option<i32>,
+            bool,
+        );
+        let (now, role, window, closes_at, window_key, latest, latest_closes, open, batched, alive): Arrival =
+            sqlx::query_as(sql::DIGEST_ARRIVAL)
+                .bind(job.run)
+                .bind(job.epoch)
+                .bind(&job.node)
                 .bind(key)
-                .fetch_optional(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await?;
-        let joinable = match latest {
-            Some((window, closes_at, open, batched, owner_alive)) => {
-                if open || (!owner_alive && batched > 0) {
-                    Some((window, closes_at, !owner_alive))
+        if let Some(entry) = entry(role, window, closes_at, window_key) {
+            return Ok(Some(entry));
+        }
+        // The newest unclosed window is joined while open, or taken over if its owner can no longer close it and
+        // it holds events; a `send_first` window no second event reached is closed; otherwise (its owner's close
+        // due or under way) this event opens the next window.
+        let joinable = match (latest, latest_closes, open, batched) {
+            (Some(window), Some(closes_at), Some(open), Some(batched)) => {
+                if open || (!alive && batched > 0) {
+                    Some((window, closes_at, !alive))
                 } else {
-                    if !owner_alive {
-                        // A `send_first` window no second event reached: nothing to send.
+                    if !alive {
                         sqlx::query(sql::CLOSE_EMPTY_DIGEST)
                             .bind(window)
                             .execute(&mut *tx)
                             .await?;
                     }
-                    // Otherwise its owner's close is due or under way; this event opens the next window.
                     None
                 }
             }
-            None => None,
+            _ => None,
         };
-        let (window, closes_at, role, seq) = match joinable {
+        let keep = i32::try_from(spec.keep).unwrap_or(i32::MAX);
+        let data = kept_data(run);
+        let (window, closes_at, role) = match joinable {
             Some((window, closes_at, take_over)) => {
-                let seq: i32 = sqlx::query_scalar(sql::JOIN_DIGEST)
-                    .bind(window)
-                    .bind(job.run)
-                    .bind(job.epoch)
-                    .bind(&job.node)
-                    .bind(take_over)
-                    .fetch_one(&mut *tx)
-                    .await?;
                 let role = if take_over {
                     Role::Owner
                 } else {
                     Role::Batched
                 };
-                (window, closes_at, role, seq)
+                sqlx::query(sql::JOIN_DIGEST)
+                    .bind(job.run)
+                    .bind(job.epoch)
+                    .bind(&job.node)
+                    .bind(role.as_str())
+                    .bind(window)
+                    .bind(&data)
+                    .bind(keep)
+                    .execute(&mut *tx)
+                    .await?;
+                (window, closes_at, role)
             }
             None => {
-                let closes_at = closes_at(spec, now, zone)?;
-                let (role, seq) = if spec.send_first {
-                    (Role::First, 0)
+                let closes_at = closes_at_from(spec, now, zone)?;
+                let role = if spec.send_first {
+                    Role::First
                 } else {
-                    (Role::Owner, 1)
+                    Role::Owner
                 };
-                let owner = (role == Role::Owner).then_some(job);
                 let window: i64 = sqlx::query_scalar(sql::OPEN_DIGEST)
+                    .bind(job.run)
+                    .bind(job.epoch)
+                    .bind(&job.node)
+                    .bind(role.as_str())
                     .bind(key)
                     .bind(closes_at)
-                    .bind(owner.map(|j| j.run))
-                    .bind(owner.map(|j| j.epoch))
-                    .bind(owner.map(|j| j.node.as_str()))
-                    .bind(seq)
+                    .bind(&data)
+                    .bind(keep)
                     .fetch_one(&mut *tx)
                     .await?;
-                (window, closes_at, role, seq)
+                (window, closes_at, role)
             }
         };
-        // Only the first `keep` events of a batch are read at the close: later ones keep no data.
-        let kept = (seq >= 1 && seq <= i32::try_from(spec.keep).unwrap_or(i32::MAX))
-            .then(|| kept_data(run));
-        sqlx::query(sql::INSERT_DIGEST_ENTRY)
-            .bind(job.run)
-            .bind(job.epoch)
-            .bind(&job.node)
-            .bind(window)
-            .bind(role.as_str())
-            .bind(seq)
-            .bind(kept)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(Some(Entry {
             role,
@@ -226,6 +229,23 @@ impl Engine {
             closes_at,
             key: key.to_string(),
         }))
+    }
+
+    /// A transaction holding digest key `key`'s lock (taken with the `BEGIN`, one round trip). Relaxed commits:
+    /// what an arrival or a close writes is redone if lost, as node steps are (see
+    /// [`crate::db::relaxed_commit_pool`]): its node job's acknowledgement is a later, synchronous commit.
+    async fn lock_key(
+        &self,
+        key: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, WorkflowError> {
+        // Only a SHA-256 in hex is put into the statement's text.
+        if key.is_empty() || !key.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(WorkflowError::Io(
+                "internal: a digest key is not hashed".into(),
+            ));
+        }
+        let lock = sql::LOCK_DIGEST_KEY.replace("{key}", key);
+        Ok(crate::db::begin_bounded_then(&self.steps_pool, &lock).await?)
     }
 
     /// The run's recipient's time zone (UTC without a recipient or a zone).
@@ -240,8 +260,16 @@ impl Engine {
 
     /// The step's entry, outside any lock (a resumed owner's window is fixed by then).
     async fn entry_of(&self, job: &NodeJob) -> Result<Option<Entry>, WorkflowError> {
-        let mut conn = self.pool.acquire().await?;
-        Ok(entry_in(&mut conn, job).await?.1)
+        type Row = (String, i64, DateTime<Utc>, String);
+        let row: Option<Row> = sqlx::query_as(sql::DIGEST_ENTRY_OF_STEP)
+            .bind(job.run)
+            .bind(job.epoch)
+            .bind(&job.node)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|(role, window, closes_at, key)| {
+            entry(Some(role), Some(window), Some(closes_at), Some(key))
+        }))
     }
 
     /// Closes the owner's window under the key's lock and reads its batch; `None` if the database's clock has not
@@ -252,11 +280,7 @@ impl Engine {
         window: i64,
         keep: u32,
     ) -> Result<Option<Value>, WorkflowError> {
-        let mut tx = crate::db::begin_bounded(&self.pool, &[]).await?;
-        sqlx::query(sql::LOCK_DIGEST_KEY)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = self.lock_key(key).await?;
         let due: Option<bool> = sqlx::query_scalar(sql::DIGEST_DUE)
             .bind(window)
             .fetch_optional(&mut *tx)
@@ -281,7 +305,7 @@ impl Engine {
 }
 
 /// When a window opened at `now` (the database's time) closes; `zone`: the recipient's, for `until`.
-fn closes_at(
+fn closes_at_from(
     spec: &DigestSpec,
     now: DateTime<Utc>,
     zone: Option<chrono_tz::Tz>,
@@ -300,25 +324,14 @@ fn closes_at(
     }
 }
 
-/// The step's entry if it has one, with the database's time.
-async fn entry_in(
-    conn: &mut sqlx::PgConnection,
-    job: &NodeJob,
-) -> Result<(DateTime<Utc>, Option<Entry>), WorkflowError> {
-    type Row = (
-        DateTime<Utc>,
-        Option<String>,
-        Option<i64>,
-        Option<DateTime<Utc>>,
-        Option<String>,
-    );
-    let (now, role, window, closes_at, key): Row = sqlx::query_as(sql::DIGEST_ENTRY_OF_STEP)
-        .bind(job.run)
-        .bind(job.epoch)
-        .bind(&job.node)
-        .fetch_one(conn)
-        .await?;
-    let entry = match (
+/// An entry from its columns (all present, and a role this version knows), or `None`.
+fn entry(
+    role: Option<String>,
+    window: Option<i64>,
+    closes_at: Option<DateTime<Utc>>,
+    key: Option<String>,
+) -> Option<Entry> {
+    match (
         role.as_deref().and_then(Role::parse),
         window,
         closes_at,
@@ -331,8 +344,7 @@ async fn entry_in(
             key,
         }),
         _ => None,
-    };
-    Ok((now, entry))
+    }
 }
 
 /// The digest's key: the workflow and node (a window is never shared by two digest nodes, whose continuations

@@ -574,55 +574,73 @@ WHERE e.id IN (
 )
 "#;
 
-/// Serializes arrivals at, and the close of, digest windows of key $1 (a SHA-256), until the transaction ends.
+/// Serializes arrivals at, and the close of, digest windows of one key (a SHA-256 in hex, the only text put in
+/// place of `{key}`), until the transaction ends. Sent with the transaction's `BEGIN`.
 pub const LOCK_DIGEST_KEY: &str =
-    "SELECT pg_advisory_xact_lock(hashtext('herald.digest'), hashtext($1))";
+    "SELECT pg_advisory_xact_lock(hashtext('herald.digest'), hashtext('{key}'))";
 
-/// The database's time, and the digest entry of the step ($1 run, $2 epoch, $3 node) if an earlier attempt made
-/// one: its role, its window, when that window closes and the window's key (NULLs if none).
-pub const DIGEST_ENTRY_OF_STEP: &str = "
-SELECT statement_timestamp(), e.role, w.id, w.closes_at, w.key
+/// Under [`LOCK_DIGEST_KEY`] for key $4: the database's time; the digest entry of the step ($1 run, $2 epoch, $3
+/// node) if an earlier attempt made one (its role, its window, when that closes, the window's key); and the key's
+/// newest unclosed window (its id, close time, whether that is still ahead, how many events it batched, and
+/// whether its owner can still close it: the owner's step pending, running or parked in a running run).
+pub const DIGEST_ARRIVAL: &str = "
+SELECT statement_timestamp(), e.role, ew.id, ew.closes_at, ew.key,
+       l.id, l.closes_at, l.closes_at > statement_timestamp(), l.batched,
+       EXISTS (SELECT 1 FROM herald_run_steps s JOIN herald_runs r ON r.id = s.run_id
+               WHERE s.run_id = l.owner_run AND s.epoch = l.owner_epoch AND s.node_id = l.owner_node
+                 AND s.status IN ('pending', 'running', 'waiting') AND r.status = 'running')
 FROM (SELECT 1) one
 LEFT JOIN herald_digest_entries e ON e.run_id = $1 AND e.epoch = $2 AND e.node_id = $3
-LEFT JOIN herald_digest_windows w ON w.id = e.window_id";
+LEFT JOIN herald_digest_windows ew ON ew.id = e.window_id
+LEFT JOIN LATERAL (
+    SELECT w.id, w.closes_at, w.batched, w.owner_run, w.owner_epoch, w.owner_node
+    FROM herald_digest_windows w
+    WHERE w.key = $4 AND w.closed_at IS NULL
+    ORDER BY w.closes_at DESC LIMIT 1
+) l ON true";
 
-/// The newest unclosed window of digest key $1, if any (under [`LOCK_DIGEST_KEY`]): its id, close time, whether
-/// that is still ahead, how many events it batched, and whether its owner can still close it (the owner's step
-/// pending, running or parked in a running run; false without an owner).
-pub const LATEST_DIGEST_WINDOW: &str = "
-SELECT w.id, w.closes_at, w.closes_at > statement_timestamp(), w.batched,
-       EXISTS (SELECT 1 FROM herald_run_steps s JOIN herald_runs r ON r.id = s.run_id
-               WHERE s.run_id = w.owner_run AND s.epoch = w.owner_epoch AND s.node_id = w.owner_node
-                 AND s.status IN ('pending', 'running', 'waiting') AND r.status = 'running')
-FROM herald_digest_windows w
-WHERE w.key = $1 AND w.closed_at IS NULL
-ORDER BY w.closes_at DESC LIMIT 1";
+/// The step ($1 run, $2 epoch, $3 node)'s digest entry: its role, its window, when that closes, the window's key.
+pub const DIGEST_ENTRY_OF_STEP: &str = "
+SELECT e.role, w.id, w.closes_at, w.key
+FROM herald_digest_entries e JOIN herald_digest_windows w ON w.id = e.window_id
+WHERE e.run_id = $1 AND e.epoch = $2 AND e.node_id = $3";
 
 /// Closes window $1 with nothing to send (a `send_first` window no second event reached).
 pub const CLOSE_EMPTY_DIGEST: &str =
     "UPDATE herald_digest_windows SET closed_at = statement_timestamp() WHERE id = $1";
 
-/// Opens a window of digest key $1 closing at $2, owned by step ($3, $4, $5) (NULLs: no owner yet) with $6 events
-/// batched; answers its id.
+/// Opens a window of digest key $5 closing at $6 with step ($1 run, $2 epoch, $3 node) in it as role $4 (`owner`,
+/// place 1, or `first`, place 0: the window then has no owner yet), keeping event data $7 if $8 (`keep`) allows;
+/// answers the window's id.
 pub const OPEN_DIGEST: &str = "
-INSERT INTO herald_digest_windows (key, closes_at, owner_run, owner_epoch, owner_node, batched)
-VALUES ($1, $2, $3, $4, $5, $6) RETURNING id";
-
-/// Adds an event to window $1 for step ($2, $3, $4), which becomes the owner if $5 (the window has none, or one
-/// that can no longer close it); answers the event's place in the batch.
-pub const JOIN_DIGEST: &str = "
-UPDATE herald_digest_windows
-SET batched = batched + 1,
-    owner_run = CASE WHEN $5 THEN $2 ELSE owner_run END,
-    owner_epoch = CASE WHEN $5 THEN $3 ELSE owner_epoch END,
-    owner_node = CASE WHEN $5 THEN $4 ELSE owner_node END
-WHERE id = $1
-RETURNING batched";
-
-/// Records step ($1, $2, $3) in window $4 as role $5, place $6, keeping event data $7 (NULL past the batch's `keep`).
-pub const INSERT_DIGEST_ENTRY: &str = "
+WITH opened AS (
+    INSERT INTO herald_digest_windows (key, closes_at, owner_run, owner_epoch, owner_node, batched)
+    VALUES ($5, $6, CASE WHEN $4 = 'owner' THEN $1::bigint END, CASE WHEN $4 = 'owner' THEN $2::integer END,
+            CASE WHEN $4 = 'owner' THEN $3::text END, CASE WHEN $4 = 'owner' THEN 1 ELSE 0 END)
+    RETURNING id, batched
+)
 INSERT INTO herald_digest_entries (run_id, epoch, node_id, window_id, role, seq, event)
-VALUES ($1, $2, $3, $4, $5, $6, $7)";
+SELECT $1, $2, $3, o.id, $4, o.batched, CASE WHEN o.batched BETWEEN 1 AND $8 THEN $7::jsonb END
+FROM opened o
+RETURNING window_id";
+
+/// Adds step ($1 run, $2 epoch, $3 node) to window $5 as role $4 (`owner`: it takes the window over, which has no
+/// owner or one that can no longer close it; else `batched`), keeping event data $6 if its place is within $7
+/// (`keep`); answers its place.
+pub const JOIN_DIGEST: &str = "
+WITH joined AS (
+    UPDATE herald_digest_windows
+    SET batched = batched + 1,
+        owner_run = CASE WHEN $4 = 'owner' THEN $1 ELSE owner_run END,
+        owner_epoch = CASE WHEN $4 = 'owner' THEN $2 ELSE owner_epoch END,
+        owner_node = CASE WHEN $4 = 'owner' THEN $3 ELSE owner_node END
+    WHERE id = $5
+    RETURNING id, batched
+)
+INSERT INTO herald_digest_entries (run_id, epoch, node_id, window_id, role, seq, event)
+SELECT $1, $2, $3, j.id, $4, j.batched, CASE WHEN j.batched <= $7 THEN $6::jsonb END
+FROM joined j
+RETURNING seq";
 
 /// Whether window $1's close time has come by the database's clock.
 pub const DIGEST_DUE: &str =
