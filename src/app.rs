@@ -37,6 +37,8 @@ pub enum BootError {
     #[error(transparent)]
     Workflow(#[from] WorkflowError),
     #[error(transparent)]
+    Templates(#[from] crate::templates::TemplatesError),
+    #[error(transparent)]
     Provider(#[from] ProviderConfigError),
     #[error(transparent)]
     Bridge(#[from] BridgeError),
@@ -74,6 +76,7 @@ impl App {
             db::readiness(&pool).await.map_err(DbError::NotMigrated)?;
         }
         let app = Self::on_pool(settings, pool)?;
+        app.sync_templates().await?;
         app.sync_workflows().await?;
         Ok(app)
     }
@@ -109,6 +112,21 @@ impl App {
             engine,
             channels,
         })
+    }
+
+    /// Syncs `templates.dir` into the database if the folder exists, as [`sync_workflows`](Self::sync_workflows)
+    /// does for workflows (and before it: workflows name templates).
+    pub async fn sync_templates(&self) -> Result<(), crate::templates::TemplatesError> {
+        let dir = &self.settings.templates.dir;
+        if !dir.is_dir() {
+            tracing::info!(dir = %dir.display(), "no template folder; using the versions already stored");
+            return Ok(());
+        }
+        let actor = Actor::herald("template sync at start");
+        for (file, name, version, saved) in self.engine.templates.sync_dir(&actor, dir).await? {
+            tracing::info!(%file, template = %name, version, ?saved, "template synced");
+        }
+        Ok(())
     }
 
     /// Syncs `workflows.dir` into the database if the folder exists (a process deployed without it still runs the

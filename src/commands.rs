@@ -142,6 +142,37 @@ pub enum KeysCommand {
 }
 
 #[derive(Subcommand)]
+pub enum TemplatesCommand {
+    /// Validate every template, layout and partial in a folder (default: templates.dir) and render each template
+    /// for every channel and locale with its sample data; check that the workflows (default: workflows.dir) name
+    /// templates that exist, with a variant for the action's channel. No database needed; every problem is
+    /// printed, with its file.
+    Check {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        #[arg(long)]
+        workflows: Option<std::path::PathBuf>,
+    },
+    /// Validate and store every document in a folder (default: templates.dir); nothing is stored unless all are
+    /// valid.
+    Sync {
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+    },
+    /// List stored templates, layouts and partials (latest version of each).
+    List,
+    /// Render a stored template's every channel for a locale, with its sample data or `--data`.
+    Preview {
+        name: String,
+        #[arg(long)]
+        locale: Option<String>,
+        /// The data the template sees (JSON object: `trigger`, `recipient`, ...); default: its `sample`.
+        #[arg(long)]
+        data: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum WorkflowsCommand {
     /// Validate every definition in a folder (default: workflows.dir) and store them; nothing is stored unless
     /// all are valid. Prints each problem with its file and node.
@@ -370,6 +401,91 @@ pub async fn bridge_dlq(settings: &Settings, command: BridgeDlqCommand) -> anyho
             print_json(&serde_json::json!({ "replayed": replayed, "results": results }))
         }
     }
+}
+
+pub async fn templates(settings: &Settings, command: TemplatesCommand) -> anyhow::Result<()> {
+    use herald::templates::catalog;
+    if let TemplatesCommand::Check { dir, workflows } = &command {
+        let dir = dir
+            .clone()
+            .unwrap_or_else(|| settings.templates.dir.clone());
+        let documents = catalog::check_dir(&dir).map_err(report_invalid_templates)?;
+        let workflows = workflows
+            .clone()
+            .unwrap_or_else(|| settings.workflows.dir.clone());
+        let mut problems = Vec::new();
+        if workflows.is_dir() {
+            let compiled = herald::workflow::catalog::check_dir_compiled(&workflows)
+                .map_err(report_invalid)?;
+            for (file, workflow) in &compiled {
+                for (node, name, channel) in herald::workflow::definition::template_uses(workflow) {
+                    let found = documents.iter().find(|(_, d)| d.name == name);
+                    match found {
+                        None => problems.push(format!(
+                            "{file}: node {node}: template `{name}` is not in {}",
+                            dir.display()
+                        )),
+                        Some((_, d)) if !d.channels.contains_key(channel.as_str()) => {
+                            problems.push(format!(
+                                "{file}: node {node}: template `{name}` has no `{}` variant",
+                                channel.as_str()
+                            ));
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(report_invalid_templates(
+                herald::templates::TemplatesError::Invalid(problems),
+            ));
+        }
+        for (file, document) in documents {
+            println!(
+                "{file}: {} {} v{} is valid",
+                document.kind.as_str(),
+                document.name,
+                document.version
+            );
+        }
+        return Ok(());
+    }
+    let pool = connect(settings).await?;
+    db::migrate(&pool).await?;
+    let templates = herald::templates::Catalogue::new(pool);
+    match command {
+        TemplatesCommand::Check { .. } => Ok(()),
+        TemplatesCommand::Sync { dir } => {
+            let dir = dir.unwrap_or_else(|| settings.templates.dir.clone());
+            let outcomes = templates
+                .sync_dir(&Actor::cli(), &dir)
+                .await
+                .map_err(report_invalid_templates)?;
+            for (file, name, version, saved) in outcomes {
+                println!("{file}: {name} v{version} {saved:?}");
+            }
+            Ok(())
+        }
+        TemplatesCommand::List => print_json(&templates.list().await?),
+        TemplatesCommand::Preview { name, locale, data } => {
+            let data = data
+                .map(|text| serde_json::from_str::<serde_json::Value>(&text))
+                .transpose()?;
+            let preview = templates.preview(&name, locale.as_deref(), data).await?;
+            print_json(&preview)
+        }
+    }
+}
+
+fn report_invalid_templates(error: herald::templates::TemplatesError) -> anyhow::Error {
+    if let herald::templates::TemplatesError::Invalid(problems) = &error {
+        for problem in problems {
+            eprintln!("{problem}");
+        }
+        return anyhow::anyhow!("{} problem(s) in templates", problems.len());
+    }
+    error.into()
 }
 
 pub async fn workflows(settings: &Settings, command: WorkflowsCommand) -> anyhow::Result<()> {

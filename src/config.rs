@@ -27,6 +27,7 @@ use crate::queue::producers::ProducerRules;
 use crate::queue::{JobSettings, WorkerSettings};
 use crate::recipients::RecipientsSettings;
 use crate::setting::InvalidSetting;
+use crate::templates::TemplateSettings;
 use crate::workflow::WorkflowSettings;
 
 const BUILT_IN_DEFAULTS: &str = include_str!("../config/default.toml");
@@ -50,6 +51,9 @@ pub struct Settings {
     pub embedded_postgres: EmbeddedPostgresSettings,
     pub api: ApiSettings,
     pub workflows: WorkflowSettings,
+    /// `[templates]`: the template catalogue's folder.
+    #[serde(default)]
+    pub templates: TemplateSettings,
     /// `[recipients]`: unsubscribe links (see `recipients::unsubscribe`).
     #[serde(default)]
     pub recipients: RecipientsSettings,

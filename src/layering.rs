@@ -58,8 +58,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["channels", "setting", "db", "audit", "metrics"],
     ),
     (
+        "templates",
+        &["channels", "setting", "db", "audit", "metrics"],
+    ),
+    (
         "workflow",
         &[
+            "templates",
             "recipients",
             "channels",
             "queue",
@@ -106,6 +111,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "api",
         &[
+            "templates",
             "recipients",
             "clock",
             "workflow",
@@ -133,6 +139,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "queue",
             "recipients",
             "setting",
+            "templates",
             "workflow",
         ],
     ),
@@ -152,6 +159,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "recipients",
             "setting",
             "shutdown",
+            "templates",
             "workflow",
         ],
     ),
@@ -178,6 +186,7 @@ const TABLES: &[(&str, &str)] = &[
     ("herald_throttle_grants", "workflow"),
     ("herald_digest_windows", "workflow"),
     ("herald_digest_entries", "workflow"),
+    ("herald_templates", "templates"),
     ("herald_erasures", "workflow"),
     ("herald_recipients", "recipients"),
     ("herald_recipient_devices", "recipients"),

@@ -9,6 +9,7 @@
 //! * [`channels`]: how messages leave (provider adapters, fallback chains, limits, breakers, deliveries,
 //!   callbacks);
 //! * [`recipients`]: the people herald notifies: profiles, devices, preferences, topics, unsubscribe tokens;
+//! * [`templates`]: the template catalogue: message content by name, per channel and locale, with layouts;
 //! * [`workflow`]: notification workflows whose nodes run as queue jobs;
 //! * [`bridge`]: Kafka topics into jobs, runs and events;
 //! * [`clock`]: the clock role: fleet-safe cron schedules, retention with verified archives, daily rollups;
@@ -39,4 +40,5 @@ pub mod recipients;
 pub mod setting;
 pub mod shutdown;
 pub mod telemetry;
+pub mod templates;
 pub mod workflow;

@@ -15,8 +15,8 @@ use clap::{Args, Parser, Subcommand};
 
 use commands::{
     ArchiveCommand, BridgeDlqCommand, CronCommand, DlqCommand, EnqueueArgs, JobsCommand,
-    KeysCommand, QueuesCommand, RecipientsCommand, RollupCommand, RollupDays, TopicsCommand,
-    WorkflowsCommand, connect, print_json,
+    KeysCommand, QueuesCommand, RecipientsCommand, RollupCommand, RollupDays, TemplatesCommand,
+    TopicsCommand, WorkflowsCommand, connect, print_json,
 };
 use herald::app::App;
 use herald::config::Settings;
@@ -110,6 +110,11 @@ enum Command {
     Archive {
         #[command(subcommand)]
         command: ArchiveCommand,
+    },
+    /// The template catalogue: check (no database), sync, list, preview.
+    Templates {
+        #[command(subcommand)]
+        command: TemplatesCommand,
     },
     /// Workflow definitions and runs.
     Workflows {
@@ -326,6 +331,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(args) => commands::status(&settings, args).await,
         Command::Workers => print_json(&admin::list_workers(&connect(&settings).await?).await?),
         Command::Audit(args) => commands::audit(&connect(&settings).await?, args).await,
+        Command::Templates { command } => commands::templates(&settings, command).await,
         Command::Workflows { command } => commands::workflows(&settings, command).await,
         Command::Recipients { command } => commands::recipients(&settings, command).await,
         Command::Topics { command } => commands::topics(&settings, command).await,

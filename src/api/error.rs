@@ -244,6 +244,31 @@ impl From<std::sync::Arc<QueueError>> for ApiError {
     }
 }
 
+impl From<crate::templates::TemplatesError> for ApiError {
+    fn from(error: crate::templates::TemplatesError) -> Self {
+        use crate::templates::TemplatesError;
+        match error {
+            TemplatesError::Database(error) => database_error(&error),
+            TemplatesError::Invalid(problems) => ApiError::validation(
+                problems
+                    .into_iter()
+                    .map(|message| FieldError {
+                        field: "document".into(),
+                        message,
+                    })
+                    .collect(),
+            ),
+            error @ TemplatesError::VersionConflict { .. } => ApiError::conflict(error.to_string()),
+            TemplatesError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            TemplatesError::Render(message) => ApiError::validation(vec![FieldError {
+                field: "template".into(),
+                message,
+            }]),
+            TemplatesError::Io(detail) => ApiError::internal(detail),
+        }
+    }
+}
+
 impl From<WorkflowError> for ApiError {
     fn from(error: WorkflowError) -> Self {
         ApiError::from(&error)

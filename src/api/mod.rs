@@ -43,6 +43,7 @@ mod schedules;
 mod schemas;
 mod settings;
 mod suppressions;
+mod templates;
 mod workflows;
 
 use std::sync::Arc;
@@ -181,6 +182,8 @@ impl ApiState {
         workflows::save_workflow, workflows::list_workflows, workflows::get_workflow, workflows::start_run,
         workflows::get_run, workflows::list_runs, workflows::cancel_run, workflows::retry_run,
         workflows::post_event,
+        templates::save_template, templates::list_templates, templates::get_template,
+        templates::preview_template,
         providers::list_providers, deliveries::run_deliveries, suppressions::list_suppressions,
         suppressions::add_suppression, suppressions::remove_suppression, callbacks::receive_callback,
         audit::list_audit,
@@ -241,6 +244,15 @@ pub fn router(state: ApiState) -> Router {
             get(workflows::list_workflows).post(workflows::save_workflow),
         )
         .route("/workflows/{name}", get(workflows::get_workflow))
+        .route(
+            "/templates",
+            get(templates::list_templates).post(templates::save_template),
+        )
+        .route("/templates/{name}", get(templates::get_template))
+        .route(
+            "/templates/{name}/preview",
+            post(templates::preview_template),
+        )
         .route("/workflows/{name}/runs", post(workflows::start_run))
         .route("/runs", get(workflows::list_runs))
         .route("/runs/{id}", get(workflows::get_run))

@@ -256,6 +256,14 @@ async fn save_statement(
 
 /// Validates every definition in `dir` without storing anything; returns (file, name, version) of each.
 pub fn check_dir(dir: &Path) -> Result<Vec<(String, String, i32)>, WorkflowError> {
+    Ok(check_dir_compiled(dir)?
+        .into_iter()
+        .map(|(source, w)| (source, w.name, w.version))
+        .collect())
+}
+
+/// [`check_dir`], answering the compiled definitions.
+pub fn check_dir_compiled(dir: &Path) -> Result<Vec<(String, Workflow)>, WorkflowError> {
     let loaded = load_dir(dir)?;
     let mut errors = Vec::new();
     for (source, workflow) in &loaded {
@@ -266,10 +274,7 @@ pub fn check_dir(dir: &Path) -> Result<Vec<(String, String, i32)>, WorkflowError
     if !errors.is_empty() {
         return Err(WorkflowError::Invalid(errors));
     }
-    Ok(loaded
-        .into_iter()
-        .map(|(source, w)| (source, w.name, w.version))
-        .collect())
+    Ok(loaded)
 }
 
 /// Reads, parses and compiles every definition in `dir`, or returns every problem in every file (including

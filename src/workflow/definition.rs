@@ -89,6 +89,9 @@ pub enum NodeKind {
         channel: ChannelKind,
         providers: Vec<String>,
         to: Addressee,
+        /// A template of the catalogue (`template: order-shipped`), rendered for the channel and the recipient's
+        /// locale; `content` fields, if any, override its fields.
+        template: Option<String>,
         content: BTreeMap<String, Template>,
         /// Bypasses the recipient's opt-outs and quiet hours (or the whole workflow is `critical`).
         critical: bool,
@@ -545,6 +548,7 @@ struct ActionSpec {
     #[serde(default)]
     providers: Vec<String>,
     to: Option<ToSpec>,
+    template: Option<String>,
     #[serde(default)]
     content: BTreeMap<String, String>,
     #[serde(default)]
@@ -792,6 +796,11 @@ fn compile_action(spec: ActionSpec, problems: &mut Vec<String>) -> Result<NodeKi
             }
         },
     };
+    if let Some(name) = &spec.template
+        && !crate::templates::document::valid_name(name)
+    {
+        problems.push("`template` must name a template (1-64 characters of [A-Za-z0-9_.-])".into());
+    }
     let mut content = BTreeMap::new();
     for (field, source) in spec.content {
         // HTML parts escape the values they insert; the other fields are plain text.
@@ -811,6 +820,7 @@ fn compile_action(spec: ActionSpec, problems: &mut Vec<String>) -> Result<NodeKi
         channel,
         providers: spec.providers,
         to,
+        template: spec.template,
         content,
         critical: spec.critical,
         window,
@@ -957,6 +967,22 @@ fn compile_wait(spec: WaitSpecRaw) -> Result<NodeKind, String> {
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration like 30s, 10m, 2h: {e}"))
+}
+
+/// The catalogue templates a workflow's actions name: (node, template, channel).
+pub fn template_uses(workflow: &Workflow) -> Vec<(&str, &str, ChannelKind)> {
+    workflow
+        .nodes
+        .values()
+        .filter_map(|node| match &node.kind {
+            NodeKind::Action {
+                template: Some(template),
+                channel,
+                ..
+            } => Some((node.id.as_str(), template.as_str(), *channel)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether each of the node's edge lists (`next`, `then`, `else`, each case, `default`, `on_timeout`) names at

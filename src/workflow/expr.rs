@@ -20,6 +20,8 @@ use std::sync::LazyLock;
 
 use minijinja::{Environment, Expression, UndefinedBehavior, Value};
 
+use crate::templates::language::{describe, may_be_heavy, off_the_executor_if};
+
 /// Instructions one evaluation may run: far above any real message (a loop over a 1,000-item list with a few
 /// lookups each is about 10,000), and a few milliseconds of CPU at most.
 pub const FUEL: u64 = 200_000;
@@ -237,33 +239,6 @@ pub fn scope(context: &serde_json::Value, run: &serde_json::Value) -> Value {
     };
     scope.insert("run".into(), run.clone());
     Value::from(minijinja::value::Serde(&scope))
-}
-
-/// Whether evaluating `source` can take more than a moment: true for any statement (`{% for %}`), call
-/// (`range(…)`), filter (`|`) or multiplication (`"x" * n`), the constructs through which Jinja does unbounded
-/// work. Deliberately coarse: a false "heavy" costs a thread hand-off, a false "light" could stall a thread.
-fn may_be_heavy(source: &str) -> bool {
-    source.contains("{%") || source.contains(['(', '|', '*'])
-}
-
-/// Runs `work` where it cannot hold one of the async runtime's threads when `heavy` (see the module docs).
-/// `block_in_place` needs the multi-threaded runtime; elsewhere (a single-threaded test runtime) it runs inline.
-fn off_the_executor_if<T>(heavy: bool, work: impl FnOnce() -> T) -> T {
-    let multi_threaded = tokio::runtime::Handle::try_current()
-        .is_ok_and(|rt| rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if heavy && multi_threaded {
-        tokio::task::block_in_place(work)
-    } else {
-        work()
-    }
-}
-
-/// minijinja's error text plus its detail (which names the offending token) when there is one.
-fn describe(error: &minijinja::Error) -> String {
-    match error.detail() {
-        Some(detail) => format!("{}: {detail}", error.kind()),
-        None => error.to_string(),
-    }
 }
 
 #[cfg(test)]

@@ -166,6 +166,8 @@ pub struct Engine {
     /// Relaxed commits for node jobs' own steps (see [`crate::db::relaxed_commit_pool`]).
     steps_pool: PgPool,
     pub catalog: Catalog,
+    /// The template catalogue actions with `template:` render from.
+    pub templates: crate::templates::Catalogue,
     channels: Channels,
     settings: WorkflowSettings,
     jobs: NodeJobs,
@@ -195,6 +197,7 @@ impl Engine {
     ) -> Result<Self, WorkflowError> {
         Ok(Self {
             catalog: Catalog::new(pool.clone()),
+            templates: crate::templates::Catalogue::new(pool.clone()),
             steps_pool,
             pool,
             channels,

@@ -233,6 +233,40 @@ impl Engine {
         Ok(Step::done("skipped", output, &node.next))
     }
 
+    /// An action's catalogue template rendered for its channel, in the recipient's locale (`recipient.locale`,
+    /// else the trigger data's `locale`, else the default variant). A missing template, variant or variable fails
+    /// the node (permanently: a retry renders the same); the catalogue unreachable is retried.
+    async fn render_template(
+        &self,
+        name: &str,
+        channel: ChannelKind,
+        scope: &minijinja::Value,
+    ) -> Result<BTreeMap<String, String>, JobError> {
+        let snapshot = self
+            .templates
+            .snapshot()
+            .await
+            .map_err(|e| JobError::retry(e.to_string()))?;
+        let text = |value: Option<minijinja::Value>| {
+            value.and_then(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+        };
+        let attr = |outer: &str, inner: &str| {
+            scope
+                .get_attr(outer)
+                .ok()
+                .and_then(|o| o.get_attr(inner).ok())
+        };
+        let locale = text(attr("recipient", "locale")).or_else(|| text(attr("trigger", "locale")));
+        let rendered = crate::templates::language::off_the_executor_if(true, || {
+            snapshot.render(name, channel.as_str(), locale.as_deref(), scope)
+        })
+        .map_err(|e| match e {
+            crate::templates::TemplatesError::Database(_) => JobError::retry(e.to_string()),
+            other => JobError::permanent(other.to_string()),
+        })?;
+        Ok(rendered.content)
+    }
+
     /// Sends the rendered message to each target (see the module docs, step 4).
     async fn deliver(
         &self,
@@ -248,12 +282,18 @@ impl Engine {
             unsubscribe,
         } = addressed;
         let NodeKind::Action {
-            channel, content, ..
+            channel,
+            template,
+            content,
+            ..
         } = &node.kind
         else {
             return Err(JobError::permanent("not an action node"));
         };
-        let mut rendered = BTreeMap::new();
+        let mut rendered = match template {
+            Some(name) => self.render_template(name, *channel, scope).await?,
+            None => BTreeMap::new(),
+        };
         for (field, template) in content {
             rendered.insert(
                 field.clone(),

@@ -20,5 +20,6 @@ mod events;
 mod metrics;
 mod recipients;
 mod runs;
+mod templates;
 mod throttle;
 mod timers;
