@@ -167,6 +167,7 @@ impl App {
                 .schedules()
                 .map_err(|e| std::io::Error::other(e.to_string()))?,
             producers: settings.producer_rules(),
+            feed: settings.feed.clone(),
         };
         let state = crate::api::ApiState::new(&settings.api, parts);
         self.publish_queue_stats(&shutdown);
@@ -341,7 +342,10 @@ pub fn channels(settings: &Settings, pool: &PgPool) -> Result<Channels, Provider
         queue: settings.workflows.queue.to_string(),
         every: settings.worker.heartbeat,
     };
-    Channels::from_settings(&settings.channels, &settings.providers, share, pool)
+    let channels = Channels::from_settings(&settings.channels, &settings.providers, share, pool)?;
+    // The in-app feed is herald's own table, whatever the sink: a development setup's feed works too.
+    let feed = Arc::new(crate::feed::FeedChannel::new(pool.clone()));
+    Ok(channels.with(crate::channels::ChannelKind::InApp, feed))
 }
 
 /// The process's metrics registry: HTTP, plus the queue's, the channels' and the bridge's process-wide metrics.

@@ -51,6 +51,9 @@ pub struct Settings {
     pub embedded_postgres: EmbeddedPostgresSettings,
     pub api: ApiSettings,
     pub workflows: WorkflowSettings,
+    /// `[feed]`: recipient tokens, CORS and live streams of the in-app feed.
+    #[serde(default)]
+    pub feed: crate::feed::FeedSettings,
     /// `[templates]`: the template catalogue's folder.
     #[serde(default)]
     pub templates: TemplateSettings,
@@ -139,6 +142,7 @@ impl Settings {
         self.alerts.validate()?;
         self.api.validate()?;
         self.workflows.validate()?;
+        self.feed.validate()?;
         self.recipients.validate()?;
         self.channels.validate(&self.providers)?;
         self.bridge.validate()?;

@@ -58,12 +58,24 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["channels", "setting", "db", "audit", "metrics"],
     ),
     (
+        "feed",
+        &[
+            "recipients",
+            "channels",
+            "setting",
+            "db",
+            "dataset",
+            "metrics",
+        ],
+    ),
+    (
         "templates",
         &["channels", "setting", "db", "audit", "metrics"],
     ),
     (
         "workflow",
         &[
+            "feed",
             "templates",
             "recipients",
             "channels",
@@ -94,6 +106,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "clock",
         &[
+            "feed",
             "recipients",
             "bridge",
             "workflow",
@@ -111,6 +124,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "api",
         &[
+            "feed",
             "templates",
             "recipients",
             "clock",
@@ -135,6 +149,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "clock",
             "db",
             "embedded_postgres",
+            "feed",
             "metrics",
             "queue",
             "recipients",
@@ -154,6 +169,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "clock",
             "config",
             "db",
+            "feed",
             "metrics",
             "queue",
             "recipients",
@@ -187,6 +203,7 @@ const TABLES: &[(&str, &str)] = &[
     ("herald_digest_windows", "workflow"),
     ("herald_digest_entries", "workflow"),
     ("herald_templates", "templates"),
+    ("herald_feed_items", "feed"),
     ("herald_erasures", "workflow"),
     ("herald_recipients", "recipients"),
     ("herald_recipient_devices", "recipients"),

@@ -9,6 +9,7 @@
 //! * [`channels`]: how messages leave (provider adapters, fallback chains, limits, breakers, deliveries,
 //!   callbacks);
 //! * [`recipients`]: the people herald notifies: profiles, devices, preferences, topics, unsubscribe tokens;
+//! * [`feed`]: the in-app feed: the `in_app` channel's items, recipient tokens, live streams;
 //! * [`templates`]: the template catalogue: message content by name, per channel and locale, with layouts;
 //! * [`workflow`]: notification workflows whose nodes run as queue jobs;
 //! * [`bridge`]: Kafka topics into jobs, runs and events;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod dataset;
 pub mod db;
 pub mod embedded_postgres;
+pub mod feed;
 #[cfg(test)]
 mod layering;
 pub mod metrics;

@@ -87,6 +87,75 @@ impl<S: NeedsScope> FromRequestParts<ApiState> for Authorized<S> {
     }
 }
 
+/// Who is using a recipient's feed: a browser holding that recipient's token (see `feed::tokens`), or a service's
+/// API key (`read` to look, and `enqueue` too to mark items).
+pub enum FeedCaller {
+    Recipient(String),
+    Key { write: bool },
+}
+
+impl FromRequestParts<ApiState> for FeedCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        if let Some(token) = feed_token(parts) {
+            let signer = state.feed.signer(&state.pool).await?;
+            return signer
+                .verify(token, chrono::Utc::now())
+                .map(FeedCaller::Recipient)
+                .map_err(|e| ApiError::unauthorized(e.to_string()));
+        }
+        let caller = authenticate(parts, state).await?;
+        if !caller.scopes.contains(&Scope::Read) {
+            return Err(ApiError::forbidden(
+                "the feed needs the `read` scope, or the recipient's feed token",
+            ));
+        }
+        Ok(FeedCaller::Key {
+            write: caller.scopes.contains(&Scope::Enqueue),
+        })
+    }
+}
+
+impl FeedCaller {
+    /// May this caller read `recipient`'s feed (403 otherwise)?
+    pub fn may_read(&self, recipient: &str) -> Result<(), ApiError> {
+        match self {
+            FeedCaller::Recipient(own) if own == recipient => Ok(()),
+            FeedCaller::Recipient(_) => Err(ApiError::forbidden(
+                "this token opens another recipient's feed",
+            )),
+            FeedCaller::Key { .. } => Ok(()),
+        }
+    }
+
+    /// May this caller mark items of `recipient`'s feed (403 otherwise)?
+    pub fn may_write(&self, recipient: &str) -> Result<(), ApiError> {
+        self.may_read(recipient)?;
+        match self {
+            FeedCaller::Key { write: false, .. } => Err(ApiError::forbidden(
+                "marking feed items needs the `enqueue` scope, or the recipient's feed token",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A recipient token presented as `Authorization: Bearer feed_...` or, for `EventSource` (which cannot set
+/// headers), as the `token` query parameter.
+fn feed_token(parts: &Parts) -> Option<&str> {
+    let prefix = crate::feed::tokens::PREFIX;
+    if let Some(bearer) = presented_key(parts).filter(|k| k.starts_with(prefix)) {
+        return Some(bearer);
+    }
+    parts.uri.query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("token="))
+            .filter(|token| token.starts_with(prefix))
+    })
+}
+
 /// Recently accepted keys by digest, so most requests cost no lookup. Only valid keys are cached: an unknown key
 /// is never remembered (a flood of made-up keys cannot fill memory or push real keys out); the per-client
 /// [`FailureLimiter`] bounds what unknown keys cost the database instead.

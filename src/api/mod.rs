@@ -32,6 +32,7 @@ mod callbacks;
 mod deliveries;
 mod error;
 mod extract;
+mod feed;
 mod jobs;
 pub mod keys;
 mod listener;
@@ -99,6 +100,8 @@ pub struct StateInner {
     pub schedules: Arc<[Schedule]>,
     /// What callers may enqueue.
     pub producers: ProducerRules,
+    /// The in-app feed's settings, token signer and live streams (see `feed.rs`).
+    pub feed: feed::FeedState,
     enqueuer: batcher::EnqueueBatcher,
     keys: KeyCache,
     failures: FailureLimiter,
@@ -126,6 +129,8 @@ pub struct ApiParts {
     pub schedules: Arc<[Schedule]>,
     /// What callers may enqueue (no herald-internal queues or kinds).
     pub producers: ProducerRules,
+    /// `[feed]`: recipient tokens, CORS and live streams.
+    pub feed: crate::feed::FeedSettings,
 }
 
 impl ApiState {
@@ -139,6 +144,7 @@ impl ApiState {
             callbacks,
             schedules,
             producers,
+            feed,
         } = parts;
         let settings = settings.clone();
         let failures = FailureLimiter::new(
@@ -160,6 +166,7 @@ impl ApiState {
             callbacks,
             schedules,
             producers,
+            feed: feed::FeedState::new(feed),
             enqueuer,
             keys: KeyCache::default(),
             failures,
@@ -191,6 +198,7 @@ impl ApiState {
         recipients::delete_recipient, recipients::list_recipients, recipients::batch_recipients,
         recipients::get_preferences, recipients::put_preferences, recipients::add_members,
         recipients::remove_members, recipients::list_members, recipients::get_fanout, recipients::unsubscribe, recipients::unsubscribe_page,
+        feed::mint_token, feed::list_feed, feed::feed_counts, feed::mark_feed, feed::stream_feed,
         healthz, readyz, metrics,
     ),
     components(schemas(Problem, error::FieldError)),
@@ -208,6 +216,14 @@ impl utoipa::Modify for ApiKeyScheme {
             .description(Some("An API key from `herald keys create`"))
             .build();
         components.add_security_scheme("api_key", SecurityScheme::Http(scheme));
+        let token = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A recipient token (`feed_...`, from `POST /v1/recipients/{id}/feed/token`): that recipient's feed only; \
+                 also accepted as the `token` query parameter",
+            ))
+            .build();
+        components.add_security_scheme("recipient_token", SecurityScheme::Http(token));
     }
 }
 
@@ -294,7 +310,8 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/suppressions/{channel}/{address}",
             axum::routing::delete(suppressions::remove_suppression),
-        );
+        )
+        .merge(feed::routes(&state.feed.settings));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(healthz))

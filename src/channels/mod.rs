@@ -62,10 +62,12 @@ pub enum ChannelKind {
     Sms,
     Push,
     Chat,
+    /// The in-app feed: no provider; the message is stored as a feed item of its recipient (see `feed`).
+    InApp,
 }
 
 impl ChannelKind {
-    pub const ALL: [ChannelKind; 4] = [Self::Email, Self::Sms, Self::Push, Self::Chat];
+    pub const ALL: [ChannelKind; 5] = [Self::Email, Self::Sms, Self::Push, Self::Chat, Self::InApp];
 
     pub fn parse(value: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.as_str() == value)
@@ -77,6 +79,7 @@ impl ChannelKind {
             Self::Sms => "sms",
             Self::Push => "push",
             Self::Chat => "chat",
+            Self::InApp => "in_app",
         }
     }
 
@@ -258,6 +261,12 @@ impl Channels {
 
     pub fn get(&self, kind: ChannelKind) -> Option<&Arc<dyn Channel>> {
         self.by_kind.get(kind.as_str())
+    }
+
+    /// These channels with `kind` sent through `channel` instead (the in-app feed, which no sink replaces).
+    pub fn with(mut self, kind: ChannelKind, channel: Arc<dyn Channel>) -> Self {
+        self.by_kind.insert(kind.as_str(), channel);
+        self
     }
 }
 

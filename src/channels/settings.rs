@@ -69,6 +69,8 @@ impl ChainSettings {
             ChannelKind::Sms => &self.sms,
             ChannelKind::Push => &self.push,
             ChannelKind::Chat => &self.chat,
+            // The feed has no providers.
+            ChannelKind::InApp => &[],
         }
     }
 }

@@ -221,6 +221,13 @@ impl Engine {
                 break;
             }
         }
+        // 5. Their in-app feed.
+        crate::feed::store::erase(&self.pool, recipient)
+            .await
+            .map_err(|e| match e {
+                crate::feed::FeedError::Database(db) => WorkflowError::Database(db),
+                other => WorkflowError::Io(other.to_string()),
+            })?;
         Ok(scrubbed)
     }
 }

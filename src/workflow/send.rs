@@ -28,6 +28,7 @@ use super::steps::RunState;
 use super::{Engine, NodeJob, Phase, expr};
 use crate::channels::deliveries::{Begin, DeliveryKey, Finished};
 use crate::channels::{ChannelKind, Message, SendError, UNSUBSCRIBE_URL};
+use crate::feed::store::{CATEGORY_FIELD, WORKFLOW_FIELD};
 use crate::queue::JobError;
 use crate::recipients::{self, RecipientId, SendProfile, store};
 
@@ -166,7 +167,7 @@ impl Engine {
                 return Ok(Step::SuspendUntil(opening));
             }
         }
-        let targets = targets(*channel, providers, &profile);
+        let targets = targets(*channel, providers, &profile, id);
         if targets.is_empty() {
             let reason = format!(
                 "no_address: the profile has no {} address",
@@ -299,6 +300,15 @@ impl Engine {
                 field.clone(),
                 template.render(scope).map_err(JobError::permanent)?,
             );
+        }
+        // A feed item records the workflow and its category (the feed filters by category).
+        if *channel == ChannelKind::InApp {
+            rendered.insert(WORKFLOW_FIELD.to_string(), run.workflow.clone());
+            if let Ok(workflow) = self.catalog.version(&run.workflow, run.version).await
+                && let Some(category) = &workflow.category
+            {
+                rendered.insert(CATEGORY_FIELD.to_string(), category.clone());
+            }
         }
         // The email's List-Unsubscribe headers (the adapters read it from the content; see `channels`).
         if let Some(url) = unsubscribe {
@@ -499,7 +509,12 @@ fn job_error(failure: SendError) -> JobError {
 const PUSH_PROVIDERS: [&str; 3] = ["fcm", "apns", "webpush"];
 
 /// A recipient's addresses for an action (module docs, step 3).
-fn targets(channel: ChannelKind, providers: &[String], profile: &SendProfile) -> Vec<Target> {
+fn targets(
+    channel: ChannelKind,
+    providers: &[String],
+    profile: &SendProfile,
+    id: &str,
+) -> Vec<Target> {
     let all = |address: &Option<String>| {
         address
             .iter()
@@ -528,6 +543,11 @@ fn targets(channel: ChannelKind, providers: &[String], profile: &SendProfile) ->
                 })
                 .collect()
         }
+        // The feed is addressed by the recipient's id.
+        ChannelKind::InApp => vec![Target {
+            address: id.to_string(),
+            providers: Vec::new(),
+        }],
         ChannelKind::Chat => {
             let handles = &profile.chat.0;
             let first = if providers.is_empty() {

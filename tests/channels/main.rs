@@ -19,6 +19,7 @@ mod api;
 mod callbacks;
 mod chain;
 mod deliveries;
+mod feed;
 mod fleet;
 mod recipients;
 mod traces;

@@ -95,6 +95,10 @@ impl TestApp {
         self.client.get(self.url(path)).bearer_auth(key)
     }
 
+    pub fn put(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
+        self.client.put(self.url(path)).bearer_auth(key)
+    }
+
     pub fn delete(&self, path: &str, key: &str) -> reqwest::RequestBuilder {
         self.client.delete(self.url(path)).bearer_auth(key)
     }

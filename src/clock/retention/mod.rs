@@ -59,6 +59,7 @@ pub fn data_sets() -> Vec<DataSet> {
         crate::workflow::retention::EVENTS,
         crate::channels::retention::CALLBACK_EVENTS,
         crate::channels::retention::PROVIDER_CIRCUITS,
+        crate::feed::retention::FEED_ITEMS,
         crate::bridge::retention::BRIDGE_DEAD_LETTERS,
     ]
 }

@@ -32,6 +32,9 @@ pub struct RetentionSettings {
     pub events: Duration,
     #[serde(rename = "callback_events_days", deserialize_with = "setting::days")]
     pub callback_events: Duration,
+    /// In-app feed items, by creation (archived, then removed).
+    #[serde(rename = "feed_items_days", deserialize_with = "setting::days")]
+    pub feed_items: Duration,
     #[serde(
         rename = "bridge_dead_letters_days",
         deserialize_with = "setting::days"
@@ -70,6 +73,7 @@ impl Default for RetentionSettings {
             runs: months,
             events: months,
             callback_events: months,
+            feed_items: months,
             bridge_dead_letters: months,
             idempotency_keys: DAY * 7,
             provider_circuits: DAY * 7,
@@ -91,6 +95,7 @@ impl RetentionSettings {
             ("clock.retention.runs_days", self.runs),
             ("clock.retention.events_days", self.events),
             ("clock.retention.callback_events_days", self.callback_events),
+            ("clock.retention.feed_items_days", self.feed_items),
             (
                 "clock.retention.bridge_dead_letters_days",
                 self.bridge_dead_letters,
@@ -155,6 +160,7 @@ impl RetentionSettings {
             "runs" => self.runs,
             "events" => self.events,
             "callback_events" => self.callback_events,
+            "feed_items" => self.feed_items,
             "bridge_dead_letters" => self.bridge_dead_letters,
             "idempotency_keys" => self.idempotency_keys,
             "provider_circuits" => self.provider_circuits,

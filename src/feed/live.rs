@@ -1,0 +1,140 @@
+//! Live feeds: the API process's one `LISTEN herald_feed` connection, and the streams waiting on it.
+//!
+//! Every write to a recipient's feed (a new item, a mark) runs `pg_notify('herald_feed', <recipient>)` in its own
+//! transaction, so it arrives after the commit, at every API process of the fleet. Each open stream holds a watch
+//! on its recipient's counter here; a notification bumps it, and the stream reads what is new from the table (the
+//! notification carries no data: a stream that missed several reads them all at once). When the connection drops,
+//! notifications may be lost: on reconnecting every watch is bumped, so every stream looks once.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// The notification channel.
+pub const CHANNEL: &str = "herald_feed";
+
+/// The streams of one API process, by recipient.
+pub struct Live {
+    watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
+    open: AtomicUsize,
+    max_streams: usize,
+}
+
+/// One open stream's place: dropped when the stream ends (the client went away), which frees it.
+pub struct Subscription {
+    live: Arc<Live>,
+    recipient: String,
+    pub changes: watch::Receiver<u64>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.live.open.fetch_sub(1, Ordering::Relaxed);
+        let mut watchers = self.live.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        // This subscription's receiver still counts until it is dropped, after this: 1 means it was the last.
+        if watchers
+            .get(&self.recipient)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            watchers.remove(&self.recipient);
+        }
+    }
+}
+
+impl Live {
+    /// Starts listening on `pool` (one connection, held until `shutdown`).
+    pub fn start(pool: PgPool, max_streams: usize, shutdown: CancellationToken) -> Arc<Self> {
+        let live = Arc::new(Self {
+            watchers: Mutex::default(),
+            open: AtomicUsize::new(0),
+            max_streams,
+        });
+        let listening = Arc::clone(&live);
+        tokio::spawn(async move { listening.listen(pool, shutdown).await });
+        live
+    }
+
+    /// A place for a new stream of `recipient`; `None` if this process has `max_streams` open.
+    pub fn subscribe(self: &Arc<Self>, recipient: &str) -> Option<Subscription> {
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_streams {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        let changes = watchers
+            .entry(recipient.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        Some(Subscription {
+            live: Arc::clone(self),
+            recipient: recipient.to_string(),
+            changes,
+        })
+    }
+
+    /// Streams open in this process.
+    pub fn open_streams(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn wake(&self, recipient: &str) {
+        let watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = watchers.get(recipient) {
+            sender.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    fn wake_all(&self) {
+        let watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        for sender in watchers.values() {
+            sender.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    async fn listen(&self, pool: PgPool, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.listen_once(&pool, &shutdown).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%error, "feed listener lost its connection; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn listen_once(
+        &self,
+        pool: &PgPool,
+        shutdown: &CancellationToken,
+    ) -> Result<(), sqlx::Error> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(CHANNEL).await?;
+        // Anything sent while nobody listened is lost: every stream looks once.
+        self.wake_all();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                message = listener.try_recv() => match message? {
+                    Some(notification) => self.wake(notification.payload()),
+                    None => {
+                        return Err(sqlx::Error::Protocol(
+                            "feed listener connection was re-established".into(),
+                        ));
+                    }
+                },
+            }
+        }
+    }
+}
