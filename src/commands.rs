@@ -409,14 +409,19 @@ pub async fn templates(settings: &Settings, command: TemplatesCommand) -> anyhow
         let dir = dir
             .clone()
             .unwrap_or_else(|| settings.templates.dir.clone());
-        let documents = catalog::check_dir(&dir).map_err(report_invalid_templates)?;
+        let (documents, mut problems) = catalog::check_dir_all(&dir)?;
         let workflows = workflows
             .clone()
             .unwrap_or_else(|| settings.workflows.dir.clone());
-        let mut problems = Vec::new();
         if workflows.is_dir() {
-            let compiled = herald::workflow::catalog::check_dir_compiled(&workflows)
-                .map_err(report_invalid)?;
+            let compiled = match herald::workflow::catalog::check_dir_compiled(&workflows) {
+                Ok(compiled) => compiled,
+                Err(herald::workflow::WorkflowError::Invalid(found)) => {
+                    problems.extend(found.iter().map(ToString::to_string));
+                    Vec::new()
+                }
+                Err(other) => return Err(other.into()),
+            };
             for (file, workflow) in &compiled {
                 for (node, name, channel) in herald::workflow::definition::template_uses(workflow) {
                     let found = documents.iter().find(|(_, d)| d.name == name);

@@ -16,7 +16,7 @@ use super::responses::{AdminAuth, JsonBody, ReadAuth};
 use super::schemas::StorableObject;
 use crate::templates::TemplateSummary;
 use crate::templates::catalog::{Preview, Saved};
-use crate::templates::document::{Kind, valid_locale};
+use crate::templates::document::{valid_locale, valid_name};
 
 /// A template document as `POST /v1/templates` takes it (see docs/templates.md). What it cannot say (which fields
 /// each channel has, that a layout places `{{ content }}`, that each part compiles) is checked on save, one error
@@ -110,19 +110,6 @@ pub async fn save_template(
     ApiJson(document): ApiJson<serde_json::Value>,
 ) -> Result<Response, ApiError> {
     let templates = &state.engine.templates;
-    // A template's layout must be stored already (the layout first, then what uses it).
-    if let Some(layout) = document.get("layout").and_then(|l| l.as_str()) {
-        let snapshot = templates.snapshot().await?;
-        if !snapshot
-            .document(layout)
-            .is_some_and(|d| d.kind == Kind::Layout)
-        {
-            return Err(crate::templates::TemplatesError::Invalid(vec![format!(
-                "request: `layout`: no layout `{layout}` is stored"
-            )])
-            .into());
-        }
-    }
     let (saved_document, saved) = templates.save(&admin.actor, "request", &document).await?;
     let status = match saved {
         Saved::Created => StatusCode::CREATED,
@@ -168,6 +155,9 @@ pub async fn get_template(
     _: Authorized<ReadScope>,
     ApiPath(name): ApiPath<String>,
 ) -> Result<Json<StoredTemplate>, ApiError> {
+    if !valid_name(&name) {
+        return Err(ApiError::not_found(format!("template `{name}` not found")));
+    }
     let (version, document) = state.engine.templates.latest(&name).await?;
     Ok(Json(StoredTemplate {
         name,
@@ -203,7 +193,16 @@ pub async fn preview_template(
             message: "is not a locale tag like `pt` or `pt-BR`".into(),
         }]));
     }
+    if !valid_name(&name) {
+        return Err(ApiError::not_found("no such template"));
+    }
     let data = request.data.map(serde_json::Value::Object);
+    if data
+        .as_ref()
+        .is_some_and(crate::templates::document::has_nul)
+    {
+        return Err(ApiError::field("data", "contains U+0000"));
+    }
     let preview = state
         .engine
         .templates

@@ -71,6 +71,8 @@ pub struct Document {
     pub description: Option<String>,
     /// A template's layout, by name.
     pub layout: Option<String>,
+    /// The language of a template's default variants (what its format filters use; `en` if unset).
+    pub locale: Option<String>,
     /// Preview data: the context the template sees (`trigger`, `recipient`, ...).
     pub sample: Value,
     /// A template's default variants.
@@ -92,11 +94,10 @@ struct Raw {
     kind: Option<String>,
     description: Option<String>,
     layout: Option<String>,
+    locale: Option<String>,
     sample: Option<Value>,
-    #[serde(default)]
-    channels: Variants,
-    #[serde(default)]
-    locales: BTreeMap<String, Variants>,
+    channels: Option<Variants>,
+    locales: Option<BTreeMap<String, Variants>>,
     html: Option<String>,
     text: Option<String>,
 }
@@ -167,7 +168,17 @@ pub fn validate(source: &str, raw: &Value) -> Result<Document, Vec<String>> {
             Kind::Template
         }
     };
-    let sample = parsed.sample.unwrap_or(Value::Object(Default::default()));
+    let sample = match parsed.sample {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(sample) => sample,
+    };
+    let channels = parsed.channels.unwrap_or_default();
+    let locales = parsed.locales.unwrap_or_default();
+    if let Some(tag) = &parsed.locale
+        && !valid_locale(tag)
+    {
+        problem("locale", "is not a locale tag like `en` or `pt-BR`".into());
+    }
     if !sample.is_object() {
         problem(
             "sample",
@@ -176,7 +187,7 @@ pub fn validate(source: &str, raw: &Value) -> Result<Document, Vec<String>> {
     }
     match kind {
         Kind::Template => {
-            if parsed.channels.is_empty() {
+            if channels.is_empty() {
                 problem(
                     "channels",
                     "a template needs at least one channel variant".into(),
@@ -202,22 +213,21 @@ pub fn validate(source: &str, raw: &Value) -> Result<Document, Vec<String>> {
                     "must name a layout (1-64 characters of [A-Za-z0-9_.-])".into(),
                 );
             }
-            check_variants("channels", &parsed.channels, None, &mut problem);
-            if parsed.locales.len() > MAX_LOCALES {
+            check_variants("channels", &channels, None, &mut problem);
+            if locales.len() > MAX_LOCALES {
                 problem("locales", format!("at most {MAX_LOCALES} locales"));
             }
-            for (tag, variants) in &parsed.locales {
+            for (tag, variants) in &locales {
                 let at = format!("locales.{tag}");
                 if !valid_locale(tag) {
                     problem(&at, "is not a locale tag like `pt` or `pt-BR`".into());
                 }
-                check_variants(&at, variants, Some(&parsed.channels), &mut problem);
+                check_variants(&at, variants, Some(&channels), &mut problem);
             }
         }
         Kind::Layout | Kind::Partial => {
             let what = kind.as_str();
-            if !parsed.channels.is_empty() || !parsed.locales.is_empty() || parsed.layout.is_some()
-            {
+            if !channels.is_empty() || !locales.is_empty() || parsed.layout.is_some() {
                 problem(
                     "channels",
                     format!("a {what} has only `html` and/or `text` parts"),
@@ -250,9 +260,10 @@ pub fn validate(source: &str, raw: &Value) -> Result<Document, Vec<String>> {
         kind,
         description: parsed.description,
         layout: parsed.layout,
+        locale: parsed.locale,
         sample,
-        channels: parsed.channels,
-        locales: parsed.locales,
+        channels,
+        locales,
         html: parsed.html,
         text: parsed.text,
         raw: raw.clone(),
@@ -260,7 +271,7 @@ pub fn validate(source: &str, raw: &Value) -> Result<Document, Vec<String>> {
 }
 
 /// Whether any key or string in `value` contains U+0000 (which `jsonb` cannot hold).
-fn has_nul(value: &Value) -> bool {
+pub fn has_nul(value: &Value) -> bool {
     match value {
         Value::String(text) => text.contains('\0'),
         Value::Array(items) => items.iter().any(has_nul),

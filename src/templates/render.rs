@@ -85,17 +85,18 @@ impl Snapshot {
             .filter(|d| d.kind == Kind::Template)
             .ok_or_else(|| TemplatesError::NotFound(format!("template `{name}`")))?;
         let Some(defaults) = document.channels.get(channel) else {
-            return Err(TemplatesError::Render(format!(
-                "template `{name}` has no `{channel}` variant"
+            return Err(TemplatesError::NotFound(format!(
+                "the `{channel}` variant of template `{name}`"
             )));
         };
+        // A tag that is not a locale (trigger data can say anything) chooses nothing.
+        let locale = locale.filter(|tag| super::document::valid_locale(tag));
         let chain = locale
             .map(|tag| fallback_chain(document, tag))
             .unwrap_or_default();
-        // `locale` (what the format filters read) first: the data cannot override it.
-        let context = minijinja::context! { locale => locale.unwrap_or(""), ..context.clone() };
+        // Each field's source, and whether a locale variant gave it.
         let mut used_locale = None;
-        let mut fields: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut fields: BTreeMap<&str, (&str, bool)> = BTreeMap::new();
         let names: Vec<&str> = FIELDS
             .iter()
             .find(|(c, _)| *c == channel)
@@ -111,29 +112,52 @@ impl Snapshot {
             match from_locale {
                 Some((tag, source)) => {
                     used_locale.get_or_insert_with(|| tag.clone());
-                    fields.insert(field, source);
+                    fields.insert(field, (source, true));
                 }
                 None => {
                     if let Some(source) = defaults.get(field) {
-                        fields.insert(field, source);
+                        fields.insert(field, (source, false));
                     }
                 }
             }
         }
+        // A locale's HTML with the default language's text part would mail two languages: its text is made from
+        // its HTML instead.
+        if fields.get("html").is_some_and(|(_, local)| *local)
+            && fields.get("text").is_some_and(|(_, local)| !*local)
+        {
+            fields.remove("text");
+        }
+        // `locale` (what the format filters read) first: the data cannot override it. A field of a locale variant
+        // formats for the recipient's locale; a default field for the default variants' language.
+        let default_locale = document.locale.as_deref().unwrap_or("en");
+        let local_context =
+            minijinja::context! { locale => locale.unwrap_or(default_locale), ..context.clone() };
+        let default_context = minijinja::context! { locale => default_locale, ..context.clone() };
         // Every field is rendered, and every failure reported (a check lists all of a template's problems).
         let at = |field: &str| format!("template `{name}` {channel}.{field}");
         let mut rendered: BTreeMap<String, String> = BTreeMap::new();
         let mut problems = Vec::new();
-        for (field, source) in &fields {
+        for (field, (source, local)) in &fields {
             let html = *field == "html";
             let env = if html { &self.html } else { &self.text };
-            match checked(env, source, &context, &at(field)) {
+            let scope = if *local {
+                &local_context
+            } else {
+                &default_context
+            };
+            match checked(env, source, scope, &at(field)) {
                 Ok(value) => {
                     rendered.insert((*field).to_string(), value);
                 }
                 Err(problem) => problems.push(problem),
             }
         }
+        let context = if used_locale.is_some() {
+            local_context
+        } else {
+            default_context
+        };
         if channel == "email"
             && let Err(problem) = self.wrap_email(document, &context, &mut rendered)
         {
@@ -322,6 +346,10 @@ pub fn html_to_text(html: &str) -> String {
         }
         let after = &rest[open..];
         let Some(close) = after.find('>') else {
+            // A `<` that opens no tag is text.
+            if skip_until.is_none() {
+                out.push_str(after);
+            }
             break;
         };
         let tag = &after[1..close];
@@ -398,7 +426,9 @@ fn decode_entities(text: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         let after = &rest[amp..];
-        let entity_end = after.find(';').filter(|end| *end <= 10);
+        // An entity is short: look no further (a search to the end for every `&` would be quadratic).
+        let window = &after.as_bytes()[..after.len().min(12)];
+        let entity_end = window.iter().position(|b| *b == b';');
         let decoded = entity_end.and_then(|end| {
             let entity = &after[1..end];
             let c = match entity {
@@ -413,7 +443,8 @@ fn decode_entities(text: &str) -> String {
                     .or_else(|| entity.strip_prefix("#X"))
                     .and_then(|hex| u32::from_str_radix(hex, 16).ok())
                     .or_else(|| entity.strip_prefix('#').and_then(|d| d.parse().ok()))
-                    .and_then(char::from_u32),
+                    .and_then(char::from_u32)
+                    .filter(|c| *c != '\0'),
             };
             c.map(|c| (c, end))
         });
@@ -445,6 +476,63 @@ mod tests {
             html_to_text(html),
             "Hi & welcome\n\nYour order A-1 shipped.\nTrack it here (https://t.example/1?a=1&b=2).\n\n- one\n- two\n\n© Acme"
         );
+    }
+
+    fn snapshot(documents: &[serde_json::Value]) -> Snapshot {
+        Snapshot::new(
+            documents
+                .iter()
+                .map(|raw| super::super::document::validate("test", raw).unwrap())
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_locales_html_makes_its_own_text_part_and_formats_for_its_language() {
+        let snapshot = snapshot(&[serde_json::json!({
+            "name": "t", "version": 1,
+            "channels": {"email": {"subject": "Hi", "html": "<p>Hello {{ n | format_number(1) }}</p>", "text": "Hello (text)"}},
+            "locales": {"pt": {"email": {"html": "<p>Olá {{ n | format_number(1) }}</p>"}}}
+        })]);
+        let context = minijinja::context! { n => 1234.5 };
+        let pt = snapshot
+            .render("t", "email", Some("pt-BR"), &context)
+            .unwrap();
+        assert_eq!(pt.locale.as_deref(), Some("pt"));
+        assert_eq!(pt.content["body"], "Olá 1.234,5");
+        // The default variants format for their own language (en), whatever the recipient's locale.
+        assert_eq!(pt.content["subject"], "Hi");
+        let fr = snapshot.render("t", "email", Some("fr"), &context).unwrap();
+        assert_eq!(fr.content["html"], "<p>Hello 1,234.5</p>");
+        assert_eq!(fr.content["body"], "Hello (text)");
+    }
+
+    #[test]
+    fn a_locale_that_is_not_a_tag_chooses_the_default_at_once() {
+        let snapshot = snapshot(&[serde_json::json!({
+            "name": "t", "version": 1, "channels": {"sms": {"text": "hi"}},
+            "locales": {"pt": {"sms": {"text": "oi"}}}
+        })]);
+        // From trigger data: any length, any text. Not a locale tag: ignored (no work per character).
+        let hostile = "a-".repeat(200_000);
+        let rendered = snapshot
+            .render("t", "sms", Some(&hostile), &minijinja::context! {})
+            .unwrap();
+        assert_eq!(rendered.content["body"], "hi");
+        assert!(matches!(
+            snapshot.render("t", "email", None, &minijinja::context! {}),
+            Err(TemplatesError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn entities_and_brackets_in_bulk_convert_in_one_pass() {
+        // A mebibyte of bare `&` and of unclosed `<`: each is looked at once, not searched to the end each time.
+        let ampersands = "&".repeat(1 << 20);
+        assert_eq!(html_to_text(&ampersands).len(), 1 << 20);
+        let brackets = format!("text {}", "<".repeat(1 << 20));
+        assert!(html_to_text(&brackets).starts_with("text <"));
+        assert_eq!(html_to_text("a &#0; b"), "a &#0; b");
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! The catalogue's statements (`herald_templates`, see `migrations/0021_templates.sql`).
 
 /// Stores version ($1 name, $2 version) of a document ($3 kind, $4 document, $5 digest, $6 source) unless that
-/// version exists; answers whether it was inserted and whether the stored one has the same content.
+/// version exists; answers whether it was inserted and whether the stored one has the same content. On a conflict
+/// the existing row is locked and read (`DO UPDATE` to itself), so a version another transaction inserted a moment
+/// ago is compared too, never taken for this one.
 pub const SAVE_TEMPLATE: &str = "
-WITH inserted AS (
-    INSERT INTO herald_templates (name, version, kind, document, digest, source)
-    VALUES ($1, $2, $3, $4, $5, $6)
-    ON CONFLICT (name, version) DO NOTHING
-    RETURNING true AS inserted
-)
-SELECT EXISTS (SELECT 1 FROM inserted) AS inserted,
-       coalesce((SELECT digest = $5 FROM herald_templates WHERE name = $1 AND version = $2), true) AS same_content";
+INSERT INTO herald_templates AS t (name, version, kind, document, digest, source)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (name, version) DO UPDATE SET digest = t.digest
+RETURNING (xmax = 0) AS inserted, digest = $5 AS same_content";
+
+/// The kind of name $1's latest version (none if the name is new).
+pub const LATEST_KIND: &str =
+    "SELECT kind FROM herald_templates WHERE name = $1 ORDER BY version DESC LIMIT 1";
 
 /// How many names the catalogue holds, and whether name $1 is one of them.
 pub const COUNT_NAMES: &str = "

@@ -258,10 +258,22 @@ impl Engine {
                 .and_then(|o| o.get_attr(inner).ok())
         };
         let locale = text(attr("recipient", "locale")).or_else(|| text(attr("trigger", "locale")));
-        let rendered = crate::templates::language::off_the_executor_if(true, || {
-            snapshot.render(name, channel.as_str(), locale.as_deref(), scope)
-        })
-        .map_err(|e| match e {
+        let render = |snapshot: &crate::templates::Snapshot| {
+            crate::templates::language::off_the_executor_if(true, || {
+                snapshot.render(name, channel.as_str(), locale.as_deref(), scope)
+            })
+        };
+        let mut rendered = render(&snapshot);
+        // Not in this process's snapshot, which may be a few seconds old: look at the database once before failing.
+        if matches!(rendered, Err(crate::templates::TemplatesError::NotFound(_))) {
+            let fresh = self
+                .templates
+                .fresh_snapshot()
+                .await
+                .map_err(|e| JobError::retry(e.to_string()))?;
+            rendered = render(&fresh);
+        }
+        let rendered = rendered.map_err(|e| match e {
             crate::templates::TemplatesError::Database(_) => JobError::retry(e.to_string()),
             other => JobError::permanent(other.to_string()),
         })?;

@@ -129,11 +129,11 @@ async fn an_action_renders_its_template_in_the_recipients_locale_inside_its_layo
         content["body"],
         "Pedido A-1 (<script>x</script>) enviado 8 de março de 2026, 1.234,50\n-- Acme & co"
     );
-    // fr has no variant at all: the default, with French formatting.
+    // fr has no variant at all: the default, formatted for the default variants' language (English).
     let sent = flow.recorder.to("bo@example.com");
     assert_eq!(sent[0].content["subject"], "Order A-1 shipped");
     assert!(
-        sent[0].content["html"].contains("8 mars 2026, 1\u{a0}234,50"),
+        sent[0].content["html"].contains("March 8, 2026, 1,234.50"),
         "{}",
         sent[0].content["html"]
     );
@@ -197,6 +197,11 @@ async fn templates_are_saved_listed_and_previewed_over_http() {
     .await
     .unwrap();
     assert_eq!(unknown_layout.status(), 422);
+    // A name keeps its kind: the layout `frame` cannot become a partial under the templates that use it.
+    let kind_change = post(json!({"name": "frame", "version": 2, "kind": "partial", "html": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(kind_change.status(), 422);
     // Saving needs the admin scope.
     let forbidden = app
         .post("/v1/templates", &app.service_key)
