@@ -68,7 +68,8 @@ pub struct AlertSettings {
 
 impl AlertSettings {
     pub fn validate(&self) -> Result<(), InvalidSetting> {
-        if ChannelKind::parse(&self.channel).is_none() {
+        // Alerts go to an operator's address; the in-app feed is for the product's recipients.
+        if ChannelKind::parse(&self.channel).is_none_or(|c| c == ChannelKind::InApp) {
             return Err(InvalidSetting::new(
                 "alerts.channel",
                 "must be chat, email, sms or push",

@@ -143,6 +143,12 @@ impl Settings {
         self.api.validate()?;
         self.workflows.validate()?;
         self.feed.validate()?;
+        if self.feed.max_streams >= self.api.max_connections.get() {
+            return Err(InvalidSetting::new(
+                "feed.max_streams",
+                "must be less than api.max_connections (streams must leave connections for other requests)",
+            ));
+        }
         self.recipients.validate()?;
         self.channels.validate(&self.providers)?;
         self.bridge.validate()?;

@@ -181,6 +181,16 @@ impl ApiError {
         error
     }
 
+    /// 429 for a limit that is not a rate (too many of something open at once).
+    pub fn too_many(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many",
+            "Too many requests",
+            detail,
+        )
+    }
+
     pub fn unavailable(detail: impl Into<String>) -> Self {
         let mut error = Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -18,11 +18,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
-use super::auth::{Authorized, EnqueueScope, FeedCaller};
+use super::auth::{Authorized, EnqueueScope, FeedCaller, ReadScope};
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::responses::{EnqueueAuth, JsonBody, ReadAuth};
-use crate::feed::live::{Live, Subscription};
+use crate::feed::live::{Live, Refused, Subscription};
 use crate::feed::store::{self, FeedCounts, FeedPage, FeedQuery, Mark};
 use crate::feed::tokens::TokenSigner;
 use crate::feed::{FeedError, FeedSettings};
@@ -34,6 +34,8 @@ pub struct FeedState {
     pub settings: FeedSettings,
     signer: tokio::sync::OnceCell<TokenSigner>,
     live: OnceLock<Arc<Live>>,
+    /// Cancelled when the API shuts down: streams end, and the listener lets its connection go.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl FeedState {
@@ -42,6 +44,7 @@ impl FeedState {
             settings,
             signer: tokio::sync::OnceCell::new(),
             live: OnceLock::new(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -57,7 +60,8 @@ impl FeedState {
             Live::start(
                 pool.clone(),
                 self.settings.max_streams,
-                tokio_util::sync::CancellationToken::new(),
+                self.settings.max_streams_per_recipient,
+                self.shutdown.clone(),
             )
         })
     }
@@ -89,14 +93,15 @@ pub fn routes(settings: &FeedSettings) -> Router<ApiState> {
             route
         }
     };
-    let router = Router::new()
+    let browser = Router::new()
         .route("/recipients/{id}/feed", preflight(get(list_feed)))
         .route("/recipients/{id}/feed/counts", preflight(get(feed_counts)))
         .route("/recipients/{id}/feed/mark", preflight(post(mark_feed)))
-        .route("/recipients/{id}/feed/stream", preflight(get(stream_feed)))
-        .route("/recipients/{id}/feed/token", preflight(post(mint_token)));
+        .route("/recipients/{id}/feed/stream", preflight(get(stream_feed)));
+    // Minting takes an API key: a backend's call, never a browser's, so it answers no CORS.
+    let backend = Router::new().route("/recipients/{id}/feed/token", post(mint_token));
     if !cors {
-        return router;
+        return browser.merge(backend);
     }
     let origins = if settings.cors_origins.iter().any(|o| o == "*") {
         tower_http::cors::AllowOrigin::any()
@@ -108,7 +113,7 @@ pub fn routes(settings: &FeedSettings) -> Router<ApiState> {
             .collect();
         tower_http::cors::AllowOrigin::list(list)
     };
-    router.layer(
+    let browser = browser.layer(
         tower_http::cors::CorsLayer::new()
             .allow_origin(origins)
             .allow_methods([Method::GET, Method::POST])
@@ -118,7 +123,8 @@ pub fn routes(settings: &FeedSettings) -> Router<ApiState> {
                 header::HeaderName::from_static("last-event-id"),
             ])
             .max_age(Duration::from_secs(600)),
-    )
+    );
+    browser.merge(backend)
 }
 
 fn recipient(id: &str) -> Result<RecipientId, ApiError> {
@@ -128,8 +134,9 @@ fn recipient(id: &str) -> Result<RecipientId, ApiError> {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenRequest {
-    /// How long the token works, in seconds (60 to `feed.token_max_ttl_secs`, default that maximum).
-    #[schema(minimum = 60, maximum = 86400)]
+    /// How long the token works, in seconds: 60 to `feed.token_max_ttl_secs` (3600 unless configured), default
+    /// that maximum.
+    #[schema(minimum = 60, maximum = 3600)]
     pub ttl_secs: Option<u64>,
 }
 
@@ -144,17 +151,19 @@ pub struct FeedToken {
 /// Mint a recipient token: it opens this recipient's feed routes (and nothing else) from a browser, until it expires.
 #[utoipa::path(
     post, path = "/v1/recipients/{id}/feed/token", tag = "feed",
-    params(("id" = String, Path, description = "Recipient id")),
+    params(("id" = String, Path, description = "Your id for the recipient: 1-255 characters, no control characters, no white space at either end", max_length = 255, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$")),
     request_body(content = TokenRequest, description = "`{}` or `{\"ttl_secs\": 600}`"),
     responses(
         (status = 200, description = "The token", body = FeedToken),
         (status = 422, description = "A bad id or lifetime", body = Problem, content_type = "application/problem+json"),
         JsonBody, EnqueueAuth,
     ),
-    security(("api_key" = ["enqueue"]))
+    security(("api_key" = ["enqueue", "read"]))
 )]
 pub async fn mint_token(
     State(state): State<ApiState>,
+    // A token reads the feed: minting one needs what reading it with a key needs too.
+    _: Authorized<ReadScope>,
     _: Authorized<EnqueueScope>,
     ApiPath(id): ApiPath<String>,
     ApiJson(request): ApiJson<TokenRequest>,
@@ -183,11 +192,11 @@ pub struct FeedParams {
     /// `all` (default: every item not archived), `unseen`, `unread`, `read`, `archived`.
     #[param(pattern = "^(all|unseen|unread|read|archived)$")]
     pub state: Option<String>,
-    /// Only items of this workflow category.
-    #[param(max_length = 64)]
+    /// Only items of this workflow category (1-64 characters of `[A-Za-z0-9_.-]`).
+    #[param(pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub category: Option<String>,
     /// The previous page's `next_cursor`.
-    #[param(max_length = 32)]
+    #[param(pattern = "^[1-9][0-9]{0,17}$")]
     pub cursor: Option<String>,
     /// 1-100, default 20.
     #[param(minimum = 1, maximum = 100)]
@@ -200,10 +209,11 @@ pub struct FeedParams {
 /// A page of the recipient's feed, newest first, with the unseen and unread counts.
 #[utoipa::path(
     get, path = "/v1/recipients/{id}/feed", tag = "feed",
-    params(("id" = String, Path, description = "Recipient id"), FeedParams),
+    params(("id" = String, Path, description = "Your id for the recipient: 1-255 characters, no control characters, no white space at either end", max_length = 255, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$"), FeedParams),
     responses(
         (status = 200, description = "The page", body = FeedPage),
-        (status = 422, description = "A bad filter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A malformed query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad id, filter or cursor", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
     security(("api_key" = ["read"]), ("recipient_token" = []))
@@ -236,8 +246,13 @@ pub struct TokenParam {
 /// The recipient's unseen and unread counts (a badge).
 #[utoipa::path(
     get, path = "/v1/recipients/{id}/feed/counts", tag = "feed",
-    params(("id" = String, Path, description = "Recipient id"), TokenParam),
-    responses((status = 200, description = "The counts", body = FeedCounts), ReadAuth),
+    params(("id" = String, Path, description = "Your id for the recipient: 1-255 characters, no control characters, no white space at either end", max_length = 255, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$"), TokenParam),
+    responses(
+        (status = 200, description = "The counts", body = FeedCounts),
+        (status = 400, description = "A malformed query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad id, filter or cursor", body = Problem, content_type = "application/problem+json"),
+        ReadAuth,
+    ),
     security(("api_key" = ["read"]), ("recipient_token" = []))
 )]
 pub async fn feed_counts(
@@ -274,11 +289,12 @@ pub struct Marked {
 /// Mark one, several or all of the recipient's items seen, read, unread, archived or unarchived.
 #[utoipa::path(
     post, path = "/v1/recipients/{id}/feed/mark", tag = "feed",
-    params(("id" = String, Path, description = "Recipient id"), TokenParam),
+    params(("id" = String, Path, description = "Your id for the recipient: 1-255 characters, no control characters, no white space at either end", max_length = 255, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$"), TokenParam),
     request_body(content = MarkRequest, description = "`{\"ids\": [12, 13], \"as\": \"read\"}` or `{\"all\": true, \"as\": \"seen\"}`"),
     responses(
         (status = 200, description = "How many changed", body = Marked),
-        (status = 422, description = "Neither or both of `ids` and `all`, or an unknown mark", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A malformed query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad id, neither or both of `ids` and `all`, or an unknown mark", body = Problem, content_type = "application/problem+json"),
         JsonBody, EnqueueAuth,
     ),
     security(("api_key" = ["enqueue"]), ("recipient_token" = []))
@@ -309,6 +325,18 @@ pub async fn mark_feed(
     Ok(Json(Marked { changed }))
 }
 
+/// A stream's query: the token, and where to start.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct StreamParams {
+    /// A recipient token, instead of the `Authorization` header (read by the authentication, not here).
+    #[allow(dead_code)]
+    pub token: Option<String>,
+    /// Send the items after this id first (the newest id a listing showed), so nothing written between the
+    /// listing and the stream is missed; `Last-Event-ID` wins. Other parameters (a cache-buster) are ignored.
+    #[param(minimum = 0)]
+    pub after: Option<i64>,
+}
+
 /// What a live stream remembers between wake-ups.
 struct Following {
     pool: sqlx::PgPool,
@@ -316,7 +344,9 @@ struct Following {
     /// The newest item id sent.
     last: i64,
     subscription: Subscription,
-    started: bool,
+    /// Read again before waiting: the first turn, and after a full batch.
+    pending: bool,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The most items one wake-up sends (more wait for the next look, which follows at once).
@@ -326,9 +356,12 @@ const STREAM_BATCH: i64 = 100;
 /// change, and first on connecting). A reconnecting client's `Last-Event-ID` resumes after that item.
 #[utoipa::path(
     get, path = "/v1/recipients/{id}/feed/stream", tag = "feed",
-    params(("id" = String, Path, description = "Recipient id"), TokenParam),
+    params(("id" = String, Path, description = "Your id for the recipient: 1-255 characters, no control characters, no white space at either end", max_length = 255, pattern = "^[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]([^\\x00-\\x1f\\x7f-\\x9f]*[^\\x00-\\x20\\x7f-\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000])?$"), StreamParams),
     responses(
         (status = 200, description = "An event stream (text/event-stream)", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A malformed query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A bad id", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The recipient has `feed.max_streams_per_recipient` streams open here", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "This process has `feed.max_streams` streams open", body = Problem, content_type = "application/problem+json"),
         ReadAuth,
     ),
@@ -338,8 +371,9 @@ pub async fn stream_feed(
     State(state): State<ApiState>,
     caller: FeedCaller,
     ApiPath(id): ApiPath<String>,
-    ApiQuery(_token): ApiQuery<TokenParam>,
+    ApiQuery(params): ApiQuery<StreamParams>,
     headers: HeaderMap,
+    streaming: Option<axum::Extension<super::listener::Streaming>>,
 ) -> Result<Sse<impl futures::Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = recipient(&id)?;
     caller.may_read(id.as_str())?;
@@ -348,53 +382,67 @@ pub async fn stream_feed(
         .feed
         .live(&state.pool)
         .subscribe(id.as_str())
-        .ok_or_else(|| {
-            ApiError::unavailable("too many feed streams on this API process; try again")
+        .map_err(|refused| match refused {
+            Refused::Full => {
+                ApiError::unavailable("too many feed streams on this API process; try again")
+            }
+            Refused::RecipientFull => {
+                ApiError::too_many("this recipient has too many feed streams open; close one")
+            }
         })?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok())
+        .or(params.after)
         .filter(|id| *id >= 0);
     let last = match resume {
         Some(last) => last,
         None => store::newest_id(&state.pool, id.as_str()).await?,
     };
+    // The client has nothing more to send: its connection's reads must not time out while it listens.
+    if let Some(axum::Extension(streaming)) = streaming {
+        streaming.mark();
+    }
     let following = Following {
         pool: state.pool.clone(),
         recipient: id.as_str().to_string(),
         last,
         subscription,
-        started: false,
+        pending: true,
+        shutdown: state.feed.shutdown.clone(),
     };
     let events = futures::stream::unfold(following, |mut f| async move {
-        if f.started {
-            // Woken by a write to this recipient's feed (or the listener reconnecting); ends with the process.
-            f.subscription.changes.changed().await.ok()?;
+        if !f.pending {
+            // Woken by a write to this recipient's feed (or the listener reconnecting); ends when the API stops.
+            tokio::select! {
+                changed = f.subscription.changes.changed() => changed.ok()?,
+                () = f.shutdown.cancelled() => return None,
+            }
         }
-        f.started = true;
         let mut events = Vec::new();
-        loop {
-            let Ok(items) = store::items_after(&f.pool, &f.recipient, f.last, STREAM_BATCH).await
-            else {
-                break;
-            };
-            let full = items.len() as i64 == STREAM_BATCH;
-            for item in items {
-                f.last = f.last.max(item.id);
-                if let Ok(event) = Event::default()
-                    .event("item")
-                    .id(item.id.to_string())
-                    .json_data(&item)
-                {
-                    events.push(event);
+        // One batch per turn (the stream writes it before reading more): a resume from long ago is sent in
+        // pieces, not read whole into memory. A full batch means more: the next turn reads on without waiting.
+        f.pending = match store::items_after(&f.pool, &f.recipient, f.last, STREAM_BATCH).await {
+            Ok(items) => {
+                let full = items.len() as i64 == STREAM_BATCH;
+                for item in items {
+                    f.last = f.last.max(item.id);
+                    if let Ok(event) = Event::default()
+                        .event("item")
+                        .id(item.id.to_string())
+                        .json_data(&item)
+                    {
+                        events.push(event);
+                    }
                 }
+                full
             }
-            if !full {
-                break;
-            }
-        }
-        if let Ok(counts) = store::counts(&f.pool, &f.recipient).await
+            // The database is away: wait for the next wake-up (the listener's reconnection brings one).
+            Err(_) => false,
+        };
+        if !f.pending
+            && let Ok(counts) = store::counts(&f.pool, &f.recipient).await
             && let Ok(event) = Event::default().event("counts").json_data(counts)
         {
             events.push(event);

@@ -12,11 +12,19 @@
 //!   connection, or a client that stops reading its response would hold a connection slot forever, and
 //!   `max_connections` such sockets would lock every client out.
 //!
+//! A response that streams for as long as the client listens (the feed's Server-Sent Events) marks its connection
+//! [`Streaming`]: from then on the connection's reads are not timed (the client has nothing more to send), while
+//! its writes still are (a client that stops reading is cut off), and the stream's keepalive comments keep bytes
+//! moving.
+//!
 //! Each request carries the peer address (`ConnectInfo`), for the per-client key lookup limit. Shutdown: stop
 //! accepting, let in-flight requests finish for `api.shutdown_grace_secs`, then drop what is left.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -30,6 +38,69 @@ use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+/// A request extension: marks its connection as carrying a response that streams until the client leaves.
+#[derive(Clone, Default)]
+pub struct Streaming(Arc<AtomicBool>);
+
+impl Streaming {
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A connection's socket with idle timeouts on reads and writes, whose read timeout is dropped once a response
+/// on it is [`Streaming`].
+struct ConnectionStream {
+    inner: Pin<Box<TimeoutStream<tokio::net::TcpStream>>>,
+    streaming: Streaming,
+    reads_untimed: bool,
+}
+
+impl tokio::io::AsyncRead for ConnectionStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if !this.reads_untimed && this.streaming.0.load(Ordering::Relaxed) {
+            this.inner.as_mut().set_read_timeout_pinned(None);
+            this.reads_untimed = true;
+        }
+        this.inner.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ConnectionStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.as_mut().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.inner.as_mut().poll_shutdown(cx)
+    }
+}
 
 /// Descriptors left for everything but API connections (database pools, provider and callback requests, files).
 const RESERVED_DESCRIPTORS: u64 = 256;
@@ -82,14 +153,21 @@ pub async fn serve(
         let mut stream = TimeoutStream::new(stream);
         stream.set_read_timeout(Some(limits.idle_timeout));
         stream.set_write_timeout(Some(limits.idle_timeout));
+        let streaming = Streaming::default();
+        let stream = ConnectionStream {
+            inner: Box::pin(stream),
+            streaming: streaming.clone(),
+            reads_untimed: false,
+        };
         let app = app.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
+            request.extensions_mut().insert(streaming.clone());
             let app = app.clone();
             async move { Ok::<_, Infallible>(app.oneshot(request).await.unwrap_or_else(|e| match e {})) }
         });
         let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(Box::pin(stream)), service)
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

@@ -367,6 +367,13 @@ pub async fn serve(
     state: ApiState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    // Live feed streams end when the API stops, so the graceful shutdown does not wait for them.
+    let feed_shutdown = state.feed.shutdown.clone();
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        feed_shutdown.cancel();
+    });
     let limits = listener::ConnectionLimits {
         max_connections: state.settings.max_connections.get(),
         header_read_timeout: state.settings.header_read_timeout,

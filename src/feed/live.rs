@@ -24,6 +24,16 @@ pub struct Live {
     watchers: Mutex<HashMap<String, watch::Sender<u64>>>,
     open: AtomicUsize,
     max_streams: usize,
+    per_recipient: usize,
+}
+
+/// Why a stream was not opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// This process has `feed.max_streams` open.
+    Full,
+    /// The recipient has `feed.max_streams_per_recipient` open here.
+    RecipientFull,
 }
 
 /// One open stream's place: dropped when the stream ends (the client went away), which frees it.
@@ -49,29 +59,39 @@ impl Drop for Subscription {
 
 impl Live {
     /// Starts listening on `pool` (one connection, held until `shutdown`).
-    pub fn start(pool: PgPool, max_streams: usize, shutdown: CancellationToken) -> Arc<Self> {
+    pub fn start(
+        pool: PgPool,
+        max_streams: usize,
+        per_recipient: usize,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let live = Arc::new(Self {
             watchers: Mutex::default(),
             open: AtomicUsize::new(0),
             max_streams,
+            per_recipient,
         });
         let listening = Arc::clone(&live);
         tokio::spawn(async move { listening.listen(pool, shutdown).await });
         live
     }
 
-    /// A place for a new stream of `recipient`; `None` if this process has `max_streams` open.
-    pub fn subscribe(self: &Arc<Self>, recipient: &str) -> Option<Subscription> {
-        if self.open.fetch_add(1, Ordering::Relaxed) >= self.max_streams {
-            self.open.fetch_sub(1, Ordering::Relaxed);
-            return None;
-        }
+    /// A place for a new stream of `recipient`, unless this process or this recipient has its most open.
+    pub fn subscribe(self: &Arc<Self>, recipient: &str) -> Result<Subscription, Refused> {
         let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        let changes = watchers
+        if self.open.load(Ordering::Relaxed) >= self.max_streams {
+            return Err(Refused::Full);
+        }
+        let sender = watchers
             .entry(recipient.to_string())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe();
-        Some(Subscription {
+            .or_insert_with(|| watch::channel(0).0);
+        if sender.receiver_count() >= self.per_recipient {
+            return Err(Refused::RecipientFull);
+        }
+        // (An entry made just now has no receiver yet: it gets this one.)
+        let changes = sender.subscribe();
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Subscription {
             live: Arc::clone(self),
             recipient: recipient.to_string(),
             changes,
@@ -99,7 +119,7 @@ impl Live {
 
     async fn listen(&self, pool: PgPool, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
+        while !shutdown.is_cancelled() && !pool.is_closed() {
             match self.listen_once(&pool, &shutdown).await {
                 Ok(()) => return,
                 Err(error) => {

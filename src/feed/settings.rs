@@ -5,15 +5,18 @@ use serde::Deserialize;
 use crate::setting::InvalidSetting;
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct FeedSettings {
     /// Origins browsers may call the feed routes from (CORS); empty: none (server-to-server only). `*` allows
     /// any origin (tokens are sent as a header or query parameter, never as cookies).
     pub cors_origins: Vec<String>,
     /// The longest a recipient token may live (a mint asks for less, or gets this).
     pub token_max_ttl_secs: u64,
-    /// Server-Sent-Events streams one API process keeps open at most (a new one past it: 503).
+    /// Server-Sent-Events streams one API process keeps open at most (a new one past it: 503); less than
+    /// `api.max_connections`, so streams never take every connection.
     pub max_streams: usize,
+    /// Streams one recipient may have open on one API process (tabs, devices); a new one past it: 429.
+    pub max_streams_per_recipient: usize,
     /// A comment line sent on an idle stream this often, so proxies keep it open.
     pub keepalive_secs: u64,
 }
@@ -23,7 +26,8 @@ impl Default for FeedSettings {
         Self {
             cors_origins: Vec::new(),
             token_max_ttl_secs: 3600,
-            max_streams: 10_000,
+            max_streams: 2_000,
+            max_streams_per_recipient: 16,
             keepalive_secs: 15,
         }
     }
@@ -50,7 +54,11 @@ impl FeedSettings {
             ));
         }
         for origin in &self.cors_origins {
-            if origin != "*" && !(origin.starts_with("http://") || origin.starts_with("https://")) {
+            // An origin is a scheme and a host (and port): a path never matches a browser's `Origin` header.
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"));
+            if origin != "*" && !host.is_some_and(|h| !h.is_empty() && !h.contains('/')) {
                 return Err(InvalidSetting::new(
                     "feed.cors_origins",
                     format!("`{origin}` is not an origin like https://app.example.com (or `*`)"),

@@ -116,6 +116,17 @@ pub async fn list(
             STATES.join(", ")
         )));
     }
+    let fit_category = |category: &str| {
+        (1..=64).contains(&category.len())
+            && category
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    };
+    if query.category.as_deref().is_some_and(|c| !fit_category(c)) {
+        return Err(FeedError::Invalid(
+            "`category` is 1-64 characters of [A-Za-z0-9_.-]".into(),
+        ));
+    }
     let limit = query.limit.unwrap_or(20);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(FeedError::Invalid(format!("`limit` is 1-{MAX_PAGE}")));
@@ -126,6 +137,7 @@ pub async fn list(
             cursor
                 .parse::<i64>()
                 .ok()
+                .filter(|_| cursor.len() <= 18)
                 .filter(|id| *id > 0)
                 .ok_or_else(|| FeedError::Invalid("`cursor` is not one this API gave".into()))?,
         ),
@@ -239,6 +251,15 @@ impl FeedChannel {
             {
                 data.insert(name.clone(), Value::String(value.clone()));
             }
+        }
+        // The product's UI opens it: a `javascript:` (or any other scheme's) URL would run in its pages.
+        if let Some(url) = field(ACTION_URL)
+            && !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
+        {
+            return Err(SendError::Permanent(format!(
+                "`action_url` must be an http(s) URL or a path starting with /, not `{}`",
+                url.chars().take(64).collect::<String>()
+            )));
         }
         let inserted: Option<i64> = sqlx::query_scalar(sql::INSERT_ITEM)
             .bind(&message.to)

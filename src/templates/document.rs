@@ -31,6 +31,14 @@ pub const FIELDS: &[(&str, &[(&str, &str)])] = &[
     ("sms", &[("text", "body")]),
     ("push", &[("title", "title"), ("body", "body")]),
     ("chat", &[("text", "body")]),
+    (
+        "in_app",
+        &[
+            ("title", "title"),
+            ("body", "body"),
+            ("action_url", "action_url"),
+        ],
+    ),
 ];
 
 /// The largest document (as JSON), the most locales one may have, and the longest field source.

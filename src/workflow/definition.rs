@@ -777,6 +777,12 @@ fn compile_action(spec: ActionSpec, problems: &mut Vec<String>) -> Result<NodeKi
             ));
         }
     }
+    if channel == ChannelKind::InApp && matches!(spec.to, Some(ToSpec::Raw(_))) {
+        problems.push(
+            "an in_app action sends to a recipient's feed: `to: { recipient: ... }`, or no `to` (the run's recipient)"
+                .into(),
+        );
+    }
     let to = match &spec.to {
         None => Addressee::RunRecipient,
         Some(ToSpec::Raw(to)) => {

@@ -316,9 +316,12 @@ impl Engine {
         // A feed item records the workflow and its category (the feed filters by category).
         if *channel == ChannelKind::InApp {
             rendered.insert(WORKFLOW_FIELD.to_string(), run.workflow.clone());
-            if let Ok(workflow) = self.catalog.version(&run.workflow, run.version).await
-                && let Some(category) = &workflow.category
-            {
+            let workflow = self
+                .catalog
+                .version(&run.workflow, run.version)
+                .await
+                .map_err(super::engine::retryable)?;
+            if let Some(category) = &workflow.category {
                 rendered.insert(CATEGORY_FIELD.to_string(), category.clone());
             }
         }
@@ -357,7 +360,15 @@ impl Engine {
                 workflow: &run.workflow,
                 triggered_at: run.created_at,
             };
-            let outcome = match self.delivery_batches().begin(key).await {
+            let begun = match self.delivery_batches().begin(key).await {
+                // The feed's insert is idempotent (the send's key is unique there): a send a crash left mid-way is
+                // made again, where a provider's could not be.
+                Ok(Begin::OutcomeUnknown { id }) if *channel == ChannelKind::InApp => {
+                    Ok(Begin::Send { id })
+                }
+                other => other,
+            };
+            let outcome = match begun {
                 Ok(Begin::Send { id }) => {
                     let report = sender.send(&message).await;
                     let finished = Finished::new(id, key, &report);

@@ -19,8 +19,16 @@ const NEWS: &str = r#"{
 }"#;
 
 async fn app_with_worker() -> (common::TestApp, common::RunningWorker) {
+    app_with(|_| {}).await
+}
+
+async fn app_with(
+    adjust: impl FnOnce(&mut herald::config::Settings),
+) -> (common::TestApp, common::RunningWorker) {
     let app = spawn_app_with(|settings| {
         settings.feed.cors_origins = vec!["https://app.example".into()];
+        settings.feed.max_streams_per_recipient = 2;
+        adjust(settings);
     })
     .await;
     let engine = herald::app::App::on_pool(common::settings(), app.db.pool.clone())
@@ -319,7 +327,11 @@ async fn a_recipient_token_opens_its_own_feed_only_and_not_once_expired_or_forge
 
 #[tokio::test]
 async fn a_live_stream_receives_new_items_and_counts_through_listen_notify() {
-    let (app, worker) = app_with_worker().await;
+    // Connections idle for a second are closed; a live stream's is not (its client has nothing to send).
+    let (app, worker) = app_with(|settings| {
+        settings.api.idle_timeout = Duration::from_secs(1);
+    })
+    .await;
     let ada = token(&app, "ada", 600).await;
     let mut stream = reqwest::Client::new()
         .get(app.url(&format!("/v1/recipients/ada/feed/stream?token={ada}")))
@@ -348,11 +360,96 @@ async fn a_live_stream_receives_new_items_and_counts_through_listen_notify() {
     };
     // First the counts, then each new item (written by the worker, woken by its NOTIFY), then the counts again.
     read_until("event: counts").await;
+    // Past the idle timeout (this is the scenario: a listener with nothing to say), the stream is still open.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     notify(&app, "ada", "live one").await;
     notify(&app, "bob", "not for ada").await;
     read_until("live one").await;
     read_until("\"unseen\":1").await;
     assert!(received.contains("event: item"), "{received}");
     assert!(!received.contains("not for ada"), "{received}");
+    // A recipient may have two streams open here (this test's setting): a third is refused, 429.
+    let open = |_: ()| {
+        reqwest::Client::new()
+            .get(app.url(&format!("/v1/recipients/ada/feed/stream?token={ada}")))
+            .send()
+    };
+    let second = open(()).await.unwrap();
+    assert_eq!(second.status(), 200);
+    let third = open(()).await.unwrap();
+    assert_eq!(third.status(), 429);
+    drop(second);
+    drop(stream);
+    // Closed streams free their places (the server sees the client leave when it next writes or reads).
+    wait_until(
+        Duration::from_secs(20),
+        "a place for a new stream",
+        || async { open(()).await.unwrap().status() == 200 },
+    )
+    .await;
+    worker.stop().await;
+}
+
+#[tokio::test]
+async fn in_app_actions_address_recipients_and_links_must_be_http() {
+    let (app, worker) = app_with_worker().await;
+    // A raw address cannot be a feed.
+    let raw = json!({"name": "raw", "version": 1, "nodes": [
+        {"id": "start", "kind": "trigger", "next": "feed"},
+        {"id": "feed", "kind": "action", "channel": "in_app", "to": "ada", "content": {"title": "x"}}]});
+    let refused = app
+        .post("/v1/workflows", &app.admin_key)
+        .json(&raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    assert!(refused.text().await.unwrap().contains("recipient"));
+    // A `javascript:` link is refused at the send (the node fails; nothing is stored).
+    let script = json!({"name": "script", "version": 1, "nodes": [
+        {"id": "start", "kind": "trigger", "next": "feed"},
+        {"id": "feed", "kind": "action", "channel": "in_app",
+         "content": {"title": "x", "action_url": "javascript:alert(1)"}}]});
+    let stored = app
+        .post("/v1/workflows", &app.admin_key)
+        .json(&script)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stored.status(), 201);
+    let run: Value = app
+        .post("/v1/workflows/script/runs", &app.service_key)
+        .json(&json!({"recipient": "ada", "data": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = run["id"].as_i64().unwrap();
+    wait_until(Duration::from_secs(20), "the run failed", || async {
+        app.get_json(&format!("/v1/runs/{run_id}"), &app.read_key)
+            .await["status"]
+            == "failed"
+    })
+    .await;
+    let items = common::scalar_i64(&app.db.pool, "SELECT count(*) FROM herald_feed_items").await;
+    assert_eq!(items, 0);
+    // Minting a token needs read and enqueue: an enqueue-only key could otherwise read any feed through one.
+    let (enqueue_only, _) = herald::api::keys::create(
+        &app.db.pool,
+        &herald::audit::Actor::cli(),
+        "enqueue-only",
+        &[herald::api::keys::Scope::Enqueue],
+    )
+    .await
+    .unwrap();
+    let minted = app
+        .post("/v1/recipients/ada/feed/token", &enqueue_only)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(minted.status(), 403);
     worker.stop().await;
 }

@@ -118,7 +118,7 @@ fn unknown_channel_and_provider() {
     let yaml = format!("{HEADER}  - id: a\n    kind: action\n    channel: pigeon\n    to: x\n");
     assert_problem(
         &yaml,
-        "node `a`: unknown channel `pigeon` (one of: email, sms, push, chat)",
+        "node `a`: unknown channel `pigeon` (one of: email, sms, push, chat, in_app)",
     );
     let yaml = format!(
         "{HEADER}  - id: a\n    kind: action\n    channel: sms\n    providers: [twilio, sendgrid]\n    to: x\n"
