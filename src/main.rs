@@ -154,6 +154,8 @@ enum BenchWhat {
     /// Many events over many digest keys, every window closing at once: arrivals/s, continuations/s, and an
     /// exactly-once check.
     Digest(bench::digest::DigestBenchArgs),
+    /// Live in-app feed delivery: send-to-stream latency with many Server-Sent-Events streams open.
+    Feed(bench::feed::FeedBenchArgs),
     /// Provider chaos: chat actions through a slack -> discord chain against a fake answering 5xx and 429.
     Channels(bench::channels::ChannelBenchArgs),
     /// Kafka into jobs: bridge throughput with one and two processes, and produce -> job started latency.
@@ -250,6 +252,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             what: Some(BenchWhat::Digest(args)),
             ..
         } => Ok(bench::digest::run(&settings, args).await?),
+        Command::Bench {
+            what: Some(BenchWhat::Feed(args)),
+            ..
+        } => Ok(bench::feed::run(&settings, args).await?),
         Command::Bench {
             what: Some(BenchWhat::Http(args)),
             ..

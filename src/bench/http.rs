@@ -227,7 +227,7 @@ pub async fn run(settings: &Settings, args: HttpBenchArgs) -> Result<(), BenchEr
 }
 
 /// A port nobody listens on now (the API binds it a moment later).
-fn free_port() -> Result<u16, BenchError> {
+pub(crate) fn free_port() -> Result<u16, BenchError> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| BenchError::Failed(format!("no free port: {e}")))?;
     listener

@@ -3,8 +3,8 @@
 //!
 //! * this file: the queue (`herald bench`), and the helpers the others share (scratch databases, worker
 //!   processes, counters);
-//! * [`workflows`], [`http`], [`channels`], [`bridge`], [`soak`], [`retention`], [`fanout`], [`digest`]: `herald
-//!   bench workflows|http|channels|bridge|soak|retention|fanout|digest`.
+//! * [`workflows`], [`http`], [`channels`], [`bridge`], [`soak`], [`retention`], [`fanout`], [`digest`], [`feed`]:
+//!   `herald bench workflows|http|channels|bridge|soak|retention|fanout|digest|feed`.
 //!
 //! The queue bench's phases, each measured on its own:
 //! Phases, each measured on its own:
@@ -20,6 +20,7 @@ pub mod bridge;
 pub mod channels;
 pub mod digest;
 pub mod fanout;
+pub mod feed;
 pub mod http;
 pub mod retention;
 pub mod soak;
