@@ -111,6 +111,12 @@ impl FromRequestParts<ApiState> for FeedCaller {
                 "the feed needs the `read` scope, or the recipient's feed token",
             ));
         }
+        // The feed's POST (mark) changes it: refused here, before the body is read, like any route's scope.
+        if parts.method == axum::http::Method::POST && !caller.scopes.contains(&Scope::Enqueue) {
+            return Err(ApiError::forbidden(
+                "marking feed items needs the `enqueue` scope, or the recipient's feed token",
+            ));
+        }
         Ok(FeedCaller::Key {
             write: caller.scopes.contains(&Scope::Enqueue),
         })

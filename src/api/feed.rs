@@ -297,7 +297,7 @@ pub struct Marked {
         (status = 422, description = "A bad id, neither or both of `ids` and `all`, or an unknown mark", body = Problem, content_type = "application/problem+json"),
         JsonBody, EnqueueAuth,
     ),
-    security(("api_key" = ["enqueue"]), ("recipient_token" = []))
+    security(("api_key" = ["enqueue", "read"]), ("recipient_token" = []))
 )]
 pub async fn mark_feed(
     State(state): State<ApiState>,
