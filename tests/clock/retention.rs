@@ -120,7 +120,32 @@ async fn retention_archives_exactly_the_old_rows_and_removes_them() {
     .await
     .unwrap();
 
+    // In-app feed items: two older than the cutoff, one young.
+    sqlx::query(
+        "INSERT INTO herald_feed_items (recipient_id, idempotency_key, title, created_at) \
+         VALUES ('ada', 'f1', 'old', '2025-07-01T00:00:00Z'), ('ada', 'f2', 'old', '2025-08-01T00:00:00Z'), \
+                ('ada', 'f3', 'young', '2026-02-01T00:00:00Z')",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
     let report = pass(&db.pool, &settings_for(dir.path())).await;
+
+    let feed = report.data_set("feed_items").unwrap();
+    assert_eq!((feed.archived_rows, feed.deleted_rows), (2, 2));
+    assert_eq!(
+        scalar_i64(
+            &db.pool,
+            "SELECT count(*) FROM herald_feed_items WHERE title = 'young'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        scalar_i64(&db.pool, "SELECT count(*) FROM herald_feed_items").await,
+        1
+    );
 
     let history_report = report.data_set("job_history").unwrap();
     assert_eq!(history_report.archived_rows, 130);
@@ -188,7 +213,13 @@ async fn retention_archives_exactly_the_old_rows_and_removes_them() {
         manifests.iter().map(|m| m.bytes).sum::<u64>()
     );
     assert_eq!(manifests[0].sha256.len(), 64);
-    assert_eq!(files_named(dir.path(), ".jsonl.gz").len(), 6);
+    // Four of job history, one of dead letters, one of events, and one for each of the feed's two days.
+    assert_eq!(files_named(dir.path(), ".jsonl.gz").len(), 8);
+    assert!(
+        dir.path()
+            .join("feed_items/2025/07/01/0000.jsonl.gz")
+            .exists()
+    );
     assert!(
         dir.path()
             .join("job_history/2025/08/01/0002.jsonl.gz")
@@ -207,7 +238,7 @@ async fn retention_archives_exactly_the_old_rows_and_removes_them() {
             .iter()
             .all(|d| d.objects_written == 0 && d.deleted_rows == 0)
     );
-    assert_eq!(target.manifests(None).await.unwrap().len(), 6);
+    assert_eq!(target.manifests(None).await.unwrap().len(), 8);
 }
 
 #[tokio::test]
