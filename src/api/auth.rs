@@ -281,12 +281,83 @@ fn client_address(parts: &Parts) -> IpAddr {
 
 /// The caller named by the request's key: checked, cached, and within its rate limit.
 async fn authenticate(parts: &Parts, state: &ApiState) -> Result<Caller, ApiError> {
+    authenticate_key(parts, state, presented_key(parts)).await
+}
+
+/// The name of the dashboard's session cookie: the API key the operator logged in with (HttpOnly, SameSite=Strict,
+/// path `/ui`), accepted on `/ui` routes only.
+pub const UI_COOKIE: &str = "herald_ui";
+
+/// An operator logged in to the dashboard (`/ui`): their key's scopes, the actor the audit log names, and the form
+/// token their actions must carry (CSRF; see `ui.rs`).
+pub struct UiCaller {
+    pub actor: Actor,
+    pub admin: bool,
+    pub csrf: String,
+}
+
+impl FromRequestParts<ApiState> for UiCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let key = ui_cookie(parts);
+        let caller = authenticate_key(parts, state, key).await?;
+        if !caller.scopes.contains(&Scope::Read) {
+            return Err(ApiError::forbidden(
+                "the dashboard needs a key with the `read` scope",
+            ));
+        }
+        Ok(UiCaller {
+            actor: Actor::key(caller.key_id, &caller.key_name, None),
+            admin: caller.scopes.contains(&Scope::Admin),
+            csrf: ui_csrf(key.unwrap_or_default()),
+        })
+    }
+}
+
+/// Checks a key for the dashboard's login form: the caller it names, if valid.
+pub async fn ui_login(parts: &Parts, state: &ApiState, key: &str) -> Result<(), ApiError> {
+    let caller = authenticate_key(parts, state, Some(key)).await?;
+    if caller.scopes.contains(&Scope::Read) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "the dashboard needs a key with the `read` scope",
+        ))
+    }
+}
+
+/// The dashboard's form token for a session: derived from its key, so a page on another site (which cannot read
+/// the cookie) cannot make one.
+pub fn ui_csrf(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(format!("herald-ui-csrf:{key}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn ui_cookie(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| pair.trim().strip_prefix(UI_COOKIE)?.strip_prefix('='))
+}
+
+async fn authenticate_key(
+    parts: &Parts,
+    state: &ApiState,
+    key: Option<&str>,
+) -> Result<Caller, ApiError> {
     let client = client_address(parts);
     let refused = |message: &str| match state.failures.failed(client) {
         Some(wait) => ApiError::rate_limited(wait),
         None => ApiError::unauthorized(message.to_string()),
     };
-    let Some(key) = presented_key(parts).filter(|k| !k.is_empty()) else {
+    let Some(key) = key.filter(|k| !k.is_empty()) else {
         return Err(ApiError::unauthorized(
             "send an API key as `Authorization: Bearer <key>`",
         ));

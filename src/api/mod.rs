@@ -45,6 +45,7 @@ mod schemas;
 mod settings;
 mod suppressions;
 mod templates;
+mod ui;
 mod workflows;
 
 use std::sync::Arc;
@@ -314,6 +315,7 @@ pub fn router(state: ApiState) -> Router {
         .merge(feed::routes(&state.feed.settings));
     Router::new()
         .nest("/v1", v1)
+        .merge(ui::routes())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

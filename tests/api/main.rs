@@ -14,3 +14,4 @@ mod audit;
 mod cli_up;
 mod http;
 mod security;
+mod ui;

@@ -1,0 +1,285 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`, driven over WebDriver):
+//! log in with a key, watch a queue's depth change, pause and resume it (audited), and a `read` key that sees but
+//! cannot act. The WebDriver calls are plain JSON over HTTP (the W3C protocol), a few lines each.
+
+use std::time::Duration;
+
+use crate::common::{self, spawn_app, wait_until};
+use serde_json::{Value, json};
+
+/// A running `chromedriver` and one headless browser session on it.
+struct Browser {
+    driver: tokio::process::Child,
+    base: String,
+    session: String,
+    client: reqwest::Client,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    async fn start() -> Self {
+        let binary =
+            std::env::var("HERALD_TEST_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+        let port = common::free_port();
+        let driver = tokio::process::Command::new(&binary)
+            .arg(format!("--port={port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {binary} ({e}): install chromium and chromium-driver (./test.sh does)")
+            });
+        let base = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        wait_until(Duration::from_secs(30), "chromedriver ready", || async {
+            client
+                .get(format!("{base}/status"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        let chromium =
+            std::env::var("HERALD_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium,
+                "args": ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"]
+            }
+        }}});
+        let created: Value = client
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no browser session: {created}"))
+            .to_string();
+        Self {
+            driver,
+            base,
+            session,
+            client,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        // WebDriver refuses a body on GET and DELETE.
+        let request = if method == reqwest::Method::POST {
+            self.client.request(method, url).json(&body)
+        } else {
+            self.client.request(method, url)
+        };
+        let answer: Value = request.send().await.unwrap().json().await.unwrap();
+        answer["value"].clone()
+    }
+
+    async fn go(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", json!({ "url": url }))
+            .await;
+    }
+
+    async fn find(&self, css: &str) -> Option<String> {
+        let found = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        found[ELEMENT].as_str().map(str::to_string)
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let Some(element) = self.find(css).await else {
+            return String::new();
+        };
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{element}/text"),
+            Value::Null,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.find(css).await.unwrap_or_else(|| panic!("no {css}"));
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/value"),
+            json!({ "text": text }),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.find(css).await.unwrap_or_else(|| panic!("no {css}"));
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{element}/click"),
+            json!({}),
+        )
+        .await;
+    }
+
+    async fn url(&self) -> String {
+        self.call(reqwest::Method::GET, "/url", Value::Null)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    async fn screenshot(&self, name: &str) {
+        use base64::Engine as _;
+        let png = self
+            .call(reqwest::Method::GET, "/screenshot", Value::Null)
+            .await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap_or_default())
+            .unwrap();
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+
+    async fn stop(mut self) {
+        self.call(reqwest::Method::DELETE, "", Value::Null).await;
+        let _ = self.driver.kill().await;
+    }
+
+    /// Waits until the element at `css` reads `expected` (the overview refreshes itself every 5 s; reloading now is
+    /// what a person would do).
+    async fn until_text(&self, page: &str, css: &str, expected: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.text(css).await.trim() == expected {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{css} never read {expected:?} (last {:?})",
+                self.text(css).await
+            );
+            self.go(page).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_operator_logs_in_watches_a_queue_and_pauses_and_resumes_it_in_chromium() {
+    let app = spawn_app().await;
+    let browser = Browser::start().await;
+    // Without a session, the dashboard asks for a key.
+    browser.go(&app.url("/ui")).await;
+    let at = browser.url().await;
+    assert!(
+        at.ends_with("/ui/login"),
+        "at {at}: {}",
+        browser.text("body").await
+    );
+    browser.type_into("#key", "hk_not_a_key").await;
+    browser.click("button[type=submit]").await;
+    assert!(browser.text(".error").await.contains("not valid"));
+    browser.type_into("#key", &app.admin_key).await;
+    browser.click("button[type=submit]").await;
+    assert!(browser.url().await.ends_with("/ui"));
+    // A queue's depth, as enqueued over the API.
+    for _ in 0..3 {
+        let enqueued = app
+            .post("/v1/jobs", &app.service_key)
+            .json(&json!({"queue": "emails", "kind": "send.welcome"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(enqueued.status(), 201);
+    }
+    let overview = app.url("/ui");
+    browser
+        .until_text(&overview, "tr[data-queue=emails] .depth", "3")
+        .await;
+    browser.screenshot("overview.png").await;
+    // Pause, then resume: the fleet's state changes and the audit log names the key.
+    browser.click("button[data-queue=emails]").await;
+    browser
+        .until_text(&overview, "tr[data-queue=emails] .state", "paused")
+        .await;
+    let paused: bool = sqlx::query_scalar("SELECT paused FROM herald_queues WHERE name = 'emails'")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(paused);
+    browser.click("button[data-queue=emails]").await;
+    browser
+        .until_text(&overview, "tr[data-queue=emails] .state", "running")
+        .await;
+    let audited = common::scalar_i64(
+        &app.db.pool,
+        "SELECT count(*) FROM herald_audit_log WHERE action IN ('queue.pause', 'queue.resume') AND actor_name = 'admin'",
+    )
+    .await;
+    assert_eq!(audited, 2);
+    browser.click("nav button").await;
+    assert!(browser.url().await.ends_with("/ui/login"));
+
+    // A read key sees the queues and no action; a forged form (no session token) is refused.
+    browser.type_into("#key", &app.read_key).await;
+    browser.click("button[type=submit]").await;
+    browser
+        .until_text(&overview, "tr[data-queue=emails] .depth", "3")
+        .await;
+    assert!(browser.find("button[data-queue=emails]").await.is_none());
+    let forged = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(app.url("/ui/queues/emails/pause"))
+        .header("Cookie", format!("herald_ui={}", app.admin_key))
+        .form(&[("csrf", "guessed")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let still: bool = sqlx::query_scalar("SELECT paused FROM herald_queues WHERE name = 'emails'")
+        .fetch_one(&app.db.pool)
+        .await
+        .unwrap();
+    assert!(!still);
+    // The key is not readable by a page: HttpOnly, SameSite=Strict, scoped to /ui; and /v1 ignores the cookie.
+    let login = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(app.url("/ui/login"))
+        .form(&[("key", app.read_key.as_str())])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Path=/ui")
+    );
+    let v1 = reqwest::Client::new()
+        .get(app.url("/v1/queues"))
+        .header("Cookie", format!("herald_ui={}", app.read_key))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v1.status(), 401);
+    browser.stop().await;
+}
