@@ -160,6 +160,36 @@ impl Browser {
         let _ = self.driver.kill().await;
     }
 
+    /// Waits until the page's address ends with `suffix` (a click that submits a form returns before the next
+    /// page has loaded).
+    async fn until_url(&self, suffix: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let at = self.url().await;
+            if at.ends_with(suffix) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never reached {suffix} (at {at}: {})",
+                self.text("body").await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the element at `css` contains `expected`, without reloading.
+    async fn until_contains(&self, css: &str, expected: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !self.text(css).await.contains(expected) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{css} never contained {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the element at `css` reads `expected` (the overview refreshes itself every 5 s; reloading now is
     /// what a person would do).
     async fn until_text(&self, page: &str, css: &str, expected: &str) {
@@ -185,18 +215,13 @@ async fn an_operator_logs_in_watches_a_queue_and_pauses_and_resumes_it_in_chromi
     let browser = Browser::start().await;
     // Without a session, the dashboard asks for a key.
     browser.go(&app.url("/ui")).await;
-    let at = browser.url().await;
-    assert!(
-        at.ends_with("/ui/login"),
-        "at {at}: {}",
-        browser.text("body").await
-    );
+    browser.until_url("/ui/login").await;
     browser.type_into("#key", "hk_not_a_key").await;
     browser.click("button[type=submit]").await;
-    assert!(browser.text(".error").await.contains("not valid"));
+    browser.until_contains(".error", "not valid").await;
     browser.type_into("#key", &app.admin_key).await;
     browser.click("button[type=submit]").await;
-    assert!(browser.url().await.ends_with("/ui"));
+    browser.until_url("/ui").await;
     // A queue's depth, as enqueued over the API.
     for _ in 0..3 {
         let enqueued = app
@@ -213,16 +238,26 @@ async fn an_operator_logs_in_watches_a_queue_and_pauses_and_resumes_it_in_chromi
         .await;
     browser.screenshot("overview.png").await;
     // Pause, then resume: the fleet's state changes and the audit log names the key.
+    let paused = || async {
+        sqlx::query_scalar::<_, bool>("SELECT paused FROM herald_queues WHERE name = 'emails'")
+            .fetch_one(&app.db.pool)
+            .await
+            .unwrap()
+    };
+    // (The form's submission is left to finish before the page is looked at again: a reload would cancel it.)
     browser.click("button[data-queue=emails]").await;
+    wait_until(Duration::from_secs(20), "the queue paused", || async {
+        paused().await
+    })
+    .await;
     browser
         .until_text(&overview, "tr[data-queue=emails] .state", "paused")
         .await;
-    let paused: bool = sqlx::query_scalar("SELECT paused FROM herald_queues WHERE name = 'emails'")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-    assert!(paused);
     browser.click("button[data-queue=emails]").await;
+    wait_until(Duration::from_secs(20), "the queue resumed", || async {
+        !paused().await
+    })
+    .await;
     browser
         .until_text(&overview, "tr[data-queue=emails] .state", "running")
         .await;
@@ -233,14 +268,16 @@ async fn an_operator_logs_in_watches_a_queue_and_pauses_and_resumes_it_in_chromi
     .await;
     assert_eq!(audited, 2);
     browser.click("nav button").await;
-    assert!(browser.url().await.ends_with("/ui/login"));
+    browser.until_url("/ui/login").await;
 
     // A read key sees the queues and no action; a forged form (no session token) is refused.
     browser.type_into("#key", &app.read_key).await;
     browser.click("button[type=submit]").await;
+    browser.until_url("/ui").await;
     browser
         .until_text(&overview, "tr[data-queue=emails] .depth", "3")
         .await;
+    assert!(browser.text("nav").await.contains("read only"));
     assert!(browser.find("button[data-queue=emails]").await.is_none());
     let forged = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -253,11 +290,7 @@ async fn an_operator_logs_in_watches_a_queue_and_pauses_and_resumes_it_in_chromi
         .await
         .unwrap();
     assert_eq!(forged.status(), 403);
-    let still: bool = sqlx::query_scalar("SELECT paused FROM herald_queues WHERE name = 'emails'")
-        .fetch_one(&app.db.pool)
-        .await
-        .unwrap();
-    assert!(!still);
+    assert!(!paused().await);
     // The key is not readable by a page: HttpOnly, SameSite=Strict, scoped to /ui; and /v1 ignores the cookie.
     let login = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
