@@ -115,6 +115,15 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Option<DeadLetter>, QueueErro
         .pop())
 }
 
+/// How many matching dead letters a replay would take (those not replayed yet): what a confirmation shows.
+pub async fn count_replayable(pool: &PgPool, filter: &DeadLetterFilter) -> Result<i64, QueueError> {
+    Ok(filter
+        .bind(sqlx::query(sql::COUNT_REPLAYABLE_DEAD_LETTERS))
+        .fetch_one(pool)
+        .await?
+        .try_get(0)?)
+}
+
 /// A replayed dead letter and the new job it became.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Replayed {

@@ -388,6 +388,13 @@ pub const LIST_DEAD_LETTERS: &str = concat!(
     " AND ($6::int8 IS NULL OR d.id < $6) ORDER BY d.id DESC LIMIT $7"
 );
 
+/// How many matching dead letters are not replayed yet (what a replay of the filter would take).
+pub const COUNT_REPLAYABLE_DEAD_LETTERS: &str = concat!(
+    "SELECT count(*) FROM herald_dead_letters d WHERE ",
+    dead_letter_filter!(),
+    " AND d.replayed_as IS NULL"
+);
+
 /// Re-enqueue every matching dead letter not replayed yet, as a new job with its attempts reset, and link the two.
 /// $6 priority aging seconds. Returns (dead letter id, new job id, queue).
 pub const REPLAY_DEAD_LETTERS: &str = concat!(

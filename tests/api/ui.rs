@@ -238,11 +238,13 @@ async fn an_operator_logs_in_watches_a_queue_and_pauses_and_resumes_it_in_chromi
         .await;
     browser.screenshot("overview.png").await;
     // Pause, then resume: the fleet's state changes and the audit log names the key.
+    // (A queue has a row of state only once it was paused.)
     let paused = || async {
         sqlx::query_scalar::<_, bool>("SELECT paused FROM herald_queues WHERE name = 'emails'")
-            .fetch_one(&app.db.pool)
+            .fetch_optional(&app.db.pool)
             .await
             .unwrap()
+            .unwrap_or(false)
     };
     // (The form's submission is left to finish before the page is looked at again: a reload would cancel it.)
     browser.click("button[data-queue=emails]").await;
@@ -314,5 +316,98 @@ async fn an_operator_logs_in_watches_a_queue_and_pauses_and_resumes_it_in_chromi
         .await
         .unwrap();
     assert_eq!(v1.status(), 401);
+    browser.stop().await;
+}
+
+/// `n` dead letters of `queue`, as a worker leaves them after the last attempt.
+async fn dead_letters(pool: &sqlx::PgPool, queue: &str, n: i64) {
+    sqlx::query(
+        "INSERT INTO herald_dead_letters (job_id, queue, kind, payload, priority, attempt, max_attempts, timeout_ms, \
+                                          errors, reason, created_at, failed_at) \
+         SELECT 1000 + g, $1, 'send.welcome', jsonb_build_object('user', 'u' || g, 'note', '<b>bold</b>'), 0, 3, 3, \
+                1000, '[\"timeout\", \"timeout\", \"provider answered 500\"]', 'provider answered 500', now(), now() \
+         FROM generate_series(1, $2::int8) g",
+    )
+    .bind(queue)
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn dead_letters_are_filtered_inspected_replayed_after_a_confirmation_and_deleted_in_chromium()
+{
+    let app = spawn_app().await;
+    dead_letters(&app.db.pool, "emails", 3).await;
+    dead_letters(&app.db.pool, "sms", 2).await;
+    let browser = Browser::start().await;
+    browser.go(&app.url("/ui/login")).await;
+    browser.type_into("#key", &app.admin_key).await;
+    browser.click("button[type=submit]").await;
+    browser.until_url("/ui").await;
+    let list = app.url("/ui/dead-letters?queue=emails");
+    browser.go(&list).await;
+    let rows = browser.text("#dead-letters tbody").await;
+    assert_eq!(rows.matches("emails").count(), 3, "{rows}");
+    assert!(!rows.contains("sms"), "{rows}");
+    browser.screenshot("dead-letters.png").await;
+    // Replay every match: a confirmation first, with the count; nothing happens before it.
+    browser.click("#replay-all").await;
+    browser
+        .until_contains("#confirm-text", "Replay 3 dead letters of queue emails")
+        .await;
+    let replayed = "SELECT count(*) FROM herald_jobs WHERE replay_of IS NOT NULL";
+    assert_eq!(common::scalar_i64(&app.db.pool, replayed).await, 0);
+    browser.click("#confirm").await;
+    browser
+        .until_contains(".notice", "Replayed 3 dead letters.")
+        .await;
+    assert_eq!(common::scalar_i64(&app.db.pool, replayed).await, 3);
+    // One of the other queue: inspected (the payload shown as text, escaped), replayed, then another deleted.
+    let ids: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM herald_dead_letters WHERE queue = 'sms' ORDER BY id")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    browser
+        .go(&app.url(&format!("/ui/dead-letters/{}", ids[0])))
+        .await;
+    assert!(browser.text("pre").await.contains("provider answered 500"));
+    assert!(
+        browser.text("main").await.contains("<b>bold</b>"),
+        "the payload is shown as text"
+    );
+    browser.click("#replay").await;
+    browser.until_contains("#state", "replayed as job").await;
+    browser
+        .go(&app.url(&format!("/ui/dead-letters/{}", ids[1])))
+        .await;
+    browser.click("input[name=confirm]").await;
+    browser.click("#delete").await;
+    browser
+        .until_contains(".notice", &format!("Deleted dead letter {}", ids[1]))
+        .await;
+    let left = "SELECT count(*) FROM herald_dead_letters";
+    assert_eq!(common::scalar_i64(&app.db.pool, left).await, 4);
+    let audited = common::scalar_i64(
+        &app.db.pool,
+        "SELECT count(*) FROM herald_audit_log WHERE action IN ('dead_letter.replay', 'dead_letter.delete')",
+    )
+    .await;
+    assert_eq!(audited, 3);
+    // A read key sees the list and no action.
+    browser.click("nav button").await;
+    browser.until_url("/ui/login").await;
+    browser.type_into("#key", &app.read_key).await;
+    browser.click("button[type=submit]").await;
+    browser.until_url("/ui").await;
+    browser.go(&app.url("/ui/dead-letters")).await;
+    assert!(browser.text("#dead-letters tbody").await.contains("sms"));
+    assert!(browser.find("#replay-all").await.is_none());
+    browser
+        .go(&app.url(&format!("/ui/dead-letters/{}", ids[0])))
+        .await;
+    assert!(browser.find("#delete").await.is_none());
     browser.stop().await;
 }
