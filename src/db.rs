@@ -194,7 +194,7 @@ impl SessionLock {
     pub async fn hold(&mut self, pool: &PgPool) -> bool {
         if let Some(conn) = self.held.as_mut() {
             let alive = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
+                Duration::from_secs(5),
                 sqlx::query("SELECT 1").execute(&mut *conn),
             )
             .await;
@@ -205,8 +205,7 @@ impl SessionLock {
             self.held = None;
             return false;
         }
-        let Ok(Ok(mut pooled)) =
-            tokio::time::timeout(std::time::Duration::from_secs(5), pool.acquire()).await
+        let Ok(Ok(mut pooled)) = tokio::time::timeout(Duration::from_secs(5), pool.acquire()).await
         else {
             return false;
         };
@@ -243,7 +242,7 @@ pub async fn readiness(pool: &PgPool) -> Result<(), String> {
     // A probe must answer, not wait: a database that does not answer in 5 s is not ready.
     let query = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
         .fetch_one(pool);
-    let applied: Option<i64> = tokio::time::timeout(std::time::Duration::from_secs(5), query)
+    let applied: Option<i64> = tokio::time::timeout(Duration::from_secs(5), query)
         .await
         .map_err(|_| "database unavailable: no answer in 5 s".to_string())?
         .map_err(|e| format!("database unavailable: {e}"))?;
@@ -337,6 +336,55 @@ async fn maintain(
         }
     }
     Ok(done)
+}
+
+/// Listens on PostgreSQL channel `channel` until `shutdown`, on one connection of `pool`, reconnecting with backoff
+/// (100 ms doubling to 5 s) when it drops. Each notification's payload goes to `notified`; `caught_up` runs each
+/// time the connection is (re)established, because anything sent while nobody listened is lost and the owner must
+/// look once. `name` names the listener in the logs. The queue's wakeups and the feed's live streams share it.
+pub async fn listen(
+    pool: &PgPool,
+    channel: &str,
+    name: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    notified: impl Fn(&str),
+    caught_up: impl Fn(),
+) {
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() && !pool.is_closed() {
+        let error = match listen_once(pool, channel, shutdown, &notified, &caught_up).await {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        tracing::warn!(%error, listener = name, retry_in = ?backoff, "listener lost its connection");
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn listen_once(
+    pool: &PgPool,
+    channel: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    notified: &impl Fn(&str),
+    caught_up: &impl Fn(),
+) -> Result<(), sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(channel).await?;
+    caught_up();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            message = listener.try_recv() => match message? {
+                Some(notification) => notified(notification.payload()),
+                // PgListener reconnected under us: treat it as a new connection, so the owner catches up.
+                None => return Err(sqlx::Error::Protocol("listener connection was re-established".into())),
+            },
+        }
+    }
 }
 
 #[cfg(test)]

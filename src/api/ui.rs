@@ -41,6 +41,23 @@ pub fn routes() -> Router<ApiState> {
         .route("/ui/dead-letters/{id}/{action}", post(dead_letter_action))
 }
 
+/// A logged-in operator; a request without a valid session is sent to the login page instead.
+struct Session(UiCaller);
+
+impl axum::extract::FromRequestParts<ApiState> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &ApiState,
+    ) -> Result<Self, Response> {
+        UiCaller::from_request_parts(parts, state)
+            .await
+            .map(Session)
+            .map_err(|_| Redirect::to("/ui/login").into_response())
+    }
+}
+
 /// Escapes text for HTML (element content and quoted attributes).
 fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -148,10 +165,7 @@ async fn logout() -> Response {
 }
 
 /// The overview: every queue's depth and state, refreshed every 5 seconds.
-async fn overview(State(state): State<ApiState>, caller: Result<UiCaller, ApiError>) -> Response {
-    let Ok(caller) = caller else {
-        return Redirect::to("/ui/login").into_response();
-    };
+async fn overview(State(state): State<ApiState>, Session(caller): Session) -> Response {
     let queues = match admin::queue_stats(&state.pool).await {
         Ok(queues) => queues,
         Err(error) => return ApiError::from(error).into_response(),
@@ -200,13 +214,10 @@ async fn overview(State(state): State<ApiState>, caller: Result<UiCaller, ApiErr
 /// Pause or resume a queue (admin keys; the form's token must be the session's).
 async fn queue_action(
     State(state): State<ApiState>,
-    caller: Result<UiCaller, ApiError>,
+    Session(caller): Session,
     ApiPath((name, action)): ApiPath<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    let Ok(caller) = caller else {
-        return Redirect::to("/ui/login").into_response();
-    };
     if let Some(refused) = refuse_action(&caller, &form.csrf) {
         return refused;
     }
@@ -254,12 +265,9 @@ fn queue_query(filter: &DeadLetterFilter) -> String {
 /// The newest 100 dead letters (of one queue, with `?queue=`).
 async fn dead_letters_page(
     State(state): State<ApiState>,
-    caller: Result<UiCaller, ApiError>,
+    Session(caller): Session,
     query: Result<axum::extract::Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(caller) = caller else {
-        return Redirect::to("/ui/login").into_response();
-    };
     let query = query.map(|q| q.0).unwrap_or_default();
     let filter = queue_filter(&query);
     let letters = match dead_letters::list(&state.pool, &filter, None, 100).await {
@@ -307,12 +315,9 @@ async fn dead_letters_page(
 /// The confirmation of a bulk replay: how many dead letters it would take.
 async fn confirm_replay_all(
     State(state): State<ApiState>,
-    caller: Result<UiCaller, ApiError>,
+    Session(caller): Session,
     query: Result<axum::extract::Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Ok(caller) = caller else {
-        return Redirect::to("/ui/login").into_response();
-    };
     let filter = queue_filter(&query.map(|q| q.0).unwrap_or_default());
     let count = match dead_letters::count_replayable(&state.pool, &filter).await {
         Ok(count) => count,
@@ -343,12 +348,9 @@ struct ReplayAllForm {
 /// Replay every matching dead letter (admin, with the session's token), audited as over `/v1`.
 async fn replay_all(
     State(state): State<ApiState>,
-    caller: Result<UiCaller, ApiError>,
+    Session(caller): Session,
     Form(form): Form<ReplayAllForm>,
 ) -> Response {
-    let Ok(caller) = caller else {
-        return Redirect::to("/ui/login").into_response();
-    };
     if let Some(refused) = refuse_action(&caller, &form.csrf) {
         return refused;
     }
@@ -417,12 +419,9 @@ fn refuse_action(caller: &UiCaller, csrf: &str) -> Option<Response> {
 /// One dead letter: its job, every attempt's error, its payload; replay and delete for admins.
 async fn dead_letter_page(
     State(state): State<ApiState>,
-    caller: Result<UiCaller, ApiError>,
+    Session(caller): Session,
     ApiPath(id): ApiPath<i64>,
 ) -> Response {
-    let Ok(caller) = caller else {
-        return Redirect::to("/ui/login").into_response();
-    };
     let letter = match dead_letters::get(&state.pool, id).await {
         Ok(Some(letter)) => letter,
         Ok(None) => {
@@ -475,13 +474,10 @@ struct LetterActionForm {
 /// Replay or delete one dead letter (admin, the session's token; delete needs its confirmation box).
 async fn dead_letter_action(
     State(state): State<ApiState>,
-    caller: Result<UiCaller, ApiError>,
+    Session(caller): Session,
     ApiPath((id, action)): ApiPath<(i64, String)>,
     Form(form): Form<LetterActionForm>,
 ) -> Response {
-    let Ok(caller) = caller else {
-        return Redirect::to("/ui/login").into_response();
-    };
     if let Some(refused) = refuse_action(&caller, &form.csrf) {
         return refused;
     }

@@ -9,10 +9,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -118,43 +116,14 @@ impl Live {
     }
 
     async fn listen(&self, pool: PgPool, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() && !pool.is_closed() {
-            match self.listen_once(&pool, &shutdown).await {
-                Ok(()) => return,
-                Err(error) => {
-                    tracing::warn!(%error, "feed listener lost its connection; reconnecting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    async fn listen_once(
-        &self,
-        pool: &PgPool,
-        shutdown: &CancellationToken,
-    ) -> Result<(), sqlx::Error> {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(CHANNEL).await?;
-        // Anything sent while nobody listened is lost: every stream looks once.
-        self.wake_all();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                message = listener.try_recv() => match message? {
-                    Some(notification) => self.wake(notification.payload()),
-                    None => {
-                        return Err(sqlx::Error::Protocol(
-                            "feed listener connection was re-established".into(),
-                        ));
-                    }
-                },
-            }
-        }
+        crate::db::listen(
+            &pool,
+            CHANNEL,
+            "feed",
+            &shutdown,
+            |recipient| self.wake(recipient),
+            || self.wake_all(),
+        )
+        .await;
     }
 }

@@ -217,12 +217,15 @@ pub async fn mark(
 pub async fn erase(pool: &PgPool, recipient: &str) -> Result<u64, FeedError> {
     let mut removed = 0;
     loop {
+        // Each batch in a bounded transaction, as the erase's other scrubs: a lock cannot hold it forever.
+        let mut tx = crate::db::begin_bounded(pool, &[]).await?;
         let done = sqlx::query(sql::ERASE_ITEMS)
             .bind(recipient)
             .bind(5_000_i64)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
+        tx.commit().await?;
         removed += done;
         if done == 0 {
             return Ok(removed);

@@ -127,14 +127,13 @@ mod tests {
         let other =
             TokenSigner::new(b"x".repeat(32)).mint("ada", now + chrono::Duration::minutes(5));
         assert_eq!(signer.verify(&other, now), Err(TokenError::Forged));
-        let (payload, signature) = token.split_once('.').unwrap();
+        let signature = token.split_once('.').unwrap().1;
         let bob = signer.mint("bob", now + chrono::Duration::minutes(5));
         let bob_payload = bob.split_once('.').unwrap().0;
         assert_eq!(
             signer.verify(&format!("{bob_payload}.{signature}"), now),
             Err(TokenError::Forged)
         );
-        let _ = payload;
         for junk in [
             "",
             "feed_",

@@ -171,7 +171,8 @@ impl Catalogue {
         document: &Document,
         source: &str,
     ) -> Result<Saved, TemplatesError> {
-        let mut tx = self.pool.begin().await?;
+        // Bounded statements: a save stuck behind a lock fails instead of holding its caller.
+        let mut tx = crate::db::begin_bounded(&self.pool, &[]).await?;
         let saved = store_in(&mut tx, actor, document, source).await?;
         tx.commit().await?;
         Ok(saved)
@@ -239,7 +240,8 @@ impl Catalogue {
         dir: &Path,
     ) -> Result<Vec<(String, String, i32, Saved)>, TemplatesError> {
         let documents = check_dir(dir)?;
-        let mut tx = self.pool.begin().await?;
+        // Bounded statements: a save stuck behind a lock fails instead of holding its caller.
+        let mut tx = crate::db::begin_bounded(&self.pool, &[]).await?;
         let mut outcomes = Vec::new();
         let mut problems = Vec::new();
         // Layouts and partials first: a template's layout must be stored when the template is.

@@ -32,7 +32,11 @@ impl Browser {
                 panic!("cannot start {binary} ({e}): install chromium and chromium-driver (./test.sh does)")
             });
         let base = format!("http://127.0.0.1:{port}");
-        let client = reqwest::Client::new();
+        // Every WebDriver call has a deadline: a browser that hangs fails the test instead of holding it.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
         wait_until(Duration::from_secs(30), "chromedriver ready", || async {
             client
                 .get(format!("{base}/status"))

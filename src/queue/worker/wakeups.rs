@@ -10,10 +10,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -94,42 +92,16 @@ impl Wakeups {
         self.queues.values().for_each(|s| s.announce(i64::MIN));
     }
 
-    /// Listens until `shutdown` fires.
+    /// Listens until `shutdown` fires (see [`crate::db::listen`]).
     pub async fn listen(self: Arc<Self>, pool: PgPool, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        while !shutdown.is_cancelled() {
-            match self.listen_once(&pool, &shutdown).await {
-                Ok(()) => return,
-                Err(error) => {
-                    tracing::warn!(%error, retry_in = ?backoff, "wakeup listener lost its connection");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
-    async fn listen_once(
-        &self,
-        pool: &PgPool,
-        shutdown: &CancellationToken,
-    ) -> Result<(), sqlx::Error> {
-        let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen(CHANNEL).await?;
-        // Anything sent while we were not listening is lost: look once.
-        self.wake_all();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                message = listener.try_recv() => match message? {
-                    Some(notification) => self.dispatch(notification.payload()),
-                    // PgListener reconnected under us: treat it as a new connection so we catch up.
-                    None => return Err(sqlx::Error::Protocol("listener connection was re-established".into())),
-                },
-            }
-        }
+        crate::db::listen(
+            &pool,
+            CHANNEL,
+            "wakeups",
+            &shutdown,
+            |payload| self.dispatch(payload),
+            || self.wake_all(),
+        )
+        .await;
     }
 }
