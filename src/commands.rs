@@ -957,26 +957,11 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-/// What `herald status` shows: read from the tables the fleet keeps (no process is asked anything).
-#[derive(serde::Serialize)]
-struct FleetStatus {
-    at: DateTime<Utc>,
-    workers: Vec<(admin::WorkerView, i64)>,
-    queues: Vec<(admin::QueueStats, i64)>,
-    /// Who last counted the queue depths for the metrics, and how long ago (see `queue::stats`).
-    stats_leader: Option<(String, f64)>,
-    circuits: Vec<herald::channels::circuits::CircuitRecord>,
-    bridge: Vec<herald::bridge::StoredOffset>,
-    schedules: Vec<herald::clock::schedules::ScheduleTick>,
-    /// herald's alerts about itself: firing and pending, then resolved in the last day.
-    alerts: Vec<herald::alerts::Alert>,
-}
-
 pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<()> {
     let pool = connect(settings).await?;
     loop {
         // A table locked elsewhere must not hang the screen: each refresh gives up after 15 s.
-        let status = tokio::time::timeout(Duration::from_secs(15), fleet_status(&pool))
+        let status = tokio::time::timeout(Duration::from_secs(15), herald::status::read(&pool))
             .await
             .map_err(|_| anyhow::anyhow!("the database did not answer in 15 s"))??;
         if args.json {
@@ -998,47 +983,7 @@ pub async fn status(settings: &Settings, args: StatusArgs) -> anyhow::Result<()>
     }
 }
 
-async fn fleet_status(pool: &PgPool) -> anyhow::Result<FleetStatus> {
-    let leases: std::collections::HashMap<uuid::Uuid, i64> =
-        admin::leases_per_worker(pool).await?.into_iter().collect();
-    let workers = admin::list_workers(pool)
-        .await?
-        .into_iter()
-        .map(|worker| {
-            let held = leases.get(&worker.id).copied().unwrap_or(0);
-            (worker, held)
-        })
-        .collect();
-    let finished: std::collections::HashMap<String, i64> = admin::finished_per_queue(pool, 60)
-        .await?
-        .into_iter()
-        .collect();
-    let queues = admin::queue_stats(pool)
-        .await?
-        .into_iter()
-        .map(|queue| {
-            let per_minute = finished.get(&queue.name).copied().unwrap_or(0);
-            (queue, per_minute)
-        })
-        .collect();
-    let stats_leader = queue::stats::read(pool)
-        .await?
-        .into_iter()
-        .min_by(|a, b| a.age_secs.total_cmp(&b.age_secs))
-        .map(|row| (row.computed_by, row.age_secs));
-    Ok(FleetStatus {
-        at: Utc::now(),
-        workers,
-        queues,
-        stats_leader,
-        circuits: herald::channels::circuits::list(pool).await?,
-        bridge: herald::bridge::stored_offsets(pool).await?,
-        schedules: herald::clock::schedules::last_ticks(pool).await?,
-        alerts: herald::alerts::list(pool).await?,
-    })
-}
-
-fn print_status(status: &FleetStatus) {
+fn print_status(status: &herald::status::FleetStatus) {
     let ago = |at: DateTime<Utc>| {
         let secs = (status.at - at).num_milliseconds() as f64 / 1000.0;
         format!("{secs:.1}s ago")

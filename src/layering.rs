@@ -122,8 +122,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "status",
+        &["alerts", "bridge", "channels", "clock", "queue"],
+    ),
+    (
         "api",
         &[
+            "status",
             "feed",
             "templates",
             "recipients",

@@ -41,6 +41,7 @@ pub mod queue;
 pub mod recipients;
 pub mod setting;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 pub mod templates;
 pub mod workflow;

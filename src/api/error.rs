@@ -227,6 +227,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The problem's short title, e.g. "Not found" (for the dashboard's error page).
+    pub fn title(&self) -> &str {
+        self.title
+    }
+
+    /// What went wrong, in the words a caller reads.
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
 }
 
 impl From<QueueError> for ApiError {

@@ -361,6 +361,7 @@ pub async fn list_runs(
     let filter = RunFilter {
         workflow: query.workflow,
         status,
+        recipient: None,
         before,
         limit: limit + 1,
     };

@@ -526,6 +526,75 @@ pub async fn for_run(pool: &PgPool, run_id: i64) -> Result<Vec<Delivery>, sqlx::
         .await
 }
 
+/// What [`search`] looks for; every field narrows it, none set lists the newest.
+#[derive(Debug, Clone, Default)]
+pub struct DeliverySearch<'a> {
+    /// The recipient the delivery was resolved from (their profile id).
+    pub recipient_id: Option<&'a str>,
+    pub status: Option<DeliveryStatus>,
+    pub channel: Option<&'a str>,
+    pub provider: Option<&'a str>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Older than this id (the previous page's last).
+    pub before_id: Option<i64>,
+    /// At most 500.
+    pub limit: i64,
+}
+
+/// How long a search may read before it gives up: a filter that matches nothing recent walks the whole table,
+/// and a support screen must not hold a connection for that.
+pub const SEARCH_BUDGET: &str = "5s";
+
+/// Deliveries matching `search`, newest first. A search that would read for longer than [`SEARCH_BUDGET`] is
+/// cancelled by the database (SQLSTATE 57014; see [`timed_out`]).
+pub async fn search(
+    pool: &PgPool,
+    search: &DeliverySearch<'_>,
+) -> Result<Vec<Delivery>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("SET LOCAL statement_timeout = '{SEARCH_BUDGET}'"))
+        .execute(&mut *tx)
+        .await?;
+    let found = sqlx::query_as(sql::SEARCH_DELIVERIES)
+        .bind(search.recipient_id)
+        .bind(search.status.map(DeliveryStatus::as_str))
+        .bind(search.channel)
+        .bind(search.provider)
+        .bind(search.since)
+        .bind(search.until)
+        .bind(search.before_id)
+        .bind(search.limit.clamp(1, 500))
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(found)
+}
+
+/// Whether `error` is the database cancelling a statement for its time budget.
+pub fn timed_out(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "57014")
+}
+
+/// The suppressions among `addresses` (channel, address): why sends to a recipient's addresses are refused.
+pub async fn suppressions_of(
+    pool: &PgPool,
+    addresses: &[(String, String)],
+) -> Result<Vec<Suppression>, sqlx::Error> {
+    let (channels, addresses): (Vec<&str>, Vec<&str>) = addresses
+        .iter()
+        .map(|(c, a)| (c.as_str(), a.as_str()))
+        .unzip();
+    sqlx::query_as(sql::SUPPRESSIONS_OF)
+        .bind(channels)
+        .bind(addresses)
+        .fetch_all(pool)
+        .await
+}
+
 /// A provider's report about a message it accepted (a delivery callback), normalized.
 #[derive(Debug, Clone)]
 pub struct CallbackUpdate<'a> {

@@ -337,3 +337,131 @@ pub async fn depths(
         .await?;
     Ok(rows.into_iter().collect())
 }
+
+/// Which of a queue's waiting or running jobs [`list_jobs`] shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveState {
+    /// Due and waiting for a worker, in claim order.
+    Ready,
+    /// Waiting for their `run_at` (later jobs, retries in backoff), soonest first.
+    Scheduled,
+    /// Leased by a worker, longest running first.
+    Running,
+}
+
+/// A search among a queue's live jobs: any of `id`, `kind`, `idempotency_key` narrows it (exact matches).
+#[derive(Debug, Clone)]
+pub struct JobSearch<'a> {
+    pub queue: &'a str,
+    pub state: LiveState,
+    pub id: Option<JobId>,
+    pub kind: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+    /// At most 500.
+    pub limit: i64,
+}
+
+/// A line of a job list (the job's page has the rest, from [`find_job`]).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct JobLine {
+    pub id: JobId,
+    pub kind: String,
+    pub priority: i16,
+    pub attempt: i32,
+    pub max_attempts: i32,
+    pub idempotency_key: Option<String>,
+    pub run_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub claimed_at: Option<DateTime<Utc>>,
+    /// The latest error's message (a job retrying after a failure).
+    pub error: Option<String>,
+}
+
+/// A queue's live jobs in one state, in the order the queue takes them. Each state reads through the index that
+/// serves it (the claim index, the promoter's, the lease index), so a list of a deep queue reads `limit` rows.
+pub async fn list_jobs(pool: &PgPool, search: &JobSearch<'_>) -> Result<Vec<JobLine>, QueueError> {
+    let (state, order) = match search.state {
+        LiveState::Ready => ("lease_token IS NULL AND NOT scheduled", "sort_key, id"),
+        LiveState::Scheduled => ("scheduled", "run_at, id"),
+        LiveState::Running => ("lease_token IS NOT NULL", "claimed_at, id"),
+    };
+    let statement = format!(
+        "SELECT id, kind, priority, attempt, max_attempts, idempotency_key, run_at, created_at, claimed_at, \
+                errors -> -1 ->> 'message' AS error \
+         FROM herald_jobs \
+         WHERE queue = $1 AND {state} \
+           AND ($2::bigint IS NULL OR id = $2) AND ($3::text IS NULL OR kind = $3) \
+           AND ($4::text IS NULL OR idempotency_key = $4) \
+         ORDER BY {order} LIMIT $5"
+    );
+    Ok(sqlx::query_as(&statement)
+        .bind(search.queue)
+        .bind(search.id)
+        .bind(search.kind)
+        .bind(search.idempotency_key)
+        .bind(search.limit.clamp(1, 500))
+        .fetch_all(pool)
+        .await?)
+}
+
+/// One minute of the queue's traffic (see [`throughput`]).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Minute {
+    pub at: DateTime<Utc>,
+    pub enqueued: i64,
+    pub completed: i64,
+    /// Dead-lettered (failed for good).
+    pub failed: i64,
+}
+
+/// How long [`throughput`] may count: an hour of a busy fleet's history is millions of rows, and an overview
+/// that refreshes every few seconds must not turn into a load on the database.
+const THROUGHPUT_BUDGET: &str = "2s";
+
+/// Jobs enqueued, completed and dead-lettered per minute over the last `minutes` (at most 1,440), oldest
+/// first, every minute present. `None` when counting took longer than its budget.
+pub async fn throughput(pool: &PgPool, minutes: i32) -> Result<Option<Vec<Minute>>, QueueError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "SET LOCAL statement_timeout = '{THROUGHPUT_BUDGET}'"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    // A job created in the window is in the hot table still, or finished (in the window, after it was created).
+    let counted = sqlx::query_as(
+        "WITH bounds AS (SELECT date_trunc('minute', now()) - make_interval(mins => $1 - 1) AS start), \
+         minutes AS (SELECT generate_series(start, date_trunc('minute', now()), interval '1 minute') AS at \
+                     FROM bounds), \
+         finished AS (SELECT date_trunc('minute', h.finished_at) AS at, \
+                             count(*) FILTER (WHERE h.outcome = 'completed') AS completed, \
+                             count(*) FILTER (WHERE h.outcome = 'dead') AS failed \
+                      FROM herald_job_history h, bounds WHERE h.finished_at >= bounds.start GROUP BY 1), \
+         created AS (SELECT date_trunc('minute', c.created_at) AS at, count(*) AS enqueued FROM ( \
+                         SELECT h.created_at FROM herald_job_history h, bounds \
+                         WHERE h.finished_at >= bounds.start AND h.created_at >= bounds.start \
+                         UNION ALL \
+                         SELECT j.created_at FROM herald_jobs j, bounds WHERE j.created_at >= bounds.start \
+                     ) c GROUP BY 1) \
+         SELECT m.at, coalesce(c.enqueued, 0) AS enqueued, coalesce(f.completed, 0) AS completed, \
+                coalesce(f.failed, 0) AS failed \
+         FROM minutes m LEFT JOIN finished f ON f.at = m.at LEFT JOIN created c ON c.at = m.at ORDER BY m.at",
+    )
+    .bind(minutes.clamp(1, 1440))
+    .fetch_all(&mut *tx)
+    .await;
+    match counted {
+        Ok(rows) => {
+            tx.commit().await?;
+            Ok(Some(rows))
+        }
+        Err(error)
+            if error
+                .as_database_error()
+                .and_then(|e| e.code())
+                .is_some_and(|code| code == "57014") =>
+        {
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
+}

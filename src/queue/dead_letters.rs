@@ -124,6 +124,15 @@ pub async fn count_replayable(pool: &PgPool, filter: &DeadLetterFilter) -> Resul
         .try_get(0)?)
 }
 
+/// How many dead letters match (replayed or not): what [`purge`] with the same filter would delete.
+pub async fn count(pool: &PgPool, filter: &DeadLetterFilter) -> Result<i64, QueueError> {
+    Ok(filter
+        .bind(sqlx::query(sql::COUNT_DEAD_LETTERS))
+        .fetch_one(pool)
+        .await?
+        .try_get(0)?)
+}
+
 /// A replayed dead letter and the new job it became.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 pub struct Replayed {

@@ -395,6 +395,12 @@ pub const COUNT_REPLAYABLE_DEAD_LETTERS: &str = concat!(
     " AND d.replayed_as IS NULL"
 );
 
+/// Every matching dead letter, replayed or not: what a purge with the same filter deletes.
+pub const COUNT_DEAD_LETTERS: &str = concat!(
+    "SELECT count(*) FROM herald_dead_letters d WHERE ",
+    dead_letter_filter!()
+);
+
 /// Re-enqueue every matching dead letter not replayed yet, as a new job with its attempts reset, and link the two.
 /// $6 priority aging seconds. Returns (dead letter id, new job id, queue).
 pub const REPLAY_DEAD_LETTERS: &str = concat!(

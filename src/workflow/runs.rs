@@ -157,6 +157,8 @@ pub struct StepView {
 pub struct RunFilter {
     pub workflow: Option<String>,
     pub status: Option<RunStatus>,
+    /// Runs started for this recipient (their profile id).
+    pub recipient: Option<String>,
     /// Runs with an id below this (the previous page's last id).
     pub before: Option<i64>,
     pub limit: i64,
@@ -314,6 +316,7 @@ impl Engine {
             .bind(filter.status.map(RunStatus::as_str))
             .bind(filter.before)
             .bind(filter.limit.clamp(1, 1000))
+            .bind(&filter.recipient)
             .fetch_all(&self.pool)
             .await?)
     }

@@ -109,7 +109,7 @@ SELECT id, workflow, version, status, epoch, pending, context, idempotency_key, 
        created_at, updated_at, finished_at
 FROM herald_runs
 WHERE ($1::text IS NULL OR workflow = $1) AND ($2::text IS NULL OR status = $2)
-  AND ($3::bigint IS NULL OR id < $3)
+  AND ($3::bigint IS NULL OR id < $3) AND ($5::text IS NULL OR recipient_id = $5)
 ORDER BY id DESC LIMIT $4";
 
 /// Cancels a running run, its unfinished steps and its waits. Returns the run and the timer jobs of its parked

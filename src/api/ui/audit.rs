@@ -1,0 +1,96 @@
+//! The audit log, newest first, filterable by action and key; admin keys only, as `GET /v1/audit` is. Through
+//! `crate::audit::list`.
+
+use axum::extract::State;
+use axum::response::Response;
+use serde::Deserialize;
+
+use super::html::{esc, esc_short, query, table, time};
+use super::{ApiState, Lenient, Session, failure, page};
+use crate::api::error::ApiError;
+use crate::audit::{self, AuditFilter};
+
+/// Entries a page shows.
+const PAGE: i64 = 100;
+
+#[derive(Deserialize, Default)]
+pub(super) struct AuditQuery {
+    action: Option<String>,
+    key_id: Option<String>,
+    before: Option<i64>,
+}
+
+pub(super) async fn audit(
+    State(state): State<ApiState>,
+    Session(caller): Session,
+    Lenient(q): Lenient<AuditQuery>,
+) -> Response {
+    if !caller.admin {
+        return failure(
+            Some(&caller),
+            ApiError::forbidden("The audit log needs a key with the admin scope."),
+        );
+    }
+    // The same bounds as `/v1/audit`: an action is a short dotted word.
+    let action = q.action.as_deref().map(str::trim).filter(|a| {
+        !a.is_empty()
+            && a.len() <= 64
+            && a.bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
+    });
+    let key_id = q
+        .key_id
+        .as_deref()
+        .and_then(|k| k.trim().parse::<i64>().ok())
+        .filter(|k| *k >= 1);
+    let filter = AuditFilter {
+        action: action.map(str::to_string),
+        actor_key_id: key_id,
+        since: None,
+        before_id: q.before,
+    };
+    let entries = match audit::list(&state.pool, &filter, PAGE).await {
+        Ok(entries) => entries,
+        Err(error) => return failure(Some(&caller), error),
+    };
+    let rows: String = entries
+        .iter()
+        .map(|e| {
+            format!(
+                r#"<tr><td class="wide">{at}</td><td>{actor}</td><td>{action}</td><td>{target}</td><td><code>{details}</code></td></tr>"#,
+                at = time(e.at),
+                actor = match e.actor_key_id {
+                    Some(key) => format!("{} (key {key})", esc(&e.actor_name)),
+                    None => format!("{} ({})", esc(&e.actor_name), esc(&e.actor_kind)),
+                },
+                action = esc(&e.action),
+                target = esc(&e.target),
+                details = esc_short(&e.details.to_string(), 300),
+            )
+        })
+        .collect();
+    let key_text = key_id.map(|k| k.to_string());
+    let older = match entries.last() {
+        Some(last) if entries.len() as i64 == PAGE => format!(
+            r#"<p><a href="/ui/audit{}">Older entries →</a></p>"#,
+            query(&[
+                ("action", action),
+                ("key_id", key_text.as_deref()),
+                ("before", Some(&last.id.to_string()))
+            ])
+        ),
+        _ => String::new(),
+    };
+    let body = format!(
+        r#"<form class="filters" method="get" action="/ui/audit"><label>Action<input name="action" value="{action}" placeholder="queue.pause"></label><label>Key id<input name="key_id" inputmode="numeric" value="{key}"></label><button type="submit">Filter</button></form>{table}{older}"#,
+        action = esc(action.unwrap_or("")),
+        key = key_text.as_deref().unwrap_or(""),
+        table = table(
+            "audit",
+            &["~At", "Who", "Action", "Target", "Details"],
+            &rows,
+            "No entries."
+        ),
+    );
+    page("Audit log", Some(&caller), &body)
+}
