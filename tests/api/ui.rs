@@ -1,6 +1,10 @@
-//! The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`, driven over WebDriver):
-//! log in with a key, watch a queue's depth change, pause and resume it (audited), and a `read` key that sees but
-//! cannot act. The WebDriver calls are plain JSON over HTTP (the W3C protocol), a few lines each.
+//! The dashboard in a real headless Chromium (Debian's `chromium` and `chromium-driver`, driven over WebDriver),
+//! against the real API and, where work must happen, a real worker: log in with a key, watch a queue's depth
+//! change, pause and resume it (audited); dead letters filtered, replayed (and run to completion), deleted; a
+//! waiting job found and cancelled; a run's graph, timeline and deliveries; a recipient found by email and the
+//! reason a send was skipped; templates, analytics and the audit log; a `read` key that sees but cannot act. Every
+//! page is photographed (`$CARGO_TARGET_TMPDIR/ui-screenshots/`), on a laptop's window and a phone's. The
+//! WebDriver calls are plain JSON over HTTP (the W3C protocol), a few lines each.
 
 use std::time::Duration;
 
@@ -159,6 +163,24 @@ impl Browser {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
 
+    /// Resizes the window (a phone: 390 x 844).
+    async fn window(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        )
+        .await;
+    }
+
+    /// Logs in with `key` and waits for the overview.
+    async fn login(&self, app: &common::TestApp, key: &str) {
+        self.go(&app.url("/ui/login")).await;
+        self.type_into("#key", key).await;
+        self.click("button[type=submit]").await;
+        self.until_url("/ui").await;
+    }
+
     async fn stop(mut self) {
         self.call(reqwest::Method::DELETE, "", Value::Null).await;
         let _ = self.driver.kill().await;
@@ -177,6 +199,18 @@ impl Browser {
                 tokio::time::Instant::now() < deadline,
                 "never reached {suffix} (at {at}: {})",
                 self.text("body").await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the page's address contains `part`.
+    async fn until_url_contains(&self, part: &str) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !self.url().await.contains(part) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never reached {part}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -273,7 +307,7 @@ async fn an_operator_logs_in_watches_a_queue_and_pauses_and_resumes_it_in_chromi
     )
     .await;
     assert_eq!(audited, 2);
-    browser.click("nav button").await;
+    browser.click("header .who button").await;
     browser.until_url("/ui/login").await;
 
     // A read key sees the queues and no action; a forged form (no session token) is refused.
@@ -283,7 +317,7 @@ async fn an_operator_logs_in_watches_a_queue_and_pauses_and_resumes_it_in_chromi
     browser
         .until_text(&overview, "tr[data-queue=emails] .depth", "3")
         .await;
-    assert!(browser.text("nav").await.contains("read only"));
+    assert!(browser.text("header").await.contains("read only"));
     assert!(browser.find("button[data-queue=emails]").await.is_none());
     let forged = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -401,7 +435,7 @@ async fn dead_letters_are_filtered_inspected_replayed_after_a_confirmation_and_d
     .await;
     assert_eq!(audited, 3);
     // A read key sees the list and no action.
-    browser.click("nav button").await;
+    browser.click("header .who button").await;
     browser.until_url("/ui/login").await;
     browser.type_into("#key", &app.read_key).await;
     browser.click("button[type=submit]").await;
@@ -414,4 +448,316 @@ async fn dead_letters_are_filtered_inspected_replayed_after_a_confirmation_and_d
         .await;
     assert!(browser.find("#delete").await.is_none());
     browser.stop().await;
+}
+
+/// A worker in this process serving the workflow queue and `default`, with the API's own settings (the `log`
+/// sink: every send is recorded as a delivery and reported sent).
+fn worker(app: &common::TestApp) -> common::RunningWorker {
+    let engine = herald::app::App::on_pool(common::settings(), app.db.pool.clone())
+        .expect("app")
+        .engine;
+    let registry = herald::app::worker_registry(herald::queue::HandlerRegistry::new(), engine);
+    common::RunningWorker::start(
+        &app.db.pool,
+        common::options(&[("workflows", 8), ("default", 4)]),
+        registry,
+    )
+}
+
+/// Sends `body` to `path` with `key` and answers the JSON, asserting a success status.
+async fn call(
+    app: &common::TestApp,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Value,
+) -> Value {
+    let response = app
+        .client
+        .request(method, app.url(path))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{path}: {status} {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+#[tokio::test]
+async fn support_and_operators_follow_runs_recipients_jobs_and_templates_in_chromium() {
+    let app = spawn_app().await;
+    let worker = worker(&app);
+    let admin = app.admin_key.clone();
+    let service = app.service_key.clone();
+    // A recipient who switched SMS off, and a workflow that emails them, then texts them on the pro plan.
+    call(
+        &app,
+        reqwest::Method::PUT,
+        "/v1/recipients/ada",
+        &service,
+        json!({"email": "ada@example.com"}),
+    )
+    .await;
+    call(
+        &app,
+        reqwest::Method::PUT,
+        "/v1/recipients/ada/preferences",
+        &service,
+        json!({"channels": {"sms": false}}),
+    )
+    .await;
+    call(&app, reqwest::Method::POST, "/v1/workflows", &admin, json!({
+        "name": "welcome-ui", "version": 1,
+        "nodes": [
+            {"id": "signup", "kind": "trigger", "fields": {"plan": {"type": "string"}}, "next": "welcome_email"},
+            {"id": "welcome_email", "kind": "action", "channel": "email",
+             "content": {"subject": "Welcome", "body": "Hi there"}, "next": "is_pro"},
+            {"id": "is_pro", "kind": "condition", "if": "trigger.plan == 'pro'", "then": "welcome_sms", "else": "tag"},
+            {"id": "welcome_sms", "kind": "action", "channel": "sms", "content": {"body": "Welcome!"}},
+            {"id": "tag", "kind": "transform", "set": {"x": "1"}}
+        ]
+    })).await;
+    let started = call(
+        &app,
+        reqwest::Method::POST,
+        "/v1/workflows/welcome-ui/runs",
+        &service,
+        json!({"recipient": "ada", "data": {"plan": "pro"}}),
+    )
+    .await;
+    let run = started["id"].as_i64().unwrap();
+    wait_until(Duration::from_secs(30), "the run completed", || async {
+        common::scalar_i64(
+            &app.db.pool,
+            &format!("SELECT count(*) FROM herald_runs WHERE id = {run} AND status = 'completed'"),
+        )
+        .await
+            == 1
+    })
+    .await;
+    // A run that waits an hour, to be cancelled from its page.
+    call(
+        &app,
+        reqwest::Method::POST,
+        "/v1/workflows",
+        &admin,
+        json!({
+            "name": "later-ui", "version": 1,
+            "nodes": [
+                {"id": "start", "kind": "trigger", "next": "wait"},
+                {"id": "wait", "kind": "delay", "duration": "1h", "next": "remind"},
+                {"id": "remind", "kind": "action", "channel": "email", "to": "ada@example.com",
+                 "content": {"subject": "Reminder", "body": "Still there?"}}
+            ]
+        }),
+    )
+    .await;
+    let waiting = call(
+        &app,
+        reqwest::Method::POST,
+        "/v1/workflows/later-ui/runs",
+        &service,
+        json!({"data": {}}),
+    )
+    .await;
+    let waiting = waiting["id"].as_i64().unwrap();
+    // A job for tomorrow, a dead letter the worker can run, a template with a locale, a day of rollups.
+    let tomorrow = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let job = call(&app, reqwest::Method::POST, "/v1/jobs", &service,
+        json!({"queue": "emails", "kind": "herald.noop", "run_at": tomorrow, "idempotency_key": "order-42"})).await;
+    let job = job["id"].as_i64().unwrap();
+    sqlx::query(
+        "INSERT INTO herald_dead_letters (job_id, queue, kind, payload, priority, attempt, max_attempts, timeout_ms, \
+                                          errors, reason, created_at, failed_at) \
+         VALUES (77, 'default', 'herald.noop', '{}', 0, 3, 3, 1000, '[]', 'the provider was down', now(), now())",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    call(&app, reqwest::Method::POST, "/v1/templates", &admin, json!({
+        "name": "hello", "version": 1, "description": "A greeting",
+        "sample": {"trigger": {"name": "Ada <admin>"}},
+        "channels": {"email": {"subject": "Hello {{ trigger.name }}", "html": "<p>Hi {{ trigger.name }}</p>"},
+                     "sms": {"text": "Hi {{ trigger.name }}"}},
+        "locales": {"pt-BR": {"email": {"subject": "Olá {{ trigger.name }}", "html": "<p>Oi {{ trigger.name }}</p>"}}}
+    })).await;
+    let today = chrono::Utc::now().date_naive();
+    herald::clock::rollups::rebuild(&app.db.pool, &common::settings().clock.rollups, today)
+        .await
+        .unwrap();
+
+    let browser = Browser::start().await;
+    browser.login(&app, &admin).await;
+    browser.screenshot("overview.png").await;
+
+    // The run: its graph (each node's outcome), its timeline and deliveries, the skipped SMS and why.
+    browser.go(&app.url(&format!("/ui/runs/{run}"))).await;
+    browser.until_contains("#status", "completed").await;
+    let graph = |node: &str| format!("#graph g[data-node={node}]");
+    for (node, state) in [
+        ("signup", "completed: accepted"),
+        ("welcome_email", "completed: sent"),
+        ("is_pro", "completed: then"),
+        ("welcome_sms", "completed: skipped"),
+    ] {
+        let element = browser
+            .find(&graph(node))
+            .await
+            .unwrap_or_else(|| panic!("no node {node}"));
+        let attribute = browser
+            .call(
+                reqwest::Method::GET,
+                &format!("/element/{element}/attribute/data-state"),
+                Value::Null,
+            )
+            .await;
+        assert_eq!(attribute.as_str(), Some(state), "{node}");
+    }
+    let tag = browser.find(&graph("tag")).await.unwrap();
+    let attribute = browser
+        .call(
+            reqwest::Method::GET,
+            &format!("/element/{tag}/attribute/data-state"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(attribute.as_str(), Some("not reached"));
+    let deliveries = browser.text("#deliveries").await;
+    assert!(
+        deliveries.contains("ada@example.com") && deliveries.contains("sent"),
+        "{deliveries}"
+    );
+    assert!(
+        deliveries.contains("preference: opted out of sms"),
+        "{deliveries}"
+    );
+    let timeline = browser.text("#timeline").await;
+    // (The `log` sink records no provider call; the timeline's provider attempts are unit-tested in `ui::runs`.)
+    assert!(
+        timeline.contains("delivery sent") && timeline.contains("delivery skipped"),
+        "{timeline}"
+    );
+    browser.screenshot("run.png").await;
+    browser.window(390, 844).await;
+    browser.screenshot("run-phone.png").await;
+    browser.go(&app.url("/ui")).await;
+    browser.screenshot("overview-phone.png").await;
+    browser.window(1280, 900).await;
+
+    // Support: find the person by email, then why they got no text.
+    browser.go(&app.url("/ui/deliveries")).await;
+    browser.type_into("#recipient", "ada@example.com").await;
+    browser.click("#search").await;
+    browser.until_contains("#deliveries", "skipped").await;
+    browser.screenshot("deliveries.png").await;
+    browser.click("a[href='/ui/recipients/ada']").await;
+    browser.until_url("/ui/recipients/ada").await;
+    let why = browser.text("#not-notified").await;
+    assert!(
+        why.contains("preference: opted out of sms") && why.contains("welcome_sms"),
+        "{why}"
+    );
+    assert!(
+        browser
+            .text("#preferences")
+            .await
+            .contains("\"sms\": false")
+    );
+    browser.screenshot("recipient.png").await;
+
+    // Runs list, then cancel the waiting run from its page (audited).
+    browser.go(&app.url("/ui/runs?workflow=later-ui")).await;
+    assert!(browser.text("#runs").await.contains("running"));
+    browser.screenshot("runs.png").await;
+    browser.go(&app.url(&format!("/ui/runs/{waiting}"))).await;
+    browser.click("#cancel").await;
+    browser.until_contains(".notice", "Cancelled.").await;
+    browser.until_contains("#status", "cancelled").await;
+
+    // The queue's scheduled jobs, searched by idempotency key; the job's page; cancel it.
+    browser
+        .go(&app.url("/ui/queues/emails?state=scheduled&key=order-42"))
+        .await;
+    assert!(browser.text("#jobs").await.contains("herald.noop"));
+    browser.screenshot("queue.png").await;
+    browser.click(&format!("a[href='/ui/jobs/{job}']")).await;
+    browser.until_contains("#state", "scheduled").await;
+    browser.click("#cancel").await;
+    browser.until_contains("#state", "cancelled").await;
+    browser.screenshot("job.png").await;
+
+    // A dead letter replayed runs to completion on the worker.
+    browser.go(&app.url("/ui/dead-letters?queue=default")).await;
+    browser.click("#dead-letters a").await;
+    browser.click("#replay").await;
+    browser.until_contains("#state", "replayed as job").await;
+    browser.click("#state a").await;
+    browser.until_url_contains("/ui/jobs/").await;
+    let job_page = browser.url().await;
+    browser.until_text(&job_page, "#state", "completed").await;
+
+    // Templates: the catalogue, a template's variants rendered with its sample (escaped), and a locale's.
+    browser.go(&app.url("/ui/templates")).await;
+    assert!(browser.text("#templates").await.contains("A greeting"));
+    browser.go(&app.url("/ui/templates/hello")).await;
+    let preview = browser.text("main").await;
+    assert!(
+        preview.contains("Hello Ada <admin>") || preview.contains("Hello Ada &lt;admin&gt;"),
+        "{preview}"
+    );
+    browser.screenshot("template.png").await;
+    browser
+        .go(&app.url("/ui/templates/hello?locale=pt-BR"))
+        .await;
+    assert!(browser.text("main").await.contains("Olá Ada"));
+
+    // Analytics (today's rollup: two emails accepted, one SMS skipped) and the audit log.
+    browser.go(&app.url("/ui/analytics?days=7")).await;
+    assert!(
+        browser
+            .text("#computed")
+            .await
+            .starts_with("1 of 7 days computed")
+    );
+    assert!(
+        browser.find("#sends svg rect").await.is_some(),
+        "a bar for today's deliveries"
+    );
+    browser.screenshot("analytics.png").await;
+    browser.go(&app.url("/ui/audit?action=run.cancel")).await;
+    assert!(
+        browser
+            .text("#audit")
+            .await
+            .contains(&format!("run:{waiting}"))
+    );
+    browser.go(&app.url("/ui/audit")).await;
+    let audit = browser.text("#audit").await;
+    assert!(
+        audit.contains("job.cancel") && audit.contains("dead_letter.replay"),
+        "{audit}"
+    );
+    browser.screenshot("audit.png").await;
+
+    // A read key sees the run and the recipient, but no action, and the audit log is not for it.
+    browser.click("header .who button").await;
+    browser.until_url("/ui/login").await;
+    browser.login(&app, &app.read_key).await;
+    browser.go(&app.url(&format!("/ui/runs/{waiting}"))).await;
+    assert!(browser.text("#status").await.contains("cancelled"));
+    browser.go(&app.url(&format!("/ui/runs/{run}"))).await;
+    assert!(browser.find("#graph").await.is_some());
+    assert!(
+        browser
+            .find("form button#cancel, form button#retry")
+            .await
+            .is_none()
+    );
+    browser.go(&app.url("/ui/audit")).await;
+    assert!(browser.text("main").await.contains("admin scope"));
+    browser.stop().await;
+    worker.stop().await;
 }

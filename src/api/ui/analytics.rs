@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::chart::{self, Series};
 use super::html::{esc, table};
 use super::{ApiState, Lenient, Session, failure, page};
-use crate::clock::rollups::{self, DeliveryRollup, RollupFilter};
+use crate::clock::rollups::{self, DeliveryRollup, JobRollup, RollupFilter, RunRollup};
 
 #[derive(Deserialize, Default)]
 pub(super) struct AnalyticsQuery {
@@ -42,7 +42,32 @@ fn per_day<R>(
     }
     series
         .into_iter()
-        .map(|(name, values)| Series { name, values })
+        .map(|(name, values)| Series {
+            name,
+            values,
+            colour: None,
+        })
+        .collect()
+}
+
+/// One series per outcome (each in the colour that means it), summed per day; an outcome without rows is zeros.
+type Outcome<R> = (&'static str, &'static str, fn(&R) -> f64);
+
+fn outcomes<R>(
+    days: &[NaiveDate],
+    rows: &[R],
+    day: impl Fn(&R) -> NaiveDate + Copy,
+    parts: &[Outcome<R>],
+) -> Vec<Series> {
+    parts
+        .iter()
+        .map(|(name, colour, value)| Series {
+            name: (*name).to_string(),
+            values: per_day(days, rows, day, |_| String::new(), value)
+                .pop()
+                .map_or_else(|| vec![0.0; days.len()], |s| s.values),
+            colour: Some(colour),
+        })
         .collect()
 }
 
@@ -98,6 +123,7 @@ pub(super) async fn analytics(
                 .zip(&failed.values)
                 .map(|(n, f)| if *n > 0.0 { 100.0 * f / n } else { 0.0 })
                 .collect(),
+            colour: None,
         })
         .collect();
     // Percentiles do not add up: each day's is the mean of the rows' percentiles weighted by their accepted
@@ -142,41 +168,31 @@ pub(super) async fn analytics(
             Series {
                 name: (*name).to_string(),
                 values,
+                colour: None,
             }
         })
         .collect();
-    let jobs = per_day(
+    let jobs = outcomes(
         &days,
         &data.jobs,
         |r| r.day,
-        |_| "completed".into(),
-        |r| r.completed as f64,
-    )
-    .into_iter()
-    .chain(per_day(
+        &[
+            ("completed", chart::GOOD, |r: &JobRollup| r.completed as f64),
+            ("dead", chart::BAD, |r: &JobRollup| r.dead as f64),
+        ],
+    );
+    let runs = outcomes(
         &days,
-        &data.jobs,
+        &data.runs,
         |r| r.day,
-        |_| "dead".into(),
-        |r| r.dead as f64,
-    ))
-    .collect::<Vec<_>>();
-    let runs = ["completed", "failed", "cancelled"]
-        .iter()
-        .flat_map(|what| {
-            per_day(
-                &days,
-                &data.runs,
-                |r| r.day,
-                |_| (*what).to_string(),
-                |r| match *what {
-                    "completed" => r.completed as f64,
-                    "failed" => r.failed as f64,
-                    _ => r.cancelled as f64,
-                },
-            )
-        })
-        .collect::<Vec<_>>();
+        &[
+            ("completed", chart::GOOD, |r: &RunRollup| r.completed as f64),
+            ("failed", chart::BAD, |r: &RunRollup| r.failed as f64),
+            ("cancelled", chart::NEUTRAL, |r: &RunRollup| {
+                r.cancelled as f64
+            }),
+        ],
+    );
 
     let mut providers: BTreeMap<(String, String), [f64; 5]> = BTreeMap::new();
     for row in &data.deliveries {

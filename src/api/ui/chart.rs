@@ -8,7 +8,13 @@ use super::html::esc;
 pub struct Series {
     pub name: String,
     pub values: Vec<f64>,
+    /// A colour that means something (completed green, failed red); else the series takes the next of the palette.
+    pub colour: Option<&'static str>,
 }
+
+pub const GOOD: &str = "#2b9348";
+pub const BAD: &str = "#c0392b";
+pub const NEUTRAL: &str = "#6b7280";
 
 const WIDTH: f64 = 720.0;
 const HEIGHT: f64 = 220.0;
@@ -16,13 +22,14 @@ const LEFT: f64 = 56.0;
 const RIGHT: f64 = 12.0;
 const TOP: f64 = 12.0;
 const BOTTOM: f64 = 28.0;
-/// Distinguishable colours (also for the colour-blind: blue, orange, green, purple, brown, grey).
+/// Distinguishable colours, in the order series take them: blue, green, red (so "enqueued, completed, failed"
+/// read as they should), then orange, purple, grey.
 const COLOURS: [&str; 6] = [
-    "#1f6fb4", "#e07b00", "#2b9348", "#7b3fa0", "#8c564b", "#6b7280",
+    "#1f6fb4", "#2b9348", "#c0392b", "#e07b00", "#7b3fa0", "#6b7280",
 ];
 
-pub fn colour(index: usize) -> &'static str {
-    COLOURS[index % COLOURS.len()]
+fn colour(series: &Series, index: usize) -> &'static str {
+    series.colour.unwrap_or(COLOURS[index % COLOURS.len()])
 }
 
 /// A number for an axis: whole when large, two decimals when small.
@@ -90,7 +97,7 @@ fn frame(
         .map(|(i, s)| {
             format!(
                 r#"<span><span class="swatch" style="background:{}"></span>{}</span>"#,
-                colour(i),
+                colour(s, i),
                 esc(&s.name)
             )
         })
@@ -127,7 +134,7 @@ pub fn lines(id: &str, title: &str, labels: &[String], series: &[Series], unit: 
             .collect();
         plot.push_str(&format!(
             r#"<polyline fill="none" stroke="{}" stroke-width="2" points="{}"/>"#,
-            colour(i),
+            colour(s, i),
             points.join(" ")
         ));
     }
@@ -163,7 +170,7 @@ pub fn stacked_bars(id: &str, title: &str, labels: &[String], series: &[Series])
                 LEFT + slot * x as f64 + slot * 0.15,
                 slot * 0.7,
                 y0 - y1,
-                colour(i),
+                colour(s, i),
                 esc(&s.name),
                 axis_number(value),
             ));
@@ -189,6 +196,7 @@ mod tests {
             &[Series {
                 name: "<s>".into(),
                 values: vec![3.0],
+                colour: None,
             }],
         );
         assert!(!chart.contains("<t>") && !chart.contains("<d>") && !chart.contains("<s>"));

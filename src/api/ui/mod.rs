@@ -171,10 +171,11 @@ const STYLE: &str = concat!(
     "form.filters{display:flex;flex-wrap:wrap;gap:.4rem .8rem;align-items:end;margin:.6rem 0}",
     "form.filters label{display:flex;flex-direction:column;font-size:.85rem}",
     ".tabs a{margin-right:1rem}.tabs a[aria-current]{font-weight:700;text-decoration:none}",
-    "svg{max-width:100%;height:auto}.legend span{margin-right:1rem;white-space:nowrap}",
+    "svg{max-width:100%;height:auto}figure{margin:.6rem 0}figure svg{max-width:min(100%,48rem)}",
+    "#graph svg{max-width:none}.legend span{margin-right:1rem;white-space:nowrap}",
     ".swatch{display:inline-block;width:.8rem;height:.8rem;margin-right:.3rem;vertical-align:middle}",
     ".actions{margin:.8rem 0;display:flex;gap:.6rem;flex-wrap:wrap}",
-    "@media(max-width:40rem){.wide{display:none}main{padding:.6rem}}"
+    "@media(max-width:40rem){.wide{display:none}main{padding:.6rem}nav{order:3;flex-basis:100%}}"
 );
 
 /// A page saying why something could not be shown or done, with the status the API would answer.

@@ -41,14 +41,17 @@ pub(super) async fn overview(State(state): State<ApiState>, Session(caller): Ses
                 Series {
                     name: "enqueued".into(),
                     values: per_second(|m| m.enqueued),
+                    colour: None,
                 },
                 Series {
                     name: "completed".into(),
                     values: per_second(|m| m.completed),
+                    colour: Some(chart::GOOD),
                 },
                 Series {
                     name: "failed (dead-lettered)".into(),
                     values: per_second(|m| m.failed),
+                    colour: Some(chart::BAD),
                 },
             ];
             // The current minute is still filling: the last whole minute is the one to quote.

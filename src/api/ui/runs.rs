@@ -569,3 +569,86 @@ fn graph(workflow: &Workflow, run: &RunView) -> String {
         workflow = esc(&workflow.name),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::DeliveryStatus;
+    use serde_json::json;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn the_timeline_interleaves_steps_provider_attempts_and_status_changes_in_time_order() {
+        let run = RunView {
+            id: 1,
+            workflow: "w".into(),
+            version: 1,
+            status: RunStatus::Completed,
+            epoch: 1,
+            pending: 0,
+            context: json!({}),
+            idempotency_key: None,
+            failed_node: None,
+            error: None,
+            created_at: at("2026-12-03T10:00:00Z"),
+            updated_at: at("2026-12-03T10:00:05Z"),
+            finished_at: Some(at("2026-12-03T10:00:05Z")),
+            steps: vec![crate::workflow::StepView {
+                node: "email".into(),
+                epoch: 1,
+                status: StepStatus::Completed,
+                outcome: Some("sent".into()),
+                output: None,
+                error: None,
+                attempts: 1,
+                enqueued_at: at("2026-12-03T10:00:00Z"),
+                started_at: Some(at("2026-12-03T10:00:01Z")),
+                finished_at: Some(at("2026-12-03T10:00:04Z")),
+            }],
+        };
+        let delivery = Delivery {
+            id: 9,
+            run_id: 1,
+            node_id: "email".into(),
+            recipient: "ada@example.com".into(),
+            channel: "email".into(),
+            status: DeliveryStatus::Sent,
+            provider: Some("ses".into()),
+            provider_message_id: Some("m-1".into()),
+            attempts: json!([
+                {"provider": "sendgrid", "outcome": "failed", "reason": "<503>", "latency_ms": 120, "at": "2026-12-03T10:00:02Z"},
+                {"provider": "ses", "outcome": "sent", "latency_ms": 40, "at": "2026-12-03T10:00:03Z"}
+            ]),
+            history: json!([{"status": "sent", "at": "2026-12-03T10:00:03.5Z", "source": "send"}]),
+            error: None,
+            created_at: at("2026-12-03T10:00:01.5Z"),
+            updated_at: at("2026-12-03T10:00:03.5Z"),
+        };
+        let html = timeline(&run, &[delivery]);
+        let order = [
+            "email (epoch 1)</td><td>started",
+            "sendgrid: failed: &lt;503&gt;, 120 ms",
+            "ses: sent, 40 ms",
+            "delivery sent",
+            "completed: sent",
+        ];
+        let positions: Vec<usize> = order
+            .iter()
+            .map(|part| {
+                html.find(part)
+                    .unwrap_or_else(|| panic!("{part} in {html}"))
+            })
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{html}");
+        assert!(
+            !html.contains("<503>"),
+            "a provider's reason is escaped once"
+        );
+        assert!(!html.contains("&amp;lt;"), "and not twice");
+    }
+}
