@@ -387,6 +387,15 @@ async fn listen_once(
     }
 }
 
+/// Whether `error` is the database cancelling a statement for its `statement_timeout` (SQLSTATE 57014): a read
+/// that gave up within its budget, which its caller reports as such rather than as a failure.
+pub fn cancelled_for_time(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "57014")
+}
+
 #[cfg(test)]
 mod tests {
     use super::with_database;

@@ -104,6 +104,8 @@ pub struct StateInner {
     /// The in-app feed's settings, token signer and live streams (see `feed.rs`).
     pub feed: feed::FeedState,
     enqueuer: batcher::EnqueueBatcher,
+    /// The dashboard overview's last reads, shared by every open tab (see `ui/overview.rs`).
+    overview: ui::OverviewCache,
     keys: KeyCache,
     failures: FailureLimiter,
     limiter: DefaultKeyedRateLimiter<i64>,
@@ -169,6 +171,7 @@ impl ApiState {
             producers,
             feed: feed::FeedState::new(feed),
             enqueuer,
+            overview: ui::OverviewCache::default(),
             keys: KeyCache::default(),
             failures,
             limiter,

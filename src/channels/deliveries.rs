@@ -529,8 +529,8 @@ pub async fn for_run(pool: &PgPool, run_id: i64) -> Result<Vec<Delivery>, sqlx::
 /// What [`search`] looks for; every field narrows it, none set lists the newest.
 #[derive(Debug, Clone, Default)]
 pub struct DeliverySearch<'a> {
-    /// The recipient the delivery was resolved from (their profile id).
-    pub recipient_id: Option<&'a str>,
+    /// The recipients the deliveries were resolved from (profile ids; an email shared by profiles names several).
+    pub recipient_ids: Option<&'a [String]>,
     pub status: Option<DeliveryStatus>,
     pub channel: Option<&'a str>,
     pub provider: Option<&'a str>,
@@ -547,7 +547,7 @@ pub struct DeliverySearch<'a> {
 pub const SEARCH_BUDGET: &str = "5s";
 
 /// Deliveries matching `search`, newest first. A search that would read for longer than [`SEARCH_BUDGET`] is
-/// cancelled by the database (SQLSTATE 57014; see [`timed_out`]).
+/// cancelled by the database (see `db::cancelled_for_time`).
 pub async fn search(
     pool: &PgPool,
     search: &DeliverySearch<'_>,
@@ -557,7 +557,7 @@ pub async fn search(
         .execute(&mut *tx)
         .await?;
     let found = sqlx::query_as(sql::SEARCH_DELIVERIES)
-        .bind(search.recipient_id)
+        .bind(search.recipient_ids)
         .bind(search.status.map(DeliveryStatus::as_str))
         .bind(search.channel)
         .bind(search.provider)
@@ -569,14 +569,6 @@ pub async fn search(
         .await?;
     tx.commit().await?;
     Ok(found)
-}
-
-/// Whether `error` is the database cancelling a statement for its time budget.
-pub fn timed_out(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .is_some_and(|code| code == "57014")
 }
 
 /// The suppressions among `addresses` (channel, address): why sends to a recipient's addresses are refused.

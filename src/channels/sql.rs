@@ -222,14 +222,14 @@ ORDER BY workflow, channel, provider
 LIMIT $3
 "#;
 
-/// A search of deliveries, newest first. $1 recipient id, $2 status, $3 channel, $4 provider, $5 since,
+/// A search of deliveries, newest first. $1 recipient ids, $2 status, $3 channel, $4 provider, $5 since,
 /// $6 until, $7 below this id, $8 limit; a NULL filter filters nothing. With a recipient it reads the recipient
 /// index; else it walks the primary key down from the newest (the caller bounds its time).
 pub const SEARCH_DELIVERIES: &str = r#"
 SELECT id, run_id, node_id, recipient, channel, status, provider, provider_message_id, attempts, history, error,
        created_at, updated_at
 FROM herald_deliveries
-WHERE ($1::text IS NULL OR recipient_id = $1) AND ($2::text IS NULL OR status = $2)
+WHERE ($1::text[] IS NULL OR recipient_id = ANY($1)) AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR channel = $3) AND ($4::text IS NULL OR provider = $4)
   AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at < $6)
   AND ($7::bigint IS NULL OR id < $7)

@@ -377,9 +377,17 @@ pub struct JobLine {
     pub error: Option<String>,
 }
 
+/// How long [`list_jobs`] may read: a search by kind or key that matches nothing reads the whole state of a
+/// deep queue, and the scheduled list of a small queue walks the promoter's index past every other queue's jobs.
+const LIST_BUDGET: &str = "5s";
+
 /// A queue's live jobs in one state, in the order the queue takes them. Each state reads through the index that
-/// serves it (the claim index, the promoter's, the lease index), so a list of a deep queue reads `limit` rows.
-pub async fn list_jobs(pool: &PgPool, search: &JobSearch<'_>) -> Result<Vec<JobLine>, QueueError> {
+/// serves it (the claim index, the promoter's, the lease index), so an unfiltered list of a deep queue reads
+/// about `limit` rows. `None` when the search read for longer than its budget.
+pub async fn list_jobs(
+    pool: &PgPool,
+    search: &JobSearch<'_>,
+) -> Result<Option<Vec<JobLine>>, QueueError> {
     let (state, order) = match search.state {
         LiveState::Ready => ("lease_token IS NULL AND NOT scheduled", "sort_key, id"),
         LiveState::Scheduled => ("scheduled", "run_at, id"),
@@ -394,14 +402,26 @@ pub async fn list_jobs(pool: &PgPool, search: &JobSearch<'_>) -> Result<Vec<JobL
            AND ($4::text IS NULL OR idempotency_key = $4) \
          ORDER BY {order} LIMIT $5"
     );
-    Ok(sqlx::query_as(&statement)
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!("SET LOCAL statement_timeout = '{LIST_BUDGET}'"))
+        .execute(&mut *tx)
+        .await?;
+    let found = sqlx::query_as(&statement)
         .bind(search.queue)
         .bind(search.id)
         .bind(search.kind)
         .bind(search.idempotency_key)
         .bind(search.limit.clamp(1, 500))
-        .fetch_all(pool)
-        .await?)
+        .fetch_all(&mut *tx)
+        .await;
+    match found {
+        Ok(rows) => {
+            tx.commit().await?;
+            Ok(Some(rows))
+        }
+        Err(error) if crate::db::cancelled_for_time(&error) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// One minute of the queue's traffic (see [`throughput`]).
@@ -454,14 +474,7 @@ pub async fn throughput(pool: &PgPool, minutes: i32) -> Result<Option<Vec<Minute
             tx.commit().await?;
             Ok(Some(rows))
         }
-        Err(error)
-            if error
-                .as_database_error()
-                .and_then(|e| e.code())
-                .is_some_and(|code| code == "57014") =>
-        {
-            Ok(None)
-        }
+        Err(error) if crate::db::cancelled_for_time(&error) => Ok(None),
         Err(error) => Err(error.into()),
     }
 }

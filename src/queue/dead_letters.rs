@@ -124,6 +124,12 @@ pub async fn count_replayable(pool: &PgPool, filter: &DeadLetterFilter) -> Resul
         .try_get(0)?)
 }
 
+/// The database's clock now: the bound a bulk action's confirmation fixes (`failed_before`), so that letters
+/// failing after the count was shown are not taken.
+pub async fn database_now(pool: &PgPool) -> Result<DateTime<Utc>, QueueError> {
+    Ok(sqlx::query_scalar("SELECT now()").fetch_one(pool).await?)
+}
+
 /// How many dead letters match (replayed or not): what [`purge`] with the same filter would delete.
 pub async fn count(pool: &PgPool, filter: &DeadLetterFilter) -> Result<i64, QueueError> {
     Ok(filter

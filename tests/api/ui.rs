@@ -434,6 +434,44 @@ async fn dead_letters_are_filtered_inspected_replayed_after_a_confirmation_and_d
     )
     .await;
     assert_eq!(audited, 3);
+    // Delete every letter of a queue: the confirmation counts them; a letter failing after it is left alone.
+    browser.go(&app.url("/ui/dead-letters?queue=emails")).await;
+    browser.click("#purge-all").await;
+    browser
+        .until_contains("#confirm-text", "Delete 3 dead letters of queue emails")
+        .await;
+    dead_letters(&app.db.pool, "emails", 1).await;
+    browser.click("#confirm").await;
+    browser
+        .until_contains(".notice", "Deleted 3 dead letters.")
+        .await;
+    let emails = "SELECT count(*) FROM herald_dead_letters WHERE queue = 'emails'";
+    assert_eq!(common::scalar_i64(&app.db.pool, emails).await, 1);
+    // A filter that is not a queue name is refused, never widened to every queue.
+    browser
+        .go(&app.url("/ui/dead-letters/purge?queue=no%20such%20queue"))
+        .await;
+    assert!(browser.find("#confirm").await.is_none());
+    assert!(browser.text("main").await.contains("not a queue name"));
+    let audited = common::scalar_i64(
+        &app.db.pool,
+        "SELECT count(*) FROM herald_audit_log WHERE action = 'dead_letter.delete' AND details ->> 'deleted' = '3'",
+    )
+    .await;
+    assert_eq!(audited, 1);
+    // A login form posted from another site is refused.
+    let cross_site = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(app.url("/ui/login"))
+        .header("Origin", "https://attacker.example")
+        .form(&[("key", app.read_key.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403);
+    assert!(cross_site.headers().get("set-cookie").is_none());
     // A read key sees the list and no action.
     browser.click("header .who button").await;
     browser.until_url("/ui/login").await;

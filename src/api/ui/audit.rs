@@ -17,7 +17,8 @@ const PAGE: i64 = 100;
 pub(super) struct AuditQuery {
     action: Option<String>,
     key_id: Option<String>,
-    before: Option<i64>,
+    /// Read as a number here, so that a bad one is ignored alone (not the whole query).
+    before: Option<String>,
 }
 
 pub(super) async fn audit(
@@ -47,12 +48,15 @@ pub(super) async fn audit(
         action: action.map(str::to_string),
         actor_key_id: key_id,
         since: None,
-        before_id: q.before,
+        before_id: q.before.as_deref().and_then(|b| b.trim().parse().ok()),
     };
-    let entries = match audit::list(&state.pool, &filter, PAGE).await {
+    // One more than a page tells whether there is an older page.
+    let mut entries = match audit::list(&state.pool, &filter, PAGE + 1).await {
         Ok(entries) => entries,
         Err(error) => return failure(Some(&caller), error),
     };
+    let more = entries.len() as i64 > PAGE;
+    entries.truncate(PAGE as usize);
     let rows: String = entries
         .iter()
         .map(|e| {
@@ -71,7 +75,7 @@ pub(super) async fn audit(
         .collect();
     let key_text = key_id.map(|k| k.to_string());
     let older = match entries.last() {
-        Some(last) if entries.len() as i64 == PAGE => format!(
+        Some(last) if more => format!(
             r#"<p><a href="/ui/audit{}">Older entries →</a></p>"#,
             query(&[
                 ("action", action),

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::html::{esc, esc_short, notice, pretty, query, table, time};
 use super::{ApiState, Lenient, Session, failure, page, refuse_action};
+use crate::api::auth::UiCaller;
 use crate::api::error::ApiError;
 use crate::api::extract::ApiPath;
 use crate::queue::QueueName;
@@ -24,24 +25,37 @@ pub(super) struct LetterQuery {
     kind: Option<String>,
     #[serde(default)]
     done: Option<String>,
+    #[serde(default)]
+    n: Option<String>,
 }
 
-/// The filter the query names: a queue that is not a queue name, or an over-long kind, filters nothing.
-fn filter_of(query: &LetterQuery) -> DeadLetterFilter {
-    DeadLetterFilter {
-        queue: query
-            .queue
-            .as_deref()
-            .filter(|q| QueueName::parse(q).is_ok())
-            .map(str::to_string),
-        kind: query
-            .kind
-            .as_deref()
-            .map(str::trim)
-            .filter(|k| !k.is_empty() && k.len() <= 200)
-            .map(str::to_string),
-        ..DeadLetterFilter::default()
+/// Longest kind a filter may name.
+const MAX_KIND: usize = 200;
+
+/// The filter the query names; a queue that is not a queue name or an over-long kind is refused (never dropped:
+/// a bulk action whose filter silently widened would take every queue's letters).
+fn filter_of(queue: Option<&str>, kind: Option<&str>) -> Result<DeadLetterFilter, ApiError> {
+    let queue = queue.map(str::trim).filter(|q| !q.is_empty());
+    let kind = kind.map(str::trim).filter(|k| !k.is_empty());
+    if let Some(queue) = queue
+        && QueueName::parse(queue).is_err()
+    {
+        return Err(ApiError::field(
+            "queue",
+            format!("{queue:?} is not a queue name"),
+        ));
     }
+    if kind.is_some_and(|k| k.chars().count() > MAX_KIND) {
+        return Err(ApiError::field(
+            "kind",
+            format!("is longer than {MAX_KIND} characters"),
+        ));
+    }
+    Ok(DeadLetterFilter {
+        queue: queue.map(str::to_string),
+        kind: kind.map(str::to_string),
+        ..DeadLetterFilter::default()
+    })
 }
 
 /// `?queue=…&kind=…` for links that keep the filter.
@@ -52,17 +66,34 @@ fn filter_query(filter: &DeadLetterFilter) -> String {
     ])
 }
 
-/// Back to the list, with what was done.
-fn done_redirect(filter: &DeadLetterFilter, done: &str) -> Response {
+/// Back to the list, with what was done as a code and a number (the page words it: a link cannot put words of
+/// its own on the page).
+fn done_redirect(filter: &DeadLetterFilter, done: &str, n: i64) -> Response {
+    let n = n.to_string();
     let url = format!(
         "/ui/dead-letters{}",
         query(&[
             ("queue", filter.queue.as_deref()),
             ("kind", filter.kind.as_deref()),
             ("done", Some(done)),
+            ("n", Some(&n)),
         ])
     );
     Redirect::to(&url).into_response()
+}
+
+/// What a `done` code and its number say.
+fn done_text(done: Option<&str>, n: Option<&str>) -> Option<String> {
+    let n: i64 = n.and_then(|n| n.parse().ok()).unwrap_or(0);
+    Some(match done? {
+        "replayed" => format!("Replayed {n} dead letters."),
+        "deleted" => format!("Deleted {n} dead letters."),
+        "deleted-one" => format!("Deleted dead letter {n}."),
+        "gone" => format!("Dead letter {n} was not there any more."),
+        "already" => format!("Dead letter {n} was already replayed."),
+        "unconfirmed" => "Not deleted: tick the confirmation box.".to_string(),
+        _ => return None,
+    })
 }
 
 /// The newest 100 dead letters (of one queue and kind, when filtered).
@@ -71,7 +102,10 @@ pub(super) async fn list(
     Session(caller): Session,
     Lenient(query_string): Lenient<LetterQuery>,
 ) -> Response {
-    let filter = filter_of(&query_string);
+    let filter = match filter_of(query_string.queue.as_deref(), query_string.kind.as_deref()) {
+        Ok(filter) => filter,
+        Err(error) => return failure(Some(&caller), error),
+    };
     let letters = match dead_letters::list(&state.pool, &filter, None, 100).await {
         Ok(letters) => letters,
         Err(error) => return failure(Some(&caller), error),
@@ -86,9 +120,9 @@ pub(super) async fn list(
             attempt = letter.attempt,
             reason = esc_short(&letter.reason, 120),
             failed = time(letter.failed_at),
-            state = letter
-                .replayed_as
-                .map_or("dead".to_string(), |job| format!(r#"replayed as <a href="/ui/jobs/{job}">job {job}</a>"#)),
+            state = letter.replayed_as.map_or("dead".to_string(), |job| format!(
+                r#"replayed as <a href="/ui/jobs/{job}">job {job}</a>"#
+            )),
         ));
     }
     let bulk = if caller.admin && !letters.is_empty() {
@@ -101,7 +135,8 @@ pub(super) async fn list(
     };
     let body = format!(
         r#"{notice}<form class="filters" method="get" action="/ui/dead-letters"><label>Queue<input id="queue" name="queue" value="{queue}"></label><label>Kind<input name="kind" value="{kind}"></label><button type="submit">Filter</button></form>{bulk}{table}"#,
-        notice = notice(query_string.done.as_deref()),
+        notice =
+            notice(done_text(query_string.done.as_deref(), query_string.n.as_deref()).as_deref()),
         queue = esc(filter.queue.as_deref().unwrap_or("")),
         kind = esc(filter.kind.as_deref().unwrap_or("")),
         table = table(
@@ -136,65 +171,86 @@ fn describe(filter: &DeadLetterFilter) -> String {
     }
 }
 
-/// The confirmation form of a bulk action: the count, the filter carried as hidden fields, a cancel link.
-fn confirm_form(
-    caller: &crate::api::auth::UiCaller,
-    action: &str,
-    filter: &DeadLetterFilter,
-    text: &str,
-    button: &str,
-) -> String {
-    format!(
-        r#"<p id="confirm-text">{text}</p><form method="post" action="/ui/dead-letters/{action}"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="queue" value="{queue}"><input type="hidden" name="kind" value="{kind}"><button type="submit" id="confirm">{button}</button> <a href="/ui/dead-letters{back}">Cancel</a></form>"#,
+/// Which bulk action a confirmation is for.
+#[derive(Clone, Copy)]
+enum Bulk {
+    Replay,
+    Purge,
+}
+
+/// The confirmation of a bulk action: how many dead letters it would take, counted up to the database's clock
+/// now. The form carries that time, so letters that fail after the operator saw the count are left alone.
+async fn confirm(
+    state: &ApiState,
+    caller: &UiCaller,
+    query_string: &LetterQuery,
+    bulk: Bulk,
+) -> Response {
+    if let Some(refused) = refuse_action(caller, &caller.csrf) {
+        return refused;
+    }
+    let mut filter = match filter_of(query_string.queue.as_deref(), query_string.kind.as_deref()) {
+        Ok(filter) => filter,
+        Err(error) => return failure(Some(caller), error),
+    };
+    let now = match dead_letters::database_now(&state.pool).await {
+        Ok(now) => now,
+        Err(error) => return failure(Some(caller), error),
+    };
+    filter.failed_before = Some(now);
+    let counted = match bulk {
+        Bulk::Replay => dead_letters::count_replayable(&state.pool, &filter).await,
+        Bulk::Purge => dead_letters::count(&state.pool, &filter).await,
+    };
+    let count = match counted {
+        Ok(count) => count,
+        Err(error) => return failure(Some(caller), error),
+    };
+    let (title, action, text, button) = match bulk {
+        Bulk::Replay => (
+            "Replay dead letters",
+            "replay",
+            format!(
+                r#"Replay <strong id="count">{count}</strong> dead letters {}? Each becomes a new job with its attempts reset."#,
+                describe(&filter)
+            ),
+            format!("Replay {count}"),
+        ),
+        Bulk::Purge => (
+            "Delete dead letters",
+            "purge",
+            format!(
+                r#"Delete <strong id="count">{count}</strong> dead letters {} for good (replayed ones included)? Their payloads cannot be replayed afterwards."#,
+                describe(&filter)
+            ),
+            format!("Delete {count}"),
+        ),
+    };
+    let body = format!(
+        r#"<p id="confirm-text">{text}</p><form method="post" action="/ui/dead-letters/{action}"><input type="hidden" name="csrf" value="{csrf}"><input type="hidden" name="queue" value="{queue}"><input type="hidden" name="kind" value="{kind}"><input type="hidden" name="before" value="{before}"><button type="submit" id="confirm">{button}</button> <a href="/ui/dead-letters{back}">Cancel</a></form>"#,
         csrf = esc(&caller.csrf),
         queue = esc(filter.queue.as_deref().unwrap_or("")),
         kind = esc(filter.kind.as_deref().unwrap_or("")),
-        back = filter_query(filter),
-    )
+        before = esc(&now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        back = filter_query(&filter),
+    );
+    page(title, Some(caller), &body)
 }
 
-/// The confirmation of a bulk replay: how many dead letters it would take.
 pub(super) async fn confirm_replay_all(
     State(state): State<ApiState>,
     Session(caller): Session,
     Lenient(query_string): Lenient<LetterQuery>,
 ) -> Response {
-    let filter = filter_of(&query_string);
-    let count = match dead_letters::count_replayable(&state.pool, &filter).await {
-        Ok(count) => count,
-        Err(error) => return failure(Some(&caller), error),
-    };
-    let text = format!(
-        r#"Replay <strong id="count">{count}</strong> dead letters {}? Each becomes a new job with its attempts reset."#,
-        describe(&filter)
-    );
-    let body = confirm_form(
-        &caller,
-        "replay",
-        &filter,
-        &text,
-        &format!("Replay {count}"),
-    );
-    page("Replay dead letters", Some(&caller), &body)
+    confirm(&state, &caller, &query_string, Bulk::Replay).await
 }
 
-/// The confirmation of a bulk delete: how many dead letters it would remove.
 pub(super) async fn confirm_purge_all(
     State(state): State<ApiState>,
     Session(caller): Session,
     Lenient(query_string): Lenient<LetterQuery>,
 ) -> Response {
-    let filter = filter_of(&query_string);
-    let count = match dead_letters::count(&state.pool, &filter).await {
-        Ok(count) => count,
-        Err(error) => return failure(Some(&caller), error),
-    };
-    let text = format!(
-        r#"Delete <strong id="count">{count}</strong> dead letters {} for good (replayed ones included)? Their payloads cannot be replayed afterwards."#,
-        describe(&filter)
-    );
-    let body = confirm_form(&caller, "purge", &filter, &text, &format!("Delete {count}"));
-    page("Delete dead letters", Some(&caller), &body)
+    confirm(&state, &caller, &query_string, Bulk::Purge).await
 }
 
 #[derive(Deserialize)]
@@ -204,49 +260,69 @@ pub(super) struct BulkForm {
     queue: String,
     #[serde(default)]
     kind: String,
+    /// The confirmation's time: only letters that failed before it.
+    before: String,
 }
 
 impl BulkForm {
-    fn filter(&self) -> DeadLetterFilter {
-        filter_of(&LetterQuery {
-            queue: Some(self.queue.clone()).filter(|q| !q.is_empty()),
-            kind: Some(self.kind.clone()).filter(|k| !k.is_empty()),
-            done: None,
-        })
+    fn filter(&self) -> Result<DeadLetterFilter, ApiError> {
+        let mut filter = filter_of(Some(&self.queue), Some(&self.kind))?;
+        let before = chrono::DateTime::parse_from_rfc3339(&self.before)
+            .map_err(|_| ApiError::field("before", "is not the confirmation's time"))?;
+        filter.failed_before = Some(before.with_timezone(&chrono::Utc));
+        Ok(filter)
     }
 }
 
-/// Replay every matching dead letter (admin, with the session's token), audited as over `/v1`.
+/// Replay or delete every dead letter the confirmation counted (admin, the session's token), audited as over
+/// `/v1`.
+async fn bulk(state: &ApiState, caller: &UiCaller, form: &BulkForm, bulk: Bulk) -> Response {
+    if let Some(refused) = refuse_action(caller, &form.csrf) {
+        return refused;
+    }
+    let filter = match form.filter() {
+        Ok(filter) => filter,
+        Err(error) => return failure(Some(caller), error),
+    };
+    let done = match bulk {
+        Bulk::Replay => {
+            let aging = state.defaults.priority_aging;
+            dead_letters::replay(&state.pool, &caller.actor, &filter, aging)
+                .await
+                .map(|jobs| ("replayed", jobs.len() as i64))
+        }
+        Bulk::Purge => dead_letters::purge(&state.pool, &caller.actor, &filter)
+            .await
+            .map(|deleted| ("deleted", deleted)),
+    };
+    state.overview.forget();
+    match done {
+        Ok((done, n)) => {
+            // Back to the list the operator filtered, without the confirmation's time.
+            let shown = DeadLetterFilter {
+                failed_before: None,
+                ..filter
+            };
+            done_redirect(&shown, done, n)
+        }
+        Err(error) => failure(Some(caller), error),
+    }
+}
+
 pub(super) async fn replay_all(
     State(state): State<ApiState>,
     Session(caller): Session,
     Form(form): Form<BulkForm>,
 ) -> Response {
-    if let Some(refused) = refuse_action(&caller, &form.csrf) {
-        return refused;
-    }
-    let filter = form.filter();
-    let aging = state.defaults.priority_aging;
-    match dead_letters::replay(&state.pool, &caller.actor, &filter, aging).await {
-        Ok(jobs) => done_redirect(&filter, &format!("Replayed {} dead letters.", jobs.len())),
-        Err(error) => failure(Some(&caller), error),
-    }
+    bulk(&state, &caller, &form, Bulk::Replay).await
 }
 
-/// Delete every matching dead letter (admin, with the session's token), audited as over `/v1`.
 pub(super) async fn purge_all(
     State(state): State<ApiState>,
     Session(caller): Session,
     Form(form): Form<BulkForm>,
 ) -> Response {
-    if let Some(refused) = refuse_action(&caller, &form.csrf) {
-        return refused;
-    }
-    let filter = form.filter();
-    match dead_letters::purge(&state.pool, &caller.actor, &filter).await {
-        Ok(deleted) => done_redirect(&filter, &format!("Deleted {deleted} dead letters.")),
-        Err(error) => failure(Some(&caller), error),
-    }
+    bulk(&state, &caller, &form, Bulk::Purge).await
 }
 
 /// One dead letter: its job, every attempt's error, its payload; replay and delete for admins.
@@ -325,20 +401,18 @@ pub(super) async fn letter_action(
                 Ok(jobs) if !jobs.is_empty() => {
                     Redirect::to(&format!("/ui/dead-letters/{id}")).into_response()
                 }
-                Ok(_) => done_redirect(
-                    &everything,
-                    &format!("Dead letter {id} was already replayed."),
-                ),
+                Ok(_) => done_redirect(&everything, "already", id),
                 Err(error) => failure(Some(&caller), error),
             }
         }
         "delete" if form.confirm.as_deref() == Some("yes") => {
             match dead_letters::purge(&state.pool, &caller.actor, &one).await {
-                Ok(_) => done_redirect(&everything, &format!("Deleted dead letter {id}.")),
+                Ok(0) => done_redirect(&everything, "gone", id),
+                Ok(_) => done_redirect(&everything, "deleted-one", id),
                 Err(error) => failure(Some(&caller), error),
             }
         }
-        "delete" => done_redirect(&everything, "Not deleted: tick the confirmation box."),
+        "delete" => done_redirect(&everything, "unconfirmed", 0),
         _ => failure(Some(&caller), ApiError::not_found("no such action")),
     }
 }

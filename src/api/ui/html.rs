@@ -84,15 +84,20 @@ pub fn pretty(value: &serde_json::Value) -> String {
     esc(&serde_json::to_string_pretty(value).unwrap_or_default())
 }
 
-/// The "done" notice an action's redirect carries back (`?done=`), or nothing.
-pub fn notice(done: Option<&str>) -> String {
-    done.map(|done| {
-        format!(
-            r#"<p role="status" class="notice">{}</p>"#,
-            esc_short(done, 200)
-        )
+/// A notice of what an action did (`role="status"`), or nothing.
+pub fn notice(text: Option<&str>) -> String {
+    text.map(|text| format!(r#"<p role="status" class="notice">{}</p>"#, esc(text)))
+        .unwrap_or_default()
+}
+
+/// The words of an action's `?done=` code. Only known codes are shown: a link someone else made cannot put words
+/// of its own on an operator's page.
+pub fn done(code: Option<&str>) -> String {
+    notice(match code {
+        Some("cancelled") => Some("Cancelled."),
+        Some("retrying") => Some("Retrying from the failed node."),
+        _ => None,
     })
-    .unwrap_or_default()
 }
 
 /// A table with a header row; `empty` stands in for the rows when there are none. A header starting with `~`

@@ -35,6 +35,7 @@ use super::ApiState;
 use super::auth::{UI_COOKIE, UiCaller, ui_login};
 use super::error::ApiError;
 use html::esc;
+pub(super) use overview::OverviewCache;
 
 pub fn routes() -> Router<ApiState> {
     Router::new()
@@ -145,7 +146,7 @@ fn page(title: &str, caller: Option<&UiCaller>, body: &str) -> Response {
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'",
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
     headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
@@ -193,9 +194,18 @@ fn failure(caller: Option<&UiCaller>, error: impl Into<ApiError>) -> Response {
     response
 }
 
+/// Compares two tokens in time that does not depend on where they differ.
+fn same_token(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// A refusal page when the form is not from this session or the key may not act; `None` if it may.
 fn refuse_action(caller: &UiCaller, csrf: &str) -> Option<Response> {
-    if csrf != caller.csrf {
+    if !same_token(csrf, &caller.csrf) {
         return Some(failure(
             Some(caller),
             ApiError::forbidden(
@@ -260,6 +270,12 @@ async fn login(
     let Ok(Form(form)) = form else {
         return login_form(Some("Send the form with a key."));
     };
+    // A login form posted from another site would sign this browser in with someone else's key.
+    if !same_origin(&parts) {
+        let mut response = login_form(Some("Log in from this page."));
+        *response.status_mut() = axum::http::StatusCode::FORBIDDEN;
+        return response;
+    }
     let key = form.key.trim();
     if let Err(error) = ui_login(&parts, &state, key).await {
         let status = error.status();
@@ -267,12 +283,42 @@ async fn login(
         *response.status_mut() = status;
         return response;
     }
-    let cookie = format!("{UI_COOKIE}={key}; Path=/ui; HttpOnly; SameSite=Strict");
+    // A working day's session; `Secure` when the request came over TLS (directly or through a proxy that says so).
+    let tls = parts.uri.scheme_str() == Some("https")
+        || parts
+            .headers
+            .get("x-forwarded-proto")
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"https"));
+    let secure = if tls { "; Secure" } else { "" };
+    let cookie = format!(
+        "{UI_COOKIE}={key}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}{secure}"
+    );
     let mut response = Redirect::to("/ui").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
+}
+
+/// How long a dashboard session lasts (seconds).
+const SESSION_SECS: u32 = 12 * 3600;
+
+/// Whether a form came from a page of this server: its `Origin` (sent by browsers on every POST) names the host
+/// the request was sent to. A request without `Origin` (not a browser) passes: the session token guards actions.
+fn same_origin(parts: &axum::http::request::Parts) -> bool {
+    let Some(origin) = parts.headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 async fn logout() -> Response {

@@ -2,30 +2,78 @@
 //! providers' circuits, the bridge's lag, the clock's last runs and firing alerts. Read through
 //! `crate::status::read` (what `herald status` prints) and `queue::admin::throughput`; refreshed every 5 seconds.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use axum::extract::State;
 use axum::response::Response;
+use tokio::sync::Mutex;
 
 use super::chart::{self, Series};
 use super::html::{ago, encode, esc, esc_short, table, time_or_dash};
 use super::{ApiState, Session, failure, page};
+use crate::api::error::ApiError;
 use crate::queue::admin;
-use crate::status;
+use crate::status::{self, FleetStatus};
 
 /// Minutes of traffic the chart shows.
 const CHART_MINUTES: i32 = 60;
 
-pub(super) async fn overview(State(state): State<ApiState>, Session(caller): Session) -> Response {
-    let fleet = match status::read(&state.pool).await {
-        Ok(fleet) => fleet,
-        Err(status::StatusError::Queue(error)) => return failure(Some(&caller), error),
-        Err(status::StatusError::Database(error)) => {
-            return failure(Some(&caller), error);
+/// How long one read of the fleet serves every open overview of this API process.
+const SHARED_FOR: Duration = Duration::from_secs(5);
+
+/// What the overview reads.
+struct Snapshot {
+    fleet: FleetStatus,
+    /// `None`: the hour was too big to count within its budget.
+    traffic: Option<Vec<admin::Minute>>,
+}
+
+/// The overview's reads are the dashboard's heaviest (every queue's depth, an hour of history), and each open tab
+/// asks again every 5 s: one process reads at most once per [`SHARED_FOR`], however many tabs are open, and
+/// concurrent tabs wait for the one read in flight rather than starting their own. An action that changes what
+/// the overview shows (pause, resume) makes the next read fresh.
+#[derive(Default)]
+pub struct OverviewCache {
+    slot: Mutex<Option<(Instant, u64, Arc<Snapshot>)>>,
+    /// Bumped by [`OverviewCache::forget`]; a snapshot read before the bump is not served.
+    generation: AtomicU64,
+}
+
+impl OverviewCache {
+    async fn get(&self, pool: &sqlx::PgPool) -> Result<Arc<Snapshot>, ApiError> {
+        let mut slot = self.slot.lock().await;
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some((at, read_in, snapshot)) = slot.as_ref()
+            && *read_in == generation
+            && at.elapsed() < SHARED_FOR
+        {
+            return Ok(snapshot.clone());
         }
-    };
-    let traffic = match admin::throughput(&state.pool, CHART_MINUTES).await {
-        Ok(traffic) => traffic,
+        let fleet = status::read(pool).await.map_err(|error| match error {
+            status::StatusError::Queue(error) => ApiError::from(error),
+            status::StatusError::Database(error) => ApiError::from(error),
+        })?;
+        let traffic = admin::throughput(pool, CHART_MINUTES).await?;
+        let snapshot = Arc::new(Snapshot { fleet, traffic });
+        *slot = Some((Instant::now(), generation, snapshot.clone()));
+        Ok(snapshot)
+    }
+
+    /// The next overview reads the fleet again.
+    pub(super) fn forget(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+pub(super) async fn overview(State(state): State<ApiState>, Session(caller): Session) -> Response {
+    let snapshot = match state.overview.get(&state.pool).await {
+        Ok(snapshot) => snapshot,
         Err(error) => return failure(Some(&caller), error),
     };
+    let fleet = &snapshot.fleet;
+    let traffic = snapshot.traffic.as_ref();
     let now = fleet.at;
 
     let throughput = match traffic {

@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
-use super::html::{encode, esc, esc_short, notice, pretty, query, table, time, time_or_dash};
+use super::html::{done, encode, esc, esc_short, pretty, query, table, time, time_or_dash};
 use super::{ActionForm, ApiState, Lenient, Session, action_button, failure, page, refuse_action};
 use crate::api::error::ApiError;
 use crate::api::extract::ApiPath;
@@ -16,6 +16,9 @@ use crate::queue::{JobState, QueueName};
 
 /// Rows a job list shows.
 const PAGE: i64 = 100;
+
+/// Longest kind or idempotency key a search may name (bytes).
+const MAX_TERM: usize = 1000;
 
 /// Pause or resume a queue (admin keys; the form's token must be the session's).
 pub(super) async fn queue_action(
@@ -36,7 +39,10 @@ pub(super) async fn queue_action(
         return failure(Some(&caller), ApiError::not_found("no such queue"));
     };
     match admin::set_paused(&state.pool, &caller.actor, &queue, paused).await {
-        Ok(_) => Redirect::to("/ui").into_response(),
+        Ok(_) => {
+            state.overview.forget();
+            Redirect::to("/ui").into_response()
+        }
         Err(error) => failure(Some(&caller), error),
     }
 }
@@ -66,22 +72,30 @@ pub(super) async fn queue_page(
         Some("running") => (LiveState::Running, "running"),
         _ => (LiveState::Ready, "ready"),
     };
-    // A search term that cannot match (a non-numeric id, an over-long kind) finds nothing rather than erroring.
-    let id_text = query_string
-        .id
-        .as_deref()
-        .map(str::trim)
-        .filter(|v| !v.is_empty());
-    let id = id_text.map(|v| v.parse::<i64>().unwrap_or(-1));
-    let kind = query_string
-        .kind
-        .as_deref()
-        .map(str::trim)
-        .filter(|v| !v.is_empty() && v.len() <= 200);
-    let key = query_string
-        .key
-        .as_deref()
-        .filter(|v| !v.is_empty() && v.len() <= 1000);
+    // Terms are matched exactly, as typed (trimmed); one longer than any stored value is refused, never dropped
+    // (a search silently widened to the whole queue would mislead).
+    fn term(value: &Option<String>) -> Option<&str> {
+        value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+    }
+    let (id_text, kind, key) = (
+        term(&query_string.id),
+        term(&query_string.kind),
+        term(&query_string.key),
+    );
+    let id = match id_text.map(str::parse::<i64>) {
+        Some(Err(_)) => return failure(Some(&caller), ApiError::field("id", "is not a job id")),
+        Some(Ok(id)) => Some(id),
+        None => None,
+    };
+    if kind.is_some_and(|k| k.len() > MAX_TERM) || key.is_some_and(|k| k.len() > MAX_TERM) {
+        return failure(
+            Some(&caller),
+            ApiError::field(
+                "kind",
+                format!("a search term is longer than {MAX_TERM} bytes"),
+            ),
+        );
+    }
     let search = JobSearch {
         queue: queue.as_str(),
         state: live,
@@ -90,8 +104,12 @@ pub(super) async fn queue_page(
         idempotency_key: key,
         limit: PAGE,
     };
-    let jobs = match admin::list_jobs(&state.pool, &search).await {
-        Ok(jobs) => jobs,
+    let (jobs, problem) = match admin::list_jobs(&state.pool, &search).await {
+        Ok(Some(jobs)) => (jobs, String::new()),
+        Ok(None) => (
+            Vec::new(),
+            r#"<p class="warn" role="alert">The search read for longer than its budget (5 s): search by job id, or look at a smaller state.</p>"#.to_string(),
+        ),
         Err(error) => return failure(Some(&caller), error),
     };
     let path = encode(queue.as_str());
@@ -145,8 +163,8 @@ pub(super) async fn queue_page(
         String::new()
     };
     let body = format!(
-        r#"{notice}<p class="tabs">{tabs}</p><form class="filters" method="get" action="/ui/queues/{path}"><input type="hidden" name="state" value="{tab}"><label>Job id<input name="id" inputmode="numeric" value="{id}"></label><label>Kind<input name="kind" value="{kind}"></label><label>Idempotency key<input name="key" value="{key}"></label><button type="submit">Search</button></form>{table}{more}"#,
-        notice = notice(query_string.done.as_deref()),
+        r#"{notice}{problem}<p class="tabs">{tabs}</p><form class="filters" method="get" action="/ui/queues/{path}"><input type="hidden" name="state" value="{tab}"><label>Job id<input name="id" inputmode="numeric" value="{id}"></label><label>Kind<input name="kind" value="{kind}"></label><label>Idempotency key<input name="key" value="{key}"></label><button type="submit">Search</button></form>{table}{more}"#,
+        notice = done(query_string.done.as_deref()),
         id = esc(id_text.unwrap_or("")),
         kind = esc(kind.unwrap_or("")),
         key = esc(key.unwrap_or("")),
@@ -202,7 +220,7 @@ pub(super) async fn job_page(
     };
     let body = format!(
         r#"{notice}<dl><dt>Queue</dt><dd><a href="/ui/queues/{path}">{queue}</a></dd><dt>Kind</dt><dd>{kind}</dd><dt>State</dt><dd id="state">{state}</dd><dt>Attempts</dt><dd>{attempt} of {max}</dd><dt>Priority</dt><dd>{priority}</dd><dt>Idempotency key</dt><dd>{key}</dd><dt>Request</dt><dd>{request}</dd><dt>Created</dt><dd>{created}</dd><dt>Runs at</dt><dd>{run_at}</dd><dt>Claimed</dt><dd>{claimed}</dd><dt>Finished</dt><dd>{finished}</dd></dl>{actions}<h2>Errors</h2><pre>{errors}</pre><h2>Payload</h2><pre>{payload}</pre>"#,
-        notice = notice(query_string.done.as_deref()),
+        notice = done(query_string.done.as_deref()),
         path = encode(&job.queue),
         queue = esc(&job.queue),
         kind = esc(&job.kind),
@@ -232,8 +250,10 @@ pub(super) async fn cancel_job(
     if let Some(refused) = refuse_action(&caller, &form.csrf) {
         return refused;
     }
-    match admin::cancel_job(&state.pool, &caller.actor, id).await {
-        Ok(()) => Redirect::to(&format!("/ui/jobs/{id}?done=Cancelled.")).into_response(),
+    let cancelled = admin::cancel_job(&state.pool, &caller.actor, id).await;
+    state.overview.forget();
+    match cancelled {
+        Ok(()) => Redirect::to(&format!("/ui/jobs/{id}?done=cancelled")).into_response(),
         Err(error) => failure(Some(&caller), error),
     }
 }

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::html::{encode, esc, esc_short, notice, pretty, query, table, time, time_or_dash};
+use super::html::{done, encode, esc, esc_short, pretty, query, table, time, time_or_dash};
 use super::{ActionForm, ApiState, Lenient, Session, action_button, failure, page, refuse_action};
 use crate::api::error::ApiError;
 use crate::api::extract::ApiPath;
@@ -28,7 +28,8 @@ pub(super) struct RunQuery {
     workflow: Option<String>,
     status: Option<String>,
     recipient: Option<String>,
-    before: Option<i64>,
+    /// Read as a number here, so that a bad one is ignored alone (not the whole query).
+    before: Option<String>,
 }
 
 /// Runs, newest first, filtered by workflow, status and recipient.
@@ -37,28 +38,59 @@ pub(super) async fn list(
     Session(caller): Session,
     Lenient(q): Lenient<RunQuery>,
 ) -> Response {
-    let workflow = q
-        .workflow
-        .as_deref()
-        .map(str::trim)
-        .filter(|w| valid_name(w));
-    let status = q.status.as_deref().and_then(RunStatus::parse);
-    let recipient = q
-        .recipient
-        .as_deref()
-        .map(str::trim)
-        .filter(|r| RecipientId::parse(r).is_ok());
-    let filter = RunFilter {
-        workflow: workflow.map(str::to_string),
-        status,
-        recipient: recipient.map(str::to_string),
-        before: q.before,
-        limit: PAGE,
+    // A filter that is not a workflow name, a status or a recipient id is refused, never dropped (a list silently
+    // widened to every run would mislead).
+    let given = |value: &Option<String>| {
+        value
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
     };
-    let runs = match state.engine.list_runs(&filter).await {
+    let workflow = given(&q.workflow);
+    let recipient = given(&q.recipient);
+    if let Some(w) = workflow.as_deref().filter(|w| !valid_name(w)) {
+        return failure(
+            Some(&caller),
+            ApiError::field("workflow", format!("{w:?} is not a workflow name")),
+        );
+    }
+    if let Some(r) = recipient
+        .as_deref()
+        .filter(|r| RecipientId::parse(r).is_err())
+    {
+        return failure(
+            Some(&caller),
+            ApiError::field("recipient", format!("{r:?} is not a recipient id")),
+        );
+    }
+    let status = match given(&q.status) {
+        Some(s) => match RunStatus::parse(&s) {
+            Some(status) => Some(status),
+            None => {
+                return failure(
+                    Some(&caller),
+                    ApiError::field("status", format!("{s:?} is not a run status")),
+                );
+            }
+        },
+        None => None,
+    };
+    let filter = RunFilter {
+        workflow: workflow.clone(),
+        status,
+        recipient: recipient.clone(),
+        before: q.before.as_deref().and_then(|b| b.trim().parse().ok()),
+        // One more than a page tells whether there is an older page.
+        limit: PAGE + 1,
+    };
+    let mut runs = match state.engine.list_runs(&filter).await {
         Ok(runs) => runs,
         Err(error) => return failure(Some(&caller), error),
     };
+    let more = runs.len() as i64 > PAGE;
+    runs.truncate(PAGE as usize);
+    let (workflow, recipient) = (workflow.as_deref(), recipient.as_deref());
     let rows = run_rows(&runs);
     let options: String = std::iter::once(("", "any"))
         .chain(RunStatus::ALL.iter().map(|s| (s.as_str(), s.as_str())))
@@ -74,7 +106,7 @@ pub(super) async fn list(
         })
         .collect();
     let older = match runs.last() {
-        Some(last) if runs.len() as i64 == PAGE => format!(
+        Some(last) if more => format!(
             r#"<p><a href="/ui/runs{}">Older runs →</a></p>"#,
             query(&[
                 ("workflow", workflow),
@@ -203,7 +235,7 @@ pub(super) async fn run_page(
         });
     let body = format!(
         r#"{notice}<dl><dt>Workflow</dt><dd><a href="/ui/runs?workflow={wf_q}">{workflow}</a> v{version}</dd><dt>Status</dt><dd id="status" class="{class}">{status}</dd><dt>Recipient</dt><dd>{recipient}</dd><dt>Epoch</dt><dd>{epoch}</dd><dt>Started</dt><dd>{created}</dd><dt>Finished</dt><dd>{finished}</dd><dt>Failed node</dt><dd>{failed}</dd><dt>Error</dt><dd>{error}</dd><dt>Idempotency key</dt><dd>{key}</dd></dl>{actions}<h2>Graph</h2>{graph}<h2>Timeline</h2>{timeline}<h2>Deliveries</h2>{deliveries}<h2>Context</h2><pre>{context}</pre>"#,
-        notice = notice(q.done.as_deref()),
+        notice = done(q.done.as_deref()),
         wf_q = encode(&run.workflow),
         workflow = esc(&run.workflow),
         version = run.version,
@@ -238,21 +270,21 @@ pub(super) async fn run_action(
     if let Some(refused) = refuse_action(&caller, &form.csrf) {
         return refused;
     }
-    let done = match action.as_str() {
+    let outcome = match action.as_str() {
         "retry" => state
             .engine
             .retry_run(&caller.actor, id)
             .await
-            .map(|_| "Retrying from the failed node."),
+            .map(|_| "retrying"),
         "cancel" => state
             .engine
             .cancel_run(&caller.actor, id)
             .await
-            .map(|_| "Cancelled."),
+            .map(|_| "cancelled"),
         _ => return failure(Some(&caller), ApiError::not_found("no such action")),
     };
-    match done {
-        Ok(done) => Redirect::to(&format!("/ui/runs/{id}?done={}", encode(done))).into_response(),
+    match outcome {
+        Ok(code) => Redirect::to(&format!("/ui/runs/{id}?done={code}")).into_response(),
         Err(error) => failure(Some(&caller), error),
     }
 }
@@ -320,8 +352,11 @@ fn attempt_text(attempt: &serde_json::Value) -> String {
     )
 }
 
-/// The run's story in time order: each step's start and end, each provider attempt, each delivery status change.
+/// The run's story in time order: each step's start and end, each delivery status change, each provider
+/// attempt. An attempt recorded without its time is placed just after its delivery went `sending` (attempts are
+/// made while it is). Every detail is escaped once, where it is made.
 fn timeline(run: &RunView, sends: &[Delivery]) -> String {
+    // (time, node, event, detail as HTML)
     let mut events: Vec<(DateTime<Utc>, String, String, String)> = Vec::new();
     for step in &run.steps {
         let node = format!("{} (epoch {})", step.node, step.epoch);
@@ -338,7 +373,8 @@ fn timeline(run: &RunView, sends: &[Delivery]) -> String {
                 Some(outcome) => format!("{}: {outcome}", step.status.as_str()),
                 None => step.status.as_str().to_string(),
             };
-            events.push((at, node, what, step.error.clone().unwrap_or_default()));
+            let error = esc_short(step.error.as_deref().unwrap_or(""), 200);
+            events.push((at, node, what, error));
         } else if step.started_at.is_none() {
             events.push((
                 step.enqueued_at,
@@ -348,33 +384,28 @@ fn timeline(run: &RunView, sends: &[Delivery]) -> String {
             ));
         }
     }
-    let parse = |v: &serde_json::Value| {
+    let time_of = |v: &serde_json::Value| {
         v.get("at")
             .and_then(|a| a.as_str())
             .and_then(|a| DateTime::parse_from_rfc3339(a).ok())
             .map(|a| a.with_timezone(&Utc))
     };
+    let text = |v: &serde_json::Value, name: &str| {
+        v.get(name)
+            .and_then(|f| f.as_str())
+            .unwrap_or("")
+            .to_string()
+    };
     for d in sends {
         let node = format!("{} → {}", d.node_id, d.channel);
-        for attempt in d.attempts.as_array().into_iter().flatten() {
-            let at = parse(attempt).unwrap_or(d.created_at);
-            events.push((
-                at,
-                node.clone(),
-                "provider attempt".into(),
-                attempt_text(attempt),
-            ));
-        }
+        let mut sending = d.created_at;
         for change in d.history.as_array().into_iter().flatten() {
-            let at = parse(change).unwrap_or(d.updated_at);
-            let field = |name: &str| {
-                change
-                    .get(name)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("")
-                    .to_string()
-            };
-            let detail = [field("source"), field("reason")]
+            let at = time_of(change).unwrap_or(d.updated_at);
+            let status = text(change, "status");
+            if status == "sending" {
+                sending = at;
+            }
+            let detail = [text(change, "source"), text(change, "reason")]
                 .into_iter()
                 .filter(|s| !s.is_empty())
                 .collect::<Vec<_>>()
@@ -382,21 +413,25 @@ fn timeline(run: &RunView, sends: &[Delivery]) -> String {
             events.push((
                 at,
                 node.clone(),
-                format!("delivery {}", field("status")),
+                format!("delivery {status}"),
                 esc_short(&detail, 160),
             ));
         }
+        for attempt in d.attempts.as_array().into_iter().flatten() {
+            let at = time_of(attempt).unwrap_or(sending);
+            events.push((
+                at,
+                node.clone(),
+                "provider attempt".into(),
+                attempt_text(attempt),
+            ));
+        }
     }
+    // Stable: of events at the same instant, a delivery's `sending` stays before its attempts.
     events.sort_by_key(|e| e.0);
     let rows: String = events
         .iter()
         .map(|(at, node, what, detail)| {
-            // `detail` of a provider attempt or status change is already escaped; a step's error is not.
-            let detail = if what == "provider attempt" || what.starts_with("delivery ") {
-                detail.clone()
-            } else {
-                esc_short(detail, 200)
-            };
             format!(
                 r#"<tr><td class="n">{}</td><td>{}</td><td>{}</td><td>{detail}</td></tr>"#,
                 at.format("%H:%M:%S%.3f"),
@@ -466,7 +501,7 @@ fn graph(workflow: &Workflow, run: &RunView) -> String {
             }
         }
     }
-    // Nodes no edge reaches (on_error targets only, say) go in a last column.
+    // Nodes no edge reaches from the trigger (a definition's leftovers) go in a last column.
     let last = depth.values().copied().max().unwrap_or(0) + 1;
     let mut layers: BTreeMap<usize, Vec<&str>> = BTreeMap::new();
     let mut ids: Vec<&str> = workflow.nodes.keys().map(String::as_str).collect();
@@ -501,11 +536,7 @@ fn graph(workflow: &Workflow, run: &RunView) -> String {
         let Some(&(x, y)) = position.get(node.id.as_str()) else {
             continue;
         };
-        let mut targets: Vec<(&str, &str)> = edges(node);
-        if let Some(on_error) = &node.on_error {
-            targets.push(("on_error", on_error.as_str()));
-        }
-        for (label, target) in targets {
+        for (label, target) in edges(node) {
             let Some(&(tx, ty)) = position.get(target) else {
                 continue;
             };
@@ -621,10 +652,13 @@ mod tests {
             provider: Some("ses".into()),
             provider_message_id: Some("m-1".into()),
             attempts: json!([
-                {"provider": "sendgrid", "outcome": "failed", "reason": "<503>", "latency_ms": 120, "at": "2026-12-03T10:00:02Z"},
-                {"provider": "ses", "outcome": "sent", "latency_ms": 40, "at": "2026-12-03T10:00:03Z"}
+                {"provider": "sendgrid", "outcome": "transient", "reason": "<503>", "latency_ms": 120},
+                {"provider": "ses", "outcome": "sent", "latency_ms": 40}
             ]),
-            history: json!([{"status": "sent", "at": "2026-12-03T10:00:03.5Z", "source": "send"}]),
+            history: json!([
+                {"status": "sending", "at": "2026-12-03T10:00:02Z", "source": "send"},
+                {"status": "sent", "at": "2026-12-03T10:00:03.5Z", "source": "send"}
+            ]),
             error: None,
             created_at: at("2026-12-03T10:00:01.5Z"),
             updated_at: at("2026-12-03T10:00:03.5Z"),
@@ -632,7 +666,8 @@ mod tests {
         let html = timeline(&run, &[delivery]);
         let order = [
             "email (epoch 1)</td><td>started",
-            "sendgrid: failed: &lt;503&gt;, 120 ms",
+            "delivery sending",
+            "sendgrid: transient: &lt;503&gt;, 120 ms",
             "ses: sent, 40 ms",
             "delivery sent",
             "completed: sent",

@@ -15,6 +15,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::ApiPath;
 use crate::channels::DeliveryStatus;
 use crate::channels::deliveries::{self, DeliverySearch, SEARCH_BUDGET};
+use crate::db::cancelled_for_time;
 use crate::recipients::RecipientId;
 use crate::recipients::store::{self, ListFilter};
 use crate::workflow::RunFilter;
@@ -30,7 +31,8 @@ pub(super) struct DeliveryQuery {
     provider: Option<String>,
     since: Option<String>,
     until: Option<String>,
-    before: Option<i64>,
+    /// Read as a number here, so that a bad one is ignored alone (not the whole query).
+    before: Option<String>,
 }
 
 /// A `datetime-local` field (`2026-12-03T09:00`, read as UTC) or an RFC 3339 time.
@@ -57,10 +59,15 @@ fn word(value: Option<&str>) -> Option<&str> {
         .filter(|v| !v.is_empty() && v.len() <= 64)
 }
 
-/// The recipient ids a support person's term names: an email address or a phone number (looked up through the
-/// profiles' indexes), else the term itself as an id. At most 20.
+/// The recipient ids a support person's term names: the id itself when a profile has it, else the profiles
+/// with that email address or phone number (through their indexes). At most 20. A term that is a valid id but has
+/// no profile (erased, or never stored) still names that id: its runs and deliveries remain.
 async fn recipients_named(state: &ApiState, term: &str) -> Result<Vec<String>, sqlx::Error> {
     let term = term.trim();
+    let is_id = RecipientId::parse(term).is_ok();
+    if is_id && store::get(&state.pool, term).await?.is_some() {
+        return Ok(vec![term.to_string()]);
+    }
     let filter = if term.contains('@') {
         ListFilter {
             email: Some(term),
@@ -74,15 +81,29 @@ async fn recipients_named(state: &ApiState, term: &str) -> Result<Vec<String>, s
             ..ListFilter::default()
         }
     } else {
-        return Ok(RecipientId::parse(term)
-            .map(|_| vec![term.to_string()])
-            .unwrap_or_default());
+        return Ok(if is_id {
+            vec![term.to_string()]
+        } else {
+            Vec::new()
+        });
     };
-    Ok(store::list(&state.pool, &filter)
+    let found: Vec<String> = store::list(&state.pool, &filter)
         .await?
         .into_iter()
         .map(|r| r.id)
-        .collect())
+        .collect();
+    Ok(if found.is_empty() && is_id {
+        vec![term.to_string()]
+    } else {
+        found
+    })
+}
+
+/// The note a search that ran out of time shows.
+fn out_of_time() -> String {
+    format!(
+        r#"<p class="warn" role="alert">The search read for longer than its budget ({SEARCH_BUDGET}) without filling a page: name a recipient or a narrower time.</p>"#
+    )
 }
 
 /// Deliveries, newest first, by recipient (id, email or phone), status, channel, provider and time.
@@ -108,34 +129,27 @@ pub(super) async fn deliveries(
     let provider = word(q.provider.as_deref());
     let since = parse_time(q.since.as_deref());
     let until = parse_time(q.until.as_deref());
-    let mut found = Vec::new();
-    let mut problem = String::new();
-    // A term that names nobody finds nothing; an email shared by several profiles searches each.
-    for id in ids.as_deref().map_or(vec![None], |ids| {
-        ids.iter().map(|i| Some(i.as_str())).collect()
-    }) {
-        let search = DeliverySearch {
-            recipient_id: id,
-            status,
-            channel,
-            provider,
-            since,
-            until,
-            before_id: q.before,
-            limit: PAGE,
-        };
-        match deliveries::search(&state.pool, &search).await {
-            Ok(mut rows) => found.append(&mut rows),
-            Err(error) if deliveries::timed_out(&error) => {
-                problem = format!(
-                    r#"<p class="warn" role="alert">The search read for longer than its budget ({SEARCH_BUDGET}) without filling a page: name a recipient or a narrower time.</p>"#
-                );
-                break;
-            }
+    let search = DeliverySearch {
+        recipient_ids: ids.as_deref(),
+        status,
+        channel,
+        provider,
+        since,
+        until,
+        before_id: q.before.as_deref().and_then(|b| b.parse().ok()),
+        // One more than a page tells whether there is an older page.
+        limit: PAGE + 1,
+    };
+    let (mut found, problem) = match ids.as_deref() {
+        // A term that names nobody finds nothing.
+        Some([]) => (Vec::new(), String::new()),
+        _ => match deliveries::search(&state.pool, &search).await {
+            Ok(found) => (found, String::new()),
+            Err(error) if cancelled_for_time(&error) => (Vec::new(), out_of_time()),
             Err(error) => return failure(Some(&caller), error),
-        }
-    }
-    found.sort_by_key(|d| std::cmp::Reverse(d.id));
+        },
+    };
+    let more = found.len() as i64 > PAGE;
     found.truncate(PAGE as usize);
     let nobody = match (term, &ids) {
         (Some(term), Some(ids)) if ids.is_empty() => {
@@ -161,7 +175,7 @@ pub(super) async fn deliveries(
     let since_text = since.map(|t| t.format("%Y-%m-%dT%H:%M").to_string());
     let until_text = until.map(|t| t.format("%Y-%m-%dT%H:%M").to_string());
     let older = match found.last() {
-        Some(last) if found.len() as i64 == PAGE => format!(
+        Some(last) if more => format!(
             r#"<p><a href="/ui/deliveries{}">Older deliveries →</a></p>"#,
             query(&[
                 ("recipient", term),
@@ -281,8 +295,9 @@ pub(super) async fn recipient_page(
         Ok(runs) => runs,
         Err(error) => return failure(Some(&caller), error),
     };
+    let ids = [id.clone()];
     let recent = DeliverySearch {
-        recipient_id: Some(&id),
+        recipient_ids: Some(&ids),
         limit: 50,
         ..DeliverySearch::default()
     };
@@ -291,17 +306,29 @@ pub(super) async fn recipient_page(
         limit: 20,
         ..recent.clone()
     };
-    let (sends, skips) = match (
-        deliveries::search(&state.pool, &recent).await,
-        deliveries::search(&state.pool, &skipped).await,
-    ) {
-        (Ok(sends), Ok(skips)) => (sends, skips),
-        (Err(error), _) | (_, Err(error)) => return failure(Some(&caller), error),
+    // A recipient with a very long history may outlast a search's budget: the page says so and shows the rest.
+    let mut problem = String::new();
+    let mut read =
+        async |search: &DeliverySearch<'_>| match deliveries::search(&state.pool, search).await {
+            Ok(found) => Ok(found),
+            Err(error) if cancelled_for_time(&error) => {
+                problem = out_of_time();
+                Ok(Vec::new())
+            }
+            Err(error) => Err(error),
+        };
+    let sends = match read(&recent).await {
+        Ok(found) => found,
+        Err(error) => return failure(Some(&caller), error),
+    };
+    let skips = match read(&skipped).await {
+        Ok(found) => found,
+        Err(error) => return failure(Some(&caller), error),
     };
     // An erased or never-created profile still has history worth showing (runs, deliveries by id).
     let Some(profile) = profile else {
         let body = format!(
-            r#"<p class="warn" id="no-profile">No profile: this id was never stored, or was erased. Sends to it are skipped as <code>no_address</code>.</p><h2>Recent runs</h2>{}<h2>Recent deliveries</h2>{}"#,
+            r#"{problem}<p class="warn" id="no-profile">No profile: this id was never stored, or was erased. Sends to it are skipped as <code>no_address</code>.</p><h2>Recent runs</h2>{}<h2>Recent deliveries</h2>{}"#,
             runs_table("runs", &run_rows(&runs)),
             delivery_table("deliveries", &sends),
         );
@@ -316,6 +343,11 @@ pub(super) async fn recipient_page(
     }
     for device in &profile.devices.0 {
         addresses.push(("push".into(), device.token.clone()));
+    }
+    if let Some(handles) = profile.chat.0.as_object() {
+        for handle in handles.values().filter_map(|h| h.as_str()) {
+            addresses.push(("chat".into(), handle.to_string()));
+        }
     }
     let suppressions = match deliveries::suppressions_of(&state.pool, &addresses).await {
         Ok(found) => found,
@@ -385,7 +417,7 @@ pub(super) async fn recipient_page(
         })
         .collect();
     let body = format!(
-        r#"<dl><dt>Email</dt><dd>{email}</dd><dt>Phone</dt><dd>{phone}</dd><dt>Locale</dt><dd>{locale}</dd><dt>Time zone</dt><dd>{zone}</dd><dt>Updated</dt><dd>{updated}</dd></dl><p><a href="/ui/deliveries?recipient={q}">Search all their deliveries</a> · <a href="/ui/runs?recipient={q}">all their runs</a></p><h2 id="why">Why was this person not notified?</h2>{reasons}<h2>Devices</h2>{devices}<h2>Preferences</h2><pre id="preferences">{preferences}</pre><h2>Chat handles and data</h2><pre>{chat}</pre><pre>{data}</pre><h2>Recent runs</h2>{runs}<h2>Recent deliveries</h2>{sends}"#,
+        r#"{problem}<dl><dt>Email</dt><dd>{email}</dd><dt>Phone</dt><dd>{phone}</dd><dt>Locale</dt><dd>{locale}</dd><dt>Time zone</dt><dd>{zone}</dd><dt>Updated</dt><dd>{updated}</dd></dl><p><a href="/ui/deliveries?recipient={q}">Search all their deliveries</a> · <a href="/ui/runs?recipient={q}">all their runs</a></p><h2 id="why">Why was this person not notified?</h2>{reasons}<h2>Devices</h2>{devices}<h2>Preferences</h2><pre id="preferences">{preferences}</pre><h2>Chat handles and data</h2><pre>{chat}</pre><pre>{data}</pre><h2>Recent runs</h2>{runs}<h2>Recent deliveries</h2>{sends}"#,
         email = esc(profile.email.as_deref().unwrap_or("–")),
         phone = esc(profile.phone.as_deref().unwrap_or("–")),
         locale = esc(profile.locale.as_deref().unwrap_or("–")),
