@@ -137,6 +137,17 @@ pub async fn begin_bounded_then(
     begun
 }
 
+/// Begins a read-side transaction whose statements PostgreSQL cancels after `budget` (a constant such as `"5s"`),
+/// in the `BEGIN`'s round trip: for operators' searches that could read much of a large table. A statement
+/// cancelled for its budget fails with an error [`cancelled_for_time`] recognizes.
+pub async fn begin_within(
+    pool: &PgPool,
+    budget: &'static str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    pool.begin_with(format!("BEGIN; SET LOCAL statement_timeout = '{budget}'"))
+        .await
+}
+
 /// How long the batch writers (API enqueues, run starts, events, workflow steps, deliveries: every
 /// [`begin_bounded`] caller) waited to take a pooled connection and open their transaction. A round trip when the
 /// pool has a connection free; a pool too small for its load (callers waiting for connections) shows here first.

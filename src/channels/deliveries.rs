@@ -552,10 +552,7 @@ pub async fn search(
     pool: &PgPool,
     search: &DeliverySearch<'_>,
 ) -> Result<Vec<Delivery>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(&format!("SET LOCAL statement_timeout = '{SEARCH_BUDGET}'"))
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = crate::db::begin_within(pool, SEARCH_BUDGET).await?;
     let found = sqlx::query_as(sql::SEARCH_DELIVERIES)
         .bind(search.recipient_ids)
         .bind(search.status.map(DeliveryStatus::as_str))

@@ -402,10 +402,7 @@ pub async fn list_jobs(
            AND ($4::text IS NULL OR idempotency_key = $4) \
          ORDER BY {order} LIMIT $5"
     );
-    let mut tx = pool.begin().await?;
-    sqlx::query(&format!("SET LOCAL statement_timeout = '{LIST_BUDGET}'"))
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = crate::db::begin_within(pool, LIST_BUDGET).await?;
     let found = sqlx::query_as(&statement)
         .bind(search.queue)
         .bind(search.id)
@@ -441,12 +438,7 @@ const THROUGHPUT_BUDGET: &str = "2s";
 /// Jobs enqueued, completed and dead-lettered per minute over the last `minutes` (at most 1,440), oldest
 /// first, every minute present. `None` when counting took longer than its budget.
 pub async fn throughput(pool: &PgPool, minutes: i32) -> Result<Option<Vec<Minute>>, QueueError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(&format!(
-        "SET LOCAL statement_timeout = '{THROUGHPUT_BUDGET}'"
-    ))
-    .execute(&mut *tx)
-    .await?;
+    let mut tx = crate::db::begin_within(pool, THROUGHPUT_BUDGET).await?;
     // A job created in the window is in the hot table still, or finished (in the window, after it was created).
     let counted = sqlx::query_as(
         "WITH bounds AS (SELECT date_trunc('minute', now()) - make_interval(mins => $1 - 1) AS start), \
