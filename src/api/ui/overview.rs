@@ -14,7 +14,7 @@ use super::chart::{self, Series};
 use super::html::{ago, encode, esc, esc_short, table, time_or_dash};
 use super::{ApiState, Session, failure, page};
 use crate::api::error::ApiError;
-use crate::queue::admin;
+use crate::queue::admin::{self, QueueStats};
 use crate::status::{self, FleetStatus};
 
 /// Minutes of traffic the chart shows.
@@ -126,8 +126,28 @@ pub(super) async fn overview(State(state): State<ApiState>, Session(caller): Ses
         None => r#"<p class="warn">The last hour held too many jobs to count within the overview's budget (2 s); see the metrics instead.</p>"#.to_string(),
     };
 
+    // Every queue a live worker serves is listed, empty or not (an empty queue is news too), after those with jobs.
+    let empty: Vec<(QueueStats, i64)> = fleet
+        .workers
+        .iter()
+        .flat_map(|(worker, _)| worker.queues.iter())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|name| !fleet.queues.iter().any(|(q, _)| &q.name == *name))
+        .map(|name| {
+            let idle = QueueStats {
+                name: name.clone(),
+                paused: false,
+                available: 0,
+                running: 0,
+                scheduled: 0,
+                oldest_age_secs: None,
+            };
+            (idle, 0)
+        })
+        .collect();
     let mut queues = String::new();
-    for (queue, per_minute) in &fleet.queues {
+    for (queue, per_minute) in fleet.queues.iter().chain(&empty) {
         let actions = if caller.admin {
             let (action, label) = if queue.paused {
                 ("resume", "Resume")
