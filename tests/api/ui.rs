@@ -691,6 +691,13 @@ async fn support_and_operators_follow_runs_recipients_jobs_and_templates_in_chro
     browser.click("#search").await;
     browser.until_contains("#deliveries", "skipped").await;
     browser.screenshot("deliveries.png").await;
+    // A filter that cannot be used is refused, not dropped (which would list every delivery).
+    browser
+        .go(&app.url("/ui/deliveries?recipient=ada&since=yesterday"))
+        .await;
+    assert!(browser.text("main").await.contains("is not a time"));
+    assert!(browser.find("#deliveries").await.is_none());
+    browser.go(&app.url("/ui/deliveries?recipient=ada")).await;
     browser.click("a[href='/ui/recipients/ada']").await;
     browser.until_url("/ui/recipients/ada").await;
     let why = browser.text("#not-notified").await;

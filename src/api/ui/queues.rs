@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
-use super::html::{done, encode, esc, esc_short, pretty, query, table, time, time_or_dash};
+use super::html::{done, encode, esc, esc_short, given, pretty, query, table, time, time_or_dash};
 use super::{ActionForm, ApiState, Lenient, Session, action_button, failure, page, refuse_action};
 use crate::api::error::ApiError;
 use crate::api::extract::ApiPath;
@@ -74,13 +74,10 @@ pub(super) async fn queue_page(
     };
     // Terms are matched exactly, as typed (trimmed); one longer than any stored value is refused, never dropped
     // (a search silently widened to the whole queue would mislead).
-    fn term(value: &Option<String>) -> Option<&str> {
-        value.as_deref().map(str::trim).filter(|v| !v.is_empty())
-    }
     let (id_text, kind, key) = (
-        term(&query_string.id),
-        term(&query_string.kind),
-        term(&query_string.key),
+        given(&query_string.id),
+        given(&query_string.kind),
+        given(&query_string.key),
     );
     let id = match id_text.map(str::parse::<i64>) {
         Some(Err(_)) => return failure(Some(&caller), ApiError::field("id", "is not a job id")),

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::html::{done, encode, esc, esc_short, pretty, query, table, time, time_or_dash};
+use super::html::{done, encode, esc, esc_short, given, pretty, query, table, time, time_or_dash};
 use super::{ActionForm, ApiState, Lenient, Session, action_button, failure, page, refuse_action};
 use crate::api::error::ApiError;
 use crate::api::extract::ApiPath;
@@ -40,15 +40,9 @@ pub(super) async fn list(
 ) -> Response {
     // A filter that is not a workflow name, a status or a recipient id is refused, never dropped (a list silently
     // widened to every run would mislead).
-    let given = |value: &Option<String>| {
-        value
-            .as_deref()
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
-    let workflow = given(&q.workflow);
-    let recipient = given(&q.recipient);
+    let owned = |value: &Option<String>| given(value).map(str::to_string);
+    let workflow = owned(&q.workflow);
+    let recipient = owned(&q.recipient);
     if let Some(w) = workflow.as_deref().filter(|w| !valid_name(w)) {
         return failure(
             Some(&caller),
@@ -64,7 +58,7 @@ pub(super) async fn list(
             ApiError::field("recipient", format!("{r:?} is not a recipient id")),
         );
     }
-    let status = match given(&q.status) {
+    let status = match owned(&q.status) {
         Some(s) => match RunStatus::parse(&s) {
             Some(status) => Some(status),
             None => {

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Deserialize;
 
-use super::html::{encode, esc, esc_short, pretty, query, table, time, time_or_dash};
+use super::html::{encode, esc, esc_short, given, pretty, query, table, time, time_or_dash};
 use super::runs::{delivery_table, run_rows, runs_table};
 use super::{ApiState, Lenient, Session, failure, page};
 use crate::api::error::ApiError;
@@ -50,6 +50,41 @@ fn parse_time(value: Option<&str>) -> Option<DateTime<Utc>> {
                 .find_map(|f| NaiveDateTime::parse_from_str(value, f).ok())
                 .map(|t| t.and_utc())
         })
+}
+
+/// Longest recipient term (an email address may be 320 characters).
+const MAX_TERM: usize = 320;
+
+/// The search's filters, each either absent or usable.
+fn check_filters(q: &DeliveryQuery) -> Result<(), ApiError> {
+    if given(&q.recipient).is_some_and(|t| t.chars().count() > MAX_TERM) {
+        return Err(ApiError::field(
+            "recipient",
+            format!("is longer than {MAX_TERM} characters"),
+        ));
+    }
+    if let Some(status) = given(&q.status)
+        && DeliveryStatus::parse(status).is_none()
+    {
+        return Err(ApiError::field(
+            "status",
+            format!("{status:?} is not a delivery status"),
+        ));
+    }
+    for (name, value) in [("channel", &q.channel), ("provider", &q.provider)] {
+        if given(value).is_some_and(|v| v.len() > 64) {
+            return Err(ApiError::field(name, "is longer than 64 characters"));
+        }
+    }
+    for (name, value) in [("since", &q.since), ("until", &q.until)] {
+        if given(value).is_some() && parse_time(value.as_deref()).is_none() {
+            return Err(ApiError::field(
+                name,
+                "is not a time (2026-12-03T09:00, UTC)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A short word (a channel or provider name) or nothing.
@@ -112,11 +147,16 @@ pub(super) async fn deliveries(
     Session(caller): Session,
     Lenient(q): Lenient<DeliveryQuery>,
 ) -> Response {
+    // Every filter given must be usable: one that is not is refused, never dropped (a search silently widened to
+    // every delivery would answer a question nobody asked).
+    if let Err(error) = check_filters(&q) {
+        return failure(Some(&caller), error);
+    }
     let term = q
         .recipient
         .as_deref()
         .map(str::trim)
-        .filter(|t| !t.is_empty() && t.len() <= 320);
+        .filter(|t| !t.is_empty());
     let ids = match term {
         Some(term) => match recipients_named(&state, term).await {
             Ok(ids) => Some(ids),
