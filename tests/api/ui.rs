@@ -79,7 +79,13 @@ impl Browser {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+    /// A WebDriver command; its answer's value, or the browser's error (`{"error": …}`).
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Value,
+    ) -> Result<Value, Value> {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         // WebDriver refuses a body on GET and DELETE.
         let request = if method == reqwest::Method::POST {
@@ -88,7 +94,19 @@ impl Browser {
             self.client.request(method, url)
         };
         let answer: Value = request.send().await.unwrap().json().await.unwrap();
-        answer["value"].clone()
+        let value = answer["value"].clone();
+        if value.get("error").is_some_and(Value::is_string) {
+            Err(value)
+        } else {
+            Ok(value)
+        }
+    }
+
+    /// A WebDriver command that must succeed: a browser error fails the test rather than passing as nothing.
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        self.try_call(method, path, body)
+            .await
+            .unwrap_or_else(|error| panic!("WebDriver {path}: {error}"))
     }
 
     async fn go(&self, url: &str) {
@@ -96,30 +114,37 @@ impl Browser {
             .await;
     }
 
+    /// The element at `css`, or `None` when the page has none (any other browser error fails the test).
     async fn find(&self, css: &str) -> Option<String> {
-        let found = self
-            .call(
+        match self
+            .try_call(
                 reqwest::Method::POST,
                 "/element",
                 json!({"using": "css selector", "value": css}),
             )
-            .await;
-        found[ELEMENT].as_str().map(str::to_string)
+            .await
+        {
+            Ok(found) => found[ELEMENT].as_str().map(str::to_string),
+            Err(error) if error["error"] == "no such element" => None,
+            Err(error) => panic!("finding {css}: {error}"),
+        }
     }
 
     async fn text(&self, css: &str) -> String {
         let Some(element) = self.find(css).await else {
             return String::new();
         };
-        self.call(
+        // The page may have been replaced between finding and reading (the overview reloads itself): read as empty,
+        // the callers poll.
+        self.try_call(
             reqwest::Method::GET,
             &format!("/element/{element}/text"),
             Value::Null,
         )
         .await
-        .as_str()
+        .ok()
+        .and_then(|text| text.as_str().map(str::to_string))
         .unwrap_or_default()
-        .to_string()
     }
 
     async fn type_into(&self, css: &str, text: &str) {
@@ -132,14 +157,25 @@ impl Browser {
         .await;
     }
 
+    /// Clicks the element at `css`; if the page was replaced between finding and clicking (the overview reloads
+    /// itself every 5 s), finds it again on the new page and clicks that.
     async fn click(&self, css: &str) {
-        let element = self.find(css).await.unwrap_or_else(|| panic!("no {css}"));
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{element}/click"),
-            json!({}),
-        )
-        .await;
+        for _ in 0..3 {
+            let element = self.find(css).await.unwrap_or_else(|| panic!("no {css}"));
+            match self
+                .try_call(
+                    reqwest::Method::POST,
+                    &format!("/element/{element}/click"),
+                    json!({}),
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err(error) if error["error"] == "stale element reference" => continue,
+                Err(error) => panic!("clicking {css}: {error}"),
+            }
+        }
+        panic!("{css} kept being replaced before it could be clicked");
     }
 
     async fn url(&self) -> String {
@@ -472,6 +508,86 @@ async fn dead_letters_are_filtered_inspected_replayed_after_a_confirmation_and_d
         .unwrap();
     assert_eq!(cross_site.status(), 403);
     assert!(cross_site.headers().get("set-cookie").is_none());
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login_with = |headers: &[(&str, &str)]| {
+        let mut request = plain
+            .post(app.url("/ui/login"))
+            .form(&[("key", app.read_key.as_str())]);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+    // `Origin: null` and a browser saying another site are refused; this site's page is not, also behind a proxy
+    // that rewrote `Host` (it says the public host in `X-Forwarded-Host`).
+    for (headers, status) in [
+        (vec![("Origin", "null")], 403),
+        (vec![("Sec-Fetch-Site", "cross-site")], 403),
+        (vec![("Sec-Fetch-Site", "same-origin")], 303),
+        (
+            vec![
+                ("Origin", "https://herald.example.com"),
+                ("X-Forwarded-Host", "herald.example.com"),
+            ],
+            303,
+        ),
+    ] {
+        let answer = login_with(&headers).await.unwrap();
+        assert_eq!(answer.status(), status, "{headers:?}");
+    }
+    // A query that does not parse (a filter given twice) is refused, not read as "every queue".
+    let admin_cookie = format!("herald_ui={}", app.admin_key);
+    let twice = plain
+        .get(app.url("/ui/dead-letters/purge?queue=emails&queue=emails"))
+        .header("Cookie", &admin_cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(twice.status(), 400);
+    assert!(!twice.text().await.unwrap().contains("id=\"confirm\""));
+    // A bulk form with a queue that is not a queue name, or without the confirmation's time, deletes nothing.
+    let page = plain
+        .get(app.url("/ui/dead-letters"))
+        .header("Cookie", &admin_cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    let before = common::scalar_i64(&app.db.pool, left).await;
+    for form in [
+        vec![
+            ("csrf", csrf.as_str()),
+            ("queue", "no such queue"),
+            ("kind", ""),
+            ("before", "2100-01-01T00:00:00Z"),
+        ],
+        vec![("csrf", csrf.as_str()), ("queue", ""), ("kind", "")],
+    ] {
+        let answer = plain
+            .post(app.url("/ui/dead-letters/purge"))
+            .header("Cookie", &admin_cookie)
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            answer.status().is_client_error(),
+            "{form:?}: {}",
+            answer.status()
+        );
+    }
+    assert_eq!(common::scalar_i64(&app.db.pool, left).await, before);
     // A read key sees the list and no action.
     browser.click("header .who button").await;
     browser.until_url("/ui/login").await;

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::chart::{self, Series};
 use super::html::{esc, table};
-use super::{ApiState, Lenient, Session, failure, page};
+use super::{ApiState, PageQuery, Session, failure, page};
 use crate::clock::rollups::{self, DeliveryRollup, JobRollup, RollupFilter, RunRollup};
 
 #[derive(Deserialize, Default)]
@@ -79,7 +79,7 @@ fn failures(row: &DeliveryRollup) -> f64 {
 pub(super) async fn analytics(
     State(state): State<ApiState>,
     Session(caller): Session,
-    Lenient(q): Lenient<AnalyticsQuery>,
+    PageQuery(q): PageQuery<AnalyticsQuery>,
 ) -> Response {
     let span = q.days.filter(|d| RANGES.contains(d)).unwrap_or(30);
     let to = Utc::now().date_naive();

@@ -5,8 +5,8 @@ use axum::extract::State;
 use axum::response::Response;
 use serde::Deserialize;
 
-use super::html::{esc, esc_short, query, table, time};
-use super::{ApiState, Lenient, Session, failure, page};
+use super::html::{esc, esc_short, given, query, table, time};
+use super::{ApiState, PageQuery, Session, failure, page};
 use crate::api::error::ApiError;
 use crate::audit::{self, AuditFilter};
 
@@ -24,7 +24,7 @@ pub(super) struct AuditQuery {
 pub(super) async fn audit(
     State(state): State<ApiState>,
     Session(caller): Session,
-    Lenient(q): Lenient<AuditQuery>,
+    PageQuery(q): PageQuery<AuditQuery>,
 ) -> Response {
     if !caller.admin {
         return failure(
@@ -32,18 +32,28 @@ pub(super) async fn audit(
             ApiError::forbidden("The audit log needs a key with the admin scope."),
         );
     }
-    // The same bounds as `/v1/audit`: an action is a short dotted word.
-    let action = q.action.as_deref().map(str::trim).filter(|a| {
-        !a.is_empty()
-            && a.len() <= 64
-            && a.bytes()
+    // The same bounds as `/v1/audit`: an action is a short dotted word, a key an id. A filter that breaks them is
+    // refused, never dropped (the whole log would pass for the filtered one).
+    let action = given(&q.action);
+    if let Some(a) = action.filter(|a| {
+        a.len() > 64
+            || !a
+                .bytes()
                 .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'.')
-    });
-    let key_id = q
-        .key_id
-        .as_deref()
-        .and_then(|k| k.trim().parse::<i64>().ok())
-        .filter(|k| *k >= 1);
+    }) {
+        return failure(
+            Some(&caller),
+            ApiError::field(
+                "action",
+                format!("{a:?} is not an action (a-z, `_` and `.`)"),
+            ),
+        );
+    }
+    let key_id = match given(&q.key_id).map(str::parse::<i64>) {
+        Some(Ok(id)) if id >= 1 => Some(id),
+        Some(_) => return failure(Some(&caller), ApiError::field("key_id", "is not a key id")),
+        None => None,
+    };
     let filter = AuditFilter {
         action: action.map(str::to_string),
         actor_key_id: key_id,

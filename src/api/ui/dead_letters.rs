@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::html::{esc, esc_short, notice, pretty, query, table, time};
-use super::{ApiState, Lenient, Session, failure, page, refuse_action};
+use super::{ApiState, PageQuery, Session, failure, page, refuse_action};
 use crate::api::auth::UiCaller;
 use crate::api::error::ApiError;
 use crate::api::extract::ApiPath;
@@ -100,7 +100,7 @@ fn done_text(done: Option<&str>, n: Option<&str>) -> Option<String> {
 pub(super) async fn list(
     State(state): State<ApiState>,
     Session(caller): Session,
-    Lenient(query_string): Lenient<LetterQuery>,
+    PageQuery(query_string): PageQuery<LetterQuery>,
 ) -> Response {
     let filter = match filter_of(query_string.queue.as_deref(), query_string.kind.as_deref()) {
         Ok(filter) => filter,
@@ -240,7 +240,7 @@ async fn confirm(
 pub(super) async fn confirm_replay_all(
     State(state): State<ApiState>,
     Session(caller): Session,
-    Lenient(query_string): Lenient<LetterQuery>,
+    PageQuery(query_string): PageQuery<LetterQuery>,
 ) -> Response {
     confirm(&state, &caller, &query_string, Bulk::Replay).await
 }
@@ -248,7 +248,7 @@ pub(super) async fn confirm_replay_all(
 pub(super) async fn confirm_purge_all(
     State(state): State<ApiState>,
     Session(caller): Session,
-    Lenient(query_string): Lenient<LetterQuery>,
+    PageQuery(query_string): PageQuery<LetterQuery>,
 ) -> Response {
     confirm(&state, &caller, &query_string, Bulk::Purge).await
 }

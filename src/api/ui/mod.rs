@@ -89,23 +89,34 @@ impl axum::extract::FromRequestParts<ApiState> for Session {
     }
 }
 
-/// A page's query string, read leniently: a query that does not parse (a hand-edited URL) shows the page
-/// unfiltered rather than an error, since every filter is optional.
-struct Lenient<T>(T);
+/// A page's query string. One that does not parse (a repeated field, a number that is not one) is refused with
+/// a page saying so, never read as "no filter": a list or a bulk action silently widened to everything would act
+/// on what nobody asked for.
+struct PageQuery<T>(T);
 
-impl<T, S> axum::extract::FromRequestParts<S> for Lenient<T>
+impl<T, S> axum::extract::FromRequestParts<S> for PageQuery<T>
 where
-    T: serde::de::DeserializeOwned + Default,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = std::convert::Infallible;
+    type Rejection = Response;
 
     async fn from_request_parts(
         parts: &mut axum::http::request::Parts,
         state: &S,
     ) -> Result<Self, Self::Rejection> {
-        let query = axum::extract::Query::<T>::from_request_parts(parts, state).await;
-        Ok(Lenient(query.map(|q| q.0).unwrap_or_default()))
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| PageQuery(q.0))
+            .map_err(|rejection| {
+                failure(
+                    None,
+                    ApiError::bad_request(format!(
+                        "The address's query cannot be read ({}): each filter may be given once.",
+                        rejection.body_text()
+                    )),
+                )
+            })
     }
 }
 
@@ -304,22 +315,35 @@ async fn login(
 /// How long a dashboard session lasts (seconds).
 const SESSION_SECS: u32 = 12 * 3600;
 
-/// Whether a form came from a page of this server: its `Origin` (sent by browsers on every POST) names the host
-/// the request was sent to. A request without `Origin` (not a browser) passes: the session token guards actions.
+/// Whether a form came from a page of this server. Browsers say so in `Sec-Fetch-Site` (`same-origin`, or `none`
+/// for an address typed in); without it, the `Origin` must name the host the request was addressed to (`Host`,
+/// the HTTP/2 authority, or `X-Forwarded-Host` from a proxy that rewrites `Host`). A request with neither header
+/// (not a browser) passes: the session token guards every action.
 fn same_origin(parts: &axum::http::request::Parts) -> bool {
+    if let Some(site) = parts.headers.get("sec-fetch-site") {
+        return matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
     let Some(origin) = parts.headers.get(header::ORIGIN) else {
         return true;
     };
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok());
-    let origin_host = origin
+    let Some(origin_host) = origin
         .to_str()
         .ok()
         .and_then(|o| o.split_once("://"))
-        .map(|(_, rest)| rest);
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+        .map(|(_, rest)| rest)
+    else {
+        // `Origin: null` (a sandboxed or privacy-sensitive context): not this server's page.
+        return false;
+    };
+    let header_host = |name: &str| parts.headers.get(name).and_then(|h| h.to_str().ok());
+    [
+        header_host("x-forwarded-host"),
+        header_host(header::HOST.as_str()),
+        parts.uri.authority().map(|a| a.as_str()),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|host| host.eq_ignore_ascii_case(origin_host))
 }
 
 async fn logout() -> Response {

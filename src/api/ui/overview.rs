@@ -23,6 +23,9 @@ const CHART_MINUTES: i32 = 60;
 /// How long one read of the fleet serves every open overview of this API process.
 const SHARED_FOR: Duration = Duration::from_secs(5);
 
+/// Longest the fleet's reads may take before the overview gives up (the lock they hold keeps other tabs waiting).
+const READ_LIMIT: Duration = Duration::from_secs(10);
+
 /// What the overview reads.
 struct Snapshot {
     fleet: FleetStatus,
@@ -51,10 +54,16 @@ impl OverviewCache {
         {
             return Ok(snapshot.clone());
         }
-        let fleet = status::read(pool).await.map_err(|error| match error {
-            status::StatusError::Queue(error) => ApiError::from(error),
-            status::StatusError::Database(error) => ApiError::from(error),
-        })?;
+        // Bounded, as `herald status` is: a table locked elsewhere must not hold every waiting tab behind this one.
+        let fleet = tokio::time::timeout(READ_LIMIT, status::read(pool))
+            .await
+            .map_err(|_| {
+                ApiError::unavailable("the database did not answer the overview's reads in 10 s")
+            })?
+            .map_err(|error| match error {
+                status::StatusError::Queue(error) => ApiError::from(error),
+                status::StatusError::Database(error) => ApiError::from(error),
+            })?;
         let traffic = admin::throughput(pool, CHART_MINUTES).await?;
         let snapshot = Arc::new(Snapshot { fleet, traffic });
         *slot = Some((Instant::now(), generation, snapshot.clone()));

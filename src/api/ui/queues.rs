@@ -8,7 +8,9 @@ use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
 
 use super::html::{done, encode, esc, esc_short, given, pretty, query, table, time, time_or_dash};
-use super::{ActionForm, ApiState, Lenient, Session, action_button, failure, page, refuse_action};
+use super::{
+    ActionForm, ApiState, PageQuery, Session, action_button, failure, page, refuse_action,
+};
 use crate::api::error::ApiError;
 use crate::api::extract::ApiPath;
 use crate::queue::admin::{self, JobSearch, LiveState};
@@ -62,7 +64,7 @@ pub(super) async fn queue_page(
     State(state): State<ApiState>,
     Session(caller): Session,
     ApiPath(name): ApiPath<String>,
-    Lenient(query_string): Lenient<JobQuery>,
+    PageQuery(query_string): PageQuery<JobQuery>,
 ) -> Response {
     let Ok(queue) = QueueName::parse(&name) else {
         return failure(Some(&caller), ApiError::not_found("no such queue"));
@@ -189,7 +191,7 @@ pub(super) async fn job_page(
     State(state): State<ApiState>,
     Session(caller): Session,
     ApiPath(id): ApiPath<i64>,
-    Lenient(query_string): Lenient<JobQuery>,
+    PageQuery(query_string): PageQuery<JobQuery>,
 ) -> Response {
     let job = match admin::find_job(&state.pool, id).await {
         Ok(Some(job)) => job,

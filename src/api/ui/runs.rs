@@ -12,7 +12,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 use super::html::{done, encode, esc, esc_short, given, pretty, query, table, time, time_or_dash};
-use super::{ActionForm, ApiState, Lenient, Session, action_button, failure, page, refuse_action};
+use super::{
+    ActionForm, ApiState, PageQuery, Session, action_button, failure, page, refuse_action,
+};
 use crate::api::error::ApiError;
 use crate::api::extract::ApiPath;
 use crate::channels::deliveries::{self, Delivery};
@@ -36,7 +38,7 @@ pub(super) struct RunQuery {
 pub(super) async fn list(
     State(state): State<ApiState>,
     Session(caller): Session,
-    Lenient(q): Lenient<RunQuery>,
+    PageQuery(q): PageQuery<RunQuery>,
 ) -> Response {
     // A filter that is not a workflow name, a status or a recipient id is refused, never dropped (a list silently
     // widened to every run would mislead).
@@ -173,7 +175,7 @@ pub(super) async fn run_page(
     State(state): State<ApiState>,
     Session(caller): Session,
     ApiPath(id): ApiPath<i64>,
-    Lenient(q): Lenient<DoneQuery>,
+    PageQuery(q): PageQuery<DoneQuery>,
 ) -> Response {
     let run = match state.engine.get_run(id).await {
         Ok(run) => run,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::html::{encode, esc, esc_short, given, pretty, query, table, time, time_or_dash};
 use super::runs::{delivery_table, run_rows, runs_table};
-use super::{ApiState, Lenient, Session, failure, page};
+use super::{ApiState, PageQuery, Session, failure, page};
 use crate::api::error::ApiError;
 use crate::api::extract::ApiPath;
 use crate::channels::DeliveryStatus;
@@ -145,7 +145,7 @@ fn out_of_time() -> String {
 pub(super) async fn deliveries(
     State(state): State<ApiState>,
     Session(caller): Session,
-    Lenient(q): Lenient<DeliveryQuery>,
+    PageQuery(q): PageQuery<DeliveryQuery>,
 ) -> Response {
     // Every filter given must be usable: one that is not is refused, never dropped (a search silently widened to
     // every delivery would answer a question nobody asked).
@@ -164,7 +164,7 @@ pub(super) async fn deliveries(
         },
         None => None,
     };
-    let status = q.status.as_deref().and_then(DeliveryStatus::parse);
+    let status = given(&q.status).and_then(DeliveryStatus::parse);
     let channel = word(q.channel.as_deref());
     let provider = word(q.provider.as_deref());
     let since = parse_time(q.since.as_deref());
@@ -212,8 +212,8 @@ pub(super) async fn deliveries(
             format!(r#"<option value="{value}"{selected}>{label}</option>"#)
         })
         .collect();
-    let since_text = since.map(|t| t.format("%Y-%m-%dT%H:%M").to_string());
-    let until_text = until.map(|t| t.format("%Y-%m-%dT%H:%M").to_string());
+    let since_text = since.map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string());
+    let until_text = until.map(|t| t.format("%Y-%m-%dT%H:%M:%S").to_string());
     let older = match found.last() {
         Some(last) if more => format!(
             r#"<p><a href="/ui/deliveries{}">Older deliveries →</a></p>"#,
@@ -258,7 +258,7 @@ pub(super) struct FindQuery {
 pub(super) async fn find_recipient(
     State(state): State<ApiState>,
     Session(caller): Session,
-    Lenient(q): Lenient<FindQuery>,
+    PageQuery(q): PageQuery<FindQuery>,
 ) -> Response {
     let term =
         q.q.as_deref()

@@ -8,7 +8,7 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::html::{encode, esc, pretty, table, time};
-use super::{ApiState, Lenient, Session, failure, page};
+use super::{ApiState, PageQuery, Session, failure, page};
 use crate::api::error::ApiError;
 use crate::api::extract::ApiPath;
 use crate::templates::document::{valid_locale, valid_name};
@@ -60,7 +60,7 @@ pub(super) async fn template_page(
     State(state): State<ApiState>,
     Session(caller): Session,
     ApiPath(name): ApiPath<String>,
-    Lenient(q): Lenient<LocaleQuery>,
+    PageQuery(q): PageQuery<LocaleQuery>,
 ) -> Response {
     if !valid_name(&name) {
         return failure(Some(&caller), ApiError::not_found("no such template"));
