@@ -884,6 +884,10 @@ async fn support_and_operators_follow_runs_recipients_jobs_and_templates_in_chro
             .starts_with("1 of 7 days computed")
     );
     assert!(
+        browser.find("#sends-by-provider svg rect").await.is_some(),
+        "a bar for today's deliveries by provider"
+    );
+    assert!(
         browser.find("#sends svg rect").await.is_some(),
         "a bar for today's deliveries"
     );

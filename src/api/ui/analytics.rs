@@ -105,6 +105,19 @@ pub(super) async fn analytics(
         |r| r.channel.clone(),
         |r| r.deliveries as f64,
     );
+    let by_provider = per_day(
+        &days,
+        &data.deliveries,
+        |r| r.day,
+        |r| {
+            if r.provider.is_empty() {
+                "(none tried)".to_string()
+            } else {
+                format!("{} · {}", r.channel, r.provider)
+            }
+        },
+        |r| r.deliveries as f64,
+    );
     let failed_by_channel = per_day(
         &days,
         &data.deliveries,
@@ -234,7 +247,7 @@ pub(super) async fn analytics(
         })
         .collect();
     let body = format!(
-        r#"<p class="tabs">{ranges}</p><p id="computed">{computed} of {span} days computed (the clock rolls each day up after it ends; <code>herald rollup</code> computes one now).{truncated}</p><h2>Deliveries per day, by channel</h2>{sends}<h2>Failure rate (failed and bounced), by channel</h2>{rates}<h2>Trigger to provider acceptance</h2>{latency}<h2>By provider</h2>{providers}<h2>Jobs per day</h2>{jobs}<h2>Runs per day</h2>{runs}"#,
+        r#"<p class="tabs">{ranges}</p><p id="computed">{computed} of {span} days computed (the clock rolls each day up after it ends; <code>herald rollup</code> computes one now).{truncated}</p><h2>Deliveries per day, by channel</h2>{sends}<h2>Failure rate (failed and bounced), by channel</h2>{rates}<h2>Trigger to provider acceptance</h2>{latency}<h2>By provider</h2>{by_provider}{providers}<h2>Jobs per day</h2>{jobs}<h2>Runs per day</h2>{runs}"#,
         truncated = if data.truncated {
             " <strong>More rows than one answer carries: ask for fewer days.</strong>"
         } else {
@@ -259,6 +272,12 @@ pub(super) async fn analytics(
             &labels,
             &latency,
             " ms"
+        ),
+        by_provider = chart::stacked_bars(
+            "sends-by-provider",
+            "Deliveries per day by channel and provider",
+            &labels,
+            &by_provider
         ),
         providers = table(
             "providers",
