@@ -501,12 +501,24 @@ async fn openapi_json() -> Response {
 
 /// A human-readable rendering of `/openapi.json`: Redoc, served from the binary (`assets/`, version 2.5.0, MIT),
 /// so the page works offline and loads no third-party code.
-async fn docs_page() -> Html<&'static str> {
-    Html(
-        r#"<!doctype html><html><head><meta charset="utf-8"><title>herald API</title></head>
+/// The API reference page: the vendored Redoc script renders `/openapi.json`. Its policy lets only that script
+/// run (no inline script, nothing from elsewhere): the page shares its origin with `/ui`, so a script injected
+/// into it (a description rendered as HTML, say) must not run.
+async fn docs_page() -> Response {
+    (
+        [(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
+             font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; frame-ancestors 'none'; \
+             base-uri 'none'; form-action 'none'",
+        )],
+        Html(
+            r#"<!doctype html><html><head><meta charset="utf-8"><title>herald API</title></head>
 <body><redoc spec-url="/openapi.json"></redoc>
 <script src="/docs/redoc.standalone.js"></script></body></html>"#,
+        ),
     )
+        .into_response()
 }
 
 /// Redoc 2.5.0 (`npm pack redoc@2.5.0`, `bundles/redoc.standalone.js`; its licence is next to it in `assets/`).

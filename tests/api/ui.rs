@@ -926,3 +926,29 @@ async fn support_and_operators_follow_runs_recipients_jobs_and_templates_in_chro
     browser.stop().await;
     worker.stop().await;
 }
+
+/// `/docs` shares its origin with `/ui`, so its policy lets only the vendored Redoc script run; under that policy
+/// Redoc still renders the whole reference.
+#[tokio::test]
+async fn the_api_reference_renders_in_chromium_under_its_script_policy() {
+    let app = spawn_app().await;
+    let page = app.client.get(app.url("/docs")).send().await.unwrap();
+    let policy = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let scripts = policy
+        .split(';')
+        .map(str::trim)
+        .find(|d| d.starts_with("script-src"));
+    assert_eq!(scripts, Some("script-src 'self'"), "{policy}");
+    let browser = Browser::start().await;
+    browser.go(&app.url("/docs")).await;
+    // Redoc draws each operation's path in its right-hand panel once it has fetched and rendered /openapi.json.
+    browser.until_contains("body", "/v1/jobs/batch").await;
+    browser
+        .until_contains("body", "/v1/runs/{id}/deliveries")
+        .await;
+    browser.screenshot("docs.png").await;
+    browser.stop().await;
+}
