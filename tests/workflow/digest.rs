@@ -328,6 +328,20 @@ async fn a_window_until_a_time_of_day_closes_then_in_the_recipients_zone() {
         || async { outcomes(&flow, "batched").await == 2 },
     )
     .await;
+    // The owner parks after the others joined: its timer job is written by its own step, a moment later.
+    wait_until(
+        Duration::from_secs(20),
+        "the window's timer job",
+        || async {
+            scalar_i64(
+                &flow.db.pool,
+                "SELECT count(*) FROM herald_jobs WHERE payload->>'phase' = 'resume'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
     // The window closes at the next 09:00 in New York (the database's clock), and the close is a scheduled job.
     let (opened, closes): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
         sqlx::query_as("SELECT opened_at, closes_at FROM herald_digest_windows")
