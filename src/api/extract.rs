@@ -39,6 +39,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| body_error(rejection, limit))?;
+        // Every herald body is a JSON object. serde reads a struct from an array too (its fields in order), so
+        // `[]` would pass for a body whose fields are all optional: `POST /v1/dead-letters/replay` with `[]` would
+        // replay every dead letter. Refused before any type sees it.
+        // (Anything that cannot start a JSON value is left to `parse_json`: a 400 for malformed JSON.)
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| matches!(b, b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'))
+        {
+            return Err(ApiError::field("(body)", "must be a JSON object"));
+        }
         parse_json(&bytes).map(ApiJson)
     }
 }

@@ -425,3 +425,70 @@ async fn the_docs_page_loads_no_third_party_script() {
         "the whole bundle"
     );
 }
+
+/// Found by schemathesis: serde reads a struct from a JSON array (its fields in order), so `[]` passed for a body
+/// whose fields are all optional. `POST /v1/dead-letters/replay` with `[]` would have replayed every dead letter.
+/// Every body must be an object.
+#[tokio::test]
+async fn a_body_that_is_not_a_json_object_is_refused_before_any_handler_reads_it() {
+    let app = spawn_app().await;
+    sqlx::query(
+        "INSERT INTO herald_dead_letters (job_id, queue, kind, payload, priority, attempt, max_attempts, timeout_ms, \
+                                          errors, reason, created_at, failed_at) \
+         VALUES (1, 'default', 'herald.noop', '{}', 0, 3, 3, 1000, '[]', 'down', now(), now())",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    for (method, path, key, body) in [
+        ("POST", "/v1/dead-letters/replay", &app.admin_key, "[]"),
+        (
+            "PUT",
+            "/v1/recipients/ada/preferences",
+            &app.service_key,
+            " []",
+        ),
+        (
+            "POST",
+            "/v1/jobs",
+            &app.service_key,
+            r#"["default", "herald.noop"]"#,
+        ),
+        ("POST", "/v1/jobs", &app.service_key, "42"),
+    ] {
+        let answer = app
+            .client
+            .request(method.parse().unwrap(), app.url(path))
+            .bearer_auth(key)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{method} {path} {body}"
+        );
+        let problem: Value = answer.json().await.unwrap();
+        assert!(
+            problem.to_string().contains("must be a JSON object"),
+            "{problem}"
+        );
+    }
+    let replayed = scalar_i64(
+        &app.db.pool,
+        "SELECT count(*) FROM herald_dead_letters WHERE replayed_as IS NOT NULL",
+    )
+    .await;
+    assert_eq!(replayed, 0);
+    // Not JSON at all is still a 400.
+    let garbage = app
+        .post("/v1/jobs", &app.service_key)
+        .header("Content-Type", "application/json")
+        .body("<xml/>")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
+}
