@@ -50,6 +50,26 @@ fn per_day<R>(
         .collect()
 }
 
+/// `value` summed over all rows, per day (zeros without rows).
+fn total_per_day<R>(
+    days: &[NaiveDate],
+    rows: &[R],
+    day: impl Fn(&R) -> NaiveDate,
+    value: impl Fn(&R) -> f64,
+) -> Vec<f64> {
+    per_day(days, rows, day, |_| String::new(), value)
+        .pop()
+        .map_or_else(|| vec![0.0; days.len()], |s| s.values)
+}
+
+/// `scale × part / whole` per day, 0 where `whole` is 0.
+fn ratio(part: &[f64], whole: &[f64], scale: f64) -> Vec<f64> {
+    part.iter()
+        .zip(whole)
+        .map(|(p, w)| if *w > 0.0 { scale * p / w } else { 0.0 })
+        .collect()
+}
+
 /// One series per outcome (each in the colour that means it), summed per day; an outcome without rows is zeros.
 type Outcome<R> = (&'static str, &'static str, fn(&R) -> f64);
 
@@ -63,9 +83,7 @@ fn outcomes<R>(
         .iter()
         .map(|(name, colour, value)| Series {
             name: (*name).to_string(),
-            values: per_day(days, rows, day, |_| String::new(), value)
-                .pop()
-                .map_or_else(|| vec![0.0; days.len()], |s| s.values),
+            values: total_per_day(days, rows, day, value),
             colour: Some(colour),
         })
         .collect()
@@ -130,57 +148,36 @@ pub(super) async fn analytics(
         .zip(&failed_by_channel)
         .map(|(all, failed)| Series {
             name: all.name.clone(),
-            values: all
-                .values
-                .iter()
-                .zip(&failed.values)
-                .map(|(n, f)| if *n > 0.0 { 100.0 * f / n } else { 0.0 })
-                .collect(),
+            values: ratio(&failed.values, &all.values, 100.0),
             colour: None,
         })
         .collect();
     // Percentiles do not add up: each day's is the mean of the rows' percentiles weighted by their accepted
     // deliveries, which the chart's title says.
-    let latency: Vec<Series> = [("p50", 0usize), ("p95", 1), ("p99", 2)]
+    type Pick = fn(&DeliveryRollup) -> Option<f64>;
+    let picks: [(&str, Pick); 3] = [
+        ("p50", |r| r.accept_p50_ms),
+        ("p95", |r| r.accept_p95_ms),
+        ("p99", |r| r.accept_p99_ms),
+    ];
+    let latency: Vec<Series> = picks
         .iter()
-        .map(|(name, which)| {
-            let pick = |r: &DeliveryRollup| match which {
-                0 => r.accept_p50_ms,
-                1 => r.accept_p95_ms,
-                _ => r.accept_p99_ms,
-            };
-            let weighted = per_day(
+        .map(|(name, pick)| {
+            let weighted = total_per_day(
                 &days,
                 &data.deliveries,
                 |r| r.day,
-                |_| String::new(),
                 |r| pick(r).map_or(0.0, |ms| ms * r.accepted as f64),
             );
-            let weights = per_day(
+            let weights = total_per_day(
                 &days,
                 &data.deliveries,
                 |r| r.day,
-                |_| String::new(),
-                |r| {
-                    if pick(r).is_some() {
-                        r.accepted as f64
-                    } else {
-                        0.0
-                    }
-                },
+                |r| pick(r).map_or(0.0, |_| r.accepted as f64),
             );
-            let values = match (weighted.first(), weights.first()) {
-                (Some(w), Some(n)) => w
-                    .values
-                    .iter()
-                    .zip(&n.values)
-                    .map(|(w, n)| if *n > 0.0 { w / n } else { 0.0 })
-                    .collect(),
-                _ => vec![0.0; days.len()],
-            };
             Series {
                 name: (*name).to_string(),
-                values,
+                values: ratio(&weighted, &weights, 1.0),
                 colour: None,
             }
         })

@@ -425,7 +425,9 @@ fn timeline(run: &RunView, sends: &[Delivery]) -> String {
     }
     // Stable: of events at the same instant, a delivery's `sending` stays before its attempts.
     events.sort_by_key(|e| e.0);
-    let rows: String = events
+    // A run retried many times, or pushing to many devices, has a long story: the page shows its latest part.
+    let dropped = events.len().saturating_sub(MAX_TIMELINE);
+    let rows: String = events[dropped..]
         .iter()
         .map(|(at, node, what, detail)| {
             format!(
@@ -436,13 +438,24 @@ fn timeline(run: &RunView, sends: &[Delivery]) -> String {
             )
         })
         .collect();
-    table(
-        "timeline",
-        &["#Time (UTC)", "Node", "Event", "Detail"],
-        &rows,
-        "Nothing happened yet.",
-    )
+    let earlier = if dropped > 0 {
+        format!(
+            "<p>{dropped} earlier events are not shown (the API has them: <code>GET /v1/runs/{{id}}</code>).</p>"
+        )
+    } else {
+        String::new()
+    };
+    earlier
+        + &table(
+            "timeline",
+            &["#Time (UTC)", "Node", "Event", "Detail"],
+            &rows,
+            "Nothing happened yet.",
+        )
 }
+
+/// The most timeline rows a run page shows.
+const MAX_TIMELINE: usize = 2_000;
 
 /// How a node did in this run: the colour and word of its latest step in the run's current epoch (an earlier
 /// epoch's step shows faded; a node the run never reached is white).
